@@ -1,0 +1,87 @@
+# nightshift: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Everything runs with the project's Airflow home, SQLite metadata, no examples, no telemetry.
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export AIRFLOW__USAGE_DATA_COLLECTION__ENABLED := False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export PYTHONPATH := $(CURDIR)
+
+# Demo defaults; set AIRFLOW_CONN_SOURCE_DB / AIRFLOW_CONN_PAYMENTS_API to point elsewhere.
+DEMO_DIR := $(CURDIR)/data/demo
+DEMO_API_PORT ?= 8765
+DEMO_API_TOKEN ?= demo-token
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv and install the pinned dependencies
+
+$(AIRFLOW_HOME)/.initialized: $(STAMP)
+	@mkdir -p $(AIRFLOW_HOME)
+	$(BIN)/airflow db migrate >/dev/null
+	$(BIN)/airflow pools set warehouse_writer 1 "one writer of the DuckDB warehouse" >/dev/null
+	@touch $@
+
+.PHONY: airflow-init
+airflow-init: $(AIRFLOW_HOME)/.initialized ## Initialise Airflow's metadata DB (SQLite) and pools
+
+.PHONY: demo
+demo: airflow-init ## Build demo sources (SQLite + API) and run the nightly pipeline end to end
+	$(BIN)/python -m demo.run --data-dir $(CURDIR)/data --port $(DEMO_API_PORT) --token $(DEMO_API_TOKEN)
+
+.PHONY: nightly
+nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow
+	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD"; exit 2; }
+	$(BIN)/python -m pipeline.airflow_run --date $(DATE)
+
+.PHONY: airflow
+airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login in README)
+	AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager \
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_HOME)/passwords.json \
+	$(BIN)/airflow standalone
+
+.PHONY: test
+test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none run)
+	$(BIN)/python -m pytest
+
+.PHONY: lint
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: fmt
+fmt: $(STAMP) ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmarks: print BENCH lines with the measured figures
+	$(BIN)/python bench/bench_generator.py --orders 1000000
+
+.PHONY: clean
+clean: ## Remove generated data, Airflow home and dbt target (keeps .venv)
+	rm -rf data .airflow dbt_project/target dbt_project/logs

@@ -1,0 +1,130 @@
+"""
+### nightly_sales
+
+The nightly batch for one **business day** (the day before the run, in `REPORT_TZ`):
+
+1. `extract_source_db`: the operational tables (`source_db`, or `source_db_replica`)
+   → landing Parquet, one consistent snapshot.
+2. `extract_payments_api`: payments and the FX rates of every business day with orders
+   (`payments_api`) → landing Parquet; bad records → quarantine.
+3. `load_warehouse`: landing → DuckDB `raw` schema (one transaction).
+4. `dbt_build`: staging → marts → `analytics.sales_summary`, every dbt test (ELT path).
+5. `transform_daily_sales`: pandas → `analytics.daily_sales` (ETL path).
+6. `check_parity`: both published tables agree per (date, region), or the run fails.
+7. `build_report`: the HTML report of the day, `data/report/<day>.html`.
+
+Run one day by hand: `make nightly DATE=YYYY-MM-DD`. The business day can also be
+forced with the `business_date` param when triggering from the UI.
+Tasks that write the DuckDB file share the one-slot pool `warehouse_writer`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+
+REPORT_TZ = os.environ.get("REPORT_TZ", "UTC") or "UTC"
+WAREHOUSE_POOL = "warehouse_writer"
+
+default_args = {
+    "owner": "data-platform",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+def _business_date():
+    """The business day of the current run (param override, else the day before)."""
+    from pipeline.nightly import business_date_for
+
+    ctx = get_current_context()
+    override = (ctx.get("params") or {}).get("business_date")
+    dag_run = ctx["dag_run"]
+    when = ctx.get("logical_date") or dag_run.run_after
+    return business_date_for(when, override or None)
+
+
+@dag(
+    schedule=CronTriggerTimetable("0 2 * * *", timezone=REPORT_TZ),
+    start_date=pendulum.datetime(2026, 1, 1, tz=REPORT_TZ),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    default_args=default_args,
+    tags=["nightly", "sales", "etl", "elt"],
+    params={
+        "business_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Business day to build (YYYY-MM-DD); default: the day before the run.",
+        )
+    },
+)
+def nightly_sales():
+    @task
+    def extract_source_db() -> dict:
+        from pipeline import nightly
+
+        return nightly.extract_source_db(_business_date())
+
+    @task
+    def extract_payments_api() -> dict:
+        from pipeline import nightly
+
+        return nightly.extract_payments_api(_business_date())
+
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def load_warehouse() -> dict:
+        from pipeline import nightly
+
+        return nightly.load_warehouse(_business_date())
+
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def dbt_build() -> dict:
+        from pipeline import nightly
+
+        return nightly.dbt_build(_business_date())
+
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def transform_daily_sales() -> dict:
+        from pipeline import nightly
+
+        return nightly.transform_daily_sales(_business_date())
+
+    @task(retries=0)
+    def check_parity() -> dict:
+        from pipeline import nightly
+
+        return nightly.check_parity(_business_date())
+
+    @task(retries=0)
+    def build_report(extracted: dict, api: dict, loaded: dict, etl: dict, parity: dict) -> str:
+        from pipeline import nightly
+
+        business_date = _business_date()
+        stats = {
+            "run_id": nightly.run_id_for(business_date),
+            "extracted": {**extracted, "payments": api["payments"], "fx_rates": api["fx_rates"]},
+            "quarantined": {"payments": api["payments_quarantined"]},
+            "loaded": loaded,
+            "published": {"sales_summary": parity["sales_summary_rows"], **etl},
+        }
+        return nightly.build_report(business_date, stats)
+
+    extracted = extract_source_db()
+    api = extract_payments_api()
+    loaded = load_warehouse()
+    built = dbt_build()
+    etl = transform_daily_sales()
+    parity = check_parity()
+    extracted >> api >> loaded >> built >> etl >> parity
+    build_report(extracted, api, loaded, etl, parity)
+
+
+nightly_sales()

@@ -1,0 +1,167 @@
+"""Resolve configuration once, at the edge.
+
+Connections follow Airflow's convention (`AIRFLOW_CONN_<ID>` environment variables),
+so the same values are read inside Airflow tasks and in plain Python (tests, CLI).
+Inside Airflow, a connection defined in the metadata DB or a secrets backend is also
+found. Everything else is a plain environment variable with a documented default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+SOURCE_DB_CONN_ID = "source_db"
+SOURCE_DB_REPLICA_CONN_ID = "source_db_replica"
+PAYMENTS_API_CONN_ID = "payments_api"
+
+DBT_TARGETS = ("duckdb", "postgres", "snowflake", "bigquery")
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or invalid; the message names it."""
+
+
+def _mask(secret: str | None) -> None:
+    """Register a secret with Airflow's log masker when Airflow is present."""
+    if not secret:
+        return
+    try:
+        from airflow.sdk.log import mask_secret  # type: ignore[import-not-found]
+    except Exception:  # Airflow not installed or not configured: nothing to mask into
+        try:
+            from airflow.sdk.execution_time.secrets_masker import mask_secret  # type: ignore
+        except Exception:
+            return
+    try:
+        mask_secret(secret)
+    except Exception:
+        return
+
+
+def get_connection_uri(conn_id: str, *, required: bool = True) -> str | None:
+    """Return the URI of an Airflow connection.
+
+    `AIRFLOW_CONN_<ID>` is read verbatim first (it must stay a valid SQLAlchemy URL,
+    which Airflow's URI round trip does not always preserve); otherwise Airflow's own
+    lookup (metadata DB, secrets backends) is asked when Airflow is importable.
+    """
+    env_name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    uri = os.environ.get(env_name, "").strip()
+    if not uri:
+        uri = _airflow_lookup(conn_id) or ""
+    if not uri:
+        if required:
+            raise ConfigError(
+                f"connection {conn_id!r} is not configured: set {env_name} "
+                f"(see .env.example) or define it in Airflow"
+            )
+        return None
+    _mask(urlsplit(uri).password and unquote(urlsplit(uri).password or ""))
+    return uri
+
+
+def _airflow_lookup(conn_id: str) -> str | None:
+    if os.environ.get("NIGHTSHIFT_NO_AIRFLOW_LOOKUP"):
+        return None
+    try:
+        from airflow.sdk import BaseHook  # type: ignore[import-not-found]
+    except Exception:
+        return None
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:
+        return None
+    return conn.get_uri()
+
+
+def sqlalchemy_url(uri: str) -> str:
+    """Airflow writes `postgres://`; SQLAlchemy wants `postgresql://` (+driver)."""
+    if uri.startswith("postgres://"):
+        uri = "postgresql://" + uri[len("postgres://") :]
+    if uri.startswith("postgresql://"):
+        uri = "postgresql+psycopg://" + uri[len("postgresql://") :]
+    if uri.startswith("mysql://"):
+        uri = "mysql+pymysql://" + uri[len("mysql://") :]
+    return uri
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str
+    token: str
+
+    def __repr__(self) -> str:  # never print the token
+        return f"ApiConfig(base_url={self.base_url!r}, token='***')"
+
+
+def parse_api_uri(uri: str) -> ApiConfig:
+    """`http://:TOKEN@host:port` → base URL + bearer token (token = the password)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(
+            f"payments_api: scheme must be http or https, got {parts.scheme!r}"
+        )
+    if not parts.hostname:
+        raise ConfigError("payments_api: the URI has no host")
+    token = unquote(parts.password or "")
+    if not token:
+        raise ConfigError(
+            "payments_api: no token: put it in the password field, http://:TOKEN@host:port"
+        )
+    _mask(token)
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    path = parts.path.rstrip("/")
+    return ApiConfig(base_url=f"{parts.scheme}://{netloc}{path}", token=token)
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("NIGHTSHIFT_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+
+
+def landing_dir() -> Path:
+    return Path(os.environ.get("LANDING_DIR", data_dir() / "landing")).resolve()
+
+
+def quarantine_dir() -> Path:
+    return Path(os.environ.get("QUARANTINE_DIR", data_dir() / "quarantine")).resolve()
+
+
+def report_dir() -> Path:
+    return Path(os.environ.get("REPORT_DIR", data_dir() / "report")).resolve()
+
+
+def warehouse_path() -> Path:
+    return Path(os.environ.get("WAREHOUSE_PATH", data_dir() / "warehouse.duckdb")).resolve()
+
+
+def dbt_project_dir() -> Path:
+    return PROJECT_ROOT / "dbt_project"
+
+
+def dbt_target() -> str:
+    target = os.environ.get("DBT_TARGET", "duckdb")
+    if target not in DBT_TARGETS:
+        raise ConfigError(f"DBT_TARGET={target!r} is not one of {', '.join(DBT_TARGETS)}")
+    return target
+
+
+def report_tz_name() -> str:
+    name = os.environ.get("REPORT_TZ", "UTC") or "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"REPORT_TZ={name!r} is not an IANA time zone name") from exc
+    return name
+
+
+def report_tz() -> ZoneInfo:
+    return ZoneInfo(report_tz_name())

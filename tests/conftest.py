@@ -1,0 +1,43 @@
+"""Shared fixtures: real PostgreSQL and MariaDB servers, fresh databases per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import fresh_database, mariadb_server, postgres_server
+
+# Telemetry off for everything the tests start.
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("AIRFLOW__USAGE_DATA_COLLECTION__ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """Admin URL of a real PostgreSQL server (running one, or a throwaway)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mariadb_admin_url() -> Iterator[str]:
+    """Admin URL of a real MariaDB server (running one, or a throwaway)."""
+    with mariadb_server() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_database(postgres_admin_url: str) -> Iterator[str]:
+    """SQLAlchemy URL (postgresql+psycopg://) of a fresh, empty database."""
+    with fresh_database(postgres_admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+def mariadb_database(mariadb_admin_url: str) -> Iterator[str]:
+    """SQLAlchemy URL (mysql+pymysql://) of a fresh, empty database."""
+    with fresh_database(mariadb_admin_url) as url:
+        yield url
