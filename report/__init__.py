@@ -1,0 +1,1 @@
+"""Static HTML report over the `analytics` schema."""

@@ -1,0 +1,445 @@
+"""Static HTML report for one business day, read from the `analytics` schema.
+
+Writes, each atomically (temp file + rename) into `report_dir`:
+`<date>.html` (the day page), `<date>-trend.png` (30-day chart by region),
+`<date>.csv` (the day's `daily_sales` rows) and `index.html` (every day page, newest first).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import jinja2
+
+TREND_DAYS = 30
+CSV_COLUMNS = ["date", "region", "category", "total_sales_usd", "order_count"]
+_DAY_PAGE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.html$")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+max-width:60rem;padding:0 1rem;color:#1f2933;line-height:1.45}
+h1{margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #d9e2ec;padding-bottom:.2rem}
+.meta{color:#52606d;margin-top:0}
+table{border-collapse:collapse;margin:.5rem 0 1rem;min-width:20rem}
+th,td{padding:.3rem .8rem;border-bottom:1px solid #e4e7eb;text-align:left}
+th{background:#f5f7fa}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+tfoot td{font-weight:600;border-top:2px solid #9aa5b1}
+.kpis{display:flex;gap:1.5rem;margin:1rem 0}
+.kpi{background:#f5f7fa;border-radius:.5rem;padding:.8rem 1.2rem}
+.kpi span{display:block;color:#52606d;font-size:.9rem}
+.kpi strong{font-size:1.6rem;font-variant-numeric:tabular-nums}
+.empty{background:#fffbea;border:1px solid #f0b429;padding:1rem;border-radius:.5rem}
+.warn{background:#ffeeee;border:1px solid #e12d39;padding:.6rem 1rem;border-radius:.5rem}
+img{max-width:100%;height:auto}
+"""
+
+_TEMPLATES = {
+    "day.html": """{% from "macros.html" import render_table %}<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Daily sales {{ day }}</title>
+<style>{{ css | safe }}</style>
+</head>
+<body>
+<p><a href="index.html">&larr; All days</a></p>
+<h1>Daily sales &mdash; {{ day }}</h1>
+<p class="meta">{% for label, value in meta %}{{ label }}: {{ value }}{% if not loop.last %}
+ &middot; {% endif %}{% endfor %}</p>
+{% for message in warnings %}<p class="warn">{{ message }}</p>
+{% endfor %}
+{% if not has_rows %}
+<p class="empty"><strong>No sales for {{ day }}.</strong>
+No counted orders were found for this business day in analytics.daily_sales.</p>
+{% else %}
+<div class="kpis">
+<div class="kpi"><span>Total sales (USD)</span><strong>{{ total_sales }}</strong></div>
+<div class="kpi"><span>Orders</span><strong>{{ order_count }}</strong></div>
+</div>
+{% for t in tables %}
+<h2>{{ t.title }}</h2>
+{{ render_table(t) }}
+{% endfor %}
+<p><a href="{{ csv_name }}">Download the day's rows (CSV)</a></p>
+{% endif %}
+<h2>Last {{ trend_days }} days by region</h2>
+<img src="{{ png_name }}" alt="Total sales in USD per region, {{ trend_from }} to {{ day }}">
+<h2>Run statistics</h2>
+{% if not stats_tables %}<p>No run statistics were provided.</p>{% endif %}
+{% for t in stats_tables %}
+<h3>{{ t.title }}</h3>
+{{ render_table(t) }}
+{% endfor %}
+</body>
+</html>
+""",
+    "macros.html": """{% macro render_table(t) -%}
+<table>
+<thead><tr>{% for h in t.headers %}<th{% if t.numeric[loop.index0] %} class="num"{% endif %}>
+{{- h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in t.rows %}<tr>{% for cell in row %}<td{% if t.numeric[loop.index0] %} class="num"
+{%- endif %}>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+{% if t.footer %}<tfoot><tr>{% for cell in t.footer -%}
+<td{% if t.numeric[loop.index0] %} class="num"{% endif %}>{{ cell }}</td>
+{%- endfor %}</tr></tfoot>{% endif %}
+</table>
+{%- endmacro %}""",
+    "index.html": """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Nightshift daily sales reports</title>
+<style>{{ css | safe }}</style>
+</head>
+<body>
+<h1>Nightshift daily sales reports</h1>
+{% if not days %}<p class="empty">No reports yet.</p>{% else %}
+<table>
+<thead><tr><th>Business day</th><th>Data</th></tr></thead>
+<tbody>
+{% for d in days %}<tr><td><a href="{{ d.page }}">{{ d.day }}</a></td>
+<td>{% if d.csv %}<a href="{{ d.csv }}">CSV</a>{% endif %}</td></tr>
+{% endfor %}</tbody>
+</table>
+{% endif %}
+</body>
+</html>
+""",
+}
+
+_ENV = jinja2.Environment(
+    loader=jinja2.DictLoader(_TEMPLATES),
+    autoescape=True,  # every value from the warehouse or run_stats is escaped
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+@dataclass
+class _Table:
+    title: str
+    headers: list[str]
+    numeric: list[bool]
+    rows: list[list[str]] = field(default_factory=list)
+    footer: list[str] | None = None
+
+
+def money(value: Decimal | int) -> str:
+    """`1234567.5` -> `1,234,567.50` (exact, no float)."""
+    return f"{Decimal(value):,.2f}"
+
+
+def count(value: int) -> str:
+    """`1234567` -> `1,234,567`."""
+    return f"{int(value):,}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is meant to be served/read
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class _DayData:
+    rows: list[tuple[date, str, str, Decimal, int]]
+    by_region: list[tuple[str, Decimal, int]]
+    trend: list[tuple[date, str, Decimal]]
+    warnings: list[str]
+
+
+def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    found = con.execute(
+        "select table_name from information_schema.tables where table_schema = 'analytics'"
+    ).fetchall()
+    return {r[0] for r in found}
+
+
+def _read(warehouse_path: Path, day: date) -> _DayData:
+    """Everything the page needs, read through one read-only connection."""
+    since = day - timedelta(days=TREND_DAYS - 1)
+    warnings: list[str] = []
+    con = duckdb.connect(str(warehouse_path), read_only=True)
+    try:
+        tables = _existing_tables(con)
+        rows: list[Any] = []
+        if "daily_sales" in tables:
+            rows = con.execute(
+                "select date, region, category, total_sales_usd, order_count "
+                "from analytics.daily_sales where date = ? order by region, category",
+                [day],
+            ).fetchall()
+        else:
+            warnings.append("Table analytics.daily_sales is missing: categories not shown.")
+        if "sales_summary" in tables:
+            by_region = con.execute(
+                "select region, total_sales_usd, order_count from analytics.sales_summary "
+                "where date = ? order by total_sales_usd desc, region",
+                [day],
+            ).fetchall()
+            trend = con.execute(
+                "select date, region, total_sales_usd from analytics.sales_summary "
+                "where date between ? and ? order by date, region",
+                [since, day],
+            ).fetchall()
+        else:
+            warnings.append(
+                "Table analytics.sales_summary is missing: regions are summed from daily_sales."
+            )
+            by_region = con.execute(
+                "select region, sum(total_sales_usd), sum(order_count) "
+                "from analytics.daily_sales where date = ? group by region "
+                "order by 2 desc, region",
+                [day],
+            ).fetchall()
+            trend = con.execute(
+                "select date, region, sum(total_sales_usd) from analytics.daily_sales "
+                "where date between ? and ? group by date, region order by date, region",
+                [since, day],
+            ).fetchall()
+    finally:
+        con.close()
+    if "daily_sales" in tables and "sales_summary" in tables:
+        warnings.extend(_reconcile(rows, by_region))
+    return _DayData(rows=rows, by_region=by_region, trend=trend, warnings=warnings)
+
+
+def _reconcile(rows: list[Any], by_region: list[Any]) -> list[str]:
+    """Contract: per region, daily_sales summed over categories equals sales_summary."""
+    summed: dict[str, list[Any]] = {}
+    for _, region, _, total, n in rows:
+        acc = summed.setdefault(region, [Decimal(0), 0])
+        acc[0] += total
+        acc[1] += n
+    summary = {r: [t, n] for r, t, n in by_region}
+    bad = sorted(r for r in summed.keys() | summary.keys() if summed.get(r) != summary.get(r))
+    if not bad:
+        return []
+    return [
+        "daily_sales and sales_summary disagree for region(s): "
+        + ", ".join(bad)
+        + " (totals below are from sales_summary)."
+    ]
+
+
+def _day_tables(data: _DayData) -> tuple[list[_Table], Decimal, int]:
+    total = sum((r[1] for r in data.by_region), Decimal("0.00"))
+    orders = sum(int(r[2]) for r in data.by_region)
+
+    def share(value: Decimal) -> str:
+        return f"{(value * 100 / total):.1f}%" if total else "-"
+
+    region = _Table(
+        "By region", ["Region", "Sales (USD)", "Share", "Orders"], [False, True, True, True]
+    )
+    region.rows = [[r, money(t), share(t), count(n)] for r, t, n in data.by_region]
+    region.footer = ["Total", money(total), "100.0%" if total else "-", count(orders)]
+
+    per_category: dict[str, list[Any]] = {}
+    for _, _, category, t, n in data.rows:
+        acc = per_category.setdefault(category, [Decimal(0), 0])
+        acc[0] += t
+        acc[1] += n
+    cat_total = sum((v[0] for v in per_category.values()), Decimal("0.00"))
+    cat_orders = sum(v[1] for v in per_category.values())
+    category = _Table(
+        "By category", ["Category", "Sales (USD)", "Share", "Orders"], [False, True, True, True]
+    )
+    ordered = sorted(per_category.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    category.rows = [[c, money(t), share(t), count(n)] for c, (t, n) in ordered]
+    category.footer = ["Total", money(cat_total), "100.0%" if cat_total else "-", count(cat_orders)]
+
+    detail = _Table(
+        "By region and category",
+        ["Region", "Category", "Sales (USD)", "Orders"],
+        [False, False, True, True],
+    )
+    detail.rows = [[r, c, money(t), count(n)] for _, r, c, t, n in data.rows]
+    return [region, category, detail], total, orders
+
+
+def _cell(value: Any) -> tuple[str, bool]:
+    """Render one run_stats value; returns (text, is_numeric)."""
+    if isinstance(value, bool):
+        return str(value), False
+    if isinstance(value, int):
+        return count(value), True
+    if isinstance(value, Decimal | float):
+        return f"{value:,}", True
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, default=str, sort_keys=True), False
+    return str(value), False
+
+
+def _stats_tables(run_stats: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[_Table]]:
+    """Scalars become page metadata + a "Run" table; each mapping becomes its own table."""
+    scalars: list[tuple[str, str]] = []
+    tables: list[_Table] = []
+    for key, value in run_stats.items():
+        if isinstance(value, Mapping):
+            cells = [(str(k), *_cell(v)) for k, v in value.items()]
+            numeric = bool(cells) and all(c[2] for c in cells)
+            t = _Table(
+                str(key).replace("_", " ").capitalize(),
+                ["Name", "Rows" if numeric else "Value"],
+                [False, numeric],
+            )
+            t.rows = [[k, text] for k, text, _ in cells]
+            if numeric and len(cells) > 1:
+                t.footer = ["Total", count(sum(int(v) for v in value.values()))]
+            tables.append(t)
+        else:
+            scalars.append((str(key), _cell(value)[0]))
+    if scalars:
+        run = _Table("Run", ["Name", "Value"], [False, False])
+        run.rows = [[k, v] for k, v in scalars]
+        tables.insert(0, run)
+    return scalars, tables
+
+
+def _chart(trend: list[Any], day: date, path: Path) -> None:
+    """PNG line chart, one line per region, over the TREND_DAYS days ending on `day`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    since = day - timedelta(days=TREND_DAYS - 1)
+    days = [since + timedelta(days=i) for i in range(TREND_DAYS)]
+    series: dict[str, dict[date, Decimal]] = {}
+    for d, region, total in trend:
+        series.setdefault(region, {})[d] = total
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
+    try:
+        # Floats only for drawing; every published or printed figure stays Decimal.
+        for region in sorted(series, key=lambda r: -sum(series[r].values())):
+            values = [float(series[region].get(d, Decimal(0))) for d in days]
+            # "$" would start mathtext and a leading "_" hides the legend entry.
+            label = region.replace("$", r"\$")
+            label = f" {label}" if label.startswith("_") else label
+            ax.plot(days, values, marker="o", markersize=3, linewidth=1.5, label=label)
+        if series:
+            ax.legend(loc="upper left", fontsize="small", ncol=min(4, len(series)), frameon=False)
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "No sales in this period",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="#52606d",
+            )
+        ax.set_xlim(since - timedelta(hours=12), day + timedelta(hours=12))
+        ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_ylabel("Sales (USD)")
+        ax.set_title(f"Sales by region, {since.isoformat()} to {day.isoformat()}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        for spine in ("top", "right"):
+            ax.spines[spine].set_visible(False)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def _csv_bytes(rows: list[Any]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for d, region, category, total, n in rows:
+        writer.writerow([d.isoformat(), region, category, f"{Decimal(total):.2f}", int(n)])
+    return out.getvalue().encode("utf-8")
+
+
+def build_index(report_dir: Path) -> Path:
+    """Regenerate `index.html` listing every day page present, newest first."""
+    report_dir = Path(report_dir)
+    days = sorted(
+        (m.group(1) for p in report_dir.iterdir() if (m := _DAY_PAGE.match(p.name))),
+        reverse=True,
+    )
+    entries = [
+        {
+            "day": d,
+            "page": f"{d}.html",
+            "csv": f"{d}.csv" if (report_dir / f"{d}.csv").exists() else None,
+        }
+        for d in days
+    ]
+    html = _ENV.get_template("index.html").render(css=_CSS, days=entries)
+    path = report_dir / "index.html"
+    write_atomic(path, html.encode("utf-8"))
+    return path
+
+
+def build_report(
+    warehouse_path: Path, report_dir: Path, business_date: date, run_stats: Mapping[str, Any]
+) -> Path:
+    """Write the day page, its trend PNG and CSV, and refresh the index; return the page."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    day = business_date.isoformat()
+    data = _read(Path(warehouse_path), business_date)
+
+    png_name, csv_name = f"{day}-trend.png", f"{day}.csv"
+    _chart(data.trend, business_date, report_dir / png_name)
+    write_atomic(report_dir / csv_name, _csv_bytes(data.rows))
+
+    tables, total, orders = _day_tables(data)
+    meta, stats_tables = _stats_tables(run_stats)
+    html = _ENV.get_template("day.html").render(
+        css=_CSS,
+        day=day,
+        meta=[
+            (k.replace("_", " ").capitalize(), v)
+            for k, v in meta
+            if k in ("run_id", "generated_at")
+        ],
+        warnings=data.warnings,
+        has_rows=bool(data.rows or data.by_region),
+        total_sales=money(total),
+        order_count=count(orders),
+        tables=tables,
+        csv_name=csv_name,
+        png_name=png_name,
+        trend_days=TREND_DAYS,
+        trend_from=(business_date - timedelta(days=TREND_DAYS - 1)).isoformat(),
+        stats_tables=stats_tables,
+    )
+    page = report_dir / f"{day}.html"
+    write_atomic(page, html.encode("utf-8"))
+    build_index(report_dir)
+    return page

@@ -1,0 +1,159 @@
+"""The HTML report: day page, trend PNG, CSV and index, built from a tiny real warehouse."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from report.build import build_report
+
+DAY = date(2026, 3, 7)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+DAILY_SALES = [
+    ("2026-03-07", "EU", "books", "1234567.50", 3),
+    ("2026-03-07", "EU", "games", "10.85", 1),
+    ("2026-03-07", "<script>x</script>", "uncategorized", "0.05", 1),
+    ("2026-03-06", "EU", "books", "5.00", 1),
+    ("2026-01-01", "OLD", "books", "9.99", 1),  # outside the 30-day window
+]
+SALES_SUMMARY = [
+    ("2026-03-07", "EU", "1234578.35", 4),
+    ("2026-03-07", "<script>x</script>", "0.05", 1),
+    ("2026-03-06", "EU", "5.00", 1),
+    ("2026-01-01", "OLD", "9.99", 1),
+]
+RUN_STATS = {
+    "extracted": {"orders": 12345, "users": 7},
+    "quarantined": {"payments": 1},
+    "published": {"sales_summary": 40, "daily_sales": 200},
+    "run_id": "2026-03-07",
+    "generated_at": "2026-03-08T03:00:00+00:00",
+}
+
+
+def make_warehouse(path: Path, daily: list[tuple], summary: list[tuple]) -> Path:
+    with duckdb.connect(str(path)) as con:
+        con.execute("create schema analytics")
+        con.execute(
+            "create table analytics.daily_sales (date date, region varchar, category varchar,"
+            " total_sales_usd decimal(18,2), order_count bigint)"
+        )
+        con.execute(
+            "create table analytics.sales_summary (date date, region varchar,"
+            " total_sales_usd decimal(18,2), order_count bigint)"
+        )
+        for row in daily:
+            con.execute("insert into analytics.daily_sales values (?, ?, ?, ?, ?)", list(row))
+        for row in summary:
+            con.execute("insert into analytics.sales_summary values (?, ?, ?, ?)", list(row))
+    return path
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Path:
+    return make_warehouse(tmp_path / "warehouse.duckdb", DAILY_SALES, SALES_SUMMARY)
+
+
+def test_day_page(warehouse: Path, tmp_path: Path) -> None:
+    report_dir = tmp_path / "report"
+    page = build_report(warehouse, report_dir, DAY, RUN_STATS)
+    assert page == report_dir / "2026-03-07.html"
+    html = page.read_text(encoding="utf-8")
+
+    assert "2026-03-07" in html
+    assert "<td>EU</td>" in html
+    assert '<td class="num">1,234,578.35</td>' in html  # region total, from sales_summary
+    assert '<td class="num">1,234,567.50</td>' in html  # books
+    assert '<td class="num">0.05</td>' in html
+    assert "1,234,578.40" in html  # the day's total sales
+    assert "<td>books</td>" in html and "<td>uncategorized</td>" in html
+    # Data is escaped, never injected.
+    assert "<script>x</script>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html
+    # Run statistics, whatever the keys.
+    assert "12,345" in html and "<td>payments</td>" in html and "<td>sales_summary</td>" in html
+    assert "2026-03-08T03:00:00+00:00" in html
+    # No reconciliation warning when the two tables agree.
+    assert "disagree" not in html
+
+    png = report_dir / "2026-03-07-trend.png"
+    assert '<img src="2026-03-07-trend.png"' in html
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
+
+    with (report_dir / "2026-03-07.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [
+        ["date", "region", "category", "total_sales_usd", "order_count"],
+        ["2026-03-07", "<script>x</script>", "uncategorized", "0.05", "1"],
+        ["2026-03-07", "EU", "books", "1234567.50", "3"],
+        ["2026-03-07", "EU", "games", "10.85", "1"],
+    ]
+    assert '<a href="2026-03-07.csv">' in html
+    assert not list(report_dir.glob(".*"))  # no temp files left behind
+
+
+def test_index_lists_every_day_newest_first(warehouse: Path, tmp_path: Path) -> None:
+    report_dir = tmp_path / "report"
+    build_report(warehouse, report_dir, date(2026, 3, 6), RUN_STATS)
+    build_report(warehouse, report_dir, DAY, RUN_STATS)
+    build_report(warehouse, report_dir, date(2026, 1, 1), {})
+    index = (report_dir / "index.html").read_text(encoding="utf-8")
+    links = ['href="2026-03-07.html"', 'href="2026-03-06.html"', 'href="2026-01-01.html"']
+    positions = [index.index(link) for link in links]
+    assert positions == sorted(positions)
+    assert 'href="2026-03-07.csv"' in index
+
+
+def test_day_without_data_says_so(warehouse: Path, tmp_path: Path) -> None:
+    report_dir = tmp_path / "report"
+    page = build_report(warehouse, report_dir, date(2026, 3, 9), {"run_id": "2026-03-09"})
+    html = page.read_text(encoding="utf-8")
+    assert "No sales for 2026-03-09" in html
+    assert "By region" not in html
+    assert (report_dir / "2026-03-09-trend.png").read_bytes()[:8] == PNG_MAGIC
+    assert (report_dir / "2026-03-09.csv").read_text() == (
+        "date,region,category,total_sales_usd,order_count\n"
+    )
+    assert 'href="2026-03-09.html"' in (report_dir / "index.html").read_text()
+
+
+def test_empty_warehouse_tables(tmp_path: Path) -> None:
+    warehouse = make_warehouse(tmp_path / "empty.duckdb", [], [])
+    html = build_report(warehouse, tmp_path / "r", DAY, {}).read_text()
+    assert "No sales for 2026-03-07" in html
+    assert "No run statistics were provided." in html
+
+
+def test_disagreement_between_tables_is_flagged(tmp_path: Path) -> None:
+    summary = [("2026-03-07", "EU", "1234578.36", 4), *SALES_SUMMARY[1:]]
+    warehouse = make_warehouse(tmp_path / "w.duckdb", DAILY_SALES, summary)
+    html = build_report(warehouse, tmp_path / "r", DAY, {}).read_text()
+    assert "disagree for region(s): EU" in html
+
+
+def test_warehouse_is_left_closed(warehouse: Path, tmp_path: Path) -> None:
+    build_report(warehouse, tmp_path / "r", DAY, RUN_STATS)
+    # A writer can open the file right after: the report's read-only connection is closed.
+    with duckdb.connect(str(warehouse)) as con:
+        total = con.execute(
+            "select sum(total_sales_usd) from analytics.daily_sales where date = ?", [DAY]
+        ).fetchone()
+    assert total == (Decimal("1234578.40"),)
+
+
+def test_odd_region_names_do_not_break_the_chart(tmp_path: Path) -> None:
+    daily = [
+        ("2026-03-07", "$x^{$", "books", "1.00", 1),
+        ("2026-03-07", "_hidden", "books", "2.00", 1),
+    ]
+    summary = [("2026-03-07", "$x^{$", "1.00", 1), ("2026-03-07", "_hidden", "2.00", 1)]
+    warehouse = make_warehouse(tmp_path / "w.duckdb", daily, summary)
+    html = build_report(warehouse, tmp_path / "r", DAY, {}).read_text()
+    assert "$x^{$" in html and "_hidden" in html
+    assert (tmp_path / "r" / "2026-03-07-trend.png").read_bytes()[:8] == PNG_MAGIC

@@ -1,0 +1,309 @@
+"""daily_sales from hand-made landing Parquet files: contract §5 definitions, exact rows."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from transform.daily_sales import (
+    MissingFxRateError,
+    compute_daily_sales,
+    publish_daily_sales,
+)
+
+RUN = "2026-03-09"
+RUN_IDS = {
+    "source_db/users": RUN,
+    "source_db/products": RUN,
+    "source_db/orders": RUN,
+    "source_db/order_items": RUN,
+    "payments_api/fx_rates": RUN,
+}
+TS = pa.timestamp("us", tz="UTC")
+MONEY = pa.decimal128(12, 2)
+RATE = pa.decimal128(38, 18)
+UPDATED = datetime(2026, 3, 9, 6, 0, tzinfo=UTC)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def write_run(root: Path, key: str, table: pa.Table, parts: int = 1) -> None:
+    """Write a landed run the way extract does: part files + a manifest."""
+    directory = root / key / f"run={RUN}"
+    directory.mkdir(parents=True, exist_ok=True)
+    size = -(-table.num_rows // parts) if table.num_rows else 0
+    for n in range(parts):
+        pq.write_table(table.slice(n * size, size), directory / f"part-{n:05d}.parquet")
+    (directory / "_manifest.json").write_text(json.dumps({"rows": table.num_rows}))
+
+
+USERS = pa.table(
+    {
+        "id": pa.array([1, 2, 3, 4], pa.int64()),
+        "email": ["a@x", "b@x", "c@x", "d@x"],
+        "region": pa.array(["EU", None, "   ", "US"], pa.string()),
+        "favourite_colour": ["red", "green", "blue", "pink"],  # extra column
+        "updated_at": pa.array([UPDATED] * 4, TS),
+    }
+)
+PRODUCTS = pa.table(
+    {
+        "id": pa.array([10, 11, 12, 13, 14], pa.int64()),
+        "sku": ["B", "G", "N", "S", "Z"],
+        "category": pa.array(["books", "games", None, " \t", "Zebra"], pa.string()),
+        "price": pa.array([Decimal("1.00")] * 5, MONEY),
+        "updated_at": pa.array([UPDATED] * 5, TS),
+    }
+)
+# (id, user_id, status, currency, total, created_at UTC)
+ORDER_ROWS = [
+    # 23:30 EST on 2026-03-07 in New York; tie books 3.00 vs games 3.00 -> books
+    (1, 1, "paid", "EUR", "10.00", "2026-03-08T04:30:00"),
+    # refunded counts; NULL region -> unknown; missing product -> uncategorized
+    (2, 2, "refunded", "USD", "5.00", "2026-03-07T15:00:00"),
+    # cancelled: not counted, and its currency needs no rate
+    (3, 3, "cancelled", "CHF", "100.00", "2026-03-07T16:00:00"),
+    # missing user -> unknown; no items -> uncategorized; JPY 1000 / 149.5 = 6.6889
+    (4, 99, "delivered", "JPY", "1000.00", "2026-03-07T12:00:00"),
+    # product with NULL category -> uncategorized
+    (5, 4, "shipped", "USD", "20.00", "2026-03-07T20:00:00"),
+    # tie uncategorized (blank category) 3*2.50 vs Zebra 1*7.50 -> "Zebra" (byte order)
+    (6, 4, "paid", "USD", "7.50", "2026-03-07T21:00:00"),
+    # 00:30 EDT on 2026-03-09 (after the DST switch: a fixed -05:00 would say 03-08)
+    (7, 1, "pending", "EUR", "0.01", "2026-03-09T04:30:00"),
+    # 01:00 EST on 2026-03-08 (before the switch at 07:00Z)
+    (8, 1, "paid", "EUR", "50.00", "2026-03-08T06:00:00"),
+    # GBP has no rate for 2026-03-10: only a problem when that day is in scope
+    (9, 2, "paid", "GBP", "1.00", "2026-03-10T12:00:00"),
+    # blank region -> unknown
+    (10, 3, "paid", "USD", "3.33", "2026-03-06T12:00:00"),
+]
+
+
+def orders_table(rows: list[tuple]) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.int64()),
+            "user_id": pa.array([r[1] for r in rows], pa.int64()),
+            "status": [r[2] for r in rows],
+            "currency": [r[3] for r in rows],
+            "total": pa.array([Decimal(r[4]) for r in rows], MONEY),
+            "created_at": pa.array([utc(r[5]) for r in rows], TS),
+            "coupon_code": pa.array([None] * len(rows), pa.string()),  # extra column
+            "updated_at": pa.array([UPDATED] * len(rows), TS),
+        }
+    )
+
+
+# (id, order_id, product_id, quantity, unit_price)
+ITEM_ROWS = [
+    (100, 1, 10, 1, "3.00"),
+    (101, 1, 11, 2, "1.50"),
+    (102, 2, 999, 1, "9.99"),
+    (103, 3, 10, 1, "100.00"),
+    (104, 5, 12, 1, "20.00"),
+    (105, 6, 13, 3, "2.50"),
+    (106, 6, 14, 1, "7.50"),
+    (107, 7, 11, 1, "0.01"),
+    (108, 8, 10, 1, "50.00"),
+    (109, 8, 11, 1, "49.99"),
+    (110, 10, 10, 1, "3.33"),
+]
+
+
+def items_table(rows: list[tuple]) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.int64()),
+            "order_id": pa.array([r[1] for r in rows], pa.int64()),
+            "product_id": pa.array([r[2] for r in rows], pa.int64()),
+            "quantity": pa.array([r[3] for r in rows], pa.int64()),
+            "unit_price": pa.array([Decimal(r[4]) for r in rows], MONEY),
+            "updated_at": pa.array([UPDATED] * len(rows), TS),
+        }
+    )
+
+
+FX_ROWS = [
+    (date(2026, 3, 6), "USD", "1"),
+    (date(2026, 3, 7), "USD", "1"),
+    (date(2026, 3, 7), "EUR", "0.9213"),
+    (date(2026, 3, 7), "JPY", "149.5"),
+    (date(2026, 3, 8), "USD", "1"),
+    (date(2026, 3, 8), "EUR", "0.92"),
+    (date(2026, 3, 9), "EUR", "0.92"),
+    (date(2026, 3, 10), "USD", "1"),
+]
+
+
+def fx_table(rows: list[tuple]) -> pa.Table:
+    return pa.table(
+        {
+            "rate_date": pa.array([r[0] for r in rows], pa.date32()),
+            "base": ["USD"] * len(rows),
+            "currency": [r[1] for r in rows],
+            "rate": pa.array([Decimal(r[2]) for r in rows], RATE),
+        }
+    )
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Path:
+    root = tmp_path / "landing"
+    write_run(root, "source_db/users", USERS)
+    write_run(root, "source_db/products", PRODUCTS)
+    write_run(root, "source_db/orders", orders_table(ORDER_ROWS), parts=3)
+    write_run(root, "source_db/order_items", items_table(ITEM_ROWS), parts=2)
+    write_run(root, "payments_api/fx_rates", fx_table(FX_ROWS))
+    return root
+
+
+def rows(df) -> list[tuple]:
+    return [tuple(r) for r in df.itertuples(index=False)]
+
+
+EXPECTED_THROUGH_0309 = [
+    (date(2026, 3, 6), "unknown", "books", Decimal("3.33"), 1),
+    (date(2026, 3, 7), "EU", "books", Decimal("10.85"), 1),
+    (date(2026, 3, 7), "US", "Zebra", Decimal("7.50"), 1),
+    (date(2026, 3, 7), "US", "uncategorized", Decimal("20.00"), 1),
+    (date(2026, 3, 7), "unknown", "uncategorized", Decimal("11.69"), 2),  # 5.00 + 6.69
+    (date(2026, 3, 8), "EU", "books", Decimal("54.35"), 1),  # 50 / 0.92 = 54.3478
+    (date(2026, 3, 9), "EU", "games", Decimal("0.01"), 1),  # 0.01 / 0.92 = 0.0109
+]
+
+
+def test_exact_rows_in_new_york(landing: Path) -> None:
+    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    assert list(df.columns) == ["date", "region", "category", "total_sales_usd", "order_count"]
+    assert rows(df) == EXPECTED_THROUGH_0309
+    for value in df["total_sales_usd"]:
+        assert isinstance(value, Decimal) and value.as_tuple().exponent == -2
+    assert all(type(d) is date for d in df["date"])
+    assert all(type(n) is int for n in df["order_count"].tolist())
+
+
+def test_through_date_filters_later_days(landing: Path) -> None:
+    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 7))
+    assert rows(df) == [r for r in EXPECTED_THROUGH_0309 if r[0] <= date(2026, 3, 7)]
+
+
+def test_utc_business_day_differs(landing: Path) -> None:
+    # In UTC order 1 (04:30Z on 03-08) belongs to 03-08, at the EUR rate of 03-08.
+    df = compute_daily_sales(landing, RUN_IDS, "UTC", date(2026, 3, 8))
+    got = {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows(df)}
+    assert got[(date(2026, 3, 8), "EU", "books")] == (Decimal("65.22"), 2)  # 10.87 + 54.35
+    assert (date(2026, 3, 7), "EU", "books") not in got
+
+
+def test_missing_fx_rate_names_currency_and_day(landing: Path) -> None:
+    # Without through_date, order 9 (GBP on 2026-03-10) is in scope and has no rate.
+    with pytest.raises(MissingFxRateError, match=r"'GBP' on business day 2026-03-10") as err:
+        compute_daily_sales(landing, RUN_IDS, "America/New_York", None)
+    assert err.value.currency == "GBP"
+    assert err.value.day == date(2026, 3, 10)
+
+
+def test_missing_fx_rate_is_never_taken_from_another_day(tmp_path: Path, landing: Path) -> None:
+    # EUR has rates on 03-08 and 03-09 but not on 03-07: order 1 must fail, not borrow.
+    fx = [r for r in FX_ROWS if not (r[0] == date(2026, 3, 7) and r[1] == "EUR")]
+    write_run(landing, "payments_api/fx_rates", fx_table(fx))
+    with pytest.raises(MissingFxRateError, match=r"'EUR' on business day 2026-03-07"):
+        compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+
+
+def test_latest_version_of_a_row_wins(landing: Path) -> None:
+    # A run carrying two versions of user 1: the later updated_at (region APAC) wins.
+    users = pa.concat_tables(
+        [
+            USERS,
+            pa.table(
+                {
+                    "id": pa.array([1], pa.int64()),
+                    "email": ["a@x"],
+                    "region": ["APAC"],
+                    "favourite_colour": ["red"],
+                    "updated_at": pa.array([utc("2026-03-09T07:00:00")], TS),
+                }
+            ),
+        ]
+    )
+    write_run(landing, "source_db/users", users)
+    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    assert {r[1] for r in rows(df)} == {"APAC", "US", "unknown"}
+
+
+def test_missing_column_is_reported(landing: Path) -> None:
+    write_run(landing, "source_db/products", PRODUCTS.drop_columns(["category"]))
+    with pytest.raises(ValueError, match="missing column.*category"):
+        compute_daily_sales(landing, RUN_IDS, "UTC", None)
+
+
+def test_missing_run_directory_is_reported(landing: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="source_db/orders"):
+        compute_daily_sales(
+            landing, {**RUN_IDS, "source_db/orders": "1999-01-01"}, "UTC", date(2026, 3, 9)
+        )
+
+
+def test_no_counted_orders_gives_empty_frame(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    write_run(root, "source_db/users", USERS)
+    write_run(root, "source_db/products", PRODUCTS)
+    write_run(root, "source_db/orders", orders_table([ORDER_ROWS[2]]))  # cancelled only
+    write_run(root, "source_db/order_items", items_table([]))
+    write_run(root, "payments_api/fx_rates", fx_table([]))
+    df = compute_daily_sales(root, RUN_IDS, "UTC", None)
+    assert df.empty
+    assert list(df.columns) == ["date", "region", "category", "total_sales_usd", "order_count"]
+
+
+def describe(warehouse: Path) -> list[tuple[str, str]]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return [(r[0], r[1]) for r in con.execute("describe analytics.daily_sales").fetchall()]
+
+
+def read_back(warehouse: Path) -> list[tuple]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.execute(
+            "select * from analytics.daily_sales order by date, region, category"
+        ).fetchall()
+
+
+EXPECTED_TYPES = [
+    ("date", "DATE"),
+    ("region", "VARCHAR"),
+    ("category", "VARCHAR"),
+    ("total_sales_usd", "DECIMAL(18,2)"),
+    ("order_count", "BIGINT"),
+]
+
+
+def test_publish_exact_types_and_idempotent(landing: Path, tmp_path: Path) -> None:
+    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    warehouse = tmp_path / "wh" / "warehouse.duckdb"
+    assert publish_daily_sales(df, warehouse) == len(EXPECTED_THROUGH_0309)
+    assert describe(warehouse) == EXPECTED_TYPES
+    first = read_back(warehouse)
+    assert first == EXPECTED_THROUGH_0309
+    assert publish_daily_sales(df, warehouse) == len(EXPECTED_THROUGH_0309)
+    assert read_back(warehouse) == first
+    assert describe(warehouse) == EXPECTED_TYPES
+
+
+def test_publish_replaces_and_handles_empty(landing: Path, tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    publish_daily_sales(df, warehouse)
+    assert publish_daily_sales(df.iloc[0:0], warehouse) == 0
+    assert read_back(warehouse) == []
+    assert describe(warehouse) == EXPECTED_TYPES

@@ -1,0 +1,1 @@
+"""Python ETL: landing Parquet files -> `analytics.daily_sales` (pandas, exact money)."""
