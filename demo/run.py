@@ -100,16 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     business_date = datetime.now(settings.report_tz()).date() - timedelta(days=1)
 
     print(f"[demo] source: {paths['source']} ({args.days} days ending {business_date})")
-    summary = generate(
-        f"sqlite:///{paths['source']}",
-        seed=args.seed,
-        days=args.days,
-        end_date=business_date,
-        orders_per_day=args.orders_per_day,
-        payments_db=paths["payments"],
-        if_exists="skip",
-    )
-    print(f"[demo] generator: {summary}")
+    if paths["source"].exists() and paths["payments"].exists():
+        print("[demo] reusing the existing demo source (delete data/demo to rebuild it)")
+    else:
+        # Built under temporary names and renamed, so an interrupted demo never leaves
+        # a half-written source that a later run would mistake for a complete one.
+        tmp_source = paths["dir"] / "source.db.partial"
+        tmp_payments = paths["dir"] / "payments.db.partial"
+        for tmp in (tmp_source, tmp_payments):
+            tmp.unlink(missing_ok=True)
+        summary = generate(
+            f"sqlite:///{tmp_source}",
+            seed=args.seed,
+            days=args.days,
+            end_date=business_date,
+            orders_per_day=args.orders_per_day,
+            payments_db=tmp_payments,
+            if_exists="replace",
+        )
+        os.replace(tmp_payments, paths["payments"])
+        os.replace(tmp_source, paths["source"])
+        print(f"[demo] generated: {summary['rows']}")
     with running_api(paths["payments"], token=args.token, port=args.port or None) as api_uri:
         print(f"[demo] API on {api_uri.split('@')[1]}; running nightly_sales for {business_date}")
         run_dag(
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Warehouse: {warehouse}")
     print("Try:")
     print(
-        f"  {Path(sys.executable).parent / 'python'} -c \"import duckdb; "
+        f'  {Path(sys.executable).parent / "python"} -c "import duckdb; '
         f"print(duckdb.connect('{warehouse}', read_only=True).sql("
         "'select date, region, total_sales_usd, order_count from analytics.sales_summary "
         "order by date desc, region limit 10'))\""

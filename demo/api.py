@@ -1,0 +1,451 @@
+"""Demo payments/FX HTTP API (contract section 2), with switchable fault injection.
+
+Serves payments from the SQLite file the demo generator writes, and deterministic FX
+rates from `demo.fx`. Faults imitate a real third-party API (429 + Retry-After, 5xx,
+slow pages, a page repeating records of the page before, schema-breaking records) and
+are chosen by request counters, so a test run always sees the same sequence.
+
+Run: python -m demo.api --token TOKEN --payments-db data/demo/payments.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import os
+import socket
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from demo.fx import rates_for
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+FAULT_MODES = ("rate_limit", "server_error", "slow", "repeat_page", "malformed")
+_ERROR_MODES = ("rate_limit", "server_error")  # answer with an error instead of data
+_SERVER_ERROR_STATUSES = (500, 502, 503)
+_REPEAT_RECORDS = 2  # how many records of the page before a repeated page starts with
+
+PAYMENTS_DDL = """
+CREATE TABLE IF NOT EXISTS payments (
+    id TEXT PRIMARY KEY,
+    order_id INTEGER,
+    amount TEXT,
+    currency TEXT,
+    status TEXT,
+    method TEXT,
+    created_at TEXT,
+    updated_at TEXT
+)
+"""
+
+
+@dataclass
+class FaultConfig:
+    """Which faults to inject and how often (every Nth request/page)."""
+
+    modes: frozenset[str] = frozenset()
+    every: int = 3
+    retry_after: int = 1
+    slow_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.modes = frozenset(self.modes)
+        unknown = sorted(self.modes - set(FAULT_MODES))
+        if unknown:
+            raise ValueError(f"unknown fault mode(s) {unknown}; known: {', '.join(FAULT_MODES)}")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {self.every!r}")
+        if not isinstance(self.retry_after, int) or self.retry_after < 0:
+            raise ValueError(f"retry_after must be an integer >= 0, got {self.retry_after!r}")
+        if not isinstance(self.slow_seconds, int | float) or self.slow_seconds < 0:
+            raise ValueError(f"slow_seconds must be a number >= 0, got {self.slow_seconds!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "modes": sorted(self.modes),
+            "every": self.every,
+            "retry_after": self.retry_after,
+            "slow_seconds": self.slow_seconds,
+        }
+
+
+@dataclass
+class _State:
+    """Mutable server state; only touched from the event loop, so no locking."""
+
+    faults: FaultConfig
+    requests: int = 0  # /v1/* requests since the faults were last set
+    served: int = 0  # /v1/* requests answered with data (not a fault error)
+    payment_pages: int = 0  # /v1/payments pages answered with data
+    error_faults: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    faults_injected: Counter[str] = field(default_factory=Counter)
+
+    def reset_counters(self) -> None:
+        self.requests = self.served = self.payment_pages = self.error_faults = 0
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def _format_ts(value: datetime) -> str:
+    """Canonical form of the stored timestamps, so string order == time order."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_since(raw: str) -> str:
+    text = raw.strip()
+    if "T" in text and " " in text:  # an unencoded "+00:00" arrives as " 00:00"
+        text = text.replace(" ", "+")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise _BadRequest(f"updated_since={raw!r} is not an ISO-8601 timestamp") from exc
+    if parsed.tzinfo is None:  # the contract speaks UTC; a naive value means UTC
+        parsed = parsed.replace(tzinfo=UTC)
+    return _format_ts(parsed)
+
+
+def _parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise _BadRequest(f"limit={raw!r} is not an integer") from exc
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _BadRequest(f"limit={limit} is out of range 1..{MAX_LIMIT}")
+    return limit
+
+
+def encode_cursor(updated_at: str, payment_id: str, since: str | None) -> str:
+    """Opaque keyset cursor: the last (updated_at, id) served plus the filter."""
+    payload = json.dumps({"u": updated_at, "i": payment_id, "s": since}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str) -> tuple[str, str, str | None]:
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        updated_at, payment_id, since = payload["u"], payload["i"], payload["s"]
+        if not isinstance(updated_at, str) or not isinstance(payment_id, str):
+            raise TypeError("cursor fields must be strings")
+        if since is not None and not isinstance(since, str):
+            raise TypeError("cursor filter must be a string")
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise _BadRequest(f"cursor={raw!r} is not a valid cursor") from exc
+    return updated_at, payment_id, since
+
+
+def _connect_ro(db_path: Path) -> sqlite3.Connection | None:
+    """Read-only connection, or None when the file does not exist yet."""
+    if not db_path.exists():
+        return None
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _query(db_path: Path, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    conn = _connect_ro(db_path)
+    if conn is None:
+        return []
+    try:
+        return [dict(row) for row in conn.execute(sql, params)]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # generator has not created it yet
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def _fetch_page(
+    db_path: Path, since: str | None, after: tuple[str, str] | None, limit: int
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    if since is not None:
+        where.append("updated_at >= ?")
+        params.append(since)
+    if after is not None:
+        where.append("(updated_at > ? OR (updated_at = ? AND id > ?))")
+        params += [after[0], after[0], after[1]]
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    sql = f"SELECT * FROM payments {clause} ORDER BY updated_at, id LIMIT ?"
+    return _query(db_path, sql, (*params, limit))
+
+
+def _fetch_before(
+    db_path: Path, since: str | None, before: tuple[str, str], count: int
+) -> list[dict[str, Any]]:
+    """The `count` records just before `before` (inclusive of it), in ascending order."""
+    where = ["(updated_at < ? OR (updated_at = ? AND id <= ?))"]
+    params: list[Any] = [before[0], before[0], before[1]]
+    if since is not None:
+        where.append("updated_at >= ?")
+        params.append(since)
+    sql = (
+        f"SELECT * FROM payments WHERE {' AND '.join(where)} "
+        "ORDER BY updated_at DESC, id DESC LIMIT ?"
+    )
+    return list(reversed(_query(db_path, sql, (*params, count))))
+
+
+class _StatusCounter:
+    """ASGI middleware counting /v1/* responses by status (for /_admin/stats)."""
+
+    def __init__(self, app: ASGIApp, counter: Counter[str]) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.counter[str(message["status"])] += 1
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None = None) -> Starlette:
+    """Build the ASGI app serving `payments_db` behind bearer `token`."""
+    if not token:
+        raise ValueError("token must be a non-empty string")
+    db_path = Path(payments_db)
+    state = _State(faults=faults or FaultConfig())
+    expected = f"Bearer {token}".encode()
+
+    def authorized(request: Request) -> bool:
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, expected)
+
+    async def inject_error_fault() -> Response | None:
+        """Count a /v1 request; answer 429/5xx when its turn has come."""
+        state.requests += 1
+        cfg = state.faults
+        active = [m for m in _ERROR_MODES if m in cfg.modes]
+        if active and state.requests % cfg.every == 0:
+            mode = active[(state.requests // cfg.every - 1) % len(active)]
+            state.faults_injected[mode] += 1
+            if mode == "rate_limit":
+                return _error(429, "rate limited", {"Retry-After": str(cfg.retry_after)})
+            status = _SERVER_ERROR_STATUSES[state.error_faults % len(_SERVER_ERROR_STATUSES)]
+            state.error_faults += 1
+            headers = {"Retry-After": str(cfg.retry_after)} if status == 503 else None
+            return _error(status, "injected server error", headers)
+        state.served += 1
+        if "slow" in cfg.modes and state.served % cfg.every == 0:
+            state.faults_injected["slow"] += 1
+            await asyncio.sleep(cfg.slow_seconds)
+        return None
+
+    async def payments(request: Request) -> Response:
+        if not authorized(request):
+            return _error(401, "missing or invalid bearer token")
+        try:
+            limit = _parse_limit(request.query_params.get("limit"))
+            raw_cursor = request.query_params.get("cursor")
+            after: tuple[str, str] | None = None
+            if raw_cursor:
+                updated_at, payment_id, since = _decode_cursor(raw_cursor)
+                after = (updated_at, payment_id)
+            else:
+                raw_since = request.query_params.get("updated_since")
+                since = _parse_since(raw_since) if raw_since else None
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        fault = await inject_error_fault()
+        if fault is not None:
+            return fault
+        state.payment_pages += 1
+        cfg = state.faults
+        nth_page = state.payment_pages % cfg.every == 0
+        if after is not None and "repeat_page" in cfg.modes and nth_page:
+            # Start a few records early; keep >= 1 new record so paging still advances.
+            repeat = min(_REPEAT_RECORDS, limit - 1)
+            head = _fetch_before(db_path, since, after, repeat) if repeat else []
+            rows = head + _fetch_page(db_path, since, after, limit - len(head))
+            if head:
+                state.faults_injected["repeat_page"] += 1
+        else:
+            rows = _fetch_page(db_path, since, after, limit)
+        next_cursor = None
+        if len(rows) == limit:  # a full page: there may be more
+            next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"], since)
+        if rows and "malformed" in cfg.modes and nth_page:
+            turn = state.payment_pages // cfg.every
+            victim = dict(rows[turn % len(rows)])
+            if turn % 2:
+                victim.pop("amount", None)
+            else:
+                victim["amount"] = "not-a-number"
+            rows[turn % len(rows)] = victim
+            state.faults_injected["malformed"] += 1
+        return JSONResponse({"data": rows, "next_cursor": next_cursor})
+
+    async def fx_rates(request: Request) -> Response:
+        if not authorized(request):
+            return _error(401, "missing or invalid bearer token")
+        raw = request.query_params.get("date")
+        try:
+            day = date.fromisoformat(raw or "")
+            if len(raw or "") != 10:  # fromisoformat also takes 20240101
+                raise ValueError(raw)
+        except ValueError:
+            return _error(400, f"date={raw!r} is not a YYYY-MM-DD date")
+        fault = await inject_error_fault()
+        if fault is not None:
+            return fault
+        return JSONResponse({"base": "USD", "date": day.isoformat(), "rates": rates_for(day)})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def admin_faults(request: Request) -> Response:
+        if not authorized(request):
+            return _error(401, "missing or invalid bearer token")
+        if request.method == "GET":
+            return JSONResponse(state.faults.to_json())
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError(f"expected a JSON object, got {type(body).__name__}")
+            current = state.faults
+            state.faults = FaultConfig(
+                modes=frozenset(body.get("modes", [])),
+                every=body.get("every", current.every),
+                retry_after=body.get("retry_after", current.retry_after),
+                slow_seconds=body.get("slow_seconds", current.slow_seconds),
+            )
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"bad fault settings: {exc}")
+        state.reset_counters()  # the new schedule starts from request 1
+        return JSONResponse(state.faults.to_json())
+
+    async def admin_stats(request: Request) -> Response:
+        if not authorized(request):
+            return _error(401, "missing or invalid bearer token")
+        return JSONResponse(
+            {
+                "requests": sum(state.by_status.values()),
+                "by_status": dict(state.by_status),
+                "faults": dict(state.faults_injected),
+                "config": state.faults.to_json(),
+            }
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/v1/payments", payments),
+            Route("/v1/fx-rates", fx_rates),
+            Route("/healthz", healthz),
+            Route("/_admin/faults", admin_faults, methods=["GET", "POST"]),
+            Route("/_admin/stats", admin_stats),
+        ],
+        middleware=[Middleware(_StatusCounter, counter=state.by_status)],
+    )
+    app.state.api_state = state  # for in-process inspection in tests
+    return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` under uvicorn in a background thread; yield its base URL; stop it.
+
+    port=0 picks a free port (the socket is bound here, so there is no race).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="demo-api", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = 10.0
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("demo API server thread died while starting")
+            thread.join(0.01)
+            deadline -= 0.01
+            if deadline <= 0:
+                raise RuntimeError("demo API server did not start within 10 s")
+        url_host = f"[{host}]" if ":" in host else host
+        yield f"http://{url_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def _parse_modes(raw: str) -> frozenset[str]:
+    return frozenset(m.strip() for m in raw.split(",") if m.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Demo payments/FX API (contract section 2).")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("DEMO_API_TOKEN"),
+        help="bearer token clients must send (default: $DEMO_API_TOKEN, kept out of `ps`)",
+    )
+    parser.add_argument("--payments-db", required=True, type=Path, help="generator's SQLite file")
+    parser.add_argument(
+        "--faults", default="", help=f"comma-separated fault modes: {', '.join(FAULT_MODES)}"
+    )
+    parser.add_argument("--fault-every", type=int, default=3, help="fault every Nth request")
+    parser.add_argument("--retry-after", type=int, default=1, help="seconds in Retry-After")
+    parser.add_argument("--slow-seconds", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("a token is required: --token or $DEMO_API_TOKEN")
+    try:
+        faults = FaultConfig(
+            modes=_parse_modes(args.faults),
+            every=args.fault_every,
+            retry_after=args.retry_after,
+            slow_seconds=args.slow_seconds,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    app = create_app(args.payments_db, args.token, faults)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""HTTP client for the payments/FX API (contract section 2), with a bounded retry policy.
+
+Retries 429, 5xx, timeouts and connection errors with exponential backoff and full
+jitter, honouring `Retry-After`; gives up after `max_attempts` or `max_total_seconds`.
+Any other 4xx fails at once. The bearer token only ever travels in the header: error
+messages and log lines are built from the base URL (which has no credentials) and are
+scrubbed of the token anyway, in case a server echoes it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from pipeline.settings import ApiConfig
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+_BODY_SNIPPET = 200
+
+
+class ApiError(RuntimeError):
+    """The API failed or answered something unusable; the message names status and URL."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class PaymentsApiClient:
+    """Synchronous client; use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        config: ApiConfig,
+        *,
+        timeout: float = 30.0,
+        max_attempts: int = 8,
+        max_total_seconds: float = 300,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self._token = config.token
+        self.base_url = config.base_url.rstrip("/")
+        self.max_attempts = max_attempts
+        self.max_total_seconds = max_total_seconds
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {config.token}", "Accept": "application/json"},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,  # a redirect could carry the header to another host
+        )
+
+    def __enter__(self) -> PaymentsApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:
+        return f"PaymentsApiClient(base_url={self.base_url!r})"
+
+    # -- public API -----------------------------------------------------------------
+
+    def iter_payment_pages(
+        self, updated_since: datetime | None, limit: int = 500
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield each page's records (raw dicts, unvalidated), following next_cursor.
+
+        A naive `updated_since` is taken as UTC.
+        """
+        params: dict[str, str] = {"limit": str(limit)}
+        if updated_since is not None:
+            if updated_since.tzinfo is None:
+                updated_since = updated_since.replace(tzinfo=UTC)
+            params["updated_since"] = updated_since.astimezone(UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ"
+            )
+        seen_cursors: set[str] = set()
+        while True:
+            body = self._get_json("/v1/payments", params)
+            url = self._describe("/v1/payments", params)
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, list):
+                raise ApiError(f"GET {url}: response has no 'data' list", url=url)
+            next_cursor = body.get("next_cursor")
+            if next_cursor is not None and not isinstance(next_cursor, str):
+                raise ApiError(f"GET {url}: next_cursor={next_cursor!r} is not a string", url=url)
+            yield data
+            if not next_cursor:
+                return
+            # A cursor seen before would loop forever: fail loudly instead.
+            if next_cursor in seen_cursors:
+                raise ApiError(f"GET {url}: next_cursor did not advance", url=url)
+            seen_cursors.add(next_cursor)
+            params = {"limit": str(limit), "cursor": next_cursor}
+
+    def get_fx_rates(self, day: date) -> dict[str, Any]:
+        """Return {"base": "USD", "date": "YYYY-MM-DD", "rates": {cur: str}} for `day`."""
+        params = {"date": day.isoformat()}
+        body = self._get_json("/v1/fx-rates", params)
+        url = self._describe("/v1/fx-rates", params)
+
+        def bad(why: str) -> ApiError:
+            return ApiError(f"GET {url}: invalid fx-rates for {day.isoformat()}: {why}", url=url)
+
+        if not isinstance(body, dict):
+            raise bad(f"expected a JSON object, got {type(body).__name__}")
+        if body.get("base") != "USD":
+            raise bad(f"base={body.get('base')!r}, expected 'USD'")
+        if body.get("date") != day.isoformat():
+            raise bad(f"date={body.get('date')!r}")
+        rates = body.get("rates")
+        if not isinstance(rates, dict) or not rates:
+            raise bad(f"rates={rates!r} is not a non-empty object")
+        for currency, rate in rates.items():
+            if not isinstance(rate, str):
+                raise bad(f"rate for {currency!r} is {rate!r}, not a decimal string")
+        return {"base": "USD", "date": day.isoformat(), "rates": dict(rates)}
+
+    # -- internals ------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    def _describe(self, path: str, params: dict[str, str]) -> str:
+        return self._redact(str(httpx.URL(self.base_url + path, params=params)))
+
+    def _get_json(self, path: str, params: dict[str, str]) -> Any:
+        """GET with retries; return the decoded JSON body of a 200."""
+        url = self._describe(path, params)
+        started = time.monotonic()
+        for attempt in range(1, self.max_attempts + 1):
+            retry_after: float | None = None
+            status: int | None = None
+            try:
+                response = self._http.get(path, params=params)
+            except httpx.TransportError as exc:  # timeouts, refused/reset connections
+                reason = self._redact(f"{type(exc).__name__}: {exc}")
+            else:
+                status = response.status_code
+                if status == 200:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        # A truncated body is usually transient (proxy cut the stream).
+                        reason = "status 200 with a body that is not JSON"
+                elif status in _RETRYABLE_STATUSES:
+                    reason = f"status {status}"
+                    if status in _RETRY_AFTER_STATUSES:
+                        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+                else:
+                    snippet = self._redact(response.text[:_BODY_SNIPPET])
+                    raise ApiError(
+                        f"GET {url} failed with status {status}: {snippet}",
+                        status=status,
+                        url=url,
+                    )
+            elapsed = time.monotonic() - started
+            if attempt == self.max_attempts:
+                raise ApiError(
+                    f"GET {url}: giving up after {attempt} attempts in {elapsed:.1f}s; "
+                    f"last error: {reason}",
+                    status=status,
+                    url=url,
+                )
+            if retry_after is not None:
+                wait = retry_after
+            else:
+                ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+                wait = random.uniform(0, ceiling)  # full jitter spreads retrying clients
+            if elapsed + wait > self.max_total_seconds:
+                raise ApiError(
+                    f"GET {url}: giving up after {attempt} attempts: waiting {wait:.1f}s "
+                    f"more would exceed max_total_seconds={self.max_total_seconds}; "
+                    f"last error: {reason}",
+                    status=status,
+                    url=url,
+                )
+            log.warning(
+                "GET %s: %s (attempt %d/%d); retrying in %.2fs%s",
+                url,
+                reason,
+                attempt,
+                self.max_attempts,
+                wait,
+                " (Retry-After)" if retry_after is not None else "",
+            )
+            self._sleep(wait)
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
