@@ -69,7 +69,7 @@ def fx_days_needed(business_date: date) -> list[date]:
     try:
         rows = con.execute(
             "select distinct cast(timezone(?, created_at) as date) as d "
-            "from read_parquet(?) where created_at is not null order by d",
+            "from read_parquet(?, hive_partitioning = false) where created_at is not null order by d",
             [settings.report_tz_name(), str(orders / "*.parquet")],
         ).fetchall()
     finally:
@@ -201,4 +201,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

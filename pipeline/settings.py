@@ -104,9 +104,7 @@ def parse_api_uri(uri: str) -> ApiConfig:
     """`http://:TOKEN@host:port` → base URL + bearer token (token = the password)."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"payments_api: scheme must be http or https, got {parts.scheme!r}"
-        )
+        raise ConfigError(f"payments_api: scheme must be http or https, got {parts.scheme!r}")
     if not parts.hostname:
         raise ConfigError("payments_api: the URI has no host")
     token = unquote(parts.password or "")

@@ -104,9 +104,12 @@ def _latest_per_key(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return df.drop_duplicates(subset=keys, keep="last")
 
 
+_BLANK = " \t\n\r\f\v"
+
+
 def _is_blank(series: pd.Series) -> pd.Series:
-    """NULL or only whitespace (Python `str.strip() == ''`)."""
-    return series.map(lambda v: v is None or v is pd.NA or v != v or str(v).strip() == "")
+    """NULL or only ASCII whitespace (the same rule as dbt's `is_blank` macro)."""
+    return series.map(lambda v: v is None or v is pd.NA or v != v or str(v).strip(_BLANK) == "")
 
 
 def _int_series(values: list[int], index: pd.Index) -> pd.Series:

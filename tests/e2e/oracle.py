@@ -65,7 +65,9 @@ def load_fx(engine: sa.Engine, api_base: str, token: str, days: list[date]) -> N
     with engine.begin() as conn:
         conn.execute(sa.text("drop table if exists oracle_fx"))
         conn.execute(
-            sa.text("create table oracle_fx (day date, currency text, rate numeric, primary key (day, currency))")
+            sa.text(
+                "create table oracle_fx (day date, currency text, rate numeric, primary key (day, currency))"
+            )
         )
         conn.execute(
             sa.text("insert into oracle_fx (day, currency, rate) values (:day, :currency, :rate)"),

@@ -101,8 +101,8 @@ def test_nightly_sales_end_to_end(pg_database: str, tmp_path: Path) -> None:
     )
     engine = sa.create_engine(pg_database)
     # A plain postgresql:// URL, as a user would put it in AIRFLOW_CONN_SOURCE_DB.
-    source_uri = sa.make_url(pg_database).set(drivername="postgresql").render_as_string(
-        hide_password=False
+    source_uri = (
+        sa.make_url(pg_database).set(drivername="postgresql").render_as_string(hide_password=False)
     )
     base_env = {
         "AIRFLOW_CONN_SOURCE_DB": source_uri,
@@ -143,9 +143,7 @@ def test_nightly_sales_end_to_end(pg_database: str, tmp_path: Path) -> None:
             after = snapshot(warehouse)
             old_days = {r[0] for r in after["sales_summary"] if r[0] <= day1}
             assert old_days, "no history left after day 2"
-            changed = {
-                r[0] for r in set(after["sales_summary"]) ^ set(before["sales_summary"])
-            }
+            changed = {r[0] for r in set(after["sales_summary"]) ^ set(before["sales_summary"])}
             assert changed & {d for d in touched if d <= day1}, (
                 "late rows did not restate an earlier day",
                 touched,

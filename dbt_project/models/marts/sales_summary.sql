@@ -1,0 +1,28 @@
+{#- Published: analytics.sales_summary (contract section 5). -#}
+{%- set through_date = var('through_date') -%}
+{%- if through_date and not modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', through_date | string) -%}
+    {{ exceptions.raise_compiler_error("var through_date must be YYYY-MM-DD or null, got " ~ through_date) }}
+{%- endif %}
+with
+
+counted_orders as (
+    select business_date, region, usd_cents
+    from {{ ref('fct_orders') }}
+    where is_counted
+    {%- if through_date %}
+        and business_date <= cast('{{ through_date }}' as date)
+    {%- endif %}
+),
+
+final as (
+    select
+        business_date as date,
+        region,
+        -- exact: integer cents summed, then scaled
+        cast(cast(sum(usd_cents) as decimal(38, 0)) * 0.01 as decimal(18, 2)) as total_sales_usd,
+        cast(count(*) as bigint) as order_count
+    from counted_orders
+    group by business_date, region
+)
+
+select * from final

@@ -1,0 +1,21 @@
+{#- A counted order whose currency has no rate for its business day fails the build
+    (it is never converted at 0 or 1). On DuckDB the error names the currency and day. -#}
+with
+
+missing_rates as (
+    select
+        currency,
+        business_date,
+        count(*) as order_count
+    from {{ ref('int_orders_converted') }}
+    where is_counted and usd_cents is null
+    group by currency, business_date
+)
+
+select *
+from missing_rates
+where {{ nightshift.raise_for_row(
+    "'no FX rate for currency ' || coalesce(currency, 'NULL') || ' on business day '"
+    ~ " || cast(business_date as varchar) || ' (' || cast(order_count as varchar)"
+    ~ " || ' counted orders)'"
+) }}

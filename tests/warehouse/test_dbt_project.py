@@ -1,0 +1,277 @@
+"""End-to-end: the dbt project on a real DuckDB file built from a hand-made raw dataset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from warehouse.dbt_runner import DbtError, dbt_build, run_dbt
+
+PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
+
+RAW_SQL = """
+SET TimeZone = 'UTC';
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE OR REPLACE TABLE raw.users (
+    id BIGINT, email VARCHAR, full_name VARCHAR, region VARCHAR,
+    created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, favourite_colour VARCHAR,
+    _run_id VARCHAR, _loaded_at TIMESTAMPTZ);
+INSERT INTO raw.users VALUES
+    (1, 'a@x', 'A', 'EU',  '2024-01-01 00:00:00+00', '2024-01-01 00:00:00+00', 'red', 'r1', now()),
+    (2, 'b@x', 'B', NULL,  '2024-01-01 00:00:00+00', '2024-01-01 00:00:00+00', NULL, 'r1', now()),
+    (3, 'c@x', 'C', '   ', '2024-01-01 00:00:00+00', '2024-01-01 00:00:00+00', NULL, 'r1', now()),
+    (4, 'd@x', 'D', 'US',  '2024-01-01 00:00:00+00', '2024-01-01 00:00:00+00', NULL, 'r1', now());
+
+CREATE OR REPLACE TABLE raw.products (
+    id BIGINT, sku VARCHAR, name VARCHAR, category VARCHAR, price DECIMAL(12,2),
+    updated_at TIMESTAMPTZ, _run_id VARCHAR, _loaded_at TIMESTAMPTZ);
+INSERT INTO raw.products VALUES
+    (10, 'S10', 'Book',  'books', 5.00, '2024-01-01 00:00:00+00', 'r1', now()),
+    (11, 'S11', 'Toy',   'toys',  9.99, '2024-01-01 00:00:00+00', 'r1', now()),
+    (12, 'S12', 'Alpha', 'alpha', 1.00, '2024-01-01 00:00:00+00', 'r1', now()),
+    (13, 'S13', 'Zeta',  'Zeta',  1.00, '2024-01-01 00:00:00+00', 'r1', now());
+
+CREATE OR REPLACE TABLE raw.orders (
+    id BIGINT, user_id BIGINT, status VARCHAR, currency VARCHAR, total DECIMAL(12,2),
+    created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, _run_id VARCHAR, _loaded_at TIMESTAMPTZ);
+INSERT INTO raw.orders VALUES
+    (1,  1,  'paid',      'EUR', 10.00,  '2024-01-15 15:00:00+00', '2024-01-15 15:00:00+00', 'r1', now()),
+    (2,  1,  'cancelled', 'USD', 100.00, '2024-01-15 16:00:00+00', '2024-01-15 16:00:00+00', 'r1', now()),
+    (3,  2,  'delivered', 'USD', 20.00,  '2024-01-15 17:00:00+00', '2024-01-15 17:00:00+00', 'r1', now()),
+    (4,  3,  'shipped',   'GBP', 1.00,   '2024-01-15 18:00:00+00', '2024-01-15 18:00:00+00', 'r1', now()),
+    (5,  4,  'paid',      'USD', 7.50,   '2024-01-16 03:00:00+00', '2024-01-16 03:00:00+00', 'r1', now()),
+    (6,  4,  'paid',      'USD', 2.00,   '2024-01-16 12:00:00+00', '2024-01-16 12:00:00+00', 'r1', now()),
+    (7,  99, 'pending',   'EUR', 0.01,   '2024-01-16 12:00:00+00', '2024-01-16 12:00:00+00', 'r1', now()),
+    (8,  1,  'cancelled', 'GBP', 3.00,   '2024-01-16 12:00:00+00', '2024-01-16 12:00:00+00', 'r1', now()),
+    (9,  1,  'paid',      'CHF', 0.01,   '2024-01-16 13:00:00+00', '2024-01-16 13:00:00+00', 'r1', now()),
+    (10, 1,  'paid',      'CHF', 0.03,   '2024-01-16 14:00:00+00', '2024-01-16 14:00:00+00', 'r1', now()),
+    (11, 1,  'refunded',  'CHF', 0.05,   '2024-01-16 15:00:00+00', '2024-01-16 15:00:00+00', 'r1', now());
+
+CREATE OR REPLACE TABLE raw.order_items (
+    id BIGINT, order_id BIGINT, product_id BIGINT, quantity BIGINT, unit_price DECIMAL(12,2),
+    updated_at TIMESTAMPTZ, _run_id VARCHAR, _loaded_at TIMESTAMPTZ);
+INSERT INTO raw.order_items VALUES
+    (100, 1, 10, 2, 5.00, '2024-01-15 15:00:00+00', 'r1', now()),
+    (101, 1, 11, 1, 9.99, '2024-01-15 15:00:00+00', 'r1', now()),
+    (102, 5, 12, 1, 3.75, '2024-01-16 03:00:00+00', 'r1', now()),
+    (103, 5, 13, 3, 1.25, '2024-01-16 03:00:00+00', 'r1', now()),
+    (104, 6, 99, 1, 2.00, '2024-01-16 12:00:00+00', 'r1', now());
+
+CREATE OR REPLACE TABLE raw.payments (
+    id VARCHAR, order_id BIGINT, amount DECIMAL(18,2), currency VARCHAR, status VARCHAR,
+    method VARCHAR, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ,
+    _run_id VARCHAR, _loaded_at TIMESTAMPTZ);
+INSERT INTO raw.payments VALUES
+    ('p1', 1, 10.00, 'EUR', 'succeeded', 'card', '2024-01-15 15:01:00+00',
+     '2024-01-15 15:01:00+00', 'r1', now());
+
+CREATE OR REPLACE TABLE raw.fx_rates (
+    rate_date DATE, base VARCHAR, currency VARCHAR, rate DECIMAL(38,18),
+    _run_id VARCHAR, _loaded_at TIMESTAMPTZ);
+INSERT INTO raw.fx_rates VALUES
+    ('2024-01-15', 'USD', 'USD', 1, 'r1', now()),
+    ('2024-01-15', 'USD', 'EUR', 0.9213, 'r1', now()),
+    ('2024-01-15', 'USD', 'GBP', 0.8, 'r1', now()),
+    ('2024-01-16', 'USD', 'USD', 1, 'r1', now()),
+    ('2024-01-16', 'USD', 'EUR', 0.9213, 'r1', now()),
+    ('2024-01-16', 'USD', 'CHF', 2, 'r1', now());
+"""
+
+D15, D16 = dt.date(2024, 1, 15), dt.date(2024, 1, 16)
+
+# Worked by hand, REPORT_TZ=America/New_York:
+# 01-15 EU: #1 10.00 EUR / 0.9213 = 10.854 -> 1085c; #2 cancelled.
+# 01-15 unknown: #3 NULL region 20.00 USD -> 2000c; #4 blank region 1.00 GBP / 0.8 -> 125c.
+# 01-15 US: #5 created 01-16 03:00 UTC = 01-15 22:00 EST -> 750c.
+# 01-16 US: #6 200c.  01-16 unknown: #7 missing user, 0.01 EUR -> 1.085c -> 1c.
+# 01-16 EU: #9/#10/#11 CHF at 2: 0.5c -> 1, 1.5c -> 2, 2.5c -> 3 (half-up) = 6c; #8 cancelled
+#           GBP with no rate that day does not fail the build.
+EXPECTED_NEW_YORK = [
+    (D15, "EU", Decimal("10.85"), 1),
+    (D15, "US", Decimal("7.50"), 1),
+    (D15, "unknown", Decimal("21.25"), 2),
+    (D16, "EU", Decimal("0.06"), 3),
+    (D16, "US", Decimal("2.00"), 1),
+    (D16, "unknown", Decimal("0.01"), 1),
+]
+# REPORT_TZ=UTC, through_date=2024-01-15: #5 moves to 01-16, which is cut off.
+EXPECTED_UTC_THROUGH_15 = [
+    (D15, "EU", Decimal("10.85"), 1),
+    (D15, "unknown", Decimal("21.25"), 2),
+]
+
+
+def _make_raw(path: Path, extra_sql: str = "") -> None:
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(RAW_SQL + extra_sql)
+    finally:
+        con.close()
+
+
+def _query(path: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+SUMMARY_SQL = "select * from analytics.sales_summary order by date, region"
+
+
+@pytest.fixture(scope="module")
+def built_new_york(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("wh") / "warehouse.duckdb"
+    _make_raw(path)
+    result = dbt_build(path, "America/New_York")
+    assert result.returncode == 0
+    assert result.nodes and not result.failed
+    return path
+
+
+def test_sales_summary_matches_hand_computed(built_new_york: Path) -> None:
+    assert _query(built_new_york, SUMMARY_SQL) == EXPECTED_NEW_YORK
+
+
+def test_sales_summary_column_types(built_new_york: Path) -> None:
+    rows = _query(
+        built_new_york,
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = 'analytics' and table_name = 'sales_summary' "
+        "order by ordinal_position",
+    )
+    assert rows == [
+        ("date", "DATE"),
+        ("region", "VARCHAR"),
+        ("total_sales_usd", "DECIMAL(18,2)"),
+        ("order_count", "BIGINT"),
+    ]
+
+
+def test_schemas_are_used_as_named(built_new_york: Path) -> None:
+    rows = _query(
+        built_new_york,
+        "select table_schema, table_name from information_schema.tables "
+        "where table_schema not in ('raw') order by 1, 2",
+    )
+    schemas = {s for s, _ in rows}
+    assert {"staging", "intermediate", "marts", "analytics"} <= schemas
+    assert ("analytics", "sales_summary") in rows
+    assert [t for s, t in rows if s == "analytics"] == ["sales_summary"]
+
+
+def test_order_categories(built_new_york: Path) -> None:
+    rows = dict(_query(built_new_york, "select order_id, category from marts.fct_orders"))
+    assert rows[1] == "books"  # 2 * 5.00 beats 1 * 9.99
+    assert rows[3] == "uncategorized"  # no items
+    assert rows[5] == "Zeta"  # 3.75 tie: 'Zeta' < 'alpha' in byte order
+    assert rows[6] == "uncategorized"  # product missing
+
+
+def test_fct_orders_flags_and_cents(built_new_york: Path) -> None:
+    rows = {
+        r[0]: r[1:]
+        for r in _query(
+            built_new_york,
+            "select order_id, is_counted, usd_cents, region, business_date from marts.fct_orders",
+        )
+    }
+    assert rows[2][0] is False and rows[8][0] is False
+    assert rows[8][1] is None  # cancelled, no GBP rate that day: not converted, not fatal
+    assert rows[1][1] == 1085
+    assert [rows[i][1] for i in (9, 10, 11)] == [1, 2, 3]
+    assert rows[7][2] == "unknown"
+    assert rows[5][3] == D15
+
+
+def test_utc_and_through_date(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    _make_raw(path)
+    dbt_build(path, "UTC", "2024-01-15")
+    assert _query(path, SUMMARY_SQL) == EXPECTED_UTC_THROUGH_15
+
+
+def test_missing_fx_rate_fails_build_naming_currency(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    _make_raw(
+        path,
+        "INSERT INTO raw.orders VALUES (12, 1, 'paid', 'SEK', 5.00, '2024-01-16 12:00:00+00',"
+        " '2024-01-16 12:00:00+00', 'r1', now());",
+    )
+    with pytest.raises(DbtError) as excinfo:
+        dbt_build(path, "UTC")
+    message = str(excinfo.value)
+    assert "assert_fx_rate_exists_for_every_counted_order" in message
+    assert "SEK" in message and "2024-01-16" in message
+    # the published table was never built from the bad data
+    tables = _query(
+        path, "select table_name from information_schema.tables where table_schema='analytics'"
+    )
+    assert tables == []
+
+
+def test_select_matching_nothing_fails(built_new_york: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(built_new_york, copy)
+    with pytest.raises(DbtError, match="matched no node"):
+        dbt_build(copy, "UTC", select="no_such_model_anywhere")
+
+
+def test_parse_for_postgres_target() -> None:
+    env = {
+        "DBT_POSTGRES_USER": "dummy",
+        "DBT_POSTGRES_PASSWORD": "dummy",
+        "DBT_POSTGRES_DBNAME": "dummy",
+        "DBT_POSTGRES_SCHEMA": "dummy",
+        "WAREHOUSE_PATH": os.devnull,
+    }
+    result = run_dbt(["parse"], project_dir=PROJECT_DIR, target="postgres", vars={}, env=env)
+    assert result.returncode == 0
+
+
+@pytest.mark.parametrize("target", ["snowflake", "bigquery"])
+def test_compile_for_other_warehouses(target: str) -> None:
+    pytest.skip(f"dbt-{target} is not installed here (no {target} adapter to compile with)")
+
+
+def test_build_on_real_postgres(pg_database: str) -> None:
+    """The postgres dispatches (business day, cents, byte order) give the same table."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(pg_database)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            raw_sql = RAW_SQL.replace("CREATE OR REPLACE TABLE", "CREATE TABLE")
+            for statement in raw_sql.split(";"):
+                if statement.strip():
+                    conn.exec_driver_sql(statement)
+        env = {
+            "DBT_POSTGRES_HOST": url.host or "127.0.0.1",
+            "DBT_POSTGRES_PORT": str(url.port or 5432),
+            "DBT_POSTGRES_USER": url.username or "postgres",
+            "DBT_POSTGRES_PASSWORD": url.password or "",
+            "DBT_POSTGRES_DBNAME": url.database or "",
+            "DBT_POSTGRES_SCHEMA": "public",
+            "WAREHOUSE_PATH": os.devnull,
+        }
+        result = run_dbt(
+            ["build"],
+            project_dir=PROJECT_DIR,
+            target="postgres",
+            vars={"report_tz": "America/New_York", "through_date": None},
+            env=env,
+        )
+        assert result.nodes and not result.failed
+        with engine.connect() as conn:
+            rows = [tuple(r) for r in conn.exec_driver_sql(SUMMARY_SQL)]
+        assert rows == EXPECTED_NEW_YORK
+    finally:
+        engine.dispose()

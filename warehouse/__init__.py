@@ -1,0 +1,1 @@
+"""Warehouse side of the pipeline: load landed Parquet into `raw`, then run dbt."""
