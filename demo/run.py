@@ -37,7 +37,12 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def running_api(
-    payments_db: Path, *, token: str = DEMO_TOKEN, port: int | None = None, faults: str = ""
+    payments_db: Path,
+    *,
+    token: str = DEMO_TOKEN,
+    port: int | None = None,
+    faults: str = "",
+    fault_every: int = 3,
 ) -> Iterator[str]:
     """Start the demo payments API on loopback; yield its connection URI; stop it after."""
     port = port or _free_port()
@@ -55,7 +60,7 @@ def running_api(
         str(payments_db),
     ]
     if faults:
-        cmd += ["--faults", faults]
+        cmd += ["--faults", faults, "--fault-every", str(fault_every)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30

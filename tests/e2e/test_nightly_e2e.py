@@ -95,7 +95,7 @@ def test_nightly_sales_end_to_end(pg_database: str, tmp_path: Path) -> None:
         seed=7,
         days=12,
         end_date=END,
-        orders_per_day=40,
+        orders_per_day=100,
         payments_db=payments_db,
         if_exists="replace",
     )
@@ -114,7 +114,7 @@ def test_nightly_sales_end_to_end(pg_database: str, tmp_path: Path) -> None:
     faults = "rate_limit,server_error,repeat_page,malformed"
     os.environ["REPORT_TZ"] = REPORT_TZ  # for the helpers below that read settings
     try:
-        with running_api(payments_db, token=TOKEN, faults=faults) as api_uri:
+        with running_api(payments_db, token=TOKEN, faults=faults, fault_every=2) as api_uri:
             api_base = "http://" + api_uri.split("@", 1)[1]
             env = {**base_env, "AIRFLOW_CONN_PAYMENTS_API": api_uri}
 
