@@ -19,9 +19,8 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export PYTHONPATH := $(CURDIR)
 
-# Demo defaults; set AIRFLOW_CONN_SOURCE_DB / AIRFLOW_CONN_PAYMENTS_API to point elsewhere.
-DEMO_DIR := $(CURDIR)/data/demo
-DEMO_API_PORT ?= 8765
+# Demo API port (0: any free port) and token.
+DEMO_API_PORT ?= 0
 DEMO_API_TOKEN ?= demo-token
 
 .PHONY: help
@@ -55,14 +54,11 @@ demo: airflow-init ## Build demo sources (SQLite + API) and run the nightly pipe
 .PHONY: nightly
 nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow
 	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD"; exit 2; }
-	$(BIN)/python -m pipeline.airflow_run --date $(DATE)
+	$(BIN)/python -m pipeline.airflow_run run --date $(DATE)
 
 .PHONY: airflow
-airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login in README)
-	AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager \
-	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
-	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_HOME)/passwords.json \
-	$(BIN)/airflow standalone
+airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login admin/admin)
+	$(BIN)/python -m pipeline.airflow_run ui
 
 .PHONY: test
 test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none run)

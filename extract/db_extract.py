@@ -42,7 +42,15 @@ SOURCE_TABLES: tuple[TableSpec, ...] = (
     TableSpec("products", required_columns=("id", "category", "updated_at")),
     TableSpec(
         "orders",
-        required_columns=("id", "user_id", "status", "currency", "total", "created_at", "updated_at"),
+        required_columns=(
+            "id",
+            "user_id",
+            "status",
+            "currency",
+            "total",
+            "created_at",
+            "updated_at",
+        ),
     ),
     TableSpec(
         "order_items",
@@ -167,11 +175,16 @@ def extract_tables(
     engine = sa.create_engine(sqlalchemy_url(url))
     manifests: dict[str, dict[str, Any]] = {}
     try:
-        isolation = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name in (
-            "postgresql",
-            "mysql",
-            "mariadb",
-        ) else {}
+        isolation = (
+            {"isolation_level": "REPEATABLE READ"}
+            if engine.dialect.name
+            in (
+                "postgresql",
+                "mysql",
+                "mariadb",
+            )
+            else {}
+        )
         with engine.connect().execution_options(**isolation) as conn, conn.begin():
             metadata = sa.MetaData()
             for spec in tables:
@@ -197,8 +210,11 @@ def extract_tables(
                     extra_manifest={"mode": "full_refresh", "key": spec.key},
                 )
                 log.info(
-                    "extracted %s.%s: %d rows, %d bytes", SOURCE_NAME, spec.name,
-                    manifest["rows"], manifest["bytes"],
+                    "extracted %s.%s: %d rows, %d bytes",
+                    SOURCE_NAME,
+                    spec.name,
+                    manifest["rows"],
+                    manifest["bytes"],
                 )
                 manifests[spec.name] = manifest
     finally:

@@ -96,7 +96,7 @@ def demo_connections(data_dir: Path) -> Iterator[dict[str, str]]:
     from demo.run import DEMO_TOKEN, demo_paths, running_api
 
     paths = demo_paths(data_dir)
-    if not paths["source"].exists():
+    if not (paths["source"].exists() and paths["payments"].exists()):
         raise SystemExit(
             "no connection configured (AIRFLOW_CONN_SOURCE_DB, AIRFLOW_CONN_PAYMENTS_API) "
             "and no demo sources: run `make demo` first or set them (see .env.example)"
@@ -108,11 +108,31 @@ def demo_connections(data_dir: Path) -> Iterator[dict[str, str]]:
         }
 
 
+def serve_ui(env_extra: dict[str, str]) -> int:
+    """`airflow standalone` (UI on :8080) with the project's settings; login admin/admin."""
+    env = airflow_env(env_extra)
+    ensure_airflow_initialised(env)
+    home = Path(env["AIRFLOW_HOME"])
+    passwords = home / "passwords.json"
+    if not passwords.exists():
+        passwords.write_text(json.dumps({"admin": env.get("AIRFLOW_ADMIN_PASSWORD", "admin")}))
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    env.setdefault("AIRFLOW__API__PORT", "8080")
+    print(f"Airflow UI: http://localhost:{env['AIRFLOW__API__PORT']}  (login in {passwords})")
+    return subprocess.run([airflow_bin(), "standalone"], env=env).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run nightly_sales for one business day")
-    parser.add_argument("--date", required=True, type=date.fromisoformat)
+    parser = argparse.ArgumentParser(description="nightly_sales through Airflow")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run nightly_sales for one business day (dags test)")
+    run.add_argument("--date", required=True, type=date.fromisoformat)
+    sub.add_parser("ui", help="the Airflow UI (standalone) with the demo connections")
     args = parser.parse_args(argv)
     with demo_connections(settings.data_dir()) as extra:
+        if args.command == "ui":
+            return serve_ui(extra)
         run_dag(args.date, extra)
     print(f"nightly_sales {args.date}: success")
     print(f"report:    {settings.report_dir() / (args.date.isoformat() + '.html')}")

@@ -67,7 +67,8 @@ def check_sales_parity(
         more = len(mismatches) - max_listed
         raise ParityError(
             f"analytics.daily_sales and analytics.sales_summary disagree on "
-            f"{len(mismatches)} (date, region) row(s):\n" + "\n".join(lines)
+            f"{len(mismatches)} (date, region) row(s):\n"
+            + "\n".join(lines)
             + (f"\n  … and {more} more" if more > 0 else "")
         )
     return {"sales_summary_rows": counts[0], "daily_sales_rows": counts[1], "mismatches": 0}

@@ -43,6 +43,8 @@ tfoot td{font-weight:600;border-top:2px solid #9aa5b1}
 .empty{background:#fffbea;border:1px solid #f0b429;padding:1rem;border-radius:.5rem}
 .warn{background:#ffeeee;border:1px solid #e12d39;padding:.6rem 1rem;border-radius:.5rem}
 img{max-width:100%;height:auto}
+.grid{display:flex;gap:2rem;flex-wrap:wrap;align-items:flex-start}
+.grid section{flex:1 1 24rem}
 """
 
 _TEMPLATES = {
@@ -69,14 +71,24 @@ No counted orders were found for this business day in analytics.daily_sales.</p>
 <div class="kpi"><span>Total sales (USD)</span><strong>{{ total_sales }}</strong></div>
 <div class="kpi"><span>Orders</span><strong>{{ order_count }}</strong></div>
 </div>
-{% for t in tables %}
+<div class="grid">
+{% for t in tables[:2] %}
+<section>
+<h2>{{ t.title }}</h2>
+{{ render_table(t) }}
+</section>
+{% endfor %}
+</div>
+{% endif %}
+<h2>Last {{ trend_days }} days by region</h2>
+<img src="{{ png_name }}" alt="Total sales in USD per region, {{ trend_from }} to {{ day }}">
+{% if has_rows %}
+{% for t in tables[2:] %}
 <h2>{{ t.title }}</h2>
 {{ render_table(t) }}
 {% endfor %}
 <p><a href="{{ csv_name }}">Download the day's rows (CSV)</a></p>
 {% endif %}
-<h2>Last {{ trend_days }} days by region</h2>
-<img src="{{ png_name }}" alt="Total sales in USD per region, {{ trend_from }} to {{ day }}">
 <h2>Run statistics</h2>
 {% if not stats_tables %}<p>No run statistics were provided.</p>{% endif %}
 {% for t in stats_tables %}

@@ -50,7 +50,9 @@ def test_dependencies_exist_and_conditions_make_sense(compose: dict) -> None:
             assert dep in services, f"{name} depends on unknown service {dep}"
             condition = rule["condition"]
             if condition == "service_healthy":
-                assert "healthcheck" in services[dep], f"{name} waits for {dep} health, none defined"
+                assert "healthcheck" in services[dep], (
+                    f"{name} waits for {dep} health, none defined"
+                )
             elif condition == "service_completed_successfully":
                 assert services[dep].get("restart") == "no", f"{dep} is one-shot: restart 'no'"
             else:
