@@ -118,7 +118,8 @@ def test_nightly_sales_end_to_end(pg_database: str, tmp_path: Path) -> None:
             api_base = "http://" + api_uri.split("@", 1)[1]
             env = {**base_env, "AIRFLOW_CONN_PAYMENTS_API": api_uri}
 
-            day1 = END
+            # not the last day with orders: later days exist, need no FX and are not judged
+            day1 = END - timedelta(days=2)
             run_dag(day1, env)
             assert_matches_oracle(engine, warehouse, api_base, day1)
             report = data_dir / "report" / f"{day1.isoformat()}.html"
