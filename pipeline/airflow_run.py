@@ -35,6 +35,8 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("AIRFLOW__USAGE_DATA_COLLECTION__ENABLED", "False")
     env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # `airflow standalone` starts its components as `airflow …` found on PATH.
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     if extra:
         env.update(extra)
