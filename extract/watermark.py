@@ -1,0 +1,110 @@
+"""Durable extract watermarks, kept in the warehouse beside the data they describe.
+
+A watermark is the upper bound of the extract window of the last run whose landed
+files were merged into the warehouse. It is written by the loader in the same DuckDB
+transaction as the merge (`record_loaded`), so the data and the watermark can never
+disagree: a run killed after extracting but before loading leaves the old watermark,
+and the next run reads that window again (the merge is an idempotent upsert).
+Not in Airflow XCom or Variables: those are not transactional with the data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+_DDL = """
+create schema if not exists ops;
+create table if not exists ops.loaded_runs (
+    source varchar not null,
+    table_name varchar not null,
+    shard varchar not null default '',
+    run_id varchar not null,
+    mode varchar not null,
+    window_start timestamptz,
+    window_end timestamptz,
+    cursor_key varchar,
+    rows bigint not null,
+    manifest json,
+    loaded_at timestamptz not null default now()
+);
+"""
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Where the next incremental window starts (before the overlap is applied)."""
+
+    source: str
+    table: str
+    shard: str
+    run_id: str
+    window_end: datetime | None
+    cursor_key: str | None
+
+
+def ensure_schema(con: Any) -> None:
+    """Create `ops.loaded_runs` on a DuckDB connection (idempotent)."""
+    con.execute(_DDL)
+
+
+def record_loaded(
+    con: Any,
+    *,
+    source: str,
+    table: str,
+    run_id: str,
+    manifest: dict[str, Any],
+    shard: str = "",
+) -> None:
+    """Record that a landed run was merged; call inside the loader's transaction."""
+    ensure_schema(con)
+    con.execute(
+        "insert into ops.loaded_runs (source, table_name, shard, run_id, mode, window_start, "
+        "window_end, cursor_key, rows, manifest) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            source,
+            table,
+            shard,
+            run_id,
+            manifest.get("mode", "full_refresh"),
+            manifest.get("window_start"),
+            manifest.get("window_end"),
+            None if manifest.get("cursor_key") is None else str(manifest.get("cursor_key")),
+            int(manifest.get("rows", 0)),
+            json.dumps(manifest, default=str),
+        ],
+    )
+
+
+def last_watermark(
+    warehouse_path: Path, source: str, table: str, shard: str = ""
+) -> Watermark | None:
+    """The newest loaded window of (source, table, shard), or None before the first load."""
+    import duckdb
+
+    path = Path(warehouse_path)
+    if not path.exists():
+        return None
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        exists = con.execute(
+            "select count(*) from information_schema.tables "
+            "where table_schema = 'ops' and table_name = 'loaded_runs'"
+        ).fetchone()[0]
+        if not exists:
+            return None
+        row = con.execute(
+            "select run_id, window_end, cursor_key from ops.loaded_runs "
+            "where source = ? and table_name = ? and shard = ? and window_end is not null "
+            "order by window_end desc, loaded_at desc limit 1",
+            [source, table, shard],
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        return None
+    return Watermark(source, table, shard, row[0], row[1], row[2])
