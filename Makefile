@@ -78,6 +78,19 @@ fmt: $(STAMP) ## Format the code
 bench: $(STAMP) ## Benchmarks: print BENCH lines with the measured figures
 	$(BIN)/python bench/bench_generator.py --orders 1000000
 
+WAREHOUSE_PATH ?= $(CURDIR)/data/warehouse.duckdb
+DOCS_PORT ?= 8081
+DBT := cd dbt_project && WAREHOUSE_PATH=$(WAREHOUSE_PATH) $(CURDIR)/$(BIN)/dbt
+
+.PHONY: docs-build
+docs-build: $(STAMP) ## Build dbt docs into dbt_project/target (needs a warehouse: make demo)
+	@test -f $(WAREHOUSE_PATH) || { echo "no warehouse at $(WAREHOUSE_PATH): run make demo first"; exit 2; }
+	$(DBT) docs generate --profiles-dir . --target duckdb
+
+.PHONY: docs
+docs: docs-build ## Build and serve dbt docs on http://localhost:8081
+	$(DBT) docs serve --profiles-dir . --port $(DOCS_PORT) --host 127.0.0.1 --no-browser
+
 .PHONY: clean
 clean: ## Remove generated data, Airflow home and dbt target (keeps .venv)
 	rm -rf data .airflow dbt_project/target dbt_project/logs
