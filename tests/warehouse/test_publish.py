@@ -1,0 +1,108 @@
+"""Write-audit-publish by file swap: readers never see a partial build, never block it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from warehouse.publish import abandon_build, begin_build, build_path_for, publish_build
+
+
+def _write(path: Path, value: int) -> None:
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("create schema if not exists analytics")
+        con.execute("create or replace table analytics.t as select ? as v", [value])
+    finally:
+        con.close()
+
+
+def _read_in_subprocess(path: Path) -> int:
+    code = f"import duckdb; print(duckdb.connect({str(path)!r}, read_only=True).execute('select v from analytics.t').fetchone()[0])"
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+def test_first_build_publishes_a_new_warehouse(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    build = begin_build(warehouse, "2026-11-27")
+    assert build == build_path_for(warehouse, "2026-11-27") and not build.exists()
+    _write(build, 1)
+    assert not warehouse.exists(), "nothing is published before publish_build"
+    publish_build(build, warehouse)
+    assert not build.exists()
+    assert _read_in_subprocess(warehouse) == 1
+
+
+def test_open_reader_keeps_old_data_and_new_readers_see_the_new(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    _write(warehouse, 1)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, duckdb
+                con = duckdb.connect({str(warehouse)!r}, read_only=True)
+                print(con.execute('select v from analytics.t').fetchone()[0], flush=True)
+                sys.stdin.readline()  # wait while the writer builds and publishes
+                print(con.execute('select v from analytics.t').fetchone()[0], flush=True)
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "1"
+        build = begin_build(warehouse, "run")  # not blocked by the open reader
+        _write(build, 2)
+        publish_build(build, warehouse)
+        assert _read_in_subprocess(warehouse) == 2
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "1", "an open reader saw a swap mid-query"
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def test_failed_or_killed_build_leaves_published_data_untouched(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    _write(warehouse, 1)
+    before = warehouse.read_bytes()
+    build = begin_build(warehouse, "run")
+    # a writer killed mid-build: it leaves a build file (and maybe a WAL) behind
+    code = (
+        f"import duckdb, os; con = duckdb.connect({str(build)!r}); "
+        "con.execute('begin'); con.execute('update analytics.t set v = 99'); os._exit(9)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert warehouse.read_bytes() == before
+    assert _read_in_subprocess(warehouse) == 1
+    # the rerun starts from the published state again, not from the dead build
+    build = begin_build(warehouse, "run")
+    assert _read_in_subprocess(build) == 1
+    abandon_build(build)
+    assert not build.exists()
+    assert _read_in_subprocess(warehouse) == 1
+
+
+def test_publish_refuses_a_build_with_an_open_wal(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    build = begin_build(warehouse, "run")
+    _write(build, 1)
+    build.with_name(build.name + ".wal").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="write-ahead log"):
+        publish_build(build, warehouse)
+    assert not warehouse.exists()
