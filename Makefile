@@ -78,6 +78,11 @@ fmt: $(STAMP) ## Format the code
 bench: $(STAMP) ## Benchmarks: print BENCH lines with the measured figures
 	$(BIN)/python bench/bench_generator.py --orders 1000000
 
+export SQL
+.PHONY: query
+query: $(STAMP) ## Read-only SQL shell on the warehouse; or one statement: make query SQL="select …"
+	$(BIN)/python -m warehouse.query $${SQL:+--sql "$$SQL"}
+
 WAREHOUSE_PATH ?= $(CURDIR)/data/warehouse.duckdb
 DOCS_PORT ?= 8081
 DBT := cd dbt_project && WAREHOUSE_PATH=$(WAREHOUSE_PATH) $(CURDIR)/$(BIN)/dbt
