@@ -1,8 +1,12 @@
 """Extract the payments API into the landing zone (docs/interfaces.md).
 
-Payments: every page is pulled, each record validated; bad ones go to quarantine, the
-rest are deduplicated by id (latest updated_at wins, because the API may repeat
-records across pages) and landed as one Parquet run. FX rates: one request per day,
+Payments: incremental by `updated_since` = previous watermark - overlap; every page is
+pulled, each record validated; bad ones go to quarantine (a file in the quarantine
+root and `_quarantine.jsonl` in the landed run directory), the rest are deduplicated by
+id (latest updated_at wins, because the API may repeat records across pages and the
+overlap re-reads records) and landed as one Parquet run whose manifest carries the
+window (`window_start`, `window_end`) the loader stores as the next watermark. Too many
+quarantined records fail the run (after writing them). FX rates: one request per day,
 landed exactly as decimal128(38,18), with a per-day cache so past days are not refetched.
 """
 
@@ -14,7 +18,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
@@ -120,13 +124,74 @@ def validate_payment(record: Any) -> dict[str, Any]:
     return out
 
 
+def _jsonl_bytes(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line, sort_keys=True, default=str) + "\n" for line in lines).encode()
+
+
 def _write_jsonl_atomically(path: Path, lines: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    with tmp.open("w", encoding="utf-8") as fh:
-        for line in lines:
-            fh.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+    tmp.write_bytes(_jsonl_bytes(lines))
     os.replace(tmp, path)
+
+
+QUARANTINE_FILE_NAME = "_quarantine.jsonl"  # beside the landed Parquet, in the run directory
+_FIRST_REASONS = 5
+
+
+class QuarantineThresholdError(RuntimeError):
+    """More records were quarantined than `max_quarantined` allows; the run fails.
+
+    Raised only after both quarantine files (and the run directory) were written.
+    """
+
+    def __init__(
+        self,
+        *,
+        quarantined: int,
+        received: int,
+        threshold: int | float,
+        reasons: list[str],
+        quarantine_file: Path,
+    ) -> None:
+        self.quarantined = quarantined
+        self.received = received
+        self.threshold = threshold
+        self.reasons = reasons
+        self.quarantine_file = quarantine_file
+        allowed = (
+            f"{threshold} records"
+            if isinstance(threshold, int)
+            else f"{threshold:.2%} of {received} received"
+        )
+        super().__init__(
+            f"payments: {quarantined} of {received} record(s) quarantined, more than "
+            f"max_quarantined={threshold} ({allowed}); first reasons: {'; '.join(reasons)}; "
+            f"see {quarantine_file}"
+        )
+
+
+def _check_threshold(max_quarantined: int | float) -> None:
+    if isinstance(max_quarantined, bool) or not isinstance(max_quarantined, int | float):
+        raise TypeError(f"max_quarantined must be an int or a float, got {max_quarantined!r}")
+    if isinstance(max_quarantined, int):
+        if max_quarantined < 0:
+            raise ValueError(f"max_quarantined must be >= 0, got {max_quarantined}")
+    elif not 0 < max_quarantined < 1:
+        raise ValueError(
+            f"max_quarantined as a float is a share of received records and must be in "
+            f"(0, 1), got {max_quarantined}; pass an int for a count"
+        )
+
+
+def _exceeds(quarantined: int, received: int, max_quarantined: int | float) -> bool:
+    if isinstance(max_quarantined, int):
+        return quarantined > max_quarantined
+    return quarantined > max_quarantined * received
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def extract_payments(
@@ -136,15 +201,53 @@ def extract_payments(
     landing_root: Path,
     quarantine_root: Path,
     updated_since: datetime | None = None,
+    overlap: timedelta = timedelta(minutes=15),
+    max_quarantined: int | float = 100,
     page_size: int = 500,
+    accept_drift: bool = False,
 ) -> dict[str, Any]:
-    """Land all payments updated at/after `updated_since` (all when None); return the manifest."""
+    """Land the payments changed since the last loaded watermark; return the manifest.
+
+    `updated_since` is the previous watermark: the `window_end` of the last payments run
+    loaded into the warehouse (`extract.watermark.last_watermark(warehouse,
+    "payments_api", "payments").window_end`), or None on the first run (everything).
+    The API is asked for `updated_at >= updated_since - overlap`: the overlap re-reads
+    records the API made visible late; they are deduplicated by id here (latest
+    `updated_at` wins) and by the loader's upsert.
+
+    Manifest (besides the landing fields): `mode` "incremental" (the loader upserts; a
+    first run with no watermark is simply an unbounded window), `window_start`
+    (updated_since - overlap, or None), `window_end` (the largest `updated_at` landed,
+    never before `updated_since`: a run with no new records keeps the old watermark;
+    None only when there is neither a record nor a previous watermark), `received`,
+    `quarantined`, `duplicates_dropped`, `pages`, `status`.
+
+    Quarantine: a record that fails validation is not landed; it is written with the
+    reason and its raw payload to `<quarantine_root>/payments_api/payments/run=<id>.jsonl`
+    and to `_quarantine.jsonl` inside the landed run directory (replaced with it).
+    `window_end` only counts landed records, so a broken record that is the newest
+    one does not move the watermark past itself (the next run asks for it again). But a
+    broken record older than `window_end` is NOT read again by later runs (unless it
+    falls within the overlap): its id comes back only if the API updates it again. The
+    quarantine files are the record of it; replay or fix it from there.
+
+    `max_quarantined`: an int is the largest allowed number of quarantined records, a
+    float in (0, 1) the largest allowed share of received records. When exceeded, the
+    quarantine files and the run directory (manifest `status`
+    "quarantine_threshold_exceeded") are written first, then QuarantineThresholdError
+    is raised, so nothing is lost and the failed run must not be loaded.
+    """
+    _check_threshold(max_quarantined)
+    if overlap < timedelta(0):
+        raise ValueError(f"overlap must not be negative, got {overlap}")
+    previous_end = _utc(updated_since) if updated_since is not None else None
+    window_start = previous_end - overlap if previous_end is not None else None
     latest: dict[str, dict[str, Any]] = {}
     rejected: list[dict[str, Any]] = []
     received = 0
     valid = 0
     pages = 0
-    for page in client.iter_payment_pages(updated_since, limit=page_size):
+    for page in client.iter_payment_pages(window_start, limit=page_size):
         pages += 1
         for record in page:
             received += 1
@@ -172,16 +275,23 @@ def extract_payments(
     duplicates = valid - len(latest)
     rows = sorted(latest.values(), key=lambda r: (r["updated_at"], r["id"]))
 
+    max_landed = rows[-1]["updated_at"] if rows else None
+    candidates = [t for t in (previous_end, max_landed) if t is not None]
+    window_end = max(candidates) if candidates else None  # never backwards
+
     quarantine_file = Path(quarantine_root) / SOURCE / PAYMENTS_TABLE / f"run={run_id}.jsonl"
+    reasons = [
+        f"id={r['record_key']!r} {r['field'] or 'record'}: {r['error']}"
+        for r in rejected[:_FIRST_REASONS]
+    ]
+    exceeded = _exceeds(len(rejected), received, max_quarantined)
     if rejected:
         _write_jsonl_atomically(quarantine_file, rejected)
         log.warning(
-            "payments: quarantined %d record(s) in %s (first: id=%r %s: %s)",
+            "payments: quarantined %d record(s) in %s (first: %s)",
             len(rejected),
             quarantine_file,
-            rejected[0]["record_key"],
-            rejected[0]["field"],
-            rejected[0]["error"],
+            reasons[0],
         )
     else:
         quarantine_file.unlink(missing_ok=True)  # a rerun must not keep a stale file
@@ -195,22 +305,42 @@ def extract_payments(
         table_name=PAYMENTS_TABLE,
         run_id=run_id,
         cursor_column="updated_at",
+        accept_drift=accept_drift,
+        extra_files={QUARANTINE_FILE_NAME: _jsonl_bytes(rejected)} if rejected else None,
         extra_manifest={
-            "updated_since": updated_since.isoformat() if updated_since else None,
+            "mode": "incremental",
+            "cursor_key": None,
+            "updated_since": previous_end.isoformat() if previous_end else None,
+            "overlap_seconds": overlap.total_seconds(),
+            "window_start": window_start.isoformat() if window_start else None,
+            "window_end": window_end.isoformat() if window_end else None,
             "pages": pages,
             "received": received,
             "quarantined": len(rejected),
+            "max_quarantined": max_quarantined,
             "duplicates_dropped": duplicates,
             "quarantine_file": str(quarantine_file) if rejected else None,
+            "status": "quarantine_threshold_exceeded" if exceeded else "ok",
         },
     )
     log.info(
-        "payments: landed %d row(s) from %d page(s) (%d duplicate(s) dropped, %d quarantined)",
+        "payments: landed %d row(s) from %d page(s) in window [%s, %s] "
+        "(%d duplicate(s) dropped, %d quarantined)",
         manifest["rows"],
         pages,
+        manifest["window_start"],
+        manifest["window_end"],
         duplicates,
         len(rejected),
     )
+    if exceeded:
+        raise QuarantineThresholdError(
+            quarantined=len(rejected),
+            received=received,
+            threshold=max_quarantined,
+            reasons=reasons,
+            quarantine_file=quarantine_file,
+        )
     return manifest
 
 
@@ -259,12 +389,24 @@ def extract_fx_rates(
     days: Iterable[date],
     run_id: str,
     landing_root: Path,
+    accept_drift: bool = False,
 ) -> dict[str, Any]:
-    """Land the USD-based FX rates of each day in `days`; return the manifest."""
+    """Land the USD-based FX rates of each day in `days`; return the manifest.
+
+    Every day passed in is landed, old (restated) days included: a past day comes from
+    the per-day cache when an earlier run fetched it, otherwise from the API. A day
+    whose answer lacks a currency that other days have still lands the currencies it
+    has; the gaps are listed in the manifest (`missing_currencies`: {day: [currency]})
+    and logged; the FX completeness check downstream decides whether a missing rate
+    matters. `USD` is 1 by definition (base USD): it is added when the API left it out,
+    and a USD rate other than 1 fails. A rate that is not a positive decimal fails the
+    run naming the day and the currency. The manifest lists `days` (ISO dates).
+    """
     today = datetime.now(UTC).date()
     rows: list[dict[str, Any]] = []
     fetched = cache_hits = 0
     wanted = sorted(set(days))
+    per_day: dict[date, set[str]] = {}
     for day in wanted:
         cache_file = _fx_cache_path(landing_root, day)
         payload = _read_fx_cache(cache_file, day)
@@ -275,18 +417,31 @@ def extract_fx_rates(
             fetched += 1
         if payload.get("base") != "USD":
             raise ValueError(f"fx rates for {day.isoformat()}: base {payload.get('base')!r}")
-        rates = {
-            cur: parse_rate(raw, day=day, currency=cur) for cur, raw in payload["rates"].items()
-        }
-        if rates.get("USD") != Decimal(1):
-            raise ValueError(f"fx rates for {day.isoformat()}: USD is {rates.get('USD')!r}, not 1")
+        raw_rates = payload.get("rates")
+        if not isinstance(raw_rates, dict):
+            raise ValueError(f"fx rates for {day.isoformat()}: rates={raw_rates!r}")
+        rates = {cur: parse_rate(raw, day=day, currency=cur) for cur, raw in raw_rates.items()}
+        if "USD" not in rates:
+            log.warning("fx rates for %s: no USD rate; using 1 (the base)", day.isoformat())
+            rates["USD"] = Decimal(1)
+        elif rates["USD"] != Decimal(1):
+            raise ValueError(f"fx rates for {day.isoformat()}: USD is {rates['USD']!r}, not 1")
         # Cache only once validated, and only past days: today's rates may still move.
         if day < today and not cache_file.exists():
             _write_json_atomically(cache_file, payload)
+        per_day[day] = set(rates)
         for currency in sorted(rates):
             rows.append(
                 {"rate_date": day, "base": "USD", "currency": currency, "rate": rates[currency]}
             )
+    every_currency = set().union(*per_day.values()) if per_day else set()
+    missing = {
+        day.isoformat(): sorted(every_currency - have)
+        for day, have in per_day.items()
+        if every_currency - have
+    }
+    if missing:
+        log.warning("fx_rates: currencies missing on some days (others landed): %s", missing)
     table = pa.Table.from_pylist(rows, schema=FX_SCHEMA)
     manifest = write_landing_table(
         table,
@@ -296,7 +451,14 @@ def extract_fx_rates(
         table_name=FX_TABLE,
         run_id=run_id,
         cursor_column="rate_date",
-        extra_manifest={"days": len(wanted), "fetched": fetched, "cache_hits": cache_hits},
+        accept_drift=accept_drift,
+        extra_manifest={
+            "days": [day.isoformat() for day in wanted],
+            "day_count": len(wanted),
+            "fetched": fetched,
+            "cache_hits": cache_hits,
+            "missing_currencies": missing,
+        },
     )
     log.info(
         "fx_rates: landed %d row(s) for %d day(s) (%d fetched, %d from cache)",

@@ -1,20 +1,33 @@
 """The landing zone: Parquet files per source/table/run, written atomically, with a manifest.
 
 Layout: `<landing_root>/<source>/<table>/run=<run_id>/part-<nnnnn>.parquet` and
-`_manifest.json` beside them. A run directory is built under a temporary name and
-renamed into place, so readers see the old run or the new one, never half of one; a
-rerun of the same run id replaces its directory (never appends).
+`_manifest.json` beside them (plus optional side files such as `_quarantine.jsonl`). A
+run directory is built under a temporary name and renamed into place, so readers see
+the old run or the new one, never half of one; a rerun of the same run id replaces its
+directory (never appends).
+
+Only directories named `run=<run_id>` are runs. Everything else under
+`<source>/<table>/` is not a run and readers must skip it: the `_latest.json` pointer
+(the newest landed manifest of the table, rewritten atomically after each landing),
+`_cache/` (the FX per-day cache), and `.tmp-*` / `.old-*` directories of a landing in
+progress. Inside a run directory, the data is `*.parquet`; files starting with `_` are
+metadata.
+
+Schema drift: each landing compares its schema with the newest earlier landing of the
+same source/table (see `write_landing_table`): new columns are carried and recorded,
+dropped or retyped columns fail the run unless the operator accepts the drift.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +37,41 @@ import pyarrow.parquet as pq
 
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 MANIFEST_NAME = "_manifest.json"
+LATEST_POINTER_NAME = "_latest.json"
+RUN_PREFIX = "run="
+
+log = logging.getLogger(__name__)
+
+
+class SchemaDriftError(ValueError):
+    """A landed table lost a column or changed a column's type since its previous landing.
+
+    `dropped` is [(column, old_type)], `retyped` is [(column, old_type, new_type)].
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        table: str,
+        previous_run_id: str | None,
+        dropped: list[tuple[str, str]],
+        retyped: list[tuple[str, str, str]],
+    ) -> None:
+        self.source = source
+        self.table = table
+        self.previous_run_id = previous_run_id
+        self.dropped = dropped
+        self.retyped = retyped
+        problems = [f"column {name!r} ({old}) was dropped" for name, old in dropped]
+        problems += [
+            f"column {name!r} changed type from {old} to {new}" for name, old, new in retyped
+        ]
+        super().__init__(
+            f"schema drift in {source}/{table} since run={previous_run_id}: "
+            + "; ".join(problems)
+            + " (nothing was landed; pass accept_drift=True to land it knowingly)"
+        )
 
 
 def _check_name(kind: str, value: str) -> str:
@@ -58,9 +106,56 @@ def write_landing_table(
     cursor_column: str | None = None,
     rows_per_file: int = 5_000_000,
     extra_manifest: dict[str, Any] | None = None,
+    check_drift: bool = True,
+    accept_drift: bool = False,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Write a table (or a stream of record batches) as one landed run; return its manifest."""
+    """Write a table (or a stream of record batches) as one landed run; return its manifest.
+
+    Schema drift (`check_drift`, on by default): the schema is compared, by column name,
+    with the newest earlier landing of the same source/table (largest `extracted_at`
+    among the `run=*` manifests, including an earlier landing of this same run id, so a
+    rerun after an accepted drift compares with the accepted schema). Before anything
+    is written:
+    - a new column is carried and listed in the manifest as `added_columns`;
+    - a dropped column or a changed type raises `SchemaDriftError` naming the table, the
+      column and the old and new types; nothing is written and the old run stays.
+    Column order does not count as drift. The first landing of a table has nothing to
+    compare with (`added_columns` is empty, `previous_run_id` None).
+
+    `accept_drift=True` is the operator's escape hatch: the drift is still detected and
+    logged, but landed, and recorded in the manifest as `accepted_drift`
+    ({"dropped": [...], "retyped": [...]}); later landings compare with this new schema.
+    Use it knowingly (e.g. a source column was removed on purpose and downstream was
+    adapted); it is a parameter, never an environment switch. `check_drift=False`
+    skips the comparison altogether (for tables without a stable schema).
+
+    `extra_files` ({name: bytes}) are written into the run directory with the data, so
+    they are replaced atomically with it (e.g. `_quarantine.jsonl`); names must start
+    with `_` and must not clash with the data or the manifest. They are listed in the
+    manifest as `extra_files`, not in `files` (which holds only the Parquet parts).
+
+    After the run directory is in place, `<table>/_latest.json` is rewritten
+    atomically to point to it (run id, extracted_at, columns, fingerprint).
+    """
     target = run_dir(landing_root, source, table_name, run_id)
+    for name in extra_files or {}:
+        if (
+            not name.startswith("_")
+            or not _SAFE.match(name)
+            or name == MANIFEST_NAME
+            or name.endswith(".parquet")
+        ):
+            raise ValueError(f"invalid extra file name {name!r}: use '_name', not parquet")
+    drift: dict[str, Any] = {}
+    if check_drift:
+        drift = check_schema_drift(
+            landing_root,
+            source,
+            table_name,
+            schema,
+            accept_drift=accept_drift,
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -124,10 +219,17 @@ def write_landing_table(
             "max_cursor": _jsonable(max_cursor),
             "extracted_at": datetime.now(UTC).isoformat(),
         }
+        if check_drift:
+            manifest.update(drift)
+        if extra_files:
+            for name, blob in extra_files.items():
+                (tmp / name).write_bytes(blob)
+            manifest["extra_files"] = sorted(extra_files)
         if extra_manifest:
             manifest.update(extra_manifest)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         _replace_dir(tmp, target)
+        _write_latest_pointer(target.parent, manifest)
         return manifest
     except BaseException:
         if writer is not None:
@@ -153,6 +255,111 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
+
+
+def previous_manifest(landing_root: Path, source: str, table_name: str) -> dict[str, Any] | None:
+    """The newest landed manifest (by `extracted_at`) of source/table, or None.
+
+    Scans the `run=*` directories (the source of truth; `_latest.json` is only a
+    convenience pointer that a crash between the rename and its rewrite could leave
+    one run behind). Unreadable manifests are skipped with a warning.
+    """
+    table_dir = (
+        Path(landing_root) / _check_name("source", source) / _check_name("table", table_name)
+    )
+    if not table_dir.is_dir():
+        return None
+    newest: tuple[datetime, dict[str, Any]] | None = None
+    for run in table_dir.iterdir():
+        if not run.name.startswith(RUN_PREFIX) or not run.is_dir():
+            continue  # _latest.json, _cache/, .tmp-*/.old-* are not runs
+        path = run / MANIFEST_NAME
+        try:
+            manifest = json.loads(path.read_text())
+            when = datetime.fromisoformat(manifest["extracted_at"])
+            columns = manifest["columns"]
+            if not isinstance(columns, list):
+                raise TypeError("columns is not a list")
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable manifest %s: %s", path, exc)
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if newest is None or when > newest[0]:
+            newest = (when, manifest)
+    return None if newest is None else newest[1]
+
+
+def check_schema_drift(
+    landing_root: Path,
+    source: str,
+    table_name: str,
+    schema: pa.Schema,
+    *,
+    accept_drift: bool = False,
+) -> dict[str, Any]:
+    """Compare `schema` with the previous landing; return the manifest's drift fields.
+
+    Raises SchemaDriftError on a dropped or retyped column unless `accept_drift`.
+    """
+    previous = previous_manifest(landing_root, source, table_name)
+    if previous is None:
+        return {"previous_run_id": None, "added_columns": []}
+    old = {c["name"]: c["type"] for c in previous["columns"]}
+    new = {f.name: str(f.type) for f in schema}
+    added = [{"name": n, "type": t} for n, t in new.items() if n not in old]
+    dropped = [(n, t) for n, t in old.items() if n not in new]
+    retyped = [(n, t, new[n]) for n, t in old.items() if n in new and new[n] != t]
+    prev_run = previous.get("run_id")
+    fields: dict[str, Any] = {"previous_run_id": prev_run, "added_columns": added}
+    if added:
+        log.warning(
+            "%s/%s: new column(s) since run=%s carried: %s",
+            source,
+            table_name,
+            prev_run,
+            ", ".join(f"{c['name']} ({c['type']})" for c in added),
+        )
+    if dropped or retyped:
+        error = SchemaDriftError(
+            source=source,
+            table=table_name,
+            previous_run_id=prev_run,
+            dropped=dropped,
+            retyped=retyped,
+        )
+        if not accept_drift:
+            raise error
+        log.warning("accepting (accept_drift=True) %s", error)
+        fields["accepted_drift"] = {
+            "dropped": [{"name": n, "type": t} for n, t in dropped],
+            "retyped": [{"name": n, "old_type": o, "new_type": t} for n, o, t in retyped],
+        }
+    return fields
+
+
+def _write_latest_pointer(table_dir: Path, manifest: dict[str, Any]) -> None:
+    pointer = {
+        "run_id": manifest["run_id"],
+        "run_dir": f"{RUN_PREFIX}{manifest['run_id']}",
+        "extracted_at": manifest["extracted_at"],
+        "schema_fingerprint": manifest["schema_fingerprint"],
+        "columns": manifest["columns"],
+    }
+    tmp = table_dir / f".tmp-{LATEST_POINTER_NAME}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(pointer, indent=2, sort_keys=True))
+    os.replace(tmp, table_dir / LATEST_POINTER_NAME)
+
+
+def read_latest_pointer(landing_root: Path, source: str, table_name: str) -> dict[str, Any] | None:
+    """The `_latest.json` pointer of source/table (newest landing), or None."""
+    path = Path(landing_root) / source / table_name / LATEST_POINTER_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_manifest(landing_root: Path, source: str, table_name: str, run_id: str) -> dict:

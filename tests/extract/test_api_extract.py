@@ -113,8 +113,10 @@ def test_payments_land_with_exact_schema(server: str, roots: tuple[Path, Path]) 
 
 
 def test_updated_since_is_passed_through(server: str, roots: tuple[Path, Path]) -> None:
-    manifest = _extract(server, roots, updated_since=START + timedelta(minutes=25))
+    since = START + timedelta(minutes=25)
+    manifest = _extract(server, roots, updated_since=since, overlap=timedelta(0))
     assert manifest["rows"] == 5
+    assert manifest["window_start"] == since.isoformat()
 
 
 def test_repeated_page_is_deduplicated(db: Path, roots: tuple[Path, Path]) -> None:
@@ -167,7 +169,8 @@ def test_rerun_replaces_the_run(db: Path, roots: tuple[Path, Path]) -> None:
     run = _run_dir(roots[0], "payments", "2024-03-02")
     assert first["files"] == second["files"] == ["part-00000.parquet"]
     assert first["checksum_sha256"] == second["checksum_sha256"]
-    assert sorted(p.name for p in run.parent.iterdir()) == ["run=2024-03-02"]  # no temp dirs
+    # no temp dirs; the pointer to the newest landing is not a run
+    assert sorted(p.name for p in run.parent.iterdir()) == ["_latest.json", "run=2024-03-02"]
     assert pq.read_table(run).num_rows == N
     assert not qfile.exists()  # the clean rerun removed the stale quarantine file
 
@@ -250,7 +253,8 @@ def test_fx_rates_land_exactly_and_are_cached(server: str, roots: tuple[Path, Pa
     days = [date(2024, 2, 28), date(2024, 2, 29), date(2024, 3, 1), date(2024, 2, 29)]
     with _client(server) as client:
         manifest = extract_fx_rates(client, days=days, run_id="2024-03-01", landing_root=landing)
-    assert manifest["days"] == 3 and manifest["fetched"] == 3 and manifest["cache_hits"] == 0
+    assert manifest["days"] == ["2024-02-28", "2024-02-29", "2024-03-01"]
+    assert manifest["fetched"] == 3 and manifest["cache_hits"] == 0
     table = pq.read_table(_run_dir(landing, "fx_rates", "2024-03-01") / "part-00000.parquet")
     assert table.schema.equals(FX_SCHEMA)
     rows = table.to_pylist()
@@ -307,3 +311,280 @@ def test_parse_rate_is_exact() -> None:
         "0.123456789012345678"
     )
     assert parse_rate("148.5000000000000000000", day=day, currency="JPY") == Decimal("148.5")
+
+
+# -- incremental windows, quarantine, threshold (issue 3, section 3) -------------------
+
+ALL_FAULTS = FaultConfig(
+    modes=frozenset({"rate_limit", "server_error", "slow", "repeat_page"}),
+    every=3,
+    retry_after=0,
+    slow_seconds=0.05,
+)
+
+
+def _landed(landing: Path, run_id: str) -> list[dict]:
+    return pq.read_table(_run_dir(landing, "payments", run_id)).to_pylist()
+
+
+def _touch(db: Path, ids: list[str], updated: datetime, amount: str | None = None) -> None:
+    conn = sqlite3.connect(db)
+    for pid in ids:
+        conn.execute("UPDATE payments SET updated_at = ? WHERE id = ?", (_ts(updated), pid))
+        if amount is not None:
+            conn.execute("UPDATE payments SET amount = ? WHERE id = ?", (amount, pid))
+    conn.commit()
+    conn.close()
+
+
+def _insert(db: Path, pid: str, updated: datetime) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "INSERT INTO payments VALUES (?, 1, '1.00', 'USD', 'succeeded', 'card', ?, ?)",
+        (pid, _ts(updated), _ts(updated)),
+    )
+    conn.commit()
+    conn.close()
+
+
+def _watermark_via_warehouse(tmp_path: Path, run_id: str, manifest: dict) -> datetime | None:
+    """Round-trip the manifest through ops.loaded_runs, as the loader and pipeline do."""
+    import duckdb
+
+    from extract.watermark import last_watermark, record_loaded
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(warehouse))
+    try:
+        record_loaded(
+            con, source="payments_api", table="payments", run_id=run_id, manifest=manifest
+        )
+    finally:
+        con.close()
+    mark = last_watermark(warehouse, "payments_api", "payments")
+    return mark.window_end if mark else None
+
+
+def test_incremental_second_run_reads_only_the_window(
+    db: Path, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with _serve(db, ALL_FAULTS) as url:
+        first = _extract(url, roots, run_id="2024-03-02", page_size=4)
+        assert first["mode"] == "incremental" and first["window_start"] is None
+        assert first["rows"] == N
+        last = START + timedelta(minutes=N - 1)
+        assert first["window_end"] == last.isoformat()
+        watermark = _watermark_via_warehouse(tmp_path, "2024-03-02", first)
+        assert watermark == last
+
+        # Between runs: an old payment is refunded, a new one arrives.
+        later = last + timedelta(hours=2)
+        _touch(db, ["pay_00003"], later)
+        _insert(db, "pay_new", later - timedelta(minutes=1))
+        second = _extract(url, roots, run_id="2024-03-03", page_size=4, updated_since=watermark)
+    window_start = last - timedelta(minutes=15)
+    assert second["window_start"] == window_start.isoformat()
+    assert second["updated_since"] == last.isoformat()
+    assert second["window_end"] == later.isoformat()
+    ids = [r["id"] for r in _landed(roots[0], "2024-03-03")]
+    # Only updated_at >= watermark - overlap: the overlap (minutes 14..29), plus the changes.
+    overlap_ids = [f"pay_{i:05d}" for i in range(N) if START + timedelta(minutes=i) >= window_start]
+    assert overlap_ids == [f"pay_{i:05d}" for i in range(14, N)]
+    assert sorted(ids) == sorted([*overlap_ids, "pay_new", "pay_00003"])
+    assert len(ids) == len(set(ids))  # repeated pages and overlap re-reads deduplicated
+    assert second["received"] > second["rows"] == len(ids)
+
+
+def test_overlap_duplicates_are_deduplicated_latest_wins(roots: tuple[Path, Path]) -> None:
+    since = datetime(2024, 3, 1, 2, tzinfo=UTC)
+    old = _payment("p1", updated_at="2024-03-01T01:50:00Z")  # re-read by the overlap
+    new = _payment("p1", status="refunded", updated_at="2024-03-01T02:05:00Z")
+    client = FakeClient([[old, _payment("p2", updated_at="2024-03-01T01:55:00Z")], [new, old]])
+    manifest = extract_payments(
+        client,  # type: ignore[arg-type]
+        run_id="r",
+        landing_root=roots[0],
+        quarantine_root=roots[1],
+        updated_since=since,
+    )
+    rows = _landed(roots[0], "r")
+    assert [(r["id"], r["status"]) for r in rows] == [("p2", "succeeded"), ("p1", "refunded")]
+    assert manifest["duplicates_dropped"] == 2
+    assert manifest["window_start"] == (since - timedelta(minutes=15)).isoformat()
+    assert manifest["window_end"] == "2024-03-01T02:05:00+00:00"
+
+
+def test_window_end_never_goes_backwards(server: str, roots: tuple[Path, Path]) -> None:
+    last = START + timedelta(minutes=N - 1)
+    # Only overlap records (all older than the watermark): the watermark stays.
+    mark = last + timedelta(minutes=5)
+    manifest = _extract(server, roots, run_id="a", updated_since=mark)
+    assert manifest["rows"] == 11 and manifest["window_end"] == mark.isoformat()
+    # Nothing at all in the window: still the previous watermark, never None.
+    far = last + timedelta(days=1)
+    manifest = _extract(server, roots, run_id="b", updated_since=far)
+    assert manifest["rows"] == 0 and manifest["window_end"] == far.isoformat()
+    # A naive watermark is UTC.
+    manifest = _extract(server, roots, run_id="c", updated_since=far.replace(tzinfo=None))
+    assert manifest["window_end"] == far.isoformat()
+
+
+def test_window_end_counts_landed_records_only(roots: tuple[Path, Path]) -> None:
+    def at(minute: int) -> str:
+        return f"2024-03-01T00:{minute:02d}:00Z"
+
+    page = [
+        _payment("a", updated_at=at(1)),
+        _payment("bad_mid", amount="x", updated_at=at(2)),
+        _payment("c", updated_at=at(3)),  # same page as a quarantined record: landed
+        _payment("bad_last", amount=None, updated_at=at(9)),  # newest, but not landed
+    ]
+    manifest = extract_payments(
+        FakeClient([page, [_payment("d", updated_at=at(4))]]),  # type: ignore[arg-type]
+        run_id="r",
+        landing_root=roots[0],
+        quarantine_root=roots[1],
+    )
+    assert [r["id"] for r in _landed(roots[0], "r")] == ["a", "c", "d"]
+    assert manifest["quarantined"] == 2 and manifest["status"] == "ok"
+    # Up to the newest landed record: not past the newest (quarantined) one, so the
+    # next run asks for bad_last again; and nothing landed is beyond the watermark.
+    assert manifest["window_end"] == "2024-03-01T00:04:00+00:00"
+
+
+def test_quarantine_beside_partition_and_in_root(db: Path, roots: tuple[Path, Path]) -> None:
+    with _serve(db, FaultConfig(modes=frozenset({"malformed"}), every=2)) as url:
+        manifest = _extract(url, roots, page_size=10)
+    run = _run_dir(roots[0], "payments", "2024-03-02")
+    beside = run / "_quarantine.jsonl"
+    root_copy = roots[1] / "payments_api" / "payments" / "run=2024-03-02.jsonl"
+    assert beside.read_text() == root_copy.read_text()
+    (line,) = [json.loads(x) for x in beside.read_text().splitlines()]
+    assert line["field"] == "amount" and line["record"]["id"] == line["record_key"]
+    assert manifest["extra_files"] == ["_quarantine.jsonl"] and manifest["quarantined"] == 1
+    assert manifest["files"] == ["part-00000.parquet"]
+    assert pq.read_table(run).num_rows == N - 1  # readers skip the _ file
+    # The record landed after the bad one in the same page is there; the watermark is
+    # the newest landed record.
+    assert manifest["window_end"] == (START + timedelta(minutes=N - 1)).isoformat()
+
+    # A clean rerun of the same run id replaces the directory: no stale quarantine file.
+    with _serve(db) as url:
+        again = _extract(url, roots, page_size=10)
+    assert again["quarantined"] == 0 and not beside.exists() and not root_copy.exists()
+    assert sorted(p.name for p in run.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+
+
+def test_quarantined_old_record_returns_only_when_updated(
+    db: Path, roots: tuple[Path, Path]
+) -> None:
+    """Documented limit: a broken record older than window_end - overlap is not re-read."""
+    with _serve(db, FaultConfig(modes=frozenset({"malformed"}), every=2)) as url:
+        first = _extract(url, roots, run_id="1", page_size=10)  # breaks one record on page 2
+    (bad,) = [
+        json.loads(x)
+        for x in (_run_dir(roots[0], "payments", "1") / "_quarantine.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    bad_id = bad["record_key"]
+    watermark = datetime.fromisoformat(first["window_end"])
+    assert datetime.fromisoformat(bad["record"]["updated_at"]) < watermark - timedelta(minutes=15)
+    with _serve(db) as url:
+        second = _extract(url, roots, run_id="2", updated_since=watermark, page_size=10)
+        assert bad_id not in [r["id"] for r in _landed(roots[0], "2")]
+        _touch(db, [bad_id], watermark + timedelta(minutes=1))  # the API updates it again
+        third = _extract(url, roots, run_id="3", updated_since=watermark, page_size=10)
+    assert second["quarantined"] == third["quarantined"] == 0
+    assert bad_id in [r["id"] for r in _landed(roots[0], "3")]
+
+
+def test_threshold_exceeded_raises_after_writing(db: Path, roots: tuple[Path, Path]) -> None:
+    from extract.api_extract import QuarantineThresholdError
+
+    with _serve(db, FaultConfig(modes=frozenset({"malformed"}), every=1)) as url:
+        with pytest.raises(QuarantineThresholdError) as info:
+            _extract(url, roots, page_size=10, max_quarantined=2)  # 3 pages, 1 bad each
+    err = info.value
+    assert err.quarantined == 3 and err.threshold == 2 and err.received == N
+    assert "3 of 30" in str(err) and "max_quarantined=2" in str(err)
+    assert "amount" in str(err) and len(err.reasons) == 3
+    root_copy = roots[1] / "payments_api" / "payments" / "run=2024-03-02.jsonl"
+    run = _run_dir(roots[0], "payments", "2024-03-02")
+    assert len(root_copy.read_text().splitlines()) == 3
+    assert (run / "_quarantine.jsonl").read_text() == root_copy.read_text()
+    manifest = json.loads((run / "_manifest.json").read_text())
+    assert manifest["status"] == "quarantine_threshold_exceeded" and manifest["quarantined"] == 3
+
+
+@pytest.mark.parametrize("threshold, fails", [(3, False), (0.05, True), (0.2, False)])
+def test_threshold_count_or_share(
+    db: Path, roots: tuple[Path, Path], threshold: float, fails: bool
+) -> None:
+    from extract.api_extract import QuarantineThresholdError
+
+    with _serve(db, FaultConfig(modes=frozenset({"malformed"}), every=1)) as url:
+        if fails:  # 3 of 30 = 10% > 5%
+            with pytest.raises(QuarantineThresholdError, match="3 of 30"):
+                _extract(url, roots, page_size=10, max_quarantined=threshold)
+        else:
+            manifest = _extract(url, roots, page_size=10, max_quarantined=threshold)
+            assert manifest["quarantined"] == 3 and manifest["status"] == "ok"
+
+
+@pytest.mark.parametrize("threshold", [1.0, 1.5, -1, 0.0, True, "5"])
+def test_bad_threshold_is_rejected_before_any_request(
+    roots: tuple[Path, Path], threshold: Any
+) -> None:
+    client = FakeClient([[{"boom": 1}]])
+    with pytest.raises((ValueError, TypeError), match="max_quarantined"):
+        extract_payments(
+            client,  # type: ignore[arg-type]
+            run_id="r",
+            landing_root=roots[0],
+            quarantine_root=roots[1],
+            max_quarantined=threshold,
+        )
+    assert not roots[0].exists() and not roots[1].exists()
+
+
+def test_fx_fetched_for_every_day_including_restated(server: str, roots: tuple[Path, Path]) -> None:
+    landing = roots[0]
+    recent = [date(2024, 3, 1), date(2024, 3, 2)]
+    restated = [date(2023, 6, 15), date(2024, 1, 31)]  # old days touched by late/changed orders
+    with _client(server) as client:
+        first = extract_fx_rates(client, days=recent, run_id="2024-03-02", landing_root=landing)
+        second = extract_fx_rates(
+            client, days=[*restated, *recent], run_id="2024-03-03", landing_root=landing
+        )
+    stats = httpx.get(server + "/_admin/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert stats.json()["by_status"] == {"200": 4}  # each day asked once, the rest cached
+    assert first["fetched"] == 2 and second["fetched"] == 2 and second["cache_hits"] == 2
+    assert second["days"] == ["2023-06-15", "2024-01-31", "2024-03-01", "2024-03-02"]
+    table = pq.read_table(_run_dir(landing, "fx_rates", "2024-03-03"))
+    assert sorted(set(table.column("rate_date").to_pylist())) == [*restated, *recent]
+    for row in table.to_pylist():
+        assert row["rate"] == Decimal(rates_for(row["rate_date"])[row["currency"]])
+
+
+def test_fx_day_missing_a_currency_lands_the_others(roots: tuple[Path, Path]) -> None:
+    d1, d2 = date(2024, 1, 5), date(2024, 1, 6)
+    fx = {
+        d1: {
+            "base": "USD",
+            "date": "2024-01-05",
+            "rates": {"USD": "1", "EUR": "0.9", "JPY": "148"},
+        },
+        d2: {"base": "USD", "date": "2024-01-06", "rates": {"EUR": "0.91"}},  # no JPY, no USD
+    }
+    manifest = extract_fx_rates(FakeClient(fx=fx), days=[d1, d2], run_id="x", landing_root=roots[0])  # type: ignore[arg-type]
+    rows = pq.read_table(_run_dir(roots[0], "fx_rates", "x")).to_pylist()
+    assert [(r["rate_date"], r["currency"], r["rate"]) for r in rows] == [
+        (d1, "EUR", Decimal("0.9")),
+        (d1, "JPY", Decimal(148)),
+        (d1, "USD", Decimal(1)),
+        (d2, "EUR", Decimal("0.91")),
+        (d2, "USD", Decimal(1)),  # the base, by definition
+    ]
+    assert manifest["missing_currencies"] == {"2024-01-06": ["JPY"]}
+    assert manifest["days"] == ["2024-01-05", "2024-01-06"]

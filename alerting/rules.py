@@ -1,0 +1,266 @@
+"""Alert rules evaluated once per run from the run metrics, thresholds from one YAML file.
+
+`evaluate(metrics, history, thresholds)` returns the alerts of one run. It expects
+`metrics` shaped like this (every key optional: a rule whose input is missing or None
+is not evaluated)::
+
+    {
+        "run_id": "nightly_2026-03-01",
+        "dag_id": "nightly_sales",             # copied onto the alerts
+        "duration_s": 1830.5,                  # wall clock of the run
+        "freshness_lag_s": 9000.0,             # now - newest source updated_at
+        "rows_extracted": {"orders": 1200, "payments": 980},   # rows landed, per table
+        "quarantined": {"payments": 3},        # records quarantined, per table
+        "quality": {"critical_failures": 0, "warnings": 2, "failed_checks": ["..."]},
+        "replica_lag_s": 12.0,                 # math.inf when the replica is broken
+    }
+
+`history` is the metrics of earlier runs, same shape, oldest first (only
+`run_id` and `rows_extracted` are read; an entry with the current `run_id` is ignored,
+so a re-run is not compared with itself). A rule fires when the observed value is
+strictly above its threshold; every alert's text names the rule, the observed value
+and the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from alerting.sinks import SEVERITIES, Alert
+from pipeline.settings import PROJECT_ROOT, ConfigError
+
+DEFAULT_ALERTS_CONFIG = PROJECT_ROOT / "config" / "alerts.yml"
+
+RULES = ("freshness", "row_count_drop", "quality", "quarantine", "run_deadline", "replica_lag")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The limits of every rule; the defaults are those of `config/alerts.yml`."""
+
+    freshness_max_lag_hours: float = 30
+    freshness_severity: str = "critical"
+    row_count_drop_max_drop_pct: float = 50
+    row_count_drop_trailing_runs: int = 7
+    row_count_drop_severity: str = "warning"
+    quality_max_critical_failures: int = 0
+    quality_severity: str = "critical"
+    quarantine_max_rows: int = 100
+    quarantine_max_share: float = 0.01
+    quarantine_severity: str = "warning"
+    run_deadline_max_minutes: float = 120
+    run_deadline_severity: str = "warning"
+    replica_lag_max_seconds: float = 900
+    replica_lag_severity: str = "warning"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_severity"):
+                if value not in SEVERITIES:
+                    raise ConfigError(
+                        f"alerts config: {_yaml_key(f.name)}={value!r} is not one of "
+                        f"{', '.join(SEVERITIES)}"
+                    )
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ConfigError(
+                    f"alerts config: {_yaml_key(f.name)}={value!r} must be a number >= 0"
+                )
+        if self.row_count_drop_trailing_runs < 1:
+            raise ConfigError("alerts config: row_count_drop.trailing_runs must be >= 1")
+
+
+def _yaml_key(field_name: str) -> str:
+    for rule in RULES:
+        if field_name.startswith(rule + "_"):
+            return f"{rule}.{field_name[len(rule) + 1 :]}"
+    return field_name
+
+
+def load_thresholds(path: Path | str | None = None) -> Thresholds:
+    """Read the thresholds from `path` (default: `config/alerts.yml`).
+
+    The caller resolves `ALERTS_CONFIG` and passes it here. Unknown rules or keys are
+    errors that name the valid ones.
+    """
+    import yaml
+
+    path = Path(path) if path else DEFAULT_ALERTS_CONFIG
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"alerts config {str(path)!r} does not exist") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"alerts config {str(path)!r}: expected a mapping of rules")
+    known = {f.name for f in fields(Thresholds)}
+    values: dict[str, Any] = {}
+    for rule, settings in data.items():
+        if rule not in RULES:
+            raise ConfigError(
+                f"alerts config {str(path)!r}: unknown rule {rule!r}; valid: {', '.join(RULES)}"
+            )
+        if not isinstance(settings, dict):
+            raise ConfigError(f"alerts config {str(path)!r}: {rule} must be a mapping")
+        for key, value in settings.items():
+            name = f"{rule}_{key}"
+            if name not in known:
+                valid = sorted(n[len(rule) + 1 :] for n in known if n.startswith(rule + "_"))
+                raise ConfigError(
+                    f"alerts config {str(path)!r}: unknown key {rule}.{key}; "
+                    f"valid: {', '.join(valid)}"
+                )
+            values[name] = value
+    return Thresholds(**values)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if math.isnan(value):
+        return None
+    return float(value)
+
+
+def _fmt(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:,.6g}"
+
+
+def evaluate(
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    thresholds: Thresholds,
+) -> list[Alert]:
+    """The alerts of one run (empty when every rule is within its threshold)."""
+    run_id = metrics.get("run_id")
+    t = thresholds
+    alerts: list[Alert] = []
+
+    def fire(rule: str, severity: str, title: str, text: str, **details: Any) -> None:
+        alerts.append(
+            Alert(
+                severity=severity,  # type: ignore[arg-type]
+                title=title,
+                text=f"rule {rule}: {text}",
+                dag_id=metrics.get("dag_id"),
+                run_id=run_id,
+                fields={"rule": rule, **details},
+            )
+        )
+
+    lag_s = _number(metrics.get("freshness_lag_s"))
+    if lag_s is not None and lag_s > t.freshness_max_lag_hours * 3600:
+        fire(
+            "freshness",
+            t.freshness_severity,
+            "Source data is stale",
+            f"newest source updated_at is {_fmt(lag_s / 3600)} h old, "
+            f"threshold {_fmt(t.freshness_max_lag_hours)} h",
+            observed_hours=lag_s / 3600,
+            threshold_hours=t.freshness_max_lag_hours,
+        )
+
+    rows = metrics.get("rows_extracted") or {}
+    past = [h for h in history if not (run_id and h.get("run_id") == run_id)]
+    for table, count in sorted(rows.items()):
+        count = _number(count)
+        if count is None:
+            continue
+        trailing = [
+            n
+            for n in (_number((h.get("rows_extracted") or {}).get(table)) for h in past)
+            if n is not None
+        ][-t.row_count_drop_trailing_runs :]
+        if not trailing:
+            continue  # nothing to compare with
+        average = sum(trailing) / len(trailing)
+        if average <= 0:
+            continue  # no drop from nothing
+        drop_pct = (average - count) / average * 100
+        if drop_pct > t.row_count_drop_max_drop_pct:
+            fire(
+                "row_count_drop",
+                t.row_count_drop_severity,
+                f"Row count dropped: {table}",
+                f"{table} extracted {_fmt(count)} rows, {_fmt(drop_pct)}% below the average "
+                f"{_fmt(average)} of the last {len(trailing)} run(s), "
+                f"threshold {_fmt(t.row_count_drop_max_drop_pct)}%",
+                table=table,
+                observed_rows=count,
+                trailing_average=average,
+                drop_pct=drop_pct,
+                threshold_pct=t.row_count_drop_max_drop_pct,
+            )
+
+    quality = metrics.get("quality") or {}
+    critical = _number(quality.get("critical_failures"))
+    if critical is not None and critical > t.quality_max_critical_failures:
+        failed = list(quality.get("failed_checks") or [])
+        text = (
+            f"{_fmt(critical)} critical quality failure(s), "
+            f"threshold {t.quality_max_critical_failures}"
+        )
+        if failed:
+            text += f": {', '.join(map(str, failed[:5]))}"
+        fire(
+            "quality",
+            t.quality_severity,
+            "Critical data quality failure",
+            text,
+            observed=critical,
+            threshold=t.quality_max_critical_failures,
+            **({"failed_checks": failed[:10]} if failed else {}),
+        )
+
+    for table, quarantined in sorted((metrics.get("quarantined") or {}).items()):
+        quarantined = _number(quarantined)
+        if quarantined is None:
+            continue
+        extracted = _number(rows.get(table))
+        received = (extracted or 0) + quarantined
+        share = quarantined / received if received and extracted is not None else None
+        over_count = quarantined > t.quarantine_max_rows
+        over_share = share is not None and share > t.quarantine_max_share
+        if over_count or over_share:
+            share_text = f" ({share:.2%} of {_fmt(received)} received)" if share is not None else ""
+            fire(
+                "quarantine",
+                t.quarantine_severity,
+                f"Records quarantined: {table}",
+                f"{table} quarantined {_fmt(quarantined)} record(s){share_text}, "
+                f"threshold {t.quarantine_max_rows} rows or {t.quarantine_max_share:.2%}",
+                table=table,
+                observed_rows=quarantined,
+                observed_share=share,
+                threshold_rows=t.quarantine_max_rows,
+                threshold_share=t.quarantine_max_share,
+            )
+
+    duration_s = _number(metrics.get("duration_s"))
+    if duration_s is not None and duration_s > t.run_deadline_max_minutes * 60:
+        fire(
+            "run_deadline",
+            t.run_deadline_severity,
+            "Run exceeded its deadline",
+            f"the run took {_fmt(duration_s / 60)} min, "
+            f"threshold {_fmt(t.run_deadline_max_minutes)} min",
+            observed_minutes=duration_s / 60,
+            threshold_minutes=t.run_deadline_max_minutes,
+        )
+
+    replica_lag = _number(metrics.get("replica_lag_s"))
+    if replica_lag is not None and replica_lag > t.replica_lag_max_seconds:
+        fire(
+            "replica_lag",
+            t.replica_lag_severity,
+            "Replica lag too high",
+            f"source_db_replica is {_fmt(replica_lag)} s behind, "
+            f"threshold {_fmt(t.replica_lag_max_seconds)} s",
+            observed_seconds=replica_lag,
+            threshold_seconds=t.replica_lag_max_seconds,
+        )
+
+    return alerts
