@@ -1,0 +1,250 @@
+"""Where quality results go: `ops.quality_results` in the warehouse, and GX Data Docs.
+
+- `store_results(con, run_id, results)`: one row per expectation outcome; a rerun of the same
+  run replaces the rows of that run for the suites it stores, inside the caller's
+  transaction (no begin/commit here).
+- `build_data_docs(results, site_dir)`: GX's own Data Docs (SiteBuilder on an ephemeral
+  context), rendered from our merged per-table results; returns the site's index.html.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from quality.validate import ExpectationOutcome, SuiteResult, jsonable
+
+_DDL = """
+create table if not exists ops.quality_results (
+    run_id varchar not null,
+    suite varchar not null,
+    expectation varchar not null,
+    column_name varchar,
+    severity varchar not null,
+    success boolean not null,
+    observed_value varchar,
+    details varchar,
+    checked_at timestamptz not null
+)
+"""
+
+
+def _details(outcome: ExpectationOutcome, table: str) -> str:
+    return json.dumps(
+        jsonable(
+            {
+                "table": table,
+                "kwargs": outcome.kwargs,
+                "unexpected_count": outcome.unexpected_count,
+                "element_count": outcome.element_count,
+                "samples": outcome.samples,
+                **outcome.details,
+            }
+        ),
+        sort_keys=True,
+    )
+
+
+def store_results(con: Any, run_id: str, results: list[SuiteResult]) -> int:
+    """Write `results` to `ops.quality_results` (created if missing); return rows written.
+
+    Rows of `run_id` for the suites in `results` are deleted first, so a rerun replaces them
+    (suites stored by another call for the same run stay). Runs in the caller's transaction.
+    """
+    checked_at = datetime.now(UTC)
+    con.execute("create schema if not exists ops")
+    con.execute(_DDL)
+    suites = sorted({r.suite for r in results})
+    for suite in suites:
+        con.execute(
+            "delete from ops.quality_results where run_id = ? and suite = ?", [run_id, suite]
+        )
+    rows = [
+        [
+            run_id,
+            result.suite,
+            outcome.expectation,
+            outcome.column,
+            outcome.severity,
+            bool(outcome.success),
+            None
+            if outcome.observed_value is None
+            else json.dumps(jsonable(outcome.observed_value), sort_keys=True),
+            _details(outcome, result.table),
+            checked_at,
+        ]
+        for result in results
+        for outcome in result.outcomes
+    ]
+    if rows:
+        con.executemany("insert into ops.quality_results values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return len(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Data Docs
+
+
+def _gx_validation_result(result: SuiteResult) -> Any:
+    from great_expectations.core.expectation_validation_result import (
+        ExpectationSuiteValidationResult,
+        ExpectationValidationResult,
+    )
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    items = []
+    for outcome in result.outcomes:
+        payload: dict[str, Any] = {}
+        if outcome.element_count is not None:
+            payload.update(
+                element_count=outcome.element_count,
+                unexpected_count=outcome.unexpected_count,
+                unexpected_percent=(
+                    100.0 * (outcome.unexpected_count or 0) / outcome.element_count
+                    if outcome.element_count
+                    else 0.0
+                ),
+                partial_unexpected_list=[json.dumps(s, sort_keys=True) for s in outcome.samples],
+            )
+        else:
+            payload["observed_value"] = (
+                outcome.observed_value
+                if isinstance(outcome.observed_value, int | float | str | list)
+                else json.dumps(outcome.observed_value)
+            )
+        if outcome.details:
+            payload["details"] = outcome.details
+        config = ExpectationConfiguration(
+            type=outcome.expectation,
+            kwargs={k: v for k, v in outcome.kwargs.items() if v is not None},
+            meta={"severity": outcome.severity, "table": result.table},
+            severity=outcome.severity,
+        )
+        items.append(
+            ExpectationValidationResult(
+                success=outcome.success, expectation_config=config, result=payload
+            )
+        )
+    evaluated = len(items)
+    successful = sum(1 for o in result.outcomes if o.success)
+    return ExpectationSuiteValidationResult(
+        success=not result.critical_failures,
+        results=items,
+        suite_name=result.suite,
+        statistics={
+            "evaluated_expectations": evaluated,
+            "successful_expectations": successful,
+            "unsuccessful_expectations": evaluated - successful,
+            "success_percent": 100.0 * successful / evaluated if evaluated else 100.0,
+        },
+        meta={
+            "run_id": {"run_name": result.run_id or "adhoc", "run_time": None},
+            "active_batch_definition": {
+                "datasource_name": "landing",
+                "data_asset_name": result.table,
+            },
+            "table": result.table,
+            "rows": result.rows,
+            "critical_failures": len(result.critical_failures),
+            "warnings": len(result.warnings),
+        },
+    )
+
+
+SUMMARY_PAGE = "quality_summary.html"
+
+
+def _summary_html(results: list[SuiteResult], site: Path) -> str:
+    """A self-contained page (no CDN assets) with every failure, linking to GX's pages."""
+    esc = html.escape
+    rows = []
+    for result in sorted(results, key=lambda r: (not r.critical_failures, r.suite)):
+        status = "FAILED" if result.critical_failures else ("warn" if result.warnings else "ok")
+        pages = sorted(site.glob(f"validations/{result.suite.replace('.', '/')}/**/*.html"))
+        link = pages[-1].relative_to(site).as_posix() if pages else None
+        name = f'<a href="{esc(link)}">{esc(result.suite)}</a>' if link else esc(result.suite)
+        failures = "".join(
+            f"<li class='{esc(o.severity)}'>{esc(o.describe())}</li>"
+            for o in result.critical_failures + result.warnings
+        )
+        rows.append(
+            f"<tr class='{status.lower()}'><td>{name}</td><td>{esc(result.table)}</td>"
+            f"<td>{esc(str(result.run_id))}</td><td>{result.rows}</td><td>{status}</td>"
+            f"<td><ul>{failures}</ul></td></tr>"
+        )
+    return (
+        "<!doctype html><meta charset='utf-8'><title>Quality results</title>"
+        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px;"
+        "vertical-align:top}.failed{background:#fdd}.warn{background:#ffd}"
+        "li.critical{color:#a00}</style>"
+        "<h1>Quality results</h1><p><a href='index.html'>GX Data Docs</a></p>"
+        "<table><tr><th>suite</th><th>table</th><th>run</th><th>rows</th><th>status</th>"
+        "<th>failed expectations</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def build_data_docs(results: list[SuiteResult], site_dir: Path) -> Path:
+    """Render GX Data Docs for `results` (and their suites) into `site_dir`; return index.html.
+
+    The site is built by GX's SiteBuilder on an ephemeral context in a temp directory and
+    then moved into place, so `site_dir` holds either the previous site or the new one.
+    GX's pages take their CSS/JS from CDNs; `quality_summary.html` beside them is
+    self-contained (every failure with its offending values, links to GX's pages).
+    """
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    from quality.suites import load_suite
+
+    site_dir = Path(site_dir)
+    site_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".gx-docs-", dir=site_dir.parent))
+    try:
+        context = gx.get_context(mode="ephemeral")
+        context.add_data_docs_site(
+            "nightshift",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(staging),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        for suite_name in sorted({r.suite for r in results}):
+            context.suites.add(load_suite(suite_name))
+        for result in results:
+            key = ValidationResultIdentifier(
+                expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite),
+                run_id=RunIdentifier(run_name=result.run_id or "adhoc"),
+                batch_identifier=result.table,
+            )
+            context.validation_results_store.set(key, _gx_validation_result(result))
+        context.build_data_docs(site_names=["nightshift"])
+        index = staging / "index.html"
+        if not index.exists():
+            raise RuntimeError(f"GX Data Docs did not write {index}")
+        (staging / SUMMARY_PAGE).write_text(_summary_html(results, staging))
+        old = None
+        if site_dir.exists():
+            old = site_dir.parent / f".old-{site_dir.name}-{staging.name}"
+            site_dir.rename(old)
+        staging.rename(site_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return site_dir / "index.html"
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
