@@ -3,15 +3,17 @@
 
 The nightly batch for one **business day** (the day before the run, in `REPORT_TZ`):
 
-1. `extract_source_db`: the operational tables (`source_db`, or `source_db_replica`)
-   → landing Parquet, one consistent snapshot.
-2. `extract_payments_api`: payments and the FX rates of every business day with orders
-   (`payments_api`) → landing Parquet; bad records → quarantine.
-3. `load_warehouse`: landing → DuckDB `raw` schema (one transaction).
-4. `dbt_build`: staging → marts → `analytics.sales_summary`, every dbt test (ELT path).
-5. `transform_daily_sales`: pandas → `analytics.daily_sales` (ETL path).
-6. `check_parity`: both published tables agree per (date, region), or the run fails.
-7. `build_report`: the HTML report of the day, `data/report/<day>.html`.
+1. `extract_source_db`: what changed in the operational tables since the last load
+   (`source_db`, or `source_db_replica`) → landing Parquet, one consistent snapshot.
+2. `load_source_db`: merge into the current-state `raw` tables, apply deletes, record
+   the restated business days and the watermarks (one DuckDB transaction).
+3. `extract_payments_api`: payments and the FX rates of every business day with orders
+   in `raw.orders` (`payments_api`) → landing Parquet; bad records → quarantine.
+4. `load_payments_api`: merge payments and FX rates into `raw` (one transaction).
+5. `dbt_build`: staging → marts → `analytics.sales_summary`, every dbt test (ELT path).
+6. `transform_daily_sales`: pandas over `raw` → `analytics.daily_sales` (ETL path).
+7. `check_parity`: both published tables agree per (date, region), or the run fails.
+8. `build_report`: the HTML report of the day, `data/report/<day>.html`.
 
 Run one day by hand: `make nightly DATE=YYYY-MM-DD`. The business day can also be
 forced with the `business_date` param when triggering from the UI.
@@ -73,6 +75,12 @@ def nightly_sales():
 
         return nightly.extract_source_db(_business_date())
 
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def load_source_db() -> dict:
+        from pipeline import nightly
+
+        return nightly.load_source_db(_business_date())
+
     @task
     def extract_payments_api() -> dict:
         from pipeline import nightly
@@ -80,10 +88,10 @@ def nightly_sales():
         return nightly.extract_payments_api(_business_date())
 
     @task(pool=WAREHOUSE_POOL, retries=0)
-    def load_warehouse() -> dict:
+    def load_payments_api() -> dict:
         from pipeline import nightly
 
-        return nightly.load_warehouse(_business_date())
+        return nightly.load_payments_api(_business_date())
 
     @task(pool=WAREHOUSE_POOL, retries=0)
     def dbt_build() -> dict:
@@ -104,27 +112,24 @@ def nightly_sales():
         return nightly.check_parity(_business_date())
 
     @task(retries=0)
-    def build_report(extracted: dict, api: dict, loaded: dict, etl: dict, parity: dict) -> str:
+    def build_report(
+        extracted: dict, loaded: dict, api: dict, api_loaded: dict, etl: dict, parity: dict
+    ) -> str:
         from pipeline import nightly
 
         business_date = _business_date()
-        stats = {
-            "run_id": nightly.run_id_for(business_date),
-            "extracted": {**extracted, "payments": api["payments"], "fx_rates": api["fx_rates"]},
-            "quarantined": {"payments": api["payments_quarantined"]},
-            "loaded": loaded,
-            "published": {"sales_summary": parity["sales_summary_rows"], **etl},
-        }
+        stats = nightly.run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
         return nightly.build_report(business_date, stats)
 
     extracted = extract_source_db()
+    loaded = load_source_db()
     api = extract_payments_api()
-    loaded = load_warehouse()
+    api_loaded = load_payments_api()
     built = dbt_build()
     etl = transform_daily_sales()
     parity = check_parity()
-    extracted >> api >> loaded >> built >> etl >> parity
-    build_report(extracted, api, loaded, etl, parity)
+    extracted >> loaded >> api >> api_loaded >> built >> etl >> parity
+    build_report(extracted, loaded, api, api_loaded, etl, parity)
 
 
 nightly_sales()

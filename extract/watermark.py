@@ -44,6 +44,8 @@ class Watermark:
     run_id: str
     window_end: datetime | None
     cursor_key: str | None
+    # The newest cursor value ever loaded for the table (from the manifests), if any.
+    max_cursor: datetime | None = None
 
 
 def ensure_schema(con: Any) -> None:
@@ -103,8 +105,16 @@ def last_watermark(
             "order by window_end desc, loaded_at desc limit 1",
             [source, table, shard],
         ).fetchone()
+        max_cursor = None
+        if row is not None:
+            max_cursor = con.execute(
+                "select max(try_cast(json_extract_string(manifest, '$.max_cursor') "
+                "as timestamptz)) from ops.loaded_runs "
+                "where source = ? and table_name = ? and shard = ?",
+                [source, table, shard],
+            ).fetchone()[0]
     finally:
         con.close()
     if row is None:
         return None
-    return Watermark(source, table, shard, row[0], row[1], row[2])
+    return Watermark(source, table, shard, row[0], row[1], row[2], max_cursor)

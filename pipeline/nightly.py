@@ -35,54 +35,79 @@ def business_date_for(logical_date: datetime, override: str | None = None) -> da
     return local.date() - timedelta(days=1)
 
 
-def landing_run_ids(business_date: date) -> dict[str, str]:
-    run_id = run_id_for(business_date)
-    ids = {f"source_db/{t}": run_id for t in DB_TABLES}
-    ids["payments_api/payments"] = run_id
-    ids["payments_api/fx_rates"] = run_id
-    return ids
-
-
 def extract_source_db(business_date: date) -> dict[str, Any]:
-    """Full extract of the operational tables (primary, or the replica when configured)."""
+    """Incremental extract of the operational tables (primary, or the replica when set)."""
     from extract.db_extract import extract_tables
+    from extract.tables import load_table_configs
 
+    configs = load_table_configs(settings.extract_config_path())
     uri = settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False)
     if uri:
         log.info("reading from the replica (source_db_replica)")
     else:
         uri = settings.get_connection_uri(settings.SOURCE_DB_CONN_ID)
     manifests = extract_tables(
-        uri, run_id=run_id_for(business_date), landing_root=settings.landing_dir()
+        uri,
+        run_id=run_id_for(business_date),
+        landing_root=settings.landing_dir(),
+        warehouse_path=settings.warehouse_path(),
+        configs=configs,
     )
     return {name: m["rows"] for name, m in manifests.items()}
 
 
+def load_source_db(business_date: date) -> dict[str, Any]:
+    """Merge the run's source_db deltas into `raw.*` (+ deletes, restated days, watermarks)."""
+    from warehouse.load import load_source_db as load
+
+    result = load(
+        settings.warehouse_path(),
+        settings.landing_dir(),
+        run_id_for(business_date),
+        settings.report_tz_name(),
+    )
+    return {
+        "rows": result["rows"],
+        "deleted": result["deleted"],
+        "restated_days": result["restated_days"],
+    }
+
+
 def fx_days_needed(business_date: date) -> list[date]:
-    """Business days (in REPORT_TZ) up to `business_date` that have at least one order."""
+    """Business days (in REPORT_TZ) up to `business_date` with an order in `raw.orders`."""
     import duckdb
 
-    from extract.landing import run_dir
-
-    orders = run_dir(settings.landing_dir(), "source_db", "orders", run_id_for(business_date))
-    con = duckdb.connect()
+    con = duckdb.connect(str(settings.warehouse_path()), read_only=True)
     try:
         rows = con.execute(
-            "select distinct cast(timezone(?, created_at) as date) as d "
-            "from read_parquet(?, hive_partitioning = false) where created_at is not null order by d",
-            [settings.report_tz_name(), str(orders / "*.parquet")],
+            "select distinct cast(timezone(?, created_at) as date) as d from raw.orders "
+            "where created_at is not null order by d",
+            [settings.report_tz_name()],
         ).fetchall()
     finally:
         con.close()
     return [r[0] for r in rows if r[0] <= business_date]
 
 
+def _payments_since() -> datetime | None:
+    """Where the payments window starts: the last loaded one (never past its data)."""
+    from extract.watermark import last_watermark
+
+    mark = last_watermark(settings.warehouse_path(), "payments_api", "payments")
+    if mark is None or mark.window_end is None:
+        return None
+    if mark.max_cursor is not None and mark.max_cursor < mark.window_end:
+        return mark.max_cursor
+    return mark.window_end
+
+
 def extract_payments_api(business_date: date) -> dict[str, Any]:
-    """Payments (all, deduplicated) and the FX rates of every business day with orders."""
+    """Payments changed since the last load, and the FX rates of every business day with orders."""
     from extract.api_client import PaymentsApiClient
     from extract.api_extract import extract_fx_rates, extract_payments
 
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
+    days = fx_days_needed(business_date)
     client = PaymentsApiClient(config)
     run_id = run_id_for(business_date)
     try:
@@ -91,10 +116,11 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
             run_id=run_id,
             landing_root=settings.landing_dir(),
             quarantine_root=settings.quarantine_dir(),
+            updated_since=_payments_since(),
         )
         fx = extract_fx_rates(
             client,
-            days=fx_days_needed(business_date),
+            days=days,
             run_id=run_id,
             landing_root=settings.landing_dir(),
         )
@@ -109,13 +135,12 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
     }
 
 
-def load_warehouse(business_date: date) -> dict[str, int]:
-    """Landing Parquet of this run → DuckDB `raw` schema, all tables in one transaction."""
-    from warehouse.load import load_raw
+def load_payments_api(business_date: date) -> dict[str, Any]:
+    """Merge the run's payments and FX rates into `raw.payments` / `raw.fx_rates`."""
+    from warehouse.load import load_payments_api as load
 
-    return load_raw(
-        settings.warehouse_path(), settings.landing_dir(), landing_run_ids(business_date)
-    )
+    result = load(settings.warehouse_path(), settings.landing_dir(), run_id_for(business_date))
+    return {"rows": result["rows"]}
 
 
 def dbt_build(business_date: date) -> dict[str, Any]:
@@ -143,15 +168,10 @@ def _summary(result: Any) -> dict[str, Any]:
 
 
 def transform_daily_sales(business_date: date) -> dict[str, int]:
-    """The ETL path: pandas over the landed files → `analytics.daily_sales`."""
+    """The ETL path: pandas over the warehouse's current `raw.*` → `analytics.daily_sales`."""
     from transform.daily_sales import compute_daily_sales, publish_daily_sales
 
-    frame = compute_daily_sales(
-        settings.landing_dir(),
-        landing_run_ids(business_date),
-        settings.report_tz_name(),
-        business_date,
-    )
+    frame = compute_daily_sales(settings.warehouse_path(), settings.report_tz_name(), business_date)
     rows = publish_daily_sales(frame, settings.warehouse_path())
     return {"daily_sales": rows}
 
@@ -171,21 +191,37 @@ def build_report(business_date: date, run_stats: dict[str, Any]) -> str:
     return str(path)
 
 
+def run_stats(
+    business_date: date,
+    extracted: dict[str, Any],
+    loaded: dict[str, Any],
+    api: dict[str, Any],
+    api_loaded: dict[str, Any],
+    etl: dict[str, Any],
+    parity: dict[str, Any],
+) -> dict[str, Any]:
+    """The report's run statistics (small, JSON-able; the DAG builds the same)."""
+    return {
+        "run_id": run_id_for(business_date),
+        "restated_days": len(loaded["restated_days"]),
+        "extracted": {**extracted, "payments": api["payments"], "fx_rates": api["fx_rates"]},
+        "quarantined": {"payments": api["payments_quarantined"]},
+        "loaded": {**loaded["rows"], **api_loaded["rows"]},
+        "deleted": loaded["deleted"],
+        "published": {"sales_summary": parity["sales_summary_rows"], **etl},
+    }
+
+
 def run_all(business_date: date) -> dict[str, Any]:
     """Every step in order, without Airflow (the DAG runs the same functions)."""
     extracted = extract_source_db(business_date)
+    loaded = load_source_db(business_date)
     api = extract_payments_api(business_date)
-    loaded = load_warehouse(business_date)
+    api_loaded = load_payments_api(business_date)
     dbt_build(business_date)
     etl = transform_daily_sales(business_date)
     parity = check_parity(business_date)
-    stats = {
-        "run_id": run_id_for(business_date),
-        "extracted": {**extracted, "payments": api["payments"], "fx_rates": api["fx_rates"]},
-        "quarantined": {"payments": api["payments_quarantined"]},
-        "loaded": loaded,
-        "published": {"sales_summary": parity["sales_summary_rows"], **etl},
-    }
+    stats = run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
     report = build_report(business_date, stats)
     return {**stats, "report": report}
 

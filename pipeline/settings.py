@@ -141,6 +141,12 @@ def warehouse_path() -> Path:
     return Path(os.environ.get("WAREHOUSE_PATH", data_dir() / "warehouse.duckdb")).resolve()
 
 
+def extract_config_path() -> Path | None:
+    """`EXTRACT_CONFIG`: optional YAML overriding the per-table extract settings."""
+    value = os.environ.get("EXTRACT_CONFIG", "").strip()
+    return Path(value).resolve() if value else None
+
+
 def dbt_project_dir() -> Path:
     return PROJECT_ROOT / "dbt_project"
 

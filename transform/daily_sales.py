@@ -1,4 +1,4 @@
-"""ETL path: landing Parquet files of a run -> `analytics.daily_sales`.
+"""ETL path: the warehouse's current `raw.*` tables -> `analytics.daily_sales`.
 
 One row per (business day, region, category) with at least one counted order, following
 the definitions of contract §5. Relational work is done in pandas; money stays exact
@@ -7,7 +7,6 @@ the definitions of contract §5. Relational work is done in pandas; money stays 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +15,6 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from transform.money import cents_to_decimal, scaled_int, usd_cents_half_up
 
@@ -26,12 +24,12 @@ UNCATEGORIZED = "uncategorized"
 
 OUTPUT_COLUMNS = ["date", "region", "category", "total_sales_usd", "order_count"]
 
-# The landed tables this transform reads: key in run_ids -> columns it needs and their
-# Arrow types (used to type an empty run; the files' own types win otherwise).
+# The current-state raw tables this transform reads (loaded by warehouse/load.py) and the
+# columns it needs, with the Arrow types they are expected to have.
 TABLES: dict[str, dict[str, pa.DataType]] = {
-    "source_db/users": {"id": pa.int64(), "region": pa.string()},
-    "source_db/products": {"id": pa.int64(), "category": pa.string()},
-    "source_db/orders": {
+    "users": {"id": pa.int64(), "region": pa.string()},
+    "products": {"id": pa.int64(), "category": pa.string()},
+    "orders": {
         "id": pa.int64(),
         "user_id": pa.int64(),
         "status": pa.string(),
@@ -39,20 +37,20 @@ TABLES: dict[str, dict[str, pa.DataType]] = {
         "total": pa.decimal128(12, 2),
         "created_at": pa.timestamp("us", tz="UTC"),
     },
-    "source_db/order_items": {
+    "order_items": {
         "id": pa.int64(),
         "order_id": pa.int64(),
         "product_id": pa.int64(),
         "quantity": pa.int64(),
         "unit_price": pa.decimal128(12, 2),
     },
-    "payments_api/fx_rates": {
+    "fx_rates": {
         "rate_date": pa.date32(),
         "currency": pa.string(),
         "rate": pa.decimal128(38, 18),
     },
 }
-# Read when present: lets a run that carries several versions of a row keep the latest.
+# Read when present: a table that carries several versions of a row keeps the latest.
 _OPTIONAL_COLUMNS = ("updated_at", "base")
 
 
@@ -69,32 +67,32 @@ class MissingFxRateError(LookupError):
         )
 
 
-def run_dir(landing_root: Path, table_key: str, run_id: str) -> Path:
-    """`<landing_root>/<source>/<table>/run=<run_id>`."""
-    return Path(landing_root) / table_key / f"run={run_id}"
-
-
-def read_landed(landing_root: Path, table_key: str, run_id: str) -> pa.Table:
-    """Read the needed columns of one landed table run (extra columns are ignored)."""
-    needed = TABLES[table_key]
-    directory = run_dir(landing_root, table_key, run_id)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"landing run not found for {table_key}: {directory}")
-    files = sorted(directory.glob("*.parquet"))
-    if not files:  # an empty extract: no part files, typed empty table
-        return pa.table({name: pa.array([], type=t) for name, t in needed.items()})
-    parts = []
-    for file in files:
-        names = set(pq.read_schema(file).names)
-        missing = [c for c in needed if c not in names]
-        if missing:
-            raise ValueError(
-                f"{file}: missing column(s) {', '.join(missing)} "
-                f"(needed by the daily_sales transform: {', '.join(needed)})"
-            )
-        columns = list(needed) + [c for c in _OPTIONAL_COLUMNS if c in names]
-        parts.append(pq.read_table(file, columns=columns))
-    return pa.concat_tables(parts, promote_options="permissive")
+def read_raw(con: duckdb.DuckDBPyConnection, table: str) -> pa.Table:
+    """The needed columns of `raw.<table>` as Arrow (extra columns are not read)."""
+    needed = TABLES[table]
+    names = {
+        r[0]
+        for r in con.execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = 'raw' and table_name = ?",
+            [table],
+        ).fetchall()
+    }
+    if not names:
+        raise LookupError(
+            f"warehouse table raw.{table} does not exist (needed by the daily_sales transform; "
+            "load the source first)"
+        )
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise ValueError(
+            f"raw.{table}: missing column(s) {', '.join(missing)} "
+            f"(needed by the daily_sales transform: {', '.join(needed)})"
+        )
+    columns = list(needed) + [c for c in _OPTIONAL_COLUMNS if c in names]
+    # `table` and the column names come from the whitelist above
+    select = ", ".join(f'"{c}"' for c in columns)
+    return con.sql(f'select {select} from raw."{table}"').to_arrow_table()
 
 
 def _latest_per_key(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -201,36 +199,36 @@ def _fx_rates(fx: pd.DataFrame) -> dict[tuple[date, str], Decimal]:
 
 
 def compute_daily_sales(
-    landing_root: Path,
-    run_ids: Mapping[str, str],
+    warehouse_path: Path,
     report_tz: str,
     through_date: date | None,
 ) -> pd.DataFrame:
-    """Compute `daily_sales` rows from the landed runs named in `run_ids`.
+    """Compute `daily_sales` rows from the current state in the warehouse's `raw` schema.
 
-    `run_ids` maps "source_db/users", "source_db/products", "source_db/orders",
-    "source_db/order_items" and "payments_api/fx_rates" to run ids. Returns columns
+    Reads `raw.users`, `raw.products`, `raw.orders`, `raw.order_items` and
+    `raw.fx_rates` through a read-only DuckDB connection. Returns columns
     date (datetime.date), region, category, total_sales_usd (Decimal, 2 places),
     order_count (int), sorted by date, region, category.
     Raises MissingFxRateError when a counted order has no rate for its day.
     """
-    missing_runs = [key for key in TABLES if key not in run_ids]
-    if missing_runs:
-        raise KeyError(f"run_ids has no run for: {', '.join(missing_runs)}")
     tz = ZoneInfo(report_tz)
+    path = Path(warehouse_path)
+    if not path.exists():
+        raise FileNotFoundError(f"warehouse {path} does not exist: load the sources first")
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        arrow = {table: read_raw(con, table) for table in TABLES}
+    finally:
+        con.close()
     # Nullable Int64 keeps ids and quantities exact when a column has NULLs (no float64).
-    int_types = {pa.int64(): pd.Int64Dtype()}
-    frames = {
-        key: read_landed(Path(landing_root), key, run_ids[key]).to_pandas(
-            types_mapper=int_types.get
-        )
-        for key in TABLES
-    }
-    users = _latest_per_key(frames["source_db/users"], ["id"])
-    products = _latest_per_key(frames["source_db/products"], ["id"])
-    orders = _latest_per_key(frames["source_db/orders"], ["id"])
-    items = _latest_per_key(frames["source_db/order_items"], ["id"])
-    fx = frames["payments_api/fx_rates"]
+    int_types = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}
+    frames = {key: t.to_pandas(types_mapper=int_types.get) for key, t in arrow.items()}
+    users = _latest_per_key(frames["users"], ["id"])
+    products = _latest_per_key(frames["products"], ["id"])
+    orders = _latest_per_key(frames["orders"], ["id"])
+    items = _latest_per_key(frames["order_items"], ["id"])
+    fx = frames["fx_rates"]
 
     # Counted orders of the days in scope.
     orders = orders.loc[orders["status"].astype(object) != CANCELLED].copy()

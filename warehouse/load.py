@@ -1,16 +1,25 @@
-"""Load landed Parquet runs into the warehouse `raw` schema (DuckDB).
+"""Merge landed runs into the warehouse: `raw.<table>` is the current state of each source.
 
-Each `source/table` is replaced by the files of one landing run, all tables in one
-transaction: either every table is replaced or none is.
+Per docs/extract-design.md, one DuckDB transaction per load does everything or nothing:
+each landed delta is upserted into `raw.<table>` by key (the newest cursor wins, the
+delta deduplicated first; new source columns are added), key sets delete the rows gone
+from the source (logged in `ops.deleted_rows`), the business days the changes touch are
+recorded in `ops.restated_days`, and the watermark of every merged run is recorded
+(`extract.watermark.record_loaded`). Loading the same run again changes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
+
+from extract.watermark import ensure_schema, record_loaded
 
 log = logging.getLogger(__name__)
 
@@ -19,19 +28,54 @@ KNOWN_TABLES: dict[str, tuple[str, ...]] = {
     "source_db": ("users", "products", "orders", "order_items"),
     "payments_api": ("payments", "fx_rates"),
 }
+DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
+    "users": ("id",),
+    "products": ("id",),
+    "orders": ("id",),
+    "order_items": ("id",),
+    "payments": ("id",),
+    "fx_rates": ("rate_date", "currency"),
+}
+CURSOR = "updated_at"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_META_COLUMNS = ("_run_id", "_loaded_at")
+
+_OPS_DDL = """
+create schema if not exists raw;
+create schema if not exists ops;
+create table if not exists ops.deleted_rows (
+    run_id varchar not null,
+    table_name varchar not null,
+    key varchar not null,
+    deleted_at timestamptz not null
+);
+create table if not exists ops.restated_days (
+    run_id varchar not null,
+    business_date date not null,
+    reason varchar not null
+);
+"""
 
 
 class LoadError(RuntimeError):
     """A run cannot be loaded; the message names the source/table and path."""
 
 
-def _parse_key(key: str) -> tuple[str, str]:
-    source, sep, table = key.partition("/")
-    if not sep or source not in KNOWN_TABLES or table not in KNOWN_TABLES[source]:
-        valid = ", ".join(f"{s}/{t}" for s, ts in KNOWN_TABLES.items() for t in ts)
-        raise LoadError(f"unknown source/table {key!r}; valid: {valid}")
-    return source, table
+@dataclass
+class _Delta:
+    source: str
+    table: str
+    directory: Path
+    manifest: dict[str, Any]
+    keys: tuple[str, ...]
+    cursor: str | None
+    key_set: Path | None = None  # directory of the landed key set, when reconciled
+    skipped: bool = False
+
+    @property
+    def temp(self) -> str:
+        return f"delta__{self.table}"
 
 
 def run_dir(landing_root: Path, source: str, table: str, run_id: str) -> Path:
@@ -41,56 +85,404 @@ def run_dir(landing_root: Path, source: str, table: str, run_id: str) -> Path:
     return Path(landing_root) / source / table / f"run={run_id}"
 
 
-def load_raw(warehouse_path: Path, landing_root: Path, run_ids: dict[str, str]) -> dict[str, int]:
-    """Replace `raw.<table>` with the Parquet files of the given run, per source/table.
+def _q(name: str) -> str:
+    if not _IDENT.match(name):
+        raise LoadError(f"invalid column name {name!r}")
+    return f'"{name}"'
 
-    `run_ids` maps "source/table" (e.g. "source_db/orders") to a run id. All tables
-    are replaced in a single transaction. Returns the row count per table name.
-    """
-    if not run_ids:
-        raise LoadError("load_raw: no source/table given")
-    plan: list[tuple[str, str, str]] = []  # (table, glob, run_id)
-    seen: set[str] = set()
-    for key, run_id in run_ids.items():
-        source, table = _parse_key(key)
-        if table in seen:
-            raise LoadError(f"table {table!r} given twice")
-        seen.add(table)
-        directory = run_dir(landing_root, source, table, run_id).resolve()
-        if not directory.is_dir():
-            raise LoadError(f"{source}/{table}: run directory {directory} does not exist")
-        if not any(directory.glob("*.parquet")):
-            raise LoadError(f"{source}/{table}: run directory {directory} has no .parquet file")
-        plan.append((table, str(directory / "*.parquet"), run_id))
 
-    counts: dict[str, int] = {}
+def _landed(landing_root: Path, source: str, table: str, run_id: str) -> tuple[Path, dict]:
+    directory = run_dir(landing_root, source, table, run_id).resolve()
+    if not directory.is_dir():
+        raise LoadError(f"{source}/{table}: run directory {directory} does not exist")
+    if not any(directory.glob("*.parquet")):
+        raise LoadError(f"{source}/{table}: run directory {directory} has no .parquet file")
+    manifest_path = directory / "_manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    return directory, manifest
+
+
+def _plan(landing_root: Path, source: str, tables: tuple[str, ...], run_id: str) -> list[_Delta]:
+    if source not in KNOWN_TABLES:
+        raise LoadError(f"unknown source {source!r}; valid: {', '.join(KNOWN_TABLES)}")
+    plan = []
+    for table in tables:
+        if table not in KNOWN_TABLES[source]:
+            raise LoadError(
+                f"unknown table {source}/{table}; valid: {', '.join(KNOWN_TABLES[source])}"
+            )
+        directory, manifest = _landed(landing_root, source, table, run_id)
+        key = manifest.get("key")  # the extract's TableConfig.key (source_db only)
+        keys = (key,) if source == "source_db" and isinstance(key, str) else DEFAULT_KEYS[table]
+        cursor = manifest.get("cursor_key") or (CURSOR if table != "fx_rates" else None)
+        delta = _Delta(source, table, directory, manifest, tuple(keys), cursor)
+        for name in (*delta.keys, *([cursor] if cursor else [])):
+            _q(name)
+        if manifest.get("reconcile_deletes"):
+            delta.key_set, _ = _landed(landing_root, source, f"{table}__keys", run_id)
+        plan.append(delta)
+    return plan
+
+
+def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    row = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    return {r[0]: r[1] for r in con.execute(f"describe {relation}").fetchall()}
+
+
+def _already_loaded(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> bool:
+    checksum = delta.manifest.get("checksum_sha256")
+    if not checksum:
+        return False
+    row = con.execute(
+        "select count(*) from ops.loaded_runs where source = ? and table_name = ? "
+        "and shard = '' and run_id = ? "
+        "and json_extract_string(manifest, '$.checksum_sha256') = ?",
+        [delta.source, delta.table, run_id, checksum],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _check_not_stale(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> None:
+    """Refuse a run extracted before one already merged: its key set would be stale."""
+    window_end = delta.manifest.get("window_end")
+    if not window_end:
+        return
+    row = con.execute(
+        "select run_id, window_end from ops.loaded_runs where source = ? and table_name = ? "
+        "and shard = '' and window_end > cast(? as timestamptz) "
+        "order by window_end desc limit 1",
+        [delta.source, delta.table, window_end],
+    ).fetchone()
+    if row:
+        raise LoadError(
+            f"{delta.source}/{delta.table} run={run_id} was extracted up to {window_end}, "
+            f"before the already loaded run {row[0]!r} (up to {row[1]}): re-extract it"
+        )
+
+
+def _stage(con: duckdb.DuckDBPyConnection, delta: _Delta) -> int:
+    """The delta as a temp table, one row per key (the newest cursor wins)."""
+    pattern = str(delta.directory / "*.parquet")
+    try:
+        con.execute(
+            f'create or replace temp view "{delta.temp}__files" as select * from '
+            f"read_parquet('{_literal(pattern)}', union_by_name = true, hive_partitioning = false)"
+        )
+        columns = _columns(con, f'"{delta.temp}__files"')
+    except duckdb.Error as exc:
+        raise LoadError(f"raw.{delta.table}: reading {pattern} failed: {exc}") from exc
+    missing = [k for k in delta.keys if k not in columns]
+    if missing:
+        raise LoadError(
+            f"{delta.source}/{delta.table}: landed run {delta.directory} lacks key column(s) "
+            f"{', '.join(missing)}"
+        )
+    if delta.cursor not in columns:
+        delta.cursor = None  # e.g. a full-mode table without a cursor: the delta wins
+    keys = ", ".join(_q(k) for k in delta.keys)
+    order = f"{_q(delta.cursor)} desc nulls last" if delta.cursor else "1"
+    try:
+        con.execute(f"""
+            create or replace temp table "{delta.temp}" as
+            select * from "{delta.temp}__files"
+            qualify row_number() over (partition by {keys} order by {order}) = 1
+        """)  # fmt: skip
+    except duckdb.Error as exc:
+        raise LoadError(f"raw.{delta.table}: reading {pattern} failed: {exc}") from exc
+    if delta.key_set is not None:
+        key_pattern = str(delta.key_set / "*.parquet")
+        try:
+            con.execute(
+                f'create or replace temp table "{delta.temp}__keys" as '
+                f"select distinct {keys} from read_parquet(?, hive_partitioning = false)",
+                [key_pattern],
+            )
+        except duckdb.Error as exc:
+            raise LoadError(f"{delta.table}__keys: reading {key_pattern} failed: {exc}") from exc
+    row = con.execute(f'select count(*) from "{delta.temp}"').fetchone()
+    return int(row[0]) if row else 0
+
+
+def _literal(text: str) -> str:
+    """A path as a SQL string literal (views cannot take bound parameters)."""
+    return text.replace("'", "''")
+
+
+def _key_match(keys: tuple[str, ...], left: str, right: str) -> str:
+    return " and ".join(f"{left}.{_q(k)} = {right}.{_q(k)}" for k in keys)
+
+
+def _changed_rows(con: duckdb.DuckDBPyConnection, delta: _Delta, compare: list[str]) -> str:
+    """SQL selecting the delta rows (alias d, plus old row o) that are new or changed."""
+    target = f'raw."{delta.table}"'
+    if not _exists(con, "raw", delta.table):
+        return f'select d.*, null::boolean as _is_old from "{delta.temp}" d'
+    raw_cols = _columns(con, target)
+    same = " and ".join(
+        f"o.{_q(c)} is not distinct from d.{_q(c)}" for c in compare if c in raw_cols
+    )
+    newer = (
+        f"coalesce(o.{_q(delta.cursor)} > d.{_q(delta.cursor)}, false)" if delta.cursor else "false"
+    )
+    return (
+        f'select d.*, (o.{_q(delta.keys[0])} is not null) as _is_old from "{delta.temp}" d '
+        f"left join {target} o on {_key_match(delta.keys, 'o', 'd')} "
+        f"where o.{_q(delta.keys[0])} is null or not ({newer} or ({same or 'true'}))"
+    )
+
+
+def _affected_orders(con: duckdb.DuckDBPyConnection, deltas: dict[str, _Delta]) -> None:
+    """temp table `affected(order_id, reason)`: orders whose business day must be restated."""
+    con.execute("create or replace temp table affected (order_id bigint, reason varchar)")
+    has_raw = {t: _exists(con, "raw", t) for t in ("orders", "order_items")}
+
+    def all_rows(table: str, columns: str) -> str:
+        parts = []
+        if has_raw.get(table):
+            parts.append(f'select {columns} from raw."{table}"')
+        if table in deltas and not deltas[table].skipped:
+            parts.append(f'select {columns} from "{deltas[table].temp}"')
+        return (
+            " union all ".join(parts)
+            or f"select {columns} from (select null::bigint as x) where false"
+        )
+
+    orders = deltas.get("orders")
+    if orders and not orders.skipped:
+        changed = _changed_rows(con, orders, _compare_columns(con, orders))
+        con.execute(
+            "insert into affected select id, case when _is_old then 'order_changed' "
+            f"else 'order_new' end from ({changed})"
+        )
+    items = deltas.get("order_items")
+    if items and not items.skipped:
+        changed = _changed_rows(con, items, _compare_columns(con, items))
+        con.execute(f"insert into affected select order_id, 'items_changed' from ({changed})")
+        if has_raw["order_items"]:
+            # the old order of a changed item (an item moved to another order)
+            con.execute(
+                "insert into affected select o.order_id, 'items_changed' "
+                f'from raw."order_items" o join ({changed}) d on o.id = d.id'
+            )
+            if items.key_set is not None:
+                con.execute(
+                    "insert into affected select o.order_id, 'item_deleted' "
+                    f'from raw."order_items" o anti join "{items.temp}__keys" k on o.id = k.id'
+                )
+    users = deltas.get("users")
+    if users and not users.skipped:
+        changed = _changed_rows(con, users, ["region"])
+        con.execute(
+            "insert into affected select o.id, 'user_region' "
+            f"from ({all_rows('orders', 'id, user_id')}) o "
+            f"where o.user_id in (select id from ({changed}))"
+        )
+    products = deltas.get("products")
+    if products and not products.skipped:
+        changed = _changed_rows(con, products, ["category"])
+        con.execute(
+            "insert into affected select i.order_id, 'product_category' "
+            f"from ({all_rows('order_items', 'order_id, product_id')}) i "
+            f"where i.product_id in (select id from ({changed}))"
+        )
+
+
+def _compare_columns(con: duckdb.DuckDBPyConnection, delta: _Delta) -> list[str]:
+    return [c for c in _columns(con, f'"{delta.temp}"') if c not in _META_COLUMNS]
+
+
+def _record_restated(
+    con: duckdb.DuckDBPyConnection, run_id: str, report_tz: str, orders: _Delta | None
+) -> None:
+    """Business days (old and new) of the affected orders → ops.restated_days (no dupes)."""
+    sources = []
+    if _exists(con, "raw", "orders"):
+        sources.append('select id, created_at from raw."orders"')
+    if orders is not None and not orders.skipped:
+        sources.append(f'select id, created_at from "{orders.temp}"')
+    if not sources:
+        return
+    con.execute(
+        f"""
+        insert into ops.restated_days (run_id, business_date, reason)
+        select distinct ?, days.business_date, days.reason from (
+            select cast(timezone(?, o.created_at) as date) as business_date, a.reason
+            from affected a join ({" union all ".join(sources)}) o on o.id = a.order_id
+            where o.created_at is not null
+        ) days
+        where not exists (
+            select 1 from ops.restated_days r
+            where r.run_id = ? and r.business_date = days.business_date
+              and r.reason = days.reason
+        )
+        """,
+        [run_id, report_tz, run_id],
+    )
+
+
+def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
+    """Upsert the staged delta into raw.<table>; apply its key set. Returns rows deleted."""
+    target = f'raw."{delta.table}"'
+    if not _exists(con, "raw", delta.table):
+        con.execute(
+            f"create table {target} as select *, cast(? as varchar) as _run_id, "
+            f'now() as _loaded_at from "{delta.temp}"',
+            [run_id],
+        )
+    else:
+        existing = _columns(con, target)
+        for name, type_ in _columns(con, f'"{delta.temp}"').items():
+            if name not in existing:
+                con.execute(f"alter table {target} add column {_q(name)} {type_}")
+        newer = (
+            f"coalesce({target}.{_q(delta.cursor)} > d.{_q(delta.cursor)}, false)"
+            if delta.cursor
+            else "false"
+        )
+        con.execute(
+            f'delete from {target} where exists (select 1 from "{delta.temp}" d '
+            f"where {_key_match(delta.keys, target, 'd')} and not {newer})"
+        )
+        con.execute(
+            f"insert into {target} by name select d.*, cast(? as varchar) as _run_id, "
+            f'now() as _loaded_at from "{delta.temp}" d '
+            f"where not exists (select 1 from {target} o where {_key_match(delta.keys, 'o', 'd')})",
+            [run_id],
+        )
+    # Key set: the delta of a full extract is itself the whole key set.
+    keys_relation = None
+    if delta.key_set is not None:
+        keys_relation = f'"{delta.temp}__keys"'
+    elif delta.manifest.get("mode") == "full":
+        keys_relation = f'"{delta.temp}"'
+    if keys_relation is None:
+        return 0
+    gone = f"select o.* from {target} o anti join {keys_relation} k on {_key_match(delta.keys, 'o', 'k')}"
+    key_text = " || '|' || ".join(f"cast(g.{_q(k)} as varchar)" for k in delta.keys)
+    con.execute(
+        "insert into ops.deleted_rows (run_id, table_name, key, deleted_at) "
+        f"select ?, ?, {key_text}, now() from ({gone}) g",
+        [run_id, delta.table],
+    )
+    row = con.execute(
+        f"delete from {target} where not exists (select 1 from {keys_relation} k "
+        f"where {_key_match(delta.keys, target, 'k')})"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _load(
+    warehouse_path: Path,
+    plan: list[_Delta],
+    run_id: str,
+    report_tz: str | None,
+) -> dict[str, Any]:
     warehouse_path = Path(warehouse_path)
     warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, int] = {}
+    deleted: dict[str, int] = {}
+    raw_rows: dict[str, int] = {}
+    restated: list[str] = []
     con = duckdb.connect(str(warehouse_path))
     try:
-        con.execute("SET TimeZone='UTC'")
-        con.execute("BEGIN TRANSACTION")
+        con.execute("set TimeZone = 'UTC'")
+        con.execute("begin transaction")
         try:
-            con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-            for table, pattern, run_id in plan:
-                # table is whitelisted above; values are bound parameters
-                try:
-                    con.execute(
-                        f'CREATE OR REPLACE TABLE raw."{table}" AS '
-                        "SELECT *, CAST(? AS VARCHAR) AS _run_id, now() AS _loaded_at "
-                        "FROM read_parquet(?, union_by_name = true, hive_partitioning = false)",
-                        [run_id, pattern],
-                    )
-                except duckdb.Error as exc:
-                    raise LoadError(f"raw.{table}: loading {pattern} failed: {exc}") from exc
-                row = con.execute(f'SELECT count(*) FROM raw."{table}"').fetchone()
-                counts[table] = int(row[0]) if row else 0
-            con.execute("COMMIT")
+            con.execute(_OPS_DDL)
+            ensure_schema(con)
+            deltas = {d.table: d for d in plan}
+            for delta in plan:
+                delta.skipped = _already_loaded(con, delta, run_id)
+                if not delta.skipped:
+                    _check_not_stale(con, delta, run_id)
+                    rows[delta.table] = _stage(con, delta)
+                else:
+                    rows[delta.table] = int(delta.manifest.get("rows", 0))
+                    log.info("%s/%s run=%s is already loaded", delta.source, delta.table, run_id)
+            if report_tz is not None:
+                _affected_orders(con, deltas)
+                _record_restated(con, run_id, report_tz, deltas.get("orders"))
+            for delta in plan:
+                if delta.skipped:
+                    continue
+                _merge(con, delta, run_id)
+                record_loaded(
+                    con,
+                    source=delta.source,
+                    table=delta.table,
+                    run_id=run_id,
+                    manifest=delta.manifest,
+                )
+            for delta in plan:
+                row = con.execute(f'select count(*) from raw."{delta.table}"').fetchone()
+                raw_rows[delta.table] = int(row[0]) if row else 0
+                # all rows this run id deleted (the same answer when the run is reloaded)
+                row = con.execute(
+                    "select count(*) from ops.deleted_rows where run_id = ? and table_name = ?",
+                    [run_id, delta.table],
+                ).fetchone()
+                deleted[delta.table] = int(row[0]) if row else 0
+            if report_tz is not None:
+                restated = [
+                    r[0].isoformat()
+                    for r in con.execute(
+                        "select distinct business_date from ops.restated_days where run_id = ? "
+                        "order by 1",
+                        [run_id],
+                    ).fetchall()
+                ]
+            con.execute("commit")
         except Exception:
-            con.execute("ROLLBACK")
+            con.execute("rollback")
             raise
     finally:
         con.close()
-    for table, n in counts.items():
-        log.info("loaded raw.%s: %d rows", table, n)
-    return counts
+    for delta in plan:
+        log.info(
+            "merged %s/%s run=%s: %d landed rows, %d deleted, raw now %d rows",
+            delta.source,
+            delta.table,
+            run_id,
+            rows[delta.table],
+            deleted[delta.table],
+            raw_rows[delta.table],
+        )
+    result: dict[str, Any] = {"rows": rows, "deleted": deleted, "raw_rows": raw_rows}
+    if report_tz is not None:
+        result["restated_days"] = restated
+    return result
+
+
+def load_source_db(
+    warehouse_path: Path,
+    landing_root: Path,
+    run_id: str,
+    report_tz: str,
+    tables: tuple[str, ...] = KNOWN_TABLES["source_db"],
+) -> dict[str, Any]:
+    """Merge the landed `source_db` run into `raw.*` in one transaction.
+
+    Returns {"rows": landed rows per table, "deleted": rows removed by key sets,
+    "raw_rows": current rows per table, "restated_days": ISO business days (REPORT_TZ)
+    this run touched}. Loading the same run again changes nothing.
+    """
+    plan = _plan(landing_root, "source_db", tuple(tables), run_id)
+    return _load(warehouse_path, plan, run_id, report_tz)
+
+
+def load_payments_api(
+    warehouse_path: Path,
+    landing_root: Path,
+    run_id: str,
+    tables: tuple[str, ...] = KNOWN_TABLES["payments_api"],
+) -> dict[str, Any]:
+    """Merge the landed `payments_api` run (payments by id, fx_rates by day + currency)."""
+    plan = _plan(landing_root, "payments_api", tuple(tables), run_id)
+    return _load(warehouse_path, plan, run_id, None)

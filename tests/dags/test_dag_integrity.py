@@ -83,8 +83,9 @@ def test_nightly_sales_shape(dagbag) -> None:
     assert str(dag.timetable.timezone) == os.environ.get("REPORT_TZ", "UTC")
     order = [
         "extract_source_db",
+        "load_source_db",
         "extract_payments_api",
-        "load_warehouse",
+        "load_payments_api",
         "dbt_build",
         "transform_daily_sales",
         "check_parity",
@@ -93,7 +94,7 @@ def test_nightly_sales_shape(dagbag) -> None:
     assert set(order) == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
-    for task_id in ("load_warehouse", "dbt_build", "transform_daily_sales"):
+    for task_id in ("load_source_db", "load_payments_api", "dbt_build", "transform_daily_sales"):
         assert dag.get_task(task_id).pool == "warehouse_writer"
     for task in dag.tasks:
         assert task.owner == "data-platform"

@@ -1,15 +1,13 @@
-"""daily_sales from hand-made landing Parquet files: contract §5 definitions, exact rows."""
+"""daily_sales from hand-made warehouse `raw` tables: contract §5 definitions, exact rows."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from transform.daily_sales import (
@@ -18,14 +16,6 @@ from transform.daily_sales import (
     publish_daily_sales,
 )
 
-RUN = "2026-03-09"
-RUN_IDS = {
-    "source_db/users": RUN,
-    "source_db/products": RUN,
-    "source_db/orders": RUN,
-    "source_db/order_items": RUN,
-    "payments_api/fx_rates": RUN,
-}
 TS = pa.timestamp("us", tz="UTC")
 MONEY = pa.decimal128(12, 2)
 RATE = pa.decimal128(38, 18)
@@ -36,14 +26,16 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def write_run(root: Path, key: str, table: pa.Table, parts: int = 1) -> None:
-    """Write a landed run the way extract does: part files + a manifest."""
-    directory = root / key / f"run={RUN}"
-    directory.mkdir(parents=True, exist_ok=True)
-    size = -(-table.num_rows // parts) if table.num_rows else 0
-    for n in range(parts):
-        pq.write_table(table.slice(n * size, size), directory / f"part-{n:05d}.parquet")
-    (directory / "_manifest.json").write_text(json.dumps({"rows": table.num_rows}))
+def write_raw(warehouse: Path, table: str, data: pa.Table) -> None:
+    """Write `raw.<table>` the way the loader leaves it: source columns + load metadata."""
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("create schema if not exists raw")
+        con.register("data_arrow", data)
+        con.execute(
+            f'create or replace table raw."{table}" as '
+            "select *, 'run' as _run_id, now() as _loaded_at from data_arrow"
+        )
 
 
 USERS = pa.table(
@@ -156,15 +148,19 @@ def fx_table(rows: list[tuple]) -> pa.Table:
     )
 
 
+def write_all(warehouse: Path, orders: list[tuple], items: list[tuple], fx: list[tuple]) -> Path:
+    write_raw(warehouse, "users", USERS)
+    write_raw(warehouse, "products", PRODUCTS)
+    write_raw(warehouse, "orders", orders_table(orders))
+    write_raw(warehouse, "order_items", items_table(items))
+    write_raw(warehouse, "fx_rates", fx_table(fx))
+    return warehouse
+
+
 @pytest.fixture
 def landing(tmp_path: Path) -> Path:
-    root = tmp_path / "landing"
-    write_run(root, "source_db/users", USERS)
-    write_run(root, "source_db/products", PRODUCTS)
-    write_run(root, "source_db/orders", orders_table(ORDER_ROWS), parts=3)
-    write_run(root, "source_db/order_items", items_table(ITEM_ROWS), parts=2)
-    write_run(root, "payments_api/fx_rates", fx_table(FX_ROWS))
-    return root
+    """The warehouse file holding the raw tables (the name stays for the tests below)."""
+    return write_all(tmp_path / "source" / "warehouse.duckdb", ORDER_ROWS, ITEM_ROWS, FX_ROWS)
 
 
 def rows(df) -> list[tuple]:
@@ -183,7 +179,7 @@ EXPECTED_THROUGH_0309 = [
 
 
 def test_exact_rows_in_new_york(landing: Path) -> None:
-    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    df = compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
     assert list(df.columns) == ["date", "region", "category", "total_sales_usd", "order_count"]
     assert rows(df) == EXPECTED_THROUGH_0309
     for value in df["total_sales_usd"]:
@@ -193,13 +189,13 @@ def test_exact_rows_in_new_york(landing: Path) -> None:
 
 
 def test_through_date_filters_later_days(landing: Path) -> None:
-    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 7))
+    df = compute_daily_sales(landing, "America/New_York", date(2026, 3, 7))
     assert rows(df) == [r for r in EXPECTED_THROUGH_0309 if r[0] <= date(2026, 3, 7)]
 
 
 def test_utc_business_day_differs(landing: Path) -> None:
     # In UTC order 1 (04:30Z on 03-08) belongs to 03-08, at the EUR rate of 03-08.
-    df = compute_daily_sales(landing, RUN_IDS, "UTC", date(2026, 3, 8))
+    df = compute_daily_sales(landing, "UTC", date(2026, 3, 8))
     got = {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows(df)}
     assert got[(date(2026, 3, 8), "EU", "books")] == (Decimal("65.22"), 2)  # 10.87 + 54.35
     assert (date(2026, 3, 7), "EU", "books") not in got
@@ -208,7 +204,7 @@ def test_utc_business_day_differs(landing: Path) -> None:
 def test_missing_fx_rate_names_currency_and_day(landing: Path) -> None:
     # Without through_date, order 9 (GBP on 2026-03-10) is in scope and has no rate.
     with pytest.raises(MissingFxRateError, match=r"'GBP' on business day 2026-03-10") as err:
-        compute_daily_sales(landing, RUN_IDS, "America/New_York", None)
+        compute_daily_sales(landing, "America/New_York", None)
     assert err.value.currency == "GBP"
     assert err.value.day == date(2026, 3, 10)
 
@@ -216,9 +212,9 @@ def test_missing_fx_rate_names_currency_and_day(landing: Path) -> None:
 def test_missing_fx_rate_is_never_taken_from_another_day(tmp_path: Path, landing: Path) -> None:
     # EUR has rates on 03-08 and 03-09 but not on 03-07: order 1 must fail, not borrow.
     fx = [r for r in FX_ROWS if not (r[0] == date(2026, 3, 7) and r[1] == "EUR")]
-    write_run(landing, "payments_api/fx_rates", fx_table(fx))
+    write_raw(landing, "fx_rates", fx_table(fx))
     with pytest.raises(MissingFxRateError, match=r"'EUR' on business day 2026-03-07"):
-        compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+        compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
 
 
 def test_latest_version_of_a_row_wins(landing: Path) -> None:
@@ -237,32 +233,39 @@ def test_latest_version_of_a_row_wins(landing: Path) -> None:
             ),
         ]
     )
-    write_run(landing, "source_db/users", users)
-    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    write_raw(landing, "users", users)
+    df = compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
     assert {r[1] for r in rows(df)} == {"APAC", "US", "unknown"}
 
 
 def test_missing_column_is_reported(landing: Path) -> None:
-    write_run(landing, "source_db/products", PRODUCTS.drop_columns(["category"]))
+    write_raw(landing, "products", PRODUCTS.drop_columns(["category"]))
     with pytest.raises(ValueError, match="missing column.*category"):
-        compute_daily_sales(landing, RUN_IDS, "UTC", None)
+        compute_daily_sales(landing, "UTC", None)
 
 
-def test_missing_run_directory_is_reported(landing: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="source_db/orders"):
-        compute_daily_sales(
-            landing, {**RUN_IDS, "source_db/orders": "1999-01-01"}, "UTC", date(2026, 3, 9)
-        )
+def test_missing_raw_table_is_reported(landing: Path) -> None:
+    with duckdb.connect(str(landing)) as con:
+        con.execute("drop table raw.orders")
+    with pytest.raises(LookupError, match=r"raw\.orders does not exist"):
+        compute_daily_sales(landing, "UTC", date(2026, 3, 9))
+
+
+def test_missing_warehouse_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.duckdb"):
+        compute_daily_sales(tmp_path / "nowhere.duckdb", "UTC", None)
+
+
+def test_reads_read_only_and_ignores_extra_columns(landing: Path) -> None:
+    # another reader holding the file read-only does not block the transform
+    with duckdb.connect(str(landing), read_only=True):
+        df = compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
+    assert rows(df) == EXPECTED_THROUGH_0309
 
 
 def test_no_counted_orders_gives_empty_frame(tmp_path: Path) -> None:
-    root = tmp_path / "landing"
-    write_run(root, "source_db/users", USERS)
-    write_run(root, "source_db/products", PRODUCTS)
-    write_run(root, "source_db/orders", orders_table([ORDER_ROWS[2]]))  # cancelled only
-    write_run(root, "source_db/order_items", items_table([]))
-    write_run(root, "payments_api/fx_rates", fx_table([]))
-    df = compute_daily_sales(root, RUN_IDS, "UTC", None)
+    root = write_all(tmp_path / "wh.duckdb", [ORDER_ROWS[2]], [], [])  # cancelled only
+    df = compute_daily_sales(root, "UTC", None)
     assert df.empty
     assert list(df.columns) == ["date", "region", "category", "total_sales_usd", "order_count"]
 
@@ -289,7 +292,7 @@ EXPECTED_TYPES = [
 
 
 def test_publish_exact_types_and_idempotent(landing: Path, tmp_path: Path) -> None:
-    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    df = compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
     warehouse = tmp_path / "wh" / "warehouse.duckdb"
     assert publish_daily_sales(df, warehouse) == len(EXPECTED_THROUGH_0309)
     assert describe(warehouse) == EXPECTED_TYPES
@@ -302,7 +305,7 @@ def test_publish_exact_types_and_idempotent(landing: Path, tmp_path: Path) -> No
 
 def test_publish_replaces_and_handles_empty(landing: Path, tmp_path: Path) -> None:
     warehouse = tmp_path / "warehouse.duckdb"
-    df = compute_daily_sales(landing, RUN_IDS, "America/New_York", date(2026, 3, 9))
+    df = compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
     publish_daily_sales(df, warehouse)
     assert publish_daily_sales(df.iloc[0:0], warehouse) == 0
     assert read_back(warehouse) == []

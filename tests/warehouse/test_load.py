@@ -1,4 +1,4 @@
-"""warehouse.load.load_raw: Parquet landing runs into the DuckDB `raw` schema."""
+"""warehouse.load: landed deltas merged into the current-state `raw` schema (DuckDB)."""
 
 from __future__ import annotations
 
@@ -8,138 +8,347 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from warehouse.load import LoadError, load_raw
+from extract.landing import write_landing_table
+from extract.watermark import last_watermark
+from warehouse.load import LoadError, load_payments_api, load_source_db
 
 UTC = dt.UTC
+TS = pa.timestamp("us", tz="UTC")
+TZ = "America/New_York"
 
 
-def _write(landing: Path, source: str, table: str, run_id: str, parts: list[pa.Table]) -> Path:
-    directory = landing / source / table / f"run={run_id}"
-    directory.mkdir(parents=True, exist_ok=True)
-    for i, part in enumerate(parts):
-        pq.write_table(part, directory / f"part-{i:05d}.parquet")
-    return directory
+def ts(day: int, hour: int = 12) -> dt.datetime:
+    return dt.datetime(2024, 1, day, hour, tzinfo=UTC)
 
 
-def _orders(ids: list[int], extra: bool = False) -> pa.Table:
-    n = len(ids)
+def land(landing: Path, source: str, table: str, run_id: str, data: pa.Table, **extra) -> dict:
+    manifest = {"mode": "incremental", "key": "id", "cursor_key": "updated_at"}
+    manifest.update(extra)
+    return write_landing_table(
+        data,
+        schema=data.schema,
+        landing_root=landing,
+        source=source,
+        table_name=table,
+        run_id=run_id,
+        cursor_column="updated_at" if "updated_at" in data.schema.names else None,
+        extra_manifest=manifest,
+    )
+
+
+def orders(rows: list[tuple], coupon: bool = False) -> pa.Table:
+    """rows: (id, user_id, status, total, created_at, updated_at)."""
     columns = {
-        "id": pa.array(ids, pa.int64()),
-        "user_id": pa.array([1] * n, pa.int64()),
-        "status": pa.array(["paid"] * n, pa.string()),
-        "currency": pa.array(["EUR"] * n, pa.string()),
-        "total": pa.array([Decimal("10.00")] * n, pa.decimal128(12, 2)),
-        "created_at": pa.array(
-            [dt.datetime(2024, 1, 15, 12, tzinfo=UTC)] * n, pa.timestamp("us", tz="UTC")
-        ),
-        "updated_at": pa.array(
-            [dt.datetime(2024, 1, 15, 12, tzinfo=UTC)] * n, pa.timestamp("us", tz="UTC")
-        ),
+        "id": pa.array([r[0] for r in rows], pa.int64()),
+        "user_id": pa.array([r[1] for r in rows], pa.int64()),
+        "status": pa.array([r[2] for r in rows], pa.string()),
+        "currency": pa.array(["EUR"] * len(rows), pa.string()),
+        "total": pa.array([Decimal(r[3]) for r in rows], pa.decimal128(12, 2)),
+        "created_at": pa.array([r[4] for r in rows], TS),
+        "updated_at": pa.array([r[5] for r in rows], TS),
     }
-    if extra:
-        columns["coupon"] = pa.array(["X"] * n, pa.string())
+    if coupon:
+        columns["coupon"] = pa.array(["X"] * len(rows), pa.string())
     return pa.table(columns)
 
 
-def _fx_rates() -> pa.Table:
+def users(rows: list[tuple]) -> pa.Table:
     return pa.table(
         {
-            "rate_date": pa.array([dt.date(2024, 1, 15)] * 2, pa.date32()),
-            "base": pa.array(["USD", "USD"], pa.string()),
-            "currency": pa.array(["USD", "EUR"], pa.string()),
-            "rate": pa.array([Decimal("1"), Decimal("0.9213")], pa.decimal128(38, 18)),
+            "id": pa.array([r[0] for r in rows], pa.int64()),
+            "region": pa.array([r[1] for r in rows], pa.string()),
+            "updated_at": pa.array([r[2] for r in rows], TS),
         }
     )
 
 
-@pytest.fixture
-def landing(tmp_path: Path) -> Path:
-    root = tmp_path / "landing"
-    # two part files, the second with an extra column: union_by_name keeps both
-    _write(root, "source_db", "orders", "2024-01-15", [_orders([1, 2]), _orders([3], extra=True)])
-    _write(root, "payments_api", "fx_rates", "2024-01-15", [_fx_rates()])
-    return root
+def products(rows: list[tuple]) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.int64()),
+            "category": pa.array([r[1] for r in rows], pa.string()),
+            "updated_at": pa.array([r[2] for r in rows], TS),
+        }
+    )
 
 
-RUNS = {"source_db/orders": "2024-01-15", "payments_api/fx_rates": "2024-01-15"}
+def items(rows: list[tuple]) -> pa.Table:
+    """rows: (id, order_id, product_id, updated_at)."""
+    return pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.int64()),
+            "order_id": pa.array([r[1] for r in rows], pa.int64()),
+            "product_id": pa.array([r[2] for r in rows], pa.int64()),
+            "quantity": pa.array([1] * len(rows), pa.int64()),
+            "unit_price": pa.array([Decimal("1.00")] * len(rows), pa.decimal128(12, 2)),
+            "updated_at": pa.array([r[3] for r in rows], TS),
+        }
+    )
 
 
-def _rows(path: Path, sql: str) -> list[tuple]:
+def keys(ids: list[int]) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.int64())})
+
+
+def land_run(
+    landing: Path,
+    run_id: str,
+    window_end: dt.datetime,
+    *,
+    u: list[tuple],
+    p: list[tuple],
+    o: list[tuple],
+    i: list[tuple],
+    item_keys: list[int],
+    coupon: bool = False,
+) -> None:
+    extra = {"window_end": window_end.isoformat()}
+    land(landing, "source_db", "users", run_id, users(u), **extra)
+    land(landing, "source_db", "products", run_id, products(p), **extra)
+    land(landing, "source_db", "orders", run_id, orders(o, coupon), **extra)
+    land(landing, "source_db", "order_items", run_id, items(i), reconcile_deletes=True, **extra)
+    land(landing, "source_db", "order_items__keys", run_id, keys(item_keys), mode="key_set")
+
+
+def q(path: Path, sql: str, params: list | None = None) -> list[tuple]:
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return con.execute(sql).fetchall()
+        return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
 
 
-def test_load_twice_is_idempotent(tmp_path: Path, landing: Path) -> None:
-    warehouse = tmp_path / "wh" / "warehouse.duckdb"
-    assert load_raw(warehouse, landing, RUNS) == {"orders": 3, "fx_rates": 2}
-    assert load_raw(warehouse, landing, RUNS) == {"orders": 3, "fx_rates": 2}
-    assert _rows(warehouse, "select count(*) from raw.orders") == [(3,)]
+def restated(path: Path, run_id: str) -> set[tuple[str, str]]:
+    return {
+        (d.isoformat(), reason)
+        for d, reason in q(
+            path,
+            "select business_date, reason from ops.restated_days where run_id = ?",
+            [run_id],
+        )
+    }
 
 
-def test_types_and_metadata_columns(tmp_path: Path, landing: Path) -> None:
-    warehouse = tmp_path / "warehouse.duckdb"
-    load_raw(warehouse, landing, RUNS)
+@pytest.fixture
+def two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    landing = tmp_path / "landing"
+    wh = tmp_path / "wh" / "warehouse.duckdb"
+    land_run(
+        landing,
+        "r1",
+        ts(20),
+        u=[(1, "EU", ts(1)), (2, "US", ts(1))],
+        p=[(10, "books", ts(1)), (11, "toys", ts(1))],
+        o=[
+            (100, 1, "paid", "10.00", ts(5), ts(5)),
+            (101, 2, "paid", "20.00", ts(6), ts(6)),
+            (102, 2, "paid", "30.00", ts(7), ts(7)),
+            (103, 1, "paid", "40.00", ts(8), ts(8)),
+        ],
+        i=[(1000, 100, 10, ts(5)), (1001, 101, 11, ts(6)), (1002, 103, 10, ts(8))],
+        item_keys=[1000, 1001, 1002],
+    )
+    return landing, wh
+
+
+def test_first_load_creates_current_state(two_runs) -> None:
+    landing, wh = two_runs
+    result = load_source_db(wh, landing, "r1", TZ)
+    assert result["raw_rows"] == {"users": 2, "products": 2, "orders": 4, "order_items": 3}
+    # every day with an order is new
+    assert result["restated_days"] == [
+        "2024-01-05",
+        "2024-01-06",
+        "2024-01-07",
+        "2024-01-08",
+    ]
     types = dict(
-        _rows(
-            warehouse,
+        q(
+            wh,
             "select column_name, data_type from information_schema.columns "
-            "where table_schema = 'raw' and table_name in ('orders', 'fx_rates')",
+            "where table_schema = 'raw' and table_name = 'orders'",
         )
     )
     assert types["total"] == "DECIMAL(12,2)"
-    assert types["rate"] == "DECIMAL(38,18)"
     assert types["created_at"] == "TIMESTAMP WITH TIME ZONE"
     assert types["_run_id"] == "VARCHAR"
     assert types["_loaded_at"] == "TIMESTAMP WITH TIME ZONE"
-    assert types["coupon"] == "VARCHAR"  # extra source column is carried
-    assert _rows(warehouse, "select distinct _run_id from raw.orders") == [("2024-01-15",)]
-    assert _rows(warehouse, "select rate from raw.fx_rates where currency = 'EUR'") == [
-        (Decimal("0.921300000000000000"),)
+    mark = last_watermark(wh, "source_db", "orders")
+    assert mark is not None and mark.run_id == "r1" and mark.window_end == ts(20)
+    assert mark.max_cursor == ts(8)
+
+
+def test_second_run_merges_deletes_and_restates(two_runs) -> None:
+    landing, wh = two_runs
+    load_source_db(wh, landing, "r1", TZ)
+    land_run(
+        landing,
+        "r2",
+        ts(21),
+        u=[(2, "APAC", ts(9))],  # region move: days of 101 and 102
+        p=[(11, "toys", ts(1))],  # overlap re-read, unchanged: restates nothing
+        o=[
+            (100, 1, "paid", "10.00", ts(5), ts(5)),  # overlap re-read, unchanged
+            (103, 1, "cancelled", "40.00", ts(8), ts(9)),  # status change
+            (103, 1, "paid", "40.00", ts(8), ts(8, 13)),  # older version in the same delta
+            (104, 1, "paid", "5.00", ts(3), ts(9)),  # late order
+        ],
+        i=[(1003, 104, 10, ts(9))],
+        item_keys=[1000, 1002, 1003],  # 1001 (order 101) hard-deleted
+        coupon=True,  # a new source column
+    )
+    result = load_source_db(wh, landing, "r2", TZ)
+    assert result["deleted"]["order_items"] == 1
+    assert q(wh, "select table_name, key from ops.deleted_rows") == [("order_items", "1001")]
+    assert q(wh, "select id, status, coupon, _run_id from raw.orders order by id") == [
+        (100, "paid", "X", "r2"),
+        (101, "paid", None, "r1"),
+        (102, "paid", None, "r1"),
+        (103, "cancelled", "X", "r2"),
+        (104, "paid", "X", "r2"),
     ]
+    assert q(wh, "select id from raw.order_items order by id") == [(1000,), (1002,), (1003,)]
+    assert q(wh, "select region from raw.users where id = 2") == [("APAC",)]
+    assert restated(wh, "r2") == {
+        ("2024-01-08", "order_changed"),
+        ("2024-01-03", "order_new"),
+        ("2024-01-03", "items_changed"),
+        ("2024-01-06", "item_deleted"),
+        ("2024-01-06", "user_region"),
+        ("2024-01-07", "user_region"),
+    }
+    assert result["restated_days"] == ["2024-01-03", "2024-01-06", "2024-01-07", "2024-01-08"]
 
 
-def test_missing_run_dir_names_it(tmp_path: Path, landing: Path) -> None:
-    with pytest.raises(LoadError, match=r"source_db/orders.*run=2024-01-16"):
-        load_raw(tmp_path / "wh.duckdb", landing, {"source_db/orders": "2024-01-16"})
-    assert not (tmp_path / "wh.duckdb").exists()
+def test_newest_version_wins_over_an_older_delta(two_runs) -> None:
+    landing, wh = two_runs
+    load_source_db(wh, landing, "r1", TZ)
+    # r2 carries an older version of order 100 than raw holds: raw keeps the newer one
+    land_run(
+        landing,
+        "r2",
+        ts(21),
+        u=[],
+        p=[],
+        o=[(100, 1, "pending", "10.00", ts(5), ts(4))],
+        i=[],
+        item_keys=[1000, 1001, 1002],
+    )
+    result = load_source_db(wh, landing, "r2", TZ)
+    assert q(wh, "select status, _run_id from raw.orders where id = 100") == [("paid", "r1")]
+    assert result["restated_days"] == []
 
 
-def test_empty_run_dir_is_an_error(tmp_path: Path, landing: Path) -> None:
-    (landing / "source_db" / "users" / "run=2024-01-15").mkdir(parents=True)
-    with pytest.raises(LoadError, match=r"source_db/users.*no \.parquet file"):
-        load_raw(tmp_path / "wh.duckdb", landing, {"source_db/users": "2024-01-15"})
+def test_reload_of_the_same_run_changes_nothing(two_runs) -> None:
+    landing, wh = two_runs
+    first = load_source_db(wh, landing, "r1", TZ)
+    state = {
+        t: q(wh, f"select * from {t} order by all")
+        for t in ("raw.orders", "raw.order_items", "ops.loaded_runs", "ops.restated_days")
+    }
+    assert load_source_db(wh, landing, "r1", TZ) == first
+    assert {t: q(wh, f"select * from {t} order by all") for t in state} == state
+
+
+def test_failed_load_changes_nothing(two_runs) -> None:
+    landing, wh = two_runs
+    load_source_db(wh, landing, "r1", TZ)
+    land_run(
+        landing,
+        "r2",
+        ts(21),
+        u=[],
+        p=[],
+        o=[(100, 1, "refunded", "10.00", ts(5), ts(9))],
+        i=[],
+        item_keys=[1000],
+    )
+    bad = landing / "source_db" / "order_items" / "run=r2" / "part-00000.parquet"
+    bad.write_bytes(b"this is not parquet")
+    with pytest.raises(LoadError, match=r"raw\.order_items.*run=r2"):
+        load_source_db(wh, landing, "r2", TZ)
+    assert q(wh, "select status from raw.orders where id = 100") == [("paid",)]
+    assert q(wh, "select count(*) from raw.order_items") == [(3,)]
+    assert last_watermark(wh, "source_db", "orders").run_id == "r1"
+    assert q(wh, "select count(*) from ops.restated_days where run_id = 'r2'") == [(0,)]
+
+
+def test_stale_run_is_refused(two_runs) -> None:
+    landing, wh = two_runs
+    load_source_db(wh, landing, "r1", TZ)
+    land_run(landing, "r0", ts(19), u=[], p=[], o=[], i=[], item_keys=[])
+    with pytest.raises(LoadError, match=r"run=r0 was extracted .* before the already loaded run"):
+        load_source_db(wh, landing, "r0", TZ)
+    assert q(wh, "select count(*) from raw.order_items") == [(3,)]
+
+
+def test_missing_key_set_is_an_error(two_runs) -> None:
+    landing, wh = two_runs
+    keys_dir = landing / "source_db" / "order_items__keys" / "run=r1"
+    for f in keys_dir.iterdir():
+        f.unlink()
+    keys_dir.rmdir()
+    with pytest.raises(LoadError, match=r"order_items__keys.*does not exist"):
+        load_source_db(wh, landing, "r1", TZ)
 
 
 @pytest.mark.parametrize(
-    "runs",
-    [
-        {"source_db/secrets": "2024-01-15"},
-        {"orders": "2024-01-15"},
-        {"source_db/orders": "../../etc"},
-        {},
-    ],
+    ("run_id", "tables"),
+    [("../../etc", ("orders",)), ("r1", ("secrets",)), ("r1", ("payments",))],
 )
-def test_rejects_unknown_tables_and_bad_run_ids(tmp_path: Path, landing: Path, runs) -> None:
+def test_rejects_bad_run_ids_and_tables(two_runs, run_id, tables) -> None:
+    landing, wh = two_runs
     with pytest.raises(LoadError):
-        load_raw(tmp_path / "wh.duckdb", landing, runs)
+        load_source_db(wh, landing, run_id, TZ, tables=tables)
+    assert not wh.exists()
 
 
-def test_failure_midway_leaves_previous_raw_intact(tmp_path: Path, landing: Path) -> None:
-    warehouse = tmp_path / "warehouse.duckdb"
-    load_raw(warehouse, landing, RUNS)
-    # next run: orders are fine (and differ), fx_rates has a corrupt file
-    _write(landing, "source_db", "orders", "2024-01-16", [_orders([1, 2, 3, 4, 5])])
-    bad = landing / "payments_api" / "fx_rates" / "run=2024-01-16"
-    bad.mkdir(parents=True)
-    (bad / "part-00000.parquet").write_bytes(b"this is not parquet")
-    runs = {"source_db/orders": "2024-01-16", "payments_api/fx_rates": "2024-01-16"}
-    with pytest.raises(LoadError, match=r"raw\.fx_rates.*run=2024-01-16"):
-        load_raw(warehouse, landing, runs)
-    assert _rows(warehouse, "select count(*), min(_run_id) from raw.orders") == [(3, "2024-01-15")]
-    assert _rows(warehouse, "select count(*) from raw.fx_rates") == [(2,)]
+def test_payments_and_fx_rates_merge(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    wh = tmp_path / "warehouse.duckdb"
+
+    def payments(rows):
+        return pa.table(
+            {
+                "id": pa.array([r[0] for r in rows], pa.string()),
+                "order_id": pa.array([1] * len(rows), pa.int64()),
+                "amount": pa.array([Decimal("1.00")] * len(rows), pa.decimal128(18, 2)),
+                "status": pa.array([r[1] for r in rows], pa.string()),
+                "updated_at": pa.array([r[2] for r in rows], TS),
+            }
+        )
+
+    def fx(rows):
+        return pa.table(
+            {
+                "rate_date": pa.array([r[0] for r in rows], pa.date32()),
+                "base": pa.array(["USD"] * len(rows), pa.string()),
+                "currency": pa.array([r[1] for r in rows], pa.string()),
+                "rate": pa.array([Decimal(r[2]) for r in rows], pa.decimal128(38, 18)),
+            }
+        )
+
+    d1, d2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+    land(landing, "payments_api", "payments", "r1", payments([("a", "succeeded", ts(1))]))
+    land(landing, "payments_api", "fx_rates", "r1", fx([(d1, "EUR", "0.9"), (d1, "USD", "1")]))
+    assert load_payments_api(wh, landing, "r1")["raw_rows"] == {"payments": 1, "fx_rates": 2}
+    land(
+        landing,
+        "payments_api",
+        "payments",
+        "r2",
+        payments([("a", "refunded", ts(3)), ("a", "succeeded", ts(1)), ("b", "failed", ts(2))]),
+    )
+    land(landing, "payments_api", "fx_rates", "r2", fx([(d1, "EUR", "0.9"), (d2, "EUR", "0.8")]))
+    assert load_payments_api(wh, landing, "r2")["raw_rows"] == {"payments": 2, "fx_rates": 3}
+    assert q(wh, "select id, status from raw.payments order by id") == [
+        ("a", "refunded"),
+        ("b", "failed"),
+    ]
+    assert q(
+        wh, "select rate from raw.fx_rates where rate_date = ? and currency = 'EUR'", [d2]
+    ) == [(Decimal("0.800000000000000000"),)]
+    assert last_watermark(wh, "payments_api", "payments") is None  # no window in manifest
+    assert q(wh, "select count(*) from ops.loaded_runs where source = 'payments_api'") == [(4,)]
