@@ -4,16 +4,23 @@
 The nightly batch for one **business day** (the day before the run, in `REPORT_TZ`):
 
 1. `extract_source_db`: what changed in the operational tables since the last load
-   (`source_db`, or `source_db_replica`) → landing Parquet, one consistent snapshot.
-2. `load_source_db`: merge into the current-state `raw` tables, apply deletes, record
-   the restated business days and the watermarks (one DuckDB transaction).
+   (`source_db`, or `source_db_replica` when its lag is acceptable) → landing Parquet,
+   one consistent snapshot.
+2. `load_source_db`: Great Expectations checks on the landed files, then a private
+   build copy of the warehouse; merge into its current-state `raw` tables, apply
+   deletes, record the restated business days and the watermarks (one transaction).
 3. `extract_payments_api`: payments and the FX rates of every business day with orders
-   in `raw.orders` (`payments_api`) → landing Parquet; bad records → quarantine.
-4. `load_payments_api`: merge payments and FX rates into `raw` (one transaction).
+   (`payments_api`) → landing Parquet; bad records → quarantine.
+4. `load_payments_api`: checks, then merge payments and FX rates into the build.
 5. `dbt_build`: staging → marts → `analytics.sales_summary`, every dbt test (ELT path).
-6. `transform_daily_sales`: pandas over `raw` → `analytics.daily_sales` (ETL path).
-7. `check_parity`: both published tables agree per (date, region), or the run fails.
-8. `build_report`: the HTML report of the day, `data/report/<day>.html`.
+6. `transform_daily_sales`: pandas over `raw` → checked → `analytics.daily_sales` (ETL).
+7. `check_parity`: both tables agree per (date, region), or the run fails.
+8. `publish`: the build replaces the published warehouse in one atomic rename.
+   Any failure before this leaves what analysts see exactly as it was.
+9. `build_report`: the HTML report of the day, `data/report/<day>.html`.
+
+Failures and retries are sent to the alert sinks (task log; a Slack-compatible
+webhook when the `alerts_webhook` connection is set).
 
 Run one day by hand: `make nightly DATE=YYYY-MM-DD`. The business day can also be
 forced with the `business_date` param when triggering from the UI.
@@ -28,6 +35,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
+from alerting.callbacks import on_task_failure, on_task_retry
+
 REPORT_TZ = os.environ.get("REPORT_TZ", "UTC") or "UTC"
 WAREHOUSE_POOL = "warehouse_writer"
 
@@ -37,6 +46,8 @@ default_args = {
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
+    "on_failure_callback": on_task_failure,
+    "on_retry_callback": on_task_retry,
 }
 
 
@@ -111,6 +122,12 @@ def nightly_sales():
 
         return nightly.check_parity(_business_date())
 
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def publish() -> dict:
+        from pipeline import nightly
+
+        return nightly.publish(_business_date())
+
     @task(retries=0)
     def build_report(
         extracted: dict, loaded: dict, api: dict, api_loaded: dict, etl: dict, parity: dict
@@ -128,8 +145,10 @@ def nightly_sales():
     built = dbt_build()
     etl = transform_daily_sales()
     parity = check_parity()
-    extracted >> loaded >> api >> api_loaded >> built >> etl >> parity
-    build_report(extracted, loaded, api, api_loaded, etl, parity)
+    published = publish()
+    extracted >> loaded >> api >> api_loaded >> built >> etl >> parity >> published
+    report = build_report(extracted, loaded, api, api_loaded, etl, parity)
+    published >> report
 
 
 nightly_sales()

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pipeline import settings
@@ -35,17 +36,75 @@ def business_date_for(logical_date: datetime, override: str | None = None) -> da
     return local.date() - timedelta(days=1)
 
 
+def build_path(business_date: date) -> Path:
+    """The run's private copy of the warehouse (write-audit-publish, warehouse/publish.py)."""
+    from warehouse.publish import build_path_for
+
+    return build_path_for(settings.warehouse_path(), run_id_for(business_date))
+
+
+def _quality_gate(business_date: date, step: str, results: list, warehouse: Path) -> dict:
+    """Store GX results in the build, write Data Docs, then stop on a critical failure."""
+    import duckdb
+
+    from quality.results import build_data_docs, store_results
+    from quality.validate import raise_for_critical
+
+    con = duckdb.connect(str(warehouse))
+    try:
+        con.execute("begin")
+        store_results(con, run_id_for(business_date), results)
+        con.execute("commit")
+    finally:
+        con.close()
+    try:
+        docs = build_data_docs(results, settings.quality_docs_dir() / step)
+        log.info("quality: Data Docs for %s at %s", step, docs)
+    except Exception:  # the docs are for people; a rendering problem must not gate data
+        log.exception("quality: could not build Data Docs for %s", step)
+    for result in results:
+        log.info("quality: %s", result.summary())
+    raise_for_critical(results)
+    return {
+        "suites": len(results),
+        "warnings": sum(len(r.warnings) for r in results),
+    }
+
+
+def _validate_landed(business_date: date, source: str, tables: tuple[str, ...]) -> list:
+    from quality.validate import validate_landed_table
+
+    return [
+        validate_landed_table(settings.landing_dir(), source, table, run_id_for(business_date))
+        for table in tables
+    ]
+
+
+def _read_choice() -> tuple[str, dict[str, Any]]:
+    """Primary or replica: the replica only when configured and not lagging too far."""
+    from extract.replica import choose_read_url
+
+    primary = settings.get_connection_uri(settings.SOURCE_DB_CONN_ID)
+    replica = settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False)
+    if not replica:
+        return primary, {"used_replica": False}
+    choice = choose_read_url(
+        primary,
+        replica,
+        max_lag_seconds=settings.replica_max_lag_seconds(),
+        on_lag=settings.replica_on_lag(),
+    )
+    log.info("source read: %s", choice.reason)
+    return choice.url, {"used_replica": choice.used_replica, "replica_lag_s": choice.lag_seconds}
+
+
 def extract_source_db(business_date: date) -> dict[str, Any]:
     """Incremental extract of the operational tables (primary, or the replica when set)."""
     from extract.db_extract import extract_tables
     from extract.tables import load_table_configs
 
     configs = load_table_configs(settings.extract_config_path())
-    uri = settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False)
-    if uri:
-        log.info("reading from the replica (source_db_replica)")
-    else:
-        uri = settings.get_connection_uri(settings.SOURCE_DB_CONN_ID)
+    uri, _ = _read_choice()
     manifests = extract_tables(
         uri,
         run_id=run_id_for(business_date),
@@ -57,11 +116,19 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
 
 
 def load_source_db(business_date: date) -> dict[str, Any]:
-    """Merge the run's source_db deltas into `raw.*` (+ deletes, restated days, watermarks)."""
-    from warehouse.load import load_source_db as load
+    """Quality-gate the landed deltas, then merge them into the build's `raw.*`.
 
+    The build is a fresh copy of the published warehouse; nothing is published until
+    every later check has passed (`publish`).
+    """
+    from warehouse.load import load_source_db as load
+    from warehouse.publish import begin_build
+
+    results = _validate_landed(business_date, "source_db", DB_TABLES)
+    build = begin_build(settings.warehouse_path(), run_id_for(business_date))
+    quality = _quality_gate(business_date, "source_db", results, build)
     result = load(
-        settings.warehouse_path(),
+        build,
         settings.landing_dir(),
         run_id_for(business_date),
         settings.report_tz_name(),
@@ -70,14 +137,16 @@ def load_source_db(business_date: date) -> dict[str, Any]:
         "rows": result["rows"],
         "deleted": result["deleted"],
         "restated_days": result["restated_days"],
+        "quality": quality,
     }
 
 
 def fx_days_needed(business_date: date) -> list[date]:
-    """Business days (in REPORT_TZ) up to `business_date` with an order in `raw.orders`."""
+    """Business days (in REPORT_TZ) up to `business_date` with an order in the build's
+    `raw.orders`: every day a published row can come from, restated days included."""
     import duckdb
 
-    con = duckdb.connect(str(settings.warehouse_path()), read_only=True)
+    con = duckdb.connect(str(build_path(business_date)), read_only=True)
     try:
         rows = con.execute(
             "select distinct cast(timezone(?, created_at) as date) as d from raw.orders "
@@ -136,11 +205,14 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
 
 
 def load_payments_api(business_date: date) -> dict[str, Any]:
-    """Merge the run's payments and FX rates into `raw.payments` / `raw.fx_rates`."""
+    """Quality-gate, then merge the run's payments and FX rates into the build."""
     from warehouse.load import load_payments_api as load
 
-    result = load(settings.warehouse_path(), settings.landing_dir(), run_id_for(business_date))
-    return {"rows": result["rows"]}
+    build = build_path(business_date)
+    results = _validate_landed(business_date, "payments_api", ("payments", "fx_rates"))
+    quality = _quality_gate(business_date, "payments_api", results, build)
+    result = load(build, settings.landing_dir(), run_id_for(business_date))
+    return {"rows": result["rows"], "quality": quality}
 
 
 def dbt_build(business_date: date) -> dict[str, Any]:
@@ -148,7 +220,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
     from warehouse.dbt_runner import dbt_build as run_build
 
     result = run_build(
-        settings.warehouse_path(),
+        build_path(business_date),
         report_tz=settings.report_tz_name(),
         through_date=business_date,
     )
@@ -169,10 +241,19 @@ def _summary(result: Any) -> dict[str, Any]:
 
 def transform_daily_sales(business_date: date) -> dict[str, int]:
     """The ETL path: pandas over the warehouse's current `raw.*` → `analytics.daily_sales`."""
-    from transform.daily_sales import compute_daily_sales, publish_daily_sales
+    from quality.validate import validate_frame
+    from transform.daily_sales import compute_daily_sales, publish_daily_sales, to_arrow
 
-    frame = compute_daily_sales(settings.warehouse_path(), settings.report_tz_name(), business_date)
-    rows = publish_daily_sales(frame, settings.warehouse_path())
+    build = build_path(business_date)
+    frame = compute_daily_sales(build, settings.report_tz_name(), business_date)
+    result = validate_frame(
+        to_arrow(frame),
+        "analytics.daily_sales",
+        table="analytics.daily_sales",
+        run_id=run_id_for(business_date),
+    )
+    _quality_gate(business_date, "daily_sales", [result], build)
+    rows = publish_daily_sales(frame, build)
     return {"daily_sales": rows}
 
 
@@ -180,7 +261,15 @@ def check_parity(business_date: date) -> dict[str, Any]:
     """ETL ↔ ELT: daily_sales summed over categories equals sales_summary, per (date, region)."""
     from quality.parity import check_sales_parity
 
-    return check_sales_parity(settings.warehouse_path(), through_date=business_date)
+    return check_sales_parity(build_path(business_date), through_date=business_date)
+
+
+def publish(business_date: date) -> dict[str, Any]:
+    """Swap the fully built and checked warehouse in, atomically (the only publishing step)."""
+    from warehouse.publish import publish_build
+
+    seconds = publish_build(build_path(business_date), settings.warehouse_path())
+    return {"published": str(settings.warehouse_path()), "swap_seconds": round(seconds, 4)}
 
 
 def build_report(business_date: date, run_stats: dict[str, Any]) -> str:
@@ -221,6 +310,7 @@ def run_all(business_date: date) -> dict[str, Any]:
     dbt_build(business_date)
     etl = transform_daily_sales(business_date)
     parity = check_parity(business_date)
+    publish(business_date)
     stats = run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
     report = build_report(business_date, stats)
     return {**stats, "report": report}

@@ -147,6 +147,31 @@ def extract_config_path() -> Path | None:
     return Path(value).resolve() if value else None
 
 
+def quality_docs_dir() -> Path:
+    """Great Expectations Data Docs (static site), one folder per pipeline step."""
+    return Path(os.environ.get("QUALITY_DOCS_DIR", data_dir() / "docs" / "quality")).resolve()
+
+
+def replica_max_lag_seconds() -> float:
+    """`SOURCE_DB_REPLICA_MAX_LAG_SECONDS` (default 300): the most lag a replica may have."""
+    raw = os.environ.get("SOURCE_DB_REPLICA_MAX_LAG_SECONDS", "300")
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"SOURCE_DB_REPLICA_MAX_LAG_SECONDS={raw!r} is not a number") from exc
+    if value < 0:
+        raise ConfigError(f"SOURCE_DB_REPLICA_MAX_LAG_SECONDS={raw!r} must be >= 0")
+    return value
+
+
+def replica_on_lag() -> str:
+    """`SOURCE_DB_REPLICA_ON_LAG`: `primary` (default: read the primary) or `fail`."""
+    value = os.environ.get("SOURCE_DB_REPLICA_ON_LAG", "primary") or "primary"
+    if value not in ("primary", "fail"):
+        raise ConfigError(f"SOURCE_DB_REPLICA_ON_LAG={value!r} is not one of primary, fail")
+    return value
+
+
 def dbt_project_dir() -> Path:
     return PROJECT_ROOT / "dbt_project"
 

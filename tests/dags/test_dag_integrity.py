@@ -89,14 +89,23 @@ def test_nightly_sales_shape(dagbag) -> None:
         "dbt_build",
         "transform_daily_sales",
         "check_parity",
+        "publish",
         "build_report",
     ]
     assert set(order) == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
-    for task_id in ("load_source_db", "load_payments_api", "dbt_build", "transform_daily_sales"):
+    for task_id in (
+        "load_source_db",
+        "load_payments_api",
+        "dbt_build",
+        "transform_daily_sales",
+        "publish",
+    ):
         assert dag.get_task(task_id).pool == "warehouse_writer"
     for task in dag.tasks:
         assert task.owner == "data-platform"
+        assert task.on_failure_callback, f"{task.task_id} has no failure alert"
+        assert task.on_retry_callback, f"{task.task_id} has no retry alert"
     assert dag.get_task("extract_source_db").retries >= 1
     assert dag.get_task("extract_payments_api").retries >= 1
