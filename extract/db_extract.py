@@ -8,12 +8,27 @@ into the warehouse (`extract.watermark`); full-mode tables land everything. Tabl
 with `reconcile_deletes` also land their full key set (`<table>__keys`) from the same
 snapshot. Rows are streamed in batches (bounded memory); types stay exact (NUMERIC
 stays decimal, timestamps become UTC). The row reader is pluggable (`read_batches`).
+
+Sharded sources (docs/sharding.md): `extract_sharded_source` reads every physical shard
+of a virtual-shard map in parallel, each through `extract_tables(..., shard=ShardScope)`
+in its own snapshot on its own database, restricted to the vshards the map gives it,
+with its own watermark; vshards newly assigned to a shard are read without a lower
+bound. Each shard lands as its own run (`run=<run_id>.shard-<name>`), and a run record
+(`<landing>/source_db/_shard_runs/run=<run_id>.json`) is written only once every shard
+has landed: the loader loads only complete sharded runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,13 +39,26 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from extract.landing import write_landing_table
+from extract.shards import (
+    Ranges,
+    ShardMap,
+    ShardMapError,
+    extract_sharded,
+    normalize_ranges,
+    plan_shard_reads,
+    shard_filter,
+    shard_predicate,
+    watermark_shard_key,
+)
 from extract.tables import DEFAULT_TABLES, TableConfig
-from extract.watermark import last_watermark
+from extract.watermark import last_loaded_shard_map, last_watermark
 from pipeline.settings import sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "source_db"
+SHARD_RUNS_DIR = "_shard_runs"  # not a table: the run records of sharded extracts
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 class SchemaError(RuntimeError):
@@ -227,10 +255,17 @@ def _exact_window(
 
 
 def _key_batches(
-    conn: sa.Connection, table: sa.Table, key: str, schema: pa.Schema, batch_size: int
+    conn: sa.Connection,
+    table: sa.Table,
+    key: str,
+    schema: pa.Schema,
+    batch_size: int,
+    where: Any = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Every key of `table` (keys only: cheap), streamed."""
+    """Every key of `table` (keys only: cheap), streamed; `where` restricts it (a shard)."""
     stmt = sa.select(table.c[key]).order_by(table.c[key])
+    if where is not None:
+        stmt = stmt.where(where)
     result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
     for rows in result.partitions(batch_size):
         yield pa.RecordBatch.from_arrays(
@@ -288,6 +323,78 @@ def _reflect(conn: sa.Connection, metadata: sa.MetaData, config: TableConfig) ->
     return table
 
 
+@dataclass(frozen=True)
+class ShardScope:
+    """What one physical shard of a sharded source contributes to a run.
+
+    Per table: the vshards read with the shard's own watermark window
+    (`incremental_vshards`, lower bound `lower`) and those read with no lower bound
+    (`full_vshards`: new to this shard since its last loaded map). `manifest` is added to
+    every manifest the shard lands (shard name, the run's public map, the extract id).
+    """
+
+    name: str
+    virtual_shards: int
+    incremental_vshards: Mapping[str, Ranges]
+    full_vshards: Mapping[str, Ranges]
+    lower: Mapping[str, datetime | None]
+    manifest: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def owned(self, table: str) -> Ranges:
+        return normalize_ranges(
+            (*self.incremental_vshards.get(table, ()), *self.full_vshards.get(table, ()))
+        )
+
+
+def _scoped_batches(
+    conn: sa.Connection,
+    table: sa.Table,
+    schema: pa.Schema,
+    config: TableConfig,
+    scope: ShardScope,
+    lo: datetime | None,
+    upper: datetime,
+    reader: Reader,
+    batch_size: int,
+) -> Iterator[pa.RecordBatch]:
+    """The shard's rows of `table`: its incremental vshards in (lo, U], its newly assigned
+    vshards in (-inf, U] (full-mode tables: every owned vshard, no window). Every read
+    is restricted to vshards the run's map gives this shard, in the same snapshot."""
+    dialect = conn.dialect.name
+    incremental = scope.incremental_vshards.get(config.name, ())
+    full = scope.full_vshards.get(config.name, ())
+    if config.mode != "incremental" or lo is None:
+        reads = [(scope.owned(config.name), None)]
+    else:
+        reads = [(incremental, lo), (full, None)]
+    parts = []
+    for ranges, bound in reads:
+        if not ranges:
+            continue
+        pred, pred_params = shard_predicate(
+            config.key, ranges, dialect, virtual_shards=scope.virtual_shards
+        )
+        if config.mode == "incremental":
+            where, params = _window_where(conn, table.c[config.cursor], bound, upper)
+            batches = _exact_window(
+                reader(
+                    conn,
+                    table,
+                    schema,
+                    f"{pred} and {where}",
+                    {**params, **pred_params},
+                    batch_size,
+                ),
+                config.cursor,
+                bound,
+                upper,
+            )
+        else:
+            batches = reader(conn, table, schema, pred, pred_params, batch_size)
+        parts.append(batches)
+    return itertools.chain.from_iterable(parts)
+
+
 def extract_tables(
     url: str,
     *,
@@ -297,14 +404,22 @@ def extract_tables(
     configs: Sequence[TableConfig] = DEFAULT_TABLES,
     batch_size: int = 50_000,
     reader: Reader = read_batches,
+    shard: ShardScope | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
 
     Incremental tables land `(W - overlap, U]` (no lower bound before the first load),
     full tables land everything, and `reconcile_deletes` tables also land
     `<table>__keys`. `warehouse_path` is where the watermarks are read (None: none).
+
+    `shard` (one physical shard of a sharded source): every read and the key set are
+    restricted to the shard's vshards, the lower bounds are the shard's own (`ShardScope`,
+    computed by `extract_sharded_source`), and the shard's fields go into every manifest.
     """
-    lower = {c.name: window_start(c, warehouse_path) for c in configs}
+    if shard is None:
+        lower = {c.name: window_start(c, warehouse_path) for c in configs}
+    else:
+        lower = {c.name: shard.lower.get(c.name) for c in configs}
     engine = sa.create_engine(sqlalchemy_url(url))
     manifests: dict[str, dict[str, Any]] = {}
     try:
@@ -320,7 +435,11 @@ def extract_tables(
                 table = _reflect(conn, metadata, config)
                 schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
                 lo = lower[config.name]
-                if config.mode == "incremental":
+                if shard is not None:
+                    batches = _scoped_batches(
+                        conn, table, schema, config, shard, lo, upper, reader, batch_size
+                    )
+                elif config.mode == "incremental":
                     where, params = _window_where(conn, table.c[config.cursor], lo, upper)
                     batches = _exact_window(
                         reader(conn, table, schema, where, params, batch_size),
@@ -339,6 +458,12 @@ def extract_tables(
                     "overlap_seconds": config.overlap.total_seconds(),
                     "reconcile_deletes": config.reconcile_deletes,
                 }
+                if shard is not None:
+                    extras.update(shard.manifest)
+                    extras["vshards"] = [list(r) for r in shard.owned(config.name)]
+                    extras["full_vshards"] = [
+                        list(r) for r in shard.full_vshards.get(config.name, ())
+                    ]
                 manifest = write_landing_table(
                     batches,
                     schema=schema,
@@ -365,19 +490,27 @@ def extract_tables(
                     key_schema = pa.schema(
                         [pa.field(config.key, arrow_type(table.c[config.key].type))]
                     )
+                    key_where = None
+                    key_extras: dict[str, Any] = {
+                        "mode": "key_set",
+                        "key": config.key,
+                        "of_table": config.name,
+                        "window_end": _iso(upper),
+                    }
+                    if shard is not None:
+                        key_where = shard_filter(
+                            table.c[config.key], shard.owned(config.name), shard.virtual_shards
+                        )
+                        key_extras.update(shard.manifest)
+                        key_extras["vshards"] = [list(r) for r in shard.owned(config.name)]
                     manifests[keys_name] = write_landing_table(
-                        _key_batches(conn, table, config.key, key_schema, batch_size),
+                        _key_batches(conn, table, config.key, key_schema, batch_size, key_where),
                         schema=key_schema,
                         landing_root=landing_root,
                         source=SOURCE_NAME,
                         table_name=keys_name,
                         run_id=run_id,
-                        extra_manifest={
-                            "mode": "key_set",
-                            "key": config.key,
-                            "of_table": config.name,
-                            "window_end": _iso(upper),
-                        },
+                        extra_manifest=key_extras,
                     )
                     log.info(
                         "extracted %s.%s: %d keys",
@@ -388,3 +521,185 @@ def extract_tables(
     finally:
         engine.dispose()
     return manifests
+
+
+# --------------------------------------------------------------------------- sharded
+
+
+def shard_run_id(run_id: str, shard: str) -> str:
+    """Landing run id of one shard's part of a run: `<run_id>.shard-<name>`."""
+    if not _SHARD_NAME.match(shard or ""):
+        raise ShardMapError(
+            f"shard name {shard!r} cannot name a landing directory: "
+            "use letters, digits, '_' and '-' (starting with a letter or digit)"
+        )
+    return f"{run_id}.shard-{shard}"
+
+
+def shard_run_record_path(landing_root: Path, run_id: str) -> Path:
+    """The record of a complete sharded run (written after every shard has landed)."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", run_id) or ".." in run_id:
+        raise ValueError(f"invalid run id {run_id!r}")
+    return Path(landing_root) / SOURCE_NAME / SHARD_RUNS_DIR / f"run={run_id}.json"
+
+
+def read_shard_run_record(landing_root: Path, run_id: str) -> dict[str, Any] | None:
+    """The run record of sharded run `run_id`, or None (not sharded, or not complete)."""
+    path = shard_run_record_path(landing_root, run_id)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _previous_map(warehouse_path: Path | None, table: str, shard: str) -> ShardMap | None:
+    recorded = last_loaded_shard_map(warehouse_path, SOURCE_NAME, table, shard)
+    if recorded is None:
+        return None
+    try:
+        return ShardMap.from_dict(recorded)
+    except ShardMapError as exc:  # then the shard is read in full: safe, only slower
+        log.warning("shard %s, %s: ignoring the recorded shard map: %s", shard, table, exc)
+        return None
+
+
+def shard_scopes(
+    shard_map: ShardMap,
+    *,
+    warehouse_path: Path | None,
+    configs: Sequence[TableConfig],
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> dict[str, ShardScope]:
+    """Per physical shard with vshards: what to read, from the warehouse's watermarks and
+    the map recorded with each shard's last loaded extract (`plan_shard_reads`)."""
+    scopes: dict[str, ShardScope] = {}
+    plans = {
+        c.name: plan_shard_reads(
+            shard_map,
+            {
+                watermark_shard_key(s.name): _previous_map(
+                    warehouse_path, c.name, watermark_shard_key(s.name)
+                )
+                for s in shard_map.shards
+                if s.vshards
+            },
+        )
+        for c in configs
+    }
+    for s in shard_map.shards:
+        if not s.vshards:
+            continue
+        shard_run_id("x", s.name)  # the name must be usable in a landing path
+        key = watermark_shard_key(s.name)
+        scopes[s.name] = ShardScope(
+            name=s.name,
+            virtual_shards=shard_map.virtual_shards,
+            incremental_vshards={
+                c.name: plans[c.name][s.name].incremental_vshards for c in configs
+            },
+            full_vshards={c.name: plans[c.name][s.name].full_vshards for c in configs},
+            lower={c.name: window_start(c, warehouse_path, shard=key) for c in configs},
+            manifest={**(extra_manifest or {}), "shard": key},
+        )
+    return scopes
+
+
+def extract_sharded_source(
+    shard_map: ShardMap,
+    *,
+    run_id: str,
+    landing_root: Path,
+    warehouse_path: Path | None,
+    configs: Sequence[TableConfig] = DEFAULT_TABLES,
+    max_workers: int = 8,
+    batch_size: int = 50_000,
+    reader: Reader = read_batches,
+) -> dict[str, Any]:
+    """Extract every physical shard of `shard_map` in parallel into the landing zone.
+
+    Each shard: one snapshot transaction on its own database (`extract_tables` with its
+    `ShardScope`), landed as run `<run_id>.shard-<name>`. Once every shard has landed,
+    the run record (`shard_run_record_path`) lists them with the run's map; before,
+    an earlier record of the same run id is removed, so a run with a failed shard is
+    never loadable. A failure raises `ShardExtractError` naming every failed shard.
+
+    Returns {"map_version", "shards": {name: {table: rows}}, "rows": {table: rows}}.
+    """
+    record_path = shard_run_record_path(landing_root, run_id)
+    record_path.unlink(missing_ok=True)
+    extract_id = uuid.uuid4().hex
+    public = shard_map.to_public_dict()
+    scopes = shard_scopes(
+        shard_map,
+        warehouse_path=warehouse_path,
+        configs=configs,
+        extra_manifest={"shard_map": public, "extract_id": extract_id, "logical_run_id": run_id},
+    )
+    for scope in scopes.values():
+        full = {t: r for t, r in scope.full_vshards.items() if r}
+        if full:
+            log.info(
+                "shard %s: vshards read in full (new to this shard since its last load): %s",
+                scope.name,
+                {t: [list(x) for x in r] for t, r in full.items()},
+            )
+
+    def read_fn(name: str, url: str, _sql: str, _params: dict[str, int]) -> dict[str, Any]:
+        # the per-table predicates come from the shard's scope (same vshards as _sql)
+        return extract_tables(
+            url,
+            run_id=shard_run_id(run_id, name),
+            landing_root=landing_root,
+            warehouse_path=warehouse_path,
+            configs=configs,
+            batch_size=batch_size,
+            reader=reader,
+            shard=scopes[name],
+        )
+
+    results = extract_sharded(shard_map, read_fn, max_workers=max_workers)
+    shards = []
+    for res in results:
+        shards.append(
+            {
+                "name": res.shard,
+                "landing_run_id": shard_run_id(run_id, res.shard),
+                "vshards": [list(r) for r in res.vshards],
+                "seconds": round(res.seconds, 3),
+                "tables": {
+                    t: {"rows": m["rows"], "checksum_sha256": m["checksum_sha256"]}
+                    for t, m in res.value.items()
+                },
+            }
+        )
+    _write_json_atomically(
+        record_path,
+        {
+            "source": SOURCE_NAME,
+            "run_id": run_id,
+            "extract_id": extract_id,
+            "shard_map": public,
+            "shards": shards,
+            "written_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    per_shard = {s["name"]: {t: v["rows"] for t, v in s["tables"].items()} for s in shards}
+    totals: dict[str, int] = {}
+    for tables in per_shard.values():
+        for t, n in tables.items():
+            totals[t] = totals.get(t, 0) + n
+    log.info(
+        "sharded extract run=%s (map v%d, %d shards): %s",
+        run_id,
+        shard_map.version,
+        len(shards),
+        per_shard,
+    )
+    return {"map_version": shard_map.version, "shards": per_shard, "rows": totals}

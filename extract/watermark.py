@@ -118,3 +118,40 @@ def last_watermark(
     if row is None:
         return None
     return Watermark(source, table, shard, row[0], row[1], row[2], max_cursor)
+
+
+def last_loaded_shard_map(
+    warehouse_path: Path | None, source: str, table: str, shard: str
+) -> dict[str, Any] | None:
+    """The `shard_map` recorded in the manifest of the newest loaded extract of (source,
+    table, shard), as plain data (`ShardMap.to_public_dict()`), or None when that shard
+    was never loaded or its manifest has no map (docs/sharding.md: such a shard is read
+    in full). "Newest" is the same run `last_watermark` picks.
+    """
+    import duckdb
+
+    if warehouse_path is None:
+        return None
+    path = Path(warehouse_path)
+    if not path.exists():
+        return None
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        exists = con.execute(
+            "select count(*) from information_schema.tables "
+            "where table_schema = 'ops' and table_name = 'loaded_runs'"
+        ).fetchone()[0]
+        if not exists:
+            return None
+        row = con.execute(
+            "select json_extract(manifest, '$.shard_map') from ops.loaded_runs "
+            "where source = ? and table_name = ? and shard = ? "
+            "order by window_end desc nulls last, loaded_at desc limit 1",
+            [source, table, shard],
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None or row[0] is None:
+        return None
+    value = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    return value if isinstance(value, dict) else None

@@ -74,10 +74,30 @@ def _quality_gate(business_date: date, step: str, results: list, warehouse: Path
 def _validate_landed(business_date: date, source: str, tables: tuple[str, ...]) -> list:
     from quality.validate import validate_landed_table
 
+    run_ids = [run_id_for(business_date)]
+    if source == "source_db" and settings.shard_map_path() is not None:
+        run_ids = _shard_landing_run_ids(business_date)
     return [
-        validate_landed_table(settings.landing_dir(), source, table, run_id_for(business_date))
+        validate_landed_table(settings.landing_dir(), source, table, run_id)
+        for run_id in run_ids
         for table in tables
     ]
+
+
+def _shard_landing_run_ids(business_date: date) -> list[str]:
+    """The landing run of every shard of a complete sharded extract of the day (each
+    shard's landed part is validated on its own: row count = its manifest, unique keys)."""
+    from extract.db_extract import read_shard_run_record, shard_run_record_path
+
+    run_id = run_id_for(business_date)
+    record = read_shard_run_record(settings.landing_dir(), run_id)
+    if record is None:
+        raise FileNotFoundError(
+            f"source_db run={run_id}: no complete sharded extract "
+            f"({shard_run_record_path(settings.landing_dir(), run_id)} is missing): "
+            "a shard failed or extract_source_db did not run"
+        )
+    return [s["landing_run_id"] for s in record["shards"]]
 
 
 def _read_choice() -> tuple[str, dict[str, Any]]:
@@ -99,11 +119,18 @@ def _read_choice() -> tuple[str, dict[str, Any]]:
 
 
 def extract_source_db(business_date: date) -> dict[str, Any]:
-    """Incremental extract of the operational tables (primary, or the replica when set)."""
+    """Incremental extract of the operational tables (primary, or the replica when set).
+
+    With `SOURCE_DB_SHARD_MAP`, every physical shard of the map is extracted in parallel
+    (docs/sharding.md); the map is read once, here, for the whole run.
+    """
     from extract.db_extract import extract_tables
     from extract.tables import load_table_configs
 
     configs = load_table_configs(settings.extract_config_path())
+    map_path = settings.shard_map_path()
+    if map_path is not None:
+        return _extract_sharded(business_date, map_path, configs)
     uri, _ = _read_choice()
     manifests = extract_tables(
         uri,
@@ -115,6 +142,35 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
     return {name: m["rows"] for name, m in manifests.items()}
 
 
+def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, Any]:
+    from extract.db_extract import extract_sharded_source
+    from extract.shards import ShardMap
+
+    shard_map = ShardMap.load(map_path)
+    if settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False):
+        log.warning(
+            "%s is set but the source is sharded (%s): it is not used; point a shard's "
+            "url/conn_id in the map at its replica instead",
+            settings.SOURCE_DB_REPLICA_CONN_ID,
+            map_path,
+        )
+    log.info(
+        "sharded source: map %s version %d, %d shard(s)",
+        map_path,
+        shard_map.version,
+        len(shard_map.shards),
+    )
+    result = extract_sharded_source(
+        shard_map,
+        run_id=run_id_for(business_date),
+        landing_root=settings.landing_dir(),
+        warehouse_path=settings.warehouse_path(),
+        configs=configs,
+        max_workers=settings.shard_max_workers(),
+    )
+    return result["rows"]
+
+
 def load_source_db(business_date: date) -> dict[str, Any]:
     """Quality-gate the landed deltas, then merge them into the build's `raw.*`.
 
@@ -122,8 +178,11 @@ def load_source_db(business_date: date) -> dict[str, Any]:
     every later check has passed (`publish`).
     """
     from warehouse.load import load_source_db as load
+    from warehouse.load import load_source_db_sharded
     from warehouse.publish import begin_build
 
+    if settings.shard_map_path() is not None:
+        load = load_source_db_sharded  # every shard of the run, in one transaction
     results = _validate_landed(business_date, "source_db", DB_TABLES)
     build = begin_build(settings.warehouse_path(), run_id_for(business_date))
     quality = _quality_gate(business_date, "source_db", results, build)

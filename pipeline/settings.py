@@ -147,6 +147,33 @@ def extract_config_path() -> Path | None:
     return Path(value).resolve() if value else None
 
 
+def shard_map_path() -> Path | None:
+    """`SOURCE_DB_SHARD_MAP`: optional YAML/JSON virtual-shard map (docs/sharding.md).
+
+    When set, `source_db` is the logical source behind that map (each shard has its own
+    `url` or `conn_id`) and `AIRFLOW_CONN_SOURCE_DB` is not read; unset: one database.
+    """
+    value = os.environ.get("SOURCE_DB_SHARD_MAP", "").strip()
+    if not value:
+        return None
+    path = Path(value).resolve()
+    if not path.is_file():
+        raise ConfigError(f"SOURCE_DB_SHARD_MAP: file {path} does not exist")
+    return path
+
+
+def shard_max_workers() -> int:
+    """`SOURCE_DB_SHARD_WORKERS` (default 8): shards extracted at the same time."""
+    raw = os.environ.get("SOURCE_DB_SHARD_WORKERS", "8").strip() or "8"
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"SOURCE_DB_SHARD_WORKERS={raw!r} is not an integer") from exc
+    if value < 1:
+        raise ConfigError(f"SOURCE_DB_SHARD_WORKERS={raw!r} must be >= 1")
+    return value
+
+
 def quality_docs_dir() -> Path:
     """Great Expectations Data Docs (static site), one folder per pipeline step."""
     return Path(os.environ.get("QUALITY_DOCS_DIR", data_dir() / "docs" / "quality")).resolve()

@@ -63,19 +63,41 @@ class LoadError(RuntimeError):
 
 
 @dataclass
+class _Part:
+    """One landed run of a table: the whole delta, or one physical shard's part of it."""
+
+    shard: str  # ops.loaded_runs.shard: '' for an unsharded source
+    directory: Path
+    manifest: dict[str, Any]
+
+
+@dataclass
 class _Delta:
     source: str
     table: str
-    directory: Path
-    manifest: dict[str, Any]
+    parts: list[_Part]
     keys: tuple[str, ...]
     cursor: str | None
-    key_set: Path | None = None  # directory of the landed key set, when reconciled
+    # directories of the landed key sets (one per part), when reconciled
+    key_sets: list[Path] | None = None
     skipped: bool = False
 
     @property
     def temp(self) -> str:
         return f"delta__{self.table}"
+
+    @property
+    def directory(self) -> Path:
+        return self.parts[0].directory
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.parts[0].manifest
+
+    @property
+    def full_key_set(self) -> bool:
+        """Every part is a full extract: together they are the table's whole key set."""
+        return all(p.manifest.get("mode") == "full" for p in self.parts)
 
 
 def run_dir(landing_root: Path, source: str, table: str, run_id: str) -> Path:
@@ -112,14 +134,93 @@ def _plan(landing_root: Path, source: str, tables: tuple[str, ...], run_id: str)
                 f"unknown table {source}/{table}; valid: {', '.join(KNOWN_TABLES[source])}"
             )
         directory, manifest = _landed(landing_root, source, table, run_id)
-        key = manifest.get("key")  # the extract's TableConfig.key (source_db only)
-        keys = (key,) if source == "source_db" and isinstance(key, str) else DEFAULT_KEYS[table]
-        cursor = manifest.get("cursor_key") or (CURSOR if table != "fx_rates" else None)
-        delta = _Delta(source, table, directory, manifest, tuple(keys), cursor)
-        for name in (*delta.keys, *([cursor] if cursor else [])):
-            _q(name)
+        delta = _new_delta(source, table, [_Part("", directory, manifest)])
         if manifest.get("reconcile_deletes"):
-            delta.key_set, _ = _landed(landing_root, source, f"{table}__keys", run_id)
+            key_set, _ = _landed(landing_root, source, f"{table}__keys", run_id)
+            delta.key_sets = [key_set]
+        plan.append(delta)
+    return plan
+
+
+def _new_delta(source: str, table: str, parts: list[_Part]) -> _Delta:
+    manifest = parts[0].manifest
+    key = manifest.get("key")  # the extract's TableConfig.key (source_db only)
+    keys = (key,) if source == "source_db" and isinstance(key, str) else DEFAULT_KEYS[table]
+    cursor = manifest.get("cursor_key") or (CURSOR if table != "fx_rates" else None)
+    for part in parts[1:]:
+        if part.manifest.get("key", manifest.get("key")) != manifest.get("key"):
+            raise LoadError(
+                f"{source}/{table}: shards disagree on the key "
+                f"({manifest.get('key')!r} vs {part.manifest.get('key')!r} in {part.directory})"
+            )
+    delta = _Delta(source, table, parts, tuple(keys), cursor)
+    for name in (*delta.keys, *([cursor] if cursor else [])):
+        _q(name)
+    return delta
+
+
+def _plan_sharded(
+    landing_root: Path, tables: tuple[str, ...], run_id: str, record: dict[str, Any]
+) -> list[_Delta]:
+    """The deltas of a complete sharded run: per table, every shard's landed part.
+
+    The run record (written by the extract once every shard had landed) names the shards
+    and the extract; every part must carry that extract id. Key-set deletes need the
+    key set of EVERY shard: when one is missing, the table's deletes are skipped (logged).
+    """
+    source = "source_db"
+    extract_id = record.get("extract_id")
+    shards = record.get("shards") or []
+    shard_map = record.get("shard_map") or {}
+    owners = {s["name"] for s in shard_map.get("shards", []) if s.get("vshards")}
+    landed = {s["name"] for s in shards}
+    if not shards or landed != owners:
+        raise LoadError(
+            f"{source} run={run_id}: the run record lists shards {sorted(landed)} but map "
+            f"version {shard_map.get('version')} has shards {sorted(owners)}: re-extract it"
+        )
+    plan = []
+    for table in tables:
+        if table not in KNOWN_TABLES[source]:
+            raise LoadError(
+                f"unknown table {source}/{table}; valid: {', '.join(KNOWN_TABLES[source])}"
+            )
+        parts = []
+        for shard in shards:
+            directory, manifest = _landed(landing_root, source, table, shard["landing_run_id"])
+            if manifest.get("extract_id") != extract_id or manifest.get("shard") != shard["name"]:
+                raise LoadError(
+                    f"{source}/{table}: {directory} is not part of the extract recorded for "
+                    f"run={run_id} (shard {shard['name']!r}, extract {extract_id}): re-extract it"
+                )
+            parts.append(_Part(shard["name"], directory, manifest))
+        delta = _new_delta(source, table, parts)
+        if any(p.manifest.get("reconcile_deletes") for p in parts):
+            key_sets, missing = [], []
+            for shard, part in zip(shards, parts, strict=True):
+                keys_dir = run_dir(landing_root, source, f"{table}__keys", shard["landing_run_id"])
+                manifest_path = keys_dir / "_manifest.json"
+                ok = (
+                    part.manifest.get("reconcile_deletes")
+                    and any(keys_dir.glob("*.parquet"))
+                    and manifest_path.exists()
+                    and json.loads(manifest_path.read_text()).get("extract_id") == extract_id
+                )
+                if ok:
+                    key_sets.append(keys_dir.resolve())
+                else:
+                    missing.append(shard["name"])
+            if missing:
+                log.warning(
+                    "%s/%s run=%s: no key set of this extract from shard(s) %s: deletes are "
+                    "skipped this run (they need the key sets of all shards of the same run)",
+                    source,
+                    table,
+                    run_id,
+                    ", ".join(missing),
+                )
+            else:
+                delta.key_sets = key_sets
         plan.append(delta)
     return plan
 
@@ -137,43 +238,53 @@ def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
 
 
 def _already_loaded(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> bool:
-    checksum = delta.manifest.get("checksum_sha256")
-    if not checksum:
-        return False
-    row = con.execute(
-        "select count(*) from ops.loaded_runs where source = ? and table_name = ? "
-        "and shard = '' and run_id = ? "
-        "and json_extract_string(manifest, '$.checksum_sha256') = ?",
-        [delta.source, delta.table, run_id, checksum],
-    ).fetchone()
-    return bool(row and row[0])
+    """Every part (shard) of the delta was merged already (same run id and checksum)."""
+    for part in delta.parts:
+        checksum = part.manifest.get("checksum_sha256")
+        if not checksum:
+            return False
+        row = con.execute(
+            "select count(*) from ops.loaded_runs where source = ? and table_name = ? "
+            "and shard = ? and run_id = ? "
+            "and json_extract_string(manifest, '$.checksum_sha256') = ?",
+            [delta.source, delta.table, part.shard, run_id, checksum],
+        ).fetchone()
+        if not (row and row[0]):
+            return False
+    return True
 
 
 def _check_not_stale(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> None:
-    """Refuse a run extracted before one already merged: its key set would be stale."""
-    window_end = delta.manifest.get("window_end")
-    if not window_end:
-        return
-    row = con.execute(
-        "select run_id, window_end from ops.loaded_runs where source = ? and table_name = ? "
-        "and shard = '' and window_end > cast(? as timestamptz) "
-        "order by window_end desc limit 1",
-        [delta.source, delta.table, window_end],
-    ).fetchone()
-    if row:
-        raise LoadError(
-            f"{delta.source}/{delta.table} run={run_id} was extracted up to {window_end}, "
-            f"before the already loaded run {row[0]!r} (up to {row[1]}): re-extract it"
-        )
+    """Refuse a run extracted before one already merged: its key set would be stale.
+    Per shard: each database has its own clock."""
+    for part in delta.parts:
+        window_end = part.manifest.get("window_end")
+        if not window_end:
+            continue
+        row = con.execute(
+            "select run_id, window_end from ops.loaded_runs where source = ? and table_name = ? "
+            "and shard = ? and window_end > cast(? as timestamptz) "
+            "order by window_end desc limit 1",
+            [delta.source, delta.table, part.shard, window_end],
+        ).fetchone()
+        if row:
+            where = f" (shard {part.shard!r})" if part.shard else ""
+            raise LoadError(
+                f"{delta.source}/{delta.table}{where} run={run_id} was extracted up to "
+                f"{window_end}, before the already loaded run {row[0]!r} (up to {row[1]}): "
+                "re-extract it"
+            )
 
 
 def _stage(con: duckdb.DuckDBPyConnection, delta: _Delta) -> int:
-    """The delta as a temp table, one row per key (the newest cursor wins)."""
-    pattern = str(delta.directory / "*.parquet")
+    """The delta as a temp table, one row per key (the newest cursor wins); with shards,
+    the union of every shard's part."""
+    pattern = ", ".join(str(p.directory / "*.parquet") for p in delta.parts)
+    files = _file_list(p.directory for p in delta.parts)
     try:
         con.execute(
             f'create or replace temp view "{delta.temp}__files" as select * from '
-            f"read_parquet('{_literal(pattern)}', union_by_name = true, hive_partitioning = false)"
+            f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
         )
         columns = _columns(con, f'"{delta.temp}__files"')
     except duckdb.Error as exc:
@@ -196,13 +307,13 @@ def _stage(con: duckdb.DuckDBPyConnection, delta: _Delta) -> int:
         """)  # fmt: skip
     except duckdb.Error as exc:
         raise LoadError(f"raw.{delta.table}: reading {pattern} failed: {exc}") from exc
-    if delta.key_set is not None:
-        key_pattern = str(delta.key_set / "*.parquet")
+    if delta.key_sets is not None:
+        key_pattern = ", ".join(str(d / "*.parquet") for d in delta.key_sets)
         try:
             con.execute(
                 f'create or replace temp table "{delta.temp}__keys" as '
-                f"select distinct {keys} from read_parquet(?, hive_partitioning = false)",
-                [key_pattern],
+                f"select distinct {keys} from read_parquet({_file_list(delta.key_sets)}, "
+                "hive_partitioning = false)"
             )
         except duckdb.Error as exc:
             raise LoadError(f"{delta.table}__keys: reading {key_pattern} failed: {exc}") from exc
@@ -213,6 +324,11 @@ def _stage(con: duckdb.DuckDBPyConnection, delta: _Delta) -> int:
 def _literal(text: str) -> str:
     """A path as a SQL string literal (views cannot take bound parameters)."""
     return text.replace("'", "''")
+
+
+def _file_list(directories) -> str:
+    """`['<dir>/*.parquet', ...]` as a SQL list literal."""
+    return "[" + ", ".join(f"'{_literal(str(Path(d) / '*.parquet'))}'" for d in directories) + "]"
 
 
 def _key_match(keys: tuple[str, ...], left: str, right: str) -> str:
@@ -271,7 +387,7 @@ def _affected_orders(con: duckdb.DuckDBPyConnection, deltas: dict[str, _Delta]) 
                 "insert into affected select o.order_id, 'items_changed' "
                 f'from raw."order_items" o join ({changed}) d on o.id = d.id'
             )
-            if items.key_set is not None:
+            if items.key_sets is not None:
                 con.execute(
                     "insert into affected select o.order_id, 'item_deleted' "
                     f'from raw."order_items" o anti join "{items.temp}__keys" k on o.id = k.id'
@@ -358,9 +474,9 @@ def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
         )
     # Key set: the delta of a full extract is itself the whole key set.
     keys_relation = None
-    if delta.key_set is not None:
+    if delta.key_sets is not None:
         keys_relation = f'"{delta.temp}__keys"'
-    elif delta.manifest.get("mode") == "full":
+    elif delta.full_key_set:
         keys_relation = f'"{delta.temp}"'
     if keys_relation is None:
         return 0
@@ -404,7 +520,7 @@ def _load(
                     _check_not_stale(con, delta, run_id)
                     rows[delta.table] = _stage(con, delta)
                 else:
-                    rows[delta.table] = int(delta.manifest.get("rows", 0))
+                    rows[delta.table] = sum(int(p.manifest.get("rows", 0)) for p in delta.parts)
                     log.info("%s/%s run=%s is already loaded", delta.source, delta.table, run_id)
             if report_tz is not None:
                 _affected_orders(con, deltas)
@@ -413,13 +529,15 @@ def _load(
                 if delta.skipped:
                     continue
                 _merge(con, delta, run_id)
-                record_loaded(
-                    con,
-                    source=delta.source,
-                    table=delta.table,
-                    run_id=run_id,
-                    manifest=delta.manifest,
-                )
+                for part in delta.parts:  # a watermark per shard ('' when unsharded)
+                    record_loaded(
+                        con,
+                        source=delta.source,
+                        table=delta.table,
+                        run_id=run_id,
+                        manifest=part.manifest,
+                        shard=part.shard,
+                    )
             for delta in plan:
                 row = con.execute(f'select count(*) from raw."{delta.table}"').fetchone()
                 raw_rows[delta.table] = int(row[0]) if row else 0
@@ -475,6 +593,38 @@ def load_source_db(
     """
     plan = _plan(landing_root, "source_db", tuple(tables), run_id)
     return _load(warehouse_path, plan, run_id, report_tz)
+
+
+def load_source_db_sharded(
+    warehouse_path: Path,
+    landing_root: Path,
+    run_id: str,
+    report_tz: str,
+    tables: tuple[str, ...] = KNOWN_TABLES["source_db"],
+) -> dict[str, Any]:
+    """Merge every shard's delta of sharded run `run_id` into `raw.*` in ONE transaction.
+
+    The shards come from the run record the extract wrote once every shard had landed
+    (none: the run is incomplete, `LoadError`). Deltas are upserted by key, newest
+    `updated_at` wins (a row copied to a new shard during a reshard is not doubled, and a
+    stale copy never overwrites a newer version); a watermark is recorded per shard;
+    key-set deletes use the union of all shards' key sets of this run. Same result
+    shape as `load_source_db`, plus "shards" and "map_version".
+    """
+    from extract.db_extract import read_shard_run_record
+
+    record = read_shard_run_record(landing_root, run_id)
+    if record is None:
+        raise LoadError(
+            f"source_db run={run_id}: no complete sharded extract (no run record under "
+            f"{Path(landing_root) / 'source_db' / '_shard_runs'}): a shard failed or the "
+            "extract did not run"
+        )
+    plan = _plan_sharded(landing_root, tuple(tables), run_id, record)
+    result = _load(warehouse_path, plan, run_id, report_tz)
+    result["shards"] = [s["name"] for s in record["shards"]]
+    result["map_version"] = record.get("shard_map", {}).get("version")
+    return result
 
 
 def load_payments_api(

@@ -352,3 +352,156 @@ def test_payments_and_fx_rates_merge(tmp_path: Path) -> None:
     ) == [(Decimal("0.800000000000000000"),)]
     assert last_watermark(wh, "payments_api", "payments") is None  # no window in manifest
     assert q(wh, "select count(*) from ops.loaded_runs where source = 'payments_api'") == [(4,)]
+
+
+# --------------------------------------------------------------------------- sharded runs
+
+
+def land_shard(
+    landing: Path,
+    run_id: str,
+    shard: str,
+    extract_id: str,
+    window_end: dt.datetime,
+    *,
+    u: list[tuple],
+    p: list[tuple],
+    o: list[tuple],
+    i: list[tuple],
+    item_keys: list[int] | None,
+) -> dict:
+    """One shard's part of a sharded run, as `extract_sharded_source` lands it."""
+    from extract.db_extract import shard_run_id
+
+    part = shard_run_id(run_id, shard)
+    extra = {
+        "window_end": window_end.isoformat(),
+        "shard": shard,
+        "extract_id": extract_id,
+        "shard_map": {"version": 1},
+    }
+    tables = {}
+    for name, data, more in (
+        ("users", users(u), {}),
+        ("products", products(p), {}),
+        ("orders", orders(o), {}),
+        ("order_items", items(i), {"reconcile_deletes": True}),
+    ):
+        tables[name] = land(landing, "source_db", name, part, data, **extra, **more)
+    if item_keys is not None:
+        land(
+            landing,
+            "source_db",
+            "order_items__keys",
+            part,
+            keys(item_keys),
+            mode="key_set",
+            **extra,
+        )
+    return {"name": shard, "landing_run_id": part, "tables": tables}
+
+
+def write_record(landing: Path, run_id: str, extract_id: str, shards: list[dict]) -> None:
+    from extract.db_extract import _write_json_atomically, shard_run_record_path
+
+    _write_json_atomically(
+        shard_run_record_path(landing, run_id),
+        {
+            "run_id": run_id,
+            "extract_id": extract_id,
+            "shard_map": {
+                "version": 1,
+                "shards": [{"name": s["name"], "vshards": [[0, 1]]} for s in shards],
+            },
+            "shards": [{"name": s["name"], "landing_run_id": s["landing_run_id"]} for s in shards],
+        },
+    )
+
+
+def test_sharded_run_merges_all_shards_in_one_load(tmp_path: Path) -> None:
+    from warehouse.load import load_source_db_sharded
+
+    landing, wh = tmp_path / "landing", tmp_path / "warehouse.duckdb"
+    common = {"u": [(1, "EU", ts(1))], "p": [(1, "toys", ts(1))]}
+    a = land_shard(
+        landing, "d1", "s0", "x1", ts(3),
+        o=[(10, 1, "paid", "5.00", ts(1), ts(2))],
+        i=[(100, 10, 1, ts(2)), (102, 10, 1, ts(2))],
+        item_keys=[100, 102],
+        **common,
+    )  # fmt: skip
+    b = land_shard(
+        landing, "d1", "s1", "x1", ts(3, 13),
+        o=[(11, 1, "paid", "6.00", ts(1), ts(2))],
+        i=[(101, 11, 1, ts(2))],
+        item_keys=[101],
+        u=[], p=[],
+    )  # fmt: skip
+    with pytest.raises(LoadError, match="no complete sharded extract"):
+        load_source_db_sharded(wh, landing, "d1", TZ)
+    write_record(landing, "d1", "x1", [a, b])
+    result = load_source_db_sharded(wh, landing, "d1", TZ)
+    assert result["shards"] == ["s0", "s1"]
+    assert sorted(q(wh, "select id from raw.orders")) == [(10,), (11,)]
+    assert sorted(q(wh, "select id from raw.order_items")) == [(100,), (101,), (102,)]
+    marks = q(
+        wh,
+        "select table_name, shard, window_end from ops.loaded_runs where run_id = 'd1' "
+        "order by 1, 2",
+    )
+    assert {(t, s) for t, s, _ in marks} == {
+        (t, s) for t in ("users", "products", "orders", "order_items") for s in ("s0", "s1")
+    }
+    assert last_watermark(wh, "source_db", "orders", "s1").window_end == ts(3, 13)
+    assert last_watermark(wh, "source_db", "orders", "s0").window_end == ts(3)
+    assert last_watermark(wh, "source_db", "orders") is None  # no unsharded watermark
+    # loading again changes nothing
+    assert load_source_db_sharded(wh, landing, "d1", TZ)["raw_rows"] == result["raw_rows"]
+
+    # d2: order 11 was copied to s0 during a reshard (older copy) and updated in s1; the
+    # newest version wins and it is not doubled. Item 102 is gone from every key set.
+    a = land_shard(
+        landing, "d2", "s0", "x2", ts(5),
+        o=[(11, 1, "paid", "6.00", ts(1), ts(2))],
+        i=[], item_keys=[100], u=[], p=[],
+    )  # fmt: skip
+    b = land_shard(
+        landing, "d2", "s1", "x2", ts(5),
+        o=[(11, 1, "refunded", "6.00", ts(1), ts(4))],
+        i=[], item_keys=[101], u=[], p=[],
+    )  # fmt: skip
+    write_record(landing, "d2", "x2", [a, b])
+    result = load_source_db_sharded(wh, landing, "d2", TZ)
+    assert q(wh, "select id, status from raw.orders where id = 11") == [(11, "refunded")]
+    assert result["deleted"]["order_items"] == 1
+    assert sorted(q(wh, "select id from raw.order_items")) == [(100,), (101,)]
+
+
+def test_sharded_deletes_need_every_shards_key_set(tmp_path: Path, caplog) -> None:
+    from warehouse.load import load_source_db_sharded
+
+    landing, wh = tmp_path / "landing", tmp_path / "warehouse.duckdb"
+    empty = {"u": [], "p": [], "o": []}
+    a = land_shard(
+        landing, "d1", "s0", "x1", ts(3), i=[(100, 10, 1, ts(2))], item_keys=[100], **empty
+    )
+    b = land_shard(
+        landing, "d1", "s1", "x1", ts(3), i=[(101, 11, 1, ts(2))], item_keys=[101], **empty
+    )
+    write_record(landing, "d1", "x1", [a, b])
+    load_source_db_sharded(wh, landing, "d1", TZ)
+    # d2: s1's key set is missing: nothing is deleted (s0's keys alone would delete 101)
+    a = land_shard(landing, "d2", "s0", "x2", ts(4), i=[], item_keys=[], **empty)
+    b = land_shard(landing, "d2", "s1", "x2", ts(4), i=[], item_keys=None, **empty)
+    write_record(landing, "d2", "x2", [a, b])
+    with caplog.at_level("WARNING"):
+        result = load_source_db_sharded(wh, landing, "d2", TZ)
+    assert result["deleted"]["order_items"] == 0
+    assert sorted(q(wh, "select id from raw.order_items")) == [(100,), (101,)]
+    assert "deletes are skipped" in caplog.text and "s1" in caplog.text
+    # a part from another extract attempt is refused
+    land_shard(landing, "d3", "s0", "x3", ts(5), i=[], item_keys=[], **empty)
+    b = land_shard(landing, "d3", "s1", "other", ts(5), i=[], item_keys=[], **empty)
+    write_record(landing, "d3", "x3", [a | {"landing_run_id": "d3.shard-s0"}, b])
+    with pytest.raises(LoadError, match="not part of the extract"):
+        load_source_db_sharded(wh, landing, "d3", TZ)
