@@ -75,8 +75,10 @@ fmt: $(STAMP) ## Format the code
 	$(BIN)/ruff check --fix .
 
 .PHONY: bench
-bench: $(STAMP) ## Benchmarks: print BENCH lines with the measured figures
+BENCH_ORDERS ?= 5000000
+bench: $(STAMP) ## Benchmarks (BENCH lines); extract needs PostgreSQL (NIGHTSHIFT_BENCH_PG_URL)
 	$(BIN)/python bench/bench_generator.py --orders 1000000
+	$(BIN)/python bench/bench_extract.py --orders $(BENCH_ORDERS)
 
 export SQL
 .PHONY: query
