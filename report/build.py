@@ -41,6 +41,8 @@ tfoot td{font-weight:600;border-top:2px solid #9aa5b1}
 .kpi span{display:block;color:#52606d;font-size:.9rem}
 .kpi strong{font-size:1.6rem;font-variant-numeric:tabular-nums}
 .empty{background:#fffbea;border:1px solid #f0b429;padding:1rem;border-radius:.5rem}
+.restated{background:#eef6ff;border:1px solid #2f80ed;padding:.6rem 1rem;border-radius:.5rem}
+.status{color:#3e4c59}
 .warn{background:#ffeeee;border:1px solid #e12d39;padding:.6rem 1rem;border-radius:.5rem}
 img{max-width:100%;height:auto}
 .grid{display:flex;gap:2rem;flex-wrap:wrap;align-items:flex-start}
@@ -63,6 +65,10 @@ _TEMPLATES = {
  &middot; {% endif %}{% endfor %}</p>
 {% for message in warnings %}<p class="warn">{{ message }}</p>
 {% endfor %}
+{% for run, reason in restated %}<p class="restated"><strong>Restated</strong> by run {{ run }}:
+source changes touched this day ({{ reason }}); the figures below are the corrected ones.</p>
+{% endfor %}
+{% if status %}<p class="status">{% for label, value in status %}{{ label }}: <strong>{{ value }}</strong>{% if not loop.last %} &middot; {% endif %}{% endfor %}</p>{% endif %}
 {% if not has_rows %}
 <p class="empty"><strong>No sales for {{ day }}.</strong>
 No counted orders were found for this business day in analytics.daily_sales.</p>
@@ -70,6 +76,8 @@ No counted orders were found for this business day in analytics.daily_sales.</p>
 <div class="kpis">
 <div class="kpi"><span>Total sales (USD)</span><strong>{{ total_sales }}</strong></div>
 <div class="kpi"><span>Orders</span><strong>{{ order_count }}</strong></div>
+<div class="kpi"><span>vs previous day</span><strong>{{ day_change }}</strong></div>
+<div class="kpi"><span>vs same day last week</span><strong>{{ week_change }}</strong></div>
 </div>
 <div class="grid">
 {% for t in tables[:2] %}
@@ -184,6 +192,61 @@ class _DayData:
     by_region: list[tuple[str, Decimal, int]]
     trend: list[tuple[date, str, Decimal]]
     warnings: list[str]
+    previous_day_total: Decimal | None = None
+    previous_week_total: Decimal | None = None
+    previous_week_categories: dict[str, Decimal] | None = None
+    restated: list[tuple[str, str]] | None = None  # (run_id, reason) that restated this day
+    quality: tuple[int, int, int] | None = None  # (checks, failed critical, failed warning)
+    freshness: Any = None  # newest source updated_at in the warehouse
+
+
+def _schema_tables(con: duckdb.DuckDBPyConnection, schema: str) -> set[str]:
+    found = con.execute(
+        "select table_name from information_schema.tables where table_schema = ?", [schema]
+    ).fetchall()
+    return {r[0] for r in found}
+
+
+def _extras(con: duckdb.DuckDBPyConnection, day: date, data: _DayData, run_id: str | None) -> None:
+    """Comparisons, restatements, quality and freshness: whatever the warehouse has."""
+    analytics = _schema_tables(con, "analytics")
+    if "sales_summary" in analytics:
+        totals = dict(
+            con.execute(
+                "select date, sum(total_sales_usd) from analytics.sales_summary "
+                "where date in (?, ?) group by date",
+                [day - timedelta(days=1), day - timedelta(days=7)],
+            ).fetchall()
+        )
+        data.previous_day_total = totals.get(day - timedelta(days=1))
+        data.previous_week_total = totals.get(day - timedelta(days=7))
+    if "daily_sales" in analytics:
+        data.previous_week_categories = dict(
+            con.execute(
+                "select category, sum(total_sales_usd) from analytics.daily_sales "
+                "where date = ? group by category",
+                [day - timedelta(days=7)],
+            ).fetchall()
+        )
+    ops = _schema_tables(con, "ops")
+    if "restated_days" in ops:
+        data.restated = con.execute(
+            "select run_id, string_agg(distinct reason, ', ' order by reason) "
+            "from ops.restated_days where business_date = ? and run_id > ? "
+            "group by run_id order by run_id",
+            [day, day.isoformat()],
+        ).fetchall()
+    if "quality_results" in ops and run_id:
+        row = con.execute(
+            "select count(*), "
+            "count(*) filter (where not success and severity = 'critical'), "
+            "count(*) filter (where not success and severity <> 'critical') "
+            "from ops.quality_results where run_id = ?",
+            [run_id],
+        ).fetchone()
+        data.quality = (int(row[0]), int(row[1]), int(row[2])) if row and row[0] else None
+    if "orders" in _schema_tables(con, "raw"):
+        data.freshness = con.execute("select max(updated_at) from raw.orders").fetchone()[0]
 
 
 def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -193,7 +256,7 @@ def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in found}
 
 
-def _read(warehouse_path: Path, day: date) -> _DayData:
+def _read(warehouse_path: Path, day: date, run_id: str | None = None) -> _DayData:
     """Everything the page needs, read through one read-only connection."""
     since = day - timedelta(days=TREND_DAYS - 1)
     warnings: list[str] = []
@@ -235,11 +298,13 @@ def _read(warehouse_path: Path, day: date) -> _DayData:
                 "where date between ? and ? group by date, region order by date, region",
                 [since, day],
             ).fetchall()
+        data = _DayData(rows=rows, by_region=by_region, trend=trend, warnings=warnings)
+        _extras(con, day, data, run_id)
     finally:
         con.close()
     if "daily_sales" in tables and "sales_summary" in tables:
         warnings.extend(_reconcile(rows, by_region))
-    return _DayData(rows=rows, by_region=by_region, trend=trend, warnings=warnings)
+    return data
 
 
 def _reconcile(rows: list[Any], by_region: list[Any]) -> list[str]:
@@ -294,6 +359,37 @@ def _day_tables(data: _DayData) -> tuple[list[_Table], Decimal, int]:
     )
     detail.rows = [[r, c, money(t), count(n)] for _, r, c, t, n in data.rows]
     return [region, category, detail], total, orders
+
+
+def change(now: Decimal, before: Decimal | None) -> str:
+    """'+4.2%' style change, or '-' when there is nothing to compare with."""
+    if before is None or before == 0:
+        return "-"
+    return f"{(now - before) * 100 / before:+.1f}%"
+
+
+def _movers(data: _DayData, limit: int = 5) -> _Table | None:
+    """Categories whose sales moved most against the same day last week."""
+    if data.previous_week_categories is None:
+        return None
+    now: dict[str, Decimal] = {}
+    for _, _, category, total, _ in data.rows:
+        now[category] = now.get(category, Decimal(0)) + total
+    before = data.previous_week_categories
+    moves = [
+        (c, now.get(c, Decimal("0.00")), before.get(c, Decimal("0.00")))
+        for c in now.keys() | before.keys()
+    ]
+    moves.sort(key=lambda m: (-abs(m[1] - m[2]), m[0]))
+    table = _Table(
+        "Categories that moved most (vs same day last week)",
+        ["Category", "Sales (USD)", "Last week", "Change (USD)", "Change"],
+        [False, True, True, True, True],
+    )
+    table.rows = [
+        [c, money(n), money(b), f"{n - b:+,.2f}", change(n, b)] for c, n, b in moves[:limit]
+    ]
+    return table if table.rows else None
 
 
 def _cell(value: Any) -> tuple[str, bool]:
@@ -418,20 +514,36 @@ def build_index(report_dir: Path) -> Path:
 
 
 def build_report(
-    warehouse_path: Path, report_dir: Path, business_date: date, run_stats: Mapping[str, Any]
+    warehouse_path: Path,
+    report_dir: Path,
+    business_date: date,
+    run_stats: Mapping[str, Any],
+    *,
+    regenerate_restated: bool = True,
 ) -> Path:
     """Write the day page, its trend PNG and CSV, and refresh the index; return the page."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     day = business_date.isoformat()
-    data = _read(Path(warehouse_path), business_date)
+    run_id = run_stats.get("run_id")
+    data = _read(Path(warehouse_path), business_date, str(run_id) if run_id else None)
 
     png_name, csv_name = f"{day}-trend.png", f"{day}.csv"
     _chart(data.trend, business_date, report_dir / png_name)
     write_atomic(report_dir / csv_name, _csv_bytes(data.rows))
 
     tables, total, orders = _day_tables(data)
+    movers = _movers(data)
+    if movers is not None:
+        tables.insert(2, movers)
     meta, stats_tables = _stats_tables(run_stats)
+    status: list[tuple[str, str]] = []
+    if data.quality is not None:
+        checks, critical, warning = data.quality
+        verdict = "passed" if not critical else f"{critical} critical failure(s)"
+        status.append(("Quality", f"{verdict}, {warning} warning(s) in {checks} checks"))
+    if data.freshness is not None:
+        status.append(("Newest source change", str(data.freshness)[:19] + " UTC"))
     html = _ENV.get_template("day.html").render(
         css=_CSS,
         day=day,
@@ -444,6 +556,10 @@ def build_report(
         has_rows=bool(data.rows or data.by_region),
         total_sales=money(total),
         order_count=count(orders),
+        day_change=change(total, data.previous_day_total),
+        week_change=change(total, data.previous_week_total),
+        restated=data.restated or [],
+        status=status,
         tables=tables,
         csv_name=csv_name,
         png_name=png_name,
@@ -453,5 +569,37 @@ def build_report(
     )
     page = report_dir / f"{day}.html"
     write_atomic(page, html.encode("utf-8"))
+    write_atomic(
+        report_dir / f"{day}.json",
+        json.dumps(dict(run_stats), default=str, sort_keys=True).encode("utf-8"),
+    )
+    if regenerate_restated:
+        for other in _restated_pages(Path(warehouse_path), report_dir, business_date, run_id):
+            stats_file = report_dir / f"{other.isoformat()}.json"
+            old_stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+            build_report(warehouse_path, report_dir, other, old_stats, regenerate_restated=False)
     build_index(report_dir)
     return page
+
+
+def _restated_pages(
+    warehouse_path: Path, report_dir: Path, business_date: date, run_id: Any
+) -> list[date]:
+    """Earlier days with a page that this run restated: their pages are rebuilt."""
+    if not run_id:
+        return []
+    con = duckdb.connect(str(warehouse_path), read_only=True)
+    try:
+        if "restated_days" not in _schema_tables(con, "ops"):
+            return []
+        days = [
+            r[0]
+            for r in con.execute(
+                "select distinct business_date from ops.restated_days "
+                "where run_id = ? and business_date < ? order by 1",
+                [str(run_id), business_date],
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    return [d for d in days if (report_dir / f"{d.isoformat()}.html").exists()]

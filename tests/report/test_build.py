@@ -157,3 +157,71 @@ def test_odd_region_names_do_not_break_the_chart(tmp_path: Path) -> None:
     html = build_report(warehouse, tmp_path / "r", DAY, {}).read_text()
     assert "$x^{$" in html and "_hidden" in html
     assert (tmp_path / "r" / "2026-03-07-trend.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_comparisons_movers_restatement_and_status(tmp_path: Path) -> None:
+    """Day-over-day / week-over-week, movers, a restated day's page rebuilt with a banner."""
+    import json as _json
+    from datetime import date as _date
+
+    import duckdb as _duckdb
+
+    from report.build import build_report as _build
+
+    wh = tmp_path / "wh.duckdb"
+    con = _duckdb.connect(str(wh))
+    con.execute("create schema analytics; create schema ops; create schema raw")
+    con.execute(
+        "create table analytics.sales_summary (date date, region varchar, "
+        "total_sales_usd decimal(18,2), order_count bigint)"
+    )
+    con.execute(
+        "create table analytics.daily_sales (date date, region varchar, category varchar, "
+        "total_sales_usd decimal(18,2), order_count bigint)"
+    )
+    rows = [
+        ("2026-11-13", "north", "books", "100.00", 1),
+        ("2026-11-19", "north", "books", "200.00", 2),
+        ("2026-11-20", "north", "books", "150.00", 1),
+        ("2026-11-20", "north", "toys", "90.00", 1),
+    ]
+    for d, r, c, t, n in rows:
+        con.execute("insert into analytics.daily_sales values (?, ?, ?, ?, ?)", [d, r, c, t, n])
+    con.execute(
+        "insert into analytics.sales_summary select date, region, sum(total_sales_usd), "
+        "sum(order_count) from analytics.daily_sales group by all"
+    )
+    con.execute(
+        "create table ops.restated_days (run_id varchar, business_date date, reason varchar)"
+    )
+    con.execute(
+        "create table ops.quality_results (run_id varchar, severity varchar, success boolean)"
+    )
+    con.execute(
+        "insert into ops.quality_results values ('2026-11-20', 'critical', true), "
+        "('2026-11-20', 'warning', false)"
+    )
+    con.execute("create table raw.orders (updated_at timestamptz)")
+    con.execute("insert into raw.orders values ('2026-11-20 23:00:00+00')")
+    con.close()
+
+    out = tmp_path / "report"
+    _build(wh, out, _date(2026, 11, 19), {"run_id": "2026-11-19", "extracted": {"orders": 2}})
+    first = (out / "2026-11-19.html").read_text()
+    assert "Restated" not in first
+
+    con = _duckdb.connect(str(wh))
+    con.execute("insert into ops.restated_days values ('2026-11-20', '2026-11-19', 'late_order')")
+    con.close()
+    page = _build(wh, out, _date(2026, 11, 20), {"run_id": "2026-11-20"}).read_text()
+    assert "+20.0%" in page  # 240 vs 200 the previous day
+    assert "+140.0%" in page  # 240 vs 100 the same day last week
+    assert "Categories that moved most" in page and "toys" in page
+    assert "1 warning(s) in 2 checks" in page and "passed" in page
+    assert "2026-11-20 23:00:00 UTC" in page
+
+    rebuilt = (out / "2026-11-19.html").read_text()
+    assert "Restated" in rebuilt and "late_order" in rebuilt and "2026-11-20" in rebuilt
+    # the rebuilt page kept its own run statistics
+    assert _json.loads((out / "2026-11-19.json").read_text())["extracted"] == {"orders": 2}
+    assert "orders" in rebuilt
