@@ -175,6 +175,41 @@ def read_batches(
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+_BIND = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def auto_read_batches(
+    conn: sa.Connection,
+    table: sa.Table,
+    schema: pa.Schema,
+    where_sql: str | None,
+    params: dict[str, Any],
+    batch_size: int,
+) -> Iterator[pa.RecordBatch]:
+    """PostgreSQL: the binary COPY fast path (extract/pg_copy.py), inside the run's
+    snapshot transaction; every other database: the generic reader. Same types, same rows."""
+    if conn.dialect.name != "postgresql":
+        yield from read_batches(conn, table, schema, where_sql, params, batch_size)
+        return
+    from extract.pg_copy import stream_pg_batches
+
+    where = ""
+    if where_sql:
+        # `:name` binds -> `%(name)s` (rendered as driver-quoted literals: COPY takes no binds)
+        where = _BIND.sub(lambda m: f"%({m.group(1)})s", where_sql.replace("%", "%%"))
+    yield from stream_pg_batches(
+        "",
+        table=table.name,
+        columns=list(schema.names),
+        schema=schema,
+        where_sql=where,
+        params=dict(params),
+        batch_rows=batch_size,
+        conn=conn,
+        pg_schema=table.schema,
+    )
+
+
 def _fails(convert, value) -> bool:
     try:
         convert(value)
@@ -403,7 +438,7 @@ def extract_tables(
     warehouse_path: Path | None,
     configs: Sequence[TableConfig] = DEFAULT_TABLES,
     batch_size: int = 50_000,
-    reader: Reader = read_batches,
+    reader: Reader = auto_read_batches,
     shard: ShardScope | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
@@ -620,7 +655,7 @@ def extract_sharded_source(
     configs: Sequence[TableConfig] = DEFAULT_TABLES,
     max_workers: int = 8,
     batch_size: int = 50_000,
-    reader: Reader = read_batches,
+    reader: Reader = auto_read_batches,
 ) -> dict[str, Any]:
     """Extract every physical shard of `shard_map` in parallel into the landing zone.
 
