@@ -17,7 +17,9 @@ The nightly batch for one **business day** (the day before the run, in `REPORT_T
 7. `check_parity`: both tables agree per (date, region), or the run fails.
 8. `publish`: the build replaces the published warehouse in one atomic rename.
    Any failure before this leaves what analysts see exactly as it was.
+   The run's metrics go into `ops.pipeline_runs` / `ops.task_metrics` with it.
 9. `build_report`: the HTML report of the day, `data/report/<day>.html`.
+10. `check_alerts`: the alert rules (`config/alerts.yml`) on the run's metrics.
 
 Failures and retries are sent to the alert sinks (task log; a Slack-compatible
 webhook when the `alerts_webhook` connection is set).
@@ -123,20 +125,27 @@ def nightly_sales():
         return nightly.check_parity(_business_date())
 
     @task(pool=WAREHOUSE_POOL, retries=0)
-    def publish() -> dict:
-        from pipeline import nightly
-
-        return nightly.publish(_business_date())
-
-    @task(retries=0)
-    def build_report(
+    def publish(
         extracted: dict, loaded: dict, api: dict, api_loaded: dict, etl: dict, parity: dict
-    ) -> str:
+    ) -> dict:
         from pipeline import nightly
 
         business_date = _business_date()
         stats = nightly.run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
-        return nightly.build_report(business_date, stats)
+        nightly.publish(business_date, stats)
+        return stats
+
+    @task(retries=0)
+    def build_report(stats: dict) -> str:
+        from pipeline import nightly
+
+        return nightly.build_report(_business_date(), stats)
+
+    @task(retries=0)
+    def check_alerts() -> dict:
+        from pipeline import nightly
+
+        return nightly.check_alerts(_business_date())
 
     extracted = extract_source_db()
     loaded = load_source_db()
@@ -145,10 +154,9 @@ def nightly_sales():
     built = dbt_build()
     etl = transform_daily_sales()
     parity = check_parity()
-    published = publish()
-    extracted >> loaded >> api >> api_loaded >> built >> etl >> parity >> published
-    report = build_report(extracted, loaded, api, api_loaded, etl, parity)
-    published >> report
+    extracted >> loaded >> api >> api_loaded >> built >> etl >> parity
+    stats = publish(extracted, loaded, api, api_loaded, etl, parity)
+    build_report(stats) >> check_alerts()
 
 
 nightly_sales()

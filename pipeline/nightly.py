@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import settings
+from pipeline.run_metrics import timed
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def _read_choice() -> tuple[str, dict[str, Any]]:
     return choice.url, {"used_replica": choice.used_replica, "replica_lag_s": choice.lag_seconds}
 
 
+@timed
 def extract_source_db(business_date: date) -> dict[str, Any]:
     """Incremental extract of the operational tables (primary, or the replica when set).
 
@@ -171,6 +173,7 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
     return result["rows"]
 
 
+@timed
 def load_source_db(business_date: date) -> dict[str, Any]:
     """Quality-gate the landed deltas, then merge them into the build's `raw.*`.
 
@@ -229,6 +232,7 @@ def _payments_since() -> datetime | None:
     return mark.window_end
 
 
+@timed
 def extract_payments_api(business_date: date) -> dict[str, Any]:
     """Payments changed since the last load, and the FX rates of every business day with orders."""
     from extract.api_client import PaymentsApiClient
@@ -263,6 +267,7 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
     }
 
 
+@timed
 def load_payments_api(business_date: date) -> dict[str, Any]:
     """Quality-gate, then merge the run's payments and FX rates into the build."""
     from warehouse.load import load_payments_api as load
@@ -274,6 +279,7 @@ def load_payments_api(business_date: date) -> dict[str, Any]:
     return {"rows": result["rows"], "quality": quality}
 
 
+@timed
 def dbt_build(business_date: date) -> dict[str, Any]:
     """`dbt build` of the whole project (models + tests) for this business day."""
     from warehouse.dbt_runner import dbt_build as run_build
@@ -298,6 +304,7 @@ def _summary(result: Any) -> dict[str, Any]:
     return {"result": str(result)}
 
 
+@timed
 def transform_daily_sales(business_date: date) -> dict[str, int]:
     """The ETL path: pandas over the warehouse's current `raw.*` → `analytics.daily_sales`."""
     from quality.validate import validate_frame
@@ -316,6 +323,7 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
     return {"daily_sales": rows}
 
 
+@timed
 def check_parity(business_date: date) -> dict[str, Any]:
     """ETL ↔ ELT: daily_sales summed over categories equals sales_summary, per (date, region)."""
     from quality.parity import check_sales_parity
@@ -323,14 +331,57 @@ def check_parity(business_date: date) -> dict[str, Any]:
     return check_sales_parity(build_path(business_date), through_date=business_date)
 
 
-def publish(business_date: date) -> dict[str, Any]:
-    """Swap the fully built and checked warehouse in, atomically (the only publishing step)."""
+@timed
+def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record the run's metrics in the build, then swap it in atomically (the only
+    publishing step: metrics and tables become visible together)."""
+    import duckdb
+
+    from pipeline import run_metrics
     from warehouse.publish import publish_build
 
-    seconds = publish_build(build_path(business_date), settings.warehouse_path())
+    build = build_path(business_date)
+    if stats is not None:
+        con = duckdb.connect(str(build))
+        try:
+            con.execute("begin")
+            run_metrics.store(con, run_metrics.collect(con, business_date, stats))
+            con.execute("commit")
+        finally:
+            con.close()
+    seconds = publish_build(build, settings.warehouse_path())
     return {"published": str(settings.warehouse_path()), "swap_seconds": round(seconds, 4)}
 
 
+@timed
+def check_alerts(business_date: date) -> dict[str, Any]:
+    """Evaluate the alert rules on the published run metrics; send what fires."""
+    import duckdb
+
+    from alerting.rules import evaluate, load_thresholds
+    from alerting.sinks import send_all
+    from pipeline import run_metrics
+
+    run_id = run_id_for(business_date)
+    con = duckdb.connect(str(settings.warehouse_path()), read_only=True)
+    try:
+        row = con.execute(
+            "select metrics from ops.pipeline_runs where run_id = ?", [run_id]
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        raise RuntimeError(f"no metrics published for run {run_id}")
+    metrics = json.loads(row[0])
+    thresholds = load_thresholds(settings.alerts_config_path())
+    history = run_metrics.history(settings.warehouse_path(), run_id)
+    alerts = evaluate(metrics, history, thresholds)
+    sent = send_all(alerts) if alerts else 0
+    statsd = run_metrics.emit_statsd(metrics, *settings.statsd_address())
+    return {"alerts": len(alerts), "sent": sent, "statsd_lines": statsd}
+
+
+@timed
 def build_report(business_date: date, run_stats: dict[str, Any]) -> str:
     """The HTML report of the day (and the index of all days)."""
     from report.build import build_report as build
@@ -369,10 +420,11 @@ def run_all(business_date: date) -> dict[str, Any]:
     dbt_build(business_date)
     etl = transform_daily_sales(business_date)
     parity = check_parity(business_date)
-    publish(business_date)
     stats = run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
+    publish(business_date, stats)
     report = build_report(business_date, stats)
-    return {**stats, "report": report}
+    alerts = check_alerts(business_date)
+    return {**stats, "report": report, "alerts": alerts}
 
 
 def main(argv: list[str] | None = None) -> int:

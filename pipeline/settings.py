@@ -199,6 +199,22 @@ def replica_on_lag() -> str:
     return value
 
 
+def alerts_config_path() -> Path | None:
+    """`ALERTS_CONFIG`: the alert thresholds file (default config/alerts.yml)."""
+    value = os.environ.get("ALERTS_CONFIG", "").strip()
+    return Path(value).resolve() if value else None
+
+
+def statsd_address() -> tuple[str | None, int]:
+    """`STATSD_HOST` / `STATSD_PORT` (8125): where run metrics go as StatsD gauges."""
+    host = os.environ.get("STATSD_HOST", "").strip() or None
+    raw = os.environ.get("STATSD_PORT", "8125")
+    try:
+        return host, int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"STATSD_PORT={raw!r} is not a port number") from exc
+
+
 def dbt_project_dir() -> Path:
     return PROJECT_ROOT / "dbt_project"
 

@@ -91,6 +91,7 @@ def test_nightly_sales_shape(dagbag) -> None:
         "check_parity",
         "publish",
         "build_report",
+        "check_alerts",
     ]
     assert set(order) == set(dag.task_ids)
     for upstream, downstream in zip(order, order[1:], strict=False):

@@ -1,0 +1,245 @@
+"""Run metrics: per step timings and counts, stored with the data they describe.
+
+Each nightly step records its duration and outcome in a small JSON file under
+`data/runs/<run_id>/steps/` (steps may run in different processes). The publish step
+gathers them with the run's statistics into `ops.pipeline_runs` / `ops.task_metrics`
+inside the build, so the metrics are published atomically with the tables (and a run
+that fails publishes none, its step files stay for the on-call). The same metrics feed
+the alert rules and, when `STATSD_HOST` is set, StatsD gauges (Airflow's own format).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline import settings
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DDL = """
+create schema if not exists ops;
+create table if not exists ops.pipeline_runs (
+    run_id varchar not null,
+    business_date date not null,
+    started_at timestamptz,
+    published_at timestamptz not null,
+    duration_s double,
+    freshness_lag_s double,
+    quality_checks bigint,
+    quality_pass_rate double,
+    restated_days bigint,
+    rows_extracted json,
+    rows_quarantined json,
+    rows_loaded json,
+    rows_published json,
+    metrics json not null
+);
+create table if not exists ops.task_metrics (
+    run_id varchar not null,
+    task varchar not null,
+    status varchar not null,
+    started_at timestamptz,
+    finished_at timestamptz,
+    seconds double,
+    summary json
+);
+"""
+
+
+def steps_dir(run_id: str) -> Path:
+    return settings.data_dir() / "runs" / run_id / "steps"
+
+
+def timed(step: F) -> F:
+    """Record a step's duration and outcome (success or the error's first line)."""
+
+    @functools.wraps(step)
+    def wrapper(business_date: date, *args: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        outcome: dict[str, Any] = {"status": "failed"}
+        try:
+            result = step(business_date, *args, **kwargs)
+            outcome = {"status": "success", "summary": result}
+            return result
+        except BaseException as exc:
+            first = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+            outcome = {"status": "failed", "error": first}
+            raise
+        finally:
+            _write_step(business_date.isoformat(), step.__name__, started, time.time(), outcome)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _write_step(run_id: str, name: str, started: float, finished: float, outcome: dict) -> None:
+    try:
+        folder = steps_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "task": name,
+            "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+            "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
+            "seconds": round(finished - started, 3),
+            **outcome,
+        }
+        tmp = folder / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(record, default=str, sort_keys=True))
+        os.replace(tmp, folder / f"{name}.json")
+    except OSError:  # metrics must never break the run they measure
+        log.exception("could not record the metrics of step %s", name)
+
+
+def read_steps(run_id: str) -> list[dict[str, Any]]:
+    folder = steps_dir(run_id)
+    if not folder.exists():
+        return []
+    steps = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return sorted(steps, key=lambda s: s.get("started_at", ""))
+
+
+def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, Any]:
+    """The run's metrics (the shape `alerting.rules.evaluate` reads), from the build."""
+    run_id = business_date.isoformat()
+    steps = read_steps(run_id)
+    started = min((s["started_at"] for s in steps), default=None)
+    duration = None
+    if started:
+        duration = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
+    freshness = None
+    has_orders = con.execute(
+        "select count(*) from information_schema.tables "
+        "where table_schema = 'raw' and table_name = 'orders'"
+    ).fetchone()[0]
+    if has_orders:
+        newest = con.execute("select max(updated_at) from raw.orders").fetchone()[0]
+        if newest is not None:
+            freshness = (datetime.now(UTC) - newest.astimezone(UTC)).total_seconds()
+    checks = passed = critical = warnings = 0
+    has_quality = con.execute(
+        "select count(*) from information_schema.tables "
+        "where table_schema = 'ops' and table_name = 'quality_results'"
+    ).fetchone()[0]
+    if has_quality:
+        checks, passed, critical, warnings = con.execute(
+            "select count(*), count(*) filter (where success), "
+            "count(*) filter (where not success and severity = 'critical'), "
+            "count(*) filter (where not success and severity <> 'critical') "
+            "from ops.quality_results where run_id = ?",
+            [run_id],
+        ).fetchone()
+    return {
+        "run_id": run_id,
+        "dag_id": "nightly_sales",
+        "business_date": run_id,
+        "started_at": started,
+        "duration_s": duration,
+        "freshness_lag_s": freshness,
+        "rows_extracted": stats.get("extracted", {}),
+        "quarantined": stats.get("quarantined", {}),
+        "rows_loaded": stats.get("loaded", {}),
+        "rows_published": stats.get("published", {}),
+        "restated_days": stats.get("restated_days", 0),
+        "quality": {
+            "checks": int(checks),
+            "pass_rate": (passed / checks) if checks else None,
+            "critical_failures": int(critical),
+            "warnings": int(warnings),
+        },
+        "replica_lag_s": stats.get("replica_lag_s"),
+        "steps": steps,
+    }
+
+
+def store(con: Any, metrics: dict[str, Any]) -> None:
+    """Write the run into `ops.pipeline_runs` / `ops.task_metrics` (replacing a rerun)."""
+    con.execute(_DDL)
+    run_id = metrics["run_id"]
+    con.execute("delete from ops.pipeline_runs where run_id = ?", [run_id])
+    con.execute("delete from ops.task_metrics where run_id = ?", [run_id])
+    con.execute(
+        "insert into ops.pipeline_runs values (?, ?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run_id,
+            metrics["business_date"],
+            metrics["started_at"],
+            metrics["duration_s"],
+            metrics["freshness_lag_s"],
+            metrics["quality"]["checks"],
+            metrics["quality"]["pass_rate"],
+            metrics["restated_days"],
+            json.dumps(metrics["rows_extracted"], default=str),
+            json.dumps(metrics["quarantined"], default=str),
+            json.dumps(metrics["rows_loaded"], default=str),
+            json.dumps(metrics["rows_published"], default=str),
+            json.dumps({k: v for k, v in metrics.items() if k != "steps"}, default=str),
+        ],
+    )
+    for step in metrics["steps"]:
+        con.execute(
+            "insert into ops.task_metrics values (?, ?, ?, ?, ?, ?, ?)",
+            [
+                run_id,
+                step["task"],
+                step["status"],
+                step.get("started_at"),
+                step.get("finished_at"),
+                step.get("seconds"),
+                json.dumps(step.get("summary", step.get("error")), default=str),
+            ],
+        )
+
+
+def history(warehouse_path: Path, run_id: str, limit: int = 30) -> list[dict[str, Any]]:
+    """Earlier runs' metrics, oldest first (for the trailing-average alert rules)."""
+    import duckdb
+
+    if not Path(warehouse_path).exists():
+        return []
+    con = duckdb.connect(str(warehouse_path), read_only=True)
+    try:
+        exists = con.execute(
+            "select count(*) from information_schema.tables "
+            "where table_schema = 'ops' and table_name = 'pipeline_runs'"
+        ).fetchone()[0]
+        if not exists:
+            return []
+        rows = con.execute(
+            "select metrics from ops.pipeline_runs where run_id <> ? "
+            "order by business_date desc limit ?",
+            [run_id, limit],
+        ).fetchall()
+    finally:
+        con.close()
+    return [json.loads(r[0]) for r in reversed(rows)]
+
+
+def emit_statsd(metrics: dict[str, Any], host: str | None, port: int = 8125) -> int:
+    """Gauges in StatsD's line format (as Airflow emits), over UDP; returns lines sent."""
+    if not host:
+        return 0
+    lines = []
+    for group in ("rows_extracted", "quarantined", "rows_published"):
+        for table, value in (metrics.get(group) or {}).items():
+            if isinstance(value, int | float):
+                lines.append(f"nightshift.{group}.{table}:{value}|g")
+    for key in ("duration_s", "freshness_lag_s", "restated_days"):
+        if isinstance(metrics.get(key), int | float):
+            lines.append(f"nightshift.{key}:{metrics[key]}|g")
+    rate = (metrics.get("quality") or {}).get("pass_rate")
+    if isinstance(rate, int | float):
+        lines.append(f"nightshift.quality.pass_rate:{rate}|g")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for line in lines:
+            sock.sendto(line.encode(), (host, port))
+    return len(lines)
