@@ -198,6 +198,7 @@ class _DayData:
     restated: list[tuple[str, str]] | None = None  # (run_id, reason) that restated this day
     quality: tuple[int, int, int] | None = None  # (checks, failed critical, failed warning)
     freshness: Any = None  # newest source updated_at in the warehouse
+    steps: list[tuple[str, str, float]] | None = None  # (task, status, seconds) of the run
 
 
 def _schema_tables(con: duckdb.DuckDBPyConnection, schema: str) -> set[str]:
@@ -245,6 +246,12 @@ def _extras(con: duckdb.DuckDBPyConnection, day: date, data: _DayData, run_id: s
             [run_id],
         ).fetchone()
         data.quality = (int(row[0]), int(row[1]), int(row[2])) if row and row[0] else None
+    if "task_metrics" in ops and run_id:
+        data.steps = con.execute(
+            "select task, status, seconds from ops.task_metrics where run_id = ? "
+            "order by started_at",
+            [run_id],
+        ).fetchall()
     if "orders" in _schema_tables(con, "raw"):
         data.freshness = con.execute("select max(updated_at) from raw.orders").fetchone()[0]
 
@@ -537,6 +544,11 @@ def build_report(
     if movers is not None:
         tables.insert(2, movers)
     meta, stats_tables = _stats_tables(run_stats)
+    if data.steps:
+        steps = _Table("Pipeline steps", ["Step", "Status", "Seconds"], [False, False, True])
+        steps.rows = [[t, st, f"{sec:,.1f}"] for t, st, sec in data.steps]
+        steps.footer = ["Total", "", f"{sum(sec for _, _, sec in data.steps):,.1f}"]
+        stats_tables.append(steps)
     status: list[tuple[str, str]] = []
     if data.quality is not None:
         checks, critical, warning = data.quality
