@@ -56,6 +56,11 @@ nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-
 	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD"; exit 2; }
 	$(BIN)/python -m pipeline.airflow_run run --date $(DATE)
 
+.PHONY: backfill
+backfill: airflow-init ## Run nightly_sales for each day FROM=YYYY-MM-DD TO=YYYY-MM-DD (idempotent)
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
+	$(BIN)/python -m pipeline.airflow_run backfill --from $(FROM) --to $(TO)
+
 .PHONY: airflow
 airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login admin/admin)
 	$(BIN)/python -m pipeline.airflow_run ui

@@ -125,16 +125,54 @@ def serve_ui(env_extra: dict[str, str]) -> int:
     return subprocess.run([airflow_bin(), "standalone"], env=env).returncode
 
 
+def backfill(first: date, last: date, env_extra: dict[str, str]) -> int:
+    """Run nightly_sales for every business day from `first` to `last`, in order.
+
+    Each day is a normal `dags test` run (idempotent: a rerun replaces that day), so
+    backfilling a range twice leaves the same tables. Prints progress and a summary.
+    """
+    import time as _time
+
+    if last < first:
+        raise SystemExit(f"backfill: FROM {first} is after TO {last}")
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    results: list[tuple[date, str, float]] = []
+    for index, day in enumerate(days, 1):
+        started = _time.monotonic()
+        try:
+            run_dag(day, env_extra)
+            outcome = "success"
+        except SystemExit as exc:
+            outcome = f"failed ({exc})"
+        seconds = _time.monotonic() - started
+        results.append((day, outcome, seconds))
+        done = sum(r[2] for r in results)
+        eta = done / index * (len(days) - index)
+        print(f"[backfill {index}/{len(days)}] {day}: {outcome} in {seconds:.0f}s (ETA {eta:.0f}s)")
+        if outcome != "success":
+            break
+    ok = sum(1 for _, outcome, _ in results if outcome == "success")
+    print(f"backfill {first}..{last}: {ok}/{len(days)} days succeeded")
+    for day, outcome, seconds in results:
+        print(f"  {day}  {outcome:<10} {seconds:6.0f}s")
+    return 0 if ok == len(days) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="nightly_sales through Airflow")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run nightly_sales for one business day (dags test)")
     run.add_argument("--date", required=True, type=date.fromisoformat)
     sub.add_parser("ui", help="the Airflow UI (standalone) with the demo connections")
+    fill = sub.add_parser("backfill", help="run nightly_sales for each day of a range")
+    fill.add_argument("--from", dest="first", required=True, type=date.fromisoformat)
+    fill.add_argument("--to", dest="last", required=True, type=date.fromisoformat)
     args = parser.parse_args(argv)
     with demo_connections(settings.data_dir()) as extra:
         if args.command == "ui":
             return serve_ui(extra)
+        if args.command == "backfill":
+            return backfill(args.first, args.last, extra)
         run_dag(args.date, extra)
     print(f"nightly_sales {args.date}: success")
     print(f"report:    {settings.report_dir() / (args.date.isoformat() + '.html')}")
