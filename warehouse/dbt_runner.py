@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 _FAILED = {"error", "fail", "runtime error"}
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+SLOWEST = 5
 
 
 class DbtError(RuntimeError):
@@ -33,6 +37,20 @@ class NodeResult:
     execution_time: float
     message: str | None = None
     failures: int | None = None
+    rows_affected: int | None = None
+
+    @property
+    def resource_type(self) -> str:
+        """model, test, unit_test, snapshot, seed, ... (the unique_id's first part)."""
+        return self.unique_id.split(".", 1)[0]
+
+    @property
+    def name(self) -> str:
+        """The node's name: `fct_orders`, `unique_stg_orders_order_id`, `<model>.<unit test>`."""
+        parts = self.unique_id.split(".")
+        if self.resource_type == "test":
+            return parts[2] if len(parts) > 2 else self.unique_id  # drop the hash
+        return ".".join(parts[2:]) or self.unique_id
 
 
 @dataclass
@@ -42,6 +60,7 @@ class DbtResult:
     elapsed: float | None = None
     nodes: list[NodeResult] = field(default_factory=list)
     output: str = ""
+    run_results_path: Path | None = None
 
     @property
     def failed(self) -> list[NodeResult]:
@@ -52,6 +71,33 @@ class DbtResult:
     def statuses(self) -> dict[str, str]:
         """unique_id -> status."""
         return {n.unique_id: n.status for n in self.nodes}
+
+    @property
+    def failed_tests(self) -> list[NodeResult]:
+        """Data and unit tests that failed or errored (failures = offending rows)."""
+        return [n for n in self.failed if n.resource_type in ("test", "unit_test")]
+
+    def slowest(self, n: int = SLOWEST) -> list[NodeResult]:
+        return sorted(self.nodes, key=lambda r: r.execution_time, reverse=True)[:n]
+
+    def summary(self) -> dict[str, Any]:
+        """Small, JSON-able: what the Airflow task returns (XCom) and logs."""
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            counts[node.status] = counts.get(node.status, 0) + 1
+        return {
+            "returncode": self.returncode,
+            "elapsed_s": None if self.elapsed is None else round(self.elapsed, 3),
+            "statuses": counts,
+            "models": {
+                n.name: {"s": round(n.execution_time, 3), "rows_affected": n.rows_affected}
+                for n in self.nodes
+                if n.resource_type in ("model", "snapshot")
+            },
+            "failed_tests": {n.name: n.failures for n in self.failed_tests},
+            "slowest": [[n.name, round(n.execution_time, 3)] for n in self.slowest()],
+            "run_results": None if self.run_results_path is None else str(self.run_results_path),
+        }
 
 
 def dbt_executable() -> Path:
@@ -70,10 +116,64 @@ def _read_run_results(path: Path) -> tuple[float | None, list[NodeResult]]:
             execution_time=float(r.get("execution_time") or 0.0),
             message=r.get("message"),
             failures=r.get("failures"),
+            rows_affected=_rows_affected(r.get("adapter_response") or {}),
         )
         for r in data.get("results", [])
     ]
     return data.get("elapsed_time"), nodes
+
+
+def _rows_affected(adapter_response: dict[str, Any]) -> int | None:
+    value = adapter_response.get("rows_affected")
+    if value is None or int(value) < 0:  # -1: the adapter does not know
+        return None
+    return int(value)
+
+
+def log_summary(result: DbtResult) -> None:
+    """Per model timing and rows affected, failed tests with their failure counts, the
+    slowest nodes: from run_results.json, into the (task) log."""
+    for node in result.nodes:
+        if node.resource_type in ("model", "snapshot"):
+            rows = "?" if node.rows_affected is None else str(node.rows_affected)
+            log.info(
+                "dbt %s %s: %s in %.2fs, rows affected %s",
+                node.resource_type,
+                node.name,
+                node.status,
+                node.execution_time,
+                rows,
+            )
+    for node in result.failed_tests:
+        log.error(
+            "dbt test %s: %s, %s failing rows: %s",
+            node.name,
+            node.status,
+            "?" if node.failures is None else node.failures,
+            node.message,
+        )
+    slowest = ", ".join(f"{n.name} {n.execution_time:.2f}s" for n in result.slowest())
+    log.info("dbt slowest %d nodes: %s", SLOWEST, slowest or "none")
+    summary = result.summary()
+    log.info(
+        "dbt %s: %s in %ss (run results kept at %s)",
+        " ".join(result.args),
+        summary["statuses"],
+        summary["elapsed_s"],
+        summary["run_results"],
+    )
+
+
+def _keep_run_results(run_results: Path, label: str | None) -> Path | None:
+    """Copy target/run_results.json to target/run_results-<label>.json (label: the run id,
+    else a UTC timestamp) so every run's results are kept."""
+    if not run_results.is_file():
+        return None
+    if not label or not _RUN_ID_RE.match(label):
+        label = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    kept = run_results.with_name(f"run_results-{label.replace(':', '_')}.json")
+    shutil.copyfile(run_results, kept)
+    return kept
 
 
 def run_dbt(
@@ -84,11 +184,13 @@ def run_dbt(
     vars: dict[str, Any],
     env: dict[str, str] | None = None,
     warehouse_path: Path | None = None,
+    run_id: str | None = None,
 ) -> DbtResult:
     """Run `dbt <args>` against `project_dir` (which also holds profiles.yml).
 
-    Output is streamed to the logger. Raises DbtError naming the failed nodes when
-    dbt exits non-zero.
+    Output is streamed to the logger, then a summary of run_results.json (kept as
+    `target/run_results-<run_id or UTC timestamp>.json`). Raises DbtError naming the
+    failed nodes when dbt exits non-zero.
     """
     project_dir = Path(project_dir).resolve()
     target_dir = project_dir / "target"
@@ -138,7 +240,10 @@ def run_dbt(
         elapsed=elapsed,
         nodes=nodes,
         output="\n".join(lines),
+        run_results_path=_keep_run_results(run_results, run_id),
     )
+    if nodes:
+        log_summary(result)
     if returncode != 0:
         failed = result.failed
         if failed:
@@ -158,11 +263,22 @@ def dbt_build(
     project_dir: Path = DEFAULT_PROJECT_DIR,
     target: str = "duckdb",
     env: dict[str, str] | None = None,
+    run_id: str | None = None,
+    full_refresh: bool = False,
 ) -> DbtResult:
-    """`dbt build` on the DuckDB warehouse with the report vars; fails if `select` matches nothing."""
+    """`dbt build` on the DuckDB warehouse with the report vars; fails if `select` matches nothing.
+
+    `run_id` (the loader's run id, e.g. "2026-11-27"): fct_orders rebuilds only the
+    business days `ops.restated_days` records for that run (plus days whose FX rate
+    changed); None (default) or `full_refresh` rebuilds it in full.
+    """
+    if run_id is not None and not _RUN_ID_RE.match(run_id):
+        raise DbtError(f"invalid run_id {run_id!r}: letters, digits and _.:- only")
     args = ["build"]
     if select:
         args += ["--select", select]
+    if full_refresh:
+        args.append("--full-refresh")
     result = run_dbt(
         args,
         project_dir=project_dir,
@@ -170,9 +286,11 @@ def dbt_build(
         vars={
             "report_tz": report_tz,
             "through_date": None if through_date is None else str(through_date),
+            "run_id": run_id,
         },
         env=env,
         warehouse_path=warehouse_path,
+        run_id=run_id,
     )
     if select and not result.nodes:
         raise DbtError(f"dbt build --select {select!r} matched no node", result)

@@ -69,3 +69,17 @@
 {% macro duckdb__raise_for_row(message) -%}
     error({{ message }}) is null
 {%- endmacro %}
+
+{#- The contracts' `varchar` (dbt.type_string() is `text` on PostgreSQL, which an
+    incremental insert into a varchar column reports as a schema change). -#}
+{% macro type_varchar() -%}
+    {{ return(adapter.dispatch('type_varchar', 'nightshift')()) }}
+{%- endmacro %}
+
+{% macro default__type_varchar() -%}
+    varchar
+{%- endmacro %}
+
+{% macro bigquery__type_varchar() -%}
+    string
+{%- endmacro %}

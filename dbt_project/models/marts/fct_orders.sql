@@ -1,7 +1,30 @@
+{#- One row per order. Incremental (macros/restatement.sql): with var run_id, only the
+    business days that changed are deleted (pre-hook) and rebuilt (delete+insert on
+    order_id); without run_id, on --full-refresh, or when the table does not exist it is
+    rebuilt in full. -#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='order_id',
+        on_schema_change='fail',
+        full_refresh=(true if var('run_id', none) is none else none),
+        pre_hook="{{ nightshift.fct_orders_delete_restated_days() }}",
+    )
+}}
+-- depends_on: {{ source('ops', 'restated_days') }}, {{ ref('stg_fx_rates') }}
 with
-
+{% if is_incremental() %}
+days_to_restate as (
+    {{ nightshift.fct_orders_days_to_restate(this) | indent(4) }}
+),
+{% endif %}
 orders_converted as (
     select * from {{ ref('int_orders_converted') }}
+    {%- if is_incremental() %}
+    where business_date in (select business_date from days_to_restate)
+        or business_date not in (select distinct business_date from {{ this }})
+    {%- endif %}
 ),
 
 orders_categorized as (
@@ -9,15 +32,18 @@ orders_categorized as (
 ),
 
 final as (
+    -- explicit string type: the incremental insert must match the table's column types
+    -- (PostgreSQL would otherwise give text, not the contract's varchar)
     select
         orders_converted.order_id,
         orders_converted.user_id,
         orders_converted.business_date,
-        orders_converted.region,
-        orders_categorized.category,
-        orders_converted.status,
-        orders_converted.currency,
+        cast(orders_converted.region as {{ nightshift.type_varchar() }}) as region,
+        cast(orders_categorized.category as {{ nightshift.type_varchar() }}) as category,
+        cast(orders_converted.status as {{ nightshift.type_varchar() }}) as status,
+        cast(orders_converted.currency as {{ nightshift.type_varchar() }}) as currency,
         orders_converted.total,
+        orders_converted.fx_rate,
         orders_converted.usd_cents,
         orders_converted.is_counted,
         orders_converted.created_at,
