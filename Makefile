@@ -84,6 +84,7 @@ BENCH_ORDERS ?= 5000000
 bench: $(STAMP) ## Benchmarks (BENCH lines); extract needs PostgreSQL (NIGHTSHIFT_BENCH_PG_URL)
 	$(BIN)/python bench/bench_generator.py --orders 1000000
 	$(BIN)/python bench/bench_extract.py --orders $(BENCH_ORDERS)
+	$(BIN)/python bench/bench_dbt.py --orders 1000000
 
 export SQL
 .PHONY: query

@@ -281,15 +281,40 @@ def load_payments_api(business_date: date) -> dict[str, Any]:
 
 @timed
 def dbt_build(business_date: date) -> dict[str, Any]:
-    """`dbt build` of the whole project (models + tests) for this business day."""
+    """`dbt build` of the whole project (models + tests) for this business day.
+
+    `fct_orders` is incremental: only the business days this run restated are rebuilt.
+    A build whose `fct_orders` predates the current model (no `fx_rate` column, e.g. a
+    warehouse from an older release) is rebuilt in full once.
+    """
     from warehouse.dbt_runner import dbt_build as run_build
 
+    build = build_path(business_date)
     result = run_build(
-        build_path(business_date),
+        build,
         report_tz=settings.report_tz_name(),
         through_date=business_date,
+        run_id=run_id_for(business_date),
+        full_refresh=_needs_full_refresh(build),
     )
     return _summary(result)
+
+
+def _needs_full_refresh(build: Path) -> bool:
+    import duckdb
+
+    con = duckdb.connect(str(build), read_only=True)
+    try:
+        columns = {
+            r[0]
+            for r in con.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = 'marts' and table_name = 'fct_orders'"
+            ).fetchall()
+        }
+    finally:
+        con.close()
+    return bool(columns) and "fx_rate" not in columns
 
 
 def _summary(result: Any) -> dict[str, Any]:
