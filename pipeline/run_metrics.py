@@ -201,7 +201,11 @@ def store(con: Any, metrics: dict[str, Any]) -> None:
 
 
 def history(warehouse_path: Path, run_id: str, limit: int = 30) -> list[dict[str, Any]]:
-    """Earlier runs' metrics, oldest first (for the trailing-average alert rules)."""
+    """Earlier runs' metrics, oldest first (for the trailing-average alert rules).
+
+    The first run ever is left out: it extracted everything, so comparing the nightly
+    deltas with it would raise a row-count-drop alert every night for a week.
+    """
     import duckdb
 
     if not Path(warehouse_path).exists():
@@ -216,6 +220,7 @@ def history(warehouse_path: Path, run_id: str, limit: int = 30) -> list[dict[str
             return []
         rows = con.execute(
             "select metrics from ops.pipeline_runs where run_id <> ? "
+            "and published_at > (select min(published_at) from ops.pipeline_runs) "
             "order by business_date desc limit ?",
             [run_id, limit],
         ).fetchall()

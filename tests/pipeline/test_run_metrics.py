@@ -58,21 +58,26 @@ def test_metrics_are_stored_replaced_on_rerun_and_read_as_history(tmp_path: Path
         "('2026-11-20', 'critical', true), ('2026-11-20', 'warning', false)"
     )
     stats = {"extracted": {"orders": 10}, "quarantined": {"payments": 1}, "restated_days": 2}
-    for day in (date(2026, 11, 19), DAY, DAY):  # the second DAY is a rerun
+    for day in (date(2026, 11, 18), date(2026, 11, 19), DAY, DAY):  # first run, ..., a rerun
         extract(day)
         run_metrics.store(con, run_metrics.collect(con, day, stats))
     runs = con.execute(
         "select run_id, quality_checks, quality_pass_rate from ops.pipeline_runs order by 1"
     ).fetchall()
-    assert runs == [("2026-11-19", 1, 1.0), ("2026-11-20", 2, 0.5)]
+    assert runs == [("2026-11-18", 0, None), ("2026-11-19", 1, 1.0), ("2026-11-20", 2, 0.5)]
     lag = con.execute(
         "select freshness_lag_s from ops.pipeline_runs where run_id = '2026-11-20'"
     ).fetchone()[0]
     assert 7000 < lag < 7400
     tasks = con.execute("select run_id, task, status from ops.task_metrics order by 1").fetchall()
-    assert tasks == [("2026-11-19", "extract", "success"), ("2026-11-20", "extract", "success")]
+    assert tasks == [
+        ("2026-11-18", "extract", "success"),
+        ("2026-11-19", "extract", "success"),
+        ("2026-11-20", "extract", "success"),
+    ]
     con.close()
     history = run_metrics.history(wh, "2026-11-20")
+    # the first run ever (a full extract) is not history for row-count comparisons
     assert [h["run_id"] for h in history] == ["2026-11-19"]
     assert history[0]["rows_extracted"] == {"orders": 10}
 
