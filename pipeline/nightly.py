@@ -195,12 +195,33 @@ def load_source_db(business_date: date) -> dict[str, Any]:
         run_id_for(business_date),
         settings.report_tz_name(),
     )
+    reconciled = _reconcile(business_date, "source_db", build)
     return {
         "rows": result["rows"],
         "deleted": result["deleted"],
         "restated_days": result["restated_days"],
         "quality": quality,
+        "reconciled": reconciled,
     }
+
+
+def _reconcile(business_date: date, source: str, build: Path) -> dict[str, int]:
+    """Landed rows == their merged copies in the build, per business day (quality/reconcile.py)."""
+    import duckdb
+
+    from quality.reconcile import reconcile_run
+
+    con = duckdb.connect(str(build), read_only=True)
+    try:
+        return reconcile_run(
+            con,
+            settings.landing_dir(),
+            source,
+            run_id_for(business_date),
+            settings.report_tz_name(),
+        )
+    finally:
+        con.close()
 
 
 def fx_days_needed(business_date: date) -> list[date]:
@@ -276,7 +297,8 @@ def load_payments_api(business_date: date) -> dict[str, Any]:
     results = _validate_landed(business_date, "payments_api", ("payments", "fx_rates"))
     quality = _quality_gate(business_date, "payments_api", results, build)
     result = load(build, settings.landing_dir(), run_id_for(business_date))
-    return {"rows": result["rows"], "quality": quality}
+    reconciled = _reconcile(business_date, "payments_api", build)
+    return {"rows": result["rows"], "quality": quality, "reconciled": reconciled}
 
 
 @timed
