@@ -12,6 +12,7 @@ landed exactly as decimal128(38,18), with a per-day cache so past days are not r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -364,8 +365,10 @@ def parse_rate(raw: Any, *, day: date, currency: str) -> Decimal:
     return quantized
 
 
-def _fx_cache_path(landing_root: Path, day: date) -> Path:
-    return Path(landing_root) / SOURCE / FX_TABLE / "_cache" / f"{day.isoformat()}.json"
+def _fx_cache_path(landing_root: Path, day: date, api: str = "") -> Path:
+    """Per API (a hash of its base URL): another API's rates must never be reused."""
+    key = hashlib.sha256(api.encode()).hexdigest()[:12] if api else "default"
+    return Path(landing_root) / SOURCE / FX_TABLE / "_cache" / key / f"{day.isoformat()}.json"
 
 
 def _read_fx_cache(path: Path, day: date) -> dict[str, Any] | None:
@@ -408,7 +411,7 @@ def extract_fx_rates(
     wanted = sorted(set(days))
     per_day: dict[date, set[str]] = {}
     for day in wanted:
-        cache_file = _fx_cache_path(landing_root, day)
+        cache_file = _fx_cache_path(landing_root, day, getattr(client, "base_url", ""))
         payload = _read_fx_cache(cache_file, day)
         if payload is not None:
             cache_hits += 1

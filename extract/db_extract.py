@@ -440,8 +440,11 @@ def extract_tables(
     batch_size: int = 50_000,
     reader: Reader = auto_read_batches,
     shard: ShardScope | None = None,
+    manifest_extras: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
+
+    `manifest_extras` are recorded in every landed manifest (e.g. the source's identity).
 
     Incremental tables land `(W - overlap, U]` (no lower bound before the first load),
     full tables land everything, and `reconcile_deletes` tables also land
@@ -493,6 +496,7 @@ def extract_tables(
                     "overlap_seconds": config.overlap.total_seconds(),
                     "reconcile_deletes": config.reconcile_deletes,
                 }
+                extras.update(manifest_extras or {})
                 if shard is not None:
                     extras.update(shard.manifest)
                     extras["vshards"] = [list(r) for r in shard.owned(config.name)]
@@ -532,6 +536,7 @@ def extract_tables(
                         "of_table": config.name,
                         "window_end": _iso(upper),
                     }
+                    key_extras.update(manifest_extras or {})
                     if shard is not None:
                         key_where = shard_filter(
                             table.c[config.key], shard.owned(config.name), shard.virtual_shards

@@ -155,3 +155,27 @@ def last_loaded_shard_map(
         return None
     value = json.loads(row[0]) if isinstance(row[0], str) else row[0]
     return value if isinstance(value, dict) else None
+
+
+def last_loaded_source_id(warehouse_path: Path | None, source: str, table: str) -> str | None:
+    """The `source_id` recorded with the newest loaded extract of (source, table), if any."""
+    import duckdb
+
+    if warehouse_path is None or not Path(warehouse_path).exists():
+        return None
+    con = duckdb.connect(str(warehouse_path), read_only=True)
+    try:
+        exists = con.execute(
+            "select count(*) from information_schema.tables "
+            "where table_schema = 'ops' and table_name = 'loaded_runs'"
+        ).fetchone()[0]
+        if not exists:
+            return None
+        row = con.execute(
+            "select json_extract_string(manifest, '$.source_id') from ops.loaded_runs "
+            "where source = ? and table_name = ? order by loaded_at desc limit 1",
+            [source, table],
+        ).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None

@@ -10,6 +10,7 @@ does one transactional piece of work and returns a small JSON-able summary. The 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from datetime import date, datetime, timedelta
@@ -134,14 +135,44 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
     if map_path is not None:
         return _extract_sharded(business_date, map_path, configs)
     uri, _ = _read_choice()
+    source_id = _source_id()
+    extras: dict[str, Any] = {"source_id": source_id}
+    if _source_changed(source_id):
+        # Another database than the one the warehouse was built from: its watermarks
+        # mean nothing here. Read everything; full mode also drops the old rows.
+        log.warning("source_db is not the database the warehouse was loaded from: full extract")
+        configs = [dataclasses.replace(c, mode="full") for c in configs]
+        extras["source_changed"] = True
     manifests = extract_tables(
         uri,
         run_id=run_id_for(business_date),
         landing_root=settings.landing_dir(),
         warehouse_path=settings.warehouse_path(),
         configs=configs,
+        manifest_extras=extras,
     )
     return {name: m["rows"] for name, m in manifests.items()}
+
+
+def _source_id() -> str:
+    """Identity of the logical source: its primary's URL without the password, hashed."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    primary = settings.sqlalchemy_url(settings.get_connection_uri(settings.SOURCE_DB_CONN_ID))
+    try:
+        text = sa.make_url(primary).render_as_string(hide_password=True)
+    except Exception:  # not parseable: the raw text still identifies it
+        text = primary
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _source_changed(source_id: str) -> bool:
+    from extract.watermark import last_loaded_source_id
+
+    previous = last_loaded_source_id(settings.warehouse_path(), "source_db", "orders")
+    return previous is not None and previous != source_id
 
 
 def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, Any]:
@@ -317,13 +348,25 @@ def dbt_build(business_date: date) -> dict[str, Any]:
         report_tz=settings.report_tz_name(),
         through_date=business_date,
         run_id=run_id_for(business_date),
-        full_refresh=_needs_full_refresh(build),
+        full_refresh=_needs_full_refresh(build, business_date),
     )
     return _summary(result)
 
 
-def _needs_full_refresh(build: Path) -> bool:
+def _needs_full_refresh(build: Path, business_date: date | None = None) -> bool:
     import duckdb
+
+    if business_date is not None:  # a new source was read in full: rebuild the marts too
+        from extract.landing import read_manifest
+
+        try:
+            orders = read_manifest(
+                settings.landing_dir(), "source_db", "orders", run_id_for(business_date)
+            )
+        except FileNotFoundError:
+            orders = {}
+        if orders.get("source_changed"):
+            return True
 
     con = duckdb.connect(str(build), read_only=True)
     try:

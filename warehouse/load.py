@@ -457,9 +457,12 @@ def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
         for name, type_ in _columns(con, f'"{delta.temp}"').items():
             if name not in existing:
                 con.execute(f"alter table {target} add column {_q(name)} {type_}")
+        # A full extract is the whole table as the source holds it now: it replaces every
+        # row, even one whose stored cursor is later (e.g. the warehouse was loaded from
+        # another database before). An incremental delta only replaces older versions.
         newer = (
             f"coalesce({target}.{_q(delta.cursor)} > d.{_q(delta.cursor)}, false)"
-            if delta.cursor
+            if delta.cursor and not delta.full_key_set
             else "false"
         )
         con.execute(

@@ -253,6 +253,7 @@ def test_fx_rates_land_exactly_and_are_cached(server: str, roots: tuple[Path, Pa
     days = [date(2024, 2, 28), date(2024, 2, 29), date(2024, 3, 1), date(2024, 2, 29)]
     with _client(server) as client:
         manifest = extract_fx_rates(client, days=days, run_id="2024-03-01", landing_root=landing)
+        api_url = client.base_url
     assert manifest["days"] == ["2024-02-28", "2024-02-29", "2024-03-01"]
     assert manifest["fetched"] == 3 and manifest["cache_hits"] == 0
     table = pq.read_table(_run_dir(landing, "fx_rates", "2024-03-01") / "part-00000.parquet")
@@ -264,15 +265,22 @@ def test_fx_rates_land_exactly_and_are_cached(server: str, roots: tuple[Path, Pa
         assert row["rate"] == Decimal(rates_for(row["rate_date"])[row["currency"]])
     assert {r["rate"] for r in rows if r["currency"] == "USD"} == {Decimal(1)}
     cache = landing / "payments_api" / "fx_rates" / "_cache"
-    assert sorted(p.name for p in cache.iterdir()) == [
+    (per_api,) = cache.iterdir()  # one cache per API
+    assert sorted(p.name for p in per_api.iterdir()) == [
         "2024-02-28.json",
         "2024-02-29.json",
         "2024-03-01.json",
     ]
     client = FakeClient()
+    client.base_url = api_url  # type: ignore[attr-defined]
     again = extract_fx_rates(client, days=days, run_id="2024-03-01", landing_root=landing)  # type: ignore[arg-type]
     assert client.fx_calls == [] and again["cache_hits"] == 3
     assert again["checksum_sha256"] == manifest["checksum_sha256"]
+    # another API's rates are never served from this cache
+    other = FakeClient()
+    other.base_url = "http://127.0.0.1:1"  # type: ignore[attr-defined]
+    fresh = extract_fx_rates(other, days=days, run_id="2024-03-01", landing_root=landing)  # type: ignore[arg-type]
+    assert fresh["cache_hits"] == 0 and len(other.fx_calls) == 3
 
 
 def test_fx_today_is_not_cached(roots: tuple[Path, Path]) -> None:
@@ -302,7 +310,7 @@ def test_bad_fx_rate_raises_naming_day_and_currency(
         extract_fx_rates(FakeClient(fx=fx), days=[day], run_id="x", landing_root=roots[0])  # type: ignore[arg-type]
     assert "2024-01-05" in str(info.value) and "EUR" in str(info.value)
     assert not (roots[0] / "payments_api" / "fx_rates" / "run=x").exists()
-    assert not (roots[0] / "payments_api" / "fx_rates" / "_cache" / "2024-01-05.json").exists()
+    assert not list((roots[0] / "payments_api" / "fx_rates").glob("_cache/*/2024-01-05.json"))
 
 
 def test_parse_rate_is_exact() -> None:
