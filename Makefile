@@ -99,9 +99,12 @@ DBT := cd dbt_project && WAREHOUSE_PATH=$(WAREHOUSE_PATH) $(CURDIR)/$(BIN)/dbt
 docs-build: $(STAMP) ## Build dbt docs into dbt_project/target (needs a warehouse: make demo)
 	@test -f $(WAREHOUSE_PATH) || { echo "no warehouse at $(WAREHOUSE_PATH): run make demo first"; exit 2; }
 	$(DBT) docs generate --profiles-dir . --target duckdb
+	@rm -rf dbt_project/target/quality
+	@if [ -d data/docs/quality ]; then cp -r data/docs/quality dbt_project/target/quality; \
+	  echo "GX Data Docs: http://localhost:$(DOCS_PORT)/quality/<step>/quality_summary.html (steps: $$(ls data/docs/quality | tr '\n' ' '))"; fi
 
 .PHONY: docs
-docs: docs-build ## Build and serve dbt docs on http://localhost:8081
+docs: docs-build ## Serve dbt docs and GX Data Docs on http://localhost:8081
 	$(DBT) docs serve --profiles-dir . --port $(DOCS_PORT) --host 127.0.0.1 --no-browser
 
 .PHONY: clean
