@@ -11,6 +11,8 @@ Not in Airflow XCom or Variables: those are not transactional with the data.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,22 +84,31 @@ def record_loaded(
     )
 
 
-def last_watermark(
-    warehouse_path: Path, source: str, table: str, shard: str = ""
-) -> Watermark | None:
-    """The newest loaded window of (source, table, shard), or None before the first load."""
+@contextmanager
+def _loaded_runs(warehouse_path: Path | None) -> Iterator[Any]:
+    """A read-only connection when the warehouse has `ops.loaded_runs`, else None."""
     import duckdb
 
-    path = Path(warehouse_path)
-    if not path.exists():
-        return None
-    con = duckdb.connect(str(path), read_only=True)
+    if warehouse_path is None or not Path(warehouse_path).exists():
+        yield None
+        return
+    con = duckdb.connect(str(warehouse_path), read_only=True)
     try:
         exists = con.execute(
             "select count(*) from information_schema.tables "
             "where table_schema = 'ops' and table_name = 'loaded_runs'"
         ).fetchone()[0]
-        if not exists:
+        yield con if exists else None
+    finally:
+        con.close()
+
+
+def last_watermark(
+    warehouse_path: Path, source: str, table: str, shard: str = ""
+) -> Watermark | None:
+    """The newest loaded window of (source, table, shard), or None before the first load."""
+    with _loaded_runs(warehouse_path) as con:
+        if con is None:
             return None
         row = con.execute(
             "select run_id, window_end, cursor_key from ops.loaded_runs "
@@ -105,18 +116,14 @@ def last_watermark(
             "order by window_end desc, loaded_at desc limit 1",
             [source, table, shard],
         ).fetchone()
-        max_cursor = None
-        if row is not None:
-            max_cursor = con.execute(
-                "select max(try_cast(json_extract_string(manifest, '$.max_cursor') "
-                "as timestamptz)) from ops.loaded_runs "
-                "where source = ? and table_name = ? and shard = ?",
-                [source, table, shard],
-            ).fetchone()[0]
-    finally:
-        con.close()
-    if row is None:
-        return None
+        if row is None:
+            return None
+        max_cursor = con.execute(
+            "select max(try_cast(json_extract_string(manifest, '$.max_cursor') "
+            "as timestamptz)) from ops.loaded_runs "
+            "where source = ? and table_name = ? and shard = ?",
+            [source, table, shard],
+        ).fetchone()[0]
     return Watermark(source, table, shard, row[0], row[1], row[2], max_cursor)
 
 
@@ -128,20 +135,8 @@ def last_loaded_shard_map(
     was never loaded or its manifest has no map (docs/sharding.md: such a shard is read
     in full). "Newest" is the same run `last_watermark` picks.
     """
-    import duckdb
-
-    if warehouse_path is None:
-        return None
-    path = Path(warehouse_path)
-    if not path.exists():
-        return None
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        exists = con.execute(
-            "select count(*) from information_schema.tables "
-            "where table_schema = 'ops' and table_name = 'loaded_runs'"
-        ).fetchone()[0]
-        if not exists:
+    with _loaded_runs(warehouse_path) as con:
+        if con is None:
             return None
         row = con.execute(
             "select json_extract(manifest, '$.shard_map') from ops.loaded_runs "
@@ -149,8 +144,6 @@ def last_loaded_shard_map(
             "order by window_end desc nulls last, loaded_at desc limit 1",
             [source, table, shard],
         ).fetchone()
-    finally:
-        con.close()
     if row is None or row[0] is None:
         return None
     value = json.loads(row[0]) if isinstance(row[0], str) else row[0]
@@ -159,23 +152,12 @@ def last_loaded_shard_map(
 
 def last_loaded_source_id(warehouse_path: Path | None, source: str, table: str) -> str | None:
     """The `source_id` recorded with the newest loaded extract of (source, table), if any."""
-    import duckdb
-
-    if warehouse_path is None or not Path(warehouse_path).exists():
-        return None
-    con = duckdb.connect(str(warehouse_path), read_only=True)
-    try:
-        exists = con.execute(
-            "select count(*) from information_schema.tables "
-            "where table_schema = 'ops' and table_name = 'loaded_runs'"
-        ).fetchone()[0]
-        if not exists:
+    with _loaded_runs(warehouse_path) as con:
+        if con is None:
             return None
         row = con.execute(
             "select json_extract_string(manifest, '$.source_id') from ops.loaded_runs "
             "where source = ? and table_name = ? order by loaded_at desc limit 1",
             [source, table],
         ).fetchone()
-    finally:
-        con.close()
     return row[0] if row else None

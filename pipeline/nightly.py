@@ -102,14 +102,14 @@ def _shard_landing_run_ids(business_date: date) -> list[str]:
     return [s["landing_run_id"] for s in record["shards"]]
 
 
-def _read_choice() -> tuple[str, dict[str, Any]]:
+def _read_choice() -> str:
     """Primary or replica: the replica only when configured and not lagging too far."""
     from extract.replica import choose_read_url
 
     primary = settings.get_connection_uri(settings.SOURCE_DB_CONN_ID)
     replica = settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False)
     if not replica:
-        return primary, {"used_replica": False}
+        return primary
     choice = choose_read_url(
         primary,
         replica,
@@ -117,7 +117,7 @@ def _read_choice() -> tuple[str, dict[str, Any]]:
         on_lag=settings.replica_on_lag(),
     )
     log.info("source read: %s", choice.reason)
-    return choice.url, {"used_replica": choice.used_replica, "replica_lag_s": choice.lag_seconds}
+    return choice.url
 
 
 @timed
@@ -134,7 +134,7 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
     map_path = settings.shard_map_path()
     if map_path is not None:
         return _extract_sharded(business_date, map_path, configs)
-    uri, _ = _read_choice()
+    uri = _read_choice()
     source_id = _source_id()
     extras: dict[str, Any] = {"source_id": source_id}
     if _source_changed(source_id):
@@ -350,7 +350,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
         run_id=run_id_for(business_date),
         full_refresh=_needs_full_refresh(build, business_date),
     )
-    return _summary(result)
+    return result.summary()
 
 
 def _needs_full_refresh(build: Path, business_date: date | None = None) -> bool:
@@ -380,18 +380,6 @@ def _needs_full_refresh(build: Path, business_date: date | None = None) -> bool:
     finally:
         con.close()
     return bool(columns) and "fx_rate" not in columns
-
-
-def _summary(result: Any) -> dict[str, Any]:
-    if isinstance(result, dict):
-        return result
-    for attr in ("summary", "to_dict", "as_dict"):
-        fn = getattr(result, attr, None)
-        if callable(fn):
-            return fn()
-        if isinstance(fn, dict):
-            return fn
-    return {"result": str(result)}
 
 
 @timed
