@@ -57,6 +57,9 @@ from pipeline.settings import sqlalchemy_url
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "source_db"
+# Parallel key ranges only pay off for large reads: a range under this many rows (by
+# the planner's estimate) is not worth a connection and a snapshot import.
+PARALLEL_MIN_ROWS = 250_000
 SHARD_RUNS_DIR = "_shard_runs"  # not a table: the run records of sharded extracts
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -193,21 +196,120 @@ def auto_read_batches(
         return
     from extract.pg_copy import stream_pg_batches
 
-    where = ""
-    if where_sql:
-        # `:name` binds -> `%(name)s` (rendered as driver-quoted literals: COPY takes no binds)
-        where = _BIND.sub(lambda m: f"%({m.group(1)})s", where_sql.replace("%", "%%"))
     yield from stream_pg_batches(
         "",
         table=table.name,
         columns=list(schema.names),
         schema=schema,
-        where_sql=where,
+        where_sql=_pg_where(where_sql),
         params=dict(params),
         batch_rows=batch_size,
         conn=conn,
         pg_schema=table.schema,
     )
+
+
+def _pg_where(where_sql: str | None) -> str:
+    """`:name` binds -> `%(name)s` (rendered as driver-quoted literals: COPY takes no binds)."""
+    if not where_sql:
+        return ""
+    return _BIND.sub(lambda m: f"%({m.group(1)})s", where_sql.replace("%", "%%"))
+
+
+def ranged_reader(
+    url: str, snapshot: str, key: str, degree: int, min_rows_per_range: int
+) -> Reader:
+    """A PostgreSQL reader that reads up to `degree` key ranges at once, in `snapshot`.
+
+    Called on the run's snapshot transaction (`conn`), it sizes the read by the
+    planner's estimate (a read under `min_rows_per_range` rows per range, e.g. an
+    incremental slice, is not split: one stream costs less than the readers), cuts the
+    key space into ranges in that same transaction (`split_key_ranges`), and streams
+    every range through binary COPY on its own connection that imported `snapshot`
+    (`extract_parallel`): all ranges see exactly the rows the run's transaction sees,
+    each row in exactly one range. Batches come in no particular order; memory stays
+    bounded by `degree` readers and a queue of `degree` batches.
+    """
+    from extract.key_ranges import estimate_rows, extract_parallel, split_key_ranges
+    from extract.pg_copy import psycopg_connection, stream_pg_batches
+
+    def read(
+        conn: sa.Connection,
+        table: sa.Table,
+        schema: pa.Schema,
+        where_sql: str | None,
+        params: dict[str, Any],
+        batch_size: int,
+    ) -> Iterator[pa.RecordBatch]:
+        where = _pg_where(where_sql)
+        n = degree
+        if min_rows_per_range > 0:
+            rows = estimate_rows(psycopg_connection(conn), table.name, where, params)
+            n = max(1, min(degree, rows // min_rows_per_range))
+        ranges = split_key_ranges(conn, table.name, key, n, where, params) if n > 1 else []
+        if len(ranges) < 2:
+            yield from auto_read_batches(conn, table, schema, where_sql, params, batch_size)
+            return
+        clause = (
+            f"{conn.dialect.identifier_preparer.quote(key)} between %(_range_lo)s and %(_range_hi)s"
+        )
+        if where:
+            clause += f" and ({where})"
+
+        def read_range(worker: Any, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
+            return stream_pg_batches(
+                "",
+                table=table.name,
+                columns=list(schema.names),
+                schema=schema,
+                where_sql=clause,
+                params={**params, "_range_lo": lo, "_range_hi": hi},
+                batch_rows=batch_size,
+                conn=worker,
+                pg_schema=table.schema,
+            )
+
+        log.info("%s: reading %d key ranges of %s at once", table.name, len(ranges), key)
+        yield from extract_parallel(
+            url, table.name, ranges, read_range, max_workers=len(ranges), snapshot=snapshot
+        )
+
+    return read
+
+
+def _table_reader(
+    conn: sa.Connection,
+    table: sa.Table,
+    config: TableConfig,
+    degree: int,
+    *,
+    url: str,
+    reader: Reader,
+    snapshot: str | None,
+    min_rows_per_range: int,
+) -> Reader:
+    """The reader of one table: key ranges at once when it is configured and possible."""
+    if degree <= 1:
+        return reader
+    if snapshot is None or reader is not auto_read_batches:
+        log.info(
+            "%s: parallel_ranges=%d read as one stream (%s: no shared snapshot across "
+            "connections, or a custom reader)",
+            config.name,
+            degree,
+            conn.dialect.name,
+        )
+        return reader
+    if not isinstance(table.c[config.key].type, sa.Integer):
+        log.warning(
+            "%s: parallel_ranges=%d needs an integer key, %s is %s: one stream",
+            config.name,
+            degree,
+            config.key,
+            table.c[config.key].type,
+        )
+        return reader
+    return ranged_reader(url, snapshot, config.key, degree, min_rows_per_range)
 
 
 def _fails(convert, value) -> bool:
@@ -430,6 +532,17 @@ def _scoped_batches(
     return itertools.chain.from_iterable(parts)
 
 
+def _export_snapshot(
+    conn: sa.Connection, configs: Sequence[TableConfig], parallelism: int, reader: Reader
+) -> str | None:
+    """The run transaction's snapshot id for parallel readers, when any table needs one."""
+    if conn.dialect.name != "postgresql" or reader is not auto_read_batches:
+        return None
+    if all(c.degree(parallelism) <= 1 for c in configs):
+        return None
+    return conn.execute(sa.text("select pg_export_snapshot()")).scalar_one()
+
+
 def extract_tables(
     url: str,
     *,
@@ -441,8 +554,18 @@ def extract_tables(
     reader: Reader = auto_read_batches,
     shard: ShardScope | None = None,
     manifest_extras: Mapping[str, Any] | None = None,
+    parallelism: int = 1,
+    parallel_min_rows: int = PARALLEL_MIN_ROWS,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
+
+    Parallel key ranges (PostgreSQL fast path): a table whose degree
+    (`config.parallel_ranges`, else `parallelism`) is above 1 is read by that many
+    key ranges at once (`ranged_reader`), every reader in the run's own snapshot
+    (exported with `pg_export_snapshot()`), so the window bound U, the key sets and
+    every range see the same rows. Reads estimated under `parallel_min_rows` rows per
+    range are not split. Other databases cannot share a snapshot across connections:
+    they read each table in one stream, in the run's transaction.
 
     `manifest_extras` are recorded in every landed manifest (e.g. the source's identity).
 
@@ -468,25 +591,36 @@ def extract_tables(
         )
         with engine.connect().execution_options(**isolation) as conn, conn.begin():
             upper = source_now(conn)  # first statement: U is not after the snapshot
+            snapshot = _export_snapshot(conn, configs, parallelism, reader)
             metadata = sa.MetaData()
             for config in configs:
                 table = _reflect(conn, metadata, config)
                 schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
                 lo = lower[config.name]
+                table_reader = _table_reader(
+                    conn,
+                    table,
+                    config,
+                    config.degree(parallelism),
+                    url=url,
+                    reader=reader,
+                    snapshot=snapshot,
+                    min_rows_per_range=parallel_min_rows,
+                )
                 if shard is not None:
                     batches = _scoped_batches(
-                        conn, table, schema, config, shard, lo, upper, reader, batch_size
+                        conn, table, schema, config, shard, lo, upper, table_reader, batch_size
                     )
                 elif config.mode == "incremental":
                     where, params = _window_where(conn, table.c[config.cursor], lo, upper)
                     batches = _exact_window(
-                        reader(conn, table, schema, where, params, batch_size),
+                        table_reader(conn, table, schema, where, params, batch_size),
                         config.cursor,
                         lo,
                         upper,
                     )
                 else:
-                    batches = reader(conn, table, schema, None, {}, batch_size)
+                    batches = table_reader(conn, table, schema, None, {}, batch_size)
                 extras = {
                     "mode": config.mode,
                     "key": config.key,
@@ -661,8 +795,13 @@ def extract_sharded_source(
     max_workers: int = 8,
     batch_size: int = 50_000,
     reader: Reader = auto_read_batches,
+    parallelism: int = 1,
+    parallel_min_rows: int = PARALLEL_MIN_ROWS,
 ) -> dict[str, Any]:
     """Extract every physical shard of `shard_map` in parallel into the landing zone.
+
+    `parallelism` / `parallel_min_rows`: key ranges per table within each shard (see
+    `extract_tables`); shards x ranges connections may be open at once.
 
     Each shard: one snapshot transaction on its own database (`extract_tables` with its
     `ShardScope`), landed as run `<run_id>.shard-<name>`. Once every shard has landed,
@@ -702,6 +841,8 @@ def extract_sharded_source(
             batch_size=batch_size,
             reader=reader,
             shard=scopes[name],
+            parallelism=parallelism,
+            parallel_min_rows=parallel_min_rows,
         )
 
     results = extract_sharded(shard_map, read_fn, max_workers=max_workers)

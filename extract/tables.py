@@ -7,9 +7,12 @@ Defaults cover the four source tables of contract §1; a YAML file (path from th
       orders:
         mode: incremental        # incremental | full
         overlap_minutes: 15      # or overlap_seconds
-        parallel_ranges: 4
+        parallel_ranges: 4       # key ranges read at once (default: EXTRACT_PARALLELISM)
       order_items:
         reconcile_deletes: true
+
+`parallel_ranges` left unset takes the run's default degree (`EXTRACT_PARALLELISM`,
+`pipeline.settings.extract_parallelism`); 1 reads the table in one stream.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class TableConfig:
     cursor: str = "updated_at"
     mode: str = "incremental"
     overlap: timedelta = DEFAULT_OVERLAP
-    parallel_ranges: int = 1
+    parallel_ranges: int | None = None  # None: the run's default (EXTRACT_PARALLELISM)
     reconcile_deletes: bool = False
     required_columns: tuple[str, ...] = field(default_factory=tuple)
 
@@ -67,7 +70,7 @@ class TableConfig:
             )
         if not isinstance(self.overlap, timedelta) or self.overlap < timedelta(0):
             raise TableConfigError(f"{where}: overlap={self.overlap!r} must be a timedelta >= 0")
-        if (
+        if self.parallel_ranges is not None and (
             isinstance(self.parallel_ranges, bool)
             or not isinstance(self.parallel_ranges, int)
             or self.parallel_ranges < 1
@@ -84,6 +87,10 @@ class TableConfig:
                 raise TableConfigError(
                     f"{where}: required_columns entry {column!r} is not a plain identifier"
                 )
+
+    def degree(self, default: int = 1) -> int:
+        """Key ranges to read at once: the table's own `parallel_ranges`, else `default`."""
+        return self.parallel_ranges if self.parallel_ranges is not None else default
 
 
 DEFAULT_TABLES: tuple[TableConfig, ...] = (

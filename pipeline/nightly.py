@@ -46,19 +46,12 @@ def build_path(business_date: date) -> Path:
 
 
 def _quality_gate(business_date: date, step: str, results: list, warehouse: Path) -> dict:
-    """Store GX results in the build, write Data Docs, then stop on a critical failure."""
-    import duckdb
-
-    from quality.results import build_data_docs, store_results
+    """Store GX results in the build, write Data Docs, then stop on a critical failure
+    (recording it in the published warehouse first: the build is abandoned)."""
+    from quality.results import build_data_docs
     from quality.validate import raise_for_critical
 
-    con = duckdb.connect(str(warehouse))
-    try:
-        con.execute("begin")
-        store_results(con, run_id_for(business_date), results)
-        con.execute("commit")
-    finally:
-        con.close()
+    _store_quality(warehouse, business_date, results)
     try:
         docs = build_data_docs(results, settings.quality_docs_dir() / step)
         log.info("quality: Data Docs for %s at %s", step, docs)
@@ -66,11 +59,34 @@ def _quality_gate(business_date: date, step: str, results: list, warehouse: Path
         log.exception("quality: could not build Data Docs for %s", step)
     for result in results:
         log.info("quality: %s", result.summary())
-    raise_for_critical(results)
+        for outcome in result.warnings:
+            log.warning("quality warning: %s", outcome.describe())
+    if any(r.critical_failures for r in results):
+        summary_page = settings.quality_docs_dir() / step / "quality_summary.html"
+        raise_for_critical(results, _record_failed_gate(business_date, results, summary_page))
     return {
         "suites": len(results),
         "warnings": sum(len(r.warnings) for r in results),
     }
+
+
+def _record_failed_gate(business_date: date, results: list, docs: Path | None) -> str:
+    """Put a failed gate's results where they outlive the abandoned build: the published
+    warehouse's `ops.quality_results` (quality/results.py); return where, for the error."""
+    from quality.results import record_failed_gate
+
+    run_id = run_id_for(business_date)
+    try:
+        stored = record_failed_gate(settings.warehouse_path(), run_id, results)
+    except Exception:  # never hide the gate's own error behind this one
+        log.exception("quality: could not record the failed gate in the published warehouse")
+        stored = False
+    if not stored:
+        return f"details: {docs} (not in ops.quality_results: nothing is published yet)"
+    return (
+        f"details: ops.quality_results where run_id = '{run_id}' in {settings.warehouse_path()}"
+        f" (analytics unchanged), and {docs}"
+    )
 
 
 def _validate_landed(business_date: date, source: str, tables: tuple[str, ...]) -> list:
@@ -150,6 +166,7 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
         warehouse_path=settings.warehouse_path(),
         configs=configs,
         manifest_extras=extras,
+        parallelism=settings.extract_parallelism(),
     )
     return {name: m["rows"] for name, m in manifests.items()}
 
@@ -200,6 +217,7 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
         warehouse_path=settings.warehouse_path(),
         configs=configs,
         max_workers=settings.shard_max_workers(),
+        parallelism=settings.extract_parallelism(),
     )
     return result["rows"]
 
@@ -272,6 +290,21 @@ def fx_days_needed(business_date: date) -> list[date]:
     return [r[0] for r in rows if r[0] <= business_date]
 
 
+def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
+    """Too many quarantined records is the data, not a hiccup: fail the task without
+    Airflow's retries (minutes of backoff that cannot change the answer)."""
+    from extract.api_extract import QuarantineThresholdError
+
+    try:
+        return extract(*args, **kwargs)
+    except QuarantineThresholdError as exc:
+        try:
+            from airflow.sdk.exceptions import AirflowFailException
+        except ImportError:  # run without Airflow (python -m pipeline.nightly)
+            raise exc from None
+        raise AirflowFailException(str(exc)) from exc
+
+
 def _payments_since() -> datetime | None:
     """Where the payments window starts: the last loaded one (never past its data)."""
     from extract.watermark import last_watermark
@@ -295,7 +328,8 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
     client = PaymentsApiClient(config)
     run_id = run_id_for(business_date)
     try:
-        payments = extract_payments(
+        payments = _no_retry_on_bad_records(
+            extract_payments,
             client,
             run_id=run_id,
             landing_root=settings.landing_dir(),
@@ -340,17 +374,52 @@ def dbt_build(business_date: date) -> dict[str, Any]:
     A build whose `fct_orders` predates the current model (no `fx_rate` column, e.g. a
     warehouse from an older release) is rebuilt in full once.
     """
+    from warehouse.dbt_runner import DbtError
     from warehouse.dbt_runner import dbt_build as run_build
 
     build = build_path(business_date)
-    result = run_build(
-        build,
-        report_tz=settings.report_tz_name(),
-        through_date=business_date,
-        run_id=run_id_for(business_date),
-        full_refresh=_needs_full_refresh(build, business_date),
-    )
+    try:
+        result = run_build(
+            build,
+            report_tz=settings.report_tz_name(),
+            through_date=business_date,
+            run_id=run_id_for(business_date),
+            full_refresh=_needs_full_refresh(build, business_date),
+        )
+    except DbtError as exc:
+        if exc.result is None or not exc.result.nodes:
+            raise
+        tests = _dbt_tests(business_date, exc.result)
+        if tests.success:  # a model failed, no data test: nothing for ops.quality_results
+            raise
+        where = _record_failed_gate(business_date, [tests], exc.result.run_results_path)
+        raise DbtError(f"{exc}\n{where}", exc.result) from exc
+    _store_quality(build, business_date, [_dbt_tests(business_date, result)])
     return result.summary()
+
+
+def _dbt_tests(business_date: date, result: Any) -> Any:
+    """dbt's data tests of a build as the quality suite `dbt` (quality/results.py)."""
+    from quality.results import dbt_test_results
+
+    kept = result.run_results_path
+    manifest = kept.parent / "manifest.json" if kept is not None else None
+    return dbt_test_results(result.nodes, run_id_for(business_date), manifest)
+
+
+def _store_quality(build: Path, business_date: date, results: list) -> None:
+    """Results into the build's `ops.quality_results`, in one transaction."""
+    import duckdb
+
+    from quality.results import store_results
+
+    con = duckdb.connect(str(build))
+    try:
+        con.execute("begin")
+        store_results(con, run_id_for(business_date), results)
+        con.execute("commit")
+    finally:
+        con.close()
 
 
 def _needs_full_refresh(build: Path, business_date: date | None = None) -> bool:

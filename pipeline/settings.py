@@ -147,6 +147,19 @@ def extract_config_path() -> Path | None:
     return Path(value).resolve() if value else None
 
 
+def extract_parallelism() -> int:
+    """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
+    one shared snapshot), for tables whose config sets no `parallel_ranges`."""
+    raw = os.environ.get("EXTRACT_PARALLELISM", "1").strip() or "1"
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"EXTRACT_PARALLELISM={raw!r} is not an integer") from exc
+    if value < 1:
+        raise ConfigError(f"EXTRACT_PARALLELISM={raw!r} must be >= 1")
+    return value
+
+
 def shard_map_path() -> Path | None:
     """`SOURCE_DB_SHARD_MAP`: optional YAML/JSON virtual-shard map (docs/sharding.md).
 
