@@ -81,10 +81,11 @@ fmt: $(STAMP) ## Format the code
 
 .PHONY: bench
 BENCH_ORDERS ?= 5000000
-bench: $(STAMP) ## Benchmarks (BENCH lines); extract needs PostgreSQL (NIGHTSHIFT_BENCH_PG_URL)
+bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL (NIGHTSHIFT_BENCH_PG_URL)
 	$(BIN)/python bench/bench_generator.py --orders 1000000
 	$(BIN)/python bench/bench_extract.py --orders $(BENCH_ORDERS)
 	$(BIN)/python bench/bench_dbt.py --orders 1000000
+	$(BIN)/python bench/bench_verify.py --orders $(BENCH_ORDERS)  # creates bench/.venv-reladiff
 
 export SQL
 .PHONY: query
