@@ -217,8 +217,9 @@ def test_missing_fx_rate_is_never_taken_from_another_day(tmp_path: Path, landing
         compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
 
 
-def test_latest_version_of_a_row_wins(landing: Path) -> None:
-    # A run carrying two versions of user 1: the later updated_at (region APAC) wins.
+def test_a_key_held_twice_in_raw_is_an_error_naming_table_and_key(landing: Path) -> None:
+    # raw holds one row per key (the loader merges by key, like dbt assumes): a second
+    # version of user 1 would count its orders twice, so it stops the transform instead.
     users = pa.concat_tables(
         [
             USERS,
@@ -234,8 +235,8 @@ def test_latest_version_of_a_row_wins(landing: Path) -> None:
         ]
     )
     write_raw(landing, "users", users)
-    df = compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
-    assert {r[1] for r in rows(df)} == {"APAC", "US", "unknown"}
+    with pytest.raises(ValueError, match=r"raw\.users holds more than one row for id\(s\) \[1\]"):
+        compute_daily_sales(landing, "America/New_York", date(2026, 3, 9))
 
 
 def test_missing_column_is_reported(landing: Path) -> None:
