@@ -38,6 +38,17 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 .PHONY: venv
 venv: $(STAMP) ## Create .venv and install the pinned dependencies
 
+ADAPTERS_VENV := .venv-adapters
+$(ADAPTERS_VENV)/.installed: requirements-adapters.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	@test -x $(ADAPTERS_VENV)/bin/python || $(PYTHON) -m venv $(ADAPTERS_VENV)
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet -r requirements-adapters.txt
+	@touch $@
+
+.PHONY: adapters-venv
+adapters-venv: $(ADAPTERS_VENV)/.installed ## dbt-snowflake + dbt-bigquery in .venv-adapters (they conflict with .venv's pins)
+
 $(AIRFLOW_HOME)/.initialized: $(STAMP)
 	@mkdir -p $(AIRFLOW_HOME)
 	$(BIN)/airflow db migrate >/dev/null
@@ -57,7 +68,7 @@ nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-
 	$(BIN)/python -m pipeline.airflow_run run --date $(DATE)
 
 .PHONY: backfill
-backfill: airflow-init ## Run nightly_sales for each day FROM=YYYY-MM-DD TO=YYYY-MM-DD (idempotent)
+backfill: airflow-init ## Nights FROM=YYYY-MM-DD TO=YYYY-MM-DD: airflow backfill create when a scheduler runs, else dags test per day
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
 	$(BIN)/python -m pipeline.airflow_run backfill --from $(FROM) --to $(TO)
 
@@ -85,6 +96,7 @@ bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL 
 	$(BIN)/python bench/bench_generator.py --orders 1000000
 	$(BIN)/python bench/bench_extract.py --orders $(BENCH_ORDERS)
 	$(BIN)/python bench/bench_dbt.py --orders 1000000
+	$(BIN)/python bench/bench_etl.py --orders 5000000  # dataset cached in data/bench/
 	$(BIN)/python bench/bench_verify.py --orders $(BENCH_ORDERS)  # creates bench/.venv-reladiff
 
 export SQL
