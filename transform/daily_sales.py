@@ -295,26 +295,41 @@ def _chunk_rows(
     if (rate_index < 0).any():
         _raise_missing_fx(days, names, day_index, currency.indices.to_numpy(), rate_index)
     cents = usd_cents_half_up_many(_total_cents(table.column("total")), rate_index, fx.fractions)
-    frame = pd.DataFrame(
+    return _group(days, day_index, table.column("region"), table.column("category"), cents)
+
+
+def _group(
+    days: list[date],
+    day_index: np.ndarray,
+    region: pa.ChunkedArray,
+    category: pa.ChunkedArray,
+    cents: np.ndarray,
+) -> pd.DataFrame:
+    """Sum cents and count orders per (day, region, category), on one int64 group key.
+
+    Strings are dictionary-encoded once (Arrow), so pandas groups integers, not text.
+    """
+    regions = pc.dictionary_encode(region).combine_chunks()
+    categories = pc.dictionary_encode(category).combine_chunks()
+    n_regions, n_categories = len(regions.dictionary), len(categories.dictionary)
+    key = (day_index.astype(np.int64) * n_regions + regions.indices.to_numpy()) * n_categories
+    key += categories.indices.to_numpy()
+    series = pd.Series(cents, copy=False)
+    if len(cents) and int(np.abs(cents).max()) * len(cents) > 2**63 - 1:
+        series = series.astype(object)  # an int64 sum could wrap: exact Python ints instead
+    grouped = series.groupby(key, sort=True).agg(["sum", "size"])
+    codes = grouped.index.to_numpy()
+    region_names = regions.dictionary.to_pylist()
+    category_names = categories.dictionary.to_pylist()
+    return pd.DataFrame(
         {
-            "day": day_index,
-            "region": table.column("region").to_pandas(),
-            "category": table.column("category").to_pandas(),
-            "usd_cents": cents,
+            "date": [days[k] for k in codes // (n_regions * n_categories)],
+            "region": [region_names[r] for r in (codes // n_categories) % n_regions],
+            "category": [category_names[c] for c in codes % n_categories],
+            "usd_cents": grouped["sum"].to_numpy(),
+            "order_count": grouped["size"].to_numpy(),
         }
     )
-    grouped = frame.groupby(["day", "region", "category"], sort=True).agg(
-        usd_cents=("usd_cents", "sum"), order_count=("usd_cents", "size")
-    )
-    if len(cents) and int(np.abs(cents).max()) * len(cents) > 2**63 - 1:  # int64 sum could wrap
-        exact = {
-            k: sum(int(c) for c in g)
-            for k, g in frame.groupby(["day", "region", "category"])["usd_cents"]
-        }
-        grouped["usd_cents"] = [exact[k] for k in grouped.index]
-    grouped = grouped.reset_index()
-    grouped["date"] = [days[k] for k in grouped["day"]]
-    return grouped
 
 
 def _raise_missing_fx(

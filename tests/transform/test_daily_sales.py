@@ -13,6 +13,7 @@ import pytest
 from transform.daily_sales import (
     MissingFxRateError,
     compute_daily_sales,
+    plan_daily_sales,
     publish_daily_sales,
 )
 
@@ -311,3 +312,117 @@ def test_publish_replaces_and_handles_empty(landing: Path, tmp_path: Path) -> No
     assert publish_daily_sales(df.iloc[0:0], warehouse) == 0
     assert read_back(warehouse) == []
     assert describe(warehouse) == EXPECTED_TYPES
+
+
+# ----------------------------------------------------------------- incremental runs
+
+NY = "America/New_York"
+
+
+def restate(warehouse: Path, run_id: str, days: list[date]) -> None:
+    """What warehouse/load.py records for a run: the business days its changes touch."""
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("create schema if not exists ops")
+        con.execute(
+            "create table if not exists ops.restated_days "
+            "(run_id varchar not null, business_date date not null, reason varchar not null)"
+        )
+        for day in days:
+            con.execute(
+                "insert into ops.restated_days values (?, ?, 'order_changed')", [run_id, day]
+            )
+
+
+def refresh(warehouse: Path, through: date, run_id: str, *, full: bool = False, tz: str = NY):
+    """One nightly transform step: plan, compute the planned days, publish them."""
+    plan = plan_daily_sales(warehouse, tz, through, run_id, full=full)
+    publish_daily_sales(
+        compute_daily_sales(warehouse, tz, through, days=plan.days), warehouse, plan
+    )
+    return plan
+
+
+def by_day(warehouse: Path) -> dict[date, list[tuple]]:
+    days: dict[date, list[tuple]] = {}
+    for row in read_back(warehouse):
+        days.setdefault(row[0], []).append(row)
+    return days
+
+
+def set_order_total(warehouse: Path, order_id: int, total: str) -> None:
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("update raw.orders set total = ? where id = ?", [Decimal(total), order_id])
+
+
+def test_first_run_is_full_then_only_changed_days_are_replaced(landing: Path) -> None:
+    first = refresh(landing, date(2026, 3, 9), "r1")
+    assert first.full and first.days[0] == date(2026, 3, 6) and first.days[-1] == date(2026, 3, 9)
+    before = by_day(landing)
+    assert [r for rows in before.values() for r in rows] == EXPECTED_THROUGH_0309
+
+    # Order 8 (2026-03-08) changes and its day is restated. Order 6 (2026-03-07) changes
+    # too but no run recorded that day: an incremental run must not touch it.
+    set_order_total(landing, 8, "60.00")
+    set_order_total(landing, 6, "99.00")
+    restate(landing, "r2", [date(2026, 3, 8)])
+    plan = refresh(landing, date(2026, 3, 9), "r2")
+
+    assert not plan.full and plan.days == [date(2026, 3, 8)]
+    after = by_day(landing)
+    assert after[date(2026, 3, 8)] == [(date(2026, 3, 8), "EU", "books", Decimal("65.22"), 1)]
+    for day in (date(2026, 3, 6), date(2026, 3, 7), date(2026, 3, 9)):
+        assert after[day] == before[day]  # untouched, although order 6 changed in raw
+
+
+def test_incremental_equals_a_full_rebuild(landing: Path, tmp_path: Path) -> None:
+    refresh(landing, date(2026, 3, 8), "r1")
+    set_order_total(landing, 1, "20.00")  # 2026-03-07 (New York)
+    with duckdb.connect(str(landing)) as con:  # order 2 is cancelled now: 03-07 loses a row
+        con.execute("update raw.orders set status = 'cancelled' where id = 2")
+    restate(landing, "r2", [date(2026, 3, 7)])
+    plan = refresh(landing, date(2026, 3, 9), "r2")
+    assert plan.days == [date(2026, 3, 7), date(2026, 3, 9)]  # restated + the new day
+
+    copy = tmp_path / "full.duckdb"
+    copy.write_bytes(landing.read_bytes())
+    assert refresh(copy, date(2026, 3, 9), "r2", full=True).full
+    assert read_back(landing) == read_back(copy)
+    assert (date(2026, 3, 7), "unknown", "uncategorized", Decimal("6.69"), 1) in read_back(copy)
+
+
+def test_plan_covers_new_days_fx_changes_and_a_new_time_zone(landing: Path) -> None:
+    refresh(landing, date(2026, 3, 7), "r1")
+    # the next run covers every day after the last computed one, up to its own day
+    assert plan_daily_sales(landing, NY, date(2026, 3, 9), "r2").days == [
+        date(2026, 3, 8),
+        date(2026, 3, 9),
+    ]
+    # an FX rate that changed after its day was computed restates that day
+    with duckdb.connect(str(landing)) as con:
+        con.execute(
+            "update raw.fx_rates set rate = 0.9 where rate_date = '2026-03-07' and currency = 'EUR'"
+        )
+    assert plan_daily_sales(landing, NY, date(2026, 3, 7), "r2").days == [date(2026, 3, 7)]
+    # restated days after the run's day wait for the run that covers them
+    restate(landing, "r3", [date(2026, 3, 6), date(2026, 3, 10)])
+    assert date(2026, 3, 10) not in plan_daily_sales(landing, NY, date(2026, 3, 7), "r3").days
+    # business days move with REPORT_TZ: everything is rebuilt
+    plan = plan_daily_sales(landing, "UTC", date(2026, 3, 7), "r3")
+    assert plan.full and "REPORT_TZ changed" in plan.reason
+
+
+def test_chunks_of_days_give_the_same_rows(landing: Path) -> None:
+    whole = compute_daily_sales(landing, NY, date(2026, 3, 9), chunk_days=31)
+    for size in (1, 2, 3):
+        chunked = compute_daily_sales(landing, NY, date(2026, 3, 9), chunk_days=size)
+        assert rows(chunked) == rows(whole)
+
+
+def test_incremental_publish_rejects_rows_of_other_days(landing: Path) -> None:
+    refresh(landing, date(2026, 3, 9), "r1")
+    plan = plan_daily_sales(landing, NY, date(2026, 3, 9), "r1")
+    full = compute_daily_sales(landing, NY, date(2026, 3, 9))
+    before = read_back(landing)
+    with pytest.raises(ValueError, match="outside the plan"):
+        publish_daily_sales(full, landing, plan)
+    assert read_back(landing) == before

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
+import numpy as np
 import pytest
 
-from transform.money import cents_to_decimal, scaled_int, usd_cents_half_up
+from transform.money import (
+    cents_to_decimal,
+    reciprocal_fraction,
+    scaled_int,
+    usd_cents_half_up,
+    usd_cents_half_up_many,
+)
 
 
 @pytest.mark.parametrize(
@@ -100,3 +108,45 @@ def test_cents_to_decimal(cents: int, text: str) -> None:
 def test_cents_to_decimal_refuses_floats() -> None:
     with pytest.raises(TypeError):
         cents_to_decimal(10.0)  # type: ignore[arg-type]
+
+
+def test_reciprocal_fraction_is_one_over_rate_in_lowest_terms() -> None:
+    assert reciprocal_fraction(Decimal("0.9213")) == (10_000, 9_213)
+    assert reciprocal_fraction(Decimal("2")) == (1, 2)
+    assert reciprocal_fraction(Decimal("148.5000")) == (2, 297)
+    with pytest.raises(ValueError, match="must be positive"):
+        reciprocal_fraction(Decimal("0"))
+
+
+def test_vectorised_conversion_equals_the_scalar_formula_row_for_row() -> None:
+    # 6-decimal rates take the int64 path; 18-significant-decimal rates and totals near
+    # the numeric(12,2) limit take the unbounded-int path. Both must give the same cents.
+    rates = [
+        Decimal("0.921337"),
+        Decimal("148.5021"),
+        Decimal("1"),
+        Decimal("2"),
+        Decimal("0.917056000000000128"),
+        Decimal("157.123456789012345678"),
+    ]
+    rng = random.Random(7)
+    totals = [0, 1, 3, 5, -5, 999_999_999_999] + [
+        rng.randrange(-(10**12), 10**12) for _ in range(5_000)
+    ]
+    index = [rng.randrange(len(rates)) for _ in totals]
+    got = usd_cents_half_up_many(
+        np.array(totals, dtype=np.int64),
+        np.array(index),
+        [reciprocal_fraction(r) for r in rates],
+    )
+    assert got.dtype == np.int64
+    expected = [
+        usd_cents_half_up(cents_to_decimal(t), rates[i]) for t, i in zip(totals, index, strict=True)
+    ]
+    assert got.tolist() == expected
+
+
+def test_vectorised_conversion_refuses_results_beyond_int64() -> None:
+    tiny = reciprocal_fraction(Decimal("0.000000000000000001"))
+    with pytest.raises(OverflowError):
+        usd_cents_half_up_many(np.array([10**12], dtype=np.int64), np.array([0]), [tiny])
