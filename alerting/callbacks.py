@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alerting.sinks import Alert, AlertSink, send_all
@@ -209,3 +212,33 @@ def nightly_deadline(minutes: float, *, use_triggerer: bool = False) -> Deadline
         callback=callback,
         name=f"run longer than {minutes:g} min",
     )
+
+
+def _in_dags_test(argv: Sequence[str] | None = None) -> bool:
+    """True when the DAG file is parsed by `airflow dags test`."""
+    argv = sys.argv if argv is None else argv
+    return (
+        len(argv) >= 3 and Path(argv[0]).name == "airflow" and list(argv[1:3]) == ["dags", "test"]
+    )
+
+
+def run_deadline(argv: Sequence[str] | None = None) -> DeadlineAlert | None:
+    """The `deadline=` of the nightly DAG, from the `run_deadline` rule's `max_minutes`.
+
+    `NIGHTSHIFT_RUN_DEADLINE_MINUTES` overrides the config file; 0 turns the deadline
+    off. None under `airflow dags test`: Airflow 3.3's `dag.test()` deserialises the
+    DAG without storing its deadline alerts and then fails looking them up
+    (`'dict' object has no attribute 'hex'` in `DagRun.update_state`). A test run is
+    watched in the foreground, and the `run_deadline` rule still reports a finished run
+    that took too long; scheduled runs (scheduler + executor) get the DeadlineAlert.
+    """
+    if _in_dags_test(argv):
+        return None
+    raw = os.environ.get("NIGHTSHIFT_RUN_DEADLINE_MINUTES", "").strip()
+    if raw:
+        minutes = float(raw)
+    else:
+        from alerting.rules import load_thresholds
+
+        minutes = load_thresholds().run_deadline_max_minutes
+    return nightly_deadline(minutes) if minutes > 0 else None

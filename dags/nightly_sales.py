@@ -22,7 +22,9 @@ The nightly batch for one **business day** (the day before the run, in `REPORT_T
 10. `check_alerts`: the alert rules (`config/alerts.yml`) on the run's metrics.
 
 Failures and retries are sent to the alert sinks (task log; a Slack-compatible
-webhook when the `alerts_webhook` connection is set).
+webhook when the `alerts_webhook` connection is set), and so is a run still going
+`run_deadline.max_minutes` (config/alerts.yml) after it was queued (a DeadlineAlert;
+not under `airflow dags test`, see `alerting.callbacks.run_deadline`).
 
 Run one day by hand: `make nightly DATE=YYYY-MM-DD`. The business day can also be
 forced with the `business_date` param when triggering from the UI.
@@ -37,7 +39,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
-from alerting.callbacks import on_task_failure, on_task_retry
+from alerting.callbacks import on_task_failure, on_task_retry, run_deadline
 
 REPORT_TZ = os.environ.get("REPORT_TZ", "UTC") or "UTC"
 WAREHOUSE_POOL = "warehouse_writer"
@@ -69,6 +71,7 @@ def _business_date():
     start_date=pendulum.datetime(2026, 1, 1, tz=REPORT_TZ),
     catchup=False,
     max_active_runs=1,
+    deadline=run_deadline(),
     doc_md=__doc__,
     default_args=default_args,
     tags=["nightly", "sales", "etl", "elt"],

@@ -125,17 +125,30 @@ def serve_ui(env_extra: dict[str, str]) -> int:
     return subprocess.run([airflow_bin(), "standalone"], env=env).returncode
 
 
+def _business_days(first: date, last: date) -> list[date]:
+    if last < first:
+        raise SystemExit(f"backfill: FROM {first} is after TO {last}")
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _summary(first: date, last: date, results: list[tuple[date, str, float]], total: int) -> int:
+    ok = sum(1 for _, outcome, _ in results if outcome == "success")
+    print(f"backfill {first}..{last}: {ok}/{total} days succeeded")
+    for day, outcome, seconds in results:
+        print(f"  {day}  {outcome:<10} {seconds:6.0f}s")
+    return 0 if ok == total else 1
+
+
 def backfill(first: date, last: date, env_extra: dict[str, str]) -> int:
     """Run nightly_sales for every business day from `first` to `last`, in order.
 
     Each day is a normal `dags test` run (idempotent: a rerun replaces that day), so
     backfilling a range twice leaves the same tables. Prints progress and a summary.
+    No scheduler needed; `backfill_with_scheduler` is the deployed form.
     """
     import time as _time
 
-    if last < first:
-        raise SystemExit(f"backfill: FROM {first} is after TO {last}")
-    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    days = _business_days(first, last)
     results: list[tuple[date, str, float]] = []
     for index, day in enumerate(days, 1):
         started = _time.monotonic()
@@ -151,11 +164,110 @@ def backfill(first: date, last: date, env_extra: dict[str, str]) -> int:
         print(f"[backfill {index}/{len(days)}] {day}: {outcome} in {seconds:.0f}s (ETA {eta:.0f}s)")
         if outcome != "success":
             break
-    ok = sum(1 for _, outcome, _ in results if outcome == "success")
-    print(f"backfill {first}..{last}: {ok}/{len(days)} days succeeded")
-    for day, outcome, seconds in results:
-        print(f"  {day}  {outcome:<10} {seconds:6.0f}s")
-    return 0 if ok == len(days) else 1
+    return _summary(first, last, results, len(days))
+
+
+def scheduler_running(env: dict[str, str]) -> bool:
+    """`airflow jobs check --job-type SchedulerJob`: a live scheduler on this metadata DB."""
+    proc = subprocess.run(
+        [airflow_bin(), "jobs", "check", "--job-type", "SchedulerJob"],
+        env=env,
+        capture_output=True,
+    )
+    return proc.returncode == 0
+
+
+def _backfill_runs(env: dict[str, str], first_run: datetime, last_run: datetime) -> list[dict]:
+    """The backfill runs of nightly_sales between two logical dates (`dags list-runs`)."""
+    out = subprocess.run(
+        [airflow_bin(), "dags", "list-runs", DAG_ID, "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    runs = json.loads(out[out.index("[") :]) if "[" in out else []
+    mine = []
+    for run in runs:
+        if not str(run.get("run_id", "")).startswith("backfill__"):
+            continue
+        logical = datetime.fromisoformat(str(run["logical_date"]))
+        if first_run <= logical <= last_run:
+            mine.append(run)
+    return mine
+
+
+def backfill_with_scheduler(
+    first: date,
+    last: date,
+    env_extra: dict[str, str],
+    *,
+    poll_s: float = 10,
+    timeout_s: float = 24 * 3600,
+) -> int:
+    """`airflow backfill create` for business days `first`..`last`, run by the scheduler.
+
+    One run at a time (`--max-active-runs 1`: each night builds on the previous
+    one's warehouse) and `--reprocess-behavior completed`, so backfilling a range
+    twice re-runs it and leaves the same tables. Polls the runs and prints progress
+    (done/total, failed, ETA) and a summary.
+    """
+    import time as _time
+
+    env = airflow_env(env_extra)
+    days = _business_days(first, last)
+    first_run, last_run = logical_date_for(first), logical_date_for(last)
+    subprocess.run(
+        [
+            airflow_bin(),
+            "backfill",
+            "create",
+            "--dag-id",
+            DAG_ID,
+            "--from-date",
+            first_run.isoformat(),
+            "--to-date",
+            last_run.isoformat(),
+            "--max-active-runs",
+            "1",
+            "--reprocess-behavior",
+            "completed",
+        ],
+        env=env,
+        check=True,
+    )
+    started = _time.monotonic()
+    shown = None
+    while _time.monotonic() - started < timeout_s:
+        runs = _backfill_runs(env, first_run, last_run)
+        states = [run["state"] for run in runs]
+        done = sum(1 for s in states if s == "success")
+        failed = sum(1 for s in states if s == "failed")
+        finished = done + failed
+        elapsed = _time.monotonic() - started
+        eta = elapsed / finished * (len(days) - finished) if finished else float("nan")
+        line = f"[backfill] {done}/{len(days)} nights succeeded, {failed} failed, ETA {eta:.0f}s"
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if len(runs) >= len(days) and finished == len(runs):
+            break
+        _time.sleep(poll_s)
+    else:
+        print(f"[backfill] timed out after {timeout_s:.0f}s")
+    runs = _backfill_runs(env, first_run, last_run)
+    results = []
+    for run in sorted(runs, key=lambda r: str(r["logical_date"])):
+        logical = datetime.fromisoformat(str(run["logical_date"]))
+        day = logical.astimezone(settings.report_tz()).date() - timedelta(days=1)
+        seconds = 0.0
+        if run.get("start_date") and run.get("end_date"):
+            seconds = (
+                datetime.fromisoformat(str(run["end_date"]))
+                - datetime.fromisoformat(str(run["start_date"]))
+            ).total_seconds()
+        results.append((day, str(run["state"]), seconds))
+    return _summary(first, last, results, len(days))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,11 +279,23 @@ def main(argv: list[str] | None = None) -> int:
     fill = sub.add_parser("backfill", help="run nightly_sales for each day of a range")
     fill.add_argument("--from", dest="first", required=True, type=date.fromisoformat)
     fill.add_argument("--to", dest="last", required=True, type=date.fromisoformat)
+    fill.add_argument(
+        "--mode",
+        choices=("auto", "scheduler", "local"),
+        default="auto",
+        help="scheduler: `airflow backfill create` run by a live scheduler; local: one "
+        "`dags test` per day; auto (default): scheduler when one is running",
+    )
     args = parser.parse_args(argv)
     with demo_connections(settings.data_dir()) as extra:
         if args.command == "ui":
             return serve_ui(extra)
         if args.command == "backfill":
+            mode = args.mode
+            if mode == "auto":
+                mode = "scheduler" if scheduler_running(airflow_env(extra)) else "local"
+            if mode == "scheduler":
+                return backfill_with_scheduler(args.first, args.last, extra)
             return backfill(args.first, args.last, extra)
         run_dag(args.date, extra)
     print(f"nightly_sales {args.date}: success")

@@ -234,3 +234,28 @@ def test_dag_with_callbacks_and_deadline_serializes(caplog: pytest.LogCaptureFix
     assert '"minutes": 120' in serialized
     restored = DagSerialization.from_dict(json.loads(serialized))
     assert restored.has_on_failure_callback
+
+
+def test_run_deadline_comes_from_the_alert_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alerting.callbacks import run_deadline
+    from alerting.rules import load_thresholds
+
+    monkeypatch.delenv("NIGHTSHIFT_RUN_DEADLINE_MINUTES", raising=False)
+    configured = load_thresholds().run_deadline_max_minutes
+    alert = run_deadline(argv=["/venv/bin/airflow", "scheduler"])
+    assert alert is not None and alert.interval == timedelta(minutes=configured)
+
+    monkeypatch.setenv("NIGHTSHIFT_RUN_DEADLINE_MINUTES", "7.5")
+    assert run_deadline(argv=["airflow", "dag-processor"]).interval == timedelta(minutes=7.5)
+    monkeypatch.setenv("NIGHTSHIFT_RUN_DEADLINE_MINUTES", "0")
+    assert run_deadline(argv=["airflow", "dag-processor"]) is None
+
+
+def test_run_deadline_is_left_out_under_airflow_dags_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`airflow dags test` of a DAG with a deadline fails in Airflow 3.3 (see run_deadline)."""
+    from alerting.callbacks import run_deadline
+
+    monkeypatch.setenv("NIGHTSHIFT_RUN_DEADLINE_MINUTES", "30")
+    assert run_deadline(argv=["/venv/bin/airflow", "dags", "test", "nightly_sales"]) is None
+    assert run_deadline(argv=["/venv/bin/airflow", "dags", "list"]) is not None
+    assert run_deadline(argv=["/venv/bin/pytest", "dags", "test"]) is not None
