@@ -1,20 +1,26 @@
 """Benchmark the extract of `orders` from PostgreSQL: full and a ~1% incremental slice.
 
-Usage: python bench/bench_extract.py [--orders 5000000] [--repeat 3]
+Usage: python bench/bench_extract.py [--orders 5000000] [--repeat 3] [--degree 2]
 Admin URL from NIGHTSHIFT_BENCH_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres);
-the data lives in database `nightshift_bench` (filled by demo.generator, reused when it
-already holds exactly --orders orders).
+the data lives in database `nightshift_bench` (5M orders; `nightshift_bench_<n>` for
+other --orders), filled by demo.generator and reused when it holds exactly --orders.
 
-Methods, each run in a fresh subprocess (peak RSS from os.wait4 of that process only):
+Every product method is the production code path: `extract.db_extract.extract_tables`
+for `orders`, landing Parquet with the real landing writer and manifest, in a fresh
+subprocess (peak RSS = that process's VmHWM). Full = mode full; incremental = mode
+incremental after a watermark (a real `ops.loaded_runs` row in a DuckDB warehouse)
+that leaves ~1% of the orders in the window.
   psql      psql -c "\\copy (select ...) to /dev/null" (text COPY, the baseline)
-  generic   SQLAlchemy stream_results + pa.array per column (the generic reader) -> Parquet
-  pg_copy   extract.pg_copy.stream_pg_batches (binary COPY) -> Parquet
-  parallel  extract.key_ranges: 2 key ranges, 2 threads, one exported snapshot -> Parquet
-Parquet is written with extract.landing.write_landing_table (zstd), as the pipeline does.
+  generic   extract_tables with the generic SQLAlchemy reader (not by default: slow)
+  serial    extract_tables, parallel_ranges 1: one binary COPY stream
+  parallel  extract_tables, parallel_ranges --degree (default EXTRACT_PARALLELISM, else 2):
+            key ranges read at once, one exported snapshot
 Seconds are the best of --repeat runs, timed inside the process (imports excluded);
 MB/s counts the Parquet bytes (psql: the COPY text bytes); peak RSS is the worst run.
-Ends with: BENCH extract full_ratio=<x> peak_rss_mib=<n> incr_share=<y>, for the best
-product method (pg_copy or parallel): the fastest full extract within 400 MiB peak RSS.
+The header quotes the load average: others' work on the machine skews seconds, not the
+ratio to psql measured in the same run. Ends with:
+BENCH extract full_ratio=<x> peak_rss_mib=<n> incr_share=<y>, for the best product
+method (serial or parallel): the fastest full extract within 400 MiB peak RSS.
 """
 
 from __future__ import annotations
@@ -27,33 +33,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
 import psycopg  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 DEFAULT_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "nightshift_bench"
 TABLE = "orders"
-METHODS = ("psql", "generic", "pg_copy", "parallel")
-PRODUCT = ("pg_copy", "parallel")
+METHODS = ("psql", "generic", "serial", "parallel")
+DEFAULT_METHODS = ("psql", "serial", "parallel")  # generic: 8x slower, ask for it
+PRODUCT = ("serial", "parallel")
+DEFAULT_ORDERS = 5_000_000
+DEFAULT_DEGREE = 2
 RSS_TARGET_MIB = 400
-SCHEMA = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("user_id", pa.int64()),
-        ("status", pa.string()),
-        ("currency", pa.string()),
-        ("total", pa.decimal128(12, 2)),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("updated_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 def _libpq(url: str) -> str:
@@ -67,13 +64,20 @@ def _db_url(admin: str, name: str) -> str:
 # ----------------------------------------------------------------------------- setup
 
 
+def bench_db_name(orders: int) -> str:
+    """`nightshift_bench` for the default 5M orders, `nightshift_bench_<n>` for other sizes
+    (so that a run at another size does not throw away the 5M database)."""
+    return DB_NAME if orders == DEFAULT_ORDERS else f"{DB_NAME}_{orders}"
+
+
 def prepare(admin: str, orders: int) -> str:
     """The bench database with exactly `orders` orders (generated when needed)."""
     from demo.generator import generate
 
-    url = _db_url(admin, DB_NAME)
+    db_name = bench_db_name(orders)
+    url = _db_url(admin, db_name)
     with psycopg.connect(_libpq(admin), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db_name,)).fetchone()
         count = None
         if exists:
             try:
@@ -82,12 +86,12 @@ def prepare(admin: str, orders: int) -> str:
             except psycopg.Error:
                 count = None
         if count == orders:
-            print(f"reusing {DB_NAME}: {orders} orders", file=sys.stderr)
+            print(f"reusing {db_name}: {orders} orders", file=sys.stderr)
             return url
         if exists:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DB_NAME)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
-    print(f"generating {orders} orders into {DB_NAME} ...", file=sys.stderr)
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db_name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
+    print(f"generating {orders} orders into {db_name} ...", file=sys.stderr)
     started = time.perf_counter()
     generate(url, seed=42, days=60, end_date=date(2026, 11, 26), scale=orders, batch_size=50_000)
     with psycopg.connect(_libpq(url), autocommit=True) as db:
@@ -116,127 +120,60 @@ def incremental_cutoff(url: str) -> str:
 
 
 # ----------------------------------------------------------------------------- methods
-# Each runs in its own process (`--run`), prints {"rows", "bytes"} as JSON.
+# Each runs in its own process (`--run`), prints {"rows", "bytes", "seconds", "rss_kib"}.
 
 
-def _where(cutoff: str | None) -> tuple[str, tuple]:
-    return ("updated_at > %s", (cutoff,)) if cutoff else ("", ())
+def watermark_warehouse(path: Path, cutoff: str) -> Path:
+    """A warehouse whose `ops.loaded_runs` puts the next orders window at `cutoff`."""
+    import duckdb
+
+    from extract.tables import DEFAULT_OVERLAP
+    from extract.watermark import record_loaded
+
+    end = (datetime.fromisoformat(cutoff) + DEFAULT_OVERLAP).isoformat()
+    con = duckdb.connect(str(path))
+    try:
+        record_loaded(
+            con,
+            source="source_db",
+            table=TABLE,
+            run_id="bench-previous",
+            manifest={"mode": "incremental", "window_end": end, "max_cursor": end, "rows": 0},
+        )
+    finally:
+        con.close()
+    return path
 
 
-def _land(batches, landing: Path) -> dict:
-    from extract.landing import write_landing_table
+def run_extract(method: str, url: str, warehouse: Path | None, landing: Path, degree: int) -> dict:
+    """`extract_tables` as the nightly runs it, for `orders` only: the full extract
+    (mode full) or the incremental window after `warehouse`'s watermark."""
+    from dataclasses import replace
 
-    manifest = write_landing_table(
-        batches,
-        schema=SCHEMA,
-        landing_root=landing,
-        source="source_db",
-        table_name=TABLE,
-        run_id="bench",
-        cursor_column="updated_at",
+    from extract.db_extract import extract_tables, read_batches
+    from extract.tables import DEFAULT_TABLES
+
+    config = next(c for c in DEFAULT_TABLES if c.name == TABLE)
+    config = replace(
+        config,
+        mode="incremental" if warehouse else "full",
+        parallel_ranges=degree if method == "parallel" else 1,
     )
+    kwargs = {"reader": read_batches} if method == "generic" else {}
+    if BATCH_ROWS:
+        kwargs["batch_size"] = BATCH_ROWS
+    manifest = extract_tables(
+        url,
+        run_id="bench",
+        landing_root=landing,
+        warehouse_path=warehouse,
+        configs=[config],
+        **kwargs,
+    )[TABLE]
     return {"rows": manifest["rows"], "bytes": manifest["bytes"]}
 
 
-BATCH_ROWS = 100_000
-
-
-def run_pg_copy(url: str, cutoff: str | None, landing: Path) -> dict:
-    from extract.pg_copy import stream_pg_batches
-
-    where, params = _where(cutoff)
-    batches = stream_pg_batches(
-        url,
-        table=TABLE,
-        columns=SCHEMA.names,
-        schema=SCHEMA,
-        where_sql=where,
-        params=params,
-        batch_rows=BATCH_ROWS,
-    )
-    return _land(batches, landing)
-
-
-def run_parallel(url: str, cutoff: str | None, landing: Path, degree: int = 2) -> dict:
-    from extract.key_ranges import extract_parallel, split_key_ranges
-    from extract.pg_copy import connect, stream_pg_batches
-
-    where, params = _where(cutoff)
-    with connect(url) as conn:
-        # A small read (the incremental slice) gets one range: one plain stream.
-        ranges = split_key_ranges(
-            conn, TABLE, "id", degree, where, params, min_rows_per_range=500_000
-        )
-    if len(ranges) < 2:
-        return run_pg_copy(url, cutoff, landing)
-
-    def read_range(conn, lo: int, hi: int):
-        clause = '"id" BETWEEN %s AND %s' + (f" AND {where}" if where else "")
-        return stream_pg_batches(
-            url,
-            table=TABLE,
-            columns=SCHEMA.names,
-            schema=SCHEMA,
-            where_sql=clause,
-            params=(lo, hi, *params),
-            conn=conn,
-            batch_rows=BATCH_ROWS,
-        )
-
-    return _land(extract_parallel(url, TABLE, ranges, read_range, max_workers=degree), landing)
-
-
-def run_generic(url: str, cutoff: str | None, landing: Path, batch_size: int = 50_000) -> dict:
-    """The generic reader as extract.db_extract does it (stream_results + pa.array)."""
-    from datetime import UTC, datetime
-    from decimal import Decimal
-
-    def to_utc(v):
-        if v is None:
-            return None
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-
-    quantum = Decimal("0.01")
-
-    def to_decimal(v):
-        if v is None:
-            return None
-        q = v.quantize(quantum)
-        if q != v:
-            raise ValueError(v)
-        return q
-
-    conv = {
-        "total": to_decimal,
-        "created_at": to_utc,
-        "updated_at": to_utc,
-        "status": lambda v: None if v is None else str(v),
-        "currency": lambda v: None if v is None else str(v),
-    }
-    converters = [conv.get(name, lambda v: v) for name in SCHEMA.names]
-    engine = sa.create_engine(url)
-    try:
-        with (
-            engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
-            conn.begin(),
-        ):
-            table = sa.Table(TABLE, sa.MetaData(), autoload_with=conn)
-            stmt = sa.select(*table.columns)
-            if cutoff:
-                stmt = stmt.where(table.c.updated_at > datetime.fromisoformat(cutoff))
-            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
-
-            def batches():
-                for rows in result.partitions(batch_size):
-                    arrays = [
-                        pa.array([converters[i](r[i]) for r in rows], type=f.type)
-                        for i, f in enumerate(SCHEMA)
-                    ]
-                    yield pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
-
-            return _land(batches(), landing)
-    finally:
-        engine.dispose()
+BATCH_ROWS: int | None = None  # None: extract_tables' default
 
 
 def _vm_hwm_kib() -> int:
@@ -249,13 +186,13 @@ def _vm_hwm_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child(method: str, url: str, cutoff: str | None) -> None:
+def child(method: str, url: str, warehouse: str | None, degree: int) -> None:
     # Import first (as a running pipeline has): the timing is of the extract itself.
     # pyarrow imports pandas lazily on its first Parquet write: ~0.3 s otherwise counted.
-    import pandas  # noqa: F401
-    import pyarrow.compute
-    import pyarrow.parquet  # noqa: F401
+    # Likewise duckdb (the watermark store) and SQLAlchemy's PostgreSQL dialect.
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
+    import extract.db_extract
     import extract.key_ranges
     import extract.landing
     import extract.pg_copy  # noqa: F401
@@ -263,8 +200,7 @@ def child(method: str, url: str, cutoff: str | None) -> None:
     landing = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
         started = time.perf_counter()
-        fn = {"generic": run_generic, "pg_copy": run_pg_copy, "parallel": run_parallel}[method]
-        out = fn(url, cutoff, landing)
+        out = run_extract(method, url, Path(warehouse) if warehouse else None, landing, degree)
         out["seconds"] = time.perf_counter() - started
     finally:
         shutil.rmtree(landing, ignore_errors=True)
@@ -291,7 +227,9 @@ def _measure(argv: list[str], capture: bool, stderr_out: bool = False) -> tuple[
     return seconds, usage.ru_maxrss, err if stderr_out else out
 
 
-def run_method(method: str, url: str, cutoff: str | None) -> dict:
+def run_method(
+    method: str, url: str, cutoff: str | None, warehouse: Path | None, degree: int
+) -> dict:
     if method == "psql":
         query = "select * from orders" + (f" where updated_at > '{cutoff}'" if cutoff else "")
         argv = ["psql", "-X", "-q", _libpq(url), "-c", f"\\copy ({query}) to /dev/null"]
@@ -301,10 +239,11 @@ def run_method(method: str, url: str, cutoff: str | None) -> dict:
             _, _, out = _measure(["/usr/bin/time", "-f", "%M", *argv], False, stderr_out=True)
             rss = int(out.strip().splitlines()[-1])
         return {"seconds": seconds, "rss_kib": rss}
-    argv = [sys.executable, __file__, "--run", method, "--url", url]
-    argv += ["--batch-rows", str(BATCH_ROWS)]
-    if cutoff:
-        argv += ["--cutoff", cutoff]
+    argv = [sys.executable, __file__, "--run", method, "--url", url, "--degree", str(degree)]
+    if BATCH_ROWS:
+        argv += ["--batch-rows", str(BATCH_ROWS)]
+    if warehouse is not None:
+        argv += ["--warehouse", str(warehouse)]
     _, rss, out = _measure(argv, True)
     result = json.loads(out.strip().splitlines()[-1])
     result.setdefault("rss_kib", rss)
@@ -325,34 +264,52 @@ def copy_text_bytes(url: str, cutoff: str | None) -> int:
 def main() -> int:
     global BATCH_ROWS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=5_000_000)
+    parser.add_argument("--orders", type=int, default=DEFAULT_ORDERS)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--batch-rows", type=int, default=100_000, help="rows per batch")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument(
+        "--degree",
+        type=int,
+        default=int(os.environ.get("EXTRACT_PARALLELISM", "0") or 0) or DEFAULT_DEGREE,
+        help="key ranges of the parallel method (default: EXTRACT_PARALLELISM, else %(default)s)",
+    )
+    parser.add_argument("--batch-rows", type=int, help="rows per batch (extract_tables' default)")
     parser.add_argument("--run", choices=METHODS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--cutoff", help=argparse.SUPPRESS)
+    parser.add_argument("--warehouse", help=argparse.SUPPRESS)
     args = parser.parse_args()
     BATCH_ROWS = args.batch_rows
     if args.run:
-        child(args.run, args.url, args.cutoff)
+        child(args.run, args.url, args.warehouse, args.degree)
         return 0
 
     admin = os.environ.get("NIGHTSHIFT_BENCH_PG_URL", DEFAULT_ADMIN)
     url = prepare(admin, args.orders)
     cutoff = incremental_cutoff(url)
     methods = [m for m in args.methods.split(",") if m]
-    copy_bytes = {
-        mode: copy_text_bytes(url, cut) for mode, cut in (("full", None), ("incr", cutoff))
-    }
-    # Warm the cache once so the first method measured is not penalised.
-    run_method("psql", url, None)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-extract-wh-"))
+    try:
+        warehouse = watermark_warehouse(scratch / "warehouse.duckdb", cutoff)
+        best = measure(methods, url, cutoff, warehouse, args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report(methods, best, url, cutoff, args)
+    return 0
 
+
+def measure(
+    methods: list[str], url: str, cutoff: str, warehouse: Path, args: argparse.Namespace
+) -> dict[tuple[str, str], dict]:
+    """Best (fastest) run per (method, mode) over --repeat rounds; worst peak RSS."""
+    run_method("psql", url, None, None, args.degree)  # warm the cache for whoever is first
     best: dict[tuple[str, str], dict] = {}
     for _ in range(args.repeat):
-        for mode, cut in (("full", None), ("incr", cutoff)):
+        for mode, cut, wh in (("full", None, None), ("incr", cutoff, warehouse)):
             for method in methods:
-                r = run_method(method, url, cut)
+                r = run_method(method, url, cut, wh, args.degree)
                 key = (method, mode)
                 prev = best.get(key)
                 r["rss_kib"] = max(r["rss_kib"], prev["rss_kib"] if prev else 0)
@@ -360,11 +317,23 @@ def main() -> int:
                     best[key] = r
                 else:
                     prev["rss_kib"] = r["rss_kib"]
+    return best
 
+
+def report(
+    methods: list[str],
+    best: dict[tuple[str, str], dict],
+    url: str,
+    cutoff: str,
+    args: argparse.Namespace,
+) -> None:
+    copy_bytes = {
+        mode: copy_text_bytes(url, cut) for mode, cut in (("full", None), ("incr", cutoff))
+    }
     base = {mode: best[("psql", mode)]["seconds"] for mode in ("full", "incr")}
     print(
         f"\nextract of `orders` ({args.orders} rows; incremental: updated_at > {cutoff}); "
-        f"best of {args.repeat}"
+        f"best of {args.repeat}; parallel degree {args.degree}; load: {_load()}"
     )
     header = (
         f"{'method':<10} {'mode':<5} {'rows':>9} {'seconds':>8} {'rows/s':>11} "
@@ -396,7 +365,11 @@ def main() -> int:
         f"BENCH extract full_ratio={ratio:.2f} peak_rss_mib={full['rss_kib'] / 1024:.0f} "
         f"incr_share={share:.3f}"
     )
-    return 0
+
+
+def _load() -> str:
+    """`uptime`'s load averages: other work on the machine skews the seconds."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
 
 
 def _count(url: str, cutoff: str | None) -> int:

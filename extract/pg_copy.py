@@ -69,6 +69,8 @@ _MAX_BLOCK_BYTES = 64 << 20  # a block also ends at this size (wide rows)
 # PostgreSQL type OIDs the decoder reads natively.
 _BOOL, _INT8, _INT2, _INT4, _TEXT, _FLOAT8 = 16, 20, 21, 23, 25, 701
 _NAME, _BPCHAR, _VARCHAR, _DATE, _TIMESTAMP, _TIMESTAMPTZ = 19, 1042, 1043, 1082, 1114, 1184
+_NUMERIC = 1700
+_INT64_DECIMAL_DIGITS = 18  # decimal128(p <= 18, s) values fit an int64 when scaled
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,14 @@ def _plan(
         elif pa.types.is_string(t):
             native = oid in (_TEXT, _VARCHAR, _BPCHAR, _NAME)
             plan.append(col("text") if native else col("text", as_("text")))
-        else:  # decimal128 and anything else: the server's text, cast exactly by Arrow
+        elif (
+            pa.types.is_decimal128(t)
+            and oid == _NUMERIC
+            and t.precision <= _INT64_DECIMAL_DIGITS
+            and t.scale >= 0
+        ):
+            plan.append(col("numeric"))  # binary base-10000 digits, scaled exactly in numpy
+        else:  # wider decimals and anything else: the server's text, cast exactly by Arrow
             plan.append(col("text", as_("text"), cast=True))
     return plan
 
@@ -424,6 +433,9 @@ def _decode(
         if c.wire == "text":
             arrays.append(_text(buf, win, at, size, bitmap, nulls, c, where))
             continue
+        if c.wire == "numeric":
+            arrays.append(_numeric(win, at, size, valid, bitmap, nulls, c.arrow, where))
+            continue
         if (valid & (flen != width)).any():
             raise ValueError(f"{where}: unexpected field width on the wire (want {width})")
         raw = rec[:, 4:]
@@ -490,3 +502,63 @@ def _text(
         return arr.cast(c.arrow)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise ValueError(f"{where}: cannot convert to {c.arrow}: {exc}") from exc
+
+
+_POW10 = np.array([10**i for i in range(_INT64_DECIMAL_DIGITS + 1)], dtype=np.int64)
+_NUMERIC_POS, _NUMERIC_NEG = 0x0000, 0x4000  # other signs: NaN, +/-Infinity
+
+
+def _numeric(
+    win: np.ndarray,
+    at: np.ndarray,
+    size: np.ndarray,
+    valid: np.ndarray,
+    bitmap: pa.Buffer | None,
+    nulls: int,
+    arrow: pa.Decimal128Type,
+    where: str,
+) -> pa.Array:
+    """NUMERIC in binary form -> decimal128(p <= 18, s), exactly, without text.
+
+    Wire: ndigits, weight (int16), sign, dscale (uint16), then ndigits base-10000 digits;
+    value = sum(digit[j] * 10000 ** (weight - j)). Scaled by 10**s it is an integer
+    sum(digit[j] * 10 ** (4 * (weight - j) + s)); a digit group finer than the scale that
+    is not a multiple of its divisor (the value has more decimals than s), a value of
+    more than p digits, NaN or infinity fail naming the column (as the text cast would).
+    """
+    n = size.size
+    head = win[at, :8]
+    ndigits = _be(head[:, 0:2], ">i2").astype(np.int64)
+    weight = _be(head[:, 2:4], ">i2").astype(np.int64)
+    sign = _be(head[:, 4:6], ">u2")
+    if (valid & (size != 8 + 2 * ndigits)).any():
+        raise ValueError(f"{where}: malformed NUMERIC on the wire")
+    bad_sign = valid & (sign != _NUMERIC_POS) & (sign != _NUMERIC_NEG)
+    if bad_sign.any():
+        raise ValueError(f"{where}: cannot land NaN or infinity as {arrow}")
+    width = int(ndigits[valid].max()) if valid.any() else 0
+    scaled = np.zeros(n, dtype=np.int64)
+    if width:
+        if 8 + 2 * width > _WINDOW:
+            raise ValueError(f"{where}: NUMERIC with {width} digit groups does not fit {arrow}")
+        digits = _be(win[at, 8 : 8 + 2 * width], ">i2").reshape(n, width).astype(np.int64)
+        j = np.arange(width)
+        present = valid[:, None] & (j < ndigits[:, None])
+        digits = np.where(present, digits, 0)
+        exp = 4 * (weight[:, None] - j) + arrow.scale
+        too_big = (digits != 0) & (exp > _INT64_DECIMAL_DIGITS)
+        divisor = _POW10[np.clip(-exp, 0, 4)]
+        lost = (digits != 0) & ((exp < -4) | ((exp < 0) & (digits % divisor != 0)))
+        if too_big.any() or lost.any():
+            raise ValueError(f"{where}: a value does not fit {arrow} (more digits or decimals)")
+        terms = np.where(
+            exp >= 0, digits * _POW10[np.clip(exp, 0, _INT64_DECIMAL_DIGITS)], digits // divisor
+        )
+        scaled = terms.sum(axis=1)
+    if (np.abs(scaled) >= _POW10[arrow.precision]).any():
+        raise ValueError(f"{where}: a value has more than {arrow.precision} digits ({arrow})")
+    scaled = np.where(sign == _NUMERIC_NEG, -scaled, scaled)
+    words = np.empty((n, 2), dtype=np.int64)  # 128-bit little-endian two's complement
+    words[:, 0] = scaled
+    words[:, 1] = scaled >> 63
+    return pa.Array.from_buffers(arrow, n, [bitmap, pa.py_buffer(words)], nulls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -244,3 +245,50 @@ def test_many_rows_across_blocks(pg_database: str) -> None:
         )
     got = _read(pg_database, batch_rows=3000)
     assert got.equals(_expected(pg_database))
+
+
+def test_binary_numeric_is_exact_and_refuses_what_does_not_fit(pg_database: str) -> None:
+    """NUMERIC(p <= 18) is decoded from its binary base-10000 digits: every value exact
+    (group boundaries, signs, both ends of the precision); NaN, extra decimals and
+    extra digits fail naming the column."""
+    rng = random.Random(5)
+    values = [
+        Decimal("0"),
+        Decimal("0.0001"),
+        Decimal("-0.0001"),
+        Decimal("9999.9999"),
+        Decimal("10000"),
+        Decimal("-10000.0001"),
+        Decimal("99999999999999.9999"),
+        Decimal("-99999999999999.9999"),
+        Decimal("100000000"),
+        Decimal("0.5"),
+        None,
+    ]
+    values += [Decimal(rng.randrange(-(10**18) + 1, 10**18)).scaleb(-4) for _ in range(2000)]
+    values += [Decimal(rng.randrange(-(10**6), 10**6)).scaleb(-rng.randrange(0, 5))
+               for _ in range(2000)]  # fmt: skip
+    with connect(pg_database) as conn:
+        conn.execute("CREATE TABLE num (id bigint PRIMARY KEY, n numeric(18, 4), u numeric)")
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO num VALUES (%s, %s, %s)", [(i, v, v) for i, v in enumerate(values)]
+            )
+    schema = pa.schema([("id", pa.int64()), ("n", pa.decimal128(18, 4))])
+    got = pa.Table.from_batches(
+        stream_pg_batches(pg_database, table="num", columns=schema.names, schema=schema,
+                          batch_rows=700),
+        schema=schema,
+    ).sort_by("id")  # fmt: skip
+    assert got["n"].to_pylist() == [None if v is None else v.quantize(Decimal("0.0001"))
+                                    for v in values]  # fmt: skip
+    wide = pa.schema([("id", pa.int64()), ("u", pa.decimal128(18, 4))])
+    for bad, message in (
+        ("'NaN'", "num.u: cannot land NaN"),
+        ("1.23456", "num.u: a value does not fit"),
+        ("100000000000000", "num.u: a value has more than 18 digits"),
+    ):
+        with connect(pg_database) as conn:
+            conn.execute(f"UPDATE num SET u = {bad} WHERE id = 1")
+        with pytest.raises(ValueError, match=message):
+            list(stream_pg_batches(pg_database, table="num", columns=wide.names, schema=wide))
