@@ -54,6 +54,7 @@ def dagbag(tmp_path_factory):
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert "nightly_sales" in dagbag.dags
+    assert "migration_verify" in dagbag.dags
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
@@ -78,6 +79,8 @@ def test_nightly_sales_shape(dagbag) -> None:
     assert set(dag.tags) >= {"nightly", "sales"}
     assert dag.max_active_runs == 1
     assert dag.catchup is False
+    # A DeadlineAlert sends an alert while a run is still going past its deadline.
+    assert [d.callback.path for d in dag.deadline] == ["alerting.callbacks.on_deadline_missed"]
     assert dag.start_date.tzinfo is not None
     assert dag.timetable.expression == "0 2 * * *"
     assert str(dag.timetable.timezone) == os.environ.get("REPORT_TZ", "UTC")
@@ -110,3 +113,26 @@ def test_nightly_sales_shape(dagbag) -> None:
         assert task.on_retry_callback, f"{task.task_id} has no retry alert"
     assert dag.get_task("extract_source_db").retries >= 1
     assert dag.get_task("extract_payments_api").retries >= 1
+
+
+def test_migration_verify_shape(dagbag) -> None:
+    dag = dagbag.dags["migration_verify"]
+    assert dag.doc_md and "gate" in dag.doc_md
+    assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: by hand, per phase
+    assert set(dag.tags) >= {"migration"}
+    assert set(dag.params.keys()) >= {
+        "tables",
+        "old_conn_id",
+        "new_conn_id",
+        "phase",
+        "required_clean_runs",
+    }
+    assert set(dag.task_ids) == {
+        "plan",
+        "backfill",
+        "verify",
+        "gate",
+    }
+    assert "verify" in dag.get_task("backfill").downstream_task_ids
+    assert "gate" in dag.get_task("verify").downstream_task_ids
+    assert all(task.owner == "data-platform" for task in dag.tasks)

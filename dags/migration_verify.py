@@ -1,0 +1,111 @@
+"""
+### migration_verify
+
+One step of the operational database's move to a new PostgreSQL schema (README,
+"Migration runbook"). Triggered by hand (`schedule=None`) with the **phase** about to
+start:
+
+1. `plan`: the tables of `config/migration.yml` to work on (`tables` param, or all).
+2. `backfill` (phases 2 and 3 only): replay the repair log, then copy history
+   old → new from each table's checkpoint (resumable, idempotent).
+3. `verify` (one mapped task per table; not in phase 1): counts and bucket checksums in both
+   databases, bisection down to the rows; each result goes to `ops.migration_checks`
+   in the new database.
+4. `gate`: the go/no-go decision of the phase, recorded in `ops.migration_gates`;
+   the task fails naming the gate and why (phase 4 needs `required_clean_runs`
+   consecutive clean verifications per table and an empty repair log).
+
+Connections: `old_conn_id` (default `source_db`) and `new_conn_id` (default
+`migration_target_db`), as `AIRFLOW_CONN_<ID>` or Airflow connections.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+default_args = {"owner": "data-platform", "retries": 0}
+
+
+def _params() -> dict:
+    return dict(get_current_context()["params"])
+
+
+def _run_id() -> str:
+    return str(get_current_context()["dag_run"].run_id)
+
+
+@dag(
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    default_args=default_args,
+    tags=["migration", "verification"],
+    params={
+        "phase": Param(
+            3, type="integer", minimum=1, maximum=5, description="Phase to start (1-5)."
+        ),
+        "tables": Param(
+            [], type="array", description="Mapping names of config/migration.yml; empty: all."
+        ),
+        "old_conn_id": Param("source_db", type="string", description="The old database."),
+        "new_conn_id": Param("migration_target_db", type="string", description="The new database."),
+        "required_clean_runs": Param(
+            3, type="integer", minimum=1, description="Clean verifications in a row for phase 4."
+        ),
+    },
+)
+def migration_verify():
+    @task
+    def plan() -> list[str]:
+        from migrate.tasks import table_names
+
+        return table_names(_params()["tables"])
+
+    @task
+    def backfill(tables: list[str]) -> dict:
+        from migrate.tasks import BACKFILL_PHASES
+        from migrate.tasks import backfill as run
+
+        p = _params()
+        if int(p["phase"]) not in BACKFILL_PHASES:
+            return {"skipped": f"no backfill in phase {p['phase']}"}
+        return run(p["old_conn_id"], p["new_conn_id"], tables, progress_bar=False)
+
+    @task
+    def verify(table: str) -> dict:
+        from migrate.tasks import verify as run
+
+        p = _params()
+        if int(p["phase"]) == 1:  # dual writes just began: nothing to compare yet
+            return {"table": table, "clean": None, "skipped": "no verification in phase 1"}
+        return run(
+            p["old_conn_id"], p["new_conn_id"], table, phase=int(p["phase"]), run_id=_run_id()
+        )
+
+    @task
+    def gate(tables: list[str], results: list[dict]) -> dict:
+        from migrate.tasks import gate as run
+
+        p = _params()
+        unclean = [r["table"] for r in results if r["clean"] is False]
+        decision = run(
+            p["old_conn_id"],
+            p["new_conn_id"],
+            int(p["phase"]),
+            tables,
+            run_id=_run_id(),
+            required_clean_runs=int(p["required_clean_runs"]),
+        )
+        return {**decision, "unclean_tables": unclean}
+
+    tables = plan()
+    copied = backfill(tables)
+    results = verify.expand(table=tables)
+    copied >> results
+    gate(tables, results)
+
+
+migration_verify()
