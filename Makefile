@@ -62,6 +62,10 @@ airflow-init: $(AIRFLOW_HOME)/.initialized ## Initialise Airflow's metadata DB (
 demo: airflow-init ## Build demo sources (SQLite + API) and run the nightly pipeline end to end
 	$(BIN)/python -m demo.run --data-dir $(CURDIR)/data --port $(DEMO_API_PORT) --token $(DEMO_API_TOKEN)
 
+.PHONY: migration-demo
+migration-demo: $(STAMP) ## Zero-downtime move of the demo source to a new PostgreSQL schema (NIGHTSHIFT_MIGRATION_PG_URL)
+	$(BIN)/python -m migrate.demo
+
 .PHONY: nightly
 nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow
 	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD"; exit 2; }
