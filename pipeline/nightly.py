@@ -159,6 +159,7 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
         log.warning("source_db is not the database the warehouse was loaded from: full extract")
         configs = [dataclasses.replace(c, mode="full") for c in configs]
         extras["source_changed"] = True
+    totals = _source_totals(business_date)
     manifests = extract_tables(
         uri,
         run_id=run_id_for(business_date),
@@ -167,8 +168,28 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
         configs=configs,
         manifest_extras=extras,
         parallelism=settings.extract_parallelism(),
+        aggregates=totals,
     )
+    _record_source_totals(business_date, totals)
     return {name: m["rows"] for name, m in manifests.items()}
+
+
+def _source_totals(business_date: date) -> Any:
+    """Per-day source totals taken in the extract's own snapshot (quality/reconcile.py);
+    an earlier attempt's record of the run is removed first."""
+    from quality.reconcile import SourceTotals, clear_source_totals
+
+    clear_source_totals(settings.landing_dir(), run_id_for(business_date))
+    return SourceTotals(settings.report_tz_name())
+
+
+def _record_source_totals(business_date: date, totals: Any) -> None:
+    from quality.reconcile import write_source_totals
+
+    path = write_source_totals(settings.landing_dir(), run_id_for(business_date), totals)
+    for table, why in totals.unchecked.items():
+        log.info("source -> landing reconciliation of %s not available (%s)", table, why)
+    log.info("source totals of the extract's snapshot: %s", path)
 
 
 def _source_id() -> str:
@@ -210,6 +231,7 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
         shard_map.version,
         len(shard_map.shards),
     )
+    totals = _source_totals(business_date)
     result = extract_sharded_source(
         shard_map,
         run_id=run_id_for(business_date),
@@ -218,7 +240,9 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
         configs=configs,
         max_workers=settings.shard_max_workers(),
         parallelism=settings.extract_parallelism(),
+        aggregates=totals,
     )
+    _record_source_totals(business_date, totals)
     return result["rows"]
 
 
@@ -238,6 +262,7 @@ def load_source_db(business_date: date) -> dict[str, Any]:
     results = _validate_landed(business_date, "source_db", DB_TABLES)
     build = begin_build(settings.warehouse_path(), run_id_for(business_date))
     quality = _quality_gate(business_date, "source_db", results, build)
+    _reconcile_source(business_date, build)
     result = load(
         build,
         settings.landing_dir(),
@@ -252,6 +277,30 @@ def load_source_db(business_date: date) -> dict[str, Any]:
         "quality": quality,
         "reconciled": reconciled,
     }
+
+
+def _reconcile_source(business_date: date, build: Path) -> None:
+    """Source → landing: the landed rows equal what the source held in the extract's
+    snapshot, per table and business day; stored in `ops.quality_results`, then enforced."""
+    import duckdb
+
+    from quality.reconcile import check_source_totals, raise_for_source_mismatch
+    from quality.results import store_results
+
+    run_id = run_id_for(business_date)
+    result = check_source_totals(settings.landing_dir(), run_id)
+    if result is None:
+        log.warning("run %s recorded no source totals: source -> landing not reconciled", run_id)
+        return
+    con = duckdb.connect(str(build))
+    try:
+        con.execute("begin")
+        store_results(con, run_id, [result])
+        con.execute("commit")
+    finally:
+        con.close()
+    log.info("quality: %s", result.summary())
+    raise_for_source_mismatch(result)
 
 
 def _reconcile(business_date: date, source: str, build: Path) -> dict[str, int]:
@@ -453,12 +502,25 @@ def _needs_full_refresh(build: Path, business_date: date | None = None) -> bool:
 
 @timed
 def transform_daily_sales(business_date: date) -> dict[str, int]:
-    """The ETL path: pandas over the warehouse's current `raw.*` → `analytics.daily_sales`."""
+    """The ETL path: pandas over the warehouse's current `raw.*` → `analytics.daily_sales`.
+
+    Incremental: only the days this run changed (transform.daily_sales.plan_daily_sales)
+    are recomputed and replaced; the first run, a new source or a new REPORT_TZ rebuild all.
+    """
     from quality.validate import validate_frame
-    from transform.daily_sales import compute_daily_sales, publish_daily_sales, to_arrow
+    from transform.daily_sales import (
+        compute_daily_sales,
+        plan_daily_sales,
+        publish_daily_sales,
+        to_arrow,
+    )
 
     build = build_path(business_date)
-    frame = compute_daily_sales(build, settings.report_tz_name(), business_date)
+    tz = settings.report_tz_name()
+    full = _needs_full_refresh(build, business_date)
+    plan = plan_daily_sales(build, tz, business_date, run_id_for(business_date), full=full)
+    log.info("daily_sales: %s", plan.summary())
+    frame = compute_daily_sales(build, tz, business_date, days=plan.days)
     result = validate_frame(
         to_arrow(frame),
         "analytics.daily_sales",
@@ -466,7 +528,7 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
         run_id=run_id_for(business_date),
     )
     _quality_gate(business_date, "daily_sales", [result], build)
-    rows = publish_daily_sales(frame, build)
+    rows = publish_daily_sales(frame, build, plan)
     return {"daily_sales": rows}
 
 
