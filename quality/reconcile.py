@@ -1,6 +1,11 @@
-"""Reconciliation gate: what landed is what the warehouse now holds.
+"""Reconciliation gates: what the source held is what landed, and what landed is what
+the warehouse now holds.
 
-After a run's landed files are merged into the build, every landed row must be in
+Source -> landing (`SourceTotals`, `check_source_totals`): the extract totals the rows it
+reads per table and business day with SQL in its own snapshot; the landed Parquet of the
+run must give the same counts and money sums.
+
+Landing -> warehouse (`reconcile_run`): after a run's landed files are merged into the build, every landed row must be in
 `raw.<table>` with the same version (key and `updated_at`), and per business day (for
 orders; per table for the rest) the counts and money sums of the landed rows and of
 their merged copies must agree exactly. A mismatch fails the run with the numbers side

@@ -1,1 +1,1 @@
-"""Python ETL: landing Parquet files -> `analytics.daily_sales` (pandas, exact money)."""
+"""Python ETL: the warehouse's `raw` tables -> `analytics.daily_sales` (exact money)."""
