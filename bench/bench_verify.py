@@ -4,11 +4,13 @@ Usage: python bench/bench_verify.py [--orders 5000000] [--repeat 1] [--verifiers
 Admin URL from NIGHTSHIFT_BENCH_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres).
 
 The pair: databases `nightshift_verify_old` and `nightshift_verify_new`, each holding the
-same `orders` (demo.generator rows; copied from `nightshift_bench` when that already holds
-exactly --orders orders, else generated once). Ids are shifted to leave one free id every
-50,000 so that injected "extra" rows can land inside the key space. The pair is kept
-between runs and rebuilt when its row count differs from --orders; `new` is a
-`CREATE DATABASE ... TEMPLATE` copy of `old`.
+same --orders `orders`: demo.generator rows 1..1M (read from bench_extract's
+`nightshift_bench` when it has them, else generated once into a scratch database),
+repeated under new ids up to --orders (a verifier's cost depends on rows and their width,
+not on their being distinct orders; it spares generating 5M orders with their items).
+Ids leave one free id every 50,000 so that injected "extra" rows can land inside the
+key space. The pair is kept between runs and rebuilt when its row count differs from
+--orders; `new` is a `CREATE DATABASE ... TEMPLATE` copy of `old`.
 
 Runs, each verifier in a fresh subprocess (peak RSS = VmHWM of that process only; the
 database server's own work is not in it, for any verifier):
@@ -31,6 +33,7 @@ is our verifier on the 10-differences run and the ratio is ours / the peer's on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -46,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
 DEFAULT_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-SOURCE_DB = "nightshift_bench"  # bench_extract's database: reused read-only when it fits
+SOURCE_DB = "nightshift_bench"  # bench_extract's database: read (never written) when it fits
 SCRATCH_DB = "nightshift_verify_src"  # generated here when SOURCE_DB does not fit
 OLD_DB = "nightshift_verify_old"
 NEW_DB = "nightshift_verify_new"
@@ -54,6 +57,7 @@ TABLE = "orders"
 DEFAULT_ORDERS = 5_000_000
 KEY = "id"
 COLUMNS = ("id", "user_id", "status", "currency", "total", "created_at", "updated_at")
+UNIT = 1_000_000  # generated orders; larger pairs repeat them under new ids
 HOLE_EVERY = 50_000  # one free id after every 50,000 ids: room for "extra" rows
 N_DIFFS = 10
 KINDS = ("missing", "extra", "changed")
@@ -118,49 +122,56 @@ def _drop(admin: str, name: str) -> None:
         )
 
 
-def _source(admin: str, orders: int) -> tuple[str, bool]:
-    """A database with exactly `orders` generated orders; (url, is_scratch)."""
+def _source(admin: str, unit: int) -> tuple[str, bool]:
+    """A database whose `orders` ids 1..`unit` are generated orders; (url, is_scratch)."""
     from datetime import date
 
-    from bench.bench_extract import _db_url, prepare
+    from bench.bench_extract import _db_url
     from demo.generator import generate
 
     shared = _db_url(admin, SOURCE_DB)
-    count = _count(shared)
-    if count == orders or (count is None and orders == DEFAULT_ORDERS):
-        # Generated there (once, for both benchmarks) when it does not exist yet.
-        print(f"copying {orders} orders from {SOURCE_DB}", file=sys.stderr)
-        return prepare(admin, orders), False
-    # Never regenerate bench_extract's database at another size: it may be in use.
+    with contextlib.suppress(Exception), _connect(shared) as db:
+        sql = f"SELECT count(*) FROM {TABLE} WHERE {KEY} BETWEEN 1 AND %s"
+        if db.execute(sql, (unit,)).fetchone()[0] == unit:
+            # Orders are written in id order: these rows stay as they are, even while
+            # bench_extract is still generating the rest (read only here).
+            print(f"copying orders 1..{unit} of {SOURCE_DB}", file=sys.stderr)
+            return shared, False
     url = _db_url(admin, SCRATCH_DB)
     _recreate(admin, SCRATCH_DB)
-    print(f"generating {orders} orders into {SCRATCH_DB} ...", file=sys.stderr)
+    print(f"generating {unit} orders into {SCRATCH_DB} ...", file=sys.stderr)
     started = time.perf_counter()
-    generate(url, seed=42, days=60, end_date=date(2026, 11, 26), scale=orders, batch_size=50_000)
+    generate(url, seed=42, days=60, end_date=date(2026, 11, 26), scale=unit, batch_size=50_000)
     print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return url, True
 
 
-def _copy_orders(source: str, target: str) -> None:
-    """`orders` of `source` into an empty `target`, ids shifted to leave the holes."""
+def _copy_orders(source: str, target: str, unit: int, orders: int) -> None:
+    """`orders` rows into an empty `target`: source orders 1..`unit` repeated with ids
+    offset by `unit` each time, then shifted to leave the holes."""
     import sqlalchemy as sa
 
-    from demo.schema import orders
+    from demo.schema import orders as orders_table
 
     engine = sa.create_engine(target)
     try:
-        orders.to_metadata(sa.MetaData()).create(engine)
+        orders_table.to_metadata(sa.MetaData()).create(engine)
     finally:
         engine.dispose()
-    shifted = ", ".join(
-        f"{KEY} + ({KEY} - 1) / {HOLE_EVERY} AS {KEY}" if c == KEY else c for c in COLUMNS
-    )
-    out_sql = f"COPY (SELECT {shifted} FROM {TABLE} ORDER BY {KEY}) TO STDOUT (FORMAT binary)"
     in_sql = f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT binary)"
     with _connect(source) as src, _connect(target) as dst:
-        with src.cursor().copy(out_sql) as out, dst.cursor().copy(in_sql) as inp:
-            for chunk in out:
-                inp.write(chunk)
+        for offset in range(0, orders, unit):
+            g = f"({KEY} + {offset})"  # the row's place in the pair, before the holes
+            shifted = ", ".join(
+                f"{g} + ({g} - 1) / {HOLE_EVERY} AS {KEY}" if c == KEY else c for c in COLUMNS
+            )
+            out_sql = (
+                f"COPY (SELECT {shifted} FROM {TABLE} WHERE {KEY} BETWEEN 1 AND {unit} "
+                f"AND {g} <= {orders} ORDER BY {KEY}) TO STDOUT (FORMAT binary)"
+            )
+            with src.cursor().copy(out_sql) as out, dst.cursor().copy(in_sql) as inp:
+                for chunk in out:
+                    inp.write(chunk)
         dst.commit()
     with _connect(target, autocommit=True) as dst:
         dst.execute(f"VACUUM (ANALYZE) {TABLE}")
@@ -177,9 +188,10 @@ def prepare_pair(admin: str, orders: int) -> tuple[str, str]:
             print(f"reusing {OLD_DB} / {NEW_DB}: {orders} orders each", file=sys.stderr)
             return old, new
     started = time.perf_counter()
-    source, scratch = _source(admin, orders)
+    unit = min(orders, UNIT)
+    source, scratch = _source(admin, unit)
     _recreate(admin, OLD_DB)
-    _copy_orders(source, old)
+    _copy_orders(source, old, unit, orders)
     if scratch:
         _drop(admin, SCRATCH_DB)
     _recreate(admin, NEW_DB, template=OLD_DB)
