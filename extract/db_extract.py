@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import uuid
@@ -39,6 +40,15 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from extract.landing import write_landing_table
+from extract.replica import (
+    NO_REPLICA,
+    LagFn,
+    OnLag,
+    ReadChoice,
+    choose_read_url,
+    replica_safe_window_end,
+    replication_lag_seconds,
+)
 from extract.shards import (
     Ranges,
     ShardMap,
@@ -558,6 +568,18 @@ def _export_snapshot(
     return conn.execute(sa.text("select pg_export_snapshot()")).scalar_one()
 
 
+def _read_choice_fields(choice: ReadChoice | None) -> dict[str, Any]:
+    """Manifest fields saying where a run read from (only when a replica was configured)."""
+    if choice is None or choice.reason == NO_REPLICA:
+        return {}
+    lag = choice.lag_seconds
+    return {
+        "read_from": "replica" if choice.used_replica else "primary",
+        "replica_lag_seconds": lag if lag is not None and math.isfinite(lag) else None,
+        "read_reason": choice.reason,
+    }
+
+
 def extract_tables(
     url: str,
     *,
@@ -572,8 +594,14 @@ def extract_tables(
     parallelism: int = 1,
     parallel_min_rows: int = PARALLEL_MIN_ROWS,
     aggregates: Callable[[Reader], Reader] | None = None,
+    read_choice: ReadChoice | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
+
+    `read_choice`: how `url` was chosen (`extract.replica.choose_read_url`). Read from
+    a replica that lags L seconds, the recorded window end (the next run's watermark)
+    is U - L, not U (`replica_safe_window_end`): rows the primary committed in the last
+    L seconds may not have been replayed yet, and the next window must cover them.
 
     `aggregates` (hook, optional) wraps each table's reader: it is called with the same
     connection, filter and bound parameters as the read, inside the run's snapshot, so
@@ -611,6 +639,9 @@ def extract_tables(
         )
         with engine.connect().execution_options(**isolation) as conn, conn.begin():
             upper = source_now(conn)  # first statement: U is not after the snapshot
+            window_end = (
+                upper if read_choice is None else replica_safe_window_end(upper, read_choice)
+            )
             snapshot = _export_snapshot(conn, configs, parallelism, reader)
             metadata = sa.MetaData()
             for config in configs:
@@ -648,10 +679,11 @@ def extract_tables(
                     "key": config.key,
                     "cursor_key": config.cursor,
                     "window_start": _iso(lo),
-                    "window_end": _iso(upper),
+                    "window_end": _iso(window_end),
                     "overlap_seconds": config.overlap.total_seconds(),
                     "reconcile_deletes": config.reconcile_deletes,
                 }
+                extras.update(_read_choice_fields(read_choice))
                 extras.update(manifest_extras or {})
                 if shard is not None:
                     extras.update(shard.manifest)
@@ -690,7 +722,7 @@ def extract_tables(
                         "mode": "key_set",
                         "key": config.key,
                         "of_table": config.name,
-                        "window_end": _iso(upper),
+                        "window_end": _iso(window_end),
                     }
                     key_extras.update(manifest_extras or {})
                     if shard is not None:
@@ -720,6 +752,14 @@ def extract_tables(
 
 
 # --------------------------------------------------------------------------- sharded
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _where_read(choice: ReadChoice) -> str:
+    return "replica" if choice.used_replica else "primary"
 
 
 def shard_run_id(run_id: str, shard: str) -> str:
@@ -820,8 +860,18 @@ def extract_sharded_source(
     parallelism: int = 1,
     parallel_min_rows: int = PARALLEL_MIN_ROWS,
     aggregates: Callable[[Reader], Reader] | None = None,
+    replica_max_lag_seconds: float = 300.0,
+    replica_on_lag: OnLag = "primary",
+    lag_fn: LagFn = replication_lag_seconds,
 ) -> dict[str, Any]:
     """Extract every physical shard of `shard_map` in parallel into the landing zone.
+
+    Replicas: a shard with a `replica_url` / `replica_conn_id` is read from its replica
+    when that replica's lag (`lag_fn`, measured per shard right before its snapshot) is
+    at most the shard's `replica_max_lag_seconds` (default: `replica_max_lag_seconds`);
+    otherwise from the shard's primary, or the shard fails with `ReplicaLagError`
+    (its `replica_on_lag`, default `replica_on_lag`), which fails the run naming it.
+    The shard's recorded window end is lag-corrected (`extract_tables(read_choice=)`).
 
     `aggregates`: the `extract_tables` hook, for every shard (it must be thread-safe).
 
@@ -857,8 +907,18 @@ def extract_sharded_source(
 
     def read_fn(name: str, url: str, _sql: str, _params: dict[str, int]) -> dict[str, Any]:
         # the per-table predicates come from the shard's scope (same vshards as _sql)
-        return extract_tables(
+        physical = shard_map.shard(name)
+        choice = choose_read_url(
             url,
+            physical.resolve_replica_url(),
+            max_lag_seconds=_first(physical.replica_max_lag_seconds, replica_max_lag_seconds),
+            on_lag=_first(physical.replica_on_lag, replica_on_lag),
+            lag_fn=lag_fn,
+        )
+        if choice.reason != NO_REPLICA:
+            log.info("shard %s reads from the %s: %s", name, _where_read(choice), choice.reason)
+        return extract_tables(
+            choice.url,
             run_id=shard_run_id(run_id, name),
             landing_root=landing_root,
             warehouse_path=warehouse_path,
@@ -869,6 +929,7 @@ def extract_sharded_source(
             parallelism=parallelism,
             parallel_min_rows=parallel_min_rows,
             aggregates=aggregates,
+            read_choice=choice,
         )
 
     results = extract_sharded(shard_map, read_fn, max_workers=max_workers)

@@ -36,6 +36,7 @@ from pipeline.settings import sqlalchemy_url
 log = logging.getLogger(__name__)
 
 OnLag = Literal["primary", "fail"]
+NO_REPLICA = "no replica configured"  # the reason of a ReadChoice without a replica
 
 # Lag of a PostgreSQL standby: 0 while it has replayed all it received from a live WAL
 # stream (an idle primary writes no commits, so the age of the last replayed commit
@@ -170,7 +171,7 @@ def choose_read_url(
     if max_lag_seconds < 0:
         raise ValueError(f"max_lag_seconds must be >= 0, got {max_lag_seconds!r}")
     if not replica_url:
-        return ReadChoice(primary_url, False, None, "no replica configured")
+        return ReadChoice(primary_url, False, None, NO_REPLICA)
 
     shown = safe_url(replica_url)
     try:

@@ -12,7 +12,8 @@ Map file (YAML or JSON):
     version: 3
     shards:
       - {name: s0, url: "postgresql://u:p@h0/app", vshards: [[0, 511]]}
-      - {name: s1, conn_id: source_db_shard1, vshards: [[512, 1023]]}
+      - {name: s1, conn_id: source_db_shard1, vshards: [[512, 1023]],
+         replica_conn_id: source_db_shard1_replica, replica_on_lag: fail}
 
 `url` is used as is; `conn_id` is resolved through `pipeline.settings.get_connection_uri`
 (`AIRFLOW_CONN_<ID>` or Airflow's own lookup) when the shard is read.
@@ -28,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,12 @@ class PhysicalShard:
     vshards: Ranges
     url: str | None = None
     conn_id: str | None = None
+    # Optional read replica of this shard (docs/sharding.md, Replicas), with optional
+    # per-shard lag policy (None: the run's SOURCE_DB_REPLICA_* settings).
+    replica_url: str | None = None
+    replica_conn_id: str | None = None
+    replica_max_lag_seconds: float | None = None
+    replica_on_lag: str | None = None
 
     def resolve_url(self) -> str:
         """The shard's URL (its `url`, or its Airflow connection's URI)."""
@@ -146,8 +153,20 @@ class PhysicalShard:
         assert uri is not None  # required=True raises ConfigError instead
         return uri
 
+    def resolve_replica_url(self) -> str | None:
+        """The URL of the shard's replica (`replica_url` or `replica_conn_id`), or None."""
+        if self.replica_url:
+            return self.replica_url
+        if self.replica_conn_id:
+            return get_connection_uri(self.replica_conn_id)
+        return None
+
     def __repr__(self) -> str:  # never print a password
         where = f"url={_safe_url(self.url)!r}" if self.url else f"conn_id={self.conn_id!r}"
+        if self.replica_url:
+            where += f", replica_url={_safe_url(self.replica_url)!r}"
+        elif self.replica_conn_id:
+            where += f", replica_conn_id={self.replica_conn_id!r}"
         return f"PhysicalShard(name={self.name!r}, {where}, vshards={self.vshards!r})"
 
 
@@ -181,6 +200,7 @@ class ShardMap:
         for shard in self.shards:
             if bool(shard.url) == bool(shard.conn_id):
                 raise ShardMapError(f"shard {shard.name!r} needs exactly one of 'url' or 'conn_id'")
+            _check_replica(shard)
             for lo, hi in shard.vshards:
                 if lo < 0 or hi >= n:
                     out_of_range.append(f"{shard.name}: [{lo}, {hi}]")
@@ -226,7 +246,7 @@ class ShardMap:
         for i, raw in enumerate(shards_raw):
             if not isinstance(raw, Mapping):
                 raise ShardMapError(f"shards[{i}] must be a mapping, got {raw!r}")
-            extra = set(raw) - {"name", "url", "conn_id", "vshards"}
+            extra = set(raw) - {"name", "url", "conn_id", "vshards", *_REPLICA_KEYS}
             if extra:
                 raise ShardMapError(
                     f"shard {raw.get('name', i)!r}: unknown key(s) {', '.join(sorted(extra))}"
@@ -246,6 +266,7 @@ class ShardMap:
                     vshards=ranges,
                     url=raw.get("url"),
                     conn_id=raw.get("conn_id"),
+                    **{k: raw[k] for k in _REPLICA_KEYS if raw.get(k) is not None},
                 )
             )
         return cls(
@@ -283,6 +304,7 @@ class ShardMap:
             else:
                 d["conn_id"] = s.conn_id
             d["vshards"] = [list(r) for r in s.vshards]
+            d.update({k: getattr(s, k) for k in _REPLICA_KEYS if getattr(s, k) is not None})
             shards.append(d)
         return {"virtual_shards": self.virtual_shards, "version": self.version, "shards": shards}
 
@@ -290,8 +312,9 @@ class ShardMap:
         """`to_dict` with passwords hidden (for manifests and logs)."""
         d = self.to_dict()
         for s in d["shards"]:
-            if "url" in s:
-                s["url"] = _safe_url(s["url"])
+            for key in ("url", "replica_url"):
+                if key in s:
+                    s[key] = _safe_url(s[key])
         return d
 
     # -- lookups --------------------------------------------------------------------
@@ -314,6 +337,24 @@ class ShardMap:
             if s.name == name:
                 return s.vshards
         return ()
+
+
+_REPLICA_KEYS = ("replica_url", "replica_conn_id", "replica_max_lag_seconds", "replica_on_lag")
+_ON_LAG = ("primary", "fail")
+
+
+def _check_replica(shard: PhysicalShard) -> None:
+    where = f"shard {shard.name!r}"
+    if shard.replica_url and shard.replica_conn_id:
+        raise ShardMapError(f"{where}: give 'replica_url' or 'replica_conn_id', not both")
+    lag = shard.replica_max_lag_seconds
+    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float) or lag < 0):
+        raise ShardMapError(f"{where}: replica_max_lag_seconds={lag!r} must be a number >= 0")
+    if shard.replica_on_lag is not None and shard.replica_on_lag not in _ON_LAG:
+        raise ShardMapError(
+            f"{where}: replica_on_lag={shard.replica_on_lag!r} is invalid; "
+            f"valid: {', '.join(_ON_LAG)}"
+        )
 
 
 # --------------------------------------------------------------------------- predicates
@@ -595,13 +636,9 @@ def move_vshards(
         if s.name == to:
             if url or conn_id:
                 raise ShardMapError(f"shard {to!r} already exists: do not give url/conn_id")
-            shards.append(
-                PhysicalShard(s.name, normalize_ranges(s.vshards + moved), s.url, s.conn_id)
-            )
+            shards.append(replace(s, vshards=normalize_ranges(s.vshards + moved)))
         else:
-            shards.append(
-                PhysicalShard(s.name, subtract_ranges(s.vshards, moved), s.url, s.conn_id)
-            )
+            shards.append(replace(s, vshards=subtract_ranges(s.vshards, moved)))
     if to not in names:
         shards.append(PhysicalShard(to, moved, url, conn_id))
     return ShardMap(shard_map.virtual_shards, shard_map.version + 1, tuple(shards))

@@ -118,14 +118,15 @@ def _shard_landing_run_ids(business_date: date) -> list[str]:
     return [s["landing_run_id"] for s in record["shards"]]
 
 
-def _read_choice() -> str:
-    """Primary or replica: the replica only when configured and not lagging too far."""
-    from extract.replica import choose_read_url
+def _read_choice() -> Any:
+    """Primary or replica (an `extract.replica.ReadChoice`, whose lag the extract takes off
+    the recorded window end): the replica only when configured and not lagging too far."""
+    from extract.replica import NO_REPLICA, ReadChoice, choose_read_url
 
     primary = settings.get_connection_uri(settings.SOURCE_DB_CONN_ID)
     replica = settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False)
     if not replica:
-        return primary
+        return ReadChoice(primary, False, None, NO_REPLICA)
     choice = choose_read_url(
         primary,
         replica,
@@ -133,7 +134,7 @@ def _read_choice() -> str:
         on_lag=settings.replica_on_lag(),
     )
     log.info("source read: %s", choice.reason)
-    return choice.url
+    return choice
 
 
 @timed
@@ -150,7 +151,7 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
     map_path = settings.shard_map_path()
     if map_path is not None:
         return _extract_sharded(business_date, map_path, configs)
-    uri = _read_choice()
+    choice = _read_choice()
     source_id = _source_id()
     extras: dict[str, Any] = {"source_id": source_id}
     if _source_changed(source_id):
@@ -161,12 +162,13 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
         extras["source_changed"] = True
     totals = _source_totals(business_date)
     manifests = extract_tables(
-        uri,
+        choice.url,
         run_id=run_id_for(business_date),
         landing_root=settings.landing_dir(),
         warehouse_path=settings.warehouse_path(),
         configs=configs,
         manifest_extras=extras,
+        read_choice=choice,
         parallelism=settings.extract_parallelism(),
         aggregates=totals,
     )
@@ -220,8 +222,8 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
     shard_map = ShardMap.load(map_path)
     if settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False):
         log.warning(
-            "%s is set but the source is sharded (%s): it is not used; point a shard's "
-            "url/conn_id in the map at its replica instead",
+            "%s is set but the source is sharded (%s): it is not used; give each shard "
+            "its replica_url/replica_conn_id in the map instead (docs/sharding.md)",
             settings.SOURCE_DB_REPLICA_CONN_ID,
             map_path,
         )
@@ -239,6 +241,8 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
         warehouse_path=settings.warehouse_path(),
         configs=configs,
         max_workers=settings.shard_max_workers(),
+        replica_max_lag_seconds=settings.replica_max_lag_seconds(),
+        replica_on_lag=settings.replica_on_lag(),
         parallelism=settings.extract_parallelism(),
         aggregates=totals,
     )

@@ -5,6 +5,7 @@ threshold arithmetic."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -285,3 +287,144 @@ def test_replica_safe_window_end() -> None:
     assert replica_safe_window_end(u, on_replica) == u - timedelta(seconds=42.5)
     assert replica_safe_window_end(u, ReadChoice("p", False, 900.0, "lagging")) == u
     assert replica_safe_window_end(u, ReadChoice("p", False, None, "none")) == u
+
+
+# --------------------------------------------------------------------------- per shard
+
+
+def _shard_dbs(admin: str, stack: contextlib.ExitStack) -> dict[str, str]:
+    """Primary and "replica" of shards a and b: real databases with the same rows; the
+    replicas' orders say `from-replica` so the landing shows where each shard read."""
+    from demo.generator import generate
+    from tests.servers import fresh_database
+
+    dbs = {}
+    for name in ("a", "b", "a_replica", "b_replica"):
+        url = stack.enter_context(fresh_database(admin))
+        generate(url, seed=4, days=2, end_date=datetime(2026, 11, 20).date(), orders_per_day=20)
+        if name.endswith("_replica"):
+            with sa.create_engine(url).begin() as conn:
+                conn.execute(sa.text("update orders set status = 'from-replica'"))
+        dbs[name] = url
+    return dbs
+
+
+def _db_now(url: str) -> datetime:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("select current_timestamp")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _map(dbs: dict[str, str], **b_policy) -> Any:
+    from extract.shards import ShardMap
+
+    return ShardMap.from_dict(
+        {
+            "virtual_shards": 8,
+            "version": 1,
+            "shards": [
+                {"name": "a", "url": dbs["a"], "vshards": [[0, 3]],
+                 "replica_url": dbs["a_replica"]},
+                {"name": "b", "url": dbs["b"], "vshards": [[4, 7]],
+                 "replica_url": dbs["b_replica"], **b_policy},
+            ],
+        }
+    )  # fmt: skip
+
+
+def test_lag_is_checked_per_shard_replica(postgres_admin_url: str, tmp_path: Path) -> None:
+    """Each shard's replica is judged by its own lag and policy: a fresh one is read (the
+    shard's window end recorded lag-corrected), a lagging one falls back to that shard's
+    primary, or fails the run naming the shard when its policy is `fail`."""
+    import pyarrow.parquet as pq
+
+    from extract.db_extract import (
+        extract_sharded_source,
+        read_shard_run_record,
+        shard_run_id,
+    )
+    from extract.landing import run_dir
+    from extract.shards import ShardExtractError
+
+    with contextlib.ExitStack() as stack:
+        dbs = _shard_dbs(postgres_admin_url, stack)
+        lags = {dbs["a_replica"]: 200.0, dbs["b_replica"]: 1000.0}
+        measured: list[str] = []
+
+        def lag_fn(url: str) -> float:
+            measured.append(url)
+            return lags[url]
+
+        landing = tmp_path / "landing"
+        before = _db_now(dbs["a"])
+        extract_sharded_source(
+            _map(dbs), run_id="r1", landing_root=landing, warehouse_path=None, lag_fn=lag_fn
+        )
+        after = _db_now(dbs["a"])
+        assert sorted(measured) == sorted(lags)  # one lag check per shard replica
+        status = {}
+        manifests = {}
+        for shard in ("a", "b"):
+            directory = run_dir(landing, "source_db", "orders", shard_run_id("r1", shard))
+            status[shard] = set(pq.read_table(directory).column("status").to_pylist())
+            manifests[shard] = json.loads((directory / "_manifest.json").read_text())
+        assert status["a"] == {"from-replica"}
+        assert "from-replica" not in status["b"] and status["b"]
+        a, b = manifests["a"], manifests["b"]
+        assert (a["read_from"], a["replica_lag_seconds"]) == ("replica", 200.0)
+        assert (b["read_from"], b["replica_lag_seconds"]) == ("primary", 1000.0)
+        assert "exceeds the threshold 300s" in b["read_reason"]
+        # U (the shard's clock at its snapshot) is within [before, after]; only the
+        # replica's recorded window end is U - lag
+        lag = timedelta(seconds=200)
+        assert before - lag <= datetime.fromisoformat(a["window_end"]) <= after - lag
+        assert before <= datetime.fromisoformat(b["window_end"]) <= after
+
+        # b's own policy: fail. The run fails naming b; no run record, so not loadable.
+        with pytest.raises(ShardExtractError) as err:
+            extract_sharded_source(
+                _map(dbs, replica_on_lag="fail"),
+                run_id="r2",
+                landing_root=landing,
+                warehouse_path=None,
+                lag_fn=lag_fn,
+            )
+        assert set(err.value.failures) == {"b"}
+        assert isinstance(err.value.failures["b"], ReplicaLagError)
+        assert "1000.0s exceeds the threshold 300s" in str(err.value)
+        assert read_shard_run_record(landing, "r2") is None
+
+        # b's own threshold above its lag: b reads its replica too
+        extract_sharded_source(
+            _map(dbs, replica_max_lag_seconds=2000),
+            run_id="r3",
+            landing_root=landing,
+            warehouse_path=None,
+            lag_fn=lag_fn,
+        )
+        directory = run_dir(landing, "source_db", "orders", shard_run_id("r3", "b"))
+        assert set(pq.read_table(directory).column("status").to_pylist()) == {"from-replica"}
+
+
+def test_shard_map_replica_settings_are_validated_and_kept_secret() -> None:
+    from extract.shards import ShardMap, ShardMapError, move_vshards
+
+    base = {"name": "a", "url": "postgresql://u@h/a", "vshards": [[0, 1023]]}
+    for bad, message in (
+        ({"replica_url": "x://r", "replica_conn_id": "r"}, "not both"),
+        ({"replica_max_lag_seconds": -1}, "must be a number >= 0"),
+        ({"replica_on_lag": "maybe"}, "valid: primary, fail"),
+    ):
+        with pytest.raises(ShardMapError, match=message):
+            ShardMap.from_dict({"version": 1, "shards": [{**base, **bad}]})
+    replica = f"postgresql://reader:{SECRET}@replica/a"
+    m = ShardMap.from_dict(
+        {"version": 1, "shards": [{**base, "replica_url": replica, "replica_on_lag": "fail"}]}
+    )
+    assert SECRET not in json.dumps(m.to_public_dict()) and SECRET not in repr(m.shards[0])
+    assert ShardMap.from_dict(m.to_dict()) == m
+    moved = move_vshards(m, 0, 9, "b", url="postgresql://u@h/b")
+    assert moved.shard("a").replica_url == replica  # a reshard keeps the shard's replica
