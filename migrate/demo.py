@@ -201,7 +201,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     mappings = load_mappings()
     with pg_admin_url() as admin_url:
-        new_url = recreate_database(admin_url, DEMO_DB)
+        new_url = recreate_database(admin_url, args.database)
         old, new = make_engine(f"sqlite:///{old_path}"), make_engine(new_url)
         with old.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # app writes while backfill reads
@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m migrate.demo", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--data-dir", default=str(PROJECT_ROOT / "data" / "migration-demo"))
+    parser.add_argument("--database", default=DEMO_DB, help="new database (recreated)")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--orders-per-day", type=int, default=150)
     parser.add_argument("--app-threads", type=int, default=3)
