@@ -24,7 +24,10 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-default_args = {"owner": "data-platform", "retries": 0}
+from alerting.callbacks import on_task_failure
+
+# No retries: a gate that says no must be looked at, not retried.
+default_args = {"owner": "data-platform", "retries": 0, "on_failure_callback": on_task_failure}
 
 
 def _params() -> dict:

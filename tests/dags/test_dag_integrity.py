@@ -135,4 +135,6 @@ def test_migration_verify_shape(dagbag) -> None:
     }
     assert "verify" in dag.get_task("backfill").downstream_task_ids
     assert "gate" in dag.get_task("verify").downstream_task_ids
-    assert all(task.owner == "data-platform" for task in dag.tasks)
+    for task in dag.tasks:
+        assert task.owner == "data-platform"
+        assert task.on_failure_callback, f"{task.task_id} has no failure alert"
