@@ -41,7 +41,7 @@ from transform.money import cents_to_decimal, reciprocal_fraction, usd_cents_hal
 CANCELLED = "cancelled"
 UNKNOWN_REGION = "unknown"
 UNCATEGORIZED = "uncategorized"
-CHUNK_DAYS = 31  # business days per read: ~1/12 of a year of orders in memory at once
+CHUNK_DAYS = 14  # business days per read (measured at 5M orders: 7-31 days all close; 92+ slower)
 
 OUTPUT_COLUMNS = ["date", "region", "category", "total_sales_usd", "order_count"]
 
