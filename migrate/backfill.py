@@ -7,11 +7,14 @@ rows nor the checkpoint, a kill after leaves both, so a resume neither skips nor
 doubles (and the upsert makes a repeated batch harmless anyway). Upserts never
 replace a newer version written meanwhile by the dual writer. A rows/s limit spares
 the production primary; progress (rows, rate, ETA) goes to the log and, on a
-terminal, to a bar. The repair log is replayed first.
+terminal, to a bar. The repair log is replayed first. A row the mapping cannot
+convert goes to `ops.migration_quarantine` with the error (table, row, field) and the
+copy goes on; verification then reports it missing, so no gate passes over it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,11 +25,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from migrate.db import reflect_table, require_columns
+from migrate.db import exact_columns, reflect_table, require_columns
 from migrate.dual_write import replay_repair_log
-from migrate.mapping import TableMapping
+from migrate.mapping import MappingError, TableMapping
 from migrate.progress import Progress
-from migrate.state import checkpoints, ensure_ops
+from migrate.state import checkpoints, ensure_ops, quarantine
 from migrate.writer import Tables, upsert
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,44 @@ def _save_checkpoint(
     )
 
 
+def _convert(
+    mapping: TableMapping, rows: Sequence[sa.Row]
+) -> tuple[list[dict], list[tuple[Any, dict, str]]]:
+    """Rows through the mapping; those it cannot convert are set aside with the error."""
+    good, bad = [], []
+    for row in rows:
+        old_row = dict(row._mapping)
+        try:
+            good.append(mapping.to_new(old_row))
+        except MappingError as exc:
+            bad.append((old_row[mapping.old_key], old_row, str(exc)))
+    return good, bad
+
+
+def _quarantine(conn: Connection, mapping: TableMapping, bad: list[tuple[Any, dict, str]]) -> None:
+    """Keep unconvertible rows readable in ops.migration_quarantine (same transaction as
+    the batch). They stay missing in new, so verification and the gates keep failing
+    until the row or the mapping is fixed and the key replayed."""
+    if not bad:
+        return
+    now = datetime.now(UTC)
+    for key, _, error in bad:
+        log.error("backfill %s: row %s quarantined: %s", mapping.name, key, error)
+    conn.execute(
+        quarantine.insert(),
+        [
+            {
+                "table_name": mapping.name,
+                "row_key": key,
+                "error": error,
+                "old_row": json.dumps(row, default=str, sort_keys=True),
+                "quarantined_at": now,
+            }
+            for key, row, error in bad
+        ],
+    )
+
+
 class _Throttle:
     """Sleeps so the average rate stays at or under `rows_per_second` (0: unlimited)."""
 
@@ -114,7 +155,7 @@ def backfill_table(
     require_columns(old_table, mapping.old_columns, old)
     new_table = Tables(new).get(mapping.new_table, mapping.new_columns)
     key = old_table.c[mapping.old_key]
-    cols = [old_table.c[c] for c in dict.fromkeys(mapping.old_columns)]
+    cols = exact_columns(old_table, list(dict.fromkeys(mapping.old_columns)))
     with new.begin() as conn:
         if restart:
             conn.execute(checkpoints.delete().where(checkpoints.c.table_name == mapping.name))
@@ -136,10 +177,11 @@ def backfill_table(
             rows = conn.execute(query.where(key > last) if last is not None else query).all()
         if not rows:
             break
-        new_rows = [mapping.to_new(r._mapping) for r in rows]
+        new_rows, bad = _convert(mapping, rows)
         last, done = rows[-1]._mapping[mapping.old_key], done + len(rows)
         with new.begin() as conn:
             upsert(conn, new_table, mapping, new_rows)
+            _quarantine(conn, mapping, bad)
             if hook is not None:
                 hook(mapping, batches)
             _save_checkpoint(conn, mapping.name, last, done, finished=False)

@@ -45,6 +45,19 @@ def reflect_table(engine: Engine, name: str) -> sa.Table:
         raise MappingError(f"table {name!r} does not exist in {safe_url(engine)}") from exc
 
 
+def exact_columns(table: sa.Table, names: list[str] | None = None) -> list[sa.ColumnElement]:
+    """The columns to select, money read exactly: SQLAlchemy would round a SQLite REAL
+    to the declared scale (12.345 → 12.35) and hide a value the mapping must refuse."""
+    out: list[sa.ColumnElement] = []
+    for col in table.columns if names is None else [table.c[n] for n in names]:
+        if isinstance(col.type, sa.Numeric) and not isinstance(col.type, sa.Float):
+            exact = sa.Numeric(asdecimal=True, decimal_return_scale=10)
+            out.append(sa.type_coerce(col, exact).label(col.name))
+        else:
+            out.append(col)
+    return out
+
+
 def require_columns(table: sa.Table, names: list[str], engine: Engine) -> None:
     """Every mapped column exists (named in the error otherwise)."""
     missing = [n for n in names if n not in table.c]
@@ -99,7 +112,13 @@ def _num(value: Any) -> str | None:
 
 
 def _cents(value: Any) -> str | None:
-    return None if value is None else str(to_cents(value, where="value"))
+    """Cents as text; a value that is not whole cents compares unequal, never raises."""
+    if value is None:
+        return None
+    try:
+        return str(to_cents(value, where="value"))
+    except MappingError:
+        return f"not cents: {value}"
 
 
 class _HashSum:

@@ -64,7 +64,8 @@ def to_cents(value: Any, *, where: str) -> int:
     except InvalidOperation as exc:
         raise MappingError(f"{where}: {value!r} is not a number") from exc
     if cents != cents.to_integral_value():
-        raise MappingError(f"{where}: {value!r} has more than 2 decimals")
+        shown = format((cents / 100).normalize(), "f")
+        raise MappingError(f"{where}: {shown} has more than 2 decimals")
     return int(cents)
 
 

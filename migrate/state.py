@@ -5,7 +5,9 @@
   During phases 1-3 the old database is the system of record and has just accepted the
   user's write, so it is the one store certain to be up when the new one is not.
 - New database, schema `ops`: backfill checkpoints (they must commit in the same
-  transaction as the batch they describe), `ops.migration_checks` (each verification)
+  transaction as the batch they describe), `ops.migration_quarantine` (old rows the
+  mapping cannot convert, with the error naming table, row and field),
+  `ops.migration_checks` (each verification)
   and `ops.migration_gates` (each gate decision). The new database is the one that
   survives the move; the DuckDB warehouse is not used (its single writer belongs to
   the nightly DAG).
@@ -85,6 +87,18 @@ gates = sa.Table(
     sa.Column("failed_gate", sa.Text, nullable=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+quarantine = sa.Table(
+    "migration_quarantine",
+    ops,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("table_name", sa.Text, nullable=False),
+    sa.Column("row_key", sa.BigInteger, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("old_row", sa.Text, nullable=False),  # JSON, values as text
+    sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 

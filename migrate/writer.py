@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from migrate.db import reflect_table, require_columns
+from migrate.db import exact_columns, reflect_table, require_columns
 from migrate.mapping import TableMapping, mappings_of_old_table
 
 
@@ -58,7 +58,7 @@ def read_old_rows(
     """Current old rows by key (absent keys: deleted in old)."""
     if not keys:
         return {}
-    result = conn.execute(sa.select(table).where(table.c[key].in_(list(keys))))
+    result = conn.execute(sa.select(*exact_columns(table)).where(table.c[key].in_(list(keys))))
     return {row._mapping[key]: dict(row._mapping) for row in result}
 
 

@@ -5,6 +5,7 @@ doubles a row on resume."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +137,18 @@ def test_progress_reports_rows_rate_and_eta() -> None:
     assert line.startswith("backfill orders: 50/200 rows (25%), ")
     assert "rows/s, ETA " in line
     assert "[#######......................." in out.getvalue()
+
+
+def test_an_unconvertible_row_is_quarantined_and_stays_visible(engines, mappings) -> None:
+    old, new = engines
+    execute(old, "UPDATE orders SET total = 12.345 WHERE id = 3")
+    result = backfill_table(old, new, mappings["orders"], batch_size=40, progress_bar=False)
+    assert result.rows_done == count(old, "orders")  # the copy went on
+    with new.connect() as conn:
+        held = conn.execute(
+            sa.text("SELECT table_name, row_key, error, old_row FROM ops.migration_quarantine")
+        ).all()
+    assert [(h.table_name, h.row_key) for h in held] == [("orders", 3)]
+    assert "orders id=3 field total: 12.345 has more than 2 decimals" in held[0].error
+    assert json.loads(held[0].old_row)["total"].startswith("12.345")
+    assert verify_table(old, new, mappings["orders"]).missing == [3]
