@@ -118,9 +118,9 @@ def _count_orders(url: str) -> int | None:
 
 def derive(base: str, url: str, orders: int) -> None:
     """`orders` generator orders for another size, without generating them again: the
-    5M database's orders (all tables' generation takes ~1 h on a busy 2-CPU machine),
-    cut (1M: the first ids, generated first) or repeated with ids shifted past the
-    largest (10M), so the values and their widths stay the generator's."""
+    orders of the `base` database (all tables' generation of 5M orders takes ~1 h on a
+    busy 2-CPU machine), cut (the first ids) or repeated with ids shifted past the
+    largest, so the values and their widths stay the generator's."""
     from demo.schema import orders as orders_table
 
     engine = sa.create_engine(url)
@@ -129,19 +129,18 @@ def derive(base: str, url: str, orders: int) -> None:
     finally:
         engine.dispose()
     columns = ", ".join(c.name for c in orders_table.columns if c.name != "id")
+    target = sql.SQL("COPY orders (id, {cols}) FROM STDIN (FORMAT BINARY)").format(
+        cols=sql.SQL(columns)
+    )
     with psycopg.connect(_libpq(base)) as src, psycopg.connect(_libpq(url)) as dst:
-        top = src.execute("SELECT max(id) FROM orders").fetchone()[0]
+        have, top = src.execute("SELECT count(*), max(id) FROM orders").fetchone()
         copied = 0
         while copied < orders:
-            take = min(orders - copied, DEFAULT_ORDERS)
-            shift = top * (copied // DEFAULT_ORDERS)
+            take = min(orders - copied, have)
             query = sql.SQL(
                 "COPY (SELECT id + {shift}, {cols} FROM orders ORDER BY id LIMIT {take}) "
                 "TO STDOUT (FORMAT BINARY)"
-            ).format(shift=shift, cols=sql.SQL(columns), take=take)
-            target = sql.SQL("COPY orders (id, {cols}) FROM STDIN (FORMAT BINARY)").format(
-                cols=sql.SQL(columns)
-            )
+            ).format(shift=top * (copied // have), cols=sql.SQL(columns), take=take)
             with src.cursor().copy(query) as out, dst.cursor().copy(target) as into:
                 for chunk in out:
                     into.write(chunk)
@@ -239,6 +238,10 @@ def child(method: str, url: str, warehouse: str | None, degree: int) -> None:
     # Import first (as a running pipeline has): the timing is of the extract itself.
     # pyarrow imports pandas lazily on its first Parquet write: ~0.3 s otherwise counted.
     # Likewise duckdb (the watermark store) and SQLAlchemy's PostgreSQL dialect.
+    import duckdb  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow.compute  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
     import extract.db_extract
