@@ -182,6 +182,8 @@ class _Side:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             conn.begin()
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            # the bucket aggregate sorts ~all rows when run in parallel: keep it in memory
+            conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         self.conn = conn
 
     def close(self) -> None:
