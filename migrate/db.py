@@ -91,17 +91,18 @@ def _h60(text: str | None) -> int | None:
     return None if text is None else int(hashlib.md5(text.encode()).hexdigest()[:15], 16)
 
 
-def _epoch_us(value: Any) -> str | None:
-    """Timestamp text (naive = UTC) → epoch microseconds, as PostgreSQL's extract gives."""
+def _epoch(value: Any) -> str | None:
+    """Timestamp text (naive = UTC) → epoch seconds with 6 decimals, exactly as
+    PostgreSQL prints `extract(epoch from x)` ('1767225600.120000', '-1.500000')."""
     if value is None:
         return None
-    if isinstance(value, int | float):
-        return str(int(value))
     ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
-    return str((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    sign, micros = ("-" if micros < 0 else ""), abs(micros)
+    return f"{sign}{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
 def _num(value: Any) -> str | None:
@@ -139,7 +140,7 @@ def _sqlite_functions(dbapi_conn: Any, _record: Any) -> None:
     for name, fn in (
         ("ns_md5_16", _md5_16),
         ("ns_h60", _h60),
-        ("ns_epoch_us", _epoch_us),
+        ("ns_epoch", _epoch),
         ("ns_num", _num),
         ("ns_cents", _cents),
     ):

@@ -10,8 +10,9 @@ A bucket that is empty on one side is listed by keys alone.
 
 The canonical text is the same on both sides through the mapping: integers as
 decimal text, money in cents for `cents` columns, other numerics as
-`trim_scale(x)::text`, timestamps as UTC epoch microseconds, blank → NULL for `text`
-columns, text values length-prefixed and NULL as `n`, so no two rows share a text.
+`trim_scale(x)::text`, timestamps as UTC epoch seconds with 6 decimals, blank → NULL
+for `text` columns, text values length-prefixed and NULL as `n`, so no two rows share
+a text.
 PostgreSQL computes it natively (md5); SQLite uses the functions `migrate.db`
 registers on its connections. Memory is bounded by the bucket lists and one leaf.
 Each PostgreSQL side reads one REPEATABLE READ snapshot for the whole verification.
@@ -104,7 +105,7 @@ def _canon_pg(col: str, type_class: str, kind: str) -> str:
     if kind == "cents" and type_class in ("num", "float"):
         return f"(({col}) * 100)::bigint::text"
     if type_class == "ts":
-        return f"(extract(epoch from {col}) * 1000000)::bigint::text"
+        return f"extract(epoch from {col})::text"  # numeric, always 6 decimals
     if type_class == "num":
         return f"trim_scale({col})::text"
     if type_class == "bool":
@@ -118,7 +119,7 @@ def _canon_sqlite(col: str, type_class: str, kind: str) -> str:
     if kind == "cents" and type_class in ("num", "float"):
         return f"ns_cents({col})"
     if type_class == "ts":
-        return f"ns_epoch_us({col})"
+        return f"ns_epoch({col})"
     if type_class == "num":
         return f"ns_num({col})"
     if type_class == "bool":
