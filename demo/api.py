@@ -3,7 +3,10 @@
 Serves payments from the SQLite file the demo generator writes, and deterministic FX
 rates from `demo.fx`. Faults imitate a real third-party API (429 + Retry-After, 5xx,
 slow pages, a page repeating records of the page before, schema-breaking records) and
-are chosen by request counters, so a test run always sees the same sequence.
+are chosen by request counters, so a test run always sees the same sequence. Besides,
+`fx_missing_days` makes `/v1/fx-rates` lack the rates of chosen days (only the base
+`USD`, or a 404 with `fx_missing_status=404`), as a provider that has not published a
+day yet does.
 
 Run: python -m demo.api --token TOKEN --payments-db data/demo/payments.db
 """
@@ -67,9 +70,20 @@ class FaultConfig:
     every: int = 3
     retry_after: int = 1
     slow_seconds: float = 2.0
+    fx_missing_days: frozenset[str] = frozenset()  # YYYY-MM-DD days without rates
+    fx_missing_status: int = 200  # 200: only {"USD": "1"}; 404: "no rates for that day"
 
     def __post_init__(self) -> None:
         self.modes = frozenset(self.modes)
+        self.fx_missing_days = frozenset(self.fx_missing_days)
+        for day in self.fx_missing_days:
+            if not isinstance(day, str) or len(day) != 10:
+                raise ValueError(f"fx_missing_days: {day!r} is not a YYYY-MM-DD date")
+            date.fromisoformat(day)
+        if self.fx_missing_status not in (200, 404):
+            raise ValueError(
+                f"fx_missing_status must be 200 or 404, got {self.fx_missing_status!r}"
+            )
         unknown = sorted(self.modes - set(FAULT_MODES))
         if unknown:
             raise ValueError(f"unknown fault mode(s) {unknown}; known: {', '.join(FAULT_MODES)}")
@@ -86,6 +100,8 @@ class FaultConfig:
             "every": self.every,
             "retry_after": self.retry_after,
             "slow_seconds": self.slow_seconds,
+            "fx_missing_days": sorted(self.fx_missing_days),
+            "fx_missing_status": self.fx_missing_status,
         }
 
 
@@ -326,7 +342,13 @@ def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None =
         fault = await inject_error_fault()
         if fault is not None:
             return fault
-        return JSONResponse({"base": "USD", "date": day.isoformat(), "rates": rates_for(day)})
+        rates = rates_for(day)
+        if day.isoformat() in state.faults.fx_missing_days:
+            state.faults_injected["fx_missing_day"] += 1
+            if state.faults.fx_missing_status == 404:
+                return _error(404, f"no rates published for {day.isoformat()}")
+            rates = {"USD": rates["USD"]}
+        return JSONResponse({"base": "USD", "date": day.isoformat(), "rates": rates})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -346,6 +368,8 @@ def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None =
                 every=body.get("every", current.every),
                 retry_after=body.get("retry_after", current.retry_after),
                 slow_seconds=body.get("slow_seconds", current.slow_seconds),
+                fx_missing_days=frozenset(body.get("fx_missing_days", [])),
+                fx_missing_status=body.get("fx_missing_status", 200),
             )
         except (ValueError, TypeError) as exc:
             return _error(400, f"bad fault settings: {exc}")

@@ -401,7 +401,8 @@ def extract_fx_rates(
     whose answer lacks a currency that other days have still lands the currencies it
     has; the gaps are listed in the manifest (`missing_currencies`: {day: [currency]})
     and logged; the FX completeness check downstream decides whether a missing rate
-    matters. `USD` is 1 by definition (base USD): it is added when the API left it out,
+    matters; such a day (or one with only USD) is not cached, so a later run asks the API
+    again. `USD` is 1 by definition (base USD): it is added when the API left it out,
     and a USD rate other than 1 fails. A rate that is not a positive decimal fails the
     run naming the day and the currency. The manifest lists `days` (ISO dates).
     """
@@ -410,6 +411,7 @@ def extract_fx_rates(
     fetched = cache_hits = 0
     wanted = sorted(set(days))
     per_day: dict[date, set[str]] = {}
+    to_cache: dict[date, tuple[Path, dict[str, Any]]] = {}
     for day in wanted:
         cache_file = _fx_cache_path(landing_root, day, getattr(client, "base_url", ""))
         payload = _read_fx_cache(cache_file, day)
@@ -431,7 +433,7 @@ def extract_fx_rates(
             raise ValueError(f"fx rates for {day.isoformat()}: USD is {rates['USD']!r}, not 1")
         # Cache only once validated, and only past days: today's rates may still move.
         if day < today and not cache_file.exists():
-            _write_json_atomically(cache_file, payload)
+            to_cache[day] = (cache_file, payload)
         per_day[day] = set(rates)
         for currency in sorted(rates):
             rows.append(
@@ -445,6 +447,11 @@ def extract_fx_rates(
     }
     if missing:
         log.warning("fx_rates: currencies missing on some days (others landed): %s", missing)
+    for day, (cache_file, payload) in to_cache.items():
+        # An incomplete day (the provider had not published it all) is asked for again
+        # by the next run instead of being frozen in the cache.
+        if day.isoformat() not in missing and per_day[day] != {"USD"}:
+            _write_json_atomically(cache_file, payload)
     table = pa.Table.from_pylist(rows, schema=FX_SCHEMA)
     manifest = write_landing_table(
         table,

@@ -3,6 +3,10 @@
 - `store_results(con, run_id, results)`: one row per expectation outcome; a rerun of the same
   run replaces the rows of that run for the suites it stores, inside the caller's
   transaction (no begin/commit here).
+- `record_failed_gate(warehouse, run_id, results)`: a failed gate's results into the
+  *published* warehouse's `ops.quality_results` (the run's build is abandoned), by the
+  same copy-and-rename as a publish, so `analytics` is untouched.
+- `dbt_test_results(nodes, run_id)`: dbt's data tests as one suite `dbt`, stored beside GX's.
 - `build_data_docs(results, site_dir)`: GX's own Data Docs (SiteBuilder on an ephemeral
   context), rendered from our merged per-table results; returns the site's index.html.
 """
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from quality.validate import ExpectationOutcome, SuiteResult, jsonable
+
+DBT_SUITE = "dbt"
 
 _DDL = """
 create table if not exists ops.quality_results (
@@ -75,7 +81,7 @@ def store_results(con: Any, run_id: str, results: list[SuiteResult]) -> int:
             None
             if outcome.observed_value is None
             else json.dumps(jsonable(outcome.observed_value), sort_keys=True),
-            _details(outcome, result.table),
+            _details(outcome, outcome.table or result.table),
             checked_at,
         ]
         for result in results
@@ -84,6 +90,86 @@ def store_results(con: Any, run_id: str, results: list[SuiteResult]) -> int:
     if rows:
         con.executemany("insert into ops.quality_results values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return len(rows)
+
+
+def record_failed_gate(warehouse_path: Path, run_id: str, results: list[SuiteResult]) -> bool:
+    """Store a failed gate's `results` in the published warehouse; False if none exists yet.
+
+    Why: a failing gate abandons the run's build, and the results stored there with it,
+    yet the on-call must find the failure in `ops.quality_results`. The published file is
+    never written in place (a DuckDB writer would lock analysts out), so this copies it,
+    writes only `ops.quality_results` (rows of `run_id` for these suites, replaced again by
+    the rerun) and renames the copy over it: `analytics` stays row for row as it was.
+    Called by the failing task itself, inside the `warehouse_writer` pool, so it is the
+    only writer (single-writer rule).
+    """
+    import duckdb
+
+    from warehouse.publish import abandon_build, begin_build, publish_build
+
+    warehouse_path = Path(warehouse_path)
+    if not warehouse_path.exists():
+        return False
+    build = begin_build(warehouse_path, f"{run_id}-failed-gate")
+    try:
+        con = duckdb.connect(str(build))
+        try:
+            con.execute("begin")
+            store_results(con, run_id, results)
+            con.execute("commit")
+        finally:
+            con.close()
+        publish_build(build, warehouse_path)
+    except BaseException:
+        abandon_build(build)
+        raise
+    return True
+
+
+def _dbt_tested_model(manifest: dict[str, Any], unique_id: str) -> str:
+    """The model a dbt test guards (its attached node or first dependency), else `dbt`."""
+    node = (manifest.get("nodes") or {}).get(unique_id) or {}
+    attached = node.get("attached_node") or next(
+        iter((node.get("depends_on") or {}).get("nodes") or []), None
+    )
+    return str(attached).split(".")[-1] if attached else "dbt"
+
+
+def dbt_test_results(nodes: list[Any], run_id: str, manifest_path: Path | None) -> SuiteResult:
+    """dbt's data tests of one build (dbt_runner.NodeResult) as the suite `dbt`.
+
+    Why: FX completeness and the marts' keys are dbt tests; their failures belong in
+    `ops.quality_results` beside the GX suites. A test that errors (our `raise_for_row`
+    tests stop dbt with the offending currency and day) counts as failed, with dbt's
+    message as the observed value. Unit tests are code checks, not data: left out.
+    """
+    manifest: dict[str, Any] = {}
+    if manifest_path is not None and manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            manifest = {}
+    outcomes = []
+    for node in nodes:
+        if node.resource_type != "test" or node.status == "skipped":
+            continue  # skipped: not evaluated (an upstream node failed)
+        success = node.status == "pass"
+        outcomes.append(
+            ExpectationOutcome(
+                suite=DBT_SUITE,
+                table=_dbt_tested_model(manifest, node.unique_id),
+                expectation=node.name,
+                column=None,
+                severity="warning" if node.status == "warn" else "critical",
+                success=success,
+                observed_value=None if success else (node.message or node.status),
+                unexpected_count=node.failures,
+                details={"status": node.status, "unique_id": node.unique_id},
+            )
+        )
+    return SuiteResult(
+        suite=DBT_SUITE, table="dbt_project", run_id=run_id, outcomes=outcomes, rows=None
+    )
 
 
 # --------------------------------------------------------------------------------------

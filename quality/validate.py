@@ -154,8 +154,12 @@ class SuiteResult:
         )
 
 
-def raise_for_critical(results: list[SuiteResult]) -> None:
-    """Raise QualityGateError listing every critical failure of `results` (if any)."""
+def raise_for_critical(results: list[SuiteResult], where: str | None = None) -> None:
+    """Raise QualityGateError listing every critical failure of `results` (if any).
+
+    `where` (e.g. "results in ops.quality_results of <warehouse>") ends the message, so
+    the on-call knows where the full results are.
+    """
     failing = [r for r in results if r.critical_failures]
     if not failing:
         return
@@ -164,6 +168,8 @@ def raise_for_critical(results: list[SuiteResult]) -> None:
     for result in failing:
         lines.append(f"suite {result.suite}, table {result.table}, run {result.run_id}:")
         lines.extend(f"  - {o.describe()}" for o in result.critical_failures)
+    if where:
+        lines.append(where)
     raise QualityGateError("\n".join(lines), failing)
 
 

@@ -14,77 +14,24 @@ import os
 from datetime import date, timedelta
 from pathlib import Path
 
-import duckdb
 import pytest
 import sqlalchemy as sa
 
 from demo.generator import apply_next_day, generate
 from demo.run import running_api
 from pipeline.airflow_run import run_dag
-from tests.e2e.oracle import expected_tables, load_fx, order_days
+from tests.e2e.harness import (
+    REPORT_TZ,
+    TOKEN,
+    api_base_of,
+    assert_matches_oracle,
+    pipeline_env,
+    snapshot,
+)
 
 pytestmark = pytest.mark.e2e
 
-REPORT_TZ = "America/New_York"  # not UTC: the business day boundary must be honoured
 END = date(2026, 11, 20)
-TOKEN = "e2e-secret-token"
-
-
-def published(warehouse: Path, through: date) -> tuple[set, set]:
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        summary = set(
-            con.execute(
-                "select date, region, total_sales_usd, order_count from analytics.sales_summary "
-                "where date <= ?",
-                [through],
-            ).fetchall()
-        )
-        daily = set(
-            con.execute(
-                "select date, region, category, total_sales_usd, order_count "
-                "from analytics.daily_sales where date <= ?",
-                [through],
-            ).fetchall()
-        )
-        types = con.execute(
-            "select table_name, column_name, data_type from information_schema.columns "
-            "where table_schema = 'analytics' order by table_name, ordinal_position"
-        ).fetchall()
-    finally:
-        con.close()
-    assert ("sales_summary", "total_sales_usd", "DECIMAL(18,2)") in types
-    assert ("sales_summary", "order_count", "BIGINT") in types
-    assert ("sales_summary", "date", "DATE") in types
-    assert ("daily_sales", "total_sales_usd", "DECIMAL(18,2)") in types
-    assert ("daily_sales", "category", "VARCHAR") in types
-    return summary, daily
-
-
-def snapshot(warehouse: Path) -> dict[str, list]:
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        return {
-            t: con.execute(f"select * from analytics.{t} order by all").fetchall()
-            for t in ("sales_summary", "daily_sales")
-        }
-    finally:
-        con.close()
-
-
-def assert_matches_oracle(engine, warehouse: Path, api_base: str, through: date) -> None:
-    load_fx(engine, api_base, TOKEN, order_days(engine, REPORT_TZ, through))
-    want_summary, want_daily = expected_tables(engine, REPORT_TZ, through)
-    got_summary, got_daily = published(warehouse, through)
-    assert want_summary, "the oracle found no data: the check would be vacuous"
-    assert got_summary == want_summary, (
-        f"sales_summary differs: missing {sorted(want_summary - got_summary)[:5]}, "
-        f"extra {sorted(got_summary - want_summary)[:5]}"
-    )
-    assert got_daily == want_daily, (
-        f"daily_sales differs: missing {sorted(want_daily - got_daily)[:5]}, "
-        f"extra {sorted(got_daily - want_daily)[:5]}"
-    )
 
 
 def test_nightly_sales_end_to_end(pg_database: str, tmp_path: Path) -> None:
@@ -100,22 +47,13 @@ def test_nightly_sales_end_to_end(pg_database: str, tmp_path: Path) -> None:
         if_exists="replace",
     )
     engine = sa.create_engine(pg_database)
-    # A plain postgresql:// URL, as a user would put it in AIRFLOW_CONN_SOURCE_DB.
-    source_uri = (
-        sa.make_url(pg_database).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    base_env = {
-        "AIRFLOW_CONN_SOURCE_DB": source_uri,
-        "NIGHTSHIFT_DATA_DIR": str(data_dir),
-        "REPORT_TZ": REPORT_TZ,
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-    }
+    base_env = pipeline_env(pg_database, data_dir, tmp_path / "airflow")
     warehouse = data_dir / "warehouse.duckdb"
     faults = "rate_limit,server_error,repeat_page,malformed"
     os.environ["REPORT_TZ"] = REPORT_TZ  # for the helpers below that read settings
     try:
         with running_api(payments_db, token=TOKEN, faults=faults, fault_every=2) as api_uri:
-            api_base = "http://" + api_uri.split("@", 1)[1]
+            api_base = api_base_of(api_uri)
             env = {**base_env, "AIRFLOW_CONN_PAYMENTS_API": api_uri}
 
             # not the last day with orders: later days exist, need no FX and are not judged

@@ -1,9 +1,9 @@
 """Write-audit-publish through the nightly steps: a failing run publishes nothing.
 
 A day is published; then the source gets an order in a currency the FX API does not
-know. The next run must fail in the dbt build naming the currency and day, leave the
-published warehouse byte for byte as it was (analysts see yesterday's data), and once
-the source is fixed, the rerun publishes.
+know. The next run must fail in the dbt build naming the currency and day, leave every
+published table row for row as it was (analysts see yesterday's data) except that
+`ops.quality_results` now says why, and once the source is fixed, the rerun publishes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 
@@ -47,10 +48,29 @@ def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield sa.create_engine(f"sqlite:///{source}"), tmp_path / "data" / "warehouse.duckdb"
 
 
+def _tables(warehouse: Path) -> dict[str, list]:
+    """Every published table's rows, except the failed gate's record."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        names = con.execute(
+            "select table_schema || '.' || table_name from information_schema.tables "
+            "where table_type = 'BASE TABLE' order by 1"
+        ).fetchall()
+        return {
+            n: con.execute(f"select * from {n} order by all").fetchall()
+            for (n,) in names
+            if n != "ops.quality_results"
+        }
+    finally:
+        con.close()
+
+
 def test_failed_build_leaves_published_warehouse_untouched(sources) -> None:
     engine, warehouse = sources
     nightly.run_all(DAY)
     published = warehouse.read_bytes()
+    tables = _tables(warehouse)
+    assert "analytics.sales_summary" in tables
 
     created = datetime(2026, 11, 20, 12, 0)  # naive UTC, as the generator stores SQLite times
     changed = datetime(2026, 11, 21, 1, 0)  # the application sets updated_at = now()
@@ -69,7 +89,17 @@ def test_failed_build_leaves_published_warehouse_untouched(sources) -> None:
         )
     with pytest.raises(DbtError, match=r"XTS.*2026-11-20"):
         nightly.run_all(DAY)
-    assert warehouse.read_bytes() == published, "a failed run changed the published warehouse"
+    assert _tables(warehouse) == tables, "a failed run changed the published warehouse"
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        (why,) = con.execute(
+            "select observed_value from ops.quality_results where run_id = ? and suite = 'dbt' "
+            "and not success",
+            [DAY.isoformat()],
+        ).fetchone()
+    finally:
+        con.close()
+    assert "XTS" in why and "2026-11-20" in why
 
     with engine.begin() as conn:  # the source is fixed: the order was a test currency
         conn.execute(

@@ -1,0 +1,112 @@
+"""Shared by the end-to-end tests: a real PostgreSQL source and the demo API on loopback,
+`nightly_sales` through `airflow dags test`, and checks of what it published.
+
+The published tables are compared with `tests/e2e/oracle.py`, an independent SQL
+computation on the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import sqlalchemy as sa
+
+from tests.e2e.oracle import expected_tables, load_fx, order_days
+
+REPORT_TZ = "America/New_York"  # not UTC: the business day boundary must be honoured
+TOKEN = "e2e-secret-token"
+ANALYTICS_TABLES = ("sales_summary", "daily_sales")
+
+
+def source_uri(database_url: str) -> str:
+    """A plain postgresql:// URL, as a user would put it in AIRFLOW_CONN_SOURCE_DB."""
+    return (
+        sa.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+
+
+def pipeline_env(database_url: str, data_dir: Path, airflow_home: Path) -> dict[str, str]:
+    """The environment of a nightly run against `database_url` (API added by the caller)."""
+    return {
+        "AIRFLOW_CONN_SOURCE_DB": source_uri(database_url),
+        "NIGHTSHIFT_DATA_DIR": str(data_dir),
+        "REPORT_TZ": REPORT_TZ,
+        "AIRFLOW_HOME": str(airflow_home),
+    }
+
+
+def api_base_of(api_uri: str) -> str:
+    """`http://:TOKEN@host:port` -> `http://host:port`."""
+    return "http://" + api_uri.split("@", 1)[1]
+
+
+def published(warehouse: Path, through: date) -> tuple[set, set]:
+    """(sales_summary rows, daily_sales rows) up to `through`, after checking the types."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        summary = set(
+            con.execute(
+                "select date, region, total_sales_usd, order_count from analytics.sales_summary "
+                "where date <= ?",
+                [through],
+            ).fetchall()
+        )
+        daily = set(
+            con.execute(
+                "select date, region, category, total_sales_usd, order_count "
+                "from analytics.daily_sales where date <= ?",
+                [through],
+            ).fetchall()
+        )
+        types = con.execute(
+            "select table_name, column_name, data_type from information_schema.columns "
+            "where table_schema = 'analytics' order by table_name, ordinal_position"
+        ).fetchall()
+    finally:
+        con.close()
+    assert ("sales_summary", "total_sales_usd", "DECIMAL(18,2)") in types
+    assert ("sales_summary", "order_count", "BIGINT") in types
+    assert ("sales_summary", "date", "DATE") in types
+    assert ("daily_sales", "total_sales_usd", "DECIMAL(18,2)") in types
+    assert ("daily_sales", "category", "VARCHAR") in types
+    return summary, daily
+
+
+def snapshot(warehouse: Path) -> dict[str, list]:
+    """Every row of the published `analytics` tables, in a fixed order."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return {
+            t: con.execute(f"select * from analytics.{t} order by all").fetchall()
+            for t in ANALYTICS_TABLES
+        }
+    finally:
+        con.close()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (the published report pages, PNGs, CSVs)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_matches_oracle(engine: sa.Engine, warehouse: Path, api_base: str, through: date) -> None:
+    """The published tables equal the oracle's, row for row, for every day up to `through`."""
+    load_fx(engine, api_base, TOKEN, order_days(engine, REPORT_TZ, through))
+    want_summary, want_daily = expected_tables(engine, REPORT_TZ, through)
+    got_summary, got_daily = published(warehouse, through)
+    assert want_summary, "the oracle found no data: the check would be vacuous"
+    assert got_summary == want_summary, (
+        f"sales_summary differs: missing {sorted(want_summary - got_summary)[:5]}, "
+        f"extra {sorted(got_summary - want_summary)[:5]}"
+    )
+    assert got_daily == want_daily, (
+        f"daily_sales differs: missing {sorted(want_daily - got_daily)[:5]}, "
+        f"extra {sorted(got_daily - want_daily)[:5]}"
+    )
