@@ -185,19 +185,23 @@ def run_dbt(
     env: dict[str, str] | None = None,
     warehouse_path: Path | None = None,
     run_id: str | None = None,
+    dbt: Path | None = None,
+    target_dir: Path | None = None,
 ) -> DbtResult:
     """Run `dbt <args>` against `project_dir` (which also holds profiles.yml).
 
     Output is streamed to the logger, then a summary of run_results.json (kept as
-    `target/run_results-<run_id or UTC timestamp>.json`). Raises DbtError naming the
-    failed nodes when dbt exits non-zero.
+    `<target_dir>/run_results-<run_id or UTC timestamp>.json`). Raises DbtError naming the
+    failed nodes when dbt exits non-zero. `dbt` is another environment's executable (the
+    Snowflake/BigQuery adapters live in `.venv-adapters`); `target_dir` (default
+    `project_dir/target`) keeps that environment's artifacts and partial-parse state apart.
     """
     project_dir = Path(project_dir).resolve()
-    target_dir = project_dir / "target"
+    target_dir = Path(target_dir).resolve() if target_dir else project_dir / "target"
     run_results = target_dir / "run_results.json"
     run_results.unlink(missing_ok=True)  # never report a previous run's results
     cmd = [
-        str(dbt_executable()),
+        str(dbt or dbt_executable()),
         *args,
         "--project-dir",
         str(project_dir),
@@ -254,6 +258,16 @@ def run_dbt(
     return result
 
 
+def run_settings_env(run_id: str | None, through_date: str | date | None) -> dict[str, str]:
+    """The per-run settings as environment (dbt_project/macros/run_setting.sql): a new
+    `--vars` every night would cost dbt a full re-parse; a changed env var re-parses only
+    the few files that read it. Empty = null."""
+    return {
+        "DBT_NIGHTSHIFT_RUN_ID": run_id or "",
+        "DBT_NIGHTSHIFT_THROUGH_DATE": "" if through_date is None else str(through_date),
+    }
+
+
 def dbt_build(
     warehouse_path: Path,
     report_tz: str,
@@ -265,12 +279,15 @@ def dbt_build(
     env: dict[str, str] | None = None,
     run_id: str | None = None,
     full_refresh: bool = False,
+    target_dir: Path | None = None,
 ) -> DbtResult:
     """`dbt build` on the DuckDB warehouse with the report vars; fails if `select` matches nothing.
 
     `run_id` (the loader's run id, e.g. "2026-11-27"): fct_orders rebuilds only the
     business days `ops.restated_days` records for that run (plus days whose FX rate
-    changed); None (default) or `full_refresh` rebuilds it in full.
+    changed), and the data tests check only the rows that run loaded or restated
+    (dbt_project/macros/test_slice.sql); None (default) or `full_refresh` rebuilds it in
+    full. `target_dir`: see run_dbt.
     """
     if run_id is not None and not _RUN_ID_RE.match(run_id):
         raise DbtError(f"invalid run_id {run_id!r}: letters, digits and _.:- only")
@@ -283,14 +300,11 @@ def dbt_build(
         args,
         project_dir=project_dir,
         target=target,
-        vars={
-            "report_tz": report_tz,
-            "through_date": None if through_date is None else str(through_date),
-            "run_id": run_id,
-        },
-        env=env,
+        vars={"report_tz": report_tz},
+        env={**(env or {}), **run_settings_env(run_id, through_date)},
         warehouse_path=warehouse_path,
         run_id=run_id,
+        target_dir=target_dir,
     )
     if select and not result.nodes:
         raise DbtError(f"dbt build --select {select!r} matched no node", result)

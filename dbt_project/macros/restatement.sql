@@ -12,9 +12,16 @@
     - days missing from fct_orders (self-healing: a day deleted above is rebuilt whole).
 -#}
 
+{#- is_incremental() without its catalog lookup when var run_id is null (fct_orders is then
+    rebuilt in full anyway): so `dbt compile --no-introspect` for Snowflake/BigQuery needs
+    no connection. -#}
+{% macro fct_orders_is_incremental() -%}
+    {{ return(nightshift.run_setting('run_id') is not none and is_incremental()) }}
+{%- endmacro %}
+
 {#- The run id as a SQL-safe literal body (same rule as warehouse/load.py run ids). -#}
 {% macro restatement_run_id() -%}
-    {%- set run_id = var('run_id', none) -%}
+    {%- set run_id = nightshift.run_setting('run_id') -%}
     {%- if run_id is none or not modules.re.match('^[A-Za-z0-9][A-Za-z0-9_.:-]*$', run_id | string) -%}
         {{ exceptions.raise_compiler_error("var run_id must be a run id like 2026-11-27, got " ~ run_id) }}
     {%- endif -%}
@@ -48,7 +55,7 @@
 
 {#- pre-hook: delete the days to restate (same transaction as the insert that follows). -#}
 {% macro fct_orders_delete_restated_days() -%}
-    {%- if is_incremental() -%}
+    {%- if nightshift.fct_orders_is_incremental() -%}
         delete from {{ this }}
         where business_date in ({{ nightshift.fct_orders_days_to_restate(this) }})
     {%- else -%}

@@ -10,8 +10,8 @@ missing_rates as (
     from {{ ref('int_orders_converted') }}
     where is_counted and usd_cents is null
     {#- days after the run's business day are not published, so need no rate yet #}
-    {%- if var('through_date') %}
-        and business_date <= cast('{{ var("through_date") }}' as date)
+    {%- if nightshift.run_setting('through_date') %}
+        and business_date <= cast('{{ nightshift.run_setting("through_date") }}' as date)
     {%- endif %}
     group by currency, business_date
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from decimal import Decimal
@@ -236,11 +237,6 @@ def test_parse_for_postgres_target() -> None:
     assert result.returncode == 0
 
 
-@pytest.mark.parametrize("target", ["snowflake", "bigquery"])
-def test_compile_for_other_warehouses(target: str) -> None:
-    pytest.skip(f"dbt-{target} is not installed here (no {target} adapter to compile with)")
-
-
 def test_build_on_real_postgres(pg_database: str) -> None:
     """The postgres dispatches (business day, cents, byte order) give the same table."""
     import sqlalchemy as sa
@@ -438,3 +434,62 @@ def test_failed_tests_are_summarised_with_failure_counts(
     failed = excinfo.value.result.summary()["failed_tests"]
     assert failed["unique_stg_orders_order_id"] == 2
     assert "dbt test unique_stg_orders_order_id: fail, 2 failing rows" in caplog.text
+
+
+# --- incremental builds test the run's slice; per-run settings keep partial parsing ------
+
+
+def test_incremental_build_tests_only_the_runs_rows(incremental_pair: tuple[Path, Path]) -> None:
+    """A bad status in a row run r2 did not load passes r2's tests (it was tested when it
+    was loaded) but fails a full build; the same bad value in a row r3 loads fails r3."""
+    incremental, full = incremental_pair
+    for path in (incremental, full):
+        con = duckdb.connect(str(path))
+        try:
+            con.execute("UPDATE raw.payments SET status = 'lost' WHERE id = 'p1'")  # r1's row
+        finally:
+            con.close()
+    result = dbt_build(incremental, "UTC", run_id="r2")
+    assert not result.failed
+    assert result.run_results_path is not None
+    compiled = {
+        r["unique_id"].split(".")[2]: r["compiled_code"]
+        for r in json.loads(result.run_results_path.read_text())["results"]
+    }
+    assert (
+        "where run_id = 'r2'"
+        in compiled["accepted_values_stg_payments_status__succeeded__failed__refunded"]
+    )
+    assert "business_date in (select business_date from" in compiled["unique_fct_orders_order_id"]
+    assert "'r2'" in compiled["unique_fct_orders_order_id"]
+    with pytest.raises(DbtError, match="accepted_values_stg_payments_status"):
+        dbt_build(full, "UTC")
+
+    con = duckdb.connect(str(incremental))
+    try:
+        con.execute(
+            "INSERT INTO raw.payments VALUES ('p2', 5, 7.50, 'USD', 'lost', 'card', "
+            "'2024-01-16 03:01:00+00', '2024-01-16 03:01:00+00', 'r3', now())"
+        )
+    finally:
+        con.close()
+    with pytest.raises(DbtError) as excinfo:
+        dbt_build(incremental, "UTC", run_id="r3")
+    failed = excinfo.value.result.summary()["failed_tests"]
+    assert failed == {"accepted_values_stg_payments_status__succeeded__failed__refunded": 1}
+
+
+def test_a_new_run_id_keeps_partial_parsing(
+    incremental_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """run_id and through_date reach dbt as env vars: a new night re-parses the few files
+    that read them, not the whole project (a changed --vars would)."""
+    incremental, _ = incremental_pair
+    target_dir = tmp_path / "target"
+    dbt_build(incremental, "UTC", "2024-01-16", run_id="r1", target_dir=target_dir)
+    result = dbt_build(incremental, "UTC", "2024-01-17", run_id="r2", target_dir=target_dir)
+    assert "Unable to do partial parsing" not in result.output
+    assert "full parse" not in result.output.lower()
+    assert (target_dir / "partial_parse.msgpack").is_file()
+    days = _query(incremental, "select max(date) from analytics.sales_summary")
+    assert days == [(dt.date(2024, 1, 17),)]  # the new through_date was used

@@ -8,20 +8,20 @@
         incremental_strategy='delete+insert',
         unique_key='order_id',
         on_schema_change='fail',
-        full_refresh=(true if var('run_id', none) is none else none),
+        full_refresh=(true if nightshift.run_setting('run_id') is none else none),
         pre_hook="{{ nightshift.fct_orders_delete_restated_days() }}",
     )
 }}
 -- depends_on: {{ source('ops', 'restated_days') }}, {{ ref('stg_fx_rates') }}
 with
-{% if is_incremental() %}
+{% if nightshift.fct_orders_is_incremental() %}
 days_to_restate as (
     {{ nightshift.fct_orders_days_to_restate(this) | indent(4) }}
 ),
 {% endif %}
 orders_converted as (
     select * from {{ ref('int_orders_converted') }}
-    {%- if is_incremental() %}
+    {%- if nightshift.fct_orders_is_incremental() %}
     where business_date in (select business_date from days_to_restate)
         or business_date not in (select distinct business_date from {{ this }})
     {%- endif %}

@@ -1,5 +1,5 @@
 {#- Published: analytics.sales_summary (contract section 5). -#}
-{%- set through_date = var('through_date') -%}
+{%- set through_date = nightshift.run_setting('through_date') -%}
 {%- if through_date and not modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', through_date | string) -%}
     {{ exceptions.raise_compiler_error("var through_date must be YYYY-MM-DD or null, got " ~ through_date) }}
 {%- endif %}
