@@ -186,7 +186,9 @@ def _backfill_runs(env: dict[str, str], first_run: datetime, last_run: datetime)
         text=True,
         check=True,
     ).stdout
-    runs = json.loads(out[out.index("[") :]) if "[" in out else []
+    # Log lines may come before the JSON array (one line); take the line that is it.
+    lines = [line for line in out.splitlines() if line.startswith("[{") or line.strip() == "[]"]
+    runs = json.loads(lines[-1]) if lines else []
     mine = []
     for run in runs:
         if not str(run.get("run_id", "")).startswith("backfill__"):

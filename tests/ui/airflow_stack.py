@@ -67,10 +67,19 @@ class AirflowStack:
         return self._token
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One REST call. GETs are retried on a timeout: on a loaded 2-core machine the
+        api-server can be starved for a while by the tasks it runs beside."""
         headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
-        return httpx.request(
-            method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs
-        )
+        attempts = 3 if method.upper() == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return httpx.request(
+                    method, f"{self.base_url}{path}", headers=headers, timeout=60, **kwargs
+                )
+            except httpx.TimeoutException:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     def component_logs(self, tail: int = 4000) -> str:
         """The end of each component's stdout/stderr, for failure messages."""

@@ -14,29 +14,37 @@ Overrides: NIGHTSHIFT_CHROMIUM (browser binary), NIGHTSHIFT_UI_TEST_METADATA=sql
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Page, expect, sync_playwright
 
 from demo.generator import generate
 from demo.run import running_api
+from tests.alerting.test_sinks import Receiver, receiver_running
 from tests.servers import fresh_database
 from tests.ui.airflow_stack import REPO_ROOT, AirflowStack, airflow_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 DAG_ID = "nightly_sales"
 TOKEN = "ui-test-token"
-RUN_TIMEOUT_S = 360
+RUN_TIMEOUT_S = 900  # generous: other tests may load the 2 cores
+# The run's DeadlineAlert: short enough to be missed while the run is going.
+DEADLINE_MINUTES = 0.1
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
 README_SCREENSHOT = REPO_ROOT / "docs" / "airflow-ui.png"
 # Without the background-networking flags Chromium's own connections are refused on a
@@ -51,6 +59,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 UI_TIMEOUT_MS = 60_000
+expect.set_options(timeout=UI_TIMEOUT_MS)  # `expect` waits 5 s by default: too short under load
 
 
 def chromium_path() -> str:
@@ -64,7 +73,7 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def metadata_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """A fresh PostgreSQL database for Airflow's metadata (psycopg2 URL), else None: SQLite."""
     if os.environ.get("NIGHTSHIFT_UI_TEST_METADATA", "").lower() == "sqlite":
@@ -224,14 +233,27 @@ def save_screenshot(page: Page, name: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------- the test
+# ---------------------------------------------------------------------------- the stack
 
 
-def test_airflow_ui_shows_a_green_nightly_run(metadata_url: str | None) -> None:
+@dataclass
+class NightlyStack:
+    stack: AirflowStack
+    run_id: str
+    business_date: date
+    warehouse: Path
+    webhook: Receiver
+
+
+@pytest.fixture(scope="module")
+def nightly(metadata_url: str | None) -> Iterator[NightlyStack]:
+    """Airflow for real, with one green `nightly_sales` run triggered through the API.
+
+    The run's deadline is a few seconds (NIGHTSHIFT_RUN_DEADLINE_MINUTES) so that the
+    scheduler's DeadlineAlert fires while it runs, and `alerts_webhook` points at a
+    receiver on loopback.
+    """
     started = time.monotonic()
-    browser_bin = chromium_path()
-    for stale in ARTIFACTS.glob("airflow-ui-*.png"):
-        stale.unlink()
     business_date = datetime.now(UTC).date() - timedelta(days=1)
     tmp = Path(tempfile.mkdtemp(prefix="nightshift-ui-"))
     try:
@@ -244,11 +266,13 @@ def test_airflow_ui_shows_a_green_nightly_run(metadata_url: str | None) -> None:
             payments_db=payments_db,
             if_exists="replace",
         )
-        with running_api(payments_db, token=TOKEN) as api_uri:
+        with running_api(payments_db, token=TOKEN) as api_uri, receiver_running() as webhook:
             extra_env = {
                 "AIRFLOW_CONN_SOURCE_DB": f"sqlite:///{source_db}",
                 "AIRFLOW_CONN_PAYMENTS_API": api_uri,
+                "AIRFLOW_CONN_ALERTS_WEBHOOK": webhook.url,
                 "NIGHTSHIFT_DATA_DIR": str(tmp / "data"),
+                "NIGHTSHIFT_RUN_DEADLINE_MINUTES": str(DEADLINE_MINUTES),
                 "REPORT_TZ": "UTC",
             }
             with airflow_stack(
@@ -264,17 +288,107 @@ def test_airflow_ui_shows_a_green_nightly_run(metadata_url: str | None) -> None:
                 run_id = trigger_run(stack, business_date)
                 wait_for_run(stack, run_id)
                 print(f"[ui] {run_id} succeeded after {time.monotonic() - started:.0f} s")
-
-                api_states = {t: ti["state"] for t, ti in task_instances(stack, run_id).items()}
-                dag_tasks = stack.api("GET", f"/api/v2/dags/{DAG_ID}/tasks").json()["tasks"]
-                task_ids = [t["task_id"] for t in dag_tasks]
-                assert sorted(api_states) == sorted(task_ids), (api_states, task_ids)
-                assert set(api_states.values()) == {"success"}, api_states
-
-                check_in_browser(stack, browser_bin, run_id, task_ids)
-        print(f"[ui] done in {time.monotonic() - started:.0f} s")
+                yield NightlyStack(
+                    stack, run_id, business_date, tmp / "data" / "warehouse.duckdb", webhook
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the tests
+
+
+def test_airflow_ui_shows_a_green_nightly_run(nightly: NightlyStack) -> None:
+    browser_bin = chromium_path()
+    for stale in ARTIFACTS.glob("airflow-ui-*.png"):
+        stale.unlink()
+    stack, run_id = nightly.stack, nightly.run_id
+    api_states = {t: ti["state"] for t, ti in task_instances(stack, run_id).items()}
+    dag_tasks = stack.api("GET", f"/api/v2/dags/{DAG_ID}/tasks").json()["tasks"]
+    task_ids = [t["task_id"] for t in dag_tasks]
+    assert sorted(api_states) == sorted(task_ids), (api_states, task_ids)
+    assert set(api_states.values()) == {"success"}, api_states
+
+    check_in_browser(stack, browser_bin, run_id, task_ids)
+
+
+def test_a_run_past_its_deadline_alerts_the_webhook(nightly: NightlyStack) -> None:
+    """The scheduler's DeadlineAlert (not a test double) reaches the webhook, once."""
+    deadline = time.monotonic() + 90
+    alerts: list[dict] = []
+    while time.monotonic() < deadline:
+        alerts = [a for a in nightly.webhook.json_bodies() if "Deadline missed" in json.dumps(a)]
+        if alerts:
+            break
+        time.sleep(2)
+    assert len(alerts) == 1, (
+        f"expected one deadline alert, got {nightly.webhook.json_bodies()}\n"
+        f"{nightly.stack.component_logs()}"
+    )
+    text = alerts[0]["text"]
+    assert DAG_ID in text and nightly.run_id in text, text
+    assert "rule run_deadline" in text, text
+    # The run ended green: no task failed for good (a retry under load is allowed).
+    failed = [a["text"] for a in nightly.webhook.json_bodies() if "Task failed" in a["text"]]
+    assert failed == [], failed
+
+
+def analytics_tables(warehouse: Path) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return {
+            table: con.execute(f"select * from analytics.{table} order by all").fetchall()
+            for table in ("sales_summary", "daily_sales")
+        }
+
+
+def run_backfill(stack: AirflowStack, first: date, last: date) -> str:
+    """`make backfill`'s code (`pipeline.airflow_run backfill`) against the live stack.
+
+    In `auto` mode it must find the scheduler and use `airflow backfill create`.
+    """
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.airflow_run",
+            "backfill",
+            "--from",
+            first.isoformat(),
+            "--to",
+            last.isoformat(),
+        ],
+        env=stack.env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S * 4,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{out[-6000:]}\n{stack.component_logs()}"
+    return out
+
+
+def test_backfill_create_twice_leaves_the_same_tables(nightly: NightlyStack) -> None:
+    """`airflow backfill create` over two nights, then again reprocessing them: same tables."""
+    before = analytics_tables(nightly.warehouse)
+    first = nightly.business_date - timedelta(days=3)
+    last = nightly.business_date - timedelta(days=2)
+    out = run_backfill(nightly.stack, first, last)
+    assert f"backfill {first}..{last}: 2/2 days succeeded" in out, out
+    assert "[backfill] 2/2 nights succeeded, 0 failed" in out, out
+    once = analytics_tables(nightly.warehouse)
+    out = run_backfill(nightly.stack, first, last)
+    assert f"backfill {first}..{last}: 2/2 days succeeded" in out, out
+    twice = analytics_tables(nightly.warehouse)
+    assert once == twice
+
+    # The source did not change: for every day up to the last backfilled night, the
+    # older runs publish what the newest run had (later days are not theirs to judge).
+    def up_to_last(tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+        return {name: [row for row in rows if row[0] <= last] for name, rows in tables.items()}
+
+    assert up_to_last(once) == up_to_last(before)
+    assert once["sales_summary"], "the backfilled warehouse is empty"
 
 
 def check_in_browser(
