@@ -147,17 +147,22 @@ def extract_config_path() -> Path | None:
     return Path(value).resolve() if value else None
 
 
-def extract_parallelism() -> int:
-    """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
-    one shared snapshot), for tables whose config sets no `parallel_ranges`."""
-    raw = os.environ.get("EXTRACT_PARALLELISM", "1").strip() or "1"
+def _positive_int_env(name: str, default: int) -> int:
+    """An integer >= 1 from env var `name` (unset or blank: `default`)."""
+    raw = os.environ.get(name, "").strip() or str(default)
     try:
         value = int(raw)
     except ValueError as exc:
-        raise ConfigError(f"EXTRACT_PARALLELISM={raw!r} is not an integer") from exc
+        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
     if value < 1:
-        raise ConfigError(f"EXTRACT_PARALLELISM={raw!r} must be >= 1")
+        raise ConfigError(f"{name}={raw!r} must be >= 1")
     return value
+
+
+def extract_parallelism() -> int:
+    """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
+    one shared snapshot), for tables whose config sets no `parallel_ranges`."""
+    return _positive_int_env("EXTRACT_PARALLELISM", 1)
 
 
 def shard_map_path() -> Path | None:
@@ -177,14 +182,7 @@ def shard_map_path() -> Path | None:
 
 def shard_max_workers() -> int:
     """`SOURCE_DB_SHARD_WORKERS` (default 8): shards extracted at the same time."""
-    raw = os.environ.get("SOURCE_DB_SHARD_WORKERS", "8").strip() or "8"
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"SOURCE_DB_SHARD_WORKERS={raw!r} is not an integer") from exc
-    if value < 1:
-        raise ConfigError(f"SOURCE_DB_SHARD_WORKERS={raw!r} must be >= 1")
-    return value
+    return _positive_int_env("SOURCE_DB_SHARD_WORKERS", 8)
 
 
 def quality_docs_dir() -> Path:
