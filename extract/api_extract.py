@@ -172,6 +172,28 @@ class QuarantineThresholdError(RuntimeError):
         )
 
 
+def _conflict(
+    run_id: str, superseded: dict[str, Any], payload: Any, kept: dict[str, Any]
+) -> dict[str, Any]:
+    """Quarantine entry for a copy that an equal-`updated_at` copy with other content
+    replaced: the API changed the record without moving its cursor, so which one is right
+    is unknown. The later read is landed; this one is kept for a person to decide."""
+    fields = sorted(k for k in kept if kept[k] != superseded.get(k))
+    return {
+        "source": SOURCE,
+        "table": PAYMENTS_TABLE,
+        "run_id": run_id,
+        "record_key": kept["id"],
+        "field": ",".join(fields),
+        "error": (
+            f"conflicting duplicate: a later copy with the same id and updated_at "
+            f"({kept['updated_at'].isoformat()}) has other {', '.join(fields)}; "
+            "the later copy was landed, this one is kept here"
+        ),
+        "record": payload,
+    }
+
+
 def _check_threshold(max_quarantined: int | float) -> None:
     if isinstance(max_quarantined, bool) or not isinstance(max_quarantined, int | float):
         raise TypeError(f"max_quarantined must be an int or a float, got {max_quarantined!r}")
@@ -223,6 +245,11 @@ def extract_payments(
     None only when there is neither a record nor a previous watermark), `received`,
     `quarantined`, `duplicates_dropped`, `pages`, `status`.
 
+    Two valid copies of one id with the same `updated_at` but different content (the
+    API changed a record without moving its cursor) are not a plain duplicate: the one
+    read last is landed and the other is quarantined with the differing fields named,
+    so neither disappears silently.
+
     Quarantine: a record that fails validation is not landed; it is written with the
     reason and its raw payload to `<quarantine_root>/payments_api/payments/run=<id>.jsonl`
     and to `_quarantine.jsonl` inside the landed run directory (replaced with it).
@@ -244,6 +271,8 @@ def extract_payments(
     previous_end = _utc(updated_since) if updated_since is not None else None
     window_start = previous_end - overlap if previous_end is not None else None
     latest: dict[str, dict[str, Any]] = {}
+    raw: dict[str, Any] = {}  # the payload each kept row came from
+    conflicts = 0
     rejected: list[dict[str, Any]] = []
     received = 0
     valid = 0
@@ -272,8 +301,12 @@ def extract_payments(
             seen = latest.get(row["id"])
             # >= so that among equal updated_at the copy seen last (the freshest read) wins.
             if seen is None or row["updated_at"] >= seen["updated_at"]:
+                if seen is not None and row["updated_at"] == seen["updated_at"] and row != seen:
+                    rejected.append(_conflict(run_id, seen, raw[row["id"]], row))
+                    conflicts += 1
                 latest[row["id"]] = row
-    duplicates = valid - len(latest)
+                raw[row["id"]] = record
+    duplicates = valid - len(latest) - conflicts
     rows = sorted(latest.values(), key=lambda r: (r["updated_at"], r["id"]))
 
     max_landed = rows[-1]["updated_at"] if rows else None

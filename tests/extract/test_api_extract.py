@@ -596,3 +596,26 @@ def test_fx_day_missing_a_currency_lands_the_others(roots: tuple[Path, Path]) ->
     ]
     assert manifest["missing_currencies"] == {"2024-01-06": ["JPY"]}
     assert manifest["days"] == ["2024-01-05", "2024-01-06"]
+
+
+def test_conflicting_copy_with_equal_updated_at_is_quarantined(roots: tuple[Path, Path]) -> None:
+    """Same id and updated_at, other content: the later read lands, the earlier copy goes
+    to the quarantine naming the differing field; an identical copy is a plain duplicate."""
+    first = _payment("p1", amount="10.50")
+    later = _payment("p1", amount="12.00")
+    client = FakeClient([[first, _payment("p2")], [_payment("p2"), later]])
+    manifest = extract_payments(client, run_id="r", landing_root=roots[0], quarantine_root=roots[1])  # type: ignore[arg-type]
+    rows = {r["id"]: r for r in _landed(roots[0], "r")}
+    assert rows["p1"]["amount"] == Decimal("12.00")
+    assert manifest["duplicates_dropped"] == 1  # the identical p2
+    assert manifest["quarantined"] == 1
+    entries = [
+        json.loads(line)
+        for line in (roots[1] / "payments_api" / "payments" / "run=r.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [(e["record_key"], e["field"], e["record"]["amount"]) for e in entries] == [
+        ("p1", "amount", "10.50")
+    ]
+    assert "conflicting duplicate" in entries[0]["error"]
