@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -156,9 +157,29 @@ def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, A
             "critical_failures": int(critical),
             "warnings": int(warnings),
         },
-        "replica_lag_s": stats.get("replica_lag_s"),
+        "replica_lag_s": replica_lag(run_id),
         "steps": steps,
     }
+
+
+def replica_lag(run_id: str) -> float | None:
+    """The largest replication lag the run's source_db extract measured (seconds).
+
+    Read from the run's landed manifests (every table, every shard): a manifest says
+    `read_from` only when a replica was configured; a lag it could not measure (replica
+    down or not a replica) counts as infinite. None when no replica was configured.
+    """
+    lags: list[float] = []
+    root = settings.landing_dir() / "source_db"
+    for path in sorted(root.glob(f"*/run={run_id}/_manifest.json")) + sorted(
+        root.glob(f"*/run={run_id}.shard-*/_manifest.json")
+    ):
+        manifest = json.loads(path.read_text())
+        if "read_from" not in manifest:
+            continue
+        lag = manifest.get("replica_lag_seconds")
+        lags.append(math.inf if lag is None else float(lag))
+    return max(lags, default=None)
 
 
 def store(con: Any, metrics: dict[str, Any]) -> None:

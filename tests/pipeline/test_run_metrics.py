@@ -101,3 +101,35 @@ def test_statsd_gauges_reach_a_real_udp_receiver() -> None:
     assert "nightshift.quality.pass_rate:1.0|g" in lines
     assert run_metrics.emit_statsd(metrics, None) == 0
     assert json.dumps(metrics)  # the metrics stay JSON-able
+
+
+def _manifest(data_dir: Path, table: str, run: str, **fields: object) -> None:
+    folder = data_dir / "landing" / "source_db" / table / f"run={run}"
+    folder.mkdir(parents=True)
+    (folder / "_manifest.json").write_text(json.dumps({"rows": 1, **fields}))
+
+
+def test_replica_lag_comes_from_the_runs_manifests(data_dir: Path) -> None:
+    """The worst lag over tables and shards; unmeasurable = inf; no replica = None; and
+    the value survives the JSON round trip through ops.pipeline_runs to the alert rule."""
+    run = DAY.isoformat()
+    assert run_metrics.replica_lag(run) is None
+    _manifest(data_dir, "users", run)  # no replica configured
+    _manifest(data_dir, "orders", run, read_from="replica", replica_lag_seconds=12.5)
+    _manifest(data_dir, "orders", f"{run}.shard-b", read_from="primary", replica_lag_seconds=950)
+    _manifest(data_dir, "orders", "2026-11-19", read_from="primary", replica_lag_seconds=5000)
+    assert run_metrics.replica_lag(run) == 950
+    _manifest(data_dir, "products", run, read_from="primary", replica_lag_seconds=None)
+    assert run_metrics.replica_lag(run) == float("inf")
+
+    from alerting.rules import Thresholds, evaluate
+
+    con = duckdb.connect(str(data_dir / "wh.duckdb"))
+    run_metrics.store(con, run_metrics.collect(con, DAY, {}))
+    stored = json.loads(
+        con.execute("select metrics from ops.pipeline_runs where run_id = ?", [run]).fetchone()[0]
+    )
+    con.close()
+    assert stored["replica_lag_s"] == float("inf")
+    fired = [a for a in evaluate(stored, [], Thresholds()) if a.fields["rule"] == "replica_lag"]
+    assert len(fired) == 1 and "inf s behind" in fired[0].text
