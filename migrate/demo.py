@@ -55,7 +55,7 @@ class InjectedFailure(RuntimeError):
 @contextlib.contextmanager
 def pg_admin_url() -> Iterator[str]:
     """The PostgreSQL server to use: NIGHTSHIFT_MIGRATION_PG_URL, else a throwaway one."""
-    from tests.servers import postgres_server
+    from demo.servers import postgres_server
 
     url = os.environ.get("NIGHTSHIFT_MIGRATION_PG_URL", DEFAULT_PG_URL)
     os.environ["NIGHTSHIFT_TEST_PG_URL"] = url  # postgres_server() tries this one first

@@ -1,0 +1,185 @@
+"""Real database servers (tests, demos): the running one, else a throwaway started here.
+
+The URLs are overridable (`NIGHTSHIFT_TEST_PG_URL`, `NIGHTSHIFT_TEST_MYSQL_URL`). When
+nothing answers there, a private server is started in a temp dir on a free loopback
+port (`initdb`/`pg_ctl`, `mariadb-install-db`/`mariadbd`) and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/mysql"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reachable(url: str) -> bool:
+    engine = sa.create_engine(url, connect_args=_connect_timeout(url))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _connect_timeout(url: str) -> dict:
+    if url.startswith("postgresql"):
+        return {"connect_timeout": 3}
+    if url.startswith("mysql"):
+        return {"connect_timeout": 3}
+    return {}
+
+
+def _find_pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    raise RuntimeError(
+        f"PostgreSQL is not reachable and {name!r} is not installed: "
+        "install postgresql or set NIGHTSHIFT_TEST_PG_URL"
+    )
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield an admin SQLAlchemy URL of a running PostgreSQL server."""
+    url = os.environ.get("NIGHTSHIFT_TEST_PG_URL", DEFAULT_PG_URL)
+    if _reachable(url):
+        yield url
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="nightshift-pg-"))
+    datadir = tmp / "data"
+    port = free_port()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(tmp, user="postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*run_as, _find_pg_bin("initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *run_as,
+            _find_pg_bin("pg_ctl"),
+            "-D",
+            str(datadir),
+            "-l",
+            str(tmp / "server.log"),
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {tmp}",
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    try:
+        yield url
+    finally:
+        subprocess.run(
+            [*run_as, _find_pg_bin("pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mariadb_server() -> Iterator[str]:
+    """Yield an admin SQLAlchemy URL of a running MariaDB/MySQL server."""
+    url = os.environ.get("NIGHTSHIFT_TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
+    if _reachable(url):
+        yield url
+        return
+    installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    daemon = shutil.which("mariadbd") or shutil.which("mysqld") or "/usr/sbin/mariadbd"
+    if not installer or not Path(daemon).exists():
+        raise RuntimeError(
+            "MariaDB is not reachable and not installed: install mariadb-server "
+            "or set NIGHTSHIFT_TEST_MYSQL_URL"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="nightshift-mariadb-"))
+    port = free_port()
+    user = ["--user=root"] if os.geteuid() == 0 else []
+    subprocess.run(
+        [
+            installer,
+            "--no-defaults",
+            f"--datadir={tmp / 'data'}",
+            "--auth-root-authentication-method=normal",
+            *user,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        [
+            daemon,
+            "--no-defaults",
+            f"--datadir={tmp / 'data'}",
+            f"--socket={tmp / 'mysqld.sock'}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            "--skip-grant-tables",
+            *user,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"mysql+pymysql://root@127.0.0.1:{port}/mysql"
+    try:
+        deadline = time.monotonic() + 60
+        while not _reachable(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("throwaway MariaDB did not start")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str, prefix: str = "nightshift_test") -> Iterator[str]:
+    """Create an empty database on the server, yield its URL, drop it afterwards."""
+    name = f"{prefix}_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    is_pg = admin_url.startswith("postgresql")
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    quoted = f'"{name}"' if is_pg else f"`{name}`"
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+    db_url = sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield db_url
+    finally:
+        with engine.connect() as conn:
+            if is_pg:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            else:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted}"))
+        engine.dispose()
