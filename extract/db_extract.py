@@ -518,10 +518,12 @@ def _scoped_batches(
     upper: datetime,
     reader: Reader,
     batch_size: int,
+    pass_window: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """The shard's rows of `table`: its incremental vshards in (lo, U], its newly assigned
     vshards in (-inf, U] (full-mode tables: every owned vshard, no window). Every read
-    is restricted to vshards the run's map gives this shard, in the same snapshot."""
+    is restricted to vshards the run's map gives this shard, in the same snapshot.
+    `pass_window`: `reader` is an `aggregates` hook's reader (`window=`, see there)."""
     dialect = conn.dialect.name
     incremental = scope.incremental_vshards.get(config.name, ())
     full = scope.full_vshards.get(config.name, ())
@@ -538,6 +540,7 @@ def _scoped_batches(
         )
         if config.mode == "incremental":
             where, params = _window_where(conn, table.c[config.cursor], bound, upper)
+            window = {"window": (config.cursor, bound, upper)} if pass_window else {}
             batches = _exact_window(
                 reader(
                     conn,
@@ -546,6 +549,7 @@ def _scoped_batches(
                     f"{pred} and {where}",
                     {**params, **pred_params},
                     batch_size,
+                    **window,
                 ),
                 config.cursor,
                 bound,
@@ -605,7 +609,9 @@ def extract_tables(
 
     `aggregates` (hook, optional) wraps each table's reader: it is called with the same
     connection, filter and bound parameters as the read, inside the run's snapshot, so
-    it can total exactly the rows read (quality/reconcile.py `SourceTotals`).
+    it can total exactly the rows read (quality/reconcile.py `SourceTotals`). Reads of a
+    cursor window also pass `window=(cursor, lo, hi)`, the exact bounds the rows are cut
+    to after the read: on SQLite the SQL filter is only a superset (`_window_where`).
 
     Parallel key ranges (PostgreSQL fast path): a table whose degree
     (`config.parallel_ranges`, else `parallelism`) is above 1 is read by that many
@@ -662,12 +668,24 @@ def extract_tables(
                     table_reader = aggregates(table_reader)
                 if shard is not None:
                     batches = _scoped_batches(
-                        conn, table, schema, config, shard, lo, upper, table_reader, batch_size
+                        conn,
+                        table,
+                        schema,
+                        config,
+                        shard,
+                        lo,
+                        upper,
+                        table_reader,
+                        batch_size,
+                        pass_window=aggregates is not None,
                     )
                 elif config.mode == "incremental":
                     where, params = _window_where(conn, table.c[config.cursor], lo, upper)
+                    window = (
+                        {"window": (config.cursor, lo, upper)} if aggregates is not None else {}
+                    )
                     batches = _exact_window(
-                        table_reader(conn, table, schema, where, params, batch_size),
+                        table_reader(conn, table, schema, where, params, batch_size, **window),
                         config.cursor,
                         lo,
                         upper,

@@ -20,9 +20,11 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 # table -> (money expression or None, business-day column or None)
 CHECKS: dict[str, dict[str, tuple[str | None, str | None]]] = {
@@ -114,6 +116,46 @@ SOURCE_TOTALS_DIR = "_source_totals"  # not a table: per-run records beside the 
 SOURCE_SUITE = "reconcile.source_to_landing"
 _TZ_BIND = "nightshift_report_tz"
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TO_SECONDS_1970 = 62_167_219_200  # MySQL/MariaDB to_seconds('1970-01-01 00:00:00')
+_QUARTER = timedelta(minutes=15)
+_MINUTE = timedelta(minutes=1)
+_TICK = timedelta(microseconds=1)
+
+
+def _suffix(column: str) -> str:
+    """SQLite: the UTC offset written at the end of an ISO timestamp text ('' if none)."""
+    return (
+        f"case when substr({column}, -6) glob '[+-][0-9][0-9]:[0-9][0-9]' "
+        f"then substr({column}, -6) when length({column}) > 10 "
+        f"and substr({column}, -5) glob '[+-][0-9][0-9][0-9][0-9]' then substr({column}, -5) "
+        f"when substr({column}, -1) in ('Z', 'z') then 'Z' else '' end"
+    )
+
+
+def _sqlite_instant(table: str, prefix: str, minute: int, zone: str) -> datetime:
+    """The UTC instant of a SQLite timestamp prefix (`YYYY-MM-DD[ HH]`) at `minute`."""
+    text = prefix if len(prefix) <= 10 else f"{prefix}:{minute:02d}"
+    try:
+        value = datetime.fromisoformat(text + (zone or ""))
+    except ValueError as exc:
+        raise ValueError(f"{table}: cannot read the timestamp {prefix!r}...: {exc}") from exc
+    if value.tzinfo is None:  # the contract: source timestamps are UTC
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _minute_in_window(minute: str, zone: str, lo: datetime | None, hi: datetime) -> bool | None:
+    """Whether every instant of a cursor's minute (a SQLite text prefix) is in (lo, hi]:
+    True, False, or None when the minute holds a bound (its rows must be cut one by one)."""
+    first = _sqlite_instant("cursor", minute[:13], int(minute[14:16] or 0), zone)
+    last = first if len(minute) <= 10 else first + _MINUTE - _TICK
+    if first > hi or (lo is not None and last <= lo):
+        return False
+    if (lo is None or first > lo) and last <= hi:
+        return True
+    return None
+
 
 def source_totals_path(landing_root: Path, run_id: str) -> Path:
     """Where a run's source totals are recorded (`<landing>/source_db/_source_totals/`)."""
@@ -127,14 +169,42 @@ class SourceTotals:
 
     It wraps each table's reader: before a checked table's rows are streamed, the same
     filter (`where_sql`: the run's cursor window and shard predicate, bound parameters)
-    is aggregated per business day with SQL on the same connection, inside the
-    extract's snapshot transaction, so a source that changes afterwards cannot make the
-    numbers disagree. PostgreSQL only (`timezone()` with IANA names); other databases
-    are recorded as not checked. Thread-safe: every shard adds to the same totals.
+    is aggregated with SQL on the same connection, inside the extract's snapshot
+    transaction, so a source that changes afterwards cannot make the numbers disagree.
+    Thread-safe: every shard of a sharded run adds to the same totals.
+
+    Per database (the business day is the day column's instant in REPORT_TZ, DST and all):
+
+    - PostgreSQL: grouped by `timezone(REPORT_TZ, day)::date` in SQL (IANA names).
+    - MySQL/MariaDB: no reliable time zones in SQL (named zones need the tz tables), so
+      the SQL groups by UTC quarter-hour, `to_seconds(day) div 900` (pure date
+      arithmetic: no session zone, fractions truncated like the landed microseconds),
+      and Python maps each quarter to its day with zoneinfo. Exact because every UTC
+      offset of a real zone is a whole number of quarter-hours: a quarter never
+      straddles local midnight (checked; it would raise, not guess). DECIMAL sums are
+      exact. The extract's REPEATABLE READ transaction holds one InnoDB read view for
+      every statement, so these totals and the streamed rows see the same rows.
+    - SQLite: timestamps are ISO text (naive UTC, or with `Z`/`+HH:MM`); its date
+      functions round fractions to milliseconds (`...:59.9996` would move to the next
+      quarter), so the SQL groups by the text itself: the hour prefix, the minute's
+      quarter and the offset suffix; Python reads each group's instant. Money is REAL
+      there (NUMERIC affinity): a SQL sum would be float, so each value is summed as
+      an integer of its column's scale, `cast(round(x * 10^scale) as integer)` - exact,
+      because the landed value must be exactly `x` at that scale (the extract refuses
+      any other) and `x * 10^scale` is within half a unit of that integer for any
+      amount below 2^50 units. The SQL window filter is only a superset on SQLite
+      (day prefixes): the hook gets the exact bounds (`window=`), groups by the
+      cursor's minute as well, and reads the rows of the at most two minutes that hold
+      a bound one by one, cut exactly as the extract cuts them. SQLite reads in one
+      transaction on one connection, so nothing changes between the two reads.
+
+    Other databases, and money columns of floating type (never compared), are recorded
+    as not checked.
     """
 
     def __init__(self, report_tz: str) -> None:
         self.report_tz = report_tz
+        self._zone = ZoneInfo(report_tz)
         self._lock = threading.Lock()
         self.tables: dict[str, dict[str | None, list]] = {}
         self.unchecked: dict[str, str] = {}  # table -> why
@@ -147,42 +217,204 @@ class SourceTotals:
             where_sql: str | None,
             params: dict[str, Any],
             batch_size: int,
+            window: tuple[str, datetime | None, datetime] | None = None,
         ) -> Iterator[Any]:
             if table.name in SOURCE_CHECKS:
-                self._add(conn, table, where_sql, params)
+                self._add(conn, table, where_sql, params, window)
             yield from reader(conn, table, schema, where_sql, params, batch_size)
 
         return read
 
-    def _add(self, conn: Any, table: Any, where_sql: str | None, params: dict[str, Any]) -> None:
+    def _add(
+        self,
+        conn: Any,
+        table: Any,
+        where_sql: str | None,
+        params: dict[str, Any],
+        window: tuple[str, datetime | None, datetime] | None = None,
+    ) -> None:
         import sqlalchemy as sa
 
-        if conn.dialect.name != "postgresql":
+        dialect = conn.dialect.name
+        money_columns = SOURCE_CHECKS[table.name][0] or ()
+        floats = [c for c in money_columns if isinstance(table.c[c].type, sa.Float)]
+        why = None
+        if dialect not in ("postgresql", "mysql", "mariadb", "sqlite"):
+            why = f"{dialect}: no exact per-day totals for this database"
+        elif floats:
+            why = f"money column(s) {', '.join(floats)} are floating point: not compared"
+        if why is not None:
             with self._lock:
-                self.unchecked[table.name] = f"{conn.dialect.name}: no IANA time zones in SQL"
+                self.unchecked[table.name] = why
             return
+        if dialect == "postgresql":
+            rows = self._postgres(conn, table, where_sql, params)
+        elif dialect == "sqlite":
+            rows = self._sqlite(conn, table, where_sql, params, window)
+        else:
+            rows = self._mysql(conn, table, where_sql, params)
+        with self._lock:
+            days = self.tables.setdefault(table.name, {})
+            for key, count, total in rows:
+                entry = days.setdefault(key, [0, None])
+                entry[0] += int(count)
+                if total is not None:
+                    entry[1] = Decimal(total) + (entry[1] or 0)
+
+    def _sql(self, conn: Any, table: Any, select: str, where_sql: str | None, tail: str) -> str:
+        relation = conn.dialect.identifier_preparer.format_table(table)
+        where = f" where {where_sql}" if where_sql else ""
+        return f"select {select} from {relation}{where} {tail}"
+
+    def _postgres(self, conn: Any, table: Any, where_sql: str | None, params: dict) -> list:
+        import sqlalchemy as sa
+
         money_columns, day_column = SOURCE_CHECKS[table.name]
         quote = conn.dialect.identifier_preparer.quote
         day = quote(day_column)
         if not getattr(table.c[day_column].type, "timezone", False):
             day = f"timezone('UTC', {day})"  # naive columns hold UTC (contract)
         money = " * ".join(quote(c) for c in money_columns) if money_columns else "0"
-        relation = conn.dialect.identifier_preparer.format_table(table)
-        sql = (
-            f"select cast(timezone(:{_TZ_BIND}, {day}) as date) as business_day, "
-            f"count(*) as row_count, sum({money}) as money from {relation}"
-            + (f" where {where_sql}" if where_sql else "")
-            + " group by 1"
+        sql = self._sql(
+            conn,
+            table,
+            f"cast(timezone(:{_TZ_BIND}, {day}) as date), count(*), sum({money})",
+            where_sql,
+            "group by 1",
         )
         rows = conn.execute(sa.text(sql), {**params, _TZ_BIND: self.report_tz}).fetchall()
-        with self._lock:
-            days = self.tables.setdefault(table.name, {})
-            for business_day, count, total in rows:
-                key = None if business_day is None else business_day.isoformat()
-                entry = days.setdefault(key, [0, None])
-                entry[0] += int(count)
-                if total is not None:
-                    entry[1] = Decimal(total) + (entry[1] or 0)
+        return [(None if d is None else d.isoformat(), n, m) for d, n, m in rows]
+
+    def _mysql(self, conn: Any, table: Any, where_sql: str | None, params: dict) -> list:
+        import sqlalchemy as sa
+
+        money_columns, day_column = SOURCE_CHECKS[table.name]
+        quote = conn.dialect.identifier_preparer.quote
+        money = " * ".join(quote(c) for c in money_columns) if money_columns else "0"
+        sql = self._sql(
+            conn,
+            table,
+            f"to_seconds({quote(day_column)}) div 900, count(*), sum({money})",
+            where_sql,
+            "group by 1",
+        )
+        out = []
+        for quarter, count, total in conn.execute(sa.text(sql), params).fetchall():
+            if quarter is None:
+                out.append((None, count, total))
+                continue
+            start = _EPOCH + timedelta(seconds=int(quarter) * 900 - _TO_SECONDS_1970)
+            out.append((self._day(table.name, start, _QUARTER), count, total))
+        return out
+
+    def _sqlite(
+        self,
+        conn: Any,
+        table: Any,
+        where_sql: str | None,
+        params: dict,
+        window: tuple[str, datetime | None, datetime] | None,
+    ) -> list:
+        import sqlalchemy as sa
+
+        from extract.db_extract import _to_utc
+
+        money_columns, day_column = SOURCE_CHECKS[table.name]
+        quote = conn.dialect.identifier_preparer.quote
+        scale = 0
+        factors = []
+        for name in money_columns or ():
+            column_type = table.c[name].type
+            if isinstance(column_type, sa.Integer):
+                factors.append(quote(name))
+                continue
+            digits = column_type.scale if getattr(column_type, "scale", None) is not None else 10
+            scale += digits  # the scale the extract lands (extract.db_extract.arrow_type)
+            factors.append(f"cast(round({quote(name)} * {10**digits}) as integer)")
+        money = " * ".join(factors) if factors else "0"
+        d = quote(day_column)
+        day_key = f"substr({d}, 1, 13), cast(substr({d}, 15, 2) as integer) / 15, {_suffix(d)}"
+        binds = dict(params)
+        cursor = minute_key = lo = hi = None
+        if window is not None:
+            # The cursor's minute decides whether a group was read. Rows surely inside
+            # the window need none: a text date from lo's date + 2 up to hi's date - 2
+            # (compared as text, like `_window_where`) is inside (lo, hi] at any offset.
+            cursor = quote(window[0])
+            _, lo, hi = window
+            inside = [f"{cursor} < :{_TZ_BIND}_hi"]
+            binds[f"{_TZ_BIND}_hi"] = (hi - timedelta(days=1)).date().isoformat()
+            if lo is not None:
+                inside.append(f"{cursor} >= :{_TZ_BIND}_lo")
+                binds[f"{_TZ_BIND}_lo"] = (lo + timedelta(days=2)).date().isoformat()
+            minute_key = (
+                f"case when {' and '.join(inside)} then null else substr({cursor}, 1, 16) end, "
+                f"case when {' and '.join(inside)} then null else {_suffix(cursor)} end"
+            )
+        sql = self._sql(
+            conn,
+            table,
+            f"{day_key}, {minute_key or 'null, null'}, count(*), sum({money})",
+            where_sql,
+            "group by 1, 2, 3, 4, 5",
+        )
+        totals: dict[str | None, list] = {}
+        days: dict[tuple, str | None] = {}  # a day key's business day, read once
+        read: dict[tuple, bool | None] = {}  # a cursor minute: in, out, or holding a bound
+
+        def add(key: tuple, count: int, total: int | None) -> None:
+            if key not in days:
+                days[key] = self._sqlite_day(table.name, *key)
+            entry = totals.setdefault(days[key], [0, None])
+            entry[0] += count
+            if total is not None:
+                entry[1] = total + (entry[1] or 0)
+
+        for *key, minute, minute_zone, count, total in conn.execute(sa.text(sql), binds):
+            if minute is not None:
+                if (minute, minute_zone) not in read:
+                    read[minute, minute_zone] = _minute_in_window(minute, minute_zone, lo, hi)
+                if not read[minute, minute_zone]:  # out, or cut below row by row
+                    continue
+            add(tuple(key), count, total)
+        edge = f"substr({cursor}, 1, 16) = :{_TZ_BIND}_m and {_suffix(cursor)} = :{_TZ_BIND}_z"
+        edge_sql = self._sql(
+            conn,
+            table,
+            f"{day_key}, {cursor}, {money}",
+            f"({where_sql}) and {edge}" if where_sql else edge,
+            "",
+        )
+        for (minute, minute_zone), inside in read.items():
+            if inside is not None:
+                continue
+            edge_binds = {**params, f"{_TZ_BIND}_m": minute, f"{_TZ_BIND}_z": minute_zone}
+            for *key, value, amount in conn.execute(sa.text(edge_sql), edge_binds):
+                instant = _to_utc(value)  # the extract's own reading of the cursor
+                if instant <= hi and (lo is None or instant > lo):
+                    add(tuple(key), 1, amount)
+        return [
+            (day, n, None if m is None else Decimal(m).scaleb(-scale))
+            for day, (n, m) in totals.items()
+        ]
+
+    def _sqlite_day(
+        self, table: str, hour: str | None, quarter: int | None, zone: str
+    ) -> str | None:
+        if hour is None:
+            return None
+        start = _sqlite_instant(table, hour, (quarter or 0) * 15, zone)
+        return self._day(table, start, timedelta(0) if len(hour) <= 10 else _QUARTER)
+
+    def _day(self, table: str, start: datetime, span: timedelta) -> str:
+        """Business day of the instants [start, start + span); they must share one."""
+        day = start.astimezone(self._zone).date()
+        if span and (start + span - _TICK).astimezone(self._zone).date() != day:
+            raise ReconciliationError(
+                f"{table}: the quarter-hour from {start.isoformat()} spans two business "
+                f"days in {self.report_tz}: cannot total it per day"
+            )
+        return day.isoformat()
 
     def record(self, run_id: str) -> dict[str, Any]:
         return {

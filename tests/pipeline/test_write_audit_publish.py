@@ -8,6 +8,7 @@ published table row for row as it was (analysts see yesterday's data) except tha
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -65,12 +66,33 @@ def _tables(warehouse: Path) -> dict[str, list]:
         con.close()
 
 
+def _assert_source_reconciled(warehouse: Path) -> None:
+    """The SQLite (`make demo`) source ran the source -> landing gate: totals taken in the
+    extract's snapshot, compared with the landed files, stored as passed."""
+    from pipeline import settings
+    from quality.reconcile import SOURCE_CHECKS, SOURCE_SUITE, source_totals_path
+
+    record = json.loads(source_totals_path(settings.landing_dir(), DAY.isoformat()).read_text())
+    assert record["unchecked"] == {} and set(record["tables"]) == set(SOURCE_CHECKS)
+    assert sum(e["rows"] for e in record["tables"]["orders"]) > 0
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        rows = con.execute(
+            "select success from ops.quality_results where run_id = ? and suite = ?",
+            [DAY.isoformat(), SOURCE_SUITE],
+        ).fetchall()
+    finally:
+        con.close()
+    assert rows == [(True,)] * len(SOURCE_CHECKS)
+
+
 def test_failed_build_leaves_published_warehouse_untouched(sources) -> None:
     engine, warehouse = sources
     nightly.run_all(DAY)
     published = warehouse.read_bytes()
     tables = _tables(warehouse)
     assert "analytics.sales_summary" in tables
+    _assert_source_reconciled(warehouse)
 
     created = datetime(2026, 11, 20, 12, 0)  # naive UTC, as the generator stores SQLite times
     changed = datetime(2026, 11, 21, 1, 0)  # the application sets updated_at = now()

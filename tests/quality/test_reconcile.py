@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -16,9 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from demo import schema
 from demo.generator import generate
 from extract.db_extract import extract_tables
 from extract.landing import write_landing_table
+from extract.tables import TableConfig
+from extract.watermark import record_loaded
 from quality.reconcile import (
     SOURCE_CHECKS,
     ReconciliationError,
@@ -215,14 +218,6 @@ def test_no_record_means_no_source_check(tmp_path: Path) -> None:
     assert check_source_totals(tmp_path / "landing", "2026-11-20") is None
 
 
-def test_sqlite_sources_are_recorded_as_unchecked(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'src.db'}"
-    generate(url, seed=5, days=1, end_date=date(2026, 11, 20), orders_per_day=5)
-    record = json.loads(_extract_with_totals(url, tmp_path / "landing", "r1", NY).read_text())
-    assert record["tables"] == {} and set(record["unchecked"]) == set(SOURCE_CHECKS)
-    assert check_source_totals(tmp_path / "landing", "r1").outcomes == []
-
-
 def test_parallel_key_ranges_keep_working_with_the_hook(
     pg_source: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -243,3 +238,240 @@ def test_parallel_key_ranges_keep_working_with_the_hook(
     write_source_totals(landing, "r1", totals)
     assert "key ranges of id at once" in caplog.text
     assert check_source_totals(landing, "r1").success
+
+
+# ------------------------------- source -> landing, on SQLite and MariaDB (no SQL zones)
+
+DST_END = date(2026, 11, 1)  # New York falls back: 25 hours, 01:00-02:00 twice
+# (created_at as stored, total): instants at the edges of New York's days around DST_END
+EDGE_ORDERS = [
+    ("2026-11-01 03:59:59.999600", "0.10"),  # Oct 31 23:59:59.9996 EDT (SQLite's date
+    # functions would round it to 04:00:00.000 UTC, i.e. Nov 1)
+    ("2026-11-01 04:00:00", "0.20"),  # Nov 1 00:00 EDT
+    ("2026-11-01 05:30:00", "0.40"),  # 01:30 EDT
+    ("2026-11-01 06:30:00", "0.80"),  # 01:30 EST: the same wall clock, an hour later
+    ("2026-11-02 04:59:59.999999", "1.60"),  # Nov 1 23:59:59.999999 EST
+    ("2026-11-02 05:00:00", "3.20"),  # Nov 2 00:00 EST
+]
+# SQLite holds whatever ISO text the application wrote: offsets and Z as well
+SQLITE_EDGE_ORDERS = [
+    ("2026-11-02T06:59:59.999999+02:00", "6.40"),  # 04:59:59.999999 UTC: Nov 1
+    ("2026-11-02T05:00:00Z", "12.80"),  # Nov 2
+]
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def zoneless_source(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A demo source across New York's DST change plus orders on the day boundaries."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'source.db'}"
+    else:
+        url = request.getfixturevalue("mariadb_database")
+    generate(url, seed=7, days=3, end_date=DST_END + timedelta(days=1), orders_per_day=20)
+    edges = EDGE_ORDERS + (SQLITE_EDGE_ORDERS if request.param == "sqlite" else [])
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        first = conn.execute(sa.text("select max(id) + 1 from orders")).scalar()
+        for k, (created, total) in enumerate(edges):
+            conn.execute(
+                sa.text(
+                    "insert into orders (id, user_id, status, currency, total, created_at, "
+                    "updated_at) values (:id, 1, 'paid', 'USD', :total, :created, :created)"
+                ),
+                {"id": first + k, "total": total, "created": created},
+            )
+    engine.dispose()
+    return url
+
+
+def _ny_day(value: object) -> str:
+    """Business day of a stored timestamp, read in plain Python (no SQL, no DuckDB)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(ZoneInfo(NY)).date().isoformat()
+
+
+def _expected_orders(url: str) -> list[tuple[str, int, Decimal]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select created_at, total from orders")).fetchall()
+    engine.dispose()
+    days: dict[str, list] = {}
+    for created, total in rows:
+        entry = days.setdefault(_ny_day(created), [0, Decimal(0)])
+        entry[0] += 1
+        entry[1] += Decimal(str(total))  # SQLite hands back floats: their shortest text
+    return sorted((d, n, m) for d, (n, m) in days.items())
+
+
+def _edit_landed(landing: Path, table: str, run_id: str, edit) -> None:
+    [part] = (landing / f"source_db/{table}/run={run_id}").glob("*.parquet")
+    data = pq.read_table(part).to_pylist()
+    schema = pq.read_schema(part)
+    pq.write_table(pa.Table.from_pylist(edit(data), schema=schema), part)
+
+
+def test_zoneless_sources_total_per_new_york_day_and_a_tampered_file_fails(
+    zoneless_source: str, tmp_path: Path
+) -> None:
+    landing = tmp_path / "landing"
+    record = json.loads(_extract_with_totals(zoneless_source, landing, "r1", NY).read_text())
+    assert record["unchecked"] == {}
+    assert set(record["tables"]) == set(SOURCE_CHECKS)
+    expected = _expected_orders(zoneless_source)
+    got = [(e["day"], e["rows"], Decimal(e["money"])) for e in record["tables"]["orders"]]
+    assert got == expected
+    assert {"2026-10-31", "2026-11-01", "2026-11-02"} <= {d for d, _, _ in got}
+    result = check_source_totals(landing, "r1")
+    assert result.success, [o.describe() for o in result.outcomes]
+    assert len(result.outcomes) == 4
+
+    # after the extract: one order's amount changes, another order disappears
+    by_day = {d: (n, m) for d, n, m in expected}
+    changed = datetime(2026, 11, 2, 4, 59, 59, 999999, tzinfo=UTC)  # Nov 1, 23:59:59 EST
+    dropped = datetime(2026, 11, 2, 5, 0, tzinfo=UTC)  # Nov 2, 00:00 EST
+
+    gone: list[dict] = []
+
+    def tamper(rows: list[dict]) -> list[dict]:
+        next(r for r in rows if r["created_at"] == changed)["total"] += Decimal("0.01")
+        gone.extend(r for r in rows if r["created_at"] == dropped)
+        return [r for r in rows if r["created_at"] != dropped]
+
+    _edit_landed(landing, "orders", "r1", tamper)
+    result = check_source_totals(landing, "r1")
+    [failed] = [o for o in result.outcomes if not o.success]
+    assert failed.table == "source_db.orders" and failed.severity == "critical"
+    assert [s["day"] for s in failed.samples] == ["2026-11-01", "2026-11-02"]
+    n1, m1 = by_day["2026-11-01"]
+    n2, m2 = by_day["2026-11-02"]
+    dropped_total = sum(r["total"] for r in gone)
+    with pytest.raises(ReconciliationError) as err:
+        raise_for_source_mismatch(result)
+    message = str(err.value)
+    assert (
+        f"source_db.orders business day 2026-11-01: source {n1} rows / {m1:.2f} "
+        f"vs landing {n1} rows / {m1 + Decimal('0.01'):.2f}"
+    ) in message
+    assert (
+        f"source_db.orders business day 2026-11-02: source {n2} rows / {m2:.2f} "
+        f"vs landing {n2 - len(gone)} rows / "
+        f"{m2 - dropped_total:.2f}"
+    ) in message
+
+
+def test_sqlite_window_cut_inside_a_minute_totals_exactly_the_rows_read(tmp_path: Path) -> None:
+    # SQLite's SQL window is a superset (day prefixes); the totals are cut at the exact
+    # bounds: W - overlap inside a minute, and U (rows "from the future" are not read).
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    generate(url, seed=7, days=2, end_date=DST_END, orders_per_day=20)
+    lo = datetime(2026, 11, 1, 12, 0, 30, 500000, tzinfo=UTC)
+    future = (datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None)
+    cursors = {
+        "2026-11-01 12:00:30.500000": "1.00",  # == lo: not read
+        "2026-11-01 12:00:30.500001": "2.00",  # read
+        "2026-11-01T14:00:30.4+02:00": "4.00",  # 12:00:30.4 UTC: not read
+        "2026-11-01T12:00:59Z": "8.00",  # read
+        "2026-11-01 11:59:59.999999": "16.00",  # not read
+        future.isoformat(" "): "32.00",  # after U: not read
+    }
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        first = conn.execute(sa.text("select max(id) + 1 from orders")).scalar()
+        for k, (updated, total) in enumerate(cursors.items()):
+            conn.execute(
+                sa.text(
+                    "insert into orders (id, user_id, status, currency, total, created_at, "
+                    "updated_at) values (:id, 1, 'paid', 'USD', :total, :created, :updated)"
+                ),
+                {"id": first + k, "total": total, "created": "2026-10-01 03:59:59.9996",
+                 "updated": updated},
+            )  # fmt: skip
+    engine.dispose()
+    warehouse = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(warehouse))
+    end = (lo + TableConfig("orders").overlap).isoformat()
+    record_loaded(
+        con,
+        source="source_db",
+        table="orders",
+        run_id="r0",
+        manifest={"mode": "incremental", "window_end": end, "rows": 0},
+    )
+    con.close()
+    landing = tmp_path / "landing"
+    totals = SourceTotals(NY)
+    manifests = extract_tables(
+        url,
+        run_id="r1",
+        landing_root=landing,
+        warehouse_path=warehouse,
+        configs=[TableConfig("orders")],
+        aggregates=totals,
+    )
+    assert manifests["orders"]["window_start"] == lo.isoformat()
+    write_source_totals(landing, "r1", totals)
+    landed = pq.read_table(landing / "source_db/orders/run=r1")
+    assert first + 1 in landed.column("id").to_pylist()
+    assert len(landed) == manifests["orders"]["rows"]
+    # the edge orders were created on Sep 30 in New York: only the two read are counted
+    sep30 = {d: (n, m) for d, n, m in ((e["day"], e["rows"], e["money"]) for e in
+             totals.record("r1")["tables"]["orders"])}["2026-09-30"]  # fmt: skip
+    assert sep30 == (2, "10.00")
+    assert sum(e["rows"] for e in totals.record("r1")["tables"]["orders"]) == len(landed)
+    assert check_source_totals(landing, "r1").success
+
+
+def test_sharded_sqlite_source_every_shard_adds_to_the_totals(tmp_path: Path) -> None:
+    from extract.db_extract import extract_sharded_source
+    from extract.shards import ShardMap, copy_vshards, delete_vshards
+    from warehouse.load import load_source_db_sharded
+
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    generate(a, seed=9, days=3, end_date=DST_END + timedelta(days=1), orders_per_day=20)
+    engine = sa.create_engine(b)
+    schema.metadata.create_all(engine)
+    engine.dispose()
+    for table in SOURCE_CHECKS:
+        copy_vshards(a, b, table, [(64, 1023)])
+        delete_vshards(a, table, [(64, 1023)])
+    shard_map = ShardMap.from_dict(
+        {
+            "version": 1,
+            "shards": [
+                {"name": "a", "url": a, "vshards": [[0, 63]]},
+                {"name": "b", "url": b, "vshards": [[64, 1023]]},
+            ],
+        }
+    )
+    landing, warehouse = tmp_path / "landing", tmp_path / "warehouse.duckdb"
+
+    def run(run_id: str) -> dict:
+        totals = SourceTotals(NY)
+        rows = extract_sharded_source(
+            shard_map, run_id=run_id, landing_root=landing, warehouse_path=warehouse,
+            max_workers=2, aggregates=totals,
+        )["rows"]  # fmt: skip
+        record = json.loads(write_source_totals(landing, run_id, totals).read_text())
+        assert {t: sum(e["rows"] for e in record["tables"][t]) for t in SOURCE_CHECKS} == {
+            t: rows[t] for t in SOURCE_CHECKS
+        }
+        assert check_source_totals(landing, run_id).success
+        load_source_db_sharded(warehouse, landing, run_id, NY)
+        return record
+
+    first = run("r1")
+    assert first["unchecked"] == {}
+    for url, key in ((a, 1), (b, 64)):  # an incremental run: each shard's own window
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("update orders set total = total + 1, updated_at = :t where id = :id"),
+                {"t": datetime.now(UTC).replace(tzinfo=None).isoformat(" "), "id": key},
+            )
+        engine.dispose()
+    second = run("r2")
+    read = sum(e["rows"] for e in second["tables"]["orders"])
+    assert 2 <= read < sum(e["rows"] for e in first["tables"]["orders"])  # the window only
