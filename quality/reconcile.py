@@ -2,8 +2,8 @@
 the warehouse now holds.
 
 Source -> landing (`SourceTotals`, `check_source_totals`): the extract totals the rows it
-reads per table and business day with SQL in its own snapshot; the landed Parquet of the
-run must give the same counts and money sums.
+reads per table and business day with SQL in its own snapshot (PostgreSQL, MySQL/MariaDB,
+SQLite); the landed Parquet of the run must give the same counts and money sums.
 
 Landing -> warehouse (`reconcile_run`): after a run's landed files are merged into the build, every landed row must be in
 `raw.<table>` with the same version (key and `updated_at`), and per business day (for
@@ -177,12 +177,12 @@ class SourceTotals:
 
     - PostgreSQL: grouped by `timezone(REPORT_TZ, day)::date` in SQL (IANA names).
     - MySQL/MariaDB: no reliable time zones in SQL (named zones need the tz tables), so
-      the SQL groups by UTC quarter-hour, `to_seconds(day) div 900` (pure date
-      arithmetic: no session zone, fractions truncated like the landed microseconds),
-      and Python maps each quarter to its day with zoneinfo. Exact because every UTC
-      offset of a real zone is a whole number of quarter-hours: a quarter never
-      straddles local midnight (checked; it would raise, not guess). DECIMAL sums are
-      exact. The extract's REPEATABLE READ transaction holds one InnoDB read view for
+      the SQL groups by UTC quarter-hour, `to_seconds(day) div 900` (date arithmetic on
+      the value as the reader gets it: no zone conversion; fractions dropped, which
+      keeps an instant in its quarter), and Python maps each quarter to its day with
+      zoneinfo. Exact because every UTC offset of a real zone is a whole number of
+      quarter-hours: a quarter never straddles local midnight (checked; it would
+      raise, not guess). DECIMAL sums are exact. The extract's REPEATABLE READ transaction holds one InnoDB read view for
       every statement, so these totals and the streamed rows see the same rows.
     - SQLite: timestamps are ISO text (naive UTC, or with `Z`/`+HH:MM`); its date
       functions round fractions to milliseconds (`...:59.9996` would move to the next
@@ -193,10 +193,10 @@ class SourceTotals:
       because the landed value must be exactly `x` at that scale (the extract refuses
       any other) and `x * 10^scale` is within half a unit of that integer for any
       amount below 2^50 units. The SQL window filter is only a superset on SQLite
-      (day prefixes): the hook gets the exact bounds (`window=`), groups by the
-      cursor's minute as well, and reads the rows of the at most two minutes that hold
-      a bound one by one, cut exactly as the extract cuts them. SQLite reads in one
-      transaction on one connection, so nothing changes between the two reads.
+      (day prefixes): the hook gets the exact bounds (`window=`), groups rows within
+      two days of a bound by the cursor's minute as well, and reads the rows of the
+      minutes that hold a bound one by one, cut exactly as the extract cuts them.
+      SQLite reads in one transaction on one connection: nothing changes in between.
 
     Other databases, and money columns of floating type (never compared), are recorded
     as not checked.
