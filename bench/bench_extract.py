@@ -16,7 +16,8 @@ that leaves ~1% of the orders in the window.
   parallel  extract_tables, parallel_ranges --degree (default EXTRACT_PARALLELISM, else 2):
             key ranges read at once, one exported snapshot
 Seconds are the best of --repeat runs, timed inside the process (imports excluded);
-MB/s counts the Parquet bytes (psql: the COPY text bytes); peak RSS is the worst run.
+MB/s counts the Parquet bytes (psql: the COPY text bytes); peak RSS is the worst run;
+"cpu s" is the client process's CPU (all threads; psql: its own), not the server's.
 The header quotes the load average: others' work on the machine skews seconds, not the
 ratio to psql measured in the same run. Ends with:
 BENCH extract full_ratio=<x> peak_rss_mib=<n> incr_share=<y>, for the best product
@@ -251,9 +252,10 @@ def child(method: str, url: str, warehouse: str | None, degree: int) -> None:
 
     landing = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         out = run_extract(method, url, Path(warehouse) if warehouse else None, landing, degree)
         out["seconds"] = time.perf_counter() - started
+        out["cpu_s"] = time.process_time() - cpu  # every thread of this process
     finally:
         shutil.rmtree(landing, ignore_errors=True)
     out["rss_kib"] = _vm_hwm_kib()
@@ -263,8 +265,10 @@ def child(method: str, url: str, warehouse: str | None, degree: int) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def _measure(argv: list[str], capture: bool, stderr_out: bool = False) -> tuple[float, int, str]:
-    """Run a process; (wall seconds, peak RSS in KiB, stdout (or stderr))."""
+def _measure(
+    argv: list[str], capture: bool, stderr_out: bool = False
+) -> tuple[float, int, str, float]:
+    """Run a process; (wall seconds, peak RSS in KiB, stdout (or stderr), CPU seconds)."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -276,7 +280,8 @@ def _measure(argv: list[str], capture: bool, stderr_out: bool = False) -> tuple[
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:4]} failed ({proc.returncode}): {err[-2000:]}")
-    return seconds, usage.ru_maxrss, err if stderr_out else out
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, usage.ru_maxrss, err if stderr_out else out, cpu
 
 
 def run_method(
@@ -285,18 +290,18 @@ def run_method(
     if method == "psql":
         query = "select * from orders" + (f" where updated_at > '{cutoff}'" if cutoff else "")
         argv = ["psql", "-X", "-q", _libpq(url), "-c", f"\\copy ({query}) to /dev/null"]
-        seconds, rss, _ = _measure(argv, False)
+        seconds, rss, _, cpu = _measure(argv, False)
         if shutil.which("time") or Path("/usr/bin/time").exists():
             # psql's own peak (wait4 on a child of this big process over-reports it)
-            _, _, out = _measure(["/usr/bin/time", "-f", "%M", *argv], False, stderr_out=True)
+            _, _, out, _ = _measure(["/usr/bin/time", "-f", "%M", *argv], False, stderr_out=True)
             rss = int(out.strip().splitlines()[-1])
-        return {"seconds": seconds, "rss_kib": rss}
+        return {"seconds": seconds, "rss_kib": rss, "cpu_s": cpu}
     argv = [sys.executable, __file__, "--run", method, "--url", url, "--degree", str(degree)]
     if BATCH_ROWS:
         argv += ["--batch-rows", str(BATCH_ROWS)]
     if warehouse is not None:
         argv += ["--warehouse", str(warehouse)]
-    _, rss, out = _measure(argv, True)
+    _, rss, out, _ = _measure(argv, True)
     result = json.loads(out.strip().splitlines()[-1])
     result.setdefault("rss_kib", rss)
     return result
@@ -389,7 +394,7 @@ def report(
     )
     header = (
         f"{'method':<10} {'mode':<5} {'rows':>9} {'seconds':>8} {'rows/s':>11} "
-        f"{'MB/s':>7} {'peak MiB':>9} {'x psql':>7}"
+        f"{'MB/s':>7} {'peak MiB':>9} {'x psql':>7} {'cpu s':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -403,7 +408,8 @@ def report(
             print(
                 f"{method:<10} {mode:<5} {rows:>9} {r['seconds']:>8.2f} "
                 f"{rows / r['seconds']:>11,.0f} {nbytes / 1e6 / r['seconds']:>7.1f} "
-                f"{r['rss_kib'] / 1024:>9.0f} {r['seconds'] / base[mode]:>7.2f}"
+                f"{r['rss_kib'] / 1024:>9.0f} {r['seconds'] / base[mode]:>7.2f} "
+                f"{r['cpu_s']:>6.2f}"
             )
     product = [m for m in methods if m in PRODUCT] or [m for m in methods if m != "psql"]
     # The fastest full extract within the memory target (else the fastest).
