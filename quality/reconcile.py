@@ -157,6 +157,13 @@ def _minute_in_window(minute: str, zone: str, lo: datetime | None, hi: datetime)
     return None
 
 
+def _sqlite_data_version(conn: Any) -> int | None:
+    """SQLite's count of commits by other connections (None on other databases)."""
+    if conn.dialect.name != "sqlite":
+        return None
+    return conn.exec_driver_sql("pragma data_version").scalar()
+
+
 def source_totals_path(landing_root: Path, run_id: str) -> Path:
     """Where a run's source totals are recorded (`<landing>/source_db/_source_totals/`)."""
     if not _RUN_ID.match(run_id) or ".." in run_id:
@@ -196,7 +203,10 @@ class SourceTotals:
       (day prefixes): the hook gets the exact bounds (`window=`), groups rows within
       two days of a bound by the cursor's minute as well, and reads the rows of the
       minutes that hold a bound one by one, cut exactly as the extract cuts them.
-      SQLite reads in one transaction on one connection: nothing changes in between.
+      pysqlite runs SELECTs outside a transaction (no snapshot, even in the extract's
+      `begin()`): a commit by another connection between the totals and the read is
+      seen by `PRAGMA data_version`, and that table is then recorded as not checked
+      for the run rather than failing it with a false alarm.
 
     Other databases, and money columns of floating type (never compared), are recorded
     as not checked.
@@ -219,11 +229,31 @@ class SourceTotals:
             batch_size: int,
             window: tuple[str, datetime | None, datetime] | None = None,
         ) -> Iterator[Any]:
-            if table.name in SOURCE_CHECKS:
-                self._add(conn, table, where_sql, params, window)
-            yield from reader(conn, table, schema, where_sql, params, batch_size)
+            if table.name not in SOURCE_CHECKS:
+                yield from reader(conn, table, schema, where_sql, params, batch_size)
+                return
+            version = _sqlite_data_version(conn)
+            self._add(conn, table, where_sql, params, window)
+            started = False
+            for batch in reader(conn, table, schema, where_sql, params, batch_size):
+                if not started:  # the read's statement runs: its rows are fixed now
+                    started = True
+                    self._same_data(conn, table.name, version)
+                yield batch
+            if not started:
+                self._same_data(conn, table.name, version)
 
         return read
+
+    def _same_data(self, conn: Any, table: str, version: int | None) -> None:
+        """SQLite: pysqlite runs SELECTs outside any transaction, so another connection
+        may commit between the totals and the read. `PRAGMA data_version` tells; then
+        the table is not compared in this run (a false alarm would fail it)."""
+        if version is not None and _sqlite_data_version(conn) != version:
+            with self._lock:
+                self.unchecked[table] = (
+                    "sqlite: the source changed between the totals and the read (no snapshot)"
+                )
 
     def _add(
         self,
