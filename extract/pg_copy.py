@@ -19,10 +19,11 @@ types and values the generic SQLAlchemy reader lands). How, and why this way
 - Timestamps: both `timestamptz` and `timestamp` are microseconds since 2000-01-01 on
   the wire; `timestamptz` is UTC there (no session time zone applies) and a naive
   `timestamp` is taken as UTC (contract section 1). `infinity` values are rejected.
-- A reader thread pulls the COPY stream (libpq, non-blocking) while the caller decodes
-  and writes the previous block, so the server does not wait for Parquet encoding. At
-  most three blocks of `batch_rows` rows (or 64 MiB) are held at a time (one being
-  read, one queued, one being decoded): memory stays bounded whatever the table size
+- A reader thread pulls the COPY stream (libpq, non-blocking) while a decoder thread
+  decodes the previous block and the caller writes the one before, so the server does
+  not wait for Parquet encoding. At most four blocks of `batch_rows` rows (or 64 MiB)
+  are held at a time (one being read, one queued, one being decoded, one being
+  written): memory stays bounded whatever the table size
   (5M `orders` rows into Parquet: ~340 MiB peak RSS at 100k rows per batch, of which
   ~135 MiB is the process itself; 250k rows per batch: ~400 MiB, not faster overall).
 
@@ -45,6 +46,7 @@ import re
 import select
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,8 +251,17 @@ def stream_pg_batches(
         plan = _plan(pg, target, columns, schema)
         where = render_where(where_sql, params) if where_sql.strip() else None
         statement = _copy_statement(target, plan, where, order_by)
-        for blob, lens in _blocks(pg, statement, batch_rows):
-            yield _decode(blob, lens, plan, schema, table)
+        # Block N+1 is decoded while the caller writes batch N (Parquet encoding runs
+        # without the GIL): 1.12 s vs 1.16 s per 1M orders at best, same CPU.
+        with ThreadPoolExecutor(1, thread_name_prefix="pg-copy-decode") as pool:
+            pending = None
+            for blob, lens in _blocks(pg, statement, batch_rows):
+                ahead = pool.submit(_decode, blob, lens, plan, schema, table)
+                if pending is not None:
+                    yield pending.result()
+                pending = ahead
+            if pending is not None:
+                yield pending.result()
     finally:
         if own:
             pg.close()
