@@ -1,12 +1,13 @@
 {#- A counted order whose currency has no rate for its business day fails the build
-    (it is never converted at 0 or 1). On DuckDB the error names the currency and day. -#}
+    (it is never converted at 0 or 1). On DuckDB the error names the currency, the day and an order to look at. -#}
 with
 
 missing_rates as (
     select
         currency,
         business_date,
-        count(*) as order_count
+        count(*) as order_count,
+        min(order_id) as example_order_id
     from {{ ref('int_orders_converted') }}
     where is_counted and usd_cents is null
     {#- days after the run's business day are not published, so need no rate yet #}
@@ -21,5 +22,5 @@ from missing_rates
 where {{ nightshift.raise_for_row(
     "'no FX rate for currency ' || coalesce(currency, 'NULL') || ' on business day '"
     ~ " || cast(business_date as varchar) || ' (' || cast(order_count as varchar)"
-    ~ " || ' counted orders)'"
+    ~ " || ' counted orders, e.g. order ' || cast(example_order_id as varchar) || ')'"
 ) }}
