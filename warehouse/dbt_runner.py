@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -9,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -176,6 +179,32 @@ def _keep_run_results(run_results: Path, label: str | None) -> Path | None:
     return kept
 
 
+@contextlib.contextmanager
+def stable_warehouse_path(warehouse_path: Path, target_dir: Path) -> Iterator[Path]:
+    """The warehouse under a path that is the same every night: a symlink
+    `<target_dir>/duckdb/<catalog>.duckdb` to it, held under a lock for the run.
+
+    dbt keeps its partial parse only while the profile's connection settings are unchanged,
+    and the DuckDB `path` is one of them; the nightly build file is named after its run id
+    (warehouse/publish.py), so each night would cost a full parse (4-5 s). The link's name
+    keeps DuckDB's catalog name (the file name up to its first dot). DuckDB resolves the
+    link when it opens the file, so its WAL stays `<build file>.wal`, where begin_build and
+    a rerun look for it.
+    """
+    warehouse_path = Path(warehouse_path).resolve()
+    link_dir = Path(target_dir) / "duckdb"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    catalog = next((part for part in warehouse_path.name.split(".") if part), "warehouse")
+    link = link_dir / f"{catalog}.duckdb"
+    with open(link_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one dbt process per link at a time
+        tmp = link.with_name(link.name + ".tmp-link")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(warehouse_path)
+        os.replace(tmp, link)  # atomic re-point
+        yield link
+
+
 def run_dbt(
     args: list[str],
     *,
@@ -217,26 +246,16 @@ def run_dbt(
     full_env.setdefault("DBT_USE_COLORS", "false")  # plain text in task logs
     full_env["DBT_TARGET_PATH"] = str(target_dir)
     full_env["DBT_LOG_PATH"] = str(target_dir / "logs")
-    if warehouse_path is not None:
-        full_env["WAREHOUSE_PATH"] = str(warehouse_path)
-    if target == "duckdb" and not full_env.get("WAREHOUSE_PATH"):
+    if target == "duckdb" and warehouse_path is None and not full_env.get("WAREHOUSE_PATH"):
         raise DbtError("target duckdb needs WAREHOUSE_PATH (pass warehouse_path= or env=)")
-    log.info("running %s", " ".join(cmd))
-    lines: list[str] = []
-    proc = subprocess.Popen(
-        cmd,
-        cwd=project_dir,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        lines.append(line)
-        log.info("dbt: %s", line)
-    returncode = proc.wait()
+    with contextlib.ExitStack() as stack:
+        if warehouse_path is not None:
+            if target == "duckdb" and Path(warehouse_path) != Path(os.devnull):
+                warehouse_path = stack.enter_context(
+                    stable_warehouse_path(warehouse_path, target_dir)
+                )
+            full_env["WAREHOUSE_PATH"] = str(warehouse_path)
+        returncode, lines = _stream(cmd, project_dir, full_env)
     elapsed, nodes = _read_run_results(run_results)
     result = DbtResult(
         args=list(args),
@@ -256,6 +275,21 @@ def run_dbt(
             detail = "\n".join(lines[-20:])
         raise DbtError(f"dbt {' '.join(args)} failed (exit {returncode}): {detail}", result)
     return result
+
+
+def _stream(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run `cmd`, its output line by line into the log; (exit code, lines)."""
+    log.info("running %s", " ".join(cmd))
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        log.info("dbt: %s", line)
+    return proc.wait(), lines
 
 
 def run_settings_env(run_id: str | None, through_date: str | date | None) -> dict[str, str]:
@@ -280,6 +314,7 @@ def dbt_build(
     run_id: str | None = None,
     full_refresh: bool = False,
     target_dir: Path | None = None,
+    unit_tests: bool = True,
 ) -> DbtResult:
     """`dbt build` on the DuckDB warehouse with the report vars; fails if `select` matches nothing.
 
@@ -288,6 +323,11 @@ def dbt_build(
     changed), and the data tests check only the rows that run loaded or restated
     (dbt_project/macros/test_slice.sql); None (default) or `full_refresh` rebuilds it in
     full. `target_dir`: see run_dbt.
+
+    `unit_tests=False` adds `--exclude-resource-type unit_test`: the nightly build leaves
+    the unit tests (fixed fixtures that test the SQL logic, not the night's data) to
+    development and CI, as dbt's docs recommend for production; a plain `dbt build` and
+    `make test` still run them.
     """
     if run_id is not None and not _RUN_ID_RE.match(run_id):
         raise DbtError(f"invalid run_id {run_id!r}: letters, digits and _.:- only")
@@ -296,6 +336,8 @@ def dbt_build(
         args += ["--select", select]
     if full_refresh:
         args.append("--full-refresh")
+    if not unit_tests:
+        args += ["--exclude-resource-type", "unit_test"]
     result = run_dbt(
         args,
         project_dir=project_dir,

@@ -6,13 +6,22 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from warehouse.dbt_runner import DbtError, dbt_build, run_dbt
+from warehouse.dbt_runner import (
+    DbtError,
+    DbtResult,
+    dbt_build,
+    run_dbt,
+    stable_warehouse_path,
+)
+from warehouse.publish import build_path_for
 
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
 
@@ -128,13 +137,19 @@ SUMMARY_SQL = "select * from analytics.sales_summary order by date, region"
 
 
 @pytest.fixture(scope="module")
-def built_new_york(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def new_york_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DbtResult]:
+    """A plain `dbt build` (as an analytics engineer runs it): (warehouse, result)."""
     path = tmp_path_factory.mktemp("wh") / "warehouse.duckdb"
     _make_raw(path)
     result = dbt_build(path, "America/New_York")
     assert result.returncode == 0
     assert result.nodes and not result.failed
-    return path
+    return path, result
+
+
+@pytest.fixture(scope="module")
+def built_new_york(new_york_build: tuple[Path, DbtResult]) -> Path:
+    return new_york_build[0]
 
 
 def test_sales_summary_matches_hand_computed(built_new_york: Path) -> None:
@@ -421,6 +436,25 @@ def test_run_results_are_kept_and_summarised(
     assert "dbt slowest 5 nodes:" in text
 
 
+def test_unit_tests_run_by_default_and_not_in_the_nightly_build(
+    new_york_build: tuple[Path, DbtResult], tmp_path: Path
+) -> None:
+    """A plain build (analytics engineers, make test) runs the unit tests; the nightly's
+    call (unit_tests=False) leaves them out but still runs every model and data test."""
+    built, plain = new_york_build
+    plain_kinds = [n.resource_type for n in plain.nodes]
+    assert {"unit_test", "test", "model", "snapshot"} <= set(plain_kinds)
+    path = tmp_path / "nightly.duckdb"
+    shutil.copy(built, path)
+    result = dbt_build(path, "America/New_York", unit_tests=False)
+    kinds = [n.resource_type for n in result.nodes]
+    assert "unit_test" not in kinds
+    assert sorted(kinds) == sorted(k for k in plain_kinds if k != "unit_test")
+    assert not result.failed
+    assert "--exclude-resource-type" in result.args
+    assert _query(path, SUMMARY_SQL) == EXPECTED_NEW_YORK
+
+
 def test_failed_tests_are_summarised_with_failure_counts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -487,9 +521,60 @@ def test_a_new_run_id_keeps_partial_parsing(
     incremental, _ = incremental_pair
     target_dir = tmp_path / "target"
     dbt_build(incremental, "UTC", "2024-01-16", run_id="r1", target_dir=target_dir)
-    result = dbt_build(incremental, "UTC", "2024-01-17", run_id="r2", target_dir=target_dir)
+    # the next night builds its own copy, named after its run id (warehouse/publish.py)
+    night2 = build_path_for(incremental, "r2")
+    shutil.copy(incremental, night2)
+    result = dbt_build(night2, "UTC", "2024-01-17", run_id="r2", target_dir=target_dir)
     assert "Unable to do partial parsing" not in result.output
     assert "full parse" not in result.output.lower()
     assert (target_dir / "partial_parse.msgpack").is_file()
-    days = _query(incremental, "select max(date) from analytics.sales_summary")
+    days = _query(night2, "select max(date) from analytics.sales_summary")
     assert days == [(dt.date(2024, 1, 17),)]  # the new through_date was used
+    days = _query(incremental, "select max(date) from analytics.sales_summary")
+    assert days == [(dt.date(2024, 1, 16),)]  # the link pointed at night 2's file only
+
+
+def _insert_leaving_wal(path: Path, value: int) -> None:
+    """Insert a row and close without a checkpoint: the row is only in `<path>.wal`."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("pragma disable_checkpoint_on_shutdown")
+        con.execute("create table if not exists t (v integer)")
+        con.execute("insert into t values (?)", [value])
+    finally:
+        con.close()
+
+
+def test_stable_path_keeps_the_wal_with_the_build(tmp_path: Path) -> None:
+    """DuckDB resolves the link: a WAL next to the build (a killed writer's log that
+    begin_build copied in) is replayed through the link, and what is written through the
+    link, even by a killed process, is in the build file's own WAL."""
+    build = tmp_path / "warehouse.duckdb.r1.build"
+    wal = build.with_name(build.name + ".wal")
+    _insert_leaving_wal(build, 1)
+    assert wal.exists()
+    target = tmp_path / "target"
+    with stable_warehouse_path(build, target) as link:
+        assert link.name == "warehouse.duckdb" and link.resolve() == build.resolve()
+        assert _query(link, "select v from t") == [(1,)]
+        _insert_leaving_wal(link, 2)
+    assert not link.with_name(link.name + ".wal").exists() and wal.exists()
+    assert _query(build, "select v from t order by v") == [(1,), (2,)]
+
+    code = (  # killed inside the context: no cleanup runs
+        "import os, sys, duckdb; from pathlib import Path; "
+        "from warehouse.dbt_runner import stable_warehouse_path; "
+        "link = stable_warehouse_path(Path(sys.argv[1]), Path(sys.argv[2])).__enter__(); "
+        "con = duckdb.connect(str(link)); con.execute('pragma disable_checkpoint_on_shutdown'); "
+        "con.execute('insert into t values (3)'); con.close(); os._exit(9)"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", code, str(build), str(target)], cwd=PROJECT_DIR.parent
+    )
+    assert killed.returncode == 9
+    assert not (target / "duckdb" / "warehouse.duckdb.wal").exists()
+    other = tmp_path / "warehouse.duckdb.r2.build"
+    _insert_leaving_wal(other, 10)
+    with stable_warehouse_path(other, target) as link:  # the lock died with the process
+        assert _query(link, "select v from t") == [(10,)]
+    assert _query(build, "select v from t order by v") == [(1,), (2,), (3,)]
