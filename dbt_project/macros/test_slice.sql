@@ -4,8 +4,13 @@
   config (dbt's documented way to put custom logic in `where`: override get_where_subquery):
     __run_rows__                  rows this run loaded: run_id = '<var run_id>' (staging);
     __restated_days(<column>)__   <column> is one of the business days the run restated
-                                  (ops.restated_days for var run_id).
-  Without var run_id, or with --full-refresh, both placeholders are `true`. Severity is
+                                  (ops.restated_days for var run_id);
+    __full_build__                no row: for a model an incremental build does not read
+                                  (int_orders_categorized: fct_orders ranks the items of
+                                  its restated orders itself; its tests on the restated
+                                  days cover the same order_id/category rules, and a first
+                                  nightly build restates every day).
+  Without var run_id, or with --full-refresh, every placeholder is `true`. Severity is
   unchanged: a failing row in the slice fails the build as before. Rows outside the slice
   were tested when they were built, and the loader merges raw by key (no old/new
   duplicates). A first load records every day with orders as restated (order_new), so
@@ -26,13 +31,14 @@
 {% macro expand_test_slice(where) -%}
     {%- set restated = source('ops', 'restated_days') -%}
     {%- if nightshift.run_setting('run_id') is none or flags.FULL_REFRESH -%}
-        {%- set run_rows, restated_days = 'true', 'true' -%}
+        {%- set run_rows, restated_days, full_build = 'true', 'true', 'true' -%}
     {%- else -%}
         {%- set run_id = nightshift.restatement_run_id() -%}
+        {%- set full_build = 'false' -%}
         {%- set run_rows = "run_id = '" ~ run_id ~ "'" -%}
         {%- set restated_days = "\\1 in (select business_date from " ~ restated
             ~ " where run_id = '" ~ run_id ~ "')" -%}
     {%- endif -%}
-    {%- set where = where | replace('__run_rows__', run_rows) -%}
+    {%- set where = where | replace('__run_rows__', run_rows) | replace('__full_build__', full_build) -%}
     {{- return(modules.re.sub('__restated_days\\((\\w+)\\)__', restated_days, where)) -}}
 {%- endmacro %}

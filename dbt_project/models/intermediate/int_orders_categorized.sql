@@ -1,58 +1,6 @@
 {#- An order's category: the category of its item with the largest quantity * unit_price;
     ties go to the smallest category name in byte order; a missing product or a NULL/blank
-    category is 'uncategorized'; an order with no items is 'uncategorized'. -#}
-with
-
-orders as (
-    select order_id from {{ ref('stg_orders') }}
-),
-
-order_items as (
-    select order_id, product_id, quantity, unit_price from {{ ref('stg_order_items') }}
-),
-
-products as (
-    select product_id, category from {{ ref('stg_products') }}
-),
-
-order_items_categorized as (
-    select
-        order_items.order_id,
-        order_items.quantity * order_items.unit_price as line_amount,
-        {{ nightshift.coalesce_blank('products.category', 'uncategorized') }} as category
-    from order_items
-    left join products
-        on order_items.product_id = products.product_id
-),
-
-order_items_ranked as (
-    select
-        order_id,
-        category,
-        row_number() over (
-            partition by order_id
-            order by line_amount desc nulls last, {{ nightshift.bytewise('category') }} asc
-        ) as category_rank
-    from order_items_categorized
-),
-
-item_counts as (
-    select order_id, count(*) as item_count
-    from order_items
-    group by order_id
-),
-
-final as (
-    select
-        orders.order_id,
-        coalesce(order_items_ranked.category, 'uncategorized') as category,
-        coalesce(item_counts.item_count, 0) as item_count
-    from orders
-    left join order_items_ranked
-        on orders.order_id = order_items_ranked.order_id
-        and order_items_ranked.category_rank = 1
-    left join item_counts
-        on orders.order_id = item_counts.order_id
-)
-
-select * from final
+    category is 'uncategorized'; an order with no items is 'uncategorized'. The logic is
+    macros/order_categories.sql, which fct_orders also runs on the orders of the days an
+    incremental nightly build restates. -#}
+{{ nightshift.order_categories(ref('stg_orders'), ref('stg_order_items'), ref('stg_products')) }}

@@ -1,7 +1,8 @@
 {#- One row per order. Incremental (macros/restatement.sql): with var run_id, only the
     business days that changed are deleted (pre-hook) and rebuilt (delete+insert on
-    order_id); without run_id, on --full-refresh, or when the table does not exist it is
-    rebuilt in full. -#}
+    order_id), and only the items of their orders are ranked for the category (the logic of
+    int_orders_categorized, macros/order_categories.sql); without run_id, on --full-refresh,
+    or when the table does not exist it is rebuilt in full. -#}
 {{
     config(
         materialized='incremental',
@@ -13,6 +14,7 @@
     )
 }}
 -- depends_on: {{ source('ops', 'restated_days') }}, {{ ref('stg_fx_rates') }}
+-- depends_on: {{ ref('stg_order_items') }}, {{ ref('stg_products') }}
 with
 {% if nightshift.fct_orders_is_incremental() %}
 days_to_restate as (
@@ -28,7 +30,13 @@ orders_converted as (
 ),
 
 orders_categorized as (
+    {%- if nightshift.fct_orders_is_incremental() %}
+    {{ nightshift.order_categories(
+        'orders_converted', ref('stg_order_items'), ref('stg_products'), restrict_items=true
+    ) | indent(4) }}
+    {%- else %}
     select order_id, category from {{ ref('int_orders_categorized') }}
+    {%- endif %}
 ),
 
 final as (
