@@ -1,7 +1,8 @@
 """Extract the operational tables from any SQLAlchemy URL into the landing zone.
 
 Incremental, as docs/extract-design.md says: every run reads all its tables in ONE
-snapshot transaction (REPEATABLE READ where the database has it) and fixes its upper
+snapshot transaction (REPEATABLE READ where the database has it; an explicit BEGIN on
+SQLite, whose driver would otherwise read in autocommit) and fixes its upper
 bound U = the source's own clock first. Each incremental table lands the rows with
 `W - overlap < cursor <= U`, W being the window end of the last run that was *loaded*
 into the warehouse (`extract.watermark`); full-mode tables land everything. Tables
@@ -330,6 +331,26 @@ def _fails(convert, value) -> bool:
         return True
 
 
+def _sqlite_transactions(engine: sa.Engine) -> None:
+    """Make `begin()` a real SQLite transaction, so that the run reads one snapshot.
+
+    pysqlite opens a transaction only before a write: its SELECTs run in autocommit, each
+    seeing the newest commit (measured: a commit by another connection between two reads
+    of one `begin()` block was visible to the second). SQLAlchemy's documented recipe:
+    pysqlite in autocommit mode and an explicit BEGIN. From the first read to the end of
+    the run every table is read as of one moment. Cost: in the default rollback-journal
+    mode writers wait while the extract reads (in WAL mode they do not).
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
 def source_now(conn: sa.Connection) -> datetime:
     """The source database's own clock (UTC, aware): the run's upper bound U."""
     dialect = conn.dialect.name
@@ -636,6 +657,8 @@ def extract_tables(
     else:
         lower = {c.name: shard.lower.get(c.name) for c in configs}
     engine = sa.create_engine(sqlalchemy_url(url))
+    if engine.dialect.name == "sqlite":
+        _sqlite_transactions(engine)
     manifests: dict[str, dict[str, Any]] = {}
     try:
         isolation = (

@@ -203,10 +203,11 @@ class SourceTotals:
       (day prefixes): the hook gets the exact bounds (`window=`), groups rows within
       two days of a bound by the cursor's minute as well, and reads the rows of the
       minutes that hold a bound one by one, cut exactly as the extract cuts them.
-      pysqlite runs SELECTs outside a transaction (no snapshot, even in the extract's
-      `begin()`): a commit by another connection between the totals and the read is
-      seen by `PRAGMA data_version`, and that table is then recorded as not checked
-      for the run rather than failing it with a false alarm.
+      The extract reads SQLite in one explicit transaction (a snapshot); on a
+      connection outside one (pysqlite's default runs each SELECT in autocommit) a
+      commit by another connection between the totals and the read is seen by
+      `PRAGMA data_version`, and that table is then recorded as not checked for the
+      run rather than failing it with a false alarm.
 
     Other databases, and money columns of floating type (never compared), are recorded
     as not checked.
@@ -246,8 +247,8 @@ class SourceTotals:
         return read
 
     def _same_data(self, conn: Any, table: str, version: int | None) -> None:
-        """SQLite: pysqlite runs SELECTs outside any transaction, so another connection
-        may commit between the totals and the read. `PRAGMA data_version` tells; then
+        """SQLite outside a transaction (pysqlite runs SELECTs in autocommit): another
+        connection may commit between the totals and the read. `PRAGMA data_version` tells; then
         the table is not compared in this run (a false alarm would fail it)."""
         if version is not None and _sqlite_data_version(conn) != version:
             with self._lock:
