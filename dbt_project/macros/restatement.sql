@@ -62,3 +62,14 @@
         select 1 as nothing_to_delete
     {%- endif -%}
 {%- endmacro %}
+
+{#- fct_order_items pre-hook: an incremental build deletes the items gone from
+    stg_order_items (deleted at the source); the rest is delete+insert on order_item_id. -#}
+{% macro fct_order_items_delete_gone() -%}
+    {%- if nightshift.fct_orders_is_incremental() -%}
+        delete from {{ this }}
+        where order_item_id not in (select order_item_id from {{ ref('stg_order_items') }})
+    {%- else -%}
+        select 1 as nothing_to_delete
+    {%- endif -%}
+{%- endmacro %}

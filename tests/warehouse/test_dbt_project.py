@@ -363,6 +363,50 @@ def test_incremental_equals_full_rebuild(incremental_pair: tuple[Path, Path]) ->
     assert result.statuses["model.nightshift.fct_orders"] == "success"
 
 
+# Run r3 after r2: product 11 becomes 'garden' (item 101, order 1), item 100 changes
+# quantity, item 104 is deleted, order 6 gets a new item: days 01-15 and 01-16.
+CHANGES_R3 = """
+UPDATE raw.products SET category = 'garden', _run_id = 'r3' WHERE id = 11;
+UPDATE raw.order_items SET quantity = 3, _run_id = 'r3' WHERE id = 100;
+DELETE FROM raw.order_items WHERE id = 104;
+INSERT INTO raw.order_items VALUES
+    (105, 6, 13, 2, 1.50, '2024-01-16 12:00:00+00', 'r3', now());
+INSERT INTO ops.restated_days VALUES
+    ('r3', '2024-01-15', 'product_category'), ('r3', '2024-01-15', 'items_changed'),
+    ('r3', '2024-01-16', 'item_deleted'), ('r3', '2024-01-16', 'items_changed');
+"""
+
+
+def test_incremental_order_items_equal_full_rebuild(incremental_pair: tuple[Path, Path]) -> None:
+    """fct_order_items rebuilds the items the run loaded and those whose product's
+    category changed, drops deleted items, and keeps the rest: equal to a full rebuild."""
+    incremental, full = incremental_pair
+    dbt_build(incremental, "UTC", run_id="r2")
+    con = duckdb.connect(str(incremental))
+    try:
+        con.execute(CHANGES_R3)
+    finally:
+        con.close()
+    shutil.copy(incremental, full)
+    result = dbt_build(incremental, "UTC", run_id="r3")
+    compiled = json.loads(result.run_results_path.read_text())["results"]
+    (items_sql,) = [
+        r["compiled_code"] for r in compiled if r["unique_id"].endswith(".fct_order_items")
+    ]
+    assert "where run_id = 'r3'" in items_sql  # built incrementally
+    dbt_build(full, "UTC")
+    assert _marts(incremental) == _marts(full)
+    rows = {
+        r[0]: r[1:]
+        for r in _query(
+            incremental,
+            "select order_item_id, quantity, line_amount, category from marts.fct_order_items",
+        )
+    }
+    assert rows[100] == (3, Decimal("15.00"), "books")
+    assert rows[101][2] == "garden" and rows[105][2] == "Zeta" and 104 not in rows
+
+
 def test_incremental_touches_only_restated_days(incremental_pair: tuple[Path, Path]) -> None:
     """A change the run did not record as a restated day is not picked up (proof that the
     model is incremental), until a full rebuild."""

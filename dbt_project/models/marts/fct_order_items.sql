@@ -1,7 +1,36 @@
+{#- One row per order item, with its product's current category ('uncategorized' when the
+    product is missing). Incremental like fct_orders: with var run_id and the table built,
+    only the items that can have changed are rebuilt (delete+insert on order_item_id):
+    items the run loaded (run_id), and items whose stored category or has_product no
+    longer match their product (a category change, a product arriving or leaving); the
+    pre-hook deletes items no longer in stg_order_items. Without run_id, on --full-refresh,
+    or when the table does not exist it is rebuilt in full. -#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='order_item_id',
+        on_schema_change='fail',
+        full_refresh=(true if nightshift.run_setting('run_id') is none else none),
+        pre_hook="{{ nightshift.fct_order_items_delete_gone() }}",
+    )
+}}
 with
 
 order_items as (
     select * from {{ ref('stg_order_items') }}
+    {%- if nightshift.fct_orders_is_incremental() %}
+    where run_id = '{{ nightshift.restatement_run_id() }}'
+        or order_item_id in (
+            select stored.order_item_id
+            from {{ this }} as stored
+            left join {{ ref('dim_products') }} as current_products
+                on stored.product_id = current_products.product_id
+            where stored.has_product <> (current_products.product_id is not null)
+                or stored.category
+                    <> coalesce(current_products.category, 'uncategorized')
+        )
+    {%- endif %}
 ),
 
 products as (
@@ -16,7 +45,8 @@ final as (
         order_items.quantity,
         order_items.unit_price,
         cast(order_items.quantity * order_items.unit_price as decimal(18, 2)) as line_amount,
-        coalesce(products.category, 'uncategorized') as category,
+        cast(coalesce(products.category, 'uncategorized') as {{ nightshift.type_varchar() }})
+            as category,
         products.product_id is not null as has_product,
         order_items.updated_at
     from order_items
