@@ -225,7 +225,8 @@ def test_missing_fx_rate_fails_build_naming_currency(tmp_path: Path) -> None:
         dbt_build(path, "UTC")
     message = str(excinfo.value)
     assert "assert_fx_rate_exists_for_every_counted_order" in message
-    assert "SEK" in message and "2024-01-16" in message
+    assert "no FX rate for currency SEK on business day 2024-01-16" in message
+    assert "(1 counted orders, e.g. order 12)" in message
     # the published table was never built from the bad data
     tables = _query(
         path, "select table_name from information_schema.tables where table_schema='analytics'"
