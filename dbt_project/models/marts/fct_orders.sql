@@ -14,7 +14,7 @@
     )
 }}
 -- depends_on: {{ source('ops', 'restated_days') }}, {{ ref('stg_fx_rates') }}
--- depends_on: {{ ref('stg_order_items') }}, {{ ref('stg_products') }}
+-- depends_on: {{ ref('stg_orders') }}, {{ ref('stg_order_items') }}, {{ ref('stg_products') }}
 with
 {% if nightshift.fct_orders_is_incremental() %}
 days_to_restate as (
@@ -24,8 +24,18 @@ days_to_restate as (
 orders_converted as (
     select * from {{ ref('int_orders_converted') }}
     {%- if nightshift.fct_orders_is_incremental() %}
-    where business_date in (select business_date from days_to_restate)
-        or business_date not in (select distinct business_date from {{ this }})
+    -- by order_id, a column of the source scan: DuckDB filters before the joins and the
+    -- cents (a filter on the computed business_date ran after them, on every order)
+    where order_id in (
+        select order_id
+        from {{ ref('stg_orders') }}
+        where {{ nightshift.business_day('created_at') }} in (
+                select business_date from days_to_restate
+            )
+            or {{ nightshift.business_day('created_at') }} not in (
+                select distinct business_date from {{ this }}
+            )
+    )
     {%- endif %}
 ),
 
