@@ -5,12 +5,14 @@ Usage: python bench/bench_dbt.py [--orders 1000000] [--days 365] [--changed 0.01
 Raw tables (the schemas warehouse/load.py produces) are generated in a temp DuckDB file
 with DuckDB SQL only (`range()` and `hash()`), then, through warehouse.dbt_runner.dbt_build
 with the arguments the nightly run passes (REPORT_TZ, through_date, run_id):
-  (a) full_s: the first nightly `dbt build` (models, snapshot, data and unit tests; fct_orders
-      does not exist yet, so it is built in full);
+  (a) full_s: the first nightly `dbt build` (models, snapshot and data tests; like the nightly
+      it leaves unit tests to development and CI; fct_orders does not exist yet, so it is
+      built in full);
   (b) raw_sql_s: every statement (a) ran, taken from its run results, straight in DuckDB
-      on a copy of the raw file in the same order (unit tests left out): full_s / raw_sql_s
+      on a copy of the raw file in the same order: full_s / raw_sql_s
       is dbt's overhead; chain_sql_s is the staging -> fct_orders -> sales_summary chain alone;
-  (c) incr_share: the next nightly `dbt build` (run_id bench-r2) after changing `--changed`
+  (c) incr_share: the next nightly `dbt build` (run_id bench-r2, on its own build copy as
+      warehouse/publish.py names it, so a new path as every night) after changing `--changed`
       of the orders (the most recent ones: nightly changes are late rows and status
       updates of recent orders) and writing their business days to ops.restated_days,
       divided by full_s;
@@ -18,7 +20,8 @@ with the arguments the nightly run passes (REPORT_TZ, through_date, run_id):
       begin_build copy; a reader connected before the swap keeps querying during both and
       its slowest query is reader_max_ms (readers must never wait on the writer).
 CPU seconds are printed beside wall seconds (full_cpu_s, raw_cpu_s, incr_cpu_share): on a
-busy machine they say more than wall time.
+busy machine they say more than wall time. Each build prints where its time went (start-up
+and parse, models, tests) and its slowest nodes from run_results.json.
 Ends with: BENCH dbt full_s=<a> raw_sql_s=<b> incr_share=<c> publish_s=<d>
 """
 
@@ -59,6 +62,7 @@ CHAIN = (
     "fct_orders",
     "sales_summary",
 )
+TOP_NODES = 10
 
 
 def make_raw(path: Path, orders: int, days: int) -> None:
@@ -166,20 +170,31 @@ def timed_build(
     """The nightly's call (pipeline/nightly.py dbt_build): wall and CPU seconds. Its own
     target dir: no other dbt process (tests, a nightly run) shares its artifacts."""
     cpu, started = _children_cpu(), time.perf_counter()
-    result = dbt_build(warehouse, "UTC", through_date, run_id=run_id, target_dir=target_dir)
+    result = dbt_build(
+        warehouse, "UTC", through_date, run_id=run_id, target_dir=target_dir, unit_tests=False
+    )
     return result, time.perf_counter() - started, _children_cpu() - cpu
 
 
 def breakdown(result: DbtResult, wall_s: float) -> str:
     """Where a build's time went: dbt start-up and parsing (wall minus dbt's own elapsed),
-    models (incl. snapshot), data and unit tests."""
+    models (incl. snapshot), data tests, unit tests."""
     spent: dict[str, float] = {}
     for node in result.nodes:
-        kind = "tests" if node.resource_type in ("test", "unit_test") else "models"
+        kind = {"test": "data tests", "unit_test": "unit tests"}.get(node.resource_type, "models")
         spent[kind] = spent.get(kind, 0.0) + node.execution_time
     startup = wall_s - (result.elapsed or 0.0)
     parts = ", ".join(f"{kind} {spent[kind]:.2f}s" for kind in sorted(spent))
     return f"start-up+parse {startup:.2f}s, {parts}, {len(result.nodes)} nodes"
+
+
+def top_nodes(result: DbtResult, n: int = TOP_NODES) -> str:
+    """The `n` slowest nodes (run_results execution_time), one per line: the next place
+    to look for time."""
+    return "\n".join(
+        f"      {node.execution_time:7.2f}s  {node.resource_type:9} {node.name}"
+        for node in result.slowest(n)
+    )
 
 
 SNAPSHOT_FIRST = """
@@ -198,16 +213,17 @@ def replay_build(
 ) -> tuple[float, float]:
     """Every statement of a dbt build, straight in DuckDB on a copy of the raw file, in the
     order dbt ran them (1 thread): models and the snapshot as views/tables, data tests as
-    `count(*)` over their query. Unit tests (dbt-made fixtures) are left out. Returns
+    `count(*)` over their query. Unit tests (dbt-made fixtures) are left out. Timed from
+    connect to close (its checkpoint writes the tables, as dbt's run does). Returns
     (wall, CPU) seconds."""
     nodes = {**manifest["nodes"]}
     results = json.loads(run_results.read_text())["results"]
+    cpu, started = time.process_time(), time.perf_counter()
     con = duckdb.connect(str(path))
     try:
         con.execute("set TimeZone = 'UTC'")
         for schema in ("staging", "intermediate", "marts", "analytics", "snapshots"):
             con.execute(f"create schema if not exists {schema}")
-        cpu, started = time.process_time(), time.perf_counter()
         for result in results:
             node = nodes.get(result["unique_id"])
             if node is None or not node.get("compiled_code"):
@@ -222,9 +238,9 @@ def replay_build(
                 if kind == "snapshot":  # a first snapshot: every row current, SCD2 columns
                     sql = SNAPSHOT_FIRST.format(sql=sql, key=node["config"]["unique_key"])
                 con.execute(f"create or replace {'view' if view else 'table'} {relation} as {sql}")
-        return time.perf_counter() - started, time.process_time() - cpu
     finally:
-        con.close()
+        con.close()  # the checkpoint writes the tables to the file, as dbt's run does
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def run_compiled_chain(path: Path, manifest: dict, database: str) -> float:
@@ -311,7 +327,7 @@ def main() -> int:
         # (a) the first nightly build: fct_orders does not exist yet, so everything in full
         full, full_s, full_cpu = timed_build(warehouse, through_date, "bench-r1", target_dir)
         print(f"(a) full dbt build: {full_s:.2f}s, cpu {full_cpu:.2f}s ({breakdown(full, full_s)})")
-        print(f"    slowest: {full.summary()['slowest']}")
+        print(f"    slowest nodes:\n{top_nodes(full)}")
 
         # (b) the same statements straight in DuckDB (the SQL dbt ran, from its run results)
         assert full.run_results_path is not None
@@ -324,18 +340,20 @@ def main() -> int:
             f"sales_summary chain alone {chain_s:.2f}s"
         )
 
-        # (c) the next nightly build after a 1% change
-        days = change_recent_orders(warehouse, args.orders, args.changed, "bench-r2")
-        incr, incr_s, incr_cpu = timed_build(warehouse, through_date, "bench-r2", target_dir)
+        # (c) the next nightly build after a 1% change, on that night's own build copy
+        # (warehouse/publish.py names it after the run id, as the nightly does)
+        build = begin_build(warehouse, "bench-r2")
+        days = change_recent_orders(build, args.orders, args.changed, "bench-r2")
+        incr, incr_s, incr_cpu = timed_build(build, through_date, "bench-r2", target_dir)
         incr_share = incr_s / full_s
         print(
             f"(c) incremental build ({days} restated days): {incr_s:.2f}s = {incr_share:.3f} "
             f"of (a), cpu {incr_cpu:.2f}s = {incr_cpu / full_cpu:.3f} ({breakdown(incr, incr_s)})"
         )
-        print(f"    slowest: {incr.summary()['slowest']}")
+        print(f"    slowest nodes:\n{top_nodes(incr)}")
 
         # (d) publish: begin_build copy + atomic swap, with a reader connected before it
-        copy_s, publish_s, reader_max_ms, queries = measure_publish(warehouse, tmp_path)
+        copy_s, publish_s, reader_max_ms, queries = measure_publish(build, tmp_path)
         print(
             f"(d) publish: copy {copy_s:.2f}s, swap {publish_s:.4f}s; reader ran "
             f"{queries} queries, slowest {reader_max_ms:.1f}ms (never blocked)"
