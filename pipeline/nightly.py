@@ -190,7 +190,7 @@ def _record_source_totals(business_date: date, totals: Any) -> None:
 
     path = write_source_totals(settings.landing_dir(), run_id_for(business_date), totals)
     for table, why in totals.unchecked.items():
-        log.info("source -> landing reconciliation of %s not available (%s)", table, why)
+        log.warning("source -> landing reconciliation of %s not available (%s)", table, why)
     log.info("source totals of the extract's snapshot: %s", path)
 
 
