@@ -199,6 +199,44 @@ def _backfill_runs(env: dict[str, str], first_run: datetime, last_run: datetime)
     return mine
 
 
+def _create_backfill(
+    cmd: list[str], env: dict[str, str], *, wait_s: float = 600, poll_s: float = 5
+) -> None:
+    """Run `airflow backfill create`, waiting while another backfill of the DAG runs.
+
+    Airflow allows one running backfill per DAG, and the scheduler marks a backfill
+    completed a loop after its last run succeeded: a second `make backfill` started right
+    after the first one returned met `AlreadyRunningBackfill` (seen in CI on an idle
+    machine). So that error is retried for up to `wait_s`; then it fails saying why.
+    """
+    import time as _time
+
+    deadline = _time.monotonic() + wait_s
+    waiting = False
+    while True:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        sys.stdout.write(proc.stdout)
+        if proc.returncode == 0:
+            return
+        busy = "AlreadyRunningBackfill" in proc.stderr
+        if busy and _time.monotonic() < deadline:
+            if not waiting:
+                print(
+                    f"[backfill] another backfill of {DAG_ID} is still running: waiting", flush=True
+                )
+                waiting = True
+            _time.sleep(poll_s)
+            continue
+        sys.stderr.write(proc.stderr)
+        if busy:
+            print(
+                f"[backfill] another backfill of {DAG_ID} is still running after {wait_s:.0f}s "
+                "(Airflow runs one per DAG): let it finish or cancel it in the UI, then retry",
+                flush=True,
+            )
+        raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
+
+
 def backfill_with_scheduler(
     first: date,
     last: date,
@@ -219,7 +257,7 @@ def backfill_with_scheduler(
     env = airflow_env(env_extra)
     days = _business_days(first, last)
     first_run, last_run = logical_date_for(first), logical_date_for(last)
-    subprocess.run(
+    _create_backfill(
         [
             airflow_bin(),
             "backfill",
@@ -235,8 +273,7 @@ def backfill_with_scheduler(
             "--reprocess-behavior",
             "completed",
         ],
-        env=env,
-        check=True,
+        env,
     )
     started = _time.monotonic()
     shown = None

@@ -1,0 +1,57 @@
+"""`make backfill`'s wrapper around `airflow backfill create` (pipeline/airflow_run.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.airflow_run import _create_backfill
+
+# Stands in for the `airflow` CLI (the real one needs a scheduler: tests/ui covers that):
+# fails like Airflow does while another backfill of the DAG is running, `busy` times.
+FAKE = """
+import pathlib, sys
+count = pathlib.Path(sys.argv[1])
+busy = int(sys.argv[2])
+n = int(count.read_text()) if count.exists() else 0
+count.write_text(str(n + 1))
+if n < busy:
+    sys.stderr.write("airflow.models.backfill.AlreadyRunningBackfill: Another backfill is "
+                     "running for Dag nightly_sales.\\n")
+    sys.exit(1)
+print("created backfill")
+"""
+
+
+def _cmd(tmp_path: Path, busy: int) -> list[str]:
+    script = tmp_path / "fake_airflow.py"
+    script.write_text(FAKE)
+    return [sys.executable, str(script), str(tmp_path / "calls"), str(busy)]
+
+
+def test_waits_while_the_previous_backfill_is_still_marked_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _create_backfill(_cmd(tmp_path, busy=2), {"PATH": "/usr/bin:/bin"}, poll_s=0.01)
+    assert (tmp_path / "calls").read_text() == "3"
+    out = capsys.readouterr().out
+    assert "still running: waiting" in out and "created backfill" in out
+
+
+def test_gives_up_after_the_wait_saying_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(subprocess.CalledProcessError):
+        _create_backfill(_cmd(tmp_path, busy=10**6), {}, wait_s=0.05, poll_s=0.01)
+    assert "let it finish or cancel it in the UI" in capsys.readouterr().out
+
+
+def test_other_errors_fail_at_once(tmp_path: Path) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text("import sys; sys.stderr.write('DAG not found'); sys.exit(2)")
+    with pytest.raises(subprocess.CalledProcessError) as excinfo:
+        _create_backfill([sys.executable, str(script)], {}, poll_s=0.01)
+    assert excinfo.value.returncode == 2 and "DAG not found" in excinfo.value.stderr
