@@ -24,6 +24,7 @@ from extract.tables import (
 )
 from extract.watermark import last_watermark, record_loaded
 from pipeline.settings import sqlalchemy_url
+from tests.sqlite_shards import split_sqlite_source
 from warehouse.load import load_source_db
 
 END = date(2026, 11, 20)  # in the past: the source clock (U) is after every generated row
@@ -341,26 +342,9 @@ def test_sharded_extract_on_sqlite_shards(tmp_path: Path) -> None:
     window and key set; the sharded load equals the union (PostgreSQL end to end:
     tests/extract/test_sharded_pipeline.py)."""
     from extract.db_extract import extract_sharded_source, shard_run_id
-    from extract.shards import ShardMap, copy_vshards, delete_vshards
     from warehouse.load import load_source_db_sharded
 
-    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
-    generate(a, seed=9, days=3, end_date=END, orders_per_day=30, if_exists="replace")
-    engine = sa.create_engine(b)
-    users.metadata.create_all(engine)
-    engine.dispose()
-    for table in TABLES:
-        copy_vshards(a, b, table, [(64, 1023)])
-        delete_vshards(a, table, [(64, 1023)])
-    shard_map = ShardMap.from_dict(
-        {
-            "version": 1,
-            "shards": [
-                {"name": "a", "url": a, "vshards": [[0, 63]]},
-                {"name": "b", "url": b, "vshards": [[64, 1023]]},
-            ],
-        }
-    )
+    a, b, shard_map = split_sqlite_source(tmp_path, seed=9, days=3, end_date=END, orders_per_day=30)
     landing, warehouse = tmp_path / "landing", tmp_path / "warehouse.duckdb"
 
     def union() -> dict[str, dict[int, tuple]]:

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from demo import schema
 from demo.generator import generate
 from extract.db_extract import extract_tables
 from extract.landing import write_landing_table
@@ -33,6 +32,7 @@ from quality.reconcile import (
     reconcile_run,
     write_source_totals,
 )
+from tests.sqlite_shards import split_sqlite_source
 
 NY = "America/New_York"
 
@@ -427,25 +427,10 @@ def test_sqlite_window_cut_inside_a_minute_totals_exactly_the_rows_read(tmp_path
 
 def test_sharded_sqlite_source_every_shard_adds_to_the_totals(tmp_path: Path) -> None:
     from extract.db_extract import extract_sharded_source
-    from extract.shards import ShardMap, copy_vshards, delete_vshards
     from warehouse.load import load_source_db_sharded
 
-    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
-    generate(a, seed=9, days=3, end_date=DST_END + timedelta(days=1), orders_per_day=20)
-    engine = sa.create_engine(b)
-    schema.metadata.create_all(engine)
-    engine.dispose()
-    for table in SOURCE_CHECKS:
-        copy_vshards(a, b, table, [(64, 1023)])
-        delete_vshards(a, table, [(64, 1023)])
-    shard_map = ShardMap.from_dict(
-        {
-            "version": 1,
-            "shards": [
-                {"name": "a", "url": a, "vshards": [[0, 63]]},
-                {"name": "b", "url": b, "vshards": [[64, 1023]]},
-            ],
-        }
+    a, b, shard_map = split_sqlite_source(
+        tmp_path, seed=9, days=3, end_date=DST_END + timedelta(days=1), orders_per_day=20
     )
     landing, warehouse = tmp_path / "landing", tmp_path / "warehouse.duckdb"
 
