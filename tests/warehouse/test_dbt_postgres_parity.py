@@ -9,12 +9,14 @@ run_id: the restatement path); every mart must be equal row for row each time.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 import sqlalchemy as sa
 
 from tests.warehouse.test_dbt_project import (
@@ -139,7 +141,10 @@ def _assert_equal_marts(duck: Path, engine: sa.Engine) -> None:
         assert in_postgres[mart] == in_duckdb[mart], f"{mart} differs between PostgreSQL and DuckDB"
 
 
-def test_postgres_marts_equal_duckdb_row_for_row(pg_database: str, tmp_path: Path) -> None:
+def test_postgres_marts_equal_duckdb_row_for_row(
+    pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DBT_POSTGRES_THREADS", raising=False)  # the profile's default
     url = sa.make_url(pg_database)
     engine = sa.create_engine(url)
     duck = tmp_path / "warehouse.duckdb"
@@ -179,5 +184,10 @@ def test_postgres_marts_equal_duckdb_row_for_row(pg_database: str, tmp_path: Pat
                 "select business_date from marts.fct_orders where order_id = 3"
             ).scalar_one()
         assert moved == dt.date(2024, 1, 16)  # the restated move reached PostgreSQL too
+        # one dbt thread on PostgreSQL unless DBT_POSTGRES_THREADS says otherwise: with
+        # several, replacing two views that feed one view deadlocked here (profiles.yml)
+        assert on_postgres.run_results_path is not None
+        ran = json.loads(on_postgres.run_results_path.read_text())["results"]
+        assert {r["thread_id"] for r in ran} == {"Thread-1 (worker)"}
     finally:
         engine.dispose()
