@@ -16,6 +16,9 @@ with the arguments the nightly run passes (REPORT_TZ, through_date, run_id):
       of the orders (the most recent ones: nightly changes are late rows and status
       updates of recent orders) and writing their business days to ops.restated_days,
       divided by full_s;
+  (e) incr_floor_s: (a) then (c) again on FLOOR_ORDERS orders; (c) on them is what an
+      incremental night costs with next to no data (dbt start-up, parse, per-node work);
+      incr_share_above_floor = (incr - floor) / (full - floor), the data-dependent part;
   (d) publish_s: warehouse/publish.py's atomic swap (publish_build), with copy_s the
       begin_build copy; a reader connected before the swap keeps querying during both and
       its slowest query is reader_max_ms (readers must never wait on the writer).
@@ -63,6 +66,7 @@ CHAIN = (
     "sales_summary",
 )
 TOP_NODES = 10
+FLOOR_ORDERS = 10_000
 
 
 def make_raw(path: Path, orders: int, days: int) -> None:
@@ -295,6 +299,22 @@ def measure_publish(warehouse: Path, tmp_path: Path) -> tuple[float, float, floa
     return copy_s, publish_s, reader_max_ms, len(latencies)
 
 
+def incremental_floor(
+    tmp_path: Path, days: int, changed: float, through_date: str
+) -> tuple[float, DbtResult]:
+    """(e): a full then an incremental nightly build on FLOOR_ORDERS orders, in their own
+    directory; the incremental build's wall seconds and result."""
+    floor_dir = tmp_path / "floor"
+    floor_dir.mkdir()
+    warehouse, target_dir = floor_dir / "warehouse.duckdb", floor_dir / "target"
+    make_raw(warehouse, FLOOR_ORDERS, days)
+    timed_build(warehouse, through_date, "floor-r1", target_dir)
+    build = begin_build(warehouse, "floor-r2")
+    change_recent_orders(build, FLOOR_ORDERS, changed, "floor-r2")
+    result, wall_s, _ = timed_build(build, through_date, "floor-r2", target_dir)
+    return wall_s, result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=1_000_000)
@@ -352,6 +372,17 @@ def main() -> int:
         )
         print(f"    slowest nodes:\n{top_nodes(incr)}")
 
+        # (e) the floor: the same two nights on FLOOR_ORDERS orders. What the incremental
+        # night costs when there is almost no data: dbt's start-up, parse and per-node
+        # work, the part of (c) no model or test change can remove.
+        floor_s, floor = incremental_floor(tmp_path, args.days, args.changed, through_date)
+        above = (incr_s - floor_s) / (full_s - floor_s)
+        print(
+            f"(e) floor: the incremental build on {FLOOR_ORDERS} orders takes {floor_s:.2f}s "
+            f"({breakdown(floor, floor_s)}); above it, (c) is {incr_s - floor_s:.2f}s = "
+            f"{above:.3f} of (a)'s {full_s - floor_s:.2f}s"
+        )
+
         # (d) publish: begin_build copy + atomic swap, with a reader connected before it
         copy_s, publish_s, reader_max_ms, queries = measure_publish(build, tmp_path)
         print(
@@ -364,7 +395,8 @@ def main() -> int:
             f"overhead={full_s / raw_sql_s:.2f} chain_sql_s={chain_s:.2f} "
             f"full_cpu_s={full_cpu:.2f} raw_cpu_s={raw_cpu:.2f} incr_cpu_share="
             f"{incr_cpu / full_cpu:.3f} copy_s={copy_s:.2f} "
-            f"reader_max_ms={reader_max_ms:.1f} orders={args.orders}"
+            f"reader_max_ms={reader_max_ms:.1f} incr_floor_s={floor_s:.2f} "
+            f"incr_share_above_floor={above:.3f} orders={args.orders}"
         )
     return 0
 

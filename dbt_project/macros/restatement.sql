@@ -63,12 +63,13 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- fct_order_items pre-hook: an incremental build deletes the items gone from
-    stg_order_items (deleted at the source); the rest is delete+insert on order_item_id. -#}
-{% macro fct_order_items_delete_gone() -%}
+{#- Pre-hook of the incremental marts keyed on a source key (fct_order_items, fct_payments):
+    an incremental build deletes the rows whose key is gone from `staging` (deleted at
+    the source); the rest is delete+insert on the key. -#}
+{% macro delete_gone(key, staging) -%}
     {%- if nightshift.fct_orders_is_incremental() -%}
         delete from {{ this }}
-        where order_item_id not in (select order_item_id from {{ ref('stg_order_items') }})
+        where {{ key }} not in (select {{ key }} from {{ staging }})
     {%- else -%}
         select 1 as nothing_to_delete
     {%- endif -%}

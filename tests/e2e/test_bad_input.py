@@ -312,7 +312,7 @@ def test_unknown_currency_stops_the_fx_completeness_gate(
         assert f"ops.quality_results where run_id = '{RUN_ID}'" in log
         _unchanged(world, before)
         fx = _failed(world.quality("dbt"), "assert_fx_rate_exists_for_every_counted_order", None)
-        assert fx["severity"] == "critical" and fx["table"] == "int_orders_converted"
+        assert fx["severity"] == "critical" and fx["table"] == "fct_orders"
         observed = world.quality("dbt")[("assert_fx_rate_exists_for_every_counted_order", None)][2]
         assert message in observed
     finally:

@@ -79,7 +79,11 @@ CREATE OR REPLACE TABLE raw.payments (
     _run_id VARCHAR, _loaded_at TIMESTAMPTZ);
 INSERT INTO raw.payments VALUES
     ('p1', 1, 10.00, 'EUR', 'succeeded', 'card', '2024-01-15 15:01:00+00',
-     '2024-01-15 15:01:00+00', 'r1', now());
+     '2024-01-15 15:01:00+00', 'r1', now()),
+    ('p7', 2, 5.00, 'USD', 'succeeded', 'card', '2024-01-16 09:00:00+00',
+     '2024-01-16 09:00:00+00', 'r1', now()),
+    ('p8', 3, 7.00, 'USD', 'succeeded', 'card', '2024-01-16 09:30:00+00',
+     '2024-01-16 09:30:00+00', 'r1', now());
 
 CREATE OR REPLACE TABLE raw.fx_rates (
     rate_date DATE, base VARCHAR, currency VARCHAR, rate DECIMAL(38,18),
@@ -291,7 +295,13 @@ def test_build_on_real_postgres(pg_database: str) -> None:
 
 # --- incremental fct_orders (var run_id) -------------------------------------------------
 
-MARTS = ("marts.fct_orders", "marts.dim_users", "marts.fct_order_items", "analytics.sales_summary")
+MARTS = (
+    "marts.fct_orders",
+    "marts.dim_users",
+    "marts.fct_order_items",
+    "marts.fct_payments",
+    "analytics.sales_summary",
+)
 
 # Changes of "run r2", and the days the loader would record for them (warehouse/load.py):
 # order 3 moves 01-15 -> 01-16 (both days), order 6 is cancelled (01-16), item 103 deleted
@@ -372,6 +382,12 @@ UPDATE raw.order_items SET quantity = 3, _run_id = 'r3' WHERE id = 100;
 DELETE FROM raw.order_items WHERE id = 104;
 INSERT INTO raw.order_items VALUES
     (105, 6, 13, 2, 1.50, '2024-01-16 12:00:00+00', 'r3', now());
+UPDATE raw.payments SET status = 'refunded', updated_at = '2024-01-17 08:00:00+00',
+    _run_id = 'r3' WHERE id = 'p7';
+DELETE FROM raw.payments WHERE id = 'p8';
+INSERT INTO raw.payments VALUES
+    ('p9', 12, 4.00, 'USD', 'succeeded', 'card', '2024-01-17 10:00:00+00',
+     '2024-01-17 10:00:00+00', 'r3', now());
 INSERT INTO ops.restated_days VALUES
     ('r3', '2024-01-15', 'product_category'), ('r3', '2024-01-15', 'items_changed'),
     ('r3', '2024-01-16', 'item_deleted'), ('r3', '2024-01-16', 'items_changed');
@@ -380,7 +396,8 @@ INSERT INTO ops.restated_days VALUES
 
 def test_incremental_order_items_equal_full_rebuild(incremental_pair: tuple[Path, Path]) -> None:
     """fct_order_items rebuilds the items the run loaded and those whose product's
-    category changed, drops deleted items, and keeps the rest: equal to a full rebuild."""
+    category changed, drops deleted items, and keeps the rest; fct_payments the payments
+    the run loaded, dropping deleted ones: both equal to a full rebuild."""
     incremental, full = incremental_pair
     dbt_build(incremental, "UTC", run_id="r2")
     con = duckdb.connect(str(incremental))
@@ -395,6 +412,10 @@ def test_incremental_order_items_equal_full_rebuild(incremental_pair: tuple[Path
         r["compiled_code"] for r in compiled if r["unique_id"].endswith(".fct_order_items")
     ]
     assert "where run_id = 'r3'" in items_sql  # built incrementally
+    (payments_sql,) = [
+        r["compiled_code"] for r in compiled if r["unique_id"].endswith(".fct_payments")
+    ]
+    assert "where run_id = 'r3'" in payments_sql
     dbt_build(full, "UTC")
     assert _marts(incremental) == _marts(full)
     rows = {
@@ -406,6 +427,8 @@ def test_incremental_order_items_equal_full_rebuild(incremental_pair: tuple[Path
     }
     assert rows[100] == (3, Decimal("15.00"), "books")
     assert rows[101][2] == "garden" and rows[105][2] == "Zeta" and 104 not in rows
+    payments = dict(_query(incremental, "select payment_id, status from marts.fct_payments"))
+    assert payments == {"p1": "succeeded", "p7": "refunded", "p9": "succeeded"}  # p8 deleted
 
 
 def test_incremental_touches_only_restated_days(incremental_pair: tuple[Path, Path]) -> None:
@@ -541,6 +564,9 @@ def test_incremental_build_tests_only_the_runs_rows(incremental_pair: tuple[Path
     )
     assert "business_date in (select business_date from" in compiled["unique_fct_orders_order_id"]
     assert "'r2'" in compiled["unique_fct_orders_order_id"]
+    # int_orders_converted's rules are tested on the rows fct_orders re-inserts
+    assert "where false" in compiled["unique_int_orders_converted_order_id"]
+    assert "'r2'" in compiled["not_null_fct_orders_is_counted"]
     with pytest.raises(DbtError, match="accepted_values_stg_payments_status"):
         dbt_build(full, "UTC")
 

@@ -12,7 +12,7 @@
         unique_key='order_item_id',
         on_schema_change='fail',
         full_refresh=(true if nightshift.run_setting('run_id') is none else none),
-        pre_hook="{{ nightshift.fct_order_items_delete_gone() }}",
+        pre_hook="{{ nightshift.delete_gone('order_item_id', ref('stg_order_items')) }}",
     )
 }}
 with
