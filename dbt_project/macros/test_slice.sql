@@ -5,6 +5,13 @@
     __run_rows__                  rows this run loaded: run_id = '<var run_id>' (staging);
     __restated_days(<column>)__   <column> is one of the business days the run restated
                                   (ops.restated_days for var run_id);
+    __run_keys(<column>, <table>)__
+                                  <column> is the key of a row of source raw.<table> that
+                                  the run loaded (_run_id): the rows an incremental mart
+                                  keyed on a source key re-inserted from this run's load
+                                  (fct_order_items, fct_payments; their other rows were
+                                  tested when inserted, and delete+insert on the key keeps
+                                  the table unique when what it inserts is);
     __full_build__                no row: for a model an incremental build does not read
                                   (int_orders_categorized: fct_orders ranks the items of
                                   its restated orders itself; its tests on the restated
@@ -39,6 +46,17 @@
         {%- set restated_days = "\\1 in (select business_date from " ~ restated
             ~ " where run_id = '" ~ run_id ~ "')" -%}
     {%- endif -%}
-    {%- set where = where | replace('__run_rows__', run_rows) | replace('__full_build__', full_build) -%}
-    {{- return(modules.re.sub('__restated_days\\((\\w+)\\)__', restated_days, where)) -}}
+    {%- set ns = namespace(where=where | replace('__run_rows__', run_rows)
+        | replace('__full_build__', full_build)) -%}
+    {%- for column, table in modules.re.findall('__run_keys\\((\\w+), *(\\w+)\\)__', where) -%}
+        {%- if full_build == 'true' -%}
+            {%- set keys = 'true' -%}
+        {%- else -%}
+            {%- set keys = column ~ " in (select id from " ~ source('raw', table)
+                ~ " where _run_id = '" ~ run_id ~ "')" -%}
+        {%- endif -%}
+        {%- set ns.where = modules.re.sub('__run_keys\\(' ~ column ~ ', *' ~ table ~ '\\)__',
+            keys, ns.where) -%}
+    {%- endfor -%}
+    {{- return(modules.re.sub('__restated_days\\((\\w+)\\)__', restated_days, ns.where)) -}}
 {%- endmacro %}

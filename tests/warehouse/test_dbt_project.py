@@ -567,6 +567,9 @@ def test_incremental_build_tests_only_the_runs_rows(incremental_pair: tuple[Path
     # int_orders_converted's rules are tested on the rows fct_orders re-inserts
     assert "where false" in compiled["unique_int_orders_converted_order_id"]
     assert "'r2'" in compiled["not_null_fct_orders_is_counted"]
+    # fct_order_items / fct_payments: the keys r2 loaded
+    assert "_run_id = 'r2'" in compiled["unique_fct_order_items_order_item_id"]
+    assert "_run_id = 'r2'" in compiled["unique_fct_payments_payment_id"]
     with pytest.raises(DbtError, match="accepted_values_stg_payments_status"):
         dbt_build(full, "UTC")
 
