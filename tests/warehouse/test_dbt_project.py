@@ -18,6 +18,7 @@ from warehouse.dbt_runner import (
     DbtError,
     DbtResult,
     dbt_build,
+    dbt_executable,
     run_dbt,
     stable_warehouse_path,
 )
@@ -209,6 +210,28 @@ def test_fct_orders_flags_and_cents(built_new_york: Path) -> None:
     assert [rows[i][1] for i in (9, 10, 11)] == [1, 2, 3]
     assert rows[7][2] == "unknown"
     assert rows[5][3] == D15
+
+
+def test_plain_dbt_build_in_the_project_dir_uses_the_demo_warehouse(tmp_path: Path) -> None:
+    """`cd dbt_project && dbt build` with nothing set (a new user after `make demo`) builds
+    ../data/warehouse.duckdb, the same marts as the nightly's runner gives."""
+    project = tmp_path / "dbt_project"
+    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
+    (tmp_path / "data").mkdir()
+    demo, by_runner = tmp_path / "data" / "warehouse.duckdb", tmp_path / "runner.duckdb"
+    _make_raw(demo)
+    _make_raw(by_runner)
+    unset = ("WAREHOUSE_PATH", "DBT_PROFILES_DIR", "DBT_PROJECT_DIR", "DBT_TARGET_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in unset and not k.startswith("DBT_")}
+    env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    done = subprocess.run(
+        [str(dbt_executable()), "build"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "PASS=" in done.stdout and "ERROR=0" in done.stdout
+    dbt_build(by_runner, "UTC")
+    summary = _query(demo, SUMMARY_SQL)
+    assert summary and summary == _query(by_runner, SUMMARY_SQL)
 
 
 def test_utc_and_through_date(tmp_path: Path) -> None:
