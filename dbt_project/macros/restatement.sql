@@ -12,10 +12,11 @@
     - days missing from fct_orders (self-healing: a day deleted above is rebuilt whole).
 -#}
 
-{#- is_incremental() without its catalog lookup when var run_id is null (fct_orders is then
-    rebuilt in full anyway): so `dbt compile --no-introspect` for Snowflake/BigQuery needs
-    no connection. -#}
-{% macro fct_orders_is_incremental() -%}
+{#- The incremental marts (fct_orders, fct_order_items, fct_payments) build incrementally:
+    var run_id is set and the table exists. is_incremental() without its catalog lookup
+    when var run_id is null (the table is then rebuilt in full anyway): so
+    `dbt compile --no-introspect` for Snowflake/BigQuery needs no connection. -#}
+{% macro nightly_is_incremental() -%}
     {{ return(nightshift.run_setting('run_id') is not none and is_incremental()) }}
 {%- endmacro %}
 
@@ -55,7 +56,7 @@
 
 {#- pre-hook: delete the days to restate (same transaction as the insert that follows). -#}
 {% macro fct_orders_delete_restated_days() -%}
-    {%- if nightshift.fct_orders_is_incremental() -%}
+    {%- if nightshift.nightly_is_incremental() -%}
         delete from {{ this }}
         where business_date in ({{ nightshift.fct_orders_days_to_restate(this) }})
     {%- else -%}
@@ -67,7 +68,7 @@
     an incremental build deletes the rows whose key is gone from `staging` (deleted at
     the source); the rest is delete+insert on the key. -#}
 {% macro delete_gone(key, staging) -%}
-    {%- if nightshift.fct_orders_is_incremental() -%}
+    {%- if nightshift.nightly_is_incremental() -%}
         delete from {{ this }}
         where {{ key }} not in (select {{ key }} from {{ staging }})
     {%- else -%}

@@ -48,15 +48,11 @@
     {%- endif -%}
     {%- set ns = namespace(where=where | replace('__run_rows__', run_rows)
         | replace('__full_build__', full_build)) -%}
-    {%- for column, table in modules.re.findall('__run_keys\\((\\w+), *(\\w+)\\)__', where) -%}
-        {%- if full_build == 'true' -%}
-            {%- set keys = 'true' -%}
-        {%- else -%}
-            {%- set keys = column ~ " in (select id from " ~ source('raw', table)
-                ~ " where _run_id = '" ~ run_id ~ "')" -%}
-        {%- endif -%}
-        {%- set ns.where = modules.re.sub('__run_keys\\(' ~ column ~ ', *' ~ table ~ '\\)__',
-            keys, ns.where) -%}
+    {%- for placeholder, column, table in modules.re.findall(
+        '(__run_keys\\((\\w+), *(\\w+)\\)__)', where) -%}
+        {%- set keys = 'true' if full_build == 'true' else column ~ " in (select id from "
+            ~ source('raw', table) ~ " where _run_id = '" ~ run_id ~ "')" -%}
+        {%- set ns.where = ns.where | replace(placeholder, keys) -%}
     {%- endfor -%}
     {{- return(modules.re.sub('__restated_days\\((\\w+)\\)__', restated_days, ns.where)) -}}
 {%- endmacro %}

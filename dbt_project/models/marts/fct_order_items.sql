@@ -19,7 +19,7 @@ with
 
 order_items as (
     select * from {{ ref('stg_order_items') }}
-    {%- if nightshift.fct_orders_is_incremental() %}
+    {%- if nightshift.nightly_is_incremental() %}
     where run_id = '{{ nightshift.restatement_run_id() }}'
         or order_item_id in (
             select stored.order_item_id

@@ -16,14 +16,14 @@
 -- depends_on: {{ source('ops', 'restated_days') }}, {{ ref('stg_fx_rates') }}
 -- depends_on: {{ ref('stg_orders') }}, {{ ref('stg_order_items') }}, {{ ref('stg_products') }}
 with
-{% if nightshift.fct_orders_is_incremental() %}
+{% if nightshift.nightly_is_incremental() %}
 days_to_restate as (
     {{ nightshift.fct_orders_days_to_restate(this) | indent(4) }}
 ),
 {% endif %}
 orders_converted as (
     select * from {{ ref('int_orders_converted') }}
-    {%- if nightshift.fct_orders_is_incremental() %}
+    {%- if nightshift.nightly_is_incremental() %}
     -- by order_id, a column of the source scan: DuckDB filters before the joins and the
     -- cents (a filter on the computed business_date ran after them, on every order)
     where order_id in (
@@ -40,7 +40,7 @@ orders_converted as (
 ),
 
 orders_categorized as (
-    {%- if nightshift.fct_orders_is_incremental() %}
+    {%- if nightshift.nightly_is_incremental() %}
     {{ nightshift.order_categories(
         'orders_converted', ref('stg_order_items'), ref('stg_products'), restrict_items=true
     ) | indent(4) }}

@@ -19,7 +19,7 @@ with
 
 payments as (
     select * from {{ ref('stg_payments') }}
-    {%- if nightshift.fct_orders_is_incremental() %}
+    {%- if nightshift.nightly_is_incremental() %}
     where run_id = '{{ nightshift.restatement_run_id() }}'
     {%- endif %}
 ),
