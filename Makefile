@@ -67,14 +67,18 @@ migration-demo: $(STAMP) ## Zero-downtime move of the demo source to a new Postg
 	$(BIN)/python -m migrate.demo
 
 .PHONY: nightly
-nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow
-	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD"; exit 2; }
-	$(BIN)/python -m pipeline.airflow_run run --date $(DATE)
+nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow (FULL=1: full rebuild)
+	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD [FULL=1]"; exit 2; }
+	$(BIN)/python -m pipeline.airflow_run run --date $(DATE) $(if $(filter 1 true yes,$(FULL)),--full,)
 
 .PHONY: backfill
 backfill: airflow-init ## Nights FROM=YYYY-MM-DD TO=YYYY-MM-DD: airflow backfill create when a scheduler runs, else dags test per day
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
 	$(BIN)/python -m pipeline.airflow_run backfill --from $(FROM) --to $(TO)
+
+.PHONY: rollback
+rollback: $(STAMP) ## Publish a kept warehouse version again: the one before the current, or TO=<run id> (LIST=1 lists them)
+	$(BIN)/python -m warehouse.rollback $(if $(TO),--to $(TO),) $(if $(filter 1,$(LIST)),--list,)
 
 .PHONY: airflow
 airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login admin/admin)
@@ -83,6 +87,27 @@ airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login 
 .PHONY: test
 test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none run)
 	$(BIN)/python -m pytest
+
+# The clock check: the suites that start no server, with the system clock moved ahead
+# (libfaketime), and the HTTP-server suites with the pipeline's injected clock moved
+# (NIGHTSHIFT_NOW; libfaketime breaks their socket timeouts). No test may depend on
+# the date it runs on.
+CLOCK_SHIFTS ?= +40d +400d
+CLOCK_SUITES := tests/migrate tests/transform tests/demo/test_generator.py tests/extract \
+	tests/quality tests/report/test_build.py tests/pipeline tests/warehouse/test_load.py \
+	tests/warehouse/test_publish.py tests/warehouse/test_rollback.py tests/alerting/test_rules.py \
+	--deselect tests/extract/test_api_client.py --deselect tests/extract/test_api_extract.py
+CLOCK_SERVER_SUITES := tests/extract/test_api_client.py tests/extract/test_api_extract.py \
+	tests/alerting/test_sinks.py tests/demo/test_api.py
+.PHONY: test-clock
+test-clock: $(STAMP) ## The tests again with the clock moved ahead (CLOCK_SHIFTS; needs faketime)
+	@command -v faketime >/dev/null || { echo "test-clock needs faketime (apt-get install faketime)"; exit 2; }
+	@for shift in $(CLOCK_SHIFTS); do \
+	  echo "[test-clock] system clock $$shift (faketime)"; \
+	  faketime -f "$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SUITES) || exit 1; \
+	  echo "[test-clock] injected clock NIGHTSHIFT_NOW=$$shift"; \
+	  NIGHTSHIFT_NOW="$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SERVER_SUITES) || exit 1; \
+	done
 
 .PHONY: lint
 lint: $(STAMP) ## ruff lint + format check

@@ -20,14 +20,21 @@ The nightly batch for one **business day** (the day before the run, in `REPORT_T
    The run's metrics go into `ops.pipeline_runs` / `ops.task_metrics` with it.
 9. `build_report`: the HTML report of the day, `data/report/<day>.html`.
 10. `check_alerts`: the alert rules (`config/alerts.yml`) on the run's metrics.
+11. `apply_retention`: prune old landing runs, quarantine files, run folders, failed
+    builds, report pages and warehouse versions (`config/retention.yml`).
 
 Failures and retries are sent to the alert sinks (task log; a Slack-compatible
 webhook when the `alerts_webhook` connection is set), and so is a run still going
 `run_deadline.max_minutes` (config/alerts.yml) after it was queued (a DeadlineAlert;
 not under `airflow dags test`, see `alerting.callbacks.run_deadline`).
 
-Run one day by hand: `make nightly DATE=YYYY-MM-DD`. The business day can also be
-forced with the `business_date` param when triggering from the UI.
+Run one day by hand: `make nightly DATE=YYYY-MM-DD` (`FULL=1`: full rebuild). The
+business day can also be forced with the `business_date` param when triggering from
+the UI, and a full rebuild asked for with `full_refresh`.
+
+A run for day D publishes every day up to its **horizon**, the later of D and the last
+day already published, each recomputed from the source as the run read it: a backfill
+or rerun of an earlier day never removes a published day.
 Tasks that write the DuckDB file share the one-slot pool `warehouse_writer`.
 """
 
@@ -53,6 +60,11 @@ default_args = {
     "on_failure_callback": on_task_failure,
     "on_retry_callback": on_task_retry,
 }
+
+
+def _full_refresh() -> bool:
+    """The `full_refresh` param: read the source in full and rebuild every published day."""
+    return bool((get_current_context().get("params") or {}).get("full_refresh"))
 
 
 def _business_date():
@@ -81,7 +93,13 @@ def _business_date():
             type=["null", "string"],
             format="date",
             description="Business day to build (YYYY-MM-DD); default: the day before the run.",
-        )
+        ),
+        "full_refresh": Param(
+            False,
+            type="boolean",
+            description="Read the source in full and rebuild every published day "
+            "(make nightly FULL=1).",
+        ),
     },
 )
 def nightly_sales():
@@ -89,7 +107,7 @@ def nightly_sales():
     def extract_source_db() -> dict:
         from pipeline import nightly
 
-        return nightly.extract_source_db(_business_date())
+        return nightly.extract_source_db(_business_date(), _full_refresh())
 
     @task(pool=WAREHOUSE_POOL, retries=0)
     def load_source_db() -> dict:
@@ -150,6 +168,12 @@ def nightly_sales():
 
         return nightly.check_alerts(_business_date())
 
+    @task(retries=0)
+    def apply_retention() -> dict:
+        from pipeline import nightly
+
+        return nightly.apply_retention(_business_date())
+
     extracted = extract_source_db()
     loaded = load_source_db()
     api = extract_payments_api()
@@ -159,7 +183,7 @@ def nightly_sales():
     parity = check_parity()
     extracted >> loaded >> api >> api_loaded >> built >> etl >> parity
     stats = publish(extracted, loaded, api, api_loaded, etl, parity)
-    build_report(stats) >> check_alerts()
+    build_report(stats) >> check_alerts() >> apply_retention()
 
 
 nightly_sales()

@@ -42,6 +42,7 @@ from demo.schema import (
     products,
     users,
 )
+from pipeline import clock
 from pipeline.settings import sqlalchemy_url
 
 DAY_US = 86_400 * 1_000_000
@@ -532,7 +533,7 @@ def generate(
     if scale is not None and scale < 0:
         raise ValueError(f"scale={scale!r} must be >= 0")
     if end_date is None:
-        end_date = datetime.now(UTC).date() - timedelta(days=1)
+        end_date = clock.now().date() - timedelta(days=1)
     plan = _Plan(seed, end_date - timedelta(days=days - 1), days, orders_per_day, scale)
 
     started = _time.perf_counter()

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -87,7 +87,7 @@ def running_api(
 
 def main(argv: list[str] | None = None) -> int:
     from demo.generator import generate
-    from pipeline import settings
+    from pipeline import clock, settings
     from pipeline.airflow_run import run_dag
 
     parser = argparse.ArgumentParser(description="nightshift demo")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["NIGHTSHIFT_DATA_DIR"] = str(args.data_dir.resolve())
     paths = demo_paths(args.data_dir.resolve())
     paths["dir"].mkdir(parents=True, exist_ok=True)
-    business_date = datetime.now(settings.report_tz()).date() - timedelta(days=1)
+    business_date = clock.now().astimezone(settings.report_tz()).date() - timedelta(days=1)
 
     print(f"[demo] source: {paths['source']} ({args.days} days ending {business_date})")
     if paths["source"].exists() and paths["payments"].exists():

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from extract.api_client import PaymentsApiClient
 from extract.landing import write_landing_table
+from pipeline import clock
 
 log = logging.getLogger(__name__)
 
@@ -426,11 +427,14 @@ def extract_fx_rates(
     run_id: str,
     landing_root: Path,
     accept_drift: bool = False,
+    refresh: Iterable[date] = (),
 ) -> dict[str, Any]:
     """Land the USD-based FX rates of each day in `days`; return the manifest.
 
     Every day passed in is landed, old (restated) days included: a past day comes from
-    the per-day cache when an earlier run fetched it, otherwise from the API. A day
+    the per-day cache when an earlier run fetched it, otherwise from the API. Days in
+    `refresh` are always asked again (providers revise recent rates) and their cache
+    entry replaced. A day
     whose answer lacks a currency that other days have still lands the currencies it
     has; the gaps are listed in the manifest (`missing_currencies`: {day: [currency]})
     and logged; the FX completeness check downstream decides whether a missing rate
@@ -439,15 +443,16 @@ def extract_fx_rates(
     and a USD rate other than 1 fails. A rate that is not a positive decimal fails the
     run naming the day and the currency. The manifest lists `days` (ISO dates).
     """
-    today = datetime.now(UTC).date()
+    today = clock.now().date()
     rows: list[dict[str, Any]] = []
     fetched = cache_hits = 0
     wanted = sorted(set(days))
+    refresh = set(refresh)
     per_day: dict[date, set[str]] = {}
     to_cache: dict[date, tuple[Path, dict[str, Any]]] = {}
     for day in wanted:
         cache_file = _fx_cache_path(landing_root, day, getattr(client, "base_url", ""))
-        payload = _read_fx_cache(cache_file, day)
+        payload = None if day in refresh else _read_fx_cache(cache_file, day)
         if payload is not None:
             cache_hits += 1
         else:
@@ -465,7 +470,7 @@ def extract_fx_rates(
         elif rates["USD"] != Decimal(1):
             raise ValueError(f"fx rates for {day.isoformat()}: USD is {rates['USD']!r}, not 1")
         # Cache only once validated, and only past days: today's rates may still move.
-        if day < today and not cache_file.exists():
+        if day < today and (day in refresh or not cache_file.exists()):
             to_cache[day] = (cache_file, payload)
         per_day[day] = set(rates)
         for currency in sorted(rates):
@@ -500,6 +505,7 @@ def extract_fx_rates(
             "day_count": len(wanted),
             "fetched": fetched,
             "cache_hits": cache_hits,
+            "refreshed": sorted(d.isoformat() for d in refresh & set(wanted)),
             "missing_currencies": missing,
         },
     )

@@ -63,6 +63,7 @@ from extract.shards import (
 )
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
+from pipeline import clock
 from pipeline.settings import sqlalchemy_url
 
 log = logging.getLogger(__name__)
@@ -996,7 +997,7 @@ def extract_sharded_source(
             "extract_id": extract_id,
             "shard_map": public,
             "shards": shards,
-            "written_at": datetime.now(UTC).isoformat(),
+            "written_at": clock.now().isoformat(),
         },
     )
     per_shard = {s["name"]: {t: v["rows"] for t, v in s["tables"].items()} for s in shards}

@@ -35,6 +35,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import clock
+
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 MANIFEST_NAME = "_manifest.json"
 LATEST_POINTER_NAME = "_latest.json"
@@ -223,7 +225,7 @@ def write_landing_table(
             "cursor_column": cursor_column,
             "min_cursor": _jsonable(min_cursor),
             "max_cursor": _jsonable(max_cursor),
-            "extracted_at": datetime.now(UTC).isoformat(),
+            "extracted_at": clock.now().isoformat(),
         }
         if check_drift:
             manifest.update(drift)

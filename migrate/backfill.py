@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +30,7 @@ from migrate.mapping import MappingError, TableMapping
 from migrate.progress import Progress
 from migrate.state import checkpoints, ensure_ops, quarantine
 from migrate.writer import Tables, upsert
+from pipeline import clock
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _save_checkpoint(
 ) -> None:
     from sqlalchemy.dialects.postgresql import insert
 
-    now = datetime.now(UTC)
+    now = clock.now()
     values = {
         "table_name": name,
         "last_key": last_key,
@@ -103,7 +103,7 @@ def _quarantine(conn: Connection, mapping: TableMapping, bad: list[tuple[Any, di
     until the row or the mapping is fixed and the key replayed."""
     if not bad:
         return
-    now = datetime.now(UTC)
+    now = clock.now()
     for key, _, error in bad:
         log.error("backfill %s: row %s quarantined: %s", mapping.name, key, error)
     conn.execute(

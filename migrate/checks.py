@@ -19,7 +19,6 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -28,6 +27,7 @@ from migrate.dual_write import pending_repairs
 from migrate.mapping import TableMapping
 from migrate.state import checkpoints, checks, ensure_ops, gates
 from migrate.verify import VerifyResult
+from pipeline import clock
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def record_check(new: Engine, run_id: str, phase: int, result: VerifyResult) -> 
                 "sample_keys": json.dumps(result.sample_keys()),
                 "clean": result.clean,
                 "seconds": result.seconds,
-                "checked_at": datetime.now(UTC),
+                "checked_at": clock.now(),
             },
         )
 
@@ -214,7 +214,7 @@ def decide(
                 "allowed": decision.allowed,
                 "failed_gate": decision.failed_gate,
                 "reason": decision.reason,
-                "decided_at": datetime.now(UTC),
+                "decided_at": clock.now(),
             },
         )
     (log.info if decision.allowed else log.error)("%s", decision.message())

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from migrate.dual_write import DualWriter, pending_repairs
 from migrate.mapping import load_mappings
 from migrate.state import ensure_journal, ensure_ops, shadow_diffs
 from migrate.verify import verify_table
+from pipeline import clock
 from pipeline.settings import PROJECT_ROOT
 
 log = logging.getLogger("migrate.demo")
@@ -112,7 +113,7 @@ class App:
     def run(self, seed: int) -> None:
         rng = random.Random(seed)
         while not self.stop.is_set():
-            now = datetime.now(UTC).replace(tzinfo=None)  # the old source keeps naive UTC
+            now = clock.now().replace(tzinfo=None)  # the old source keeps naive UTC
             action = rng.random()
             if action < 0.4:
                 self.new_order(rng, now)

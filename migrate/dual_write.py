@@ -25,7 +25,7 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,12 +34,13 @@ from sqlalchemy.engine import Connection, Engine
 from migrate.mapping import TableMapping, mappings_of_old_table
 from migrate.state import ensure_journal, repair_log, shadow_diffs
 from migrate.writer import Tables, apply_old_rows, read_old_rows
+from pipeline import clock
 
 log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 @dataclass

@@ -69,11 +69,16 @@ def logical_date_for(business_date: date) -> datetime:
     return datetime.combine(business_date + timedelta(days=1), time(2, 0), settings.report_tz())
 
 
-def run_dag(business_date: date, env: dict[str, str] | None = None) -> None:
-    """`airflow dags test nightly_sales` for one business day; raises on a failed run."""
+def run_dag(
+    business_date: date, env: dict[str, str] | None = None, *, full_refresh: bool = False
+) -> None:
+    """`airflow dags test nightly_sales` for one business day; raises on a failed run.
+
+    `full_refresh`: the DAG param of the same name (source read in full, marts and
+    daily_sales rebuilt in full)."""
     env = airflow_env(env)
     ensure_airflow_initialised(env)
-    conf = json.dumps({"business_date": business_date.isoformat()})
+    conf = json.dumps({"business_date": business_date.isoformat(), "full_refresh": full_refresh})
     cmd = [
         airflow_bin(),
         "dags",
@@ -314,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run nightly_sales for one business day (dags test)")
     run.add_argument("--date", required=True, type=date.fromisoformat)
+    run.add_argument(
+        "--full", action="store_true", help="full rebuild: read the source in full, rebuild all"
+    )
     sub.add_parser("ui", help="the Airflow UI (standalone) with the demo connections")
     fill = sub.add_parser("backfill", help="run nightly_sales for each day of a range")
     fill.add_argument("--from", dest="first", required=True, type=date.fromisoformat)
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "scheduler":
                 return backfill_with_scheduler(args.first, args.last, extra)
             return backfill(args.first, args.last, extra)
-        run_dag(args.date, extra)
+        run_dag(args.date, extra, full_refresh=args.full)
     print(f"nightly_sales {args.date}: success")
     print(f"report:    {settings.report_dir() / (args.date.isoformat() + '.html')}")
     print(f"warehouse: {settings.warehouse_path()}")

@@ -45,6 +45,21 @@ def build_path(business_date: date) -> Path:
     return build_path_for(settings.warehouse_path(), run_id_for(business_date))
 
 
+def published_horizon(business_date: date) -> date:
+    """The last business day a run for `business_date` publishes: the later of that day
+    and the last day already published (the build's `ops.pipeline_runs` and `analytics`).
+
+    Every day up to it is recomputed from `raw` as this run loaded it, so a backfill or a
+    rerun of an earlier day never removes a published day and never leaves the two
+    published tables covering different days.
+    """
+    from warehouse.publish import last_published_day
+
+    build = build_path(business_date)
+    last = last_published_day(build if build.exists() else settings.warehouse_path())
+    return business_date if last is None else max(business_date, last)
+
+
 def _quality_gate(business_date: date, step: str, results: list, warehouse: Path) -> dict:
     """Store GX results in the build, write Data Docs, then stop on a critical failure
     (recording it in the published warehouse first: the build is abandoned)."""
@@ -138,11 +153,13 @@ def _read_choice() -> Any:
 
 
 @timed
-def extract_source_db(business_date: date) -> dict[str, Any]:
+def extract_source_db(business_date: date, full_refresh: bool = False) -> dict[str, Any]:
     """Incremental extract of the operational tables (primary, or the replica when set).
 
     With `SOURCE_DB_SHARD_MAP`, every physical shard of the map is extracted in parallel
-    (docs/sharding.md); the map is read once, here, for the whole run.
+    (docs/sharding.md); the map is read once, here, for the whole run. `full_refresh`
+    (`make nightly FULL=1`, the DAG param) reads every table in full and records it in
+    the run's manifests: the later steps then rebuild the marts and daily_sales in full.
     """
     from extract.db_extract import extract_tables
     from extract.tables import load_table_configs
@@ -150,6 +167,11 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
     configs = load_table_configs(settings.extract_config_path())
     map_path = settings.shard_map_path()
     if map_path is not None:
+        if full_refresh:
+            raise settings.ConfigError(
+                "full_refresh is not available for a sharded source (SOURCE_DB_SHARD_MAP): "
+                "set every table's mode to full in EXTRACT_CONFIG for one run instead"
+            )
         return _extract_sharded(business_date, map_path, configs)
     choice = _read_choice()
     source_id = _source_id()
@@ -160,6 +182,10 @@ def extract_source_db(business_date: date) -> dict[str, Any]:
         log.warning("source_db is not the database the warehouse was loaded from: full extract")
         configs = [dataclasses.replace(c, mode="full") for c in configs]
         extras["source_changed"] = True
+    elif full_refresh:
+        log.warning("full rebuild requested: every source table is read in full")
+        configs = [dataclasses.replace(c, mode="full") for c in configs]
+        extras["full_refresh"] = True
     totals = _source_totals(business_date)
     manifests = extract_tables(
         choice.url,
@@ -327,10 +353,11 @@ def _reconcile(business_date: date, source: str, build: Path) -> dict[str, int]:
 
 
 def fx_days_needed(business_date: date) -> list[date]:
-    """Business days (in REPORT_TZ) up to `business_date` with an order in the build's
-    `raw.orders`: every day a published row can come from, restated days included."""
+    """Business days (in REPORT_TZ) up to the run's published horizon with an order in the
+    build's `raw.orders`: every day a published row can come from, restated days included."""
     import duckdb
 
+    horizon = published_horizon(business_date)
     con = duckdb.connect(str(build_path(business_date)), read_only=True)
     try:
         rows = con.execute(
@@ -340,7 +367,7 @@ def fx_days_needed(business_date: date) -> list[date]:
         ).fetchall()
     finally:
         con.close()
-    return [r[0] for r in rows if r[0] <= business_date]
+    return [r[0] for r in rows if r[0] <= horizon]
 
 
 def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
@@ -370,14 +397,39 @@ def _payments_since() -> datetime | None:
     return mark.window_end
 
 
+def fx_days_to_refresh(business_date: date, days: list[date]) -> list[date]:
+    """Days whose FX rates are asked again even when cached: the trailing
+    `FX_REVISION_DAYS` up to the published horizon, or every day on a full rebuild."""
+    if _full_rebuild_requested(business_date):
+        return list(days)
+    horizon = published_horizon(business_date)
+    first = horizon - timedelta(days=settings.fx_revision_days() - 1)
+    return [d for d in days if first <= d <= horizon]
+
+
+def _full_rebuild_requested(business_date: date) -> bool:
+    """The run's source extract was a full one (new source or FULL=1): its manifest says."""
+    from extract.landing import read_manifest
+
+    try:
+        orders = read_manifest(
+            settings.landing_dir(), "source_db", "orders", run_id_for(business_date)
+        )
+    except FileNotFoundError:
+        return False
+    return bool(orders.get("source_changed") or orders.get("full_refresh"))
+
+
 @timed
 def extract_payments_api(business_date: date) -> dict[str, Any]:
-    """Payments changed since the last load, and the FX rates of every business day with orders."""
+    """Payments changed since the last load, and the FX rates of every business day with
+    orders (the trailing `FX_REVISION_DAYS` asked again: providers revise rates)."""
     from extract.api_client import PaymentsApiClient
     from extract.api_extract import extract_fx_rates, extract_payments
 
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
     days = fx_days_needed(business_date)
+    refresh = fx_days_to_refresh(business_date, days)
     client = PaymentsApiClient(config)
     run_id = run_id_for(business_date)
     try:
@@ -394,6 +446,7 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
             days=days,
             run_id=run_id,
             landing_root=settings.landing_dir(),
+            refresh=refresh,
         )
     finally:
         close = getattr(client, "close", None)
@@ -428,17 +481,19 @@ def dbt_build(business_date: date) -> dict[str, Any]:
 
     `fct_orders` is incremental: only the business days this run restated are rebuilt.
     A build whose `fct_orders` predates the current model (no `fx_rate` column, e.g. a
-    warehouse from an older release) is rebuilt in full once.
+    warehouse from an older release) is rebuilt in full once. `sales_summary` covers every
+    day up to the published horizon (`published_horizon`).
     """
     from warehouse.dbt_runner import DbtError
     from warehouse.dbt_runner import dbt_build as run_build
 
     build = build_path(business_date)
+    horizon = published_horizon(business_date)
     try:
         result = run_build(
             build,
             report_tz=settings.report_tz_name(),
-            through_date=business_date,
+            through_date=horizon,
             run_id=run_id_for(business_date),
             full_refresh=_needs_full_refresh(build, business_date),
             unit_tests=False,  # development and CI run them (make test, `dbt build`)
@@ -452,7 +507,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
         where = _record_failed_gate(business_date, [tests], exc.result.run_results_path)
         raise DbtError(f"{exc}\n{where}", exc.result) from exc
     _store_quality(build, business_date, [_dbt_tests(business_date, result)])
-    return result.summary()
+    return {**result.summary(), "horizon": horizon.isoformat()}
 
 
 def _dbt_tests(business_date: date, result: Any) -> Any:
@@ -480,19 +535,13 @@ def _store_quality(build: Path, business_date: date, results: list) -> None:
 
 
 def _needs_full_refresh(build: Path, business_date: date | None = None) -> bool:
+    """Rebuild the marts and daily_sales in full: the run read a new source or was asked
+    for a full rebuild (both recorded in its landed manifest), or the build predates the
+    current fct_orders."""
     import duckdb
 
-    if business_date is not None:  # a new source was read in full: rebuild the marts too
-        from extract.landing import read_manifest
-
-        try:
-            orders = read_manifest(
-                settings.landing_dir(), "source_db", "orders", run_id_for(business_date)
-            )
-        except FileNotFoundError:
-            orders = {}
-        if orders.get("source_changed"):
-            return True
+    if business_date is not None and _full_rebuild_requested(business_date):
+        return True
 
     con = duckdb.connect(str(build), read_only=True)
     try:
@@ -513,7 +562,8 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
     """The ETL path: pandas over the warehouse's current `raw.*` → `analytics.daily_sales`.
 
     Incremental: only the days this run changed (transform.daily_sales.plan_daily_sales)
-    are recomputed and replaced; the first run, a new source or a new REPORT_TZ rebuild all.
+    are recomputed and replaced; the first run, a new source, a new REPORT_TZ or a full
+    rebuild recompute all. Every day up to the published horizon is covered.
     """
     from quality.validate import validate_frame
     from transform.daily_sales import (
@@ -526,9 +576,10 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
     build = build_path(business_date)
     tz = settings.report_tz_name()
     full = _needs_full_refresh(build, business_date)
-    plan = plan_daily_sales(build, tz, business_date, run_id_for(business_date), full=full)
-    log.info("daily_sales: %s", plan.summary())
-    frame = compute_daily_sales(build, tz, business_date, days=plan.days)
+    horizon = published_horizon(business_date)
+    plan = plan_daily_sales(build, tz, horizon, run_id_for(business_date), full=full)
+    log.info("daily_sales through %s: %s", horizon, plan.summary())
+    frame = compute_daily_sales(build, tz, horizon, days=plan.days)
     result = validate_frame(
         to_arrow(frame),
         "analytics.daily_sales",
@@ -537,15 +588,24 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
     )
     _quality_gate(business_date, "daily_sales", [result], build)
     rows = publish_daily_sales(frame, build, plan)
-    return {"daily_sales": rows}
+    return {"daily_sales": rows, "recomputed_days": _day_ranges(plan.days)}
+
+
+def _day_ranges(days: list[date]) -> list[str]:
+    """Sorted days as compact ranges for logs and run stats: ["2026-11-01..2026-11-03"]."""
+    from transform.daily_sales import day_ranges
+
+    return [a.isoformat() if a == b else f"{a}..{b}" for a, b in day_ranges(sorted(days))]
 
 
 @timed
 def check_parity(business_date: date) -> dict[str, Any]:
-    """ETL ↔ ELT: daily_sales summed over categories equals sales_summary, per (date, region)."""
+    """ETL ↔ ELT: daily_sales summed over categories equals sales_summary, for every
+    (date, region) of both whole tables (every day that will be published)."""
     from quality.parity import check_sales_parity
 
-    return check_sales_parity(build_path(business_date), through_date=business_date)
+    result = check_sales_parity(build_path(business_date))
+    return {**result, "horizon": published_horizon(business_date).isoformat()}
 
 
 @timed
@@ -566,8 +626,37 @@ def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[st
             con.execute("commit")
         finally:
             con.close()
-    seconds = publish_build(build, settings.warehouse_path())
+    policy = _retention_policy()
+    seconds = publish_build(
+        build,
+        settings.warehouse_path(),
+        version=run_id_for(business_date),
+        keep=policy.warehouse_versions,
+    )
     return {"published": str(settings.warehouse_path()), "swap_seconds": round(seconds, 4)}
+
+
+def _retention_policy() -> Any:
+    from pipeline.retention import RetentionPolicy
+
+    return RetentionPolicy.load(settings.retention_config_path())
+
+
+@timed
+def apply_retention(business_date: date) -> dict[str, Any]:
+    """The last step of a successful night: prune what `config/retention.yml` lets go."""
+    from pipeline.retention import prune, summary
+    from warehouse.publish import last_published_day
+
+    horizon = last_published_day(settings.warehouse_path()) or business_date
+    removed = prune(
+        settings.data_dir(),
+        settings.warehouse_path(),
+        _retention_policy(),
+        horizon=max(horizon, business_date),
+        run_id=run_id_for(business_date),
+    )
+    return summary(removed)
 
 
 @timed
@@ -617,20 +706,23 @@ def run_stats(
     parity: dict[str, Any],
 ) -> dict[str, Any]:
     """The report's run statistics (small, JSON-able; the DAG builds the same)."""
+    published = {k: v for k, v in etl.items() if k != "recomputed_days"}
     return {
         "run_id": run_id_for(business_date),
+        "horizon": parity.get("horizon", business_date.isoformat()),
         "restated_days": len(loaded["restated_days"]),
+        "recomputed_days": etl.get("recomputed_days", []),
         "extracted": {**extracted, "payments": api["payments"], "fx_rates": api["fx_rates"]},
         "quarantined": {"payments": api["payments_quarantined"]},
         "loaded": {**loaded["rows"], **api_loaded["rows"]},
         "deleted": loaded["deleted"],
-        "published": {"sales_summary": parity["sales_summary_rows"], **etl},
+        "published": {"sales_summary": parity["sales_summary_rows"], **published},
     }
 
 
-def run_all(business_date: date) -> dict[str, Any]:
+def run_all(business_date: date, full_refresh: bool = False) -> dict[str, Any]:
     """Every step in order, without Airflow (the DAG runs the same functions)."""
-    extracted = extract_source_db(business_date)
+    extracted = extract_source_db(business_date, full_refresh)
     loaded = load_source_db(business_date)
     api = extract_payments_api(business_date)
     api_loaded = load_payments_api(business_date)
@@ -641,15 +733,17 @@ def run_all(business_date: date) -> dict[str, Any]:
     publish(business_date, stats)
     report = build_report(business_date, stats)
     alerts = check_alerts(business_date)
-    return {**stats, "report": report, "alerts": alerts}
+    retention = apply_retention(business_date)
+    return {**stats, "report": report, "alerts": alerts, "retention": retention}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--date", required=True, type=date.fromisoformat, help="business day")
+    parser.add_argument("--full", action="store_true", help="read the source in full, rebuild all")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    print(json.dumps(run_all(args.date), indent=2, default=str))
+    print(json.dumps(run_all(args.date, args.full), indent=2, default=str))
     return 0
 
 

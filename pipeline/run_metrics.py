@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline import settings
+from pipeline import clock, settings
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, A
     if has_orders:
         newest = con.execute("select max(updated_at) from raw.orders").fetchone()[0]
         if newest is not None:
-            freshness = (datetime.now(UTC) - newest.astimezone(UTC)).total_seconds()
+            freshness = (clock.now() - newest.astimezone(UTC)).total_seconds()
     checks = passed = critical = warnings = 0
     has_quality = con.execute(
         "select count(*) from information_schema.tables "
@@ -241,6 +241,7 @@ def history(warehouse_path: Path, run_id: str, limit: int = 30) -> list[dict[str
             return []
         rows = con.execute(
             "select metrics from ops.pipeline_runs where run_id <> ? "
+            "and run_id not like 'rollback-%' "  # a rollback is not a night (warehouse/rollback.py)
             "and published_at > (select min(published_at) from ops.pipeline_runs) "
             "order by business_date desc limit ?",
             [run_id, limit],

@@ -159,6 +159,26 @@ def _positive_int_env(name: str, default: int) -> int:
     return value
 
 
+def fx_revision_days() -> int:
+    """`FX_REVISION_DAYS` (default 7; 0 = never): the trailing business days, up to the
+    published horizon, whose FX rates are asked again every night (providers revise
+    recent rates; a changed rate restates its day)."""
+    raw = os.environ.get("FX_REVISION_DAYS", "").strip() or "7"
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"FX_REVISION_DAYS={raw!r} is not an integer") from exc
+    if value < 0:
+        raise ConfigError(f"FX_REVISION_DAYS={raw!r} must be >= 0")
+    return value
+
+
+def retention_config_path() -> Path:
+    """`RETENTION_CONFIG` (default config/retention.yml): what a successful night prunes."""
+    value = os.environ.get("RETENTION_CONFIG", "").strip()
+    return Path(value).resolve() if value else PROJECT_ROOT / "config" / "retention.yml"
+
+
 def extract_parallelism() -> int:
     """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
     one shared snapshot), for tables whose config sets no `parallel_ranges`."""

@@ -17,10 +17,10 @@ import html
 import json
 import shutil
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import clock
 from quality.validate import ExpectationOutcome, SuiteResult, jsonable
 
 DBT_SUITE = "dbt"
@@ -62,7 +62,7 @@ def store_results(con: Any, run_id: str, results: list[SuiteResult]) -> int:
     Rows of `run_id` for the suites in `results` are deleted first, so a rerun replaces them
     (suites stored by another call for the same run stay). Runs in the caller's transaction.
     """
-    checked_at = datetime.now(UTC)
+    checked_at = clock.now()
     con.execute("create schema if not exists ops")
     con.execute(_DDL)
     suites = sorted({r.suite for r in results})

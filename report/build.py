@@ -233,7 +233,7 @@ def _extras(con: duckdb.DuckDBPyConnection, day: date, data: _DayData, run_id: s
     if "restated_days" in ops:
         data.restated = con.execute(
             "select run_id, string_agg(distinct reason, ', ' order by reason) "
-            "from ops.restated_days where business_date = ? and run_id > ? "
+            "from ops.restated_days where business_date = ? and run_id <> ? "
             "group by run_id order by run_id",
             [day, day.isoformat()],
         ).fetchall()
@@ -407,7 +407,9 @@ def _cell(value: Any) -> tuple[str, bool]:
         return count(value), True
     if isinstance(value, Decimal | float):
         return f"{value:,}", True
-    if isinstance(value, Mapping | list | tuple):
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "none", False
+    if isinstance(value, Mapping):
         return json.dumps(value, default=str, sort_keys=True), False
     return str(value), False
 
@@ -586,7 +588,7 @@ def build_report(
         json.dumps(dict(run_stats), default=str, sort_keys=True).encode("utf-8"),
     )
     if regenerate_restated:
-        for other in _restated_pages(Path(warehouse_path), report_dir, business_date, run_id):
+        for other in _recomputed_pages(Path(warehouse_path), report_dir, business_date, run_id):
             stats_file = report_dir / f"{other.isoformat()}.json"
             old_stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
             build_report(warehouse_path, report_dir, other, old_stats, regenerate_restated=False)
@@ -594,24 +596,60 @@ def build_report(
     return page
 
 
-def _restated_pages(
+_RECOMPUTED_SOURCES = (
+    ("restated_days", "select business_date from ops.restated_days where run_id = ?"),
+    ("daily_sales_days", "select business_date from ops.daily_sales_days where run_id = ?"),
+)
+
+
+def _recomputed_pages(
     warehouse_path: Path, report_dir: Path, business_date: date, run_id: Any
 ) -> list[date]:
-    """Earlier days with a page that this run restated: their pages are rebuilt."""
+    """Other days with a page whose figures this run restated or recomputed (earlier or,
+    for a backfill, later days up to the published horizon): their pages are rebuilt."""
     if not run_id:
         return []
     con = duckdb.connect(str(warehouse_path), read_only=True)
     try:
-        if "restated_days" not in _schema_tables(con, "ops"):
-            return []
-        days = [
+        ops = _schema_tables(con, "ops")
+        days = {
             r[0]
-            for r in con.execute(
-                "select distinct business_date from ops.restated_days "
-                "where run_id = ? and business_date < ? order by 1",
-                [str(run_id), business_date],
-            ).fetchall()
-        ]
+            for table, sql in _RECOMPUTED_SOURCES
+            if table in ops
+            for r in con.execute(sql, [str(run_id)]).fetchall()
+        }
     finally:
         con.close()
-    return [d for d in days if (report_dir / f"{d.isoformat()}.html").exists()]
+    return sorted(
+        d for d in days if d != business_date and (report_dir / f"{d.isoformat()}.html").exists()
+    )
+
+
+def rebuild_all_pages(warehouse_path: Path, report_dir: Path) -> dict[str, int]:
+    """Make every day page match the warehouse (after a rollback): pages of days after
+    the last published one are removed, the others rebuilt; the index follows."""
+    from warehouse.publish import last_published_day
+
+    report_dir = Path(report_dir)
+    if not report_dir.is_dir():
+        return {"rebuilt": 0, "removed": 0}
+    last = last_published_day(Path(warehouse_path))
+    days = sorted(
+        date.fromisoformat(m.group(1))
+        for p in report_dir.iterdir()
+        if (m := _DAY_PAGE.match(p.name))
+    )
+    rebuilt = removed = 0
+    for day in days:
+        name = day.isoformat()
+        if last is None or day > last:
+            for suffix in (".html", ".csv", ".json", "-trend.png"):
+                (report_dir / f"{name}{suffix}").unlink(missing_ok=True)
+            removed += 1
+            continue
+        stats_file = report_dir / f"{name}.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+        build_report(warehouse_path, report_dir, day, stats, regenerate_restated=False)
+        rebuilt += 1
+    build_index(report_dir)
+    return {"rebuilt": rebuilt, "removed": removed}

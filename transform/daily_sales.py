@@ -117,7 +117,7 @@ def _chunks(days: list[date], size: int) -> Iterator[list[date]]:
         yield days[i : i + size]
 
 
-def _ranges(days: list[date]) -> list[tuple[date, date]]:
+def day_ranges(days: list[date]) -> list[tuple[date, date]]:
     """Sorted days -> maximal runs of consecutive days (first, last)."""
     runs: list[tuple[date, date]] = []
     for day in days:
@@ -218,7 +218,7 @@ def _read_chunk(
     """Rows of the chunk's days, plus each day's [start, end) in UTC microseconds."""
     params: dict[str, Any] = {"blank": _BLANK_PATTERN}
     ranges = []
-    for i, (first, last) in enumerate(_ranges(days)):
+    for i, (first, last) in enumerate(day_ranges(days)):
         params[f"lo{i}"] = day_start_utc(first, report_tz).to_pydatetime()
         params[f"hi{i}"] = day_start_utc(last + timedelta(days=1), report_tz).to_pydatetime()
         ranges.append(f"(created_at >= $lo{i} and created_at < $hi{i})")

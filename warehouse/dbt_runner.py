@@ -13,9 +13,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+from pipeline import clock
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ def _keep_run_results(run_results: Path, label: str | None) -> Path | None:
     if not run_results.is_file():
         return None
     if not label or not _RUN_ID_RE.match(label):
-        label = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        label = clock.now().strftime("%Y%m%dT%H%M%S.%fZ")
     kept = run_results.with_name(f"run_results-{label.replace(':', '_')}.json")
     shutil.copyfile(run_results, kept)
     return kept

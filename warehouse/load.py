@@ -443,6 +443,28 @@ def _record_restated(
     )
 
 
+def _record_revised_rates(con: duckdb.DuckDBPyConnection, run_id: str, fx: _Delta) -> None:
+    """Days whose stored FX rate the provider revised → ops.restated_days ('fx rate
+    revised'): the marts and daily_sales recompute them, the report says why."""
+    if not _exists(con, "raw", "fx_rates"):
+        return
+    con.execute(
+        f"""
+        insert into ops.restated_days (run_id, business_date, reason)
+        select distinct ?, d.rate_date, 'fx rate revised'
+        from "{fx.temp}" d join raw.fx_rates o
+            on o.rate_date = d.rate_date and o.currency = d.currency
+        where o.rate is distinct from d.rate
+          and not exists (
+            select 1 from ops.restated_days r
+            where r.run_id = ? and r.business_date = d.rate_date
+              and r.reason = 'fx rate revised'
+          )
+        """,
+        [run_id, run_id],
+    )
+
+
 def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
     """Upsert the staged delta into raw.<table>; apply its key set. Returns rows deleted."""
     target = f'raw."{delta.table}"'
@@ -528,6 +550,9 @@ def _load(
             if report_tz is not None:
                 _affected_orders(con, deltas)
                 _record_restated(con, run_id, report_tz, deltas.get("orders"))
+            fx = deltas.get("fx_rates")
+            if fx is not None and not fx.skipped:
+                _record_revised_rates(con, run_id, fx)
             for delta in plan:
                 if delta.skipped:
                     continue

@@ -7,6 +7,9 @@ and checks there, and only a fully passing build replaces the published file in 
 atomic `rename` (`publish_build`). Analysts' connections opened before the swap keep
 reading yesterday's file (POSIX keeps the old inode alive); new connections see the
 new one. A failed, killed or crashed run leaves the published file exactly as it was.
+
+Every nightly publish also keeps its file as a version (`<warehouse>.versions/`, a hard
+link: no copy), the last N of them, for `make rollback` (warehouse/rollback.py).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import logging
 import os
 import shutil
 import time
+from datetime import date
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 BUILD_SUFFIX = ".build"
+VERSIONS_SUFFIX = ".versions"
 
 
 def build_path_for(warehouse_path: Path, run_id: str) -> Path:
@@ -53,8 +58,13 @@ def begin_build(warehouse_path: Path, run_id: str) -> Path:
     return build
 
 
-def publish_build(build: Path, warehouse_path: Path) -> float:
-    """Atomically make the build the published warehouse; return the swap's seconds."""
+def publish_build(
+    build: Path, warehouse_path: Path, *, version: str | None = None, keep: int = 0
+) -> float:
+    """Atomically make the build the published warehouse; return the swap's seconds.
+
+    `version` (a run id): also keep the published file as a version, then prune the
+    versions to the newest `keep` (0: keep all)."""
     build, warehouse_path = Path(build), Path(warehouse_path)
     if not build.exists():
         raise FileNotFoundError(f"no build to publish at {build}")
@@ -73,7 +83,87 @@ def publish_build(build: Path, warehouse_path: Path) -> float:
     if stale_wal.exists():  # belonged to the replaced file; its content is in the build
         stale_wal.unlink()
     log.info("published %s in %.4fs", warehouse_path.name, seconds)
+    if version is not None:
+        _keep_version(warehouse_path, version)
+        if keep:
+            prune_versions(warehouse_path, keep)
     return seconds
+
+
+def versions_dir(warehouse_path: Path) -> Path:
+    warehouse_path = Path(warehouse_path)
+    return warehouse_path.with_name(warehouse_path.name + VERSIONS_SUFFIX)
+
+
+def _keep_version(warehouse_path: Path, run_id: str) -> Path:
+    """Hard-link the just-published file as `<UTC stamp>__<run id>.duckdb`: the published
+    file is never written in place, so the link stays that version."""
+    from pipeline import clock
+
+    folder = versions_dir(warehouse_path)
+    folder.mkdir(exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)
+    target = folder / f"{clock.now().strftime('%Y%m%dT%H%M%S%fZ')}__{safe}.duckdb"
+    try:
+        os.link(warehouse_path, target)
+    except OSError:  # no hard links on this filesystem: a copy
+        shutil.copyfile(warehouse_path, target)
+    _fsync_dir(folder)
+    return target
+
+
+def list_versions(warehouse_path: Path) -> list[tuple[str, Path]]:
+    """Kept versions as (run id, path), oldest first."""
+    folder = versions_dir(warehouse_path)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.glob("*__*.duckdb") if p.is_file())
+    return [(p.stem.split("__", 1)[1], p) for p in found]
+
+
+def prune_versions(warehouse_path: Path, keep: int) -> list[Path]:
+    """Remove all but the newest `keep` versions (never the published file); return them."""
+    versions = list_versions(warehouse_path)
+    removed = []
+    for _, path in versions[: max(0, len(versions) - keep)]:
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+_LAST_DAY_SOURCES = (
+    ("ops", "pipeline_runs", "business_date"),
+    ("analytics", "sales_summary", "date"),
+    ("analytics", "daily_sales", "date"),
+)
+
+
+def last_published_day(warehouse_path: Path) -> date | None:
+    """The last business day a published run covered (None: nothing published yet).
+
+    The latest run's day in `ops.pipeline_runs`, or a later day in a published table
+    (a warehouse from a release that did not record runs).
+    """
+    import duckdb
+
+    if not Path(warehouse_path).exists():
+        return None
+    con = duckdb.connect(str(warehouse_path), read_only=True)
+    try:
+        found = {
+            (schema, table)
+            for schema, table in con.execute(
+                "select table_schema, table_name from information_schema.tables"
+            ).fetchall()
+        }
+        days = [
+            con.execute(f"select max({column}) from {schema}.{table}").fetchone()[0]
+            for schema, table, column in _LAST_DAY_SOURCES
+            if (schema, table) in found
+        ]
+    finally:
+        con.close()
+    return max((d for d in days if d is not None), default=None)
 
 
 def abandon_build(build: Path) -> None:

@@ -95,8 +95,11 @@ def test_nightly_sales_shape(dagbag) -> None:
         "publish",
         "build_report",
         "check_alerts",
+        "apply_retention",
     ]
     assert set(order) == set(dag.task_ids)
+    assert set(dag.params.keys()) == {"business_date", "full_refresh"}
+    assert dag.params["full_refresh"] is False  # an operator asks for a full rebuild
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     for task_id in (

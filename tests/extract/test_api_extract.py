@@ -26,6 +26,7 @@ from extract.api_extract import (
     parse_rate,
     validate_payment,
 )
+from pipeline import clock
 from pipeline.settings import ApiConfig
 
 TOKEN = "extract-test-token-xyz"
@@ -284,7 +285,7 @@ def test_fx_rates_land_exactly_and_are_cached(server: str, roots: tuple[Path, Pa
 
 
 def test_fx_today_is_not_cached(roots: tuple[Path, Path]) -> None:
-    today = datetime.now(UTC).date()
+    today = clock.now().date()  # the pipeline's clock (NIGHTSHIFT_NOW moves it)
     client = FakeClient()
     for _ in range(2):
         extract_fx_rates(client, days=[today], run_id="t", landing_root=roots[0])  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ old database and an empty new PostgreSQL database with the new schema."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,14 @@ from migrate.mapping import TableMapping, load_mappings
 from migrate.state import ensure_journal, ensure_ops
 from tests.servers import fresh_database
 
+# The last day of the small source: tests derive their timestamps from it, never from
+# the wall clock (they pass whatever today's date is).
+SOURCE_END = date(2026, 11, 26)
+
 
 def small_source(url: str, seed: int = 3) -> None:
-    """5 days x 40 orders of demo data (~200 orders, ~500 items, 20 users)."""
-    generate(url, seed=seed, days=5, orders_per_day=40, if_exists="replace")
+    """5 days x 40 orders of demo data ending on SOURCE_END (~200 orders, ~500 items)."""
+    generate(url, seed=seed, days=5, end_date=SOURCE_END, orders_per_day=40, if_exists="replace")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ the request, lands in the repair log and is replayed; shadow reads record differ
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
@@ -15,9 +15,10 @@ from migrate.demo import fail_every
 from migrate.dual_write import DualWriter, pending_repairs, replay_repair_log
 from migrate.state import repair_log, shadow_diffs
 from migrate.verify import verify_table
-from tests.migrate.conftest import count, execute
+from tests.migrate.conftest import SOURCE_END, count, execute
 
-NOW = datetime(2026, 11, 28, 9, 30, 0, 250000)
+# After every generated row: the dual writes are the newest versions.
+NOW = datetime.combine(SOURCE_END + timedelta(days=2), time(9, 30, 0, 250000))
 
 
 @pytest.fixture

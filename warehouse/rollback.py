@@ -1,0 +1,160 @@
+"""`make rollback [TO=<run id>]`: publish a kept version of the warehouse again.
+
+Every nightly publish keeps its file as a version (warehouse/publish.py). A rollback
+copies the chosen version to a build file, records itself in that copy's
+`ops.pipeline_runs` (run id `rollback-<UTC stamp>`, the restored run in `metrics`), and
+publishes it with the same atomic rename as a nightly run: readers see the old or the
+new warehouse, never a mix. The report is rebuilt to match: pages of days the restored
+warehouse does not publish are removed, the others rebuilt from it.
+
+    python -m warehouse.rollback                 # the version before the current one
+    python -m warehouse.rollback --to 2026-11-25 # the newest version run 2026-11-25 published
+    python -m warehouse.rollback --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import clock, settings
+from warehouse.publish import (
+    build_path_for,
+    last_published_day,
+    list_versions,
+    publish_build,
+    versions_dir,
+)
+
+ROLLBACK_PREFIX = "rollback-"
+
+
+class RollbackError(RuntimeError):
+    """No version to restore; the message lists the kept ones."""
+
+
+def _current_index(warehouse_path: Path, versions: list[tuple[str, Path]]) -> int | None:
+    """Which kept version is the published file (same inode), if any."""
+    if not warehouse_path.exists():
+        return None
+    for i in range(len(versions) - 1, -1, -1):
+        if os.path.samefile(versions[i][1], warehouse_path):
+            return i
+    return None
+
+
+def choose_version(warehouse_path: Path, to_run_id: str | None) -> tuple[str, Path]:
+    """The version to restore: the newest one `to_run_id` published, or the one before
+    the published file."""
+    versions = list_versions(warehouse_path)
+    kept = ", ".join(run for run, _ in versions) or "none"
+    current = _current_index(warehouse_path, versions)
+    if to_run_id is not None:
+        matches = [v for v in versions if v[0] == to_run_id]
+        if not matches:
+            raise RollbackError(
+                f"no kept version of run {to_run_id!r} in {versions_dir(warehouse_path)} "
+                f"(kept, oldest first: {kept})"
+            )
+        chosen = matches[-1]
+        if current is not None and os.path.samefile(chosen[1], versions[current][1]):
+            raise RollbackError(f"run {to_run_id!r} is what is published now: nothing to do")
+        return chosen
+    before = (current if current is not None else len(versions)) - 1
+    if before < 0:
+        raise RollbackError(
+            f"no version before the published one in {versions_dir(warehouse_path)} "
+            f"(kept, oldest first: {kept})"
+        )
+    return versions[before]
+
+
+def _record(build: Path, restored_run: str, restored: Path, replaced: str | None) -> str:
+    """A row for the rollback in the copy's ops.pipeline_runs (published with it)."""
+    import duckdb
+
+    from pipeline.run_metrics import _DDL
+
+    now = clock.now()
+    run_id = f"{ROLLBACK_PREFIX}{now.strftime('%Y%m%dT%H%M%SZ')}"
+    day = last_published_day(build) or now.date()
+    metrics = {
+        "run_id": run_id,
+        "kind": "rollback",
+        "restored_run_id": restored_run,
+        "restored_version": restored.name,
+        "replaced_version": replaced,
+    }
+    con = duckdb.connect(str(build))
+    try:
+        con.execute("begin")
+        con.execute(_DDL)
+        con.execute(
+            "insert into ops.pipeline_runs (run_id, business_date, started_at, published_at, "
+            "metrics) values (?, ?, ?, ?, ?)",
+            [run_id, day, now, now, json.dumps(metrics)],
+        )
+        con.execute("commit")
+    finally:
+        con.close()
+    return run_id
+
+
+def rollback(warehouse_path: Path, to_run_id: str | None = None) -> dict[str, Any]:
+    """Publish a kept version again (atomically); return what was restored."""
+    warehouse_path = Path(warehouse_path)
+    restored_run, restored = choose_version(warehouse_path, to_run_id)
+    versions = list_versions(warehouse_path)
+    current = _current_index(warehouse_path, versions)
+    replaced = versions[current][1].name if current is not None else None
+    build = build_path_for(warehouse_path, "rollback")
+    build.unlink(missing_ok=True)
+    tmp = build.with_name(build.name + ".tmp")
+    shutil.copyfile(restored, tmp)  # a copy: the kept version itself is never written
+    os.replace(tmp, build)
+    run_id = _record(build, restored_run, restored, replaced)
+    publish_build(build, warehouse_path, version=run_id)
+    return {
+        "run_id": run_id,
+        "restored_run_id": restored_run,
+        "restored_version": restored.name,
+        "replaced_version": replaced,
+        "last_day": str(last_published_day(warehouse_path)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Publish a kept version of the warehouse again")
+    parser.add_argument("--to", dest="to_run_id", help="run id whose version to restore")
+    parser.add_argument("--list", action="store_true", help="list the kept versions")
+    args = parser.parse_args(argv)
+    warehouse_path = settings.warehouse_path()
+    if args.list:
+        versions = list_versions(warehouse_path)
+        current = _current_index(warehouse_path, versions)
+        for i, (run, path) in enumerate(versions):
+            print(f"{'*' if i == current else ' '} {run:<28} {path.name}")
+        return 0
+    try:
+        result = rollback(warehouse_path, args.to_run_id)
+    except RollbackError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 2
+    from report.build import rebuild_all_pages
+
+    pages = rebuild_all_pages(warehouse_path, settings.report_dir())
+    print(
+        f"rolled back to the version run {result['restored_run_id']} published "
+        f"({result['restored_version']}); published days now end {result['last_day']}; "
+        f"recorded as {result['run_id']} in ops.pipeline_runs; report: {pages}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
