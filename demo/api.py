@@ -72,6 +72,8 @@ class FaultConfig:
     slow_seconds: float = 2.0
     fx_missing_days: frozenset[str] = frozenset()  # YYYY-MM-DD days without rates
     fx_missing_status: int = 200  # 200: only {"USD": "1"}; 404: "no rates for that day"
+    # A provider's revisions: {"YYYY-MM-DD": {"EUR": "0.9500"}} replace those rates.
+    fx_revisions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.modes = frozenset(self.modes)
@@ -80,6 +82,12 @@ class FaultConfig:
             if not isinstance(day, str) or len(day) != 10:
                 raise ValueError(f"fx_missing_days: {day!r} is not a YYYY-MM-DD date")
             date.fromisoformat(day)
+        for day, revised in self.fx_revisions.items():
+            date.fromisoformat(day)
+            if not isinstance(revised, dict) or not all(
+                isinstance(v, str) for v in revised.values()
+            ):
+                raise ValueError(f"fx_revisions[{day!r}] must map currency -> decimal string")
         if self.fx_missing_status not in (200, 404):
             raise ValueError(
                 f"fx_missing_status must be 200 or 404, got {self.fx_missing_status!r}"
@@ -102,6 +110,7 @@ class FaultConfig:
             "slow_seconds": self.slow_seconds,
             "fx_missing_days": sorted(self.fx_missing_days),
             "fx_missing_status": self.fx_missing_status,
+            "fx_revisions": self.fx_revisions,
         }
 
 
@@ -342,7 +351,7 @@ def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None =
         fault = await inject_error_fault()
         if fault is not None:
             return fault
-        rates = rates_for(day)
+        rates = {**rates_for(day), **state.faults.fx_revisions.get(day.isoformat(), {})}
         if day.isoformat() in state.faults.fx_missing_days:
             state.faults_injected["fx_missing_day"] += 1
             if state.faults.fx_missing_status == 404:
@@ -370,6 +379,7 @@ def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None =
                 slow_seconds=body.get("slow_seconds", current.slow_seconds),
                 fx_missing_days=frozenset(body.get("fx_missing_days", [])),
                 fx_missing_status=body.get("fx_missing_status", 200),
+                fx_revisions=body.get("fx_revisions", {}),
             )
         except (ValueError, TypeError) as exc:
             return _error(400, f"bad fault settings: {exc}")

@@ -1,4 +1,11 @@
-"""Run dbt as a subprocess and summarise `target/run_results.json`."""
+"""Run dbt and summarise `target/run_results.json`.
+
+dbt runs as a subprocess (each Airflow task is its own process anyway), or, with
+`NIGHTSHIFT_DBT_IN_PROCESS=1`, through dbt's Python API (`dbtRunner`) in the calling
+process: same project, arguments and environment, without the interpreter start-up and
+imports of a new process (about 1.5 s a night). The test suite's long sequences of
+nights use it.
+"""
 
 from __future__ import annotations
 
@@ -228,7 +235,9 @@ def run_dbt(
     `project_dir/target`) keeps that environment's artifacts and partial-parse state apart.
     """
     project_dir = Path(project_dir).resolve()
-    target_dir = Path(target_dir).resolve() if target_dir else project_dir / "target"
+    if target_dir is None:  # dbt's own variable, e.g. one target dir per worker
+        target_dir = Path(os.environ.get("DBT_TARGET_PATH") or project_dir / "target")
+    target_dir = Path(target_dir).resolve()
     run_results = target_dir / "run_results.json"
     run_results.unlink(missing_ok=True)  # never report a previous run's results
     cmd = [
@@ -257,7 +266,9 @@ def run_dbt(
                     stable_warehouse_path(warehouse_path, target_dir)
                 )
             full_env["WAREHOUSE_PATH"] = str(warehouse_path)
-        returncode, lines = _stream(cmd, project_dir, full_env)
+        in_process = dbt is None and os.environ.get("NIGHTSHIFT_DBT_IN_PROCESS") == "1"
+        run = _invoke_in_process if in_process else _stream
+        returncode, lines = run(cmd, project_dir, full_env)
     elapsed, nodes = _read_run_results(run_results)
     result = DbtResult(
         args=list(args),
@@ -292,6 +303,50 @@ def _stream(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[s
         lines.append(line)
         log.info("dbt: %s", line)
     return proc.wait(), lines
+
+
+def _invoke_in_process(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[str]]:
+    """`cmd` (without its executable) through `dbtRunner`, with `env` as the environment
+    and `cwd` as the directory for the call only; (exit code, lines) like `_stream`."""
+    from dbt.cli.main import dbtRunner
+
+    log.info("running in process: %s", " ".join(cmd))
+    lines: list[str] = []
+
+    def keep(event: Any) -> None:
+        if event.info.level in ("info", "warn", "error") and event.info.msg:
+            lines.append(str(event.info.msg))
+            log.info("dbt: %s", event.info.msg)
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        result = dbtRunner(callbacks=[keep]).invoke(cmd[1:])
+    finally:
+        _close_duckdb_environment()
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    if result.exception is not None:
+        lines.append(f"{type(result.exception).__name__}: {result.exception}")
+        return 2, lines
+    return (0 if result.success else 1), lines
+
+
+def _close_duckdb_environment() -> None:
+    """dbt-duckdb keeps its DuckDB instance open for the process after a run (a class-level
+    environment): close it, so the warehouse file is free for the next step's connection,
+    as it is when the dbt process exits."""
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:
+        return
+    with DuckDBConnectionManager._LOCK:
+        if DuckDBConnectionManager._ENV is not None:
+            DuckDBConnectionManager._ENV.close()
+            DuckDBConnectionManager._ENV = None
 
 
 def run_settings_env(run_id: str | None, through_date: str | date | None) -> dict[str, str]:

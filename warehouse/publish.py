@@ -104,10 +104,15 @@ def _keep_version(warehouse_path: Path, run_id: str) -> Path:
     folder.mkdir(exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)
     target = folder / f"{clock.now().strftime('%Y%m%dT%H%M%S%fZ')}__{safe}.duckdb"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        os.link(warehouse_path, target)
+        os.link(warehouse_path, tmp)
     except OSError:  # no hard links on this filesystem: a copy
-        shutil.copyfile(warehouse_path, target)
+        shutil.copyfile(warehouse_path, tmp)
+    # A same-named version (same run, same stamp: a pinned clock) is replaced by the
+    # rename, never written in place: it may be another version's inode or a reader's file.
+    os.replace(tmp, target)
     _fsync_dir(folder)
     return target
 
