@@ -655,6 +655,11 @@ def apply_retention(business_date: date) -> dict[str, Any]:
         _retention_policy(),
         horizon=max(horizon, business_date),
         run_id=run_id_for(business_date),
+        dirs={
+            "landing": settings.landing_dir(),
+            "quarantine": settings.quarantine_dir(),
+            "report": settings.report_dir(),
+        },
     )
     return summary(removed)
 

@@ -100,9 +100,14 @@ def prune(
     *,
     horizon: date,
     run_id: str,
+    dirs: dict[str, Path] | None = None,
 ) -> dict[str, list[str]]:
-    """Remove what the policy lets go; return what was removed, per kind (relative paths)."""
+    """Remove what the policy lets go; return what was removed, per kind (paths relative
+    to `data_dir` where they are under it). `dirs` overrides the `landing`, `quarantine`
+    and `report` folders (LANDING_DIR, QUARANTINE_DIR, REPORT_DIR)."""
     data_dir, warehouse_path = Path(data_dir), Path(warehouse_path)
+    where = {name: data_dir / name for name in ("landing", "quarantine", "report")}
+    where.update({k: Path(v) for k, v in (dirs or {}).items()})
     removed: dict[str, list[str]] = {}
     run_day = _day_of(run_id)
 
@@ -117,16 +122,16 @@ def prune(
                 if path.name.startswith("_") or not _expired(path.name, cutoff, run_day, protected):
                     continue
                 _remove(path)
-                removed.setdefault(kind, []).append(str(path.relative_to(data_dir)))
+                removed.setdefault(kind, []).append(_shown(path, data_dir))
 
-    landing, quarantine = data_dir / "landing", data_dir / "quarantine"
+    landing, quarantine = where["landing"], where["quarantine"]
     if landing.is_dir():
         cut("landing_runs", policy.landing_runs_days, _landing_candidates(landing))
     if quarantine.is_dir():
         tables = [t for s in quarantine.iterdir() if s.is_dir() for t in s.iterdir() if t.is_dir()]
         cut("quarantine", policy.quarantine_days, [(t, set()) for t in sorted(tables)])
     cut("run_folders", policy.run_folders_days, [(data_dir / "runs", set())])
-    cut("report_pages", policy.report_pages_days, [(data_dir / "report", set())])
+    cut("report_pages", policy.report_pages_days, [(where["report"], set())])
     _prune_failed_builds(warehouse_path, policy, horizon, run_day, removed, data_dir)
     if policy.warehouse_versions:
         from warehouse.publish import prune_versions
@@ -137,7 +142,7 @@ def prune(
     if "report_pages" in removed:
         from report.build import build_index
 
-        build_index(data_dir / "report")
+        build_index(where["report"])
     for kind, paths in removed.items():
         log.info("retention: removed %d %s (e.g. %s)", len(paths), kind, paths[0])
     return removed
@@ -164,11 +169,14 @@ def _prune_failed_builds(
             continue
         if _expired(name[len(prefix) :], cutoff, run_day, set()):
             _remove(path)
-            try:
-                shown = str(path.relative_to(data_dir))
-            except ValueError:
-                shown = str(path)
-            removed.setdefault("failed_builds", []).append(shown)
+            removed.setdefault("failed_builds", []).append(_shown(path, data_dir))
+
+
+def _shown(path: Path, data_dir: Path) -> str:
+    try:
+        return str(path.relative_to(data_dir))
+    except ValueError:
+        return str(path)
 
 
 def summary(removed: dict[str, list[str]]) -> dict[str, Any]:

@@ -65,8 +65,8 @@ _TEMPLATES = {
  &middot; {% endif %}{% endfor %}</p>
 {% for message in warnings %}<p class="warn">{{ message }}</p>
 {% endfor %}
-{% for run, reason in restated %}<p class="restated"><strong>Restated</strong> by run {{ run }}:
-source changes touched this day ({{ reason }}); the figures below are the corrected ones.</p>
+{% for run, reason in restated %}<p class="restated"><strong>Restated</strong> by run {{ run }}
+({{ reason }}): the figures below are the corrected ones.</p>
 {% endfor %}
 {% if status %}<p class="status">{% for label, value in status %}{{ label }}: <strong>{{ value }}</strong>{% if not loop.last %} &middot; {% endif %}{% endfor %}</p>{% endif %}
 {% if not has_rows %}
