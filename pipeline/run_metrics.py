@@ -151,6 +151,8 @@ def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, A
         "rows_loaded": stats.get("loaded", {}),
         "rows_published": stats.get("published", {}),
         "restated_days": stats.get("restated_days", 0),
+        "horizon": stats.get("horizon"),  # the last day this run published
+        "recomputed_days": stats.get("recomputed_days", []),  # daily_sales days recomputed
         "quality": {
             "checks": int(checks),
             "pass_rate": (passed / checks) if checks else None,

@@ -54,6 +54,8 @@ def check_sales_parity(
             "select (select count(*) from analytics.sales_summary "
             "        where $through is null or date <= $through),"
             "       (select count(*) from analytics.daily_sales "
+            "        where $through is null or date <= $through),"
+            "       (select count(distinct date) from analytics.sales_summary "
             "        where $through is null or date <= $through)",
             {"through": through_date},
         ).fetchone()
@@ -71,4 +73,9 @@ def check_sales_parity(
             + "\n".join(lines)
             + (f"\n  … and {more} more" if more > 0 else "")
         )
-    return {"sales_summary_rows": counts[0], "daily_sales_rows": counts[1], "mismatches": 0}
+    return {
+        "sales_summary_rows": counts[0],
+        "daily_sales_rows": counts[1],
+        "days_checked": counts[2],
+        "mismatches": 0,
+    }

@@ -13,6 +13,7 @@ backfill of the same range changes nothing.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -134,6 +135,20 @@ def test_backfill_after_later_nights_keeps_every_published_day(
             assert backfill(first, last, env) == 0  # a second backfill changes nothing
             assert snapshot(warehouse) == after
             assert {p.name: p.read_bytes() for p in (data_dir / "report").glob("*.csv")} == reports
+
+            # the operator's full rebuild (the DAG param make nightly FULL=1 sets) gives
+            # the same tables: source read in full, every published day recomputed
+            run_dag(d2, env, full_refresh=True)
+            manifest = json.loads(
+                (data_dir / f"landing/source_db/orders/run={d2}/_manifest.json").read_text()
+            )
+            assert manifest["mode"] == "full" and manifest["full_refresh"] is True
+            with duckdb.connect(str(warehouse), read_only=True) as con:
+                recomputed = con.execute(
+                    "select count(*) from ops.daily_sales_days where run_id = ?", [str(d2)]
+                ).fetchone()[0]
+            assert recomputed >= len(days)
+            assert snapshot(warehouse) == after
     finally:
         os.environ.pop("REPORT_TZ", None)
         engine.dispose()
