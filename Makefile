@@ -109,6 +109,10 @@ test-clock: $(STAMP) ## The tests again with the clock moved ahead (CLOCK_SHIFTS
 	  NIGHTSHIFT_NOW="$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SERVER_SUITES) || exit 1; \
 	done
 
+.PHONY: test-nights-large
+test-nights-large: $(STAMP) ## The nights-in-any-order property on 200 seeded sequences (nightly CI; ~25 min)
+	NIGHTSHIFT_NIGHTS_SEQUENCES=200 $(BIN)/python -m pytest -q tests/pipeline/test_nights_in_any_order.py
+
 .PHONY: lint
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check .
