@@ -133,6 +133,19 @@ def _shard_landing_run_ids(business_date: date) -> list[str]:
     return [s["landing_run_id"] for s in record["shards"]]
 
 
+def _refuse_future_day(business_date: date) -> None:
+    """A day that has not started cannot be published: it would become the horizon of
+    every later night (only `make rollback` undoes a publish)."""
+    from pipeline import clock
+
+    today = clock.now().astimezone(settings.report_tz()).date()
+    if business_date > today:
+        raise settings.ConfigError(
+            f"business day {business_date} is after today ({today} in REPORT_TZ="
+            f"{settings.report_tz_name()}): check DATE / the business_date param"
+        )
+
+
 def _read_choice() -> Any:
     """Primary or replica (an `extract.replica.ReadChoice`, whose lag the extract takes off
     the recorded window end): the replica only when configured and not lagging too far."""
@@ -164,6 +177,7 @@ def extract_source_db(business_date: date, full_refresh: bool = False) -> dict[s
     from extract.db_extract import extract_tables
     from extract.tables import load_table_configs
 
+    _refuse_future_day(business_date)
     configs = load_table_configs(settings.extract_config_path())
     map_path = settings.shard_map_path()
     if map_path is not None:

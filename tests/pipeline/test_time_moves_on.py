@@ -147,3 +147,12 @@ def test_rollback_then_retention_and_the_nights_go_on(
     ]
     assert len(list_versions(warehouse)) == 3
     assert os.path.exists(warehouse)
+
+
+def test_a_day_that_has_not_started_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.settings import ConfigError
+
+    monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-21T03:00:00Z")  # 22:00 on the 20th in NY
+    monkeypatch.setenv("REPORT_TZ", TZ)
+    with pytest.raises(ConfigError, match=r"business day 2026-11-21 is after today \(2026-11-20"):
+        nightly.extract_source_db(date(2026, 11, 21))
