@@ -147,15 +147,15 @@ def extract_config_path() -> Path | None:
     return Path(value).resolve() if value else None
 
 
-def _positive_int_env(name: str, default: int) -> int:
-    """An integer >= 1 from env var `name` (unset or blank: `default`)."""
+def _positive_int_env(name: str, default: int, minimum: int = 1) -> int:
+    """An integer >= `minimum` from env var `name` (unset or blank: `default`)."""
     raw = os.environ.get(name, "").strip() or str(default)
     try:
         value = int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is not an integer") from exc
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r} must be >= 1")
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
     return value
 
 
@@ -163,14 +163,7 @@ def fx_revision_days() -> int:
     """`FX_REVISION_DAYS` (default 7; 0 = never): the trailing business days, up to the
     published horizon, whose FX rates are asked again every night (providers revise
     recent rates; a changed rate restates its day)."""
-    raw = os.environ.get("FX_REVISION_DAYS", "").strip() or "7"
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"FX_REVISION_DAYS={raw!r} is not an integer") from exc
-    if value < 0:
-        raise ConfigError(f"FX_REVISION_DAYS={raw!r} must be >= 0")
-    return value
+    return _positive_int_env("FX_REVISION_DAYS", 7, minimum=0)
 
 
 def retention_config_path() -> Path:

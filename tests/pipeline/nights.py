@@ -83,6 +83,14 @@ def _next_ts(conn: sa.Connection) -> Any:
     ).scalar_one()
 
 
+# kind -> (table, column, values): one row of the table gets one of the values
+_MOVES = {
+    "region_move": ("users", "region", ["north", "south", "  ", None]),
+    "category_move": ("products", "category", ["books", "garden", ""]),
+    "cancel": ("orders", "status", ["cancelled"]),
+}
+
+
 def apply_change(kind: str, rng: random.Random, url: str, payments: Path, api: str) -> str:
     """Change the source (or the API's rates) as a real night would; describe it."""
     from demo.generator import apply_next_day
@@ -91,39 +99,16 @@ def apply_change(kind: str, rng: random.Random, url: str, payments: Path, api: s
     try:
         with engine.begin() as conn:
             played = conn.execute(sa.text("select max(created_at) from orders")).scalar_one()
-            when = _next_ts(conn)
-            if kind == "next_day":
-                day = played.date() + timedelta(days=1)
-            elif kind == "region_move":
-                user = rng.randint(1, conn.execute(sa.text("select max(id) from users")).scalar())
-                region = rng.choice(["north", "south", "  ", None])
+            day = played.date() + timedelta(days=1)
+            if kind in _MOVES:  # the table and column names come from _MOVES, not input
+                table, column, values = _MOVES[kind]
+                ids = conn.execute(sa.text(f"select id from {table} order by id")).scalars()
+                key, value = rng.choice(list(ids)), rng.choice(values)
                 conn.execute(
-                    sa.text("update users set region = :r, updated_at = :t where id = :id"),
-                    {"r": region, "t": when, "id": user},
+                    sa.text(f"update {table} set {column} = :v, updated_at = :t where id = :id"),
+                    {"v": value, "t": _next_ts(conn), "id": key},
                 )
-                return f"user {user} moved to region {region!r}"
-            elif kind == "category_move":
-                product = rng.randint(
-                    1, conn.execute(sa.text("select max(id) from products")).scalar()
-                )
-                category = rng.choice(["books", "garden", ""])
-                conn.execute(
-                    sa.text("update products set category = :c, updated_at = :t where id = :id"),
-                    {"c": category, "t": when, "id": product},
-                )
-                return f"product {product} moved to category {category!r}"
-            elif kind == "cancel":
-                order = conn.execute(
-                    sa.text("select id from orders where status <> 'cancelled' order by id")
-                ).scalars()
-                order_id = rng.choice(list(order))
-                conn.execute(
-                    sa.text(
-                        "update orders set status = 'cancelled', updated_at = :t where id = :id"
-                    ),
-                    {"t": when, "id": order_id},
-                )
-                return f"order {order_id} cancelled"
+                return f"{table} {key}: {column} set to {value!r}"
     finally:
         engine.dispose()
     if kind == "next_day":
