@@ -104,7 +104,7 @@ test-clock: $(STAMP) ## The tests again with the clock moved ahead (CLOCK_SHIFTS
 	@command -v faketime >/dev/null || { echo "test-clock needs faketime (apt-get install faketime)"; exit 2; }
 	@for shift in $(CLOCK_SHIFTS); do \
 	  echo "[test-clock] system clock $$shift (faketime)"; \
-	  faketime -f "$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SUITES) || exit 1; \
+	  NIGHTSHIFT_NIGHTS_SEQUENCES=2 faketime -f "$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SUITES) || exit 1; \
 	  echo "[test-clock] injected clock NIGHTSHIFT_NOW=$$shift"; \
 	  NIGHTSHIFT_NOW="$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SERVER_SUITES) || exit 1; \
 	done
