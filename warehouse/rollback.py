@@ -39,13 +39,34 @@ class RollbackError(RuntimeError):
 
 
 def _current_index(warehouse_path: Path, versions: list[tuple[str, Path]]) -> int | None:
-    """Which kept version is the published file (same inode), if any."""
+    """Which kept version is the published file: the same inode, else (a failed gate
+    re-published it with its results added) the newest version of the run that
+    published it last (`ops.pipeline_runs`)."""
     if not warehouse_path.exists():
         return None
     for i in range(len(versions) - 1, -1, -1):
         if os.path.samefile(versions[i][1], warehouse_path):
             return i
+    last_run = _last_run_id(warehouse_path)
+    for i in range(len(versions) - 1, -1, -1):
+        if versions[i][0] == last_run:
+            return i
     return None
+
+
+def _last_run_id(warehouse_path: Path) -> str | None:
+    import duckdb
+
+    con = duckdb.connect(str(warehouse_path), read_only=True)
+    try:
+        row = con.execute(
+            "select run_id from ops.pipeline_runs order by published_at desc limit 1"
+        ).fetchone()
+    except duckdb.CatalogException:  # nothing published by a night yet
+        return None
+    finally:
+        con.close()
+    return row[0] if row else None
 
 
 def choose_version(warehouse_path: Path, to_run_id: str | None) -> tuple[str, Path]:

@@ -217,3 +217,17 @@ def test_rerun_under_a_pinned_clock_never_rewrites_a_kept_version(
     versions = list_versions(warehouse)
     assert [run for run, _ in versions] == RUNS and versions[-1][1].samefile(warehouse)
     assert choose_version(warehouse, None)[0] == RUNS[1]
+
+
+def test_after_a_failed_gate_the_previous_night_is_still_the_one_before(warehouse: Path) -> None:
+    # A failed gate re-publishes the file with its results added (no new version): the
+    # published file is then no kept version's inode, yet it is still night 3's state.
+    build = begin_build(warehouse, "gate")
+    con = duckdb.connect(str(build))
+    con.execute("create table ops.quality_results (run_id varchar)")
+    con.close()
+    publish_build(build, warehouse)
+    assert not any(p.samefile(warehouse) for _, p in list_versions(warehouse))
+
+    assert rollback(warehouse)["restored_run_id"] == RUNS[1]
+    assert _sales(warehouse) == _rows(2)
