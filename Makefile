@@ -67,9 +67,9 @@ migration-demo: $(STAMP) ## Zero-downtime move of the demo source to a new Postg
 	$(BIN)/python -m migrate.demo
 
 .PHONY: nightly
-nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow (FULL=1: full rebuild)
-	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD [FULL=1]"; exit 2; }
-	$(BIN)/python -m pipeline.airflow_run run --date $(DATE) $(if $(filter 1 true yes,$(FULL)),--full,)
+nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow (FULL=1: full rebuild; ALLOW_MASS_DELETE=1)
+	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD [FULL=1] [ALLOW_MASS_DELETE=1]"; exit 2; }
+	$(BIN)/python -m pipeline.airflow_run run --date $(DATE) $(if $(filter 1 true yes,$(FULL)),--full,) $(if $(filter 1 true yes,$(ALLOW_MASS_DELETE)),--allow-mass-delete,)
 
 .PHONY: backfill
 backfill: airflow-init ## Nights FROM=YYYY-MM-DD TO=YYYY-MM-DD: airflow backfill create when a scheduler runs, else dags test per day

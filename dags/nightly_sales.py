@@ -30,7 +30,8 @@ not under `airflow dags test`, see `alerting.callbacks.run_deadline`).
 
 Run one day by hand: `make nightly DATE=YYYY-MM-DD` (`FULL=1`: full rebuild). The
 business day can also be forced with the `business_date` param when triggering from
-the UI, and a full rebuild asked for with `full_refresh`.
+the UI, a full rebuild asked for with `full_refresh`, and a load that the mass-delete
+guard stopped let through with `allow_mass_delete` (config/guards.yml).
 
 A run for day D publishes every day up to its **horizon**, the later of D and the last
 day already published, each recomputed from the source as the run read it: a backfill
@@ -62,9 +63,9 @@ default_args = {
 }
 
 
-def _full_refresh() -> bool:
-    """The `full_refresh` param: read the source in full and rebuild every published day."""
-    return bool((get_current_context().get("params") or {}).get("full_refresh"))
+def _param(name: str) -> bool:
+    """A boolean param of the run (`full_refresh`, `allow_mass_delete`)."""
+    return bool((get_current_context().get("params") or {}).get(name))
 
 
 def _business_date():
@@ -100,6 +101,12 @@ def _business_date():
             description="Read the source in full and rebuild every published day "
             "(make nightly FULL=1).",
         ),
+        "allow_mass_delete": Param(
+            False,
+            type="boolean",
+            description="Let this run delete more of a table than config/guards.yml allows "
+            "(recorded in ops.guard_overrides; make nightly ALLOW_MASS_DELETE=1).",
+        ),
     },
 )
 def nightly_sales():
@@ -107,13 +114,13 @@ def nightly_sales():
     def extract_source_db() -> dict:
         from pipeline import nightly
 
-        return nightly.extract_source_db(_business_date(), _full_refresh())
+        return nightly.extract_source_db(_business_date(), _param("full_refresh"))
 
     @task(pool=WAREHOUSE_POOL, retries=0)
     def load_source_db() -> dict:
         from pipeline import nightly
 
-        return nightly.load_source_db(_business_date())
+        return nightly.load_source_db(_business_date(), _param("allow_mass_delete"))
 
     @task
     def extract_payments_api() -> dict:

@@ -70,15 +70,24 @@ def logical_date_for(business_date: date) -> datetime:
 
 
 def run_dag(
-    business_date: date, env: dict[str, str] | None = None, *, full_refresh: bool = False
+    business_date: date,
+    env: dict[str, str] | None = None,
+    *,
+    full_refresh: bool = False,
+    allow_mass_delete: bool = False,
 ) -> None:
     """`airflow dags test nightly_sales` for one business day; raises on a failed run.
 
-    `full_refresh`: the DAG param of the same name (source read in full, marts and
-    daily_sales rebuilt in full)."""
+    `full_refresh`, `allow_mass_delete`: the DAG params of the same names."""
     env = airflow_env(env)
     ensure_airflow_initialised(env)
-    conf = json.dumps({"business_date": business_date.isoformat(), "full_refresh": full_refresh})
+    conf = json.dumps(
+        {
+            "business_date": business_date.isoformat(),
+            "full_refresh": full_refresh,
+            "allow_mass_delete": allow_mass_delete,
+        }
+    )
     cmd = [
         airflow_bin(),
         "dags",
@@ -322,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--full", action="store_true", help="full rebuild: read the source in full, rebuild all"
     )
+    run.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="let this run delete more of a table than config/guards.yml allows",
+    )
     sub.add_parser("ui", help="the Airflow UI (standalone) with the demo connections")
     fill = sub.add_parser("backfill", help="run nightly_sales for each day of a range")
     fill.add_argument("--from", dest="first", required=True, type=date.fromisoformat)
@@ -344,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "scheduler":
                 return backfill_with_scheduler(args.first, args.last, extra)
             return backfill(args.first, args.last, extra)
-        run_dag(args.date, extra, full_refresh=args.full)
+        run_dag(args.date, extra, full_refresh=args.full, allow_mass_delete=args.allow_mass_delete)
     print(f"nightly_sales {args.date}: success")
     print(f"report:    {settings.report_dir() / (args.date.isoformat() + '.html')}")
     print(f"warehouse: {settings.warehouse_path()}")

@@ -291,12 +291,14 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
 
 
 @timed
-def load_source_db(business_date: date) -> dict[str, Any]:
+def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict[str, Any]:
     """Quality-gate the landed deltas, then merge them into the build's `raw.*`.
 
     The build is a fresh copy of the published warehouse; nothing is published until
-    every later check has passed (`publish`).
+    every later check has passed (`publish`). A merge whose key sets would delete too
+    much of a table stops first (warehouse/guards.py) unless `allow_mass_delete`.
     """
+    from warehouse.guards import MassDeleteGuard
     from warehouse.load import load_source_db as load
     from warehouse.load import load_source_db_sharded
     from warehouse.publish import begin_build
@@ -312,6 +314,8 @@ def load_source_db(business_date: date) -> dict[str, Any]:
         settings.landing_dir(),
         run_id_for(business_date),
         settings.report_tz_name(),
+        guard=MassDeleteGuard.load(settings.guards_config_path()),
+        allow_mass_delete=allow_mass_delete,
     )
     reconciled = _reconcile(business_date, "source_db", build)
     return {
@@ -739,10 +743,12 @@ def run_stats(
     }
 
 
-def run_all(business_date: date, full_refresh: bool = False) -> dict[str, Any]:
+def run_all(
+    business_date: date, full_refresh: bool = False, allow_mass_delete: bool = False
+) -> dict[str, Any]:
     """Every step in order, without Airflow (the DAG runs the same functions)."""
     extracted = extract_source_db(business_date, full_refresh)
-    loaded = load_source_db(business_date)
+    loaded = load_source_db(business_date, allow_mass_delete)
     api = extract_payments_api(business_date)
     api_loaded = load_payments_api(business_date)
     dbt_build(business_date)
@@ -760,9 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--date", required=True, type=date.fromisoformat, help="business day")
     parser.add_argument("--full", action="store_true", help="read the source in full, rebuild all")
+    parser.add_argument(
+        "--allow-mass-delete", action="store_true", help="let this run delete past the guard"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    print(json.dumps(run_all(args.date, args.full), indent=2, default=str))
+    result = run_all(args.date, args.full, args.allow_mass_delete)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 

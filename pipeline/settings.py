@@ -172,6 +172,12 @@ def retention_config_path() -> Path:
     return Path(value).resolve() if value else PROJECT_ROOT / "config" / "retention.yml"
 
 
+def guards_config_path() -> Path:
+    """`GUARDS_CONFIG` (default config/guards.yml): limits of the load's guards."""
+    value = os.environ.get("GUARDS_CONFIG", "").strip()
+    return Path(value).resolve() if value else PROJECT_ROOT / "config" / "guards.yml"
+
+
 def extract_parallelism() -> int:
     """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
     one shared snapshot), for tables whose config sets no `parallel_ranges`."""

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 from extract.watermark import ensure_schema, record_loaded
+from warehouse.guards import MassDeleteGuard
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ create table if not exists ops.restated_days (
     reason varchar not null
 );
 """
+
+
+_DEFAULT_GUARD = MassDeleteGuard()
 
 
 class LoadError(RuntimeError):
@@ -465,6 +469,47 @@ def _record_revised_rates(con: duckdb.DuckDBPyConnection, run_id: str, fx: _Delt
     )
 
 
+def _keys_relation(delta: _Delta) -> str | None:
+    """The relation holding the table's whole key set at the source, if the run landed one
+    (a full extract is itself the whole key set)."""
+    if delta.key_sets is not None:
+        return f'"{delta.temp}__keys"'
+    if delta.full_key_set:
+        return f'"{delta.temp}"'
+    return None
+
+
+def _gone_sql(delta: _Delta, target: str, keys_relation: str) -> str:
+    """Rows of `target` whose key the source no longer has."""
+    match = _key_match(delta.keys, "o", "k")
+    return f"select o.* from {target} o anti join {keys_relation} k on {match}"
+
+
+def _key_text(delta: _Delta) -> str:
+    return " || '|' || ".join(f"cast(g.{_q(k)} as varchar)" for k in delta.keys)
+
+
+def _guard_deletes(
+    con: duckdb.DuckDBPyConnection, plan: list[_Delta], run_id: str, guard: Any, allow: bool
+) -> None:
+    """Stop before any merge when the key sets would delete too much (warehouse/guards.py).
+    A run that reads a new source replaces raw on purpose and is not stopped."""
+    from warehouse.guards import enforce, plan_delete
+
+    planned = []
+    for delta in plan:
+        keys_relation = _keys_relation(delta)
+        if delta.skipped or keys_relation is None or not _exists(con, "raw", delta.table):
+            continue
+        if any(p.manifest.get("source_changed") for p in delta.parts):
+            continue
+        target = f'raw."{delta.table}"'
+        gone = _gone_sql(delta, target, keys_relation)
+        limit = guard.limit(delta.table)
+        planned.append(plan_delete(con, delta.table, target, gone, _key_text(delta), limit))
+    enforce(con, planned, run_id=run_id, allow=allow)
+
+
 def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
     """Upsert the staged delta into raw.<table>; apply its key set. Returns rows deleted."""
     target = f'raw."{delta.table}"'
@@ -497,16 +542,11 @@ def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
             f"where not exists (select 1 from {target} o where {_key_match(delta.keys, 'o', 'd')})",
             [run_id],
         )
-    # Key set: the delta of a full extract is itself the whole key set.
-    keys_relation = None
-    if delta.key_sets is not None:
-        keys_relation = f'"{delta.temp}__keys"'
-    elif delta.full_key_set:
-        keys_relation = f'"{delta.temp}"'
+    keys_relation = _keys_relation(delta)
     if keys_relation is None:
         return 0
-    gone = f"select o.* from {target} o anti join {keys_relation} k on {_key_match(delta.keys, 'o', 'k')}"
-    key_text = " || '|' || ".join(f"cast(g.{_q(k)} as varchar)" for k in delta.keys)
+    gone = _gone_sql(delta, target, keys_relation)
+    key_text = _key_text(delta)
     con.execute(
         "insert into ops.deleted_rows (run_id, table_name, key, deleted_at) "
         f"select ?, ?, {key_text}, now() from ({gone}) g",
@@ -524,6 +564,8 @@ def _load(
     plan: list[_Delta],
     run_id: str,
     report_tz: str | None,
+    guard: Any = None,
+    allow_mass_delete: bool = False,
 ) -> dict[str, Any]:
     warehouse_path = Path(warehouse_path)
     warehouse_path.parent.mkdir(parents=True, exist_ok=True)
@@ -547,6 +589,8 @@ def _load(
                 else:
                     rows[delta.table] = sum(int(p.manifest.get("rows", 0)) for p in delta.parts)
                     log.info("%s/%s run=%s is already loaded", delta.source, delta.table, run_id)
+            if guard is not None:
+                _guard_deletes(con, plan, run_id, guard, allow_mass_delete)
             if report_tz is not None:
                 _affected_orders(con, deltas)
                 _record_restated(con, run_id, report_tz, deltas.get("orders"))
@@ -612,15 +656,20 @@ def load_source_db(
     run_id: str,
     report_tz: str,
     tables: tuple[str, ...] = KNOWN_TABLES["source_db"],
+    *,
+    guard: Any = _DEFAULT_GUARD,
+    allow_mass_delete: bool = False,
 ) -> dict[str, Any]:
     """Merge the landed `source_db` run into `raw.*` in one transaction.
 
     Returns {"rows": landed rows per table, "deleted": rows removed by key sets,
     "raw_rows": current rows per table, "restated_days": ISO business days (REPORT_TZ)
-    this run touched}. Loading the same run again changes nothing.
+    this run touched}. Loading the same run again changes nothing. `guard`
+    (warehouse/guards.py; None: off) stops a load whose key sets would delete too much
+    of a table, unless `allow_mass_delete`.
     """
     plan = _plan(landing_root, "source_db", tuple(tables), run_id)
-    return _load(warehouse_path, plan, run_id, report_tz)
+    return _load(warehouse_path, plan, run_id, report_tz, guard, allow_mass_delete)
 
 
 def load_source_db_sharded(
@@ -629,6 +678,9 @@ def load_source_db_sharded(
     run_id: str,
     report_tz: str,
     tables: tuple[str, ...] = KNOWN_TABLES["source_db"],
+    *,
+    guard: Any = _DEFAULT_GUARD,
+    allow_mass_delete: bool = False,
 ) -> dict[str, Any]:
     """Merge every shard's delta of sharded run `run_id` into `raw.*` in ONE transaction.
 
@@ -649,7 +701,7 @@ def load_source_db_sharded(
             "extract did not run"
         )
     plan = _plan_sharded(landing_root, tuple(tables), run_id, record)
-    result = _load(warehouse_path, plan, run_id, report_tz)
+    result = _load(warehouse_path, plan, run_id, report_tz, guard, allow_mass_delete)
     result["shards"] = [s["name"] for s in record["shards"]]
     result["map_version"] = record.get("shard_map", {}).get("version")
     return result

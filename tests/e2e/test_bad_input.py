@@ -418,6 +418,48 @@ def test_missing_fx_day_stops_the_run_until_the_rates_exist(
     assert list(world.data_dir.glob(f"landing/payments_api/fx_rates/_cache/*/{next_day}.json"))
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_an_emptied_source_table_stops_before_the_merge(
+    world: World, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An emptied `order_items` (truncated, an old backup restored, another database
+    behind the URL) lands an empty key set: the loader would delete every item and every
+    order would become `uncategorized`, with counts and totals unchanged, so parity would
+    pass. The mass-delete guard stops load_source_db before the merge, naming counts and
+    keys; the operator's override lets one run through and is recorded in ops."""
+    before = world.published_state()
+    world.sql("create table order_items_saved as select * from order_items")
+    world.sql("delete from order_items")
+    try:
+        log = world.fail(DAY, capfd)
+        assert "mass delete stopped before the merge, nothing was loaded" in log
+        found = re.search(r"raw\.order_items: this run would delete (\d+) of (\d+) rows", log)
+        assert found and found.group(1) == found.group(2) != "0", log[-3000:]
+        assert "(100.0%; the limit is 5% and at least 10 rows); sample keys ['" in log
+        assert "ALLOW_MASS_DELETE=1" in log and "ops.guard_overrides" in log
+        _unchanged(world, before)
+
+        run_dag(DAY, world.env, allow_mass_delete=True)  # the operator: the deletes are real
+        con = duckdb.connect(str(world.warehouse), read_only=True)
+        try:
+            overrides = con.execute(
+                "select guard, table_name, details from ops.guard_overrides where run_id = ?",
+                [RUN_ID],
+            ).fetchall()
+        finally:
+            con.close()
+        assert [(g, t) for g, t, _ in overrides] == [("mass_delete", "order_items")]
+        assert json.loads(overrides[0][2])["rows"] == int(found.group(1))
+        categories = {row[2] for row in snapshot(world.warehouse)["daily_sales"]}
+        assert categories == {"uncategorized"}  # what the source says now
+    finally:  # the source gets its items back (as new versions: the extract re-reads them)
+        world.sql("insert into order_items select * from order_items_saved")
+        world.sql("update order_items set updated_at = now()")
+        world.sql("drop table order_items_saved")
+    world.publish(DAY)
+
+
 def test_fx_missing_days_fault_switch(tmp_path: Path) -> None:
     """The demo API's switch: a chosen day answers with USD only, or 404."""
     app = create_app(tmp_path / "payments.db", TOKEN, FaultConfig(fx_missing_days={"2026-01-02"}))
