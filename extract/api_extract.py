@@ -173,6 +173,43 @@ class QuarantineThresholdError(RuntimeError):
         )
 
 
+class WatermarkJumpError(RuntimeError):
+    """The payments watermark would move further than allowed in one run; nothing landed."""
+
+
+def _future_record(run_id: str, record: Any, now: datetime, tolerance: timedelta) -> dict:
+    """The quarantine entry of a record stamped after the run's clock (+ tolerance)."""
+    return {
+        "source": SOURCE,
+        "table": PAYMENTS_TABLE,
+        "run_id": run_id,
+        "record_key": record.get("id"),
+        "field": "updated_at",
+        "error": (
+            f"{record.get('updated_at')!r} is later than the run's clock "
+            f"{now.isoformat()} + {tolerance}: not landed, never a watermark"
+        ),
+        "record": record,
+    }
+
+
+def _check_jump(
+    previous_end: datetime | None, window_end: datetime | None, rows: list, max_jump: Any
+) -> None:
+    if previous_end is None or window_end is None or not max_jump:
+        return
+    if window_end - previous_end <= max_jump:
+        return
+    newest = [f"{r['id']} ({r['updated_at'].isoformat()})" for r in rows[-3:]]
+    raise WatermarkJumpError(
+        f"payments: the watermark would jump from {previous_end.isoformat()} to "
+        f"{window_end.isoformat()}, more than {max_jump} in one run; newest records: "
+        f"{', '.join(newest)}. Nothing was landed. If the API really moved that far (a long "
+        "pause), raise WATERMARK_MAX_JUMP_DAYS (0: no limit) for one run; otherwise fix the "
+        "records' updated_at at the source."
+    )
+
+
 def _conflict(
     run_id: str, superseded: dict[str, Any], payload: Any, kept: dict[str, Any]
 ) -> dict[str, Any]:
@@ -229,6 +266,9 @@ def extract_payments(
     max_quarantined: int | float = 100,
     page_size: int = 500,
     accept_drift: bool = False,
+    now: datetime | None = None,
+    future_tolerance: timedelta = timedelta(hours=1),
+    max_jump: timedelta | None = timedelta(days=30),
 ) -> dict[str, Any]:
     """Land the payments changed since the last loaded watermark; return the manifest.
 
@@ -265,8 +305,15 @@ def extract_payments(
     quarantine files and the run directory (manifest `status`
     "quarantine_threshold_exceeded") are written first, then QuarantineThresholdError
     is raised, so nothing is lost and the failed run must not be loaded.
+
+    Guards on the watermark: a record whose `updated_at` is later than `now` (the
+    pipeline clock) + `future_tolerance` is quarantined with that reason and never moves
+    the watermark (one record stamped 2099 would otherwise make every later run ask for
+    nothing); a window whose end would move more than `max_jump` (None: no limit) past
+    the previous one raises WatermarkJumpError before anything is landed.
     """
     _check_threshold(max_quarantined)
+    latest_allowed = _utc(now or clock.now()) + future_tolerance
     if overlap < timedelta(0):
         raise ValueError(f"overlap must not be negative, got {overlap}")
     previous_end = _utc(updated_since) if updated_since is not None else None
@@ -298,6 +345,13 @@ def extract_payments(
                     }
                 )
                 continue
+            if row["updated_at"] > latest_allowed:
+                rejected.append(
+                    _future_record(
+                        run_id, record, latest_allowed - future_tolerance, future_tolerance
+                    )
+                )
+                continue
             valid += 1
             seen = latest.get(row["id"])
             # >= so that among equal updated_at the copy seen last (the freshest read) wins.
@@ -313,6 +367,7 @@ def extract_payments(
     max_landed = rows[-1]["updated_at"] if rows else None
     candidates = [t for t in (previous_end, max_landed) if t is not None]
     window_end = max(candidates) if candidates else None  # never backwards
+    _check_jump(previous_end, window_end, rows, max_jump)
 
     quarantine_file = Path(quarantine_root) / SOURCE / PAYMENTS_TABLE / f"run={run_id}.jsonl"
     reasons = [

@@ -389,13 +389,13 @@ def fx_days_needed(business_date: date) -> list[date]:
 
 
 def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
-    """Too many quarantined records is the data, not a hiccup: fail the task without
-    Airflow's retries (minutes of backoff that cannot change the answer)."""
-    from extract.api_extract import QuarantineThresholdError
+    """Too many quarantined records or a watermark jump is the data, not a hiccup: fail
+    the task without Airflow's retries (minutes of backoff that cannot change the answer)."""
+    from extract.api_extract import QuarantineThresholdError, WatermarkJumpError
 
     try:
         return extract(*args, **kwargs)
-    except QuarantineThresholdError as exc:
+    except (QuarantineThresholdError, WatermarkJumpError) as exc:
         try:
             from airflow.sdk.exceptions import AirflowFailException
         except ImportError:  # run without Airflow (python -m pipeline.nightly)
@@ -458,6 +458,8 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
             landing_root=settings.landing_dir(),
             quarantine_root=settings.quarantine_dir(),
             updated_since=_payments_since(),
+            future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
+            max_jump=timedelta(days=settings.watermark_max_jump_days()) or None,
         )
         fx = extract_fx_rates(
             client,

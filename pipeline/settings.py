@@ -178,6 +178,18 @@ def guards_config_path() -> Path:
     return Path(value).resolve() if value else PROJECT_ROOT / "config" / "guards.yml"
 
 
+def future_tolerance_minutes() -> int:
+    """`FUTURE_TOLERANCE_MINUTES` (default 60): how far after the pipeline's clock a
+    record's `updated_at` may be before it is quarantined instead of landed."""
+    return _positive_int_env("FUTURE_TOLERANCE_MINUTES", 60, minimum=0)
+
+
+def watermark_max_jump_days() -> int:
+    """`WATERMARK_MAX_JUMP_DAYS` (default 30; 0: no limit): the furthest the payments
+    watermark may move in one run before the run fails."""
+    return _positive_int_env("WATERMARK_MAX_JUMP_DAYS", 30, minimum=0)
+
+
 def extract_parallelism() -> int:
     """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
     one shared snapshot), for tables whose config sets no `parallel_ranges`."""

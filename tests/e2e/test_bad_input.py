@@ -460,6 +460,48 @@ def test_an_emptied_source_table_stops_before_the_merge(
     world.publish(DAY)
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_payment_from_the_future_is_quarantined_and_never_the_watermark(world: World) -> None:
+    """One payment stamped 2099 (an application clock gone wrong) would become the
+    watermark: every later run would ask for `updated_since` 2099 and land nothing,
+    forever, with status ok. It is quarantined with the reason, the day publishes, and
+    the next change at the API still lands."""
+    store = sqlite3.connect(world.payments_db)
+    try:
+        (future,), (later,) = store.execute("select id from payments order by id limit 2")
+        store.execute(
+            "update payments set updated_at = '2099-01-01T00:00:00.000000Z' where id = ?",
+            [future],
+        )
+        store.commit()
+        world.publish(DAY)
+        quarantine = world.data_dir / f"quarantine/payments_api/payments/run={RUN_ID}.jsonl"
+        [entry] = [json.loads(line) for line in quarantine.read_text().splitlines()]
+        assert entry["record_key"] == future and entry["field"] == "updated_at"
+        assert "is later than the run's clock" in entry["error"]
+
+        store.execute(
+            "update payments set amount = '4321.00', updated_at = ? where id = ?",
+            [_now_iso(), later],
+        )
+        store.commit()
+        world.publish(DAY)  # the watermark stayed in the present: the change lands
+        con = duckdb.connect(str(world.warehouse), read_only=True)
+        try:
+            amount = con.execute(
+                "select cast(amount as varchar) from raw.payments where id = ?", [later]
+            ).fetchone()
+        finally:
+            con.close()
+        assert amount == ("4321.00",), "a payment after the future record was not landed"
+    finally:  # the application's clock is fixed
+        store.execute("update payments set updated_at = ? where id = ?", [_now_iso(), future])
+        store.commit()
+        store.close()
+    world.publish(DAY)
+
+
 def test_fx_missing_days_fault_switch(tmp_path: Path) -> None:
     """The demo API's switch: a chosen day answers with USD only, or 404."""
     app = create_app(tmp_path / "payments.db", TOKEN, FaultConfig(fx_missing_days={"2026-01-02"}))

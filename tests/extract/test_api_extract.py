@@ -21,6 +21,7 @@ from extract.api_extract import (
     FX_SCHEMA,
     PAYMENTS_SCHEMA,
     RecordError,
+    WatermarkJumpError,
     extract_fx_rates,
     extract_payments,
     parse_rate,
@@ -620,3 +621,43 @@ def test_conflicting_copy_with_equal_updated_at_is_quarantined(roots: tuple[Path
         ("p1", "amount", "10.50")
     ]
     assert "conflicting duplicate" in entries[0]["error"]
+
+
+def _stamp(db: Path, payment_id: str, updated: datetime) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("update payments set updated_at = ? where id = ?", (_ts(updated), payment_id))
+    conn.commit()
+    conn.close()
+
+
+def test_a_record_from_the_future_is_quarantined_and_never_the_watermark(
+    db: Path, server: str, roots: tuple[Path, Path]
+) -> None:
+    now = START + timedelta(hours=2)  # the run's clock: every generated record is before it
+    _stamp(db, "pay_00007", datetime(2099, 1, 1, tzinfo=UTC))
+    manifest = _extract(server, roots, now=now)
+    assert manifest["rows"] == N - 1 and manifest["quarantined"] == 1
+    assert manifest["window_end"] == (START + timedelta(minutes=N - 1)).isoformat()
+    [entry] = [
+        json.loads(line)
+        for line in (roots[1] / "payments_api/payments/run=2024-03-02.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert entry["record_key"] == "pay_00007" and entry["field"] == "updated_at"
+    assert "is later than the run's clock" in entry["error"]
+    # within the tolerance (1 h by default) a record lands
+    _stamp(db, "pay_00007", now + timedelta(minutes=30))
+    assert _extract(server, roots, now=now)["quarantined"] == 0
+
+
+def test_a_watermark_jump_past_the_limit_fails_before_landing(
+    db: Path, server: str, roots: tuple[Path, Path]
+) -> None:
+    now = START + timedelta(days=90)
+    _stamp(db, "pay_00007", START + timedelta(days=60))  # two months after the watermark
+    with pytest.raises(WatermarkJumpError, match=r"would jump from 2024-03-01.* pay_00007"):
+        _extract(server, roots, now=now, updated_since=START, run_id="2024-05-01")
+    assert not _run_dir(roots[0], "payments", "2024-05-01").exists()
+    landed = _extract(server, roots, now=now, updated_since=START, max_jump=None)
+    assert landed["rows"] == N
