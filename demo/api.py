@@ -43,7 +43,15 @@ from demo.fx import rates_for
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-FAULT_MODES = ("rate_limit", "server_error", "slow", "repeat_page", "malformed")
+FAULT_MODES = (
+    "rate_limit",
+    "server_error",
+    "slow",
+    "repeat_page",
+    "malformed",
+    "missing_cursor",  # a full page without the next_cursor key (looks like the last)
+    "endless_cursor",  # a new cursor on every page, also past the last record
+)
 _ERROR_MODES = ("rate_limit", "server_error")  # answer with an error instead of data
 _SERVER_ERROR_STATUSES = (500, 502, 503)
 _REPEAT_RECORDS = 2  # how many records of the page before a repeated page starts with
@@ -336,7 +344,16 @@ def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None =
                 victim["amount"] = "not-a-number"
             rows[turn % len(rows)] = victim
             state.faults_injected["malformed"] += 1
-        return JSONResponse({"data": rows, "next_cursor": next_cursor})
+        body: dict[str, Any] = {"data": rows, "next_cursor": next_cursor}
+        if next_cursor is not None and "missing_cursor" in cfg.modes and nth_page:
+            del body["next_cursor"]
+            state.faults_injected["missing_cursor"] += 1
+        if next_cursor is None and "endless_cursor" in cfg.modes:
+            body["next_cursor"] = encode_cursor(
+                "9999-12-31T23:59:59.999999Z", f"end-{state.payment_pages}", since
+            )
+            state.faults_injected["endless_cursor"] += 1
+        return JSONResponse(body)
 
     async def fx_rates(request: Request) -> Response:
         if not authorized(request):

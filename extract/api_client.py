@@ -37,6 +37,10 @@ class ApiError(RuntimeError):
         self.url = url
 
 
+class ApiContractError(ApiError):
+    """An answer that breaks the API's contract (paging): retrying cannot fix it."""
+
+
 class PaymentsApiClient:
     """Synchronous client; use as a context manager or call `close()`."""
 
@@ -84,11 +88,20 @@ class PaymentsApiClient:
     # -- public API -----------------------------------------------------------------
 
     def iter_payment_pages(
-        self, updated_since: datetime | None, limit: int = 500
+        self,
+        updated_since: datetime | None,
+        limit: int = 500,
+        *,
+        max_pages: int = 100_000,
+        max_seconds: float = 3600.0,
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield each page's records (raw dicts, unvalidated), following next_cursor.
 
-        A naive `updated_since` is taken as UTC.
+        A naive `updated_since` is taken as UTC. A page that breaks the contract stops
+        the extract with an ApiError naming the page: no `next_cursor` key (it would
+        look like the last page), a cursor that is not a string or was seen before
+        (endless paging), more records than `limit`. `max_pages` and `max_seconds`
+        bound an API that keeps handing out new cursors.
         """
         params: dict[str, str] = {"limit": str(limit)}
         if updated_since is not None:
@@ -98,23 +111,31 @@ class PaymentsApiClient:
                 "%Y-%m-%dT%H:%M:%S.%fZ"
             )
         seen_cursors: set[str] = set()
-        while True:
+        started = time.monotonic()
+        for page in range(1, max_pages + 1):
             body = self._get_json("/v1/payments", params)
             url = self._describe("/v1/payments", params)
-            data = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(data, list):
-                raise ApiError(f"GET {url}: response has no 'data' list", url=url)
-            next_cursor = body.get("next_cursor")
-            if next_cursor is not None and not isinstance(next_cursor, str):
-                raise ApiError(f"GET {url}: next_cursor={next_cursor!r} is not a string", url=url)
-            yield data
-            if not next_cursor:
+            next_cursor = _check_page(body, page, url, limit)
+            yield body["data"]
+            if next_cursor is None:
                 return
-            # A cursor seen before would loop forever: fail loudly instead.
-            if next_cursor in seen_cursors:
-                raise ApiError(f"GET {url}: next_cursor did not advance", url=url)
+            if next_cursor in seen_cursors:  # would loop forever: fail loudly instead
+                raise ApiContractError(
+                    f"GET {url}: page {page}: next_cursor did not advance", url=url
+                )
             seen_cursors.add(next_cursor)
+            elapsed = time.monotonic() - started
+            if elapsed > max_seconds:
+                raise ApiContractError(
+                    f"GET {url}: still paging after {page} pages and {elapsed:.0f}s, more "
+                    f"than max_seconds={max_seconds:.0f}: the API keeps returning new cursors",
+                    url=url,
+                )
             params = {"limit": str(limit), "cursor": next_cursor}
+        raise ApiContractError(
+            f"GET /v1/payments: more than max_pages={max_pages} pages: the API keeps "
+            "returning new cursors (raise max_pages if the window really is that large)"
+        )
 
     def get_fx_rates(self, day: date) -> dict[str, Any]:
         """Return {"base": "USD", "date": "YYYY-MM-DD", "rates": {cur: str}} for `day`."""
@@ -209,6 +230,30 @@ class PaymentsApiClient:
             )
             self._sleep(wait)
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+
+def _check_page(body: Any, page: int, url: str, limit: int) -> str | None:
+    """The page's next cursor (None: the last page), or ApiError naming what is wrong."""
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise ApiContractError(f"GET {url}: page {page}: response has no 'data' list", url=url)
+    if "next_cursor" not in body:
+        raise ApiContractError(
+            f"GET {url}: page {page}: no 'next_cursor' key (the contract sends null on the "
+            "last page); it cannot be told from a last page",
+            url=url,
+        )
+    next_cursor = body["next_cursor"]
+    if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+        raise ApiContractError(
+            f"GET {url}: page {page}: next_cursor={next_cursor!r} is not a non-empty string",
+            url=url,
+        )
+    if len(body["data"]) > limit:
+        raise ApiContractError(
+            f"GET {url}: page {page}: {len(body['data'])} records, more than limit={limit}",
+            url=url,
+        )
+    return next_cursor
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -389,13 +389,15 @@ def fx_days_needed(business_date: date) -> list[date]:
 
 
 def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
-    """Too many quarantined records or a watermark jump is the data, not a hiccup: fail
-    the task without Airflow's retries (minutes of backoff that cannot change the answer)."""
+    """Too many quarantined records, a watermark jump or pages that break the contract are
+    the data, not a hiccup: fail the task without Airflow's retries (minutes of backoff
+    that cannot change the answer)."""
+    from extract.api_client import ApiContractError
     from extract.api_extract import QuarantineThresholdError, WatermarkJumpError
 
     try:
         return extract(*args, **kwargs)
-    except (QuarantineThresholdError, WatermarkJumpError) as exc:
+    except (QuarantineThresholdError, WatermarkJumpError, ApiContractError) as exc:
         try:
             from airflow.sdk.exceptions import AirflowFailException
         except ImportError:  # run without Airflow (python -m pipeline.nightly)

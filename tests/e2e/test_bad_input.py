@@ -502,6 +502,39 @@ def test_a_payment_from_the_future_is_quarantined_and_never_the_watermark(world:
     world.publish(DAY)
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_page_without_next_cursor_stops_the_extract_naming_the_page(
+    world: World, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A full page without the `next_cursor` key would look like the last page: the rest
+    of the window would silently not land. The extract stops naming the page, without
+    retries, and nothing is published; once the API behaves, the day publishes."""
+    before = world.published_state()
+    store = sqlite3.connect(world.payments_db)
+    try:  # more changed payments than one page (500) holds
+        store.execute(
+            "insert into payments select id || '-copy', order_id, amount, currency, status, "
+            "method, created_at, ? from payments",
+            [_now_iso()],
+        )
+        store.execute("update payments set updated_at = ?", [_now_iso()])
+        store.commit()
+        assert store.execute("select count(*) from payments").fetchone()[0] > 500
+    finally:
+        store.close()
+    faults = world.api_base + "/_admin/faults"
+    httpx.post(faults, json={"modes": ["missing_cursor"], "every": 1}, headers=AUTH)
+    try:
+        log = world.fail(DAY, capfd)
+        assert "page 1: no 'next_cursor' key" in log
+        assert "up_for_retry" not in log.lower(), "a contract error must not be retried"
+        _unchanged(world, before)
+    finally:
+        httpx.post(faults, json={}, headers=AUTH).raise_for_status()
+    world.publish(DAY)
+
+
 def test_fx_missing_days_fault_switch(tmp_path: Path) -> None:
     """The demo API's switch: a chosen day answers with USD only, or 404."""
     app = create_app(tmp_path / "payments.db", TOKEN, FaultConfig(fx_missing_days={"2026-01-02"}))

@@ -245,3 +245,32 @@ def test_parse_retry_after() -> None:
 def test_repr_hides_token(server: str) -> None:
     with _client(server) as client:
         assert TOKEN not in repr(client) and TOKEN not in repr(client.__dict__.get("base_url"))
+
+
+def test_a_page_without_next_cursor_is_an_error_not_the_last_page(db: Path) -> None:
+    with _serve(db, modes=frozenset({"missing_cursor"}), every=2) as url, _client(url) as client:
+        with pytest.raises(ApiError, match=r"page 2: no 'next_cursor' key") as caught:
+            _ids(client, updated_since=None, limit=5)
+    assert "limit=5" in str(caught.value) and TOKEN not in str(caught.value)
+
+
+def test_endless_cursors_stop_at_the_page_cap_and_the_time_budget(db: Path) -> None:
+    with _serve(db, modes=frozenset({"endless_cursor"})) as url, _client(url) as client:
+        with pytest.raises(ApiError, match=r"more than max_pages=12 pages"):
+            _ids(client, updated_since=None, limit=5, max_pages=12)
+        with pytest.raises(ApiError, match=r"more than max_seconds=0"):
+            _ids(client, updated_since=None, limit=5, max_seconds=0)
+
+
+def test_a_page_over_the_limit_or_a_bad_cursor_names_the_page() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("cursor") == "c1":
+            return httpx.Response(200, json={"data": [{"id": "x"}] * 3, "next_cursor": 7})
+        return httpx.Response(200, json={"data": [{"id": "x"}] * 3, "next_cursor": "c1"})
+
+    config = ApiConfig(base_url="http://api.test", token=TOKEN)
+    with PaymentsApiClient(config, transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ApiError, match=r"page 1: 3 records, more than limit=2"):
+            list(client.iter_payment_pages(None, limit=2))
+        with pytest.raises(ApiError, match=r"page 2: next_cursor=7 is not a non-empty string"):
+            list(client.iter_payment_pages(None, limit=3))
