@@ -8,12 +8,20 @@ atomic `rename` (`publish_build`). Analysts' connections opened before the swap 
 reading yesterday's file (POSIX keeps the old inode alive); new connections see the
 new one. A failed, killed or crashed run leaves the published file exactly as it was.
 
+A publish succeeds only if the published file is still the one the build was copied
+from (`<build>.base` records it): a second run that started from the same state, or
+a rerun racing the scheduled night, fails with PublishConflictError instead of
+silently reverting the other run's publish. Publishers take `<warehouse>.publish.lock`
+for the check and the rename.
+
 Every nightly publish also keeps its file as a version (`<warehouse>.versions/`, a hard
 link: no copy), the last N of them, for `make rollback` (warehouse/rollback.py).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
 import shutil
@@ -34,16 +42,47 @@ def build_path_for(warehouse_path: Path, run_id: str) -> Path:
     return warehouse_path.with_name(f"{warehouse_path.name}.{safe}{BUILD_SUFFIX}")
 
 
+class PublishConflictError(RuntimeError):
+    """The published warehouse changed since the build began: another run published."""
+
+
+def published_identity(path: Path) -> dict[str, int] | None:
+    """What tells one published file from the next (every publish is a new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return {"inode": st.st_ino, "mtime_ns": st.st_mtime_ns, "size": st.st_size}
+
+
+def _base_path(build: Path) -> Path:
+    return build.with_name(build.name + ".base")
+
+
+def record_base(build: Path, warehouse_path: Path, base: dict[str, int] | None) -> None:
+    """Remember which published file `build` started from (checked by publish_build)."""
+    _base_path(build).write_text(json.dumps({"published": base}))
+
+
 def begin_build(warehouse_path: Path, run_id: str) -> Path:
     """Start a build: a fresh copy of the published warehouse (or an empty path)."""
     warehouse_path = Path(warehouse_path)
     build = build_path_for(warehouse_path, run_id)
     _remove(build)  # a previous attempt of this run left it behind: start over
     warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    if warehouse_path.exists():
+    base = published_identity(warehouse_path)
+    if base is not None:
         started = time.perf_counter()
         tmp = build.with_name(build.name + ".tmp")
-        shutil.copyfile(warehouse_path, tmp)
+        for _ in range(5):  # a publish during the copy: copy the new file again
+            shutil.copyfile(warehouse_path, tmp)
+            copied, base = base, published_identity(warehouse_path)
+            if copied == base:
+                break
+        else:
+            raise PublishConflictError(
+                f"{warehouse_path} kept changing while it was copied: another run is publishing"
+            )
         wal = warehouse_path.with_name(warehouse_path.name + ".wal")
         if wal.exists():  # a writer was killed: its WAL is part of the committed state
             shutil.copyfile(wal, tmp.with_name(tmp.name + ".wal"))
@@ -55,6 +94,7 @@ def begin_build(warehouse_path: Path, run_id: str) -> Path:
             build.stat().st_size / 2**20,
             time.perf_counter() - started,
         )
+    record_base(build, warehouse_path, base)
     return build
 
 
@@ -75,19 +115,44 @@ def publish_build(
             "close every connection to the build before publishing"
         )
     _fsync(build)
-    started = time.perf_counter()
-    os.replace(build, warehouse_path)
-    _fsync_dir(warehouse_path.parent)
-    seconds = time.perf_counter() - started
-    stale_wal = warehouse_path.with_name(warehouse_path.name + ".wal")
-    if stale_wal.exists():  # belonged to the replaced file; its content is in the build
-        stale_wal.unlink()
-    log.info("published %s in %.4fs", warehouse_path.name, seconds)
-    if version is not None:
-        _keep_version(warehouse_path, version)
-        if keep:
-            prune_versions(warehouse_path, keep)
+    lock_path = warehouse_path.with_name(warehouse_path.name + ".publish.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one publisher at a time: check, then rename
+        _check_base(build, warehouse_path)
+        started = time.perf_counter()
+        os.replace(build, warehouse_path)
+        _fsync_dir(warehouse_path.parent)
+        seconds = time.perf_counter() - started
+        _base_path(build).unlink(missing_ok=True)
+        stale_wal = warehouse_path.with_name(warehouse_path.name + ".wal")
+        if stale_wal.exists():  # belonged to the replaced file; its content is in the build
+            stale_wal.unlink()
+        log.info("published %s in %.4fs", warehouse_path.name, seconds)
+        if version is not None:
+            _keep_version(warehouse_path, version)
+            if keep:
+                prune_versions(warehouse_path, keep)
     return seconds
+
+
+def _check_base(build: Path, warehouse_path: Path) -> None:
+    """PublishConflictError when another publish happened since `build` began."""
+    try:
+        recorded = json.loads(_base_path(build).read_text())["published"]
+    except FileNotFoundError:
+        return  # a build made without begin_build: nothing to compare with
+    current = published_identity(warehouse_path)
+    if recorded != current:
+        when = (
+            "none"
+            if current is None
+            else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(current["mtime_ns"] / 1e9))
+        )
+        raise PublishConflictError(
+            f"not published: {warehouse_path} changed since {build.name} was copied from it "
+            f"(another run published it at {when}); this build would revert that publish. "
+            "Rerun the day: it starts from what is published now."
+        )
 
 
 def versions_dir(warehouse_path: Path) -> Path:
@@ -177,8 +242,8 @@ def abandon_build(build: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".wal"), path.with_name(path.name + ".tmp")):
-        p.unlink(missing_ok=True)
+    for suffix in ("", ".wal", ".tmp", ".base"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

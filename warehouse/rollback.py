@@ -28,6 +28,8 @@ from warehouse.publish import (
     last_published_day,
     list_versions,
     publish_build,
+    published_identity,
+    record_base,
     versions_dir,
 )
 
@@ -135,9 +137,11 @@ def rollback(warehouse_path: Path, to_run_id: str | None = None) -> dict[str, An
     replaced = versions[current][1].name if current is not None else None
     build = build_path_for(warehouse_path, "rollback")
     build.unlink(missing_ok=True)
+    base = published_identity(warehouse_path)  # what is published now: the rollback replaces it
     tmp = build.with_name(build.name + ".tmp")
     shutil.copyfile(restored, tmp)  # a copy: the kept version itself is never written
     os.replace(tmp, build)
+    record_base(build, warehouse_path, base)
     run_id = _record(build, restored_run, restored, replaced)
     publish_build(build, warehouse_path, version=run_id)
     return {

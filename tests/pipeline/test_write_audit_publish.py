@@ -9,7 +9,7 @@ published table row for row as it was (analysts see yesterday's data) except tha
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from demo.run import running_api
 from demo.schema import orders
 from pipeline import nightly
 from warehouse.dbt_runner import DbtError
+from warehouse.publish import PublishConflictError
 
 DAY = date(2026, 11, 20)
 
@@ -132,3 +133,28 @@ def test_failed_build_leaves_published_warehouse_untouched(sources) -> None:
     result = nightly.run_all(DAY)
     assert warehouse.read_bytes() != published
     assert result["published"]["sales_summary"] > 0
+
+
+def test_two_runs_at_once_the_second_publish_fails_instead_of_reverting_the_first(
+    sources,
+) -> None:
+    """Two runs start from the same published state (a `make nightly` during the
+    scheduled night: `airflow dags test` ignores pools and max_active_runs). The one
+    that publishes second would silently revert the first's publish: it fails instead,
+    naming why, and a rerun publishes on top of the first."""
+    _, warehouse = sources
+    nightly.run_all(DAY)
+    earlier = DAY - timedelta(days=1)
+    nightly.extract_source_db(earlier)
+    nightly.load_source_db(earlier)  # its build: a copy of what is published now
+    nightly.run_all(DAY)  # the other run publishes meanwhile
+    published = _tables(warehouse)
+    nightly.extract_payments_api(earlier)
+    nightly.load_payments_api(earlier)
+    nightly.dbt_build(earlier)
+    etl = nightly.transform_daily_sales(earlier)
+    parity = nightly.check_parity(earlier)
+    with pytest.raises(PublishConflictError, match="changed since .* was copied from it"):
+        nightly.publish(earlier, {"run_id": str(earlier), **etl, **parity})
+    assert _tables(warehouse) == published  # nothing lost, nothing reverted
+    nightly.run_all(earlier)  # the rerun starts from what is published now

@@ -10,7 +10,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from warehouse.publish import abandon_build, begin_build, build_path_for, publish_build
+from warehouse.publish import (
+    PublishConflictError,
+    abandon_build,
+    begin_build,
+    build_path_for,
+    publish_build,
+)
 
 
 def _write(path: Path, value: int) -> None:
@@ -106,3 +112,20 @@ def test_publish_refuses_a_build_with_an_open_wal(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="write-ahead log"):
         publish_build(build, warehouse)
     assert not warehouse.exists()
+
+
+def test_a_build_from_an_older_published_state_is_not_published(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    first = begin_build(warehouse, "a")
+    second = begin_build(warehouse, "b")  # both start from "nothing published"
+    _write(first, 1)
+    _write(second, 2)
+    publish_build(first, warehouse)
+    with pytest.raises(PublishConflictError, match=r"changed since warehouse\.duckdb\.b\.build"):
+        publish_build(second, warehouse)
+    assert _read_in_subprocess(warehouse) == 1  # the first publish stands
+    again = begin_build(warehouse, "b")  # the rerun starts from what is published now
+    _write(again, 2)
+    publish_build(again, warehouse)
+    assert _read_in_subprocess(warehouse) == 2
+    assert not list(tmp_path.glob("*.base")), "a published or restarted build leaves no record"
