@@ -88,23 +88,26 @@ airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login 
 test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none run)
 	$(BIN)/python -m pytest
 
-# The clock check: the suites that start no server, with the system clock moved ahead
-# (libfaketime), and the HTTP-server suites with the pipeline's injected clock moved
-# (NIGHTSHIFT_NOW; libfaketime breaks their socket timeouts). No test may depend on
-# the date it runs on.
+# The clock check: the suites that generate data and start no server or thread with
+# timed waits, with the system clock moved ahead (libfaketime); the suites with HTTP
+# servers or reader threads with the pipeline's injected clock moved (NIGHTSHIFT_NOW:
+# libfaketime breaks socket and lock timeouts). No test may depend on the date it runs on.
 CLOCK_SHIFTS ?= +40d +400d
-CLOCK_SUITES := tests/migrate tests/transform tests/demo/test_generator.py tests/extract \
-	tests/quality tests/report/test_build.py tests/pipeline tests/warehouse/test_load.py \
+CLOCK_SUITES := tests/migrate tests/transform tests/demo/test_generator.py tests/quality \
+	tests/report/test_build.py tests/pipeline tests/warehouse/test_load.py \
 	tests/warehouse/test_publish.py tests/warehouse/test_rollback.py tests/alerting/test_rules.py \
-	--deselect tests/extract/test_api_client.py --deselect tests/extract/test_api_extract.py
+	tests/extract/test_db_extract.py tests/extract/test_landing.py tests/extract/test_key_ranges.py \
+	tests/extract/test_sharded_pipeline.py
 CLOCK_SERVER_SUITES := tests/extract/test_api_client.py tests/extract/test_api_extract.py \
-	tests/alerting/test_sinks.py tests/demo/test_api.py
+	tests/alerting/test_sinks.py tests/demo/test_api.py tests/extract/test_pg_copy.py \
+	tests/extract/test_parallel_extract.py tests/extract/test_shards.py \
+	tests/extract/test_incremental_concurrency.py tests/extract/test_replica.py
 .PHONY: test-clock
 test-clock: $(STAMP) ## The tests again with the clock moved ahead (CLOCK_SHIFTS; needs faketime)
 	@command -v faketime >/dev/null || { echo "test-clock needs faketime (apt-get install faketime)"; exit 2; }
 	@for shift in $(CLOCK_SHIFTS); do \
 	  echo "[test-clock] system clock $$shift (faketime)"; \
-	  NIGHTSHIFT_NIGHTS_SEQUENCES=2 faketime -f "$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SUITES) || exit 1; \
+	  NIGHTSHIFT_NIGHTS_SEQUENCES=2 faketime -f "$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300 $(CLOCK_SUITES) || exit 1; \
 	  echo "[test-clock] injected clock NIGHTSHIFT_NOW=$$shift"; \
 	  NIGHTSHIFT_NOW="$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SERVER_SUITES) || exit 1; \
 	done
