@@ -68,17 +68,17 @@ migration-demo: $(STAMP) ## Zero-downtime move of the demo source to a new Postg
 
 .PHONY: nightly
 nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow (FULL=1: full rebuild; ALLOW_MASS_DELETE=1)
-	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD [FULL=1] [ALLOW_MASS_DELETE=1]"; exit 2; }
-	$(BIN)/python -m pipeline.airflow_run run --date $(DATE) $(if $(filter 1 true yes,$(FULL)),--full,) $(if $(filter 1 true yes,$(ALLOW_MASS_DELETE)),--allow-mass-delete,)
+	@test -n "$$DATE" || { echo "usage: make nightly DATE=YYYY-MM-DD [FULL=1] [ALLOW_MASS_DELETE=1]"; exit 2; }
+	$(BIN)/python -m pipeline.airflow_run run --date "$$DATE" $(if $(filter 1 true yes,$(FULL)),--full,) $(if $(filter 1 true yes,$(ALLOW_MASS_DELETE)),--allow-mass-delete,)
 
 .PHONY: backfill
 backfill: airflow-init ## Nights FROM=YYYY-MM-DD TO=YYYY-MM-DD: airflow backfill create when a scheduler runs, else dags test per day
-	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
-	$(BIN)/python -m pipeline.airflow_run backfill --from $(FROM) --to $(TO)
+	@test -n "$$FROM" -a -n "$$TO" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
+	$(BIN)/python -m pipeline.airflow_run backfill --from "$$FROM" --to "$$TO"
 
 .PHONY: rollback
 rollback: $(STAMP) ## Publish a kept warehouse version again: the one before the current, or TO=<run id> (LIST=1 lists them)
-	$(BIN)/python -m warehouse.rollback $(if $(TO),--to $(TO),) $(if $(filter 1,$(LIST)),--list,)
+	$(BIN)/python -m warehouse.rollback $(if $(TO),--to "$$TO",) $(if $(filter 1,$(LIST)),--list,)
 
 .PHONY: airflow
 airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login admin/admin)
@@ -135,7 +135,9 @@ bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL 
 	$(BIN)/python bench/bench_etl.py --orders 5000000  # dataset cached in data/bench/
 	$(BIN)/python bench/bench_verify.py --orders $(BENCH_ORDERS)  # creates bench/.venv-reladiff
 
-export SQL
+# Values users type on the command line reach recipes as quoted shell variables ("$$DATE"),
+# never pasted into the recipe's text: `make nightly DATE='…; rm -rf ~'` runs nothing.
+export SQL DATE FROM TO
 .PHONY: query
 query: $(STAMP) ## Read-only SQL shell on the warehouse; or one statement: make query SQL="select …"
 	$(BIN)/python -m warehouse.query $${SQL:+--sql "$$SQL"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +62,21 @@ def get_connection_uri(conn_id: str, *, required: bool = True) -> str | None:
                 f"(see .env.example) or define it in Airflow"
             )
         return None
-    _mask(urlsplit(uri).password and unquote(urlsplit(uri).password or ""))
+    for secret in secrets_in_uri(uri):
+        _mask(secret)
     return uri
+
+
+_SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "token", "access_token", "secret"})
+
+
+def secrets_in_uri(uri: str) -> list[str]:
+    """Every secret a connection URI carries: the userinfo password and query parameters
+    such as `?password=` (drivers accept both); registered with the log masker."""
+    parts = urlsplit(uri)
+    found = [unquote(parts.password)] if parts.password else []
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_PARAMS and v]
+    return found
 
 
 def _airflow_lookup(conn_id: str) -> str | None:

@@ -492,12 +492,23 @@ def _chart(trend: list[Any], day: date, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell a spreadsheet will not run: one starting like a formula (`=`, `+`,
+    `-`, `@`, tab, CR) gets a leading `'` (OWASP's CSV-injection advice)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def _csv_bytes(rows: list[Any]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for d, region, category, total, n in rows:
-        writer.writerow([d.isoformat(), region, category, f"{Decimal(total):.2f}", int(n)])
+        writer.writerow(
+            [d.isoformat(), csv_text(region), csv_text(category), f"{Decimal(total):.2f}", int(n)]
+        )
     return out.getvalue().encode("utf-8")
 
 

@@ -225,3 +225,21 @@ def test_comparisons_movers_restatement_and_status(tmp_path: Path) -> None:
     # the rebuilt page kept its own run statistics
     assert _json.loads((out / "2026-11-19.json").read_text())["extracted"] == {"orders": 2}
     assert "orders" in rebuilt
+
+
+def test_csv_cells_that_start_like_a_formula_are_not_formulas(tmp_path: Path) -> None:
+    """A region or category a spreadsheet would run (`=cmd|...`, `+`, `-`, `@`) is
+    written with a leading quote; anything else is written as it is."""
+    daily = [
+        (DAY, '=HYPERLINK("http://x")', "@sum", Decimal("1.00"), 1),
+        (DAY, "-west", "+books", Decimal("2.00"), 1),
+        (DAY, "EU", "books-2", Decimal("3.00"), 1),
+    ]
+    summary = [(DAY, r, t, n) for _, r, _, t, n in daily]
+    warehouse = make_warehouse(tmp_path / "w.duckdb", daily, summary)
+    build_report(warehouse, tmp_path / "report", DAY, RUN_STATS)
+    with (tmp_path / "report" / "2026-03-07.csv").open(newline="", encoding="utf-8") as f:
+        cells = [(r[1], r[2]) for r in list(csv.reader(f))[1:]]
+    assert sorted(cells) == sorted(
+        [('\'=HYPERLINK("http://x")', "'@sum"), ("'-west", "'+books"), ("EU", "books-2")]
+    )
