@@ -370,12 +370,11 @@ def _reconcile(business_date: date, source: str, build: Path) -> dict[str, int]:
         con.close()
 
 
-def fx_days_needed(business_date: date) -> list[date]:
+def fx_days_needed(business_date: date, horizon: date) -> list[date]:
     """Business days (in REPORT_TZ) up to the run's published horizon with an order in the
     build's `raw.orders`: every day a published row can come from, restated days included."""
     import duckdb
 
-    horizon = published_horizon(business_date)
     con = duckdb.connect(str(build_path(business_date)), read_only=True)
     try:
         rows = con.execute(
@@ -417,12 +416,11 @@ def _payments_since() -> datetime | None:
     return mark.window_end
 
 
-def fx_days_to_refresh(business_date: date, days: list[date]) -> list[date]:
+def fx_days_to_refresh(business_date: date, days: list[date], horizon: date) -> list[date]:
     """Days whose FX rates are asked again even when cached: the trailing
     `FX_REVISION_DAYS` up to the published horizon, or every day on a full rebuild."""
     if _full_rebuild_requested(business_date):
         return list(days)
-    horizon = published_horizon(business_date)
     first = horizon - timedelta(days=settings.fx_revision_days() - 1)
     return [d for d in days if first <= d <= horizon]
 
@@ -448,8 +446,9 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
     from extract.api_extract import extract_fx_rates, extract_payments
 
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
-    days = fx_days_needed(business_date)
-    refresh = fx_days_to_refresh(business_date, days)
+    horizon = published_horizon(business_date)
+    days = fx_days_needed(business_date, horizon)
+    refresh = fx_days_to_refresh(business_date, days, horizon)
     client = PaymentsApiClient(config)
     run_id = run_id_for(business_date)
     try:
