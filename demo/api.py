@@ -51,6 +51,7 @@ FAULT_MODES = (
     "malformed",
     "missing_cursor",  # a full page without the next_cursor key (looks like the last)
     "endless_cursor",  # a new cursor on every page, also past the last record
+    "html_page",  # a 200 with an HTML body (a proxy's error page) instead of JSON
 )
 _ERROR_MODES = ("rate_limit", "server_error")  # answer with an error instead of data
 _SERVER_ERROR_STATUSES = (500, 502, 503)
@@ -344,6 +345,13 @@ def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None =
                 victim["amount"] = "not-a-number"
             rows[turn % len(rows)] = victim
             state.faults_injected["malformed"] += 1
+        if "html_page" in cfg.modes and nth_page:
+            state.faults_injected["html_page"] += 1
+            return Response(
+                "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                status_code=200,
+                media_type="text/html",
+            )
         body: dict[str, Any] = {"data": rows, "next_cursor": next_cursor}
         if next_cursor is not None and "missing_cursor" in cfg.modes and nth_page:
             del body["next_cursor"]

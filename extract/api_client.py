@@ -2,7 +2,7 @@
 
 Retries 429, 5xx, timeouts and connection errors with exponential backoff and full
 jitter, honouring `Retry-After`; gives up after `max_attempts` or `max_total_seconds`.
-Any other 4xx fails at once. The bearer token only ever travels in the header: error
+Any other 4xx, and a 200 whose body is not JSON, fail at once. The bearer token only ever travels in the header: error
 messages and log lines are built from the base URL (which has no credentials) and are
 scrubbed of the token anyway, in case a server echoes it back.
 """
@@ -113,7 +113,7 @@ class PaymentsApiClient:
         seen_cursors: set[str] = set()
         started = time.monotonic()
         for page in range(1, max_pages + 1):
-            body = self._get_json("/v1/payments", params)
+            body = self._get_json("/v1/payments", params, f"page {page}")
             url = self._describe("/v1/payments", params)
             next_cursor = _check_page(body, page, url, limit)
             yield body["data"]
@@ -140,7 +140,7 @@ class PaymentsApiClient:
     def get_fx_rates(self, day: date) -> dict[str, Any]:
         """Return {"base": "USD", "date": "YYYY-MM-DD", "rates": {cur: str}} for `day`."""
         params = {"date": day.isoformat()}
-        body = self._get_json("/v1/fx-rates", params)
+        body = self._get_json("/v1/fx-rates", params, f"fx rates for {day.isoformat()}")
         url = self._describe("/v1/fx-rates", params)
 
         def bad(why: str) -> ApiError:
@@ -162,14 +162,31 @@ class PaymentsApiClient:
 
     # -- internals ------------------------------------------------------------------
 
+    def _not_json(self, url: str, what: str, response: httpx.Response) -> ApiContractError:
+        content_type = response.headers.get("content-type", "(none)")
+        head = self._redact(response.content[:_BODY_SNIPPET].decode("utf-8", "replace"))
+        where = f"{what}: " if what else ""
+        return ApiContractError(
+            f"GET {url}: {where}status 200 with a body that is not JSON "
+            f"(content-type {content_type!r}, {len(response.content)} bytes, "
+            f"starting {head!r}); not retried",
+            status=200,
+            url=url,
+        )
+
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
 
     def _describe(self, path: str, params: dict[str, str]) -> str:
         return self._redact(str(httpx.URL(self.base_url + path, params=params)))
 
-    def _get_json(self, path: str, params: dict[str, str]) -> Any:
-        """GET with retries; return the decoded JSON body of a 200."""
+    def _get_json(self, path: str, params: dict[str, str], what: str = "") -> Any:
+        """GET with retries; return the decoded JSON body of a 200.
+
+        A 200 whose body is not JSON (an HTML error page of a proxy, a truncated
+        stream) raises ApiContractError at once, naming `what` (e.g. "page 3"), the
+        content type and the first bytes: retrying the same request gets the same page.
+        """
         url = self._describe(path, params)
         started = time.monotonic()
         for attempt in range(1, self.max_attempts + 1):
@@ -185,8 +202,7 @@ class PaymentsApiClient:
                     try:
                         return response.json()
                     except ValueError:
-                        # A truncated body is usually transient (proxy cut the stream).
-                        reason = "status 200 with a body that is not JSON"
+                        raise self._not_json(url, what, response) from None
                 elif status in _RETRYABLE_STATUSES:
                     reason = f"status {status}"
                     if status in _RETRY_AFTER_STATUSES:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from demo.api import PAYMENTS_DDL, FaultConfig, create_app, serve_in_thread
-from extract.api_client import ApiError, PaymentsApiClient, _parse_retry_after
+from extract.api_client import ApiContractError, ApiError, PaymentsApiClient, _parse_retry_after
 from pipeline.settings import ApiConfig
 
 TOKEN = "client-test-s3cret-token"
@@ -274,3 +274,17 @@ def test_a_page_over_the_limit_or_a_bad_cursor_names_the_page() -> None:
             list(client.iter_payment_pages(None, limit=2))
         with pytest.raises(ApiError, match=r"page 2: next_cursor=7 is not a non-empty string"):
             list(client.iter_payment_pages(None, limit=3))
+
+
+def test_a_non_json_200_names_the_page_and_is_not_retried(db: Path) -> None:
+    with _serve(db, modes=frozenset({"html_page"}), every=2) as url, _client(url) as client:
+        with pytest.raises(
+            ApiContractError, match=r"page 2: status 200 with a body that is not JSON"
+        ) as caught:
+            _ids(client, updated_since=None, limit=5)
+        stats = _stats(url)
+    message = str(caught.value)
+    assert "'text/html" in message and "<html>" in message and "not retried" in message
+    assert "limit=5" in message and TOKEN not in message
+    assert stats["requests"] == 2  # page 2 was asked once: no retry
+    assert stats["faults"] == {"html_page": 1}
