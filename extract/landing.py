@@ -2,9 +2,10 @@
 
 Layout: `<landing_root>/<source>/<table>/run=<run_id>/part-<nnnnn>.parquet` and
 `_manifest.json` beside them (plus optional side files such as `_quarantine.jsonl`). A
-run directory is built under a temporary name and renamed into place, so readers see
-the old run or the new one, never half of one; a rerun of the same run id replaces its
-directory (never appends).
+run directory is built under a temporary name, fsynced, and put into place in one
+atomic step (a rename; for a rerun, which replaces its run directory and never appends,
+an exchange of the two directories, `_replace_dir`), so readers see the old run or the
+new one, never half of one and never none, also after a crash.
 
 Only directories named `run=<run_id>` are runs. Everything else under
 `<source>/<table>/` is not a run and readers must skip it: the `_latest.json` pointer
@@ -20,12 +21,15 @@ dropped or retyped columns fail the run unless the operator accepts the drift.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -255,14 +259,100 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap `tmp` into `target`: the old run is moved aside first, then removed."""
-    old = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Put the finished run `tmp` at `target` in one atomic step, durably.
+
+    Every file of `tmp` is fsynced, then `tmp` itself. A first landing is one `rename`;
+    a rerun exchanges the two directories with `renameat2(RENAME_EXCHANGE)` (Linux,
+    one system call: a reader opening `target` sees the old run or the new one, never
+    none, and a crash leaves one of them in place), and the old run, now under the
+    temporary name, is removed. The parent directory is fsynced after the step, so the
+    rename survives a power loss. Where the exchange is not available (not Linux, a
+    file system without it), the old run is moved aside and the new one renamed in:
+    logged, because readers can then miss the run between the two renames.
+    """
+    _fsync_tree(tmp)
+    parent = target.parent
+    if not _exchange(tmp, target):
+        try:
+            os.rename(tmp, target)  # no run there yet (rename onto a non-empty dir fails)
+        except OSError:
+            if not target.exists():
+                raise
+            log.warning(
+                "%s: atomic directory exchange unavailable here; replacing the run with two "
+                "renames (a reader may briefly see no run)",
+                target,
+            )
+            old = parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            tmp = old
+        else:
+            tmp = None  # type: ignore[assignment]
+    _fsync_dir(parent)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap directories `a` and `b` (both must exist): True when done, False
+    when `b` does not exist or the exchange is not available (then nothing changed)."""
+    global _renameat2
+    if not b.exists():
+        return False
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                fn = libc.renameat2
+                cint, path = ctypes.c_int, ctypes.c_char_p
+                fn.argtypes = [cint, path, cint, path, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _renameat2 = fn
+            except (OSError, AttributeError):  # glibc < 2.28, musl without it
+                pass
+    if not _renameat2:
+        return False
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # the file system (or kernel) cannot exchange
+    if err == errno.ENOENT and not b.exists():
+        return False
+    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE): {os.strerror(err)}")
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file directly in `directory`, then the directory itself."""
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            fd = os.open(entry.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # e.g. a platform that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not fsync directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def _jsonable(value: Any) -> Any:
@@ -365,8 +455,12 @@ def _write_latest_pointer(table_dir: Path, manifest: dict[str, Any]) -> None:
         "columns": manifest["columns"],
     }
     tmp = table_dir / f".tmp-{LATEST_POINTER_NAME}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(pointer, indent=2, sort_keys=True))
+    with open(tmp, "w") as out:
+        out.write(json.dumps(pointer, indent=2, sort_keys=True))
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, table_dir / LATEST_POINTER_NAME)
+    _fsync_dir(table_dir)
 
 
 def read_latest_pointer(landing_root: Path, source: str, table_name: str) -> dict[str, Any] | None:

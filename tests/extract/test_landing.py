@@ -217,3 +217,85 @@ def test_empty_stream_lands_schema_and_checks_drift(tmp_path: Path) -> None:
     )
     assert manifest["rows"] == 0 and manifest["files"] == ["part-00000.parquet"]
     assert manifest["added_columns"] == []
+
+
+def test_a_rerun_replaces_the_run_in_one_step_readers_never_see_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader listing and reading the run while reruns replace it always finds a whole
+    run. Each rename is slowed down, so a replacement made of two renames (old run aside,
+    new run in) would show the gap between them; the exchange has none."""
+    import os
+    import threading
+
+    import extract.landing as landing
+
+    real_rename = os.rename
+
+    def slow_rename(src: object, dst: object) -> None:
+        real_rename(src, dst)  # type: ignore[arg-type]
+        time.sleep(0.02)
+
+    _land(tmp_path, BASE, "2024-03-01", n=7, rows_per_file=3)
+    run = run_dir(tmp_path, "source_db", "orders", "2024-03-01")
+    monkeypatch.setattr(landing.os, "rename", slow_rename)
+    done = threading.Event()
+    seen: list[str] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                manifest = json.loads((run / "_manifest.json").read_text())
+                missing = [f for f in manifest["files"] if not (run / f).is_file()]
+                seen.append(f"files missing: {missing}" if missing else "ok")
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                seen.append(f"no run: {exc}")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(15):
+            _land(tmp_path, BASE, "2024-03-01", n=7, rows_per_file=3)
+    finally:
+        done.set()
+        thread.join()
+    assert seen and set(seen) == {"ok"}, sorted(set(seen))[:3]
+    assert _entries(tmp_path) == ["_latest.json", "run=2024-03-01"]  # nothing left behind
+    assert pq.read_table(run).num_rows == 7
+
+
+def test_without_the_exchange_the_rerun_falls_back_and_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import extract.landing as landing
+
+    _land(tmp_path, BASE, "2024-03-01", n=3)
+    monkeypatch.setattr(landing, "_exchange", lambda a, b: False)
+    manifest = _land(tmp_path, BASE, "2024-03-01", n=2)
+    assert manifest["rows"] == 2
+    assert pq.read_table(run_dir(tmp_path, "source_db", "orders", "2024-03-01")).num_rows == 2
+    assert "atomic directory exchange unavailable" in caplog.text
+    assert _entries(tmp_path) == ["_latest.json", "run=2024-03-01"]
+
+
+def test_landed_files_and_directories_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import extract.landing as landing
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(landing.os, "fsync", fsync)
+    _land(tmp_path, BASE, "2024-03-01")
+    _land(tmp_path, BASE, "2024-03-01")
+    names = [Path(p).name for p in synced]
+    assert names.count("part-00000.parquet") == 2 and names.count("_manifest.json") == 2
+    assert str(_table_dir(tmp_path)) in synced  # the renames are durable
+    assert any(Path(p).name.startswith(".tmp-_latest.json") for p in synced)
