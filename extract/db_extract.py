@@ -50,6 +50,7 @@ from extract.replica import (
     replica_safe_window_end,
     replication_lag_seconds,
 )
+from extract.source_timeouts import connect_args, raise_source_timeout
 from extract.shards import (
     Ranges,
     ShardMap,
@@ -657,7 +658,7 @@ def extract_tables(
         lower = {c.name: window_start(c, warehouse_path) for c in configs}
     else:
         lower = {c.name: shard.lower.get(c.name) for c in configs}
-    engine = sa.create_engine(sqlalchemy_url(url))
+    engine = sa.create_engine(sqlalchemy_url(url), connect_args=connect_args(sqlalchemy_url(url)))
     if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine)
     manifests: dict[str, dict[str, Any]] = {}
@@ -788,6 +789,11 @@ def extract_tables(
                         keys_name,
                         manifests[keys_name]["rows"],
                     )
+    except Exception as exc:
+        # A read that timed out closed its connection: the rollback then fails too, and
+        # that error would hide the one that names the table and the setting.
+        raise_source_timeout(exc)
+        raise
     finally:
         engine.dispose()
     return manifests

@@ -45,6 +45,7 @@ import queue
 import re
 import select
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,7 +57,13 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg import sql
 
-from pipeline.settings import sqlalchemy_url
+from extract.source_timeouts import (
+    SourceTimeoutError,
+    pg_connect_kwargs,
+    shutdown_socket,
+    stall_message,
+)
+from pipeline.settings import source_read_stall_timeout_s, sqlalchemy_url
 
 __all__ = ["connect", "psycopg_connection", "render_where", "stream_pg_batches"]
 
@@ -85,10 +92,18 @@ class _Column:
 
 
 def connect(url: str) -> psycopg.Connection:
-    """psycopg connection (UTF-8) for a SQLAlchemy or libpq URL."""
+    """psycopg connection (UTF-8) for a SQLAlchemy or libpq URL, with the source timeouts
+    (`extract.source_timeouts.pg_connect_kwargs`)."""
     parsed = sa.make_url(sqlalchemy_url(url))
-    conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg.connect(conninfo, client_encoding="utf8")
+    options = parsed.query.get("options")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    conninfo = (
+        parsed.set(drivername="postgresql")
+        .difference_update_query(["options"])
+        .render_as_string(hide_password=False)
+    )
+    return psycopg.connect(conninfo, client_encoding="utf8", **pg_connect_kwargs(options))
 
 
 def psycopg_connection(conn: Any) -> psycopg.Connection:
@@ -234,11 +249,15 @@ def stream_pg_batches(
     conn: Any = None,
     order_by: Sequence[str] | None = None,
     pg_schema: str | None = None,
+    stall_timeout_s: float | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `columns` of `table` (rows matching `where_sql`) as batches of `schema`.
 
     `where_sql` uses `%s` (or `%(name)s`) placeholders for `params`. `order_by` is
     optional (a landing run does not need row order; sorting costs the server time).
+    `stall_timeout_s` (default `SOURCE_READ_STALL_TIMEOUT_S`): when no byte of the COPY
+    arrives for that long, the connection's socket is shut down and `SourceTimeoutError`
+    names the table (the connection is unusable afterwards).
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows={batch_rows!r} must be >= 1")
@@ -255,7 +274,8 @@ def stream_pg_batches(
         # without the GIL): 1.12 s vs 1.16 s per 1M orders at best, same CPU.
         with ThreadPoolExecutor(1, thread_name_prefix="pg-copy-decode") as pool:
             pending = None
-            for blob, lens in _blocks(pg, statement, batch_rows):
+            stall = source_read_stall_timeout_s() if stall_timeout_s is None else stall_timeout_s
+            for blob, lens in _blocks(pg, statement, batch_rows, stall, table):
                 ahead = pool.submit(_decode, blob, lens, plan, schema, table)
                 if pending is not None:
                     yield pending.result()
@@ -271,7 +291,11 @@ def stream_pg_batches(
 
 
 def _blocks(
-    pg: psycopg.Connection, statement: sql.Composed, batch_rows: int
+    pg: psycopg.Connection,
+    statement: sql.Composed,
+    batch_rows: int,
+    stall_s: float = float("inf"),
+    table: str = "?",
 ) -> Iterator[tuple[bytearray, np.ndarray]]:
     """Blocks of raw COPY rows (joined, padded) with each row's length.
 
@@ -292,11 +316,11 @@ def _blocks(
 
         def reader() -> None:
             try:
-                for item in _read_copy(pg.pgconn, batch_rows, stop):
+                for item in _read_copy(pg.pgconn, batch_rows, stop, stall_s, table):
                     if item is _END_OF_COPY:
                         # In this thread, so a decode error of the consumer can never
                         # leave the final result unread on the connection.
-                        _finish_copy(pg)
+                        _finish_copy(pg, stall_s, table)
                         put(None)
                     elif not put(item):
                         return  # stopped: psycopg cancels and drains the COPY
@@ -318,10 +342,15 @@ def _blocks(
             thread.join()
 
 
-def _finish_copy(pg: psycopg.Connection) -> None:
+def _finish_copy(
+    pg: psycopg.Connection, stall_s: float = float("inf"), table: str = "?"
+) -> None:
     """Collect the final result of the COPY; raise if the server reported an error."""
     pgconn = pg.pgconn
+    since = time.monotonic()
     while pgconn.is_busy():
+        if time.monotonic() - since > stall_s:
+            _stalled(pgconn, table, stall_s, "the end of its COPY")
         select.select([pgconn.socket], [], [], 1.0)
         pgconn.consume_input()
     error = None
@@ -332,15 +361,34 @@ def _finish_copy(pg: psycopg.Connection) -> None:
         raise error
 
 
-def _read_copy(pgconn: Any, batch_rows: int, stop: threading.Event) -> Iterator:
+def _stalled(pgconn: Any, table: str, stall_s: float, during: str) -> None:
+    """No byte for `stall_s`: shut the socket down (the COPY's cancel and drain and the
+    transaction's rollback then fail at once instead of waiting on it), let libpq see
+    the closed connection, and raise naming the table."""
+    shutdown_socket(pgconn.socket)
+    try:
+        pgconn.consume_input()
+    except Exception:  # the connection is closed: what we want libpq to notice
+        pass
+    raise SourceTimeoutError(stall_message(table, stall_s, during))
+
+
+def _read_copy(
+    pgconn: Any,
+    batch_rows: int,
+    stop: threading.Event,
+    stall_s: float = float("inf"),
+    table: str = "?",
+) -> Iterator:
     """Rows of a COPY TO STDOUT (FORMAT BINARY), read with libpq in non-blocking mode.
 
     Yields (block, row lengths): each CopyData message of COPY TO is exactly one row
     (the first also carries the file header, the last is the 2-byte trailer).
     Messages are copied into one bytearray at once (keeping libpq's buffers alive
-    costs more than the copy).
+    costs more than the copy). No byte for `stall_s` seconds: `SourceTimeoutError`.
     """
     fd = pgconn.socket
+    received = time.monotonic()
     block = bytearray()
     lens: list[int] = []
     add = lens.append
@@ -349,6 +397,7 @@ def _read_copy(pgconn: Any, batch_rows: int, stop: threading.Event) -> Iterator:
     while True:
         nbytes, data = get(1)
         if nbytes > 0:
+            received = time.monotonic()
             if first:
                 first = False
                 data = _strip_header(bytes(data))
@@ -368,8 +417,13 @@ def _read_copy(pgconn: Any, batch_rows: int, stop: threading.Event) -> Iterator:
         elif nbytes == 0:  # no complete row buffered: wait for the socket
             if stop.is_set():
                 return
-            select.select([fd], [], [], 1.0)
+            left = stall_s - (time.monotonic() - received)
+            if left <= 0:
+                _stalled(pgconn, table, stall_s, "its COPY")
+            ready, _, _ = select.select([fd], [], [], min(1.0, left))
             pgconn.consume_input()
+            if ready:  # bytes arrived (maybe not a whole row yet): the server is sending
+                received = time.monotonic()
         else:  # -1: COPY done (or failed: the final result says which)
             break
     if (out := _emit(block, lens)) is not None:

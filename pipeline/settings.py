@@ -203,6 +203,39 @@ def watermark_max_jump_days() -> int:
     return _positive_int_env("WATERMARK_MAX_JUMP_DAYS", 30, minimum=0)
 
 
+def source_connect_timeout_s() -> int:
+    """`SOURCE_CONNECT_TIMEOUT_S` (default 30): seconds to open a source database
+    connection (libpq `connect_timeout`, the driver's own elsewhere)."""
+    return _positive_int_env("SOURCE_CONNECT_TIMEOUT_S", 30)
+
+
+def source_statement_timeout_s() -> int:
+    """`SOURCE_STATEMENT_TIMEOUT_S` (default 3600; 0: none): the longest one statement of
+    the extract may run on the source (PostgreSQL `statement_timeout`, MySQL/MariaDB
+    `max_statement_time` / `max_execution_time`), a whole table's COPY included."""
+    return _positive_int_env("SOURCE_STATEMENT_TIMEOUT_S", 3600, minimum=0)
+
+
+def source_read_stall_timeout_s() -> int:
+    """`SOURCE_READ_STALL_TIMEOUT_S` (default 600): seconds a source read may go without
+    receiving a byte before the extract closes the connection and fails naming the table
+    (a server or network that stays connected but stops sending)."""
+    return _positive_int_env("SOURCE_READ_STALL_TIMEOUT_S", 600)
+
+
+def dbt_timeout_s() -> int:
+    """`DBT_TIMEOUT_S` (default 3600; 0: none): the longest one dbt invocation may run
+    before it is stopped and the step fails."""
+    return _positive_int_env("DBT_TIMEOUT_S", 3600, minimum=0)
+
+
+def task_timeout_minutes() -> int:
+    """`TASK_TIMEOUT_MINUTES` (default 180): every Airflow task's `execution_timeout`
+    (read when the DAG files are parsed); a task past it is stopped and, where the task
+    has retries, retried."""
+    return _positive_int_env("TASK_TIMEOUT_MINUTES", 180)
+
+
 def extract_parallelism() -> int:
     """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
     one shared snapshot), for tables whose config sets no `parallel_ranges`."""
@@ -292,3 +325,29 @@ def report_tz_name() -> str:
 
 def report_tz() -> ZoneInfo:
     return ZoneInfo(report_tz_name())
+
+
+def _nonnegative_float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if not value >= 0:
+        raise ConfigError(f"{name}={raw!r} must be >= 0")
+    return value
+
+
+def warehouse_lease_ttl_seconds() -> float:
+    """`WAREHOUSE_LEASE_TTL_MINUTES` (default 30): a run's warehouse lease not renewed for
+    this long (its tasks renew it while they run) is expired: the next run takes it over."""
+    minutes = _nonnegative_float_env("WAREHOUSE_LEASE_TTL_MINUTES", 30)
+    if minutes <= 0:
+        raise ConfigError("WAREHOUSE_LEASE_TTL_MINUTES must be > 0")
+    return minutes * 60
+
+
+def warehouse_lease_wait_seconds() -> float:
+    """`WAREHOUSE_LEASE_WAIT_S` (default 60): how long a run waits for another run's
+    warehouse lease before it fails naming that run."""
+    return _nonnegative_float_env("WAREHOUSE_LEASE_WAIT_S", 60)

@@ -1,0 +1,120 @@
+"""Timeouts of the source database connections (settings in `pipeline.settings`).
+
+A source that stops answering must fail the extract, not hold the night (and, with
+`max_active_runs=1`, every later night) forever. Three layers:
+
+- opening a connection: `SOURCE_CONNECT_TIMEOUT_S` (libpq `connect_timeout`; pymysql's
+  `connect_timeout`);
+- one statement: `SOURCE_STATEMENT_TIMEOUT_S`, enforced by the server itself
+  (PostgreSQL `statement_timeout`, set for the session through libpq `options`); TCP
+  keepalives and `tcp_user_timeout` notice a peer that is gone (host down, cable cut);
+- a read that stops receiving: a server (or a proxy, a NAT, a load balancer) that keeps
+  the connection open but sends nothing more is invisible to the server's timeout and to
+  keepalives (the kernel of the peer still answers them). Only the client can notice:
+  the COPY read loop (`extract.pg_copy`) fails when no byte arrived for
+  `SOURCE_READ_STALL_TIMEOUT_S` seconds, after shutting the socket down so that nothing
+  afterwards (the COPY's cancel and drain, the transaction's rollback) waits on it
+  again; pymysql's `read_timeout` does the same for MySQL/MariaDB.
+
+`SourceTimeoutError` is transient: Airflow retries it (unlike data errors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import settings
+
+
+class SourceTimeoutError(RuntimeError):
+    """The source did not answer in time; the message names the table (where known), what
+    timed out and the setting that controls it. Transient: the task is retried."""
+
+
+def _statement_option(existing: str | None) -> str | None:
+    """libpq `options` with `-c statement_timeout=...` added (kept: the URL's own options)."""
+    seconds = settings.source_statement_timeout_s()
+    if not seconds:
+        return existing or None
+    ours = f"-c statement_timeout={seconds * 1000}"
+    return f"{existing} {ours}" if existing else ours
+
+
+def pg_connect_kwargs(existing_options: str | None = None) -> dict[str, Any]:
+    """libpq parameters of every source connection to PostgreSQL (psycopg `connect()`
+    keywords, or SQLAlchemy `connect_args`)."""
+    stall = settings.source_read_stall_timeout_s()
+    kwargs: dict[str, Any] = {
+        "connect_timeout": settings.source_connect_timeout_s(),
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        # data sent but not acknowledged for this long: the peer is gone
+        "tcp_user_timeout": stall * 1000,
+    }
+    options = _statement_option(existing_options)
+    if options:
+        kwargs["options"] = options
+    return kwargs
+
+
+def connect_args(url: str | sa.URL) -> dict[str, Any]:
+    """SQLAlchemy `connect_args` carrying the source timeouts for `url`'s database."""
+    parsed = sa.make_url(url) if isinstance(url, str) else url
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        existing = parsed.query.get("options")
+        if isinstance(existing, tuple):
+            existing = " ".join(existing)
+        return pg_connect_kwargs(existing)
+    if backend in ("mysql", "mariadb") and parsed.get_driver_name() == "pymysql":
+        stall = settings.source_read_stall_timeout_s()
+        return {
+            "connect_timeout": settings.source_connect_timeout_s(),
+            "read_timeout": stall,
+            "write_timeout": stall,
+        }
+    return {}
+
+
+def shutdown_socket(fd: int) -> None:
+    """Shut the connection's socket down (both ways) without closing the descriptor its
+    driver owns: a read blocked on it returns at once, every later one fails."""
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        dup = socket.socket(fileno=os.dup(fd))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
+def stall_message(table: str, seconds: float, during: str) -> str:
+    return (
+        f"{table}: the source sent nothing for {seconds:g} s during {during} "
+        f"(SOURCE_READ_STALL_TIMEOUT_S={settings.source_read_stall_timeout_s()}); the "
+        "connection was closed. A transient failure (network, proxy, server): retried; "
+        "raise SOURCE_READ_STALL_TIMEOUT_S if the server really needs longer to send "
+        "the first rows"
+    )
+
+
+def raise_source_timeout(exc: BaseException) -> None:
+    """Raise the `SourceTimeoutError` behind `exc` (its cause or context, e.g. a rollback
+    that failed on the connection the timeout closed), if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SourceTimeoutError):
+            if current is exc:
+                return  # already the one raised
+            raise current from None
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
