@@ -16,7 +16,8 @@ metadata.
 
 Schema drift: each landing compares its schema with the newest earlier landing of the
 same source/table (see `write_landing_table`): new columns are carried and recorded,
-dropped or retyped columns fail the run unless the operator accepts the drift.
+lossless widenings are accepted and logged, dropped or otherwise retyped columns fail
+the run unless the operator accepts the drift (`ACCEPT_SCHEMA_DRIFT=<table>.<column>`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 MANIFEST_NAME = "_manifest.json"
 LATEST_POINTER_NAME = "_latest.json"
 RUN_PREFIX = "run="
+DRIFT_SWITCH = "ACCEPT_SCHEMA_DRIFT"  # the operator's setting (pipeline/settings.py)
+DRIFT_PARAM = "accept_schema_drift"  # the DAG param of the same meaning
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,18 @@ class SchemaDriftError(ValueError):
         problems += [
             f"column {name!r} changed type from {old} to {new}" for name, old, new in retyped
         ]
+        self.accept_with = ",".join(
+            f"{table}.{name}" for name in [d[0] for d in dropped] + [r[0] for r in retyped]
+        )
+        self.changes = f"schema drift in {source}/{table} since run={previous_run_id}: " + (
+            "; ".join(problems)
+        )
         super().__init__(
-            f"schema drift in {source}/{table} since run={previous_run_id}: "
-            + "; ".join(problems)
-            + " (nothing was landed; pass accept_drift=True to land it knowingly)"
+            self.changes
+            + " (not a lossless widening; nothing was landed). If the change is intended "
+            f"and downstream is ready, rerun the day with {DRIFT_SWITCH}={self.accept_with} "
+            f"(make nightly, or the DAG param {DRIFT_PARAM}; accept_drift= in code): the "
+            "drift is then landed and recorded in the manifest and ops.guard_overrides"
         )
 
 
@@ -113,7 +124,7 @@ def write_landing_table(
     rows_per_file: int = 5_000_000,
     extra_manifest: dict[str, Any] | None = None,
     check_drift: bool = True,
-    accept_drift: bool = False,
+    accept_drift: DriftAcceptance = False,
     extra_files: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Write a table (or a stream of record batches) as one landed run; return its manifest.
@@ -129,12 +140,19 @@ def write_landing_table(
     Column order does not count as drift. The first landing of a table has nothing to
     compare with (`added_columns` is empty, `previous_run_id` None).
 
-    `accept_drift=True` is the operator's escape hatch: the drift is still detected and
-    logged, but landed, and recorded in the manifest as `accepted_drift`
-    ({"dropped": [...], "retyped": [...]}); later landings compare with this new schema.
-    Use it knowingly (e.g. a source column was removed on purpose and downstream was
-    adapted); it is a parameter, never an environment switch. `check_drift=False`
-    skips the comparison altogether (for tables without a stable schema).
+    - a retyped column that loses nothing (`lossless_widening`: numeric(12,2) ->
+      numeric(14,2), int32 -> int64, float -> double) is landed, logged and listed as
+      `widened_columns`.
+
+    `accept_drift` is the operator's escape hatch: True, or the changed columns as
+    `<table>.<column>` (or `<table>.*`) specs; the pipeline passes the operator's
+    `ACCEPT_SCHEMA_DRIFT` / DAG param `accept_schema_drift` (pipeline/nightly.py). The
+    drift is still detected and logged, but landed, and recorded in the manifest as
+    `accepted_drift` ({"dropped": [...], "retyped": [...]}; the loader copies it into
+    `ops.guard_overrides`); later landings compare with this new schema. Use it
+    knowingly (e.g. a source column was removed on purpose and downstream was adapted).
+    `check_drift=False` skips the comparison altogether (for tables without a stable
+    schema).
 
     `extra_files` ({name: bytes}) are written into the run directory with the data, so
     they are replaced atomically with it (e.g. `_quarantine.jsonl`); names must start
@@ -398,17 +416,74 @@ def previous_manifest(landing_root: Path, source: str, table_name: str) -> dict[
     return None if newest is None else newest[1]
 
 
+DriftAcceptance = bool | Iterable[str]
+
+
+def drift_accepted(accept: DriftAcceptance, table: str, column: str) -> bool:
+    """Whether the operator's `accept` covers a change of `table.column`: True (all),
+    or specs `<table>.<column>`, `<table>.*` or `*`."""
+    if isinstance(accept, bool):
+        return accept
+    specs = set(accept)
+    return bool({"*", f"{table}.*", f"{table}.{column}"} & specs)
+
+
+_DECIMAL = re.compile(r"^decimal(?:128|256)\((\d+), (-?\d+)\)$")
+_INT_BITS = {f"{sign}int{bits}": bits for sign in ("", "u") for bits in (8, 16, 32, 64)}
+_FLOAT_BITS = {"halffloat": 16, "float": 32, "double": 64}
+_EXACT_IN_DOUBLE = 32  # integers of up to 32 bits are exact in a float64
+_TS = re.compile(r"^timestamp\[(s|ms|us|ns)(?:, tz=(.+))?\]$")
+_TS_UNITS = ("s", "ms", "us")  # ns narrows the range (years 1677..2262): not lossless
+
+
+def lossless_widening(old: str, new: str) -> bool:
+    """Whether every value of Arrow type `old` (as a manifest writes it) is exact in `new`:
+    decimal(p, s) -> decimal(p', s') with s' >= s and p' - s' >= p - s (numeric(12,2) ->
+    numeric(14,2)); a wider integer (int32 -> int64, uint32 -> int64); float -> double;
+    int8/16/32 -> double; string/binary -> their large forms; a timestamp to a finer
+    unit (s -> ms -> us) in the same time zone."""
+    if old == new:
+        return True
+    d_old, d_new = _DECIMAL.match(old), _DECIMAL.match(new)
+    if d_old and d_new:
+        p, s = int(d_old.group(1)), int(d_old.group(2))
+        p2, s2 = int(d_new.group(1)), int(d_new.group(2))
+        return s2 >= s and p2 - s2 >= p - s
+    if old in _INT_BITS and new in _INT_BITS:
+        bits, bits2 = _INT_BITS[old], _INT_BITS[new]
+        if old.startswith("u") == new.startswith("u"):
+            return bits2 >= bits
+        return old.startswith("u") and bits2 > bits  # uint32 -> int64, never int -> uint
+    if old in _INT_BITS and new == "double":
+        return _INT_BITS[old] <= _EXACT_IN_DOUBLE
+    if old in _FLOAT_BITS and new in _FLOAT_BITS:
+        return _FLOAT_BITS[new] >= _FLOAT_BITS[old]
+    if (old, new) in (("string", "large_string"), ("binary", "large_binary")):
+        return True
+    t_old, t_new = _TS.match(old), _TS.match(new)
+    if t_old and t_new and t_old.group(2) == t_new.group(2):
+        units = _TS_UNITS
+        if t_old.group(1) in units and t_new.group(1) in units:
+            return units.index(t_new.group(1)) >= units.index(t_old.group(1))
+    return False
+
+
 def check_schema_drift(
     landing_root: Path,
     source: str,
     table_name: str,
     schema: pa.Schema,
     *,
-    accept_drift: bool = False,
+    accept_drift: DriftAcceptance = False,
 ) -> dict[str, Any]:
     """Compare `schema` with the previous landing; return the manifest's drift fields.
 
-    Raises SchemaDriftError on a dropped or retyped column unless `accept_drift`.
+    A retyped column whose new type holds every value of the old one exactly
+    (`lossless_widening`, e.g. numeric(12,2) -> numeric(14,2)) is accepted and logged,
+    and listed as `widened_columns`. Any other change (a dropped column, a narrowing or
+    a change of kind) raises SchemaDriftError naming the exact change and the switch,
+    unless `accept_drift` covers it (True: all; or `<table>.<column>` / `<table>.*`
+    specs, see `drift_accepted`): then it is logged and listed as `accepted_drift`.
     """
     previous = previous_manifest(landing_root, source, table_name)
     if previous is None:
@@ -418,6 +493,8 @@ def check_schema_drift(
     added = [{"name": n, "type": t} for n, t in new.items() if n not in old]
     dropped = [(n, t) for n, t in old.items() if n not in new]
     retyped = [(n, t, new[n]) for n, t in old.items() if n in new and new[n] != t]
+    widened = [(n, o, t) for n, o, t in retyped if lossless_widening(o, t)]
+    retyped = [r for r in retyped if r not in widened]
     prev_run = previous.get("run_id")
     fields: dict[str, Any] = {"previous_run_id": prev_run, "added_columns": added}
     if added:
@@ -428,17 +505,35 @@ def check_schema_drift(
             prev_run,
             ", ".join(f"{c['name']} ({c['type']})" for c in added),
         )
+    if widened:
+        log.warning(
+            "%s/%s: lossless widening since run=%s accepted: %s",
+            source,
+            table_name,
+            prev_run,
+            "; ".join(f"column {n!r} from {o} to {t}" for n, o, t in widened),
+        )
+        fields["widened_columns"] = [
+            {"name": n, "old_type": o, "new_type": t} for n, o, t in widened
+        ]
     if dropped or retyped:
-        error = SchemaDriftError(
+        refused = SchemaDriftError(
+            source=source,
+            table=table_name,
+            previous_run_id=prev_run,
+            dropped=[d for d in dropped if not drift_accepted(accept_drift, table_name, d[0])],
+            retyped=[r for r in retyped if not drift_accepted(accept_drift, table_name, r[0])],
+        )
+        if refused.dropped or refused.retyped:
+            raise refused
+        accepted = SchemaDriftError(
             source=source,
             table=table_name,
             previous_run_id=prev_run,
             dropped=dropped,
             retyped=retyped,
         )
-        if not accept_drift:
-            raise error
-        log.warning("accepting (accept_drift=True) %s", error)
+        log.warning("accepted by the operator (%s): %s", DRIFT_SWITCH, accepted.changes)
         fields["accepted_drift"] = {
             "dropped": [{"name": n, "type": t} for n, t in dropped],
             "retyped": [{"name": n, "old_type": o, "new_type": t} for n, o, t in retyped],

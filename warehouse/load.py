@@ -39,7 +39,6 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
 }
 CURSOR = "updated_at"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _META_COLUMNS = ("_run_id", "_loaded_at")
 
 _OPS_DDL = """
@@ -112,9 +111,11 @@ def run_dir(landing_root: Path, source: str, table: str, run_id: str) -> Path:
 
 
 def _q(name: str) -> str:
-    if not _IDENT.match(name):
+    """A column name as a DuckDB identifier, quoted: a landed source column may be any
+    name the source allows (`order-ref`, spaces, quotes, upper case)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
         raise LoadError(f"invalid column name {name!r}")
-    return f'"{name}"'
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _landed(landing_root: Path, source: str, table: str, run_id: str) -> tuple[Path, dict]:
@@ -325,6 +326,57 @@ def _stage(con: duckdb.DuckDBPyConnection, delta: _Delta) -> int:
     return int(row[0]) if row else 0
 
 
+_DUCK_DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
+_DUCK_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+_DUCK_FLOATS = ("FLOAT", "DOUBLE")
+
+
+def _widens(old: str, new: str) -> bool:
+    """DuckDB type `new` holds every value of `old` exactly (see extract.landing's
+    `lossless_widening`, of which this is the warehouse side)."""
+    d_old, d_new = _DUCK_DECIMAL.match(old), _DUCK_DECIMAL.match(new)
+    if d_old and d_new:
+        p, s = int(d_old.group(1)), int(d_old.group(2))
+        p2, s2 = int(d_new.group(1)), int(d_new.group(2))
+        return (p2, s2) != (p, s) and s2 >= s and p2 - s2 >= p - s
+    for family in (_DUCK_INTS, _DUCK_FLOATS):
+        if old in family and new in family:
+            return family.index(new) > family.index(old)
+    return old in ("TINYINT", "SMALLINT", "INTEGER") and new == "DOUBLE"
+
+
+def _record_accepted_drift(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> None:
+    """Schema drift the operator accepted at landing (ACCEPT_SCHEMA_DRIFT) goes into
+    `ops.guard_overrides` with the run that loads it (guard `schema_drift`)."""
+    from warehouse.guards import OVERRIDES_DDL
+
+    parts = [p for p in delta.parts if p.manifest.get("accepted_drift")]
+    if not parts:
+        return
+    con.execute(OVERRIDES_DDL)
+    con.execute(  # a reload of the run records it once
+        "delete from ops.guard_overrides where run_id = ? and guard = 'schema_drift' "
+        "and table_name = ?",
+        [run_id, delta.table],
+    )
+    for part in parts:
+        accepted = part.manifest["accepted_drift"]
+        details = {**accepted, "previous_run_id": part.manifest.get("previous_run_id")}
+        if part.shard:
+            details["shard"] = part.shard
+        log.warning(
+            "%s/%s run=%s: schema drift accepted by the operator: %s",
+            delta.source,
+            delta.table,
+            run_id,
+            json.dumps(accepted),
+        )
+        con.execute(
+            "insert into ops.guard_overrides values (?, 'schema_drift', ?, ?, now())",
+            [run_id, delta.table, json.dumps(details, sort_keys=True)],
+        )
+
+
 def _literal(text: str) -> str:
     """A path as a SQL string literal (views cannot take bound parameters)."""
     return text.replace("'", "''")
@@ -524,6 +576,14 @@ def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
         for name, type_ in _columns(con, f'"{delta.temp}"').items():
             if name not in existing:
                 con.execute(f"alter table {target} add column {_q(name)} {type_}")
+            elif existing[name] != type_ and _widens(existing[name], type_):
+                # a lossless widening at the source (numeric(12,2) -> (14,2)), accepted
+                # by the landing's drift check: raw's column follows, or the wider values
+                # would not fit it
+                log.warning(
+                    "raw.%s.%s widened from %s to %s", delta.table, name, existing[name], type_
+                )
+                con.execute(f"alter table {target} alter column {_q(name)} type {type_}")
         # A full extract is the whole table as the source holds it now: it replaces every
         # row, even one whose stored cursor is later (e.g. the warehouse was loaded from
         # another database before). An incremental delta only replaces older versions.
@@ -601,6 +661,7 @@ def _load(
                 if delta.skipped:
                     continue
                 _merge(con, delta, run_id)
+                _record_accepted_drift(con, delta, run_id)
                 for part in delta.parts:  # a watermark per shard ('' when unsharded)
                     record_loaded(
                         con,

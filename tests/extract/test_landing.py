@@ -299,3 +299,70 @@ def test_landed_files_and_directories_are_fsynced(
     assert names.count("part-00000.parquet") == 2 and names.count("_manifest.json") == 2
     assert str(_table_dir(tmp_path)) in synced  # the renames are durable
     assert any(Path(p).name.startswith(".tmp-_latest.json") for p in synced)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "lossless"),
+    [
+        ("decimal128(12, 2)", "decimal128(14, 2)", True),  # numeric(12,2) -> (14,2)
+        ("decimal128(12, 2)", "decimal128(14, 4)", True),  # same integer digits, more scale
+        ("decimal128(14, 2)", "decimal128(12, 2)", False),
+        ("decimal128(12, 2)", "decimal128(12, 3)", False),  # one integer digit fewer
+        ("decimal128(12, 2)", "decimal128(14, 1)", False),  # a decimal lost
+        ("int32", "int64", True),
+        ("int64", "int32", False),
+        ("uint32", "int64", True),
+        ("int32", "uint64", False),
+        ("float", "double", True),
+        ("double", "float", False),
+        ("int32", "double", True),
+        ("int64", "double", False),
+        ("string", "large_string", True),
+        ("timestamp[ms, tz=UTC]", "timestamp[us, tz=UTC]", True),
+        ("timestamp[us, tz=UTC]", "timestamp[ns, tz=UTC]", False),
+        ("timestamp[us]", "timestamp[us, tz=UTC]", False),
+        ("decimal128(12, 2)", "double", False),
+        ("int64", "string", False),
+    ],
+)
+def test_lossless_widening(old: str, new: str, lossless: bool) -> None:
+    from extract.landing import lossless_widening
+
+    assert lossless_widening(old, new) is lossless
+
+
+def test_a_lossless_widening_lands_and_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _land(tmp_path, BASE, "2024-03-01")
+    wider = BASE.set(1, pa.field("total", pa.decimal128(14, 2)))
+    manifest = _land(tmp_path, wider, "2024-03-02")
+    assert manifest["widened_columns"] == [
+        {"name": "total", "old_type": "decimal128(12, 2)", "new_type": "decimal128(14, 2)"}
+    ]
+    assert "accepted_drift" not in manifest
+    assert "lossless widening since run=2024-03-01 accepted: column 'total' from " in caplog.text
+    # narrowing back is not lossless: it stops, naming the switch
+    with pytest.raises(SchemaDriftError) as info:
+        _land(tmp_path, BASE, "2024-03-03")
+    message = str(info.value)
+    assert "column 'total' changed type from decimal128(14, 2) to decimal128(12, 2)" in message
+    assert "ACCEPT_SCHEMA_DRIFT=orders.total" in message and "accept_schema_drift" in message
+
+
+def test_the_operator_accepts_drift_per_column(tmp_path: Path) -> None:
+    _land(tmp_path, BASE, "2024-03-01")
+    changed = pa.schema([BASE.field("id"), pa.field("total", pa.float64())])
+    with pytest.raises(SchemaDriftError) as info:  # only one of the two changes accepted
+        _land(tmp_path, changed, "2024-03-02", accept_drift=["orders.total", "users.x"])
+    assert info.value.dropped == [("updated_at", "timestamp[us, tz=UTC]")]
+    assert info.value.retyped == [] and info.value.accept_with == "orders.updated_at"
+    assert "ACCEPT_SCHEMA_DRIFT=orders.updated_at" in str(info.value)
+    manifest = _land(
+        tmp_path, changed, "2024-03-02", accept_drift=["orders.total", "orders.updated_at"]
+    )
+    assert manifest["accepted_drift"]["retyped"] == [
+        {"name": "total", "old_type": "decimal128(12, 2)", "new_type": "double"}
+    ]
+    back = _land(tmp_path, BASE, "2024-03-03", accept_drift=["orders.*"])
+    assert [c["name"] for c in back["accepted_drift"]["retyped"]] == ["total"]

@@ -505,3 +505,68 @@ def test_sharded_deletes_need_every_shards_key_set(tmp_path: Path, caplog) -> No
     write_record(landing, "d3", "x3", [a | {"landing_run_id": "d3.shard-s0"}, b])
     with pytest.raises(LoadError, match="not part of the extract"):
         load_source_db_sharded(wh, landing, "d3", TZ)
+
+
+def test_source_columns_that_are_not_identifiers_are_loaded(two_runs) -> None:
+    """An extra source column named `order-ref` (or with spaces, quotes, upper case) is
+    tolerated: landed, added to raw as it is named, merged like any other column."""
+    landing, wh = two_runs
+    load_source_db(wh, landing, "r1", TZ)
+    odd = ["order-ref", "Order Ref", 'say "hi"', "UPPER"]
+    data = orders([(100, 1, "paid", "10.00", ts(5), ts(21))])
+    for name in odd:
+        data = data.append_column(name, pa.array([f"v-{name}"], pa.string()))
+    land(landing, "source_db", "orders", "r2", data, window_end=ts(22).isoformat())
+    for table, rows in (("users", users([])), ("products", products([]))):
+        land(landing, "source_db", table, "r2", rows, window_end=ts(22).isoformat())
+    land(
+        landing,
+        "source_db",
+        "order_items",
+        "r2",
+        items([]),
+        reconcile_deletes=True,
+        window_end=ts(22).isoformat(),
+    )
+    land(landing, "source_db", "order_items__keys", "r2", keys([1000, 1001, 1002]), mode="key_set")
+    load_source_db(wh, landing, "r2", TZ)
+    columns = [r[0] for r in q(wh, "select column_name from (describe raw.orders)")]
+    assert all(name in columns for name in odd)
+    assert q(wh, 'select "order-ref", "say ""hi""" from raw.orders where id = 100') == [
+        ("v-order-ref", 'v-say "hi"')
+    ]
+    assert q(wh, 'select count(*) from raw.orders where "order-ref" is null') == [(3,)]
+
+
+def test_a_widened_numeric_widens_raw_and_accepted_drift_is_recorded(two_runs) -> None:
+    landing, wh = two_runs
+    load_source_db(wh, landing, "r1", TZ)
+    wide = orders([(100, 1, "paid", "10.00", ts(5), ts(21))])
+    wide = wide.set_column(4, "total", pa.array([Decimal("123456789012.34")], pa.decimal128(14, 2)))
+    extra = {"window_end": ts(22).isoformat()}
+    land(landing, "source_db", "orders", "r2", wide, **extra)
+    land(landing, "source_db", "users", "r2", users([]), **extra)
+    # products.category retyped, accepted by the operator: recorded with the load
+    cats = products([]).set_column(1, "category", pa.array([], pa.int64()))
+    write_landing_table(
+        cats,
+        schema=cats.schema,
+        landing_root=landing,
+        source="source_db",
+        table_name="products",
+        run_id="r2",
+        cursor_column="updated_at",
+        extra_manifest={"mode": "incremental", "key": "id", "cursor_key": "updated_at", **extra},
+        accept_drift=["products.category"],
+    )
+    land(landing, "source_db", "order_items", "r2", items([]), reconcile_deletes=True, **extra)
+    land(landing, "source_db", "order_items__keys", "r2", keys([1000, 1001, 1002]), mode="key_set")
+    load_source_db(wh, landing, "r2", TZ)
+    load_source_db(wh, landing, "r2", TZ)  # a reload records it once
+    assert q(wh, "select column_type from (describe raw.orders) where column_name = 'total'") == [
+        ("DECIMAL(14,2)",)
+    ]
+    assert q(wh, "select total from raw.orders where id = 100") == [(Decimal("123456789012.34"),)]
+    overrides = q(wh, "select run_id, guard, table_name, details from ops.guard_overrides")
+    assert [o[:3] for o in overrides] == [("r2", "schema_drift", "products")]
+    assert '"new_type": "int64"' in overrides[0][3] and '"name": "category"' in overrides[0][3]
