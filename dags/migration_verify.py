@@ -21,13 +21,22 @@ Connections: `old_conn_id` (default `source_db`) and `new_conn_id` (default
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from alerting.callbacks import on_task_failure
+from pipeline.settings import task_timeout_minutes
 
-# No retries: a gate that says no must be looked at, not retried.
-default_args = {"owner": "data-platform", "retries": 0, "on_failure_callback": on_task_failure}
+# No retries: a gate that says no must be looked at, not retried. A hung task still
+# ends: every task has TASK_TIMEOUT_MINUTES (read at parse time) as its execution_timeout.
+default_args = {
+    "owner": "data-platform",
+    "retries": 0,
+    "on_failure_callback": on_task_failure,
+    "execution_timeout": timedelta(minutes=task_timeout_minutes()),
+}
 
 
 def _params() -> dict:

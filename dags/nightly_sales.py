@@ -48,6 +48,7 @@ import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
 from alerting.callbacks import on_task_failure, on_task_retry, run_deadline
+from pipeline.settings import task_timeout_minutes
 
 REPORT_TZ = os.environ.get("REPORT_TZ", "UTC") or "UTC"
 WAREHOUSE_POOL = "warehouse_writer"
@@ -58,6 +59,9 @@ default_args = {
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
+    # A hung task must end (and be retried where it has retries): with max_active_runs=1
+    # it would otherwise hold every later night. TASK_TIMEOUT_MINUTES, read at parse time.
+    "execution_timeout": timedelta(minutes=task_timeout_minutes()),
     "on_failure_callback": on_task_failure,
     "on_retry_callback": on_task_retry,
 }

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -36,6 +37,17 @@ SLOWEST = 5
 
 class DbtError(RuntimeError):
     """dbt exited non-zero (or selected nothing); the message names the failures."""
+
+    def __init__(self, message: str, result: DbtResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class DbtTimeoutError(RuntimeError):
+    """dbt ran past `DBT_TIMEOUT_S` and was stopped (a hung query, a locked file).
+
+    Not a `DbtError`: a timeout is transient (Airflow retries it where the task has
+    retries), a failed model or test is not."""
 
     def __init__(self, message: str, result: DbtResult | None = None) -> None:
         super().__init__(message)
@@ -225,8 +237,14 @@ def run_dbt(
     run_id: str | None = None,
     dbt: Path | None = None,
     target_dir: Path | None = None,
+    timeout_s: float | None = None,
 ) -> DbtResult:
     """Run `dbt <args>` against `project_dir` (which also holds profiles.yml).
+
+    `timeout_s` (default `DBT_TIMEOUT_S`, 0: none): the dbt process is stopped (SIGTERM,
+    then SIGKILL) when it runs longer, and `DbtTimeoutError` names the setting. dbt in
+    process (`NIGHTSHIFT_DBT_IN_PROCESS=1`, tests) cannot be stopped: only the Airflow
+    task's `execution_timeout` applies there.
 
     Output is streamed to the logger, then a summary of run_results.json (kept as
     `<target_dir>/run_results-<run_id or UTC timestamp>.json`). Raises DbtError naming the
@@ -267,8 +285,14 @@ def run_dbt(
                 )
             full_env["WAREHOUSE_PATH"] = str(warehouse_path)
         in_process = dbt is None and os.environ.get("NIGHTSHIFT_DBT_IN_PROCESS") == "1"
-        run = _invoke_in_process if in_process else _stream
-        returncode, lines = run(cmd, project_dir, full_env)
+        if timeout_s is None:
+            from pipeline.settings import dbt_timeout_s
+
+            timeout_s = dbt_timeout_s()
+        if in_process:
+            returncode, lines = _invoke_in_process(cmd, project_dir, full_env)
+        else:
+            returncode, lines = _stream(cmd, project_dir, full_env, timeout_s or None)
     elapsed, nodes = _read_run_results(run_results)
     result = DbtResult(
         args=list(args),
@@ -280,6 +304,12 @@ def run_dbt(
     )
     if nodes:
         log_summary(result)
+    if returncode == _TIMED_OUT:
+        raise DbtTimeoutError(
+            f"dbt {' '.join(args)} ran longer than {timeout_s:g} s and was stopped "
+            f"(DBT_TIMEOUT_S={timeout_s:g}); last output: {' | '.join(lines[-5:]) or 'none'}",
+            result,
+        )
     if returncode != 0:
         failed = result.failed
         if failed:
@@ -290,19 +320,52 @@ def run_dbt(
     return result
 
 
-def _stream(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[str]]:
-    """Run `cmd`, its output line by line into the log; (exit code, lines)."""
+_TIMED_OUT = -999  # _stream's exit code for a process stopped at its timeout
+_TERM_GRACE_S = 10.0
+
+
+def _stream(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float | None = None
+) -> tuple[int, list[str]]:
+    """Run `cmd`, its output line by line into the log; (exit code, lines).
+
+    Past `timeout_s` the process is terminated (killed after a grace period) and the
+    exit code is `_TIMED_OUT`; the process never outlives this call (an exception here,
+    e.g. Airflow's own task timeout, stops it too)."""
     log.info("running %s", " ".join(cmd))
     lines: list[str] = []
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        lines.append(line)
-        log.info("dbt: %s", line)
-    return proc.wait(), lines
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        log.error("dbt ran longer than %s s (DBT_TIMEOUT_S): stopping it", timeout_s)
+        proc.terminate()
+        try:
+            proc.wait(_TERM_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    timer = threading.Timer(timeout_s, stop) if timeout_s else None
+    try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            log.info("dbt: %s", line)
+        returncode = proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return (_TIMED_OUT if timed_out.is_set() else returncode), lines
 
 
 def _invoke_in_process(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[str]]:
