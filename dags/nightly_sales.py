@@ -31,7 +31,9 @@ not under `airflow dags test`, see `alerting.callbacks.run_deadline`).
 Run one day by hand: `make nightly DATE=YYYY-MM-DD` (`FULL=1`: full rebuild). The
 business day can also be forced with the `business_date` param when triggering from
 the UI, a full rebuild asked for with `full_refresh`, and a load that the mass-delete
-guard stopped let through with `allow_mass_delete` (config/guards.yml).
+guard stopped let through with `allow_mass_delete` (config/guards.yml), and schema
+drift that is not a lossless widening landed with `accept_schema_drift`
+(`<table>.<column>,...`, as `ACCEPT_SCHEMA_DRIFT`).
 
 A run for day D publishes every day up to its **horizon**, the later of D and the last
 day already published, each recomputed from the source as the run read it: a backfill
@@ -70,6 +72,11 @@ default_args = {
 def _param(name: str) -> bool:
     """A boolean param of the run (`full_refresh`, `allow_mass_delete`)."""
     return bool((get_current_context().get("params") or {}).get(name))
+
+
+def _text_param(name: str) -> str:
+    """A text param of the run (`accept_schema_drift`), "" when unset."""
+    return str((get_current_context().get("params") or {}).get(name) or "")
 
 
 def _business_date():
@@ -111,6 +118,13 @@ def _business_date():
             description="Let this run delete more of a table than config/guards.yml allows "
             "(recorded in ops.guard_overrides; make nightly ALLOW_MASS_DELETE=1).",
         ),
+        "accept_schema_drift": Param(
+            "",
+            type=["null", "string"],
+            description="Land this run's schema drift (a dropped column, a type change that "
+            "is not a lossless widening) for these columns: <table>.<column>[,...] "
+            "(recorded in ops.guard_overrides; make nightly ACCEPT_SCHEMA_DRIFT=...).",
+        ),
     },
 )
 def nightly_sales():
@@ -118,7 +132,9 @@ def nightly_sales():
     def extract_source_db() -> dict:
         from pipeline import nightly
 
-        return nightly.extract_source_db(_business_date(), _param("full_refresh"))
+        return nightly.extract_source_db(
+            _business_date(), _param("full_refresh"), _text_param("accept_schema_drift")
+        )
 
     @task(pool=WAREHOUSE_POOL, retries=0)
     def load_source_db() -> dict:
@@ -130,7 +146,7 @@ def nightly_sales():
     def extract_payments_api() -> dict:
         from pipeline import nightly
 
-        return nightly.extract_payments_api(_business_date())
+        return nightly.extract_payments_api(_business_date(), _text_param("accept_schema_drift"))
 
     @task(pool=WAREHOUSE_POOL, retries=0)
     def load_payments_api() -> dict:

@@ -622,6 +622,7 @@ def extract_tables(
     parallel_min_rows: int = PARALLEL_MIN_ROWS,
     aggregates: Callable[[Reader], Reader] | None = None,
     read_choice: ReadChoice | None = None,
+    accept_drift: bool | Sequence[str] = False,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
 
@@ -645,6 +646,9 @@ def extract_tables(
     they read each table in one stream, in the run's transaction.
 
     `manifest_extras` are recorded in every landed manifest (e.g. the source's identity).
+
+    `accept_drift`: the operator's acceptance of schema drift (`<table>.<column>` specs,
+    extract/landing.py `check_schema_drift`); lossless widenings need none.
 
     Incremental tables land `(W - overlap, U]` (no lower bound before the first load),
     full tables land everything, and `reconcile_deletes` tables also land
@@ -743,6 +747,7 @@ def extract_tables(
                     run_id=run_id,
                     cursor_column=config.cursor if config.cursor in schema.names else None,
                     extra_manifest=extras,
+                    accept_drift=accept_drift,
                 )
                 log.info(
                     "extracted %s.%s (%s, window %s .. %s): %d rows, %d bytes",
@@ -911,6 +916,7 @@ def extract_sharded_source(
     replica_max_lag_seconds: float = 300.0,
     replica_on_lag: OnLag = "primary",
     lag_fn: LagFn = replication_lag_seconds,
+    accept_drift: bool | Sequence[str] = False,
 ) -> dict[str, Any]:
     """Extract every physical shard of `shard_map` in parallel into the landing zone.
 
@@ -978,6 +984,7 @@ def extract_sharded_source(
             parallel_min_rows=parallel_min_rows,
             aggregates=aggregates,
             read_choice=choice,
+            accept_drift=accept_drift,
         )
 
     results = extract_sharded(shard_map, read_fn, max_workers=max_workers)

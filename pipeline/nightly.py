@@ -166,8 +166,13 @@ def _read_choice() -> Any:
 
 
 @timed
-def extract_source_db(business_date: date, full_refresh: bool = False) -> dict[str, Any]:
+def extract_source_db(
+    business_date: date, full_refresh: bool = False, accept_schema_drift: str | None = None
+) -> dict[str, Any]:
     """Incremental extract of the operational tables (primary, or the replica when set).
+
+    Schema drift a landing refuses (extract/landing.py) is let through for the columns of
+    `ACCEPT_SCHEMA_DRIFT` / the DAG param `accept_schema_drift` (`<table>.<column>,...`).
 
     With `SOURCE_DB_SHARD_MAP`, every physical shard of the map is extracted in parallel
     (docs/sharding.md); the map is read once, here, for the whole run. `full_refresh`
@@ -186,7 +191,9 @@ def extract_source_db(business_date: date, full_refresh: bool = False) -> dict[s
                 "full_refresh is not available for a sharded source (SOURCE_DB_SHARD_MAP): "
                 "set every table's mode to full in EXTRACT_CONFIG for one run instead"
             )
-        return _extract_sharded(business_date, map_path, configs)
+        return _extract_sharded(
+            business_date, map_path, configs, settings.accept_schema_drift(accept_schema_drift)
+        )
     choice = _read_choice()
     source_id = _source_id()
     extras: dict[str, Any] = {"source_id": source_id}
@@ -211,6 +218,7 @@ def extract_source_db(business_date: date, full_refresh: bool = False) -> dict[s
         read_choice=choice,
         parallelism=settings.extract_parallelism(),
         aggregates=totals,
+        accept_drift=settings.accept_schema_drift(accept_schema_drift),
     )
     _record_source_totals(business_date, totals)
     return {name: m["rows"] for name, m in manifests.items()}
@@ -255,7 +263,9 @@ def _source_changed(source_id: str) -> bool:
     return previous is not None and previous != source_id
 
 
-def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, Any]:
+def _extract_sharded(
+    business_date: date, map_path: Path, configs, accept_drift: tuple[str, ...] = ()
+) -> dict[str, Any]:
     from extract.db_extract import extract_sharded_source
     from extract.shards import ShardMap
 
@@ -285,6 +295,7 @@ def _extract_sharded(business_date: date, map_path: Path, configs) -> dict[str, 
         replica_on_lag=settings.replica_on_lag(),
         parallelism=settings.extract_parallelism(),
         aggregates=totals,
+        accept_drift=accept_drift,
     )
     _record_source_totals(business_date, totals)
     return result["rows"]
@@ -439,9 +450,12 @@ def _full_rebuild_requested(business_date: date) -> bool:
 
 
 @timed
-def extract_payments_api(business_date: date) -> dict[str, Any]:
+def extract_payments_api(
+    business_date: date, accept_schema_drift: str | None = None
+) -> dict[str, Any]:
     """Payments changed since the last load, and the FX rates of every business day with
-    orders (the trailing `FX_REVISION_DAYS` asked again: providers revise rates)."""
+    orders (the trailing `FX_REVISION_DAYS` asked again: providers revise rates).
+    `accept_schema_drift`: as for `extract_source_db`."""
     from extract.api_client import PaymentsApiClient
     from extract.api_extract import extract_fx_rates, extract_payments
 
@@ -449,6 +463,7 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
     horizon = published_horizon(business_date)
     days = fx_days_needed(business_date, horizon)
     refresh = fx_days_to_refresh(business_date, days, horizon)
+    accepted = settings.accept_schema_drift(accept_schema_drift)
     client = PaymentsApiClient(config)
     run_id = run_id_for(business_date)
     try:
@@ -461,6 +476,7 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
             updated_since=_payments_since(),
             future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
             max_jump=timedelta(days=settings.watermark_max_jump_days()) or None,
+            accept_drift=accepted,
         )
         fx = extract_fx_rates(
             client,
@@ -468,6 +484,7 @@ def extract_payments_api(business_date: date) -> dict[str, Any]:
             run_id=run_id,
             landing_root=settings.landing_dir(),
             refresh=refresh,
+            accept_drift=accepted,
         )
     finally:
         close = getattr(client, "close", None)

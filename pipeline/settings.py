@@ -9,6 +9,7 @@ found. Everything else is a plain environment variable with a documented default
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -195,6 +196,30 @@ def future_tolerance_minutes() -> int:
     """`FUTURE_TOLERANCE_MINUTES` (default 60): how far after the pipeline's clock a
     record's `updated_at` may be before it is quarantined instead of landed."""
     return _positive_int_env("FUTURE_TOLERANCE_MINUTES", 60, minimum=0)
+
+
+_DRIFT_SPEC = re.compile(r"^(\*|[A-Za-z0-9_][A-Za-z0-9_.:-]*\.(\*|[^,]+))$")
+
+
+def accept_schema_drift(param: str | None = None) -> tuple[str, ...]:
+    """`ACCEPT_SCHEMA_DRIFT` plus the DAG param `accept_schema_drift` (default: none):
+    comma-separated `<table>.<column>` (or `<table>.*`) whose schema drift (a dropped
+    column, a type change that is not a lossless widening) this run lands anyway; the
+    landing records it in the manifest, the load in `ops.guard_overrides`."""
+    specs: list[str] = []
+    for where, raw in (
+        ("ACCEPT_SCHEMA_DRIFT", os.environ.get("ACCEPT_SCHEMA_DRIFT", "")),
+        ("accept_schema_drift", param or ""),
+    ):
+        for spec in (s.strip() for s in raw.split(",")):
+            if not spec:
+                continue
+            if not _DRIFT_SPEC.match(spec):
+                raise ConfigError(
+                    f"{where}: {spec!r} is not <table>.<column> (or <table>.*), e.g. orders.total"
+                )
+            specs.append(spec)
+    return tuple(dict.fromkeys(specs))
 
 
 def watermark_max_jump_days() -> int:

@@ -98,7 +98,13 @@ def test_nightly_sales_shape(dagbag) -> None:
         "apply_retention",
     ]
     assert set(order) == set(dag.task_ids)
-    assert set(dag.params.keys()) == {"business_date", "full_refresh", "allow_mass_delete"}
+    assert set(dag.params.keys()) == {
+        "business_date",
+        "full_refresh",
+        "allow_mass_delete",
+        "accept_schema_drift",
+    }
+    assert dag.params["accept_schema_drift"] == ""
     # an operator asks for a full rebuild, or lets one run past the mass-delete guard
     assert dag.params["full_refresh"] is False and dag.params["allow_mass_delete"] is False
     for upstream, downstream in zip(order, order[1:], strict=False):

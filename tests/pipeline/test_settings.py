@@ -27,3 +27,17 @@ def test_each_secret_of_a_connection_is_masked(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("AIRFLOW_CONN_SOURCE_DB", "postgresql://u:p1@h/db?password=p2")
     settings.get_connection_uri(settings.SOURCE_DB_CONN_ID)
     assert masked == ["p1", "p2"]
+
+
+def test_accept_schema_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACCEPT_SCHEMA_DRIFT", raising=False)
+    assert settings.accept_schema_drift() == ()
+    monkeypatch.setenv("ACCEPT_SCHEMA_DRIFT", " orders.total, payments.* ")
+    assert settings.accept_schema_drift("orders.order-ref,orders.total") == (
+        "orders.total",
+        "payments.*",
+        "orders.order-ref",
+    )
+    for bad in ("total", "orders.", "orders"):
+        with pytest.raises(settings.ConfigError, match="<table>.<column>"):
+            settings.accept_schema_drift(bad)
