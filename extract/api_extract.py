@@ -1,12 +1,14 @@
 """Extract the payments API into the landing zone (docs/interfaces.md).
 
 Payments: incremental by `updated_since` = previous watermark - overlap; every page is
-pulled, each record validated; bad ones go to quarantine (a file in the quarantine
-root and `_quarantine.jsonl` in the landed run directory), the rest are deduplicated by
-id (latest updated_at wins, because the API may repeat records across pages and the
+pulled and streamed (never the whole window in memory), each record validated; bad
+ones go to quarantine (one file per attempt in the quarantine root, never removed by a
+rerun, and `_quarantine.jsonl` in the landed run directory), the rest are deduplicated
+by id (latest updated_at wins, because the API may repeat records across pages and the
 overlap re-reads records) and landed as one Parquet run whose manifest carries the
 window (`window_start`, `window_end`) the loader stores as the next watermark. Too many
-quarantined records fail the run (after writing them). FX rates: one request per day,
+quarantined records fail the run (after writing them). Quarantined records are
+re-validated and landed by `extract.replay`. FX rates: one request per day,
 landed exactly as decimal128(38,18), with a per-day cache so past days are not refetched.
 """
 
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from extract.api_client import PaymentsApiClient
 from extract.landing import write_landing_table
@@ -126,19 +130,163 @@ def validate_payment(record: Any) -> dict[str, Any]:
     return out
 
 
-def _jsonl_bytes(lines: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(line, sort_keys=True, default=str) + "\n" for line in lines).encode()
-
-
-def _write_jsonl_atomically(path: Path, lines: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    tmp.write_bytes(_jsonl_bytes(lines))
-    os.replace(tmp, path)
+def _jsonl_line(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, default=str) + "\n"
 
 
 QUARANTINE_FILE_NAME = "_quarantine.jsonl"  # beside the landed Parquet, in the run directory
 _FIRST_REASONS = 5
+_ATTEMPT = re.compile(r"^attempt=(\d+)\.jsonl$")
+STAGE_BATCH_ROWS = 2_000  # valid records buffered before they go to the staging file
+STAGE_MEMORY_LIMIT = "256MB"  # DuckDB's share while deduplicating (it spills beyond)
+
+
+def quarantine_dir(quarantine_root: Path, run_id: str) -> Path:
+    """`<quarantine_root>/payments_api/payments/run=<run_id>/`: one file per attempt."""
+    return Path(quarantine_root) / SOURCE / PAYMENTS_TABLE / f"run={run_id}"
+
+
+def quarantine_files(quarantine_root: Path, run_id: str | None = None) -> list[Path]:
+    """Every payments quarantine file (of one run id, or all), oldest attempt first.
+
+    Current layout `run=<id>/attempt=<nnn>.jsonl`; files of the earlier layout
+    (`run=<id>.jsonl`, one per run id, replaced by each rerun) are listed too.
+    """
+    table = Path(quarantine_root) / SOURCE / PAYMENTS_TABLE
+    if not table.is_dir():
+        return []
+    found: list[Path] = []
+    for entry in sorted(table.iterdir()):
+        if not entry.name.startswith("run="):
+            continue
+        if entry.is_file() and entry.name.endswith(".jsonl"):
+            if run_id is None or entry.name == f"run={run_id}.jsonl":
+                found.append(entry)
+        elif entry.is_dir() and (run_id is None or entry.name == f"run={run_id}"):
+            attempts = [
+                (int(m.group(1)), f) for f in entry.iterdir() if (m := _ATTEMPT.match(f.name))
+            ]
+            found.extend(f for _, f in sorted(attempts))
+    return found
+
+
+class _Quarantine:
+    """The attempt's quarantine file, written record by record (never held in memory),
+    then given its own name `attempt=<nnn>.jsonl`: an earlier attempt's file is never
+    replaced or removed."""
+
+    def __init__(self, quarantine_root: Path, run_id: str) -> None:
+        self.dir = quarantine_dir(quarantine_root, run_id)
+        self.count = 0
+        self.reasons: list[str] = []
+        self.path: Path | None = None
+        self._tmp: Path | None = None
+        self._fh: Any = None
+
+    def add(self, entry: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.dir / f".tmp-attempt-{uuid.uuid4().hex[:8]}.jsonl"
+            self._fh = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        entry.setdefault("quarantined_at", clock.now().isoformat())
+        self._fh.write(_jsonl_line(entry))
+        self.count += 1
+        if len(self.reasons) < _FIRST_REASONS:
+            self.reasons.append(
+                f"id={entry['record_key']!r} {entry['field'] or 'record'}: {entry['error']}"
+            )
+
+    def close(self) -> Path | None:
+        """Name the file (the next free attempt number); None when nothing was quarantined."""
+        if self._fh is None or self._tmp is None:
+            return None
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        taken = [int(m.group(1)) for f in self.dir.iterdir() if (m := _ATTEMPT.match(f.name))]
+        number = max(taken, default=0) + 1
+        while True:
+            target = self.dir / f"attempt={number:03d}.jsonl"
+            try:
+                os.link(self._tmp, target)  # fails if the name exists: never replaces
+            except FileExistsError:
+                number += 1
+                continue
+            break
+        self._tmp.unlink()
+        self.path = target
+        return target
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tmp is not None and self.path is None:
+            self._tmp.unlink(missing_ok=True)
+
+
+_STAGE_SCHEMA = pa.schema(
+    [
+        *PAYMENTS_SCHEMA,
+        pa.field("_seq", pa.int64()),  # read order: among equal updated_at the later read wins
+        pa.field("_digest", pa.binary()),  # the typed content, to tell duplicates from conflicts
+        pa.field("_replayed", pa.bool_()),  # from the replay queue, not from the API window
+        pa.field(
+            "_raw", pa.string()
+        ),  # the payload as received (for a conflict's quarantine entry)
+    ]
+)
+
+
+def _digest(row: dict[str, Any]) -> bytes:
+    content = repr(tuple(row[name] for name in PAYMENTS_SCHEMA.names))
+    return hashlib.blake2b(content.encode(), digest_size=8).digest()
+
+
+class _Stage:
+    """Valid records, appended to a staging Parquet file in batches of STAGE_BATCH_ROWS,
+    so the window is never held in memory; deduplicated afterwards by DuckDB."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "staged.parquet"
+        self.rows = 0
+        self._columns: dict[str, list[Any]] = {name: [] for name in _STAGE_SCHEMA.names}
+        self._buffered = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, row: dict[str, Any], seq: int, raw: Any, replayed: bool) -> None:
+        columns = self._columns
+        for name in PAYMENTS_SCHEMA.names:
+            columns[name].append(row[name])
+        columns["_seq"].append(seq)
+        columns["_digest"].append(_digest(row))
+        columns["_replayed"].append(replayed)
+        columns["_raw"].append(json.dumps(raw, sort_keys=True, default=str))
+        self._buffered += 1
+        self.rows += 1
+        if self._buffered >= STAGE_BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffered:
+            return
+        batch = pa.record_batch(
+            [pa.array(self._columns[f.name], type=f.type) for f in _STAGE_SCHEMA],
+            schema=_STAGE_SCHEMA,
+        )
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, _STAGE_SCHEMA, compression="zstd")
+        self._writer.write_batch(batch)
+        for values in self._columns.values():
+            values.clear()
+        self._buffered = 0
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class QuarantineThresholdError(RuntimeError):
@@ -177,12 +325,27 @@ class WatermarkJumpError(RuntimeError):
     """The payments watermark would move further than allowed in one run; nothing landed."""
 
 
+def _invalid_record(run_id: str, record: Any, exc: RecordError) -> dict[str, Any]:
+    key = record.get("id") if isinstance(record, dict) else None
+    return {
+        "source": SOURCE,
+        "table": PAYMENTS_TABLE,
+        "run_id": run_id,
+        "kind": "invalid",
+        "record_key": key if isinstance(key, str | int) else None,
+        "field": exc.field,
+        "error": exc.error,
+        "record": record,
+    }
+
+
 def _future_record(run_id: str, record: Any, now: datetime, tolerance: timedelta) -> dict:
     """The quarantine entry of a record stamped after the run's clock (+ tolerance)."""
     return {
         "source": SOURCE,
         "table": PAYMENTS_TABLE,
         "run_id": run_id,
+        "kind": "future",
         "record_key": record.get("id"),
         "field": "updated_at",
         "error": (
@@ -193,18 +356,35 @@ def _future_record(run_id: str, record: Any, now: datetime, tolerance: timedelta
     }
 
 
+def check_record(record: Any, latest_allowed: datetime) -> dict[str, Any]:
+    """The typed record, or RecordError: the validation and the future-timestamp rule
+    (`updated_at` after `latest_allowed`, the clock + tolerance), as the extract applies
+    them; the replay re-applies them to quarantined records."""
+    row = validate_payment(record)
+    if row["updated_at"] > latest_allowed:
+        raise RecordError(
+            "updated_at",
+            f"{record.get('updated_at')!r} is later than the clock + tolerance "
+            f"({latest_allowed.isoformat()})",
+        )
+    return row
+
+
 def _check_jump(
-    previous_end: datetime | None, window_end: datetime | None, rows: list, max_jump: Any
+    previous_end: datetime | None,
+    window_end: datetime | None,
+    newest: list[tuple[str, datetime]],
+    max_jump: Any,
 ) -> None:
     if previous_end is None or window_end is None or not max_jump:
         return
     if window_end - previous_end <= max_jump:
         return
-    newest = [f"{r['id']} ({r['updated_at'].isoformat()})" for r in rows[-3:]]
+    shown = [f"{pid} ({when.isoformat()})" for pid, when in newest]
     raise WatermarkJumpError(
         f"payments: the watermark would jump from {previous_end.isoformat()} to "
         f"{window_end.isoformat()}, more than {max_jump} in one run; newest records: "
-        f"{', '.join(newest)}. Nothing was landed. If the API really moved that far (a long "
+        f"{', '.join(shown)}. Nothing was landed. If the API really moved that far (a long "
         "pause), raise WATERMARK_MAX_JUMP_DAYS (0: no limit) for one run; otherwise fix the "
         "records' updated_at at the source."
     )
@@ -221,6 +401,7 @@ def _conflict(
         "source": SOURCE,
         "table": PAYMENTS_TABLE,
         "run_id": run_id,
+        "kind": "conflict",
         "record_key": kept["id"],
         "field": ",".join(fields),
         "error": (
@@ -255,6 +436,40 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _from_us(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PAYMENT_COLUMNS = ", ".join(f'"{name}"' for name in PAYMENTS_SCHEMA.names)
+
+
+def _conflicts(con: Any, run_id: str, quarantine: _Quarantine) -> int:
+    """Quarantine the copies an equal-`updated_at` copy with other content replaced.
+
+    Only ids with two contents at one `updated_at` are read back (normally none), and
+    their copies are walked in read order exactly as they came: among equal
+    `updated_at` the later read wins and the copy it replaced is quarantined."""
+    rows = con.execute(
+        "select id, _raw from staged where id in ("
+        "  select id from staged group by id, updated_at having count(distinct _digest) > 1"
+        ") order by id, _seq"
+    ).fetchall()
+    conflicts = 0
+    best: tuple[dict[str, Any], Any] | None = None
+    for pid, raw_text in rows:
+        raw = json.loads(raw_text)
+        row = validate_payment(raw)
+        if best is not None and best[0]["id"] != pid:
+            best = None
+        if best is None or row["updated_at"] >= best[0]["updated_at"]:
+            if best is not None and row["updated_at"] == best[0]["updated_at"] and row != best[0]:
+                quarantine.add(_conflict(run_id, best[0], best[1], row))
+                conflicts += 1
+            best = (row, raw)
+    return conflicts
+
+
 def extract_payments(
     client: PaymentsApiClient,
     *,
@@ -269,6 +484,7 @@ def extract_payments(
     now: datetime | None = None,
     future_tolerance: timedelta = timedelta(hours=1),
     max_jump: timedelta | None = timedelta(days=30),
+    replayed: Iterable[Any] = (),
 ) -> dict[str, Any]:
     """Land the payments changed since the last loaded watermark; return the manifest.
 
@@ -279,12 +495,19 @@ def extract_payments(
     records the API made visible late; they are deduplicated by id here (latest
     `updated_at` wins) and by the loader's upsert.
 
+    Streaming: pages are validated as they come; valid records go to a staging Parquet
+    file (STAGE_BATCH_ROWS at a time) and quarantined ones straight to the attempt's
+    quarantine file, so memory stays flat however large the window; DuckDB (memory
+    limited to STAGE_MEMORY_LIMIT, spilling beyond) then deduplicates and sorts the
+    staged records, and the winners are streamed into the landed run, which appears
+    atomically (temporary directory renamed into place) as before.
+
     Manifest (besides the landing fields): `mode` "incremental" (the loader upserts; a
     first run with no watermark is simply an unbounded window), `window_start`
-    (updated_since - overlap, or None), `window_end` (the largest `updated_at` landed,
-    never before `updated_since`: a run with no new records keeps the old watermark;
-    None only when there is neither a record nor a previous watermark), `received`,
-    `quarantined`, `duplicates_dropped`, `pages`, `status`.
+    (updated_since - overlap, or None), `window_end` (the largest `updated_at` landed
+    from the API, never before `updated_since`: a run with no new records keeps the old
+    watermark; None only when there is neither a record nor a previous watermark),
+    `received`, `quarantined`, `duplicates_dropped`, `pages`, `replayed`, `status`.
 
     Two valid copies of one id with the same `updated_at` but different content (the
     API changed a record without moving its cursor) are not a plain duplicate: the one
@@ -292,13 +515,22 @@ def extract_payments(
     so neither disappears silently.
 
     Quarantine: a record that fails validation is not landed; it is written with the
-    reason and its raw payload to `<quarantine_root>/payments_api/payments/run=<id>.jsonl`
-    and to `_quarantine.jsonl` inside the landed run directory (replaced with it).
+    reason (`kind` "invalid", "future" or "conflict", `record_key`, `field`, `error`) and
+    its raw payload (`record`) to this attempt's own file
+    `<quarantine_root>/payments_api/payments/run=<id>/attempt=<nnn>.jsonl` (a rerun
+    writes the next number and never removes an earlier attempt's file), and to
+    `_quarantine.jsonl` inside the landed run directory (replaced with it).
     `window_end` only counts landed records, so a broken record that is the newest
     one does not move the watermark past itself (the next run asks for it again). But a
     broken record older than `window_end` is NOT read again by later runs (unless it
     falls within the overlap): its id comes back only if the API updates it again. The
-    quarantine files are the record of it; replay or fix it from there.
+    quarantine files are the record of it: `python -m extract.replay` re-validates them
+    once the cause is fixed (see extract/replay.py).
+
+    `replayed`: raw records from the replay queue (`extract.replay.open_replays`). They
+    are validated like the API's, read before the API's pages (an API copy with the same
+    `updated_at` is the fresher read and wins), landed with the run (manifest `replayed`)
+    and never move `window_end`.
 
     `max_quarantined`: an int is the largest allowed number of quarantined records, a
     float in (0, 1) the largest allowed share of received records. When exceeded, the
@@ -318,117 +550,171 @@ def extract_payments(
         raise ValueError(f"overlap must not be negative, got {overlap}")
     previous_end = _utc(updated_since) if updated_since is not None else None
     window_start = previous_end - overlap if previous_end is not None else None
-    latest: dict[str, dict[str, Any]] = {}
-    raw: dict[str, Any] = {}  # the payload each kept row came from
-    conflicts = 0
-    rejected: list[dict[str, Any]] = []
-    received = 0
-    valid = 0
-    pages = 0
-    for page in client.iter_payment_pages(window_start, limit=page_size):
-        pages += 1
-        for record in page:
-            received += 1
-            try:
-                row = validate_payment(record)
-            except RecordError as exc:
-                key = record.get("id") if isinstance(record, dict) else None
-                rejected.append(
-                    {
-                        "source": SOURCE,
-                        "table": PAYMENTS_TABLE,
-                        "run_id": run_id,
-                        "record_key": key if isinstance(key, str | int) else None,
-                        "field": exc.field,
-                        "error": exc.error,
-                        "record": record,
-                    }
-                )
-                continue
-            if row["updated_at"] > latest_allowed:
-                rejected.append(
-                    _future_record(
-                        run_id, record, latest_allowed - future_tolerance, future_tolerance
-                    )
-                )
-                continue
-            valid += 1
-            seen = latest.get(row["id"])
-            # >= so that among equal updated_at the copy seen last (the freshest read) wins.
-            if seen is None or row["updated_at"] >= seen["updated_at"]:
-                if seen is not None and row["updated_at"] == seen["updated_at"] and row != seen:
-                    rejected.append(_conflict(run_id, seen, raw[row["id"]], row))
-                    conflicts += 1
-                latest[row["id"]] = row
-                raw[row["id"]] = record
-    duplicates = valid - len(latest) - conflicts
-    rows = sorted(latest.values(), key=lambda r: (r["updated_at"], r["id"]))
+    table_dir = Path(landing_root) / SOURCE / PAYMENTS_TABLE
+    table_dir.mkdir(parents=True, exist_ok=True)
+    stage_dir = table_dir / f".tmp-stage-{uuid.uuid4().hex[:8]}"  # not a run: readers skip
+    stage_dir.mkdir()
+    quarantine = _Quarantine(quarantine_root, run_id)
+    stage = _Stage(stage_dir)
+    counts = {"received": 0, "valid": 0, "replayed": 0, "pages": 0}
 
-    max_landed = rows[-1]["updated_at"] if rows else None
-    candidates = [t for t in (previous_end, max_landed) if t is not None]
-    window_end = max(candidates) if candidates else None  # never backwards
-    _check_jump(previous_end, window_end, rows, max_jump)
+    def take(record: Any, from_replay: bool) -> None:
+        counts["received"] += 1
+        try:
+            row = validate_payment(record)
+        except RecordError as exc:
+            quarantine.add(_invalid_record(run_id, record, exc))
+            return
+        if row["updated_at"] > latest_allowed:
+            quarantine.add(
+                _future_record(run_id, record, latest_allowed - future_tolerance, future_tolerance)
+            )
+            return
+        counts["valid"] += 1
+        counts["replayed"] += from_replay
+        stage.add(row, counts["received"], record, from_replay)
 
-    quarantine_file = Path(quarantine_root) / SOURCE / PAYMENTS_TABLE / f"run={run_id}.jsonl"
-    reasons = [
-        f"id={r['record_key']!r} {r['field'] or 'record'}: {r['error']}"
-        for r in rejected[:_FIRST_REASONS]
-    ]
-    exceeded = _exceeds(len(rejected), received, max_quarantined)
-    if rejected:
-        _write_jsonl_atomically(quarantine_file, rejected)
-        log.warning(
-            "payments: quarantined %d record(s) in %s (first: %s)",
-            len(rejected),
-            quarantine_file,
-            reasons[0],
+    try:
+        for record in replayed:
+            take(record, True)
+        for page in client.iter_payment_pages(window_start, limit=page_size):
+            counts["pages"] += 1
+            for record in page:
+                take(record, False)
+        stage.close()
+        return _land(
+            stage,
+            quarantine,
+            counts,
+            run_id=run_id,
+            landing_root=Path(landing_root),
+            previous_end=previous_end,
+            window_start=window_start,
+            overlap=overlap,
+            max_quarantined=max_quarantined,
+            max_jump=max_jump,
+            accept_drift=accept_drift,
         )
-    else:
-        quarantine_file.unlink(missing_ok=True)  # a rerun must not keep a stale file
+    finally:
+        stage.close()
+        quarantine.discard()
+        shutil.rmtree(stage_dir, ignore_errors=True)
 
-    table = pa.Table.from_pylist(rows, schema=PAYMENTS_SCHEMA)
-    manifest = write_landing_table(
-        table,
-        schema=PAYMENTS_SCHEMA,
-        landing_root=Path(landing_root),
-        source=SOURCE,
-        table_name=PAYMENTS_TABLE,
-        run_id=run_id,
-        cursor_column="updated_at",
-        accept_drift=accept_drift,
-        extra_files={QUARANTINE_FILE_NAME: _jsonl_bytes(rejected)} if rejected else None,
-        extra_manifest={
-            "mode": "incremental",
-            "cursor_key": None,
-            "updated_since": previous_end.isoformat() if previous_end else None,
-            "overlap_seconds": overlap.total_seconds(),
-            "window_start": window_start.isoformat() if window_start else None,
-            "window_end": window_end.isoformat() if window_end else None,
-            "pages": pages,
-            "received": received,
-            "quarantined": len(rejected),
-            "max_quarantined": max_quarantined,
-            "duplicates_dropped": duplicates,
-            "quarantine_file": str(quarantine_file) if rejected else None,
-            "status": "quarantine_threshold_exceeded" if exceeded else "ok",
-        },
+
+def _land(
+    stage: _Stage,
+    quarantine: _Quarantine,
+    counts: dict[str, int],
+    *,
+    run_id: str,
+    landing_root: Path,
+    previous_end: datetime | None,
+    window_start: datetime | None,
+    overlap: timedelta,
+    max_quarantined: int | float,
+    max_jump: timedelta | None,
+    accept_drift: bool,
+) -> dict[str, Any]:
+    """Deduplicate the staged records, write the quarantine file, land the winners."""
+    import duckdb
+
+    con = duckdb.connect(
+        config={
+            "memory_limit": STAGE_MEMORY_LIMIT,
+            "temp_directory": str(stage.path.parent / "spill"),
+            "threads": 2,
+            "preserve_insertion_order": False,
+        }
     )
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        if stage.rows:
+            path = str(stage.path).replace("'", "''")
+            con.execute(f"create view staged as select * from read_parquet('{path}')")
+        else:
+            con.register("staged", _STAGE_SCHEMA.empty_table())  # no file was written
+        conflicts = _conflicts(con, run_id, quarantine)
+        winners, max_api_us = con.execute(
+            "select count(distinct id), epoch_us(max(updated_at) filter (where not _replayed)) "
+            "from staged"
+        ).fetchone()
+        newest = con.execute(
+            "select id, epoch_us(max(updated_at)) as t from staged group by id "
+            "order by t desc, id desc limit 3"
+        ).fetchall()
+        duplicates = counts["valid"] - winners - conflicts
+        max_landed = _from_us(max_api_us)
+        candidates = [t for t in (previous_end, max_landed) if t is not None]
+        window_end = max(candidates) if candidates else None  # never backwards
+        _check_jump(
+            previous_end,
+            window_end,
+            [(pid, _from_us(t)) for pid, t in reversed(newest)],
+            max_jump,
+        )
+
+        quarantine_file = quarantine.close()
+        exceeded = _exceeds(quarantine.count, counts["received"], max_quarantined)
+        if quarantine_file is not None:
+            log.warning(
+                "payments: quarantined %d record(s) in %s (first: %s)",
+                quarantine.count,
+                quarantine_file,
+                quarantine.reasons[0],
+            )
+        reader = con.sql(  # streamed: DuckDB hands over STAGE_BATCH_ROWS rows at a time
+            f"select {_PAYMENT_COLUMNS} from staged "
+            "qualify row_number() over (partition by id order by updated_at desc, _seq desc) = 1 "
+            "order by updated_at, id"
+        ).to_arrow_reader(STAGE_BATCH_ROWS)
+        manifest = write_landing_table(
+            reader,
+            schema=PAYMENTS_SCHEMA,
+            landing_root=landing_root,
+            source=SOURCE,
+            table_name=PAYMENTS_TABLE,
+            run_id=run_id,
+            cursor_column="updated_at",
+            accept_drift=accept_drift,
+            extra_files=(
+                {QUARANTINE_FILE_NAME: quarantine_file.read_bytes()} if quarantine_file else None
+            ),
+            extra_manifest={
+                "mode": "incremental",
+                "cursor_key": None,
+                "updated_since": previous_end.isoformat() if previous_end else None,
+                "overlap_seconds": overlap.total_seconds(),
+                "window_start": window_start.isoformat() if window_start else None,
+                "window_end": window_end.isoformat() if window_end else None,
+                "pages": counts["pages"],
+                "received": counts["received"],
+                "replayed": counts["replayed"],
+                "quarantined": quarantine.count,
+                "max_quarantined": max_quarantined,
+                "duplicates_dropped": duplicates,
+                "quarantine_file": str(quarantine_file) if quarantine_file else None,
+                "status": "quarantine_threshold_exceeded" if exceeded else "ok",
+            },
+        )
+    finally:
+        con.close()
     log.info(
         "payments: landed %d row(s) from %d page(s) in window [%s, %s] "
-        "(%d duplicate(s) dropped, %d quarantined)",
+        "(%d duplicate(s) dropped, %d quarantined, %d replayed)",
         manifest["rows"],
-        pages,
+        counts["pages"],
         manifest["window_start"],
         manifest["window_end"],
         duplicates,
-        len(rejected),
+        quarantine.count,
+        counts["replayed"],
     )
     if exceeded:
         raise QuarantineThresholdError(
-            quarantined=len(rejected),
-            received=received,
+            quarantined=quarantine.count,
+            received=counts["received"],
             threshold=max_quarantined,
-            reasons=reasons,
+            reasons=quarantine.reasons,
             quarantine_file=quarantine_file,
         )
     return manifest
