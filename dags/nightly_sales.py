@@ -39,15 +39,23 @@ A run for day D publishes every day up to its **horizon**, the later of D and th
 day already published, each recomputed from the source as the run read it: a backfill
 or rerun of an earlier day never removes a published day.
 Tasks that write the DuckDB file share the one-slot pool `warehouse_writer`.
+
+One run at a time, whatever the scheduler does: every task works under the run's
+**warehouse lease** (`<warehouse>.lease`, warehouse/lease.py), taken by the first task,
+renewed while tasks run, given up by the teardown `release_warehouse`; another run waits
+`WAREHOUSE_LEASE_WAIT_S` then fails naming the holder. Deterministic errors (quality
+gates, contracts, config, schema drift, the mass-delete guard, a publish conflict) fail
+a task without retries (pipeline/task_run.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task, teardown
 
 from alerting.callbacks import on_task_failure, on_task_retry, run_deadline
 from pipeline.settings import task_timeout_minutes
@@ -72,6 +80,19 @@ default_args = {
 def _param(name: str) -> bool:
     """A boolean param of the run (`full_refresh`, `allow_mass_delete`)."""
     return bool((get_current_context().get("params") or {}).get(name))
+
+
+def _guarded(fn):
+    """The task runs under the run's warehouse lease, and a deterministic error fails it
+    without retries (pipeline/task_run.py)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from pipeline.task_run import run_guarded
+
+        return run_guarded(fn, *args, **kwargs)
+
+    return run
 
 
 def _text_param(name: str) -> str:
@@ -129,6 +150,7 @@ def _business_date():
 )
 def nightly_sales():
     @task
+    @_guarded
     def extract_source_db() -> dict:
         from pipeline import nightly
 
@@ -137,42 +159,49 @@ def nightly_sales():
         )
 
     @task(pool=WAREHOUSE_POOL, retries=0)
+    @_guarded
     def load_source_db() -> dict:
         from pipeline import nightly
 
         return nightly.load_source_db(_business_date(), _param("allow_mass_delete"))
 
     @task
+    @_guarded
     def extract_payments_api() -> dict:
         from pipeline import nightly
 
         return nightly.extract_payments_api(_business_date(), _text_param("accept_schema_drift"))
 
     @task(pool=WAREHOUSE_POOL, retries=0)
+    @_guarded
     def load_payments_api() -> dict:
         from pipeline import nightly
 
         return nightly.load_payments_api(_business_date())
 
     @task(pool=WAREHOUSE_POOL, retries=0)
+    @_guarded
     def dbt_build() -> dict:
         from pipeline import nightly
 
         return nightly.dbt_build(_business_date())
 
     @task(pool=WAREHOUSE_POOL, retries=0)
+    @_guarded
     def transform_daily_sales() -> dict:
         from pipeline import nightly
 
         return nightly.transform_daily_sales(_business_date())
 
     @task(retries=0)
+    @_guarded
     def check_parity() -> dict:
         from pipeline import nightly
 
         return nightly.check_parity(_business_date())
 
     @task(pool=WAREHOUSE_POOL, retries=0)
+    @_guarded
     def publish(
         extracted: dict, loaded: dict, api: dict, api_loaded: dict, etl: dict, parity: dict
     ) -> dict:
@@ -184,22 +213,31 @@ def nightly_sales():
         return stats
 
     @task(retries=0)
+    @_guarded
     def build_report(stats: dict) -> str:
         from pipeline import nightly
 
         return nightly.build_report(_business_date(), stats)
 
     @task(retries=0)
+    @_guarded
     def check_alerts() -> dict:
         from pipeline import nightly
 
         return nightly.check_alerts(_business_date())
 
     @task(retries=0)
+    @_guarded
     def apply_retention() -> dict:
         from pipeline import nightly
 
         return nightly.apply_retention(_business_date())
+
+    @teardown
+    def release_warehouse() -> str:
+        from pipeline.task_run import release_run_lease
+
+        return release_run_lease()
 
     extracted = extract_source_db()
     loaded = load_source_db()
@@ -210,7 +248,11 @@ def nightly_sales():
     parity = check_parity()
     extracted >> loaded >> api >> api_loaded >> built >> etl >> parity
     stats = publish(extracted, loaded, api, api_loaded, etl, parity)
-    build_report(stats) >> check_alerts() >> apply_retention()
+    report, alerts, retained = build_report(stats), check_alerts(), apply_retention()
+    report >> alerts >> retained
+    # the run's warehouse lease is given up when every task is done, failed or not
+    every = [extracted, loaded, api, api_loaded, built, etl, parity, stats, report, alerts]
+    every + [retained] >> release_warehouse()
 
 
 nightly_sales()

@@ -81,6 +81,13 @@ def run_dag(
     `full_refresh`, `allow_mass_delete`: the DAG params of the same names."""
     env = airflow_env(env)
     ensure_airflow_initialised(env)
+    with warehouse_lease(env, f"nightly {business_date} (airflow dags test)") as env:
+        _dags_test(business_date, env, full_refresh, allow_mass_delete)
+
+
+def _dags_test(
+    business_date: date, env: dict[str, str], full_refresh: bool, allow_mass_delete: bool
+) -> None:
     conf = json.dumps(
         {
             "business_date": business_date.isoformat(),
@@ -101,6 +108,45 @@ def run_dag(
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"nightly_sales for {business_date} failed (exit {proc.returncode})")
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """`os.environ` as the run will see it, for reading its settings here."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def warehouse_lease(env: dict[str, str], run: str) -> Iterator[dict[str, str]]:
+    """The warehouse's lease (warehouse/lease.py) for the whole of a command that runs
+    the DAG through `airflow dags test`, which ignores pools and `max_active_runs`: a
+    second command (or the scheduled run) waits `WAREHOUSE_LEASE_WAIT_S`, then fails
+    naming this one. Yields `env` with the holder named for the run's tasks; a holder
+    already named there (a backfill's day) is joined, not taken again."""
+    from pipeline.task_run import HOLDER_ENV, RUN_ENV
+    from warehouse import lease
+
+    if env.get(HOLDER_ENV):
+        yield env
+        return
+    with _environ(env):
+        warehouse = settings.warehouse_path()
+        ttl_s = settings.warehouse_lease_ttl_seconds()
+        wait_s = settings.warehouse_lease_wait_seconds()
+    holder = lease.new_holder("dags-test")
+    described = f"{run}, pid {os.getpid()}"
+    try:
+        with lease.held(warehouse, holder, described, ttl_s=ttl_s, wait_s=wait_s):
+            yield {**env, HOLDER_ENV: holder, RUN_ENV: described}
+    except lease.WarehouseBusyError as exc:
+        raise SystemExit(f"{run}: not started: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -158,26 +204,32 @@ def backfill(first: date, last: date, env_extra: dict[str, str]) -> int:
 
     Each day is a normal `dags test` run (idempotent: a rerun replaces that day), so
     backfilling a range twice leaves the same tables. Prints progress and a summary.
+    The warehouse's lease is held from the first day to the last: no other run slips
+    in between two days.
     No scheduler needed; `backfill_with_scheduler` is the deployed form.
     """
     import time as _time
 
     days = _business_days(first, last)
     results: list[tuple[date, str, float]] = []
-    for index, day in enumerate(days, 1):
-        started = _time.monotonic()
-        try:
-            run_dag(day, env_extra)
-            outcome = "success"
-        except SystemExit as exc:
-            outcome = f"failed ({exc})"
-        seconds = _time.monotonic() - started
-        results.append((day, outcome, seconds))
-        done = sum(r[2] for r in results)
-        eta = done / index * (len(days) - index)
-        print(f"[backfill {index}/{len(days)}] {day}: {outcome} in {seconds:.0f}s (ETA {eta:.0f}s)")
-        if outcome != "success":
-            break
+    # one lease for every day: no other run slips in between two days
+    with warehouse_lease(airflow_env(env_extra), f"backfill {first}..{last}") as env:
+        for index, day in enumerate(days, 1):
+            started = _time.monotonic()
+            try:
+                run_dag(day, env)
+                outcome = "success"
+            except SystemExit as exc:
+                outcome = f"failed ({exc})"
+            seconds = _time.monotonic() - started
+            results.append((day, outcome, seconds))
+            done = sum(r[2] for r in results)
+            eta = done / index * (len(days) - index)
+            print(
+                f"[backfill {index}/{len(days)}] {day}: {outcome} in {seconds:.0f}s (ETA {eta:.0f}s)"
+            )
+            if outcome != "success":
+                break
     return _summary(first, last, results, len(days))
 
 

@@ -766,7 +766,21 @@ def run_stats(
 def run_all(
     business_date: date, full_refresh: bool = False, allow_mass_delete: bool = False
 ) -> dict[str, Any]:
-    """Every step in order, without Airflow (the DAG runs the same functions)."""
+    """Every step in order, without Airflow (the DAG runs the same functions), under
+    the warehouse's lease (warehouse/lease.py): one run at a time."""
+    from warehouse import lease
+
+    with lease.held(
+        settings.warehouse_path(),
+        lease.new_holder("nightly"),
+        f"nightly {business_date} (python -m pipeline.nightly)",
+        ttl_s=settings.warehouse_lease_ttl_seconds(),
+        wait_s=settings.warehouse_lease_wait_seconds(),
+    ):
+        return _run_all(business_date, full_refresh, allow_mass_delete)
+
+
+def _run_all(business_date: date, full_refresh: bool, allow_mass_delete: bool) -> dict[str, Any]:
     extracted = extract_source_db(business_date, full_refresh)
     loaded = load_source_db(business_date, allow_mass_delete)
     api = extract_payments_api(business_date)

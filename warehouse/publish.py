@@ -12,7 +12,8 @@ A publish succeeds only if the published file is still the one the build was cop
 from (`<build>.base` records it): a second run that started from the same state, or
 a rerun racing the scheduled night, fails with PublishConflictError instead of
 silently reverting the other run's publish. Publishers take `<warehouse>.publish.lock`
-for the check and the rename.
+for the check and the rename, and a run working under the warehouse's lease
+(warehouse/lease.py) publishes only while that lease is still its own.
 
 Every nightly publish also keeps its file as a version (`<warehouse>.versions/`, a hard
 link: no copy), the last N of them, for `make rollback` (warehouse/rollback.py).
@@ -118,6 +119,9 @@ def publish_build(
     lock_path = warehouse_path.with_name(warehouse_path.name + ".publish.lock")
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one publisher at a time: check, then rename
+        from warehouse.lease import check_held
+
+        check_held(warehouse_path)  # a run whose lease was taken over never publishes
         _check_base(build, warehouse_path)
         started = time.perf_counter()
         os.replace(build, warehouse_path)

@@ -4,7 +4,8 @@ Every nightly publish keeps its file as a version (warehouse/publish.py). A roll
 copies the chosen version to a build file, records itself in that copy's
 `ops.pipeline_runs` (run id `rollback-<UTC stamp>`, the restored run in `metrics`), and
 publishes it with the same atomic rename as a nightly run: readers see the old or the
-new warehouse, never a mix. The report is rebuilt to match: pages of days the restored
+new warehouse, never a mix. It holds the warehouse's lease (warehouse/lease.py) while it
+does: it waits for, or fails naming, a run that is building. The report is rebuilt to match: pages of days the restored
 warehouse does not publish are removed, the others rebuilt from it.
 
     python -m warehouse.rollback                 # the version before the current one
@@ -129,8 +130,23 @@ def _record(build: Path, restored_run: str, restored: Path, replaced: str | None
 
 
 def rollback(warehouse_path: Path, to_run_id: str | None = None) -> dict[str, Any]:
-    """Publish a kept version again (atomically); return what was restored."""
+    """Publish a kept version again (atomically); return what was restored.
+
+    Under the warehouse's lease (warehouse/lease.py): never while a run builds."""
+    from warehouse import lease
+
     warehouse_path = Path(warehouse_path)
+    with lease.held(
+        warehouse_path,
+        lease.new_holder("rollback"),
+        f"make rollback{f' TO={to_run_id}' if to_run_id else ''}",
+        ttl_s=settings.warehouse_lease_ttl_seconds(),
+        wait_s=settings.warehouse_lease_wait_seconds(),
+    ):
+        return _rollback(warehouse_path, to_run_id)
+
+
+def _rollback(warehouse_path: Path, to_run_id: str | None) -> dict[str, Any]:
     restored_run, restored = choose_version(warehouse_path, to_run_id)
     versions = list_versions(warehouse_path)
     current = _current_index(warehouse_path, versions)
@@ -165,9 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         for i, (run, path) in enumerate(versions):
             print(f"{'*' if i == current else ' '} {run:<28} {path.name}")
         return 0
+    from warehouse.lease import WarehouseBusyError
+
     try:
         result = rollback(warehouse_path, args.to_run_id)
-    except RollbackError as exc:
+    except (RollbackError, WarehouseBusyError) as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 2
     from report.build import rebuild_all_pages
