@@ -80,6 +80,10 @@ backfill: airflow-init ## Nights FROM=YYYY-MM-DD TO=YYYY-MM-DD: airflow backfill
 rollback: $(STAMP) ## Publish a kept warehouse version again: the one before the current, or TO=<run id> (LIST=1 lists them)
 	$(BIN)/python -m warehouse.rollback $(if $(TO),--to "$$TO",) $(if $(filter 1,$(LIST)),--list,)
 
+.PHONY: unlock
+unlock: $(STAMP) ## Remove the warehouse's run lease left by a dead run (python -m warehouse.lease shows who holds it)
+	$(BIN)/python -m warehouse.lease unlock
+
 .PHONY: airflow
 airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login admin/admin)
 	$(BIN)/python -m pipeline.airflow_run ui
