@@ -84,6 +84,10 @@ rollback: $(STAMP) ## Publish a kept warehouse version again: the one before the
 unlock: $(STAMP) ## Remove the warehouse's run lease left by a dead run (python -m warehouse.lease shows who holds it)
 	$(BIN)/python -m warehouse.lease unlock
 
+.PHONY: replay
+replay: $(STAMP) ## Re-validate quarantined payments (all, or DATE=YYYY-MM-DD's runs); those that pass land with the next nightly, once
+	$(BIN)/python -m extract.replay $(if $(DATE),--date "$$DATE",)
+
 .PHONY: airflow
 airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login admin/admin)
 	$(BIN)/python -m pipeline.airflow_run ui

@@ -17,6 +17,7 @@ EVIL = "2026-01-01; touch /tmp/nightshift-pwned"
         ("nightly", f"DATE={EVIL}"),
         ("backfill", f"FROM={EVIL}"),
         ("rollback", f"TO={EVIL}"),
+        ("replay", f"DATE={EVIL}"),
     ],
 )
 def test_typed_values_reach_recipes_as_quoted_variables(target: str, assignment: str) -> None:
