@@ -50,7 +50,6 @@ from extract.replica import (
     replica_safe_window_end,
     replication_lag_seconds,
 )
-from extract.source_timeouts import connect_args, raise_source_timeout
 from extract.shards import (
     Ranges,
     ShardMap,
@@ -62,10 +61,11 @@ from extract.shards import (
     shard_predicate,
     watermark_shard_key,
 )
+from extract.source_timeouts import connect_args, raise_source_timeout
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
 from pipeline import clock
-from pipeline.settings import sqlalchemy_url
+from pipeline.settings import future_tolerance_minutes, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,15 @@ _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 class SchemaError(RuntimeError):
     """The source table does not have a column the pipeline needs."""
+
+
+class FutureCursorError(RuntimeError):
+    """Source rows whose cursor is later than the run's upper bound U (the source's own
+    clock) + `FUTURE_TOLERANCE_MINUTES`: stopped before anything is landed, naming the
+    table, the count, sample keys and the newest value. Deterministic: not retried."""
+
+
+FUTURE_SAMPLES = 5
 
 
 def arrow_type(sa_type: sa.types.TypeEngine) -> pa.DataType:
@@ -447,6 +456,117 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def _future_rows(
+    conn: sa.Connection,
+    table: sa.Table,
+    config: TableConfig,
+    upper: datetime,
+    limit: datetime,
+    scope: tuple[str, dict[str, Any]] | None,
+) -> tuple[int, int, datetime | None, list[tuple[Any, datetime]]]:
+    """Rows of `table` whose cursor is after `upper`: (how many, how many after `limit`,
+    the newest cursor, up to FUTURE_SAMPLES (key, cursor) after `limit`, newest first).
+    `scope`: a SQL predicate with binds restricting the rows (a shard's vshards)."""
+    cursor, key = table.c[config.cursor], table.c[config.key]
+    where = [] if scope is None else [sa.text(scope[0]).bindparams(**scope[1])]
+    if conn.dialect.name == "sqlite":
+        # timestamps are text in any ISO form: a superset on the day prefix, then exact
+        day = (upper - timedelta(days=1)).date().isoformat()
+        stmt = sa.select(key, sa.type_coerce(cursor, sa.String)).where(
+            sa.type_coerce(cursor, sa.String) >= day, *where
+        )
+        after = []
+        for k, raw in conn.execute(stmt):
+            value = _to_utc(raw)
+            if value is not None and value > upper:
+                after.append((k, value))
+        beyond = sorted((r for r in after if r[1] > limit), key=lambda r: r[1], reverse=True)
+        newest = max((v for _, v in after), default=None)
+        return len(after), len(beyond), newest, beyond[:FUTURE_SAMPLES]
+    hi, lim = _bind_ts(conn, cursor, upper), _bind_ts(conn, cursor, limit)
+    count, beyond, newest = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.count(sa.case((cursor > lim, 1))),
+            sa.func.max(cursor),
+        ).where(cursor > hi, *where)
+    ).one()
+    samples: list[tuple[Any, datetime]] = []
+    if beyond:
+        stmt = (
+            sa.select(key, cursor)
+            .where(cursor > lim, *where)
+            .order_by(cursor.desc(), key)
+            .limit(FUTURE_SAMPLES)
+        )
+        samples = [(k, _to_utc(v)) for k, v in conn.execute(stmt)]
+    return int(count), int(beyond), _to_utc(newest), samples
+
+
+def check_future_cursors(
+    conn: sa.Connection,
+    tables: Mapping[str, tuple[sa.Table, TableConfig]],
+    upper: datetime,
+    tolerance: timedelta,
+    shard: ShardScope | None = None,
+) -> None:
+    """Stop the extract when a table has rows whose cursor is later than U + `tolerance`.
+
+    A run reads `cursor <= U`, U being the source's own clock. A row stamped after it
+    (the writing application's clock far ahead of the database's) would not be read
+    until the database's clock caught up, possibly years: silently missing. Landing it
+    is no better: the warehouse's merge keeps the newest cursor per key, so its future
+    stamp would outrank every real update of the row until then. So the run fails, in
+    the run's snapshot and before anything is landed, naming the table, the count, sample
+    keys and the newest value; the watermark does not move. Rows at most `tolerance`
+    after U (ordinary clock skew) are only logged: the next run reads them.
+    Every table whose cursor column is a timestamp is checked (full-mode tables too: what
+    they land would outrank the updates of later incremental runs).
+    """
+    limit = upper + tolerance
+    problems = []
+    for name, (table, config) in tables.items():
+        column = table.c.get(config.cursor)
+        if column is None or not isinstance(column.type, sa.DateTime):
+            continue
+        scope = None
+        if shard is not None:
+            scope = shard_predicate(
+                config.key,
+                shard.owned(name),
+                conn.dialect.name,
+                virtual_shards=shard.virtual_shards,
+                param_prefix="fvs",
+            )
+        count, beyond, newest, samples = _future_rows(conn, table, config, upper, limit, scope)
+        if count and not beyond:
+            log.warning(
+                "%s: %d row(s) with %s after the source's clock %s, within "
+                "FUTURE_TOLERANCE_MINUTES (newest %s): a later run reads them",
+                name,
+                count,
+                config.cursor,
+                upper.isoformat(),
+                _iso(newest),
+            )
+        if beyond:
+            keys = ", ".join(f"{k!r} ({v.isoformat()})" for k, v in samples)
+            problems.append(
+                f"{name}: {beyond} row(s) with {config.cursor} later than the source's clock "
+                f"{upper.isoformat()} + {tolerance} (FUTURE_TOLERANCE_MINUTES), the newest "
+                f"{_iso(newest)}; sample {config.key}s, newest first: {keys}"
+            )
+    if problems:
+        where = "" if shard is None else f" (shard {shard.name})"
+        raise FutureCursorError(
+            f"source rows from the future{where}: " + "; ".join(problems) + ". Nothing was "
+            "landed and the watermarks did not move. Such rows would not be read until the "
+            "database's clock caught up, and once loaded would outrank every real update "
+            "of the row. Fix their cursor at the source (the writing application's clock), "
+            "or the database's clock if it is the one behind; then rerun."
+        )
+
+
 def window_start(
     config: TableConfig,
     warehouse_path: Path | None,
@@ -622,9 +742,13 @@ def extract_tables(
     parallel_min_rows: int = PARALLEL_MIN_ROWS,
     aggregates: Callable[[Reader], Reader] | None = None,
     read_choice: ReadChoice | None = None,
+    future_tolerance: timedelta | None = None,
     accept_drift: bool | Sequence[str] = False,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
+
+    Rows whose cursor is after U + `future_tolerance` (default `FUTURE_TOLERANCE_MINUTES`)
+    stop the run before anything is landed (`check_future_cursors`, FutureCursorError).
 
     `read_choice`: how `url` was chosen (`extract.replica.choose_read_url`). Read from
     a replica that lags L seconds, the recorded window end (the next run's watermark)
@@ -662,6 +786,8 @@ def extract_tables(
         lower = {c.name: window_start(c, warehouse_path) for c in configs}
     else:
         lower = {c.name: shard.lower.get(c.name) for c in configs}
+    if future_tolerance is None:
+        future_tolerance = timedelta(minutes=future_tolerance_minutes())
     engine = sa.create_engine(sqlalchemy_url(url), connect_args=connect_args(sqlalchemy_url(url)))
     if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine)
@@ -679,8 +805,10 @@ def extract_tables(
             )
             snapshot = _export_snapshot(conn, configs, parallelism, reader)
             metadata = sa.MetaData()
+            reflected = {c.name: (_reflect(conn, metadata, c), c) for c in configs}
+            check_future_cursors(conn, reflected, upper, future_tolerance, shard)
             for config in configs:
-                table = _reflect(conn, metadata, config)
+                table = reflected[config.name][0]
                 schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
                 lo = lower[config.name]
                 table_reader = _table_reader(

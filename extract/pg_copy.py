@@ -342,9 +342,7 @@ def _blocks(
             thread.join()
 
 
-def _finish_copy(
-    pg: psycopg.Connection, stall_s: float = float("inf"), table: str = "?"
-) -> None:
+def _finish_copy(pg: psycopg.Connection, stall_s: float = float("inf"), table: str = "?") -> None:
     """Collect the final result of the COPY; raise if the server reported an error."""
     pgconn = pg.pgconn
     since = time.monotonic()
