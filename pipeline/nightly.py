@@ -208,8 +208,7 @@ def extract_source_db(
         configs = [dataclasses.replace(c, mode="full") for c in configs]
         extras["full_refresh"] = True
     totals = _source_totals(business_date)
-    manifests = _no_retry_on_bad_records(
-        extract_tables,
+    manifests = extract_tables(
         choice.url,
         run_id=run_id_for(business_date),
         landing_root=settings.landing_dir(),
@@ -400,21 +399,15 @@ def fx_days_needed(business_date: date, horizon: date) -> list[date]:
 
 
 def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
-    """Too many quarantined records, a watermark jump, pages that break the contract or
-    source rows from the future are the data, not a hiccup: fail the task without
-    Airflow's retries (minutes of backoff that cannot change the answer)."""
+    """Too many quarantined records, a watermark jump or pages that break the contract are
+    the data, not a hiccup: fail the task without Airflow's retries (minutes of backoff
+    that cannot change the answer)."""
     from extract.api_client import ApiContractError
     from extract.api_extract import QuarantineThresholdError, WatermarkJumpError
-    from extract.db_extract import FutureCursorError
 
     try:
         return extract(*args, **kwargs)
-    except (
-        QuarantineThresholdError,
-        WatermarkJumpError,
-        ApiContractError,
-        FutureCursorError,
-    ) as exc:
+    except (QuarantineThresholdError, WatermarkJumpError, ApiContractError) as exc:
         try:
             from airflow.sdk.exceptions import AirflowFailException
         except ImportError:  # run without Airflow (python -m pipeline.nightly)
@@ -465,6 +458,7 @@ def extract_payments_api(
     `accept_schema_drift`: as for `extract_source_db`."""
     from extract.api_client import PaymentsApiClient
     from extract.api_extract import extract_fx_rates, extract_payments
+    from extract.replay import open_replays
 
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
     horizon = published_horizon(business_date)
@@ -483,6 +477,8 @@ def extract_payments_api(
             updated_since=_payments_since(),
             future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
             max_jump=timedelta(days=settings.watermark_max_jump_days()) or None,
+            # `make replay` queued these; they land with this run until published
+            replayed=open_replays(settings.quarantine_dir(), settings.warehouse_path()),
             accept_drift=accepted,
         )
         fx = extract_fx_rates(
@@ -500,6 +496,7 @@ def extract_payments_api(
     return {
         "payments": payments["rows"],
         "payments_quarantined": payments.get("quarantined", 0),
+        "payments_replayed": payments.get("replayed", 0),
         "fx_rates": fx["rows"],
     }
 
