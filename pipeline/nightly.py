@@ -208,7 +208,8 @@ def extract_source_db(
         configs = [dataclasses.replace(c, mode="full") for c in configs]
         extras["full_refresh"] = True
     totals = _source_totals(business_date)
-    manifests = extract_tables(
+    manifests = _no_retry_on_bad_records(
+        extract_tables,
         choice.url,
         run_id=run_id_for(business_date),
         landing_root=settings.landing_dir(),
@@ -399,15 +400,21 @@ def fx_days_needed(business_date: date, horizon: date) -> list[date]:
 
 
 def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
-    """Too many quarantined records, a watermark jump or pages that break the contract are
-    the data, not a hiccup: fail the task without Airflow's retries (minutes of backoff
-    that cannot change the answer)."""
+    """Too many quarantined records, a watermark jump, pages that break the contract or
+    source rows from the future are the data, not a hiccup: fail the task without
+    Airflow's retries (minutes of backoff that cannot change the answer)."""
     from extract.api_client import ApiContractError
     from extract.api_extract import QuarantineThresholdError, WatermarkJumpError
+    from extract.db_extract import FutureCursorError
 
     try:
         return extract(*args, **kwargs)
-    except (QuarantineThresholdError, WatermarkJumpError, ApiContractError) as exc:
+    except (
+        QuarantineThresholdError,
+        WatermarkJumpError,
+        ApiContractError,
+        FutureCursorError,
+    ) as exc:
         try:
             from airflow.sdk.exceptions import AirflowFailException
         except ImportError:  # run without Airflow (python -m pipeline.nightly)
