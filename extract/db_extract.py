@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,9 @@ def _to_utc(value: Any) -> datetime | None:
     return value.astimezone(UTC)
 
 
+_WIDE = Context(prec=80)  # the default context has 28 digits; decimal128 holds 38
+
+
 def _converter(arrow: pa.DataType):
     if pa.types.is_timestamp(arrow):
         return _to_utc
@@ -135,7 +138,7 @@ def _converter(arrow: pa.DataType):
             if v is None:
                 return None
             d = v if isinstance(v, Decimal) else Decimal(str(v))
-            q = d.quantize(quantum)
+            q = d.quantize(quantum, context=_WIDE)  # numeric(30, 8): 30 digits > 28
             if q != d:
                 raise ValueError(f"value {v!r} does not fit scale {scale}")
             return q
@@ -164,14 +167,29 @@ def read_batches(
     params: dict[str, Any],
     batch_size: int,
 ) -> Iterator[pa.RecordBatch]:
-    """Default reader: a streamed SQLAlchemy select, any dialect, ordered by primary key."""
+    """Default reader: a streamed SQLAlchemy select, any dialect, ordered by primary key.
+
+    On PostgreSQL it lands what the COPY fast path lands (tests/extract/
+    test_reader_agreement.py): a column landed as text whose source type is not text
+    (json/jsonb, arrays, bytea, interval, time, uuid, ...) is read as the server's text,
+    not as the driver's Python object; `timestamptz` is read at UTC (no session time
+    zone can push year 1 or 9999 out of range). A value that cannot be landed fails
+    naming the table, the column and the row's key (a date or timestamp outside the
+    years 1..9999 or infinite: `_pg_out_of_range`).
+    """
     is_sqlite = conn.dialect.name == "sqlite"
+    is_pg = conn.dialect.name == "postgresql"
     columns = []
-    for name in schema.names:
-        col = table.c[name]
+    for field in schema:
+        col = table.c[field.name]
         # SQLite stores timestamps as text in many formats: read text, parse ourselves.
         if is_sqlite and isinstance(col.type, sa.DateTime | sa.Date):
             columns.append(sa.type_coerce(col, sa.String).label(col.name))
+        elif is_pg and pa.types.is_string(field.type) and not isinstance(col.type, sa.String):
+            columns.append(sa.cast(col, sa.Text).label(col.name))
+        elif is_pg and isinstance(col.type, sa.DateTime) and col.type.timezone:
+            utc = sa.func.timezone("UTC", col)
+            columns.append(sa.type_coerce(utc, sa.DateTime()).label(col.name))
         else:
             columns.append(col)
     stmt = sa.select(*columns)
@@ -184,20 +202,65 @@ def read_batches(
     key_index = schema.get_field_index(key_name)
     converters = [_converter(f.type) for f in schema]
     result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
-    for rows in result.partitions(batch_size):
-        arrays = []
-        for i, field in enumerate(schema):
-            convert = converters[i]
-            try:
-                values = [convert(r[i]) for r in rows]
-            except (ValueError, TypeError, ArithmeticError) as exc:
-                bad = next(r for r in rows if _fails(convert, r[i]))
-                raise ValueError(
-                    f"{table.name}.{field.name}: cannot convert value {bad[i]!r} "
-                    f"of row {key_name}={bad[key_index]}: {exc}"
-                ) from exc
-            arrays.append(pa.array(values, type=field.type))
-        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+    try:
+        for rows in result.partitions(batch_size):
+            arrays = []
+            for i, field in enumerate(schema):
+                convert = converters[i]
+                try:
+                    values = [convert(r[i]) for r in rows]
+                    arrays.append(pa.array(values, type=field.type))
+                except (ValueError, TypeError, ArithmeticError, pa.ArrowException) as exc:
+                    bad = next(r for r in rows if _fails(convert, r[i], field.type))
+                    raise ValueError(
+                        f"{table.name}.{field.name}: cannot convert value {bad[i]!r} "
+                        f"of row {key_name}={bad[key_index]}: {exc}"
+                    ) from exc
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+    except sa.exc.DataError as exc:  # the driver could not load a value (psycopg)
+        if is_pg:
+            _pg_out_of_range(conn, table, schema, where_sql, params, key_name, exc)
+        raise
+    finally:
+        result.close()
+
+
+_LANDABLE_DAYS = ("0001-01-01", "10000-01-01")  # the years 1..9999 both readers land
+
+
+def _pg_out_of_range(
+    conn: sa.Connection,
+    table: sa.Table,
+    schema: pa.Schema,
+    where_sql: str | None,
+    params: dict[str, Any],
+    key_name: str,
+    exc: Exception,
+) -> None:
+    """The driver failed to load a row (psycopg: "timestamp too large (after year 10K)",
+    without naming the column or row): find the first date/timestamp outside the years
+    1..9999 (or infinite) in the rows read, and raise naming table, column and key."""
+    key = table.c[key_name]
+    for field in schema:
+        col = table.c[field.name]
+        if not (pa.types.is_timestamp(field.type) or pa.types.is_date32(field.type)):
+            continue
+        if not isinstance(col.type, sa.DateTime | sa.Date):
+            continue
+        is_ts = isinstance(col.type, sa.DateTime)
+        expr = sa.func.timezone("UTC", col) if is_ts and col.type.timezone else col
+        bound = sa.DateTime() if is_ts else sa.Date()
+        lo, hi = (sa.cast(sa.literal(d), bound) for d in _LANDABLE_DAYS)
+        stmt = sa.select(key, sa.cast(col, sa.Text)).where(sa.not_(sa.and_(expr >= lo, expr < hi)))
+        if where_sql:
+            stmt = stmt.where(sa.text(where_sql).bindparams(**params))
+        row = conn.execute(stmt.order_by(key).limit(1)).first()
+        if row is not None:
+            raise ValueError(
+                f"{table.name}.{field.name}: cannot land value {row[1]!r} of row "
+                f"{key_name}={row[0]}: outside the years 1..9999 that both readers land "
+                f"(a typo'd year?): {exc.orig if hasattr(exc, 'orig') else exc}"
+            ) from exc
 
 
 _BIND = re.compile(r"(?<![:\w]):(\w+)")
@@ -213,7 +276,7 @@ def auto_read_batches(
 ) -> Iterator[pa.RecordBatch]:
     """PostgreSQL: the binary COPY fast path (extract/pg_copy.py), inside the run's
     snapshot transaction; every other database: the generic reader. Same types, same rows."""
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql" or not _copy_reads(conn, table, schema):
         yield from read_batches(conn, table, schema, where_sql, params, batch_size)
         return
     from extract.pg_copy import stream_pg_batches
@@ -228,7 +291,31 @@ def auto_read_batches(
         batch_rows=batch_size,
         conn=conn,
         pg_schema=table.schema,
+        key=_row_key(table, schema),
     )
+
+
+def _row_key(table: sa.Table, schema: pa.Schema) -> str:
+    """The column that names a row in errors: the first primary key column (as the
+    generic reader), else the first column."""
+    pk = list(table.primary_key.columns)
+    return pk[0].name if pk and pk[0].name in schema.names else schema.names[0]
+
+
+def _copy_reads(conn: sa.Connection, table: sa.Table, schema: pa.Schema) -> bool:
+    """Whether the COPY decoder reads every column's type (`pg_copy.SUPPORTED_TYPES`);
+    if not, the table falls back to the generic reader, logged with the reason."""
+    from extract.pg_copy import unsupported_columns
+
+    unknown = unsupported_columns(conn, table.name, list(schema.names), table.schema)
+    if unknown:
+        log.warning(
+            "%s: read with the generic reader, not binary COPY: the COPY decoder does not "
+            "read the type of %s",
+            table.name,
+            ", ".join(f"{name} ({type_})" for name, type_ in unknown),
+        )
+    return not unknown
 
 
 def _pg_where(where_sql: str | None) -> str:
@@ -265,6 +352,9 @@ def ranged_reader(
     ) -> Iterator[pa.RecordBatch]:
         where = _pg_where(where_sql)
         n = degree
+        if not _copy_reads(conn, table, schema):  # logged: the generic reader, one stream
+            yield from read_batches(conn, table, schema, where_sql, params, batch_size)
+            return
         if min_rows_per_range > 0:
             rows = estimate_rows(psycopg_connection(conn), table.name, where, params)
             n = max(1, min(degree, rows // min_rows_per_range))
@@ -289,6 +379,7 @@ def ranged_reader(
                 batch_rows=batch_size,
                 conn=worker,
                 pg_schema=table.schema,
+                key=_row_key(table, schema),
             )
 
         log.info("%s: reading %d key ranges of %s at once", table.name, len(ranges), key)
@@ -334,9 +425,11 @@ def _table_reader(
     return ranged_reader(url, snapshot, config.key, degree, min_rows_per_range)
 
 
-def _fails(convert, value) -> bool:
+def _fails(convert, value, arrow: pa.DataType | None = None) -> bool:
     try:
-        convert(value)
+        converted = convert(value)
+        if arrow is not None:
+            pa.array([converted], type=arrow)
         return False
     except Exception:
         return True

@@ -18,7 +18,12 @@ types and values the generic SQLAlchemy reader lands). How, and why this way
   does not fit the scale fails loudly as in the generic reader.
 - Timestamps: both `timestamptz` and `timestamp` are microseconds since 2000-01-01 on
   the wire; `timestamptz` is UTC there (no session time zone applies) and a naive
-  `timestamp` is taken as UTC (contract section 1). `infinity` values are rejected.
+  `timestamp` is taken as UTC (contract section 1). Dates and timestamps outside the
+  years 1..9999 (a typo'd year 20260, `infinity`) are rejected, naming the row, as the
+  generic reader rejects them: never landed, never wrapped around.
+- Every other type the source may use (json/jsonb, arrays, bytea, interval, time, uuid:
+  `SUPPORTED_TYPES`) lands as the server's text, as the generic reader lands it; a
+  column of a type outside that list sends the table to the generic reader.
 - A reader thread pulls the COPY stream (libpq, non-blocking) while a decoder thread
   decodes the previous block and the caller writes the one before, so the server does
   not wait for Parquet encoding. At most four blocks of `batch_rows` rows (or 64 MiB)
@@ -49,6 +54,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -65,7 +71,15 @@ from extract.source_timeouts import (
 )
 from pipeline.settings import source_read_stall_timeout_s, sqlalchemy_url
 
-__all__ = ["connect", "psycopg_connection", "render_where", "stream_pg_batches"]
+__all__ = [
+    "SUPPORTED_TYPES",
+    "UnsupportedTypeError",
+    "connect",
+    "psycopg_connection",
+    "render_where",
+    "stream_pg_batches",
+    "unsupported_columns",
+]
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 _PG_EPOCH_DAYS = 10_957  # 2000-01-01 in Unix days
@@ -80,6 +94,37 @@ _BOOL, _INT8, _INT2, _INT4, _TEXT, _FLOAT8 = 16, 20, 21, 23, 25, 701
 _NAME, _BPCHAR, _VARCHAR, _DATE, _TIMESTAMP, _TIMESTAMPTZ = 19, 1042, 1043, 1082, 1114, 1184
 _NUMERIC = 1700
 _INT64_DECIMAL_DIGITS = 18  # decimal128(p <= 18, s) values fit an int64 when scaled
+
+# The source types the COPY path reads (OID -> name), natively or as the server's text,
+# and lands exactly as the generic reader does (tests/extract/test_reader_agreement.py
+# checks each, edge values included). A table with a column of any other type (money,
+# inet, an enum, a range, a domain, a composite, ...) is read by the generic reader
+# (`extract.db_extract.auto_read_batches`, which logs why).
+SUPPORTED_TYPES: dict[int, str] = {
+    16: "boolean", 17: "bytea", 19: "name", 20: "bigint", 21: "smallint", 23: "integer",
+    25: "text", 114: "json", 700: "real", 701: "double precision", 1042: "character",
+    1043: "character varying", 1082: "date", 1083: "time", 1114: "timestamp",
+    1184: "timestamptz", 1186: "interval", 1266: "timetz", 1700: "numeric", 2950: "uuid",
+    3802: "jsonb",
+    # arrays of the above
+    1000: "boolean[]", 1001: "bytea[]", 1003: "name[]", 1005: "smallint[]",
+    1007: "integer[]", 1009: "text[]", 1014: "character[]", 1015: "character varying[]",
+    1016: "bigint[]", 1021: "real[]", 1022: "double precision[]", 1182: "date[]",
+    1183: "time[]", 1115: "timestamp[]", 1185: "timestamptz[]", 1187: "interval[]",
+    1270: "timetz[]", 1231: "numeric[]", 2951: "uuid[]", 199: "json[]", 3807: "jsonb[]",
+}  # fmt: skip
+
+
+class UnsupportedTypeError(ValueError):
+    """A column's source type is not one the COPY path reads (`SUPPORTED_TYPES`)."""
+
+    def __init__(self, table: str, columns: list[tuple[str, str]]) -> None:
+        self.table = table
+        self.columns = columns
+        super().__init__(
+            f"{table}: the COPY decoder does not read "
+            + ", ".join(f"{name} ({type_})" for name, type_ in columns)
+        )
 
 
 @dataclass(frozen=True)
@@ -171,6 +216,12 @@ def _plan(
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT {} FROM {} WHERE false").format(select_list, table))
         oids = [d.type_code for d in cur.description]
+    unknown = [(c, oid) for c, oid in zip(columns, oids, strict=True) if oid not in SUPPORTED_TYPES]
+    if unknown:
+        names = _type_names(conn, [oid for _, oid in unknown])
+        raise UnsupportedTypeError(
+            table.as_string(conn), [(c, names.get(oid, f"oid {oid}")) for c, oid in unknown]
+        )
     plan = []
     for name, field, oid in zip(columns, schema, oids, strict=True):
         ident = sql.Identifier(name)
@@ -218,6 +269,31 @@ def _plan(
     return plan
 
 
+def _type_names(conn: psycopg.Connection, oids: list[int]) -> dict[int, str]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT oid::int, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(%s)", [oids]
+        )
+        return {int(oid): name for oid, name in cur.fetchall()}
+
+
+def unsupported_columns(
+    conn: Any, table: str, columns: Sequence[str], pg_schema: str | None = None
+) -> list[tuple[str, str]]:
+    """(column, type) of `columns` whose source type the COPY path does not read."""
+    pg = psycopg_connection(conn)
+    target = sql.Identifier(pg_schema, table) if pg_schema else sql.Identifier(table)
+    select_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    with pg.cursor() as cur:
+        cur.execute(sql.SQL("SELECT {} FROM {} WHERE false").format(select_list, target))
+        oids = [d.type_code for d in cur.description]
+    unknown = [(c, oid) for c, oid in zip(columns, oids, strict=True) if oid not in SUPPORTED_TYPES]
+    if not unknown:
+        return []
+    names = _type_names(pg, [oid for _, oid in unknown])
+    return [(c, names.get(oid, f"oid {oid}")) for c, oid in unknown]
+
+
 def _copy_statement(
     table: sql.Composable,
     plan: Sequence[_Column],
@@ -250,6 +326,7 @@ def stream_pg_batches(
     order_by: Sequence[str] | None = None,
     pg_schema: str | None = None,
     stall_timeout_s: float | None = None,
+    key: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream `columns` of `table` (rows matching `where_sql`) as batches of `schema`.
 
@@ -258,6 +335,11 @@ def stream_pg_batches(
     `stall_timeout_s` (default `SOURCE_READ_STALL_TIMEOUT_S`): when no byte of the COPY
     arrives for that long, the connection's socket is shut down and `SourceTimeoutError`
     names the table (the connection is unusable afterwards).
+
+    A value that cannot be landed (a year outside 1..9999, +/-infinity, NaN or too many
+    digits for the decimal type, text that does not cast) fails with a ValueError naming
+    `table.column` and the row by its `key` column (default: the first column). A column
+    of a type outside `SUPPORTED_TYPES` raises `UnsupportedTypeError` before reading.
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows={batch_rows!r} must be >= 1")
@@ -268,6 +350,7 @@ def stream_pg_batches(
     target = sql.Identifier(pg_schema, table) if pg_schema else sql.Identifier(table)
     try:
         plan = _plan(pg, target, columns, schema)
+        key_index = columns.index(key) if key in columns else 0
         where = render_where(where_sql, params) if where_sql.strip() else None
         statement = _copy_statement(target, plan, where, order_by)
         # Block N+1 is decoded while the caller writes batch N (Parquet encoding runs
@@ -276,7 +359,7 @@ def stream_pg_batches(
             pending = None
             stall = source_read_stall_timeout_s() if stall_timeout_s is None else stall_timeout_s
             for blob, lens in _blocks(pg, statement, batch_rows, stall, table):
-                ahead = pool.submit(_decode, blob, lens, plan, schema, table)
+                ahead = pool.submit(_decode, blob, lens, plan, schema, table, key_index)
                 if pending is not None:
                     yield pending.result()
                 pending = ahead
@@ -477,65 +560,153 @@ def _bitmap(valid: np.ndarray) -> tuple[pa.Buffer | None, int]:
 
 
 _WIDTH = {"i8": 8, "i4": 4, "i2": 2, "f8": 8, "bool": 1, "ts": 8, "date": 4}
+# What both readers land: the years 1..9999 (Python's datetime; the generic reader
+# fails beyond). PostgreSQL holds more (4713 BC .. 294276 AD, +/-infinity): such a value
+# (a typo'd year 20260) fails naming the table, column and row, never wraps around.
+_MIN_US = (datetime(1, 1, 1) - datetime(2000, 1, 1)) // timedelta(microseconds=1)
+_MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999) - datetime(2000, 1, 1)) // timedelta(
+    microseconds=1
+)
+_MIN_DAY = (date(1, 1, 1) - date(2000, 1, 1)).days
+_MAX_DAY = (date(9999, 12, 31) - date(2000, 1, 1)).days
+_OUT_OF_RANGE = "outside the years 1..9999 that both readers land (a typo'd year?)"
+
+
+class _BadValue(Exception):
+    """A value of a column that cannot be landed, in row `index` of the block."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.message = message
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.argmax(mask))
 
 
 def _decode(
-    blob: bytearray, lens: np.ndarray, plan: Sequence[_Column], schema: pa.Schema, table: str
+    blob: bytearray,
+    lens: np.ndarray,
+    plan: Sequence[_Column],
+    schema: pa.Schema,
+    table: str,
+    key: int | None = 0,
 ) -> pa.RecordBatch:
+    """One block of COPY rows -> a record batch. A value that cannot be landed fails
+    naming `table.column` and the row by its `key` column (index into `plan`)."""
     buf = np.frombuffer(blob, dtype=np.uint8)
     views = _Views(blob)
-    n = lens.size
     ends = np.cumsum(lens)
     starts = ends - lens
     nfields = views.i2[starts]
     if (nfields != len(plan)).any():
         raise ValueError(f"{table}: COPY row with {nfields[nfields != len(plan)][0]} fields")
     pos = starts + 2
-    arrays = []
-    for c in plan:
-        where = f"{table}.{c.name}"
+    fields = []
+    for _ in plan:
         flen = views.i4[pos].astype(np.int64)  # every field starts with its length
         at = pos + 4
-        valid = flen >= 0  # -1: NULL, no bytes follow
-        bitmap, nulls = _bitmap(valid)
-        size = np.maximum(flen, 0) if nulls else flen
-        pos = at + size
-        if c.wire == "text":
-            arrays.append(_text(buf, at, size, bitmap, nulls, c, where))
-            continue
-        if c.wire == "numeric":
-            arrays.append(_numeric(views, at, size, valid, bitmap, nulls, c.arrow, where))
-            continue
-        width = _WIDTH[c.wire]
-        wrong = flen != width
-        if (wrong & valid).any() if nulls else wrong.any():
-            raise ValueError(f"{where}: unexpected field width on the wire (want {width})")
-        # A NULL's "value" is whatever follows it (the block is padded): masked below.
-        if c.wire == "bool":
-            values = buf[at].astype(bool)
-            arrays.append(pa.array(values, mask=None if bitmap is None else ~valid))
-            continue
-        if c.wire == "f8":
-            values = views.f8[at].astype(np.float64)
-        elif c.wire == "date":
-            days = views.i4[at].astype(np.int32)
-            _no_infinity(days[valid] if nulls else days, np.iinfo(np.int32), where)
-            values = days + np.int32(_PG_EPOCH_DAYS)
-        elif c.wire == "ts":
-            us = views.i8[at].astype(np.int64)
-            _no_infinity(us[valid] if nulls else us, np.iinfo(np.int64), where)
-            values = us + np.int64(_PG_EPOCH_US)
-        else:
-            values = {"i8": views.i8, "i4": views.i4, "i2": views.i2}[c.wire][at].astype(np.int64)
-        arrays.append(pa.Array.from_buffers(c.arrow, n, [bitmap, pa.py_buffer(values)], nulls))
+        fields.append((at, flen))
+        pos = at + np.maximum(flen, 0)  # -1: NULL, no bytes follow
     if (pos != ends).any():
         raise ValueError(f"{table}: COPY rows do not decode to {len(plan)} columns")
+    arrays = []
+    for c, (at, flen) in zip(plan, fields, strict=True):
+        where = f"{table}.{c.name}"
+        try:
+            arrays.append(_column(buf, views, c, at, flen, where))
+        except _BadValue as bad:
+            row = _row_key(buf, views, plan, fields, key, bad.index, table)
+            raise ValueError(f"{where}: {bad.message}{row}") from None
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _no_infinity(values: np.ndarray, info: Any, where: str) -> None:
-    if values.size and (values.max() == info.max or values.min() == info.min):
-        raise ValueError(f"{where}: cannot land an infinite date/timestamp")
+def _row_key(
+    buf: np.ndarray,
+    views: _Views,
+    plan: Sequence[_Column],
+    fields: list[tuple[np.ndarray, np.ndarray]],
+    key: int | None,
+    index: int,
+    table: str,
+) -> str:
+    """` (row <key>=<value>)` for row `index` of the block."""
+    if key is None:
+        return ""
+    c = plan[key]
+    at, flen = fields[key]
+    try:
+        one = _column(buf, views, c, at[index : index + 1], flen[index : index + 1], table)
+        value = one.to_pylist()[0]
+    except (ValueError, _BadValue):
+        value = "?"
+    return f" (row {c.name}={value})"
+
+
+def _column(
+    buf: np.ndarray, views: _Views, c: _Column, at: np.ndarray, flen: np.ndarray, where: str
+) -> pa.Array:
+    n = flen.size
+    valid = flen >= 0
+    bitmap, nulls = _bitmap(valid)
+    size = np.maximum(flen, 0) if nulls else flen
+    if c.wire == "text":
+        return _text(buf, at, size, bitmap, nulls, c, where)
+    if c.wire == "numeric":
+        return _numeric(views, at, size, valid, bitmap, nulls, c.arrow)
+    width = _WIDTH[c.wire]
+    wrong = flen != width
+    if nulls:
+        wrong &= valid
+    if wrong.any():
+        raise _BadValue(_first(wrong), f"unexpected field width on the wire (want {width})")
+    # A NULL's "value" is whatever follows it (the block is padded): masked below.
+    if c.wire == "bool":
+        values = buf[at].astype(bool)
+        return pa.array(values, mask=None if bitmap is None else ~valid)
+    if c.wire == "f8":
+        values = views.f8[at].astype(np.float64)
+    elif c.wire == "date":
+        days = views.i4[at].astype(np.int32)
+        _in_range(days, valid, _MIN_DAY, _MAX_DAY, _show_day)
+        values = days + np.int32(_PG_EPOCH_DAYS)
+    elif c.wire == "ts":
+        us = views.i8[at].astype(np.int64)
+        _in_range(us, valid, _MIN_US, _MAX_US, _show_us)
+        values = us + np.int64(_PG_EPOCH_US)  # cannot wrap: |us| is at most ~2.5e17
+    else:
+        values = {"i8": views.i8, "i4": views.i4, "i2": views.i2}[c.wire][at].astype(np.int64)
+    return pa.Array.from_buffers(c.arrow, n, [bitmap, pa.py_buffer(values)], nulls)
+
+
+def _in_range(values: np.ndarray, valid: np.ndarray, lo: int, hi: int, show: Any) -> None:
+    bad = (values < lo) | (values > hi)
+    bad &= valid
+    if bad.any():
+        i = _first(bad)
+        raise _BadValue(i, f"cannot land {show(int(values[i]))}: {_OUT_OF_RANGE}")
+
+
+def _show_us(us: int) -> str:
+    """Microseconds since 2000-01-01 as PostgreSQL's value (any year it holds)."""
+    if abs(us) == 2**63 - 1 or us == -(2**63):  # PostgreSQL's +/-infinity
+        return "infinity" if us > 0 else "-infinity"
+    seconds, micros = divmod(us, 1_000_000)
+    text = str(np.datetime64(seconds + _PG_EPOCH_US // 1_000_000, "s")).replace("T", " ")
+    return _bc(f"{text}.{micros:06d}" if micros else text)
+
+
+def _show_day(days: int) -> str:
+    if days in (2**31 - 1, -(2**31)):
+        return "infinity" if days > 0 else "-infinity"
+    return _bc(str(np.datetime64(days + _PG_EPOCH_DAYS, "D")))
+
+
+def _bc(text: str) -> str:
+    """numpy's astronomical year 0, -1, ... as PostgreSQL writes it: 1 BC, 2 BC, ..."""
+    year, rest = re.match(r"^(-?\d+)(.*)$", text).groups()  # type: ignore[union-attr]
+    return text if int(year) > 0 else f"{1 - int(year):04d}{rest} BC"
 
 
 def _text(
@@ -569,13 +740,26 @@ def _text(
     try:
         arr.validate(full=True)
     except pa.ArrowInvalid as exc:
-        raise ValueError(f"{where}: invalid UTF-8 text: {exc}") from exc
+        raise _BadValue(
+            _first_failing(arr, lambda a: a.validate(full=True)), f"invalid UTF-8 text: {exc}"
+        ) from exc
     if not c.cast:
         return arr
     try:
         return arr.cast(c.arrow)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"{where}: cannot convert to {c.arrow}: {exc}") from exc
+        i = _first_failing(arr, lambda a: a.cast(c.arrow))
+        raise _BadValue(i, f"cannot convert {arr[i].as_py()!r} to {c.arrow}: {exc}") from exc
+
+
+def _first_failing(arr: pa.Array, check: Any) -> int:
+    """Index of the first value for which `check` (on a 1-value slice) raises (error path)."""
+    for i in range(len(arr)):
+        try:
+            check(arr.slice(i, 1))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return i
+    return 0
 
 
 _POW10 = np.array([10**i for i in range(_INT64_DECIMAL_DIGITS + 1)], dtype=np.int64)
@@ -592,7 +776,6 @@ def _numeric(
     bitmap: pa.Buffer | None,
     nulls: int,
     arrow: pa.Decimal128Type,
-    where: str,
 ) -> pa.Array:
     """NUMERIC in binary form -> decimal128(p <= 18, s), exactly, without text.
 
@@ -603,7 +786,7 @@ def _numeric(
     E = 4 * (weight - ndigits + 1) + s. Wider values sum one term per group,
     digit[j] * 10 ** (4 * (weight - j) + s), each checked to stay below 10**18. A value
     with more decimals than s, more than p digits, NaN or infinity fails naming the
-    column (as the text cast would).
+    row (as the text cast would).
     """
     n = size.size
     scale, precision = arrow.scale, arrow.precision
@@ -618,15 +801,19 @@ def _numeric(
         malformed &= valid
         bad_sign &= valid
     if malformed.any():
-        raise ValueError(f"{where}: malformed NUMERIC on the wire")
+        raise _BadValue(_first(malformed), "malformed NUMERIC on the wire")
     if bad_sign.any():
-        raise ValueError(f"{where}: cannot land NaN or infinity as {arrow}")
+        raise _BadValue(_first(bad_sign), f"cannot land NaN or infinity as {arrow}")
     width = int(ndigits.max()) if n else 0
-    too_big = "a value has more than {p} digits ({t})"
-    lost = "a value does not fit {t} (more digits or decimals)"
+    too_big = f"a value has more than {precision} digits ({arrow})"
+    lost = f"a value does not fit {arrow} (more digits or decimals)"
 
     def digit(j: int) -> np.ndarray:
         return np.where(j < ndigits, views.i2[at + 8 + 2 * j].astype(np.int64), 0)
+
+    def check(mask: np.ndarray, message: str) -> None:
+        if mask.any():
+            raise _BadValue(_first(mask), message)
 
     if width == 0:
         scaled = np.zeros(n, dtype=np.int64)
@@ -638,10 +825,8 @@ def _numeric(
         up = np.clip(e, 0, _INT64_DECIMAL_DIGITS)
         down = np.clip(-e, 0, _INT64_DECIMAL_DIGITS)
         nonzero = acc != 0
-        if (nonzero & ((e > _INT64_DECIMAL_DIGITS) | (acc > _MAX18 // _POW10[up]))).any():
-            raise ValueError(f"{where}: " + too_big.format(p=precision, t=arrow))
-        if (nonzero & ((-e > _INT64_DECIMAL_DIGITS) | (acc % _POW10[down] != 0))).any():
-            raise ValueError(f"{where}: " + lost.format(t=arrow))
+        check(nonzero & ((e > _INT64_DECIMAL_DIGITS) | (acc > _MAX18 // _POW10[up])), too_big)
+        check(nonzero & ((-e > _INT64_DECIMAL_DIGITS) | (acc % _POW10[down] != 0)), lost)
         scaled = np.where(e >= 0, acc * _POW10[up], acc // _POW10[down])
     else:
         scaled = np.zeros(n, dtype=np.int64)
@@ -651,13 +836,10 @@ def _numeric(
             up = np.clip(e, 0, _INT64_DECIMAL_DIGITS)
             down = _POW10[np.clip(-e, 0, 4)]
             nonzero = d != 0
-            if (nonzero & ((e > _INT64_DECIMAL_DIGITS) | (d > _MAX18 // _POW10[up]))).any():
-                raise ValueError(f"{where}: " + too_big.format(p=precision, t=arrow))
-            if (nonzero & ((e < -4) | ((e < 0) & (d % down != 0)))).any():
-                raise ValueError(f"{where}: " + lost.format(t=arrow))
+            check(nonzero & ((e > _INT64_DECIMAL_DIGITS) | (d > _MAX18 // _POW10[up])), too_big)
+            check(nonzero & ((e < -4) | ((e < 0) & (d % down != 0))), lost)
             scaled += np.where(e >= 0, d * _POW10[up], d // down)  # terms < 10**18 each
-    if (np.abs(scaled) >= _POW10[precision]).any():
-        raise ValueError(f"{where}: " + too_big.format(p=precision, t=arrow))
+    check(np.abs(scaled) >= _POW10[precision], too_big)
     scaled = np.where(sign == _NUMERIC_NEG, -scaled, scaled)
     words = np.empty((n, 2), dtype=np.int64)  # 128-bit little-endian two's complement
     words[:, 0] = scaled
