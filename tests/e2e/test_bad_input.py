@@ -334,6 +334,8 @@ def test_malformed_payments_over_the_threshold_are_quarantined_and_fail(
     """(e) 101 payments whose amount is not a number (threshold: 100): every one is in the
     quarantine with its field and reason, the run fails without retrying, nothing lost."""
     before = world.published_state()
+    quarantine = world.data_dir / "quarantine" / "payments_api" / "payments" / f"run={RUN_ID}"
+    earlier = set(quarantine.glob("attempt=*.jsonl"))  # each attempt writes its own file
     store = sqlite3.connect(world.payments_db)
     try:
         broken = store.execute("select id, amount from payments order by id limit 101").fetchall()
@@ -346,14 +348,11 @@ def test_malformed_payments_over_the_threshold_are_quarantined_and_fail(
             log = world.fail(DAY, capfd)
             assert "payments: 101 of " in log and "more than max_quarantined=100" in log
             assert f"id='{broken[0][0]}' amount: 'n/a' is not a number" in log
-            quarantine = world.data_dir / "quarantine" / "payments_api" / "payments"
-            assert f"see {quarantine / f'run={RUN_ID}.jsonl'}" in log
+            [attempt] = set(quarantine.glob("attempt=*.jsonl")) - earlier
+            assert f"see {attempt}" in log
             assert "up_for_retry" not in log.lower(), "a data error must not be retried"
             _unchanged(world, before)
-            lines = [
-                json.loads(line)
-                for line in (quarantine / f"run={RUN_ID}.jsonl").read_text().splitlines()
-            ]
+            lines = [json.loads(line) for line in attempt.read_text().splitlines()]
             assert sorted(q["record_key"] for q in lines) == sorted(pid for pid, _ in broken)
             assert {(q["field"], q["error"]) for q in lines} == {
                 ("amount", "'n/a' is not a number")
@@ -368,9 +367,8 @@ def test_malformed_payments_over_the_threshold_are_quarantined_and_fail(
     finally:
         store.close()
     world.publish(DAY)
-    assert not (
-        world.data_dir / "quarantine" / "payments_api" / "payments" / f"run={RUN_ID}.jsonl"
-    ).exists()
+    # the clean rerun quarantined nothing and kept the failed attempt's file
+    assert set(quarantine.glob("attempt=*.jsonl")) == earlier | {attempt}
     con = duckdb.connect(str(world.warehouse), read_only=True)
     try:
         landed = dict(
@@ -476,8 +474,9 @@ def test_a_payment_from_the_future_is_quarantined_and_never_the_watermark(world:
         )
         store.commit()
         world.publish(DAY)
-        quarantine = world.data_dir / f"quarantine/payments_api/payments/run={RUN_ID}.jsonl"
-        [entry] = [json.loads(line) for line in quarantine.read_text().splitlines()]
+        quarantine = world.data_dir / f"quarantine/payments_api/payments/run={RUN_ID}"
+        newest = max(quarantine.glob("attempt=*.jsonl"))  # this run's own file
+        [entry] = [json.loads(line) for line in newest.read_text().splitlines()]
         assert entry["record_key"] == future and entry["field"] == "updated_at"
         assert "is later than the run's clock" in entry["error"]
 
