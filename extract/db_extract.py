@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from extract.landing import write_landing_table
+from extract.landing import UnlandableValueError, write_landing_table
 from extract.replica import (
     NO_REPLICA,
     LagFn,
@@ -212,7 +212,7 @@ def read_batches(
                     arrays.append(pa.array(values, type=field.type))
                 except (ValueError, TypeError, ArithmeticError, pa.ArrowException) as exc:
                     bad = next(r for r in rows if _fails(convert, r[i], field.type))
-                    raise ValueError(
+                    raise UnlandableValueError(
                         f"{table.name}.{field.name}: cannot convert value {bad[i]!r} "
                         f"of row {key_name}={bad[key_index]}: {exc}"
                     ) from exc
@@ -256,7 +256,7 @@ def _pg_out_of_range(
             stmt = stmt.where(sa.text(where_sql).bindparams(**params))
         row = conn.execute(stmt.order_by(key).limit(1)).first()
         if row is not None:
-            raise ValueError(
+            raise UnlandableValueError(
                 f"{table.name}.{field.name}: cannot land value {row[1]!r} of row "
                 f"{key_name}={row[0]}: outside the years 1..9999 that both readers land "
                 f"(a typo'd year?): {exc.orig if hasattr(exc, 'orig') else exc}"

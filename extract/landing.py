@@ -91,6 +91,13 @@ class SchemaDriftError(ValueError):
         )
 
 
+class UnlandableValueError(ValueError):
+    """A source value that neither reader lands exactly (a date or timestamp outside the
+    years 1..9999 or infinite, NaN or too many digits for the landed decimal type, text
+    that does not convert): the message names `table.column` and the row's key. A retry
+    reads the same value: it must be fixed at the source."""
+
+
 def _check_name(kind: str, value: str) -> str:
     if not _SAFE.match(value):
         raise ValueError(f"invalid {kind} {value!r}: use letters, digits, '_', '-', '.', ':'")

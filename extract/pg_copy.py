@@ -63,6 +63,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg import sql
 
+from extract.landing import UnlandableValueError
 from extract.source_timeouts import (
     SourceTimeoutError,
     pg_connect_kwargs,
@@ -618,7 +619,7 @@ def _decode(
             arrays.append(_column(buf, views, c, at, flen, where))
         except _BadValue as bad:
             row = _row_key(buf, views, plan, fields, key, bad.index, table)
-            raise ValueError(f"{where}: {bad.message}{row}") from None
+            raise UnlandableValueError(f"{where}: {bad.message}{row}") from None
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

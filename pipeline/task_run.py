@@ -37,6 +37,7 @@ DETERMINISTIC = frozenset(
         "extract.api_extract.QuarantineThresholdError",
         "extract.api_extract.WatermarkJumpError",
         "extract.landing.SchemaDriftError",
+        "extract.landing.UnlandableValueError",
         "extract.db_extract.SchemaError",
         "extract.tables.TableConfigError",
         "extract.shards.ShardMapError",

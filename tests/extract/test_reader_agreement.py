@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from extract.db_extract import auto_read_batches, extract_tables, read_batches
-from extract.landing import run_dir
+from extract.landing import UnlandableValueError, run_dir
 from extract.tables import TableConfig
 
 SEEDS = (7, 19, 42)
@@ -284,6 +284,9 @@ def test_values_no_reader_can_land_fail_in_both_naming_table_column_and_row(
     with psycopg.connect(url, autocommit=True) as conn:
         _create(conn)
         _insert(conn, _rows(1, 30))
+    from pipeline.task_run import is_deterministic
+
+    assert is_deterministic(UnlandableValueError("x"))
     for n, (column, literal) in enumerate(UNLANDABLE):
         key = 10_000 + rng.randrange(30)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -295,7 +298,7 @@ def test_values_no_reader_can_land_fail_in_both_naming_table_column_and_row(
             )
         try:
             for reader in (auto_read_batches, read_batches):
-                with pytest.raises(ValueError) as info:
+                with pytest.raises(UnlandableValueError) as info:  # not retried (task_run)
                     _land(pg_database, tmp_path / f"{n}-{reader.__name__}", reader)
                 message = str(info.value)
                 assert f"{TABLE}.{column}" in message and f"id={key}" in message, (
