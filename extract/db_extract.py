@@ -61,11 +61,20 @@ from extract.shards import (
     shard_predicate,
     watermark_shard_key,
 )
-from extract.source_timeouts import connect_args, raise_source_timeout
+from extract.source_timeouts import (
+    StatementWatchdog,
+    connect_args,
+    raise_source_timeout,
+    watched,
+)
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
 from pipeline import clock
-from pipeline.settings import future_tolerance_minutes, sqlalchemy_url
+from pipeline.settings import (
+    future_tolerance_minutes,
+    source_read_stall_timeout_s,
+    sqlalchemy_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +212,7 @@ def read_batches(
     converters = [_converter(f.type) for f in schema]
     result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
     try:
-        for rows in result.partitions(batch_size):
+        for rows in watched(conn, result.partitions(batch_size), table.name):
             arrays = []
             for i, field in enumerate(schema):
                 convert = converters[i]
@@ -539,7 +548,7 @@ def _key_batches(
     if where is not None:
         stmt = stmt.where(where)
     result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
-    for rows in result.partitions(batch_size):
+    for rows in watched(conn, result.partitions(batch_size), f"{table.name}: its key set"):
         yield pa.RecordBatch.from_arrays(
             [pa.array([r[0] for r in rows], type=schema.field(0).type)], schema=schema
         )
@@ -622,6 +631,9 @@ def check_future_cursors(
         column = table.c.get(config.cursor)
         if column is None or not isinstance(column.type, sa.DateTime):
             continue
+        dog = conn.info.get(StatementWatchdog.INFO_KEY)
+        if dog is not None:
+            dog.what = name
         scope = None
         if shard is not None:
             scope = shard_predicate(
@@ -884,6 +896,9 @@ def extract_tables(
     engine = sa.create_engine(sqlalchemy_url(url), connect_args=connect_args(sqlalchemy_url(url)))
     if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine)
+    # a statement (not the COPY: it has its own deadline) that gets no answer fails
+    watchdog = StatementWatchdog(source_read_stall_timeout_s(), SOURCE_NAME)
+    watchdog.attach(engine)
     manifests: dict[str, dict[str, Any]] = {}
     try:
         isolation = (
@@ -898,9 +913,13 @@ def extract_tables(
             )
             snapshot = _export_snapshot(conn, configs, parallelism, reader)
             metadata = sa.MetaData()
-            reflected = {c.name: (_reflect(conn, metadata, c), c) for c in configs}
+            reflected = {}
+            for config in configs:
+                watchdog.what = config.name
+                reflected[config.name] = (_reflect(conn, metadata, config), config)
             check_future_cursors(conn, reflected, upper, future_tolerance, shard)
             for config in configs:
+                watchdog.what = config.name
                 table = reflected[config.name][0]
                 schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
                 lo = lower[config.name]
@@ -1019,8 +1038,10 @@ def extract_tables(
         # A read that timed out closed its connection: the rollback then fails too, and
         # that error would hide the one that names the table and the setting.
         raise_source_timeout(exc)
+        watchdog.check(exc)
         raise
     finally:
+        watchdog.close()
         engine.dispose()
     return manifests
 

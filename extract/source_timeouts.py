@@ -24,6 +24,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -118,3 +121,116 @@ def raise_source_timeout(exc: BaseException) -> None:
             raise current from None
         seen.add(id(current))
         current = current.__cause__ or current.__context__
+
+
+class StatementWatchdog:
+    """The client-side deadline of one extract's PostgreSQL statements.
+
+    Armed around every statement SQLAlchemy executes on the engine (and, through
+    `watched`, around every fetch of a streamed result): when one waits more than
+    `stall_s` seconds without an answer, the connection's socket is shut down, the
+    statement fails at once, and `check(exc)` turns that failure into a
+    `SourceTimeoutError` naming what was running. The server's `statement_timeout`
+    answers first when the server is alive and reachable (it is a few seconds shorter
+    only in configurations where `SOURCE_STATEMENT_TIMEOUT_S` < `SOURCE_READ_STALL_
+    TIMEOUT_S`); the watchdog is for a server or network that stops answering.
+    The COPY fast path has its own stall deadline (`extract.pg_copy`).
+    """
+
+    INFO_KEY = "nightshift_statement_watchdog"
+
+    def __init__(self, stall_s: float, what: str) -> None:
+        self.stall_s = stall_s
+        self.what = what
+        self._lock = threading.Lock()
+        self._armed: tuple[float, int, str] | None = None  # (since, socket fd, what)
+        self.fired: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="source-watchdog", daemon=True)
+
+    # -- wiring ---------------------------------------------------------------------
+    def attach(self, engine: sa.Engine) -> None:
+        """Arm around every statement of `engine` (PostgreSQL over psycopg only)."""
+        if engine.dialect.name != "postgresql":
+            return
+        sa.event.listen(engine, "before_cursor_execute", self._before)
+        sa.event.listen(engine, "after_cursor_execute", self._after)
+        sa.event.listen(engine, "handle_error", self._on_error)
+        sa.event.listen(engine, "engine_connect", self._register)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _register(self, conn: sa.Connection) -> None:
+        conn.info[self.INFO_KEY] = self
+
+    def _before(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        fd = _socket_of(cursor)
+        if fd is not None:
+            self.arm(fd, " ".join(str(statement).split())[:120])
+
+    def _after(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        options = getattr(context, "execution_options", None) or {}
+        if options.get("stream_results"):
+            return  # the first rows are fetched after this event; `watched` takes over
+        self.disarm()
+
+    def _on_error(self, context: Any) -> None:
+        self.disarm()
+
+    # -- arming ---------------------------------------------------------------------
+    def arm(self, fd: int, what: str) -> None:
+        with self._lock:
+            self._armed = (time.monotonic(), fd, what)
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.25, self.stall_s / 4)):
+            with self._lock:
+                armed = self._armed
+                if armed is None or time.monotonic() - armed[0] < self.stall_s:
+                    continue
+                self._armed = None
+                self.fired = (
+                    f"{self.what}: the source did not answer for {self.stall_s:g} s "
+                    f"(statement: {armed[2]}) (SOURCE_READ_STALL_TIMEOUT_S="
+                    f"{settings.source_read_stall_timeout_s()}); the connection was closed. "
+                    "A transient failure (network, proxy, server): retried"
+                )
+            shutdown_socket(armed[1])
+
+    def check(self, exc: BaseException) -> None:
+        """Raise `SourceTimeoutError` when `exc` is the failure this watchdog caused."""
+        if self.fired is not None and not isinstance(exc, SourceTimeoutError):
+            raise SourceTimeoutError(self.fired) from exc
+
+
+def _socket_of(cursor: Any) -> int | None:
+    pgconn = getattr(getattr(cursor, "connection", None), "pgconn", None)
+    fd = getattr(pgconn, "socket", None)
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def watched(conn: sa.Connection, items: Iterator[Any], what: str) -> Iterator[Any]:
+    """`items` (the fetches of a streamed result on `conn`), each `next()` under the
+    connection's `StatementWatchdog` when it has one."""
+    dog: StatementWatchdog | None = conn.info.get(StatementWatchdog.INFO_KEY)
+    fd = None
+    if dog is not None:
+        raw = getattr(conn.connection, "driver_connection", None)
+        fd = getattr(getattr(raw, "pgconn", None), "socket", None)
+    while True:
+        if dog is not None and isinstance(fd, int):
+            dog.arm(fd, what)
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            if dog is not None:
+                dog.disarm()
+        yield item

@@ -6,6 +6,8 @@ server to the clients, the proxy stops forwarding in both directions but keeps e
 socket open: the server stays connected (it blocks writing), the client sees a live
 connection that sends nothing more. That is a hung middlebox or a server wedged
 mid-reply: TCP keepalives are still answered by the kernels, nothing closes.
+`stall_on(marker)`: the same from the moment a client sends bytes containing `marker`
+(which are not forwarded): a statement that never gets an answer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class StallProxy:
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._budget: int | None = None  # server->client bytes still forwarded; None: all
+        self._marker: bytes | None = None
         self.stalled = threading.Event()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
@@ -31,6 +34,10 @@ class StallProxy:
     def stall_after(self, nbytes: int) -> None:
         with self._lock:
             self._budget = nbytes
+
+    def stall_on(self, marker: bytes) -> None:
+        with self._lock:
+            self._marker = marker
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -56,6 +63,11 @@ class StallProxy:
                 data = src.recv(16384)
                 if not data:
                     break
+                if not downstream:
+                    with self._lock:
+                        if self._marker is not None and self._marker in data:
+                            self.stalled.set()
+                            continue
                 if downstream:
                     with self._lock:
                         if self._budget is not None:

@@ -163,3 +163,44 @@ def test_statement_timeout_is_set_on_source_sessions(
         engine.dispose()
     with connect(url.render_as_string(False)) as pg:
         assert pg.execute("show statement_timeout").fetchone()[0] == "1s"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("marker", "where"),
+    [
+        (b"count(*)", "events: the source did not answer for 2 s (statement: SELECT count(*)"),
+        (
+            b"FETCH",
+            "events: the source did not answer for 2 s (statement: SELECT events.id FROM events",
+        ),
+    ],
+    ids=["a statement", "a fetch of the key set"],
+)
+def test_a_statement_without_an_answer_fails_the_extract(
+    pg_database: str, small_timeouts, tmp_path: Path, marker: bytes, where: str
+) -> None:
+    """Not the COPY: the future-cursor check's count, a FETCH of the streamed key set.
+    The proxy swallows the statement and forwards nothing more: the extract's statement
+    watchdog closes the connection after the stall timeout and names table and setting."""
+    engine = sa.create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table events (id bigint primary key, updated_at timestamptz)"))
+        conn.execute(sa.text("insert into events select g, now() from generate_series(1, 10) g"))
+    engine.dispose()
+    with StallProxy(sa.make_url(pg_database).port or 5432) as proxy:
+        proxy.stall_on(marker)
+        started = time.monotonic()
+        with pytest.raises(SourceTimeoutError) as caught:
+            extract_tables(
+                _through(pg_database, proxy),
+                run_id="r1",
+                landing_root=tmp_path / "landing",
+                warehouse_path=None,
+                configs=[TableConfig("events", reconcile_deletes=True)],
+            )
+        elapsed = time.monotonic() - started
+    assert proxy.stalled.is_set()
+    assert str(caught.value).startswith(where), str(caught.value)
+    assert "(SOURCE_READ_STALL_TIMEOUT_S=2)" in str(caught.value)
+    assert elapsed < STALL_S + 8, elapsed
