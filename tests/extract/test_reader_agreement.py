@@ -224,7 +224,7 @@ def _insert(conn: psycopg.Connection, rows: list[tuple[Any, ...]], table: str = 
         cur.executemany(f"INSERT INTO {table} VALUES (%s, {casts})", rows)
 
 
-def _land(url: str, root: Path, reader: Any, table: str = TABLE) -> pa.Table:
+def _land(url: str, root: Path, reader: Any, table: str = TABLE, **kw: Any) -> pa.Table:
     extract_tables(
         url,
         run_id="r1",
@@ -233,6 +233,7 @@ def _land(url: str, root: Path, reader: Any, table: str = TABLE) -> pa.Table:
         configs=[TableConfig(table, mode="full")],
         reader=reader,
         batch_size=50,  # several batches, several COPY blocks
+        **kw,
     )
     return pq.read_table(run_dir(root, "source_db", table, "r1")).sort_by("id")
 
@@ -334,3 +335,9 @@ def test_a_type_the_decoder_does_not_read_falls_back_with_the_reason(
     assert auto.equals(generic)
     assert auto.column("addr").to_pylist() == ["10.0.0.1/8", None]  # the server's text
     assert auto.column("span").to_pylist() == ["[1,5)", "empty"]
+    caplog.clear()  # key ranges read at once (their own COPY connections) fall back too
+    ranged = _land(
+        pg_database, tmp_path / "ranged", auto_read_batches, "odd", parallelism=2,
+        parallel_min_rows=0,
+    )  # fmt: skip
+    assert ranged.equals(generic) and "odd: read with the generic reader" in caplog.text
