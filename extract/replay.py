@@ -12,10 +12,10 @@ stored raw payload (`record`).
 
 1. reads every quarantine file (of run `D`, or all), one entry per distinct raw record
    (the same broken record quarantined by two attempts is one record);
-2. skips records already replayed (the ledger says `passed`) and, unless
-   `--include-conflicts`, conflicting duplicates (`kind` "conflict": the API changed a
-   record without moving its cursor; which copy is right is a person's decision, and a
-   replayed loser would overwrite the landed copy);
+2. skips records already replayed (the ledger says `passed`) and conflicting
+   duplicates (`kind` "conflict": the API changed a record without moving its cursor;
+   the later copy was landed, and which one is right is a person's decision, made at
+   the source: an update there sends the record again);
 3. re-validates the rest with the extract's own rules (`check_record`: the contract's
    types, and `updated_at` not after the clock + FUTURE_TOLERANCE_MINUTES: a record
    quarantined as "from the future" passes once the clock has caught up);
@@ -33,7 +33,11 @@ newer); until then every nightly lands it again, which the loader's upsert (newe
 `updated_at` wins) makes harmless: a run that fails after landing loses nothing, and a
 record is never doubled. A second replay finds every record in the ledger and queues
 nothing. Quarantine files are only ever read here, never changed or removed (retention
-prunes them after `quarantine_days`).
+prunes them after `quarantine_days`; the `_replay/` folder is not pruned).
+
+A queued record the nightly finds invalid after all (say FUTURE_TOLERANCE_MINUTES was
+raised for the replay but not for the DAG) is quarantined again by that run and stays
+queued: it lands once it passes.
 """
 
 from __future__ import annotations
@@ -148,7 +152,6 @@ def replay(
     run_id: str | None = None,
     now: datetime | None = None,
     future_tolerance: timedelta = timedelta(hours=1),
-    include_conflicts: bool = False,
 ) -> dict[str, Any]:
     """Re-validate the quarantined payments not yet replayed; queue those that pass.
 
@@ -180,7 +183,7 @@ def replay(
                 if ledger.get(digest, {}).get("status") in ("passed", "published"):
                     already += 1
                     continue
-                if _is_conflict(entry) and not include_conflicts:
+                if _is_conflict(entry):
                     conflicts += 1
                     continue
                 where = f"{path.relative_to(quarantine_root)}:{number}"
@@ -305,12 +308,6 @@ def main(argv: list[str] | None = None) -> int:
         "nightly, once.",
     )
     parser.add_argument("--date", help="only the quarantine of run YYYY-MM-DD (default: all)")
-    parser.add_argument(
-        "--include-conflicts",
-        action="store_true",
-        help="also replay conflicting duplicates (the quarantined copy then replaces the "
-        "landed one if it is not older)",
-    )
     args = parser.parse_args(argv)
     if args.date:
         date.fromisoformat(args.date)  # a YYYY-MM-DD run id, nothing else
@@ -319,7 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         settings.quarantine_dir(),
         run_id=args.date,
         future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
-        include_conflicts=args.include_conflicts,
     )
     print(
         f"replay {summary['replay_id']}: {summary['files']} quarantine file(s); "

@@ -155,13 +155,15 @@ def test_the_next_extract_lands_the_queue_until_it_is_published(tmp_path: Path) 
     assert replay(q, now=later)["passed"] == 0  # nothing twice
 
 
-def test_a_conflicting_copy_is_replayed_only_when_asked(tmp_path: Path) -> None:
+def test_a_conflicting_copy_is_left_for_a_person(tmp_path: Path) -> None:
+    """The landed copy of a conflict is as new as the quarantined one: a replayed copy
+    would silently replace it, so the replay leaves conflicts alone."""
     _quarantine_a_night(tmp_path)
-    q = tmp_path / "quarantine"
-    summary = replay(q, now=NOW, include_conflicts=True)
-    assert summary["passed"] == 1 and summary["conflicts_left"] == 0
-    [queued] = [json.loads(x) for x in Path(summary["queue_file"]).read_text().splitlines()]
-    assert queued["record"]["id"] == "twin" and queued["record"]["amount"] == "1.00"
+    summary = replay(tmp_path / "quarantine", now=NOW + timedelta(hours=6))
+    assert summary["conflicts_left"] == 1
+    queued = Path(summary["queue_file"]).read_text()
+    assert '"twin"' not in queued
+    assert "twin" not in {e["record_key"] for e in read_ledger(tmp_path / "quarantine").values()}
 
 
 def test_replay_of_one_day_and_the_command_line(
@@ -180,3 +182,18 @@ def test_replay_of_one_day_and_the_command_line(
     assert "3 quarantine file(s); 2 record(s) pass" in out and "1 conflicting" in out
     with pytest.raises(ValueError):
         main(["--date", "../../etc"])
+
+
+def test_a_queued_record_the_night_rejects_stays_queued(tmp_path: Path) -> None:
+    """The replay ran with a larger tolerance than the DAG: the night quarantines the
+    records again (its own attempt file) and the queue keeps them for a later night."""
+    _quarantine_a_night(tmp_path)
+    q = tmp_path / "quarantine"
+    replay(q, now=NOW, future_tolerance=timedelta(hours=6))
+    records = open_replays(q, None)
+    assert len(records) == 2
+    night = _night(tmp_path, "2024-03-03", [], replayed=records)  # NOW + 1 h tolerance
+    assert night["replayed"] == 0 and night["quarantined"] == 2 and night["rows"] == 0
+    assert len(open_replays(q, None)) == 2
+    later = _night(tmp_path, "2024-03-04", [], replayed=records, now=NOW + timedelta(hours=5))
+    assert later["replayed"] == 2 and later["rows"] == 2
