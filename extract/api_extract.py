@@ -232,9 +232,8 @@ _STAGE_SCHEMA = pa.schema(
         pa.field("_seq", pa.int64()),  # read order: among equal updated_at the later read wins
         pa.field("_digest", pa.binary()),  # the typed content, to tell duplicates from conflicts
         pa.field("_replayed", pa.bool_()),  # from the replay queue, not from the API window
-        pa.field(
-            "_raw", pa.string()
-        ),  # the payload as received (for a conflict's quarantine entry)
+        # the payload as received (for a conflict's quarantine entry)
+        pa.field("_raw", pa.string()),
     ]
 )
 
