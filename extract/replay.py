@@ -310,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--date", help="only the quarantine of run YYYY-MM-DD (default: all)")
     args = parser.parse_args(argv)
     if args.date:
-        date.fromisoformat(args.date)  # a YYYY-MM-DD run id, nothing else
+        try:
+            date.fromisoformat(args.date)  # a YYYY-MM-DD run id, nothing else
+        except ValueError:
+            parser.error(f"--date {args.date!r} is not a YYYY-MM-DD date")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     summary = replay(
         settings.quarantine_dir(),

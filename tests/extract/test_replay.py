@@ -180,8 +180,9 @@ def test_replay_of_one_day_and_the_command_line(
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "3 quarantine file(s); 2 record(s) pass" in out and "1 conflicting" in out
-    with pytest.raises(ValueError):
+    with pytest.raises(SystemExit):
         main(["--date", "../../etc"])
+    assert "is not a YYYY-MM-DD date" in capsys.readouterr().err
 
 
 def test_a_queued_record_the_night_rejects_stays_queued(tmp_path: Path) -> None:
