@@ -80,9 +80,17 @@ class ReadChoice:
 
 
 def safe_url(url: str) -> str:
-    """The URL with its password hidden (`***`), for logs and error messages."""
+    """The URL with its password hidden (`***`), for logs, error messages, manifests and
+    stored shard maps: the userinfo password and a secret in the query string
+    (`?password=`, `?token=`: drivers accept both; `settings.secrets_in_uri`)."""
+    from pipeline.settings import _SECRET_PARAMS
+
     try:
-        return sa.make_url(sqlalchemy_url(url)).render_as_string(hide_password=True)
+        parsed = sa.make_url(sqlalchemy_url(url))
+        secret = {k: "***" for k in parsed.query if k.lower() in _SECRET_PARAMS}
+        if secret:
+            parsed = parsed.update_query_dict(secret)
+        return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     except Exception:
         return "<unparseable URL>"
 

@@ -36,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from extract.replica import safe_url
-from pipeline.settings import get_connection_uri, sqlalchemy_url
+from pipeline.settings import get_connection_uri, secrets_in_uri, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -536,18 +536,24 @@ def _safe_url(url: str | None) -> str:
 
 
 def _masked(exc: BaseException, url: str) -> BaseException:
-    """Keep the exception unless its message carries the URL's password."""
+    """Keep the exception unless its message carries one of the URL's secrets (the
+    userinfo password, a `?password=` in the query string)."""
     if not url:
         return exc
     try:
-        password = sa.make_url(sqlalchemy_url(url)).password
+        secrets = {str(sa.make_url(sqlalchemy_url(url)).password or "")}
     except Exception:
+        secrets = set()
+    secrets.update(secrets_in_uri(url))
+    message = str(exc)
+    found = sorted((s for s in secrets if s and s in message), key=len, reverse=True)
+    if not found:
         return exc
-    if password and str(password) in str(exc):
-        masked = RuntimeError(f"{type(exc).__name__}: {str(exc).replace(str(password), '***')}")
-        masked.__cause__ = None
-        return masked
-    return exc
+    for secret in found:
+        message = message.replace(secret, "***")
+    masked = RuntimeError(f"{type(exc).__name__}: {message}")
+    masked.__cause__ = None
+    return masked
 
 
 # --------------------------------------------------------------------------- watermarks

@@ -399,3 +399,62 @@ def test_sharded_source_through_the_pipeline_with_reshards(
         assert_same(source, warehouse, "after the shard came back")
     finally:
         source.dispose()
+
+
+def test_a_password_in_the_query_string_is_never_stored(
+    postgres_admin_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard URL with `?password=` (libpq takes it from the query string too): the
+    extract connects with it, and neither the landed manifests, the run record nor the
+    published warehouse (`ops.loaded_runs`, the shard map) hold it; a connection error
+    naming it is masked."""
+    secret = "qs-s3cret-4711"  # trust authentication: any password connects
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(fresh_database(postgres_admin_url)) for _ in range(2)]
+        generate(urls[0], seed=7, days=2, end_date=END, orders_per_day=10, if_exists="replace")
+        engine = sa.create_engine(urls[1])
+        metadata.create_all(engine)
+        engine.dispose()
+        for table in TABLES:
+            copy_vshards(urls[0], urls[1], table, [(512, 1023)])
+            delete_vshards(urls[0], table, [(512, 1023)])
+        data_dir, map_path = tmp_path / "data", tmp_path / "shards.json"
+        for name in ("WAREHOUSE_PATH", "LANDING_DIR", "REPORT_TZ", "AIRFLOW_CONN_SOURCE_DB"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("NIGHTSHIFT_DATA_DIR", str(data_dir))
+        monkeypatch.setenv("NIGHTSHIFT_NO_AIRFLOW_LOOKUP", "1")
+        monkeypatch.setenv("SOURCE_DB_SHARD_MAP", str(map_path))
+        write_map(
+            map_path,
+            {
+                "virtual_shards": 1024,
+                "version": 1,
+                "shards": [
+                    {
+                        "name": f"s{i}",
+                        "url": f"{_plain(url)}?sslmode=disable&password={secret}",
+                        "vshards": [[512 * i, 512 * i + 511]],
+                    }
+                    for i, url in enumerate(urls)
+                ],
+            },
+        )
+        run_day(END + timedelta(days=1))
+        stored = [p for p in data_dir.rglob("*") if p.is_file() and p.suffix != ".parquet"]
+        assert any(p.name == "_manifest.json" for p in stored)
+        leaked = [str(p) for p in stored if secret.encode() in p.read_bytes()]
+        assert leaked == [], f"the query-string password is stored in {leaked}"
+        con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+        try:
+            maps = con.execute(
+                "select json_extract_string(manifest, '$.shard_map') from ops.loaded_runs"
+            ).fetchall()
+        finally:
+            con.close()
+        assert maps and all("password=***" in m and secret not in m for (m,) in maps)
+
+    from extract.shards import _masked
+
+    url = f"postgresql://u:pw@h/db?password={secret}"
+    masked = _masked(RuntimeError(f'connection failed: password="{secret}" and pw'), url)
+    assert secret not in str(masked) and "pw" not in str(masked).replace("password", "")
