@@ -61,20 +61,11 @@ from extract.shards import (
     shard_predicate,
     watermark_shard_key,
 )
-from extract.source_timeouts import (
-    StatementWatchdog,
-    connect_args,
-    raise_source_timeout,
-    watched,
-)
+from extract.source_timeouts import connect_args, install, label, raise_source_timeout
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
 from pipeline import clock
-from pipeline.settings import (
-    future_tolerance_minutes,
-    source_read_stall_timeout_s,
-    sqlalchemy_url,
-)
+from pipeline.settings import future_tolerance_minutes, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +203,7 @@ def read_batches(
     converters = [_converter(f.type) for f in schema]
     result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
     try:
-        for rows in watched(conn, result.partitions(batch_size), table.name):
+        for rows in result.partitions(batch_size):
             arrays = []
             for i, field in enumerate(schema):
                 convert = converters[i]
@@ -548,7 +539,7 @@ def _key_batches(
     if where is not None:
         stmt = stmt.where(where)
     result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
-    for rows in watched(conn, result.partitions(batch_size), f"{table.name}: its key set"):
+    for rows in result.partitions(batch_size):
         yield pa.RecordBatch.from_arrays(
             [pa.array([r[0] for r in rows], type=schema.field(0).type)], schema=schema
         )
@@ -631,9 +622,7 @@ def check_future_cursors(
         column = table.c.get(config.cursor)
         if column is None or not isinstance(column.type, sa.DateTime):
             continue
-        dog = conn.info.get(StatementWatchdog.INFO_KEY)
-        if dog is not None:
-            dog.what = name
+        label(conn, name)
         scope = None
         if shard is not None:
             scope = shard_predicate(
@@ -896,9 +885,7 @@ def extract_tables(
     engine = sa.create_engine(sqlalchemy_url(url), connect_args=connect_args(sqlalchemy_url(url)))
     if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine)
-    # a statement (not the COPY: it has its own deadline) that gets no answer fails
-    watchdog = StatementWatchdog(source_read_stall_timeout_s(), SOURCE_NAME)
-    watchdog.attach(engine)
+    install(engine)  # a wait for the server past SOURCE_READ_STALL_TIMEOUT_S fails
     manifests: dict[str, dict[str, Any]] = {}
     try:
         isolation = (
@@ -915,11 +902,11 @@ def extract_tables(
             metadata = sa.MetaData()
             reflected = {}
             for config in configs:
-                watchdog.what = config.name
+                label(conn, config.name)
                 reflected[config.name] = (_reflect(conn, metadata, config), config)
             check_future_cursors(conn, reflected, upper, future_tolerance, shard)
             for config in configs:
-                watchdog.what = config.name
+                label(conn, config.name)
                 table = reflected[config.name][0]
                 schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
                 lo = lower[config.name]
@@ -1038,10 +1025,8 @@ def extract_tables(
         # A read that timed out closed its connection: the rollback then fails too, and
         # that error would hide the one that names the table and the setting.
         raise_source_timeout(exc)
-        watchdog.check(exc)
         raise
     finally:
-        watchdog.close()
         engine.dispose()
     return manifests
 

@@ -66,6 +66,8 @@ from psycopg import sql
 from extract.landing import UnlandableValueError
 from extract.source_timeouts import (
     SourceTimeoutError,
+    connect_pg,
+    label,
     pg_connect_kwargs,
     shutdown_socket,
     stall_message,
@@ -149,7 +151,7 @@ def connect(url: str) -> psycopg.Connection:
         .difference_update_query(["options"])
         .render_as_string(hide_password=False)
     )
-    return psycopg.connect(conninfo, client_encoding="utf8", **pg_connect_kwargs(options))
+    return connect_pg(conninfo, client_encoding="utf8", **pg_connect_kwargs(options))
 
 
 def psycopg_connection(conn: Any) -> psycopg.Connection:
@@ -346,6 +348,7 @@ def stream_pg_batches(
         raise ValueError(f"batch_rows={batch_rows!r} must be >= 1")
     own = conn is None
     pg = connect(url) if own else psycopg_connection(conn)
+    label(pg, table)  # a source connection's timeouts name the table
     if pg.info.encoding not in ("utf-8", "utf8"):
         raise ValueError(f"the connection's client_encoding is {pg.info.encoding}, need UTF8")
     target = sql.Identifier(pg_schema, table) if pg_schema else sql.Identifier(table)

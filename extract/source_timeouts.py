@@ -24,9 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -123,114 +120,77 @@ def raise_source_timeout(exc: BaseException) -> None:
         current = current.__cause__ or current.__context__
 
 
-class StatementWatchdog:
-    """The client-side deadline of one extract's PostgreSQL statements.
+def source_connection_class() -> type:
+    """`SourceConnection`: a psycopg connection whose every wait for the server has a
+    deadline (built on first use: psycopg is imported only where PostgreSQL is read).
 
-    Armed around every statement SQLAlchemy executes on the engine (and, through
-    `watched`, around every fetch of a streamed result): when one waits more than
-    `stall_s` seconds without an answer, the connection's socket is shut down, the
-    statement fails at once, and `check(exc)` turns that failure into a
-    `SourceTimeoutError` naming what was running. The server's `statement_timeout`
-    answers first when the server is alive and reachable (it is a few seconds shorter
-    only in configurations where `SOURCE_STATEMENT_TIMEOUT_S` < `SOURCE_READ_STALL_
-    TIMEOUT_S`); the watchdog is for a server or network that stops answering.
-    The COPY fast path has its own stall deadline (`extract.pg_copy`).
+    psycopg runs every blocking operation (a query, a fetch of a server-side cursor, the
+    start and the end of a COPY, a commit or rollback) through `Connection.wait`. Here,
+    a wait without its own timeout gets `stall_s` (`SOURCE_READ_STALL_TIMEOUT_S`): when
+    the server sends nothing for that long, the socket is shut down (nothing afterwards
+    waits on it again: the transaction's rollback fails at once) and
+    `SourceTimeoutError` names `what` (the table being read) and the setting. The server's
+    own `statement_timeout` still ends a statement the server is running; this is for a
+    server or network that stops answering. The COPY's rows are read by
+    `extract.pg_copy` without `wait`, with the same deadline of its own.
     """
+    global _SOURCE_CONNECTION
+    if _SOURCE_CONNECTION is not None:
+        return _SOURCE_CONNECTION
+    import psycopg
+    from psycopg import errors
 
-    INFO_KEY = "nightshift_statement_watchdog"
+    class SourceConnection(psycopg.Connection):
+        stall_s: float = float("inf")
+        what: str = "source_db"
 
-    def __init__(self, stall_s: float, what: str) -> None:
-        self.stall_s = stall_s
-        self.what = what
-        self._lock = threading.Lock()
-        self._armed: tuple[float, int, str] | None = None  # (since, socket fd, what)
-        self.fired: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="source-watchdog", daemon=True)
-
-    # -- wiring ---------------------------------------------------------------------
-    def attach(self, engine: sa.Engine) -> None:
-        """Arm around every statement of `engine` (PostgreSQL over psycopg only)."""
-        if engine.dialect.name != "postgresql":
-            return
-        sa.event.listen(engine, "before_cursor_execute", self._before)
-        sa.event.listen(engine, "after_cursor_execute", self._after)
-        sa.event.listen(engine, "handle_error", self._on_error)
-        sa.event.listen(engine, "engine_connect", self._register)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-
-    def _register(self, conn: sa.Connection) -> None:
-        conn.info[self.INFO_KEY] = self
-
-    def _before(self, conn, cursor, statement, parameters, context, executemany) -> None:
-        fd = _socket_of(cursor)
-        if fd is not None:
-            self.arm(fd, " ".join(str(statement).split())[:120])
-
-    def _after(self, conn, cursor, statement, parameters, context, executemany) -> None:
-        options = getattr(context, "execution_options", None) or {}
-        if options.get("stream_results"):
-            return  # the first rows are fetched after this event; `watched` takes over
-        self.disarm()
-
-    def _on_error(self, context: Any) -> None:
-        self.disarm()
-
-    # -- arming ---------------------------------------------------------------------
-    def arm(self, fd: int, what: str) -> None:
-        with self._lock:
-            self._armed = (time.monotonic(), fd, what)
-
-    def disarm(self) -> None:
-        with self._lock:
-            self._armed = None
-
-    def _watch(self) -> None:
-        while not self._stop.wait(min(0.25, self.stall_s / 4)):
-            with self._lock:
-                armed = self._armed
-                if armed is None or time.monotonic() - armed[0] < self.stall_s:
-                    continue
-                self._armed = None
-                self.fired = (
-                    f"{self.what}: the source did not answer for {self.stall_s:g} s "
-                    f"(statement: {armed[2]}) (SOURCE_READ_STALL_TIMEOUT_S="
-                    f"{settings.source_read_stall_timeout_s()}); the connection was closed. "
-                    "A transient failure (network, proxy, server): retried"
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            own = timeout is None and self.stall_s != float("inf")
+            try:
+                return super().wait(
+                    gen, interval=interval, timeout=self.stall_s if own else timeout
                 )
-            shutdown_socket(armed[1])
+            except errors._WaitTimeout as exc:
+                if not own:
+                    raise
+                shutdown_socket(self.pgconn.socket)
+                with contextlib.suppress(Exception):
+                    self.pgconn.consume_input()  # libpq sees the closed connection
+                raise SourceTimeoutError(
+                    f"{self.what}: the source did not answer for {self.stall_s:g} s "
+                    f"(SOURCE_READ_STALL_TIMEOUT_S={self.stall_s:g}); the connection was "
+                    "closed. A transient failure (network, proxy, server): retried; raise "
+                    "SOURCE_READ_STALL_TIMEOUT_S if a statement really needs longer"
+                ) from exc
 
-    def check(self, exc: BaseException) -> None:
-        """Raise `SourceTimeoutError` when `exc` is the failure this watchdog caused."""
-        if self.fired is not None and not isinstance(exc, SourceTimeoutError):
-            raise SourceTimeoutError(self.fired) from exc
+    _SOURCE_CONNECTION = SourceConnection
+    return SourceConnection
 
 
-def _socket_of(cursor: Any) -> int | None:
-    pgconn = getattr(getattr(cursor, "connection", None), "pgconn", None)
-    fd = getattr(pgconn, "socket", None)
-    return fd if isinstance(fd, int) and fd >= 0 else None
+_SOURCE_CONNECTION: type | None = None
 
 
-def watched(conn: sa.Connection, items: Iterator[Any], what: str) -> Iterator[Any]:
-    """`items` (the fetches of a streamed result on `conn`), each `next()` under the
-    connection's `StatementWatchdog` when it has one."""
-    dog: StatementWatchdog | None = conn.info.get(StatementWatchdog.INFO_KEY)
-    fd = None
-    if dog is not None:
-        raw = getattr(conn.connection, "driver_connection", None)
-        fd = getattr(getattr(raw, "pgconn", None), "socket", None)
-    while True:
-        if dog is not None and isinstance(fd, int):
-            dog.arm(fd, what)
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        finally:
-            if dog is not None:
-                dog.disarm()
-        yield item
+def connect_pg(conninfo: str = "", **kwargs: Any) -> Any:
+    """A `SourceConnection` (psycopg) with the source timeouts."""
+    conn = source_connection_class().connect(conninfo, **kwargs)
+    conn.stall_s = float(settings.source_read_stall_timeout_s())
+    return conn
+
+
+def install(engine: sa.Engine) -> None:
+    """Make `engine`'s PostgreSQL (psycopg) connections `SourceConnection`s."""
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+        return
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
+        return connect_pg(*cargs, **cparams)
+
+
+def label(conn: Any, what: str) -> None:
+    """Name what `conn` (SQLAlchemy or psycopg) reads now, for its timeout's message."""
+    if isinstance(conn, sa.Connection):
+        conn = getattr(conn.connection, "driver_connection", None)
+    cls = _SOURCE_CONNECTION
+    if cls is not None and isinstance(conn, cls):
+        conn.what = what
