@@ -11,10 +11,14 @@ A source that stops answering must fail the extract, not hold the night (and, wi
 - a read that stops receiving: a server (or a proxy, a NAT, a load balancer) that keeps
   the connection open but sends nothing more is invisible to the server's timeout and to
   keepalives (the kernel of the peer still answers them). Only the client can notice:
-  the COPY read loop (`extract.pg_copy`) fails when no byte arrived for
-  `SOURCE_READ_STALL_TIMEOUT_S` seconds, after shutting the socket down so that nothing
-  afterwards (the COPY's cancel and drain, the transaction's rollback) waits on it
-  again; pymysql's `read_timeout` does the same for MySQL/MariaDB.
+  every PostgreSQL source connection is a `SourceConnection`, whose every wait for the
+  server (a query, a fetch, the start and end of a COPY, a rollback) fails after
+  `SOURCE_READ_STALL_TIMEOUT_S` seconds without an answer, and the COPY read loop
+  (`extract.pg_copy`) fails when no byte arrived for as long; both shut the socket down
+  first, so that nothing afterwards (the COPY's cancel and drain, the transaction's
+  rollback) waits on it again. pymysql's `read_timeout` does the same for MySQL/MariaDB.
+  The same deadline therefore bounds how long a statement may run before the server
+  sends its first bytes: raise it for a source where that is legitimately longer.
 
 `SourceTimeoutError` is transient: Airflow retries it (unlike data errors).
 """
