@@ -15,8 +15,11 @@ start:
    the task fails naming the gate and why (phase 4 needs `required_clean_runs`
    consecutive clean verifications per table and an empty repair log).
 
-Connections: `old_conn_id` (default `source_db`) and `new_conn_id` (default
-`migration_target_db`), as `AIRFLOW_CONN_<ID>` or Airflow connections.
+Connections: `source_db` (the old database) and `migration_target_db` (the new one,
+the only one it writes to besides the old one's repair log), as `AIRFLOW_CONN_<ID>` or
+Airflow connections. They are fixed: a trigger cannot name another connection (whoever
+may trigger a DAG could otherwise point its writes at any connection Airflow holds); a
+run whose conf names one (`old_conn_id`, `new_conn_id`, …) fails before it connects.
 """
 
 from __future__ import annotations
@@ -39,8 +42,26 @@ default_args = {
 }
 
 
+def refuse_connection_params(conf: dict) -> None:
+    """A trigger's conf or params naming a connection fail the run (not retried)."""
+    named = sorted(k for k in conf if "conn" in str(k).lower())
+    if named:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(
+            f"migration_verify: {', '.join(named)} given when triggering: the connections "
+            "are fixed (source_db: old, migration_target_db: new); set those connections "
+            "instead of naming others"
+        )
+
+
 def _params() -> dict:
-    return dict(get_current_context()["params"])
+    ctx = get_current_context()
+    params = dict(ctx["params"])
+    refuse_connection_params({**params, **(getattr(ctx["dag_run"], "conf", None) or {})})
+    from migrate.tasks import NEW_CONN_ID, OLD_CONN_ID
+
+    return {**params, "old_conn_id": OLD_CONN_ID, "new_conn_id": NEW_CONN_ID}
 
 
 def _run_id() -> str:
@@ -62,8 +83,6 @@ def _run_id() -> str:
         "tables": Param(
             [], type="array", description="Mapping names of config/migration.yml; empty: all."
         ),
-        "old_conn_id": Param("source_db", type="string", description="The old database."),
-        "new_conn_id": Param("migration_target_db", type="string", description="The new database."),
         "required_clean_runs": Param(
             3, type="integer", minimum=1, description="Clean verifications in a row for phase 4."
         ),
@@ -74,7 +93,7 @@ def migration_verify():
     def plan() -> list[str]:
         from migrate.tasks import table_names
 
-        return table_names(_params()["tables"])
+        return table_names(_params()["tables"])  # _params refuses a conf naming a connection
 
     @task
     def backfill(tables: list[str]) -> dict:

@@ -134,13 +134,7 @@ def test_migration_verify_shape(dagbag) -> None:
     assert dag.doc_md and "gate" in dag.doc_md
     assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: by hand, per phase
     assert set(dag.tags) >= {"migration"}
-    assert set(dag.params.keys()) >= {
-        "tables",
-        "old_conn_id",
-        "new_conn_id",
-        "phase",
-        "required_clean_runs",
-    }
+    assert set(dag.params.keys()) == {"tables", "phase", "required_clean_runs"}
     assert set(dag.task_ids) == {
         "plan",
         "backfill",
@@ -152,3 +146,19 @@ def test_migration_verify_shape(dagbag) -> None:
     for task in dag.tasks:
         assert task.owner == "data-platform"
         assert task.on_failure_callback, f"{task.task_id} has no failure alert"
+
+
+def test_migration_verify_writes_only_to_its_fixed_connections() -> None:
+    """A trigger cannot point the DAG's writes at another connection: no connection
+    params, and a conf naming one fails the run before anything connects."""
+    import importlib.util
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    spec = importlib.util.spec_from_file_location("mv", ROOT / "dags" / "migration_verify.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.refuse_connection_params({"phase": 3, "tables": []})
+    for conf in ({"new_conn_id": "warehouse_prod"}, {"old_conn_id": "x", "phase": 2}):
+        with pytest.raises(AirflowFailException, match="connections are fixed"):
+            module.refuse_connection_params(conf)
