@@ -242,9 +242,10 @@ def source_statement_timeout_s() -> int:
 
 
 def source_read_stall_timeout_s() -> int:
-    """`SOURCE_READ_STALL_TIMEOUT_S` (default 600): seconds a source read may go without
-    receiving a byte before the extract closes the connection and fails naming the table
-    (a server or network that stays connected but stops sending)."""
+    """`SOURCE_READ_STALL_TIMEOUT_S` (default 600): seconds a source read (a COPY, a
+    fetch) may go without receiving a byte, or a statement without an answer, before the
+    extract closes the connection and fails naming the table (a server or network that
+    stays connected but stops sending)."""
     return _positive_int_env("SOURCE_READ_STALL_TIMEOUT_S", 600)
 
 

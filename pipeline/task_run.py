@@ -39,6 +39,8 @@ DETERMINISTIC = frozenset(
         "extract.landing.SchemaDriftError",
         "extract.landing.UnlandableValueError",
         "extract.db_extract.SchemaError",
+        # source rows stamped after the source's clock: fixed at the source, not by a retry
+        "extract.db_extract.FutureCursorError",
         "extract.tables.TableConfigError",
         "extract.shards.ShardMapError",
         "quality.validate.QualityGateError",
