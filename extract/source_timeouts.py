@@ -6,8 +6,10 @@ A source that stops answering must fail the extract, not hold the night (and, wi
 - opening a connection: `SOURCE_CONNECT_TIMEOUT_S` (libpq `connect_timeout`; pymysql's
   `connect_timeout`);
 - one statement: `SOURCE_STATEMENT_TIMEOUT_S`, enforced by the server itself
-  (PostgreSQL `statement_timeout`, set for the session through libpq `options`); TCP
-  keepalives and `tcp_user_timeout` notice a peer that is gone (host down, cable cut);
+  (PostgreSQL `statement_timeout`, set for the session through libpq `options`; behind
+  PgBouncer, which refuses that startup parameter unless `ignore_startup_parameters`
+  lists `options`, set `SOURCE_STATEMENT_TIMEOUT_S=0`); TCP keepalives and
+  `tcp_user_timeout` notice a peer that is gone (host down, cable cut);
 - a read that stops receiving: a server (or a proxy, a NAT, a load balancer) that keeps
   the connection open but sends nothing more is invisible to the server's timeout and to
   keepalives (the kernel of the peer still answers them). Only the client can notice:
