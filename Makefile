@@ -105,7 +105,7 @@ CLOCK_SUITES := tests/migrate tests/transform tests/demo/test_generator.py tests
 	tests/report/test_build.py tests/pipeline tests/warehouse/test_load.py \
 	tests/warehouse/test_publish.py tests/warehouse/test_rollback.py tests/alerting/test_rules.py \
 	tests/extract/test_db_extract.py tests/extract/test_landing.py tests/extract/test_key_ranges.py \
-	tests/extract/test_sharded_pipeline.py
+	tests/extract/test_sharded_pipeline.py tests/extract/test_replay.py
 CLOCK_SERVER_SUITES := tests/extract/test_api_client.py tests/extract/test_api_extract.py \
 	tests/alerting/test_sinks.py tests/demo/test_api.py tests/extract/test_pg_copy.py \
 	tests/extract/test_parallel_extract.py tests/extract/test_shards.py \

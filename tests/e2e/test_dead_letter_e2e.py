@@ -20,7 +20,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from demo.generator import generate
 from demo.run import running_api
 from extract.replay import open_replays, replay_dir
+from pipeline import clock
 from pipeline.airflow_run import run_dag
 from tests.e2e.harness import REPORT_TZ, TOKEN, api_base_of, assert_matches_oracle, pipeline_env
 
@@ -83,14 +84,14 @@ def test_quarantined_payments_are_kept_replayed_and_published_once(
     warehouse = data_dir / "warehouse.duckdb"
     quarantine = data_dir / "quarantine"
     attempts = quarantine / "payments_api" / "payments" / f"run={DAY.isoformat()}"
-    ahead = (datetime.now(UTC) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ahead = (clock.now() + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     store = sqlite3.connect(payments_db)
     *ids, broken = [r[0] for r in store.execute("select id from payments order by id limit 4")]
     store.executemany(
         "update payments set amount = ?, updated_at = ? where id = ?",
         [(f"77{i}.01", ahead, pid) for i, pid in enumerate(ids)],
     )
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = clock.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     store.execute("update payments set amount = 'n/a', updated_at = ? where id = ?", [now, broken])
     store.commit()
     os.environ["REPORT_TZ"] = REPORT_TZ
