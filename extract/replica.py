@@ -116,6 +116,9 @@ def replication_lag_seconds(url: str, *, connect_timeout: int = 5) -> float | No
     engine = sa.create_engine(
         sa_url, poolclass=sa.pool.NullPool, connect_args=_connect_args(dialect, connect_timeout)
     )
+    from extract.source_timeouts import install
+
+    install(engine)  # a replica that stops answering fails after SOURCE_READ_STALL_TIMEOUT_S
     try:
         with engine.connect() as conn:
             if dialect == "postgresql":
