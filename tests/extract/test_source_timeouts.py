@@ -163,6 +163,22 @@ def test_statement_timeout_is_set_on_source_sessions(
         engine.dispose()
     with connect(url.render_as_string(False)) as pg:
         assert pg.execute("show statement_timeout").fetchone()[0] == "1s"
+        assert pg.execute("show search_path").fetchone()[0] == "public"
+
+
+def test_timeouts_of_other_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymysql gets its connect and read/write timeouts (a read that receives nothing for
+    SOURCE_READ_STALL_TIMEOUT_S fails); SQLite is a local file: nothing to set."""
+    monkeypatch.setenv("SOURCE_READ_STALL_TIMEOUT_S", "7")
+    monkeypatch.setenv("SOURCE_CONNECT_TIMEOUT_S", "3")
+    assert connect_args("mysql+pymysql://u@db.example/app") == {
+        "connect_timeout": 3,
+        "read_timeout": 7,
+        "write_timeout": 7,
+    }
+    assert connect_args("sqlite:////tmp/x.db") == {}
+    monkeypatch.setenv("SOURCE_STATEMENT_TIMEOUT_S", "0")  # e.g. behind PgBouncer
+    assert "options" not in connect_args("postgresql+psycopg://u@db.example/app")
 
 
 @pytest.mark.timeout(60)
