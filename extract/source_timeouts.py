@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 from typing import Any
 
 import sqlalchemy as sa
@@ -141,8 +142,13 @@ def source_connection_class() -> type:
     `extract.pg_copy` without `wait`, with the same deadline of its own.
     """
     global _SOURCE_CONNECTION
-    if _SOURCE_CONNECTION is not None:
+    with _CLASS_LOCK:  # one class: `label` recognises its instances
+        if _SOURCE_CONNECTION is None:
+            _SOURCE_CONNECTION = _build_source_connection()
         return _SOURCE_CONNECTION
+
+
+def _build_source_connection() -> type:
     import psycopg
     from psycopg import errors
 
@@ -169,11 +175,11 @@ def source_connection_class() -> type:
                     "SOURCE_READ_STALL_TIMEOUT_S if a statement really needs longer"
                 ) from exc
 
-    _SOURCE_CONNECTION = SourceConnection
     return SourceConnection
 
 
 _SOURCE_CONNECTION: type | None = None
+_CLASS_LOCK = threading.Lock()
 
 
 def connect_pg(conninfo: str = "", **kwargs: Any) -> Any:
