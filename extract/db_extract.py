@@ -61,7 +61,13 @@ from extract.shards import (
     shard_predicate,
     watermark_shard_key,
 )
-from extract.source_timeouts import connect_args, install, label, raise_source_timeout
+from extract.source_timeouts import (
+    connect_args,
+    install,
+    label,
+    raise_source_timeout,
+    raise_statement_timeout,
+)
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
 from pipeline import clock
@@ -887,6 +893,7 @@ def extract_tables(
         _sqlite_transactions(engine)
     install(engine)  # a wait for the server past SOURCE_READ_STALL_TIMEOUT_S fails
     manifests: dict[str, dict[str, Any]] = {}
+    reading = SOURCE_NAME  # the table being read, for a timeout's message
     try:
         isolation = (
             {"isolation_level": "REPEATABLE READ"}
@@ -903,10 +910,12 @@ def extract_tables(
             reflected = {}
             for config in configs:
                 label(conn, config.name)
+                reading = config.name
                 reflected[config.name] = (_reflect(conn, metadata, config), config)
             check_future_cursors(conn, reflected, upper, future_tolerance, shard)
             for config in configs:
                 label(conn, config.name)
+                reading = config.name
                 table = reflected[config.name][0]
                 schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
                 lo = lower[config.name]
@@ -1025,6 +1034,7 @@ def extract_tables(
         # A read that timed out closed its connection: the rollback then fails too, and
         # that error would hide the one that names the table and the setting.
         raise_source_timeout(exc)
+        raise_statement_timeout(exc, reading)
         raise
     finally:
         engine.dispose()

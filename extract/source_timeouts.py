@@ -206,3 +206,21 @@ def label(conn: Any, what: str) -> None:
     cls = _SOURCE_CONNECTION
     if cls is not None and isinstance(conn, cls):
         conn.what = what
+
+
+def raise_statement_timeout(exc: BaseException, table: str) -> None:
+    """Raise `SourceTimeoutError` naming `table` and the setting when `exc` is (or was
+    caused by) PostgreSQL cancelling a statement at its `statement_timeout`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if type(current).__name__ == "QueryCanceled" and "statement timeout" in str(current):
+            raise SourceTimeoutError(
+                f"{table}: a statement on the source ran longer than "
+                f"SOURCE_STATEMENT_TIMEOUT_S={settings.source_statement_timeout_s()} s and "
+                "was cancelled by the server (a lock it waited for, an unexpectedly slow "
+                "plan); retried; raise SOURCE_STATEMENT_TIMEOUT_S if the read really needs "
+                f"longer. The server said: {str(current).strip().splitlines()[0]}"
+            ) from exc
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)

@@ -217,3 +217,36 @@ def test_a_statement_without_an_answer_fails_the_extract(
         "the connection was closed"
     ), str(caught.value)
     assert elapsed < STALL_S + 8, elapsed
+
+
+@pytest.mark.timeout(60)
+def test_a_statement_past_the_statement_timeout_names_table_and_setting(
+    pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read waiting on a lock (an ALTER TABLE left open) is cancelled by the server at
+    SOURCE_STATEMENT_TIMEOUT_S; the error names the table and the setting (retried)."""
+    monkeypatch.setenv("SOURCE_STATEMENT_TIMEOUT_S", "1")
+    engine = sa.create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table events (id bigint primary key, updated_at timestamptz)"))
+    holder = engine.connect()
+    try:
+        holder.begin()
+        holder.execute(sa.text("lock table events in access exclusive mode"))
+        with pytest.raises(SourceTimeoutError) as caught:
+            extract_tables(
+                pg_database,
+                run_id="r1",
+                landing_root=tmp_path / "landing",
+                warehouse_path=None,
+                configs=[TableConfig("events")],
+            )
+    finally:
+        holder.rollback()
+        holder.close()
+        engine.dispose()
+    message = str(caught.value)
+    assert message.startswith(
+        "events: a statement on the source ran longer than SOURCE_STATEMENT_TIMEOUT_S=1 s"
+    ), message
+    assert "canceling statement due to statement timeout" in message
