@@ -95,18 +95,30 @@ def _identity() -> tuple[str, str, bool]:
     return f"{dag_run.dag_id}/{dag_run.run_id}", run, False
 
 
+def _renewed(warehouse: Any, holder: str, ttl: float) -> bool:
+    from warehouse import lease
+
+    try:
+        lease.renew(warehouse, holder, ttl)
+    except lease.LeaseLostError:
+        return False
+    return True
+
+
 def run_guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one task's step under the run's warehouse lease; deterministic errors fail
     the task without retries."""
     from warehouse import lease
 
     try:
-        holder, run, _ = _identity()
+        holder, run, inherited = _identity()
         warehouse = settings.warehouse_path()
         ttl = settings.warehouse_lease_ttl_seconds()
-        lease.acquire(
-            warehouse, holder, run, ttl_s=ttl, wait_s=settings.warehouse_lease_wait_seconds()
-        )
+        # the calling command's lease is renewed (it stays the one named), else taken
+        if not (inherited and _renewed(warehouse, holder, ttl)):
+            lease.acquire(
+                warehouse, holder, run, ttl_s=ttl, wait_s=settings.warehouse_lease_wait_seconds()
+            )
         with lease.heartbeat(warehouse, holder, ttl):
             return fn(*args, **kwargs)
     except Exception as exc:
