@@ -259,3 +259,28 @@ def test_through_airflow_a_deterministic_error_is_not_retried(demo: Demo, tmp_pa
     assert (tries / "deterministic").read_text().count("try") == 1, out[-3000:]
     assert (tries / "transient").read_text().count("try") == 2, out[-3000:]
     assert "ConfigError (not retried): REPORT_TZ='Mars/Olympus'" in out
+
+
+def test_a_scheduled_run_takes_its_lease_and_its_teardown_gives_it_up(
+    demo: Demo, tmp_path: Path
+) -> None:
+    """As the scheduler runs it (no calling command holds the lease): the first task
+    takes the dag run's lease; a day after today is a ConfigError, so extract_source_db
+    (retries=2) fails on its first try; the run is failed and its teardown
+    `release_warehouse` gives the lease up."""
+    data = tmp_path / "data"
+    env = {**demo.env, "NIGHTSHIFT_DATA_DIR": str(data)}
+    conf = json.dumps({"business_date": "2099-01-01"})
+    proc = subprocess.run(
+        [airflow_bin(), "dags", "test", "nightly_sales", "--conf", conf],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "ConfigError (not retried): business day 2099-01-01 is after today" in out
+    assert out.count("[DAG TEST] starting task_id=extract_source_db ") == 1
+    assert "Returned value was: released nightly_sales/manual__" in out
+    assert not (data / "warehouse.duckdb.lease").exists()
