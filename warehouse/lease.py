@@ -135,13 +135,13 @@ class FileLease:
     def _read(self) -> Lease | None:
         try:
             data = json.loads(self.path.read_text())
+            return Lease(**{k: data[k] for k in Lease.__dataclass_fields__})
         except FileNotFoundError:
             return None
-        except (ValueError, OSError) as exc:  # a torn or foreign file: say so, never ignore
+        except (ValueError, OSError, KeyError, TypeError) as exc:  # foreign: say so
             raise RuntimeError(
-                f"{self.path} is not a readable lease ({exc}): `make unlock` removes it"
+                f"{self.path} is not a readable lease ({exc!r}): `make unlock` removes it"
             ) from exc
-        return Lease(**{k: data[k] for k in Lease.__dataclass_fields__})
 
     def _write(self, lease: Lease) -> None:
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")

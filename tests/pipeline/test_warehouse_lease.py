@@ -175,3 +175,15 @@ def test_deterministic_errors_are_told_from_transient_ones() -> None:
     assert task_run.is_deterministic(ConfigError("x"))
     for exc in (ConnectionError("x"), TimeoutError("x"), WarehouseBusyError("x", None)):
         assert not task_run.is_deterministic(exc), exc
+
+
+def test_a_foreign_lease_file_is_an_error_and_unlock_removes_it(
+    warehouse: Path, monkeypatch
+) -> None:
+    lease_file = warehouse.with_name("warehouse.duckdb.lease")
+    lease_file.write_text('{"holder": "someone"}')
+    with pytest.raises(RuntimeError, match=r"is not a readable lease .*make unlock"):
+        lease.acquire(warehouse, "a", "run a", wait_s=0)
+    monkeypatch.setenv("WAREHOUSE_PATH", str(warehouse))
+    assert lease.main(["unlock"]) == 0
+    assert lease.acquire(warehouse, "a", "run a", wait_s=0).holder == "a"
