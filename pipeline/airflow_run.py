@@ -6,6 +6,12 @@ Used by `make nightly` and `make demo`. Connections come from the environment
 (`AIRFLOW_CONN_SOURCE_DB`, `AIRFLOW_CONN_PAYMENTS_API`, ...). When neither is set and the
 demo sources exist under `data/demo`, the demo source is used and the demo API is
 started for the duration of the run, so `make nightly` works right after `make demo`.
+
+`airflow dags test` ignores pools and `max_active_runs`, so the command itself holds the
+warehouse's lease (warehouse/lease.py) for the whole run (the local backfill: for every
+day of it); another run waits `WAREHOUSE_LEASE_WAIT_S`, then fails naming this one. A
+scheduler backfill (`airflow backfill create`) is made of ordinary dag runs, each
+holding its own lease from its first task to its teardown.
 """
 
 from __future__ import annotations
