@@ -187,3 +187,27 @@ def test_a_foreign_lease_file_is_an_error_and_unlock_removes_it(
     monkeypatch.setenv("WAREHOUSE_PATH", str(warehouse))
     assert lease.main(["unlock"]) == 0
     assert lease.acquire(warehouse, "a", "run a", wait_s=0).holder == "a"
+
+
+def test_lease_settings(monkeypatch) -> None:
+    from pipeline import settings
+
+    monkeypatch.delenv("WAREHOUSE_LEASE_TTL_MINUTES", raising=False)
+    monkeypatch.delenv("WAREHOUSE_LEASE_WAIT_S", raising=False)
+    assert settings.warehouse_lease_ttl_seconds() == 1800
+    assert settings.warehouse_lease_wait_seconds() == 60
+    monkeypatch.setenv("WAREHOUSE_LEASE_TTL_MINUTES", "0.5")
+    monkeypatch.setenv("WAREHOUSE_LEASE_WAIT_S", "0")
+    assert settings.warehouse_lease_ttl_seconds() == 30
+    assert settings.warehouse_lease_wait_seconds() == 0
+    for name, value in (
+        ("WAREHOUSE_LEASE_TTL_MINUTES", "0"),
+        ("WAREHOUSE_LEASE_TTL_MINUTES", "soon"),
+        ("WAREHOUSE_LEASE_WAIT_S", "-1"),
+        ("WAREHOUSE_LEASE_WAIT_S", "nan"),
+    ):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name):
+            settings.warehouse_lease_ttl_seconds()
+            settings.warehouse_lease_wait_seconds()
+        monkeypatch.delenv(name)
