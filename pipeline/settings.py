@@ -377,3 +377,61 @@ def warehouse_lease_wait_seconds() -> float:
     """`WAREHOUSE_LEASE_WAIT_S` (default 60): how long a run waits for another run's
     warehouse lease before it fails naming that run."""
     return _nonnegative_float_env("WAREHOUSE_LEASE_WAIT_S", 60)
+
+
+WAREHOUSE_CONN_ID = "warehouse"
+_WAREHOUSE_SCHEMES = {
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "postgresql+psycopg": "postgres",
+    "snowflake": "snowflake",
+    "bigquery": "bigquery",
+}
+
+
+def _safe_warehouse_url(uri: str) -> str:
+    """The URL with every secret it carries replaced by `***` (for messages)."""
+    from extract.replica import safe_url
+
+    masked = safe_url(uri)
+    if masked == "<unparseable URL>" or any(s in masked for s in secrets_in_uri(uri)):
+        return uri.split("://", 1)[0] + "://***"
+    return uri.split("://", 1)[0] + "://" + masked.split("://", 1)[-1]
+
+
+def warehouse_url() -> str | None:
+    """`AIRFLOW_CONN_WAREHOUSE` (or Airflow's `warehouse` connection): the server the
+    warehouse lives on; None (unset): the DuckDB file at `WAREHOUSE_PATH`."""
+    return get_connection_uri(WAREHOUSE_CONN_ID, required=False)
+
+
+def warehouse_backend() -> str:
+    """The warehouse's kind (`duckdb`, `postgres`, `snowflake`, `bigquery`: the dbt target
+    it pairs with), from `AIRFLOW_CONN_WAREHOUSE`. `DBT_TARGET` unset follows it; set to
+    another target, ConfigError naming both (the URL without its password)."""
+    uri = warehouse_url()
+    if uri is None:
+        kind, where = "duckdb", f"WAREHOUSE_PATH ({warehouse_path()})"
+    else:
+        scheme = urlsplit(uri).scheme.lower()
+        kind = _WAREHOUSE_SCHEMES.get(scheme, "")
+        where = f"AIRFLOW_CONN_WAREHOUSE ({_safe_warehouse_url(uri)})"
+        if not kind:
+            raise ConfigError(
+                f"{where}: scheme {scheme!r} is not a warehouse; use postgresql://, "
+                "snowflake:// or bigquery://, or unset it for the DuckDB file at WAREHOUSE_PATH"
+            )
+    if os.environ.get("DBT_TARGET", "").strip():
+        target = dbt_target()
+        if target != kind:
+            raise ConfigError(
+                f"DBT_TARGET={target!r} does not match the warehouse: {where} is a {kind} "
+                f"warehouse. Set DBT_TARGET={kind} or unset DBT_TARGET (it follows the warehouse)"
+            )
+    return kind
+
+
+def warehouse_dbt_target() -> str:
+    """The dbt target the nightly builds with: the warehouse's kind (checked against
+    `DBT_TARGET` by `warehouse_backend`)."""
+    return warehouse_backend()

@@ -1,0 +1,48 @@
+"""The warehouse backends: `backend_for(...)` returns the `Warehouse` the settings name.
+
+`AIRFLOW_CONN_WAREHOUSE` unset: DuckDB at `WAREHOUSE_PATH` (the default);
+`postgresql://…` (or `postgres://`): PostgreSQL. Snowflake and BigQuery are planned
+(docs/warehouse-backends.md). Nothing in the nightly uses this yet (issue 14).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from warehouse.backends.base import Warehouse, WarehouseError
+
+__all__ = ["backend_for", "resolve"]
+
+
+def resolve(settings: ModuleType | None = None) -> tuple[str, str | None]:
+    """(backend kind, warehouse URL or None for the DuckDB file), `DBT_TARGET` checked."""
+    if settings is None:
+        from pipeline import settings as settings_module
+
+        settings = settings_module
+    kind = settings.warehouse_backend()
+    return kind, settings.warehouse_url()
+
+
+def backend_for(settings: ModuleType | None = None, **options: Any) -> Warehouse:
+    """The configured warehouse (`pipeline.settings` unless another settings module is
+    given); `options` go to the backend's constructor."""
+    if settings is None:
+        from pipeline import settings as settings_module
+
+        settings = settings_module
+    kind, url = resolve(settings)
+    if kind == "duckdb":
+        from warehouse.backends.duckdb import DuckDBWarehouse
+
+        return DuckDBWarehouse(settings.warehouse_path(), **options)
+    if kind == "postgres":
+        from warehouse.backends.postgres import PostgresWarehouse
+
+        assert url is not None
+        return PostgresWarehouse(url, **options)
+    raise WarehouseError(
+        f"the {kind} warehouse backend is not implemented yet (issue 14; "
+        "docs/warehouse-backends.md has its plan)"
+    )

@@ -1,0 +1,510 @@
+"""PostgreSQL warehouse: COPY-fed loads, builds in private schemas, publish by schema swap.
+
+- Loads: Parquet is read with pyarrow in batches (bounded memory), each batch written as
+  CSV into `COPY … FROM STDIN (FORMAT csv)`.
+- Builds: `begin_build` copies every published schema `<s>` into `<s>__build_<token>`
+  (`CREATE TABLE … (LIKE … INCLUDING ALL)` + `INSERT … SELECT`); the run writes there
+  only, so the published schemas never see a half-done run (a killed run leaves only
+  private schemas behind; the next attempt of the run drops them).
+- Publish: ONE transaction locks every published table (`lock_timeout`: a reader holding
+  one is not waited on for long, the publish retries), checks the published generation
+  is still the one the build copied (else PublishConflictError), renames `<s>` →
+  `<s>__old_<token>` and `<s>__build_<token>` → `<s>` for every schema, drops the old
+  ones and bumps the generation. A reader sees the old state or the new state: its
+  query's tables are resolved and locked together, and a lookup blocked on a locked old
+  table is redone after the commit, against the new schemas.
+
+State that is not published (generation, builds) lives in the control schema
+`nightshift_control`, never swapped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import errors as pgerrors
+
+from warehouse.backends.base import (
+    PUBLISHED_SCHEMAS,
+    Build,
+    BuildNotFoundError,
+    MergeResult,
+    PublishBlockedError,
+    PublishConflictError,
+    WarehouseError,
+    check_schema_name,
+    quote_ident,
+    substitute_schemas,
+)
+
+log = logging.getLogger(__name__)
+
+CONTROL_SCHEMA = "nightshift_control"
+BATCH_ROWS = 65_536
+_TOKEN_RE = re.compile(r"[^a-z0-9]+")
+
+
+def libpq_url(url: str) -> str:
+    """`postgres://`, `postgresql://` or SQLAlchemy's `postgresql+psycopg://` → libpq URL."""
+    for prefix in ("postgresql+psycopg2://", "postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+def _safe(url: str) -> str:
+    from extract.replica import safe_url
+
+    return safe_url(url)
+
+
+def _arrow_to_pg(t: pa.DataType) -> str:
+    if pa.types.is_int64(t) or pa.types.is_uint32(t):
+        return "bigint"
+    if pa.types.is_int32(t) or pa.types.is_uint16(t):
+        return "integer"
+    if pa.types.is_int16(t) or pa.types.is_int8(t) or pa.types.is_uint8(t):
+        return "smallint"
+    if pa.types.is_float64(t):
+        return "double precision"
+    if pa.types.is_float32(t) or pa.types.is_float16(t):
+        return "real"
+    if pa.types.is_decimal(t):
+        return f"numeric({t.precision},{t.scale})"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "timestamptz" if t.tz else "timestamp"
+    raise WarehouseError(f"no PostgreSQL column type for Arrow type {t}")
+
+
+def _pg_to_arrow(type_code: int, precision: int | None, scale: int | None) -> pa.DataType | None:
+    """Arrow type of a result column (None: let pyarrow infer)."""
+    oid = {
+        20: pa.int64(),
+        23: pa.int32(),
+        21: pa.int16(),
+        701: pa.float64(),
+        700: pa.float32(),
+        25: pa.string(),
+        1043: pa.string(),
+        1042: pa.string(),
+        16: pa.bool_(),
+        1082: pa.date32(),
+        1184: pa.timestamp("us", tz="UTC"),
+        1114: pa.timestamp("us"),
+    }
+    if type_code == 1700:  # numeric
+        if precision is not None and scale is not None and 0 < precision <= 38:
+            return pa.decimal128(precision, scale)
+        return None
+    return oid.get(type_code)
+
+
+class PostgresWarehouse:
+    """A warehouse in one PostgreSQL database (`AIRFLOW_CONN_WAREHOUSE=postgresql://…`)."""
+
+    kind = "postgres"
+    paramstyle = "format"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schemas: Sequence[str] = PUBLISHED_SCHEMAS,
+        lock_timeout_ms: int = 200,
+        publish_attempts: int = 25,
+        control_schema: str = CONTROL_SCHEMA,
+    ) -> None:
+        self.url = libpq_url(url)
+        self.schemas = tuple(check_schema_name(s) for s in schemas)
+        self.lock_timeout_ms = int(lock_timeout_ms)
+        self.publish_attempts = int(publish_attempts)
+        self.control = check_schema_name(control_schema)
+        if self.control in self.schemas:
+            raise WarehouseError(f"control schema {self.control!r} cannot be a published one")
+        self._control_ready = False
+
+    # -- connections -----------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"postgres warehouse {_safe(self.url)}"
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection:
+        try:
+            con = psycopg.connect(self.url, autocommit=autocommit)
+        except psycopg.OperationalError as exc:
+            raise WarehouseError(f"cannot connect to {self.describe()}: {exc}") from None
+        con.execute("set timezone = 'UTC'")
+        if not autocommit:
+            con.commit()
+        return con
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection]:
+        con = self.connect()
+        try:
+            with con.transaction():
+                yield con
+        finally:
+            con.close()
+
+    def _mapping(self, build: Build | None) -> dict[str, str]:
+        if build is None:
+            return {s: s for s in self.schemas}
+        return dict(build.schemas)
+
+    def _ensure_control(self) -> None:
+        if self._control_ready:
+            return
+        c = quote_ident(self.control)
+        with self._tx() as con:
+            con.execute("select pg_advisory_xact_lock(hashtext(%s))", [self.control])
+            con.execute(f"create schema if not exists {c}")
+            con.execute(
+                f"create table if not exists {c}.publish_state ("
+                "id int primary key check (id = 1), generation bigint not null, "
+                "published_at timestamptz, run_id text)"
+            )
+            con.execute(
+                f"insert into {c}.publish_state (id, generation) values (1, 0) "
+                "on conflict (id) do nothing"
+            )
+            con.execute(
+                f"create table if not exists {c}.builds ("
+                "token text primary key, run_id text not null, base_generation bigint not null, "
+                "started_at timestamptz not null default now())"
+            )
+        self._control_ready = True
+
+    def generation(self) -> int:
+        """The published generation (0: nothing published through a build yet)."""
+        self._ensure_control()
+        with self._tx() as con:
+            row = con.execute(
+                f"select generation from {quote_ident(self.control)}.publish_state where id = 1"
+            ).fetchone()
+        return int(row[0])
+
+    # -- reads and bookkeeping -------------------------------------------------------
+
+    def read_arrow(
+        self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None
+    ) -> pa.Table:
+        sql = substitute_schemas(sql, self._mapping(build))
+        con = self.connect()
+        try:
+            with con.cursor() as cur:
+                cur.execute(sql, list(params) or None)
+                return _cursor_to_arrow(cur)
+        finally:
+            con.rollback()
+            con.close()
+
+    def execute(self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None) -> int:
+        sql = substitute_schemas(sql, self._mapping(build))
+        with self._tx() as con:
+            cur = con.execute(sql, list(params) or None)
+            return max(cur.rowcount, 0)
+
+    # -- loads -----------------------------------------------------------------------
+
+    def _create_from_schema(
+        self, con: psycopg.Connection, target: str, schema: pa.Schema, *, temp: bool = False
+    ) -> None:
+        columns = ", ".join(f"{quote_ident(f.name)} {_arrow_to_pg(f.type)}" for f in schema)
+        kind = "temporary table" if temp else "table if not exists"
+        suffix = " on commit drop" if temp else ""
+        con.execute(f"create {kind} {target} ({columns}){suffix}")
+
+    def _copy_files(
+        self, con: psycopg.Connection, target: str, files: Sequence[Path], schema: pa.Schema
+    ) -> int:
+        """COPY every file's rows into `target`, one Arrow batch at a time."""
+        names = schema.names
+        column_list = ", ".join(quote_ident(n) for n in names)
+        rows = 0
+        options = pacsv.WriteOptions(include_header=False)
+        with con.cursor().copy(f"copy {target} ({column_list}) from stdin (format csv)") as copy:
+            for path in files:
+                pf = pq.ParquetFile(path)
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=names):
+                    batch = batch.select(names)
+                    buf = io.BytesIO()
+                    pacsv.write_csv(batch, buf, options)
+                    copy.write(buf.getbuffer())
+                    rows += batch.num_rows
+        return rows
+
+    @staticmethod
+    def _files_schema(files: Sequence[Path]) -> pa.Schema:
+        if not files:
+            raise WarehouseError("no Parquet files to load")
+        schema = pq.read_schema(files[0])
+        for path in files[1:]:
+            other = pq.read_schema(path)
+            if other.names != schema.names or other.types != schema.types:
+                raise WarehouseError(f"{path}: schema differs from {files[0]}")
+        return schema
+
+    def load_parquet(
+        self, build: Build, schema: str, table: str, files: Sequence[Path], *, replace: bool = False
+    ) -> int:
+        files = [Path(f) for f in files]
+        arrow_schema = self._files_schema(files)
+        target = build.table(schema, table)
+        with self._tx() as con:
+            self._create_from_schema(con, target, arrow_schema)
+            if replace:
+                con.execute(f"truncate {target}")
+            return self._copy_files(con, target, files, arrow_schema)
+
+    def merge_parquet(
+        self,
+        build: Build,
+        schema: str,
+        table: str,
+        files: Sequence[Path],
+        keys: Sequence[str],
+        *,
+        cursor: str | None = None,
+    ) -> MergeResult:
+        files = [Path(f) for f in files]
+        keys = list(keys)
+        arrow_schema = self._files_schema(files)
+        missing = [k for k in keys + ([cursor] if cursor else []) if k not in arrow_schema.names]
+        if not keys or missing:
+            raise WarehouseError(f"merge into {schema}.{table}: key/cursor columns {missing}")
+        target = build.table(schema, table)
+        stage = quote_ident(f"_stage_{secrets.token_hex(4)}")
+        cols = ", ".join(quote_ident(n) for n in arrow_schema.names)
+        key_cols = ", ".join(quote_ident(k) for k in keys)
+        match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
+        order = f", {quote_ident(cursor)} desc" if cursor else ""
+        with self._tx() as con:
+            self._create_from_schema(con, target, arrow_schema)
+            self._create_from_schema(con, stage, arrow_schema, temp=True)
+            self._copy_files(con, stage, files, arrow_schema)
+            latest = quote_ident(f"{stage.strip(chr(34))}_latest")
+            con.execute(
+                f"create temporary table {latest} on commit drop as "
+                f"select distinct on ({key_cols}) {cols} from {stage} "
+                f"order by {key_cols}{order}"
+            )
+            updated = con.execute(f"delete from {target} t using {latest} s where {match}").rowcount
+            total = con.execute(
+                f"insert into {target} ({cols}) select {cols} from {latest}"
+            ).rowcount
+        return MergeResult(inserted=total - updated, updated=updated)
+
+    def delete_keys(self, build: Build, schema: str, table: str, keys: pa.Table) -> int:
+        target = build.table(schema, table)
+        stage = quote_ident(f"_keys_{secrets.token_hex(4)}")
+        match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys.column_names)
+        cols = ", ".join(quote_ident(k) for k in keys.column_names)
+        with self._tx() as con:
+            self._create_from_schema(con, stage, keys.schema, temp=True)
+            with con.cursor().copy(f"copy {stage} ({cols}) from stdin (format csv)") as copy:
+                for batch in keys.to_batches(max_chunksize=BATCH_ROWS):
+                    buf = io.BytesIO()
+                    pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+                    copy.write(buf.getbuffer())
+            return con.execute(f"delete from {target} t using {stage} s where {match}").rowcount
+
+    # -- builds ------------------------------------------------------------------------
+
+    def _token(self, run_id: str) -> str:
+        stem = _TOKEN_RE.sub("_", run_id.lower()).strip("_")[:20] or "run"
+        return f"{stem}_{secrets.token_hex(4)}"
+
+    def _existing_schemas(self, con: psycopg.Connection) -> set[str]:
+        return {
+            r[0]
+            for r in con.execute(
+                "select nspname from pg_namespace where nspname = any(%s)", [list(self.schemas)]
+            ).fetchall()
+        }
+
+    def _tables(self, con: psycopg.Connection, schema: str) -> list[str]:
+        return [
+            r[0]
+            for r in con.execute(
+                "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = %s and c.relkind in ('r', 'p') order by c.relname",
+                [schema],
+            ).fetchall()
+        ]
+
+    def _drop_build_schemas(self, con: psycopg.Connection, token: str) -> None:
+        for s in self.schemas:
+            con.execute(f"drop schema if exists {quote_ident(f'{s}__build_{token}')} cascade")
+
+    def begin_build(self, run_id: str) -> Build:
+        self._ensure_control()
+        c = quote_ident(self.control)
+        token = self._token(run_id)
+        started = time.perf_counter()
+        with self._tx() as con:
+            # A publish needs this row FOR UPDATE: none commits while the copy is made,
+            # so every table is copied from the same published generation.
+            base = con.execute(
+                f"select generation from {c}.publish_state where id = 1 for share"
+            ).fetchone()[0]
+            for (old,) in con.execute(
+                f"select token from {c}.builds where run_id = %s", [run_id]
+            ).fetchall():
+                self._drop_build_schemas(con, old)  # an earlier attempt of this run
+            con.execute(f"delete from {c}.builds where run_id = %s", [run_id])
+            existing = self._existing_schemas(con)
+            schemas: dict[str, str] = {}
+            for s in self.schemas:
+                b = f"{s}__build_{token}"
+                schemas[s] = b
+                con.execute(f"create schema {quote_ident(b)}")
+                if s not in existing:
+                    continue
+                for t in self._tables(con, s):
+                    src = f"{quote_ident(s)}.{quote_ident(t)}"
+                    dst = f"{quote_ident(b)}.{quote_ident(t)}"
+                    con.execute(f"create table {dst} (like {src} including all)")
+                    con.execute(f"insert into {dst} select * from {src}")
+            con.execute(
+                f"insert into {c}.builds (token, run_id, base_generation) values (%s, %s, %s)",
+                [token, run_id, base],
+            )
+        log.info("build %s of generation %s in %.2fs", token, base, time.perf_counter() - started)
+        return Build(backend=self.kind, run_id=run_id, token=token, base=base, schemas=schemas)
+
+    def publish(self, build: Build, *, check_lease: Callable[[], None] | None = None) -> float:
+        self._ensure_control()
+        last: Exception | None = None
+        for attempt in range(1, self.publish_attempts + 1):
+            try:
+                return self._publish_once(build, check_lease)
+            except pgerrors.LockNotAvailable as exc:  # a reader holds a published table
+                last = exc
+                log.info("publish attempt %d: lock_timeout, retrying", attempt)
+                time.sleep(min(0.05 * attempt, 0.5))
+        raise PublishBlockedError(
+            f"not published: {self.publish_attempts} attempts could not lock the published "
+            f"tables within lock_timeout={self.lock_timeout_ms}ms (a long transaction holds "
+            f"one open): {last}"
+        )
+
+    def _publish_once(self, build: Build, check_lease: Callable[[], None] | None) -> float:
+        c = quote_ident(self.control)
+        con = self.connect()
+        try:
+            with con.transaction():
+                con.execute(
+                    "select set_config('lock_timeout', %s, true)", [f"{self.lock_timeout_ms}ms"]
+                )
+                row = con.execute(
+                    f"select base_generation from {c}.builds where token = %s", [build.token]
+                ).fetchone()
+                if row is None:
+                    raise BuildNotFoundError(
+                        f"build {build.token} of run {build.run_id} is gone (abandoned, or "
+                        "replaced by a newer attempt of the run): nothing to publish"
+                    )
+                current = con.execute(
+                    f"select generation, published_at, run_id from {c}.publish_state "
+                    "where id = 1 for update"
+                ).fetchone()
+                if int(current[0]) != int(row[0]):
+                    raise PublishConflictError(
+                        f"not published: {self.describe()} changed since build {build.token} "
+                        f"was copied from generation {row[0]} (run {current[2]} published "
+                        f"generation {current[0]} at {current[1]}); this build would revert "
+                        "that publish. Rerun the day: it starts from what is published now."
+                    )
+                if check_lease is not None:
+                    check_lease()
+                started = time.perf_counter()
+                existing = self._existing_schemas(con)
+                published = [
+                    f"{quote_ident(s)}.{quote_ident(t)}"
+                    for s in self.schemas
+                    if s in existing
+                    for t in self._tables(con, s)
+                ]
+                if published:  # all at once, or lock_timeout and a retry
+                    con.execute(f"lock table {', '.join(published)} in access exclusive mode")
+                for s in self.schemas:
+                    b = build.schemas[s]
+                    if s in existing:
+                        con.execute(
+                            f"alter schema {quote_ident(s)} rename to "
+                            f"{quote_ident(f'{s}__old_{build.token}')}"
+                        )
+                    con.execute(f"alter schema {quote_ident(b)} rename to {quote_ident(s)}")
+                for s in self.schemas:
+                    if s in existing:
+                        con.execute(f"drop schema {quote_ident(f'{s}__old_{build.token}')} cascade")
+                con.execute(
+                    f"update {c}.publish_state set generation = generation + 1, "
+                    "published_at = now(), run_id = %s where id = 1",
+                    [build.run_id],
+                )
+                con.execute(f"delete from {c}.builds where token = %s", [build.token])
+                seconds = time.perf_counter() - started
+        except pgerrors.InvalidSchemaName as exc:
+            raise BuildNotFoundError(
+                f"build {build.token}: a build schema is missing: {exc}"
+            ) from None
+        finally:
+            con.close()
+        log.info("published build %s of run %s in %.4fs", build.token, build.run_id, seconds)
+        return seconds
+
+    def abandon_build(self, build: Build) -> None:
+        self._ensure_control()
+        with self._tx() as con:
+            self._drop_build_schemas(con, build.token)
+            con.execute(
+                f"delete from {quote_ident(self.control)}.builds where token = %s", [build.token]
+            )
+
+    def lease_backend(self) -> Any:
+        raise NotImplementedError(
+            "the PostgreSQL lease (an advisory-lock/row lease behind LeaseBackend) is the "
+            "next step of issue 14: docs/warehouse-backends.md"
+        )
+
+
+def _cursor_to_arrow(cur: psycopg.Cursor) -> pa.Table:
+    desc = cur.description or []
+    names = [d.name for d in desc]
+    types = [_pg_to_arrow(d.type_code, d.precision, d.scale) for d in desc]
+    columns: list[list[Any]] = [[] for _ in names]
+    while True:
+        chunk = cur.fetchmany(BATCH_ROWS)
+        if not chunk:
+            break
+        for row in chunk:
+            for i, value in enumerate(row):
+                columns[i].append(value)
+    arrays = []
+    for values, t in zip(columns, types, strict=True):
+        if t is None and any(isinstance(v, Decimal) for v in values):
+            arrays.append(pa.array(values))
+        else:
+            arrays.append(pa.array(values, type=t))
+    return pa.Table.from_arrays(arrays, names=names)
