@@ -129,8 +129,8 @@ class PostgresWarehouse:
         url: str,
         *,
         schemas: Sequence[str] = PUBLISHED_SCHEMAS,
-        lock_timeout_ms: int = 200,
-        publish_attempts: int = 25,
+        lock_timeout_ms: int = 50,
+        publish_attempts: int = 50,
         control_schema: str = CONTROL_SCHEMA,
     ) -> None:
         self.url = libpq_url(url)
@@ -482,11 +482,109 @@ class PostgresWarehouse:
                 f"delete from {quote_ident(self.control)}.builds where token = %s", [build.token]
             )
 
-    def lease_backend(self) -> Any:
-        raise NotImplementedError(
-            "the PostgreSQL lease (an advisory-lock/row lease behind LeaseBackend) is the "
-            "next step of issue 14: docs/warehouse-backends.md"
-        )
+    def lease_backend(self) -> PostgresLease:
+        self._ensure_control()
+        return PostgresLease(self)
+
+
+class PostgresLease:
+    """`warehouse.lease.LeaseBackend` of a PostgreSQL warehouse: one row of
+    `<control>.lease`, read and changed under `SELECT … FOR UPDATE` (every method is one
+    transaction, atomic with the others). Expiry and takeover follow `FileLease`."""
+
+    name = "postgres"
+
+    def __init__(self, warehouse: PostgresWarehouse) -> None:
+        self.warehouse = warehouse
+        self.table = f"{quote_ident(warehouse.control)}.lease"
+        with warehouse._tx() as con:
+            con.execute(
+                f"create table if not exists {self.table} ("
+                "id int primary key check (id = 1), lease jsonb)"
+            )
+            con.execute(
+                f"insert into {self.table} (id, lease) values (1, null) on conflict do nothing"
+            )
+
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[psycopg.Connection, Any]]:
+        from warehouse.lease import Lease
+
+        with self.warehouse._tx() as con:
+            row = con.execute(f"select lease from {self.table} where id = 1 for update").fetchone()
+            data = row[0] if row else None
+            current = Lease(**{k: data[k] for k in Lease.__dataclass_fields__}) if data else None
+            yield con, current
+
+    def _write(self, con: psycopg.Connection, lease: Any) -> None:
+        from dataclasses import asdict
+
+        from psycopg.types.json import Jsonb
+
+        value = Jsonb(asdict(lease)) if lease is not None else None
+        con.execute(f"update {self.table} set lease = %s where id = 1", [value])
+
+    def read(self) -> Any:
+        with self._locked() as (_, current):
+            return current
+
+    def try_acquire(self, holder: str, run: str, ttl_s: float) -> tuple[Any, bool]:
+        import os
+        import socket
+        import uuid
+        from datetime import timedelta
+
+        from pipeline import clock
+        from warehouse.lease import Lease, _iso
+
+        with self._locked() as (con, current):
+            now = clock.now()
+            if current is not None and current.holder != holder and not current.expired(now):
+                return current, False
+            if current is not None and current.holder != holder:
+                log.warning("warehouse lease expired, taken over: %s", current.describe())
+            same = current is not None and current.holder == holder
+            lease = Lease(
+                holder=holder,
+                run=run,
+                token=current.token if same else uuid.uuid4().hex,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                acquired_at=current.acquired_at if same else _iso(now),
+                renewed_at=_iso(now),
+                expires_at=_iso(now + timedelta(seconds=ttl_s)),
+            )
+            self._write(con, lease)
+            return lease, True
+
+    def renew(self, holder: str, ttl_s: float) -> Any:
+        from dataclasses import replace
+        from datetime import timedelta
+
+        from pipeline import clock
+        from warehouse.lease import LeaseLostError, _iso, _lost_message
+
+        with self._locked() as (con, current):
+            if current is None or current.holder != holder:
+                raise LeaseLostError(_lost_message(self.warehouse.describe(), holder, current))
+            now = clock.now()
+            lease = replace(
+                current, renewed_at=_iso(now), expires_at=_iso(now + timedelta(seconds=ttl_s))
+            )
+            self._write(con, lease)
+            return lease
+
+    def release(self, holder: str) -> bool:
+        with self._locked() as (con, current):
+            if current is None or current.holder != holder:
+                return False
+            self._write(con, None)
+            return True
+
+    def force_release(self) -> Any:
+        with self._locked() as (con, current):
+            self._write(con, None)
+            return current
 
 
 def _cursor_to_arrow(cur: psycopg.Cursor) -> pa.Table:
