@@ -339,9 +339,11 @@ def test_publish_after_a_racing_publish_conflicts(wh: PostgresWarehouse) -> None
     wh.abandon_build(rerun)
 
 
-def test_publish_waits_out_a_reader_then_swaps(wh: PostgresWarehouse, pg_url: str) -> None:
-    """A reader holding a published table in an open transaction: publish retries with
-    lock_timeout instead of queueing other readers behind it; it succeeds once it ends."""
+def test_a_reader_holding_a_table_delays_the_publish_not_other_readers(
+    wh: PostgresWarehouse, pg_url: str
+) -> None:
+    """A transaction holding a published table open: publish retries under lock_timeout
+    instead of queueing the other readers behind it, and swaps once the holder ends."""
     build = wh.begin_build("day1")
     _generation_tables(wh, build, 1, 10)
     wh.publish(build)
@@ -350,14 +352,35 @@ def test_publish_waits_out_a_reader_then_swaps(wh: PostgresWarehouse, pg_url: st
 
     holder = psycopg.connect(pg_url)
     holder.execute("select count(*) from analytics.sales_summary")  # AccessShare held
-    threading.Timer(0.6, holder.rollback).start()
+    hold_s = 1.5
+    threading.Timer(hold_s, holder.rollback).start()
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def reader() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as con:
+            while not stop.is_set():
+                started = time.perf_counter()
+                con.execute(
+                    "select (select count(*) from analytics.sales_summary), "
+                    "(select count(*) from analytics.daily_sales)"
+                ).fetchone()
+                waits.append(time.perf_counter() - started)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
     try:
         started = time.perf_counter()
         wh.publish(build)
-        assert time.perf_counter() - started >= 0.5
+        assert time.perf_counter() - started >= hold_s - 0.1
     finally:
+        stop.set()
+        thread.join(10)
         holder.close()
     assert {r["generation"] for r in _published(wh)} == {2}
+    assert len(waits) > 10
+    print(f"\nREADER beside a held table: queries={len(waits)} max_wait_ms={max(waits) * 1000:.1f}")
+    assert max(waits) < hold_s / 2, "readers queued behind a blocked publish"
 
 
 # -- settings -------------------------------------------------------------------------

@@ -373,6 +373,18 @@ class PostgresWarehouse:
                 self._drop_build_schemas(con, old)  # an earlier attempt of this run
             con.execute(f"delete from {c}.builds where run_id = %s", [run_id])
             existing = self._existing_schemas(con)
+            views = con.execute(
+                "select n.nspname || '.' || c.relname from pg_class c "
+                "join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = any(%s) and c.relkind in ('v', 'm') order by 1",
+                [list(self.schemas)],
+            ).fetchall()
+            if views:  # dbt recreates its views in the build; nothing else may rely on them
+                log.warning(
+                    "build %s does not copy views (dbt builds them in the build): %s",
+                    token,
+                    ", ".join(v[0] for v in views),
+                )
             schemas: dict[str, str] = {}
             for s in self.schemas:
                 b = f"{s}__build_{token}"
@@ -398,7 +410,8 @@ class PostgresWarehouse:
         for attempt in range(1, self.publish_attempts + 1):
             try:
                 return self._publish_once(build, check_lease)
-            except pgerrors.LockNotAvailable as exc:  # a reader holds a published table
+            except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
+                # a reader holds a published table (or a build is being copied)
                 last = exc
                 log.info("publish attempt %d: lock_timeout, retrying", attempt)
                 time.sleep(min(0.05 * attempt, 0.5))
