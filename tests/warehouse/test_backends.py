@@ -151,6 +151,21 @@ def test_merge_updates_and_inserts_by_key(wh: PostgresWarehouse, tmp_path: Path)
     assert got.to_pylist() == [expected[k] for k in sorted(expected)]
 
 
+def test_merge_a_row_without_cursor_never_beats_a_dated_one(
+    wh: PostgresWarehouse, tmp_path: Path
+) -> None:
+    rows = _orders(range(1, 3)).to_pylist()
+    undated = dict(rows[0], updated_at=None, status="undated")
+    delta = pa.Table.from_pylist([undated, rows[0], rows[1]], schema=ORDERS_SCHEMA)
+    build = wh.begin_build("day1")
+    result = wh.merge_parquet(
+        build, "raw", "orders", [_write(delta, tmp_path / "d.parquet")], ["id"], cursor="updated_at"
+    )
+    assert (result.inserted, result.updated) == (2, 0)
+    got = wh.read_arrow("select id, status from {raw}.orders order by id", build=build)
+    assert got.to_pylist() == [{"id": r["id"], "status": r["status"]} for r in rows]
+
+
 def _generation_tables(wh: PostgresWarehouse, build, generation: int, rows: int) -> None:
     """Both analytics tables of a build hold `generation` in every row."""
     for table in ("sales_summary", "daily_sales"):

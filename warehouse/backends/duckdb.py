@@ -113,7 +113,7 @@ class DuckDBWarehouse:
         names = [str(f) for f in files]
         key_cols = ", ".join(quote_ident(k) for k in keys)
         match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
-        order = f" order by {quote_ident(cursor)} desc" if cursor else ""
+        order = f" order by {quote_ident(cursor)} desc nulls last" if cursor else ""
         con = duckdb.connect(str(self._file(build)))
         try:
             con.execute("begin transaction")

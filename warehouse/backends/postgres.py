@@ -297,7 +297,7 @@ class PostgresWarehouse:
         cols = ", ".join(quote_ident(n) for n in arrow_schema.names)
         key_cols = ", ".join(quote_ident(k) for k in keys)
         match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
-        order = f", {quote_ident(cursor)} desc" if cursor else ""
+        order = f", {quote_ident(cursor)} desc nulls last" if cursor else ""
         with self._tx() as con:
             self._create_from_schema(con, target, arrow_schema)
             self._create_from_schema(con, stage, arrow_schema, temp=True)
