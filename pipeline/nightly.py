@@ -146,6 +146,21 @@ def _refuse_future_day(business_date: date) -> None:
         )
 
 
+def _refuse_other_warehouse() -> None:
+    """The nightly's steps run on the DuckDB warehouse: a configured server warehouse
+    (`AIRFLOW_CONN_WAREHOUSE`) or a `DBT_TARGET` other than duckdb stops the run before
+    anything is read, rather than being ignored (warehouse/backends/ has the PostgreSQL
+    backend's load, build and publish; docs/warehouse-backends.md)."""
+    kind = settings.warehouse_backend()  # ConfigError when DBT_TARGET disagrees
+    if kind != "duckdb":
+        raise settings.ConfigError(
+            f"the warehouse is configured as {kind} (AIRFLOW_CONN_WAREHOUSE), but the "
+            "nightly's steps run on the DuckDB warehouse only (WAREHOUSE_PATH); the "
+            f"{kind} backend in warehouse/backends/ is not wired into the nightly. Unset "
+            "AIRFLOW_CONN_WAREHOUSE and DBT_TARGET (docs/warehouse-backends.md)"
+        )
+
+
 def _read_choice() -> Any:
     """Primary or replica (an `extract.replica.ReadChoice`, whose lag the extract takes off
     the recorded window end): the replica only when configured and not lagging too far."""
@@ -183,6 +198,7 @@ def extract_source_db(
     from extract.tables import load_table_configs
 
     _refuse_future_day(business_date)
+    _refuse_other_warehouse()
     configs = load_table_configs(settings.extract_config_path())
     map_path = settings.shard_map_path()
     if map_path is not None:

@@ -156,3 +156,23 @@ def test_a_day_that_has_not_started_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("REPORT_TZ", TZ)
     with pytest.raises(ConfigError, match=r"business day 2026-11-21 is after today \(2026-11-20"):
         nightly.extract_source_db(date(2026, 11, 21))
+
+
+def test_a_server_warehouse_or_another_dbt_target_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until the steps run on the warehouse interface, a configured PostgreSQL warehouse
+    or DBT_TARGET=postgres stops the run naming the setting, instead of the nightly
+    silently building the DuckDB file."""
+    from pipeline.settings import ConfigError
+
+    monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-21T03:00:00Z")
+    monkeypatch.delenv("DBT_TARGET", raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "postgresql://etl:s3cret@127.0.0.1:9/wh")
+    with pytest.raises(ConfigError, match=r"configured as postgres .*DuckDB") as caught:
+        nightly.extract_source_db(date(2026, 11, 20))
+    assert "s3cret" not in str(caught.value)
+    monkeypatch.delenv("AIRFLOW_CONN_WAREHOUSE")
+    monkeypatch.setenv("DBT_TARGET", "postgres")
+    with pytest.raises(ConfigError, match=r"DBT_TARGET='postgres' does not match the warehouse"):
+        nightly.extract_source_db(date(2026, 11, 20))
