@@ -1,7 +1,8 @@
 """The warehouse backends: `backend_for(...)` returns the `Warehouse` the settings name.
 
 `AIRFLOW_CONN_WAREHOUSE` unset: DuckDB at `WAREHOUSE_PATH` (the default);
-`postgresql://…` (or `postgres://`): PostgreSQL. Snowflake and BigQuery are planned
+`postgresql://…` (or `postgres://`): PostgreSQL; `snowflake://…`: Snowflake (needs
+snowflake-connector-python: run from `.venv-adapters`). BigQuery is planned
 (docs/warehouse-backends.md). Nothing in the nightly uses this yet (issue 14).
 """
 
@@ -42,6 +43,17 @@ def backend_for(settings: ModuleType | None = None, **options: Any) -> Warehouse
 
         assert url is not None
         return PostgresWarehouse(url, **options)
+    if kind == "snowflake":
+        from warehouse.backends.snowflake import INSTALL_HINT
+
+        try:
+            import snowflake.connector  # noqa: F401
+        except ImportError:
+            raise WarehouseError(INSTALL_HINT) from None
+        from warehouse.backends.snowflake import SnowflakeWarehouse
+
+        assert url is not None
+        return SnowflakeWarehouse(url, **options)
     raise WarehouseError(
         f"the {kind} warehouse backend is not implemented yet (issue 14; "
         "docs/warehouse-backends.md has its plan)"
