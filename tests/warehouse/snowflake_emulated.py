@@ -182,6 +182,13 @@ def loader(conn_kwargs: dict[str, Any], parquet_dir: Path, work: Path) -> dict[s
     except PublishConflictError as exc:
         result["conflict"] = str(exc)
     wh.abandon_build(b)
+    # a second attempt of a run drops the first attempt's schemas
+    c1 = wh.begin_build("night-5")
+    c2 = wh.begin_build("night-5")
+    schemas = wh.read_arrow("select schema_name as s from information_schema.schemata")
+    names = set(schemas["s"].to_pylist())
+    result["rerun_drops_attempt"] = c1.schema("raw") not in names and c2.schema("raw") in names
+    wh.abandon_build(c2)
     result["after_abandon"] = {
         t: wh.read_arrow(f"select count(*) as n from {{raw}}.{t}")["n"][0].as_py()
         for t in ("ORDERS", "USERS")

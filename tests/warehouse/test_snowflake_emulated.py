@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
@@ -23,6 +24,9 @@ import pytest
 from tests.warehouse.test_dbt_adapters import ADAPTERS_VENV, adapters_dbt  # noqa: F401
 from tests.warehouse.test_dbt_postgres_parity import OPS_SQL, RAW_TABLES
 from tests.warehouse.test_dbt_project import EXPECTED_NEW_YORK, RAW_SQL
+from warehouse.backends import backend_for
+from warehouse.backends.base import WarehouseError
+from warehouse.backends.snowflake import connect_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "warehouse" / "snowflake_emulated.py"
@@ -97,6 +101,7 @@ def test_load_merge_delete_publish_read_on_fakesnow(emulated: dict) -> None:
     assert loader["tables"]["raw.orders"]["rows"] == 11
     assert "published since" in loader["conflict"]
     assert loader["after_abandon"] == {"ORDERS": 11, "USERS": 4}
+    assert loader["rerun_drops_attempt"]
 
 
 def test_dbt_build_with_dbt_snowflake_on_fakesnow(emulated: dict) -> None:
@@ -119,3 +124,33 @@ def test_dbt_build_with_dbt_snowflake_on_fakesnow(emulated: dict) -> None:
     assert dbt["runs"]["build"]["returncode"] == 0
     expected = [[d.isoformat(), r, str(t), n] for d, r, t, n in EXPECTED_NEW_YORK]
     assert dbt["sales_summary"] == expected
+
+
+def test_main_venv_imports_the_module_and_names_what_to_install() -> None:
+    """.venv has no Snowflake connector: the module imports, `backend_for` says where to
+    run it (the emulated tests above are where it runs)."""
+    try:
+        import snowflake.connector  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.fail(".venv now has snowflake-connector-python: this test assumes it has not")
+    url = "snowflake://etl:secret@acme-eu1/analytics_db?warehouse=wh&role=etl"
+    settings = SimpleNamespace(warehouse_backend=lambda: "snowflake", warehouse_url=lambda: url)
+    with pytest.raises(WarehouseError, match=r"\.venv-adapters"):
+        backend_for(settings)
+    assert connect_kwargs(url) == {
+        "user": "etl",
+        "password": "secret",
+        "account": "acme-eu1",
+        "database": "analytics_db",
+        "warehouse": "wh",
+        "role": "etl",
+    }
+    emulated = connect_kwargs(
+        "snowflake://fake:snow@127.0.0.1:8123/NIGHTSHIFT?account=fakesnow&protocol=http"
+    )
+    assert emulated["host"] == "127.0.0.1" and emulated["port"] == 8123
+    assert emulated["account"] == "fakesnow" and emulated["protocol"] == "http"
+    with pytest.raises(WarehouseError, match="unknown snowflake:// URL options: bogus"):
+        connect_kwargs(url + "&bogus=1")

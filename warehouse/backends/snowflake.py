@@ -18,7 +18,7 @@ Two ways through some steps, chosen by `emulator`:
 - `emulator="fakesnow"`: fakesnow (0.12.1, on DuckDB) has no schema CLONE and no
   SWAP WITH (schemas, tables or databases) and cannot rename a schema; its builds copy
   every table with `CREATE TABLE … CLONE` (a real statement too) and its publish replaces
-  each published table with `CREATE OR REPLACE TABLE … CLONE` of the build's. That
+  each published table with `DROP TABLE` + `CREATE TABLE … CLONE` of the build's. That
   publish is NOT atomic and exists only for the emulated test; the methods
   `_begin_build_emulated` / `_publish_emulated` are its whole difference.
 """
@@ -200,19 +200,6 @@ class SnowflakeWarehouse:
             yield con.cursor()
         finally:
             con.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        """One explicit transaction. Snowflake commits DDL implicitly: only DML may run
-        inside (DDL here would commit everything before it)."""
-        with self._cursor() as cur:
-            cur.execute("begin")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("rollback")
-                raise
-            cur.execute("commit")
 
     def _mapping(self, build: Build | None) -> dict[str, str]:
         if build is None:
@@ -427,7 +414,8 @@ class SnowflakeWarehouse:
         cur.execute(f"select TOKEN from {c}.BUILDS where RUN_ID = %s", (run_id,))
         for (token,) in cur.fetchall():
             for s in self.schemas:
-                cur.execute(f"drop schema if exists {quote_ident(self._build_schema(s, token))}")
+                b = quote_ident(self._build_schema(s, token))
+                cur.execute(f"drop schema if exists {b} cascade")
         cur.execute(f"delete from {c}.BUILDS where RUN_ID = %s", (run_id,))
 
     def begin_build(self, run_id: str) -> Build:
