@@ -394,8 +394,11 @@ def _changed_rows(s: Session, delta: _Delta, compare: list[str]) -> str:
     if not s.exists("raw", delta.table):
         return f"select d.*, cast(null as boolean) as _is_old from {temp} d"
     raw_cols = _columns(s, target)
+    delta_cols = _columns(s, temp)
     same = " and ".join(
-        f"o.{_q(c)} is not distinct from d.{_q(c)}" for c in compare if c in raw_cols
+        _same_value(s, c, raw_cols[c], delta_cols.get(c, raw_cols[c]))
+        for c in compare
+        if c in raw_cols
     )
     newer = (
         f"coalesce(o.{_q(delta.cursor)} > d.{_q(delta.cursor)}, false)" if delta.cursor else "false"
@@ -405,6 +408,22 @@ def _changed_rows(s: Session, delta: _Delta, compare: list[str]) -> str:
         f"left join {target} o on {_key_match(delta.keys, 'o', 'd')} "
         f"where o.{_q(delta.keys[0])} is null or not ({newer} or ({same or 'true'}))"
     )
+
+
+def _same_value(s: Session, column: str, old: pa.DataType, new: pa.DataType) -> str:
+    """`o.<column>` (raw) and `d.<column>` (delta) hold the same value. When the landed
+    type differs from raw's (a widening, or drift the operator accepted), the narrower
+    side is cast to the wider type; two unrelated types are compared as text (an engine
+    without implicit casts, PostgreSQL, refuses `text = bigint`)."""
+    o, d = f"o.{_q(column)}", f"d.{_q(column)}"
+    if old != new and not (pa.types.is_null(old) or pa.types.is_null(new)):
+        if _widens(old, new):
+            o = f"cast({o} as {s.column_type(new)})"
+        elif _widens(new, old):
+            d = f"cast({d} as {s.column_type(old)})"
+        else:
+            o, d = f"cast({o} as varchar)", f"cast({d} as varchar)"
+    return f"{o} is not distinct from {d}"
 
 
 def _affected_orders(s: Session, deltas: dict[str, _Delta]) -> None:

@@ -179,6 +179,10 @@ class Session(Protocol):
         their Arrow types, in order."""
         ...
 
+    def column_type(self, type_: pa.DataType) -> str:
+        """The engine's column type for an Arrow type."""
+        ...
+
     def add_column(self, relation: str, name: str, type_: pa.DataType) -> None:
         """`ALTER TABLE … ADD COLUMN` with the engine's type for an Arrow type."""
         ...

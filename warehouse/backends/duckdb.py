@@ -97,6 +97,9 @@ class DuckDBSession:
     def native_columns(self, relation: str) -> dict[str, str]:
         return {r[0]: r[1] for r in self.fetchall(f"describe {relation}")}
 
+    def column_type(self, type_: pa.DataType) -> str:
+        return arrow_to_duckdb(type_)
+
     def add_column(self, relation: str, name: str, type_: pa.DataType | str) -> None:
         native = type_ if isinstance(type_, str) else arrow_to_duckdb(type_)
         self.execute(f"alter table {relation} add column {quote_ident(name)} {native}")

@@ -156,10 +156,16 @@ class PostgresSession:
 
     def table_columns(self, relation: str) -> dict[str, pa.DataType]:
         cur = self.con.execute(f"select * from {relation} limit 0")
+        json_types = {114: pa.string(), 3802: pa.string()}  # json, jsonb: text, as DuckDB's
         return {
-            d.name: _pg_to_arrow(d.type_code, d.precision, d.scale) or pa.null()
+            d.name: json_types.get(d.type_code)
+            or _pg_to_arrow(d.type_code, d.precision, d.scale)
+            or pa.null()
             for d in cur.description or []
         }
+
+    def column_type(self, type_: pa.DataType) -> str:
+        return _arrow_to_pg(type_)
 
     def add_column(self, relation: str, name: str, type_: pa.DataType) -> None:
         self.con.execute(
