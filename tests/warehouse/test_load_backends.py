@@ -75,8 +75,10 @@ class Target:
     def sharded(self, landing: Path, run_id: str, **options: Any) -> dict[str, Any]:
         return load_source_db_sharded(self.path, landing, run_id, TZ, **options, **self._where())
 
-    def payments(self, landing: Path, run_id: str) -> dict[str, Any]:
-        return load_payments_api(self.path, landing, run_id, **self._where())
+    def payments(
+        self, landing: Path, run_id: str, tables: tuple[str, ...] = ("payments", "fx_rates")
+    ) -> dict[str, Any]:
+        return load_payments_api(self.path, landing, run_id, tables, **self._where())
 
     def snapshot(self) -> dict[str, Any]:
         """Every raw/ops table: column names and Arrow types, and its rows (sorted,
@@ -327,3 +329,107 @@ def test_a_sharded_run_leaves_the_same_tables(tmp_path: Path, targets: list[Targ
     assert result["raw_rows"]["orders"] == 3 and result["shards"] == ["s0", "s1"]
     state = _same(targets)
     assert {r[0]: r[2] for r in state["raw.orders"]["rows"]}[101] == "shipped"
+
+
+def test_columns_are_added_and_widened_alike(tmp_path: Path, targets: list[Target]) -> None:
+    landing = tmp_path / "landing"
+    land(
+        landing,
+        "payments_api",
+        "fx_rates",
+        "r1",
+        pa.table(
+            {
+                "rate_date": [dt.date(2024, 1, 1)],
+                "currency": ["EUR"],
+                "rate": pa.array([Decimal("0.9")], pa.decimal128(12, 4)),
+            }
+        ),
+    )
+    _both(targets, lambda t: t.payments(landing, "r1", ("fx_rates",)))
+    for t in targets:
+        t.warehouse.add_column(t.build, "raw", "fx_rates", "Source Note", pa.string())
+        t.warehouse.add_column(t.build, "raw", "fx_rates", "n", pa.int32())
+        t.warehouse.widen_column(t.build, "raw", "fx_rates", "rate", pa.decimal128(16, 6))
+        t.warehouse.widen_column(t.build, "raw", "fx_rates", "n", pa.int64())
+        columns = t.warehouse.table_columns(t.build, "raw", "fx_rates")
+        assert columns["rate"] == pa.decimal128(16, 6) and columns["n"] == pa.int64()
+        assert columns["Source Note"] == pa.string()
+        assert t.warehouse.table_columns(t.build, "raw", "missing") == {}
+    state = _same(targets)
+    assert state["raw.fx_rates"]["rows"][0][:3] == ("2024-01-01", "EUR", "0.900000")
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "duckdb":
+        return Target("duckdb", tmp_path / "duck")
+    return Target("postgres", tmp_path / "pg", request.getfixturevalue("pg_database"))
+
+
+def test_each_backend_merges_deletes_and_restates(tmp_path: Path, target: Target) -> None:
+    """test_load's two runs, on each backend by itself, against the expected rows."""
+    landing = tmp_path / "landing"
+    land_run(
+        landing,
+        "r1",
+        ts(20),
+        u=[(1, "EU", ts(1)), (2, "US", ts(1))],
+        p=[(10, "books", ts(1)), (11, "toys", ts(1))],
+        o=[
+            (100, 1, "paid", "10.00", ts(5), ts(5)),
+            (101, 2, "paid", "20.00", ts(6), ts(6)),
+            (102, 2, "paid", "30.00", ts(7), ts(7)),
+            (103, 1, "paid", "40.00", ts(8), ts(8)),
+        ],
+        i=[(1000, 100, 10, ts(5)), (1001, 101, 11, ts(6)), (1002, 103, 10, ts(8))],
+        item_keys=[1000, 1001, 1002],
+    )
+    target.source_db(landing, "r1")
+    land_run(
+        landing,
+        "r2",
+        ts(21),
+        u=[(2, "APAC", ts(9))],
+        p=[(11, "toys", ts(1))],
+        o=[
+            (100, 1, "paid", "10.00", ts(5), ts(5)),
+            (103, 1, "cancelled", "40.00", ts(8), ts(9)),
+            (103, 1, "paid", "40.00", ts(8), ts(8, 13)),
+            (104, 1, "paid", "5.00", ts(3), ts(9)),
+        ],
+        i=[(1003, 104, 10, ts(9))],
+        item_keys=[1000, 1002, 1003],
+        coupon=True,
+    )
+    result = target.source_db(landing, "r2")
+    assert result["deleted"]["order_items"] == 1
+    assert result["restated_days"] == ["2024-01-03", "2024-01-06", "2024-01-07", "2024-01-08"]
+    with target.warehouse.transaction(target.build) as s:
+        assert s.fetchall(
+            f"select id, status, coupon, _run_id from {s.table('raw', 'orders')} order by id"
+        ) == [
+            (100, "paid", "X", "r2"),
+            (101, "paid", None, "r1"),
+            (102, "paid", None, "r1"),
+            (103, "cancelled", "X", "r2"),
+            (104, "paid", "X", "r2"),
+        ]
+        assert s.fetchall("select table_name, key from {ops}.deleted_rows") == [
+            ("order_items", "1001")
+        ]
+        assert s.fetchall(
+            "select business_date, reason from {ops}.restated_days where run_id = ? order by 1, 2",
+            ["r2"],
+        ) == [
+            (dt.date(2024, 1, 3), "items_changed"),
+            (dt.date(2024, 1, 3), "order_new"),
+            (dt.date(2024, 1, 6), "item_deleted"),
+            (dt.date(2024, 1, 6), "user_region"),
+            (dt.date(2024, 1, 7), "user_region"),
+            (dt.date(2024, 1, 8), "order_changed"),
+        ]
+    again = target.source_db(landing, "r2")  # a reload changes nothing
+    assert {k: v for k, v in again.items() if k != "rows"} == {
+        k: v for k, v in result.items() if k != "rows"
+    }
