@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 _DDL = """
-create schema if not exists ops;
-create table if not exists ops.loaded_runs (
+create schema if not exists {ops};
+create table if not exists {ops}.loaded_runs (
     source varchar not null,
     table_name varchar not null,
     shard varchar not null default '',
@@ -50,9 +50,17 @@ class Watermark:
     max_cursor: datetime | None = None
 
 
+def _session(con: Any) -> Any:
+    """A `warehouse.backends` Session, or one wrapping a bare DuckDB connection."""
+    from warehouse.backends.duckdb import as_session
+
+    return as_session(con)
+
+
 def ensure_schema(con: Any) -> None:
-    """Create `ops.loaded_runs` on a DuckDB connection (idempotent)."""
-    con.execute(_DDL)
+    """Create `ops.loaded_runs` (idempotent) through a warehouse Session or on a DuckDB
+    connection."""
+    _session(con).execute(_DDL)
 
 
 def record_loaded(
@@ -64,10 +72,12 @@ def record_loaded(
     manifest: dict[str, Any],
     shard: str = "",
 ) -> None:
-    """Record that a landed run was merged; call inside the loader's transaction."""
+    """Record that a landed run was merged; call inside the loader's transaction (`con`:
+    its warehouse Session, or a DuckDB connection)."""
+    con = _session(con)
     ensure_schema(con)
     con.execute(
-        "insert into ops.loaded_runs (source, table_name, shard, run_id, mode, window_start, "
+        "insert into {ops}.loaded_runs (source, table_name, shard, run_id, mode, window_start, "
         "window_end, cursor_key, rows, manifest) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             source,

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import yaml
 
 log = logging.getLogger(__name__)
 
 OVERRIDES_DDL = """
-create table if not exists ops.guard_overrides (
+create table if not exists {ops}.guard_overrides (
     run_id varchar not null,
     guard varchar not null,
     table_name varchar not null,
@@ -134,34 +133,40 @@ class PlannedDelete:
         )
 
 
+def _session(con: Any) -> Any:
+    from warehouse.backends.duckdb import as_session
+
+    return as_session(con)
+
+
 def plan_delete(
-    con: duckdb.DuckDBPyConnection,
+    con: Any,
     table: str,
     target: str,
     gone_sql: str,
     key_text: str,
     limit: DeleteLimit,
 ) -> PlannedDelete:
-    """Measure `gone_sql` (rows of `target` that the key sets lack, alias g) before the merge."""
+    """Measure `gone_sql` (rows of `target` that the key sets lack, alias g) before the
+    merge. `con`: a warehouse Session (warehouse.backends) or a DuckDB connection."""
+    s = _session(con)
     age_sql = "0"
     if limit.max_age_days is not None:
-        age_sql = "count(*) filter (where g.updated_at < now() - to_days(cast(? as integer)))"
+        age_sql = (
+            "count(*) filter (where g.updated_at < now() - "
+            f"{s.days_interval('cast(? as integer)')})"
+        )
     params = [limit.max_age_days] if limit.max_age_days is not None else []
-    rows, too_old = con.execute(
-        f"select count(*), {age_sql} from ({gone_sql}) g", params
-    ).fetchone()
-    of_rows = con.execute(f"select count(*) from {target}").fetchone()[0]
+    rows, too_old = s.fetchone(f"select count(*), {age_sql} from ({gone_sql}) g", params)
+    of_rows = s.fetchone(f"select count(*) from {target}")[0]
     sample = [
-        r[0]
-        for r in con.execute(
-            f"select {key_text} as k from ({gone_sql}) g order by k limit 5"
-        ).fetchall()
+        r[0] for r in s.fetchall(f"select {key_text} as k from ({gone_sql}) g order by k limit 5")
     ]
     return PlannedDelete(table, int(rows), int(of_rows), int(too_old or 0), sample, limit)
 
 
 def enforce(
-    con: duckdb.DuckDBPyConnection,
+    con: Any,
     planned: list[PlannedDelete],
     *,
     run_id: str,
@@ -181,10 +186,11 @@ def enforce(
             "ALLOW_MASS_DELETE=1 (make nightly) or the DAG param allow_mass_delete: the "
             "override is recorded in ops.guard_overrides. Limits: config/guards.yml."
         )
-    con.execute(OVERRIDES_DDL)
+    s = _session(con)
+    s.execute(OVERRIDES_DDL)
     for p in tripped:
         log.warning("mass delete allowed by the operator for run %s: %s", run_id, p.describe())
-        con.execute(
-            "insert into ops.guard_overrides values (?, 'mass_delete', ?, ?, now())",
+        s.execute(
+            "insert into {ops}.guard_overrides values (?, 'mass_delete', ?, ?, now())",
             [run_id, p.table, p.as_json()],
         )

@@ -1,11 +1,17 @@
 """Merge landed runs into the warehouse: `raw.<table>` is the current state of each source.
 
-Per docs/extract-design.md, one DuckDB transaction per load does everything or nothing:
+Per docs/extract-design.md, one warehouse transaction per load does everything or nothing:
 each landed delta is upserted into `raw.<table>` by key (the newest cursor wins, the
 delta deduplicated first; new source columns are added), key sets delete the rows gone
 from the source (logged in `ops.deleted_rows`), the business days the changes touch are
 recorded in `ops.restated_days`, and the watermark of every merged run is recorded
 (`extract.watermark.record_loaded`). Loading the same run again changes nothing.
+
+The plan (which landed runs, keys, cursors, key sets, shards) is engine-free; the engine
+work goes through a `warehouse.backends` `Session` (`Warehouse.transaction`): staging the
+Parquet, the merge, deletes, guard counts, `ops.*` rows with bound parameters, added and
+widened columns. Without a `Warehouse` the loader works on the DuckDB file it is given;
+with one (`warehouse=`, `build=`) on that backend's build (DuckDB or PostgreSQL).
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import pyarrow as pa
 
 from extract.watermark import ensure_schema, record_loaded
+from warehouse.backends.base import Build, Session, Warehouse
 from warehouse.guards import MassDeleteGuard
 
 log = logging.getLogger(__name__)
@@ -42,15 +49,15 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _META_COLUMNS = ("_run_id", "_loaded_at")
 
 _OPS_DDL = """
-create schema if not exists raw;
-create schema if not exists ops;
-create table if not exists ops.deleted_rows (
+create schema if not exists {raw};
+create schema if not exists {ops};
+create table if not exists {ops}.deleted_rows (
     run_id varchar not null,
     table_name varchar not null,
     key varchar not null,
     deleted_at timestamptz not null
 );
-create table if not exists ops.restated_days (
+create table if not exists {ops}.restated_days (
     run_id varchar not null,
     business_date date not null,
     reason varchar not null
@@ -230,48 +237,57 @@ def _plan_sharded(
     return plan
 
 
-def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    row = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-        [schema, table],
-    ).fetchone()
-    return bool(row and row[0])
+def _columns(s: Session, relation: str) -> dict[str, pa.DataType]:
+    return s.table_columns(relation)
 
 
-def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
-    return {r[0]: r[1] for r in con.execute(f"describe {relation}").fetchall()}
+def _raw(s: Session, table: str) -> str:
+    return s.table("raw", table)
 
 
-def _already_loaded(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> bool:
+def _temp(name: str) -> str:
+    return _q(name)
+
+
+def _manifest(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value) if value else {}
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _already_loaded(s: Session, delta: _Delta, run_id: str) -> bool:
     """Every part (shard) of the delta was merged already (same run id and checksum)."""
     for part in delta.parts:
         checksum = part.manifest.get("checksum_sha256")
         if not checksum:
             return False
-        row = con.execute(
-            "select count(*) from ops.loaded_runs where source = ? and table_name = ? "
-            "and shard = ? and run_id = ? "
-            "and json_extract_string(manifest, '$.checksum_sha256') = ?",
-            [delta.source, delta.table, part.shard, run_id, checksum],
-        ).fetchone()
-        if not (row and row[0]):
+        rows = s.fetchall(
+            "select manifest from {ops}.loaded_runs where source = ? and table_name = ? "
+            "and shard = ? and run_id = ?",
+            [delta.source, delta.table, part.shard, run_id],
+        )
+        if not any(_manifest(r[0]).get("checksum_sha256") == checksum for r in rows):
             return False
     return True
 
 
-def _check_not_stale(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> None:
+def _check_not_stale(s: Session, delta: _Delta, run_id: str) -> None:
     """Refuse a run extracted before one already merged: its key set would be stale.
     Per shard: each database has its own clock."""
     for part in delta.parts:
         window_end = part.manifest.get("window_end")
         if not window_end:
             continue
-        row = con.execute(
-            "select run_id, window_end from ops.loaded_runs where source = ? and table_name = ? "
-            "and shard = ? and window_end > cast(? as timestamptz) "
+        row = s.fetchone(
+            "select run_id, window_end from {ops}.loaded_runs where source = ? "
+            "and table_name = ? and shard = ? and window_end > cast(? as timestamptz) "
             "order by window_end desc limit 1",
             [delta.source, delta.table, part.shard, window_end],
-        ).fetchone()
+        )
         if row:
             where = f" (shard {part.shard!r})" if part.shard else ""
             raise LoadError(
@@ -281,71 +297,61 @@ def _check_not_stale(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str)
             )
 
 
-def _stage(con: duckdb.DuckDBPyConnection, delta: _Delta) -> int:
+def _stage(s: Session, delta: _Delta) -> int:
     """The delta as a temp table, one row per key (the newest cursor wins); with shards,
     the union of every shard's part."""
     pattern = ", ".join(str(p.directory / "*.parquet") for p in delta.parts)
-    files = _file_list(p.directory for p in delta.parts)
     try:
-        con.execute(
-            f'create or replace temp view "{delta.temp}__files" as select * from '
-            f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
-        )
-        columns = _columns(con, f'"{delta.temp}__files"')
-    except duckdb.Error as exc:
+        names = s.stage_parquet(f"{delta.temp}__files", [p.directory for p in delta.parts])
+    except LoadError:
+        raise
+    except Exception as exc:
         raise LoadError(f"raw.{delta.table}: reading {pattern} failed: {exc}") from exc
-    missing = [k for k in delta.keys if k not in columns]
+    missing = [k for k in delta.keys if k not in names]
     if missing:
         raise LoadError(
             f"{delta.source}/{delta.table}: landed run {delta.directory} lacks key column(s) "
             f"{', '.join(missing)}"
         )
-    if delta.cursor not in columns:
+    if delta.cursor not in names:
         delta.cursor = None  # e.g. a full-mode table without a cursor: the delta wins
     keys = ", ".join(_q(k) for k in delta.keys)
-    order = f"{_q(delta.cursor)} desc nulls last" if delta.cursor else "1"
     try:
-        con.execute(f"""
-            create or replace temp table "{delta.temp}" as
-            select * from "{delta.temp}__files"
-            qualify row_number() over (partition by {keys} order by {order}) = 1
-        """)  # fmt: skip
-    except duckdb.Error as exc:
+        s.dedupe(delta.temp, _temp(f"{delta.temp}__files"), names, delta.keys, delta.cursor)
+    except Exception as exc:
         raise LoadError(f"raw.{delta.table}: reading {pattern} failed: {exc}") from exc
     if delta.key_sets is not None:
         key_pattern = ", ".join(str(d / "*.parquet") for d in delta.key_sets)
         try:
-            con.execute(
-                f'create or replace temp table "{delta.temp}__keys" as '
-                f"select distinct {keys} from read_parquet({_file_list(delta.key_sets)}, "
-                "hive_partitioning = false)"
+            s.stage_parquet(f"{delta.temp}__keyfiles", delta.key_sets, union_by_name=False)
+            s.create_temp(
+                f"{delta.temp}__keys",
+                f"select distinct {keys} from {_temp(f'{delta.temp}__keyfiles')}",
             )
-        except duckdb.Error as exc:
+        except Exception as exc:
             raise LoadError(f"{delta.table}__keys: reading {key_pattern} failed: {exc}") from exc
-    row = con.execute(f'select count(*) from "{delta.temp}"').fetchone()
+    row = s.fetchone(f"select count(*) from {_temp(delta.temp)}")
     return int(row[0]) if row else 0
 
 
-_DUCK_DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$")
-_DUCK_INTS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
-_DUCK_FLOATS = ("FLOAT", "DOUBLE")
+_INTS = (pa.int8(), pa.int16(), pa.int32(), pa.int64())
+_FLOATS = (pa.float32(), pa.float64())
 
 
-def _widens(old: str, new: str) -> bool:
-    """DuckDB type `new` holds every value of `old` exactly (see extract.landing's
+def _widens(old: pa.DataType, new: pa.DataType) -> bool:
+    """Type `new` holds every value of `old` exactly (see extract.landing's
     `lossless_widening`, of which this is the warehouse side)."""
-    d_old, d_new = _DUCK_DECIMAL.match(old), _DUCK_DECIMAL.match(new)
-    if d_old and d_new:
-        p, s = int(d_old.group(1)), int(d_old.group(2))
-        p2, s2 = int(d_new.group(1)), int(d_new.group(2))
-        return (p2, s2) != (p, s) and s2 >= s and p2 - s2 >= p - s
-    for family in (_DUCK_INTS, _DUCK_FLOATS):
+    if pa.types.is_decimal(old) and pa.types.is_decimal(new):
+        p, s_ = old.precision, old.scale
+        p2, s2 = new.precision, new.scale
+        return (p2, s2) != (p, s_) and s2 >= s_ and p2 - s2 >= p - s_
+    for family in (_INTS, _FLOATS):
         if old in family and new in family:
             return family.index(new) > family.index(old)
-    return old in ("TINYINT", "SMALLINT", "INTEGER") and new == "DOUBLE"
+    return old in _INTS[:3] and new == pa.float64()
 
 
-def _record_accepted_drift(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> None:
+def _record_accepted_drift(s: Session, delta: _Delta, run_id: str) -> None:
     """Schema drift the operator accepted at landing (ACCEPT_SCHEMA_DRIFT) goes into
     `ops.guard_overrides` with the run that loads it (guard `schema_drift`)."""
     from warehouse.guards import OVERRIDES_DDL
@@ -353,9 +359,9 @@ def _record_accepted_drift(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id
     parts = [p for p in delta.parts if p.manifest.get("accepted_drift")]
     if not parts:
         return
-    con.execute(OVERRIDES_DDL)
-    con.execute(  # a reload of the run records it once
-        "delete from ops.guard_overrides where run_id = ? and guard = 'schema_drift' "
+    s.execute(OVERRIDES_DDL)
+    s.execute(  # a reload of the run records it once
+        "delete from {ops}.guard_overrides where run_id = ? and guard = 'schema_drift' "
         "and table_name = ?",
         [run_id, delta.table],
     )
@@ -371,126 +377,136 @@ def _record_accepted_drift(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id
             run_id,
             json.dumps(accepted),
         )
-        con.execute(
-            "insert into ops.guard_overrides values (?, 'schema_drift', ?, ?, now())",
+        s.execute(
+            "insert into {ops}.guard_overrides values (?, 'schema_drift', ?, ?, now())",
             [run_id, delta.table, json.dumps(details, sort_keys=True)],
         )
-
-
-def _literal(text: str) -> str:
-    """A path as a SQL string literal (views cannot take bound parameters)."""
-    return text.replace("'", "''")
-
-
-def _file_list(directories) -> str:
-    """`['<dir>/*.parquet', ...]` as a SQL list literal."""
-    return "[" + ", ".join(f"'{_literal(str(Path(d) / '*.parquet'))}'" for d in directories) + "]"
 
 
 def _key_match(keys: tuple[str, ...], left: str, right: str) -> str:
     return " and ".join(f"{left}.{_q(k)} = {right}.{_q(k)}" for k in keys)
 
 
-def _changed_rows(con: duckdb.DuckDBPyConnection, delta: _Delta, compare: list[str]) -> str:
+def _changed_rows(s: Session, delta: _Delta, compare: list[str]) -> str:
     """SQL selecting the delta rows (alias d, plus old row o) that are new or changed."""
-    target = f'raw."{delta.table}"'
-    if not _exists(con, "raw", delta.table):
-        return f'select d.*, null::boolean as _is_old from "{delta.temp}" d'
-    raw_cols = _columns(con, target)
+    target = _raw(s, delta.table)
+    temp = _temp(delta.temp)
+    if not s.exists("raw", delta.table):
+        return f"select d.*, cast(null as boolean) as _is_old from {temp} d"
+    raw_cols = _columns(s, target)
+    delta_cols = _columns(s, temp)
     same = " and ".join(
-        f"o.{_q(c)} is not distinct from d.{_q(c)}" for c in compare if c in raw_cols
+        _same_value(s, c, raw_cols[c], delta_cols.get(c, raw_cols[c]))
+        for c in compare
+        if c in raw_cols
     )
     newer = (
         f"coalesce(o.{_q(delta.cursor)} > d.{_q(delta.cursor)}, false)" if delta.cursor else "false"
     )
     return (
-        f'select d.*, (o.{_q(delta.keys[0])} is not null) as _is_old from "{delta.temp}" d '
+        f"select d.*, (o.{_q(delta.keys[0])} is not null) as _is_old from {temp} d "
         f"left join {target} o on {_key_match(delta.keys, 'o', 'd')} "
         f"where o.{_q(delta.keys[0])} is null or not ({newer} or ({same or 'true'}))"
     )
 
 
-def _affected_orders(con: duckdb.DuckDBPyConnection, deltas: dict[str, _Delta]) -> None:
+def _same_value(s: Session, column: str, old: pa.DataType, new: pa.DataType) -> str:
+    """`o.<column>` (raw) and `d.<column>` (delta) hold the same value. When the landed
+    type differs from raw's (a widening, or drift the operator accepted), the narrower
+    side is cast to the wider type; two unrelated types are compared as text (an engine
+    without implicit casts, PostgreSQL, refuses `text = bigint`)."""
+    o, d = f"o.{_q(column)}", f"d.{_q(column)}"
+    if old != new and not (pa.types.is_null(old) or pa.types.is_null(new)):
+        if _widens(old, new):
+            o = f"cast({o} as {s.column_type(new)})"
+        elif _widens(new, old):
+            d = f"cast({d} as {s.column_type(old)})"
+        else:
+            o, d = f"cast({o} as varchar)", f"cast({d} as varchar)"
+    return f"{o} is not distinct from {d}"
+
+
+def _affected_orders(s: Session, deltas: dict[str, _Delta]) -> None:
     """temp table `affected(order_id, reason)`: orders whose business day must be restated."""
-    con.execute("create or replace temp table affected (order_id bigint, reason varchar)")
-    has_raw = {t: _exists(con, "raw", t) for t in ("orders", "order_items")}
+    s.create_temp("affected", "", columns="order_id bigint, reason varchar")
+    has_raw = {t: s.exists("raw", t) for t in ("orders", "order_items")}
 
     def all_rows(table: str, columns: str) -> str:
         parts = []
         if has_raw.get(table):
-            parts.append(f'select {columns} from raw."{table}"')
+            parts.append(f"select {columns} from {_raw(s, table)}")
         if table in deltas and not deltas[table].skipped:
-            parts.append(f'select {columns} from "{deltas[table].temp}"')
-        return (
-            " union all ".join(parts)
-            or f"select {columns} from (select null::bigint as x) where false"
+            parts.append(f"select {columns} from {_temp(deltas[table].temp)}")
+        return " union all ".join(parts) or (
+            f"select {columns} from (select cast(null as bigint) as x) _none where false"
         )
 
     orders = deltas.get("orders")
     if orders and not orders.skipped:
-        changed = _changed_rows(con, orders, _compare_columns(con, orders))
-        con.execute(
+        changed = _changed_rows(s, orders, _compare_columns(s, orders))
+        s.execute(
             "insert into affected select id, case when _is_old then 'order_changed' "
-            f"else 'order_new' end from ({changed})"
+            f"else 'order_new' end from ({changed}) c"
         )
     items = deltas.get("order_items")
     if items and not items.skipped:
-        changed = _changed_rows(con, items, _compare_columns(con, items))
-        con.execute(f"insert into affected select order_id, 'items_changed' from ({changed})")
+        changed = _changed_rows(s, items, _compare_columns(s, items))
+        s.execute(f"insert into affected select order_id, 'items_changed' from ({changed}) c")
         if has_raw["order_items"]:
+            raw_items = _raw(s, "order_items")
             # the old order of a changed item (an item moved to another order)
-            con.execute(
+            s.execute(
                 "insert into affected select o.order_id, 'items_changed' "
-                f'from raw."order_items" o join ({changed}) d on o.id = d.id'
+                f"from {raw_items} o join ({changed}) d on o.id = d.id"
             )
             if items.key_sets is not None:
-                con.execute(
+                s.execute(
                     "insert into affected select o.order_id, 'item_deleted' "
-                    f'from raw."order_items" o anti join "{items.temp}__keys" k on o.id = k.id'
+                    f"from {raw_items} o where not exists (select 1 from "
+                    f"{_temp(items.temp + '__keys')} k where o.id = k.id)"
                 )
     users = deltas.get("users")
     if users and not users.skipped:
-        changed = _changed_rows(con, users, ["region"])
-        con.execute(
+        changed = _changed_rows(s, users, ["region"])
+        s.execute(
             "insert into affected select o.id, 'user_region' "
             f"from ({all_rows('orders', 'id, user_id')}) o "
-            f"where o.user_id in (select id from ({changed}))"
+            f"where o.user_id in (select id from ({changed}) c)"
         )
     products = deltas.get("products")
     if products and not products.skipped:
-        changed = _changed_rows(con, products, ["category"])
-        con.execute(
+        changed = _changed_rows(s, products, ["category"])
+        s.execute(
             "insert into affected select i.order_id, 'product_category' "
             f"from ({all_rows('order_items', 'order_id, product_id')}) i "
-            f"where i.product_id in (select id from ({changed}))"
+            f"where i.product_id in (select id from ({changed}) c)"
         )
 
 
-def _compare_columns(con: duckdb.DuckDBPyConnection, delta: _Delta) -> list[str]:
-    return [c for c in _columns(con, f'"{delta.temp}"') if c not in _META_COLUMNS]
+def _compare_columns(s: Session, delta: _Delta) -> list[str]:
+    return [c for c in _columns(s, _temp(delta.temp)) if c not in _META_COLUMNS]
 
 
-def _record_restated(
-    con: duckdb.DuckDBPyConnection, run_id: str, report_tz: str, orders: _Delta | None
-) -> None:
+def _record_restated(s: Session, run_id: str, report_tz: str, orders: _Delta | None) -> None:
     """Business days (old and new) of the affected orders → ops.restated_days (no dupes)."""
     sources = []
-    if _exists(con, "raw", "orders"):
-        sources.append('select id, created_at from raw."orders"')
+    if s.exists("raw", "orders"):
+        sources.append(f"select id, created_at from {_raw(s, 'orders')}")
     if orders is not None and not orders.skipped:
-        sources.append(f'select id, created_at from "{orders.temp}"')
+        sources.append(f"select id, created_at from {_temp(orders.temp)}")
     if not sources:
         return
-    con.execute(
+    s.execute(
         f"""
-        insert into ops.restated_days (run_id, business_date, reason)
-        select distinct ?, days.business_date, days.reason from (
-            select cast(timezone(?, o.created_at) as date) as business_date, a.reason
+        insert into {{ops}}.restated_days (run_id, business_date, reason)
+        select distinct cast(? as varchar), days.business_date, days.reason from (
+            select cast(timezone(cast(? as varchar), o.created_at) as date) as business_date,
+                a.reason
             from affected a join ({" union all ".join(sources)}) o on o.id = a.order_id
             where o.created_at is not null
         ) days
         where not exists (
-            select 1 from ops.restated_days r
+            select 1 from {{ops}}.restated_days r
             where r.run_id = ? and r.business_date = days.business_date
               and r.reason = days.reason
         )
@@ -499,20 +515,20 @@ def _record_restated(
     )
 
 
-def _record_revised_rates(con: duckdb.DuckDBPyConnection, run_id: str, fx: _Delta) -> None:
+def _record_revised_rates(s: Session, run_id: str, fx: _Delta) -> None:
     """Days whose stored FX rate the provider revised → ops.restated_days ('fx rate
     revised'): the marts and daily_sales recompute them, the report says why."""
-    if not _exists(con, "raw", "fx_rates"):
+    if not s.exists("raw", "fx_rates"):
         return
-    con.execute(
+    s.execute(
         f"""
-        insert into ops.restated_days (run_id, business_date, reason)
-        select distinct ?, d.rate_date, 'fx rate revised'
-        from "{fx.temp}" d join raw.fx_rates o
+        insert into {{ops}}.restated_days (run_id, business_date, reason)
+        select distinct cast(? as varchar), d.rate_date, cast('fx rate revised' as varchar)
+        from {_temp(fx.temp)} d join {_raw(s, "fx_rates")} o
             on o.rate_date = d.rate_date and o.currency = d.currency
         where o.rate is distinct from d.rate
           and not exists (
-            select 1 from ops.restated_days r
+            select 1 from {{ops}}.restated_days r
             where r.run_id = ? and r.business_date = d.rate_date
               and r.reason = 'fx rate revised'
           )
@@ -525,25 +541,23 @@ def _keys_relation(delta: _Delta) -> str | None:
     """The relation holding the table's whole key set at the source, if the run landed one
     (a full extract is itself the whole key set)."""
     if delta.key_sets is not None:
-        return f'"{delta.temp}__keys"'
+        return _temp(f"{delta.temp}__keys")
     if delta.full_key_set:
-        return f'"{delta.temp}"'
+        return _temp(delta.temp)
     return None
 
 
 def _gone_sql(delta: _Delta, target: str, keys_relation: str) -> str:
     """Rows of `target` whose key the source no longer has."""
     match = _key_match(delta.keys, "o", "k")
-    return f"select o.* from {target} o anti join {keys_relation} k on {match}"
+    return f"select o.* from {target} o where not exists (select 1 from {keys_relation} k where {match})"
 
 
 def _key_text(delta: _Delta) -> str:
     return " || '|' || ".join(f"cast(g.{_q(k)} as varchar)" for k in delta.keys)
 
 
-def _guard_deletes(
-    con: duckdb.DuckDBPyConnection, plan: list[_Delta], run_id: str, guard: Any, allow: bool
-) -> None:
+def _guard_deletes(s: Session, plan: list[_Delta], run_id: str, guard: Any, allow: bool) -> None:
     """Stop before any merge when the key sets would delete too much (warehouse/guards.py).
     A run that reads a new source replaces raw on purpose and is not stopped."""
     from warehouse.guards import enforce, plan_delete
@@ -551,31 +565,38 @@ def _guard_deletes(
     planned = []
     for delta in plan:
         keys_relation = _keys_relation(delta)
-        if delta.skipped or keys_relation is None or not _exists(con, "raw", delta.table):
+        if delta.skipped or keys_relation is None or not s.exists("raw", delta.table):
             continue
         if any(p.manifest.get("source_changed") for p in delta.parts):
             continue
-        target = f'raw."{delta.table}"'
+        target = _raw(s, delta.table)
         gone = _gone_sql(delta, target, keys_relation)
         limit = guard.limit(delta.table)
-        planned.append(plan_delete(con, delta.table, target, gone, _key_text(delta), limit))
-    enforce(con, planned, run_id=run_id, allow=allow)
+        planned.append(plan_delete(s, delta.table, target, gone, _key_text(delta), limit))
+    enforce(s, planned, run_id=run_id, allow=allow)
 
 
-def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
+def _merge(s: Session, delta: _Delta, run_id: str) -> int:
     """Upsert the staged delta into raw.<table>; apply its key set. Returns rows deleted."""
-    target = f'raw."{delta.table}"'
-    if not _exists(con, "raw", delta.table):
-        con.execute(
-            f"create table {target} as select *, cast(? as varchar) as _run_id, "
-            f'now() as _loaded_at from "{delta.temp}"',
+    target = _raw(s, delta.table)
+    temp = _temp(delta.temp)
+    staged = _columns(s, temp)
+    names = ", ".join(_q(c) for c in staged)
+    if not s.exists("raw", delta.table):
+        s.execute(
+            f"create table {target} as select *, cast(null as varchar) as _run_id, "
+            f"now() as _loaded_at from {temp} where false"
+        )
+        s.execute(
+            f"insert into {target} ({names}, _run_id, _loaded_at) "
+            f"select {names}, cast(? as varchar), now() from {temp}",
             [run_id],
         )
     else:
-        existing = _columns(con, target)
-        for name, type_ in _columns(con, f'"{delta.temp}"').items():
+        existing = _columns(s, target)
+        for name, type_ in staged.items():
             if name not in existing:
-                con.execute(f"alter table {target} add column {_q(name)} {type_}")
+                s.add_column(target, name, type_)
             elif existing[name] != type_ and _widens(existing[name], type_):
                 # a lossless widening at the source (numeric(12,2) -> (14,2)), accepted
                 # by the landing's drift check: raw's column follows, or the wider values
@@ -583,7 +604,7 @@ def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
                 log.warning(
                     "raw.%s.%s widened from %s to %s", delta.table, name, existing[name], type_
                 )
-                con.execute(f"alter table {target} alter column {_q(name)} type {type_}")
+                s.widen_column(target, name, type_)
         # A full extract is the whole table as the source holds it now: it replaces every
         # row, even one whose stored cursor is later (e.g. the warehouse was loaded from
         # another database before). An incremental delta only replaces older versions.
@@ -592,13 +613,14 @@ def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
             if delta.cursor and not delta.full_key_set
             else "false"
         )
-        con.execute(
-            f'delete from {target} where exists (select 1 from "{delta.temp}" d '
+        s.execute(
+            f"delete from {target} where exists (select 1 from {temp} d "
             f"where {_key_match(delta.keys, target, 'd')} and not {newer})"
         )
-        con.execute(
-            f"insert into {target} by name select d.*, cast(? as varchar) as _run_id, "
-            f'now() as _loaded_at from "{delta.temp}" d '
+        s.execute(
+            f"insert into {target} ({names}, _run_id, _loaded_at) "
+            f"select {', '.join('d.' + _q(c) for c in staged)}, cast(? as varchar), now() "
+            f"from {temp} d "
             f"where not exists (select 1 from {target} o where {_key_match(delta.keys, 'o', 'd')})",
             [run_id],
         )
@@ -607,94 +629,90 @@ def _merge(con: duckdb.DuckDBPyConnection, delta: _Delta, run_id: str) -> int:
         return 0
     gone = _gone_sql(delta, target, keys_relation)
     key_text = _key_text(delta)
-    con.execute(
-        "insert into ops.deleted_rows (run_id, table_name, key, deleted_at) "
-        f"select ?, ?, {key_text}, now() from ({gone}) g",
+    s.execute(
+        "insert into {ops}.deleted_rows (run_id, table_name, key, deleted_at) "
+        f"select cast(? as varchar), cast(? as varchar), {key_text}, now() from ({gone}) g",
         [run_id, delta.table],
     )
-    row = con.execute(
+    return s.execute(
         f"delete from {target} where not exists (select 1 from {keys_relation} k "
         f"where {_key_match(delta.keys, target, 'k')})"
-    ).fetchone()
-    return int(row[0]) if row else 0
+    )
 
 
 def _load(
-    warehouse_path: Path,
+    warehouse_path: Path | None,
     plan: list[_Delta],
     run_id: str,
     report_tz: str | None,
     guard: Any = None,
     allow_mass_delete: bool = False,
+    *,
+    warehouse: Warehouse | None = None,
+    build: Build | None = None,
 ) -> dict[str, Any]:
-    warehouse_path = Path(warehouse_path)
-    warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    if warehouse is None:
+        if warehouse_path is None:
+            raise LoadError("no warehouse: give a DuckDB file path or a Warehouse")
+        from warehouse.backends.duckdb import DuckDBWarehouse
+
+        warehouse = DuckDBWarehouse(Path(warehouse_path))
     rows: dict[str, int] = {}
     deleted: dict[str, int] = {}
     raw_rows: dict[str, int] = {}
     restated: list[str] = []
-    con = duckdb.connect(str(warehouse_path))
-    try:
-        con.execute("set TimeZone = 'UTC'")
-        con.execute("begin transaction")
-        try:
-            con.execute(_OPS_DDL)
-            ensure_schema(con)
-            deltas = {d.table: d for d in plan}
-            for delta in plan:
-                delta.skipped = _already_loaded(con, delta, run_id)
-                if not delta.skipped:
-                    _check_not_stale(con, delta, run_id)
-                    rows[delta.table] = _stage(con, delta)
-                else:
-                    rows[delta.table] = sum(int(p.manifest.get("rows", 0)) for p in delta.parts)
-                    log.info("%s/%s run=%s is already loaded", delta.source, delta.table, run_id)
-            if guard is not None:
-                _guard_deletes(con, plan, run_id, guard, allow_mass_delete)
-            if report_tz is not None:
-                _affected_orders(con, deltas)
-                _record_restated(con, run_id, report_tz, deltas.get("orders"))
-            fx = deltas.get("fx_rates")
-            if fx is not None and not fx.skipped:
-                _record_revised_rates(con, run_id, fx)
-            for delta in plan:
-                if delta.skipped:
-                    continue
-                _merge(con, delta, run_id)
-                _record_accepted_drift(con, delta, run_id)
-                for part in delta.parts:  # a watermark per shard ('' when unsharded)
-                    record_loaded(
-                        con,
-                        source=delta.source,
-                        table=delta.table,
-                        run_id=run_id,
-                        manifest=part.manifest,
-                        shard=part.shard,
-                    )
-            for delta in plan:
-                row = con.execute(f'select count(*) from raw."{delta.table}"').fetchone()
-                raw_rows[delta.table] = int(row[0]) if row else 0
-                # all rows this run id deleted (the same answer when the run is reloaded)
-                row = con.execute(
-                    "select count(*) from ops.deleted_rows where run_id = ? and table_name = ?",
-                    [run_id, delta.table],
-                ).fetchone()
-                deleted[delta.table] = int(row[0]) if row else 0
-            if report_tz is not None:
-                restated = [
-                    r[0].isoformat()
-                    for r in con.execute(
-                        "select distinct business_date from ops.restated_days where run_id = ? "
-                        "order by 1",
-                        [run_id],
-                    ).fetchall()
-                ]
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
-    finally:
-        con.close()
+    with warehouse.transaction(build) as s:
+        s.execute(_OPS_DDL)
+        ensure_schema(s)
+        deltas = {d.table: d for d in plan}
+        for delta in plan:
+            delta.skipped = _already_loaded(s, delta, run_id)
+            if not delta.skipped:
+                _check_not_stale(s, delta, run_id)
+                rows[delta.table] = _stage(s, delta)
+            else:
+                rows[delta.table] = sum(int(p.manifest.get("rows", 0)) for p in delta.parts)
+                log.info("%s/%s run=%s is already loaded", delta.source, delta.table, run_id)
+        if guard is not None:
+            _guard_deletes(s, plan, run_id, guard, allow_mass_delete)
+        if report_tz is not None:
+            _affected_orders(s, deltas)
+            _record_restated(s, run_id, report_tz, deltas.get("orders"))
+        fx = deltas.get("fx_rates")
+        if fx is not None and not fx.skipped:
+            _record_revised_rates(s, run_id, fx)
+        for delta in plan:
+            if delta.skipped:
+                continue
+            _merge(s, delta, run_id)
+            _record_accepted_drift(s, delta, run_id)
+            for part in delta.parts:  # a watermark per shard ('' when unsharded)
+                record_loaded(
+                    s,
+                    source=delta.source,
+                    table=delta.table,
+                    run_id=run_id,
+                    manifest=part.manifest,
+                    shard=part.shard,
+                )
+        for delta in plan:
+            row = s.fetchone(f"select count(*) from {_raw(s, delta.table)}")
+            raw_rows[delta.table] = int(row[0]) if row else 0
+            # all rows this run id deleted (the same answer when the run is reloaded)
+            row = s.fetchone(
+                "select count(*) from {ops}.deleted_rows where run_id = ? and table_name = ?",
+                [run_id, delta.table],
+            )
+            deleted[delta.table] = int(row[0]) if row else 0
+        if report_tz is not None:
+            restated = [
+                r[0].isoformat()
+                for r in s.fetchall(
+                    "select distinct business_date from {ops}.restated_days where run_id = ? "
+                    "order by 1",
+                    [run_id],
+                )
+            ]
     for delta in plan:
         log.info(
             "merged %s/%s run=%s: %d landed rows, %d deleted, raw now %d rows",
@@ -712,7 +730,7 @@ def _load(
 
 
 def load_source_db(
-    warehouse_path: Path,
+    warehouse_path: Path | None,
     landing_root: Path,
     run_id: str,
     report_tz: str,
@@ -720,6 +738,8 @@ def load_source_db(
     *,
     guard: Any = _DEFAULT_GUARD,
     allow_mass_delete: bool = False,
+    warehouse: Warehouse | None = None,
+    build: Build | None = None,
 ) -> dict[str, Any]:
     """Merge the landed `source_db` run into `raw.*` in one transaction.
 
@@ -727,14 +747,24 @@ def load_source_db(
     "raw_rows": current rows per table, "restated_days": ISO business days (REPORT_TZ)
     this run touched}. Loading the same run again changes nothing. `guard`
     (warehouse/guards.py; None: off) stops a load whose key sets would delete too much
-    of a table, unless `allow_mass_delete`.
+    of a table, unless `allow_mass_delete`. With `warehouse` (and its `build`), the load
+    runs on that backend and `warehouse_path` is ignored (None is fine).
     """
     plan = _plan(landing_root, "source_db", tuple(tables), run_id)
-    return _load(warehouse_path, plan, run_id, report_tz, guard, allow_mass_delete)
+    return _load(
+        warehouse_path,
+        plan,
+        run_id,
+        report_tz,
+        guard,
+        allow_mass_delete,
+        warehouse=warehouse,
+        build=build,
+    )
 
 
 def load_source_db_sharded(
-    warehouse_path: Path,
+    warehouse_path: Path | None,
     landing_root: Path,
     run_id: str,
     report_tz: str,
@@ -742,6 +772,8 @@ def load_source_db_sharded(
     *,
     guard: Any = _DEFAULT_GUARD,
     allow_mass_delete: bool = False,
+    warehouse: Warehouse | None = None,
+    build: Build | None = None,
 ) -> dict[str, Any]:
     """Merge every shard's delta of sharded run `run_id` into `raw.*` in ONE transaction.
 
@@ -762,18 +794,30 @@ def load_source_db_sharded(
             "extract did not run"
         )
     plan = _plan_sharded(landing_root, tuple(tables), run_id, record)
-    result = _load(warehouse_path, plan, run_id, report_tz, guard, allow_mass_delete)
+    result = _load(
+        warehouse_path,
+        plan,
+        run_id,
+        report_tz,
+        guard,
+        allow_mass_delete,
+        warehouse=warehouse,
+        build=build,
+    )
     result["shards"] = [s["name"] for s in record["shards"]]
     result["map_version"] = record.get("shard_map", {}).get("version")
     return result
 
 
 def load_payments_api(
-    warehouse_path: Path,
+    warehouse_path: Path | None,
     landing_root: Path,
     run_id: str,
     tables: tuple[str, ...] = KNOWN_TABLES["payments_api"],
+    *,
+    warehouse: Warehouse | None = None,
+    build: Build | None = None,
 ) -> dict[str, Any]:
     """Merge the landed `payments_api` run (payments by id, fx_rates by day + currency)."""
     plan = _plan(landing_root, "payments_api", tuple(tables), run_id)
-    return _load(warehouse_path, plan, run_id, None)
+    return _load(warehouse_path, plan, run_id, None, warehouse=warehouse, build=build)

@@ -3,7 +3,8 @@
 `AIRFLOW_CONN_WAREHOUSE` unset: DuckDB at `WAREHOUSE_PATH` (the default);
 `postgresql://…` (or `postgres://`): PostgreSQL; `snowflake://…`: Snowflake (needs
 snowflake-connector-python: run from `.venv-adapters`). BigQuery is planned
-(docs/warehouse-backends.md). Nothing in the nightly uses this yet (issue 14).
+(docs/warehouse-backends.md). The loader runs on the interface (`warehouse.load`, with
+`warehouse=`) on DuckDB and PostgreSQL; the nightly still runs DuckDB only (issue 14).
 """
 
 from __future__ import annotations

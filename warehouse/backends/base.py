@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -58,6 +59,7 @@ __all__ = [
     "PublishConflictError",
     "Warehouse",
     "WarehouseError",
+    "Session",
     "quote_ident",
     "substitute_schemas",
 ]
@@ -68,6 +70,28 @@ def quote_ident(name: str) -> str:
     if not name or "\x00" in name:
         raise WarehouseError(f"invalid identifier {name!r}")
     return '"' + name.replace('"', '""') + '"'
+
+
+def qmark_to_format(sql: str) -> str:
+    """`?` placeholders (outside quotes) → `%s`, every `%` doubled (psycopg's format)."""
+    out: list[str] = []
+    quote: str | None = None
+    for ch in sql:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "?":
+            out.append("%s")
+            continue
+        out.append("%%" if ch == "%" else ch)
+    return "".join(out)
+
+
+def parquet_files(directories: Sequence[Path]) -> list[Path]:
+    """Every `*.parquet` of the directories, in name order per directory."""
+    return [f for d in directories for f in sorted(Path(d).glob("*.parquet"))]
 
 
 def check_schema_name(name: str) -> str:
@@ -126,6 +150,79 @@ class Build:
 
 
 @runtime_checkable
+class Session(Protocol):
+    """One open transaction on a build (`Warehouse.transaction`): what the loader needs to
+    do a whole load atomically on any backend.
+
+    SQL uses `?` for bound values on every backend (the session converts it to its
+    driver's paramstyle) and `{raw}`, `{ops}`, ... for schemas (`substitute_schemas`).
+    Temporary relations live until the transaction ends (or the connection closes)."""
+
+    kind: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement (several without params); rows affected (0 for DDL)."""
+        ...
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None: ...
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
+
+    def table(self, schema: str, table: str) -> str:
+        """The quoted name of a (build's) table, e.g. `"raw"."orders"`."""
+        ...
+
+    def exists(self, schema: str, table: str) -> bool: ...
+
+    def table_columns(self, relation: str) -> dict[str, pa.DataType]:
+        """Columns of a relation (a quoted name from `table`, or a temporary one) with
+        their Arrow types, in order."""
+        ...
+
+    def column_type(self, type_: pa.DataType) -> str:
+        """The engine's column type for an Arrow type."""
+        ...
+
+    def add_column(self, relation: str, name: str, type_: pa.DataType) -> None:
+        """`ALTER TABLE … ADD COLUMN` with the engine's type for an Arrow type."""
+        ...
+
+    def widen_column(self, relation: str, name: str, type_: pa.DataType) -> None:
+        """`ALTER TABLE … ALTER COLUMN … TYPE` the engine's type for an Arrow type."""
+        ...
+
+    def stage_parquet(
+        self, name: str, directories: Sequence[Path], *, union_by_name: bool = True
+    ) -> list[str]:
+        """A temporary relation `name` with the rows of every `*.parquet` of the
+        directories (columns matched by name, missing ones NULL); its column names."""
+        ...
+
+    def create_temp(
+        self, name: str, select_sql: str, params: Sequence[Any] = (), *, columns: str = ""
+    ) -> None:
+        """Temporary table `name` (replaced if it exists) from a query, or, with
+        `columns` (e.g. `order_id bigint, reason varchar`), empty with those columns."""
+        ...
+
+    def dedupe(
+        self,
+        name: str,
+        source: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        cursor: str | None,
+    ) -> None:
+        """Temporary table `name`: one row of `source` per key, the greatest `cursor`
+        (NULLs last) winning."""
+        ...
+
+    def days_interval(self, expr: str) -> str:
+        """SQL for an interval of `expr` (an integer expression) days."""
+        ...
+
+
+@runtime_checkable
 class Warehouse(Protocol):
     """What the pipeline needs from a warehouse (dlt destination / Dagster resource
     style: one object, configured once, passed to the steps)."""
@@ -167,6 +264,23 @@ class Warehouse(Protocol):
     def delete_keys(self, build: Build, schema: str, table: str, keys: pa.Table) -> int:
         """Delete the build table's rows whose key (the columns of `keys`) is in `keys`."""
         ...
+
+    def transaction(self, build: Build | None = None) -> AbstractContextManager[Session]:
+        """One transaction on the build (or, DuckDB only, the warehouse file itself when
+        `build` is None): committed when the block ends, rolled back on an exception."""
+        ...
+
+    def table_columns(self, build: Build, schema: str, table: str) -> dict[str, pa.DataType]:
+        """Columns of a build table with their Arrow types ({} when it does not exist)."""
+        ...
+
+    def add_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None: ...
+
+    def widen_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None: ...
 
     def begin_build(self, run_id: str) -> Build:
         """A private copy of the published warehouse for run `run_id` (an earlier attempt

@@ -7,7 +7,8 @@ use DuckDB's own `read_parquet`. The lease is the file lease next to the warehou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,134 @@ from warehouse.backends.base import (
     quote_ident,
     substitute_schemas,
 )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _file_list(directories: Sequence[Path]) -> str:
+    """`['<dir>/*.parquet', ...]` as a SQL list literal (views take no bound params)."""
+    return "[" + ", ".join(_literal(str(Path(d) / "*.parquet")) for d in directories) + "]"
+
+
+def arrow_to_duckdb(type_: pa.DataType) -> str:
+    """DuckDB's own column type for an Arrow type (what `read_parquet` would give)."""
+    con = duckdb.connect()
+    try:
+        con.register("_t", pa.table({"c": pa.array([], type=type_)}))
+        return str(con.execute("describe _t").fetchone()[1])
+    finally:
+        con.close()
+
+
+class DuckDBSession:
+    """`base.Session` over an open DuckDB connection (the caller owns the transaction)."""
+
+    kind = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, schemas: dict[str, str] | None = None):
+        self.con = con
+        self.schemas = schemas if schemas is not None else {s: s for s in PUBLISHED_SCHEMAS}
+
+    def _sql(self, sql: str) -> str:
+        return substitute_schemas(sql, self.schemas)
+
+    def _run(self, sql: str, params: Sequence[Any]) -> duckdb.DuckDBPyConnection:
+        if params:
+            return self.con.execute(self._sql(sql), list(params))
+        return self.con.execute(self._sql(sql))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        rows = self.fetchall(sql, params)
+        return int(rows[0][0]) if rows and rows[0] and isinstance(rows[0][0], int) else 0
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        rows = self.fetchall(sql, params)  # every result is read to its end
+        return rows[0] if rows else None
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        result = self._run(sql, params)
+        try:
+            return result.fetchall()
+        except duckdb.InvalidInputError:  # a statement without a result
+            return []
+
+    def table(self, schema: str, table: str) -> str:
+        return f"{quote_ident(self.schemas.get(schema, schema))}.{quote_ident(table)}"
+
+    def exists(self, schema: str, table: str) -> bool:
+        row = self.fetchone(
+            "select count(*) from information_schema.tables "
+            "where table_schema = ? and table_name = ?",
+            [self.schemas.get(schema, schema), table],
+        )
+        return bool(row and row[0])
+
+    def table_columns(self, relation: str) -> dict[str, pa.DataType]:
+        schema = (
+            self.con.sql(self._sql(f"select * from {relation} limit 0")).to_arrow_table().schema
+        )
+        return {f.name: f.type for f in schema}
+
+    def native_columns(self, relation: str) -> dict[str, str]:
+        return {r[0]: r[1] for r in self.fetchall(f"describe {relation}")}
+
+    def column_type(self, type_: pa.DataType) -> str:
+        return arrow_to_duckdb(type_)
+
+    def add_column(self, relation: str, name: str, type_: pa.DataType | str) -> None:
+        native = type_ if isinstance(type_, str) else arrow_to_duckdb(type_)
+        self.execute(f"alter table {relation} add column {quote_ident(name)} {native}")
+
+    def widen_column(self, relation: str, name: str, type_: pa.DataType | str) -> None:
+        native = type_ if isinstance(type_, str) else arrow_to_duckdb(type_)
+        self.execute(f"alter table {relation} alter column {quote_ident(name)} type {native}")
+
+    def stage_parquet(
+        self, name: str, directories: Sequence[Path], *, union_by_name: bool = True
+    ) -> list[str]:
+        options = "union_by_name = true, " if union_by_name else ""
+        self.execute(
+            f"create or replace temp view {quote_ident(name)} as select * from "
+            f"read_parquet({_file_list(directories)}, {options}hive_partitioning = false)"
+        )
+        return list(self.native_columns(quote_ident(name)))
+
+    def create_temp(
+        self, name: str, select_sql: str, params: Sequence[Any] = (), *, columns: str = ""
+    ) -> None:
+        if columns:
+            self.execute(f"create or replace temp table {quote_ident(name)} ({columns})")
+        else:
+            self.execute(
+                f"create or replace temp table {quote_ident(name)} as {select_sql}", params
+            )
+
+    def dedupe(
+        self,
+        name: str,
+        source: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        cursor: str | None,
+    ) -> None:
+        key_cols = ", ".join(quote_ident(k) for k in keys)
+        order = f"{quote_ident(cursor)} desc nulls last" if cursor else "1"
+        self.execute(
+            f"create or replace temp table {quote_ident(name)} as select * from {source} "
+            f"qualify row_number() over (partition by {key_cols} order by {order}) = 1"
+        )
+
+    def days_interval(self, expr: str) -> str:
+        return f"to_days({expr})"
+
+
+def as_session(con: Any) -> Any:
+    """A `Session` for a session, or for a bare DuckDB connection (published names)."""
+    if isinstance(con, duckdb.DuckDBPyConnection):
+        return DuckDBSession(con)
+    return con
 
 
 class DuckDBWarehouse:
@@ -65,6 +194,39 @@ class DuckDBWarehouse:
             return int(row[0]) if row and isinstance(row[0], int) else 0
         finally:
             con.close()
+
+    @contextmanager
+    def transaction(self, build: Build | None = None) -> Iterator[DuckDBSession]:
+        path = self._file(build)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(path))
+        try:
+            con.execute("set TimeZone = 'UTC'")
+            con.execute("begin transaction")
+            try:
+                yield DuckDBSession(con, self._mapping())
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
+        finally:
+            con.close()
+
+    def table_columns(self, build: Build, schema: str, table: str) -> dict[str, pa.DataType]:
+        with self.transaction(build) as s:
+            return s.table_columns(s.table(schema, table)) if s.exists(schema, table) else {}
+
+    def add_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None:
+        with self.transaction(build) as s:
+            s.add_column(s.table(schema, table), name, type_)
+
+    def widen_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None:
+        with self.transaction(build) as s:
+            s.widen_column(s.table(schema, table), name, type_)
 
     def _ensure(
         self,

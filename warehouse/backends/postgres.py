@@ -46,6 +46,8 @@ from warehouse.backends.base import (
     PublishConflictError,
     WarehouseError,
     check_schema_name,
+    parquet_files,
+    qmark_to_format,
     quote_ident,
     substitute_schemas,
 )
@@ -116,6 +118,121 @@ def _pg_to_arrow(type_code: int, precision: int | None, scale: int | None) -> pa
             return pa.decimal128(precision, scale)
         return None
     return oid.get(type_code)
+
+
+class PostgresSession:
+    """`base.Session` on one PostgreSQL connection inside a transaction."""
+
+    kind = "postgres"
+
+    def __init__(self, con: psycopg.Connection, schemas: dict[str, str]) -> None:
+        self.con = con
+        self.schemas = schemas
+
+    def _sql(self, sql: str, params: Sequence[Any]) -> str:
+        sql = substitute_schemas(sql, self.schemas)
+        return qmark_to_format(sql) if params else sql
+
+    def _cursor(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor:
+        return self.con.execute(self._sql(sql, params), list(params) if params else None)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return max(self._cursor(sql, params).rowcount, 0)
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        return self._cursor(sql, params).fetchone()
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._cursor(sql, params).fetchall()
+
+    def table(self, schema: str, table: str) -> str:
+        return f"{quote_ident(self.schemas.get(schema, schema))}.{quote_ident(table)}"
+
+    def exists(self, schema: str, table: str) -> bool:
+        row = self.con.execute(
+            "select to_regclass(%s) is not null", [self.table(schema, table)]
+        ).fetchone()
+        return bool(row and row[0])
+
+    def table_columns(self, relation: str) -> dict[str, pa.DataType]:
+        cur = self.con.execute(f"select * from {relation} limit 0")
+        json_types = {114: pa.string(), 3802: pa.string()}  # json, jsonb: text, as DuckDB's
+        return {
+            d.name: json_types.get(d.type_code)
+            or _pg_to_arrow(d.type_code, d.precision, d.scale)
+            or pa.null()
+            for d in cur.description or []
+        }
+
+    def column_type(self, type_: pa.DataType) -> str:
+        return _arrow_to_pg(type_)
+
+    def add_column(self, relation: str, name: str, type_: pa.DataType) -> None:
+        self.con.execute(
+            f"alter table {relation} add column {quote_ident(name)} {_arrow_to_pg(type_)}"
+        )
+
+    def widen_column(self, relation: str, name: str, type_: pa.DataType) -> None:
+        self.con.execute(
+            f"alter table {relation} alter column {quote_ident(name)} type {_arrow_to_pg(type_)}"
+        )
+
+    def stage_parquet(
+        self, name: str, directories: Sequence[Path], *, union_by_name: bool = True
+    ) -> list[str]:
+        files = parquet_files(directories)
+        if not files:
+            raise WarehouseError(f"no Parquet files in {', '.join(map(str, directories))}")
+        schemas = [pq.read_schema(f) for f in files]
+        if union_by_name:
+            unified = pa.unify_schemas([sc.remove_metadata() for sc in schemas])
+        else:
+            unified = schemas[0].remove_metadata()
+            for f, sc in zip(files, schemas, strict=True):
+                if sc.names != unified.names:
+                    raise WarehouseError(f"{f}: columns differ from {files[0]}")
+        target = quote_ident(name)
+        self.con.execute(f"drop table if exists pg_temp.{target}")
+        columns = ", ".join(f"{quote_ident(f.name)} {_arrow_to_pg(f.type)}" for f in unified)
+        self.con.execute(f"create temporary table {target} ({columns}) on commit drop")
+        options = pacsv.WriteOptions(include_header=False)
+        for path, sc in zip(files, schemas, strict=True):
+            names = sc.names
+            column_list = ", ".join(quote_ident(n) for n in names)
+            copy_sql = f"copy {target} ({column_list}) from stdin (format csv)"
+            with self.con.cursor().copy(copy_sql) as copy:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+                    buf = io.BytesIO()
+                    pacsv.write_csv(batch.select(names), buf, options)
+                    copy.write(buf.getbuffer())
+        return unified.names
+
+    def create_temp(
+        self, name: str, select_sql: str, params: Sequence[Any] = (), *, columns: str = ""
+    ) -> None:
+        target = quote_ident(name)
+        self.con.execute(f"drop table if exists pg_temp.{target}")
+        if columns:
+            self.con.execute(f"create temporary table {target} ({columns}) on commit drop")
+        else:
+            self._cursor(f"create temporary table {target} on commit drop as {select_sql}", params)
+
+    def dedupe(
+        self,
+        name: str,
+        source: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        cursor: str | None,
+    ) -> None:
+        key_cols = ", ".join(quote_ident(k) for k in keys)
+        order = f", {quote_ident(cursor)} desc nulls last" if cursor else ""
+        self.create_temp(
+            name, f"select distinct on ({key_cols}) * from {source} order by {key_cols}{order}"
+        )
+
+    def days_interval(self, expr: str) -> str:
+        return f"make_interval(days => {expr})"
 
 
 class PostgresWarehouse:
@@ -223,6 +340,29 @@ class PostgresWarehouse:
         with self._tx() as con:
             cur = con.execute(sql, list(params) or None)
             return max(cur.rowcount, 0)
+
+    @contextmanager
+    def transaction(self, build: Build | None = None) -> Iterator[PostgresSession]:
+        if build is None:
+            raise WarehouseError(f"{self.describe()}: a load writes a build, none was given")
+        with self._tx() as con:
+            yield PostgresSession(con, self._mapping(build))
+
+    def table_columns(self, build: Build, schema: str, table: str) -> dict[str, pa.DataType]:
+        with self.transaction(build) as s:
+            return s.table_columns(s.table(schema, table)) if s.exists(schema, table) else {}
+
+    def add_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None:
+        with self.transaction(build) as s:
+            s.add_column(s.table(schema, table), name, type_)
+
+    def widen_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None:
+        with self.transaction(build) as s:
+            s.widen_column(s.table(schema, table), name, type_)
 
     # -- loads -----------------------------------------------------------------------
 
