@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -111,6 +111,34 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
+def next_lease(current: Lease | None, holder: str, run: str, ttl_s: float) -> Lease | None:
+    """The lease `holder` holds from now on, whatever stores it: its own lease renewed
+    (same token and start), a new one over none or an expired one (logged as a
+    takeover); None while another holder's lease is in force."""
+    now = clock.now()
+    if current is not None and current.holder != holder and not current.expired(now):
+        return None
+    if current is not None and current.holder != holder:
+        log.warning("warehouse lease expired, taken over: %s", current.describe())
+    same = current is not None and current.holder == holder
+    return Lease(
+        holder=holder,
+        run=run,
+        token=current.token if same else uuid.uuid4().hex,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        acquired_at=current.acquired_at if same else _iso(now),
+        renewed_at=_iso(now),
+        expires_at=_iso(now + timedelta(seconds=ttl_s)),
+    )
+
+
+def renewed(current: Lease, ttl_s: float) -> Lease:
+    """`current` renewed for `ttl_s` seconds from now."""
+    now = clock.now()
+    return replace(current, renewed_at=_iso(now), expires_at=_iso(now + timedelta(seconds=ttl_s)))
+
+
 class FileLease:
     """The lease of a DuckDB warehouse file: `<warehouse>.lease` (JSON), changed under a
     flock of `<warehouse>.lease.lock` (never deleted, so every process locks one inode)."""
@@ -155,22 +183,9 @@ class FileLease:
     def try_acquire(self, holder: str, run: str, ttl_s: float) -> tuple[Lease, bool]:
         with self._locked():
             current = self._read()
-            now = clock.now()
-            if current is not None and current.holder != holder and not current.expired(now):
+            lease = next_lease(current, holder, run, ttl_s)
+            if lease is None:
                 return current, False
-            if current is not None and current.holder != holder:
-                log.warning("warehouse lease expired, taken over: %s", current.describe())
-            same = current is not None and current.holder == holder
-            lease = Lease(
-                holder=holder,
-                run=run,
-                token=current.token if same else uuid.uuid4().hex,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                acquired_at=current.acquired_at if same else _iso(now),
-                renewed_at=_iso(now),
-                expires_at=_iso(now + timedelta(seconds=ttl_s)),
-            )
             self._write(lease)
             return lease, True
 
@@ -179,14 +194,7 @@ class FileLease:
             current = self._read()
             if current is None or current.holder != holder:
                 raise LeaseLostError(_lost_message(self.path, holder, current))
-            now = clock.now()
-            lease = Lease(
-                **{
-                    **asdict(current),
-                    "renewed_at": _iso(now),
-                    "expires_at": _iso(now + timedelta(seconds=ttl_s)),
-                }
-            )
+            lease = renewed(current, ttl_s)
             self._write(lease)
             return lease
 

@@ -222,6 +222,27 @@ class Session(Protocol):
         ...
 
 
+class SessionColumns:
+    """The column operations of a warehouse, each one transaction of its own session
+    (`transaction` is the backend's; the session does the engine's work)."""
+
+    def table_columns(self, build: Build, schema: str, table: str) -> dict[str, pa.DataType]:
+        with self.transaction(build) as s:
+            return s.table_columns(s.table(schema, table)) if s.exists(schema, table) else {}
+
+    def add_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None:
+        with self.transaction(build) as s:
+            s.add_column(s.table(schema, table), name, type_)
+
+    def widen_column(
+        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
+    ) -> None:
+        with self.transaction(build) as s:
+            s.widen_column(s.table(schema, table), name, type_)
+
+
 @runtime_checkable
 class Warehouse(Protocol):
     """What the pipeline needs from a warehouse (dlt destination / Dagster resource

@@ -20,6 +20,7 @@ from warehouse.backends.base import (
     PUBLISHED_SCHEMAS,
     Build,
     MergeResult,
+    SessionColumns,
     WarehouseError,
     quote_ident,
     substitute_schemas,
@@ -154,7 +155,7 @@ def as_session(con: Any) -> Any:
     return con
 
 
-class DuckDBWarehouse:
+class DuckDBWarehouse(SessionColumns):
     kind = "duckdb"
     paramstyle = "qmark"
 
@@ -211,22 +212,6 @@ class DuckDBWarehouse:
                 raise
         finally:
             con.close()
-
-    def table_columns(self, build: Build, schema: str, table: str) -> dict[str, pa.DataType]:
-        with self.transaction(build) as s:
-            return s.table_columns(s.table(schema, table)) if s.exists(schema, table) else {}
-
-    def add_column(
-        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
-    ) -> None:
-        with self.transaction(build) as s:
-            s.add_column(s.table(schema, table), name, type_)
-
-    def widen_column(
-        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
-    ) -> None:
-        with self.transaction(build) as s:
-            s.widen_column(s.table(schema, table), name, type_)
 
     def _ensure(
         self,

@@ -44,6 +44,7 @@ from warehouse.backends.base import (
     MergeResult,
     PublishBlockedError,
     PublishConflictError,
+    SessionColumns,
     WarehouseError,
     check_schema_name,
     parquet_files,
@@ -235,7 +236,7 @@ class PostgresSession:
         return f"make_interval(days => {expr})"
 
 
-class PostgresWarehouse:
+class PostgresWarehouse(SessionColumns):
     """A warehouse in one PostgreSQL database (`AIRFLOW_CONN_WAREHOUSE=postgresql://…`)."""
 
     kind = "postgres"
@@ -347,22 +348,6 @@ class PostgresWarehouse:
             raise WarehouseError(f"{self.describe()}: a load writes a build, none was given")
         with self._tx() as con:
             yield PostgresSession(con, self._mapping(build))
-
-    def table_columns(self, build: Build, schema: str, table: str) -> dict[str, pa.DataType]:
-        with self.transaction(build) as s:
-            return s.table_columns(s.table(schema, table)) if s.exists(schema, table) else {}
-
-    def add_column(
-        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
-    ) -> None:
-        with self.transaction(build) as s:
-            s.add_column(s.table(schema, table), name, type_)
-
-    def widen_column(
-        self, build: Build, schema: str, table: str, name: str, type_: pa.DataType
-    ) -> None:
-        with self.transaction(build) as s:
-            s.widen_column(s.table(schema, table), name, type_)
 
     # -- loads -----------------------------------------------------------------------
 
@@ -682,48 +667,22 @@ class PostgresLease:
             return current
 
     def try_acquire(self, holder: str, run: str, ttl_s: float) -> tuple[Any, bool]:
-        import os
-        import socket
-        import uuid
-        from datetime import timedelta
-
-        from pipeline import clock
-        from warehouse.lease import Lease, _iso
+        from warehouse.lease import next_lease
 
         with self._locked() as (con, current):
-            now = clock.now()
-            if current is not None and current.holder != holder and not current.expired(now):
+            lease = next_lease(current, holder, run, ttl_s)
+            if lease is None:
                 return current, False
-            if current is not None and current.holder != holder:
-                log.warning("warehouse lease expired, taken over: %s", current.describe())
-            same = current is not None and current.holder == holder
-            lease = Lease(
-                holder=holder,
-                run=run,
-                token=current.token if same else uuid.uuid4().hex,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                acquired_at=current.acquired_at if same else _iso(now),
-                renewed_at=_iso(now),
-                expires_at=_iso(now + timedelta(seconds=ttl_s)),
-            )
             self._write(con, lease)
             return lease, True
 
     def renew(self, holder: str, ttl_s: float) -> Any:
-        from dataclasses import replace
-        from datetime import timedelta
-
-        from pipeline import clock
-        from warehouse.lease import LeaseLostError, _iso, _lost_message
+        from warehouse.lease import LeaseLostError, _lost_message, renewed
 
         with self._locked() as (con, current):
             if current is None or current.holder != holder:
                 raise LeaseLostError(_lost_message(self.warehouse.describe(), holder, current))
-            now = clock.now()
-            lease = replace(
-                current, renewed_at=_iso(now), expires_at=_iso(now + timedelta(seconds=ttl_s))
-            )
+            lease = renewed(current, ttl_s)
             self._write(con, lease)
             return lease
 
