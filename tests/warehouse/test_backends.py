@@ -107,7 +107,7 @@ def test_load_parquet_copies_every_row_and_type(wh: PostgresWarehouse, tmp_path:
     assert _sorted(got).equals(_sorted(expected))
     # not visible before publish; after it, the same rows under the published name
     assert (
-        wh.read_arrow("select count(*) as n from pg_tables where schemaname = %s", ["raw"])
+        wh.read_arrow("select count(*) as n from pg_tables where schemaname = ?", ["raw"])
         .column("n")[0]
         .as_py()
         == 0
@@ -172,8 +172,8 @@ def _generation_tables(wh: PostgresWarehouse, build, generation: int, rows: int)
         wh.execute(f"drop table if exists {{analytics}}.{table}", build=build)
         wh.execute(
             f"create table {{analytics}}.{table} as "
-            "select g as id, %s::bigint as generation, (g * 1.5)::numeric(18,2) as total_sales_usd "
-            "from generate_series(1, %s) g",
+            "select g as id, ?::bigint as generation, (g * 1.5)::numeric(18,2) as total_sales_usd "
+            "from generate_series(1, ?) g",
             [generation, rows],
             build=build,
         )
@@ -224,7 +224,7 @@ def test_publish_swaps_every_schema_atomically_for_readers(
             build = wh.begin_build(f"gen-{generation}")
             _generation_tables(wh, build, generation, rows)
             wh.execute(
-                "insert into {ops}.pipeline_runs values (%s, %s)",
+                "insert into {ops}.pipeline_runs values (?, ?)",
                 [f"gen-{generation}", generation],
                 build=build,
             )
@@ -246,9 +246,7 @@ def test_publish_swaps_every_schema_atomically_for_readers(
     assert wh.generation() == publishes + 1
     runs = wh.read_arrow("select generation from ops.pipeline_runs order by 1")
     assert runs.column("generation").to_pylist() == list(range(0, publishes + 1))
-    leftovers = wh.read_arrow(
-        "select nspname from pg_namespace where nspname like %s", ["%\\_\\_%"]
-    )
+    leftovers = wh.read_arrow("select nspname from pg_namespace where nspname like ?", ["%\\_\\_%"])
     assert leftovers.num_rows == 0
     print(
         f"\nREADER queries={len(seen)} generations_seen={len(generations)} "
@@ -274,7 +272,7 @@ def test_abandoned_build_leaves_published_untouched(wh: PostgresWarehouse) -> No
     assert _published(wh) == before
     assert wh.generation() == 1
     schemas = wh.read_arrow(
-        "select nspname from pg_namespace where nspname like %s", ["%\\_\\_build\\_%"]
+        "select nspname from pg_namespace where nspname like ?", ["%\\_\\_build\\_%"]
     )
     assert schemas.num_rows == 0
     with pytest.raises(Exception, match="gone"):
@@ -327,7 +325,7 @@ def test_killed_build_leaves_published_untouched(wh: PostgresWarehouse, pg_url: 
     # the next attempt of the run drops the killed attempt's schemas and publishes
     build = wh.begin_build("day2")
     stale = wh.read_arrow(
-        "select count(*) as n from pg_namespace where nspname like %s",
+        "select count(*) as n from pg_namespace where nspname like ?",
         ["%\\_\\_build\\_%"],
     )
     assert stale.column("n")[0].as_py() == len(SCHEMAS)
@@ -512,3 +510,40 @@ def test_postgres_lease_one_holder_at_a_time(wh: PostgresWarehouse) -> None:
     assert lease.release("nightly/b") and lease.read() is None
     lease.try_acquire("nightly/c", "make backfill", 60)
     assert lease.force_release().holder == "nightly/c" and lease.read() is None
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+def test_session_arrow_round_trip_and_open_build(kind: str, tmp_path: Path, pg_database: str):
+    """A later task finds the run's build (`open_build`), appends Arrow rows in a
+    transaction (`insert_arrow`) and reads them back as Arrow with `?` parameters, on
+    both backends; a rolled-back transaction leaves nothing; another run has no build."""
+    wh: Warehouse = (
+        DuckDBWarehouse(tmp_path / "wh.duckdb")
+        if kind == "duckdb"
+        else PostgresWarehouse(pg_database)
+    )
+    started = wh.begin_build("run-a")
+    build = wh.open_build("run-a")
+    assert build is not None and build.token == started.token
+    assert wh.open_build("run-b") is None
+    rows = pa.table(
+        {
+            "day": pa.array([dt.date(2026, 11, 1), dt.date(2026, 11, 2)]),
+            "region": ["EU", 'N"A, x'],
+            "total": pa.array([Decimal("1.50"), None], type=pa.decimal128(18, 2)),
+        }
+    )
+    with wh.transaction(build) as s:
+        s.execute("create table {analytics}.t (day date, region text, total numeric(18,2))")
+        assert s.insert_arrow(s.table("analytics", "t"), rows) == 2
+    with pytest.raises(RuntimeError, match="boom"):
+        with wh.transaction(build) as s:
+            s.insert_arrow(s.table("analytics", "t"), rows)
+            raise RuntimeError("boom")
+    with wh.transaction(build) as s:
+        got = s.read_arrow(
+            "select * from {analytics}.t where day >= ? order by day", [rows["day"][0].as_py()]
+        )
+    assert got.to_pylist() == rows.to_pylist()
+    got = wh.read_arrow("select region from {analytics}.t where total is null", build=build)
+    assert got.column("region").to_pylist() == ['N"A, x']

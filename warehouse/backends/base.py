@@ -8,7 +8,7 @@ the published warehouse (a file for DuckDB, private schemas on a server) that on
 SQL given to `execute` / `read_arrow` names schemas as `{raw}`, `{ops}`, `{analytics}`
 (any of `PUBLISHED_SCHEMAS`): the backend puts the quoted schema of the build in their
 place (or the published schema when no build is given). Values are always bound
-parameters (`%s` on PostgreSQL, `?` on DuckDB: the backend's `paramstyle`).
+parameters, written `?` on every backend (turned into `%s` for psycopg).
 """
 
 from __future__ import annotations
@@ -221,6 +221,15 @@ class Session(Protocol):
         """SQL for an interval of `expr` (an integer expression) days."""
         ...
 
+    def read_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """A query's rows as Arrow, inside the session's transaction."""
+        ...
+
+    def insert_arrow(self, relation: str, data: pa.Table) -> int:
+        """Append an Arrow table's rows to a relation, columns matched by name, the
+        engine's bulk way (DuckDB: a registered Arrow scan; PostgreSQL: COPY); rows."""
+        ...
+
 
 class SessionColumns:
     """The column operations of a warehouse, each one transaction of its own session
@@ -308,9 +317,23 @@ class Warehouse(Protocol):
         of the same run is dropped first)."""
         ...
 
-    def publish(self, build: Build, *, check_lease: Callable[[], None] | None = None) -> float:
+    def open_build(self, run_id: str) -> Build | None:
+        """The build `begin_build(run_id)` made (the later tasks of a run run in other
+        processes), or None when there is none."""
+        ...
+
+    def publish(
+        self,
+        build: Build,
+        *,
+        check_lease: Callable[[], None] | None = None,
+        version: str | None = None,
+        keep: int = 0,
+    ) -> float:
         """Make the build the published warehouse atomically; the swap's seconds.
-        PublishConflictError when another publish happened since the build began."""
+        PublishConflictError when another publish happened since the build began.
+        `version`/`keep`: a backend that keeps published versions for rollback (DuckDB)
+        keeps this one and prunes to the newest `keep`; the others ignore them."""
         ...
 
     def abandon_build(self, build: Build) -> None:

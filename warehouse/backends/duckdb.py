@@ -147,6 +147,20 @@ class DuckDBSession:
     def days_interval(self, expr: str) -> str:
         return f"to_days({expr})"
 
+    def read_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        return self._run(sql, params).to_arrow_table()
+
+    def insert_arrow(self, relation: str, data: pa.Table) -> int:
+        name = f"_arrow_{id(data):x}"
+        self.con.register(name, data)
+        try:
+            row = self.con.execute(
+                f"insert into {relation} by name select * from {quote_ident(name)}"
+            ).fetchone()
+        finally:
+            self.con.unregister(name)
+        return int(row[0]) if row else 0
+
 
 def as_session(con: Any) -> Any:
     """A `Session` for a session, or for a bare DuckDB connection (published names)."""
@@ -205,6 +219,9 @@ class DuckDBWarehouse(SessionColumns):
             con.execute("set TimeZone = 'UTC'")
             con.execute("begin transaction")
             try:
+                if build is not None:  # a build has every published schema, as on a server
+                    for s in self.schemas:
+                        con.execute(f"create schema if not exists {quote_ident(s)}")
                 yield DuckDBSession(con, self._mapping())
                 con.execute("commit")
             except BaseException:
@@ -309,11 +326,32 @@ class DuckDBWarehouse(SessionColumns):
             path=path,
         )
 
-    def publish(self, build: Build, *, check_lease: Callable[[], None] | None = None) -> float:
+    def open_build(self, run_id: str) -> Build | None:
+        path = file_publish.build_path_for(self.path, run_id)
+        # the first build of an empty warehouse has no file yet, only its recorded base
+        if not path.exists() and not path.with_name(path.name + ".base").exists():
+            return None
+        return Build(
+            backend=self.kind,
+            run_id=run_id,
+            token=path.name,
+            base=None,  # recorded next to the build file (<build>.base), checked by publish
+            schemas={s: s for s in self.schemas},
+            path=path,
+        )
+
+    def publish(
+        self,
+        build: Build,
+        *,
+        check_lease: Callable[[], None] | None = None,
+        version: str | None = None,
+        keep: int = 0,
+    ) -> float:
         # publish_build checks the file lease and the recorded base under its own lock.
         if check_lease is not None:
             check_lease()
-        return file_publish.publish_build(self._file(build), self.path)
+        return file_publish.publish_build(self._file(build), self.path, version=version, keep=keep)
 
     def abandon_build(self, build: Build) -> None:
         file_publish.abandon_build(self._file(build))

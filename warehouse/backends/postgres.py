@@ -235,6 +235,14 @@ class PostgresSession:
     def days_interval(self, expr: str) -> str:
         return f"make_interval(days => {expr})"
 
+    def read_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        with self.con.cursor() as cur:
+            cur.execute(self._sql(sql, params), list(params) if params else None)
+            return _cursor_to_arrow(cur)
+
+    def insert_arrow(self, relation: str, data: pa.Table) -> int:
+        return copy_arrow(self.con, relation, data)
+
 
 class PostgresWarehouse(SessionColumns):
     """A warehouse in one PostgreSQL database (`AIRFLOW_CONN_WAREHOUSE=postgresql://…`)."""
@@ -326,26 +334,21 @@ class PostgresWarehouse(SessionColumns):
     def read_arrow(
         self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None
     ) -> pa.Table:
-        sql = substitute_schemas(sql, self._mapping(build))
         con = self.connect()
         try:
-            with con.cursor() as cur:
-                cur.execute(sql, list(params) or None)
-                return _cursor_to_arrow(cur)
+            return PostgresSession(con, self._mapping(build)).read_arrow(sql, params)
         finally:
             con.rollback()
             con.close()
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None) -> int:
-        sql = substitute_schemas(sql, self._mapping(build))
         with self._tx() as con:
-            cur = con.execute(sql, list(params) or None)
-            return max(cur.rowcount, 0)
+            return PostgresSession(con, self._mapping(build)).execute(sql, params)
 
     @contextmanager
     def transaction(self, build: Build | None = None) -> Iterator[PostgresSession]:
-        if build is None:
-            raise WarehouseError(f"{self.describe()}: a load writes a build, none was given")
+        """One transaction on the build's schemas, or on the published ones when `build`
+        is None (bookkeeping such as a failed gate's `ops.quality_results`)."""
         with self._tx() as con:
             yield PostgresSession(con, self._mapping(build))
 
@@ -529,7 +532,34 @@ class PostgresWarehouse(SessionColumns):
         log.info("build %s of generation %s in %.2fs", token, base, time.perf_counter() - started)
         return Build(backend=self.kind, run_id=run_id, token=token, base=base, schemas=schemas)
 
-    def publish(self, build: Build, *, check_lease: Callable[[], None] | None = None) -> float:
+    def open_build(self, run_id: str) -> Build | None:
+        self._ensure_control()
+        with self._tx() as con:
+            row = con.execute(
+                f"select token, base_generation from {quote_ident(self.control)}.builds "
+                "where run_id = %s order by started_at desc limit 1",
+                [run_id],
+            ).fetchone()
+        if row is None:
+            return None
+        token, base = row
+        return Build(
+            backend=self.kind,
+            run_id=run_id,
+            token=token,
+            base=base,
+            schemas={s: f"{s}__build_{token}" for s in self.schemas},
+        )
+
+    def publish(
+        self,
+        build: Build,
+        *,
+        check_lease: Callable[[], None] | None = None,
+        version: str | None = None,
+        keep: int = 0,
+    ) -> float:
+        # version/keep: published versions are a DuckDB-file feature (make rollback)
         self._ensure_control()
         last: Exception | None = None
         for attempt in range(1, self.publish_attempts + 1):
@@ -697,6 +727,20 @@ class PostgresLease:
         with self._locked() as (con, current):
             self._write(con, None)
             return current
+
+
+def copy_arrow(con: psycopg.Connection, relation: str, data: pa.Table) -> int:
+    """COPY an Arrow table's rows into `relation` (columns by name), batch by batch as CSV."""
+    if data.num_rows == 0:
+        return 0
+    cols = ", ".join(quote_ident(n) for n in data.column_names)
+    options = pacsv.WriteOptions(include_header=False)
+    with con.cursor().copy(f"copy {relation} ({cols}) from stdin (format csv)") as copy:
+        for batch in data.to_batches(max_chunksize=BATCH_ROWS):
+            buf = io.BytesIO()
+            pacsv.write_csv(batch, buf, options)
+            copy.write(buf.getbuffer())
+    return data.num_rows
 
 
 def _cursor_to_arrow(cur: psycopg.Cursor) -> pa.Table:
