@@ -9,12 +9,24 @@ snowflake-connector-python: run from `.venv-adapters`). BigQuery is planned
 
 from __future__ import annotations
 
+from os import PathLike
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from warehouse.backends.base import Warehouse, WarehouseError
 
-__all__ = ["backend_for", "resolve"]
+__all__ = ["as_warehouse", "backend_for", "resolve"]
+
+
+def as_warehouse(where: Any) -> Warehouse:
+    """A `Warehouse` for a warehouse or a DuckDB file path (what callers passed before the
+    interface: a path still means that DuckDB file, read and written in place)."""
+    if isinstance(where, (str, PathLike)):
+        from warehouse.backends.duckdb import DuckDBWarehouse
+
+        return DuckDBWarehouse(Path(where))
+    return where
 
 
 def resolve(settings: ModuleType | None = None) -> tuple[str, str | None]:
