@@ -143,7 +143,7 @@ def warehouse_lease(env: dict[str, str], run: str) -> Iterator[dict[str, str]]:
         yield env
         return
     with _environ(env):
-        warehouse = settings.warehouse_path()
+        warehouse = settings.warehouse_lease_target()
         ttl_s = settings.warehouse_lease_ttl_seconds()
         wait_s = settings.warehouse_lease_wait_seconds()
     holder = lease.new_holder("dags-test")

@@ -798,7 +798,7 @@ def run_all(
     from warehouse import lease
 
     with lease.held(
-        settings.warehouse_path(),
+        settings.warehouse_lease_target(),
         lease.new_holder("nightly"),
         f"nightly {business_date} (python -m pipeline.nightly)",
         ttl_s=settings.warehouse_lease_ttl_seconds(),

@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -435,3 +436,19 @@ def warehouse_dbt_target() -> str:
     """The dbt target the nightly builds with: the warehouse's kind (checked against
     `DBT_TARGET` by `warehouse_backend`)."""
     return warehouse_backend()
+
+
+def warehouse() -> Any:
+    """The configured `Warehouse` (warehouse/backends): DuckDB at `WAREHOUSE_PATH` unless
+    `AIRFLOW_CONN_WAREHOUSE` names a server."""
+    from warehouse.backends import backend_for
+
+    return backend_for()
+
+
+def warehouse_lease_target() -> Any:
+    """What the run's lease is taken on: the DuckDB file (`WAREHOUSE_PATH`), or the server
+    warehouse (its lease lives in the warehouse itself)."""
+    if warehouse_url() is None:
+        return warehouse_path()
+    return warehouse()

@@ -112,7 +112,7 @@ def run_guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
     try:
         holder, run, inherited = _identity()
-        warehouse = settings.warehouse_path()
+        warehouse = settings.warehouse_lease_target()
         ttl = settings.warehouse_lease_ttl_seconds()
         # the calling command's lease is renewed (it stays the one named), else taken
         if not (inherited and _renewed(warehouse, holder, ttl)):
@@ -138,5 +138,5 @@ def release_run_lease() -> str:
     holder, _, inherited = _identity()
     if inherited:
         return f"lease held by the calling command ({holder}): it releases it"
-    released = lease.release(settings.warehouse_path(), holder)
+    released = lease.release(settings.warehouse_lease_target(), holder)
     return f"released {holder}" if released else f"{holder} held no lease"

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline import clock
 
@@ -226,10 +226,33 @@ def _lost_message(where: Path | str, holder: str, current: Lease | None) -> str:
     )
 
 
-def backend_for(warehouse_path: Path) -> LeaseBackend:
-    """The lease backend of a warehouse: a file next to a DuckDB file (a server warehouse
-    would return an advisory-lock backend here)."""
-    return FileLease(Path(warehouse_path))
+def _target(where: Any) -> Any:
+    """A DuckDB warehouse is its file (the lease file lives next to it); a path stays a
+    path; another warehouse (PostgreSQL) stays itself."""
+    if isinstance(where, (str, os.PathLike)):
+        return Path(where)
+    if getattr(where, "kind", None) == "duckdb" and getattr(where, "path", None) is not None:
+        return Path(where.path)
+    return where
+
+
+def _name(where: Any) -> str:
+    where = _target(where)
+    return str(where) if isinstance(where, Path) else where.describe()
+
+
+def _key(where: Any) -> Any:
+    where = _target(where)
+    return where.resolve() if isinstance(where, Path) else where.describe()
+
+
+def backend_for(warehouse_path: Any) -> LeaseBackend:
+    """The lease backend of a warehouse: a file next to a DuckDB file (a path or a DuckDB
+    warehouse), the warehouse's own (`lease_backend()`: a row on PostgreSQL) otherwise."""
+    where = _target(warehouse_path)
+    if isinstance(where, Path):
+        return FileLease(where)
+    return where.lease_backend()
 
 
 def acquire(
@@ -255,7 +278,7 @@ def acquire(
         left = deadline - time.monotonic()
         if left <= 0:
             raise WarehouseBusyError(
-                f"warehouse {warehouse_path} is busy: {lease.describe()}. This run "
+                f"warehouse {_name(warehouse_path)} is busy: {lease.describe()}. This run "
                 f"({run}) waited {wait_s:.0f}s (WAREHOUSE_LEASE_WAIT_S). Wait for that run "
                 "to finish and retry, or `make unlock` if that run is dead (a killed run's "
                 "lease also expires by itself: WAREHOUSE_LEASE_TTL_MINUTES)",
@@ -285,21 +308,21 @@ def current(warehouse_path: Path) -> Lease | None:
 
 
 # Leases this process works under (warehouse -> holder): publish_build checks them.
-_ACTIVE: dict[Path, str] = {}
+_ACTIVE: dict[Any, str] = {}
 _ACTIVE_LOCK = threading.Lock()
 
 
 def check_held(warehouse_path: Path) -> None:
     """LeaseLostError when this process works under a lease of `warehouse_path` that is
     not in force any more (publish_build calls it under the publish lock)."""
-    key = Path(warehouse_path).resolve()
+    key = _key(warehouse_path)
     with _ACTIVE_LOCK:
         holder = _ACTIVE.get(key)
     if holder is None:
         return
     lease = current(warehouse_path)
     if lease is None or lease.holder != holder or lease.expired():
-        raise LeaseLostError(_lost_message(warehouse_path, holder, lease))
+        raise LeaseLostError(_lost_message(_name(warehouse_path), holder, lease))
 
 
 @contextlib.contextmanager
@@ -307,7 +330,7 @@ def heartbeat(warehouse_path: Path, holder: str, ttl_s: float = DEFAULT_TTL_S) -
     """Renew `holder`'s lease every `ttl_s / 4` (at most a minute apart) while the block
     runs; the lease counts as this process's for `check_held`. A lost lease is logged at
     once and raised (LeaseLostError) when the block ends."""
-    key = Path(warehouse_path).resolve()
+    key = _key(warehouse_path)
     stop = threading.Event()
     lost: list[LeaseLostError] = []
     every = max(0.05, min(60.0, ttl_s / 4))
@@ -376,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The warehouse's run lease")
     parser.add_argument("command", nargs="?", choices=("show", "unlock"), default="show")
     args = parser.parse_args(argv)
-    warehouse_path = settings.warehouse_path()
-    backend = backend_for(warehouse_path)
+    target = settings.warehouse_lease_target()
+    warehouse_path = _name(target)
+    backend = backend_for(target)
     if args.command == "unlock":
         removed = backend.force_release()
         if removed is None:
