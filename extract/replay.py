@@ -224,31 +224,34 @@ def replay(
     return summary
 
 
-def _published(warehouse_path: Path | None, records: list[dict[str, Any]]) -> set[str]:
-    """Digests of queued records the published warehouse already holds (the id at their
-    `updated_at` or newer)."""
-    if warehouse_path is None or not Path(warehouse_path).exists() or not records:
-        return set()
-    import duckdb
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
-    ids = sorted({str(r["record"].get("id")) for r in records if isinstance(r["record"], dict)})
-    try:
-        con = duckdb.connect(str(warehouse_path), read_only=True)
-    except duckdb.Error as exc:
-        log.warning("replay queue: cannot read %s (%s); keeping the queue", warehouse_path, exc)
+
+def _published(warehouse_path: Any, records: list[dict[str, Any]]) -> set[str]:
+    """Digests of queued records the published warehouse (a DuckDB path or a `Warehouse`)
+    already holds (the id at their `updated_at` or newer)."""
+    if warehouse_path is None or not records:
         return set()
-    try:
-        rows = con.execute(
-            "select id, epoch_us(max(updated_at)) from raw.payments "
-            "where id in (select unnest(?)) group by id",
-            [ids],
-        ).fetchall()
-    except duckdb.CatalogException:
-        return set()  # nothing published yet
-    finally:
-        con.close()
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    newest = {pid: epoch + timedelta(microseconds=us) for pid, us in rows if us is not None}
+    if isinstance(warehouse_path, (str, os.PathLike)) and not Path(warehouse_path).exists():
+        return set()
+    from warehouse.backends import as_warehouse
+
+    wh = as_warehouse(warehouse_path)
+    ids = sorted({str(r["record"].get("id")) for r in records if isinstance(r["record"], dict)})
+    if not ids:
+        return set()
+    try:  # read-only: the published state as analysts see it
+        newest_rows = wh.read_arrow(
+            "select id, max(updated_at) as newest from {raw}.payments "
+            f"where id in ({', '.join('?' for _ in ids)}) group by id",
+            ids,
+        )
+    except Exception as exc:  # nothing published yet, a locked file, a server down
+        log.warning("replay queue: cannot read %s (%s); keeping the queue", wh.describe(), exc)
+        return set()
+    rows = newest_rows.to_pylist()
+    newest = {r["id"]: _utc(r["newest"]) for r in rows if r["newest"] is not None}
     done = set()
     for queued in records:
         try:
