@@ -137,17 +137,25 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     report = settings.report_dir() / f"{business_date.isoformat()}.html"
-    warehouse = settings.warehouse_path()
     print()
     print(f"Report:    {report}")
     print(f"Index:     {report.parent / 'index.html'}")
+    query = (
+        "select date, region, total_sales_usd, order_count from analytics.sales_summary "
+        "order by date desc, region limit 10"
+    )
+    if settings.warehouse_url() is not None:  # a server warehouse (AIRFLOW_CONN_WAREHOUSE)
+        print(f"Warehouse: {settings.warehouse().describe()}")
+        print("Try:")
+        print(f'  make query SQL="{query}"')
+        return 0
+    warehouse = settings.warehouse_path()
     print(f"Warehouse: {warehouse}")
     print("Try:")
     print(
         f'  {Path(sys.executable).parent / "python"} -c "import duckdb; '
         f"print(duckdb.connect('{warehouse}', read_only=True).sql("
-        "'select date, region, total_sales_usd, order_count from analytics.sales_summary "
-        "order by date desc, region limit 10'))\""
+        f"'{query}'))\""
     )
     return 0
 

@@ -45,6 +45,31 @@ def build_path(business_date: date) -> Path:
     return build_path_for(settings.warehouse_path(), run_id_for(business_date))
 
 
+def _warehouse() -> Any:
+    """The configured warehouse (warehouse/backends): DuckDB at WAREHOUSE_PATH by default."""
+    return settings.warehouse()
+
+
+def _published() -> Any:
+    """The published warehouse for readers: the DuckDB file (a path) or the server one."""
+    return settings.warehouse_lease_target()
+
+
+def _run_build(business_date: date) -> tuple[Any, Any]:
+    """(warehouse, the run's build): `load_source_db` begins the build, the later tasks
+    of the run (other processes) find it again."""
+    from warehouse.backends.base import BuildNotFoundError
+
+    wh = _warehouse()
+    build = wh.open_build(run_id_for(business_date))
+    if build is None:
+        raise BuildNotFoundError(
+            f"run {run_id_for(business_date)}: no build in {wh.describe()}: load_source_db "
+            "begins it (run the whole DAG, or `make nightly DATE=…`)"
+        )
+    return wh, build
+
+
 def published_horizon(business_date: date) -> date:
     """The last business day a run for `business_date` publishes: the later of that day
     and the last day already published (the build's `ops.pipeline_runs` and `analytics`).
@@ -55,12 +80,13 @@ def published_horizon(business_date: date) -> date:
     """
     from warehouse.publish import last_published_day
 
-    build = build_path(business_date)
-    last = last_published_day(build if build.exists() else settings.warehouse_path())
+    wh = _warehouse()
+    build = wh.open_build(run_id_for(business_date))
+    last = last_published_day(wh, build=build)
     return business_date if last is None else max(business_date, last)
 
 
-def _quality_gate(business_date: date, step: str, results: list, warehouse: Path) -> dict:
+def _quality_gate(business_date: date, step: str, results: list, warehouse: Any) -> dict:
     """Store GX results in the build, write Data Docs, then stop on a critical failure
     (recording it in the published warehouse first: the build is abandoned)."""
     from quality.results import build_data_docs
@@ -92,14 +118,14 @@ def _record_failed_gate(business_date: date, results: list, docs: Path | None) -
 
     run_id = run_id_for(business_date)
     try:
-        stored = record_failed_gate(settings.warehouse_path(), run_id, results)
+        stored = record_failed_gate(_published(), run_id, results)
     except Exception:  # never hide the gate's own error behind this one
         log.exception("quality: could not record the failed gate in the published warehouse")
         stored = False
     if not stored:
         return f"details: {docs} (not in ops.quality_results: nothing is published yet)"
     return (
-        f"details: ops.quality_results where run_id = '{run_id}' in {settings.warehouse_path()}"
+        f"details: ops.quality_results where run_id = '{run_id}' in {_warehouse().describe()}"
         f" (analytics unchanged), and {docs}"
     )
 
@@ -146,18 +172,20 @@ def _refuse_future_day(business_date: date) -> None:
         )
 
 
+NIGHTLY_BACKENDS = ("duckdb", "postgres")
+
+
 def _refuse_other_warehouse() -> None:
-    """The nightly's steps run on the DuckDB warehouse: a configured server warehouse
-    (`AIRFLOW_CONN_WAREHOUSE`) or a `DBT_TARGET` other than duckdb stops the run before
-    anything is read, rather than being ignored (warehouse/backends/ has the PostgreSQL
-    backend's load, build and publish; docs/warehouse-backends.md)."""
+    """The nightly runs on DuckDB and PostgreSQL warehouses: another configured warehouse
+    (`AIRFLOW_CONN_WAREHOUSE`), or a `DBT_TARGET` that disagrees with it, stops the run
+    before anything is read, rather than being ignored (docs/warehouse-backends.md)."""
     kind = settings.warehouse_backend()  # ConfigError when DBT_TARGET disagrees
-    if kind != "duckdb":
+    if kind not in NIGHTLY_BACKENDS:
         raise settings.ConfigError(
             f"the warehouse is configured as {kind} (AIRFLOW_CONN_WAREHOUSE), but the "
-            "nightly's steps run on the DuckDB warehouse only (WAREHOUSE_PATH); the "
-            f"{kind} backend in warehouse/backends/ is not wired into the nightly. Unset "
-            "AIRFLOW_CONN_WAREHOUSE and DBT_TARGET (docs/warehouse-backends.md)"
+            f"nightly runs on {' and '.join(NIGHTLY_BACKENDS)} warehouses only; the {kind} "
+            "backend in warehouse/backends/ loads, builds and publishes but is not wired "
+            "into the nightly (docs/warehouse-backends.md)"
         )
 
 
@@ -229,7 +257,7 @@ def extract_source_db(
         choice.url,
         run_id=run_id_for(business_date),
         landing_root=settings.landing_dir(),
-        warehouse_path=settings.warehouse_path(),
+        warehouse_path=_published(),
         configs=configs,
         manifest_extras=extras,
         read_choice=choice,
@@ -276,7 +304,7 @@ def _source_id() -> str:
 def _source_changed(source_id: str) -> bool:
     from extract.watermark import last_loaded_source_id
 
-    previous = last_loaded_source_id(settings.warehouse_path(), "source_db", "orders")
+    previous = last_loaded_source_id(_published(), "source_db", "orders")
     return previous is not None and previous != source_id
 
 
@@ -305,7 +333,7 @@ def _extract_sharded(
         shard_map,
         run_id=run_id_for(business_date),
         landing_root=settings.landing_dir(),
-        warehouse_path=settings.warehouse_path(),
+        warehouse_path=_published(),
         configs=configs,
         max_workers=settings.shard_max_workers(),
         replica_max_lag_seconds=settings.replica_max_lag_seconds(),
@@ -329,23 +357,25 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
     from warehouse.guards import MassDeleteGuard
     from warehouse.load import load_source_db as load
     from warehouse.load import load_source_db_sharded
-    from warehouse.publish import begin_build
 
     if settings.shard_map_path() is not None:
         load = load_source_db_sharded  # every shard of the run, in one transaction
     results = _validate_landed(business_date, "source_db", DB_TABLES)
-    build = begin_build(settings.warehouse_path(), run_id_for(business_date))
-    quality = _quality_gate(business_date, "source_db", results, build)
-    _reconcile_source(business_date, build)
+    wh = _warehouse()
+    build = wh.begin_build(run_id_for(business_date))
+    quality = _quality_gate(business_date, "source_db", results, (wh, build))
+    _reconcile_source(business_date, (wh, build))
     result = load(
-        build,
+        None,
         settings.landing_dir(),
         run_id_for(business_date),
         settings.report_tz_name(),
         guard=MassDeleteGuard.load(settings.guards_config_path()),
         allow_mass_delete=allow_mass_delete,
+        warehouse=wh,
+        build=build,
     )
-    reconciled = _reconcile(business_date, "source_db", build)
+    reconciled = _reconcile(business_date, "source_db", (wh, build))
     return {
         "rows": result["rows"],
         "deleted": result["deleted"],
@@ -355,64 +385,47 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
     }
 
 
-def _reconcile_source(business_date: date, build: Path) -> None:
+def _reconcile_source(business_date: date, target: tuple[Any, Any]) -> None:
     """Source → landing: the landed rows equal what the source held in the extract's
     snapshot, per table and business day; stored in `ops.quality_results`, then enforced."""
-    import duckdb
-
     from quality.reconcile import check_source_totals, raise_for_source_mismatch
-    from quality.results import store_results
 
     run_id = run_id_for(business_date)
     result = check_source_totals(settings.landing_dir(), run_id)
     if result is None:
         log.warning("run %s recorded no source totals: source -> landing not reconciled", run_id)
         return
-    con = duckdb.connect(str(build))
-    try:
-        con.execute("begin")
-        store_results(con, run_id, [result])
-        con.execute("commit")
-    finally:
-        con.close()
+    _store_quality(target, business_date, [result])
     log.info("quality: %s", result.summary())
     raise_for_source_mismatch(result)
 
 
-def _reconcile(business_date: date, source: str, build: Path) -> dict[str, int]:
+def _reconcile(business_date: date, source: str, target: tuple[Any, Any]) -> dict[str, int]:
     """Landed rows == their merged copies in the build, per business day (quality/reconcile.py)."""
-    import duckdb
-
     from quality.reconcile import reconcile_run
 
-    con = duckdb.connect(str(build), read_only=True)
-    try:
+    wh, build = target
+    with wh.transaction(build) as session:
         return reconcile_run(
-            con,
+            session,
             settings.landing_dir(),
             source,
             run_id_for(business_date),
             settings.report_tz_name(),
         )
-    finally:
-        con.close()
 
 
 def fx_days_needed(business_date: date, horizon: date) -> list[date]:
     """Business days (in REPORT_TZ) up to the run's published horizon with an order in the
     build's `raw.orders`: every day a published row can come from, restated days included."""
-    import duckdb
-
-    con = duckdb.connect(str(build_path(business_date)), read_only=True)
-    try:
-        rows = con.execute(
-            "select distinct cast(timezone(?, created_at) as date) as d from raw.orders "
-            "where created_at is not null order by d",
-            [settings.report_tz_name()],
-        ).fetchall()
-    finally:
-        con.close()
-    return [r[0] for r in rows if r[0] <= horizon]
+    wh, build = _run_build(business_date)
+    days = wh.read_arrow(
+        "select distinct cast(timezone(?, created_at) as date) as d from {raw}.orders "
+        "where created_at is not null order by d",
+        [settings.report_tz_name()],
+        build=build,
+    )
+    return [d for d in days.column("d").to_pylist() if d <= horizon]
 
 
 def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
@@ -442,7 +455,7 @@ def _payments_since() -> datetime | None:
     """Where the payments window starts: the last loaded one (never past its data)."""
     from extract.watermark import last_watermark
 
-    mark = last_watermark(settings.warehouse_path(), "payments_api", "payments")
+    mark = last_watermark(_published(), "payments_api", "payments")
     if mark is None or mark.window_end is None:
         return None
     if mark.max_cursor is not None and mark.max_cursor < mark.window_end:
@@ -501,7 +514,7 @@ def extract_payments_api(
             future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
             max_jump=timedelta(days=settings.watermark_max_jump_days()) or None,
             # `make replay` queued these; they land with this run until published
-            replayed=open_replays(settings.quarantine_dir(), settings.warehouse_path()),
+            replayed=open_replays(settings.quarantine_dir(), _published()),
             accept_drift=accepted,
         )
         fx = extract_fx_rates(
@@ -529,11 +542,13 @@ def load_payments_api(business_date: date) -> dict[str, Any]:
     """Quality-gate, then merge the run's payments and FX rates into the build."""
     from warehouse.load import load_payments_api as load
 
-    build = build_path(business_date)
+    wh, build = _run_build(business_date)
     results = _validate_landed(business_date, "payments_api", ("payments", "fx_rates"))
-    quality = _quality_gate(business_date, "payments_api", results, build)
-    result = load(build, settings.landing_dir(), run_id_for(business_date))
-    reconciled = _reconcile(business_date, "payments_api", build)
+    quality = _quality_gate(business_date, "payments_api", results, (wh, build))
+    result = load(
+        None, settings.landing_dir(), run_id_for(business_date), warehouse=wh, build=build
+    )
+    reconciled = _reconcile(business_date, "payments_api", (wh, build))
     return {"rows": result["rows"], "quality": quality, "reconciled": reconciled}
 
 
@@ -552,15 +567,16 @@ def dbt_build(business_date: date) -> dict[str, Any]:
     from warehouse.dbt_runner import DbtError
     from warehouse.dbt_runner import dbt_build as run_build
 
-    build = build_path(business_date)
+    wh, build = _run_build(business_date)
     horizon = published_horizon(business_date)
     try:
         result = run_build(
-            build,
+            wh,
+            build=build,
             report_tz=settings.report_tz_name(),
             through_date=horizon,
             run_id=run_id_for(business_date),
-            full_refresh=_needs_full_refresh(build, business_date),
+            full_refresh=_needs_full_refresh((wh, build), business_date),
             unit_tests=False,  # development and CI run them (make test, `dbt build`)
         )
     except DbtError as exc:
@@ -571,7 +587,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
             raise
         where = _record_failed_gate(business_date, [tests], exc.result.run_results_path)
         raise DbtError(f"{exc}\n{where}", exc.result) from exc
-    _store_quality(build, business_date, [_dbt_tests(business_date, result)])
+    _store_quality((wh, build), business_date, [_dbt_tests(business_date, result)])
     return {**result.summary(), "horizon": horizon.isoformat()}
 
 
@@ -584,42 +600,27 @@ def _dbt_tests(business_date: date, result: Any) -> Any:
     return dbt_test_results(result.nodes, run_id_for(business_date), manifest)
 
 
-def _store_quality(build: Path, business_date: date, results: list) -> None:
+def _store_quality(target: tuple[Any, Any], business_date: date, results: list) -> None:
     """Results into the build's `ops.quality_results`, in one transaction."""
-    import duckdb
-
     from quality.results import store_results
 
-    con = duckdb.connect(str(build))
-    try:
-        con.execute("begin")
-        store_results(con, run_id_for(business_date), results)
-        con.execute("commit")
-    finally:
-        con.close()
+    wh, build = target
+    with wh.transaction(build) as session:
+        store_results(session, run_id_for(business_date), results)
 
 
-def _needs_full_refresh(build: Path, business_date: date | None = None) -> bool:
+def _needs_full_refresh(target: tuple[Any, Any], business_date: date | None = None) -> bool:
     """Rebuild the marts and daily_sales in full: the run read a new source or was asked
     for a full rebuild (both recorded in its landed manifest), or the build predates the
     current fct_orders."""
-    import duckdb
-
     if business_date is not None and _full_rebuild_requested(business_date):
         return True
-
-    con = duckdb.connect(str(build), read_only=True)
-    try:
-        columns = {
-            r[0]
-            for r in con.execute(
-                "select column_name from information_schema.columns "
-                "where table_schema = 'marts' and table_name = 'fct_orders'"
-            ).fetchall()
-        }
-    finally:
-        con.close()
-    return bool(columns) and "fx_rate" not in columns
+    wh, build = target
+    with wh.transaction(build) as session:
+        if not session.exists("marts", "fct_orders"):
+            return False
+        columns = session.table_columns(session.table("marts", "fct_orders"))
+    return "fx_rate" not in columns
 
 
 @timed
@@ -638,21 +639,21 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
         to_arrow,
     )
 
-    build = build_path(business_date)
+    wh, build = _run_build(business_date)
     tz = settings.report_tz_name()
-    full = _needs_full_refresh(build, business_date)
+    full = _needs_full_refresh((wh, build), business_date)
     horizon = published_horizon(business_date)
-    plan = plan_daily_sales(build, tz, horizon, run_id_for(business_date), full=full)
+    plan = plan_daily_sales(wh, tz, horizon, run_id_for(business_date), full=full, build=build)
     log.info("daily_sales through %s: %s", horizon, plan.summary())
-    frame = compute_daily_sales(build, tz, horizon, days=plan.days)
+    frame = compute_daily_sales(wh, tz, horizon, days=plan.days, build=build)
     result = validate_frame(
         to_arrow(frame),
         "analytics.daily_sales",
         table="analytics.daily_sales",
         run_id=run_id_for(business_date),
     )
-    _quality_gate(business_date, "daily_sales", [result], build)
-    rows = publish_daily_sales(frame, build, plan)
+    _quality_gate(business_date, "daily_sales", [result], (wh, build))
+    rows = publish_daily_sales(frame, wh, plan, build=build)
     return {"daily_sales": rows, "recomputed_days": _day_ranges(plan.days)}
 
 
@@ -669,7 +670,8 @@ def check_parity(business_date: date) -> dict[str, Any]:
     (date, region) of both whole tables (every day that will be published)."""
     from quality.parity import check_sales_parity
 
-    result = check_sales_parity(build_path(business_date))
+    wh, build = _run_build(business_date)
+    result = check_sales_parity(wh, build=build)
     return {**result, "horizon": published_horizon(business_date).isoformat()}
 
 
@@ -677,28 +679,21 @@ def check_parity(business_date: date) -> dict[str, Any]:
 def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record the run's metrics in the build, then swap it in atomically (the only
     publishing step: metrics and tables become visible together)."""
-    import duckdb
-
     from pipeline import run_metrics
-    from warehouse.publish import publish_build
+    from warehouse import lease
 
-    build = build_path(business_date)
+    wh, build = _run_build(business_date)
     if stats is not None:
-        con = duckdb.connect(str(build))
-        try:
-            con.execute("begin")
-            run_metrics.store(con, run_metrics.collect(con, business_date, stats))
-            con.execute("commit")
-        finally:
-            con.close()
+        with wh.transaction(build) as session:
+            run_metrics.store(session, run_metrics.collect(session, business_date, stats))
     policy = _retention_policy()
-    seconds = publish_build(
+    seconds = wh.publish(
         build,
-        settings.warehouse_path(),
+        check_lease=lambda: lease.check_held(wh),  # a run whose lease was taken never publishes
         version=run_id_for(business_date),
         keep=policy.warehouse_versions,
     )
-    return {"published": str(settings.warehouse_path()), "swap_seconds": round(seconds, 4)}
+    return {"published": wh.describe(), "swap_seconds": round(seconds, 4)}
 
 
 def _retention_policy() -> Any:
@@ -713,7 +708,7 @@ def apply_retention(business_date: date) -> dict[str, Any]:
     from pipeline.retention import prune, summary
     from warehouse.publish import last_published_day
 
-    horizon = last_published_day(settings.warehouse_path()) or business_date
+    horizon = last_published_day(_published()) or business_date
     removed = prune(
         settings.data_dir(),
         settings.warehouse_path(),
@@ -732,25 +727,20 @@ def apply_retention(business_date: date) -> dict[str, Any]:
 @timed
 def check_alerts(business_date: date) -> dict[str, Any]:
     """Evaluate the alert rules on the published run metrics; send what fires."""
-    import duckdb
-
     from alerting.rules import evaluate, load_thresholds
     from alerting.sinks import send_all
     from pipeline import run_metrics
 
     run_id = run_id_for(business_date)
-    con = duckdb.connect(str(settings.warehouse_path()), read_only=True)
-    try:
-        row = con.execute(
-            "select metrics from ops.pipeline_runs where run_id = ?", [run_id]
-        ).fetchone()
-    finally:
-        con.close()
-    if row is None:
+    rows = _warehouse().read_arrow(
+        "select metrics from {ops}.pipeline_runs where run_id = ?", [run_id]
+    )
+    if rows.num_rows == 0:
         raise RuntimeError(f"no metrics published for run {run_id}")
-    metrics = json.loads(row[0])
+    stored = rows.column("metrics")[0].as_py()
+    metrics = stored if isinstance(stored, dict) else json.loads(stored)
     thresholds = load_thresholds(settings.alerts_config_path())
-    history = run_metrics.history(settings.warehouse_path(), run_id)
+    history = run_metrics.history(_published(), run_id)
     alerts = evaluate(metrics, history, thresholds)
     sent = send_all(alerts) if alerts else 0
     statsd = run_metrics.emit_statsd(metrics, *settings.statsd_address())
@@ -762,7 +752,7 @@ def build_report(business_date: date, run_stats: dict[str, Any]) -> str:
     """The HTML report of the day (and the index of all days)."""
     from report.build import build_report as build
 
-    path = build(settings.warehouse_path(), settings.report_dir(), business_date, run_stats)
+    path = build(_published(), settings.report_dir(), business_date, run_stats)
     return str(path)
 
 

@@ -41,3 +41,13 @@ def mariadb_database(mariadb_admin_url: str) -> Iterator[str]:
     """SQLAlchemy URL (mysql+pymysql://) of a fresh, empty database."""
     with fresh_database(mariadb_admin_url) as url:
         yield url
+
+
+@pytest.fixture
+def pg_warehouse_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database as a PostgreSQL warehouse: the plain `postgresql://` URL a
+    user puts in `AIRFLOW_CONN_WAREHOUSE`."""
+    import sqlalchemy as sa
+
+    with fresh_database(postgres_admin_url) as url:
+        yield sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

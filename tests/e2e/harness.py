@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-import duckdb
 import sqlalchemy as sa
 
 from tests.e2e.oracle import expected_tables, load_fx, order_days
+from warehouse.backends import as_warehouse
 
 REPORT_TZ = "America/New_York"  # not UTC: the business day boundary must be honoured
 TOKEN = "e2e-secret-token"
@@ -43,48 +44,88 @@ def api_base_of(api_uri: str) -> str:
     return "http://" + api_uri.split("@", 1)[1]
 
 
-def published(warehouse: Path, through: date) -> tuple[set, set]:
-    """(sales_summary rows, daily_sales rows) up to `through`, after checking the types."""
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        summary = set(
-            con.execute(
-                "select date, region, total_sales_usd, order_count from analytics.sales_summary "
-                "where date <= ?",
-                [through],
-            ).fetchall()
+def _rows(warehouse: Any, sql: str, params: list | None = None) -> list[tuple]:
+    table = as_warehouse(warehouse).read_arrow(sql, params or [])
+    return [tuple(r.values()) for r in table.to_pylist()]
+
+
+# The contract's column types as each backend's information_schema names them.
+CONTRACT_TYPES = {
+    "duckdb": {
+        ("sales_summary", "total_sales_usd"): "DECIMAL(18,2)",
+        ("sales_summary", "order_count"): "BIGINT",
+        ("sales_summary", "date"): "DATE",
+        ("sales_summary", "region"): "VARCHAR",
+        ("daily_sales", "total_sales_usd"): "DECIMAL(18,2)",
+        ("daily_sales", "category"): "VARCHAR",
+        ("daily_sales", "order_count"): "BIGINT",
+    },
+    "postgres": {
+        ("sales_summary", "total_sales_usd"): "numeric(18,2)",
+        ("sales_summary", "order_count"): "bigint",
+        ("sales_summary", "date"): "date",
+        ("sales_summary", "region"): "text",
+        ("daily_sales", "total_sales_usd"): "numeric(18,2)",
+        ("daily_sales", "category"): "text",
+        ("daily_sales", "order_count"): "bigint",
+    },
+}
+
+
+def column_types(warehouse: Any) -> dict[tuple[str, str], str]:
+    """{(table, column): type} of the published `analytics` tables, as the backend names it."""
+    wh = as_warehouse(warehouse)
+    if wh.kind == "postgres":
+        sql = (
+            "select table_name, column_name, case when data_type = 'numeric' then "
+            "'numeric(' || numeric_precision || ',' || numeric_scale || ')' "
+            "when data_type = 'character varying' then 'text' else data_type end "
+            "from information_schema.columns where table_schema = 'analytics'"
         )
-        daily = set(
-            con.execute(
-                "select date, region, category, total_sales_usd, order_count "
-                "from analytics.daily_sales where date <= ?",
-                [through],
-            ).fetchall()
-        )
-        types = con.execute(
+    else:
+        sql = (
             "select table_name, column_name, data_type from information_schema.columns "
-            "where table_schema = 'analytics' order by table_name, ordinal_position"
-        ).fetchall()
-    finally:
-        con.close()
-    assert ("sales_summary", "total_sales_usd", "DECIMAL(18,2)") in types
-    assert ("sales_summary", "order_count", "BIGINT") in types
-    assert ("sales_summary", "date", "DATE") in types
-    assert ("daily_sales", "total_sales_usd", "DECIMAL(18,2)") in types
-    assert ("daily_sales", "category", "VARCHAR") in types
+            "where table_schema = 'analytics'"
+        )
+    return {(t, c): ty for t, c, ty in _rows(wh, sql)}
+
+
+def published(warehouse: Any, through: date) -> tuple[set, set]:
+    """(sales_summary rows, daily_sales rows) up to `through`, after checking the types.
+    `warehouse`: the DuckDB file or a `Warehouse` (warehouse/backends)."""
+    wh = as_warehouse(warehouse)
+    summary = set(
+        _rows(
+            wh,
+            "select date, region, total_sales_usd, order_count from analytics.sales_summary "
+            "where date <= ?",
+            [through],
+        )
+    )
+    daily = set(
+        _rows(
+            wh,
+            "select date, region, category, total_sales_usd, order_count "
+            "from analytics.daily_sales where date <= ?",
+            [through],
+        )
+    )
+    types = column_types(wh)
+    for (table, column), want in CONTRACT_TYPES[wh.kind].items():
+        assert types.get((table, column)) == want, (table, column, types.get((table, column)))
     return summary, daily
 
 
-def snapshot(warehouse: Path) -> dict[str, list]:
+def _sort_key(row: tuple) -> tuple:
+    return tuple((v is None, v if v is not None else 0) for v in row)
+
+
+def snapshot(warehouse: Any) -> dict[str, list]:
     """Every row of the published `analytics` tables, in a fixed order."""
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        return {
-            t: con.execute(f"select * from analytics.{t} order by all").fetchall()
-            for t in ANALYTICS_TABLES
-        }
-    finally:
-        con.close()
+    return {
+        t: sorted(_rows(warehouse, f"select * from analytics.{t}"), key=_sort_key)
+        for t in ANALYTICS_TABLES
+    }
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -96,7 +137,7 @@ def file_digests(folder: Path) -> dict[str, str]:
     }
 
 
-def assert_matches_oracle(engine: sa.Engine, warehouse: Path, api_base: str, through: date) -> None:
+def assert_matches_oracle(engine: sa.Engine, warehouse: Any, api_base: str, through: date) -> None:
     """The published tables equal the oracle's, row for row, for every day up to `through`."""
     load_fx(engine, api_base, TOKEN, order_days(engine, REPORT_TZ, through))
     want_summary, want_daily = expected_tables(engine, REPORT_TZ, through)

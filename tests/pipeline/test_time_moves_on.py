@@ -158,18 +158,22 @@ def test_a_day_that_has_not_started_is_refused(monkeypatch: pytest.MonkeyPatch) 
         nightly.extract_source_db(date(2026, 11, 21))
 
 
-def test_a_server_warehouse_or_another_dbt_target_is_refused_not_ignored(
+def test_a_warehouse_the_nightly_cannot_run_on_or_another_dbt_target_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Until the steps run on the warehouse interface, a configured PostgreSQL warehouse
-    or DBT_TARGET=postgres stops the run naming the setting, instead of the nightly
-    silently building the DuckDB file."""
+    """A configured warehouse the nightly is not wired for (Snowflake) or a DBT_TARGET
+    that disagrees with the warehouse stops the run naming the setting (never the
+    password), instead of the nightly silently building another warehouse."""
     from pipeline.settings import ConfigError
 
     monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-21T03:00:00Z")
     monkeypatch.delenv("DBT_TARGET", raising=False)
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "postgresql://etl:s3cret@127.0.0.1:9/wh")
-    with pytest.raises(ConfigError, match=r"configured as postgres .*DuckDB") as caught:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WAREHOUSE", "snowflake://etl:s3cret@acct/db?warehouse=wh&role=r"
+    )
+    with pytest.raises(
+        ConfigError, match=r"configured as snowflake .*duckdb and postgres"
+    ) as caught:
         nightly.extract_source_db(date(2026, 11, 20))
     assert "s3cret" not in str(caught.value)
     monkeypatch.delenv("AIRFLOW_CONN_WAREHOUSE")
