@@ -53,43 +53,102 @@ def _landed_glob(landing_root: Path, source: str, table: str, run_id: str) -> li
     return [str(d / "*.parquet") for d in dirs if d.is_dir() and any(d.glob("*.parquet"))]
 
 
+def _run_day_sql(day_column: str | None) -> str:
+    return f"cast(timezone(?, {day_column}) as date)" if day_column else "cast(null as date)"
+
+
+def _run_by_day(rows: list[tuple]) -> dict[Any, tuple[int, Any]]:
+    return {day: (int(n), money) for day, n, money in rows}
+
+
+def _landed_versions(
+    files: list[str], money: str | None, day_column: str | None, report_tz: str
+) -> tuple[dict[Any, tuple[int, Any]], Any]:
+    """Per business day (count, money sum) of the landed Parquet, and its distinct
+    (id, updated_at) versions as Arrow: read by an in-memory DuckDB of its own."""
+    import duckdb
+
+    money_sql = f"coalesce(sum({money}), 0)" if money else "0"
+    params = [report_tz] if day_column else []
+    con = duckdb.connect()
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        con.execute(
+            "create temp view landed as select * from read_parquet("
+            + "["
+            + ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            + "], union_by_name = true, hive_partitioning = false)"
+        )
+        totals = con.execute(
+            f"select {_run_day_sql(day_column)}, count(*), {money_sql} from landed group by 1",
+            params,
+        ).fetchall()
+        versions = con.sql("select distinct id, updated_at from landed").to_arrow_table()
+    finally:
+        con.close()
+    return _run_by_day(totals), versions
+
+
+def _warehouse_totals(
+    session: Any,
+    table: str,
+    versions: Any,
+    money: str | None,
+    day_column: str | None,
+    report_tz: str,
+) -> dict[Any, tuple[int, Any]]:
+    """Per business day (count, money sum) of the `raw` rows that are a landed version
+    (same id and updated_at), through the session: the versions go into a temporary
+    table (the engine's bulk insert) and are semi-joined there."""
+    from warehouse.backends.base import quote_ident
+
+    keys = "_reconcile_versions"
+    columns = ", ".join(
+        f"{quote_ident(f.name)} {session.column_type(f.type)}" for f in versions.schema
+    )
+    session.create_temp(keys, "", columns=columns)
+    session.insert_arrow(quote_ident(keys), versions)
+    money_sql = f"coalesce(sum({money}), 0)" if money else "0"
+    # `=` on the id (a hash semi-join on PostgreSQL) and a NULL-safe version match
+    rows = session.fetchall(
+        f"select {_run_day_sql(day_column)}, count(*), {money_sql} "
+        f"from {{raw}}.{quote_ident(table)} r where exists (select 1 from {quote_ident(keys)} l "
+        "where r.id = l.id and (r.updated_at = l.updated_at "
+        "or (r.updated_at is null and l.updated_at is null))) group by 1",
+        [report_tz] if day_column else [],
+    )
+    session.execute(f"drop table {quote_ident(keys)}")  # on failure: the transaction's end
+    return _run_by_day(rows)
+
+
 def reconcile_run(
     con: Any, landing_root: Path, source: str, run_id: str, report_tz: str
 ) -> dict[str, int]:
-    """Compare the run's landed rows with `raw` in the (open) build connection."""
+    """Compare the run's landed rows with `raw` in the build: `con` is a `Session` of the
+    build (any backend) or an open DuckDB connection to it.
+
+    The landed side is aggregated by an in-memory DuckDB over the Parquet; the warehouse
+    side by the warehouse itself (`{raw}` is the build's schema); the two are compared
+    here, exactly (counts as integers, money as Decimal)."""
+    from warehouse.backends.duckdb import as_session
+
+    session = as_session(con)
     checked: dict[str, int] = {}
     problems: list[str] = []
     for table, (money, day_column) in CHECKS[source].items():
         files = _landed_glob(landing_root, source, table, run_id)
         if not files:
             continue
-        money_sql = f"coalesce(sum({money}), 0)" if money else "0"
-        day_sql = (
-            f"cast(timezone($tz, {day_column}) as date)" if day_column else "cast(null as date)"
+        landed, versions = _landed_versions(files, money, day_column, report_tz)
+        merged = _warehouse_totals(session, table, versions, money, day_column, report_tz)
+        checked[table] = sum(n for n, _ in landed.values())
+        differ = sorted(
+            (day for day in landed.keys() | merged.keys() if landed.get(day) != merged.get(day)),
+            key=lambda day: (day is not None, day),
         )
-        rows = con.execute(
-            f"""
-            with landed as (
-                select * from read_parquet($files, union_by_name = true, hive_partitioning = false)
-            ),
-            merged as (
-                select r.* from raw."{table}" r
-                semi join landed l on r.id = l.id and r.updated_at is not distinct from l.updated_at
-            ),
-            a as (select {day_sql} as day, count(*) as n, {money_sql} as money from landed group by 1),
-            b as (select {day_sql} as day, count(*) as n, {money_sql} as money from merged group by 1)
-            select coalesce(a.day, b.day), a.n, b.n, a.money, b.money
-            from a full outer join b on a.day is not distinct from b.day
-            where a.n is distinct from b.n or a.money is distinct from b.money
-            order by 1 nulls first
-            """,
-            {"files": files, "tz": report_tz} if day_column else {"files": files},
-        ).fetchall()
-        checked[table] = con.execute(
-            "select count(*) from read_parquet($files, union_by_name = true, hive_partitioning = false)",
-            {"files": files},
-        ).fetchone()[0]
-        for day, landed_n, merged_n, landed_money, merged_money in rows[:10]:
+        for day in differ[:10]:
+            landed_n, landed_money = landed.get(day, (None, None))
+            merged_n, merged_money = merged.get(day, (None, None))
             where = f"business day {day}" if day is not None else "all rows"
             problems.append(
                 f"{source}.{table} {where}: landed {landed_n or 0} rows / {landed_money or 0} "

@@ -1,4 +1,5 @@
-"""Static HTML report for one business day, read from the `analytics` schema.
+"""Static HTML report for one business day, read from the published `analytics` schema
+of any warehouse backend (DuckDB file or PostgreSQL) in one read-only transaction.
 
 Writes, each atomically (temp file + rename) into `report_dir`:
 `<date>.html` (the day page), `<date>-trend.png` (30-day chart by region),
@@ -13,15 +14,17 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import jinja2
+
+from warehouse.backends.base import Session
+from warehouse.query import read_only_session
 
 TREND_DAYS = 30
 CSV_COLUMNS = ["date", "region", "category", "total_sales_usd", "order_count"]
@@ -201,115 +204,134 @@ class _DayData:
     steps: list[tuple[str, str, float]] | None = None  # (task, status, seconds) of the run
 
 
-def _schema_tables(con: duckdb.DuckDBPyConnection, schema: str) -> set[str]:
-    found = con.execute(
-        "select table_name from information_schema.tables where table_schema = ?", [schema]
-    ).fetchall()
-    return {r[0] for r in found}
+def _rows(s: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """A query's rows as tuples of Python values, read through Arrow (the same values on
+    every backend: Decimal, date, datetime in UTC, int, str)."""
+    table = s.read_arrow(sql, params)
+    return list(zip(*(c.to_pylist() for c in table.columns), strict=True))
 
 
-def _extras(con: duckdb.DuckDBPyConnection, day: date, data: _DayData, run_id: str | None) -> None:
-    """Comparisons, restatements, quality and freshness: whatever the warehouse has."""
-    analytics = _schema_tables(con, "analytics")
-    if "sales_summary" in analytics:
+def _last(value: Any) -> tuple[bool, Any]:
+    """Sort key part: NULLs last (as both engines order ascending by default)."""
+    return (value is None, value)
+
+
+def _extras(s: Session, day: date, data: _DayData, run_id: str | None) -> None:
+    """Comparisons, restatements, quality and freshness: whatever the warehouse has.
+
+    Ordering and string aggregation happen here, not in SQL: a server's collation
+    (en_US sorts `<x>` after `EU`) must not change the page."""
+    if s.exists("analytics", "sales_summary"):
         totals = dict(
-            con.execute(
-                "select date, sum(total_sales_usd) from analytics.sales_summary "
-                "where date in (?, ?) group by date",
+            _rows(
+                s,
+                'select "date", sum(total_sales_usd) from {analytics}.sales_summary '
+                'where "date" in (?, ?) group by "date"',
                 [day - timedelta(days=1), day - timedelta(days=7)],
-            ).fetchall()
+            )
         )
         data.previous_day_total = totals.get(day - timedelta(days=1))
         data.previous_week_total = totals.get(day - timedelta(days=7))
-    if "daily_sales" in analytics:
+    if s.exists("analytics", "daily_sales"):
         data.previous_week_categories = dict(
-            con.execute(
-                "select category, sum(total_sales_usd) from analytics.daily_sales "
-                "where date = ? group by category",
+            _rows(
+                s,
+                "select category, sum(total_sales_usd) from {analytics}.daily_sales "
+                'where "date" = ? group by category',
                 [day - timedelta(days=7)],
-            ).fetchall()
+            )
         )
-    ops = _schema_tables(con, "ops")
-    if "restated_days" in ops:
-        data.restated = con.execute(
-            "select run_id, string_agg(distinct reason, ', ' order by reason) "
-            "from ops.restated_days where business_date = ? and run_id <> ? "
-            "group by run_id order by run_id",
+    if s.exists("ops", "restated_days"):
+        reasons: dict[str, set[str]] = {}
+        for run, reason in _rows(
+            s,
+            "select distinct run_id, reason from {ops}.restated_days "
+            "where business_date = ? and run_id <> ?",
             [day, day.isoformat()],
-        ).fetchall()
-    if "quality_results" in ops and run_id:
-        row = con.execute(
+        ):
+            found = reasons.setdefault(run, set())
+            if reason is not None:
+                found.add(reason)
+        data.restated = [
+            (run, ", ".join(sorted(found)) if found else None)
+            for run, found in sorted(reasons.items(), key=lambda kv: _last(kv[0]))
+        ]
+    if s.exists("ops", "quality_results") and run_id:
+        [row] = _rows(
+            s,
             "select count(*), "
             "count(*) filter (where not success and severity = 'critical'), "
             "count(*) filter (where not success and severity <> 'critical') "
-            "from ops.quality_results where run_id = ?",
+            "from {ops}.quality_results where run_id = ?",
             [run_id],
-        ).fetchone()
-        data.quality = (int(row[0]), int(row[1]), int(row[2])) if row and row[0] else None
-    if "task_metrics" in ops and run_id:
-        data.steps = con.execute(
-            "select task, status, seconds from ops.task_metrics where run_id = ? "
-            "order by started_at",
+        )
+        data.quality = (int(row[0]), int(row[1]), int(row[2])) if row[0] else None
+    if s.exists("ops", "task_metrics") and run_id:
+        steps = _rows(
+            s,
+            "select started_at, task, status, seconds from {ops}.task_metrics where run_id = ?",
             [run_id],
-        ).fetchall()
-    if "orders" in _schema_tables(con, "raw"):
-        data.freshness = con.execute("select max(updated_at) from raw.orders").fetchone()[0]
+        )
+        steps.sort(key=lambda r: (_last(r[0]), _last(r[1])))
+        data.steps = [(task, status, seconds) for _, task, status, seconds in steps]
+    if s.exists("raw", "orders"):
+        data.freshness = _rows(s, "select max(updated_at) from {raw}.orders")[0][0]
 
 
-def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
-    found = con.execute(
-        "select table_name from information_schema.tables where table_schema = 'analytics'"
-    ).fetchall()
-    return {r[0] for r in found}
-
-
-def _read(warehouse_path: Path, day: date, run_id: str | None = None) -> _DayData:
-    """Everything the page needs, read through one read-only connection."""
+def _read(where: Any, day: date, run_id: str | None = None) -> _DayData:
+    """Everything the page needs, read in one read-only transaction of the published
+    warehouse (`where`: a Warehouse or a DuckDB file path)."""
     since = day - timedelta(days=TREND_DAYS - 1)
     warnings: list[str] = []
-    con = duckdb.connect(str(warehouse_path), read_only=True)
-    try:
-        tables = _existing_tables(con)
+    with read_only_session(where) as s:
+        has_daily = s.exists("analytics", "daily_sales")
+        has_summary = s.exists("analytics", "sales_summary")
         rows: list[Any] = []
-        if "daily_sales" in tables:
-            rows = con.execute(
-                "select date, region, category, total_sales_usd, order_count "
-                "from analytics.daily_sales where date = ? order by region, category",
+        if has_daily:
+            rows = _rows(
+                s,
+                'select "date", region, category, total_sales_usd, order_count '
+                'from {analytics}.daily_sales where "date" = ?',
                 [day],
-            ).fetchall()
+            )
+            rows.sort(key=lambda r: (_last(r[1]), _last(r[2])))
         else:
             warnings.append("Table analytics.daily_sales is missing: categories not shown.")
-        if "sales_summary" in tables:
-            by_region = con.execute(
-                "select region, total_sales_usd, order_count from analytics.sales_summary "
-                "where date = ? order by total_sales_usd desc, region",
+        if has_summary:
+            by_region = _rows(
+                s,
+                "select region, total_sales_usd, order_count from {analytics}.sales_summary "
+                'where "date" = ?',
                 [day],
-            ).fetchall()
-            trend = con.execute(
-                "select date, region, total_sales_usd from analytics.sales_summary "
-                "where date between ? and ? order by date, region",
+            )
+            trend = _rows(
+                s,
+                'select "date", region, total_sales_usd from {analytics}.sales_summary '
+                'where "date" between ? and ?',
                 [since, day],
-            ).fetchall()
+            )
         else:
             warnings.append(
                 "Table analytics.sales_summary is missing: regions are summed from daily_sales."
             )
-            by_region = con.execute(
+            by_region = _rows(
+                s,
                 "select region, sum(total_sales_usd), sum(order_count) "
-                "from analytics.daily_sales where date = ? group by region "
-                "order by 2 desc, region",
+                'from {analytics}.daily_sales where "date" = ? group by region',
                 [day],
-            ).fetchall()
-            trend = con.execute(
-                "select date, region, sum(total_sales_usd) from analytics.daily_sales "
-                "where date between ? and ? group by date, region order by date, region",
+            )
+            trend = _rows(
+                s,
+                'select "date", region, sum(total_sales_usd) from {analytics}.daily_sales '
+                'where "date" between ? and ? group by "date", region',
                 [since, day],
-            ).fetchall()
+            )
+        # total descending (NULLs last), then region; the trend by day, then region
+        by_region.sort(key=lambda r: (r[1] is None, -(r[1] or 0), _last(r[0])))
+        trend.sort(key=lambda r: (_last(r[0]), _last(r[1])))
         data = _DayData(rows=rows, by_region=by_region, trend=trend, warnings=warnings)
-        _extras(con, day, data, run_id)
-    finally:
-        con.close()
-    if "daily_sales" in tables and "sales_summary" in tables:
+        _extras(s, day, data, run_id)
+    if has_daily and has_summary:
         warnings.extend(_reconcile(rows, by_region))
     return data
 
@@ -534,19 +556,22 @@ def build_index(report_dir: Path) -> Path:
 
 
 def build_report(
-    warehouse_path: Path,
+    where: Any,
     report_dir: Path,
     business_date: date,
     run_stats: Mapping[str, Any],
     *,
     regenerate_restated: bool = True,
 ) -> Path:
-    """Write the day page, its trend PNG and CSV, and refresh the index; return the page."""
+    """Write the day page, its trend PNG and CSV, and refresh the index; return the page.
+
+    `where` is the warehouse to read (its published tables): a `Warehouse`, or a DuckDB
+    file path. The files are the same for the same published data on every backend."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     day = business_date.isoformat()
     run_id = run_stats.get("run_id")
-    data = _read(Path(warehouse_path), business_date, str(run_id) if run_id else None)
+    data = _read(where, business_date, str(run_id) if run_id else None)
 
     png_name, csv_name = f"{day}-trend.png", f"{day}.csv"
     _chart(data.trend, business_date, report_dir / png_name)
@@ -599,52 +624,73 @@ def build_report(
         json.dumps(dict(run_stats), default=str, sort_keys=True).encode("utf-8"),
     )
     if regenerate_restated:
-        for other in _recomputed_pages(Path(warehouse_path), report_dir, business_date, run_id):
+        for other in _recomputed_pages(where, report_dir, business_date, run_id):
             stats_file = report_dir / f"{other.isoformat()}.json"
             old_stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-            build_report(warehouse_path, report_dir, other, old_stats, regenerate_restated=False)
+            build_report(where, report_dir, other, old_stats, regenerate_restated=False)
     build_index(report_dir)
     return page
 
 
 _RECOMPUTED_SOURCES = (
-    ("restated_days", "select business_date from ops.restated_days where run_id = ?"),
-    ("daily_sales_days", "select business_date from ops.daily_sales_days where run_id = ?"),
+    ("restated_days", "select business_date from {ops}.restated_days where run_id = ?"),
+    ("daily_sales_days", "select business_date from {ops}.daily_sales_days where run_id = ?"),
 )
 
 
-def _recomputed_pages(
-    warehouse_path: Path, report_dir: Path, business_date: date, run_id: Any
-) -> list[date]:
+def _recomputed_pages(where: Any, report_dir: Path, business_date: date, run_id: Any) -> list[date]:
     """Other days with a page whose figures this run restated or recomputed (earlier or,
     for a backfill, later days up to the published horizon): their pages are rebuilt."""
     if not run_id:
         return []
-    con = duckdb.connect(str(warehouse_path), read_only=True)
-    try:
-        ops = _schema_tables(con, "ops")
+    with read_only_session(where) as s:
         days = {
             r[0]
             for table, sql in _RECOMPUTED_SOURCES
-            if table in ops
-            for r in con.execute(sql, [str(run_id)]).fetchall()
+            if s.exists("ops", table)
+            for r in _rows(s, sql, [str(run_id)])
         }
-    finally:
-        con.close()
     return sorted(
-        d for d in days if d != business_date and (report_dir / f"{d.isoformat()}.html").exists()
+        d
+        for d in days
+        if d is not None and d != business_date and (report_dir / f"{d.isoformat()}.html").exists()
     )
 
 
-def rebuild_all_pages(warehouse_path: Path, report_dir: Path) -> dict[str, int]:
-    """Make every day page match the warehouse (after a rollback): pages of days after
-    the last published one are removed, the others rebuilt; the index follows."""
-    from warehouse.publish import last_published_day
+_LAST_DAY_SOURCES = (
+    ("ops", "pipeline_runs", "business_date"),
+    ("analytics", "sales_summary", '"date"'),
+    ("analytics", "daily_sales", '"date"'),
+)
 
+
+def _last_published_day(where: Any) -> date | None:
+    """`warehouse.publish.last_published_day` (the DuckDB file's) on any backend."""
+    from warehouse.backends import as_warehouse
+    from warehouse.backends.duckdb import DuckDBWarehouse
+
+    wh = as_warehouse(where)
+    if isinstance(wh, DuckDBWarehouse):
+        from warehouse.publish import last_published_day
+
+        return last_published_day(wh.path)
+    with read_only_session(wh) as s:
+        days = [
+            _rows(s, f"select max({column}) from {{{schema}}}.{table}")[0][0]
+            for schema, table, column in _LAST_DAY_SOURCES
+            if s.exists(schema, table)
+        ]
+    return max((d for d in days if d is not None), default=None)
+
+
+def rebuild_all_pages(where: Any, report_dir: Path) -> dict[str, int]:
+    """Make every day page match the warehouse (after a rollback): pages of days after
+    the last published one are removed, the others rebuilt; the index follows. `where`:
+    a `Warehouse` or a DuckDB file path."""
     report_dir = Path(report_dir)
     if not report_dir.is_dir():
         return {"rebuilt": 0, "removed": 0}
-    last = last_published_day(Path(warehouse_path))
+    last = _last_published_day(where)
     days = sorted(
         date.fromisoformat(m.group(1))
         for p in report_dir.iterdir()
@@ -660,7 +706,7 @@ def rebuild_all_pages(warehouse_path: Path, report_dir: Path) -> dict[str, int]:
             continue
         stats_file = report_dir / f"{name}.json"
         stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-        build_report(warehouse_path, report_dir, day, stats, regenerate_restated=False)
+        build_report(where, report_dir, day, stats, regenerate_restated=False)
         rebuilt += 1
     build_index(report_dir)
     return {"rebuilt": rebuilt, "removed": removed}
