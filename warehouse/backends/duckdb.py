@@ -148,7 +148,7 @@ class DuckDBSession:
         return f"to_days({expr})"
 
     def read_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        return self._run(sql, params).to_arrow_table()
+        return self.con.sql(self._sql(sql), params=list(params) or None).to_arrow_table()
 
     def insert_arrow(self, relation: str, data: pa.Table) -> int:
         name = f"_arrow_{id(data):x}"
