@@ -1,20 +1,25 @@
 """Durable extract watermarks, kept in the warehouse beside the data they describe.
 
 A watermark is the upper bound of the extract window of the last run whose landed
-files were merged into the warehouse. It is written by the loader in the same DuckDB
+files were merged into the warehouse. It is written by the loader in the same
 transaction as the merge (`record_loaded`), so the data and the watermark can never
 disagree: a run killed after extracting but before loading leaves the old watermark,
 and the next run reads that window again (the merge is an idempotent upsert).
 Not in Airflow XCom or Variables: those are not transactional with the data.
+
+The readers (`last_watermark`, `last_loaded_shard_map`, `last_loaded_source_id`) take a
+DuckDB file path (as the nightly passes) or any `warehouse.backends.Warehouse`, and read
+its published `ops.loaded_runs` through `read_arrow` (read-only on a DuckDB file). The
+manifest is JSON on every backend; the readers take its fields out as text
+(`manifest -> 'key'`, `->>`, the same on DuckDB and PostgreSQL) and parse them in Python.
+No warehouse yet, or no table, means no watermark.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,80 +99,109 @@ def record_loaded(
     )
 
 
-@contextmanager
-def _loaded_runs(warehouse_path: Path | None) -> Iterator[Any]:
-    """A read-only connection when the warehouse has `ops.loaded_runs`, else None."""
-    import duckdb
+def _published_loaded_runs(where: Any) -> Any:
+    """The warehouse (`as_warehouse`) when its published state has `ops.loaded_runs`,
+    else None (no warehouse yet: a DuckDB file that does not exist, or no table)."""
+    from warehouse.backends import as_warehouse
 
-    if warehouse_path is None or not Path(warehouse_path).exists():
-        yield None
-        return
-    con = duckdb.connect(str(warehouse_path), read_only=True)
+    if where is None:
+        return None
+    wh = as_warehouse(where)
+    if wh.kind == "duckdb" and not Path(wh.path).exists():
+        return None
+    found = wh.read_arrow(
+        "select count(*) as n from information_schema.tables "
+        "where table_schema = 'ops' and table_name = 'loaded_runs'"
+    )
+    return wh if found.column(0)[0].as_py() else None
+
+
+def _rows(wh: Any, sql: str, params: list[Any]) -> list[tuple]:
+    table = wh.read_arrow(sql, params)
+    return list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+
+
+def _json(text: str | None) -> Any:
+    """A JSON value read as text (`cast(manifest -> 'key' as text)`), None when absent."""
+    if text is None:
+        return None
     try:
-        exists = con.execute(
-            "select count(*) from information_schema.tables "
-            "where table_schema = 'ops' and table_name = 'loaded_runs'"
-        ).fetchone()[0]
-        yield con if exists else None
-    finally:
-        con.close()
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
-def last_watermark(
-    warehouse_path: Path, source: str, table: str, shard: str = ""
-) -> Watermark | None:
-    """The newest loaded window of (source, table, shard), or None before the first load."""
-    with _loaded_runs(warehouse_path) as con:
-        if con is None:
-            return None
-        row = con.execute(
-            "select run_id, window_end, cursor_key from ops.loaded_runs "
-            "where source = ? and table_name = ? and shard = ? and window_end is not null "
-            "order by window_end desc, loaded_at desc limit 1",
-            [source, table, shard],
-        ).fetchone()
-        if row is None:
-            return None
-        max_cursor = con.execute(
-            "select max(try_cast(json_extract_string(manifest, '$.max_cursor') "
-            "as timestamptz)) from ops.loaded_runs "
-            "where source = ? and table_name = ? and shard = ?",
-            [source, table, shard],
-        ).fetchone()[0]
-    return Watermark(source, table, shard, row[0], row[1], row[2], max_cursor)
+def _instant(value: Any) -> datetime | None:
+    """A manifest's cursor as an instant: an ISO string (no zone: UTC), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def last_loaded_shard_map(
-    warehouse_path: Path | None, source: str, table: str, shard: str
-) -> dict[str, Any] | None:
+def last_watermark(where: Any, source: str, table: str, shard: str = "") -> Watermark | None:
+    """The newest loaded window of (source, table, shard), or None before the first load.
+
+    `where`: a DuckDB file path or a `Warehouse` (its published `ops.loaded_runs`)."""
+    wh = _published_loaded_runs(where)
+    if wh is None:
+        return None
+    rows = _rows(
+        wh,
+        "select run_id, window_end, cursor_key from {ops}.loaded_runs "
+        "where source = ? and table_name = ? and shard = ? and window_end is not null "
+        "order by window_end desc, loaded_at desc limit 1",
+        [source, table, shard],
+    )
+    if not rows:
+        return None
+    run_id, window_end, cursor_key = rows[0]
+    cursors = _rows(
+        wh,
+        "select distinct cast(manifest -> 'max_cursor' as text) from {ops}.loaded_runs "
+        "where source = ? and table_name = ? and shard = ?",
+        [source, table, shard],
+    )
+    instants = [i for (text,) in cursors if (i := _instant(_json(text))) is not None]
+    return Watermark(
+        source, table, shard, run_id, window_end, cursor_key, max(instants, default=None)
+    )
+
+
+def last_loaded_shard_map(where: Any, source: str, table: str, shard: str) -> dict[str, Any] | None:
     """The `shard_map` recorded in the manifest of the newest loaded extract of (source,
     table, shard), as plain data (`ShardMap.to_public_dict()`), or None when that shard
     was never loaded or its manifest has no map (docs/sharding.md: such a shard is read
-    in full). "Newest" is the same run `last_watermark` picks.
+    in full). "Newest" is the same run `last_watermark` picks. `where`: a DuckDB file
+    path or a `Warehouse`.
     """
-    with _loaded_runs(warehouse_path) as con:
-        if con is None:
-            return None
-        row = con.execute(
-            "select json_extract(manifest, '$.shard_map') from ops.loaded_runs "
-            "where source = ? and table_name = ? and shard = ? "
-            "order by window_end desc nulls last, loaded_at desc limit 1",
-            [source, table, shard],
-        ).fetchone()
-    if row is None or row[0] is None:
+    wh = _published_loaded_runs(where)
+    if wh is None:
         return None
-    value = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    rows = _rows(
+        wh,
+        "select cast(manifest -> 'shard_map' as text) from {ops}.loaded_runs "
+        "where source = ? and table_name = ? and shard = ? "
+        "order by window_end desc nulls last, loaded_at desc limit 1",
+        [source, table, shard],
+    )
+    value = _json(rows[0][0]) if rows else None
     return value if isinstance(value, dict) else None
 
 
-def last_loaded_source_id(warehouse_path: Path | None, source: str, table: str) -> str | None:
-    """The `source_id` recorded with the newest loaded extract of (source, table), if any."""
-    with _loaded_runs(warehouse_path) as con:
-        if con is None:
-            return None
-        row = con.execute(
-            "select json_extract_string(manifest, '$.source_id') from ops.loaded_runs "
-            "where source = ? and table_name = ? order by loaded_at desc limit 1",
-            [source, table],
-        ).fetchone()
-    return row[0] if row else None
+def last_loaded_source_id(where: Any, source: str, table: str) -> str | None:
+    """The `source_id` recorded with the newest loaded extract of (source, table), if any.
+    `where`: a DuckDB file path or a `Warehouse`."""
+    wh = _published_loaded_runs(where)
+    if wh is None:
+        return None
+    rows = _rows(
+        wh,
+        "select manifest ->> 'source_id' from {ops}.loaded_runs "
+        "where source = ? and table_name = ? order by loaded_at desc limit 1",
+        [source, table],
+    )
+    return rows[0][0] if rows else None

@@ -6,6 +6,10 @@ gathers them with the run's statistics into `ops.pipeline_runs` / `ops.task_metr
 inside the build, so the metrics are published atomically with the tables (and a run
 that fails publishes none, its step files stay for the on-call). The same metrics feed
 the alert rules and, when `STATSD_HOST` is set, StatsD gauges (Airflow's own format).
+
+`collect` and `store` run in the caller's transaction on any warehouse backend (a
+`Session`, or a bare DuckDB connection); `history` reads the published warehouse (a
+DuckDB file path or a `Warehouse`).
 """
 
 from __future__ import annotations
@@ -28,34 +32,45 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DDL = """
-create schema if not exists ops;
-create table if not exists ops.pipeline_runs (
+_DDL_TEMPLATE = """
+create schema if not exists {ops};
+create table if not exists {ops}.pipeline_runs (
     run_id varchar not null,
     business_date date not null,
     started_at timestamptz,
     published_at timestamptz not null,
-    duration_s double,
-    freshness_lag_s double,
+    duration_s double precision,
+    freshness_lag_s double precision,
     quality_checks bigint,
-    quality_pass_rate double,
+    quality_pass_rate double precision,
     restated_days bigint,
-    rows_extracted json,
-    rows_quarantined json,
-    rows_loaded json,
-    rows_published json,
-    metrics json not null
+    rows_extracted <json>,
+    rows_quarantined <json>,
+    rows_loaded <json>,
+    rows_published <json>,
+    metrics <json> not null
 );
-create table if not exists ops.task_metrics (
+create table if not exists {ops}.task_metrics (
     run_id varchar not null,
     task varchar not null,
     status varchar not null,
     started_at timestamptz,
     finished_at timestamptz,
-    seconds double,
-    summary json
+    seconds double precision,
+    summary <json>
 );
 """
+
+
+def ddl(kind: str) -> str:
+    """The tables' DDL (`{ops}` placeholders) for an engine. The JSON columns are DuckDB
+    `json`; elsewhere `text`: Python writes an unmeasured lag as `Infinity`, which
+    PostgreSQL's `json` refuses. Readers parse the text in Python either way."""
+    return _DDL_TEMPLATE.replace("<json>", "json" if kind == "duckdb" else "text")
+
+
+# For a bare DuckDB connection on a warehouse file (published schema names).
+_DDL = ddl("duckdb").replace("{ops}", "ops")
 
 
 def steps_dir(run_id: str) -> Path:
@@ -110,7 +125,11 @@ def read_steps(run_id: str) -> list[dict[str, Any]]:
 
 
 def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, Any]:
-    """The run's metrics (the shape `alerting.rules.evaluate` reads), from the build."""
+    """The run's metrics (the shape `alerting.rules.evaluate` reads), from the build
+    (`con`: a warehouse Session on it, or a DuckDB connection)."""
+    from warehouse.backends.duckdb import as_session
+
+    session = as_session(con)
     run_id = business_date.isoformat()
     steps = read_steps(run_id)
     started = min((s["started_at"] for s in steps), default=None)
@@ -118,27 +137,19 @@ def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, A
     if started:
         duration = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
     freshness = None
-    has_orders = con.execute(
-        "select count(*) from information_schema.tables "
-        "where table_schema = 'raw' and table_name = 'orders'"
-    ).fetchone()[0]
-    if has_orders:
-        newest = con.execute("select max(updated_at) from raw.orders").fetchone()[0]
+    if session.exists("raw", "orders"):
+        newest = session.fetchone("select max(updated_at) from {raw}.orders")[0]
         if newest is not None:
             freshness = (clock.now() - newest.astimezone(UTC)).total_seconds()
     checks = passed = critical = warnings = 0
-    has_quality = con.execute(
-        "select count(*) from information_schema.tables "
-        "where table_schema = 'ops' and table_name = 'quality_results'"
-    ).fetchone()[0]
-    if has_quality:
-        checks, passed, critical, warnings = con.execute(
+    if session.exists("ops", "quality_results"):
+        checks, passed, critical, warnings = session.fetchone(
             "select count(*), count(*) filter (where success), "
             "count(*) filter (where not success and severity = 'critical'), "
             "count(*) filter (where not success and severity <> 'critical') "
-            "from ops.quality_results where run_id = ?",
+            "from {ops}.quality_results where run_id = ?",
             [run_id],
-        ).fetchone()
+        )
     return {
         "run_id": run_id,
         "dag_id": "nightly_sales",
@@ -185,13 +196,22 @@ def replica_lag(run_id: str) -> float | None:
 
 
 def store(con: Any, metrics: dict[str, Any]) -> None:
-    """Write the run into `ops.pipeline_runs` / `ops.task_metrics` (replacing a rerun)."""
-    con.execute(_DDL)
+    """Write the run into `ops.pipeline_runs` / `ops.task_metrics` (replacing a rerun), in
+    the caller's transaction (`con`: a warehouse Session on the build, or a DuckDB
+    connection)."""
+    from warehouse.backends.duckdb import as_session
+
+    s = as_session(con)
+    s.execute(ddl(s.kind))
     run_id = metrics["run_id"]
-    con.execute("delete from ops.pipeline_runs where run_id = ?", [run_id])
-    con.execute("delete from ops.task_metrics where run_id = ?", [run_id])
-    con.execute(
-        "insert into ops.pipeline_runs values (?, ?, ?, now(), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    s.execute("delete from {ops}.pipeline_runs where run_id = ?", [run_id])
+    s.execute("delete from {ops}.task_metrics where run_id = ?", [run_id])
+    s.execute(
+        "insert into {ops}.pipeline_runs (run_id, business_date, started_at, published_at, "
+        "duration_s, freshness_lag_s, quality_checks, quality_pass_rate, restated_days, "
+        "rows_extracted, rows_quarantined, rows_loaded, rows_published, metrics) "
+        "values (?, cast(? as date), cast(? as timestamptz), now(), ?, ?, ?, ?, ?, "
+        "?, ?, ?, ?, ?)",
         [
             run_id,
             metrics["business_date"],
@@ -209,8 +229,10 @@ def store(con: Any, metrics: dict[str, Any]) -> None:
         ],
     )
     for step in metrics["steps"]:
-        con.execute(
-            "insert into ops.task_metrics values (?, ?, ?, ?, ?, ?, ?)",
+        s.execute(
+            "insert into {ops}.task_metrics (run_id, task, status, started_at, finished_at, "
+            "seconds, summary) values (?, ?, ?, cast(? as timestamptz), "
+            "cast(? as timestamptz), ?, ?)",
             [
                 run_id,
                 step["task"],
@@ -223,34 +245,33 @@ def store(con: Any, metrics: dict[str, Any]) -> None:
         )
 
 
-def history(warehouse_path: Path, run_id: str, limit: int = 30) -> list[dict[str, Any]]:
-    """Earlier runs' metrics, oldest first (for the trailing-average alert rules).
+def history(where: Any, run_id: str, limit: int = 30) -> list[dict[str, Any]]:
+    """Earlier runs' metrics, oldest first (for the trailing-average alert rules), from
+    the published `ops.pipeline_runs` of `where` (a DuckDB file path or a `Warehouse`).
 
     The first run ever is left out: it extracted everything, so comparing the nightly
     deltas with it would raise a row-count-drop alert every night for a week.
     """
-    import duckdb
+    from warehouse.backends import as_warehouse
 
-    if not Path(warehouse_path).exists():
+    wh = as_warehouse(where)
+    if wh.kind == "duckdb" and not Path(wh.path).exists():
         return []
-    con = duckdb.connect(str(warehouse_path), read_only=True)
-    try:
-        exists = con.execute(
-            "select count(*) from information_schema.tables "
-            "where table_schema = 'ops' and table_name = 'pipeline_runs'"
-        ).fetchone()[0]
-        if not exists:
-            return []
-        rows = con.execute(
-            "select metrics from ops.pipeline_runs where run_id <> ? "
-            "and run_id not like 'rollback-%' "  # a rollback is not a night (warehouse/rollback.py)
-            "and published_at > (select min(published_at) from ops.pipeline_runs) "
-            "order by business_date desc limit ?",
-            [run_id, limit],
-        ).fetchall()
-    finally:
-        con.close()
-    return [json.loads(r[0]) for r in reversed(rows)]
+    exists = wh.read_arrow(
+        "select count(*) from information_schema.tables "
+        "where table_schema = 'ops' and table_name = 'pipeline_runs'"
+    ).column(0)[0]
+    if not exists.as_py():
+        return []
+    rows = wh.read_arrow(
+        "select cast(metrics as varchar) as metrics from {ops}.pipeline_runs "
+        "where run_id <> ? "
+        "and run_id not like 'rollback-%' "  # a rollback is not a night (warehouse/rollback.py)
+        "and published_at > (select min(published_at) from {ops}.pipeline_runs) "
+        "order by business_date desc limit ?",
+        [run_id, limit],
+    ).column("metrics")
+    return [json.loads(text) for text in reversed(rows.to_pylist())]
 
 
 def emit_statsd(metrics: dict[str, Any], host: str | None, port: int = 8125) -> int:

@@ -2,10 +2,12 @@
 
 - `store_results(con, run_id, results)`: one row per expectation outcome; a rerun of the same
   run replaces the rows of that run for the suites it stores, inside the caller's
-  transaction (no begin/commit here).
-- `record_failed_gate(warehouse, run_id, results)`: a failed gate's results into the
-  *published* warehouse's `ops.quality_results` (the run's build is abandoned), by the
-  same copy-and-rename as a publish, so `analytics` is untouched.
+  transaction (no begin/commit here): a warehouse Session (`Warehouse.transaction`, any
+  backend) or a DuckDB connection.
+- `record_failed_gate(where, run_id, results)`: a failed gate's results into the
+  *published* warehouse's `ops.quality_results` (the run's build is abandoned). On a
+  DuckDB file by the same copy-and-rename as a publish, so `analytics` is untouched; on
+  a server warehouse (PostgreSQL) in one transaction on the published `ops` schema.
 - `dbt_test_results(nodes, run_id)`: dbt's data tests as one suite `dbt`, stored beside GX's.
 - `build_data_docs(results, site_dir)`: GX's own Data Docs (SiteBuilder on an ephemeral
   context), rendered from our merged per-table results; returns the site's index.html.
@@ -20,13 +22,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pipeline import clock
 from quality.validate import ExpectationOutcome, SuiteResult, jsonable
 
 DBT_SUITE = "dbt"
 
+# Portable (DuckDB and PostgreSQL): JSON values are stored as text.
 _DDL = """
-create table if not exists ops.quality_results (
+create table if not exists {ops}.quality_results (
     run_id varchar not null,
     suite varchar not null,
     expectation varchar not null,
@@ -56,58 +61,93 @@ def _details(outcome: ExpectationOutcome, table: str) -> str:
     )
 
 
+_COLUMNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("suite", pa.string()),
+        ("expectation", pa.string()),
+        ("column_name", pa.string()),
+        ("severity", pa.string()),
+        ("success", pa.bool_()),
+        ("observed_value", pa.string()),
+        ("details", pa.string()),
+        ("checked_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
 def store_results(con: Any, run_id: str, results: list[SuiteResult]) -> int:
     """Write `results` to `ops.quality_results` (created if missing); return rows written.
 
     Rows of `run_id` for the suites in `results` are deleted first, so a rerun replaces them
-    (suites stored by another call for the same run stay). Runs in the caller's transaction.
+    (suites stored by another call for the same run stay). Runs in the caller's transaction:
+    `con` is a warehouse Session (the build's `ops`, or the published one) or a DuckDB
+    connection (its `ops`).
     """
+    from warehouse.backends.duckdb import as_session
+
+    s = as_session(con)
     checked_at = clock.now()
-    con.execute("create schema if not exists ops")
-    con.execute(_DDL)
+    s.execute("create schema if not exists {ops}")
+    s.execute(_DDL)
     suites = sorted({r.suite for r in results})
     for suite in suites:
-        con.execute(
-            "delete from ops.quality_results where run_id = ? and suite = ?", [run_id, suite]
+        s.execute(
+            "delete from {ops}.quality_results where run_id = ? and suite = ?", [run_id, suite]
         )
     rows = [
-        [
-            run_id,
-            result.suite,
-            outcome.expectation,
-            outcome.column,
-            outcome.severity,
-            bool(outcome.success),
-            None
+        {
+            "run_id": run_id,
+            "suite": result.suite,
+            "expectation": outcome.expectation,
+            "column_name": outcome.column,
+            "severity": outcome.severity,
+            "success": bool(outcome.success),
+            "observed_value": None
             if outcome.observed_value is None
             else json.dumps(jsonable(outcome.observed_value), sort_keys=True),
-            _details(outcome, outcome.table or result.table),
-            checked_at,
-        ]
+            "details": _details(outcome, outcome.table or result.table),
+            "checked_at": checked_at,
+        }
         for result in results
         for outcome in result.outcomes
     ]
     if rows:
-        con.executemany("insert into ops.quality_results values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        s.insert_arrow(
+            s.table("ops", "quality_results"), pa.Table.from_pylist(rows, schema=_COLUMNS)
+        )
     return len(rows)
 
 
-def record_failed_gate(warehouse_path: Path, run_id: str, results: list[SuiteResult]) -> bool:
+def record_failed_gate(where: Any, run_id: str, results: list[SuiteResult]) -> bool:
     """Store a failed gate's `results` in the published warehouse; False if none exists yet.
 
     Why: a failing gate abandons the run's build, and the results stored there with it,
-    yet the on-call must find the failure in `ops.quality_results`. The published file is
-    never written in place (a DuckDB writer would lock analysts out), so this copies it,
-    writes only `ops.quality_results` (rows of `run_id` for these suites, replaced again by
-    the rerun) and renames the copy over it: `analytics` stays row for row as it was.
+    yet the on-call must find the failure in `ops.quality_results`. `where` is the DuckDB
+    file (a path, or a `DuckDBWarehouse`) or another `Warehouse`.
+
+    DuckDB: the published file is never written in place (a DuckDB writer would lock
+    analysts out), so this copies it, writes only `ops.quality_results` (rows of `run_id`
+    for these suites, replaced again by the rerun) and renames the copy over it:
+    `analytics` stays row for row as it was. No file yet: False.
+    A server warehouse (PostgreSQL) has no writer lock: the rows go into the published
+    `ops.quality_results` (created if missing) in one transaction, nothing else changes.
     Called by the failing task itself, inside the `warehouse_writer` pool, so it is the
     only writer (single-writer rule).
     """
+    from warehouse.backends import as_warehouse
+
+    wh = as_warehouse(where)
+    if wh.kind != "duckdb":
+        with wh.transaction(None) as s:
+            store_results(s, run_id, results)
+        return True
+
     import duckdb
 
     from warehouse.publish import abandon_build, begin_build, publish_build
 
-    warehouse_path = Path(warehouse_path)
+    warehouse_path = Path(wh.path)
     if not warehouse_path.exists():
         return False
     build = begin_build(warehouse_path, f"{run_id}-failed-gate")

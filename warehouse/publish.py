@@ -29,6 +29,7 @@ import shutil
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -212,32 +213,47 @@ _LAST_DAY_SOURCES = (
 )
 
 
-def last_published_day(warehouse_path: Path) -> date | None:
+def last_published_day(where: Any, build: Any = None) -> date | None:
     """The last business day a published run covered (None: nothing published yet).
 
     The latest run's day in `ops.pipeline_runs`, or a later day in a published table
-    (a warehouse from a release that did not record runs).
+    (a warehouse from a release that did not record runs). `where`: a DuckDB file (a
+    published file or a build file, read-only) or a `Warehouse`, whose published state
+    is read, or its `build`'s when one is given.
     """
-    import duckdb
+    from warehouse.backends import as_warehouse
+    from warehouse.backends.base import quote_ident
 
-    if not Path(warehouse_path).exists():
+    wh = as_warehouse(where)
+    if wh.kind == "duckdb":
+        file = build.path if build is not None else wh.path
+        if file is None or not Path(file).exists():
+            return None
+    actual = {  # the published name, or the build's (None: a schema it does not have)
+        schema: build.schemas.get(schema) if build is not None else schema
+        for schema, _, _ in _LAST_DAY_SOURCES
+    }
+    listed = wh.read_arrow(
+        "select table_schema, table_name from information_schema.tables", build=build
+    )
+    found = set(zip(*(c.to_pylist() for c in listed.columns), strict=True))
+    present = [
+        (actual[schema], table, column)
+        for schema, table, column in _LAST_DAY_SOURCES
+        if (actual[schema], table) in found
+    ]
+    if not present:
         return None
-    con = duckdb.connect(str(warehouse_path), read_only=True)
-    try:
-        found = {
-            (schema, table)
-            for schema, table in con.execute(
-                "select table_schema, table_name from information_schema.tables"
-            ).fetchall()
-        }
-        days = [
-            con.execute(f"select max({column}) from {schema}.{table}").fetchone()[0]
-            for schema, table, column in _LAST_DAY_SOURCES
-            if (schema, table) in found
-        ]
-    finally:
-        con.close()
-    return max((d for d in days if d is not None), default=None)
+    days = wh.read_arrow(
+        "select "
+        + ", ".join(
+            f"(select max({quote_ident(column)}) "
+            f"from {quote_ident(schema)}.{quote_ident(table)}) as d{i}"
+            for i, (schema, table, column) in enumerate(present)
+        ),
+        build=build,
+    ).to_pylist()[0]
+    return max((d for d in days.values() if d is not None), default=None)
 
 
 def abandon_build(build: Path) -> None:
