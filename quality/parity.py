@@ -1,7 +1,9 @@
 """ETL ↔ ELT parity gate (contract §5).
 
 For every (date, region): `analytics.daily_sales` summed over categories must equal
-`analytics.sales_summary` in both `order_count` and `total_sales_usd`.
+`analytics.sales_summary` in both `order_count` and `total_sales_usd`. Runs on any
+warehouse backend (`warehouse/backends/`): the SQL is read as Arrow through
+`read_arrow`, with `{analytics}` for the (build's) schema and `?` parameters.
 """
 
 from __future__ import annotations
@@ -10,32 +12,42 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import pyarrow as pa
 
+from warehouse.backends import as_warehouse
+from warehouse.backends.base import Build, Warehouse
+
+# `{through}`: '' or a `where date <= ?` filter (one `?` each, bound to through_date).
 _PARITY_SQL = """
 with etl as (
     select date, region, sum(order_count) as order_count, sum(total_sales_usd) as total_sales_usd
-    from analytics.daily_sales
-    where $through is null or date <= $through
+    from {{analytics}}.daily_sales
+    {through}
     group by date, region
 ),
 elt as (
     select date, region, order_count, total_sales_usd
-    from analytics.sales_summary
-    where $through is null or date <= $through
+    from {{analytics}}.sales_summary
+    {through}
 )
 select
     coalesce(etl.date, elt.date) as date,
     coalesce(etl.region, elt.region) as region,
-    etl.order_count as etl_order_count,
-    elt.order_count as elt_order_count,
-    etl.total_sales_usd as etl_total_sales_usd,
-    elt.total_sales_usd as elt_total_sales_usd
+    cast(etl.order_count as bigint) as etl_order_count,
+    cast(elt.order_count as bigint) as elt_order_count,
+    cast(etl.total_sales_usd as decimal(38, 2)) as etl_total_sales_usd,
+    cast(elt.total_sales_usd as decimal(38, 2)) as elt_total_sales_usd
 from etl
 full outer join elt on etl.date = elt.date and etl.region = elt.region
 where etl.order_count is distinct from elt.order_count
    or etl.total_sales_usd is distinct from elt.total_sales_usd
-order by 1, 2
+"""
+
+_COUNTS_SQL = """
+select
+    (select count(*) from {{analytics}}.sales_summary {through}) as sales_summary_rows,
+    (select count(*) from {{analytics}}.daily_sales {through}) as daily_sales_rows,
+    (select count(distinct date) from {{analytics}}.sales_summary {through}) as days_checked
 """
 
 
@@ -43,24 +55,30 @@ class ParityError(RuntimeError):
     """The ETL and ELT outputs disagree; the message lists the numbers side by side."""
 
 
+def _rows(table: pa.Table) -> list[tuple]:
+    return list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+
+
 def check_sales_parity(
-    warehouse_path: Path, *, through_date: date | None = None, max_listed: int = 20
+    where: Warehouse | Path | str,
+    *,
+    build: Build | None = None,
+    through_date: date | None = None,
+    max_listed: int = 20,
 ) -> dict[str, Any]:
-    """Raise ParityError on any mismatch; return row counts when both paths agree."""
-    con = duckdb.connect(str(warehouse_path), read_only=True)
-    try:
-        mismatches = con.execute(_PARITY_SQL, {"through": through_date}).fetchall()
-        counts = con.execute(
-            "select (select count(*) from analytics.sales_summary "
-            "        where $through is null or date <= $through),"
-            "       (select count(*) from analytics.daily_sales "
-            "        where $through is null or date <= $through),"
-            "       (select count(distinct date) from analytics.sales_summary "
-            "        where $through is null or date <= $through)",
-            {"through": through_date},
-        ).fetchone()
-    finally:
-        con.close()
+    """Raise ParityError on any mismatch; return row counts when both paths agree.
+
+    `where`: a Warehouse, or a DuckDB file path; `build`: the run's build (None: the
+    published state, or that file)."""
+    warehouse = as_warehouse(where)
+    through, one = ("where date <= ?", [through_date]) if through_date is not None else ("", [])
+    mismatches = _rows(
+        warehouse.read_arrow(_PARITY_SQL.format(through=through), one * 2, build=build)
+    )
+    # (date, region) in byte order, whatever the engine's collation
+    mismatches.sort(key=lambda r: (r[0] is None, r[0] or date.min, r[1] is None, r[1] or ""))
+    counts_sql = _COUNTS_SQL.format(through=through)
+    counts = _rows(warehouse.read_arrow(counts_sql, one * 3, build=build))[0]
     if mismatches:
         lines = [
             f"  {d} {r!r}: order_count etl={eo} elt={lo}; total_sales_usd etl={et} elt={lt}"
@@ -74,8 +92,8 @@ def check_sales_parity(
             + (f"\n  … and {more} more" if more > 0 else "")
         )
     return {
-        "sales_summary_rows": counts[0],
-        "daily_sales_rows": counts[1],
-        "days_checked": counts[2],
+        "sales_summary_rows": int(counts[0]),
+        "daily_sales_rows": int(counts[1]),
+        "days_checked": int(counts[2]),
         "mismatches": 0,
     }

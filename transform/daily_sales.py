@@ -3,13 +3,19 @@
 One row per (business day, region, category) with at least one counted order, following
 the definitions of contract §5.
 
+Runs on any warehouse backend (`warehouse/backends/`): a function's first warehouse
+argument is a `Warehouse`, or a DuckDB file path (that file, read and written in place),
+and `build=` names the run's build (None: the published state, or the DuckDB file
+itself). Every query goes through `read_arrow` / a `Session` with `{raw}`-style schema
+placeholders and `?` parameters, in SQL that DuckDB and PostgreSQL both run.
+
 How the work is split, so that a year of history runs in bounded memory and close to
 the speed of plain SQL:
-- DuckDB reads the orders of a chunk of business days (`CHUNK_DAYS`, by the UTC range
-  of those days, so storage zone maps skip the rest) and does the relational lookups
-  that involve no money arithmetic: the user's current region and the category of the
-  order's top item (largest `quantity * unit_price`, an exact DECIMAL product, ties to
-  the smallest name in byte order).
+- The warehouse reads the orders of a chunk of business days (`CHUNK_DAYS`, by the UTC
+  range of those days, so storage zone maps and indexes skip the rest) and does the
+  relational lookups that involve no money arithmetic: the user's current region and the
+  category of the order's top item (largest `quantity * unit_price`, an exact DECIMAL
+  product, ties to the smallest name in byte order).
 - Python does the money: totals as integer cents, the business day of each order
   (zoneinfo day boundaries), the FX rate of that day, `usd_cents_half_up` (vectorised,
   integer-only: transform/money.py), and the pandas group-by into output rows.
@@ -23,20 +29,22 @@ records which days were computed, in which time zone, from which FX rates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transform.money import cents_to_decimal, reciprocal_fraction, usd_cents_half_up_many
+from warehouse.backends import as_warehouse
+from warehouse.backends.base import Build, Session, Warehouse
 
 CANCELLED = "cancelled"
 UNKNOWN_REGION = "unknown"
@@ -54,9 +62,36 @@ TABLES: dict[str, tuple[str, ...]] = {
     "order_items": ("id", "order_id", "product_id", "quantity", "unit_price"),
     "fx_rates": ("rate_date", "currency", "rate"),
 }
-# NULL or only ASCII whitespace (the same rule as dbt's `is_blank` macro).
-_BLANK_PATTERN = "^[ \t\n\r\f\v]*$"
+# NULL or only ASCII whitespace (the same rule as dbt's `is_blank` macro), as a standard
+# `SIMILAR TO` pattern (a whole-string match on every backend; as fast as DuckDB's
+# regexp_matches, where ltrim/translate are slower). The literal holds the characters
+# themselves: space, \t, \n, \v, \f, \r.
+_BLANK_PATTERN = "'[ \t\n\x0b\x0c\r]*'"
 STATE_TABLE = "ops.daily_sales_days"
+
+# The published column types (contract): the engine's own type for each Arrow type.
+DAILY_SALES_SCHEMA = pa.schema(
+    [
+        pa.field("date", pa.date32()),
+        pa.field("region", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("total_sales_usd", pa.decimal128(18, 2)),
+        pa.field("order_count", pa.int64()),
+    ]
+)
+STATE_SCHEMA = pa.schema(
+    [
+        pa.field("business_date", pa.date32(), nullable=False),
+        pa.field("report_tz", pa.string(), nullable=False),
+        pa.field("fx_digest", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("computed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+# A query's rows as Arrow: `Session.read_arrow`, or `_Reader.read_arrow` (one warehouse
+# state, read-only where the engine has such a thing).
+ReadArrow = Callable[[str, Sequence[Any]], pa.Table]
 
 
 class MissingFxRateError(LookupError):
@@ -72,17 +107,56 @@ class MissingFxRateError(LookupError):
         )
 
 
-def check_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Every needed `raw` table and column exists, or an error names what is missing."""
+# ------------------------------------------------------------------ warehouse access
+
+
+class _Reader:
+    """Reads of one warehouse state (`build`, or the published one / the DuckDB file),
+    each query on its own read-only connection (DuckDB) or transaction (servers)."""
+
+    def __init__(self, where: Warehouse | Path | str, build: Build | None) -> None:
+        self.warehouse = as_warehouse(where)
+        self.build = build
+
+    def read_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        return self.warehouse.read_arrow(sql, params, build=self.build)
+
+    def schema(self, published: str) -> str:
+        """The actual name of a published schema in this state (for information_schema)."""
+        return self.build.schema(published) if self.build is not None else published
+
+    def check_exists(self) -> None:
+        """A DuckDB file that is not there is not created by a read: say so instead."""
+        if self.warehouse.kind != "duckdb":
+            return
+        path = self.build.path if self.build is not None else getattr(self.warehouse, "path", None)
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"warehouse {path} does not exist: load the sources first")
+
+
+def _rows(table: pa.Table) -> list[tuple]:
+    """An Arrow result as Python tuples (Decimal, date, aware datetime)."""
+    return list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+
+
+def _existing_tables(reader: _Reader, schema: str) -> dict[str, set[str]]:
+    """{table: {column, ...}} of a published schema's tables in the reader's state."""
+    found: dict[str, set[str]] = {}
+    result = reader.read_arrow(
+        "select table_name, column_name from information_schema.columns where table_schema = ?",
+        [reader.schema(schema)],
+    )
+    for table, column in _rows(result):
+        found.setdefault(table, set()).add(column)
+    return found
+
+
+def check_raw_tables(reader: _Reader) -> dict[str, set[str]]:
+    """Every needed `raw` table and column exists, or an error names what is missing;
+    returns the `raw` tables' columns."""
+    existing = _existing_tables(reader, "raw")
     for table, needed in TABLES.items():
-        names = {
-            r[0]
-            for r in con.execute(
-                "select column_name from information_schema.columns "
-                "where table_schema = 'raw' and table_name = ?",
-                [table],
-            ).fetchall()
-        }
+        names = existing.get(table)
         if not names:
             raise LookupError(
                 f"warehouse table raw.{table} does not exist (needed by the daily_sales "
@@ -94,6 +168,16 @@ def check_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
                 f"raw.{table}: missing column(s) {', '.join(missing)} "
                 f"(needed by the daily_sales transform: {', '.join(needed)})"
             )
+    return existing
+
+
+def _days_filter(column: str, days: Iterable[date]) -> tuple[str, list[date]]:
+    """A predicate selecting exactly `days` (one `between` per run of consecutive days)."""
+    runs = day_ranges(sorted(set(days)))
+    if not runs:
+        return "1 = 0", []
+    params = [d for run in runs for d in run]
+    return " or ".join(f"({column} between ? and ?)" for _ in runs), params
 
 
 # ------------------------------------------------------------------ business days
@@ -130,6 +214,11 @@ def day_ranges(days: list[date]) -> list[tuple[date, date]]:
 
 # ------------------------------------------------------------------ FX rates
 
+_FX_SQL = (
+    "select rate_date, currency, rate from {raw}.fx_rates "
+    "where rate_date is not null and currency is not null"
+)
+
 
 @dataclass(frozen=True)
 class FxRates:
@@ -139,24 +228,15 @@ class FxRates:
     fractions: list[tuple[int, int]]  # 1/rate as (num, den), transform/money.py
 
 
-def read_fx_rates(con: duckdb.DuckDBPyConnection) -> FxRates:
-    """`raw.fx_rates` (small: days x currencies); conflicting duplicates are an error."""
-    has_base = bool(
-        con.execute(
-            "select count(*) from information_schema.columns where table_schema = 'raw' "
-            "and table_name = 'fx_rates' and column_name = 'base'"
-        ).fetchall()[0][0]
-    )
+def read_fx_rates(read: ReadArrow, *, has_base: bool = True) -> FxRates:
+    """`raw.fx_rates` (small: days x currencies); conflicting duplicates are an error.
+    `has_base`: the table has a `base` column, which must be 'USD' everywhere."""
     if has_base:
-        bad = con.execute(
-            "select distinct base from raw.fx_rates where base <> 'USD' order by 1"
-        ).fetchall()
+        bad = _rows(read("select distinct base from {raw}.fx_rates where base <> 'USD'", []))
         if bad:
-            raise ValueError(f"fx_rates: base must be 'USD', found {', '.join(r[0] for r in bad)}")
-    rows = con.execute(
-        "select rate_date, currency, rate from raw.fx_rates "
-        "where rate_date is not null and currency is not null and rate is not null"
-    ).fetchall()
+            found = sorted(str(r[0]) for r in bad)
+            raise ValueError(f"fx_rates: base must be 'USD', found {', '.join(found)}")
+    rows = _rows(read(_FX_SQL + " and rate is not null", []))
     rates: dict[tuple[date, str], Decimal] = {}
     for day, currency, rate in rows:
         key = (day, currency)
@@ -172,60 +252,116 @@ def read_fx_rates(con: duckdb.DuckDBPyConnection) -> FxRates:
     )
 
 
+def fx_digests(read: ReadArrow) -> dict[date, str | None]:
+    """Per rate date, a digest of its rates: md5 of `CUR=rate,...` (currencies in byte
+    order, the rate as the column's decimal text, e.g. `0.921300000000000000`), NULL rates
+    left out (None when a day has no rate). Computed here, not in SQL, so that every
+    backend gives the same text: it equals what DuckDB gives for
+    `md5(string_agg(currency || '=' || cast(rate as varchar), ',' order by currency))`,
+    the digests `ops.daily_sales_days` already holds."""
+    table = read(_FX_SQL, [])
+    rate = table.column("rate")
+    text = pc.cast(rate, pa.string()) if rate.type != pa.string() else rate
+    parts: dict[date, list[tuple[str, str]]] = {}
+    for day, currency, value in zip(
+        table.column("rate_date").to_pylist(),
+        table.column("currency").to_pylist(),
+        text.to_pylist(),
+        strict=True,
+    ):
+        entries = parts.setdefault(day, [])
+        if value is not None:
+            entries.append((currency, value))
+    return {day: _md5_text(sorted(entries)) if entries else None for day, entries in parts.items()}
+
+
+def _md5_text(entries: list[tuple[str, str]]) -> str:
+    text = ",".join(f"{currency}={rate}" for currency, rate in entries)
+    return hashlib.md5(text.encode()).hexdigest()
+
+
 # ------------------------------------------------------------------ one chunk of days
 
+
+def _bytewise(kind: str, expr: str) -> str:
+    """`expr` compared in byte order (the contract's tie-break), as dbt's `bytewise`
+    macro: DuckDB's VARCHAR already compares bytes, PostgreSQL needs the C collation."""
+    return f'{expr} collate "C"' if kind == "postgres" else expr
+
+
 # Counted orders of the chunk's UTC ranges with their region and top-item category.
-# Only the filter ranges vary ($lo<i>/$hi<i>, bound); every value is a parameter.
+# Only the filter ranges vary (`?` pairs, bound); every value is a parameter.
 _CHUNK_SQL = """
 with orders_in_scope as (
     select id, user_id, currency, total, created_at
-    from raw.orders
+    from {{raw}}.orders
     where ({ranges}) and status is distinct from 'cancelled'
 ),
 item_lines as (
     select
         items.order_id,
         coalesce(items.quantity * items.unit_price, 0) as line_amount,
-        case when products.category is null or regexp_matches(products.category, $blank)
+        case when products.category is null or products.category similar to {blank}
              then 'uncategorized' else products.category end as category
-    from raw.order_items as items
-    left join raw.products as products on products.id = items.product_id
+    from {{raw}}.order_items as items
+    left join {{raw}}.products as products on products.id = items.product_id
     where items.order_id in (select id from orders_in_scope)
 ),
-top_item as (
-    -- largest line first, then the smallest name (VARCHAR compares bytewise)
-    select order_id, arg_min(category, {{'line': -line_amount, 'name': category}}) as category
+top_line as (
+    select order_id, max(line_amount) as line_amount
     from item_lines
     group by order_id
+),
+top_item as (
+    -- the largest line's category; among equal lines the smallest name in byte order
+    select lines.order_id, min({category_bytes}) as category
+    from item_lines as lines
+    join top_line on top_line.order_id = lines.order_id
+        and top_line.line_amount = lines.line_amount
+    group by lines.order_id
 )
 select
     o.id,
-    epoch_us(o.created_at) as created_us,
+    o.created_at,
     o.currency,
     o.total,
-    case when users.region is null or regexp_matches(users.region, $blank)
+    case when users.region is null or users.region similar to {blank}
          then 'unknown' else users.region end as region,
     coalesce(top_item.category, 'uncategorized') as category
 from orders_in_scope as o
-left join raw.users as users on users.id = o.user_id
+left join {{raw}}.users as users on users.id = o.user_id
 left join top_item on top_item.order_id = o.id
 """
 
 
+def _epoch_us(created: pa.ChunkedArray) -> pa.Array:
+    """Timestamps (UTC instants; a zone-less column is read as UTC) as int64 microseconds."""
+    if not pa.types.is_timestamp(created.type):
+        raise ValueError(f"orders.created_at is {created.type}, not a timestamp")
+    as_us = created.cast(pa.timestamp("us", tz=created.type.tz))
+    return pc.cast(as_us, pa.int64())
+
+
 def _read_chunk(
-    con: duckdb.DuckDBPyConnection, days: list[date], report_tz: str
+    reader: _Reader, days: list[date], report_tz: str
 ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """Rows of the chunk's days, plus each day's [start, end) in UTC microseconds."""
-    params: dict[str, Any] = {"blank": _BLANK_PATTERN}
+    params: list[Any] = []
     ranges = []
-    for i, (first, last) in enumerate(day_ranges(days)):
-        params[f"lo{i}"] = day_start_utc(first, report_tz).to_pydatetime()
-        params[f"hi{i}"] = day_start_utc(last + timedelta(days=1), report_tz).to_pydatetime()
-        ranges.append(f"(created_at >= $lo{i} and created_at < $hi{i})")
-    table = con.sql(_CHUNK_SQL.format(ranges=" or ".join(ranges)), params=params).to_arrow_table()
+    for first, last in day_ranges(days):
+        params.append(day_start_utc(first, report_tz).to_pydatetime())
+        params.append(day_start_utc(last + timedelta(days=1), report_tz).to_pydatetime())
+        ranges.append("(created_at >= ? and created_at < ?)")
+    sql = _CHUNK_SQL.format(
+        ranges=" or ".join(ranges),
+        blank=_BLANK_PATTERN,
+        category_bytes=_bytewise(reader.warehouse.kind, "lines.category"),
+    )
+    table = reader.read_arrow(sql, params)
+    table = table.append_column("created_us", _epoch_us(table.column("created_at")))
     ids = table.column("id").to_numpy()
     if len(np.unique(ids)) != len(ids):
-        _raise_duplicate_keys(con, ids)
+        _raise_duplicate_keys(reader, ids)
     starts = np.array([day_start_utc(d, report_tz).value // 1000 for d in days], dtype=np.int64)
     ends = np.array(
         [day_start_utc(d + timedelta(days=1), report_tz).value // 1000 for d in days],
@@ -235,20 +371,21 @@ def _read_chunk(
 
 
 _DUPLICATE_KEYS_SQL = {
-    "orders": "select id from raw.orders where id in (select unnest($ids)) "
+    "orders": "select id from {{raw}}.orders where id in ({ids}) "
     "group by id having count(*) > 1 order by id limit 10",
-    "users": "select id from raw.users where id in "
-    "(select user_id from raw.orders where id in (select unnest($ids))) "
+    "users": "select id from {{raw}}.users where id in "
+    "(select user_id from {{raw}}.orders where id in ({ids})) "
     "group by id having count(*) > 1 order by id limit 10",
 }
 
 
-def _raise_duplicate_keys(con: duckdb.DuckDBPyConnection, ids: np.ndarray) -> None:
+def _raise_duplicate_keys(reader: _Reader, ids: np.ndarray) -> None:
     """An order was read twice: raw.orders or raw.users holds a key twice. Say which."""
     values, counts = np.unique(ids, return_counts=True)
     orders = [int(v) for v in values[counts > 1][:10]]
+    marks = ", ".join("?" for _ in orders)
     for table, sql in _DUPLICATE_KEYS_SQL.items():
-        dupes = [r[0] for r in con.execute(sql, {"ids": orders}).fetchall()]
+        dupes = [int(r[0]) for r in _rows(reader.read_arrow(sql.format(ids=marks), orders))]
         if dupes:
             raise ValueError(
                 f"raw.{table} holds more than one row for id(s) {dupes} (read for order(s) "
@@ -364,27 +501,36 @@ def _empty_result() -> pd.DataFrame:
     )
 
 
-def order_days(
-    con: duckdb.DuckDBPyConnection, report_tz: str, through_date: date | None
-) -> list[date]:
+def _local_day(instant: Any, report_tz: str) -> date:
+    ts = pd.Timestamp(instant)
+    if ts.tzinfo is None:  # a zone-less column holds UTC instants
+        ts = ts.tz_localize("UTC")
+    return ts.tz_convert(report_tz).date()
+
+
+def order_days(read: ReadArrow, report_tz: str, through_date: date | None) -> list[date]:
     """Every calendar day from the first order's business day to `through_date` (or the last)."""
-    first, last = con.execute("select min(created_at), max(created_at) from raw.orders").fetchall()[
-        0
-    ]
+    row = _rows(
+        read("select min(created_at) as first, max(created_at) as last from {raw}.orders", [])
+    )
+    first, last = row[0]
     if first is None:
         return []
-    first_day = pd.Timestamp(first).tz_convert(report_tz).date()
-    last_day = pd.Timestamp(last).tz_convert(report_tz).date()
+    first_day = _local_day(first, report_tz)
+    last_day = _local_day(last, report_tz)
     if through_date is not None:
         last_day = min(last_day, through_date)
     return [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
 
 
-def _check_created_at(con: duckdb.DuckDBPyConnection) -> None:
-    null_ids = con.execute(
-        "select id from raw.orders where created_at is null "
-        "and status is distinct from 'cancelled' order by id limit 10"
-    ).fetchall()
+def _check_created_at(read: ReadArrow) -> None:
+    null_ids = _rows(
+        read(
+            "select id from {raw}.orders where created_at is null "
+            "and status is distinct from 'cancelled' order by id limit 10",
+            [],
+        )
+    )
     if null_ids:
         raise ValueError(
             f"orders.created_at is NULL for counted order(s) {[r[0] for r in null_ids]}: "
@@ -393,43 +539,39 @@ def _check_created_at(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def compute_daily_sales(
-    warehouse_path: Path,
+    where: Warehouse | Path | str,
     report_tz: str,
     through_date: date | None,
     days: Iterable[date] | None = None,
     *,
+    build: Build | None = None,
     chunk_days: int = CHUNK_DAYS,
 ) -> pd.DataFrame:
     """Compute `daily_sales` rows from the current state in the warehouse's `raw` schema.
 
-    `days`: only these business days (an incremental run); None: every day with orders.
-    Days after `through_date` are never computed. Reads `raw.users`, `raw.products`,
-    `raw.orders`, `raw.order_items` and `raw.fx_rates` through a read-only DuckDB
-    connection, `chunk_days` business days at a time. Returns columns date
-    (datetime.date), region, category, total_sales_usd (Decimal, 2 places), order_count
-    (int), sorted by date, region, category.
+    `where`: a Warehouse, or a DuckDB file path; `build`: the run's build (None: the
+    published state, or that file). `days`: only these business days (an incremental
+    run); None: every day with orders. Days after `through_date` are never computed.
+    Reads `raw.users`, `raw.products`, `raw.orders`, `raw.order_items` and `raw.fx_rates`
+    as Arrow (read-only on DuckDB), `chunk_days` business days at a time. Returns columns
+    date (datetime.date), region, category, total_sales_usd (Decimal, 2 places),
+    order_count (int), sorted by date, region, category.
     Raises MissingFxRateError when a counted order has no rate for its day.
     """
-    path = Path(warehouse_path)
-    if not path.exists():
-        raise FileNotFoundError(f"warehouse {path} does not exist: load the sources first")
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        con.execute("set TimeZone = 'UTC'")
-        check_raw_tables(con)
-        _check_created_at(con)
-        fx = read_fx_rates(con)
-        if days is None:
-            wanted = order_days(con, report_tz, through_date)
-        else:
-            wanted = sorted({d for d in days if through_date is None or d <= through_date})
-        parts = []
-        for chunk in _chunks(wanted, chunk_days):
-            table, starts, ends = _read_chunk(con, chunk, report_tz)
-            if table.num_rows:
-                parts.append(_chunk_rows(table, chunk, starts, ends, fx))
-    finally:
-        con.close()
+    reader = _Reader(where, build)
+    reader.check_exists()
+    raw = check_raw_tables(reader)
+    _check_created_at(reader.read_arrow)
+    fx = read_fx_rates(reader.read_arrow, has_base="base" in raw["fx_rates"])
+    if days is None:
+        wanted = order_days(reader.read_arrow, report_tz, through_date)
+    else:
+        wanted = sorted({d for d in days if through_date is None or d <= through_date})
+    parts = []
+    for chunk in _chunks(wanted, chunk_days):
+        table, starts, ends = _read_chunk(reader, chunk, report_tz)
+        if table.num_rows:
+            parts.append(_chunk_rows(table, chunk, starts, ends, fx))
     if not parts:
         return _empty_result()
     grouped = pd.concat(parts, ignore_index=True)
@@ -447,23 +589,6 @@ def compute_daily_sales(
 
 # ------------------------------------------------------------------ incremental plan
 
-_FX_DIGEST_SQL = """
-select rate_date, md5(string_agg(currency || '=' || cast(rate as varchar), ',' order by currency))
-from raw.fx_rates
-where rate_date is not null and currency is not null
-group by rate_date
-"""
-
-_STATE_DDL = f"""
-create table if not exists {STATE_TABLE} (
-    business_date date not null,
-    report_tz varchar not null,
-    fx_digest varchar,
-    run_id varchar,
-    computed_at timestamptz not null
-)
-"""
-
 
 @dataclass(frozen=True)
 class DaysPlan:
@@ -479,71 +604,57 @@ class DaysPlan:
         return {"days": len(self.days), "full": self.full, "reason": self.reason}
 
 
-def _relation_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(
-        con.execute(
-            "select count(*) from information_schema.tables "
-            "where table_schema = ? and table_name = ?",
-            [schema, table],
-        ).fetchall()[0][0]
-    )
-
-
 def plan_daily_sales(
-    warehouse_path: Path,
+    where: Warehouse | Path | str,
     report_tz: str,
     through_date: date,
     run_id: str | None,
     *,
+    build: Build | None = None,
     full: bool = False,
 ) -> DaysPlan:
     """The business days (up to `through_date`) whose `daily_sales` rows must be recomputed.
 
-    Everything, when `full`, on the first run, or when REPORT_TZ changed; otherwise
-    exactly: the days `ops.restated_days` records for `run_id` (late, updated and deleted
-    rows, region and category moves: warehouse/load.py), the days after the last
-    computed one, and the days whose FX rates differ from those last used (or that have
-    rates but were never computed).
+    `where`/`build` as for `compute_daily_sales`. Everything, when `full`, on the first
+    run, or when REPORT_TZ changed; otherwise exactly: the days `ops.restated_days`
+    records for `run_id` (late, updated and deleted rows, region and category moves:
+    warehouse/load.py), the days after the last computed one, and the days whose FX
+    rates differ from those last used (or that have rates but were never computed).
     """
-    con = duckdb.connect(str(warehouse_path), read_only=True)
-    try:
-        con.execute("set TimeZone = 'UTC'")
-        schema, name = STATE_TABLE.split(".")
-        reason = ""
-        if full:
-            reason = "full rebuild requested"
-        elif not _relation_exists(con, "analytics", "daily_sales") or not _relation_exists(
-            con, schema, name
-        ):
-            reason = "first run: no analytics.daily_sales or ops.daily_sales_days yet"
-        else:
-            zones = {
-                r[0]
-                for r in con.execute(f"select distinct report_tz from {STATE_TABLE}").fetchall()
-            }
-            if zones - {report_tz}:
-                reason = f"REPORT_TZ changed from {', '.join(sorted(zones))} to {report_tz}"
-        if reason:
-            return DaysPlan(
-                order_days(con, report_tz, through_date), True, report_tz, run_id, reason
-            )
-        days: set[date] = set()
-        if run_id is not None and _relation_exists(con, "ops", "restated_days"):
-            days.update(
-                r[0]
-                for r in con.execute(
-                    "select distinct business_date from ops.restated_days where run_id = ?",
+    reader = _Reader(where, build)
+    read = reader.read_arrow
+    ops = _existing_tables(reader, "ops")
+    state = STATE_TABLE.split(".")[1]
+    reason = ""
+    if full:
+        reason = "full rebuild requested"
+    elif "daily_sales" not in _existing_tables(reader, "analytics") or state not in ops:
+        reason = "first run: no analytics.daily_sales or ops.daily_sales_days yet"
+    else:
+        zones = {
+            r[0] for r in _rows(read("select distinct report_tz from {ops}.daily_sales_days", []))
+        }
+        if zones - {report_tz}:
+            reason = f"REPORT_TZ changed from {', '.join(sorted(zones))} to {report_tz}"
+    if reason:
+        return DaysPlan(order_days(read, report_tz, through_date), True, report_tz, run_id, reason)
+    days: set[date] = set()
+    if run_id is not None and "restated_days" in ops:
+        days.update(
+            r[0]
+            for r in _rows(
+                read(
+                    "select distinct business_date from {ops}.restated_days where run_id = ?",
                     [run_id],
-                ).fetchall()
+                )
             )
-        stored = dict(con.execute(f"select business_date, fx_digest from {STATE_TABLE}").fetchall())
-        last = max(stored) if stored else through_date
-        days.update(last + timedelta(days=i) for i in range(1, (through_date - last).days + 1))
-        current = dict(con.execute(_FX_DIGEST_SQL).fetchall())
-        days.update(d for d, digest in stored.items() if current.get(d) != digest)
-        days.update(d for d in current if d not in stored)
-    finally:
-        con.close()
+        )
+    stored = dict(_rows(read("select business_date, fx_digest from {ops}.daily_sales_days", [])))
+    last = max(stored) if stored else through_date
+    days.update(last + timedelta(days=i) for i in range(1, (through_date - last).days + 1))
+    current = fx_digests(read)
+    days.update(d for d, digest in stored.items() if current.get(d) != digest)
+    days.update(d for d in current if d not in stored)
     wanted = sorted(d for d in days if d <= through_date)
     return DaysPlan(wanted, False, report_tz, run_id, "incremental")
 
@@ -562,92 +673,83 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
                 [Decimal(v) for v in df["total_sales_usd"]], type=pa.decimal128(18, 2)
             ),
             "order_count": pa.array([int(v) for v in df["order_count"]], type=pa.int64()),
-        }
+        },
+        schema=DAILY_SALES_SCHEMA,
     )
 
 
-_SELECT_TYPED = """
-select
-    cast(date as date) as date,
-    cast(region as varchar) as region,
-    cast(category as varchar) as category,
-    cast(total_sales_usd as decimal(18, 2)) as total_sales_usd,
-    cast(order_count as bigint) as order_count
-from daily_sales_arrow
-order by date, region, category
-"""
+def _create_table(s: Session, relation: str, schema: pa.Schema, *, if_not_exists: bool) -> None:
+    """`create table` with the engine's type for each Arrow field (NOT NULL where the
+    field is not nullable)."""
+    columns = ", ".join(
+        f"{f.name} {s.column_type(f.type)}{'' if f.nullable else ' not null'}" for f in schema
+    )
+    exists = "if not exists " if if_not_exists else ""
+    s.execute(f"create table {exists}{relation} ({columns})")
 
 
-def _record_days(con: duckdb.DuckDBPyConnection, plan: DaysPlan) -> None:
+def _record_days(s: Session, plan: DaysPlan) -> None:
     """`ops.daily_sales_days`: the plan's days, with the FX rates they were computed from."""
-    con.execute("create schema if not exists ops")
-    con.execute(_STATE_DDL)
+    s.execute("create schema if not exists {ops}")
+    target = s.table("ops", "daily_sales_days")
+    _create_table(s, target, STATE_SCHEMA, if_not_exists=True)
     if plan.full:
-        con.execute(f"delete from {STATE_TABLE}")
-    digests = dict(con.execute(_FX_DIGEST_SQL).fetchall())
-    state = pa.table(
-        {
-            "business_date": pa.array(plan.days, type=pa.date32()),
-            "fx_digest": pa.array([digests.get(d) for d in plan.days], type=pa.string()),
-        }
+        s.execute(f"delete from {target}")
+    else:
+        condition, params = _days_filter("business_date", plan.days)
+        s.execute(f"delete from {target} where {condition}", params)
+    digests = fx_digests(s.read_arrow) if s.exists("raw", "fx_rates") else {}
+    computed_at = s.fetchone("select now()")[0]  # the transaction's time, as before
+    n = len(plan.days)
+    s.insert_arrow(
+        target,
+        pa.table(
+            {
+                "business_date": pa.array(plan.days, type=pa.date32()),
+                "report_tz": pa.array([plan.report_tz] * n, type=pa.string()),
+                "fx_digest": pa.array([digests.get(d) for d in plan.days], type=pa.string()),
+                "run_id": pa.array([plan.run_id] * n, type=pa.string()),
+                "computed_at": pa.array([computed_at] * n, type=pa.timestamp("us", tz="UTC")),
+            }
+        ),
     )
-    con.register("daily_sales_state_arrow", state)
-    try:
-        con.execute(
-            f"delete from {STATE_TABLE} where business_date in "
-            "(select business_date from daily_sales_state_arrow)"
-        )
-        con.execute(
-            f"insert into {STATE_TABLE} select business_date, ?, fx_digest, ?, now() "
-            "from daily_sales_state_arrow",
-            [plan.report_tz, plan.run_id],
-        )
-    finally:
-        con.unregister("daily_sales_state_arrow")
 
 
 def publish_daily_sales(
-    df: pd.DataFrame, warehouse_path: Path, plan: DaysPlan | None = None
+    df: pd.DataFrame,
+    where: Warehouse | Path | str,
+    plan: DaysPlan | None = None,
+    *,
+    build: Build | None = None,
 ) -> int:
     """Write `daily_sales` rows in one transaction; return the rows the table then holds.
 
-    Without `plan`, or with a full plan, the table is replaced. With an incremental plan,
-    exactly the plan's days are replaced (their old rows deleted, `df` inserted) and every
-    other day is left as it is; `df` must hold only rows of those days. A plan also
-    records its days in `ops.daily_sales_days` (same transaction).
+    `where`: a Warehouse, or a DuckDB file path (created when missing); `build`: the
+    run's build (None: the published schemas, or that file). Without `plan`, or with a
+    full plan, the table is replaced (created with the contract's types). With an
+    incremental plan, exactly the plan's days are replaced (their old rows deleted, `df`
+    inserted) and every other day is left as it is; `df` must hold only rows of those
+    days. A plan also records its days in `ops.daily_sales_days` (same transaction).
     """
-    table = to_arrow(df)
+    table = to_arrow(df).sort_by(
+        [("date", "ascending"), ("region", "ascending"), ("category", "ascending")]
+    )
     incremental = plan is not None and not plan.full
     if incremental:
         outside = sorted(set(df["date"]) - set(plan.days))
         if outside:
             raise ValueError(f"daily_sales rows for days outside the plan: {outside[:5]}")
-    warehouse_path = Path(warehouse_path)
-    warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(warehouse_path))
-    try:
-        con.register("daily_sales_arrow", table)
-        con.execute("begin transaction")
-        try:
-            con.execute("create schema if not exists analytics")
-            if incremental and _relation_exists(con, "analytics", "daily_sales"):
-                con.execute(
-                    "delete from analytics.daily_sales where date in "
-                    "(select unnest(cast(? as date[])))",
-                    [plan.days],
-                )
-                con.execute(f"insert into analytics.daily_sales {_SELECT_TYPED}")
-            else:
-                con.execute(f"create or replace table analytics.daily_sales as {_SELECT_TYPED}")
-            if plan is not None:
-                _record_days(con, plan)
-            rows = con.execute("select count(*) from analytics.daily_sales").fetchall()[0][0]
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
-        finally:
-            con.unregister("daily_sales_arrow")
-    finally:
-        con.close()
+    with as_warehouse(where).transaction(build) as s:
+        s.execute("create schema if not exists {analytics}")
+        target = s.table("analytics", "daily_sales")
+        if incremental and s.exists("analytics", "daily_sales"):
+            condition, params = _days_filter("date", plan.days)
+            s.execute(f"delete from {target} where {condition}", params)
+        else:
+            s.execute(f"drop table if exists {target}")
+            _create_table(s, target, DAILY_SALES_SCHEMA, if_not_exists=False)
+        s.insert_arrow(target, table)
+        if plan is not None:
+            _record_days(s, plan)
+        rows = s.fetchone(f"select count(*) from {target}")[0]
     return int(rows)
