@@ -5,6 +5,11 @@ dbt runs as a subprocess (each Airflow task is its own process anyway), or, with
 process: same project, arguments and environment, without the interpreter start-up and
 imports of a new process (about 1.5 s a night). The test suite's long sequences of
 nights use it.
+
+`dbt_build(warehouse, ..., build=build)` runs on a run's build of any warehouse backend
+that has a dbt target here (`dbt_target`): DuckDB (the build file as the profile's
+`path`) and PostgreSQL (the build's schemas `<schema>__build_<token>` through
+`DBT_NIGHTSHIFT_SCHEMA_SUFFIX`, macros/generate_schema_name.sql).
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import clock
+
+if TYPE_CHECKING:
+    from warehouse.backends.base import Build, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -422,21 +430,180 @@ def run_settings_env(run_id: str | None, through_date: str | date | None) -> dic
     }
 
 
+SCHEMA_SUFFIX_ENV = "DBT_NIGHTSHIFT_SCHEMA_SUFFIX"
+_SUFFIX_RE = re.compile(r"^[A-Za-z0-9_]*$")
+
+# libpq connection parameters the postgres profile does not name, passed to dbt's libpq
+# connection as the environment variables libpq reads for them.
+_LIBPQ_ENV = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
+
+
+def build_schema_suffix(build: Build) -> str:
+    """The suffix dbt appends to its schemas for `build` (`DBT_NIGHTSHIFT_SCHEMA_SUFFIX`).
+
+    A build either keeps every schema's name (DuckDB: the build is its own file), suffix
+    `""`, or maps each published schema `s` to `s__build_<token>`, suffix
+    `__build_<token>`. Every schema dbt reads or writes (`PUBLISHED_SCHEMAS`) must be in
+    the build and follow the same rule; anything else is a `WarehouseError` (dbt would
+    read or write schemas the publish does not swap)."""
+    from warehouse.backends.base import PUBLISHED_SCHEMAS, WarehouseError
+
+    missing = [s for s in PUBLISHED_SCHEMAS if s not in build.schemas]
+    if missing:
+        raise WarehouseError(
+            f"build {build.token} of run {build.run_id} has no schema for "
+            f"{', '.join(missing)}: dbt reads and writes {', '.join(PUBLISHED_SCHEMAS)}"
+        )
+    identity = all(build.schemas[s] == s for s in PUBLISHED_SCHEMAS)
+    suffix = "" if identity else f"__build_{build.token}"
+    wrong = {s: build.schemas[s] for s in PUBLISHED_SCHEMAS if build.schemas[s] != f"{s}{suffix}"}
+    if wrong or not _SUFFIX_RE.match(suffix):
+        shown = ", ".join(f"{s} -> {b}" for s, b in wrong.items()) or f"suffix {suffix!r}"
+        raise WarehouseError(
+            f"build {build.token} of run {build.run_id}: dbt can only use a build whose "
+            f"schemas are all the published names or all <schema>__build_{build.token}; "
+            f"got {shown}"
+        )
+    return suffix
+
+
+@dataclass(frozen=True)
+class DbtTarget:
+    """How dbt reaches a warehouse build: the profiles.yml target, the environment it
+    reads (secrets included: they go to dbt through the environment only, never its
+    command line or the log) and, for DuckDB, the file."""
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    warehouse_path: Path | None = None
+
+
+def _duckdb_target(warehouse: Any, build: Build | None) -> DbtTarget:
+    if build is None:  # the warehouse file itself, as a path has always meant
+        path = Path(warehouse.path)
+    elif build.path is None:
+        from warehouse.backends.base import WarehouseError
+
+        raise WarehouseError(f"DuckDB build {build.token} of run {build.run_id} has no file")
+    else:
+        path = Path(build.path)
+    suffix = "" if build is None else build_schema_suffix(build)
+    return DbtTarget("duckdb", {SCHEMA_SUFFIX_ENV: suffix}, path)
+
+
+def postgres_env(url: str) -> dict[str, str]:
+    """`DBT_POSTGRES_HOST/PORT/USER/PASSWORD/DBNAME` (profiles.yml) from a libpq URL, plus
+    the libpq variables (`PGSSLMODE`, ...) of the URL's other parameters. A part the URL
+    leaves out is empty, which libpq fills as it does for the warehouse's own connection
+    (PGHOST / the socket, PGPASSWORD / ~/.pgpass, ...)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from warehouse.backends.base import WarehouseError
+    from warehouse.backends.postgres import libpq_url
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(libpq_url(url)).items()}
+    except Exception as exc:  # psycopg.ProgrammingError, whose message may quote the URL
+        raise WarehouseError(
+            f"the PostgreSQL warehouse URL is not a valid libpq URL ({type(exc).__name__}; "
+            "not shown: it may hold the password)"
+        ) from None
+    user = params.pop("user", "") or os.environ.get("PGUSER", "")
+    env = {
+        "DBT_POSTGRES_HOST": params.pop("host", ""),
+        "DBT_POSTGRES_PORT": params.pop("port", "") or "5432",
+        "DBT_POSTGRES_USER": user,
+        "DBT_POSTGRES_PASSWORD": params.pop("password", ""),
+        "DBT_POSTGRES_DBNAME": params.pop("dbname", "") or user,
+    }
+    for key, value in params.items():
+        if key in _LIBPQ_ENV:
+            env[_LIBPQ_ENV[key]] = value
+        else:
+            log.warning("dbt on PostgreSQL: connection parameter %r of the URL is not passed", key)
+    return env
+
+
+def _postgres_target(warehouse: Any, build: Build | None) -> DbtTarget:
+    from warehouse.backends.base import WarehouseError
+
+    if build is None:
+        raise WarehouseError(
+            f"dbt on {warehouse.describe()} needs a build (begin_build/open_build): a run "
+            "never writes the published schemas"
+        )
+    suffix = build_schema_suffix(build)
+    if not suffix:
+        raise WarehouseError(
+            f"build {build.token} of run {build.run_id} maps the schemas to the published "
+            f"ones: on {warehouse.describe()} dbt writes only <schema>__build_<token>"
+        )
+    env = postgres_env(warehouse.url)
+    # No model uses the profile's own schema (every folder has +schema); pointing it into
+    # the build keeps a node that would (and dbt's default test-failure schema) there.
+    env["DBT_POSTGRES_SCHEMA"] = build.schema("staging")
+    env[SCHEMA_SUFFIX_ENV] = suffix
+    return DbtTarget("postgres", env)
+
+
+# The warehouse kinds whose builds dbt can run on, by `Warehouse.kind` (= the target).
+_DBT_TARGETS = {"duckdb": _duckdb_target, "postgres": _postgres_target}
+
+
+def dbt_target(warehouse: Warehouse, build: Build | None = None) -> DbtTarget:
+    """The dbt target, environment and file for a warehouse build, chosen by the
+    warehouse's `kind`. `build` None: the DuckDB file itself (a server warehouse needs a
+    build). A kind without a target here is a `WarehouseError` naming the ones there are."""
+    from warehouse.backends.base import WarehouseError
+
+    kind = getattr(warehouse, "kind", None)
+    if build is not None and build.backend != kind:
+        raise WarehouseError(f"build {build.token} is a {build.backend} build, not {kind}'s")
+    make = _DBT_TARGETS.get(str(kind))
+    if make is None:
+        hint = (
+            " (its adapter lives in .venv-adapters, `make adapters-venv`; the project "
+            "compiles for it, tests/warehouse/test_dbt_adapters.py)"
+            if kind in ("snowflake", "bigquery")
+            else ""
+        )
+        raise WarehouseError(
+            f"dbt_build cannot run on a {kind} warehouse yet{hint}; it runs on "
+            f"{', '.join(sorted(_DBT_TARGETS))} builds"
+        )
+    return make(warehouse, build)
+
+
 def dbt_build(
-    warehouse_path: Path,
+    where: Path | str | Warehouse,
     report_tz: str,
     through_date: str | date | None = None,
     select: str | None = None,
     *,
+    build: Build | None = None,
     project_dir: Path = DEFAULT_PROJECT_DIR,
-    target: str = "duckdb",
+    target: str | None = None,
     env: dict[str, str] | None = None,
     run_id: str | None = None,
     full_refresh: bool = False,
     target_dir: Path | None = None,
     unit_tests: bool = True,
 ) -> DbtResult:
-    """`dbt build` on the DuckDB warehouse with the report vars; fails if `select` matches nothing.
+    """`dbt build` on a warehouse with the report vars; fails if `select` matches nothing.
+
+    `where`: a DuckDB file path (the file dbt builds in, `target` default duckdb: as
+    always), or a `Warehouse` with the run's `build` of it: the target, its connection
+    environment and `DBT_NIGHTSHIFT_SCHEMA_SUFFIX` come from `dbt_target(where, build)`,
+    and override the same keys of `env`; a `target` other than the warehouse's kind is
+    an error. DuckDB without a build: the warehouse file itself.
 
     `run_id` (the loader's run id, e.g. "2026-11-27"): fct_orders rebuilds only the
     business days `ops.restated_days` records for that run (plus days whose FX rate
@@ -458,13 +625,28 @@ def dbt_build(
         args.append("--full-refresh")
     if not unit_tests:
         args += ["--exclude-resource-type", "unit_test"]
+    if isinstance(where, (str, os.PathLike)):
+        if build is not None:
+            raise DbtError("dbt_build: `build` goes with a Warehouse, not a path")
+        connection = DbtTarget(target or "duckdb", {}, Path(where))
+    else:
+        connection = dbt_target(where, build)
+        if target is not None and target != connection.name:
+            raise DbtError(
+                f"dbt_build: target {target!r} does not match the {connection.name} warehouse"
+            )
     result = run_dbt(
         args,
         project_dir=project_dir,
-        target=target,
+        target=connection.name,
         vars={"report_tz": report_tz},
-        env={**(env or {}), **run_settings_env(run_id, through_date)},
-        warehouse_path=warehouse_path,
+        env={
+            SCHEMA_SUFFIX_ENV: "",  # the published names unless the caller or the build says
+            **(env or {}),
+            **connection.env,
+            **run_settings_env(run_id, through_date),
+        },
+        warehouse_path=connection.warehouse_path,
         run_id=run_id,
         target_dir=target_dir,
     )

@@ -5,7 +5,7 @@
 {% snapshot users_snapshot %}
 {{
     config(
-        target_schema='snapshots',
+        schema='snapshots',
         unique_key='user_id',
         strategy='timestamp',
         updated_at='updated_at',
