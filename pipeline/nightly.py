@@ -733,7 +733,8 @@ def check_alerts(business_date: date) -> dict[str, Any]:
 
     run_id = run_id_for(business_date)
     rows = _warehouse().read_arrow(
-        "select metrics from {ops}.pipeline_runs where run_id = ?", [run_id]
+        "select cast(metrics as varchar) as metrics from {ops}.pipeline_runs where run_id = ?",
+        [run_id],
     )
     if rows.num_rows == 0:
         raise RuntimeError(f"no metrics published for run {run_id}")
