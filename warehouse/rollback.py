@@ -174,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", dest="to_run_id", help="run id whose version to restore")
     parser.add_argument("--list", action="store_true", help="list the kept versions")
     args = parser.parse_args(argv)
+    if settings.warehouse_url() is not None:
+        print(
+            f"rollback: the warehouse is {settings.warehouse().describe()}: make rollback "
+            "restores the versions a DuckDB warehouse keeps (WAREHOUSE_VERSIONS); a server "
+            "warehouse keeps none. Restore it with the server's own backups or point-in-time "
+            "recovery, then rerun the day (docs/warehouse-backends.md)",
+            file=sys.stderr,
+        )
+        return 2
     warehouse_path = settings.warehouse_path()
     if args.list:
         versions = list_versions(warehouse_path)

@@ -231,3 +231,20 @@ def test_after_a_failed_gate_the_previous_night_is_still_the_one_before(warehous
 
     assert rollback(warehouse)["restored_run_id"] == RUNS[1]
     assert _sales(warehouse) == _rows(2)
+
+
+def test_rollback_on_a_server_warehouse_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Kept versions are DuckDB files: with a PostgreSQL warehouse configured, `make
+    rollback` says so (no password shown) instead of restoring a DuckDB file nobody reads."""
+    from warehouse.rollback import main
+
+    monkeypatch.setenv("WAREHOUSE_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.delenv("DBT_TARGET", raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "postgresql://etl:s3cret@127.0.0.1:9/wh")
+    assert main(["--list"]) == 2
+    err = capsys.readouterr().err
+    assert "postgres warehouse" in err and "keeps none" in err
+    assert "s3cret" not in err
+    assert not (tmp_path / "warehouse.duckdb").exists()
