@@ -19,7 +19,7 @@ final as (
         business_date as date,
         region,
         -- exact: integer cents summed, then scaled
-        cast(cast(sum(usd_cents) as decimal(38, 0)) * 0.01 as decimal(18, 2)) as total_sales_usd,
+        cast(cast(sum(usd_cents) as {{ nightshift.nightshift_decimal(38, 0) }}) * 0.01 as {{ nightshift.nightshift_decimal(18, 2) }}) as total_sales_usd,
         cast(count(*) as bigint) as order_count
     from counted_orders
     group by business_date, region

@@ -10,7 +10,7 @@ renamed as (
         base as base_currency,
         currency,
         -- exact: the money macro relies on 18 decimals
-        cast(rate as decimal(38, 18)) as rate,
+        cast(rate as {{ nightshift.nightshift_decimal(38, 18) }}) as rate,
         _run_id as run_id,
         _loaded_at as loaded_at
     from source

@@ -10,7 +10,7 @@ renamed as (
         cast(order_id as bigint) as order_id,
         cast(product_id as bigint) as product_id,
         cast(quantity as bigint) as quantity,
-        cast(unit_price as decimal(12, 2)) as unit_price,
+        cast(unit_price as {{ nightshift.nightshift_decimal(12, 2) }}) as unit_price,
         cast(updated_at as {{ nightshift.type_timestamptz() }}) as updated_at,
         _run_id as run_id,
         _loaded_at as loaded_at

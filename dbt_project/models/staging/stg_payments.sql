@@ -8,7 +8,7 @@ renamed as (
     select
         id as payment_id,
         cast(order_id as bigint) as order_id,
-        cast(amount as decimal(18, 2)) as amount,
+        cast(amount as {{ nightshift.nightshift_decimal(18, 2) }}) as amount,
         currency,
         status,
         method as payment_method,

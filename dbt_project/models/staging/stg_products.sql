@@ -10,7 +10,7 @@ renamed as (
         sku,
         name as product_name,
         category,
-        cast(price as decimal(12, 2)) as price,
+        cast(price as {{ nightshift.nightshift_decimal(12, 2) }}) as price,
         cast(updated_at as {{ nightshift.type_timestamptz() }}) as updated_at,
         _run_id as run_id,
         _loaded_at as loaded_at
