@@ -440,13 +440,14 @@ class Reader(threading.Thread):
         except Exception as exc:  # a connection lost: an error like any other
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
-    def _timed(self, con: psycopg.Connection, name: str) -> list[tuple]:
+    def _timed(self, con: psycopg.Connection, name: str) -> list[tuple] | None:
+        """The query's rows; None (and an error) when it failed."""
         started = time.perf_counter()
+        rows = None
         try:
             rows = con.execute(READER_SQL[name]).fetchall()
         except psycopg.Error as exc:
             self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            rows = []
         self.max_wait = max(self.max_wait, time.perf_counter() - started)
         self.queries += 1
         return rows
@@ -458,7 +459,10 @@ class Reader(threading.Thread):
         disagreements = self._timed(con, "disagreements")
         if disagreements and disagreements[0][0]:
             self.errors.append(f"{disagreements[0][0]} (date, region) disagree")
-        days = frozenset(r[0] for r in self._timed(con, "days"))
+        rows = self._timed(con, "days")
+        if rows is None:
+            return
+        days = frozenset(r[0] for r in rows)
         if self.day_sets and not self.day_sets[-1] <= days:
             self.errors.append(f"days disappeared: {sorted(self.day_sets[-1] - days)}")
         if not self.day_sets or days != self.day_sets[-1]:
