@@ -46,6 +46,9 @@ def airflow_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     if extra:
         env.update(extra)
+        if "PYTHONPATH" in extra:  # added to, never instead of, the project root
+            parts = [p for p in extra["PYTHONPATH"].split(os.pathsep) if p and p != str(root)]
+            env["PYTHONPATH"] = os.pathsep.join([str(root), *parts])
     return env
 
 

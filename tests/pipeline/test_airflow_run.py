@@ -55,3 +55,19 @@ def test_other_errors_fail_at_once(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError) as excinfo:
         _create_backfill([sys.executable, str(script)], {}, poll_s=0.01)
     assert excinfo.value.returncode == 2 and "DAG not found" in excinfo.value.stderr
+
+
+def test_a_pythonpath_given_for_the_run_is_added_after_the_project_root() -> None:
+    """The DAG's tasks import the project: a caller's PYTHONPATH (a hook, a plugin folder)
+    goes after the project root instead of replacing it."""
+    import os
+
+    from pipeline import settings
+    from pipeline.airflow_run import airflow_env
+
+    env = airflow_env({"PYTHONPATH": os.pathsep.join(["/opt/hooks", "/opt/more"])})
+    assert env["PYTHONPATH"].split(os.pathsep) == [
+        str(settings.PROJECT_ROOT),
+        "/opt/hooks",
+        "/opt/more",
+    ]
