@@ -18,8 +18,9 @@ its last, whatever the scheduler does:
   publishes (LeaseLostError; `warehouse/publish.py` checks the lease under its lock).
 
 The DuckDB warehouse's lease is a JSON file next to it, `<warehouse>.lease`, changed
-only under a short flock of `<warehouse>.lease.lock`. A server warehouse (issue 14)
-would supply the same `LeaseBackend` with an advisory lock (`backend_for`).
+only under a short flock of `<warehouse>.lease.lock`. A server warehouse supplies its
+own `LeaseBackend` (`Warehouse.lease_backend()`: a row of `nightshift_control.lease` on
+PostgreSQL); `backend_for` picks it from what the caller names (a path or a warehouse).
 
     python -m warehouse.lease            # who holds the warehouse
     python -m warehouse.lease unlock     # remove the lease (make unlock)

@@ -3,8 +3,7 @@
 `AIRFLOW_CONN_WAREHOUSE` unset: DuckDB at `WAREHOUSE_PATH` (the default);
 `postgresql://…` (or `postgres://`): PostgreSQL; `snowflake://…`: Snowflake (needs
 snowflake-connector-python: run from `.venv-adapters`). BigQuery is planned
-(docs/warehouse-backends.md). The loader runs on the interface (`warehouse.load`, with
-`warehouse=`) on DuckDB and PostgreSQL; the nightly still runs DuckDB only (issue 14).
+(docs/warehouse-backends.md). The nightly runs on DuckDB and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -68,6 +67,6 @@ def backend_for(settings: ModuleType | None = None, **options: Any) -> Warehouse
         assert url is not None
         return SnowflakeWarehouse(url, **options)
     raise WarehouseError(
-        f"the {kind} warehouse backend is not implemented yet (issue 14; "
-        "docs/warehouse-backends.md has its plan)"
+        f"the {kind} warehouse backend is not implemented yet "
+        "(docs/warehouse-backends.md has its plan)"
     )

@@ -296,8 +296,8 @@ class Warehouse(Protocol):
         ...
 
     def transaction(self, build: Build | None = None) -> AbstractContextManager[Session]:
-        """One transaction on the build (or, DuckDB only, the warehouse file itself when
-        `build` is None): committed when the block ends, rolled back on an exception."""
+        """One transaction on the build, or on the published warehouse when `build` is
+        None: committed when the block ends, rolled back on an exception."""
         ...
 
     def table_columns(self, build: Build, schema: str, table: str) -> dict[str, pa.DataType]:
