@@ -1,4 +1,4 @@
-"""The warehouse interface on a real PostgreSQL (warehouse/backends, issue 14, step 1).
+"""The warehouse interface on a real PostgreSQL (warehouse/backends).
 
 Every test gets a fresh database. Loads and merges are compared with the Parquet they
 came from; publish is checked by a reader thread looping analyst queries during repeated
