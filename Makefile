@@ -145,6 +145,7 @@ bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL 
 	$(BIN)/python bench/bench_etl.py --orders 5000000  # dataset cached in data/bench/
 	$(BIN)/python bench/bench_verify.py --orders $(BENCH_ORDERS)  # creates bench/.venv-reladiff
 	$(BIN)/python bench/bench_api_extract.py --payments 100000 1000000  # peak memory flat in the window
+	$(BIN)/python bench/bench_warehouse.py --orders 1000000
 
 # Values users type on the command line reach recipes as quoted shell variables ("$$DATE"),
 # never pasted into the recipe's text: `make nightly DATE='…; rm -rf ~'` runs nothing.
