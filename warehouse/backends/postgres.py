@@ -525,6 +525,9 @@ class PostgresWarehouse(SessionColumns):
                     dst = f"{quote_ident(b)}.{quote_ident(t)}"
                     con.execute(f"create table {dst} (like {src} including all)")
                     con.execute(f"insert into {dst} select * from {src}")
+                    # planner statistics now, not when autovacuum gets to it: dbt's
+                    # incremental statements on the build are planned from them
+                    con.execute(f"analyze {dst}")
             con.execute(
                 f"insert into {c}.builds (token, run_id, base_generation) values (%s, %s, %s)",
                 [token, run_id, base],
