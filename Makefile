@@ -100,6 +100,7 @@ test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none 
 # timed waits, with the system clock moved ahead (libfaketime); the suites with HTTP
 # servers or reader threads with the pipeline's injected clock moved (NIGHTSHIFT_NOW:
 # libfaketime breaks socket and lock timeouts). No test may depend on the date it runs on.
+# One shift of 400 days (57 weeks and a day: another weekday, month, year and DST offset).
 CLOCK_SHIFTS ?= +400d
 CLOCK_SUITES := tests/migrate tests/transform tests/demo/test_generator.py tests/quality \
 	tests/report/test_build.py tests/pipeline tests/warehouse/test_load.py \
