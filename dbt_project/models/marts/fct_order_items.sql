@@ -15,21 +15,28 @@
         pre_hook="{{ nightshift.delete_gone('order_item_id', ref('stg_order_items')) }}",
     )
 }}
+{#- Incremental: the keys to rebuild are one set, joined once (`run_id = … or key in
+    (subquery)` cannot become a join on PostgreSQL and ran the subquery once per row:
+    82 s instead of 0.7 s at 200k orders). #}
 with
-
+{% if nightshift.nightly_is_incremental() %}
+changed_keys as (
+    select order_item_id from {{ ref('stg_order_items') }}
+    where run_id = '{{ nightshift.restatement_run_id() }}'
+    union
+    select stored.order_item_id
+    from {{ this }} as stored
+    left join {{ ref('dim_products') }} as current_products
+        on stored.product_id = current_products.product_id
+    where stored.has_product <> (current_products.product_id is not null)
+        or stored.category
+            <> coalesce(current_products.category, 'uncategorized')
+),
+{% endif %}
 order_items as (
     select * from {{ ref('stg_order_items') }}
     {%- if nightshift.nightly_is_incremental() %}
-    where run_id = '{{ nightshift.restatement_run_id() }}'
-        or order_item_id in (
-            select stored.order_item_id
-            from {{ this }} as stored
-            left join {{ ref('dim_products') }} as current_products
-                on stored.product_id = current_products.product_id
-            where stored.has_product <> (current_products.product_id is not null)
-                or stored.category
-                    <> coalesce(current_products.category, 'uncategorized')
-        )
+    where order_item_id in (select order_item_id from changed_keys)
     {%- endif %}
 ),
 
