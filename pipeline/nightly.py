@@ -38,13 +38,6 @@ def business_date_for(logical_date: datetime, override: str | None = None) -> da
     return local.date() - timedelta(days=1)
 
 
-def build_path(business_date: date) -> Path:
-    """The run's private copy of the warehouse (write-audit-publish, warehouse/publish.py)."""
-    from warehouse.publish import build_path_for
-
-    return build_path_for(settings.warehouse_path(), run_id_for(business_date))
-
-
 def _warehouse() -> Any:
     """The configured warehouse (warehouse/backends): DuckDB at WAREHOUSE_PATH by default."""
     return settings.warehouse()
@@ -70,7 +63,7 @@ def _run_build(business_date: date) -> tuple[Any, Any]:
     return wh, build
 
 
-def published_horizon(business_date: date) -> date:
+def published_horizon(business_date: date, target: tuple[Any, Any] | None = None) -> date:
     """The last business day a run for `business_date` publishes: the later of that day
     and the last day already published (the build's `ops.pipeline_runs` and `analytics`).
 
@@ -80,8 +73,10 @@ def published_horizon(business_date: date) -> date:
     """
     from warehouse.publish import last_published_day
 
-    wh = _warehouse()
-    build = wh.open_build(run_id_for(business_date))
+    if target is None:  # callers that hold the run's (warehouse, build) pass it
+        wh = _warehouse()
+        target = (wh, wh.open_build(run_id_for(business_date)))
+    wh, build = target
     last = last_published_day(wh, build=build)
     return business_date if last is None else max(business_date, last)
 
@@ -568,7 +563,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
     from warehouse.dbt_runner import dbt_build as run_build
 
     wh, build = _run_build(business_date)
-    horizon = published_horizon(business_date)
+    horizon = published_horizon(business_date, (wh, build))
     try:
         result = run_build(
             wh,
@@ -642,7 +637,7 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
     wh, build = _run_build(business_date)
     tz = settings.report_tz_name()
     full = _needs_full_refresh((wh, build), business_date)
-    horizon = published_horizon(business_date)
+    horizon = published_horizon(business_date, (wh, build))
     plan = plan_daily_sales(wh, tz, horizon, run_id_for(business_date), full=full, build=build)
     log.info("daily_sales through %s: %s", horizon, plan.summary())
     frame = compute_daily_sales(wh, tz, horizon, days=plan.days, build=build)
@@ -672,7 +667,7 @@ def check_parity(business_date: date) -> dict[str, Any]:
 
     wh, build = _run_build(business_date)
     result = check_sales_parity(wh, build=build)
-    return {**result, "horizon": published_horizon(business_date).isoformat()}
+    return {**result, "horizon": published_horizon(business_date, (wh, build)).isoformat()}
 
 
 @timed
