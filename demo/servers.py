@@ -1,8 +1,9 @@
 """Real database servers (tests, demos): the running one, else a throwaway started here.
 
-The URLs are overridable (`NIGHTSHIFT_TEST_PG_URL`, `NIGHTSHIFT_TEST_MYSQL_URL`). When
-nothing answers there, a private server is started in a temp dir on a free loopback
-port (`initdb`/`pg_ctl`, `mariadb-install-db`/`mariadbd`) and stopped at the end.
+The URLs are overridable (`NIGHTSHIFT_TEST_PG_URL`, `NIGHTSHIFT_TEST_MYSQL_URL`,
+`NIGHTSHIFT_TEST_REDIS_URL`). When nothing answers there, a private server is started in
+a temp dir on a free loopback port (`initdb`/`pg_ctl`, `mariadb-install-db`/`mariadbd`,
+`redis-server`) and stopped at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/mysql"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def free_port() -> int:
@@ -156,6 +158,68 @@ def mariadb_server() -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("throwaway MariaDB did not start")
             time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Yield the URL (`redis://host:port/db`) of a running Redis server.
+
+    The callers pick their own db number (`redis.connection.parse_url`'s path) where it
+    matters: the machine's Redis may be shared."""
+    url = os.environ.get("NIGHTSHIFT_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if _redis_answers(url):
+        yield url
+        return
+    daemon = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(daemon).exists():
+        raise RuntimeError(
+            "Redis is not reachable and redis-server is not installed: install redis-server "
+            "or set NIGHTSHIFT_TEST_REDIS_URL"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="nightshift-redis-"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            daemon,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 30
+        while not _redis_answers(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("throwaway Redis did not start")
+            time.sleep(0.2)
         yield url
     finally:
         proc.terminate()
