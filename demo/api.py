@@ -8,7 +8,13 @@ are chosen by request counters, so a test run always sees the same sequence. Bes
 `USD`, or a 404 with `fx_missing_status=404`), as a provider that has not published a
 day yet does.
 
-Run: python -m demo.api --token TOKEN --payments-db data/demo/payments.db
+The fault-injection endpoint (`POST /_admin/faults`, which changes how the API answers)
+is off unless the operator enables it, and then it needs its own token, never the data
+token: a client that can read payments cannot switch faults on. Tokens are read from the
+environment only (a command line is visible to every user through `ps`).
+
+Run: DEMO_API_TOKEN=… python -m demo.api --payments-db data/demo/payments.db
+     (+ DEMO_API_FAULT_INJECTION=1 DEMO_API_ADMIN_TOKEN=… to enable /_admin/faults)
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from demo.fx import rates_for
 
+TOKEN_ENV = "DEMO_API_TOKEN"  # the data (bearer) token
+FAULT_INJECTION_ENV = "DEMO_API_FAULT_INJECTION"  # 1/true/yes: /_admin/faults is served
+ADMIN_TOKEN_ENV = "DEMO_API_ADMIN_TOKEN"  # the fault-injection endpoint's own token
+FAULT_INJECTION_OFF = (
+    f"fault injection is off ({FAULT_INJECTION_ENV}=1 and {ADMIN_TOKEN_ENV} enable it)"
+)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 FAULT_MODES = (
@@ -271,17 +283,37 @@ class _StatusCounter:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None = None) -> Starlette:
-    """Build the ASGI app serving `payments_db` behind bearer `token`."""
+def create_app(
+    payments_db: str | Path,
+    token: str,
+    faults: FaultConfig | None = None,
+    *,
+    admin_token: str | None = None,
+) -> Starlette:
+    """Build the ASGI app serving `payments_db` behind bearer `token`.
+
+    `faults` are the faults injected from the start. `admin_token` enables the
+    fault-injection endpoint (`/_admin/faults`, GET and POST) behind that token, which
+    must differ from `token`; without it the endpoint answers 404 to everyone.
+    """
     if not token:
         raise ValueError("token must be a non-empty string")
+    if admin_token is not None and not admin_token:
+        raise ValueError("admin_token must be a non-empty string (or None: endpoint off)")
+    if admin_token is not None and hmac.compare_digest(admin_token, token):
+        raise ValueError("the fault-injection token must differ from the data token")
     db_path = Path(payments_db)
     state = _State(faults=faults or FaultConfig())
     expected = f"Bearer {token}".encode()
+    expected_admin = f"Bearer {admin_token}".encode() if admin_token else None
 
     def authorized(request: Request) -> bool:
         given = request.headers.get("authorization", "").encode()
         return hmac.compare_digest(given, expected)
+
+    def admin_authorized(request: Request) -> bool:
+        given = request.headers.get("authorization", "").encode()
+        return expected_admin is not None and hmac.compare_digest(given, expected_admin)
 
     async def inject_error_fault() -> Response | None:
         """Count a /v1 request; answer 429/5xx when its turn has come."""
@@ -388,8 +420,10 @@ def create_app(payments_db: str | Path, token: str, faults: FaultConfig | None =
         return JSONResponse({"status": "ok"})
 
     async def admin_faults(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "missing or invalid bearer token")
+        if expected_admin is None:
+            return _error(404, FAULT_INJECTION_OFF)
+        if not admin_authorized(request):
+            return _error(401, "missing or invalid fault-injection token")
         if request.method == "GET":
             return JSONResponse(state.faults.to_json())
         try:
@@ -480,8 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
         "--token",
-        default=os.environ.get("DEMO_API_TOKEN"),
-        help="bearer token clients must send (default: $DEMO_API_TOKEN, kept out of `ps`)",
+        help=f"refused: pass the bearer token in ${TOKEN_ENV} (a command line shows in `ps`)",
     )
     parser.add_argument("--payments-db", required=True, type=Path, help="generator's SQLite file")
     parser.add_argument(
@@ -491,8 +524,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=int, default=1, help="seconds in Retry-After")
     parser.add_argument("--slow-seconds", type=float, default=2.0)
     args = parser.parse_args(argv)
-    if not args.token:
-        parser.error("a token is required: --token or $DEMO_API_TOKEN")
+    if args.token is not None:
+        parser.error(f"--token is refused (visible in `ps`): set ${TOKEN_ENV} instead")
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        parser.error(f"a token is required: set ${TOKEN_ENV}")
+    admin_token = None
+    if os.environ.get(FAULT_INJECTION_ENV, "").strip().lower() in ("1", "true", "yes"):
+        admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
+        if not admin_token:
+            parser.error(f"{FAULT_INJECTION_ENV} is set: {ADMIN_TOKEN_ENV} is required")
+        if admin_token == token:
+            parser.error(f"{ADMIN_TOKEN_ENV} must differ from {TOKEN_ENV}")
     try:
         faults = FaultConfig(
             modes=_parse_modes(args.faults),
@@ -502,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    app = create_app(args.payments_db, args.token, faults)
+    app = create_app(args.payments_db, token, faults, admin_token=admin_token)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

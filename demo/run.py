@@ -43,8 +43,15 @@ def running_api(
     port: int | None = None,
     faults: str = "",
     fault_every: int = 3,
+    admin_token: str | None = None,
 ) -> Iterator[str]:
-    """Start the demo payments API on loopback; yield its connection URI; stop it after."""
+    """Start the demo payments API on loopback; yield its connection URI; stop it after.
+
+    The tokens reach the server in its environment, not on its command line (`ps`).
+    `admin_token` enables the fault-injection endpoint (`/_admin/faults`) behind it.
+    """
+    from demo.api import ADMIN_TOKEN_ENV, FAULT_INJECTION_ENV, TOKEN_ENV
+
     port = port or _free_port()
     cmd = [
         sys.executable,
@@ -54,14 +61,17 @@ def running_api(
         "127.0.0.1",
         "--port",
         str(port),
-        "--token",
-        token,
         "--payments-db",
         str(payments_db),
     ]
     if faults:
         cmd += ["--faults", faults, "--fault-every", str(fault_every)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, TOKEN_ENV: token}
+    env.pop(FAULT_INJECTION_ENV, None)
+    env.pop(ADMIN_TOKEN_ENV, None)
+    if admin_token is not None:
+        env.update({FAULT_INJECTION_ENV: "1", ADMIN_TOKEN_ENV: admin_token})
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -96,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders-per-day", type=int, default=200)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--token", default=DEMO_TOKEN)
+    parser.add_argument(
+        "--token",
+        help="refused: the API token comes from $DEMO_API_TOKEN (a command line shows in `ps`)",
+    )
     args = parser.parse_args(argv)
+    if args.token is not None:
+        parser.error("--token is refused (visible in `ps`): set $DEMO_API_TOKEN instead")
+    token = os.environ.get("DEMO_API_TOKEN") or DEMO_TOKEN
 
     os.environ["NIGHTSHIFT_DATA_DIR"] = str(args.data_dir.resolve())
     paths = demo_paths(args.data_dir.resolve())
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp_payments, paths["payments"])
         os.replace(tmp_source, paths["source"])
         print(f"[demo] generated: {summary['rows']}")
-    with running_api(paths["payments"], token=args.token, port=args.port or None) as api_uri:
+    with running_api(paths["payments"], token=token, port=args.port or None) as api_uri:
         print(f"[demo] API on {api_uri.split('@')[1]}; running nightly_sales for {business_date}")
         run_dag(
             business_date,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
@@ -20,6 +21,8 @@ from demo.fx import rates_for
 
 TOKEN = "demo-test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_TOKEN = "demo-fault-token-456"  # the fault-injection endpoint's own token
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 START = datetime(2024, 3, 1, tzinfo=UTC)
 
 
@@ -223,17 +226,20 @@ def test_malformed_fault_breaks_one_record_per_nth_page(db: Path) -> None:
 
 
 def test_runtime_fault_switch(db: Path) -> None:
-    with serve_in_thread(create_app(db, TOKEN)) as url:
+    with serve_in_thread(create_app(db, TOKEN, admin_token=ADMIN_TOKEN)) as url:
         assert _get(url, "/v1/payments").status_code == 200
         settings = {"modes": ["rate_limit"], "every": 1, "retry_after": 3}
         assert httpx.post(url + "/_admin/faults", json=settings).status_code == 401
-        response = httpx.post(url + "/_admin/faults", json=settings, headers=AUTH)
+        # the data token reads payments; it cannot switch faults on
+        assert httpx.post(url + "/_admin/faults", json=settings, headers=AUTH).status_code == 401
+        assert _get(url, "/_admin/faults").status_code == 401
+        response = httpx.post(url + "/_admin/faults", json=settings, headers=ADMIN)
         assert response.json()["modes"] == ["rate_limit"]
         response = _get(url, "/v1/payments")
         assert response.status_code == 429 and response.headers["Retry-After"] == "3"
-        bad = httpx.post(url + "/_admin/faults", json={"modes": ["boom"]}, headers=AUTH)
+        bad = httpx.post(url + "/_admin/faults", json={"modes": ["boom"]}, headers=ADMIN)
         assert bad.status_code == 400 and "boom" in bad.json()["error"]
-        httpx.post(url + "/_admin/faults", json={"modes": []}, headers=AUTH)
+        httpx.post(url + "/_admin/faults", json={"modes": []}, headers=ADMIN)
         assert _get(url, "/v1/payments").status_code == 200
         assert _get(url, "/_admin/stats").json()["by_status"] == {"200": 2, "429": 1}
 
@@ -244,9 +250,10 @@ def test_cli_serves_on_loopback(db: Path) -> None:
         port = s.getsockname()[1]
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "demo.api", "--port", str(port), "--token", TOKEN]
+        [sys.executable, "-m", "demo.api", "--port", str(port)]
         + ["--payments-db", str(db), "--faults", "rate_limit", "--fault-every", "2"],
         cwd=repo,
+        env={**_clean_env(), "DEMO_API_TOKEN": TOKEN},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -263,6 +270,11 @@ def test_cli_serves_on_loopback(db: Path) -> None:
             time.sleep(0.1)
         assert _get(url, "/v1/payments").status_code == 200
         assert _get(url, "/v1/payments").status_code == 429
+        # started without DEMO_API_FAULT_INJECTION: the switch does not exist
+        off = httpx.post(url + "/_admin/faults", json={}, headers=AUTH)
+        assert off.status_code == 404 and "DEMO_API_FAULT_INJECTION" in off.json()["error"]
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert TOKEN not in cmdline
     finally:
         proc.terminate()
         proc.wait(10)
@@ -273,3 +285,90 @@ def test_fault_config_rejects_bad_values() -> None:
         FaultConfig(modes=frozenset({"nope"}))
     with pytest.raises(ValueError, match="every"):
         FaultConfig(every=0)
+
+
+def _clean_env() -> dict[str, str]:
+    drop = {"DEMO_API_TOKEN", "DEMO_API_FAULT_INJECTION", "DEMO_API_ADMIN_TOKEN"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+@pytest.mark.parametrize("headers", [{}, AUTH, ADMIN])
+def test_fault_injection_is_off_unless_enabled(db: Path, headers: dict) -> None:
+    with serve_in_thread(create_app(db, TOKEN)) as url:
+        for method in ("GET", "POST"):
+            response = httpx.request(
+                method, url + "/_admin/faults", json={"modes": ["rate_limit"]}, headers=headers
+            )
+            assert response.status_code == 404, (method, headers)
+        assert _get(url, "/v1/payments").status_code == 200
+        assert _get(url, "/_admin/stats").json()["config"]["modes"] == []
+
+
+def test_fault_injection_token_is_its_own(db: Path) -> None:
+    with pytest.raises(ValueError, match="differ"):
+        create_app(db, TOKEN, admin_token=TOKEN)
+    with pytest.raises(ValueError, match="non-empty"):
+        create_app(db, TOKEN, admin_token="")
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["--token", TOKEN], {"DEMO_API_TOKEN": TOKEN}, "--token is refused"),
+        ([], {}, "DEMO_API_TOKEN"),
+        ([], {"DEMO_API_TOKEN": TOKEN, "DEMO_API_FAULT_INJECTION": "1"}, "DEMO_API_ADMIN_TOKEN"),
+        (
+            [],
+            {
+                "DEMO_API_TOKEN": TOKEN,
+                "DEMO_API_FAULT_INJECTION": "1",
+                "DEMO_API_ADMIN_TOKEN": TOKEN,
+            },
+            "must differ",
+        ),
+    ],
+)
+def test_cli_refuses_unsafe_tokens(
+    db: Path, argv: list[str], env: dict[str, str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "demo.api", "--payments-db", str(db), "--port", "1", *argv],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**_clean_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+def test_running_api_passes_tokens_in_the_environment(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo runner (make demo, the e2e tests) never puts a token on a command line,
+    and enables the fault switch only when asked, behind its own token."""
+    from demo import run
+
+    for name in ("DEMO_API_FAULT_INJECTION", "DEMO_API_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    seen: list[tuple[list[str], dict[str, str]]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(cmd, **kwargs):
+        seen.append((list(cmd), dict(kwargs["env"])))
+        return real_popen(cmd, **kwargs)
+
+    monkeypatch.setattr(run.subprocess, "Popen", recording_popen)
+    with run.running_api(db, token=TOKEN) as uri:
+        base = "http://" + uri.split("@", 1)[1]
+        assert httpx.post(base + "/_admin/faults", json={}, headers=ADMIN).status_code == 404
+    with run.running_api(db, token=TOKEN, admin_token=ADMIN_TOKEN) as uri:
+        base = "http://" + uri.split("@", 1)[1]
+        switched = httpx.post(base + "/_admin/faults", json={"every": 2}, headers=ADMIN)
+        assert switched.status_code == 200 and switched.json()["every"] == 2
+    (plain_cmd, plain_env), (admin_cmd, admin_env) = seen
+    for cmd in (plain_cmd, admin_cmd):
+        assert TOKEN not in " ".join(cmd) and ADMIN_TOKEN not in " ".join(cmd)
+    assert plain_env["DEMO_API_TOKEN"] == TOKEN and "DEMO_API_FAULT_INJECTION" not in plain_env
+    assert admin_env["DEMO_API_ADMIN_TOKEN"] == ADMIN_TOKEN

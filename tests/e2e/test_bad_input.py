@@ -62,6 +62,8 @@ END = date(2026, 11, 20)
 DAY = END - timedelta(days=2)  # the good day; later days exist and are not judged
 RUN_ID = DAY.isoformat()
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_TOKEN = "bad-input-fault-token"  # the fault-injection endpoint's own
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOT_NULL = "expect_column_values_to_not_be_null"
 E2E_TIMEOUT = 2400  # a test's limit includes the shared good day when it runs first
 
@@ -146,7 +148,7 @@ def world(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
             )
             engine = sa.create_engine(url)
             try:
-                with running_api(payments_db, token=TOKEN) as api_uri:
+                with running_api(payments_db, token=TOKEN, admin_token=ADMIN_TOKEN) as api_uri:
                     env = {
                         **pipeline_env(url, tmp / "data", tmp / "airflow"),
                         "AIRFLOW_CONN_PAYMENTS_API": api_uri,
@@ -395,7 +397,7 @@ def test_missing_fx_day_stops_the_run_until_the_rates_exist(
     before = world.published_state()
     faults = world.api_base + "/_admin/faults"
     httpx.post(
-        faults, json={"fx_missing_days": [next_day.isoformat()]}, headers=AUTH
+        faults, json={"fx_missing_days": [next_day.isoformat()]}, headers=ADMIN
     ).raise_for_status()
     try:
         log = world.fail(next_day, capfd)
@@ -411,7 +413,7 @@ def test_missing_fx_day_stops_the_run_until_the_rates_exist(
         )
         assert cached == [], "an incomplete FX day was cached"
     finally:
-        httpx.post(faults, json={}, headers=AUTH).raise_for_status()
+        httpx.post(faults, json={}, headers=ADMIN).raise_for_status()
     world.publish(next_day)
     assert list(world.data_dir.glob(f"landing/payments_api/fx_rates/_cache/*/{next_day}.json"))
 
@@ -523,20 +525,27 @@ def test_a_page_without_next_cursor_stops_the_extract_naming_the_page(
     finally:
         store.close()
     faults = world.api_base + "/_admin/faults"
-    httpx.post(faults, json={"modes": ["missing_cursor"], "every": 1}, headers=AUTH)
+    httpx.post(
+        faults, json={"modes": ["missing_cursor"], "every": 1}, headers=ADMIN
+    ).raise_for_status()
     try:
         log = world.fail(DAY, capfd)
         assert "page 1: no 'next_cursor' key" in log
         assert "up_for_retry" not in log.lower(), "a contract error must not be retried"
         _unchanged(world, before)
     finally:
-        httpx.post(faults, json={}, headers=AUTH).raise_for_status()
+        httpx.post(faults, json={}, headers=ADMIN).raise_for_status()
     world.publish(DAY)
 
 
 def test_fx_missing_days_fault_switch(tmp_path: Path) -> None:
     """The demo API's switch: a chosen day answers with USD only, or 404."""
-    app = create_app(tmp_path / "payments.db", TOKEN, FaultConfig(fx_missing_days={"2026-01-02"}))
+    app = create_app(
+        tmp_path / "payments.db",
+        TOKEN,
+        FaultConfig(fx_missing_days={"2026-01-02"}),
+        admin_token=ADMIN_TOKEN,
+    )
     with serve_in_thread(app) as url:
 
         def rates(day: str) -> httpx.Response:
@@ -545,8 +554,8 @@ def test_fx_missing_days_fault_switch(tmp_path: Path) -> None:
         assert rates("2026-01-02").json()["rates"] == {"USD": "1"}
         assert len(rates("2026-01-03").json()["rates"]) > 1
         switch = {"fx_missing_days": ["2026-01-03"], "fx_missing_status": 404}
-        assert httpx.post(url + "/_admin/faults", json=switch, headers=AUTH).status_code == 200
+        assert httpx.post(url + "/_admin/faults", json=switch, headers=ADMIN).status_code == 200
         assert rates("2026-01-03").status_code == 404
         assert len(rates("2026-01-02").json()["rates"]) > 1
-        bad = httpx.post(url + "/_admin/faults", json={"fx_missing_days": ["x"]}, headers=AUTH)
+        bad = httpx.post(url + "/_admin/faults", json={"fx_missing_days": ["x"]}, headers=ADMIN)
         assert bad.status_code == 400 and "fx_missing_days" in bad.json()["error"]

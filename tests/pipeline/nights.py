@@ -36,6 +36,7 @@ import sqlalchemy as sa
 END = date(2026, 11, 10)  # the generated source's last day
 TZ = "America/New_York"
 TOKEN = "nights-token"
+ADMIN_TOKEN = "nights-fault-token"  # the fault-injection endpoint's own
 CHANGES = ("next_day", "region_move", "category_move", "cancel", "fx_revision")
 
 
@@ -118,7 +119,7 @@ def apply_change(kind: str, rng: random.Random, url: str, payments: Path, api: s
     day = END - timedelta(days=rng.randint(0, 5))
     revised = {"EUR": f"0.{rng.randint(8000, 9999)}", "GBP": f"0.{rng.randint(7000, 8999)}"}
     base = "http://" + api.split("@", 1)[1]
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         current = client.get("/_admin/faults").json().get("fx_revisions", {})
         body = {"fx_revisions": {**current, day.isoformat(): revised}}
         client.post("/_admin/faults", json=body).raise_for_status()
@@ -209,7 +210,7 @@ def run_sequence(seed: int, admin_url: str) -> dict[str, Any]:
         warehouse = root / "data" / "warehouse.duckdb"
         horizon: date | None = None
         days: set[date] = set()
-        with running_api(payments, token=TOKEN) as api:
+        with running_api(payments, token=TOKEN, admin_token=ADMIN_TOKEN) as api:
             os.environ["AIRFLOW_CONN_PAYMENTS_API"] = api
             try:
                 for step in seq.steps:

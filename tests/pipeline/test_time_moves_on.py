@@ -27,6 +27,7 @@ from warehouse.rollback import main as rollback_main
 END = date(2026, 11, 20)
 TZ = "America/New_York"
 TOKEN = "t1me-token"
+ADMIN_TOKEN = "t1me-fault-token"  # the fault-injection endpoint's own
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def source(pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("WAREHOUSE_PATH", raising=False)
-    with running_api(payments, token=TOKEN) as api_uri:
+    with running_api(payments, token=TOKEN, admin_token=ADMIN_TOKEN) as api_uri:
         monkeypatch.setenv("AIRFLOW_CONN_PAYMENTS_API", api_uri)
         yield pg_database, payments, data, "http://" + api_uri.split("@", 1)[1]
 
@@ -67,8 +68,10 @@ def oracle(url: str, api: str, through: date) -> tuple[set, set]:
 
 
 def revise(api: str, day: date, rates: dict[str, str]) -> None:
-    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-        client.post("/_admin/faults", json={"fx_revisions": {day.isoformat(): rates}})
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        client.post(
+            "/_admin/faults", json={"fx_revisions": {day.isoformat(): rates}}
+        ).raise_for_status()
 
 
 def test_a_revised_rate_restates_its_day_in_both_tables_and_the_report(source) -> None:
