@@ -19,9 +19,10 @@ export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export PYTHONPATH := $(CURDIR)
 
-# Demo API port (0: any free port) and token.
+# Demo API port (0: any free port) and token (reaches the API in its environment, not argv).
 DEMO_API_PORT ?= 0
 DEMO_API_TOKEN ?= demo-token
+export DEMO_API_TOKEN
 
 .PHONY: help
 help: ## Show this help
@@ -60,7 +61,7 @@ airflow-init: $(AIRFLOW_HOME)/.initialized ## Initialise Airflow's metadata DB (
 
 .PHONY: demo
 demo: airflow-init ## Build demo sources (SQLite + API) and run the nightly pipeline end to end
-	$(BIN)/python -m demo.run --data-dir $(CURDIR)/data --port $(DEMO_API_PORT) --token $(DEMO_API_TOKEN)
+	$(BIN)/python -m demo.run --data-dir $(CURDIR)/data --port $(DEMO_API_PORT)
 
 .PHONY: migration-demo
 migration-demo: $(STAMP) ## Zero-downtime move of the demo source to a new PostgreSQL schema (NIGHTSHIFT_MIGRATION_PG_URL)
@@ -89,8 +90,20 @@ replay: $(STAMP) ## Re-validate quarantined payments (all, or DATE=YYYY-MM-DD's 
 	$(BIN)/python -m extract.replay $(if $(DATE),--date "$$DATE",)
 
 .PHONY: airflow
-airflow: airflow-init ## Airflow UI on http://localhost:8080 (standalone; login admin/admin)
+airflow: airflow-init ## Airflow UI on http://127.0.0.1:8080 (standalone; login admin, password in .airflow/passwords.json, 0600)
 	$(BIN)/python -m pipeline.airflow_run ui
+
+# The compose stack (docker-compose.yml): reads .env (copy .env.example, set every
+# secret); COMPOSE_PROFILES=s3 there adds MinIO for an s3:// landing zone.
+COMPOSE ?= docker compose
+.PHONY: up
+up: ## Start the compose stack (CeleryExecutor; needs .env); UI on http://127.0.0.1:8080
+	@test -f .env || { echo "no .env: copy .env.example to .env and set its secrets"; exit 2; }
+	$(COMPOSE) up --detach --build
+
+.PHONY: down
+down: ## Stop the compose stack (its volumes stay; `docker compose down --volumes` drops them)
+	$(COMPOSE) down
 
 .PHONY: test
 test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none run)

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -179,18 +180,61 @@ def demo_connections(data_dir: Path) -> Iterator[dict[str, str]]:
         }
 
 
+WEAK_UI_PASSWORDS = frozenset({"", "admin", "airflow", "change-me"})
+
+
+def write_ui_passwords(path: Path, password: str | None = None) -> str:
+    """The simple auth manager's passwords file for `admin`, readable by its owner only.
+
+    A given password (AIRFLOW_ADMIN_PASSWORD) is used as is, unless it is a well-known
+    default; else a random one is made. An existing file keeps its password unless that
+    is a well-known default (an older `make airflow` wrote admin/admin); its mode is set
+    to 0600 either way. Returns the user name; the password is never printed.
+    """
+    if password is not None and password in WEAK_UI_PASSWORDS:
+        raise SystemExit(
+            "AIRFLOW_ADMIN_PASSWORD is a well-known default: choose another, or unset it "
+            f"for a random one written to {path}"
+        )
+    current: dict[str, str] = {}
+    if path.exists():
+        with contextlib.suppress(ValueError):
+            current = json.loads(path.read_text() or "{}")
+    if password is None and current.get("admin") not in WEAK_UI_PASSWORDS | {None}:
+        os.chmod(path, 0o600)
+        return "admin"
+    current["admin"] = password or secrets.token_urlsafe(18)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(current))
+    os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return "admin"
+
+
 def serve_ui(env_extra: dict[str, str]) -> int:
-    """`airflow standalone` (UI on :8080) with the project's settings; login admin/admin."""
+    """`airflow standalone` (UI on 127.0.0.1:8080) with the project's settings.
+
+    Loopback only unless AIRFLOW__API__HOST says otherwise (Airflow's own default is
+    0.0.0.0); the admin's password is AIRFLOW_ADMIN_PASSWORD or a random one, in
+    $AIRFLOW_HOME/passwords.json readable by its owner only.
+    """
     env = airflow_env(env_extra)
     ensure_airflow_initialised(env)
     home = Path(env["AIRFLOW_HOME"])
     passwords = home / "passwords.json"
-    if not passwords.exists():
-        passwords.write_text(json.dumps({"admin": env.get("AIRFLOW_ADMIN_PASSWORD", "admin")}))
-    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    user = write_ui_passwords(passwords, env.get("AIRFLOW_ADMIN_PASSWORD"))
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{user}:admin")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     env.setdefault("AIRFLOW__API__PORT", "8080")
-    print(f"Airflow UI: http://localhost:{env['AIRFLOW__API__PORT']}  (login in {passwords})")
+    print(
+        f"Airflow UI: http://{env['AIRFLOW__API__HOST']}:{env['AIRFLOW__API__PORT']}  "
+        f"(login {user}; the password is in {passwords}, readable by you only)"
+    )
     return subprocess.run([airflow_bin(), "standalone"], env=env).returncode
 
 
