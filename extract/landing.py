@@ -267,12 +267,36 @@ def write_landing_table(
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         _replace_dir(tmp, target)
         _write_latest_pointer(target.parent, manifest)
+        store = bound_store(landing_root)
+        if store is not None:  # object storage: the local run is only a stage until this
+            attempt = store.publish_run(target, source, table_name, run_id)
+            log.info(
+                "%s/%s run=%s committed to %s (attempt %s)",
+                source,
+                table_name,
+                run_id,
+                store.describe(),
+                attempt,
+            )
         return manifest
     except BaseException:
         if writer is not None:
             writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def bound_store(landing_root: Path) -> Any:
+    """The object store (`settings.landing_store()`) whose local stage is `landing_root`,
+    or None: the local landing zone (the default; one environment lookup, no I/O) or
+    another folder (e.g. a test's)."""
+    if not os.environ.get("NIGHTSHIFT_LANDING_URL", "").startswith("s3://"):
+        return None
+    from pipeline import settings
+
+    if Path(landing_root).resolve() != settings.landing_dir():
+        return None
+    return settings.landing_store()
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -395,6 +419,11 @@ def previous_manifest(landing_root: Path, source: str, table_name: str) -> dict[
     convenience pointer that a crash between the rename and its rewrite could leave
     one run behind). Unreadable manifests are skipped with a warning.
     """
+    store = bound_store(landing_root)
+    if store is not None:  # the committed runs of the store, not the local stage
+        return store.newest_manifest(
+            _check_name("source", source), _check_name("table", table_name)
+        )
     table_dir = (
         Path(landing_root) / _check_name("source", source) / _check_name("table", table_name)
     )

@@ -81,6 +81,40 @@ def published_horizon(business_date: date, target: tuple[Any, Any] | None = None
     return business_date if last is None else max(business_date, last)
 
 
+def _landing_synced(business_date: date) -> Path:
+    """The landing folder, holding the run's committed landings: with the landing zone
+    on object storage (`NIGHTSHIFT_LANDING_URL=s3://…`), the store's committed attempts
+    of the run are staged here first and local copies that are not committed removed
+    (another host, or a killed writer, may have landed them); locally a no-op."""
+    import time
+
+    root = settings.landing_dir()
+    store = settings.landing_store()
+    if store is not None:
+        started = time.monotonic()
+        counts = store.sync_run(root, run_id_for(business_date))
+        log.info(
+            "landing: run %s staged from %s in %.2f s: %s",
+            run_id_for(business_date),
+            store.describe(),
+            time.monotonic() - started,
+            counts,
+        )
+    return root
+
+
+def _push_landing_side_files() -> None:
+    """With the landing zone on object storage: upload the side files an extract wrote
+    beside the runs (shard-run records, source totals, the FX cache)."""
+    store = settings.landing_store()
+    if store is not None:
+        log.info(
+            "landing: %d side file(s) pushed to %s",
+            store.push_side_files(settings.landing_dir()),
+            store.describe(),
+        )
+
+
 def _quality_gate(business_date: date, step: str, results: list, warehouse: Any) -> dict:
     """Store GX results in the build, write Data Docs, then stop on a critical failure
     (recording it in the published warehouse first: the build is abandoned)."""
@@ -277,6 +311,7 @@ def _record_source_totals(business_date: date, totals: Any) -> None:
     from quality.reconcile import write_source_totals
 
     path = write_source_totals(settings.landing_dir(), run_id_for(business_date), totals)
+    _push_landing_side_files()
     for table, why in totals.unchecked.items():
         log.warning("source -> landing reconciliation of %s not available (%s)", table, why)
     log.info("source totals of the extract's snapshot: %s", path)
@@ -355,6 +390,7 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
 
     if settings.shard_map_path() is not None:
         load = load_source_db_sharded  # every shard of the run, in one transaction
+    _landing_synced(business_date)
     results = _validate_landed(business_date, "source_db", DB_TABLES)
     wh = _warehouse()
     build = wh.begin_build(run_id_for(business_date))
@@ -492,6 +528,7 @@ def extract_payments_api(
     from extract.replay import open_replays
 
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
+    _landing_synced(business_date)
     horizon = published_horizon(business_date)
     days = fx_days_needed(business_date, horizon)
     refresh = fx_days_to_refresh(business_date, days, horizon)
@@ -524,6 +561,7 @@ def extract_payments_api(
         close = getattr(client, "close", None)
         if close:
             close()
+    _push_landing_side_files()
     return {
         "payments": payments["rows"],
         "payments_quarantined": payments.get("quarantined", 0),
@@ -538,6 +576,7 @@ def load_payments_api(business_date: date) -> dict[str, Any]:
     from warehouse.load import load_payments_api as load
 
     wh, build = _run_build(business_date)
+    _landing_synced(business_date)
     results = _validate_landed(business_date, "payments_api", ("payments", "fx_rates"))
     quality = _quality_gate(business_date, "payments_api", results, (wh, build))
     result = load(
@@ -679,6 +718,7 @@ def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[st
 
     wh, build = _run_build(business_date)
     if stats is not None:
+        _landing_synced(business_date)  # the run metrics read the run's manifests
         with wh.transaction(build) as session:
             run_metrics.store(session, run_metrics.collect(session, business_date, stats))
     policy = _retention_policy()
@@ -721,9 +761,10 @@ def apply_retention(business_date: date) -> dict[str, Any]:
 
 @timed
 def check_alerts(business_date: date) -> dict[str, Any]:
-    """Evaluate the alert rules on the published run metrics; send what fires."""
-    from alerting.rules import evaluate, load_thresholds
-    from alerting.sinks import send_all
+    """Evaluate the alert rules on the published run metrics; send what fires (linked to
+    the Airflow run; `for_runs` streaks from the run files: alerting/runs.py)."""
+    from alerting.rules import load_thresholds
+    from alerting.runs import published_run_alerts
     from pipeline import run_metrics
 
     run_id = run_id_for(business_date)
@@ -737,8 +778,8 @@ def check_alerts(business_date: date) -> dict[str, Any]:
     metrics = stored if isinstance(stored, dict) else json.loads(stored)
     thresholds = load_thresholds(settings.alerts_config_path())
     history = run_metrics.history(_published(), run_id)
-    alerts = evaluate(metrics, history, thresholds)
-    sent = send_all(alerts) if alerts else 0
+    alerts = published_run_alerts(metrics, history, thresholds)
+    sent = len(alerts)
     statsd = run_metrics.emit_statsd(metrics, *settings.statsd_address())
     return {"alerts": len(alerts), "sent": sent, "statsd_lines": statsd}
 

@@ -141,7 +141,77 @@ def data_dir() -> Path:
 
 
 def landing_dir() -> Path:
+    """The local landing folder readers and writers use. With `NIGHTSHIFT_LANDING_URL` a
+    local path, that path; with `s3://…`, the local stage of the object store
+    (`NIGHTSHIFT_LANDING_STAGE`, default `DATA_DIR/landing-stage`; extract/object_landing.py)."""
+    url = os.environ.get("NIGHTSHIFT_LANDING_URL", "").strip()
+    if url.startswith("s3://"):
+        stage = os.environ.get("NIGHTSHIFT_LANDING_STAGE", "").strip()
+        return Path(stage or data_dir() / "landing-stage").resolve()
+    if url:
+        return Path(url.removeprefix("file://")).resolve()
     return Path(os.environ.get("LANDING_DIR", data_dir() / "landing")).resolve()
+
+
+LANDING_CONN_ID = "landing"
+
+
+def landing_url() -> str:
+    """`NIGHTSHIFT_LANDING_URL`: a local path (default: the landing folder) or
+    `s3://bucket/prefix`."""
+    url = os.environ.get("NIGHTSHIFT_LANDING_URL", "").strip()
+    return url if url.startswith("s3://") else str(landing_dir())
+
+
+def landing_store_options() -> dict[str, Any]:
+    """`pyarrow.fs.S3FileSystem` options for the landing store, from the Airflow
+    connection `landing` (`AIRFLOW_CONN_LANDING=aws://KEY:SECRET@/?endpoint_url=…&
+    region_name=…`) or else the standard AWS variables (`AWS_ACCESS_KEY_ID`,
+    `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`,
+    `AWS_REGION`/`AWS_DEFAULT_REGION`). Secrets are registered with the log masker."""
+    uri = get_connection_uri(LANDING_CONN_ID, required=False)
+    env = os.environ
+    key = env.get("AWS_ACCESS_KEY_ID")
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
+    token = env.get("AWS_SESSION_TOKEN")
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if uri:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("aws", "s3"):
+            raise ConfigError(
+                f"landing: scheme must be aws (aws://KEY:SECRET@/?…), got {parts.scheme!r}"
+            )
+        extra = dict(parse_qsl(parts.query))
+        key = unquote(parts.username or "") or extra.get("aws_access_key_id") or key
+        secret = unquote(parts.password or "") or extra.get("aws_secret_access_key") or secret
+        token = extra.get("aws_session_token") or token
+        endpoint = extra.get("endpoint_url") or endpoint
+        region = extra.get("region_name") or region
+    for value in (secret, token):
+        _mask(value)
+    options: dict[str, Any] = {
+        "access_key": key,
+        "secret_key": secret,
+        "session_token": token,
+        "region": region or "us-east-1",
+    }
+    if endpoint:
+        ep = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options["endpoint_override"] = ep.netloc
+        options["scheme"] = ep.scheme
+    return options
+
+
+def landing_store() -> Any:
+    """The object store of the landing zone (`extract.object_landing.LandingStore`), or
+    None when the landing zone is the local folder (the default)."""
+    url = os.environ.get("NIGHTSHIFT_LANDING_URL", "").strip()
+    if not url.startswith("s3://"):
+        return None
+    from extract.object_landing import open_store
+
+    return open_store(url, landing_store_options())
 
 
 def quarantine_dir() -> Path:

@@ -1,0 +1,385 @@
+"""The landing zone on object storage (`NIGHTSHIFT_LANDING_URL=s3://bucket/prefix`).
+
+Object stores have no atomic rename, so a landed run is committed by the object written
+last. Layout under the prefix (the same `<source>/<table>/run=<run_id>` names as on disk):
+
+    <source>/<table>/run=<id>/attempt=<aid>/part-00000.parquet   data (and `_*` side files)
+    <source>/<table>/run=<id>/attempt=<aid>/_manifest.json       written after the data
+    <source>/<table>/run=<id>/_commit.json                       written LAST: the commit
+    <source>/<table>/_latest.json, <source>/_shard_runs/…, …     side files (not runs)
+
+Protocol (docs/extract-design.md, "Landing on object storage"):
+1. a landing (first or rerun) writes every object of the run under a NEW attempt prefix
+   (`attempt=<utc time>-<random>`), never into a committed one;
+2. then the attempt's `_manifest.json`, then `run=<id>/_commit.json` naming the attempt
+   (one PUT: S3 makes it visible whole, readers see the old commit or the new one);
+3. readers trust only a run whose `_commit.json` exists, and read only the attempt it
+   names: objects of an attempt without a commit (a killed writer, a rerun in progress)
+   are never read;
+4. after the commit, the run's other attempts are deleted (a reader that was still
+   reading one of them re-reads the commit and starts over).
+
+The pipeline's readers (loader, validation, reconciliation, run metrics) work on local
+files: the store is mirrored into a local stage directory (`settings.landing_dir()`),
+the writer lands there as before and then publishes the run here; a step that reads a
+run first calls `sync_run`, which downloads the committed attempt and removes any local
+copy that is not the committed one (e.g. left by a killed writer on this host).
+Credentials are never written to an object or a log line (settings.landing_store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+COMMIT_NAME = "_commit.json"
+MANIFEST_NAME = "_manifest.json"
+LATEST_POINTER_NAME = "_latest.json"
+RUN_PREFIX = "run="
+ATTEMPT_PREFIX = "attempt="
+_CHUNK = 8 << 20
+_PUSH_INDEX = ".store-pushed.json"  # local: side files already pushed (size, mtime_ns)
+
+
+def _attempt_id() -> str:
+    # sortable by time; random tail: two writers never share an attempt
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class LandingStore:
+    """An S3 (or any `pyarrow.fs`) location of the landing zone: `fs` + `root` (the
+    `bucket/prefix` path inside it). `describe()` never contains a credential."""
+
+    fs: Any
+    root: str
+    url: str
+    stats: dict[str, float] = field(default_factory=lambda: {"put_bytes": 0, "get_bytes": 0})
+
+    def describe(self) -> str:
+        return self.url
+
+    # -- low level --------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+    def _put_file(self, local: Path, key: str) -> None:
+        with open(local, "rb") as src, self.fs.open_output_stream(key) as out:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                self.stats["put_bytes"] += len(chunk)
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        with self.fs.open_output_stream(key) as out:
+            out.write(data)
+        self.stats["put_bytes"] += len(data)
+
+    def _get_bytes(self, key: str) -> bytes | None:
+        try:
+            with self.fs.open_input_stream(key) as src:
+                data = src.read()
+        except (FileNotFoundError, OSError) as exc:
+            if _not_found(exc):
+                return None
+            raise
+        self.stats["get_bytes"] += len(data)
+        return data
+
+    def _get_file(self, key: str, local: Path) -> None:
+        with self.fs.open_input_stream(key) as src, open(local, "wb") as out:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                self.stats["get_bytes"] += len(chunk)
+
+    def _list(self, prefix: str, recursive: bool = True) -> list[Any]:
+        from pyarrow import fs as pafs
+
+        selector = pafs.FileSelector(self._key(prefix), allow_not_found=True, recursive=recursive)
+        return self.fs.get_file_info(selector)
+
+    def _rel(self, path: str) -> str:
+        return path[len(self.root.rstrip("/")) + 1 :]
+
+    # -- writing ----------------------------------------------------------------------
+
+    def publish_run(self, local_run: Path, source: str, table: str, run_id: str) -> str:
+        """Upload the landed run directory `local_run` as a new attempt, commit it, then
+        delete the run's other attempts; return the attempt id."""
+        manifest_path = local_run / MANIFEST_NAME
+        manifest = json.loads(manifest_path.read_text())
+        attempt = _attempt_id()
+        run_key = f"{source}/{table}/{RUN_PREFIX}{run_id}"
+        attempt_key = f"{run_key}/{ATTEMPT_PREFIX}{attempt}"
+        names = sorted(p.name for p in local_run.iterdir() if p.is_file())
+        for name in names:  # data and side files first ...
+            if name != MANIFEST_NAME:
+                self._put_file(local_run / name, self._key(attempt_key, name))
+        self._put_file(manifest_path, self._key(attempt_key, MANIFEST_NAME))  # ... manifest
+        commit = {
+            "run_id": run_id,
+            "attempt": attempt,
+            "manifest": f"{ATTEMPT_PREFIX}{attempt}/{MANIFEST_NAME}",
+            "objects": names,
+            **{k: manifest.get(k) for k in ("extracted_at", "checksum_sha256", "rows", "files")},
+        }
+        self._put_bytes(self._key(run_key, COMMIT_NAME), _json(commit))  # ... commit last
+        self._put_bytes(  # convenience pointer, as on disk (readers never need it)
+            self._key(source, table, LATEST_POINTER_NAME),
+            _json(
+                {
+                    "run_id": run_id,
+                    "run_dir": f"{RUN_PREFIX}{run_id}",
+                    "attempt": attempt,
+                    "extracted_at": manifest.get("extracted_at"),
+                    "schema_fingerprint": manifest.get("schema_fingerprint"),
+                    "columns": manifest.get("columns"),
+                }
+            ),
+        )
+        self._delete_other_attempts(run_key, attempt)
+        return attempt
+
+    def _delete_other_attempts(self, run_key: str, keep: str) -> None:
+        for info in self._list(run_key, recursive=False):
+            name = info.path.rsplit("/", 1)[-1]
+            if name.startswith(ATTEMPT_PREFIX) and name != f"{ATTEMPT_PREFIX}{keep}":
+                try:
+                    self.fs.delete_dir(info.path)
+                except OSError as exc:  # a later commit cleans it again
+                    log.warning("landing store: could not delete old attempt %s: %s", name, exc)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def read_commit(self, source: str, table: str, run_id: str) -> dict[str, Any] | None:
+        data = self._get_bytes(self._key(source, table, f"{RUN_PREFIX}{run_id}", COMMIT_NAME))
+        return None if data is None else json.loads(data)
+
+    def committed_runs(self, source: str, table: str) -> dict[str, dict[str, Any]]:
+        """{run_id: commit} of every committed run of source/table."""
+        found: dict[str, dict[str, Any]] = {}
+        for info in self._list(f"{source}/{table}", recursive=False):
+            name = info.path.rsplit("/", 1)[-1]
+            if not name.startswith(RUN_PREFIX):
+                continue
+            commit = self.read_commit(source, table, name[len(RUN_PREFIX) :])
+            if commit is not None:
+                found[name[len(RUN_PREFIX) :]] = commit
+        return found
+
+    def read_manifest(self, source: str, table: str, run_id: str) -> dict[str, Any] | None:
+        """The committed manifest of a run, or None (no commit: not a run)."""
+        commit = self.read_commit(source, table, run_id)
+        if commit is None:
+            return None
+        data = self._get_bytes(
+            self._key(source, table, f"{RUN_PREFIX}{run_id}", commit["manifest"])
+        )
+        return None if data is None else json.loads(data)
+
+    def newest_manifest(self, source: str, table: str) -> dict[str, Any] | None:
+        """The committed manifest with the largest `extracted_at` (the drift check's
+        previous landing), or None."""
+        commits = self.committed_runs(source, table)
+        if not commits:
+            return None
+        run_id = max(commits, key=lambda r: str(commits[r].get("extracted_at") or ""))
+        return self.read_manifest(source, table, run_id)
+
+    def sync_run(self, local_root: Path, run_id: str) -> dict[str, int]:
+        """Make the local stage hold exactly the committed runs `run=<run_id>` (and
+        `run=<run_id>.shard-*`) of every table, plus the side files; a local copy that
+        is not the committed attempt is replaced, one without a commit removed."""
+        local_root = Path(local_root)
+        counts = {"downloaded": 0, "kept": 0, "removed": 0, "side_files": 0}
+        for _ in range(3):  # a concurrent rerun may delete the attempt being read
+            try:
+                self._sync_run(local_root, run_id, counts)
+                return counts
+            except FileNotFoundError as exc:
+                log.warning("landing store: %s changed while read (%s): again", run_id, exc)
+        self._sync_run(local_root, run_id, counts)
+        return counts
+
+    def _sync_run(self, local_root: Path, run_id: str, counts: dict[str, int]) -> None:
+        from pyarrow import fs as pafs
+
+        infos = self._list("")
+        remote_runs: dict[tuple[str, str, str], str] = {}  # (source, table, run dir) -> key
+        side: list[Any] = []
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            rel = self._rel(info.path)
+            parts = rel.split("/")
+            run_part = next((p for p in parts if p.startswith(RUN_PREFIX)), None)
+            if run_part is None or (len(parts) == 3 and parts[2].endswith(".json")):
+                if parts[-1] != LATEST_POINTER_NAME:
+                    side.append(info)  # e.g. source_db/_shard_runs/run=<id>.json
+                continue
+            if len(parts) == 4 and parts[3] == COMMIT_NAME and _wanted(parts[2], run_id):
+                remote_runs[(parts[0], parts[1], parts[2])] = info.path
+        wanted_local = {
+            (s.name, t.name, r.name): r
+            for s in (local_root.iterdir() if local_root.is_dir() else [])
+            if s.is_dir()
+            for t in s.iterdir()
+            if t.is_dir()
+            for r in t.iterdir()
+            if r.is_dir() and _wanted(r.name, run_id)
+        }
+        for key, local in wanted_local.items():
+            if key not in remote_runs:  # not committed (e.g. a killed writer): not a run
+                _remove_dir(local)
+                counts["removed"] += 1
+        for (source, table, run_dir), commit_key in remote_runs.items():
+            commit = json.loads(self._get_bytes(commit_key) or b"{}")
+            target = local_root / source / table / run_dir
+            if _same_run(target, commit):
+                counts["kept"] += 1
+                continue
+            self._download_attempt(source, table, run_dir, commit, target)
+            counts["downloaded"] += 1
+        for info in side:
+            rel = self._rel(info.path)
+            local = local_root / rel
+            try:
+                st = local.stat()
+                if st.st_size == info.size and st.st_mtime_ns >= info.mtime_ns:
+                    continue
+            except FileNotFoundError:
+                pass
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.parent / f".tmp-{local.name}-{uuid.uuid4().hex[:8]}"
+            self._get_file(info.path, tmp)
+            os.replace(tmp, local)
+            counts["side_files"] += 1
+
+    def _download_attempt(
+        self, source: str, table: str, run_dir: str, commit: dict[str, Any], target: Path
+    ) -> None:
+        from extract.landing import _replace_dir
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            prefix = f"{source}/{table}/{run_dir}/{ATTEMPT_PREFIX}{commit['attempt']}"
+            names = commit.get("objects") or [
+                i.path.rsplit("/", 1)[-1] for i in self._list(prefix, recursive=False)
+            ]
+            for name in names:
+                self._get_file(self._key(prefix, name), tmp / name)
+            _replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def push_side_files(self, local_root: Path) -> int:
+        """Upload the stage's files that are not runs (shard-run records, source totals,
+        the FX cache) when new or changed since the last push from this stage."""
+        local_root = Path(local_root)
+        index_path = local_root / _PUSH_INDEX
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            index = {}
+        pushed = 0
+        for dirpath, dirnames, filenames in os.walk(local_root):
+            dirnames[:] = [d for d in dirnames if not d.startswith((RUN_PREFIX, ".tmp-", ".old-"))]
+            for name in filenames:
+                if name.startswith(".") or name == LATEST_POINTER_NAME:
+                    continue
+                path = Path(dirpath) / name
+                rel = path.relative_to(local_root).as_posix()
+                if "/" not in rel:
+                    continue  # nothing at the root is shared
+                st = path.stat()
+                if index.get(rel) == [st.st_size, st.st_mtime_ns]:
+                    continue
+                self._put_file(path, self._key(rel))
+                index[rel] = [st.st_size, st.st_mtime_ns]
+                pushed += 1
+        if pushed:
+            tmp = local_root / f".tmp-{_PUSH_INDEX}"
+            tmp.write_text(json.dumps(index))
+            os.replace(tmp, index_path)
+        return pushed
+
+    def uncommitted_attempts(self) -> list[str]:
+        """Attempt prefixes no commit names (a killed writer's leftovers), for checks."""
+        from pyarrow import fs as pafs
+
+        attempts: set[str] = set()
+        committed: set[str] = set()
+        for info in self._list(""):
+            if info.type != pafs.FileType.File:
+                continue
+            parts = self._rel(info.path).split("/")
+            if len(parts) >= 4 and parts[3].startswith(ATTEMPT_PREFIX):
+                attempts.add("/".join(parts[:4]))
+            if len(parts) == 4 and parts[3] == COMMIT_NAME:
+                commit = json.loads(self._get_bytes(info.path) or b"{}")
+                committed.add("/".join(parts[:3]) + f"/{ATTEMPT_PREFIX}{commit.get('attempt')}")
+        return sorted(attempts - committed)
+
+
+def _wanted(run_dir: str, run_id: str) -> bool:
+    return run_dir == f"{RUN_PREFIX}{run_id}" or run_dir.startswith(f"{RUN_PREFIX}{run_id}.shard-")
+
+
+def _same_run(local: Path, commit: dict[str, Any]) -> bool:
+    """Whether the local run directory holds the committed attempt (same manifest)."""
+    try:
+        manifest = json.loads((local / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    keys = ("extracted_at", "checksum_sha256", "rows", "files")
+    return all(manifest.get(k) == commit.get(k) for k in keys) and all(
+        (local / name).is_file() for name in commit.get("objects") or []
+    )
+
+
+def _remove_dir(path: Path) -> None:
+    aside = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, aside)  # readers never see a half-removed run
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _not_found(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, FileNotFoundError)
+        or "NoSuchKey" in str(exc)
+        or ("not found" in str(exc).lower() or "does not exist" in str(exc).lower())
+    )
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+
+
+def open_store(url: str, options: dict[str, Any]) -> LandingStore:
+    """A store for `s3://bucket/prefix` with `options` (access_key, secret_key,
+    session_token, region, endpoint_override, scheme) for `pyarrow.fs.S3FileSystem`."""
+    from urllib.parse import urlsplit
+
+    from pyarrow import fs as pafs
+
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"landing URL must be s3://bucket/prefix, got {url!r}")
+    fs = pafs.S3FileSystem(**{k: v for k, v in options.items() if v not in (None, "")})
+    root = parts.netloc + "/" + parts.path.strip("/") if parts.path.strip("/") else parts.netloc
+    return LandingStore(fs=fs, root=root, url=f"s3://{root}")

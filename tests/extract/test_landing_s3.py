@@ -1,0 +1,216 @@
+"""The landing zone on object storage (extract/object_landing.py) against a real S3 API
+server on loopback (moto's server): commit by the object written last, a rerun replaces
+a run without readers seeing a mix, a half-written run is never read, credentials never
+land in an object or a log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from extract.landing import (
+    SchemaDriftError,
+    bound_store,
+    previous_manifest,
+    write_landing_table,
+)
+from extract.object_landing import ATTEMPT_PREFIX, COMMIT_NAME
+from pipeline import settings
+from tests.s3_server import ACCESS_KEY, SECRET_KEY
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64()),
+        pa.field("total", pa.decimal128(12, 2)),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def _table(n: int, offset: int = 0, schema: pa.Schema = SCHEMA) -> pa.Table:
+    data = {
+        "id": list(range(offset, offset + n)),
+        "total": [Decimal(i) for i in range(n)],
+        "updated_at": [1_700_000_000_000_000 + i for i in range(n)],
+    }
+    return pa.table({f.name: pa.array(data[f.name], type=f.type) for f in schema})
+
+
+def _land(run_id: str, n: int, offset: int = 0, schema: pa.Schema = SCHEMA, **kw) -> dict:
+    return write_landing_table(
+        _table(n, offset, schema).to_batches(max_chunksize=4),
+        schema=schema,
+        landing_root=settings.landing_dir(),
+        source="source_db",
+        table_name="orders",
+        run_id=run_id,
+        cursor_column="updated_at",
+        rows_per_file=4,
+        **kw,
+    )
+
+
+def _ids(run: Path) -> list[int]:
+    files = sorted(run.glob("*.parquet"))
+    return sorted(i for f in files for i in pq.read_table(f).column("id").to_pylist())
+
+
+def _attempts(keys: list[str], run_id: str) -> set[str]:
+    return {
+        k.split("/")[4]
+        for k in keys
+        if f"/run={run_id}/" in k and k.split("/")[4].startswith(ATTEMPT_PREFIX)
+    }
+
+
+def test_commit_writes_the_manifest_then_the_commit_and_another_host_reads_it(
+    s3_landing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, bucket = s3_landing
+    manifest = _land("2026-11-01", 10)
+    keys = server.keys(bucket)
+    run_keys = [k for k in keys if "/run=2026-11-01/" in k]
+    (attempt,) = _attempts(keys, "2026-11-01")
+    prefix = "landing/source_db/orders/run=2026-11-01"
+    assert f"{prefix}/{COMMIT_NAME}" in run_keys
+    assert f"{prefix}/{attempt}/_manifest.json" in run_keys
+    assert sum(k.endswith(".parquet") for k in run_keys) == len(manifest["files"]) == 3
+    commit = json.loads(
+        server.client().get_object(Bucket=bucket, Key=f"{prefix}/{COMMIT_NAME}")["Body"].read()
+    )
+    assert commit["attempt"] == attempt.removeprefix(ATTEMPT_PREFIX)
+    assert commit["checksum_sha256"] == manifest["checksum_sha256"]
+
+    # another host: an empty stage gets exactly the committed run
+    monkeypatch.setenv("NIGHTSHIFT_LANDING_STAGE", str(tmp_path / "host-b"))
+    stage = settings.landing_dir()
+    counts = settings.landing_store().sync_run(stage, "2026-11-01")
+    assert counts["downloaded"] == 1
+    run = stage / "source_db" / "orders" / "run=2026-11-01"
+    assert _ids(run) == list(range(10))
+    assert json.loads((run / "_manifest.json").read_text()) == manifest
+    # already there: nothing downloaded again
+    assert settings.landing_store().sync_run(stage, "2026-11-01")["kept"] == 1
+
+
+def test_rerun_writes_a_new_attempt_then_switches_the_commit_and_cleans_the_old(
+    s3_landing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, bucket = s3_landing
+    _land("2026-11-01", 10)
+    (first,) = _attempts(server.keys(bucket), "2026-11-01")
+    monkeypatch.setenv("NIGHTSHIFT_LANDING_STAGE", str(tmp_path / "host-b"))
+    reader = settings.landing_dir()
+    settings.landing_store().sync_run(reader, "2026-11-01")
+    monkeypatch.setenv("NIGHTSHIFT_LANDING_STAGE", str(tmp_path / "stage"))
+    rerun = _land("2026-11-01", 6, offset=100)  # a rerun replaces, never appends
+    (second,) = _attempts(server.keys(bucket), "2026-11-01")
+    assert second != first  # a new prefix; the old attempt is deleted after the commit
+    assert rerun["rows"] == 6
+    monkeypatch.setenv("NIGHTSHIFT_LANDING_STAGE", str(reader))
+    counts = settings.landing_store().sync_run(reader, "2026-11-01")
+    assert counts["downloaded"] == 1
+    assert _ids(reader / "source_db" / "orders" / "run=2026-11-01") == list(range(100, 106))
+
+
+def test_a_half_written_run_without_commit_is_ignored_and_replaced(
+    s3_landing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, bucket = s3_landing
+    store = settings.landing_store()
+    _land("2026-11-01", 5)
+    # a writer killed mid-run: data objects of a new attempt, no manifest, no commit;
+    # and a first landing of another day killed the same way
+    client = server.client()
+    for run_id in ("2026-11-01", "2026-11-02"):
+        key = f"landing/source_db/orders/run={run_id}/{ATTEMPT_PREFIX}killed/part-00000.parquet"
+        client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 half written")
+    assert len(store.uncommitted_attempts()) == 2
+    # its local copy on the writer's host (landed locally before the upload) is not a run
+    stage = settings.landing_dir()
+    orphan = stage / "source_db" / "orders" / "run=2026-11-02"
+    orphan.mkdir(parents=True)
+    (orphan / "part-00000.parquet").write_bytes(b"PAR1 half written")
+
+    fresh = tmp_path / "host-b"
+    assert store.sync_run(fresh, "2026-11-02")["downloaded"] == 0
+    assert not (fresh / "source_db" / "orders" / "run=2026-11-02").exists()
+    assert store.sync_run(stage, "2026-11-02")["removed"] == 1
+    assert not orphan.exists()
+    assert store.sync_run(fresh, "2026-11-01")["downloaded"] == 1
+    assert _ids(fresh / "source_db" / "orders" / "run=2026-11-01") == list(range(5))
+    # the drift check's "previous landing" is the committed one, never the half run
+    assert previous_manifest(stage, "source_db", "orders")["run_id"] == "2026-11-01"
+
+    _land("2026-11-01", 3, offset=50)  # the rerun commits and cleans the orphan attempt
+    _land("2026-11-02", 2, offset=70)
+    assert store.uncommitted_attempts() == []
+    keys = server.keys(bucket)
+    assert len(_attempts(keys, "2026-11-01")) == len(_attempts(keys, "2026-11-02")) == 1
+    assert store.sync_run(fresh, "2026-11-01")["downloaded"] == 1
+    assert _ids(fresh / "source_db" / "orders" / "run=2026-11-01") == [50, 51, 52]
+
+
+def test_schema_drift_compares_with_the_committed_runs_of_the_store(s3_landing) -> None:
+    _land("2026-11-01", 3)
+    narrower = pa.schema([SCHEMA.field("id"), SCHEMA.field("updated_at")])
+    with pytest.raises(SchemaDriftError, match="'total'"):
+        _land("2026-11-02", 3, schema=narrower)
+    server, bucket = s3_landing
+    assert not [k for k in server.keys(bucket) if "run=2026-11-02" in k]  # nothing written
+
+
+def test_side_files_are_pushed_and_pulled(s3_landing, tmp_path: Path) -> None:
+    store = settings.landing_store()
+    stage = settings.landing_dir()
+    record = stage / "source_db" / "_shard_runs" / "run=2026-11-01.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"shards": []}')
+    assert store.push_side_files(stage) == 1
+    assert store.push_side_files(stage) == 0  # unchanged: not again
+    other = tmp_path / "host-b"
+    assert store.sync_run(other, "2026-11-01")["side_files"] == 1
+    assert (other / "source_db" / "_shard_runs" / "run=2026-11-01.json").read_text() == (
+        '{"shards": []}'
+    )
+
+
+def test_credentials_come_from_the_connection_and_never_reach_objects_or_logs(
+    s3_landing, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, bucket = s3_landing
+    caplog.set_level(logging.DEBUG)
+    options = settings.landing_store_options()
+    assert options["access_key"] == ACCESS_KEY and options["secret_key"] == SECRET_KEY
+    assert options["endpoint_override"] == server.endpoint.removeprefix("http://")
+    store = settings.landing_store()
+    assert SECRET_KEY not in store.describe() and SECRET_KEY not in repr(store)
+    _land("2026-11-01", 3)
+    store.push_side_files(settings.landing_dir())
+    store.sync_run(settings.landing_dir(), "2026-11-01")
+    assert "committed to s3://" in caplog.text  # the landing logged its commit
+    assert SECRET_KEY not in caplog.text and ACCESS_KEY not in caplog.text
+    caplog.set_level(logging.WARNING)  # the test's own boto3 client logs its requests
+    client = server.client()
+    keys = server.keys(bucket)
+    assert any(k.endswith("_manifest.json") for k in keys)
+    for key in keys:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert SECRET_KEY.encode() not in body and ACCESS_KEY.encode() not in body, key
+
+
+def test_the_local_landing_zone_stays_the_default(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("NIGHTSHIFT_LANDING_URL", raising=False)
+    monkeypatch.setenv("NIGHTSHIFT_DATA_DIR", str(tmp_path))
+    assert settings.landing_store() is None
+    assert bound_store(settings.landing_dir()) is None
+    assert settings.landing_dir() == (tmp_path / "landing").resolve()
+    monkeypatch.setenv("NIGHTSHIFT_LANDING_URL", str(tmp_path / "elsewhere"))
+    assert settings.landing_dir() == (tmp_path / "elsewhere").resolve()
+    assert settings.landing_store() is None
