@@ -484,6 +484,8 @@ class DbtTarget:
     name: str
     env: dict[str, str] = field(default_factory=dict, repr=False)
     warehouse_path: Path | None = None
+    # another environment's dbt (the Snowflake adapter lives in .venv-adapters); None: .venv's
+    executable: Path | None = None
 
 
 def _duckdb_target(warehouse: Any, build: Build | None) -> DbtTarget:
@@ -554,8 +556,70 @@ def _postgres_target(warehouse: Any, build: Build | None) -> DbtTarget:
     return DbtTarget("postgres", env)
 
 
+ADAPTERS_DBT = DEFAULT_PROJECT_DIR.parent / ".venv-adapters" / "bin" / "dbt"
+SNOWFLAKE_DBT_ENV = "DBT_SNOWFLAKE_EXECUTABLE"
+
+
+def snowflake_dbt_executable() -> Path:
+    """dbt with dbt-snowflake: `DBT_SNOWFLAKE_EXECUTABLE`, default `.venv-adapters/bin/dbt`
+    (dbt-snowflake cannot share .venv with Airflow's pins: `make adapters-venv`)."""
+    from warehouse.backends.base import WarehouseError
+
+    path = Path(os.environ.get(SNOWFLAKE_DBT_ENV) or ADAPTERS_DBT)
+    if not path.is_file():
+        raise WarehouseError(
+            f"dbt for the snowflake warehouse not found at {path} ({SNOWFLAKE_DBT_ENV}): "
+            "`make adapters-venv` installs dbt-snowflake into .venv-adapters"
+        )
+    return path
+
+
+def snowflake_env(warehouse: Any) -> dict[str, str]:
+    """`DBT_SNOWFLAKE_*` (profiles.yml) from the warehouse's connection (the URL's):
+    the password goes to dbt through the environment only."""
+    kwargs = warehouse.connection
+    return {
+        "DBT_SNOWFLAKE_ACCOUNT": str(kwargs.get("account", "")),
+        "DBT_SNOWFLAKE_USER": str(kwargs.get("user", "")),
+        "DBT_SNOWFLAKE_PASSWORD": str(kwargs.get("password", "")),
+        "DBT_SNOWFLAKE_ROLE": str(kwargs.get("role", "")),
+        "DBT_SNOWFLAKE_DATABASE": str(kwargs.get("database", "")),
+        "DBT_SNOWFLAKE_WAREHOUSE": str(kwargs.get("warehouse", "")),
+        "DBT_SNOWFLAKE_HOST": str(kwargs.get("host", "")),
+        "DBT_SNOWFLAKE_PORT": str(kwargs.get("port", "") or "0"),
+        "DBT_SNOWFLAKE_PROTOCOL": str(kwargs.get("protocol", "")),
+    }
+
+
+def _snowflake_target(warehouse: Any, build: Build | None) -> DbtTarget:
+    from warehouse.backends.base import WarehouseError
+
+    if build is None:
+        raise WarehouseError(
+            f"dbt on {warehouse.describe()} needs a build (begin_build/open_build): a run "
+            "never writes the published schemas"
+        )
+    suffix = build_schema_suffix(build)
+    if not suffix:
+        raise WarehouseError(
+            f"build {build.token} of run {build.run_id} maps the schemas to the published "
+            f"ones: on {warehouse.describe()} dbt writes only <schema>__build_<token>"
+        )
+    env = snowflake_env(warehouse)
+    env["DBT_SNOWFLAKE_SCHEMA"] = build.schema("staging")
+    env[SCHEMA_SUFFIX_ENV] = suffix
+    if getattr(warehouse, "emulator", None):
+        # fakesnow's one DuckDB behind the server: one dbt thread at a time
+        env.setdefault("DBT_SNOWFLAKE_THREADS", "1")
+    return DbtTarget("snowflake", env, executable=snowflake_dbt_executable())
+
+
 # The warehouse kinds whose builds dbt can run on, by `Warehouse.kind` (= the target).
-_DBT_TARGETS = {"duckdb": _duckdb_target, "postgres": _postgres_target}
+_DBT_TARGETS = {
+    "duckdb": _duckdb_target,
+    "postgres": _postgres_target,
+    "snowflake": _snowflake_target,
+}
 
 
 def dbt_target(warehouse: Warehouse, build: Build | None = None) -> DbtTarget:
@@ -635,6 +699,10 @@ def dbt_build(
             raise DbtError(
                 f"dbt_build: target {target!r} does not match the {connection.name} warehouse"
             )
+        if connection.executable is not None and target_dir is None:
+            # another dbt install: its own artifacts and partial-parse state
+            base = os.environ.get("DBT_TARGET_PATH") or Path(project_dir) / "target"
+            target_dir = Path(base) / connection.name
     result = run_dbt(
         args,
         project_dir=project_dir,
@@ -648,6 +716,7 @@ def dbt_build(
         },
         warehouse_path=connection.warehouse_path,
         run_id=run_id,
+        dbt=connection.executable,
         target_dir=target_dir,
     )
     if select and not result.nodes:

@@ -1,15 +1,32 @@
 """Snowflake warehouse: PUT + COPY INTO loads, MERGE by key, builds as zero-copy clones,
-publish by `ALTER SCHEMA … SWAP WITH`.
+publish by `ALTER SCHEMA … SWAP WITH`; a `Session` per transaction, the run lease a row
+of `NIGHTSHIFT_CONTROL.LEASE`.
 
-Needs `snowflake-connector-python`, which the main `.venv` does not have (it lives in
-`.venv-adapters`, next to dbt-snowflake and fakesnow): the connector is imported inside
-the functions that connect, so importing this module never needs it.
+Configuration: `AIRFLOW_CONN_WAREHOUSE=snowflake://<user>:<password>@<account>/<database>
+?warehouse=<wh>&role=<role>` (`connect_kwargs`). Against fakesnow's server (the emulated
+test): `snowflake://fake:snow@127.0.0.1:<port>/<database>?account=fakesnow&protocol=http
+&emulator=fakesnow`: the `emulator=fakesnow` option is the only way to get the emulator
+paths below.
 
 Identifiers: Snowflake folds unquoted names to upper case, and dbt-snowflake creates its
 schemas and tables unquoted, so the published schema `raw` is the physical schema `RAW`,
-a table `orders` is `ORDERS` and a Parquet column `total` is `TOTAL`; a name that is not
-a plain identifier (`order-ref`) keeps its case, quoted. `read_arrow` returns upper-case
-result columns in lower case, as the other backends name them.
+a table `orders` is `ORDERS` and a Parquet column `total` is `TOTAL`. Every statement
+this module runs goes through `snowflake_sql`, which turns a quoted all-lower-case plain
+name (`"orders"`, what the pipeline's portable SQL writes) into its upper-case form
+(`"ORDERS"`); a name that is not (`"order-ref"`, `"Total"`) keeps its case, quoted.
+Result columns and `table_columns` come back in lower case when they are upper-case
+plain names, as the other backends name them.
+
+`snowflake_sql` also rewrites the few portable idioms of the pipeline's SQL Snowflake
+spells differently: `now()` → `current_timestamp()`, `timezone(tz, ts)` →
+`convert_timezone(tz, ts)`, a `json` column type → `varchar`, `count(*) filter (where
+…)` → `count_if(…)`.
+
+Transactions: a Snowflake DDL statement commits the open transaction; a `Session`
+(`transaction`) is one transaction for its DML, but a `CREATE`/`ALTER` inside it commits
+what came before. The run writes only its build, which publish swaps in whole, so a
+failed step leaves a build the rerun replaces (`begin_build`) or reuses, never a partial
+published state.
 
 Two ways through some steps, chosen by `emulator`:
 
@@ -25,6 +42,7 @@ Two ways through some steps, chosen by `emulator`:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -32,6 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -45,8 +64,10 @@ from warehouse.backends.base import (
     BuildNotFoundError,
     MergeResult,
     PublishConflictError,
+    SessionColumns,
     WarehouseError,
     check_schema_name,
+    parquet_files,
     quote_ident,
     substitute_schemas,
 )
@@ -55,28 +76,79 @@ log = logging.getLogger(__name__)
 
 CONTROL_SCHEMA = "NIGHTSHIFT_CONTROL"
 INSTALL_HINT = (
-    "the snowflake warehouse needs snowflake-connector-python, which .venv cannot hold "
-    "next to Airflow's pins: run it from .venv-adapters (make adapters-venv; "
-    "requirements-adapters.txt)"
+    "the snowflake warehouse needs snowflake-connector-python (requirements.txt; "
+    "`make venv` installs it into .venv)"
 )
 EMULATORS = (None, "fakesnow")
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
-_TOKEN_RE = re.compile(r"[^A-Z0-9]+")
+_LOWER_PLAIN = re.compile(r"^[a-z_][a-z0-9_$]*$")
+_UPPER_PLAIN = re.compile(r"^[A-Z_][A-Z0-9_$]*$")
+_TOKEN_RE = re.compile(r"[^a-z0-9]+")
 
 # The real statements the emulated test cannot run on fakesnow (checked by
-# tests/warehouse/snowflake_emulated.py: it runs each and expects fakesnow to refuse it,
-# so a fakesnow release that supports one makes the test say so).
+# tests/warehouse/test_snowflake_emulated.py: it runs each and expects fakesnow to refuse
+# it, so a fakesnow release that supports one makes the test say so).
 _REAL_STATEMENTS = {
     "schema_clone": "CREATE SCHEMA <s>__BUILD_<token> CLONE <s>",
     "schema_swap": "ALTER SCHEMA <s>__BUILD_<token> SWAP WITH <s>",
     "database_swap": "ALTER DATABASE <db>__BUILD_<token> SWAP WITH <db>",
 }
 
+# A quoted identifier or a string literal (kept as is), outside of which the idioms are
+# rewritten.
+_TOKENS = re.compile(r"'(?:[^']|'')*'|\"((?:[^\"]|\"\")*)\"")
+_IDIOMS = (
+    (re.compile(r"\bnow\(\s*\)", re.I), "current_timestamp()"),
+    (re.compile(r"\btimezone\(", re.I), "convert_timezone("),
+    (re.compile(r"(?<![\w.])json\b(?!\s*\()", re.I), "varchar"),
+    (re.compile(r"\bcount\(\s*\*\s*\)\s+filter\s*\(\s*where\s+", re.I), "count_if("),
+)
+
+
+def _rewrite_idioms(text: str) -> str:
+    for pattern, repl in _IDIOMS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def snowflake_sql(sql: str) -> str:
+    """The pipeline's portable SQL as Snowflake runs it: quoted all-lower-case plain
+    identifiers upper-cased (`"orders"` → `"ORDERS"`), the idioms of the module
+    docstring rewritten outside string literals and quoted names."""
+    out: list[str] = []
+    pos = 0
+    for m in _TOKENS.finditer(sql):
+        out.append(_rewrite_idioms(sql[pos : m.start()]))
+        name = m.group(1)
+        if name is not None and _LOWER_PLAIN.match(name):
+            out.append('"' + name.upper() + '"')
+        else:
+            out.append(m.group(0))
+        pos = m.end()
+    out.append(_rewrite_idioms(sql[pos:]))
+    return "".join(out)
+
+
+def split_statements(sql: str) -> list[str]:
+    """`;`-separated statements (outside quotes), empty ones dropped."""
+    parts: list[str] = []
+    pos = 0
+    for m in re.finditer(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|;", sql):
+        if m.group(0) == ";":
+            parts.append(sql[pos : m.start()])
+            pos = m.end()
+    parts.append(sql[pos:])
+    return [p.strip() for p in parts if p.strip()]
+
 
 def ident(name: str) -> str:
-    """The quoted Snowflake identifier of `name`: plain names upper-cased (what an
-    unquoted name resolves to), others kept as they are."""
-    return quote_ident(name.upper() if _PLAIN.match(name) else name)
+    """The quoted Snowflake identifier of `name`: all-lower-case plain names upper-cased
+    (what the unquoted name resolves to), others kept as they are."""
+    return quote_ident(name.upper() if _LOWER_PLAIN.match(name) else name)
+
+
+def result_name(name: str) -> str:
+    """A result/column name as the pipeline names it: upper-case plain → lower case."""
+    return name.lower() if _UPPER_PLAIN.match(name) else name
 
 
 def _arrow_to_snowflake(t: pa.DataType) -> str:
@@ -94,7 +166,51 @@ def _arrow_to_snowflake(t: pa.DataType) -> str:
         return "DATE"
     if pa.types.is_timestamp(t):
         return "TIMESTAMP_TZ" if t.tz else "TIMESTAMP_NTZ"
+    if pa.types.is_null(t):
+        return "VARCHAR"
     raise WarehouseError(f"no Snowflake column type for Arrow type {t}")
+
+
+# snowflake.connector.constants.FIELD_TYPES ids → Arrow (FIXED: by precision/scale)
+_SF_TYPES: dict[int, pa.DataType] = {
+    1: pa.float64(),  # REAL
+    2: pa.string(),  # TEXT
+    3: pa.date32(),  # DATE
+    4: pa.timestamp("us"),  # TIMESTAMP (= NTZ)
+    5: pa.string(),  # VARIANT
+    6: pa.timestamp("us", tz="UTC"),  # TIMESTAMP_LTZ
+    7: pa.timestamp("us", tz="UTC"),  # TIMESTAMP_TZ
+    8: pa.timestamp("us"),  # TIMESTAMP_NTZ
+    9: pa.string(),  # OBJECT
+    10: pa.string(),  # ARRAY
+    11: pa.binary(),  # BINARY
+    12: pa.time64("us"),  # TIME
+    13: pa.bool_(),  # BOOLEAN
+}
+
+
+def _sf_to_arrow(type_code: int, precision: int | None, scale: int | None) -> pa.DataType:
+    if type_code == 0:  # FIXED
+        if not scale:
+            return pa.int64()
+        return pa.decimal128(int(precision or 38), int(scale))
+    return _SF_TYPES.get(type_code, pa.string())
+
+
+def _normalise_arrow(table: pa.Table, names: list[str]) -> pa.Table:
+    """Result columns renamed (`result_name`); the connector's narrow integers (it sizes
+    NUMBER(38,0) per batch) widened to int64, timestamps to microseconds."""
+    fields = []
+    for f, name in zip(table.schema, names, strict=True):
+        t = f.type
+        if pa.types.is_integer(t):
+            t = pa.int64()
+        elif pa.types.is_timestamp(t) and t.unit != "us":
+            t = pa.timestamp("us", tz=t.tz)
+        elif pa.types.is_decimal(t) and t.scale == 0 and t.precision <= 18:
+            t = pa.int64()
+        fields.append(pa.field(result_name(name), t))
+    return table.rename_columns([f.name for f in fields]).cast(pa.schema(fields))
 
 
 def connect_kwargs(url: str) -> dict[str, Any]:
@@ -102,7 +218,8 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     host[:port]>/<database>[/<schema>]?account=…&warehouse=…&role=…&protocol=…`.
 
     The host is the account (`<account>.snowflakecomputing.com`) unless `account=` is
-    given, then it is a host (fakesnow: `127.0.0.1:<port>?account=fakesnow&protocol=http`)."""
+    given, then it is a host (fakesnow: `127.0.0.1:<port>?account=fakesnow&protocol=http`).
+    `emulator=` is not a connection option (`url_emulator`)."""
     parts = urlsplit(url)
     if parts.scheme != "snowflake":
         raise WarehouseError(f"not a snowflake:// URL: {parts.scheme}://…")
@@ -127,6 +244,7 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     for key in ("warehouse", "role", "protocol", "database", "authenticator"):
         if key in query:
             kwargs[key] = query.pop(key)
+    query.pop("emulator", None)  # url_emulator's
     if "network_timeout" in query:
         kwargs["network_timeout"] = int(query.pop("network_timeout"))
     if query:
@@ -136,11 +254,236 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-class SnowflakeWarehouse:
+def url_emulator(url: str) -> str | None:
+    """The URL's `emulator=` option (`fakesnow`: the emulator paths), None when absent."""
+    value = dict(parse_qsl(urlsplit(url).query)).get("emulator") or None
+    if value not in EMULATORS:
+        raise WarehouseError(f"unknown snowflake:// emulator={value!r} (known: fakesnow)")
+    return value
+
+
+class _Cursor:
+    """A connector cursor whose `execute` runs `snowflake_sql(sql)` with `?` params."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        self._cur.execute(snowflake_sql(sql), list(params) if params else None)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+# Statements Snowflake runs in a transaction of their own, committing the open one first
+_DDL = re.compile(r"^\s*(create|alter|drop|truncate|undrop|comment|grant|revoke|put)\b", re.I)
+
+
+def _phys(name: str) -> str:
+    """The physical (catalog) name of an identifier, as information_schema lists it."""
+    return name.upper() if _LOWER_PLAIN.match(name) else name
+
+
+class SnowflakeSession:
+    """`base.Session` on one Snowflake connection inside `begin` … `commit` (DDL commits
+    on its own: see the module docstring). `?` placeholders are the connector's `qmark`
+    paramstyle (bound on the server); every statement goes through `snowflake_sql`."""
+
+    kind = "snowflake"
+
+    def __init__(
+        self,
+        con: Any,
+        schemas: dict[str, str],
+        *,
+        in_transaction: bool = False,
+        emulator: str | None = None,
+    ) -> None:
+        self.con = con
+        self.schemas = schemas
+        self.in_transaction = in_transaction
+        self.emulator = emulator
+
+    def _cursor(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur = self.con.cursor()
+        ddl = self.in_transaction and _DDL.match(sql) is not None
+        if ddl:  # what Snowflake does implicitly, done in the open (fakesnow needs it)
+            cur.execute("commit")
+        cur.execute(
+            snowflake_sql(substitute_schemas(sql, self.schemas)),
+            list(params) if params else None,
+        )
+        if ddl:
+            self.con.cursor().execute("begin")
+        return cur
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        statements = split_statements(sql) if not params else [sql]
+        affected = 0
+        for statement in statements:
+            affected = max(self._cursor(statement, params).rowcount or 0, 0)
+        return affected if len(statements) == 1 else 0
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        return self._cursor(sql, params).fetchone()
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return list(self._cursor(sql, params).fetchall())
+
+    def table(self, schema: str, table: str) -> str:
+        return f"{ident(self.schemas.get(schema, schema))}.{ident(table)}"
+
+    def exists(self, schema: str, table: str) -> bool:
+        row = self.fetchone(
+            "select count(*) from information_schema.tables "
+            "where table_schema = ? and table_name = ?",
+            [_phys(self.schemas.get(schema, schema)), _phys(table)],
+        )
+        return bool(row and row[0])
+
+    def table_columns(self, relation: str) -> dict[str, pa.DataType]:
+        cur = self._cursor(f"select * from {relation} limit 0")
+        return {
+            result_name(d.name): _sf_to_arrow(d.type_code, d.precision, d.scale)
+            for d in cur.description or []
+        }
+
+    def column_type(self, type_: pa.DataType) -> str:
+        return _arrow_to_snowflake(type_)
+
+    def add_column(self, relation: str, name: str, type_: pa.DataType) -> None:
+        self.execute(
+            f"alter table {relation} add column {ident(name)} {_arrow_to_snowflake(type_)}"
+        )
+
+    def widen_column(self, relation: str, name: str, type_: pa.DataType) -> None:
+        """`ALTER COLUMN … SET DATA TYPE` (Snowflake widens NUMBER precision and VARCHAR
+        length in place; other changes it refuses, and the load fails naming them)."""
+        self.execute(
+            f"alter table {relation} alter column {ident(name)} "
+            f"set data type {_arrow_to_snowflake(type_)}"
+        )
+
+    def _put(self, files: Sequence[Path]) -> str:
+        """`PUT` the files into a fresh folder of the session's temporary stage (no
+        compression: Parquet is compressed already); the folder."""
+        self._cursor("create temporary stage if not exists NS_LOAD")
+        folder = f"NS_LOAD/{secrets.token_hex(6)}"
+        for path in files:
+            uri = Path(path).resolve().as_uri()
+            self._cursor(f"put '{uri}' @{folder} AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
+        return folder
+
+    def _copy(self, relation: str, folder: str) -> int:
+        """`COPY INTO <relation> FROM @<folder>` (Parquet, columns matched by name case-
+        insensitively, a column the files lack NULL); rows loaded."""
+        cur = self._cursor(
+            f"copy into {relation} from @{folder} "
+            "FILE_FORMAT = (TYPE = PARQUET USE_LOGICAL_TYPE = TRUE) "
+            "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE ON_ERROR = ABORT_STATEMENT PURGE = TRUE"
+        )
+        names = [d.name.lower() for d in cur.description or []]
+        rows = cur.fetchall()
+        if "rows_loaded" not in names:  # "Copy executed with 0 files processed."
+            return 0
+        i = names.index("rows_loaded")
+        return sum(int(r[i] or 0) for r in rows)
+
+    def _drop_temp(self, name: str) -> None:
+        self.execute(f"drop table if exists {ident(name)}")
+
+    def stage_parquet(
+        self, name: str, directories: Sequence[Path], *, union_by_name: bool = True
+    ) -> list[str]:
+        """A temporary table of the files' (unified) columns, filled by `PUT` + `COPY INTO`."""
+        files = parquet_files(directories)
+        if not files:
+            raise WarehouseError(f"no Parquet files in {', '.join(map(str, directories))}")
+        schemas = [pq.read_schema(f).remove_metadata() for f in files]
+        if union_by_name:
+            unified = pa.unify_schemas(schemas)
+        else:
+            unified = schemas[0]
+            for f, sc in zip(files, schemas, strict=True):
+                if sc.names != unified.names:
+                    raise WarehouseError(f"{f}: columns differ from {files[0]}")
+        self._drop_temp(name)
+        columns = ", ".join(f"{ident(f.name)} {_arrow_to_snowflake(f.type)}" for f in unified)
+        if self.emulator != "fakesnow":
+            self.execute(f"create temporary table {ident(name)} ({columns})")
+            self._copy(ident(name), self._put(files))
+            return unified.names
+        # fakesnow 0.12.1 looks the COPY INTO target up in the current schema, where a
+        # temporary table is not (DuckDB keeps it in its temp catalog): COPY into a
+        # transient table, then the temporary table from it
+        transient = ident(f"ns_copy_{secrets.token_hex(4)}")
+        self.execute(f"create transient table {transient} ({columns})")
+        try:
+            self._copy(transient, self._put(files))
+            self.execute(f"create temporary table {ident(name)} as select * from {transient}")
+        finally:
+            self.execute(f"drop table if exists {transient}")
+        return unified.names
+
+    def create_temp(
+        self, name: str, select_sql: str, params: Sequence[Any] = (), *, columns: str = ""
+    ) -> None:
+        self._drop_temp(name)
+        if columns:
+            self.execute(f"create temporary table {ident(name)} ({columns})")
+        else:
+            self._cursor(f"create temporary table {ident(name)} as {select_sql}", params)
+
+    def dedupe(
+        self,
+        name: str,
+        source: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        cursor: str | None,
+    ) -> None:
+        key_cols = ", ".join(ident(k) for k in keys)
+        order = f"{ident(cursor)} desc nulls last" if cursor else key_cols
+        self.create_temp(
+            name,
+            f"select * from {source} "
+            f"qualify row_number() over (partition by {key_cols} order by {order}) = 1",
+        )
+
+    def days_interval(self, expr: str) -> str:
+        """Not a Snowflake interval (they take no expressions): the guard's
+        `now() - <days>` needs `dateadd` instead; see docs/warehouse-backends.md."""
+        raise WarehouseError(
+            "the mass-delete guard's max_age_days is not supported on the Snowflake "
+            "warehouse yet (docs/warehouse-backends.md)"
+        )
+
+    def read_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """`fetch_arrow_all` (Snowflake's Arrow result batches); names lower-cased
+        (`result_name`), integers int64."""
+        cur = self._cursor(sql, params)
+        names = [d.name for d in cur.description or []]
+        table = cur.fetch_arrow_all(force_return_table=True)
+        if table is None or table.num_columns != len(names):
+            raise WarehouseError(f"snowflake: no Arrow result for {sql[:80]!r}")
+        return _normalise_arrow(table, names)
+
+    def insert_arrow(self, relation: str, data: pa.Table) -> int:
+        """The rows as one Parquet file, `PUT` + `COPY INTO` (columns by name)."""
+        if data.num_rows == 0:
+            return 0
+        with tempfile.TemporaryDirectory(prefix="nightshift-arrow-") as tmp:
+            path = Path(tmp) / "rows.parquet"
+            pq.write_table(data, path)
+            return self._copy(relation, self._put([path]))
+
+
+class SnowflakeWarehouse(SessionColumns):
     """A warehouse in one Snowflake database (`AIRFLOW_CONN_WAREHOUSE=snowflake://…`)."""
 
     kind = "snowflake"
-    paramstyle = "format"
+    paramstyle = "qmark"
 
     def __init__(
         self,
@@ -153,7 +496,10 @@ class SnowflakeWarehouse:
     ) -> None:
         if (url is None) == (connection is None):
             raise WarehouseError("give the snowflake warehouse a url or connection kwargs")
+        self.url = url
         self.connection = dict(connection) if connection is not None else connect_kwargs(url)
+        if emulator is None and url is not None:
+            emulator = url_emulator(url)
         if emulator not in EMULATORS:
             raise WarehouseError(f"unknown emulator {emulator!r} (known: fakesnow)")
         self.emulator = emulator
@@ -173,11 +519,14 @@ class SnowflakeWarehouse:
         return f"snowflake warehouse {where}{port}/{self.database}{extra}"
 
     def connect(self) -> Any:
+        """A connection (`qmark` paramstyle, autocommit) with the database in use and the
+        session in UTC."""
         try:
             import snowflake.connector
         except ImportError:
             raise WarehouseError(INSTALL_HINT) from None
         kwargs = {k: v for k, v in self.connection.items() if k != "database"}
+        kwargs["paramstyle"] = "qmark"
         try:
             con = snowflake.connector.connect(**kwargs)
             cur = con.cursor()
@@ -185,10 +534,10 @@ class SnowflakeWarehouse:
             cur.execute(f"use database {ident(self.database)}")
             if not self.emulator:
                 cur.execute("alter session set TIMEZONE = 'UTC'")
-            else:
-                # fakesnow's MERGE makes a helper table in the current schema: have one
-                cur.execute("create schema if not exists PUBLIC")
-                cur.execute("use schema PUBLIC")
+            # a schema in use: temporary tables and stages live there (and fakesnow's
+            # MERGE makes a helper table in it)
+            cur.execute("create schema if not exists PUBLIC")
+            cur.execute("use schema PUBLIC")
         except snowflake.connector.errors.Error as exc:
             raise WarehouseError(f"cannot connect to {self.describe()}: {exc}") from None
         return con
@@ -197,17 +546,17 @@ class SnowflakeWarehouse:
     def _cursor(self) -> Iterator[Any]:
         con = self.connect()
         try:
-            yield con.cursor()
+            yield _Cursor(con.cursor())
         finally:
             con.close()
 
     def _mapping(self, build: Build | None) -> dict[str, str]:
         if build is None:
-            return {s: s.upper() for s in self.schemas}
+            return {s: s for s in self.schemas}
         return dict(build.schemas)
 
     def _table(self, build: Build, schema: str, table: str) -> str:
-        return f"{quote_ident(build.schema(schema))}.{ident(table)}"
+        return f"{ident(build.schema(schema))}.{ident(table)}"
 
     def _ensure_control(self) -> None:
         if self._control_ready:
@@ -228,7 +577,7 @@ class SnowflakeWarehouse:
                 "STARTED_AT TIMESTAMP_TZ)"
             )
             for s in self.schemas:
-                cur.execute(f"create schema if not exists {quote_ident(s.upper())}")
+                cur.execute(f"create schema if not exists {ident(s)}")
         self._control_ready = True
 
     def generation(self) -> int:
@@ -239,25 +588,46 @@ class SnowflakeWarehouse:
 
     # -- reads and bookkeeping -------------------------------------------------------
 
+    @contextmanager
+    def transaction(self, build: Build | None = None) -> Iterator[SnowflakeSession]:
+        """One transaction on the build's schemas, or on the published ones when `build`
+        is None: `BEGIN`, `COMMIT` when the block ends, `ROLLBACK` on an exception."""
+        self._ensure_control()
+        con = self.connect()
+        try:
+            con.cursor().execute("begin")
+            try:
+                yield SnowflakeSession(
+                    con, self._mapping(build), in_transaction=True, emulator=self.emulator
+                )
+            except BaseException:
+                con.cursor().execute("rollback")
+                raise
+            con.cursor().execute("commit")
+        finally:
+            con.close()
+
     def read_arrow(
         self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None
     ) -> pa.Table:
         """`cursor.fetch_arrow_all()` (Snowflake's Arrow result batches); upper-case
         result columns renamed to lower case."""
-        sql = substitute_schemas(sql, self._mapping(build))
-        with self._cursor() as cur:
-            cur.execute(sql, tuple(params) or None)
-            names = [d.name for d in cur.description]
-            table = cur.fetch_arrow_all(force_return_table=True)
-        if table is None or table.num_columns != len(names):
-            raise WarehouseError(f"{self.describe()}: no Arrow result for {sql[:80]!r}")
-        return table.rename_columns([n.lower() if n == n.upper() else n for n in names])
+        con = self.connect()
+        try:
+            return SnowflakeSession(con, self._mapping(build), emulator=self.emulator).read_arrow(
+                sql, params
+            )
+        finally:
+            con.close()
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None) -> int:
-        sql = substitute_schemas(sql, self._mapping(build))
-        with self._cursor() as cur:
-            cur.execute(sql, tuple(params) or None)
-            return max(cur.rowcount or 0, 0)
+        con = self.connect()
+        try:
+            return SnowflakeSession(con, self._mapping(build), emulator=self.emulator).execute(
+                sql, params
+            )
+        finally:
+            con.close()
 
     # -- loads -----------------------------------------------------------------------
 
@@ -398,71 +768,109 @@ class SnowflakeWarehouse:
 
     # -- builds ----------------------------------------------------------------------
 
-    def _build_schema(self, schema: str, token: str) -> str:
-        return f"{schema.upper()}__BUILD_{token}"
+    def _token(self, run_id: str) -> str:
+        """Lower case (dbt's schema suffix `__build_<token>` is folded by Snowflake)."""
+        stem = _TOKEN_RE.sub("_", run_id.lower()).strip("_")[:20] or "run"
+        return f"{stem}_{secrets.token_hex(3)}"
+
+    def _build_schemas(self, token: str) -> dict[str, str]:
+        """`<s>__build_<token>` (physical `<S>__BUILD_<TOKEN>`), dbt's names for it."""
+        return {s: f"{s}__build_{token}" for s in self.schemas}
 
     def _tables(self, cur: Any, schema: str) -> list[str]:
         cur.execute(
             "select table_name from information_schema.tables "
-            "where table_schema = %s and table_type in ('BASE TABLE', 'TABLE') order by 1",
-            (schema,),
+            "where table_schema = ? and table_type in ('BASE TABLE', 'TABLE') order by 1",
+            (_phys(schema),),
         )
         return [r[0] for r in cur.fetchall()]
 
     def _drop_run_builds(self, cur: Any, run_id: str) -> None:
         c = quote_ident(self.control)
-        cur.execute(f"select TOKEN from {c}.BUILDS where RUN_ID = %s", (run_id,))
+        cur.execute(f"select TOKEN from {c}.BUILDS where RUN_ID = ?", (run_id,))
         for (token,) in cur.fetchall():
-            for s in self.schemas:
-                b = quote_ident(self._build_schema(s, token))
-                cur.execute(f"drop schema if exists {b} cascade")
-        cur.execute(f"delete from {c}.BUILDS where RUN_ID = %s", (run_id,))
+            for b in self._build_schemas(token).values():
+                cur.execute(f"drop schema if exists {ident(b)} cascade")
+        cur.execute(f"delete from {c}.BUILDS where RUN_ID = ?", (run_id,))
 
     def begin_build(self, run_id: str) -> Build:
         """Real Snowflake: `CREATE SCHEMA <s>__BUILD_<token> CLONE <s>` for every
         published schema (zero-copy; one statement each, so the schemas are cloned at
         slightly different moments: a publish between two of them is caught by the
-        generation check of `publish`)."""
+        generation check of `publish`). An earlier attempt of the run is dropped first."""
         self._ensure_control()
-        token = _TOKEN_RE.sub("", run_id.upper())[:24] + "_" + secrets.token_hex(3).upper()
+        token = self._token(run_id)
         c = quote_ident(self.control)
+        started = time.perf_counter()
         with self._cursor() as cur:
             self._drop_run_builds(cur, run_id)
             cur.execute(f"select GENERATION from {c}.PUBLISH_STATE")
             base = int(cur.fetchone()[0])
-            schemas = {s: self._build_schema(s, token) for s in self.schemas}
+            schemas = self._build_schemas(token)
             cur.execute(
                 f"insert into {c}.BUILDS (TOKEN, RUN_ID, BASE_GENERATION, STARTED_AT) "
-                "values (%s, %s, %s, current_timestamp())",
+                "values (?, ?, ?, current_timestamp())",
                 (token, run_id, base),
             )
             if self.emulator:
                 self._begin_build_emulated(cur, schemas)
             else:
                 for s, b in schemas.items():
-                    cur.execute(f"create schema {quote_ident(b)} clone {quote_ident(s.upper())}")
+                    cur.execute(f"create schema {ident(b)} clone {ident(s)}")
+        log.info("build %s of generation %s in %.2fs", token, base, time.perf_counter() - started)
         return Build(backend=self.kind, run_id=run_id, token=token, base=base, schemas=schemas)
 
     def _begin_build_emulated(self, cur: Any, schemas: dict[str, str]) -> None:
         """fakesnow: no `CREATE SCHEMA … CLONE`; a new schema and one
         `CREATE TABLE … CLONE` per table (fakesnow copies the rows)."""
         for s, b in schemas.items():
-            cur.execute(f"create schema {quote_ident(b)}")
-            for t in self._tables(cur, s.upper()):
+            cur.execute(f"create schema {ident(b)}")
+            for t in self._tables(cur, s):
                 cur.execute(
-                    f"create table {quote_ident(b)}.{quote_ident(t)} "
-                    f"clone {quote_ident(s.upper())}.{quote_ident(t)}"
+                    f"create table {ident(b)}.{quote_ident(t)} clone {ident(s)}.{quote_ident(t)}"
                 )
+
+    def open_build(self, run_id: str) -> Build | None:
+        """The newest build `begin_build(run_id)` recorded (the later tasks of a run run in
+        other processes), or None."""
+        self._ensure_control()
+        with self._cursor() as cur:
+            cur.execute(
+                f"select TOKEN, BASE_GENERATION from {quote_ident(self.control)}.BUILDS "
+                "where RUN_ID = ? order by STARTED_AT desc limit 1",
+                (run_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        token, base = row
+        return Build(
+            backend=self.kind,
+            run_id=run_id,
+            token=token,
+            base=int(base),
+            schemas=self._build_schemas(token),
+        )
 
     def _check_build(self, cur: Any, build: Build) -> None:
         cur.execute(
-            f"select count(*) from {quote_ident(self.control)}.BUILDS where TOKEN = %s",
+            f"select count(*) from {quote_ident(self.control)}.BUILDS where TOKEN = ?",
             (build.token,),
         )
         if cur.fetchone()[0] == 0:
-            raise BuildNotFoundError(f"{self.describe()}: build {build.token} is gone")
+            raise BuildNotFoundError(
+                f"build {build.token} of run {build.run_id} is gone (abandoned, or replaced "
+                f"by a newer attempt of the run) on {self.describe()}: nothing to publish"
+            )
 
-    def publish(self, build: Build, *, check_lease: Callable[[], None] | None = None) -> float:
+    def publish(
+        self,
+        build: Build,
+        *,
+        check_lease: Callable[[], None] | None = None,
+        version: str | None = None,
+        keep: int = 0,
+    ) -> float:
         """1. the build must be recorded; 2. the lease check; 3. claim the publish:
         `UPDATE PUBLISH_STATE SET GENERATION = GENERATION + 1 … WHERE GENERATION = <base>`
         (0 rows: PublishConflictError), committed; 4. real Snowflake:
@@ -472,7 +880,9 @@ class SnowflakeWarehouse:
         Every SWAP is DDL and commits on its own: a reader's query between two swaps can
         join a new `raw` with an old `analytics` (milliseconds wide, but not atomic as
         the PostgreSQL publish is). The fix the docs plan is one database per build
-        (`CREATE DATABASE … CLONE`, one `ALTER DATABASE … SWAP WITH`)."""
+        (`CREATE DATABASE … CLONE`, one `ALTER DATABASE … SWAP WITH`).
+        `version`/`keep`: published versions are a DuckDB-file feature (make rollback);
+        Snowflake's own is Time Travel, so they are ignored here."""
         self._ensure_control()
         c = quote_ident(self.control)
         started = time.monotonic()
@@ -483,61 +893,138 @@ class SnowflakeWarehouse:
             cur.execute("begin")
             cur.execute(
                 f"update {c}.PUBLISH_STATE set GENERATION = GENERATION + 1, "
-                "PUBLISHED_AT = current_timestamp(), RUN_ID = %s where GENERATION = %s",
+                "PUBLISHED_AT = current_timestamp(), RUN_ID = ? where GENERATION = ?",
                 (build.run_id, build.base),
             )
             claimed = cur.rowcount
             if not claimed:
                 cur.execute("rollback")
-                cur.execute(f"select RUN_ID from {c}.PUBLISH_STATE")
-                other = cur.fetchone()[0]
+                cur.execute(f"select RUN_ID, GENERATION from {c}.PUBLISH_STATE")
+                other, generation = cur.fetchone()
                 raise PublishConflictError(
-                    f"{self.describe()}: run {other} published since build {build.token} "
-                    f"began (base generation {build.base})"
+                    f"not published: {self.describe()}: run {other} published (generation "
+                    f"{generation}) since build {build.token} began from generation "
+                    f"{build.base}; this build would revert that publish. Rerun the day."
                 )
-            cur.execute(f"delete from {c}.BUILDS where TOKEN = %s", (build.token,))
+            cur.execute(f"delete from {c}.BUILDS where TOKEN = ?", (build.token,))
             cur.execute("commit")
             if self.emulator:
                 self._publish_emulated(cur, build)
+                seconds = time.monotonic() - started
             else:
                 for s in self.schemas:
-                    b = quote_ident(build.schema(s))
-                    cur.execute(f"alter schema {b} swap with {quote_ident(s.upper())}")
+                    cur.execute(f"alter schema {ident(build.schema(s))} swap with {ident(s)}")
                 seconds = time.monotonic() - started
                 for s in self.schemas:
-                    cur.execute(f"drop schema if exists {quote_ident(build.schema(s))} cascade")
-                return seconds
-        return time.monotonic() - started
+                    cur.execute(f"drop schema if exists {ident(build.schema(s))} cascade")
+        log.info("published build %s of run %s in %.4fs", build.token, build.run_id, seconds)
+        return seconds
 
     def _publish_emulated(self, cur: Any, build: Build) -> None:
         """fakesnow: no SWAP WITH, no schema rename: each published table is replaced by
         `DROP TABLE <s>.<t>` + `CREATE TABLE <s>.<t> CLONE <build>.<t>` and tables the
         build dropped are dropped. Not atomic; the emulated test's readers run after it."""
         for s in self.schemas:
-            pub, b = s.upper(), build.schema(s)
-            new = self._tables(cur, b)
+            pub, b = ident(s), ident(build.schema(s))
+            new = self._tables(cur, build.schema(s))
             for t in new:
                 # fakesnow 0.12.1 turns CLONE into CTAS and ignores OR REPLACE: drop first
-                cur.execute(f"drop table if exists {quote_ident(pub)}.{quote_ident(t)}")
-                cur.execute(
-                    f"create table {quote_ident(pub)}.{quote_ident(t)} "
-                    f"clone {quote_ident(b)}.{quote_ident(t)}"
-                )
-            for t in set(self._tables(cur, pub)) - set(new):
-                cur.execute(f"drop table {quote_ident(pub)}.{quote_ident(t)}")
-            cur.execute(f"drop schema if exists {quote_ident(b)} cascade")
+                cur.execute(f"drop table if exists {pub}.{quote_ident(t)}")
+                cur.execute(f"create table {pub}.{quote_ident(t)} clone {b}.{quote_ident(t)}")
+            for t in set(self._tables(cur, s)) - set(new):
+                cur.execute(f"drop table {pub}.{quote_ident(t)}")
+            cur.execute(f"drop schema if exists {b} cascade")
 
     def abandon_build(self, build: Build) -> None:
         """`DROP SCHEMA … CASCADE` of the build's schemas and its record."""
         self._ensure_control()
         with self._cursor() as cur:
             for s in self.schemas:
-                cur.execute(f"drop schema if exists {quote_ident(build.schema(s))} cascade")
+                cur.execute(f"drop schema if exists {ident(build.schema(s))} cascade")
             cur.execute(
-                f"delete from {quote_ident(self.control)}.BUILDS where TOKEN = %s", (build.token,)
+                f"delete from {quote_ident(self.control)}.BUILDS where TOKEN = ?", (build.token,)
             )
 
-    def lease_backend(self) -> Any:
-        """Not implemented yet (planned: a row of NIGHTSHIFT_CONTROL.LEASE changed with a
-        conditional UPDATE); the nightly does not run on Snowflake yet."""
-        raise WarehouseError(f"{self.describe()}: the run lease is not implemented on Snowflake")
+    def lease_backend(self) -> SnowflakeLease:
+        self._ensure_control()
+        return SnowflakeLease(self)
+
+
+class SnowflakeLease:
+    """`warehouse.lease.LeaseBackend` of a Snowflake warehouse: one row of
+    `NIGHTSHIFT_CONTROL.LEASE` (the lease as JSON text), the same semantics as
+    `PostgresLease`. Snowflake has no `SELECT … FOR UPDATE`: every method is one
+    transaction that first updates the row to itself (`UPDATE … SET ID = ID`), which
+    holds the row's lock until the commit, so two runs' read-modify-writes serialise.
+    (fakesnow, on DuckDB, refuses the second writer with a conflict instead of waiting.)"""
+
+    name = "snowflake"
+
+    def __init__(self, warehouse: SnowflakeWarehouse) -> None:
+        self.warehouse = warehouse
+        self.table = f"{quote_ident(warehouse.control)}.LEASE"
+        with warehouse._cursor() as cur:
+            cur.execute(f"create table if not exists {self.table} (ID NUMBER(1,0), LEASE VARCHAR)")
+            cur.execute(f"select count(*) from {self.table} where ID = 1")
+            if cur.fetchone()[0] == 0:
+                cur.execute(f"insert into {self.table} (ID, LEASE) values (1, null)")
+
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[Any, Any]]:
+        from warehouse.lease import Lease
+
+        with self.warehouse._cursor() as cur:
+            cur.execute("begin")
+            try:
+                cur.execute(f"update {self.table} set ID = ID where ID = 1")
+                cur.execute(f"select LEASE from {self.table} where ID = 1")
+                row = cur.fetchone()
+                data = json.loads(row[0]) if row and row[0] else None
+                current = (
+                    Lease(**{k: data[k] for k in Lease.__dataclass_fields__}) if data else None
+                )
+                yield cur, current
+            except BaseException:
+                cur.execute("rollback")
+                raise
+            cur.execute("commit")
+
+    def _write(self, cur: Any, lease: Any) -> None:
+        value = json.dumps(asdict(lease), sort_keys=True) if lease is not None else None
+        cur.execute(f"update {self.table} set LEASE = ? where ID = 1", (value,))
+
+    def read(self) -> Any:
+        with self._locked() as (_, current):
+            return current
+
+    def try_acquire(self, holder: str, run: str, ttl_s: float) -> tuple[Any, bool]:
+        from warehouse.lease import next_lease
+
+        with self._locked() as (cur, current):
+            lease = next_lease(current, holder, run, ttl_s)
+            if lease is None:
+                return current, False
+            self._write(cur, lease)
+            return lease, True
+
+    def renew(self, holder: str, ttl_s: float) -> Any:
+        from warehouse.lease import LeaseLostError, _lost_message, renewed
+
+        with self._locked() as (cur, current):
+            if current is None or current.holder != holder:
+                raise LeaseLostError(_lost_message(self.warehouse.describe(), holder, current))
+            lease = renewed(current, ttl_s)
+            self._write(cur, lease)
+            return lease
+
+    def release(self, holder: str) -> bool:
+        with self._locked() as (cur, current):
+            if current is None or current.holder != holder:
+                return False
+            self._write(cur, None)
+            return True
+
+    def force_release(self) -> Any:
+        with self._locked() as (cur, current):
+            self._write(cur, None)
+            return current
