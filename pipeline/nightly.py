@@ -201,12 +201,12 @@ def _refuse_future_day(business_date: date) -> None:
         )
 
 
-NIGHTLY_BACKENDS = ("duckdb", "postgres")
+NIGHTLY_BACKENDS = ("duckdb", "postgres", "snowflake")
 
 
 def _refuse_other_warehouse() -> None:
-    """The nightly runs on DuckDB and PostgreSQL warehouses: another configured warehouse
-    (`AIRFLOW_CONN_WAREHOUSE`), or a `DBT_TARGET` that disagrees with it, stops the run
+    """The nightly runs on DuckDB, PostgreSQL and Snowflake warehouses: another configured
+    warehouse (`AIRFLOW_CONN_WAREHOUSE`), or a `DBT_TARGET` that disagrees with it, stops the run
     before anything is read, rather than being ignored (docs/warehouse-backends.md)."""
     kind = settings.warehouse_backend()  # ConfigError when DBT_TARGET disagrees
     if kind not in NIGHTLY_BACKENDS:
