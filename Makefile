@@ -160,6 +160,7 @@ bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL 
 	$(BIN)/python bench/bench_verify.py --orders $(BENCH_ORDERS)  # creates bench/.venv-reladiff
 	$(BIN)/python bench/bench_api_extract.py --payments 100000 1000000  # peak memory flat in the window
 	$(BIN)/python bench/bench_warehouse.py --orders 1000000
+	$(BIN)/python bench/bench_landing.py --rows 1000000  # local disk vs an S3 server on loopback
 
 # Values users type on the command line reach recipes as quoted shell variables ("$$DATE"),
 # never pasted into the recipe's text: `make nightly DATE='…; rm -rf ~'` runs nothing.
