@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alerting.runs import NIGHTLY_DAG_ID, failed_run_alerts, run_url
 from alerting.sinks import Alert, AlertSink, send_all
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ def alert_from_context(context: Mapping[str, Any] | None, *, kind: str) -> Alert
         task_id=task_id,
         run_id=run_id,
         fields=fields,
+        url=run_url(dag_id, run_id),
     )
 
 
@@ -131,8 +133,17 @@ def on_task_retry(context: Any, sinks: Sequence[AlertSink] | None = None) -> Non
 
 
 def on_dag_failure(context: Any, sinks: Sequence[AlertSink] | None = None) -> None:
-    """`on_failure_callback` of the DAG (runs in the dag-processor): a critical alert."""
+    """`on_failure_callback` of the DAG (runs in the dag-processor; in-process under
+    `airflow dags test`): a critical alert, then, for `nightly_sales`, the alert rules on
+    the failed run (`alerting.runs.failed_run_alerts`: a failed quality gate fires the
+    `quality` rule although the run never published)."""
     _notify(context, "dag_failure", sinks)
+    try:
+        alert = alert_from_context(context, kind="dag_failure")
+        if alert.dag_id == NIGHTLY_DAG_ID:
+            failed_run_alerts(context, sinks)
+    except Exception:  # never raise from a callback
+        log.exception("alerting: the rules on the failed run could not be evaluated")
 
 
 def deadline_alert_from_context(
@@ -169,6 +180,7 @@ def deadline_alert_from_context(
         dag_id=dag_id,
         run_id=run_id,
         fields=fields,
+        url=run_url(dag_id, run_id),
     )
 
 

@@ -13,6 +13,7 @@ is not evaluated)::
         "quarantined": {"payments": 3},        # records quarantined, per table
         "quality": {"critical_failures": 0, "warnings": 2, "failed_checks": ["..."]},
         "replica_lag_s": 12.0,                 # math.inf when the replica is broken
+        "replica_fallback": {"reason": "...", "lag_seconds": 400.0, "max_lag_seconds": 300},
     }
 
 `history` is the metrics of earlier runs, same shape, oldest first (only
@@ -20,13 +21,18 @@ is not evaluated)::
 so a re-run is not compared with itself). A rule fires when the observed value is
 strictly above its threshold; every alert's text names the rule, the observed value
 and the threshold.
+
+`for_runs: N` on a rule (default 1) makes it fire only when its condition held in this
+run and in each of the N-1 runs before it: `earlier` is the conditions met by those
+earlier runs, oldest first, as `condition_key` strings (`quality`, `row_count_drop:orders`);
+`alerting.runs` keeps them in the run files (`data/runs/<run_id>/alerts.json`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +41,15 @@ from pipeline.settings import PROJECT_ROOT, ConfigError
 
 DEFAULT_ALERTS_CONFIG = PROJECT_ROOT / "config" / "alerts.yml"
 
-RULES = ("freshness", "row_count_drop", "quality", "quarantine", "run_deadline", "replica_lag")
+RULES = (
+    "freshness",
+    "row_count_drop",
+    "quality",
+    "quarantine",
+    "run_deadline",
+    "replica_lag",
+    "replica_fallback",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,15 @@ class Thresholds:
     run_deadline_severity: str = "warning"
     replica_lag_max_seconds: float = 900
     replica_lag_severity: str = "warning"
+    replica_fallback_severity: str = "warning"
+    # for_runs: the condition must hold in this many consecutive runs (1: this run alone)
+    freshness_for_runs: int = 1
+    row_count_drop_for_runs: int = 1
+    quality_for_runs: int = 1
+    quarantine_for_runs: int = 1
+    run_deadline_for_runs: int = 1
+    replica_lag_for_runs: int = 1
+    replica_fallback_for_runs: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -72,10 +95,18 @@ class Thresholds:
                 )
         if self.row_count_drop_trailing_runs < 1:
             raise ConfigError("alerts config: row_count_drop.trailing_runs must be >= 1")
+        for rule in RULES:
+            n = self.for_runs(rule)
+            if not isinstance(n, int) or n < 1:
+                raise ConfigError(f"alerts config: {rule}.for_runs={n!r} must be an integer >= 1")
+
+    def for_runs(self, rule: str) -> int:
+        """How many consecutive runs (this one included) `rule`'s condition must hold."""
+        return getattr(self, f"{rule}_for_runs")
 
 
 def _yaml_key(field_name: str) -> str:
-    for rule in RULES:
+    for rule in sorted(RULES, key=len, reverse=True):  # replica_fallback before replica_lag
         if field_name.startswith(rule + "_"):
             return f"{rule}.{field_name[len(rule) + 1 :]}"
     return field_name
@@ -108,7 +139,9 @@ def load_thresholds(path: Path | str | None = None) -> Thresholds:
         for key, value in settings.items():
             name = f"{rule}_{key}"
             if name not in known:
-                valid = sorted(n[len(rule) + 1 :] for n in known if n.startswith(rule + "_"))
+                valid = sorted(
+                    n[len(rule) + 1 :] for n in known if _yaml_key(n).startswith(rule + ".")
+                )
                 raise ConfigError(
                     f"alerts config {str(path)!r}: unknown key {rule}.{key}; "
                     f"valid: {', '.join(valid)}"
@@ -129,12 +162,57 @@ def _fmt(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:,.6g}"
 
 
+def condition_key(alert: Alert) -> str:
+    """What a streak (`for_runs`) is counted on: the rule, and its table for per-table rules."""
+    rule = str(alert.fields.get("rule"))
+    table = alert.fields.get("table")
+    return f"{rule}:{table}" if table else rule
+
+
 def evaluate(
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, Any]],
     thresholds: Thresholds,
+    *,
+    earlier: Sequence[Collection[str]] | None = None,
 ) -> list[Alert]:
-    """The alerts of one run (empty when every rule is within its threshold)."""
+    """The alerts of one run (empty when every rule is within its threshold).
+
+    A rule with `for_runs: N > 1` fires only when the last N-1 entries of `earlier`
+    (the condition keys met by the runs before this one, oldest first) all hold its
+    key too; with fewer earlier runs it stays quiet.
+    """
+    return apply_for_runs(conditions(metrics, history, thresholds), thresholds, earlier)
+
+
+def apply_for_runs(
+    alerts: Sequence[Alert], thresholds: Thresholds, earlier: Sequence[Collection[str]] | None
+) -> list[Alert]:
+    """The `alerts` whose rule's `for_runs` streak holds (see `evaluate`)."""
+    earlier = list(earlier or [])
+    kept = []
+    for alert in alerts:
+        n = thresholds.for_runs(str(alert.fields["rule"]))
+        if n > 1:
+            before = earlier[-(n - 1) :]
+            key = condition_key(alert)
+            if len(before) < n - 1 or not all(key in met for met in before):
+                continue
+            alert = replace(
+                alert,
+                text=f"{alert.text} ({n} runs in a row)",
+                fields={**alert.fields, "for_runs": n},
+            )
+        kept.append(alert)
+    return kept
+
+
+def conditions(
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    thresholds: Thresholds,
+) -> list[Alert]:
+    """The alerts of one run whose condition holds, before any `for_runs` streak."""
     run_id = metrics.get("run_id")
     t = thresholds
     alerts: list[Alert] = []
@@ -261,6 +339,24 @@ def evaluate(
             f"threshold {_fmt(t.replica_lag_max_seconds)} s",
             observed_seconds=replica_lag,
             threshold_seconds=t.replica_lag_max_seconds,
+        )
+
+    fallback = metrics.get("replica_fallback")
+    if isinstance(fallback, Mapping):
+        lag = _number(fallback.get("lag_seconds"))
+        limit = _number(fallback.get("max_lag_seconds"))
+        lag_text = "unknown" if lag is None else f"{_fmt(lag)} s"
+        limit_text = (
+            "" if limit is None else f" (SOURCE_DB_REPLICA_MAX_LAG_SECONDS {_fmt(limit)} s)"
+        )
+        fire(
+            "replica_fallback",
+            t.replica_fallback_severity,
+            "Extract read the primary: replica unusable",
+            f"source_db_replica lag {lag_text}{limit_text}: the extract reads the primary "
+            f"source_db instead: {fallback.get('reason', '')}",
+            observed_seconds=lag,
+            threshold_seconds=limit,
         )
 
     return alerts

@@ -28,7 +28,8 @@ _EMOJI = {"critical": ":red_circle:", "warning": ":warning:", "info": ":informat
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert: what happened (title, text), where (dag/task/run), and details (fields)."""
+    """One alert: what happened (title, text), where (dag/task/run), details (fields), and
+    `url`: the run in the Airflow UI (`alerting.runs.run_url`), None outside Airflow."""
 
     severity: Severity
     title: str
@@ -37,6 +38,7 @@ class Alert:
     task_id: str | None = None
     run_id: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -52,7 +54,8 @@ class Alert:
             if v
         )
         head = f"[{self.severity.upper()}] {self.title}"
-        return f"{head} ({where}): {self.text}" if where else f"{head}: {self.text}"
+        line = f"{head} ({where}): {self.text}" if where else f"{head}: {self.text}"
+        return f"{line} <{self.url}>" if self.url else line
 
 
 @runtime_checkable
@@ -186,6 +189,13 @@ class WebhookSink:
                         {"type": "mrkdwn", "text": f"*{k}*\n{_field_text(v)}"[:2000]}
                         for k, v in list(alert.fields.items())[:10]  # Slack: at most 10
                     ],
+                }
+            )
+        if alert.url:
+            blocks.append(
+                {
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": f"<{alert.url}|Open the run in Airflow>"},
                 }
             )
         if context:

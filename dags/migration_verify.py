@@ -29,7 +29,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from alerting.callbacks import on_task_failure
+from alerting.callbacks import on_dag_failure, on_task_failure
 from pipeline.settings import task_timeout_minutes
 
 # No retries: a gate that says no must be looked at, not retried. A hung task still
@@ -73,6 +73,7 @@ def _run_id() -> str:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    on_failure_callback=on_dag_failure,
     doc_md=__doc__,
     default_args=default_args,
     tags=["migration", "verification"],

@@ -24,7 +24,9 @@ The nightly batch for one **business day** (the day before the run, in `REPORT_T
     builds, report pages and warehouse versions (`config/retention.yml`).
 
 Failures and retries are sent to the alert sinks (task log; a Slack-compatible
-webhook when the `alerts_webhook` connection is set), and so is a run still going
+webhook when the `alerts_webhook` connection is set), each with a link to the run in the
+Airflow UI; a failed run also goes through the alert rules (a failed quality gate fires
+`quality`; `alerting.runs`), and so is a run still going
 `run_deadline.max_minutes` (config/alerts.yml) after it was queued (a DeadlineAlert;
 not under `airflow dags test`, see `alerting.callbacks.run_deadline`).
 
@@ -57,7 +59,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task, teardown
 
-from alerting.callbacks import on_task_failure, on_task_retry, run_deadline
+from alerting.callbacks import on_dag_failure, on_task_failure, on_task_retry, run_deadline
 from pipeline.settings import task_timeout_minutes
 
 REPORT_TZ = os.environ.get("REPORT_TZ", "UTC") or "UTC"
@@ -117,6 +119,7 @@ def _business_date():
     catchup=False,
     max_active_runs=1,
     deadline=run_deadline(),
+    on_failure_callback=on_dag_failure,  # + the alert rules on the failed run
     doc_md=__doc__,
     default_args=default_args,
     tags=["nightly", "sales", "etl", "elt"],

@@ -207,7 +207,18 @@ def choose_read_url(
         raise ReplicaLagError(message + " (on_lag=fail)")
     reason = message + f"; reading from the primary {safe_url(primary_url)}"
     log.warning("%s", reason)
+    _alert_fallback(reason, lag, max_lag_seconds)
     return ReadChoice(primary_url, False, lag, reason)
+
+
+def _alert_fallback(reason: str, lag: float | None, max_lag_seconds: float) -> None:
+    """The `replica_fallback` alert rule (config/alerts.yml), sent at once; never raises."""
+    try:
+        from alerting.runs import replica_fallback
+
+        replica_fallback(reason, lag, max_lag_seconds)
+    except Exception:  # an alert must not change where the extract reads
+        log.exception("replica fallback: the alert could not be sent")
 
 
 def replica_safe_window_end(window_end: datetime, choice: ReadChoice) -> datetime:

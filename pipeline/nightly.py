@@ -761,9 +761,10 @@ def apply_retention(business_date: date) -> dict[str, Any]:
 
 @timed
 def check_alerts(business_date: date) -> dict[str, Any]:
-    """Evaluate the alert rules on the published run metrics; send what fires."""
-    from alerting.rules import evaluate, load_thresholds
-    from alerting.sinks import send_all
+    """Evaluate the alert rules on the published run metrics; send what fires (linked to
+    the Airflow run; `for_runs` streaks from the run files: alerting/runs.py)."""
+    from alerting.rules import load_thresholds
+    from alerting.runs import published_run_alerts
     from pipeline import run_metrics
 
     run_id = run_id_for(business_date)
@@ -777,8 +778,8 @@ def check_alerts(business_date: date) -> dict[str, Any]:
     metrics = stored if isinstance(stored, dict) else json.loads(stored)
     thresholds = load_thresholds(settings.alerts_config_path())
     history = run_metrics.history(_published(), run_id)
-    alerts = evaluate(metrics, history, thresholds)
-    sent = send_all(alerts) if alerts else 0
+    alerts = published_run_alerts(metrics, history, thresholds)
+    sent = len(alerts)
     statsd = run_metrics.emit_statsd(metrics, *settings.statsd_address())
     return {"alerts": len(alerts), "sent": sent, "statsd_lines": statsd}
 

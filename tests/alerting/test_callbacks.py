@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from urllib.parse import quote
 
 import pendulum
 import pytest
@@ -29,8 +30,14 @@ RUN_ID = "scheduled__2026-03-02T02:00:00+00:00"
 
 
 @pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
-    """The `alerts_webhook` connection points at a real receiver on loopback."""
+def webhook(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[Receiver]:
+    """The `alerts_webhook` connection points at a real receiver on loopback; the run
+    files and warehouse the DAG failure callback reads are the test's own (empty)."""
+    monkeypatch.setenv("NIGHTSHIFT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("WAREHOUSE_PATH", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_WAREHOUSE", raising=False)
+    monkeypatch.delenv("ALERTS_CONFIG", raising=False)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.test/ui/")
     with receiver_running() as receiver:
         monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", receiver.url)
         yield receiver
@@ -111,9 +118,17 @@ def test_dag_failure_with_last_ti_context(webhook: Receiver) -> None:
 
     on_dag_failure(context)
 
-    [payload] = webhook.json_bodies()
+    # the DAG failure first, then the rules on the failed run: nothing of it is on disk
+    # but its start (2026-03-02), so only run_deadline can fire
+    payload, *rules = webhook.json_bodies()
     assert payload["text"].startswith("[CRITICAL] DAG run failed: nightly_sales")
     assert f"run {RUN_ID}" in payload["text"] and "task_failure" in payload["text"]
+    link = "https://airflow.example.test/ui/dags/nightly_sales/runs/" + quote(RUN_ID, safe="")
+    assert payload["text"].endswith(f"<{link}>")
+    assert [r["text"].split(":")[0] for r in rules] == [
+        "[WARNING] Run exceeded its deadline (dag=nightly_sales run=2026-03-01)"
+    ]
+    assert all(r["text"].endswith(f"<{link}>") for r in rules)
 
 
 def test_dag_failure_with_minimal_context(webhook: Receiver) -> None:

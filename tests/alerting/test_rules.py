@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alerting.rules import DEFAULT_ALERTS_CONFIG, Thresholds, evaluate, load_thresholds
+from alerting.rules import DEFAULT_ALERTS_CONFIG, RULES, Thresholds, evaluate, load_thresholds
 from pipeline.settings import ConfigError
 
 T = Thresholds(
@@ -157,7 +157,12 @@ def test_config_overrides(tmp_path: Path) -> None:
     ("yaml_text", "message"),
     [
         ("freshnes:\n  max_lag_hours: 2\n", "unknown rule 'freshnes'; valid: freshness, "),
-        ("freshness:\n  max_hours: 2\n", "unknown key freshness.max_hours; valid: max_lag_hours"),
+        (
+            "freshness:\n  max_hours: 2\n",
+            "unknown key freshness.max_hours; valid: for_runs, max_lag_hours, severity",
+        ),
+        ("replica_lag:\n  severity: info\n  for_runs: 0\n", "replica_lag.for_runs=0 must be"),
+        ("quality:\n  for_runs: 1.5\n", "quality.for_runs=1.5 must be an integer >= 1"),
         ("quality:\n  severity: fatal\n", "quality.severity='fatal' is not one of critical"),
         ("replica_lag:\n  max_seconds: -1\n", "replica_lag.max_seconds=-1 must be a number"),
         ("quarantine:\n  max_rows: lots\n", "quarantine.max_rows='lots' must be a number"),
@@ -174,3 +179,43 @@ def test_config_errors_name_the_bad_value(tmp_path: Path, yaml_text: str, messag
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_thresholds(tmp_path / "nope.yml")
+
+
+def test_replica_fallback_fires_when_the_extract_fell_back() -> None:
+    fallback = {
+        "reason": "replica r: lag 400.0s exceeds 300s",
+        "lag_seconds": 400.0,
+        "max_lag_seconds": 300,
+    }
+    [alert] = evaluate({"run_id": "r9", "replica_fallback": fallback}, [], T)
+    assert alert.fields["rule"] == "replica_fallback" and alert.severity == "warning"
+    assert "lag 400 s (SOURCE_DB_REPLICA_MAX_LAG_SECONDS 300 s)" in alert.text
+    assert "exceeds 300s" in alert.text
+
+
+def test_replica_fallback_is_quiet_when_the_replica_was_read() -> None:
+    assert rules_fired({"replica_lag_s": 12.0, "replica_fallback": None}) == []
+
+
+def test_for_runs_needs_the_earlier_runs_to_meet_the_rule_too() -> None:
+    t = Thresholds(quality_for_runs=3, freshness_for_runs=2)
+    run = {"run_id": "r9", "quality": {"critical_failures": 1}, "freshness_lag_s": 31 * 3600}
+    assert evaluate(run, [], t) == []  # no earlier runs: quiet
+    assert [a.fields["rule"] for a in evaluate(run, [], t, earlier=[{"freshness"}])] == [
+        "freshness"
+    ]
+    both = [{"quality", "freshness"}] * 2
+    assert [a.fields["rule"] for a in evaluate(run, [], t, earlier=both)] == [
+        "freshness",
+        "quality",
+    ]
+    broken = [{"quality"}, {"freshness"}]  # quality missed the run before: not 3 in a row
+    assert [a.fields["rule"] for a in evaluate(run, [], t, earlier=broken)] == ["freshness"]
+
+
+def test_for_runs_is_read_from_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.yml"
+    path.write_text("quality:\n  for_runs: 3\nreplica_fallback:\n  severity: info\n")
+    t = load_thresholds(path)
+    assert t.for_runs("quality") == 3 and t.replica_fallback_severity == "info"
+    assert all(t.for_runs(r) == 1 for r in RULES if r != "quality")
