@@ -146,13 +146,29 @@ class LandingStore:
                 }
             ),
         )
-        self._delete_other_attempts(run_key, attempt)
+        now = self.read_commit(source, table, run_id)
+        if now is None or now.get("attempt") != attempt:
+            # one writer per run at a time is the pipeline's rule (the warehouse lease);
+            # if it was broken the last commit wins and nothing of it is deleted here
+            log.warning(
+                "%s/%s run=%s: another landing committed after attempt %s: %s stays",
+                source,
+                table,
+                run_id,
+                attempt,
+                (now or {}).get("attempt"),
+            )
+            return attempt
+        self._delete_older_attempts(run_key, attempt)
         return attempt
 
-    def _delete_other_attempts(self, run_key: str, keep: str) -> None:
+    def _delete_older_attempts(self, run_key: str, keep: str) -> None:
+        """Delete the run's attempts older than `keep` (the committed one): earlier
+        commits and killed writers' leftovers. A newer attempt is a landing in progress
+        (it commits later and cleans this one)."""
         for info in self._list(run_key, recursive=False):
             name = info.path.rsplit("/", 1)[-1]
-            if name.startswith(ATTEMPT_PREFIX) and name != f"{ATTEMPT_PREFIX}{keep}":
+            if name.startswith(ATTEMPT_PREFIX) and name < f"{ATTEMPT_PREFIX}{keep}":
                 try:
                     self.fs.delete_dir(info.path)
                 except OSError as exc:  # a later commit cleans it again

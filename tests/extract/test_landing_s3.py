@@ -129,7 +129,7 @@ def test_a_half_written_run_without_commit_is_ignored_and_replaced(
     # and a first landing of another day killed the same way
     client = server.client()
     for run_id in ("2026-11-01", "2026-11-02"):
-        key = f"landing/source_db/orders/run={run_id}/{ATTEMPT_PREFIX}killed/part-00000.parquet"
+        key = f"landing/source_db/orders/run={run_id}/{ATTEMPT_PREFIX}20260101T000000Z-deadbeef/part-00000.parquet"
         client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 half written")
     assert len(store.uncommitted_attempts()) == 2
     # its local copy on the writer's host (landed locally before the upload) is not a run
