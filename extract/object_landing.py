@@ -51,8 +51,11 @@ _PUSH_INDEX = ".store-pushed.json"  # local: side files already pushed (size, mt
 
 
 def _attempt_id() -> str:
-    # sortable by time; random tail: two writers never share an attempt
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    # sortable by the writer's wall clock to the microsecond (not the pipeline's clock,
+    # which tests may freeze); random tail: two writers never share an attempt
+    now = time.time_ns() // 1000
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000))
+    return f"{stamp}{now % 1_000_000:06d}Z-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass

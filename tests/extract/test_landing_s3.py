@@ -214,3 +214,15 @@ def test_the_local_landing_zone_stays_the_default(tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("NIGHTSHIFT_LANDING_URL", str(tmp_path / "elsewhere"))
     assert settings.landing_dir() == (tmp_path / "elsewhere").resolve()
     assert settings.landing_store() is None
+
+
+def test_attempt_ids_sort_by_the_time_they_started() -> None:
+    import time
+
+    from extract.object_landing import _attempt_id
+
+    ids = []
+    for _ in range(5):
+        ids.append(_attempt_id())
+        time.sleep(0.002)
+    assert ids == sorted(ids) and len(set(ids)) == 5
