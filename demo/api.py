@@ -534,8 +534,6 @@ def main(argv: list[str] | None = None) -> None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
         if not admin_token:
             parser.error(f"{FAULT_INJECTION_ENV} is set: {ADMIN_TOKEN_ENV} is required")
-        if admin_token == token:
-            parser.error(f"{ADMIN_TOKEN_ENV} must differ from {TOKEN_ENV}")
     try:
         faults = FaultConfig(
             modes=_parse_modes(args.faults),
@@ -543,9 +541,9 @@ def main(argv: list[str] | None = None) -> None:
             retry_after=args.retry_after,
             slow_seconds=args.slow_seconds,
         )
-    except ValueError as exc:
+        app = create_app(args.payments_db, token, faults, admin_token=admin_token)
+    except ValueError as exc:  # e.g. the fault-injection token equal to the data token
         parser.error(str(exc))
-    app = create_app(args.payments_db, token, faults, admin_token=admin_token)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
