@@ -180,39 +180,37 @@ def demo_connections(data_dir: Path) -> Iterator[dict[str, str]]:
         }
 
 
+UI_USER = "admin"
 WEAK_UI_PASSWORDS = frozenset({"", "admin", "airflow", "change-me"})
 
 
-def write_ui_passwords(path: Path, password: str | None = None) -> str:
-    """The simple auth manager's passwords file for `admin`, readable by its owner only.
+def write_ui_passwords(path: Path, password: str | None = None) -> None:
+    """The simple auth manager's passwords file for UI_USER, readable by its owner only.
 
-    A given password (AIRFLOW_ADMIN_PASSWORD) is used as is, unless it is a well-known
-    default; else a random one is made. An existing file keeps its password unless that
-    is a well-known default (an older `make airflow` wrote admin/admin); its mode is set
-    to 0600 either way. Returns the user name; the password is never printed.
+    A given password (AIRFLOW_ADMIN_PASSWORD) is used unless it is a well-known one;
+    without one, the file's password is kept unless well-known (an older `make airflow`
+    wrote admin/admin), else a random one is made. The password is never printed.
     """
     if password is not None and password in WEAK_UI_PASSWORDS:
         raise SystemExit(
             "AIRFLOW_ADMIN_PASSWORD is a well-known default: choose another, or unset it "
             f"for a random one written to {path}"
         )
-    current: dict[str, str] = {}
-    if path.exists():
-        with contextlib.suppress(ValueError):
-            current = json.loads(path.read_text() or "{}")
-    if password is None and current.get("admin") not in WEAK_UI_PASSWORDS | {None}:
+    current: dict = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        loaded = json.loads(path.read_text())
+        current = loaded if isinstance(loaded, dict) else {}
+    kept = current.get(UI_USER)
+    if password is None and isinstance(kept, str) and kept not in WEAK_UI_PASSWORDS:
         os.chmod(path, 0o600)
-        return "admin"
-    current["admin"] = password or secrets.token_urlsafe(18)
+        return
+    current[UI_USER] = password or secrets.token_urlsafe(18)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write(json.dumps(current))
     os.replace(tmp, path)
-    os.chmod(path, 0o600)
-    return "admin"
 
 
 def serve_ui(env_extra: dict[str, str]) -> int:
@@ -224,16 +222,15 @@ def serve_ui(env_extra: dict[str, str]) -> int:
     """
     env = airflow_env(env_extra)
     ensure_airflow_initialised(env)
-    home = Path(env["AIRFLOW_HOME"])
-    passwords = home / "passwords.json"
-    user = write_ui_passwords(passwords, env.get("AIRFLOW_ADMIN_PASSWORD"))
-    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{user}:admin")
+    passwords = Path(env["AIRFLOW_HOME"]) / "passwords.json"
+    write_ui_passwords(passwords, env.get("AIRFLOW_ADMIN_PASSWORD"))
+    env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{UI_USER}:admin")
     env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
     env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     env.setdefault("AIRFLOW__API__PORT", "8080")
     print(
         f"Airflow UI: http://{env['AIRFLOW__API__HOST']}:{env['AIRFLOW__API__PORT']}  "
-        f"(login {user}; the password is in {passwords}, readable by you only)"
+        f"(login {UI_USER}; the password is in {passwords}, readable by you only)"
     )
     return subprocess.run([airflow_bin(), "standalone"], env=env).returncode
 
