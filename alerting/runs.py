@@ -321,6 +321,9 @@ def _failed_gate_checks(run_id: str, start: datetime | None) -> list[str]:
     return checks
 
 
+_FIRST_STEP = "extract_source_db"
+
+
 def failed_run_metrics(
     business_date: date, start: datetime | None = None, dag_id: str = NIGHTLY_DAG_ID
 ) -> dict[str, Any]:
@@ -332,10 +335,19 @@ def failed_run_metrics(
     run_id = business_date.isoformat()
     if start is not None and start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
+    # The attempt began with its extract: under `airflow dags test` the run's start_date
+    # is its logical date, so the extract's own start is the better bound when later.
+    first = next(
+        (s for s in _since(run_metrics.read_steps(run_id), start) if s["task"] == _FIRST_STEP),
+        None,
+    )
+    if first is not None:
+        began = datetime.fromisoformat(first["started_at"])
+        start = max(start, began) if start is not None else began
     steps = _since(run_metrics.read_steps(run_id), start)
     by_task = {s.get("task"): s for s in steps}
     metrics: dict[str, Any] = {"run_id": run_id, "dag_id": dag_id, "business_date": run_id}
-    if start is not None:
+    if first is not None and start is not None:  # nothing ran: no duration to judge
         metrics["duration_s"] = (datetime.now(UTC) - start).total_seconds()
     rows: dict[str, Any] = {}
     extracted = by_task.get("extract_source_db") or {}

@@ -167,6 +167,20 @@ def test_a_failed_gate_of_an_earlier_attempt_does_not_fire_again(
     assert [a.fields["rule"] for a in failed_run_alerts(context)] == []
 
 
+def extracted(minutes_ago: float) -> None:
+    """The run's extract_source_db step file, as `timed` writes it, begun `minutes_ago`."""
+    from pipeline.run_metrics import _write_step
+
+    began = datetime.now(UTC).timestamp() - minutes_ago * 60
+    _write_step(
+        DAY.isoformat(),
+        "extract_source_db",
+        began,
+        began + 1,
+        {"status": "success", "summary": {"orders": 10}},
+    )
+
+
 def test_the_failure_path_evaluates_deadline_and_quarantine_from_the_step_files(
     webhook: Receiver,
 ) -> None:
@@ -174,13 +188,21 @@ def test_the_failure_path_evaluates_deadline_and_quarantine_from_the_step_files(
     def extract_payments_api(business_date: date) -> dict:
         return {"payments": 50, "payments_quarantined": 150, "payments_replayed": 0, "fx_rates": 1}
 
+    extracted(minutes_ago=121)
     extract_payments_api(DAY)
     fail_step("load_payments_api", RuntimeError("boom"))
-    fired = [a.fields["rule"] for a in failed_run_alerts(failed_context(minutes_ago=121))]
+    fired = [a.fields["rule"] for a in failed_run_alerts(failed_context(minutes_ago=200))]
     assert fired == ["quarantine", "run_deadline"]
-    assert [a.fields["rule"] for a in failed_run_alerts(failed_context(minutes_ago=5))] == [
-        "quarantine"
-    ]
+
+
+def test_the_failure_path_times_the_attempt_from_its_extract(webhook: Receiver) -> None:
+    # `airflow dags test` starts the run at its logical date: the extract's start counts
+    extracted(minutes_ago=5)
+    fail_step("load_source_db", RuntimeError("boom"))
+    assert failed_run_alerts(failed_context(minutes_ago=10**6)) == []
+    # an extract of an earlier attempt (before this run started) is not this run's
+    extracted(minutes_ago=300)
+    assert failed_run_alerts(failed_context(minutes_ago=200)) == []
 
 
 # --- replica fallback ----------------------------------------------------------------
