@@ -288,3 +288,55 @@ def test_for_runs_counts_failed_runs_and_per_table_keys(webhook: Receiver) -> No
     assert alert_run({"run_id": "2026-03-02", **q}, [], thresholds=t) == []  # other table
     [alert] = alert_run({"run_id": "2026-03-03", **q}, [], thresholds=t)
     assert alert.fields["table"] == "payments"
+
+
+# --- the published path: nightly.check_alerts ----------------------------------------
+
+
+def publish_metrics(data: Path, freshness_h: float) -> None:
+    """A published warehouse holding the run's metrics, as `publish` stores them."""
+    from pipeline import run_metrics
+
+    path = published_warehouse(data)
+    metrics = {
+        "run_id": DAY.isoformat(),
+        "dag_id": "nightly_sales",
+        "business_date": DAY.isoformat(),
+        "started_at": None,
+        "duration_s": 600.0,
+        "freshness_lag_s": freshness_h * 3600,
+        "rows_extracted": {"orders": 100},
+        "quarantined": {"payments": 0},
+        "rows_loaded": {},
+        "rows_published": {},
+        "restated_days": 1,
+        "quality": {"checks": 10, "pass_rate": 1.0, "critical_failures": 0, "warnings": 0},
+        "replica_lag_s": None,
+        "steps": [],
+    }
+    con = duckdb.connect(str(path))
+    try:
+        run_metrics.store(con, metrics)
+    finally:
+        con.close()
+
+
+def test_check_alerts_fires_on_the_published_metrics_and_records_them(
+    webhook: Receiver, tmp_path: Path
+) -> None:
+    from pipeline import nightly
+
+    publish_metrics(tmp_path / "data", freshness_h=40)
+    assert nightly.check_alerts(DAY)["alerts"] == 1
+    [text] = texts(webhook)
+    assert text.startswith("[CRITICAL] Source data is stale") and "40 h old" in text
+    assert earlier_conditions("2026-03-02", 1) == [{"freshness"}]
+
+
+def test_check_alerts_is_quiet_on_a_healthy_run(webhook: Receiver, tmp_path: Path) -> None:
+    from pipeline import nightly
+
+    publish_metrics(tmp_path / "data", freshness_h=2)
+    assert nightly.check_alerts(DAY)["alerts"] == 0
+    assert webhook.requests == []
+    assert earlier_conditions("2026-03-02", 1) == [set()]
