@@ -217,9 +217,17 @@ def business_date_of(context: Mapping[str, Any]) -> date | None:
         or _get(dag_run, "start_date")
     )
     if not override and when is None:
-        return None
+        # the dag-processor's minimal context (no failed task): dag, run_id, reason;
+        # Airflow's run ids end with the run's date (`scheduled__2026-03-02T02:00:00+00:00`)
+        _, _, tail = str(_get(context, "run_id") or "").partition("__")
+        try:
+            when = datetime.fromisoformat(tail)
+        except ValueError:
+            return None
     if isinstance(when, str):
         when = datetime.fromisoformat(when)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
     return business_date_for(when, override or None)
 
 

@@ -340,3 +340,22 @@ def test_check_alerts_is_quiet_on_a_healthy_run(webhook: Receiver, tmp_path: Pat
     assert nightly.check_alerts(DAY)["alerts"] == 0
     assert webhook.requests == []
     assert earlier_conditions("2026-03-02", 1) == [set()]
+
+
+def test_a_minimal_dag_callback_context_still_reaches_the_rules(
+    webhook: Receiver, tmp_path: Path
+) -> None:
+    # no failed task (e.g. a run timed out): Airflow passes dag, run_id and reason only
+    from airflow.sdk import DAG
+
+    from pipeline import nightly
+
+    published_warehouse(tmp_path / "data")
+    nightly._record_failed_gate(DAY, [critical_result(DAY.isoformat())], None)
+    dag = DAG("nightly_sales", schedule=None)
+    on_dag_failure({"dag": dag, "run_id": RUN_ID, "reason": "timed_out"})
+    assert [t.split(" (")[0] for t in texts(webhook)] == [
+        "[CRITICAL] DAG run failed: nightly_sales",
+        "[CRITICAL] Critical data quality failure",
+    ]
+    assert all(t.endswith(f"<{LINK}>") for t in texts(webhook))
