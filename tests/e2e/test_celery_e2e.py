@@ -49,7 +49,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -66,7 +65,7 @@ import yaml
 
 from demo.generator import generate
 from demo.run import running_api
-from demo.servers import fresh_database, redis_server
+from demo.servers import free_port, fresh_database, redis_server
 from pipeline.airflow_run import logical_date_for
 from tests.e2e.harness import REPORT_TZ, TOKEN, api_base_of, assert_matches_oracle, pipeline_env
 from tests.ui.airflow_stack import _stop, airflow_bin, stack_env
@@ -165,7 +164,7 @@ def settings_from_compose(
     raw = compose_common_env()
     missing = [k for k in COMPOSE_KEYS if k not in raw]
     assert not missing, (
-        f"docker-compose.yml: x-airflow-common.environment lacks {', '.join(missing)} "
+        f"{COMPOSE.name}: x-airflow-common.environment lacks {', '.join(missing)} "
         "(every Airflow component must get them, the same values everywhere)"
     )
     variables: dict[str, str] = {}
@@ -200,7 +199,7 @@ def settings_from_compose(
     got[key] = _rehost(got[key], f"127.0.0.1:{api_port}")
     assert got[key].endswith("/execution/"), got[key]
     for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY"):
-        assert got[key], f"docker-compose.yml: {key} is empty"
+        assert got[key], f"{COMPOSE.name}: {key} is empty"
     shown = {k: ("***" if "SECRET" in k or "FERNET" in k else raw[k]) for k in got}
     return got, shown
 
@@ -383,7 +382,7 @@ def test_nightly_on_two_celery_workers_one_killed(
         if_exists="replace",
     )
     redis_db = int(os.environ.get("NIGHTSHIFT_TEST_REDIS_DB", "13"))
-    api_port = int(subprocess.check_output([sys.executable, "-c", _FREE_PORT]).decode())
+    api_port = free_port()
     queue = f"nightshift-celery-e2e-{uuid.uuid4().hex[:10]}"  # unshared, even on a shared Redis
     hooks = _write_hooks(tmp_path / "hooks")
     meta_engine = sa.create_engine(metadata_url)
@@ -548,6 +547,17 @@ def test_nightly_on_two_celery_workers_one_killed(
             assert stack.procs[victim].poll() is not None, "the killed worker is still running"
             # every task after the kill ran on the survivor
             stack.check_alive(except_=(victim,))
+            # no shared secret (nor the API token) in any component's or task's log
+            hidden = {
+                k: v
+                for k, v in {**compose, "PAYMENTS_API_TOKEN": TOKEN}.items()
+                if "SECRET" in k or "FERNET" in k or "TOKEN" in k
+            }
+            for path in [*home.rglob("*.log"), *stack.logs.glob("*.log")]:
+                text = path.read_text(errors="replace")
+                leaked = [k for k, v in hidden.items() if v in text]
+                assert not leaked, f"{leaked} in clear in {path.relative_to(home)}"
+            _forget_queues(compose["AIRFLOW__CELERY__BROKER_URL"], queue)
 
         # the published tables equal the oracle (a fault-free API for the oracle's FX)
         with running_api(payments_db, token=TOKEN) as oracle_api:
@@ -585,9 +595,21 @@ def test_nightly_on_two_celery_workers_one_killed(
         source_engine.dispose()
 
 
-_FREE_PORT = (
-    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
-)
+def _forget_queues(broker_url: str, queue: str) -> None:
+    """Leave nothing of this test in a shared Redis: its queues' keys and the killed
+    worker's unacknowledged message (kombu's `unacked` hash and index)."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        for key in client.scan_iter(match=f"*{queue}*"):
+            client.delete(key)
+        for tag, payload in client.hgetall("unacked").items():
+            if queue.encode() in payload:
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
+    finally:
+        client.close()
 
 
 def _fernet_key() -> str:
