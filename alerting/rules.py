@@ -186,15 +186,20 @@ def evaluate(
 
 
 def apply_for_runs(
-    alerts: Sequence[Alert], thresholds: Thresholds, earlier: Sequence[Collection[str]] | None
+    alerts: Sequence[Alert],
+    thresholds: Thresholds,
+    earlier: Sequence[Collection[str]] | Mapping[str, Sequence[Collection[str]]] | None,
 ) -> list[Alert]:
-    """The `alerts` whose rule's `for_runs` streak holds (see `evaluate`)."""
-    earlier = list(earlier or [])
+    """The `alerts` whose rule's `for_runs` streak holds (see `evaluate`). `earlier` is
+    one sequence for every rule, or a sequence per rule (the earlier runs in which that
+    rule could be evaluated)."""
     kept = []
     for alert in alerts:
-        n = thresholds.for_runs(str(alert.fields["rule"]))
+        rule = str(alert.fields["rule"])
+        n = thresholds.for_runs(rule)
         if n > 1:
-            before = earlier[-(n - 1) :]
+            runs = (earlier.get(rule) if isinstance(earlier, Mapping) else earlier) or []
+            before = list(runs)[-(n - 1) :]
             key = condition_key(alert)
             if len(before) < n - 1 or not all(key in met for met in before):
                 continue
@@ -205,6 +210,21 @@ def apply_for_runs(
             )
         kept.append(alert)
     return kept
+
+
+def evaluable(metrics: Mapping[str, Any]) -> set[str]:
+    """The rules whose input `metrics` holds (a rule without its input is not evaluated,
+    and a run that could not evaluate a rule neither extends nor breaks its streak)."""
+    present = {
+        "freshness": _number(metrics.get("freshness_lag_s")) is not None,
+        "row_count_drop": bool(metrics.get("rows_extracted")),
+        "quality": _number((metrics.get("quality") or {}).get("critical_failures")) is not None,
+        "quarantine": bool(metrics.get("quarantined")),
+        "run_deadline": _number(metrics.get("duration_s")) is not None,
+        "replica_lag": _number(metrics.get("replica_lag_s")) is not None,
+        "replica_fallback": isinstance(metrics.get("replica_fallback"), Mapping),
+    }
+    return {rule for rule, ok in present.items() if ok}
 
 
 def conditions(

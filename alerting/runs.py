@@ -13,10 +13,12 @@ fires through the same sinks (`alerting.sinks.send_all`):
 - the extract falling back from `source_db_replica` to the primary
   (`extract.replica.choose_read_url` → `replica_fallback`), at once.
 
-`for_runs` streaks: each evaluation records the condition keys it found met, per rule
-evaluated, in the run's folder (`data/runs/<run_id>/alerts.json`, beside the step files;
-pruned with them by retention). A rule with `for_runs: N` reads the N-1 runs recorded
-before this one (by run id: the business day) and fires when each of them met it too.
+`for_runs` streaks: each evaluation records the condition keys it found met, per rule it
+could evaluate (its input present), in the run's folder (`data/runs/<run_id>/alerts.json`,
+beside the step files; pruned with them by retention). A rule with `for_runs: N` reads the
+last N-1 earlier runs (by run id: the business day) that evaluated it and fires when each
+of them met it too; a run that could not evaluate the rule (it failed before its input
+existed) neither extends nor breaks the streak.
 
 Links: `run_url(dag_id, run_id)` is `<base>/dags/<dag_id>/runs/<run_id>` (the Airflow 3
 UI; ids percent-encoded), `<base>` from `AIRFLOW__API__BASE_URL` (Airflow's own
@@ -36,7 +38,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from alerting.rules import RULES, Thresholds, apply_for_runs, condition_key, conditions
+from alerting.rules import (
+    RULES,
+    Thresholds,
+    apply_for_runs,
+    condition_key,
+    conditions,
+    evaluable,
+)
 from alerting.sinks import Alert, AlertSink, send_all
 
 log = logging.getLogger(__name__)
@@ -116,25 +125,32 @@ def record_conditions(run_id: str, evaluated: Iterable[str], met: Iterable[str])
         log.exception("alerts: could not record the conditions of run %s", run_id)
 
 
-def earlier_conditions(run_id: str, limit: int) -> list[set[str]]:
-    """The condition keys met by the `limit` runs recorded before `run_id`, oldest first."""
-    if limit <= 0:
-        return []
+def earlier_conditions(run_id: str, limit: int | None = None) -> list[dict[str, set[str]]]:
+    """Per run recorded before `run_id` (the last `limit`, oldest first): for each rule
+    evaluated in it, the condition keys it met."""
     root = _runs_dir()
     if not root.is_dir():
         return []
-    runs = sorted(p.parent.name for p in root.glob(f"*/{ALERTS_FILE}") if p.parent.name < run_id)[
-        -limit:
-    ]
-    out: list[set[str]] = []
+    runs = sorted(p.parent.name for p in root.glob(f"*/{ALERTS_FILE}") if p.parent.name < run_id)
+    if limit is not None:
+        runs = runs[-limit:] if limit > 0 else []
+    out: list[dict[str, set[str]]] = []
     for name in runs:
         try:
             data = json.loads((root / name / ALERTS_FILE).read_text())
         except (OSError, ValueError):
-            out.append(set())
             continue
-        out.append({k for keys in (data.get("rules") or {}).values() for k in keys})
+        out.append({rule: set(keys) for rule, keys in (data.get("rules") or {}).items()})
     return out
+
+
+def streaks(earlier: Sequence[Mapping[str, set[str]]]) -> dict[str, list[set[str]]]:
+    """Per rule, the keys met by each earlier run that evaluated it, oldest first."""
+    per_rule: dict[str, list[set[str]]] = {rule: [] for rule in RULES}
+    for run in earlier:
+        for rule, keys in run.items():
+            per_rule.setdefault(rule, []).append(set(keys))
+    return per_rule
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -162,11 +178,11 @@ def alert_run(
     thresholds = thresholds or load_configured_thresholds()
     met = [a for a in conditions(metrics, history, thresholds) if a.fields.get("rule") in rules]
     run_id = metrics.get("run_id")
-    earlier: list[set[str]] = []
+    earlier: dict[str, list[set[str]]] = {}
     if run_id:
-        longest = max(thresholds.for_runs(r) for r in rules) if rules else 1
-        earlier = earlier_conditions(str(run_id), longest - 1)
-        record_conditions(str(run_id), rules, [condition_key(a) for a in met])
+        earlier = streaks(earlier_conditions(str(run_id)))
+        evaluated = set(rules) & evaluable(metrics)
+        record_conditions(str(run_id), sorted(evaluated), [condition_key(a) for a in met])
     alerts = [
         with_link(a, airflow_dag_id, airflow_run_id)
         for a in apply_for_runs(met, thresholds, earlier)

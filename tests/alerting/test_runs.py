@@ -269,7 +269,7 @@ def test_for_runs_fires_on_the_third_consecutive_run_only(webhook: Receiver) -> 
     assert len(webhook.requests) == 1
     # a rerun of the second day is re-recorded, not counted twice
     assert alert_run(stale("2026-03-02"), [], thresholds=t) == []
-    assert earlier_conditions("2026-03-04", 5) == [{"freshness"}] * 3
+    assert earlier_conditions("2026-03-04", 5) == [{"freshness": {"freshness"}}] * 3
 
 
 def test_for_runs_a_quiet_run_breaks_the_streak(webhook: Receiver) -> None:
@@ -278,6 +278,22 @@ def test_for_runs_a_quiet_run_breaks_the_streak(webhook: Receiver) -> None:
         assert alert_run(metrics(day), [], thresholds=t) == []
     assert alert_run(stale("2026-03-04"), [], thresholds=t) == []
     assert len(alert_run(stale("2026-03-05"), [], thresholds=t)) == 1
+
+
+def test_for_runs_a_run_that_could_not_evaluate_the_rule_neither_counts_nor_breaks(
+    webhook: Receiver,
+) -> None:
+    t = Thresholds(freshness_for_runs=2, quality_for_runs=2)
+    assert alert_run(stale("2026-03-01"), [], thresholds=t) == []
+    # failed before anything was extracted: quality was evaluated (quiet), freshness not
+    failed = {"run_id": "2026-03-02", "quality": {"critical_failures": 1}}
+    assert alert_run(failed, [], thresholds=t) == []
+    assert [a.fields["rule"] for a in alert_run(stale("2026-03-03"), [], thresholds=t)] == [
+        "freshness"
+    ]
+    failed_again = {"run_id": "2026-03-04", "quality": {"critical_failures": 2}}
+    [alert] = alert_run(failed_again, [], thresholds=t)
+    assert alert.fields["rule"] == "quality" and alert.url is None  # no Airflow run: no link
 
 
 def test_for_runs_counts_failed_runs_and_per_table_keys(webhook: Receiver) -> None:
@@ -330,7 +346,8 @@ def test_check_alerts_fires_on_the_published_metrics_and_records_them(
     assert nightly.check_alerts(DAY)["alerts"] == 1
     [text] = texts(webhook)
     assert text.startswith("[CRITICAL] Source data is stale") and "40 h old" in text
-    assert earlier_conditions("2026-03-02", 1) == [{"freshness"}]
+    [recorded] = earlier_conditions("2026-03-02", 1)
+    assert recorded["freshness"] == {"freshness"} and recorded["quality"] == set()
 
 
 def test_check_alerts_is_quiet_on_a_healthy_run(webhook: Receiver, tmp_path: Path) -> None:
@@ -339,7 +356,8 @@ def test_check_alerts_is_quiet_on_a_healthy_run(webhook: Receiver, tmp_path: Pat
     publish_metrics(tmp_path / "data", freshness_h=2)
     assert nightly.check_alerts(DAY)["alerts"] == 0
     assert webhook.requests == []
-    assert earlier_conditions("2026-03-02", 1) == [set()]
+    [recorded] = earlier_conditions("2026-03-02", 1)
+    assert recorded["freshness"] == set() and "replica_lag" not in recorded  # no input
 
 
 def test_a_minimal_dag_callback_context_still_reaches_the_rules(
