@@ -687,7 +687,10 @@ def _run_and_kill(stack: Stack, engine: sa.Engine, run_id: str, say) -> tuple[st
             if slow.state == "running":
                 recovered_at = time.monotonic() - started
         if state in ("success", "failed"):
-            assert victim, f"the run ended before {SLOW_TASK} was seen running: no fault"
+            assert victim, (
+                f"the run ended {state} before {SLOW_TASK} was seen running (no fault "
+                f"injected): {line}\n{stack.task_logs()}\n{stack.all_logs()}"
+            )
             return victim, killed_at, recovered_at or killed_at
         time.sleep(0.5)
     raise AssertionError(
