@@ -20,7 +20,11 @@ execution API URL and the secrets every component must share are read from
 `docker-compose.yml`'s `x-airflow-common` environment (host names of the compose
 services replaced by the loopback servers, `${VAR:-default}` resolved; a secret without
 default gets one random value, as `.env` would give every container the same). A key
-missing there fails the test naming it.
+missing there fails the test naming it. The JWT secret matters between the scheduler
+(which signs each task's token) and the api-server (which checks it): with another secret
+in the scheduler every task fails at its start, and so does this test. Not taken from
+compose: the auth manager (FAB, not installed here: SimpleAuthManager), the scheduler's
+health server (it would listen on 0.0.0.0), the default queue (one per test here).
 
 Routing (a cluster policy, `airflow_local_settings.task_policy`, in a temp dir on the
 PYTHONPATH): `extract_source_db` goes to worker-a's own queue, `load_source_db` to
