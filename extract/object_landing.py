@@ -334,6 +334,81 @@ class LandingStore:
             os.replace(tmp, index_path)
         return pushed
 
+    # -- a mirrored folder (the quarantine) ----------------------------------------------
+
+    def mirror_pull(self, local_root: Path) -> int:
+        """Bring the local folder up to the store: every object missing locally or newer
+        there is downloaded (files in a mirrored folder have one writer at a time: the
+        quarantine's attempt files are never rewritten, its replay queue is written by
+        `make replay` and retired by the nightly, under the warehouse lease)."""
+        from pyarrow import fs as pafs
+
+        local_root = Path(local_root)
+        index = _read_index(local_root)
+        pulled = 0
+        infos = [i for i in self._list("") if i.type == pafs.FileType.File]
+        remote = {self._rel(i.path) for i in infos}
+        for rel in sorted(set(index) - remote):  # in sync once, gone from the store since
+            local = local_root / rel
+            try:
+                st = local.stat()
+            except FileNotFoundError:
+                del index[rel]
+                continue
+            if index[rel] == [st.st_size, st.st_mtime_ns]:  # not changed here: retired
+                local.unlink()
+                del index[rel]
+        for info in infos:
+            rel = self._rel(info.path)
+            local = local_root / rel
+            try:
+                st = local.stat()
+                if st.st_size == info.size and st.st_mtime_ns >= info.mtime_ns:
+                    index.setdefault(rel, [st.st_size, st.st_mtime_ns])
+                    continue
+            except FileNotFoundError:
+                pass
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.parent / f".tmp-{local.name}-{uuid.uuid4().hex[:8]}"
+            self._get_file(info.path, tmp)
+            os.replace(tmp, local)
+            st = local.stat()
+            index[rel] = [st.st_size, st.st_mtime_ns]
+            pulled += 1
+        _write_index(local_root, index)
+        return pulled
+
+    def mirror_push(self, local_root: Path) -> dict[str, int]:
+        """Upload the local folder's new or changed files, and delete from the store the
+        files this folder had in sync that are gone locally (moved, pruned)."""
+        local_root = Path(local_root)
+        index = _read_index(local_root)
+        seen: set[str] = set()
+        counts = {"pushed": 0, "deleted": 0}
+        for dirpath, dirnames, filenames in os.walk(local_root):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".tmp-", ".old-"))]
+            for name in filenames:
+                if name.startswith("."):
+                    continue  # .lock, .tmp-*, the index
+                path = Path(dirpath) / name
+                rel = path.relative_to(local_root).as_posix()
+                seen.add(rel)
+                st = path.stat()
+                if index.get(rel) == [st.st_size, st.st_mtime_ns]:
+                    continue
+                self._put_file(path, self._key(rel))
+                index[rel] = [st.st_size, st.st_mtime_ns]
+                counts["pushed"] += 1
+        for rel in sorted(set(index) - seen):
+            try:
+                self.fs.delete_file(self._key(rel))
+            except FileNotFoundError:
+                pass
+            del index[rel]
+            counts["deleted"] += 1
+        _write_index(local_root, index)
+        return counts
+
     def uncommitted_attempts(self) -> list[str]:
         """Attempt prefixes no commit names (a killed writer's leftovers), for checks."""
         from pyarrow import fs as pafs
@@ -350,6 +425,45 @@ class LandingStore:
                 commit = json.loads(self._get_bytes(info.path) or b"{}")
                 committed.add("/".join(parts[:3]) + f"/{ATTEMPT_PREFIX}{commit.get('attempt')}")
         return sorted(attempts - committed)
+
+
+def pull_mirror(store: LandingStore | None, local_root: Path) -> None:
+    """`store.mirror_pull(local_root)`, logged; nothing without a store."""
+    if store is not None:
+        started = time.monotonic()
+        pulled = store.mirror_pull(local_root)
+        log.info(
+            "%s: %d file(s) pulled from %s in %.2f s",
+            local_root,
+            pulled,
+            store.describe(),
+            time.monotonic() - started,
+        )
+
+
+def push_mirror(store: LandingStore | None, local_root: Path) -> None:
+    """`store.mirror_push(local_root)`, logged; nothing without a store."""
+    if store is not None:
+        log.info(
+            "%s: pushed to %s: %s", local_root, store.describe(), store.mirror_push(local_root)
+        )
+
+
+_MIRROR_INDEX = ".store-mirror.json"  # local: {path: [size, mtime_ns]} in sync with the store
+
+
+def _read_index(local_root: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads((local_root / _MIRROR_INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_index(local_root: Path, index: dict[str, list[int]]) -> None:
+    local_root.mkdir(parents=True, exist_ok=True)
+    tmp = local_root / f".tmp-{_MIRROR_INDEX}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(index, sort_keys=True))
+    os.replace(tmp, local_root / _MIRROR_INDEX)
 
 
 def _wanted(run_dir: str, run_id: str) -> bool:

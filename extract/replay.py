@@ -318,11 +318,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"--date {args.date!r} is not a YYYY-MM-DD date")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from extract.object_landing import pull_mirror, push_mirror
+
+    store = settings.quarantine_store()  # NIGHTSHIFT_QUARANTINE_URL=s3://…: a local mirror
+    pull_mirror(store, settings.quarantine_dir())
     summary = replay(
         settings.quarantine_dir(),
         run_id=args.date,
         future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
     )
+    push_mirror(store, settings.quarantine_dir())
     print(
         f"replay {summary['replay_id']}: {summary['files']} quarantine file(s); "
         f"{summary['passed']} record(s) pass and land with the next nightly; "

@@ -525,10 +525,12 @@ def extract_payments_api(
     `accept_schema_drift`: as for `extract_source_db`."""
     from extract.api_client import PaymentsApiClient
     from extract.api_extract import extract_fx_rates, extract_payments
+    from extract.object_landing import pull_mirror, push_mirror
     from extract.replay import open_replays
 
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
     _landing_synced(business_date)
+    pull_mirror(settings.quarantine_store(), settings.quarantine_dir())
     horizon = published_horizon(business_date)
     days = fx_days_needed(business_date, horizon)
     refresh = fx_days_to_refresh(business_date, days, horizon)
@@ -561,6 +563,8 @@ def extract_payments_api(
         close = getattr(client, "close", None)
         if close:
             close()
+        # a failed attempt's quarantine file is evidence too
+        push_mirror(settings.quarantine_store(), settings.quarantine_dir())
     _push_landing_side_files()
     return {
         "payments": payments["rows"],
@@ -740,10 +744,13 @@ def _retention_policy() -> Any:
 @timed
 def apply_retention(business_date: date) -> dict[str, Any]:
     """The last step of a successful night: prune what `config/retention.yml` lets go."""
+    from extract.object_landing import pull_mirror, push_mirror
     from pipeline.retention import prune, summary
     from warehouse.publish import last_published_day
 
     horizon = last_published_day(_published()) or business_date
+    quarantine = settings.quarantine_store()
+    pull_mirror(quarantine, settings.quarantine_dir())  # what it prunes goes from the store
     removed = prune(
         settings.data_dir(),
         settings.warehouse_path(),
@@ -756,6 +763,7 @@ def apply_retention(business_date: date) -> dict[str, Any]:
             "report": settings.report_dir(),
         },
     )
+    push_mirror(quarantine, settings.quarantine_dir())
     return summary(removed)
 
 

@@ -215,7 +215,28 @@ def landing_store() -> Any:
 
 
 def quarantine_dir() -> Path:
+    """The local quarantine folder. With `NIGHTSHIFT_QUARANTINE_URL` a local path, that
+    path; with `s3://…`, the local mirror of the store (`NIGHTSHIFT_QUARANTINE_STAGE`,
+    default `DATA_DIR/quarantine-stage`), pulled before and pushed after each step that
+    uses it (`quarantine_store`)."""
+    url = os.environ.get("NIGHTSHIFT_QUARANTINE_URL", "").strip()
+    if url.startswith("s3://"):
+        stage = os.environ.get("NIGHTSHIFT_QUARANTINE_STAGE", "").strip()
+        return Path(stage or data_dir() / "quarantine-stage").resolve()
+    if url:
+        return Path(url.removeprefix("file://")).resolve()
     return Path(os.environ.get("QUARANTINE_DIR", data_dir() / "quarantine")).resolve()
+
+
+def quarantine_store() -> Any:
+    """The object store of the quarantine (`NIGHTSHIFT_QUARANTINE_URL=s3://…`, the same
+    credentials as the landing zone: connection `landing` or the AWS variables), or None."""
+    url = os.environ.get("NIGHTSHIFT_QUARANTINE_URL", "").strip()
+    if not url.startswith("s3://"):
+        return None
+    from extract.object_landing import open_store
+
+    return open_store(url, landing_store_options())
 
 
 def report_dir() -> Path:

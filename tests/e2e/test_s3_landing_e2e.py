@@ -9,7 +9,8 @@ without manifest or commit) is left behind, and the killed writer's host has a l
 copy of it. A fresh host (an empty local stage) does not see it; the next run of day 2,
 on yet another host, replaces it: day 2 equals the oracle (nothing doubled), no attempt
 without a commit is left, every committed run has exactly one attempt, and the secret
-appears in no object and no log line.
+appears in no object and no log line. The quarantine is on the store too
+(`NIGHTSHIFT_QUARANTINE_URL`): day 1's quarantined records reach the next host.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def _run(pg_database: str, tmp_path: Path, s3, capfd) -> None:  # noqa: ANN001
     base_env = pipeline_env(pg_database, data_dir, tmp_path / "airflow")
     landing = {
         "NIGHTSHIFT_LANDING_URL": f"s3://{bucket}/landing",
+        "NIGHTSHIFT_QUARANTINE_URL": f"s3://{bucket}/quarantine",
         "AIRFLOW_CONN_LANDING": s3.conn_uri(),
         "NIGHTSHIFT_NO_AIRFLOW_LOOKUP": "1",
     }
@@ -132,18 +134,26 @@ def _run(pg_database: str, tmp_path: Path, s3, capfd) -> None:  # noqa: ANN001
     warehouse = data_dir / "warehouse.duckdb"
     os.environ["REPORT_TZ"] = REPORT_TZ
     try:
-        with running_api(payments_db, token=TOKEN) as api_uri:
+        # malformed records: the quarantine has something to put into the store
+        with running_api(payments_db, token=TOKEN, faults="malformed", fault_every=1) as api_uri:
             api_base = api_base_of(api_uri)
             env = {**base_env, **landing, "AIRFLOW_CONN_PAYMENTS_API": api_uri}
 
             def on_host(name: str) -> dict[str, str]:
-                return {**env, "NIGHTSHIFT_LANDING_STAGE": str(tmp_path / name)}
+                return {
+                    **env,
+                    "NIGHTSHIFT_LANDING_STAGE": str(tmp_path / name / "landing"),
+                    "NIGHTSHIFT_QUARANTINE_STAGE": str(tmp_path / name / "quarantine"),
+                }
 
             store = _store(on_host("host-a"))
             day1 = END - timedelta(days=2)
             run_dag(day1, on_host("host-a"))
             assert_matches_oracle(engine, warehouse, api_base, day1)
             assert not (data_dir / "landing").exists(), "the local landing folder was used"
+            assert not (data_dir / "quarantine").exists(), "the local quarantine was used"
+            quarantined = [k for k in s3.keys(bucket, "quarantine/") if k.endswith(".jsonl")]
+            assert any(f"/run={day1.isoformat()}/attempt=" in k for k in quarantined), quarantined
             committed = [k for k in s3.keys(bucket) if k.endswith("/_commit.json")]
             assert {k.split("/")[2] for k in committed} >= {"orders", "payments", "fx_rates"}
 
@@ -159,13 +169,15 @@ def _run(pg_database: str, tmp_path: Path, s3, capfd) -> None:  # noqa: ANN001
                 assert not (fresh / source / table / run_dir).exists(), prefix
 
             run_dag(day2, on_host("host-c"))  # another host: its stage starts empty
+            # the quarantine of day 1 (host A) reached host C through the store
+            assert list((tmp_path / "host-c" / "quarantine").rglob(f"run={day1}/attempt=*.jsonl"))
             assert_matches_oracle(engine, warehouse, api_base, day2)
             assert store.uncommitted_attempts() == []
             keys = s3.keys(bucket)
             runs: dict[str, set[str]] = {}
             for key in keys:
                 parts = key.split("/")
-                if len(parts) > 4 and parts[4].startswith(ATTEMPT_PREFIX):
+                if parts[0] == "landing" and len(parts) > 5 and parts[4].startswith(ATTEMPT_PREFIX):
                     runs.setdefault("/".join(parts[1:4]), set()).add(parts[4])
             assert runs and all(len(a) == 1 for a in runs.values()), runs
             client = s3.client()

@@ -226,3 +226,39 @@ def test_attempt_ids_sort_by_the_time_they_started() -> None:
         ids.append(_attempt_id())
         time.sleep(0.002)
     assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+def test_the_quarantine_mirror_pushes_pulls_and_retires(
+    s3_landing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, bucket = s3_landing
+    monkeypatch.setenv("NIGHTSHIFT_QUARANTINE_URL", f"s3://{bucket}/quarantine")
+    monkeypatch.setenv("NIGHTSHIFT_QUARANTINE_STAGE", str(tmp_path / "q-a"))
+    store = settings.quarantine_store()
+    host_a = settings.quarantine_dir()
+    attempt = host_a / "payments_api" / "payments" / "run=2026-11-01" / "attempt=001.jsonl"
+    pending = host_a / "_replay" / "pending" / "replay=r1.jsonl"
+    for path in (attempt, pending):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"record_key": "p1"}\n')
+    (host_a / "_replay" / ".lock").write_text("")
+    assert store.mirror_push(host_a) == {"pushed": 2, "deleted": 0}
+    assert store.mirror_push(host_a) == {"pushed": 0, "deleted": 0}
+    keys = server.keys(bucket, "quarantine/")
+    assert keys == [
+        "quarantine/_replay/pending/replay=r1.jsonl",
+        "quarantine/payments_api/payments/run=2026-11-01/attempt=001.jsonl",
+    ]
+
+    host_b = tmp_path / "q-b"  # the nightly on another host takes the queue
+    assert store.mirror_pull(host_b) == 2
+    done = host_b / "_replay" / "done" / "replay=r1.jsonl"
+    done.parent.mkdir(parents=True)
+    (host_b / "_replay" / "pending" / "replay=r1.jsonl").rename(done)
+    assert store.mirror_push(host_b) == {"pushed": 1, "deleted": 1}
+    assert "quarantine/_replay/done/replay=r1.jsonl" in server.keys(bucket, "quarantine/")
+    assert "quarantine/_replay/pending/replay=r1.jsonl" not in server.keys(bucket, "quarantine/")
+    assert store.mirror_pull(host_a) == 1  # host A now sees it done
+    assert (host_a / "_replay" / "done" / "replay=r1.jsonl").exists()
+    assert not (host_a / "_replay" / "pending" / "replay=r1.jsonl").exists()  # retired there
+    assert attempt.exists()
