@@ -334,6 +334,48 @@ class LandingStore:
             os.replace(tmp, index_path)
         return pushed
 
+    # -- retention --------------------------------------------------------------------
+
+    def prune_runs(self, days: int, horizon: Any, run_id: str) -> list[str]:
+        """The store's side of `landing_runs_days` (pipeline/retention.py, same rule as on
+        disk): runs and per-run records named by a day before `horizon - days + 1`, not
+        the running night's and not a table's newest committed run (the drift check's
+        reference), are deleted: the commit first (readers stop trusting the run), then
+        its attempts. Returns the removed `source/table/run=…` names."""
+        from datetime import timedelta
+
+        from pipeline.retention import _day_of, _expired
+
+        if days <= 0:
+            return []
+        cutoff = horizon - timedelta(days=days - 1)
+        run_day = _day_of(run_id)
+        removed: list[str] = []
+        for source in self._list("", recursive=False):
+            source_name = source.path.rsplit("/", 1)[-1]
+            for table in self._list(source_name, recursive=False):
+                table_name = table.path.rsplit("/", 1)[-1]
+                protected: set[str] = set()
+                if not table_name.startswith("_"):
+                    newest = self.newest_manifest(source_name, table_name)
+                    protected = {f"{RUN_PREFIX}{newest['run_id']}"} if newest else set()
+                for entry in self._list(f"{source_name}/{table_name}", recursive=False):
+                    name = entry.path.rsplit("/", 1)[-1]
+                    if name.startswith("_") or not _expired(name, cutoff, run_day, protected):
+                        continue
+                    from pyarrow import fs as pafs
+
+                    if entry.type == pafs.FileType.Directory:
+                        try:
+                            self.fs.delete_file(f"{entry.path}/{COMMIT_NAME}")
+                        except FileNotFoundError:
+                            pass
+                        self.fs.delete_dir(entry.path)
+                    else:
+                        self.fs.delete_file(entry.path)
+                    removed.append(f"{source_name}/{table_name}/{name}")
+        return removed
+
     # -- a mirrored folder (the quarantine) ----------------------------------------------
 
     def mirror_pull(self, local_root: Path) -> int:

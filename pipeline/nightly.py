@@ -764,6 +764,14 @@ def apply_retention(business_date: date) -> dict[str, Any]:
         },
     )
     push_mirror(quarantine, settings.quarantine_dir())
+    landing = settings.landing_store()
+    if landing is not None:  # the same rule on the store (the stage holds only some runs)
+        policy = _retention_policy()
+        gone = landing.prune_runs(
+            policy.landing_runs_days, max(horizon, business_date), run_id_for(business_date)
+        )
+        if gone:
+            removed.setdefault("landing_runs", []).extend(f"{landing.describe()}/{g}" for g in gone)
     return summary(removed)
 
 

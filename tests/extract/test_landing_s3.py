@@ -262,3 +262,30 @@ def test_the_quarantine_mirror_pushes_pulls_and_retires(
     assert (host_a / "_replay" / "done" / "replay=r1.jsonl").exists()
     assert not (host_a / "_replay" / "pending" / "replay=r1.jsonl").exists()  # retired there
     assert attempt.exists()
+
+
+def test_retention_prunes_old_runs_in_the_store_commit_first(s3_landing) -> None:
+    from datetime import date
+
+    server, bucket = s3_landing
+    store = settings.landing_store()
+    for day in range(1, 6):
+        _land(f"2026-11-0{day}", 2)
+    record = settings.landing_dir() / "source_db" / "_shard_runs" / "run=2026-11-01.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    store.push_side_files(settings.landing_dir())
+    removed = store.prune_runs(2, date(2026, 11, 5), "2026-11-05")
+    assert sorted(removed) == [
+        "source_db/_shard_runs/run=2026-11-01.json",
+        "source_db/orders/run=2026-11-01",
+        "source_db/orders/run=2026-11-02",
+        "source_db/orders/run=2026-11-03",
+    ]
+    assert sorted(store.committed_runs("source_db", "orders")) == ["2026-11-04", "2026-11-05"]
+    assert not [
+        k
+        for k in server.keys(bucket)
+        if "2026-11-0" in k and "run=2026-11-0" in k and k.split("run=")[1][:10] < "2026-11-04"
+    ]
+    assert store.prune_runs(0, date(2026, 11, 5), "2026-11-05") == []  # 0: keep all
