@@ -21,6 +21,7 @@ REQUIRED_SECRETS = (
     "AIRFLOW_ADMIN_PASSWORD",
     "AIRFLOW_FERNET_KEY",
     "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
 )
 #: Components that sign or check the task tokens: one JWT secret for all of them.
 TOKEN_SHARING = (
@@ -141,6 +142,7 @@ def test_one_jwt_secret_and_fernet_key_for_every_component(compose: dict) -> Non
     common = compose["x-airflow-common"]["environment"]
     assert common["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${AIRFLOW_JWT_SECRET:?")
     assert common["AIRFLOW__CORE__FERNET_KEY"].startswith("${AIRFLOW_FERNET_KEY:?")
+    assert common["AIRFLOW__API__SECRET_KEY"].startswith("${AIRFLOW_API_SECRET_KEY:?")
     assert common["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
         "http://airflow-apiserver:8080/execution/"
     )
@@ -303,6 +305,7 @@ GOOD = {
     "AIRFLOW_ADMIN_PASSWORD": "adm-Tz2xC7nM4rPu",
     "AIRFLOW_FERNET_KEY": "Xn0sWbFtt3KoHgZ4nSdRoZ9BYjK3N0ZcFq0r8x4gW1M=",
     "AIRFLOW_JWT_SECRET": "jwt-Gc6vB8mQ2wEr5tYu",
+    "AIRFLOW_API_SECRET_KEY": "api-Pq3rS8tU1vWx",
 }
 
 
