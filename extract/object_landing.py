@@ -451,6 +451,14 @@ class LandingStore:
         _write_index(local_root, index)
         return counts
 
+    def delete_side_file(self, rel: str) -> None:
+        """Delete a side file (`source_db/_source_totals/run=<id>.json`, …) from the store:
+        an extract starting over removes its earlier record there as on disk."""
+        try:
+            self.fs.delete_file(self._key(rel))
+        except FileNotFoundError:
+            pass
+
     def uncommitted_attempts(self) -> list[str]:
         """Attempt prefixes no commit names (a killed writer's leftovers), for checks."""
         from pyarrow import fs as pafs

@@ -301,10 +301,19 @@ def extract_source_db(
 def _source_totals(business_date: date) -> Any:
     """Per-day source totals taken in the extract's own snapshot (quality/reconcile.py);
     an earlier attempt's record of the run is removed first."""
-    from quality.reconcile import SourceTotals, clear_source_totals
+    from quality.reconcile import SourceTotals, clear_source_totals, source_totals_path
 
     clear_source_totals(settings.landing_dir(), run_id_for(business_date))
+    _forget_landing_side_file(source_totals_path(settings.landing_dir(), run_id_for(business_date)))
     return SourceTotals(settings.report_tz_name())
+
+
+def _forget_landing_side_file(path: Path) -> None:
+    """With the landing zone on object storage, an extract starting over removes its
+    earlier record of the run from the store too, as it does on disk."""
+    store = settings.landing_store()
+    if store is not None:
+        store.delete_side_file(path.relative_to(settings.landing_dir()).as_posix())
 
 
 def _record_source_totals(business_date: date, totals: Any) -> None:
@@ -341,7 +350,7 @@ def _source_changed(source_id: str) -> bool:
 def _extract_sharded(
     business_date: date, map_path: Path, configs, accept_drift: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    from extract.db_extract import extract_sharded_source
+    from extract.db_extract import extract_sharded_source, shard_run_record_path
     from extract.shards import ShardMap
 
     shard_map = ShardMap.load(map_path)
@@ -359,6 +368,9 @@ def _extract_sharded(
         len(shard_map.shards),
     )
     totals = _source_totals(business_date)
+    _forget_landing_side_file(
+        shard_run_record_path(settings.landing_dir(), run_id_for(business_date))
+    )
     result = extract_sharded_source(
         shard_map,
         run_id=run_id_for(business_date),

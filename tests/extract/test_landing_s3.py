@@ -179,6 +179,10 @@ def test_side_files_are_pushed_and_pulled(s3_landing, tmp_path: Path) -> None:
     assert (other / "source_db" / "_shard_runs" / "run=2026-11-01.json").read_text() == (
         '{"shards": []}'
     )
+    server, bucket = s3_landing
+    store.delete_side_file("source_db/_shard_runs/run=2026-11-01.json")  # an extract restarts
+    assert not [k for k in server.keys(bucket) if "_shard_runs/run=" in k]
+    store.delete_side_file("source_db/_shard_runs/run=2026-11-01.json")  # gone: no error
 
 
 def test_credentials_come_from_the_connection_and_never_reach_objects_or_logs(
