@@ -293,3 +293,35 @@ def test_retention_prunes_old_runs_in_the_store_commit_first(s3_landing) -> None
         if "2026-11-0" in k and "run=2026-11-0" in k and k.split("run=")[1][:10] < "2026-11-04"
     ]
     assert store.prune_runs(0, date(2026, 11, 5), "2026-11-05") == []  # 0: keep all
+
+
+def test_credentials_from_the_aws_variables_or_an_encoded_connection(monkeypatch) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_NO_AIRFLOW_LOOKUP", "1")
+    monkeypatch.delenv("AIRFLOW_CONN_LANDING", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.example.test")
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    options = settings.landing_store_options()
+    assert (options["access_key"], options["secret_key"], options["region"]) == (
+        "AKIAENV",
+        "env-secret",
+        "eu-central-1",
+    )
+    assert (options["endpoint_override"], options["scheme"]) == ("s3.example.test", "https")
+    # compose's form: the endpoint URL-encoded, a secret with a '/'
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LANDING",
+        "aws://user:p%2Fq@/?endpoint_url=http%3A%2F%2Fminio%3A9000&region_name=eu-west-1",
+    )
+    options = settings.landing_store_options()
+    assert (options["access_key"], options["secret_key"], options["region"]) == (
+        "user",
+        "p/q",
+        "eu-west-1",
+    )
+    assert (options["endpoint_override"], options["scheme"]) == ("minio:9000", "http")
+    monkeypatch.setenv("AIRFLOW_CONN_LANDING", "postgresql://u:p@h/db")
+    with pytest.raises(settings.ConfigError, match="landing: scheme must be aws"):
+        settings.landing_store_options()
