@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -27,6 +27,21 @@ DBT_TARGETS = ("duckdb", "postgres", "snowflake", "bigquery")
 
 class ConfigError(RuntimeError):
     """A required setting is missing or invalid; the message names it."""
+
+
+@overload
+def env(name: str) -> str | None: ...
+@overload
+def env(name: str, default: str) -> str: ...
+def env(name: str, default: str | None = None) -> str | None:
+    """Environment variable `name`, stripped; unset, empty or whitespace: `default`.
+
+    The one way the project reads a variable: `.env.example` leaves optional variables
+    empty (`NIGHTSHIFT_DATA_DIR=`), and empty must mean "unset", never "" or the current
+    directory.
+    """
+    value = os.environ.get(name, "").strip()
+    return value or default
 
 
 def _mask(secret: str | None) -> None:
@@ -54,7 +69,7 @@ def get_connection_uri(conn_id: str, *, required: bool = True) -> str | None:
     lookup (metadata DB, secrets backends) is asked when Airflow is importable.
     """
     env_name = f"AIRFLOW_CONN_{conn_id.upper()}"
-    uri = os.environ.get(env_name, "").strip()
+    uri = env(env_name, "")
     if not uri:
         uri = _airflow_lookup(conn_id) or ""
     if not uri:
@@ -82,7 +97,7 @@ def secrets_in_uri(uri: str) -> list[str]:
 
 
 def _airflow_lookup(conn_id: str) -> str | None:
-    if os.environ.get("NIGHTSHIFT_NO_AIRFLOW_LOOKUP"):
+    if env("NIGHTSHIFT_NO_AIRFLOW_LOOKUP"):
         return None
     try:
         from airflow.sdk import BaseHook  # type: ignore[import-not-found]
@@ -137,20 +152,20 @@ def parse_api_uri(uri: str) -> ApiConfig:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("NIGHTSHIFT_DATA_DIR", PROJECT_ROOT / "data")).resolve()
+    return Path(env("NIGHTSHIFT_DATA_DIR") or PROJECT_ROOT / "data").resolve()
 
 
 def landing_dir() -> Path:
     """The local landing folder readers and writers use. With `NIGHTSHIFT_LANDING_URL` a
     local path, that path; with `s3://…`, the local stage of the object store
     (`NIGHTSHIFT_LANDING_STAGE`, default `DATA_DIR/landing-stage`; extract/object_landing.py)."""
-    url = os.environ.get("NIGHTSHIFT_LANDING_URL", "").strip()
+    url = env("NIGHTSHIFT_LANDING_URL", "")
     if url.startswith("s3://"):
-        stage = os.environ.get("NIGHTSHIFT_LANDING_STAGE", "").strip()
+        stage = env("NIGHTSHIFT_LANDING_STAGE")
         return Path(stage or data_dir() / "landing-stage").resolve()
     if url:
         return Path(url.removeprefix("file://")).resolve()
-    return Path(os.environ.get("LANDING_DIR", data_dir() / "landing")).resolve()
+    return Path(env("LANDING_DIR") or data_dir() / "landing").resolve()
 
 
 LANDING_CONN_ID = "landing"
@@ -159,7 +174,7 @@ LANDING_CONN_ID = "landing"
 def landing_url() -> str:
     """`NIGHTSHIFT_LANDING_URL`: a local path (default: the landing folder) or
     `s3://bucket/prefix`."""
-    url = os.environ.get("NIGHTSHIFT_LANDING_URL", "").strip()
+    url = env("NIGHTSHIFT_LANDING_URL", "")
     return url if url.startswith("s3://") else str(landing_dir())
 
 
@@ -170,12 +185,11 @@ def landing_store_options() -> dict[str, Any]:
     `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`,
     `AWS_REGION`/`AWS_DEFAULT_REGION`). Secrets are registered with the log masker."""
     uri = get_connection_uri(LANDING_CONN_ID, required=False)
-    env = os.environ
-    key = env.get("AWS_ACCESS_KEY_ID")
-    secret = env.get("AWS_SECRET_ACCESS_KEY")
-    token = env.get("AWS_SESSION_TOKEN")
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    key = env("AWS_ACCESS_KEY_ID")
+    secret = env("AWS_SECRET_ACCESS_KEY")
+    token = env("AWS_SESSION_TOKEN")
+    endpoint = env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL")
+    region = env("AWS_REGION") or env("AWS_DEFAULT_REGION")
     if uri:
         parts = urlsplit(uri)
         if parts.scheme not in ("aws", "s3"):
@@ -206,7 +220,7 @@ def landing_store_options() -> dict[str, Any]:
 def landing_store() -> Any:
     """The object store of the landing zone (`extract.object_landing.LandingStore`), or
     None when the landing zone is the local folder (the default)."""
-    url = os.environ.get("NIGHTSHIFT_LANDING_URL", "").strip()
+    url = env("NIGHTSHIFT_LANDING_URL", "")
     if not url.startswith("s3://"):
         return None
     from extract.object_landing import open_store
@@ -219,19 +233,19 @@ def quarantine_dir() -> Path:
     path; with `s3://…`, the local mirror of the store (`NIGHTSHIFT_QUARANTINE_STAGE`,
     default `DATA_DIR/quarantine-stage`), pulled before and pushed after each step that
     uses it (`quarantine_store`)."""
-    url = os.environ.get("NIGHTSHIFT_QUARANTINE_URL", "").strip()
+    url = env("NIGHTSHIFT_QUARANTINE_URL", "")
     if url.startswith("s3://"):
-        stage = os.environ.get("NIGHTSHIFT_QUARANTINE_STAGE", "").strip()
+        stage = env("NIGHTSHIFT_QUARANTINE_STAGE")
         return Path(stage or data_dir() / "quarantine-stage").resolve()
     if url:
         return Path(url.removeprefix("file://")).resolve()
-    return Path(os.environ.get("QUARANTINE_DIR", data_dir() / "quarantine")).resolve()
+    return Path(env("QUARANTINE_DIR") or data_dir() / "quarantine").resolve()
 
 
 def quarantine_store() -> Any:
     """The object store of the quarantine (`NIGHTSHIFT_QUARANTINE_URL=s3://…`, the same
     credentials as the landing zone: connection `landing` or the AWS variables), or None."""
-    url = os.environ.get("NIGHTSHIFT_QUARANTINE_URL", "").strip()
+    url = env("NIGHTSHIFT_QUARANTINE_URL", "")
     if not url.startswith("s3://"):
         return None
     from extract.object_landing import open_store
@@ -240,22 +254,22 @@ def quarantine_store() -> Any:
 
 
 def report_dir() -> Path:
-    return Path(os.environ.get("REPORT_DIR", data_dir() / "report")).resolve()
+    return Path(env("REPORT_DIR") or data_dir() / "report").resolve()
 
 
 def warehouse_path() -> Path:
-    return Path(os.environ.get("WAREHOUSE_PATH", data_dir() / "warehouse.duckdb")).resolve()
+    return Path(env("WAREHOUSE_PATH") or data_dir() / "warehouse.duckdb").resolve()
 
 
 def extract_config_path() -> Path | None:
     """`EXTRACT_CONFIG`: optional YAML overriding the per-table extract settings."""
-    value = os.environ.get("EXTRACT_CONFIG", "").strip()
+    value = env("EXTRACT_CONFIG")
     return Path(value).resolve() if value else None
 
 
 def _positive_int_env(name: str, default: int, minimum: int = 1) -> int:
     """An integer >= `minimum` from env var `name` (unset or blank: `default`)."""
-    raw = os.environ.get(name, "").strip() or str(default)
+    raw = env(name, str(default))
     try:
         value = int(raw)
     except ValueError as exc:
@@ -274,13 +288,13 @@ def fx_revision_days() -> int:
 
 def retention_config_path() -> Path:
     """`RETENTION_CONFIG` (default config/retention.yml): what a successful night prunes."""
-    value = os.environ.get("RETENTION_CONFIG", "").strip()
+    value = env("RETENTION_CONFIG")
     return Path(value).resolve() if value else PROJECT_ROOT / "config" / "retention.yml"
 
 
 def guards_config_path() -> Path:
     """`GUARDS_CONFIG` (default config/guards.yml): limits of the load's guards."""
-    value = os.environ.get("GUARDS_CONFIG", "").strip()
+    value = env("GUARDS_CONFIG")
     return Path(value).resolve() if value else PROJECT_ROOT / "config" / "guards.yml"
 
 
@@ -300,7 +314,7 @@ def accept_schema_drift(param: str | None = None) -> tuple[str, ...]:
     landing records it in the manifest, the load in `ops.guard_overrides`."""
     specs: list[str] = []
     for where, raw in (
-        ("ACCEPT_SCHEMA_DRIFT", os.environ.get("ACCEPT_SCHEMA_DRIFT", "")),
+        ("ACCEPT_SCHEMA_DRIFT", env("ACCEPT_SCHEMA_DRIFT", "")),
         ("accept_schema_drift", param or ""),
     ):
         for spec in (s.strip() for s in raw.split(",")):
@@ -366,7 +380,7 @@ def shard_map_path() -> Path | None:
     When set, `source_db` is the logical source behind that map (each shard has its own
     `url` or `conn_id`) and `AIRFLOW_CONN_SOURCE_DB` is not read; unset: one database.
     """
-    value = os.environ.get("SOURCE_DB_SHARD_MAP", "").strip()
+    value = env("SOURCE_DB_SHARD_MAP")
     if not value:
         return None
     path = Path(value).resolve()
@@ -382,12 +396,12 @@ def shard_max_workers() -> int:
 
 def quality_docs_dir() -> Path:
     """Great Expectations Data Docs (static site), one folder per pipeline step."""
-    return Path(os.environ.get("QUALITY_DOCS_DIR", data_dir() / "docs" / "quality")).resolve()
+    return Path(env("QUALITY_DOCS_DIR") or data_dir() / "docs" / "quality").resolve()
 
 
 def replica_max_lag_seconds() -> float:
     """`SOURCE_DB_REPLICA_MAX_LAG_SECONDS` (default 300): the most lag a replica may have."""
-    raw = os.environ.get("SOURCE_DB_REPLICA_MAX_LAG_SECONDS", "300")
+    raw = env("SOURCE_DB_REPLICA_MAX_LAG_SECONDS", "300")
     try:
         value = float(raw)
     except ValueError as exc:
@@ -399,7 +413,7 @@ def replica_max_lag_seconds() -> float:
 
 def replica_on_lag() -> str:
     """`SOURCE_DB_REPLICA_ON_LAG`: `primary` (default: read the primary) or `fail`."""
-    value = os.environ.get("SOURCE_DB_REPLICA_ON_LAG", "primary") or "primary"
+    value = env("SOURCE_DB_REPLICA_ON_LAG", "primary")
     if value not in ("primary", "fail"):
         raise ConfigError(f"SOURCE_DB_REPLICA_ON_LAG={value!r} is not one of primary, fail")
     return value
@@ -407,14 +421,14 @@ def replica_on_lag() -> str:
 
 def alerts_config_path() -> Path | None:
     """`ALERTS_CONFIG`: the alert thresholds file (default config/alerts.yml)."""
-    value = os.environ.get("ALERTS_CONFIG", "").strip()
+    value = env("ALERTS_CONFIG")
     return Path(value).resolve() if value else None
 
 
 def statsd_address() -> tuple[str | None, int]:
     """`STATSD_HOST` / `STATSD_PORT` (8125): where run metrics go as StatsD gauges."""
-    host = os.environ.get("STATSD_HOST", "").strip() or None
-    raw = os.environ.get("STATSD_PORT", "8125")
+    host = env("STATSD_HOST")
+    raw = env("STATSD_PORT", "8125")
     try:
         return host, int(raw)
     except ValueError as exc:
@@ -426,14 +440,14 @@ def dbt_project_dir() -> Path:
 
 
 def dbt_target() -> str:
-    target = os.environ.get("DBT_TARGET", "duckdb")
+    target = env("DBT_TARGET", "duckdb")
     if target not in DBT_TARGETS:
         raise ConfigError(f"DBT_TARGET={target!r} is not one of {', '.join(DBT_TARGETS)}")
     return target
 
 
 def report_tz_name() -> str:
-    name = os.environ.get("REPORT_TZ", "UTC") or "UTC"
+    name = env("REPORT_TZ", "UTC")
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -446,7 +460,7 @@ def report_tz() -> ZoneInfo:
 
 
 def _nonnegative_float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip() or str(default)
+    raw = env(name, str(default))
     try:
         value = float(raw)
     except ValueError as exc:
@@ -513,7 +527,7 @@ def warehouse_backend() -> str:
                 f"{where}: scheme {scheme!r} is not a warehouse; use postgresql://, "
                 "snowflake:// or bigquery://, or unset it for the DuckDB file at WAREHOUSE_PATH"
             )
-    if os.environ.get("DBT_TARGET", "").strip():
+    if env("DBT_TARGET"):
         target = dbt_target()
         if target != kind:
             raise ConfigError(
