@@ -532,20 +532,22 @@ def _full_rebuild_requested(business_date: date) -> bool:
 def extract_payments_api(
     business_date: date, accept_schema_drift: str | None = None
 ) -> dict[str, Any]:
-    """Payments changed since the last load, and the FX rates of every business day with
-    orders (the trailing `FX_REVISION_DAYS` asked again: providers revise rates).
-    `accept_schema_drift`: as for `extract_source_db`."""
+    """Payments changed since the last load (bad records → quarantine).
+    `accept_schema_drift`: as for `extract_source_db`.
+
+    It needs nothing from the source_db side of the run (issue 16): the DAG runs it at the
+    same time as `extract_source_db`. The FX rates, which need the days with orders in the
+    run's build, are fetched by `load_payments_api` once `load_source_db` has merged them.
+    It does not stage the run's landings from the object store either (`_landing_synced`
+    removes local runs that are not committed yet: the concurrent source_db extract's);
+    the load that reads them does."""
     from extract.api_client import PaymentsApiClient
-    from extract.api_extract import extract_fx_rates, extract_payments
+    from extract.api_extract import extract_payments
     from extract.object_landing import pull_mirror, push_mirror
     from extract.replay import open_replays
 
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
-    _landing_synced(business_date)
     pull_mirror(settings.quarantine_store(), settings.quarantine_dir())
-    horizon = published_horizon(business_date)
-    days = fx_days_needed(business_date, horizon)
-    refresh = fx_days_to_refresh(business_date, days, horizon)
     accepted = settings.accept_schema_drift(accept_schema_drift)
     client = PaymentsApiClient(config)
     run_id = run_id_for(business_date)
@@ -563,43 +565,74 @@ def extract_payments_api(
             replayed=open_replays(settings.quarantine_dir(), _published()),
             accept_drift=accepted,
         )
-        fx = extract_fx_rates(
-            client,
-            days=days,
-            run_id=run_id,
-            landing_root=settings.landing_dir(),
-            refresh=refresh,
-            accept_drift=accepted,
-        )
     finally:
         close = getattr(client, "close", None)
         if close:
             close()
         # a failed attempt's quarantine file is evidence too
         push_mirror(settings.quarantine_store(), settings.quarantine_dir())
-    _push_landing_side_files()
     return {
         "payments": payments["rows"],
         "payments_quarantined": payments.get("quarantined", 0),
         "payments_replayed": payments.get("replayed", 0),
-        "fx_rates": fx["rows"],
     }
 
 
+def _extract_fx_rates(
+    business_date: date, target: tuple[Any, Any], accept_schema_drift: str | None = None
+) -> dict[str, Any]:
+    """The FX rates of every business day with orders in the run's build up to the
+    published horizon (the trailing `FX_REVISION_DAYS` asked again: providers revise
+    rates; past days otherwise from the per-day cache) → landing Parquet."""
+    from extract.api_client import PaymentsApiClient
+    from extract.api_extract import extract_fx_rates
+
+    config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
+    horizon = published_horizon(business_date, target)
+    days = fx_days_needed(business_date, horizon)
+    refresh = fx_days_to_refresh(business_date, days, horizon)
+    client = PaymentsApiClient(config)
+    try:
+        fx = extract_fx_rates(
+            client,
+            days=days,
+            run_id=run_id_for(business_date),
+            landing_root=settings.landing_dir(),
+            refresh=refresh,
+            accept_drift=settings.accept_schema_drift(accept_schema_drift),
+        )
+    finally:
+        close = getattr(client, "close", None)
+        if close:
+            close()
+    _push_landing_side_files()
+    return fx
+
+
 @timed
-def load_payments_api(business_date: date) -> dict[str, Any]:
-    """Quality-gate, then merge the run's payments and FX rates into the build."""
+def load_payments_api(
+    business_date: date, accept_schema_drift: str | None = None
+) -> dict[str, Any]:
+    """Fetch the FX rates of the days the build has orders on (`load_source_db` merged
+    them; mostly from the per-day cache), quality-gate, then merge the run's payments and
+    FX rates into the build."""
     from warehouse.load import load_payments_api as load
 
     wh, build = _run_build(business_date)
     _landing_synced(business_date)
+    fx = _extract_fx_rates(business_date, (wh, build), accept_schema_drift)
     results = _validate_landed(business_date, "payments_api", ("payments", "fx_rates"))
     quality = _quality_gate(business_date, "payments_api", results, (wh, build))
     result = load(
         None, settings.landing_dir(), run_id_for(business_date), warehouse=wh, build=build
     )
     reconciled = _reconcile(business_date, "payments_api", (wh, build))
-    return {"rows": result["rows"], "quality": quality, "reconciled": reconciled}
+    return {
+        "rows": result["rows"],
+        "fx_rates_landed": fx["rows"],
+        "quality": quality,
+        "reconciled": reconciled,
+    }
 
 
 @timed
@@ -837,7 +870,12 @@ def run_stats(
         "horizon": parity.get("horizon", business_date.isoformat()),
         "restated_days": len(loaded["restated_days"]),
         "recomputed_days": etl.get("recomputed_days", []),
-        "extracted": {**extracted, "payments": api["payments"], "fx_rates": api["fx_rates"]},
+        "extracted": {
+            **extracted,
+            "payments": api["payments"],
+            # fetched by load_payments_api since issue 16 (the extract runs beside source_db's)
+            "fx_rates": api.get("fx_rates", api_loaded.get("fx_rates_landed", 0)),
+        },
         "quarantined": {"payments": api["payments_quarantined"]},
         "loaded": {**loaded["rows"], **api_loaded["rows"]},
         "deleted": loaded["deleted"],

@@ -111,7 +111,9 @@ def test_nightly_sales_shape(dagbag) -> None:
     assert dag.params["accept_schema_drift"] == ""
     # an operator asks for a full rebuild, or lets one run past the mass-delete guard
     assert dag.params["full_refresh"] is False and dag.params["allow_mass_delete"] is False
-    for upstream, downstream in zip(order, order[1:], strict=False):
+    # the two extracts run at once (issue 16): pinned in test_extracts_run_in_parallel
+    serial = [t for t in order if t != "extract_payments_api"]
+    for upstream, downstream in zip(serial, serial[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     for task_id in (
         "load_source_db",
@@ -127,6 +129,87 @@ def test_nightly_sales_shape(dagbag) -> None:
         assert task.on_retry_callback, f"{task.task_id} has no retry alert"
     assert dag.get_task("extract_source_db").retries >= 1
     assert dag.get_task("extract_payments_api").retries >= 1
+
+
+def _ancestors(dag, task_id: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [task_id]
+    while todo:
+        for up in dag.get_task(todo.pop()).upstream_task_ids:
+            if up not in seen:
+                seen.add(up)
+                todo.append(up)
+    return seen
+
+
+def test_extracts_run_in_parallel(dagbag) -> None:
+    """issue 16: `extract_source_db` and `extract_payments_api` read different systems and
+    write no warehouse: neither waits for the other (nor for anything), neither takes the
+    one-slot `warehouse_writer` pool; `load_payments_api` (which fetches the FX rates of
+    the build's days) waits for both the payments and the source_db load."""
+    dag = dagbag.dags["nightly_sales"]
+    for task_id in ("extract_source_db", "extract_payments_api"):
+        assert _ancestors(dag, task_id) == set(), task_id
+        assert dag.get_task(task_id).pool != "warehouse_writer", task_id
+    assert "extract_payments_api" not in dag.get_task("load_source_db").upstream_task_ids
+    assert dag.get_task("load_payments_api").upstream_task_ids == {
+        "load_source_db",
+        "extract_payments_api",
+    }
+    assert _ancestors(dag, "dbt_build") >= {
+        "extract_source_db",
+        "load_source_db",
+        "extract_payments_api",
+        "load_payments_api",
+    }
+
+
+def test_payments_extract_needs_nothing_from_the_source_db_side(monkeypatch) -> None:
+    """The payments extract neither reads the run's build (`load_source_db` makes it) nor
+    the source_db landing, nor stages the run's landings from the object store (that would
+    remove the concurrent source_db extract's uncommitted stage): the FX rates, which need
+    the build's days with orders, are fetched by `load_payments_api`."""
+    from pipeline import nightly
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"extract_payments_api called {name}")
+
+        return fail
+
+    for name in (
+        "_run_build",
+        "published_horizon",
+        "fx_days_needed",
+        "fx_days_to_refresh",
+        "_full_rebuild_requested",
+        "_landing_synced",
+        "_push_landing_side_files",
+    ):
+        monkeypatch.setattr(nightly, name, forbidden(name))
+    called: dict[str, object] = {}
+
+    def fake_extract(*args, **kwargs):
+        called.update(kwargs)
+        return {"rows": 3, "quarantined": 0}
+
+    import extract.api_extract as api_extract
+    import extract.object_landing as object_landing
+
+    monkeypatch.setattr(api_extract, "extract_payments", fake_extract)
+    monkeypatch.setattr(
+        api_extract, "extract_fx_rates", forbidden("extract_fx_rates (the API extract)")
+    )
+    monkeypatch.setattr(object_landing, "pull_mirror", lambda *a, **k: None)
+    monkeypatch.setattr(object_landing, "push_mirror", lambda *a, **k: None)
+    monkeypatch.setattr(nightly, "_payments_since", lambda: None)
+    monkeypatch.setattr("extract.replay.open_replays", lambda *a, **k: [])
+    monkeypatch.setenv("AIRFLOW_CONN_PAYMENTS_API", "http://:token@127.0.0.1:1")
+    from datetime import date
+
+    summary = nightly.extract_payments_api.__wrapped__(date(2026, 11, 27))
+    assert summary == {"payments": 3, "payments_quarantined": 0, "payments_replayed": 0}
+    assert called["run_id"] == "2026-11-27"
 
 
 def test_migration_verify_shape(dagbag) -> None:
