@@ -563,6 +563,12 @@ def open_store(url: str, options: dict[str, Any]) -> LandingStore:
     parts = urlsplit(url)
     if parts.scheme != "s3" or not parts.netloc:
         raise ValueError(f"landing URL must be s3://bucket/prefix, got {url!r}")
-    fs = pafs.S3FileSystem(**{k: v for k, v in options.items() if v not in (None, "")})
+    options = {k: v for k, v in options.items() if v not in (None, "")}
+    # The AWS SDK's defaults (1 s to connect, 3 attempts) fail a task on a busy host or
+    # endpoint; a landing would rather wait than fail the night.
+    options.setdefault("connect_timeout", 10.0)
+    options.setdefault("request_timeout", 60.0)
+    options.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=6))
+    fs = pafs.S3FileSystem(**options)
     root = parts.netloc + "/" + parts.path.strip("/") if parts.path.strip("/") else parts.netloc
     return LandingStore(fs=fs, root=root, url=f"s3://{root}")
