@@ -15,13 +15,20 @@ that leaves ~1% of the orders in the window.
   serial    extract_tables, parallel_ranges 1: one binary COPY stream
   parallel  extract_tables, parallel_ranges --degree (default EXTRACT_PARALLELISM, else 2):
             key ranges read at once, one exported snapshot
+  adbc      extract_tables with ADBC's PostgreSQL driver (adbc-driver-postgresql: its own
+            binary COPY, streamed Arrow record batches) as the reader, cast to the landing
+            schema, one stream: the library peer of `serial` (the project's decoder). Its
+            own connection, outside the run's snapshot: a bench reader, not a product one
 Seconds are the best of --repeat runs, timed inside the process (imports excluded);
 MB/s counts the Parquet bytes (psql: the COPY text bytes); peak RSS is the worst run;
 "cpu s" is the client process's CPU (all threads; psql: its own), not the server's.
 The header quotes the load average: others' work on the machine skews seconds, not the
 ratio to psql measured in the same run. Ends with:
 BENCH extract full_ratio=<x> peak_rss_mib=<n> incr_share=<y>, for the best product
-method (serial or parallel): the fastest full extract within 400 MiB peak RSS.
+method (serial or parallel): the fastest full extract within 400 MiB peak RSS; and with
+adbc among the methods (the default):
+BENCH extract orders=<n> reader=adbc full_s=<s> ratio_to_psql=<x> ratio_to_decoder=<y>
+peak_rss_mib=<m> incr_ratio_to_decoder=<z> (decoder: serial, the same single stream).
 """
 
 from __future__ import annotations
@@ -46,8 +53,8 @@ from psycopg import sql  # noqa: E402
 DEFAULT_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "nightshift_bench"
 TABLE = "orders"
-METHODS = ("psql", "generic", "serial", "parallel")
-DEFAULT_METHODS = ("psql", "serial", "parallel")  # generic: 8x slower, ask for it
+METHODS = ("psql", "generic", "serial", "parallel", "adbc")
+DEFAULT_METHODS = ("psql", "serial", "parallel", "adbc")  # generic: 8x slower, ask for it
 PRODUCT = ("serial", "parallel")
 DEFAULT_ORDERS = 5_000_000
 DEFAULT_DEGREE = 2
@@ -209,6 +216,8 @@ def run_extract(method: str, url: str, warehouse: Path | None, landing: Path, de
         parallel_ranges=degree if method == "parallel" else 1,
     )
     kwargs = {"reader": read_batches} if method == "generic" else {}
+    if method == "adbc":
+        kwargs["reader"] = adbc_reader(url)
     if BATCH_ROWS:
         kwargs["batch_size"] = BATCH_ROWS
     manifest = extract_tables(
@@ -223,6 +232,42 @@ def run_extract(method: str, url: str, warehouse: Path | None, landing: Path, de
 
 
 BATCH_ROWS: int | None = None  # None: extract_tables' default
+
+
+def adbc_reader(url: str):  # noqa: ANN201 - an extract.db_extract.Reader
+    """A Reader over ADBC's PostgreSQL driver: the same select the decoder's COPY runs
+    (same columns, same window, literals rendered by psycopg), its Arrow record batches
+    cast to the landing schema (numeric arrives as text, timestamps at microseconds)."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow as pa
+    from psycopg import sql as pgsql
+
+    from extract.db_extract import _pg_where
+    from extract.pg_copy import psycopg_connection, render_where
+
+    def read(conn, table, schema, where_sql, params, batch_size):  # noqa: ANN001, ANN202
+        pg = psycopg_connection(conn)
+        query = pgsql.SQL("select {} from {}").format(
+            pgsql.SQL(", ").join(pgsql.Identifier(n) for n in schema.names),
+            pgsql.Identifier(table.schema, table.name)
+            if table.schema
+            else pgsql.Identifier(table.name),
+        )
+        if where_sql:
+            query = pgsql.Composed(
+                [query, pgsql.SQL(" where "), render_where(_pg_where(where_sql), params)]
+            )
+        text = query.as_string(pg)
+        with adbc.connect(_libpq(url)) as ac, ac.cursor() as cur:
+            cur.execute(text)
+            for batch in cur.fetch_record_batch():
+                arrays = [
+                    column if column.type == field.type else column.cast(field.type)
+                    for column, field in zip(batch.columns, schema, strict=True)
+                ]
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return read
 
 
 def _vm_hwm_kib() -> int:
@@ -249,6 +294,9 @@ def child(method: str, url: str, warehouse: str | None, degree: int) -> None:
     import extract.key_ranges
     import extract.landing
     import extract.pg_copy  # noqa: F401
+
+    if method == "adbc":
+        import adbc_driver_postgresql.dbapi  # noqa: F401
 
     landing = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
@@ -423,6 +471,18 @@ def report(
         f"BENCH extract full_ratio={ratio:.2f} peak_rss_mib={full['rss_kib'] / 1024:.0f} "
         f"incr_share={share:.3f}"
     )
+    if "adbc" in methods:
+        adbc, decoder = best[("adbc", "full")], best.get(("serial", "full"))
+        vs = "nan" if decoder is None else f"{adbc['seconds'] / decoder['seconds']:.2f}"
+        incr = best.get(("serial", "incr"))
+        incr_vs = (
+            "nan" if incr is None else f"{best[('adbc', 'incr')]['seconds'] / incr['seconds']:.2f}"
+        )
+        print(
+            f"BENCH extract orders={args.orders} reader=adbc full_s={adbc['seconds']:.2f} "
+            f"ratio_to_psql={adbc['seconds'] / base['full']:.2f} ratio_to_decoder={vs} "
+            f"peak_rss_mib={adbc['rss_kib'] / 1024:.0f} incr_ratio_to_decoder={incr_vs}"
+        )
 
 
 def _load() -> str:
