@@ -19,6 +19,7 @@ import html
 import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -316,49 +317,81 @@ def _summary_html(results: list[SuiteResult], site: Path) -> str:
     )
 
 
-def build_data_docs(results: list[SuiteResult], site_dir: Path) -> Path:
-    """Render GX Data Docs for `results` (and their suites) into `site_dir`; return index.html.
+DOCS_SITE = "nightshift"
+_DOCS_LOCK = threading.Lock()
 
-    The site is built by GX's SiteBuilder on an ephemeral context in a temp directory and
-    then moved into place, so `site_dir` holds either the previous site or the new one.
-    GX's pages take their CSS/JS from CDNs; `quality_summary.html` beside them is
-    self-contained (every failure with its offending values, links to GX's pages).
-    """
-    import great_expectations as gx
-    from great_expectations.core.run_identifier import RunIdentifier
+
+def _empty_docs_state(context: Any) -> None:
+    """Remove the docs site, suites and validation results a Data Docs build put into the
+    process's GX context (validation itself keeps nothing there)."""
+    if DOCS_SITE in context.variables.data_docs_sites:
+        context.delete_data_docs_site(DOCS_SITE)
+    for suite in context.suites.all():
+        context.suites.delete(suite.name)
+    store = context.validation_results_store
+    for key in store.list_keys():
+        store.remove_key(key)
+
+
+def _fill_and_build_docs(
+    context: Any, results: list[SuiteResult], load_suite: Any, run_identifier: Any
+) -> None:
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
     )
 
-    from quality.suites import load_suite
+    for suite_name in sorted({r.suite for r in results}):
+        context.suites.add(load_suite(suite_name))
+    for result in results:
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite),
+            run_id=run_identifier(run_name=result.run_id or "adhoc"),
+            batch_identifier=result.table,
+        )
+        context.validation_results_store.set(key, _gx_validation_result(result))
+    context.build_data_docs(site_names=[DOCS_SITE])
+
+
+def build_data_docs(results: list[SuiteResult], site_dir: Path) -> Path:
+    """Render GX Data Docs for `results` (and their suites) into `site_dir`; return index.html.
+
+    The site is built by GX's SiteBuilder in a temp directory and then moved into place,
+    so `site_dir` holds either the previous site or the new one. GX's pages take their
+    CSS/JS from CDNs; `quality_summary.html` beside them is self-contained (every failure
+    with its offending values, links to GX's pages).
+
+    The context is the process's one (`quality.suites.gx_context`, issue 16), not a new
+    one per call: each call points the site at its own staging directory and first empties
+    the suites and validation results an earlier call left in it, so a site holds exactly
+    its own results. Calls are serialised (one context per process).
+    """
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    from quality.suites import gx_context, load_suite
 
     site_dir = Path(site_dir)
     site_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".gx-docs-", dir=site_dir.parent))
     try:
-        context = gx.get_context(mode="ephemeral")
-        context.add_data_docs_site(
-            "nightshift",
-            {
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(staging),
+        with _DOCS_LOCK:
+            context = gx_context()
+            _empty_docs_state(context)
+            context.add_data_docs_site(
+                DOCS_SITE,
+                {
+                    "class_name": "SiteBuilder",
+                    "store_backend": {
+                        "class_name": "TupleFilesystemStoreBackend",
+                        "base_directory": str(staging),
+                    },
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
                 },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        for suite_name in sorted({r.suite for r in results}):
-            context.suites.add(load_suite(suite_name))
-        for result in results:
-            key = ValidationResultIdentifier(
-                expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite),
-                run_id=RunIdentifier(run_name=result.run_id or "adhoc"),
-                batch_identifier=result.table,
             )
-            context.validation_results_store.set(key, _gx_validation_result(result))
-        context.build_data_docs(site_names=["nightshift"])
+            try:
+                _fill_and_build_docs(context, results, load_suite, RunIdentifier)
+            finally:
+                _empty_docs_state(context)  # the staging dir is renamed below
         index = staging / "index.html"
         if not index.exists():
             raise RuntimeError(f"GX Data Docs did not write {index}")

@@ -224,6 +224,12 @@ def _context_and_batch_definition() -> tuple[Any, Any]:
     return context, asset.add_batch_definition_whole_dataframe("whole_frame")
 
 
+def gx_context() -> Any:
+    """The process's one ephemeral GX context (validation and the Data Docs build share
+    it: `quality.results.build_data_docs`)."""
+    return _context_and_batch_definition()[0]
+
+
 def gx_batch(df: pd.DataFrame) -> Any:
     """A GX Batch over an in-memory pandas DataFrame."""
     _, batch_definition = _context_and_batch_definition()

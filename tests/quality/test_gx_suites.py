@@ -423,6 +423,49 @@ def test_data_docs_site_is_written(tmp_path: Path) -> None:
     assert len(list((site / "validations").rglob("*.html"))) == 1
 
 
+def test_one_gx_context_per_process(tmp_path: Path, monkeypatch) -> None:
+    """issue 16: validations and Data Docs builds share the process's one GX context; a
+    second validation or docs build that made a new context fails this. Each site still
+    holds exactly its own results and suites (nothing left over from the build before)."""
+    import great_expectations as gx
+
+    import quality.suites as suites
+
+    made: list[object] = []
+    real = gx.get_context
+
+    def counting(*args, **kwargs):
+        context = real(*args, **kwargs)
+        made.append(context)
+        return context
+
+    monkeypatch.setattr(gx, "get_context", counting)
+    suites._context_and_batch_definition.cache_clear()
+    try:
+        land(tmp_path, "source_db", "orders", [orders([1, 2], status=["paid", "lost"])])
+        first = validate_landed_table(tmp_path, "source_db", "orders", RUN)
+        site_a = tmp_path / "docs" / "source_db"
+        build_data_docs([first], site_a)
+        daily = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
+        site_b = tmp_path / "docs" / "daily_sales"
+        build_data_docs([daily], site_b)
+        again = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
+        build_data_docs([again], site_b)
+        assert len(made) == 1, f"{len(made)} GX contexts in one process"
+        assert made[0] is suites.gx_context()
+    finally:
+        suites._context_and_batch_definition.cache_clear()
+    pages_a = list((site_a / "validations").rglob("*.html"))
+    assert len(pages_a) == 1 and "orders" in str(pages_a[0])
+    assert "lost" in pages_a[0].read_text()
+    pages_b = list((site_b / "validations").rglob("*.html"))
+    assert len(pages_b) == 1 and "daily_sales" in str(pages_b[0]), pages_b
+    suites_b = [p.name for p in (site_b / "expectations").rglob("*.html")]
+    assert suites_b and not any("orders" in name for name in suites_b), suites_b
+    assert "lost" not in (site_b / SUMMARY_PAGE).read_text()
+    assert not list((tmp_path / "docs").glob(".gx-docs-*")), "a staging dir was left"
+
+
 def test_one_million_rows_in_bounded_memory(tmp_path: Path) -> None:
     """Written here, validated in a fresh process whose peak RSS is only the validation's."""
     import numpy as np
