@@ -427,6 +427,8 @@ def run_settings_env(run_id: str | None, through_date: str | date | None) -> dic
     return {
         "DBT_NIGHTSHIFT_RUN_ID": run_id or "",
         "DBT_NIGHTSHIFT_THROUGH_DATE": "" if through_date is None else str(through_date),
+        # read at parse time (macros/run_setting.sql, nightly_run): the same every night
+        "DBT_NIGHTSHIFT_NIGHTLY": "1" if run_id else "",
     }
 
 

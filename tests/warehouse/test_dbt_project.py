@@ -625,6 +625,14 @@ def test_a_new_run_id_keeps_partial_parsing(
     assert "Unable to do partial parsing" not in result.output
     assert "full parse" not in result.output.lower()
     assert (target_dir / "partial_parse.msgpack").is_file()
+    # issue 16: and nothing is re-parsed: the per-night settings are read when dbt executes,
+    # not while it parses (macros/run_setting.sql); dbt's debug log says what it re-parsed
+    log = (target_dir / "logs" / "dbt.log").read_text()
+    night2_log = log[log.rfind("Running with dbt=") :]
+    assert "Partial parsing enabled: 0 files deleted, 0 files added, 0 files changed" in (
+        night2_log
+    ), [line for line in night2_log.splitlines() if "artial pars" in line]
+    assert "Partial parsing: updated file" not in night2_log
     days = _query(night2, "select max(date) from analytics.sales_summary")
     assert days == [(dt.date(2024, 1, 17),)]  # the new through_date was used
     days = _query(incremental, "select max(date) from analytics.sales_summary")

@@ -11,7 +11,7 @@
         incremental_strategy='delete+insert',
         unique_key='order_item_id',
         on_schema_change='fail',
-        full_refresh=(true if nightshift.run_setting('run_id') is none else none),
+        full_refresh=(none if nightshift.nightly_run() else true),
         pre_hook="{{ nightshift.delete_gone('order_item_id', ref('stg_order_items')) }}",
     )
 }}
