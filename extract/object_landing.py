@@ -214,22 +214,34 @@ class LandingStore:
         run_id = max(commits, key=lambda r: str(commits[r].get("extracted_at") or ""))
         return self.read_manifest(source, table, run_id)
 
-    def sync_run(self, local_root: Path, run_id: str) -> dict[str, int]:
+    def sync_run(
+        self, local_root: Path, run_id: str, sources: tuple[str, ...] | None = None
+    ) -> dict[str, int]:
         """Make the local stage hold exactly the committed runs `run=<run_id>` (and
         `run=<run_id>.shard-*`) of every table, plus the side files; a local copy that
-        is not the committed attempt is replaced, one without a commit removed."""
+        is not the committed attempt is replaced, one without a commit removed.
+
+        `sources` (e.g. `("source_db",)`): only those sources' runs are touched; another
+        source's extract may be writing its stage of the run at the same time (the DAG runs
+        `extract_payments_api` beside `extract_source_db` and `load_source_db`)."""
         local_root = Path(local_root)
         counts = {"downloaded": 0, "kept": 0, "removed": 0, "side_files": 0}
         for _ in range(3):  # a concurrent rerun may delete the attempt being read
             try:
-                self._sync_run(local_root, run_id, counts)
+                self._sync_run(local_root, run_id, counts, sources)
                 return counts
             except FileNotFoundError as exc:
                 log.warning("landing store: %s changed while read (%s): again", run_id, exc)
-        self._sync_run(local_root, run_id, counts)
+        self._sync_run(local_root, run_id, counts, sources)
         return counts
 
-    def _sync_run(self, local_root: Path, run_id: str, counts: dict[str, int]) -> None:
+    def _sync_run(
+        self,
+        local_root: Path,
+        run_id: str,
+        counts: dict[str, int],
+        sources: tuple[str, ...] | None = None,
+    ) -> None:
         from pyarrow import fs as pafs
 
         infos = self._list("")
@@ -246,11 +258,12 @@ class LandingStore:
                     side.append(info)  # e.g. source_db/_shard_runs/run=<id>.json
                 continue
             if len(parts) == 4 and parts[3] == COMMIT_NAME and _wanted(parts[2], run_id):
-                remote_runs[(parts[0], parts[1], parts[2])] = info.path
+                if sources is None or parts[0] in sources:
+                    remote_runs[(parts[0], parts[1], parts[2])] = info.path
         wanted_local = {
             (s.name, t.name, r.name): r
             for s in (local_root.iterdir() if local_root.is_dir() else [])
-            if s.is_dir()
+            if s.is_dir() and (sources is None or s.name in sources)
             for t in s.iterdir()
             if t.is_dir()
             for r in t.iterdir()

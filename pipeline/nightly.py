@@ -81,18 +81,21 @@ def published_horizon(business_date: date, target: tuple[Any, Any] | None = None
     return business_date if last is None else max(business_date, last)
 
 
-def _landing_synced(business_date: date) -> Path:
+def _landing_synced(business_date: date, sources: tuple[str, ...] | None = None) -> Path:
     """The landing folder, holding the run's committed landings: with the landing zone
     on object storage (`NIGHTSHIFT_LANDING_URL=s3://…`), the store's committed attempts
     of the run are staged here first and local copies that are not committed removed
-    (another host, or a killed writer, may have landed them); locally a no-op."""
+    (another host, or a killed writer, may have landed them); locally a no-op.
+
+    `sources`: only those sources' runs (a step reading source_db's landings must not
+    remove the stage `extract_payments_api` is writing at the same time)."""
     import time
 
     root = settings.landing_dir()
     store = settings.landing_store()
     if store is not None:
         started = time.monotonic()
-        counts = store.sync_run(root, run_id_for(business_date))
+        counts = store.sync_run(root, run_id_for(business_date), sources)
         log.info(
             "landing: run %s staged from %s in %.2f s: %s",
             run_id_for(business_date),
@@ -402,7 +405,7 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
 
     if settings.shard_map_path() is not None:
         load = load_source_db_sharded  # every shard of the run, in one transaction
-    _landing_synced(business_date)
+    _landing_synced(business_date, ("source_db",))  # the payments extract may be writing
     results = _validate_landed(business_date, "source_db", DB_TABLES)
     wh = _warehouse()
     build = wh.begin_build(run_id_for(business_date))
