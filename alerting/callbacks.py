@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from alerting.runs import NIGHTLY_DAG_ID, failed_run_alerts, run_url
 from alerting.sinks import Alert, AlertSink, send_all
+from pipeline import settings
 
 if TYPE_CHECKING:
     from airflow.sdk import DeadlineAlert
@@ -246,7 +246,7 @@ def run_deadline(argv: Sequence[str] | None = None) -> DeadlineAlert | None:
     """
     if _in_dags_test(argv):
         return None
-    raw = os.environ.get("NIGHTSHIFT_RUN_DEADLINE_MINUTES", "").strip()
+    raw = settings.env("NIGHTSHIFT_RUN_DEADLINE_MINUTES")
     if raw:
         minutes = float(raw)
     else:

@@ -47,6 +47,7 @@ from alerting.rules import (
     evaluable,
 )
 from alerting.sinks import Alert, AlertSink, send_all
+from pipeline import settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ RUN_END_RULES = frozenset(RULES) - {"replica_fallback"}
 def airflow_base_url() -> str:
     """The Airflow UI's base URL: `AIRFLOW__API__BASE_URL`, else Airflow's `[api] base_url`
     when Airflow is loaded, else `http://localhost:8080` (`make airflow`)."""
-    value = os.environ.get("AIRFLOW__API__BASE_URL", "").strip()
+    value = settings.env("AIRFLOW__API__BASE_URL", "")
     if not value and "airflow.configuration" in sys.modules:
         try:
             from airflow.configuration import conf

@@ -26,7 +26,6 @@ import binascii
 import contextlib
 import hmac
 import json
-import os
 import socket
 import sqlite3
 import threading
@@ -46,6 +45,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from demo.fx import rates_for
+from pipeline import settings
 
 TOKEN_ENV = "DEMO_API_TOKEN"  # the data (bearer) token
 FAULT_INJECTION_ENV = "DEMO_API_FAULT_INJECTION"  # 1/true/yes: /_admin/faults is served
@@ -526,12 +526,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.token is not None:
         parser.error(f"--token is refused (visible in `ps`): set ${TOKEN_ENV} instead")
-    token = os.environ.get(TOKEN_ENV, "")
+    token = settings.env(TOKEN_ENV)
     if not token:
         parser.error(f"a token is required: set ${TOKEN_ENV}")
     admin_token = None
-    if os.environ.get(FAULT_INJECTION_ENV, "").strip().lower() in ("1", "true", "yes"):
-        admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if settings.env(FAULT_INJECTION_ENV, "").lower() in ("1", "true", "yes"):
+        admin_token = settings.env(ADMIN_TOKEN_ENV)
         if not admin_token:
             parser.error(f"{FAULT_INJECTION_ENV} is set: {ADMIN_TOKEN_ENV} is required")
     try:

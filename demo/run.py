@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.token is not None:
         parser.error("--token is refused (visible in `ps`): set $DEMO_API_TOKEN instead")
-    token = os.environ.get("DEMO_API_TOKEN") or DEMO_TOKEN
+    token = settings.env("DEMO_API_TOKEN", DEMO_TOKEN)
 
     os.environ["NIGHTSHIFT_DATA_DIR"] = str(args.data_dir.resolve())
     paths = demo_paths(args.data_dir.resolve())

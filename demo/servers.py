@@ -20,6 +20,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from pipeline import settings
+
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/mysql"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -66,7 +68,7 @@ def _find_pg_bin(name: str) -> str:
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield an admin SQLAlchemy URL of a running PostgreSQL server."""
-    url = os.environ.get("NIGHTSHIFT_TEST_PG_URL", DEFAULT_PG_URL)
+    url = settings.env("NIGHTSHIFT_TEST_PG_URL", DEFAULT_PG_URL)
     if _reachable(url):
         yield url
         return
@@ -112,7 +114,7 @@ def postgres_server() -> Iterator[str]:
 @contextlib.contextmanager
 def mariadb_server() -> Iterator[str]:
     """Yield an admin SQLAlchemy URL of a running MariaDB/MySQL server."""
-    url = os.environ.get("NIGHTSHIFT_TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
+    url = settings.env("NIGHTSHIFT_TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
     if _reachable(url):
         yield url
         return
@@ -184,7 +186,7 @@ def redis_server() -> Iterator[str]:
 
     The callers pick their own db number (`redis.connection.parse_url`'s path) where it
     matters: the machine's Redis may be shared."""
-    url = os.environ.get("NIGHTSHIFT_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    url = settings.env("NIGHTSHIFT_TEST_REDIS_URL", DEFAULT_REDIS_URL)
     if _redis_answers(url):
         yield url
         return

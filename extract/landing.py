@@ -290,9 +290,10 @@ def bound_store(landing_root: Path) -> Any:
     """The object store (`settings.landing_store()`) whose local stage is `landing_root`,
     or None: the local landing zone (the default; one environment lookup, no I/O) or
     another folder (e.g. a test's)."""
-    if not os.environ.get("NIGHTSHIFT_LANDING_URL", "").startswith("s3://"):
-        return None
     from pipeline import settings
+
+    if not settings.env("NIGHTSHIFT_LANDING_URL", "").startswith("s3://"):
+        return None
 
     if Path(landing_root).resolve() != settings.landing_dir():
         return None

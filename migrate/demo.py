@@ -41,7 +41,7 @@ from migrate.dual_write import DualWriter, pending_repairs
 from migrate.mapping import load_mappings
 from migrate.state import ensure_journal, ensure_ops, shadow_diffs
 from migrate.verify import verify_table
-from pipeline import clock
+from pipeline import clock, settings
 from pipeline.settings import PROJECT_ROOT
 
 log = logging.getLogger("migrate.demo")
@@ -58,7 +58,7 @@ def pg_admin_url() -> Iterator[str]:
     """The PostgreSQL server to use: NIGHTSHIFT_MIGRATION_PG_URL, else a throwaway one."""
     from demo.servers import postgres_server
 
-    url = os.environ.get("NIGHTSHIFT_MIGRATION_PG_URL", DEFAULT_PG_URL)
+    url = settings.env("NIGHTSHIFT_MIGRATION_PG_URL", DEFAULT_PG_URL)
     os.environ["NIGHTSHIFT_TEST_PG_URL"] = url  # postgres_server() tries this one first
     with postgres_server() as found:
         yield found

@@ -162,7 +162,7 @@ def warehouse_lease(env: dict[str, str], run: str) -> Iterator[dict[str, str]]:
 @contextlib.contextmanager
 def demo_connections(data_dir: Path) -> Iterator[dict[str, str]]:
     """Point at the demo sources (starting the demo API) when no connection is configured."""
-    if os.environ.get("AIRFLOW_CONN_SOURCE_DB") or os.environ.get("AIRFLOW_CONN_PAYMENTS_API"):
+    if settings.env("AIRFLOW_CONN_SOURCE_DB") or settings.env("AIRFLOW_CONN_PAYMENTS_API"):
         yield {}
         return
     from demo.run import DEMO_TOKEN, demo_paths, running_api

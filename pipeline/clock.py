@@ -10,9 +10,10 @@ or shifts it for tests and replays:
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC, date, datetime, timedelta
+
+from pipeline import settings
 
 ENV = "NIGHTSHIFT_NOW"
 _SHIFT = re.compile(r"^([+-])(\d+)([dhm])$")
@@ -40,7 +41,7 @@ def _parse(text: str) -> tuple[datetime | None, timedelta]:
 
 def now() -> datetime:
     """The current instant, timezone-aware UTC (`NIGHTSHIFT_NOW` pins or shifts it)."""
-    text = os.environ.get(ENV, "").strip()
+    text = settings.env(ENV)
     if not text:
         return datetime.now(UTC)
     fixed, shift = _parse(text)

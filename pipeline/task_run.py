@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -89,9 +88,9 @@ def _identity() -> tuple[str, str, bool]:
     if ti is not None:
         where += f", task {ti.task_id} try {ti.try_number}"
     run = f"{dag_run.dag_id} {day} ({where})"
-    inherited = os.environ.get(HOLDER_ENV, "").strip()
+    inherited = settings.env(HOLDER_ENV)
     if inherited:
-        return inherited, f"{os.environ.get(RUN_ENV) or inherited}; {run}", True
+        return inherited, f"{settings.env(RUN_ENV, inherited)}; {run}", True
     return f"{dag_run.dag_id}/{dag_run.run_id}", run, False
 
 

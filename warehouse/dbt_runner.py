@@ -30,7 +30,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import clock
+from pipeline import clock, settings
 
 if TYPE_CHECKING:
     from warehouse.backends.base import Build, Warehouse
@@ -262,7 +262,7 @@ def run_dbt(
     """
     project_dir = Path(project_dir).resolve()
     if target_dir is None:  # dbt's own variable, e.g. one target dir per worker
-        target_dir = Path(os.environ.get("DBT_TARGET_PATH") or project_dir / "target")
+        target_dir = Path(settings.env("DBT_TARGET_PATH") or project_dir / "target")
     target_dir = Path(target_dir).resolve()
     run_results = target_dir / "run_results.json"
     run_results.unlink(missing_ok=True)  # never report a previous run's results
@@ -292,7 +292,7 @@ def run_dbt(
                     stable_warehouse_path(warehouse_path, target_dir)
                 )
             full_env["WAREHOUSE_PATH"] = str(warehouse_path)
-        in_process = dbt is None and os.environ.get("NIGHTSHIFT_DBT_IN_PROCESS") == "1"
+        in_process = dbt is None and settings.env("NIGHTSHIFT_DBT_IN_PROCESS") == "1"
         if timeout_s is None:
             from pipeline.settings import dbt_timeout_s
 
@@ -520,7 +520,7 @@ def postgres_env(url: str) -> dict[str, str]:
             f"the PostgreSQL warehouse URL is not a valid libpq URL ({type(exc).__name__}; "
             "not shown: it may hold the password)"
         ) from None
-    user = params.pop("user", "") or os.environ.get("PGUSER", "")
+    user = params.pop("user", "") or settings.env("PGUSER", "")
     env = {
         "DBT_POSTGRES_HOST": params.pop("host", ""),
         "DBT_POSTGRES_PORT": params.pop("port", "") or "5432",
@@ -567,7 +567,7 @@ def snowflake_dbt_executable() -> Path:
     (dbt-snowflake cannot share .venv with Airflow's pins: `make adapters-venv`)."""
     from warehouse.backends.base import WarehouseError
 
-    path = Path(os.environ.get(SNOWFLAKE_DBT_ENV) or ADAPTERS_DBT)
+    path = Path(settings.env(SNOWFLAKE_DBT_ENV) or ADAPTERS_DBT)
     if not path.is_file():
         raise WarehouseError(
             f"dbt for the snowflake warehouse not found at {path} ({SNOWFLAKE_DBT_ENV}): "
@@ -703,7 +703,7 @@ def dbt_build(
             )
         if connection.executable is not None and target_dir is None:
             # another dbt install: its own artifacts and partial-parse state
-            base = os.environ.get("DBT_TARGET_PATH") or Path(project_dir) / "target"
+            base = settings.env("DBT_TARGET_PATH") or Path(project_dir) / "target"
             target_dir = Path(base) / connection.name
     result = run_dbt(
         args,
