@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from pipeline import http_retry
 from pipeline.settings import ConfigError, _mask, get_connection_uri
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,10 @@ class _ScrubFilter(logging.Filter):
 class WebhookSink:
     """POSTs Slack-compatible JSON (`text` fallback + `blocks`) to a webhook URL.
 
-    Retries on 5xx, 429, timeouts and connection errors (`max_attempts` in all, backoff
-    `backoff_s * 2**n`); a 4xx other than 429 is not retried. Never raises.
+    Retries with the project's policy (`pipeline.http_retry`): 408, 429, 5xx, timeouts and
+    connection errors, `max_attempts` in all within `max_total_seconds`, full-jitter backoff
+    from `backoff_s`, honouring `Retry-After` up to `retry_after_cap` seconds; any other 4xx
+    is not retried. Never raises.
     """
 
     def __init__(
@@ -129,7 +132,10 @@ class WebhookSink:
         max_attempts: int = 3,
         *,
         backoff_s: float = 1.0,
+        max_total_seconds: float = 60.0,
+        retry_after_cap: float = 30.0,
         logger: logging.Logger | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -137,8 +143,15 @@ class WebhookSink:
                 f"{ALERTS_WEBHOOK_CONN_ID}: the webhook URL must be http(s)://host/..., "
                 f"got {mask_url(url)!r}"
             )
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        # an alert callback must not hold its task for long: a minute, 30 s per Retry-After
+        self.policy = http_retry.RetryPolicy(
+            max_attempts=max_attempts,
+            max_total_seconds=max_total_seconds,
+            backoff_base=backoff_s,
+            backoff_cap=max(backoff_s, 10.0),
+            retry_after_cap=retry_after_cap,
+        )
+        self._sleep = sleep
         self.url = url
         self.timeout = timeout
         self.max_attempts = max_attempts
@@ -220,45 +233,59 @@ class WebhookSink:
 
         body = json.dumps(self.payload(alert), default=str).encode()
         headers = {"Content-Type": "application/json"}
+
+        def attempt(client: httpx.Client) -> bool:
+            """True: delivered; False: rejected for good (logged); raises Retryable."""
+            try:
+                response = client.post(self.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:  # timeouts, refused connections, ...
+                raise http_retry.Retryable(
+                    f"{type(exc).__name__}: {self._scrub(str(exc))}"
+                ) from None
+            if response.is_success:
+                return True
+            problem = f"HTTP {response.status_code}: {self._scrub(response.text[:200])}"
+            failure = http_retry.retryable_response(
+                response.status_code, response.headers, self.policy
+            )
+            if failure is None:
+                self._log.error(
+                    "alert webhook %s rejected the alert (%s); not retried; alert: %s",
+                    self.masked_url,
+                    problem,
+                    alert.title,
+                )
+                return False
+            failure.reason = problem
+            raise failure
+
+        def on_retry(failure: http_retry.Retryable, attempt: int, wait: float) -> None:
+            self._log.warning(
+                "alert webhook %s attempt %d/%d failed (%s); retrying in %.2fs%s",
+                self.masked_url,
+                attempt,
+                self.max_attempts,
+                failure.reason,
+                wait,
+                " (Retry-After)" if failure.retry_after is not None else "",
+            )
+
         httpx_logger = logging.getLogger("httpx")
         httpx_logger.addFilter(self._filter)
         try:
             with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
-                for attempt in range(1, self.max_attempts + 1):
-                    problem: str
-                    try:
-                        response = client.post(self.url, content=body, headers=headers)
-                    except httpx.HTTPError as exc:  # timeouts, refused connections, ...
-                        problem = f"{type(exc).__name__}: {self._scrub(str(exc))}"
-                    else:
-                        if response.is_success:
-                            return
-                        problem = f"HTTP {response.status_code}: {self._scrub(response.text[:200])}"
-                        if response.status_code < 500 and response.status_code != 429:
-                            self._log.error(
-                                "alert webhook %s rejected the alert (%s); not retried; alert: %s",
-                                self.masked_url,
-                                problem,
-                                alert.title,
-                            )
-                            return
-                    if attempt < self.max_attempts:
-                        self._log.warning(
-                            "alert webhook %s attempt %d/%d failed (%s); retrying",
-                            self.masked_url,
-                            attempt,
-                            self.max_attempts,
-                            problem,
-                        )
-                        time.sleep(self.backoff_s * 2 ** (attempt - 1))
-                    else:
-                        self._log.error(
-                            "alert webhook %s failed after %d attempts (%s); alert dropped: %s",
-                            self.masked_url,
-                            self.max_attempts,
-                            problem,
-                            alert.title,
-                        )
+                http_retry.call(
+                    lambda: attempt(client), self.policy, sleep=self._sleep, on_retry=on_retry
+                )
+        except http_retry.RetriesExhausted as exc:
+            self._log.error(
+                "alert webhook %s failed after %d attempts (%s)%s; alert dropped: %s",
+                self.masked_url,
+                exc.attempts,
+                exc.last.reason,
+                "" if exc.why == "attempts" else f": {exc.describe()}",
+                alert.title,
+            )
         finally:
             httpx_logger.removeFilter(self._filter)
 

@@ -1,8 +1,9 @@
-"""HTTP client for the payments/FX API (contract section 2), with a bounded retry policy.
+"""HTTP client for the payments/FX API (contract section 2), with the project's retry policy.
 
-Retries 429, 5xx, timeouts and connection errors with exponential backoff and full
-jitter, honouring `Retry-After`; gives up after `max_attempts` or `max_total_seconds`.
-Any other 4xx, and a 200 whose body is not JSON, fail at once. The bearer token only ever travels in the header: error
+`pipeline.http_retry`: 408, 429, 5xx, timeouts and connection errors are retried with
+exponential backoff and full jitter, honouring `Retry-After` (capped at `retry_after_cap`);
+it gives up after `max_attempts` or `max_total_seconds`. Any other 4xx, and a 200 whose
+body is not JSON, fail at once. The bearer token only ever travels in the header: error
 messages and log lines are built from the base URL (which has no credentials) and are
 scrubbed of the token anyway, in case a server echoes it back.
 """
@@ -10,21 +11,18 @@ scrubbed of the token anyway, in case a server echoes it back.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
+from pipeline import http_retry
 from pipeline.settings import ApiConfig
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-_RETRY_AFTER_STATUSES = frozenset({429, 503})
 _BODY_SNIPPET = 200
 
 
@@ -53,11 +51,17 @@ class PaymentsApiClient:
         max_total_seconds: float = 300,
         backoff_base: float = 0.5,
         backoff_cap: float = 30,
+        retry_after_cap: float = 120,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.policy = http_retry.RetryPolicy(
+            max_attempts=max_attempts,
+            max_total_seconds=max_total_seconds,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+        )
         self._token = config.token
         self.base_url = config.base_url.rstrip("/")
         self.max_attempts = max_attempts
@@ -188,64 +192,46 @@ class PaymentsApiClient:
         content type and the first bytes: retrying the same request gets the same page.
         """
         url = self._describe(path, params)
-        started = time.monotonic()
-        for attempt in range(1, self.max_attempts + 1):
-            retry_after: float | None = None
-            status: int | None = None
+
+        def attempt() -> Any:
             try:
                 response = self._http.get(path, params=params)
             except httpx.TransportError as exc:  # timeouts, refused/reset connections
-                reason = self._redact(f"{type(exc).__name__}: {exc}")
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise self._not_json(url, what, response) from None
-                elif status in _RETRYABLE_STATUSES:
-                    reason = f"status {status}"
-                    if status in _RETRY_AFTER_STATUSES:
-                        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-                else:
-                    snippet = self._redact(response.text[:_BODY_SNIPPET])
-                    raise ApiError(
-                        f"GET {url} failed with status {status}: {snippet}",
-                        status=status,
-                        url=url,
-                    )
-            elapsed = time.monotonic() - started
-            if attempt == self.max_attempts:
-                raise ApiError(
-                    f"GET {url}: giving up after {attempt} attempts in {elapsed:.1f}s; "
-                    f"last error: {reason}",
-                    status=status,
-                    url=url,
-                )
-            if retry_after is not None:
-                wait = retry_after
-            else:
-                ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-                wait = random.uniform(0, ceiling)  # full jitter spreads retrying clients
-            if elapsed + wait > self.max_total_seconds:
-                raise ApiError(
-                    f"GET {url}: giving up after {attempt} attempts: waiting {wait:.1f}s "
-                    f"more would exceed max_total_seconds={self.max_total_seconds}; "
-                    f"last error: {reason}",
-                    status=status,
-                    url=url,
-                )
+                raise http_retry.Retryable(self._redact(f"{type(exc).__name__}: {exc}")) from None
+            if response.status_code == 200:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise self._not_json(url, what, response) from None
+            failure = http_retry.retryable_response(
+                response.status_code, response.headers, self.policy
+            )
+            if failure is not None:
+                raise failure
+            snippet = self._redact(response.text[:_BODY_SNIPPET])
+            raise ApiError(
+                f"GET {url} failed with status {response.status_code}: {snippet}",
+                status=response.status_code,
+                url=url,
+            )
+
+        def on_retry(failure: http_retry.Retryable, attempt: int, wait: float) -> None:
             log.warning(
                 "GET %s: %s (attempt %d/%d); retrying in %.2fs%s",
                 url,
-                reason,
+                failure.reason,
                 attempt,
                 self.max_attempts,
                 wait,
-                " (Retry-After)" if retry_after is not None else "",
+                " (Retry-After)" if failure.retry_after is not None else "",
             )
-            self._sleep(wait)
-        raise AssertionError("unreachable")  # the loop always returns or raises
+
+        try:
+            return http_retry.call(attempt, self.policy, sleep=self._sleep, on_retry=on_retry)
+        except http_retry.RetriesExhausted as exc:
+            raise ApiError(
+                f"GET {url}: {exc.describe()}", status=exc.last.status, url=url
+            ) from None
 
 
 def _check_page(body: Any, page: int, url: str, limit: int) -> str | None:
@@ -274,17 +260,4 @@ def _check_page(body: Any, page: int, url: str, limit: int) -> str | None:
 
 def _parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return http_retry.parse_retry_after(value)

@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -30,7 +32,8 @@ TOKEN_PATH = "/services/T000/B000/s3cr3tT0k3n"
 class Receiver:
     """A webhook on 127.0.0.1: records every request, answers from a script of statuses.
 
-    `script` entries are (status, delay_s); once exhausted every answer is (200, 0).
+    `script` entries are (status, delay_s) or (status, delay_s, headers); once exhausted
+    every answer is (200, 0).
     """
 
     def __init__(self) -> None:
@@ -46,12 +49,15 @@ class Receiver:
                     receiver.requests.append(
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
-                    status, delay = receiver.script.pop(0) if receiver.script else (200, 0.0)
+                    status, delay, *extra = receiver.script.pop(0) if receiver.script else (200, 0)
+                    receiver.requests[-1]["at"] = time.monotonic()
                 if delay:
                     time.sleep(delay)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "text/plain")
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(b"ok" if status < 400 else b"error")
                 except OSError:  # the client gave up (timeout test)
@@ -179,6 +185,58 @@ def test_webhook_client_error_is_not_retried(
 
     assert len(receiver.requests) == 1
     assert "not retried" in caplog.text
+
+
+def test_webhook_honours_retry_after_seconds(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.script = [(429, 0.0, {"Retry-After": "1"})]
+    caplog.set_level(logging.WARNING, logger="alerting.sinks")
+
+    WebhookSink(receiver.url, max_attempts=3, backoff_s=0.01).send(ALERT)
+
+    assert len(receiver.requests) == 2  # the 429, then the 200
+    assert receiver.requests[1]["at"] - receiver.requests[0]["at"] >= 0.95  # not 0.01 s
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 1
+    assert "attempt 1/3 failed (HTTP 429" in retries[0]
+    assert "retrying in 1.00s (Retry-After)" in retries[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_webhook_honours_an_http_date_retry_after_up_to_its_cap(receiver: Receiver) -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    receiver.script = [(503, 0.0, {"Retry-After": later}), (429, 0.0, {"Retry-After": "3600"})]
+    waits: list[float] = []
+
+    WebhookSink(
+        receiver.url, max_attempts=3, backoff_s=0.01, retry_after_cap=30, sleep=waits.append
+    ).send(ALERT)
+
+    assert len(receiver.requests) == 3
+    assert waits == [30, 30]  # 60 s and an hour asked; both capped at 30
+
+
+def test_webhook_gives_up_when_retry_after_passes_its_time_budget(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.script = [(429, 0.0, {"Retry-After": "20"})]
+    waits: list[float] = []
+
+    WebhookSink(receiver.url, max_total_seconds=10, sleep=waits.append).send(ALERT)
+
+    assert len(receiver.requests) == 1 and waits == []  # did not wait 20 s first
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "failed after 1 attempts (HTTP 429" in errors[0]
+    assert "max_total_seconds=10" in errors[0]
+
+
+def test_webhook_408_is_retried_but_403_is_not(receiver: Receiver) -> None:
+    receiver.script = [(408, 0.0), (403, 0.0)]
+
+    WebhookSink(receiver.url, max_attempts=3, backoff_s=0.01).send(ALERT)
+
+    assert len(receiver.requests) == 2  # 408 retried; 403 final
 
 
 def test_dead_webhook_does_not_raise_and_logs_without_the_token(
