@@ -2,6 +2,21 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# `.env`, when it exists, reaches every recipe, read as docker compose reads it: `NAME=value`
+# lines, the value taken literally (`$` and spaces kept, one pair of surrounding quotes
+# removed, ` #…` after an unquoted value a comment). A variable set in the environment or
+# on the command line wins; an empty value is not set at all (empty means unset).
+ifneq ($(wildcard .env),)
+_dotenv_value = $(shell sed -n 's/^$(1)=//p' .env | tail -n 1 | tr -d '\r' | sed \
+  -e "s/^[[:space:]]*\"\(.*\)\"[[:space:]]*$$/\1/" -e t \
+  -e "s/^[[:space:]]*'\(.*\)'[[:space:]]*$$/\1/" -e t \
+  -e 's/[[:space:]]\{1,\}#.*$$//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$$//')
+$(foreach n,$(sort $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=[[:space:]]*[^[:space:]].*/\1/p' .env)),\
+  $(if $(filter environment% command%,$(origin $(n))),,\
+    $(eval $(n) := $$(call _dotenv_value,$(n)))\
+    $(if $($(n)),$(eval export $(n)),$(eval undefine $(n)))))
+endif
+
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin

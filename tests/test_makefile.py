@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -105,3 +106,78 @@ def test_make_airflow_replaces_an_old_admin_admin_file_and_refuses_defaults(
     airflow_run.serve_ui({})
     assert json.loads(passwords.read_text())["admin"] == "a-chosen-passphrase"
     assert started[-1]["AIRFLOW__API__HOST"] == "0.0.0.0"
+
+
+# --- make reads .env ------------------------------------------------------------------------
+
+SHOW_ENV = """
+.PHONY: _show_env
+_show_env:
+\t@env | grep '^NSX_' | sort; echo "DEMO_API_TOKEN=[$$DEMO_API_TOKEN] PYTHON=[$(PYTHON)]"
+"""
+
+
+def _make_env(folder: Path, dotenv: str | None, *args: str, **env: str) -> list[str]:
+    """`make` run in `folder` (the project's Makefile, a `.env` there), printing the
+    environment its recipes see."""
+    if dotenv is not None:
+        (folder / ".env").write_text(dotenv)
+    (folder / "show.mk").write_text(SHOW_ENV)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("NSX_", "DEMO_API_"))}
+    base.pop("PYTHON", None)
+    out = subprocess.run(
+        ["make", "-s", "-f", str(ROOT / "Makefile"), "-f", "show.mk", "_show_env", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**base, **env},
+    ).stdout
+    return out.splitlines()
+
+
+def test_make_exports_env_file_values_literally(tmp_path: Path) -> None:
+    dotenv = (
+        "# a comment\n"
+        "NSX_DOLLAR=pa$$w0rd$HOME with  two spaces\n"
+        'NSX_DOUBLE="quoted # not a comment"\n'
+        "NSX_SINGLE='$(shell touch pwned)'\n"
+        "NSX_COMMENTED=plain # a comment\n"
+        "NSX_CRLF=windows\r\n"
+    )
+    lines = _make_env(tmp_path, dotenv)
+    assert lines[:-1] == [
+        "NSX_COMMENTED=plain",
+        "NSX_CRLF=windows",
+        "NSX_DOLLAR=pa$$w0rd$HOME with  two spaces",
+        "NSX_DOUBLE=quoted # not a comment",
+        "NSX_SINGLE=$(shell touch pwned)",
+    ]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_empty_env_file_values_are_unset_and_the_shell_wins(tmp_path: Path) -> None:
+    dotenv = "NSX_EMPTY=\nNSX_BLANK=   \nNSX_SHELL=from-file\nNSX_CLI=from-file\nDEMO_API_TOKEN=\nPYTHON=\n"
+    lines = _make_env(tmp_path, dotenv, "NSX_CLI=from-cli", NSX_SHELL="from-shell")
+    # empty: not exported, and the Makefile's own defaults (`?=`) still apply
+    assert lines == [
+        "NSX_CLI=from-cli",
+        "NSX_SHELL=from-shell",
+        "DEMO_API_TOKEN=[demo-token] PYTHON=[python3.11]",
+    ]
+    lines = _make_env(tmp_path, "DEMO_API_TOKEN=from-file\n")
+    assert lines == ["DEMO_API_TOKEN=[from-file] PYTHON=[python3.11]"]
+
+
+def test_make_runs_without_an_env_file(tmp_path: Path) -> None:
+    assert _make_env(tmp_path, None) == ["DEMO_API_TOKEN=[demo-token] PYTHON=[python3.11]"]
+    assert (
+        "demo"
+        in subprocess.run(
+            ["make", "-s", "-f", str(ROOT / "Makefile"), "help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
