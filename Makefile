@@ -155,10 +155,15 @@ test-clock: $(STAMP) ## The tests again with the clock moved ahead (CLOCK_SHIFTS
 test-nights-large: $(STAMP) ## The nights-in-any-order property on 200 seeded sequences (nightly CI; ~25 min)
 	NIGHTSHIFT_NIGHTS_SEQUENCES=200 $(BIN)/python -m pytest -q tests/pipeline/test_nights_in_any_order.py
 
+# The dbt SQL sqlfluff reads (.sqlfluff: DuckDB dialect, dbt templater, offline); other
+# .sql files (migrate/new_schema.sql, the macros) are not dbt models.
+SQLFLUFF_PATHS := $(wildcard dbt_project/models dbt_project/snapshots dbt_project/tests dbt_project/analyses)
 .PHONY: lint
-lint: $(STAMP) ## ruff lint + format check
+lint: $(STAMP) ## ruff (lint + format check), sqlfluff on the dbt SQL, every pre-commit hook on every file
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/sqlfluff lint $(SQLFLUFF_PATHS)
+	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format the code

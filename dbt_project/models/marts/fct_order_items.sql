@@ -51,7 +51,10 @@ final as (
         order_items.product_id,
         order_items.quantity,
         order_items.unit_price,
-        cast(order_items.quantity * order_items.unit_price as {{ nightshift.nightshift_decimal(18, 2) }}) as line_amount,
+        cast(
+            order_items.quantity * order_items.unit_price
+            as {{ nightshift.nightshift_decimal(18, 2) }}
+        ) as line_amount,
         cast(coalesce(products.category, 'uncategorized') as {{ nightshift.type_varchar() }})
             as category,
         products.product_id is not null as has_product,

@@ -1,7 +1,10 @@
 {#- Published: analytics.sales_summary (contract section 5). -#}
 {%- set through_date = nightshift.run_setting('through_date') -%}
-{%- if through_date and not modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', through_date | string) -%}
-    {{ exceptions.raise_compiler_error("var through_date must be YYYY-MM-DD or null, got " ~ through_date) }}
+{%- set day_pattern = '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' -%}
+{%- if through_date and not modules.re.match(day_pattern, through_date | string) -%}
+    {{ exceptions.raise_compiler_error(
+        "var through_date must be YYYY-MM-DD or null, got " ~ through_date
+    ) }}
 {%- endif %}
 with
 
@@ -16,10 +19,14 @@ counted_orders as (
 
 final as (
     select
-        business_date as date,
+        -- `date`: the published column's name (a keyword, hence the noqa)
+        business_date as date,  -- noqa: RF04
         region,
         -- exact: integer cents summed, then scaled
-        cast(cast(sum(usd_cents) as {{ nightshift.nightshift_decimal(38, 0) }}) * 0.01 as {{ nightshift.nightshift_decimal(18, 2) }}) as total_sales_usd,
+        cast(
+            cast(sum(usd_cents) as {{ nightshift.nightshift_decimal(38, 0) }}) * 0.01
+            as {{ nightshift.nightshift_decimal(18, 2) }}
+        ) as total_sales_usd,
         cast(count(*) as bigint) as order_count
     from counted_orders
     group by business_date, region
