@@ -21,15 +21,19 @@ import json
 import os
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-import great_expectations as gx  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
-from great_expectations.core.expectation_suite import ExpectationSuite  # noqa: E402
-from great_expectations.expectations.expectation import BatchExpectation  # noqa: E402
+
+if TYPE_CHECKING:
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+# Great Expectations is imported when a suite is first loaded or a frame validated, not
+# with this module: the steps that only store or summarise results (dbt_build's tests as
+# the suite `dbt`, quality/results.py) do not pay its import (~2 s of CPU; issue 16).
 
 SUITES_DIR = Path(__file__).resolve().parent / "expectations"
 SEVERITIES = ("critical", "warning")
@@ -115,56 +119,73 @@ def observed_arrow_type(series: pd.Series) -> tuple[pa.DataType | None, bool]:
     return inferred, False
 
 
-class ExpectColumnArrowTypeToBe(BatchExpectation):
-    """Expect a column to exist and to have an Arrow type.
+@cache
+def register_expectations() -> type:
+    """Define (and so register with GX) the project's own expectation, once per process:
+    `expect_column_arrow_type_to_be`. Returns its class."""
+    from great_expectations.expectations.expectation import BatchExpectation
 
-    Exact comparison (`decimal128(12, 2)`, `timestamp[us, tz=UTC]`) when the column is Arrow
-    backed (pd.ArrowDtype); otherwise the type family of the values (decimal, integer,
-    string, date, timestamp, ...). A column with only NULLs in a plain pandas frame passes.
-    """
+    class ExpectColumnArrowTypeToBe(BatchExpectation):
+        """Expect a column to exist and to have an Arrow type.
 
-    column: str
-    type_: str
+        Exact comparison (`decimal128(12, 2)`, `timestamp[us, tz=UTC]`) when the column is Arrow
+        backed (pd.ArrowDtype); otherwise the type family of the values (decimal, integer,
+        string, date, timestamp, ...). A column with only NULLs in a plain pandas frame passes.
+        """
 
-    metric_dependencies: ClassVar[tuple[str, ...]] = ("table.column_types",)
-    success_keys: ClassVar[tuple[str, ...]] = ("column", "type_")
-    args_keys: ClassVar[tuple[str, ...]] = ("column", "type_")
+        column: str
+        type_: str
 
-    def _validate(
-        self,
-        metrics: dict,
-        runtime_configuration: dict | None = None,
-        execution_engine: Any = None,
-    ) -> dict:
-        column = self.configuration.kwargs["column"]
-        expected_text = self.configuration.kwargs["type_"]
-        types = {d["name"]: d["type"] for d in metrics["table.column_types"]}
-        if column not in types:
-            return {"success": False, "result": {"observed_value": "<missing column>"}}
-        dtype = types[column]
-        if expected_text in TYPE_FAMILIES:  # any precision/width of the family will do
+        metric_dependencies: ClassVar[tuple[str, ...]] = ("table.column_types",)
+        success_keys: ClassVar[tuple[str, ...]] = ("column", "type_")
+        args_keys: ClassVar[tuple[str, ...]] = ("column", "type_")
+
+        def _validate(
+            self,
+            metrics: dict,
+            runtime_configuration: dict | None = None,
+            execution_engine: Any = None,
+        ) -> dict:
+            column = self.configuration.kwargs["column"]
+            expected_text = self.configuration.kwargs["type_"]
+            types = {d["name"]: d["type"] for d in metrics["table.column_types"]}
+            if column not in types:
+                return {"success": False, "result": {"observed_value": "<missing column>"}}
+            dtype = types[column]
+            if expected_text in TYPE_FAMILIES:  # any precision/width of the family will do
+                if isinstance(dtype, pd.ArrowDtype):
+                    observed = dtype.pyarrow_dtype
+                else:
+                    df, _, _ = execution_engine.get_compute_domain({}, domain_type="table")
+                    observed, _ = observed_arrow_type(df[column])
+                    if observed is None:
+                        return {
+                            "success": True,
+                            "result": {"observed_value": f"{dtype} (no values)"},
+                        }
+                return {
+                    "success": _family(observed) == expected_text,
+                    "result": {"observed_value": str(observed)},
+                }
+            expected = _parse_arrow_type(expected_text)
             if isinstance(dtype, pd.ArrowDtype):
                 observed = dtype.pyarrow_dtype
-            else:
-                df, _, _ = execution_engine.get_compute_domain({}, domain_type="table")
-                observed, _ = observed_arrow_type(df[column])
-                if observed is None:
-                    return {"success": True, "result": {"observed_value": f"{dtype} (no values)"}}
+                return {
+                    "success": observed == expected,
+                    "result": {"observed_value": str(observed)},
+                }
+            # Plain pandas column: infer from the values through the execution engine's frame.
+            df, _, _ = execution_engine.get_compute_domain({}, domain_type="table")
+            inferred, _ = observed_arrow_type(df[column])
+            if inferred is None:
+                return {"success": True, "result": {"observed_value": f"{dtype} (no values)"}}
+            success = _family(inferred) == _family(expected)
             return {
-                "success": _family(observed) == expected_text,
-                "result": {"observed_value": str(observed)},
+                "success": success,
+                "result": {"observed_value": f"{inferred} (pandas {dtype})"},
             }
-        expected = _parse_arrow_type(expected_text)
-        if isinstance(dtype, pd.ArrowDtype):
-            observed = dtype.pyarrow_dtype
-            return {"success": observed == expected, "result": {"observed_value": str(observed)}}
-        # Plain pandas column: infer from the values through the execution engine's frame.
-        df, _, _ = execution_engine.get_compute_domain({}, domain_type="table")
-        inferred, _ = observed_arrow_type(df[column])
-        if inferred is None:
-            return {"success": True, "result": {"observed_value": f"{dtype} (no values)"}}
-        success = _family(inferred) == _family(expected)
-        return {"success": success, "result": {"observed_value": f"{inferred} (pandas {dtype})"}}
+
+    return ExpectColumnArrowTypeToBe
 
 
 @cache
@@ -189,6 +210,9 @@ def suite_json(name: str) -> dict[str, Any]:
 
 def load_suite(name: str, *, exclude_types: frozenset[str] = frozenset()) -> ExpectationSuite:
     """A GX ExpectationSuite from `quality/expectations/<name>.json` (severity from meta)."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    register_expectations()
     data = suite_json(name)
     data["expectations"] = [e for e in data["expectations"] if e["type"] not in exclude_types]
     for exp in data["expectations"]:
@@ -215,8 +239,10 @@ def _context_and_batch_definition() -> tuple[Any, Any]:
     batch marker only, twice per validation); on Arrow-backed frames that costs ~4 s per
     200k rows, more than all the expectations together. It is switched off here.
     """
+    import great_expectations as gx
     from great_expectations.execution_engine import pandas_execution_engine
 
+    register_expectations()
     pandas_execution_engine.HASH_THRESHOLD = 0
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}

@@ -466,6 +466,27 @@ def test_one_gx_context_per_process(tmp_path: Path, monkeypatch) -> None:
     assert not list((tmp_path / "docs").glob(".gx-docs-*")), "a staging dir was left"
 
 
+def test_storing_results_does_not_import_great_expectations() -> None:
+    """issue 16: dbt_build stores its dbt tests as the suite `dbt` (quality/results.py) and
+    never validates with GX: importing what it uses must not import GX (~2 s of CPU per
+    task process); loading a suite does."""
+    probe = textwrap.dedent(
+        """
+        import sys
+        import quality.results, quality.validate, quality.suites
+        assert "great_expectations" not in sys.modules, "imported with quality.results"
+        quality.suites.load_suite("source_db.orders")
+        assert "great_expectations" in sys.modules
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=300,
+    )
+
+
 def test_one_million_rows_in_bounded_memory(tmp_path: Path) -> None:
     """Written here, validated in a fresh process whose peak RSS is only the validation's."""
     import numpy as np
