@@ -248,7 +248,14 @@ def test_a_raw_read_is_caught() -> None:
 
 # --- no document names a file that does not exist -------------------------------------------
 
-DOCUMENTS = ("*.md", "docs/**/*.md", ".env.example", "Makefile", "docker-compose.yml")
+DOCUMENTS = (
+    "*.md",
+    "docs/**/*.md",
+    "dbt_project/*.md",
+    ".env.example",
+    "Makefile",
+    "docker-compose.yml",
+)
 REPO_PATH = re.compile(
     r"(?<![\w./$<{~-])"  # not the tail of a longer path, URL, variable or placeholder
     r"((?:\.?[A-Za-z0-9_-]+/)*\.?[A-Za-z0-9_-]+"
