@@ -182,6 +182,11 @@ bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL 
 	$(BIN)/python bench/bench_warehouse.py --orders 1000000
 	$(BIN)/python bench/bench_landing.py --rows 1000000  # local disk vs an S3 server on loopback
 
+.PHONY: bench-scale
+BENCH_SCALE_SIZES ?= 1000000,5000000,20000000
+bench-scale: $(STAMP) ## The same ~10k-order night on 1M/5M/20M-order histories (BENCH night lines, docs/bench-scale.png; PostgreSQL)
+	BENCH_SCALE_SIZES=$(BENCH_SCALE_SIZES) $(BIN)/python bench/bench_scale.py
+
 # Values users type on the command line reach recipes as quoted shell variables ("$$DATE"),
 # never pasted into the recipe's text: `make nightly DATE='…; rm -rf ~'` runs nothing.
 export SQL DATE FROM TO

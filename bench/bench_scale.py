@@ -1,0 +1,461 @@
+"""The curve (issue 16 §1): the same incremental night on histories of 1M, 5M, 20M orders.
+
+Usage: python bench/bench_scale.py [--sizes 1000000,5000000,20000000] [--night-orders 8000]
+Sizes also from BENCH_SCALE_SIZES; admin URL from NIGHTSHIFT_BENCH_PG_URL (default
+postgresql+psycopg://postgres@127.0.0.1:5432/postgres).
+
+For each size (history of N orders over --days days, seed 42):
+  source   the PostgreSQL template `nightshift_bench_wh_src_<N>` and its payments file,
+           generated once and cached by bench/bench_warehouse.py's prepare_source (the
+           same cache: either bench makes it for the other);
+  history  night 1 (`python -m pipeline.nightly --date <last day>`, a full load) on a
+           clone of it, once: its data dir (the published DuckDB warehouse, landing,
+           runs) is cached under data/bench/scale/<N>/ and copied for every measurement.
+           Its payments API serves only the payments updated in the last
+           --history-payment-days (2) days: the demo API pages 500 records at a time, a
+           full first read would take hours at 20M (raw.payments then holds those, not
+           every payment: the one table whose history is short);
+  change   `demo.generator.apply_next_day(orders_per_day=--night-orders)` on a fresh
+           clone (seed 43): --night-orders new orders, 5% more late ones (created 1-5
+           days earlier), ~1,500 status updates of old orders, 5% as many item deletes,
+           a few category and region moves: about 10,000 changed or new orders whatever
+           the history (the same change at every size);
+  night    the real steps in the DAG's order, each in a fresh child process (as Airflow
+           runs them): extract_source_db, load_source_db, extract_payments_api,
+           load_payments_api, dbt_build, transform_daily_sales, check_parity, publish,
+           build_report; the payments API is demo.run.running_api on loopback.
+
+Stage seconds are the steps' own timings (pipeline.run_metrics, imports excluded):
+extract = both extracts, load = both loads (their quality gates on the landed delta
+included, and load_source_db's begin_build: the copy of the published warehouse file),
+gates = check_parity (the ETL <-> ELT gate over the build), dbt, etl =
+transform_daily_sales, publish, report. Peak memory per stage is the largest
+process of the step's child tree (wait4's ru_maxrss: the child and its waited-for
+descendants such as dbt); the PostgreSQL server's memory is not counted.
+Ends with one line per size:
+BENCH night orders=N total_s=… extract_s=… load_s=… gates_s=… dbt_s=… etl_s=… publish_s=…
+report_s=… peak_rss_mib=…
+and draws docs/bench-scale.png (seconds per stage against history size; --png).
+The machine may be shared: seconds are noisy, ratios between sizes in one run less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from anywhere
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_warehouse as bw  # noqa: E402
+
+CACHE_DIR = ROOT / "data" / "bench" / "scale"
+DEFAULT_SIZES = "1000000,5000000,20000000"
+TOKEN = "bench-token"
+STEPS = (
+    "extract_source_db",
+    "load_source_db",
+    "extract_payments_api",
+    "load_payments_api",
+    "dbt_build",
+    "transform_daily_sales",
+    "check_parity",
+    "publish",
+    "build_report",
+)
+STAGES = {
+    "extract": ("extract_source_db", "extract_payments_api"),
+    "load": ("load_source_db", "load_payments_api"),
+    "gates": ("check_parity",),
+    "dbt": ("dbt_build",),
+    "etl": ("transform_daily_sales",),
+    "publish": ("publish",),
+    "report": ("build_report",),
+}
+
+
+# ----------------------------------------------------------------------------- child
+
+
+def child_step(step: str, day: date, inputs: Path, output: Path) -> None:
+    """Run one step of the night (this process is the step's fresh child)."""
+    import logging
+
+    from pipeline import nightly
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    given = json.loads(inputs.read_text()) if inputs.exists() else {}
+    fn = getattr(nightly, step)
+    if step == "extract_source_db":
+        result = fn(day, False)
+    elif step in ("publish", "build_report"):
+        stats = nightly.run_stats(
+            day,
+            given["extract_source_db"],
+            given["load_source_db"],
+            given["extract_payments_api"],
+            given["load_payments_api"],
+            given["transform_daily_sales"],
+            given["check_parity"],
+        )
+        result = fn(day, stats)
+    else:
+        result = fn(day)
+    output.write_text(json.dumps(result, default=str))
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _env(source: str, data_dir: Path, work: Path, api: str | None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AIRFLOW_CONN_SOURCE_DB": source,
+        "NIGHTSHIFT_DATA_DIR": str(data_dir),
+        "REPORT_TZ": bw.REPORT_TZ,
+        "NIGHTSHIFT_NO_AIRFLOW_LOOKUP": "1",
+        "AIRFLOW_HOME": str(work / "airflow"),
+    }
+    for name in ("AIRFLOW_CONN_WAREHOUSE", "WAREHOUSE_PATH", "DBT_TARGET", "LANDING_DIR"):
+        env.pop(name, None)
+    if api is not None:
+        env["AIRFLOW_CONN_PAYMENTS_API"] = api
+    return env
+
+
+def history(
+    admin: str, orders: int, days: int, timeout_s: float, payment_days: int
+) -> tuple[Path, Path, date, str]:
+    """(cached data dir after night 1, payments file, last day, template): night 1 run
+    once per size and parameters, then reused. `payment_days` > 0: night 1's payments
+    API serves only the payments updated in the history's last `payment_days` days."""
+    import sqlite3
+    from datetime import timedelta
+
+    from demo.run import running_api
+
+    template, payments, end = bw.prepare_source(admin, orders, days)
+    key = bw.source_key(orders, days, end) + f" history_payment_days={payment_days}"
+    cache = CACHE_DIR / str(orders)
+    if (cache / "key").is_file() and (cache / "key").read_text() == key:
+        print(f"reusing the history night of {orders}: {cache}", file=sys.stderr)
+        return cache / "data", payments, end, template
+    shutil.rmtree(cache, ignore_errors=True)
+    building = cache.with_name(f"{orders}.tmp")
+    shutil.rmtree(building, ignore_errors=True)
+    (building / "data").mkdir(parents=True)
+    source = bw.clone_source(admin, template, f"{template}_scale")
+    pay = building / "payments.db"
+    shutil.copyfile(payments, pay)
+    if payment_days > 0:
+        since = (end - timedelta(days=payment_days - 1)).isoformat()
+        with sqlite3.connect(pay) as db:
+            gone = db.execute("delete from payments where updated_at < ?", (since,)).rowcount
+        print(
+            f"history of {orders}: {gone} payments updated before {since} left out", file=sys.stderr
+        )
+    try:
+        with running_api(pay, token=TOKEN) as api:
+            env = _env(source, building / "data", building, api)
+            started = time.perf_counter()
+            night = bw.run_night(env, end, building / "night1.log", timeout_s)
+            print(
+                f"history night {orders} ({end}): {time.perf_counter() - started:.0f}s, "
+                f"peak rss {night['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
+    finally:
+        bw._drop_db(admin, f"{template}_scale")
+    shutil.rmtree(building / "airflow", ignore_errors=True)
+    (building / "key").write_text(key)
+    os.replace(building, cache)
+    return cache / "data", payments, end, template
+
+
+def _run_child(step: str, day: date, env: dict[str, str], work: Path, timeout_s: float) -> dict:
+    out = work / f"{step}.json"
+    log_path = work / f"{step}.log"
+    started = time.perf_counter()
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                step,
+                "--date",
+                day.isoformat(),
+                "--inputs",
+                str(work / "inputs.json"),
+                "--output",
+                str(out),
+            ],  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            raise
+    wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-30:])
+        raise RuntimeError(f"step {step} failed ({code}); log {log_path}:\n{tail}")
+    record = json.loads((Path(env["NIGHTSHIFT_DATA_DIR"]) / "runs" / day.isoformat() / "steps" / f"{step}.json").read_text())  # fmt: skip
+    return {
+        "result": json.loads(out.read_text()),
+        "seconds": float(record["seconds"]),
+        "wall_s": wall,
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # KiB on Linux
+        "log": log_path.read_text(),
+    }
+
+
+def measure(admin: str, orders: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The incremental night after a history of `orders` orders."""
+    from demo.generator import apply_next_day
+    from demo.run import running_api
+
+    cached, payments, end, template = history(
+        admin, orders, args.days, args.night_timeout, args.history_payment_days
+    )
+    work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{orders}-"))
+    try:
+        data_dir = work / "data"
+        started = time.perf_counter()
+        shutil.copytree(cached, data_dir)
+        source = bw.clone_source(admin, template, f"{template}_scale")
+        pay = work / "payments.db"
+        shutil.copyfile(payments, pay)
+        # the payments store as night 1 read it (the cached template's), plus the change
+        prepare_s = time.perf_counter() - started
+        started = time.perf_counter()
+        change = apply_next_day(
+            source.replace("postgresql://", "postgresql+psycopg://", 1),
+            seed=bw.NEXT_DAY_SEED,
+            payments_db=pay,
+            orders_per_day=args.night_orders,
+        )
+        change_s = time.perf_counter() - started
+        day = date.fromisoformat(str(change["date"]))
+        changed = (
+            change["new_orders"]
+            + change["late_orders"]
+            + len(change["status_updates"])
+            + len(change["deleted_item_ids"])
+        )
+        print(
+            f"{orders}: copied the history in {prepare_s:.0f}s, change of {day} in "
+            f"{change_s:.1f}s: {change['new_orders']} new, {change['late_orders']} late, "
+            f"{len(change['status_updates'])} status updates, {len(change['deleted_item_ids'])} "
+            f"item deletes, {len(change['category_moves'])} category and "
+            f"{len(change['region_moves'])} region moves; {len(change['touched_days'])} days "
+            "touched",
+            file=sys.stderr,
+        )
+        steps: dict[str, dict] = {}
+        inputs: dict[str, Any] = {}
+        with running_api(pay, token=TOKEN) as api:
+            env = _env(source, data_dir, work, api)
+            for step in STEPS:
+                (work / "inputs.json").write_text(json.dumps(inputs, default=str))
+                steps[step] = _run_child(step, day, env, work, args.night_timeout)
+                inputs[step] = steps[step]["result"]
+                print(
+                    f"  {orders} {step}: {steps[step]['seconds']:.2f}s "
+                    f"(child wall {steps[step]['wall_s']:.2f}s) "
+                    f"peak {steps[step]['peak_rss_mib']:.0f} MiB",
+                    file=sys.stderr,
+                )
+        logs = args.json.parent / f"logs-{orders}"  # for profiling: each step's own log
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir(parents=True)
+        for step in STEPS:
+            (logs / f"{step}.log").write_text(steps[step]["log"])
+        copy = re.findall(r"build copy \S+ \(([\d.]+) MiB\) in ([\d.]+)s", steps["load_source_db"]["log"])  # fmt: skip
+        warehouse = data_dir / "warehouse.duckdb"
+        return {
+            "orders": orders,
+            "day": day.isoformat(),
+            "changed_orders": changed,
+            "touched_days": len(change["touched_days"]),
+            "restated_days": len(inputs["load_source_db"].get("restated_days", [])),
+            "steps": {
+                k: {kk: v[kk] for kk in ("seconds", "wall_s", "peak_rss_mib")}
+                for k, v in steps.items()
+            },
+            "build_copy_mib": float(copy[-1][0]) if copy else None,
+            "build_copy_s": float(copy[-1][1]) if copy else None,
+            "dbt_elapsed_s": inputs["dbt_build"].get("elapsed_s"),
+            "dbt_slowest": inputs["dbt_build"].get("slowest", [])[:5],
+            "warehouse_mib": warehouse.stat().st_size / 2**20,
+        }
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+            bw._drop_db(admin, f"{template}_scale")
+        else:
+            print(f"kept {work} and {template}_scale", file=sys.stderr)
+
+
+def stages(night: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """stage -> (seconds, peak RSS MiB)."""
+    return {
+        stage: (
+            sum(night["steps"][s]["seconds"] for s in members),
+            max(night["steps"][s]["peak_rss_mib"] for s in members),
+        )
+        for stage, members in STAGES.items()
+    }
+
+
+def bench_line(night: dict[str, Any]) -> str:
+    per = stages(night)
+    total = sum(s for s, _ in per.values())
+    peak = max(m for _, m in per.values())
+    return (
+        f"BENCH night orders={night['orders']} total_s={total:.1f} "
+        + " ".join(f"{stage}_s={seconds:.2f}" for stage, (seconds, _) in per.items())
+        + f" peak_rss_mib={peak:.0f} "
+        + " ".join(f"{stage}_rss_mib={rss:.0f}" for stage, (_, rss) in per.items())
+        + f" changed_orders={night['changed_orders']} restated_days={night['restated_days']}"
+        f" warehouse_mib={night['warehouse_mib']:.0f}"
+    )
+
+
+def growth_table(nights: list[dict[str, Any]]) -> str:
+    base = stages(nights[0])
+    head = f"{'stage':10}" + "".join(f"{n['orders'] // 1_000_000:>9}M s" for n in nights)
+    head += "".join(f"{str(n['orders'] // 1_000_000) + 'M/1M':>10}" for n in nights[1:])
+    lines = [head]
+    for stage in STAGES:
+        per = [stages(n)[stage][0] for n in nights]
+        lines.append(
+            f"{stage:10}"
+            + "".join(f"{v:>11.2f}" for v in per)
+            + "".join(f"{v / base[stage][0] if base[stage][0] else float('nan'):>10.2f}" for v in per[1:])
+        )  # fmt: skip
+    totals = [sum(s for s, _ in stages(n).values()) for n in nights]
+    lines.append(
+        f"{'total':10}"
+        + "".join(f"{v:>11.2f}" for v in totals)
+        + "".join(f"{v / totals[0]:>10.2f}" for v in totals[1:])
+    )
+    return "\n".join(lines)
+
+
+def draw(nights: list[dict[str, Any]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [n["orders"] / 1e6 for n in nights]
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(12, 5))
+    for stage in STAGES:
+        ax.plot(sizes, [stages(n)[stage][0] for n in nights], marker="o", label=stage)
+        mem.plot(sizes, [stages(n)[stage][1] for n in nights], marker="o", label=stage)
+    ax.plot(
+        sizes,
+        [sum(s for s, _ in stages(n).values()) for n in nights],
+        marker="s",
+        color="black",
+        label="total",
+    )
+    ax.set_xscale("log")
+    mem.set_xscale("log")
+    for a in (ax, mem):
+        a.set_xlabel("history (million orders)")
+        a.set_xticks(sizes, [f"{s:g}M" for s in sizes])
+        a.grid(True, alpha=0.3)
+    ax.set_ylabel("seconds (the step's own timing)")
+    ax.set_title(f"Incremental night (~{nights[0]['changed_orders']:,} changed orders) by stage")
+    mem.set_ylabel("peak RSS MiB (largest process of the step)")
+    mem.axhline(1024, color="red", linestyle="--", linewidth=1, label="1 GiB target")
+    mem.set_title("Peak memory by stage")
+    ax.legend(fontsize=8)
+    mem.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"drew {png}", file=sys.stderr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=os.environ.get("BENCH_SCALE_SIZES", DEFAULT_SIZES))
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--night-orders", type=int, default=8000)
+    parser.add_argument("--night-timeout", type=float, default=7200)
+    parser.add_argument("--png", type=Path, default=ROOT / "docs" / "bench-scale.png")
+    parser.add_argument("--json", type=Path, default=CACHE_DIR / "last.json")
+    parser.add_argument(
+        "--history-payment-days",
+        type=int,
+        default=2,
+        help="night 1 reads only the payments updated in the history's last N days through "
+        "the demo API (0: all; the API pages 500 at a time: ~6 min per million on an idle "
+        "2-CPU machine, hours at 20M); the measured night's API holds every payment",
+    )
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="no run: the lines, table and chart of earlier runs' --json files",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--date", type=date.fromisoformat, help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_step(args.child, args.date, args.inputs, args.output)
+        return 0
+    nights = []
+    if args.from_json:
+        found = {n["orders"]: n for f in args.from_json for n in json.loads(f.read_text())}
+        nights = [found[k] for k in sorted(found)]
+        for night in nights:
+            print(bench_line(night))
+    else:
+        admin = os.environ.get("NIGHTSHIFT_BENCH_PG_URL", bw.DEFAULT_ADMIN)
+        sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
+        load = os.getloadavg()
+        print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs")
+        for orders in sizes:
+            nights.append(measure(admin, orders, args))
+            print(bench_line(nights[-1]), flush=True)
+    print(growth_table(nights))
+    for night in nights:
+        print(
+            f"{night['orders']}: build copy {night['build_copy_mib']} MiB in "
+            f"{night['build_copy_s']}s, dbt elapsed {night['dbt_elapsed_s']}s, slowest "
+            + ", ".join(f"{n} {s:.2f}s" for n, s in night["dbt_slowest"])
+        )
+    if not args.from_json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(nights, indent=2, default=str))
+    if len(nights) > 1:
+        draw(nights, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
