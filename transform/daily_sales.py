@@ -142,12 +142,18 @@ def _rows(table: pa.Table) -> list[tuple]:
 def _existing_tables(reader: _Reader, schema: str) -> dict[str, set[str]]:
     """{table: {column, ...}} of a published schema's tables in the reader's state."""
     found: dict[str, set[str]] = {}
+    actual = reader.schema(schema)
+    name = str
+    if reader.warehouse.kind == "snowflake":  # the catalog holds upper-case names
+        from warehouse.backends.snowflake import physical_name, result_name
+
+        actual, name = physical_name(actual), result_name
     result = reader.read_arrow(
         "select table_name, column_name from information_schema.columns where table_schema = ?",
-        [reader.schema(schema)],
+        [actual],
     )
     for table, column in _rows(result):
-        found.setdefault(table, set()).add(column)
+        found.setdefault(name(table), set()).add(name(column))
     return found
 
 

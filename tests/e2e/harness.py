@@ -69,6 +69,15 @@ CONTRACT_TYPES = {
         ("daily_sales", "category"): "text",
         ("daily_sales", "order_count"): "bigint",
     },
+    "snowflake": {
+        ("sales_summary", "total_sales_usd"): "NUMBER(18,2)",
+        ("sales_summary", "order_count"): "NUMBER(38,0)",
+        ("sales_summary", "date"): "DATE",
+        ("sales_summary", "region"): "TEXT",
+        ("daily_sales", "total_sales_usd"): "NUMBER(18,2)",
+        ("daily_sales", "category"): "TEXT",
+        ("daily_sales", "order_count"): "NUMBER(38,0)",
+    },
 }
 
 
@@ -81,6 +90,13 @@ def column_types(warehouse: Any) -> dict[tuple[str, str], str]:
             "'numeric(' || numeric_precision || ',' || numeric_scale || ')' "
             "when data_type = 'character varying' then 'text' else data_type end "
             "from information_schema.columns where table_schema = 'analytics'"
+        )
+    elif wh.kind == "snowflake":  # upper-case names; NUMBER with its precision and scale
+        sql = (
+            "select lower(table_name), lower(column_name), case when data_type = 'NUMBER' "
+            "then 'NUMBER(' || numeric_precision || ',' || numeric_scale || ')' "
+            "else data_type end from information_schema.columns "
+            "where table_schema = 'ANALYTICS'"
         )
     else:
         sql = (

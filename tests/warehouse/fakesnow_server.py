@@ -20,11 +20,17 @@ from pathlib import Path
 DATABASE = "NIGHTSHIFT"
 
 # The child prints its port once the server listens, then waits for stdin to close.
+# Its logs (uvicorn's access log on stdout) go to stderr: a stdout pipe nobody reads
+# would fill up and stop the server mid-request.
 _SERVER = """
-import json, sys
+import faulthandler, json, os, signal, sys
+port_out = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 import fakesnow
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 with fakesnow.server(host="127.0.0.1") as kwargs:
-    print(json.dumps({"port": kwargs["port"]}), flush=True)
+    port_out.write(json.dumps({"port": kwargs["port"]}) + chr(10))
+    port_out.flush()
     sys.stdin.read()
 """
 

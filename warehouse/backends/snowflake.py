@@ -128,6 +128,57 @@ def snowflake_sql(sql: str) -> str:
     return "".join(out)
 
 
+_SUM = re.compile(r"\bsum\s*\(", re.I)
+
+
+def exact_sums(sql: str) -> str:
+    """fakesnow 0.12.1 only: `sum(x)` → `sum(cast(x as number(38, 12)))`. fakesnow wraps
+    an aggregate's argument in `TRY_CAST(… AS DOUBLE)` unless it is a cast already
+    (its `numeric_agg_implicit_cast`), so a sum of NUMBER(12,2) money comes back a
+    float; real Snowflake sums NUMBER exactly, and this is never applied to it."""
+    out: list[str] = []
+    i = 0
+    quote: str | None = None
+    while i < len(sql):
+        ch = sql[i]
+        if quote:
+            out.append(ch)
+            if ch == quote:
+                quote = None
+            i += 1
+            continue
+        if ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+            i += 1
+            continue
+        m = _SUM.match(sql, i)
+        if m and (i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+            depth, j, q = 1, m.end(), None
+            while j < len(sql) and depth:
+                c = sql[j]
+                if q:
+                    q = None if c == q else q
+                elif c in ("'", '"'):
+                    q = c
+                elif c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                j += 1
+            inner = sql[m.end() : j - 1]
+            if depth or inner.strip() == "*" or inner.strip().lower().startswith("distinct"):
+                out.append(sql[i : m.end()])
+                i = m.end()
+                continue
+            out.append(f"sum(cast({exact_sums(inner)} as number(38, 12)))")
+            i = j
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def split_statements(sql: str) -> list[str]:
     """`;`-separated statements (outside quotes), empty ones dropped."""
     parts: list[str] = []
@@ -280,7 +331,7 @@ class _Cursor:
 _DDL = re.compile(r"^\s*(create|alter|drop|truncate|undrop|comment|grant|revoke|put)\b", re.I)
 
 
-def _phys(name: str) -> str:
+def physical_name(name: str) -> str:
     """The physical (catalog) name of an identifier, as information_schema lists it."""
     return name.upper() if _LOWER_PLAIN.match(name) else name
 
@@ -310,10 +361,10 @@ class SnowflakeSession:
         ddl = self.in_transaction and _DDL.match(sql) is not None
         if ddl:  # what Snowflake does implicitly, done in the open (fakesnow needs it)
             cur.execute("commit")
-        cur.execute(
-            snowflake_sql(substitute_schemas(sql, self.schemas)),
-            list(params) if params else None,
-        )
+        text = snowflake_sql(substitute_schemas(sql, self.schemas))
+        if self.emulator == "fakesnow":
+            text = exact_sums(text)
+        cur.execute(text, list(params) if params else None)
         if ddl:
             self.con.cursor().execute("begin")
         return cur
@@ -338,7 +389,7 @@ class SnowflakeSession:
         row = self.fetchone(
             "select count(*) from information_schema.tables "
             "where table_schema = ? and table_name = ?",
-            [_phys(self.schemas.get(schema, schema)), _phys(table)],
+            [physical_name(self.schemas.get(schema, schema)), physical_name(table)],
         )
         return bool(row and row[0])
 
@@ -476,7 +527,22 @@ class SnowflakeSession:
         with tempfile.TemporaryDirectory(prefix="nightshift-arrow-") as tmp:
             path = Path(tmp) / "rows.parquet"
             pq.write_table(data, path)
-            return self._copy(relation, self._put([path]))
+            if self.emulator != "fakesnow":
+                return self._copy(relation, self._put([path]))
+            # fakesnow 0.12.1 cannot COPY INTO a temporary table (see stage_parquet)
+            transient = ident(f"ns_copy_{secrets.token_hex(4)}")
+            columns = ", ".join(
+                f"{ident(f.name)} {_arrow_to_snowflake(f.type)}" for f in data.schema
+            )
+            names = ", ".join(ident(n) for n in data.column_names)
+            self.execute(f"create transient table {transient} ({columns})")
+            try:
+                self._copy(transient, self._put([path]))
+                return self.execute(
+                    f"insert into {relation} ({names}) select {names} from {transient}"
+                )
+            finally:
+                self.execute(f"drop table if exists {transient}")
 
 
 class SnowflakeWarehouse(SessionColumns):
@@ -527,6 +593,8 @@ class SnowflakeWarehouse(SessionColumns):
             raise WarehouseError(INSTALL_HINT) from None
         kwargs = {k: v for k, v in self.connection.items() if k != "database"}
         kwargs["paramstyle"] = "qmark"
+        # NUMBER(p,s) rows as Decimal, not float (the gates compare money exactly)
+        kwargs["arrow_number_to_decimal"] = True
         try:
             con = snowflake.connector.connect(**kwargs)
             cur = con.cursor()
@@ -781,7 +849,7 @@ class SnowflakeWarehouse(SessionColumns):
         cur.execute(
             "select table_name from information_schema.tables "
             "where table_schema = ? and table_type in ('BASE TABLE', 'TABLE') order by 1",
-            (_phys(schema),),
+            (physical_name(schema),),
         )
         return [r[0] for r in cur.fetchall()]
 
