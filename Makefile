@@ -181,6 +181,7 @@ bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL 
 	$(BIN)/python bench/bench_api_extract.py --payments 100000 1000000  # peak memory flat in the window
 	$(BIN)/python bench/bench_warehouse.py --orders 1000000
 	$(BIN)/python bench/bench_landing.py --rows 1000000  # local disk vs an S3 server on loopback
+	$(BIN)/python bench/bench_night_fixed.py --orders-per-day 1000  # issue 16 §2: a 60k-order night's fixed costs
 
 .PHONY: bench-scale
 BENCH_SCALE_SIZES ?= 1000000,5000000,20000000
