@@ -540,7 +540,16 @@ def _key_batches(
     batch_size: int,
     where: Any = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Every key of `table` (keys only: cheap), streamed; `where` restricts it (a shard)."""
+    """Every key of `table`, streamed; `where` restricts it (a shard).
+
+    The key set grows with the table's history, not with the night's change (issue 16).
+    On PostgreSQL it is read by the binary COPY decoder in the run's snapshot, unordered
+    (the load takes the distinct keys), as the table's rows are: 2.6M keys in 5-7 s
+    instead of 22-25 s as SQLAlchemy rows (a busy 2-CPU machine). A shard's filter keeps
+    the generic read."""
+    if where is None and conn.dialect.name == "postgresql":
+        yield from auto_read_batches(conn, table, schema, None, {}, batch_size)
+        return
     stmt = sa.select(table.c[key]).order_by(table.c[key])
     if where is not None:
         stmt = stmt.where(where)

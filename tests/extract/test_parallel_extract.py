@@ -219,3 +219,39 @@ def test_sharded_postgres_source_with_parallel_ranges(
             tb = _landed(tmp_path / "parallel", run, table)
             assert ta.equals(tb), (shard, table)
             assert ta.num_rows and {i % 8 < 4 for i in ta["id"].to_pylist()} == {shard == "a"}
+
+
+def test_postgres_key_set_is_read_by_the_copy_decoder(
+    pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key set of a `reconcile_deletes` table grows with the history, not the night:
+    on PostgreSQL it is read by binary COPY (issue 16), incremental night included, and
+    holds every key of the source, the deleted item's gone."""
+    import extract.pg_copy as pg_copy
+
+    generate(pg_database, seed=23, days=3, end_date=END, orders_per_day=40)
+    read: list[tuple[str, tuple[str, ...]]] = []
+    real = pg_copy.stream_pg_batches
+
+    def recording(url, **kwargs) -> Iterator:
+        read.append((kwargs["table"], tuple(kwargs["columns"])))
+        yield from real(url, **kwargs)
+
+    monkeypatch.setattr(pg_copy, "stream_pg_batches", recording)
+    warehouse = tmp_path / "warehouse.duckdb"
+    _extract(pg_database, tmp_path / "l", "r1", warehouse)
+    load_source_db(warehouse, tmp_path / "l", "r1", "UTC")
+    summary = apply_next_day(pg_database, seed=24, orders_per_day=40)
+    read.clear()
+    m = _extract(pg_database, tmp_path / "l", "r2", warehouse)
+    assert ("order_items", ("id",)) in read
+    engine = sa.create_engine(sqlalchemy_url(pg_database))
+    try:
+        with engine.connect() as conn:
+            source = {r[0] for r in conn.execute(sa.text("select id from order_items"))}
+    finally:
+        engine.dispose()
+    keys = _landed(tmp_path / "l", "r2", "order_items__keys")["id"].to_pylist()
+    assert len(keys) == len(set(keys)) == m["order_items__keys"]["rows"]
+    assert set(keys) == source
+    assert not set(summary["deleted_item_ids"]) & set(keys)
