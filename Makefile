@@ -14,7 +14,10 @@ _dotenv_value = $(shell sed -n 's/^$(1)=//p' .env | tail -n 1 | tr -d '\r' | sed
 $(foreach n,$(sort $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=[[:space:]]*[^[:space:]].*/\1/p' .env)),\
   $(if $(filter environment% command%,$(origin $(n))),,\
     $(eval $(n) := $$(call _dotenv_value,$(n)))\
-    $(if $($(n)),$(eval export $(n)),$(eval undefine $(n)))))
+    $(if $($(n)),$(eval export $(n))$(eval _DOTENV_NAMES += $(n)),$(eval undefine $(n)))))
+# the names it set, so the test suite can drop them (tests/conftest.py): `make test` runs
+# against the test servers, never against the warehouse or landing zone a `.env` names
+export NIGHTSHIFT_DOTENV_NAMES := $(strip $(_DOTENV_NAMES))
 endif
 
 PYTHON ?= python3.11

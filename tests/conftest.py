@@ -9,6 +9,13 @@ import pytest
 
 from tests.servers import fresh_database, mariadb_server, postgres_server
 
+# `make` exports `.env` (a compose or production set-up) to its recipes: the suite runs
+# against its own servers and folders, so what `.env` set is dropped here (the Makefile
+# lists the names in NIGHTSHIFT_DOTENV_NAMES; the test servers' NIGHTSHIFT_TEST_* stay).
+for _name in os.environ.pop("NIGHTSHIFT_DOTENV_NAMES", "").split():
+    if not _name.startswith("NIGHTSHIFT_TEST_"):
+        os.environ.pop(_name, None)
+
 # Telemetry off for everything the tests start.
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

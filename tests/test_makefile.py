@@ -181,3 +181,47 @@ def test_make_runs_without_an_env_file(tmp_path: Path) -> None:
             check=True,
         ).stdout
     )
+
+
+def test_the_test_suite_drops_what_env_file_set(tmp_path: Path) -> None:
+    """`make test` sees `.env` like every recipe; tests/conftest.py drops what it set
+    (named by the Makefile in NIGHTSHIFT_DOTENV_NAMES) so the suite never runs against a
+    warehouse or landing zone a `.env` names; the test servers' URLs and the shell's own
+    variables stay."""
+    (tmp_path / ".env").write_text(
+        "AIRFLOW_CONN_WAREHOUSE=postgresql://u@prod-host/wh\n"
+        "NIGHTSHIFT_TEST_PG_URL=postgresql://postgres@127.0.0.1:5432/postgres\n"
+        "NSX_SHELL=from-file\n"
+    )
+    (tmp_path / "probe.mk").write_text(  # the suite's conftest loaded as a plugin
+        ".PHONY: _probe\n_probe:\n\t@PYTHONPATH=$(ROOT) $(BIN)/python -m pytest -q "
+        "-p no:cacheprovider -p tests.conftest -o addopts= test_probe.py\n"
+    )
+    (tmp_path / "test_probe.py").write_text(
+        "import os\n\n"
+        "def test_probe():\n"
+        "    assert 'AIRFLOW_CONN_WAREHOUSE' not in os.environ\n"
+        "    assert 'NIGHTSHIFT_DOTENV_NAMES' not in os.environ\n"
+        "    assert os.environ['NIGHTSHIFT_TEST_PG_URL'].endswith('/postgres')\n"
+        "    assert os.environ['NSX_SHELL'] == 'from-shell'\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("NSX_", "AIRFLOW_CONN_"))}
+    base.pop("NIGHTSHIFT_TEST_PG_URL", None)
+    done = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-f",
+            str(ROOT / "Makefile"),
+            "-f",
+            "probe.mk",
+            "_probe",
+            f"BIN={ROOT / '.venv' / 'bin'}",
+            f"ROOT={ROOT}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**base, "NSX_SHELL": "from-shell"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
