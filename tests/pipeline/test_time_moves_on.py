@@ -164,18 +164,16 @@ def test_a_day_that_has_not_started_is_refused(monkeypatch: pytest.MonkeyPatch) 
 def test_a_warehouse_the_nightly_cannot_run_on_or_another_dbt_target_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A configured warehouse the nightly is not wired for (Snowflake) or a DBT_TARGET
+    """A configured warehouse the nightly is not wired for (BigQuery) or a DBT_TARGET
     that disagrees with the warehouse stops the run naming the setting (never the
     password), instead of the nightly silently building another warehouse."""
     from pipeline.settings import ConfigError
 
     monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-21T03:00:00Z")
     monkeypatch.delenv("DBT_TARGET", raising=False)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WAREHOUSE", "snowflake://etl:s3cret@acct/db?warehouse=wh&role=r"
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "bigquery://etl:s3cret@project/dataset")
     with pytest.raises(
-        ConfigError, match=r"configured as snowflake .*duckdb and postgres"
+        ConfigError, match=r"configured as bigquery .*duckdb and postgres and snowflake"
     ) as caught:
         nightly.extract_source_db(date(2026, 11, 20))
     assert "s3cret" not in str(caught.value)

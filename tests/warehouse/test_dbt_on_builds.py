@@ -273,8 +273,8 @@ def test_duckdb_target_is_the_build_file(tmp_path: Path) -> None:
 
 
 def test_a_kind_without_a_target_is_refused() -> None:
-    class Snowflakeish:
-        kind = "snowflake"
+    class BigQueryish:
+        kind = "bigquery"
 
-    with pytest.raises(WarehouseError, match="cannot run on a snowflake warehouse yet"):
-        dbt_target(Snowflakeish())  # type: ignore[arg-type]
+    with pytest.raises(WarehouseError, match="cannot run on a bigquery warehouse yet"):
+        dbt_target(BigQueryish())  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """warehouse/backends/snowflake.py and dbt-snowflake against fakesnow's server.
 
-The main .venv has no Snowflake connector (fakesnow pins its own duckdb, dbt-snowflake
-conflicts with Airflow's pins): the raw tables of test_dbt_project.py are written as
+fakesnow pins its own duckdb and dbt-snowflake conflicts with Airflow's pins, so both
+live in .venv-adapters (the main .venv has the connector: the nightly on Snowflake is
+tests/e2e/test_snowflake_nightly_emulated.py). Here the raw tables of test_dbt_project.py are written as
 Parquet here, and tests/warehouse/snowflake_emulated.py runs them in `.venv-adapters`
 (created by `make adapters-venv` when missing, like test_dbt_adapters.py) against
 `fakesnow.server()` on loopback, writing what it saw as JSON.
@@ -126,19 +127,16 @@ def test_dbt_build_with_dbt_snowflake_on_fakesnow(emulated: dict) -> None:
     assert dbt["sales_summary"] == expected
 
 
-def test_main_venv_imports_the_module_and_names_what_to_install() -> None:
-    """.venv has no Snowflake connector: the module imports, `backend_for` says where to
-    run it (the emulated tests above are where it runs)."""
-    try:
-        import snowflake.connector  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.fail(".venv now has snowflake-connector-python: this test assumes it has not")
+def test_backend_for_a_snowflake_url_and_its_options() -> None:
+    """The connector is in .venv: `backend_for` gives the Snowflake warehouse of the URL;
+    `emulator=fakesnow` is a URL option of ours, never passed to the connector."""
+    from warehouse.backends.snowflake import SnowflakeWarehouse
+
     url = "snowflake://etl:secret@acme-eu1/analytics_db?warehouse=wh&role=etl"
     settings = SimpleNamespace(warehouse_backend=lambda: "snowflake", warehouse_url=lambda: url)
-    with pytest.raises(WarehouseError, match=r"\.venv-adapters"):
-        backend_for(settings)
+    wh = backend_for(settings)
+    assert isinstance(wh, SnowflakeWarehouse) and wh.emulator is None
+    assert "secret" not in wh.describe()
     assert connect_kwargs(url) == {
         "user": "etl",
         "password": "secret",
@@ -147,10 +145,68 @@ def test_main_venv_imports_the_module_and_names_what_to_install() -> None:
         "warehouse": "wh",
         "role": "etl",
     }
-    emulated = connect_kwargs(
-        "snowflake://fake:snow@127.0.0.1:8123/NIGHTSHIFT?account=fakesnow&protocol=http"
-    )
+    fake = "snowflake://fake:snow@127.0.0.1:8123/NIGHTSHIFT?account=fakesnow&protocol=http"
+    emulated = connect_kwargs(fake + "&emulator=fakesnow")
+    assert "emulator" not in emulated
     assert emulated["host"] == "127.0.0.1" and emulated["port"] == 8123
     assert emulated["account"] == "fakesnow" and emulated["protocol"] == "http"
+    assert SnowflakeWarehouse(fake + "&emulator=fakesnow").emulator == "fakesnow"
+    with pytest.raises(WarehouseError, match="emulator"):
+        SnowflakeWarehouse(fake + "&emulator=localstack")
     with pytest.raises(WarehouseError, match="unknown snowflake:// URL options: bogus"):
         connect_kwargs(url + "&bogus=1")
+
+
+def test_snowflake_sql_folds_quoted_lower_case_names_and_rewrites_idioms() -> None:
+    from warehouse.backends.snowflake import exact_sums, snowflake_sql, split_statements
+
+    sql = (
+        'select "id", "Total", "order-ref", now(), cast(timezone(?, o.created_at) as date), '
+        '\'now() "x"\' from "raw__build_a1"."orders" o; '
+        "create table t (d json not null)"
+    )
+    assert snowflake_sql(sql) == (
+        'select "ID", "Total", "order-ref", current_timestamp(), '
+        "cast(convert_timezone(?, o.created_at) as date), "
+        '\'now() "x"\' from "RAW__BUILD_A1"."ORDERS" o; '
+        "create table t (d varchar not null)"
+    )
+    assert snowflake_sql("select count(*) filter (where x > 1) from t") == (
+        "select count_if(x > 1) from t"
+    )
+    assert split_statements("a; b ';' ; ;c") == ["a", "b ';'", "c"]
+    assert exact_sums("select sum(a * (b + 1)), sum(distinct c), count(*), summary(d)") == (
+        "select sum(cast(a * (b + 1) as number(38, 12))), sum(distinct c), count(*), summary(d)"
+    )
+
+
+def test_dbt_target_of_a_snowflake_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """dbt on a Snowflake build: dbt-snowflake's executable (DBT_SNOWFLAKE_EXECUTABLE),
+    the credentials through the environment only, the build's schema suffix."""
+    from warehouse.backends.base import Build
+    from warehouse.backends.snowflake import SnowflakeWarehouse
+    from warehouse.dbt_runner import dbt_target
+
+    wh = SnowflakeWarehouse(
+        "snowflake://etl:s3cret@127.0.0.1:8123/NIGHTSHIFT?account=fakesnow&protocol=http"
+        "&warehouse=wh&role=r&emulator=fakesnow"
+    )
+    token = "2026_11_18_abc123"
+    build = Build("snowflake", "2026-11-18", token, 0, wh._build_schemas(token))
+    monkeypatch.setenv("DBT_SNOWFLAKE_EXECUTABLE", str(tmp_path / "missing-dbt"))
+    with pytest.raises(WarehouseError, match="make adapters-venv"):
+        dbt_target(wh, build)
+    dbt = tmp_path / "dbt"
+    dbt.write_text("")
+    monkeypatch.setenv("DBT_SNOWFLAKE_EXECUTABLE", str(dbt))
+    target = dbt_target(wh, build)
+    assert target.name == "snowflake" and target.executable == dbt
+    assert target.env["DBT_SNOWFLAKE_PASSWORD"] == "s3cret"
+    assert "s3cret" not in repr(target)
+    assert target.env["DBT_NIGHTSHIFT_SCHEMA_SUFFIX"] == f"__build_{token}"
+    assert target.env["DBT_SNOWFLAKE_SCHEMA"] == f"staging__build_{token}"
+    assert target.env["DBT_SNOWFLAKE_HOST"] == "127.0.0.1"
+    assert target.env["DBT_SNOWFLAKE_PORT"] == "8123"
+    assert target.env["DBT_SNOWFLAKE_THREADS"] == "1"  # fakesnow: one at a time
+    with pytest.raises(WarehouseError, match="needs a build"):
+        dbt_target(wh, None)

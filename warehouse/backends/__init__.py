@@ -1,9 +1,9 @@
 """The warehouse backends: `backend_for(...)` returns the `Warehouse` the settings name.
 
 `AIRFLOW_CONN_WAREHOUSE` unset: DuckDB at `WAREHOUSE_PATH` (the default);
-`postgresql://…` (or `postgres://`): PostgreSQL; `snowflake://…`: Snowflake (needs
-snowflake-connector-python: run from `.venv-adapters`). BigQuery is planned
-(docs/warehouse-backends.md). The nightly runs on DuckDB and PostgreSQL.
+`postgresql://…` (or `postgres://`): PostgreSQL; `snowflake://…`: Snowflake
+(`?emulator=fakesnow` for fakesnow's server). BigQuery is planned
+(docs/warehouse-backends.md). The nightly runs on DuckDB, PostgreSQL and Snowflake.
 """
 
 from __future__ import annotations
