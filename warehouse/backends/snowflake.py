@@ -970,9 +970,9 @@ class SnowflakeWarehouse(SessionColumns):
                 cur.execute(f"select RUN_ID, GENERATION from {c}.PUBLISH_STATE")
                 other, generation = cur.fetchone()
                 raise PublishConflictError(
-                    f"not published: {self.describe()}: run {other} published (generation "
-                    f"{generation}) since build {build.token} began from generation "
-                    f"{build.base}; this build would revert that publish. Rerun the day."
+                    f"not published: {self.describe()}: run {other} published since build "
+                    f"{build.token} began (base generation {build.base}, now {generation}); "
+                    "this build would revert that publish. Rerun the day."
                 )
             cur.execute(f"delete from {c}.BUILDS where TOKEN = ?", (build.token,))
             cur.execute("commit")
