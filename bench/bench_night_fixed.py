@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--orders-per-day", type=int, default=1000)
     parser.add_argument("--nights", type=int, default=2)
-    parser.add_argument("--variants", default="baseline,new")
+    parser.add_argument("--variants", default="baseline,new,new_inproc")
     parser.add_argument("--bench-dir", type=Path, default=ROOT / "data" / "bench" / "night_fixed")
     args = parser.parse_args(argv)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -629,10 +630,10 @@ def test_a_new_run_id_keeps_partial_parsing(
     # not while it parses (macros/run_setting.sql); dbt's debug log says what it re-parsed
     log = (target_dir / "logs" / "dbt.log").read_text()
     night2_log = log[log.rfind("Running with dbt=") :]
-    assert "Partial parsing enabled: 0 files deleted, 0 files added, 0 files changed" in (
-        night2_log
-    ), [line for line in night2_log.splitlines() if "artial pars" in line]
-    assert "Partial parsing: updated file" not in night2_log
+    said = [line for line in night2_log.splitlines() if "artial pars" in line]
+    # (files added or deleted meanwhile, e.g. by someone editing the project, do not count)
+    assert re.search(r"Partial parsing enabled: .* 0 files changed", night2_log), said
+    assert "Partial parsing: updated file" not in night2_log, said
     days = _query(night2, "select max(date) from analytics.sales_summary")
     assert days == [(dt.date(2024, 1, 17),)]  # the new through_date was used
     days = _query(incremental, "select max(date) from analytics.sales_summary")
