@@ -237,6 +237,8 @@ def last_published_day(where: Any, build: Any = None) -> date | None:
         "select table_schema, table_name from information_schema.tables", build=build
     )
     found = set(zip(*(c.to_pylist() for c in listed.columns), strict=True))
+    if wh.kind == "snowflake":  # its catalog holds the upper-case (physical) names
+        found = {(s.lower(), t.lower()) for s, t in found}
     present = [
         (actual[schema], table, column)
         for schema, table, column in _LAST_DAY_SOURCES
