@@ -89,6 +89,7 @@ def test_nightly_on_emulated_snowflake(
     pg_database: str, snowflake_url: str, tmp_path: Path
 ) -> None:
     from warehouse.backends.snowflake import SnowflakeWarehouse
+    from warehouse.publish import last_published_day
 
     data_dir = tmp_path / "data"
     payments_db = tmp_path / "payments.db"
@@ -133,6 +134,8 @@ def test_nightly_on_emulated_snowflake(
 
             seconds["rerun"] = _nightly(day2, env, tmp_path)
             assert snapshot(warehouse) == after
+            # the horizon the next run starts from (an earlier day never unpublishes it)
+            assert last_published_day(warehouse) == day2
             assert warehouse.generation() == 3
             assert not (data_dir / "warehouse.duckdb").exists(), "a DuckDB file was written"
             leftovers = warehouse.read_arrow(
