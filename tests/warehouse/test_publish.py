@@ -129,3 +129,75 @@ def test_a_build_from_an_older_published_state_is_not_published(tmp_path: Path) 
     publish_build(again, warehouse)
     assert _read_in_subprocess(warehouse) == 2
     assert not list(tmp_path.glob("*.base")), "a published or restarted build leaves no record"
+
+
+def test_build_copy_falls_back_to_a_full_copy_without_reflinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from warehouse import publish
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    _write(warehouse, 1)
+    calls = []
+
+    def refuse(fd: int, request: int, arg: int) -> None:
+        calls.append(request)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(publish.fcntl, "ioctl", refuse)
+    target = tmp_path / "copy.duckdb"
+    assert publish.clone_file(warehouse, target) == "copy"
+    assert calls == [publish.FICLONE]
+    assert target.read_bytes() == warehouse.read_bytes()
+    build = begin_build(warehouse, "run")
+    assert build.read_bytes() == warehouse.read_bytes()
+    _write(build, 2)
+    publish_build(build, warehouse)
+    assert _read_in_subprocess(warehouse) == 2
+
+
+def test_build_copy_is_a_reflink_where_the_filesystem_makes_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import os
+
+    from warehouse import publish
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    _write(warehouse, 1)
+    before = warehouse.read_bytes()
+
+    def clone(fd: int, request: int, src_fd: int) -> None:  # what FICLONE leaves behind
+        assert request == publish.FICLONE
+        os.write(fd, os.pread(src_fd, os.fstat(src_fd).st_size, 0))
+
+    monkeypatch.setattr(publish.fcntl, "ioctl", clone)
+    with caplog.at_level(logging.INFO, logger="warehouse.publish"):
+        build = begin_build(warehouse, "run")
+    assert "(reflink)" in caplog.text
+    _write(build, 2)  # the build is its own file: the published one is untouched
+    assert warehouse.read_bytes() == before
+    publish_build(build, warehouse)
+    assert _read_in_subprocess(warehouse) == 2
+
+
+def test_a_reflink_error_other_than_unsupported_fails_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from warehouse import publish
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    _write(warehouse, 1)
+
+    def broken(fd: int, request: int, arg: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(publish.fcntl, "ioctl", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        begin_build(warehouse, "run")
+    assert _read_in_subprocess(warehouse) == 1
