@@ -2,6 +2,8 @@
 replica that refuses connections and a source without the tables: the extract falls back
 to the primary (a `replica_fallback` warning), then fails at once (a schema error is not
 retried), and the DAG's failure callback sends the run's failure and evaluates the rules.
+The payments API is the demo API on loopback (its extract runs beside the source's and
+succeeds: only the source's failure may alert).
 Every alert reaches a real webhook on loopback with the link to the run in the Airflow UI.
 """
 
@@ -16,6 +18,8 @@ from urllib.parse import quote, unquote
 
 import pytest
 
+from demo.generator import generate
+from demo.run import running_api
 from pipeline.airflow_run import run_dag
 from tests.alerting.test_sinks import closed_port, receiver_running
 
@@ -29,7 +33,17 @@ def test_a_failed_nightly_sends_its_alerts_with_the_run_link(tmp_path: Path) -> 
     source = tmp_path / "source.db"
     with sqlite3.connect(source) as con:
         con.execute("create table unrelated (id integer)")  # no users/orders/...: SchemaError
-    with receiver_running() as webhook:
+    payments = tmp_path / "payments.db"
+    generate(
+        f"sqlite:///{tmp_path / 'generated.db'}",
+        seed=7,
+        days=2,
+        end_date=DAY,
+        orders_per_day=5,
+        payments_db=payments,
+        if_exists="replace",
+    )
+    with receiver_running() as webhook, running_api(payments, token="alerts-tok") as api_uri:
         env = {
             "AIRFLOW_HOME": str(tmp_path / "airflow"),
             "NIGHTSHIFT_DATA_DIR": str(tmp_path / "data"),
@@ -38,7 +52,7 @@ def test_a_failed_nightly_sends_its_alerts_with_the_run_link(tmp_path: Path) -> 
             "AIRFLOW_CONN_SOURCE_DB_REPLICA": (
                 f"postgresql://etl:replica-pw-4711@127.0.0.1:{closed_port()}/shop"
             ),
-            "AIRFLOW_CONN_PAYMENTS_API": f"http://:token@127.0.0.1:{closed_port()}",
+            "AIRFLOW_CONN_PAYMENTS_API": api_uri,
             "AIRFLOW_CONN_ALERTS_WEBHOOK": webhook.url,
             "AIRFLOW__API__BASE_URL": BASE,
         }
