@@ -175,7 +175,9 @@ def nightly_sales():
 
         return nightly.extract_payments_api(_business_date(), _text_param("accept_schema_drift"))
 
-    @task(pool=WAREHOUSE_POOL, retries=0)
+    # retried like the extracts: it fetches the FX rates of the build's days from the API
+    # first (its merges into the run's private build are idempotent)
+    @task(pool=WAREHOUSE_POOL)
     @_guarded
     def load_payments_api() -> dict:
         from pipeline import nightly
