@@ -1,4 +1,4 @@
-"""Benchmark the fixed costs of a demo-sized night (issue 16 §2), step by step.
+"""Benchmark the fixed costs of a demo-sized night , step by step.
 
 Usage: python bench/bench_night_fixed.py [--days 60] [--orders-per-day 1000] [--nights 2]
                                          [--variants baseline,new,new_inproc]
@@ -15,7 +15,7 @@ figures are the per-step seconds the night records (`data/runs/<day>/steps/*.jso
 `ops.task_metrics` stores), not wall clock, and each step process's CPU seconds (its
 children, dbt's process, included: steadier than seconds on a busy machine):
 
-  baseline:   the extracts one after the other (the DAG before issue 16), dbt without
+  baseline:   the extracts one after the other (the DAG's earlier shape), dbt without
               partial parsing (`DBT_PARTIAL_PARSE=false`), Great Expectations imported by
               dbt_build (as quality/results.py did before; `BENCH_EAGER_GX=1`);
   new:        `extract_source_db` and `extract_payments_api` at the same time (the DAG's
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def gx_docs(bench_dir: Path, builds: int = 5) -> None:
     """The Data Docs build with the process's one GX context vs a fresh one per build
-    (what quality/results.py did before issue 16), 5 builds each."""
+    (what quality/results.py did before), 5 builds each."""
     import great_expectations as gx
 
     import quality.suites as suites

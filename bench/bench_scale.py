@@ -1,4 +1,4 @@
-"""The curve (issue 16 §1): the same incremental night on histories of 1M, 5M, 20M orders.
+"""The curve: the same incremental night on histories of 1M, 5M, 20M orders.
 
 Usage: python bench/bench_scale.py [--sizes 1000000,5000000,20000000] [--night-orders 8000]
 Sizes also from BENCH_SCALE_SIZES; admin URL from NIGHTSHIFT_BENCH_PG_URL (default

@@ -251,8 +251,8 @@ def nightly_sales():
     built = dbt_build()
     etl = transform_daily_sales()
     parity = check_parity()
-    # the two extracts read different systems and write no warehouse: they run at once
-    # (issue 16); the loads and everything after them take the warehouse_writer pool
+    # the two extracts read different systems and write no warehouse: they run at once;
+    # the loads and everything after them take the warehouse_writer pool
     extracted >> loaded
     [loaded, api] >> api_loaded >> built >> etl >> parity
     stats = publish(extracted, loaded, api, api_loaded, etl, parity)

@@ -542,7 +542,7 @@ def _key_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Every key of `table`, streamed; `where` restricts it (a shard).
 
-    The key set grows with the table's history, not with the night's change (issue 16).
+    The key set grows with the table's history, not with the night's change.
     On PostgreSQL it is read by the binary COPY decoder in the run's snapshot, unordered
     (the load takes the distinct keys), as the table's rows are: 2.6M keys in 5-7 s
     instead of 22-25 s as SQLAlchemy rows (a busy 2-CPU machine). A shard's filter keeps

@@ -538,7 +538,7 @@ def extract_payments_api(
     """Payments changed since the last load (bad records → quarantine).
     `accept_schema_drift`: as for `extract_source_db`.
 
-    It needs nothing from the source_db side of the run (issue 16): the DAG runs it at the
+    It needs nothing from the source_db side of the run: the DAG runs it at the
     same time as `extract_source_db`. The FX rates, which need the days with orders in the
     run's build, are fetched by `load_payments_api` once `load_source_db` has merged them.
     It does not stage the run's landings from the object store either (`_landing_synced`

@@ -361,7 +361,7 @@ def build_data_docs(results: list[SuiteResult], site_dir: Path) -> Path:
     CSS/JS from CDNs; `quality_summary.html` beside them is self-contained (every failure
     with its offending values, links to GX's pages).
 
-    The context is the process's one (`quality.suites.gx_context`, issue 16), not a new
+    The context is the process's one (`quality.suites.gx_context`), not a new
     one per call: each call points the site at its own staging directory and first empties
     the suites and validation results an earlier call left in it, so a site holds exactly
     its own results. Calls are serialised (one context per process).

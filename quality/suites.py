@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 # Great Expectations is imported when a suite is first loaded or a frame validated, not
 # with this module: the steps that only store or summarise results (dbt_build's tests as
-# the suite `dbt`, quality/results.py) do not pay its import (~2 s of CPU; issue 16).
+# the suite `dbt`, quality/results.py) do not pay its import (~2 s of CPU).
 
 SUITES_DIR = Path(__file__).resolve().parent / "expectations"
 SEVERITIES = ("critical", "warning")

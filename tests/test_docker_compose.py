@@ -131,7 +131,7 @@ def test_no_secret_is_committed_in_compose() -> None:
             assert default == "", f"${{{name}}} has the default {default!r}"
 
 
-# ------------------------------------------------- issue 15 §3: the official Airflow 3 shape
+# ---------------------------------------------------------------- the official Airflow 3 shape
 def _text(value: object) -> str:
     if isinstance(value, list):
         return "\n".join(str(v) for v in value)

@@ -111,7 +111,7 @@ def test_nightly_sales_shape(dagbag) -> None:
     assert dag.params["accept_schema_drift"] == ""
     # an operator asks for a full rebuild, or lets one run past the mass-delete guard
     assert dag.params["full_refresh"] is False and dag.params["allow_mass_delete"] is False
-    # the two extracts run at once (issue 16): pinned in test_extracts_run_in_parallel
+    # the two extracts run at once: pinned in test_extracts_run_in_parallel
     serial = [t for t in order if t != "extract_payments_api"]
     for upstream, downstream in zip(serial, serial[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)

@@ -1,4 +1,4 @@
-"""End to end on CeleryExecutor (issue 15 §1): `nightly_sales` run by two real Celery
+"""End to end on CeleryExecutor: `nightly_sales` run by two real Celery
 workers, one of them SIGKILLed while it runs a task.
 
 What runs, all on loopback and all stopped at the end (process groups):

@@ -332,7 +332,7 @@ def test_parse_rate_is_exact() -> None:
     assert parse_rate("148.5000000000000000000", day=day, currency="JPY") == Decimal("148.5")
 
 
-# -- incremental windows, quarantine, threshold (issue 3, section 3) -------------------
+# -- incremental windows, quarantine, threshold -------------------
 
 ALL_FAULTS = FaultConfig(
     modes=frozenset({"rate_limit", "server_error", "slow", "repeat_page"}),

@@ -225,7 +225,7 @@ def test_postgres_key_set_is_read_by_the_copy_decoder(
     pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The key set of a `reconcile_deletes` table grows with the history, not the night:
-    on PostgreSQL it is read by binary COPY (issue 16), incremental night included, and
+    on PostgreSQL it is read by binary COPY, incremental night included, and
     holds every key of the source, the deleted item's gone."""
     import extract.pg_copy as pg_copy
 

@@ -1,4 +1,4 @@
-"""A sharded source end to end through the nightly steps (issue 3 §1), on real PostgreSQL.
+"""A sharded source end to end through the nightly steps on real PostgreSQL.
 
 The logical `source_db` is spread over several databases by a virtual-shard map
 (`SOURCE_DB_SHARD_MAP`). `pipeline.nightly.extract_source_db` + `load_source_db` (GX
