@@ -1,9 +1,9 @@
 """
 ### migration_verify
 
-One step of the operational database's move to a new PostgreSQL schema (README,
-"Migration runbook"). Triggered by hand (`schedule=None`) with the **phase** about to
-start:
+One step of the operational database's move to a new PostgreSQL schema
+(docs/migration-runbook.md). Triggered by hand (`schedule=None`) with the **phase**
+about to start:
 
 1. `plan`: the tables of `config/migration.yml` to work on (`tables` param, or all).
 2. `backfill` (phases 2 and 3 only): replay the repair log, then copy history

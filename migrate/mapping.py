@@ -20,7 +20,7 @@ import yaml
 #: Column kinds: `same` (value unchanged), `cents` (numeric(12,2) → integer cents),
 #: `text` (a blank or whitespace-only string becomes NULL).
 KINDS = ("same", "cents", "text")
-#: What "blank" means (the README's decision): only these whitespace characters.
+#: What "blank" means (docs/migration-runbook.md): only these whitespace characters.
 BLANK_CHARS = " \t\n\r\f\v"
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "migration.yml"

@@ -5,7 +5,7 @@ so the same values are read inside Airflow tasks and in plain Python (tests, CLI
 Inside Airflow, a connection defined in the metadata DB or a secrets backend is also
 found. Everything else is a plain environment variable with a documented default, read
 through `env()`: an empty or blank value means unset (tests/test_configuration.py checks
-that every variable read is in `.env.example` and the README's table).
+that every variable read is in `.env.example` and docs/configuration.md's table).
 """
 
 from __future__ import annotations
