@@ -5,7 +5,9 @@ A source row stamped years ahead of the database's clock (an application clock g
 wrong): before the guard, the extract read up to the database's clock and the row was
 silently never read until that clock caught up. Now the run stops in
 `extract_source_db`, before anything is landed, naming table, count, key and value,
-without retries (the answer cannot change), and nothing is published.
+without retries (the answer cannot change), and nothing is published. The payments API
+is the demo API on loopback: its extract runs beside the source's and must not be what
+fails or retries.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from demo.generator import generate
+from demo.run import running_api
 from pipeline.airflow_run import run_dag
 from tests.e2e.harness import REPORT_TZ, pipeline_env
 from tests.servers import fresh_database
@@ -34,7 +37,16 @@ def test_a_source_row_from_the_future_stops_the_extract_without_retries(
     os.environ["REPORT_TZ"] = REPORT_TZ  # run_dag's logical date is in REPORT_TZ
     try:
         with fresh_database(postgres_admin_url, prefix="nightshift_guards") as url:
-            generate(url, seed=3, days=2, end_date=END, orders_per_day=10, if_exists="replace")
+            payments = tmp_path / "payments.db"
+            generate(
+                url,
+                seed=3,
+                days=2,
+                end_date=END,
+                orders_per_day=10,
+                payments_db=payments,
+                if_exists="replace",
+            )
             engine = sa.create_engine(url)
             try:
                 with engine.begin() as conn:
@@ -47,15 +59,15 @@ def test_a_source_row_from_the_future_stops_the_extract_without_retries(
                     )
             finally:
                 engine.dispose()
-            env = {
-                **pipeline_env(url, tmp_path / "data", tmp_path / "airflow"),
-                # never reached: the run stops at its first task
-                "AIRFLOW_CONN_PAYMENTS_API": "http://:token@127.0.0.1:1",
-            }
-            capfd.readouterr()
-            with pytest.raises(SystemExit, match="failed"):
-                run_dag(DAY, env)
-            out, err = capfd.readouterr()
+            with running_api(payments, token="guards-tok") as api_uri:
+                env = {
+                    **pipeline_env(url, tmp_path / "data", tmp_path / "airflow"),
+                    "AIRFLOW_CONN_PAYMENTS_API": api_uri,
+                }
+                capfd.readouterr()
+                with pytest.raises(SystemExit, match="failed"):
+                    run_dag(DAY, env)
+                out, err = capfd.readouterr()
     finally:
         os.environ.pop("REPORT_TZ", None)
     log = out + err
@@ -65,5 +77,8 @@ def test_a_source_row_from_the_future_stops_the_extract_without_retries(
     assert f"sample ids, newest first: {order} (2099-01-01T00:00:00+00:00)" in log
     assert "up_for_retry" not in log.lower(), "a data error must not be retried"
     data = tmp_path / "data"
-    assert not list((data / "landing").rglob("_manifest.json")), "nothing may be landed"
+    landed = {
+        p.relative_to(data / "landing").parts[0] for p in (data / "landing").rglob("_manifest.json")
+    }
+    assert "source_db" not in landed, "nothing of the source may be landed"
     assert not (data / "warehouse.duckdb").exists(), "nothing may be published"
