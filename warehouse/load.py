@@ -260,12 +260,7 @@ def _manifest(value: Any) -> dict[str, Any]:
 
 
 def _already_loaded(s: Session, delta: _Delta, run_id: str) -> bool:
-    """Every part (shard) of the delta was merged already (same run id and checksum).
-
-    A part read in full because the source changed (another source, or one restored to
-    an earlier state: `source_changed`) counts only when it is the last load of its
-    table: the same rows loaded before the table was loaded from elsewhere (A, then B,
-    then A again) must replace raw again."""
+    """Every part (shard) of the delta was merged already (same run id and checksum)."""
     for part in delta.parts:
         checksum = part.manifest.get("checksum_sha256")
         if not checksum:
@@ -277,16 +272,6 @@ def _already_loaded(s: Session, delta: _Delta, run_id: str) -> bool:
         )
         if not any(_manifest(r[0]).get("checksum_sha256") == checksum for r in rows):
             return False
-        if part.manifest.get("source_changed"):
-            newest = s.fetchone(
-                "select run_id, manifest from {ops}.loaded_runs where source = ? "
-                "and table_name = ? and shard = ? order by loaded_at desc limit 1",
-                [delta.source, delta.table, part.shard],
-            )
-            if newest is None or newest[0] != run_id:
-                return False
-            if _manifest(newest[1]).get("checksum_sha256") != checksum:
-                return False
     return True
 
 
