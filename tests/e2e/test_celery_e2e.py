@@ -13,7 +13,8 @@ What runs, all on loopback and all stopped at the end (process groups):
   `[core] hostname_callable`, one name per worker: on one machine both have the same
   FQDN);
 - the demo payments API with every request slowed down (fault `slow`), so that
-  `extract_payments_api` runs for long enough to be killed in the middle.
+  `load_payments_api` (it fetches the FX rates first) runs for long enough to be killed
+  in the middle.
 
 The settings are the compose file's: executor, broker, result backend, metadata DB, the
 execution API URL and the secrets every component must share are read from
@@ -32,7 +33,7 @@ worker-b's, every other task to the queue both serve, so both workers run tasks 
 Celery's dispatch does. The policy also shortens the retry delay to a few seconds (the
 DAG's is one minute, exponential) to keep the test short.
 
-The fault: when `extract_payments_api` is `running` on a worker, that worker's whole
+The fault: when `load_payments_api` is `running` on a worker, that worker's whole
 process tree (celery main, pool, task supervisor and task) is SIGKILLed, as a host that
 dies. Nothing reports the task's end; the scheduler finds the task instance without
 heartbeat (`[scheduler] task_instance_heartbeat_timeout`, short here), fails the try, and
@@ -83,7 +84,10 @@ DAG_ID = "nightly_sales"
 END = date(2026, 11, 20)
 DAY = END - timedelta(days=2)
 WORKERS = ("worker-a", "worker-b")
-SLOW_TASK = "extract_payments_api"  # retries=2 (default_args); calls the slowed-down API
+# retries=2 (default_args); calls the slowed-down API for the FX rates first, and runs
+# alone (extract_payments_api runs beside the two routed tasks: killing its worker could
+# take a routed task down with it, whose queue only that worker serves)
+SLOW_TASK = "load_payments_api"
 ROUTED = {"extract_source_db": "worker-a", "load_source_db": "worker-b"}
 RUN_TIMEOUT_S = 420
 
