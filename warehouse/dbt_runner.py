@@ -537,7 +537,9 @@ def postgres_env(url: str) -> dict[str, str]:
     return env
 
 
-def _postgres_target(warehouse: Any, build: Build | None) -> DbtTarget:
+def _server_build_suffix(warehouse: Any, build: Build | None) -> str:
+    """The schema suffix dbt writes a server warehouse's build under; a run never writes
+    the published schemas."""
     from warehouse.backends.base import WarehouseError
 
     if build is None:
@@ -551,6 +553,11 @@ def _postgres_target(warehouse: Any, build: Build | None) -> DbtTarget:
             f"build {build.token} of run {build.run_id} maps the schemas to the published "
             f"ones: on {warehouse.describe()} dbt writes only <schema>__build_<token>"
         )
+    return suffix
+
+
+def _postgres_target(warehouse: Any, build: Build | None) -> DbtTarget:
+    suffix = _server_build_suffix(warehouse, build)
     env = postgres_env(warehouse.url)
     # No model uses the profile's own schema (every folder has +schema); pointing it into
     # the build keeps a node that would (and dbt's default test-failure schema) there.
@@ -595,19 +602,7 @@ def snowflake_env(warehouse: Any) -> dict[str, str]:
 
 
 def _snowflake_target(warehouse: Any, build: Build | None) -> DbtTarget:
-    from warehouse.backends.base import WarehouseError
-
-    if build is None:
-        raise WarehouseError(
-            f"dbt on {warehouse.describe()} needs a build (begin_build/open_build): a run "
-            "never writes the published schemas"
-        )
-    suffix = build_schema_suffix(build)
-    if not suffix:
-        raise WarehouseError(
-            f"build {build.token} of run {build.run_id} maps the schemas to the published "
-            f"ones: on {warehouse.describe()} dbt writes only <schema>__build_<token>"
-        )
+    suffix = _server_build_suffix(warehouse, build)
     env = snowflake_env(warehouse)
     env["DBT_SNOWFLAKE_SCHEMA"] = build.schema("staging")
     env[SCHEMA_SUFFIX_ENV] = suffix
