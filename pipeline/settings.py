@@ -263,6 +263,23 @@ def warehouse_path() -> Path:
     return Path(env("WAREHOUSE_PATH") or data_dir() / "warehouse.duckdb").resolve()
 
 
+DUCKDB_MEMORY_LIMIT_DEFAULT = "512MB"  # also dbt_project/profiles.yml's default
+_DUCKDB_MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)$", re.IGNORECASE)
+
+
+def duckdb_memory_limit() -> str:
+    """`NIGHTSHIFT_DUCKDB_MEMORY_LIMIT` (default 512MB): DuckDB's `memory_limit` in the
+    warehouse's connections and dbt's. Above it DuckDB spills to disk, so a night's memory
+    stays flat as history grows (DuckDB's own default is 80% of RAM)."""
+    value = env("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT", DUCKDB_MEMORY_LIMIT_DEFAULT)
+    if not _DUCKDB_MEMORY_RE.match(value):
+        raise ConfigError(
+            f"NIGHTSHIFT_DUCKDB_MEMORY_LIMIT={value!r} is not a size such as 512MB or 2GiB "
+            f"(unset: {DUCKDB_MEMORY_LIMIT_DEFAULT})"
+        )
+    return value.replace(" ", "")
+
+
 def extract_config_path() -> Path | None:
     """`EXTRACT_CONFIG`: optional YAML overriding the per-table extract settings."""
     value = env("EXTRACT_CONFIG")

@@ -434,6 +434,7 @@ def run_settings_env(run_id: str | None, through_date: str | date | None) -> dic
 
 
 SCHEMA_SUFFIX_ENV = "DBT_NIGHTSHIFT_SCHEMA_SUFFIX"
+DUCKDB_MEMORY_LIMIT_ENV = "NIGHTSHIFT_DUCKDB_MEMORY_LIMIT"  # profiles.yml reads it (duckdb target)
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_]*$")
 
 # libpq connection parameters the postgres profile does not name, passed to dbt's libpq
@@ -501,7 +502,10 @@ def _duckdb_target(warehouse: Any, build: Build | None) -> DbtTarget:
     else:
         path = Path(build.path)
     suffix = "" if build is None else build_schema_suffix(build)
-    return DbtTarget("duckdb", {SCHEMA_SUFFIX_ENV: suffix}, path)
+    env = {SCHEMA_SUFFIX_ENV: suffix}
+    if getattr(warehouse, "memory_limit", None):  # profiles.yml: dbt's DuckDB gets the same cap
+        env[DUCKDB_MEMORY_LIMIT_ENV] = warehouse.memory_limit
+    return DbtTarget("duckdb", env, path)
 
 
 def postgres_env(url: str) -> dict[str, str]:

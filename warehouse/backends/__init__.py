@@ -49,6 +49,7 @@ def backend_for(settings: ModuleType | None = None, **options: Any) -> Warehouse
     if kind == "duckdb":
         from warehouse.backends.duckdb import DuckDBWarehouse
 
+        options.setdefault("memory_limit", settings.duckdb_memory_limit())
         return DuckDBWarehouse(settings.warehouse_path(), **options)
     if kind == "postgres":
         from warehouse.backends.postgres import PostgresWarehouse

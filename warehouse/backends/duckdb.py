@@ -173,9 +173,32 @@ class DuckDBWarehouse(SessionColumns):
     kind = "duckdb"
     paramstyle = "qmark"
 
-    def __init__(self, path: Path, *, schemas: Sequence[str] = PUBLISHED_SCHEMAS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        schemas: Sequence[str] = PUBLISHED_SCHEMAS,
+        memory_limit: str | None = None,
+    ) -> None:
+        """`memory_limit` (e.g. "512MB", `NIGHTSHIFT_DUCKDB_MEMORY_LIMIT`): DuckDB's
+        `memory_limit` in every connection opened here and in dbt's (DuckDB spills past
+        it); None: DuckDB's default, 80% of RAM."""
         self.path = Path(path)
         self.schemas = tuple(schemas)
+        self.memory_limit = memory_limit
+
+    def _connect(self, path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        """The one place this backend opens the warehouse file (or a build of it). The
+        limit is a SET, not connect-time config: a file already open in this process
+        with another config would refuse a second connection."""
+        con = duckdb.connect(str(path), read_only=read_only)
+        if self.memory_limit:
+            try:
+                con.execute(f"set memory_limit = {_literal(self.memory_limit)}")
+            except BaseException:
+                con.close()
+                raise
+        return con
 
     def describe(self) -> str:
         return f"duckdb warehouse {self.path}"
@@ -193,7 +216,7 @@ class DuckDBWarehouse(SessionColumns):
     def read_arrow(
         self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None
     ) -> pa.Table:
-        con = duckdb.connect(str(self._file(build)), read_only=True)
+        con = self._connect(self._file(build), read_only=True)
         try:
             con.execute("set TimeZone = 'UTC'")
             query = substitute_schemas(sql, self._mapping())
@@ -202,7 +225,7 @@ class DuckDBWarehouse(SessionColumns):
             con.close()
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None) -> int:
-        con = duckdb.connect(str(self._file(build)))
+        con = self._connect(self._file(build))
         try:
             con.execute("set TimeZone = 'UTC'")
             row = con.execute(substitute_schemas(sql, self._mapping()), list(params)).fetchone()
@@ -214,7 +237,7 @@ class DuckDBWarehouse(SessionColumns):
     def transaction(self, build: Build | None = None) -> Iterator[DuckDBSession]:
         path = self._file(build)
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path))
+        con = self._connect(path)
         try:
             con.execute("set TimeZone = 'UTC'")
             con.execute("begin transaction")
@@ -250,7 +273,7 @@ class DuckDBWarehouse(SessionColumns):
         self, build: Build, schema: str, table: str, files: Sequence[Path], *, replace: bool = False
     ) -> int:
         names = [str(f) for f in files]
-        con = duckdb.connect(str(self._file(build)))
+        con = self._connect(self._file(build))
         try:
             con.execute("begin transaction")
             target = self._ensure(con, build, schema, table, names)
@@ -278,7 +301,7 @@ class DuckDBWarehouse(SessionColumns):
         key_cols = ", ".join(quote_ident(k) for k in keys)
         match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
         order = f" order by {quote_ident(cursor)} desc nulls last" if cursor else ""
-        con = duckdb.connect(str(self._file(build)))
+        con = self._connect(self._file(build))
         try:
             con.execute("begin transaction")
             target = self._ensure(con, build, schema, table, names)
@@ -304,7 +327,7 @@ class DuckDBWarehouse(SessionColumns):
     def delete_keys(self, build: Build, schema: str, table: str, keys: pa.Table) -> int:
         target = build.table(schema, table)
         match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys.column_names)
-        con = duckdb.connect(str(self._file(build)))
+        con = self._connect(self._file(build))
         try:
             con.register("_keys", keys)
             row = con.execute(
