@@ -15,7 +15,7 @@ fires through the same sinks (`alerting.sinks.send_all`):
 
 `for_runs` streaks: each evaluation records the condition keys it found met, per rule it
 could evaluate (its input present), in the run's folder (`data/runs/<run_id>/alerts.json`,
-beside the step files; pruned with them by retention). A rule with `for_runs: N` reads the
+beside the step files, or on the store: pipeline/run_files.py; pruned with them). A rule with `for_runs: N` reads the
 last N-1 earlier runs (by run id: the business day) that evaluated it and fires when each
 of them met it too; a run that could not evaluate the rule (it failed before its input
 existed) neither extends nor breaks the streak.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -94,34 +93,21 @@ def with_link(alert: Alert, dag_id: str | None, airflow_run_id: str | None) -> A
 # --- streak state in the run files --------------------------------------------------
 
 
-def _runs_dir() -> Path:
-    from pipeline import run_metrics
-
-    return run_metrics.steps_dir("x").parent.parent
-
-
-def _alerts_path(run_id: str) -> Path:
-    return _runs_dir() / run_id / ALERTS_FILE
-
-
 def record_conditions(run_id: str, evaluated: Iterable[str], met: Iterable[str]) -> None:
     """Record, for each rule `evaluated` in run `run_id`, the condition keys `met`
     (other rules' records of the run are kept). Never raises."""
+    from pipeline import run_files
+
     try:
-        path = _alerts_path(run_id)
-        data: dict[str, Any] = {}
-        if path.exists():
-            data = json.loads(path.read_text())
+        raw = run_files.read(run_id, ALERTS_FILE)
+        data: dict[str, Any] = json.loads(raw) if raw else {}
         rules = data.setdefault("rules", {})
         met = list(met)
         for rule in evaluated:
             rules[rule] = sorted(k for k in met if k == rule or k.startswith(rule + ":"))
         data["run_id"] = run_id
         data["updated_at"] = datetime.now(UTC).isoformat()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{ALERTS_FILE}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        os.replace(tmp, path)
+        run_files.write(run_id, ALERTS_FILE, json.dumps(data, sort_keys=True).encode())
     except Exception:
         log.exception("alerts: could not record the conditions of run %s", run_id)
 
@@ -129,16 +115,15 @@ def record_conditions(run_id: str, evaluated: Iterable[str], met: Iterable[str])
 def earlier_conditions(run_id: str, limit: int | None = None) -> list[dict[str, set[str]]]:
     """Per run recorded before `run_id` (the last `limit`, oldest first): for each rule
     evaluated in it, the condition keys it met."""
-    root = _runs_dir()
-    if not root.is_dir():
-        return []
-    runs = sorted(p.parent.name for p in root.glob(f"*/{ALERTS_FILE}") if p.parent.name < run_id)
+    from pipeline import run_files
+
+    runs = [name for name in run_files.runs_with(ALERTS_FILE) if name < run_id]
     if limit is not None:
         runs = runs[-limit:] if limit > 0 else []
     out: list[dict[str, set[str]]] = []
     for name in runs:
         try:
-            data = json.loads((root / name / ALERTS_FILE).read_text())
+            data = json.loads(run_files.read(name, ALERTS_FILE) or b"")
         except (OSError, ValueError):
             continue
         out.append({rule: set(keys) for rule, keys in (data.get("rules") or {}).items()})

@@ -288,11 +288,11 @@ def write_landing_table(
 
 def bound_store(landing_root: Path) -> Any:
     """The object store (`settings.landing_store()`) whose local stage is `landing_root`,
-    or None: the local landing zone (the default; one environment lookup, no I/O) or
+    or None: the local landing zone (the default; no network) or
     another folder (e.g. a test's)."""
     from pipeline import settings
 
-    if not settings.env("NIGHTSHIFT_LANDING_URL", "").startswith("s3://"):
+    if not settings.landing_url().startswith("s3://"):
         return None
 
     if Path(landing_root).resolve() != settings.landing_dir():

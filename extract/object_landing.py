@@ -464,6 +464,55 @@ class LandingStore:
         _write_index(local_root, index)
         return counts
 
+    # -- single objects and published folders (run files, report, Data Docs) ----------
+
+    def put_object(self, rel: str, data: bytes) -> None:
+        """Write one object whole (one PUT: readers see the old object or the new one)."""
+        self._put_bytes(self._key(rel), data)
+
+    def get_object(self, rel: str) -> bytes | None:
+        """One object's bytes, or None when it does not exist."""
+        return self._get_bytes(self._key(rel))
+
+    def list_objects(self, prefix: str = "") -> list[str]:
+        """The paths (relative to the store's root) of every object under `prefix`."""
+        from pyarrow import fs as pafs
+
+        return sorted(self._rel(i.path) for i in self._list(prefix) if i.type == pafs.FileType.File)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under `prefix` (a folder of the store)."""
+        try:
+            self.fs.delete_dir(self._key(prefix))
+        except FileNotFoundError:
+            pass
+
+    def replace_folder(self, local_root: Path) -> dict[str, int]:
+        """Make the store's root hold exactly the finished local folder `local_root` (a
+        built static site): every file is uploaded whole, then the objects the folder no
+        longer has are deleted. Hidden files (`.`-prefixed) are not published."""
+        local_root = Path(local_root)
+        counts = {"pushed": 0, "deleted": 0}
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(local_root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                path = Path(dirpath) / name
+                rel = path.relative_to(local_root).as_posix()
+                self._put_file(path, self._key(rel))
+                seen.add(rel)
+                counts["pushed"] += 1
+        for rel in self.list_objects():
+            if rel not in seen:
+                try:
+                    self.fs.delete_file(self._key(rel))
+                except FileNotFoundError:
+                    pass
+                counts["deleted"] += 1
+        return counts
+
     def delete_side_file(self, rel: str) -> None:
         """Delete a side file (`source_db/_source_totals/run=<id>.json`, …) from the store:
         an extract starting over removes its earlier record there as on disk."""

@@ -121,6 +121,7 @@ def _push_landing_side_files() -> None:
 def _quality_gate(business_date: date, step: str, results: list, warehouse: Any) -> dict:
     """Store GX results in the build, write Data Docs, then stop on a critical failure
     (recording it in the published warehouse first: the build is abandoned)."""
+    from pipeline.run_files import docs_location, publish_docs
     from quality.results import build_data_docs
     from quality.validate import raise_for_critical
 
@@ -128,6 +129,7 @@ def _quality_gate(business_date: date, step: str, results: list, warehouse: Any)
     try:
         docs = build_data_docs(results, settings.quality_docs_dir() / step)
         log.info("quality: Data Docs for %s at %s", step, docs)
+        publish_docs(settings.quality_docs_dir() / step, step)  # NIGHTSHIFT_DATA_URL: to the store
     except Exception:  # the docs are for people; a rendering problem must not gate data
         log.exception("quality: could not build Data Docs for %s", step)
     for result in results:
@@ -135,7 +137,7 @@ def _quality_gate(business_date: date, step: str, results: list, warehouse: Any)
         for outcome in result.warnings:
             log.warning("quality warning: %s", outcome.describe())
     if any(r.critical_failures for r in results):
-        summary_page = settings.quality_docs_dir() / step / "quality_summary.html"
+        summary_page = f"{docs_location(step)}/quality_summary.html"
         raise_for_critical(results, _record_failed_gate(business_date, results, summary_page))
     return {
         "suites": len(results),
@@ -143,7 +145,7 @@ def _quality_gate(business_date: date, step: str, results: list, warehouse: Any)
     }
 
 
-def _record_failed_gate(business_date: date, results: list, docs: Path | None) -> str:
+def _record_failed_gate(business_date: date, results: list, docs: Path | str | None) -> str:
     """Put a failed gate's results where they outlive the abandoned build: the published
     warehouse's `ops.quality_results` (quality/results.py); return where, for the error."""
     from quality.results import record_failed_gate
@@ -793,25 +795,32 @@ def _retention_policy() -> Any:
 def apply_retention(business_date: date) -> dict[str, Any]:
     """The last step of a successful night: prune what `config/retention.yml` lets go."""
     from extract.object_landing import pull_mirror, push_mirror
+    from pipeline import run_files
     from pipeline.retention import prune, summary
     from warehouse.publish import last_published_day
 
     horizon = last_published_day(_published()) or business_date
     quarantine = settings.quarantine_store()
     pull_mirror(quarantine, settings.quarantine_dir())  # what it prunes goes from the store
-    removed = prune(
-        settings.data_dir(),
-        settings.warehouse_path(),
-        _retention_policy(),
-        horizon=max(horizon, business_date),
-        run_id=run_id_for(business_date),
-        dirs={
-            "landing": settings.landing_dir(),
-            "quarantine": settings.quarantine_dir(),
-            "report": settings.report_dir(),
-        },
-    )
+    with run_files.mirrored_report() as report_dir:  # pruned pages go from the store too
+        removed = prune(
+            settings.data_dir(),
+            settings.warehouse_path(),
+            _retention_policy(),
+            horizon=max(horizon, business_date),
+            run_id=run_id_for(business_date),
+            dirs={
+                "landing": settings.landing_dir(),
+                "quarantine": settings.quarantine_dir(),
+                "report": report_dir,
+            },
+        )
     push_mirror(quarantine, settings.quarantine_dir())
+    runs_gone = run_files.prune_store(
+        _retention_policy().run_folders_days, max(horizon, business_date), run_id_for(business_date)
+    )
+    if runs_gone:
+        removed.setdefault("run_folders", []).extend(runs_gone)
     landing = settings.landing_store()
     if landing is not None:  # the same rule on the store (the stage holds only some runs)
         policy = _retention_policy()
@@ -851,9 +860,13 @@ def check_alerts(business_date: date) -> dict[str, Any]:
 @timed
 def build_report(business_date: date, run_stats: dict[str, Any]) -> str:
     """The HTML report of the day (and the index of all days)."""
+    from pipeline.run_files import mirrored_report
     from report.build import build_report as build
 
-    path = build(_published(), settings.report_dir(), business_date, run_stats)
+    with mirrored_report() as report_dir:  # NIGHTSHIFT_DATA_URL: the store's report/ folder
+        path = build(_published(), report_dir, business_date, run_stats)
+    if settings.data_url():
+        return f"{settings.data_url()}/report/{path.name}"
     return str(path)
 
 

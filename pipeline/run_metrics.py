@@ -1,7 +1,8 @@
 """Run metrics: per step timings and counts, stored with the data they describe.
 
 Each nightly step records its duration and outcome in a small JSON file under
-`data/runs/<run_id>/steps/` (steps may run in different processes). The publish step
+`data/runs/<run_id>/steps/`, or `<NIGHTSHIFT_DATA_URL>/runs/…` (steps may run in
+different processes and hosts; pipeline/run_files.py). The publish step
 gathers them with the run's statistics into `ops.pipeline_runs` / `ops.task_metrics`
 inside the build, so the metrics are published atomically with the tables (and a run
 that fails publishes none, its step files stay for the on-call). The same metrics feed
@@ -18,7 +19,6 @@ import functools
 import json
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -74,7 +74,8 @@ _DDL = ddl("duckdb").replace("{ops}", "ops")
 
 
 def steps_dir(run_id: str) -> Path:
-    return settings.data_dir() / "runs" / run_id / "steps"
+    """The local folder of the run's step files (without `NIGHTSHIFT_DATA_URL`)."""
+    return settings.runs_dir() / run_id / "steps"
 
 
 def timed(step: F) -> F:
@@ -99,9 +100,10 @@ def timed(step: F) -> F:
 
 
 def _write_step(run_id: str, name: str, started: float, finished: float, outcome: dict) -> None:
+    """One file per step (`pipeline.run_files`: local, or one object on the store)."""
+    from pipeline import run_files
+
     try:
-        folder = steps_dir(run_id)
-        folder.mkdir(parents=True, exist_ok=True)
         record = {
             "task": name,
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
@@ -109,18 +111,16 @@ def _write_step(run_id: str, name: str, started: float, finished: float, outcome
             "seconds": round(finished - started, 3),
             **outcome,
         }
-        tmp = folder / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(record, default=str, sort_keys=True))
-        os.replace(tmp, folder / f"{name}.json")
-    except OSError:  # metrics must never break the run they measure
+        data = json.dumps(record, default=str, sort_keys=True).encode()
+        run_files.write(run_id, f"steps/{name}.json", data)
+    except Exception:  # metrics must never break the run they measure
         log.exception("could not record the metrics of step %s", name)
 
 
 def read_steps(run_id: str) -> list[dict[str, Any]]:
-    folder = steps_dir(run_id)
-    if not folder.exists():
-        return []
-    steps = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    from pipeline import run_files
+
+    steps = [json.loads(data) for data in run_files.read_folder(run_id, "steps")]
     return sorted(steps, key=lambda s: s.get("started_at", ""))
 
 

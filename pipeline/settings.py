@@ -157,11 +157,56 @@ def data_dir() -> Path:
     return Path(env("NIGHTSHIFT_DATA_DIR") or PROJECT_ROOT / "data").resolve()
 
 
+def data_url() -> str | None:
+    """`NIGHTSHIFT_DATA_URL=s3://bucket/prefix`: the shared folders on object storage, the
+    same names as under `NIGHTSHIFT_DATA_DIR` (`landing/`, `quarantine/`, `runs/`,
+    `report/`, `docs/quality/`), for workers on several hosts; None (unset): local."""
+    url = env("NIGHTSHIFT_DATA_URL")
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ConfigError(
+            f"NIGHTSHIFT_DATA_URL={url!r} is not s3://bucket/prefix; "
+            "unset it to keep the folders under NIGHTSHIFT_DATA_DIR"
+        )
+    return url.rstrip("/")
+
+
+def _kind_url(name: str, kind: str) -> str:
+    """`name` (`NIGHTSHIFT_LANDING_URL`, …) when set, else `<NIGHTSHIFT_DATA_URL>/<kind>`,
+    else "" (the local folder)."""
+    root = data_url()
+    return env(name) or (f"{root}/{kind}" if root else "")
+
+
+def data_stage_dir() -> Path:
+    """`NIGHTSHIFT_DATA_STAGE` (default `DATA_DIR/data-stage`): this host's local copy of
+    the report and Data Docs folders when `NIGHTSHIFT_DATA_URL` is set."""
+    return Path(env("NIGHTSHIFT_DATA_STAGE") or data_dir() / "data-stage").resolve()
+
+
+def data_store(kind: str) -> Any:
+    """The object store of `<NIGHTSHIFT_DATA_URL>/<kind>` (`runs`, `report`,
+    `docs/quality`; the landing zone's credentials), or None when the URL is unset."""
+    root = data_url()
+    if root is None:
+        return None
+    from extract.object_landing import open_store
+
+    return open_store(f"{root}/{kind}", landing_store_options())
+
+
+def runs_dir() -> Path:
+    """The local run files (`<run_id>/steps/*.json`, `alerts.json`) without a data store."""
+    return data_dir() / "runs"
+
+
 def landing_dir() -> Path:
     """The local landing folder readers and writers use. With `NIGHTSHIFT_LANDING_URL` a
     local path, that path; with `s3://…`, the local stage of the object store
     (`NIGHTSHIFT_LANDING_STAGE`, default `DATA_DIR/landing-stage`; extract/object_landing.py)."""
-    url = env("NIGHTSHIFT_LANDING_URL", "")
+    url = _kind_url("NIGHTSHIFT_LANDING_URL", "landing")
     if url.startswith("s3://"):
         stage = env("NIGHTSHIFT_LANDING_STAGE")
         return Path(stage or data_dir() / "landing-stage").resolve()
@@ -176,7 +221,7 @@ LANDING_CONN_ID = "landing"
 def landing_url() -> str:
     """`NIGHTSHIFT_LANDING_URL`: a local path (default: the landing folder) or
     `s3://bucket/prefix`."""
-    url = env("NIGHTSHIFT_LANDING_URL", "")
+    url = _kind_url("NIGHTSHIFT_LANDING_URL", "landing")
     return url if url.startswith("s3://") else str(landing_dir())
 
 
@@ -222,7 +267,7 @@ def landing_store_options() -> dict[str, Any]:
 def landing_store() -> Any:
     """The object store of the landing zone (`extract.object_landing.LandingStore`), or
     None when the landing zone is the local folder (the default)."""
-    url = env("NIGHTSHIFT_LANDING_URL", "")
+    url = _kind_url("NIGHTSHIFT_LANDING_URL", "landing")
     if not url.startswith("s3://"):
         return None
     from extract.object_landing import open_store
@@ -235,7 +280,7 @@ def quarantine_dir() -> Path:
     path; with `s3://…`, the local mirror of the store (`NIGHTSHIFT_QUARANTINE_STAGE`,
     default `DATA_DIR/quarantine-stage`), pulled before and pushed after each step that
     uses it (`quarantine_store`)."""
-    url = env("NIGHTSHIFT_QUARANTINE_URL", "")
+    url = _kind_url("NIGHTSHIFT_QUARANTINE_URL", "quarantine")
     if url.startswith("s3://"):
         stage = env("NIGHTSHIFT_QUARANTINE_STAGE")
         return Path(stage or data_dir() / "quarantine-stage").resolve()
@@ -247,7 +292,7 @@ def quarantine_dir() -> Path:
 def quarantine_store() -> Any:
     """The object store of the quarantine (`NIGHTSHIFT_QUARANTINE_URL=s3://…`, the same
     credentials as the landing zone: connection `landing` or the AWS variables), or None."""
-    url = env("NIGHTSHIFT_QUARANTINE_URL", "")
+    url = _kind_url("NIGHTSHIFT_QUARANTINE_URL", "quarantine")
     if not url.startswith("s3://"):
         return None
     from extract.object_landing import open_store
@@ -256,6 +301,10 @@ def quarantine_store() -> Any:
 
 
 def report_dir() -> Path:
+    """The report folder; with `NIGHTSHIFT_DATA_URL`, this host's copy of `report/` there
+    (`report.build` works on a folder; pulled before and pushed after each step)."""
+    if data_url():
+        return data_stage_dir() / "report"
     return Path(env("REPORT_DIR") or data_dir() / "report").resolve()
 
 
@@ -414,7 +463,10 @@ def shard_max_workers() -> int:
 
 
 def quality_docs_dir() -> Path:
-    """Great Expectations Data Docs (static site), one folder per pipeline step."""
+    """Great Expectations Data Docs (static site), one folder per pipeline step; with
+    `NIGHTSHIFT_DATA_URL`, the local copy each built site is pushed from."""
+    if data_url():
+        return data_stage_dir() / "docs" / "quality"
     return Path(env("QUALITY_DOCS_DIR") or data_dir() / "docs" / "quality").resolve()
 
 

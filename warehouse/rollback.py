@@ -197,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RollbackError, WarehouseBusyError) as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 2
+    from pipeline.run_files import mirrored_report
     from report.build import rebuild_all_pages
 
-    pages = rebuild_all_pages(warehouse_path, settings.report_dir())
+    with mirrored_report() as report_dir:  # NIGHTSHIFT_DATA_URL: the store's report/ folder
+        pages = rebuild_all_pages(warehouse_path, report_dir)
     print(
         f"rolled back to the version run {result['restored_run_id']} published "
         f"({result['restored_version']}); published days now end {result['last_day']}; "
