@@ -79,37 +79,37 @@ airflow-init: $(AIRFLOW_HOME)/.initialized ## Initialise Airflow's metadata DB (
 
 .PHONY: demo
 demo: airflow-init ## Build demo sources (SQLite + API) and run the nightly pipeline end to end
-	$(BIN)/python -m demo.run --data-dir $(CURDIR)/data --port $(DEMO_API_PORT)
+	$(BIN)/nightshift demo --data-dir $(CURDIR)/data --port $(DEMO_API_PORT)
 
 .PHONY: migration-demo
 migration-demo: $(STAMP) ## Zero-downtime move of the demo source to a new PostgreSQL schema (NIGHTSHIFT_MIGRATION_PG_URL)
-	$(BIN)/python -m migrate.demo
+	$(BIN)/nightshift migration-demo
 
 .PHONY: nightly
 nightly: airflow-init ## Run the nightly pipeline for business day DATE=YYYY-MM-DD through Airflow (FULL=1: full rebuild; ALLOW_MASS_DELETE=1)
 	@test -n "$$DATE" || { echo "usage: make nightly DATE=YYYY-MM-DD [FULL=1] [ALLOW_MASS_DELETE=1]"; exit 2; }
-	$(BIN)/python -m pipeline.airflow_run run --date "$$DATE" $(if $(filter 1 true yes,$(FULL)),--full,) $(if $(filter 1 true yes,$(ALLOW_MASS_DELETE)),--allow-mass-delete,)
+	$(BIN)/nightshift nightly --date "$$DATE" $(if $(filter 1 true yes,$(FULL)),--full,) $(if $(filter 1 true yes,$(ALLOW_MASS_DELETE)),--allow-mass-delete,)
 
 .PHONY: backfill
 backfill: airflow-init ## Nights FROM=YYYY-MM-DD TO=YYYY-MM-DD: airflow backfill create when a scheduler runs, else dags test per day
 	@test -n "$$FROM" -a -n "$$TO" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
-	$(BIN)/python -m pipeline.airflow_run backfill --from "$$FROM" --to "$$TO"
+	$(BIN)/nightshift backfill --from "$$FROM" --to "$$TO"
 
 .PHONY: rollback
 rollback: $(STAMP) ## Publish a kept warehouse version again: the one before the current, or TO=<run id> (LIST=1 lists them)
-	$(BIN)/python -m warehouse.rollback $(if $(TO),--to "$$TO",) $(if $(filter 1,$(LIST)),--list,)
+	$(BIN)/nightshift rollback $(if $(TO),--to "$$TO",) $(if $(filter 1,$(LIST)),--list,)
 
 .PHONY: unlock
-unlock: $(STAMP) ## Remove the warehouse's run lease left by a dead run (python -m warehouse.lease shows who holds it)
-	$(BIN)/python -m warehouse.lease unlock
+unlock: $(STAMP) ## Remove the warehouse's run lease left by a dead run (nightshift lease shows who holds it)
+	$(BIN)/nightshift lease unlock
 
 .PHONY: replay
 replay: $(STAMP) ## Re-validate quarantined payments (all, or DATE=YYYY-MM-DD's runs); those that pass land with the next nightly, once
-	$(BIN)/python -m extract.replay $(if $(DATE),--date "$$DATE",)
+	$(BIN)/nightshift replay $(if $(DATE),--date "$$DATE",)
 
 .PHONY: airflow
 airflow: airflow-init ## Airflow UI on http://127.0.0.1:8080 (standalone; login admin, password in .airflow/passwords.json, 0600)
-	$(BIN)/python -m pipeline.airflow_run ui
+	$(BIN)/nightshift ui
 
 # The compose stack (docker-compose.yml): reads .env (copy .env.example, set every
 # secret); COMPOSE_PROFILES=s3 there adds MinIO for an s3:// landing zone.
@@ -196,7 +196,7 @@ bench-scale: $(STAMP) ## The same ~10k-order night on 1M/5M/20M-order histories 
 export SQL DATE FROM TO
 .PHONY: query
 query: $(STAMP) ## Read-only SQL shell on the warehouse; or one statement: make query SQL="select …"
-	$(BIN)/python -m warehouse.query $${SQL:+--sql "$$SQL"}
+	$(BIN)/nightshift query $${SQL:+--sql "$$SQL"}
 
 WAREHOUSE_PATH ?= $(CURDIR)/data/warehouse.duckdb
 DOCS_PORT ?= 8081

@@ -508,10 +508,12 @@ def _parse_modes(raw: str) -> frozenset[str]:
     return frozenset(m.strip() for m in raw.split(",") if m.strip())
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Demo payments/FX API (contract section 2).")
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Demo payments/FX API (contract section 2)."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
     parser.add_argument(
         "--token",
         help=f"refused: pass the bearer token in ${TOKEN_ENV} (a command line shows in `ps`)",
@@ -522,7 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--fault-every", type=int, default=3, help="fault every Nth request")
     parser.add_argument("--retry-after", type=int, default=1, help="seconds in Retry-After")
-    parser.add_argument("--slow-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--slow-seconds", type=float, default=2.0, help="delay of the slow fault (default 2)"
+    )
     args = parser.parse_args(argv)
     if args.token is not None:
         parser.error(f"--token is refused (visible in `ps`): set ${TOKEN_ENV} instead")

@@ -885,35 +885,40 @@ def _bind_ts(conn: Connection, ts: datetime) -> datetime:
 # ---------------------------------------------------------------------------- CLI
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m demo.generator", description="Deterministic demo source generator."
+        prog=prog or "python -m demo.generator", description="Deterministic demo source generator."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="fill an empty source with N days of orders")
     gen.add_argument("--url", required=True, help="SQLAlchemy URL of the source database")
-    gen.add_argument("--seed", type=int, default=42)
-    gen.add_argument("--days", type=int, default=60)
+    gen.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    gen.add_argument("--days", type=int, default=60, help="days of history (default 60)")
     gen.add_argument("--end-date", help="last day, YYYY-MM-DD (default: yesterday UTC)")
     size = gen.add_mutually_exclusive_group()
     size.add_argument("--orders-per-day", type=int, help="orders per day (default 200)")
     size.add_argument("--scale", type=int, help="total orders, spread over the days")
     gen.add_argument("--payments-db", help="also write the payments store (SQLite file)")
-    gen.add_argument("--batch-size", type=int, default=10_000)
-    gen.add_argument("--if-exists", choices=("skip", "replace"), default="skip")
+    gen.add_argument("--batch-size", type=int, default=10_000, help="rows per insert")
+    gen.add_argument(
+        "--if-exists",
+        choices=("skip", "replace"),
+        default="skip",
+        help="a source that already has data: leave it (skip, default) or rebuild it",
+    )
 
     nxt = sub.add_parser("next-day", help="apply one more day to an existing source")
     nxt.add_argument("--url", required=True, help="SQLAlchemy URL of the source database")
-    nxt.add_argument("--seed", type=int, default=43)
+    nxt.add_argument("--seed", type=int, default=43, help="random seed of the day's changes")
     nxt.add_argument("--date", help="YYYY-MM-DD (default: day after the latest order)")
     nxt.add_argument("--orders-per-day", type=int, help="new orders (default: as the last day)")
     nxt.add_argument("--payments-db", help="payments store (SQLite file) to update")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = _build_parser(prog).parse_args(argv)
     try:
         if args.command == "generate":
             end = _parse_date(args.end_date, "--end-date") if args.end_date else None

@@ -95,17 +95,28 @@ def running_api(
             proc.kill()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from demo.generator import generate
     from pipeline import clock, settings
     from pipeline.airflow_run import run_dag
 
-    parser = argparse.ArgumentParser(description="nightshift demo")
-    parser.add_argument("--data-dir", type=Path, default=settings.data_dir())
-    parser.add_argument("--days", type=int, default=60)
-    parser.add_argument("--orders-per-day", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--port", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Build the demo sources (SQLite + the payments/FX API) and run "
+        "nightly_sales for yesterday through Airflow.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=settings.data_dir(),
+        help="sources, landing zone, warehouse and report (default: NIGHTSHIFT_DATA_DIR, ./data)",
+    )
+    parser.add_argument("--days", type=int, default=60, help="days of demo history (default 60)")
+    parser.add_argument(
+        "--orders-per-day", type=int, default=200, help="orders per day (default 200)"
+    )
+    parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    parser.add_argument("--port", type=int, default=0, help="the demo API's port (0: any free)")
     parser.add_argument(
         "--token",
         help="refused: the API token comes from $DEMO_API_TOKEN (a command line shows in `ps`)",

@@ -302,11 +302,11 @@ def open_replays(quarantine_root: Path, warehouse_path: Path | None) -> list[Any
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pipeline import settings
 
     parser = argparse.ArgumentParser(
-        prog="python -m extract.replay",
+        prog=prog or "python -m extract.replay",
         description="Re-validate quarantined payments; those that pass land with the next "
         "nightly, once.",
     )

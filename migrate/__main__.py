@@ -30,34 +30,45 @@ def _engine(url: str | None, conn_id: str) -> Engine:
     return make_engine(url or get_connection_uri(conn_id) or "")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m migrate", description=__doc__.splitlines()[0])
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m migrate",
+        description="Zero-downtime move of the source database to a new schema "
+        "(docs/migration-runbook.md): schema, backfill, verify, gate. Exit status: 0 ok; "
+        "1 differences found or a gate said no; 2 bad usage.",
+    )
     parser.add_argument("--old", help=f"old database URL (default: connection {OLD_CONN_ID})")
     parser.add_argument("--new", help=f"new database URL (default: connection {NEW_CONN_ID})")
     parser.add_argument("--config", help="mapping YAML (default config/migration.yml)")
     parser.add_argument("--tables", default="", help="comma-separated mapping names (default all)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("schema", help="create the new schema (migrate/new_schema.sql) and state")
     bf = sub.add_parser("backfill", help="replay the repair log, copy history old → new")
-    bf.add_argument("--batch-size", type=int, default=5_000)
+    bf.add_argument("--batch-size", type=int, default=5_000, help="rows per batch (default 5000)")
     bf.add_argument("--rows-per-second", type=float, default=0, help="0: unlimited")
     bf.add_argument("--restart", action="store_true", help="forget checkpoints, copy again")
     bf.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     vf = sub.add_parser("verify", help="compare old and new through the mapping")
-    vf.add_argument("--phase", type=int, default=3, choices=sorted(PHASES))
+    vf.add_argument(
+        "--phase", type=int, default=3, choices=sorted(PHASES), help="recorded with the result"
+    )
     vf.add_argument("--run-id", default=None, help="recorded in ops.migration_checks")
     vf.add_argument("--no-record", action="store_true", help="do not store the result")
     vf.add_argument("--repair", action="store_true", help="queue differing keys for replay")
     gt = sub.add_parser("gate", help="decide (and record) whether a phase may start")
-    gt.add_argument("--phase", type=int, required=True, choices=sorted(PHASES))
-    gt.add_argument("--required-clean-runs", type=int, default=3)
-    gt.add_argument("--run-id", default=None)
+    gt.add_argument(
+        "--phase", type=int, required=True, choices=sorted(PHASES), help="the phase to start"
+    )
+    gt.add_argument(
+        "--required-clean-runs", type=int, default=3, help="clean verify runs needed (default 3)"
+    )
+    gt.add_argument("--run-id", default=None, help="recorded in ops.migration_checks")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -260,17 +260,29 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m migrate.demo", description=__doc__.splitlines()[0]
+        prog=prog or "python -m migrate.demo", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--data-dir", default=str(PROJECT_ROOT / "data" / "migration-demo"))
+    parser.add_argument(
+        "--data-dir",
+        default=str(PROJECT_ROOT / "data" / "migration-demo"),
+        help="the demo's old (SQLite) source and files",
+    )
     parser.add_argument("--database", default=DEMO_DB, help="new database (recreated)")
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--orders-per-day", type=int, default=150)
-    parser.add_argument("--app-threads", type=int, default=3)
-    parser.add_argument("--app-seconds", type=float, default=10.0)
-    parser.add_argument("--rows-per-second", type=int, default=5_000)
+    parser.add_argument("--days", type=int, default=30, help="days of demo history (default 30)")
+    parser.add_argument(
+        "--orders-per-day", type=int, default=150, help="orders per day (default 150)"
+    )
+    parser.add_argument(
+        "--app-threads", type=int, default=3, help="application writers during the move"
+    )
+    parser.add_argument(
+        "--app-seconds", type=float, default=10.0, help="how long the writers run (default 10)"
+    )
+    parser.add_argument(
+        "--rows-per-second", type=int, default=5_000, help="backfill throttle (default 5000)"
+    )
     parser.add_argument("--fail-every", type=int, default=10, help="n-th write to new fails")
     args = parser.parse_args(argv)
     # The demo prints its own story; the library's per-write warnings would drown it.

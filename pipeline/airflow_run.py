@@ -425,11 +425,19 @@ def backfill_with_scheduler(
     return _summary(first, last, results, len(days))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="nightly_sales through Airflow")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="nightly_sales through Airflow")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run nightly_sales for one business day (dags test)")
-    run.add_argument("--date", required=True, type=date.fromisoformat)
+    run = sub.add_parser(
+        "nightly",
+        aliases=["run"],
+        help="run nightly_sales for one business day (dags test)",
+        description="Run nightly_sales for one business day through Airflow (`airflow dags "
+        "test`), against whatever the connections point to (the demo sources when none is set).",
+    )
+    run.add_argument(
+        "--date", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD", help="business day"
+    )
     run.add_argument(
         "--full", action="store_true", help="full rebuild: read the source in full, rebuild all"
     )
@@ -438,10 +446,35 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="let this run delete more of a table than config/guards.yml allows",
     )
-    sub.add_parser("ui", help="the Airflow UI (standalone) with the demo connections")
-    fill = sub.add_parser("backfill", help="run nightly_sales for each day of a range")
-    fill.add_argument("--from", dest="first", required=True, type=date.fromisoformat)
-    fill.add_argument("--to", dest="last", required=True, type=date.fromisoformat)
+    sub.add_parser(
+        "ui",
+        help="the Airflow UI (standalone) with the demo connections",
+        description="The Airflow UI on http://127.0.0.1:8080 (airflow standalone, the demo "
+        "sources when no connection is set); login admin, password AIRFLOW_ADMIN_PASSWORD or "
+        "the random one in $AIRFLOW_HOME/passwords.json.",
+    )
+    fill = sub.add_parser(
+        "backfill",
+        help="run nightly_sales for each day of a range",
+        description="Run nightly_sales for each day of a range, in order; idempotent, never "
+        "removes a later published day.",
+    )
+    fill.add_argument(
+        "--from",
+        dest="first",
+        required=True,
+        type=date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="first day",
+    )
+    fill.add_argument(
+        "--to",
+        dest="last",
+        required=True,
+        type=date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="last day (inclusive)",
+    )
     fill.add_argument(
         "--mode",
         choices=("auto", "scheduler", "local"),

@@ -932,8 +932,8 @@ def _run_all(business_date: date, full_refresh: bool, allow_mass_delete: bool) -
     return {**stats, "report": report, "alerts": alerts, "retention": retention}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--date", required=True, type=date.fromisoformat, help="business day")
     parser.add_argument("--full", action="store_true", help="read the source in full, rebuild all")
     parser.add_argument(

@@ -710,3 +710,32 @@ def rebuild_all_pages(where: Any, report_dir: Path) -> dict[str, int]:
         rebuilt += 1
     build_index(report_dir)
     return {"rebuilt": rebuilt, "removed": removed}
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Rebuild every day page and the index from the published warehouse (after a change
+    of the report's template, or when pages went missing)."""
+    import argparse
+
+    from pipeline import settings
+
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m report.build",
+        description="Rebuild every day page of the report (and the index) from the published "
+        "warehouse; pages of days after the last published one are removed.",
+    )
+    parser.add_argument(
+        "--report-dir", type=Path, default=None, help="default: REPORT_DIR (data/report)"
+    )
+    args = parser.parse_args(argv)
+    report_dir = args.report_dir or settings.report_dir()
+    result = rebuild_all_pages(settings.warehouse_lease_target(), report_dir)
+    print(
+        f"report {report_dir}: {result['rebuilt']} page(s) rebuilt, "
+        f"{result['removed']} removed; index: {report_dir / 'index.html'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

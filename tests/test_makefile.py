@@ -50,7 +50,7 @@ def test_up_and_down_wrap_docker_compose() -> None:
 
 def test_demo_puts_no_token_on_a_command_line() -> None:
     dry = _dry("demo", "DEMO_API_TOKEN=s3cret-demo")
-    assert "demo.run" in dry
+    assert "nightshift demo" in dry
     assert "--token" not in dry and "s3cret-demo" not in dry
 
 

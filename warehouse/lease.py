@@ -394,11 +394,19 @@ def new_holder(kind: str) -> str:
     return f"{kind}/{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pipeline import settings
 
-    parser = argparse.ArgumentParser(description="The warehouse's run lease")
-    parser.add_argument("command", nargs="?", choices=("show", "unlock"), default="show")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="The warehouse's run lease: who holds it, or remove it."
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("show", "unlock"),
+        default="show",
+        help="show (default): who holds the lease; unlock: remove one left by a dead run",
+    )
     args = parser.parse_args(argv)
     target = settings.warehouse_lease_target()
     warehouse_path = _name(target)

@@ -229,8 +229,10 @@ def repl(con: Any) -> None:
                 print(f"error: {exc}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="read-only SQL on the published warehouse")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Read-only SQL on the published warehouse (a shell, or one --sql)."
+    )
     parser.add_argument("--sql", help="one statement to run, then exit")
     parser.add_argument(
         "--warehouse", type=Path, default=None, help="a DuckDB file (default: configured)"

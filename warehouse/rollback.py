@@ -169,8 +169,12 @@ def _rollback(warehouse_path: Path, to_run_id: str | None) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Publish a kept version of the warehouse again")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Publish a kept version of the DuckDB warehouse again: the one before the "
+        "current, or --to <run id>; the report pages follow.",
+    )
     parser.add_argument("--to", dest="to_run_id", help="run id whose version to restore")
     parser.add_argument("--list", action="store_true", help="list the kept versions")
     args = parser.parse_args(argv)
