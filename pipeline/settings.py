@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -132,17 +132,28 @@ class ApiConfig:
         return f"ApiConfig(base_url={self.base_url!r}, token='***')"
 
 
+def _masked(uri: str) -> str:
+    """`uri` with every secret it carries, as written or percent-encoded, replaced by `***`
+    (for error messages)."""
+    raw = urlsplit(uri).password
+    secrets = {*secrets_in_uri(uri), *([raw] if raw else [])}
+    for secret in sorted(secrets, key=len, reverse=True):
+        uri = uri.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return uri
+
+
 def parse_api_uri(uri: str) -> ApiConfig:
     """`http://:TOKEN@host:port` → base URL + bearer token (token = the password)."""
     parts = urlsplit(uri)
+    where = f"payments_api (AIRFLOW_CONN_PAYMENTS_API={_masked(uri)!r})"
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"payments_api: scheme must be http or https, got {parts.scheme!r}")
+        raise ConfigError(f"{where}: scheme must be http or https, got {parts.scheme!r}")
     if not parts.hostname:
-        raise ConfigError("payments_api: the URI has no host")
+        raise ConfigError(f"{where}: the URI has no host, e.g. https://:TOKEN@api.example.com")
     token = unquote(parts.password or "")
     if not token:
         raise ConfigError(
-            "payments_api: no token: put it in the password field, http://:TOKEN@host:port"
+            f"{where}: no token: put it in the password field, http://:TOKEN@host:port"
         )
     _mask(token)
     host = parts.hostname
@@ -241,7 +252,8 @@ def landing_store_options() -> dict[str, Any]:
         parts = urlsplit(uri)
         if parts.scheme not in ("aws", "s3"):
             raise ConfigError(
-                f"landing: scheme must be aws (aws://KEY:SECRET@/?…), got {parts.scheme!r}"
+                f"landing: scheme must be aws (aws://KEY:SECRET@/?…), got {parts.scheme!r} "
+                f"in AIRFLOW_CONN_LANDING={_masked(uri)!r}"
             )
         extra = dict(parse_qsl(parts.query))
         key = unquote(parts.username or "") or extra.get("aws_access_key_id") or key
@@ -501,9 +513,12 @@ def statsd_address() -> tuple[str | None, int]:
     host = env("STATSD_HOST")
     raw = env("STATSD_PORT", "8125")
     try:
-        return host, int(raw)
+        port = int(raw)
     except ValueError as exc:
         raise ConfigError(f"STATSD_PORT={raw!r} is not a port number") from exc
+    if not 0 < port < 65536:
+        raise ConfigError(f"STATSD_PORT={raw!r} is not a port number (1-65535)")
+    return host, port
 
 
 def dbt_project_dir() -> Path:
@@ -546,7 +561,9 @@ def warehouse_lease_ttl_seconds() -> float:
     this long (its tasks renew it while they run) is expired: the next run takes it over."""
     minutes = _nonnegative_float_env("WAREHOUSE_LEASE_TTL_MINUTES", 30)
     if minutes <= 0:
-        raise ConfigError("WAREHOUSE_LEASE_TTL_MINUTES must be > 0")
+        raise ConfigError(
+            f"WAREHOUSE_LEASE_TTL_MINUTES={env('WAREHOUSE_LEASE_TTL_MINUTES')!r} must be > 0"
+        )
     return minutes * 60
 
 
