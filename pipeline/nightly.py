@@ -647,6 +647,10 @@ def dbt_build(business_date: date) -> dict[str, Any]:
     Unit tests (fixed fixtures: they test the SQL, not the night's data) are left to
     development and CI (`make test`, a plain `dbt build`), as dbt recommends.
 
+    `dbt source freshness` runs in the same dbt call, against the run's clock: a source
+    table past its `error_after` stops the run before publish unless
+    `ACCEPT_STALE_SOURCES` names it (`_freshness_gate`); past `warn_after` it is a warning.
+
     `fct_orders` is incremental: only the business days this run restated are rebuilt.
     A build whose `fct_orders` predates the current model (no `fx_rate` column, e.g. a
     warehouse from an older release) is rebuilt in full once. `sales_summary` covers every
@@ -666,6 +670,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
             run_id=run_id_for(business_date),
             full_refresh=_needs_full_refresh((wh, build), business_date),
             unit_tests=False,  # development and CI run them (make test, `dbt build`)
+            freshness=True,
         )
     except DbtError as exc:
         if exc.result is None or not exc.result.nodes:
@@ -673,10 +678,33 @@ def dbt_build(business_date: date) -> dict[str, Any]:
         tests = _dbt_tests(business_date, exc.result)
         if tests.success:  # a model failed, no data test: nothing for ops.quality_results
             raise
-        where = _record_failed_gate(business_date, [tests], exc.result.run_results_path)
+        fresh = _freshness(business_date, exc.result)
+        where = _record_failed_gate(business_date, [tests, fresh], exc.result.run_results_path)
         raise DbtError(f"{exc}\n{where}", exc.result) from exc
-    _store_quality((wh, build), business_date, [_dbt_tests(business_date, result)])
+    results = [_dbt_tests(business_date, result), _freshness(business_date, result)]
+    _store_quality((wh, build), business_date, results)
+    _freshness_gate(business_date, results[1], result.run_results_path)
     return {**result.summary(), "horizon": horizon.isoformat()}
+
+
+def _freshness(business_date: date, result: Any) -> Any:
+    """The build's `dbt source freshness` as the quality suite `source_freshness`."""
+    from quality.freshness import freshness_results
+
+    accepted = settings.accept_stale_sources()
+    return freshness_results(result.freshness, run_id_for(business_date), accepted)
+
+
+def _freshness_gate(business_date: date, fresh: Any, details: Path | None) -> None:
+    """Log stale sources; stop before publish on one past `error_after` that the run does
+    not accept: a night whose source stopped arriving must not publish its day as if it
+    had no sales (recorded in the published `ops.quality_results` first)."""
+    from quality.validate import raise_for_critical
+
+    for outcome in fresh.warnings:
+        log.warning("source freshness: %s", outcome.describe())
+    if fresh.critical_failures:
+        raise_for_critical([fresh], _record_failed_gate(business_date, [fresh], details))
 
 
 def _dbt_tests(business_date: date, result: Any) -> Any:

@@ -408,6 +408,23 @@ def accept_schema_drift(param: str | None = None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(specs))
 
 
+_RAW_TABLES = ("users", "products", "orders", "order_items", "payments", "fx_rates")
+
+
+def accept_stale_sources() -> tuple[str, ...]:
+    """`ACCEPT_STALE_SOURCES` (default: none): comma-separated raw tables (`orders`, or
+    `*` for all) whose error-level staleness (`dbt source freshness`) this run publishes
+    anyway, as a warning: a source that is really quiet, e.g. on a holiday."""
+    names = [n.strip() for n in env("ACCEPT_STALE_SOURCES", "").split(",") if n.strip()]
+    for name in names:
+        if name != "*" and name not in _RAW_TABLES:
+            raise ConfigError(
+                f"ACCEPT_STALE_SOURCES: {name!r} is not a source table; use "
+                f"{', '.join(_RAW_TABLES)} or *"
+            )
+    return tuple(dict.fromkeys(names))
+
+
 def watermark_max_jump_days() -> int:
     """`WATERMARK_MAX_JUMP_DAYS` (default 30; 0: no limit): the furthest the payments
     watermark may move in one run before the run fails."""

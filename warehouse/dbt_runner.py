@@ -86,6 +86,58 @@ class NodeResult:
         return ".".join(parts[2:]) or self.unique_id
 
 
+@dataclass(frozen=True)
+class SourceFreshness:
+    """One source table's `dbt source freshness` result (target/sources.json).
+
+    `status`: pass, warn, error, or `runtime error` (the table could not be read);
+    `age_s`: the run's clock minus the newest `loaded_at_field` (None: no rows)."""
+
+    unique_id: str
+    status: str
+    age_s: float | None
+    max_loaded_at: str | None
+    snapshotted_at: str | None
+    warn_after_s: float | None = None
+    error_after_s: float | None = None
+    message: str | None = None
+
+    @property
+    def table(self) -> str:
+        """`raw.orders` (source name and table, from the unique_id)."""
+        return ".".join(self.unique_id.split(".")[2:]) or self.unique_id
+
+
+_PERIOD_S = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def _after_s(criteria: dict[str, Any], key: str) -> float | None:
+    rule = criteria.get(key) or {}
+    if not rule.get("count") or rule.get("period") not in _PERIOD_S:
+        return None
+    return float(rule["count"]) * _PERIOD_S[rule["period"]]
+
+
+def read_source_freshness(path: Path) -> list[SourceFreshness]:
+    """The results of `dbt source freshness` (its sources.json); [] when it has none."""
+    if not path.is_file():
+        return []
+    data: dict[str, Any] = json.loads(path.read_text())
+    return [
+        SourceFreshness(
+            unique_id=r.get("unique_id", "?"),
+            status=str(r.get("status")),
+            age_s=r.get("max_loaded_at_time_ago_in_s"),
+            max_loaded_at=r.get("max_loaded_at"),
+            snapshotted_at=r.get("snapshotted_at"),
+            warn_after_s=_after_s(r.get("criteria") or {}, "warn_after"),
+            error_after_s=_after_s(r.get("criteria") or {}, "error_after"),
+            message=r.get("error"),
+        )
+        for r in data.get("results", [])
+    ]
+
+
 @dataclass
 class DbtResult:
     args: list[str]
@@ -94,6 +146,8 @@ class DbtResult:
     nodes: list[NodeResult] = field(default_factory=list)
     output: str = ""
     run_results_path: Path | None = None
+    # `dbt source freshness` of the same call (run_dbt(..., freshness=True)), else empty
+    freshness: list[SourceFreshness] = field(default_factory=list)
 
     @property
     def failed(self) -> list[NodeResult]:
@@ -130,7 +184,14 @@ class DbtResult:
             "failed_tests": {n.name: n.failures for n in self.failed_tests},
             "slowest": [[n.name, round(n.execution_time, 3)] for n in self.slowest()],
             "run_results": None if self.run_results_path is None else str(self.run_results_path),
+            "freshness": {
+                f.table: {"status": f.status, "age_h": _hours(f.age_s)} for f in self.freshness
+            },
         }
+
+
+def _hours(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 3600, 2)
 
 
 def dbt_executable() -> Path:
@@ -247,8 +308,14 @@ def run_dbt(
     dbt: Path | None = None,
     target_dir: Path | None = None,
     timeout_s: float | None = None,
+    freshness: bool = False,
 ) -> DbtResult:
     """Run `dbt <args>` against `project_dir` (which also holds profiles.yml).
+
+    `freshness`: `dbt source freshness` first, in the same process and parse
+    (warehouse/dbt_steps.py), measured against the run's clock (`DBT_NIGHTSHIFT_NOW` from
+    pipeline/clock.py, macros/source_freshness.sql); its results are `result.freshness`
+    and never fail the call (the caller decides what a stale source means).
 
     `timeout_s` (default `DBT_TIMEOUT_S`, 0: none): the dbt process is stopped (SIGTERM,
     then SIGKILL) when it runs longer, and `DbtTimeoutError` names the setting. dbt in
@@ -267,6 +334,8 @@ def run_dbt(
     target_dir = Path(target_dir).resolve()
     run_results = target_dir / "run_results.json"
     run_results.unlink(missing_ok=True)  # never report a previous run's results
+    sources_json = target_dir / "sources.json"
+    sources_json.unlink(missing_ok=True)
     cmd = [
         str(dbt or dbt_executable()),
         *args,
@@ -284,6 +353,7 @@ def run_dbt(
     full_env.setdefault("DBT_USE_COLORS", "false")  # plain text in task logs
     full_env["DBT_TARGET_PATH"] = str(target_dir)
     full_env["DBT_LOG_PATH"] = str(target_dir / "logs")
+    full_env["DBT_NIGHTSHIFT_NOW"] = clock.now().isoformat(timespec="seconds")
     if target == "duckdb" and warehouse_path is None and not full_env.get("WAREHOUSE_PATH"):
         raise DbtError("target duckdb needs WAREHOUSE_PATH (pass warehouse_path= or env=)")
     with contextlib.ExitStack() as stack:
@@ -299,8 +369,10 @@ def run_dbt(
 
             timeout_s = dbt_timeout_s()
         if in_process:
-            returncode, lines = _invoke_in_process(cmd, project_dir, full_env)
+            returncode, lines = _invoke_in_process(cmd, project_dir, full_env, freshness)
         else:
+            if freshness:  # the same dbt's python runs both commands: one start-up
+                cmd = [str(Path(cmd[0]).with_name("python")), str(_STEPS_SCRIPT), *cmd[1:]]
             returncode, lines = _stream(cmd, project_dir, full_env, timeout_s or None)
     elapsed, nodes = _read_run_results(run_results)
     result = DbtResult(
@@ -310,6 +382,7 @@ def run_dbt(
         nodes=nodes,
         output="\n".join(lines),
         run_results_path=_keep_run_results(run_results, run_id),
+        freshness=read_source_freshness(sources_json) if freshness else [],
     )
     if nodes:
         log_summary(result)
@@ -377,10 +450,18 @@ def _stream(
     return (_TIMED_OUT if timed_out.is_set() else returncode), lines
 
 
-def _invoke_in_process(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[str]]:
+_STEPS_SCRIPT = Path(__file__).with_name("dbt_steps.py")
+
+
+def _invoke_in_process(
+    cmd: list[str], cwd: Path, env: dict[str, str], freshness: bool = False
+) -> tuple[int, list[str]]:
     """`cmd` (without its executable) through `dbtRunner`, with `env` as the environment
-    and `cwd` as the directory for the call only; (exit code, lines) like `_stream`."""
+    and `cwd` as the directory for the call only; (exit code, lines) like `_stream`.
+    `freshness`: `dbt source freshness` first, on the same parse (warehouse/dbt_steps.py)."""
     from dbt.cli.main import dbtRunner
+
+    from warehouse.dbt_steps import run_with_freshness
 
     log.info("running in process: %s", " ".join(cmd))
     lines: list[str] = []
@@ -395,7 +476,10 @@ def _invoke_in_process(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[
     os.environ.update(env)
     os.chdir(cwd)
     try:
-        result = dbtRunner(callbacks=[keep]).invoke(cmd[1:])
+        if freshness:
+            result = run_with_freshness(cmd[1:], [keep])
+        else:
+            result = dbtRunner(callbacks=[keep]).invoke(cmd[1:])
     finally:
         _close_duckdb_environment()
         os.chdir(saved_cwd)
@@ -663,6 +747,7 @@ def dbt_build(
     full_refresh: bool = False,
     target_dir: Path | None = None,
     unit_tests: bool = True,
+    freshness: bool = False,
 ) -> DbtResult:
     """`dbt build` on a warehouse with the report vars; fails if `select` matches nothing.
 
@@ -681,7 +766,8 @@ def dbt_build(
     `unit_tests=False` adds `--exclude-resource-type unit_test`: the nightly build leaves
     the unit tests (fixed fixtures that test the SQL logic, not the night's data) to
     development and CI, as dbt's docs recommend for production; a plain `dbt build` and
-    `make test` still run them.
+    `make test` still run them. `freshness`: `dbt source freshness` in the same call
+    (`result.freshness`, see run_dbt).
     """
     if run_id is not None and not _RUN_ID_RE.match(run_id):
         raise DbtError(f"invalid run_id {run_id!r}: letters, digits and _.:- only")
@@ -729,6 +815,7 @@ def dbt_build(
         run_id=run_id,
         dbt=connection.executable,
         target_dir=target_dir,
+        freshness=freshness,
     )
     if select and not result.nodes:
         raise DbtError(f"dbt build --select {select!r} matched no node", result)
