@@ -19,6 +19,9 @@ The nightly batch for one **business day** (the day before the run, in `REPORT_T
 8. `publish`: the build replaces the published warehouse in one atomic rename.
    Any failure before this leaves what analysts see exactly as it was.
    The run's metrics go into `ops.pipeline_runs` / `ops.task_metrics` with it.
+   `announce_analytics` then emits the Airflow Assets of `analytics.sales_summary` and
+   `analytics.daily_sales` (they schedule `analytics_export`) when the publish changed
+   the rows of either; when it changed neither, it is skipped, with no asset event.
 9. `build_report`: the HTML report of the day, `data/report/<day>.html`.
 10. `check_alerts`: the alert rules (`config/alerts.yml`) on the run's metrics.
 11. `apply_retention`: prune old landing runs, quarantine files, run folders, failed
@@ -60,6 +63,7 @@ import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task, teardown
 
 from alerting.callbacks import on_dag_failure, on_task_failure, on_task_retry, run_deadline
+from pipeline.assets import ANALYTICS_ASSETS
 from pipeline.settings import env, task_timeout_minutes
 
 REPORT_TZ = env("REPORT_TZ", "UTC")
@@ -214,8 +218,31 @@ def nightly_sales():
 
         business_date = _business_date()
         stats = nightly.run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
-        nightly.publish(business_date, stats)
+        published = nightly.publish(business_date, stats)
+        # for announce_analytics: the analytics tables this publish changed
+        get_current_context()["ti"].xcom_push("changed_tables", published["changed_tables"])
         return stats
+
+    @task(retries=0, outlets=list(ANALYTICS_ASSETS))
+    def announce_analytics(stats: dict) -> dict:
+        """The Asset events of `analytics.*` (they schedule `analytics_export`) when the
+        publish changed either table (Airflow emits every outlet of a task that succeeds);
+        skipped, with no event, when it changed neither."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipeline.assets import published_change
+
+        ctx = get_current_context()
+        changed = ctx["ti"].xcom_pull(task_ids="publish", key="changed_tables") or []
+        if not changed:
+            raise AirflowSkipException(
+                f"run {stats.get('run_id')} published the analytics tables unchanged: "
+                "no asset event, analytics_export is not triggered"
+            )
+        extra = published_change(changed, stats)
+        for asset in ANALYTICS_ASSETS:
+            ctx["outlet_events"][asset].extra = extra
+        return extra
 
     @task(retries=0)
     @_guarded
@@ -256,11 +283,12 @@ def nightly_sales():
     extracted >> loaded
     [loaded, api] >> api_loaded >> built >> etl >> parity
     stats = publish(extracted, loaded, api, api_loaded, etl, parity)
+    announced = announce_analytics(stats)  # beside the report: nothing waits for it
     report, alerts, retained = build_report(stats), check_alerts(), apply_retention()
     report >> alerts >> retained
     # the run's warehouse lease is given up when every task is done, failed or not
     every = [extracted, loaded, api, api_loaded, built, etl, parity, stats, report, alerts]
-    every + [retained] >> release_warehouse()
+    every + [retained, announced] >> release_warehouse()
 
 
 nightly_sales()

@@ -797,8 +797,10 @@ def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[st
     publishing step: metrics and tables become visible together)."""
     from pipeline import run_metrics
     from warehouse import lease
+    from warehouse.export import changed_analytics_tables
 
     wh, build = _run_build(business_date)
+    changed = changed_analytics_tables(wh, build)  # their Assets, once published (the DAG)
     if stats is not None:
         _landing_synced(business_date)  # the run metrics read the run's manifests
         with wh.transaction(build) as session:
@@ -810,7 +812,11 @@ def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[st
         version=run_id_for(business_date),
         keep=policy.warehouse_versions,
     )
-    return {"published": wh.describe(), "swap_seconds": round(seconds, 4)}
+    return {
+        "published": wh.describe(),
+        "swap_seconds": round(seconds, 4),
+        "changed_tables": changed,
+    }
 
 
 def _retention_policy() -> Any:

@@ -23,7 +23,7 @@ def dagbag(tmp_path_factory):
     return DagBag(dag_folder=str(ROOT / "dags"))
 
 
-@pytest.mark.parametrize("dag_id", ["nightly_sales", "migration_verify"])
+@pytest.mark.parametrize("dag_id", ["nightly_sales", "migration_verify", "analytics_export"])
 def test_the_dag_and_its_tasks_alert_on_failure(dagbag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     callbacks = dag.on_failure_callback

@@ -55,6 +55,7 @@ def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert "nightly_sales" in dagbag.dags
     assert "migration_verify" in dagbag.dags
+    assert "analytics_export" in dagbag.dags
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
@@ -97,11 +98,12 @@ def test_nightly_sales_shape(dagbag) -> None:
         "check_alerts",
         "apply_retention",
     ]
-    assert set(order) | {"release_warehouse"} == set(dag.task_ids)
+    assert set(order) | {"announce_analytics", "release_warehouse"} == set(dag.task_ids)
     # the run's warehouse lease is given up once every task is done, failed or not,
     # and that teardown does not decide the run's state
     release = dag.get_task("release_warehouse")
-    assert release.is_teardown and set(release.upstream_task_ids) == set(order)
+    assert release.is_teardown
+    assert set(release.upstream_task_ids) == set(order) | {"announce_analytics"}
     assert set(dag.params.keys()) == {
         "business_date",
         "full_refresh",
@@ -211,6 +213,29 @@ def test_payments_extract_needs_nothing_from_the_source_db_side(monkeypatch) -> 
     summary = nightly.extract_payments_api.__wrapped__(date(2026, 11, 27))
     assert summary == {"payments": 3, "payments_quarantined": 0, "payments_replayed": 0}
     assert called["run_id"] == "2026-11-27"
+
+
+def test_the_publish_announces_the_analytics_assets_that_schedule_the_export(dagbag) -> None:
+    """`announce_analytics` (after `publish`, nothing waits for it) declares the Assets
+    of both published tables; `analytics_export` is scheduled on them."""
+    from airflow.sdk import Asset
+
+    uris = {
+        "x-nightshift://warehouse/analytics/sales_summary",
+        "x-nightshift://warehouse/analytics/daily_sales",
+    }
+    announce = dagbag.dags["nightly_sales"].get_task("announce_analytics")
+    assert announce.upstream_task_ids == {"publish"}
+    assert announce.downstream_task_ids == {"release_warehouse"}
+    assert {a.uri for a in announce.outlets if isinstance(a, Asset)} == uris
+    for task in dagbag.dags["nightly_sales"].tasks:
+        if task.task_id != "announce_analytics":
+            assert not task.outlets, f"{task.task_id} emits asset events"
+    export = dagbag.dags["analytics_export"]
+    assert type(export.timetable).__name__ == "AssetTriggeredTimetable"
+    assert {a.uri for a in export.timetable.asset_condition.objects} == uris
+    assert type(export.timetable.asset_condition).__name__ == "AssetAny"
+    assert export.catchup is False and export.max_active_runs == 1
 
 
 def test_migration_verify_shape(dagbag) -> None:
