@@ -10,7 +10,10 @@ copy of it. A fresh host (an empty local stage) does not see it; the next run of
 on yet another host, replaces it: day 2 equals the oracle (nothing doubled), no attempt
 without a commit is left, every committed run has exactly one attempt, and the secret
 appears in no object and no log line. The quarantine is on the store too
-(`NIGHTSHIFT_QUARANTINE_URL`): day 1's quarantined records reach the next host.
+(`NIGHTSHIFT_QUARANTINE_URL`): day 1's quarantined records reach the next host. So are
+the run files, the report and the Data Docs (`NIGHTSHIFT_DATA_URL`): the published run
+metrics hold every step although each host wrote its own, day 2's report (host C) lists
+day 1's (host A), and nothing is written to the local `runs`, `report` or `docs` folders.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from extract.object_landing import ATTEMPT_PREFIX
 from pipeline import settings
 from pipeline.airflow_run import airflow_env, run_dag
 from tests.e2e.harness import REPORT_TZ, TOKEN, api_base_of, assert_matches_oracle, pipeline_env
-from tests.s3_server import ACCESS_KEY, SECRET_KEY, start_s3_server
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, start_s3_server
 
 pytestmark = pytest.mark.e2e
 
@@ -98,6 +101,48 @@ def _kill_extract_after_first_object(day: date, env: dict[str, str], store) -> l
     return half
 
 
+# the @timed steps before `publish`, which gathers their files into ops.task_metrics
+STEPS_BEFORE_PUBLISH = {
+    "extract_source_db",
+    "load_source_db",
+    "extract_payments_api",
+    "load_payments_api",
+    "dbt_build",
+    "transform_daily_sales",
+    "check_parity",
+}
+
+
+def _assert_run_files_on_the_store(
+    s3: S3Server, bucket: str, warehouse: Path, day: date, hosts: Path
+) -> None:
+    """The run's step files, report and Data Docs are objects under `data/`; the
+    published metrics were gathered from them; nothing of them is in a local folder."""
+    import duckdb
+
+    keys = set(s3.keys(bucket, "data/"))
+    steps = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if f"runs/{day}/steps/" in k}
+    assert steps >= STEPS_BEFORE_PUBLISH | {"publish", "build_report"}, sorted(keys)
+    assert {f"data/report/{day}.html", f"data/report/{day}.csv"} <= keys, sorted(keys)
+    # every Data Docs site a host built (in its stage) is on the store, under its step
+    built = {p.parent.name for p in hosts.glob("host-*/data/docs/quality/*/index.html")}
+    docs = {k.split("/")[3] for k in keys if k.startswith("data/docs/quality/")}
+    assert docs == built, (docs, built)
+    for step in built:
+        assert f"data/docs/quality/{step}/index.html" in keys
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        tasks = {r[0] for r in con.execute(
+            "select task from ops.task_metrics where run_id = ? and status = 'success'", [str(day)]
+        ).fetchall()}  # fmt: skip
+        runs = con.execute(
+            "select count(*) from ops.pipeline_runs where run_id = ?", [str(day)]
+        ).fetchone()[0]
+    assert runs == 1 and tasks >= STEPS_BEFORE_PUBLISH, tasks
+    data_dir = warehouse.parent
+    for local in ("runs", "report", "docs", "data-stage"):
+        assert not (data_dir / local).exists(), f"{data_dir / local} was written"
+
+
 def test_nightly_with_the_landing_zone_on_s3(
     pg_database: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -126,6 +171,7 @@ def _run(pg_database: str, tmp_path: Path, s3, capfd) -> None:  # noqa: ANN001
     landing = {
         "NIGHTSHIFT_LANDING_URL": f"s3://{bucket}/landing",
         "NIGHTSHIFT_QUARANTINE_URL": f"s3://{bucket}/quarantine",
+        "NIGHTSHIFT_DATA_URL": f"s3://{bucket}/data",  # runs/, report/, docs/quality/
         "AIRFLOW_CONN_LANDING": s3.conn_uri(),
         "NIGHTSHIFT_NO_AIRFLOW_LOOKUP": "1",
     }
@@ -144,6 +190,7 @@ def _run(pg_database: str, tmp_path: Path, s3, capfd) -> None:  # noqa: ANN001
                     **env,
                     "NIGHTSHIFT_LANDING_STAGE": str(tmp_path / name / "landing"),
                     "NIGHTSHIFT_QUARANTINE_STAGE": str(tmp_path / name / "quarantine"),
+                    "NIGHTSHIFT_DATA_STAGE": str(tmp_path / name / "data"),
                 }
 
             store = _store(on_host("host-a"))
@@ -152,6 +199,7 @@ def _run(pg_database: str, tmp_path: Path, s3, capfd) -> None:  # noqa: ANN001
             assert_matches_oracle(engine, warehouse, api_base, day1)
             assert not (data_dir / "landing").exists(), "the local landing folder was used"
             assert not (data_dir / "quarantine").exists(), "the local quarantine was used"
+            _assert_run_files_on_the_store(s3, bucket, warehouse, day1, tmp_path)
             quarantined = [k for k in s3.keys(bucket, "quarantine/") if k.endswith(".jsonl")]
             assert any(f"/run={day1.isoformat()}/attempt=" in k for k in quarantined), quarantined
             committed = [k for k in s3.keys(bucket) if k.endswith("/_commit.json")]
@@ -172,6 +220,9 @@ def _run(pg_database: str, tmp_path: Path, s3, capfd) -> None:  # noqa: ANN001
             # the quarantine of day 1 (host A) reached host C through the store
             assert list((tmp_path / "host-c" / "quarantine").rglob(f"run={day1}/attempt=*.jsonl"))
             assert_matches_oracle(engine, warehouse, api_base, day2)
+            _assert_run_files_on_the_store(s3, bucket, warehouse, day2, tmp_path)
+            index = s3.client().get_object(Bucket=bucket, Key="data/report/index.html")
+            assert f'href="{day1}.html"' in index["Body"].read().decode()  # host A's page
             assert store.uncommitted_attempts() == []
             keys = s3.keys(bucket)
             runs: dict[str, set[str]] = {}
