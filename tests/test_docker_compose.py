@@ -331,6 +331,10 @@ def test_preflight_checks_minio_and_an_s3_landing(compose: dict) -> None:
     assert _preflight(compose, {**s3, "MINIO_ROOT_PASSWORD": "minio-Vb3nK8sLq2"}).returncode == 0
     no_store = _preflight(compose, {**GOOD, "NIGHTSHIFT_LANDING_URL": "s3://b/landing"})
     assert no_store.returncode == 1 and "AIRFLOW_CONN_LANDING" in no_store.stderr
+    no_store = _preflight(compose, {**GOOD, "NIGHTSHIFT_DATA_URL": "s3://b/data"})
+    assert no_store.returncode == 1 and "NIGHTSHIFT_DATA_URL is s3://" in no_store.stderr
+    minio = {**s3, "MINIO_ROOT_PASSWORD": "minio-Vb3nK8sLq2", "NIGHTSHIFT_DATA_URL": "s3://b/d"}
+    assert _preflight(compose, minio).returncode == 0
     bad_key = _preflight(compose, {**GOOD, "AIRFLOW_FERNET_KEY": "not-a-fernet-key-at-all"})
     assert bad_key.returncode == 1 and "AIRFLOW_FERNET_KEY" in bad_key.stderr
 
@@ -377,10 +381,42 @@ def test_minio_landing_zone_profile(compose: dict) -> None:
     assert "mc mb --ignore-existing" in _text(init["command"])
     assert "NIGHTSHIFT_LANDING_URL" in _text(init["command"])
     common = compose["x-airflow-common"]["environment"]
-    assert common["NIGHTSHIFT_LANDING_URL"] == "${NIGHTSHIFT_LANDING_URL:-}"
+    for name in ("NIGHTSHIFT_LANDING_URL", "NIGHTSHIFT_QUARANTINE_URL", "NIGHTSHIFT_DATA_URL"):
+        assert common[name] == f"${{{name}:-}}", name
+        assert init["environment"][name] == f"${{{name}:-}}", name
     conn = common["AIRFLOW_CONN_LANDING"]
     assert conn.startswith("${AIRFLOW_CONN_LANDING:-aws://")
     assert "endpoint_url=http%3A%2F%2Fminio%3A9000" in conn
+
+
+def test_minio_init_creates_the_bucket_of_each_s3_url(compose: dict, tmp_path: Path) -> None:
+    """minio-init's script for real (sh), `mc` a stub that logs its argv."""
+    script = compose["services"]["minio-init"]["command"][1].replace("$$", "$")
+    (tmp_path / "mc").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/mc.log\n')
+    (tmp_path / "mc").chmod(0o755)
+    path = f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"
+
+    def init(**urls: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "mc.log").unlink(missing_ok=True)
+        env = {"PATH": path, "NIGHTSHIFT_LANDING_URL": "", "NIGHTSHIFT_QUARANTINE_URL": ""}
+        return subprocess.run(
+            ["sh", "-c", script],
+            env={**env, "NIGHTSHIFT_DATA_URL": "", **urls},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert init(NIGHTSHIFT_DATA_URL="s3://shared/night").returncode == 0
+    assert (tmp_path / "mc.log").read_text() == "mb --ignore-existing local/shared\n"
+    both = init(NIGHTSHIFT_LANDING_URL="s3://land/x", NIGHTSHIFT_DATA_URL="s3://shared/night")
+    assert both.returncode == 0
+    assert (tmp_path / "mc.log").read_text().split("\n")[:2] == [
+        "mb --ignore-existing local/land",
+        "mb --ignore-existing local/shared",
+    ]
+    none = init(NIGHTSHIFT_LANDING_URL="/data/landing")
+    assert none.returncode == 1 and "NIGHTSHIFT_DATA_URL" in none.stderr
 
 
 def _run_init(compose: dict, tmp_path: Path, airflow_stub: str) -> subprocess.CompletedProcess:
