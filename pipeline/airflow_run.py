@@ -494,8 +494,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 return backfill_with_scheduler(args.first, args.last, extra)
             return backfill(args.first, args.last, extra)
         run_dag(args.date, extra, full_refresh=args.full, allow_mass_delete=args.allow_mass_delete)
+    from pipeline import run_files
+
     print(f"nightly_sales {args.date}: success")
-    print(f"report:    {settings.report_dir() / (args.date.isoformat() + '.html')}")
+    print(f"report:    {run_files.report_location(args.date)}")
     print(f"warehouse: {settings.warehouse_path()}")
     return 0
 

@@ -115,6 +115,13 @@ def mirrored_report() -> Iterator[Path]:
     push_mirror(store, folder)
 
 
+def report_location(business_date: date) -> str:
+    """Where the day's report page is read: on the store, or in the local folder."""
+    root = settings.data_url()
+    name = f"{business_date.isoformat()}.html"
+    return f"{root}/report/{name}" if root else str(settings.report_dir() / name)
+
+
 def publish_docs(site: Path, step: str) -> str:
     """Publish a finished Data Docs site (`site`, a local folder) to
     `<url>/docs/quality/<step>/` when `NIGHTSHIFT_DATA_URL` is set; return where it is

@@ -164,6 +164,7 @@ def test_one_url_puts_every_shared_folder_on_the_store(
     assert settings.quarantine_dir() == tmp_path / "data" / "quarantine-stage"
     assert settings.report_dir() == tmp_path / "data" / "data-stage" / "report"
     assert settings.quality_docs_dir() == tmp_path / "data" / "data-stage" / "docs" / "quality"
+    assert run_files.report_location(DAY) == "s3://bucket/night/report/2026-03-07.html"
     monkeypatch.setenv("NIGHTSHIFT_LANDING_URL", "s3://other/landing")  # a kind's own URL wins
     assert settings.landing_url() == "s3://other/landing"
     monkeypatch.setenv("NIGHTSHIFT_DATA_URL", "/mnt/shared")
@@ -183,3 +184,4 @@ def test_unset_the_run_files_stay_in_the_local_folder(
     assert record["summary"] == {"orders": 3}
     assert run_files.publish_docs(tmp_path / "site", "load") == str(tmp_path / "site")
     assert run_files.prune_store(30, DAY, "2026-03-07") == []
+    assert run_files.report_location(DAY) == str(settings.report_dir() / "2026-03-07.html")
