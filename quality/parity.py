@@ -4,6 +4,9 @@ For every (date, region): `analytics.daily_sales` summed over categories must eq
 `analytics.sales_summary` in both `order_count` and `total_sales_usd`. Runs on any
 warehouse backend (`warehouse/backends/`): the SQL is read as Arrow through
 `read_arrow`, with `{analytics}` for the (build's) schema and `?` parameters.
+When they disagree, the error also names the (date, region, category) rows of
+`daily_sales` that differ from dbt's orders (`marts.fct_orders`) with both values, so
+the person on call sees which side and which category is off.
 """
 
 from __future__ import annotations
@@ -51,12 +54,72 @@ select
 """
 
 
+# The ELT side per category: dbt's counted orders, cents summed exactly as sales_summary.
+# `{through}`: '' or `and business_date <= ?`; `{days}`: the mismatched days, `?` each.
+_CATEGORY_SQL = """
+with etl as (
+    select date, region, category, order_count, total_sales_usd
+    from {{analytics}}.daily_sales
+    where date in ({days})
+),
+elt as (
+    select
+        business_date as date,
+        region,
+        category,
+        count(*) as order_count,
+        cast(cast(sum(usd_cents) as decimal(38, 0)) * 0.01 as decimal(38, 2)) as total_sales_usd
+    from {{marts}}.fct_orders
+    where is_counted and business_date in ({days})
+    group by business_date, region, category
+)
+select
+    coalesce(etl.date, elt.date) as date,
+    coalesce(etl.region, elt.region) as region,
+    coalesce(etl.category, elt.category) as category,
+    cast(etl.order_count as bigint) as etl_order_count,
+    cast(elt.order_count as bigint) as elt_order_count,
+    cast(etl.total_sales_usd as decimal(38, 2)) as etl_total_sales_usd,
+    cast(elt.total_sales_usd as decimal(38, 2)) as elt_total_sales_usd
+from etl
+full outer join elt
+    on etl.date = elt.date and etl.region = elt.region and etl.category = elt.category
+where etl.order_count is distinct from elt.order_count
+   or etl.total_sales_usd is distinct from elt.total_sales_usd
+"""
+
+
 class ParityError(RuntimeError):
     """The ETL and ELT outputs disagree; the message lists the numbers side by side."""
 
 
 def _rows(table: pa.Table) -> list[tuple]:
     return list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+
+
+def _by_category(
+    warehouse: Warehouse, build: Build | None, mismatches: list[tuple], max_listed: int
+) -> list[str]:
+    """The lines naming the (date, region, category) rows of daily_sales that differ from
+    dbt's orders, within the mismatched (date, region)s; none when the marts are absent."""
+    pairs = {(d, r) for d, r, *_ in mismatches}
+    days = sorted({d for d, _ in pairs if d is not None})
+    if not days:
+        return []
+    sql = _CATEGORY_SQL.format(days=", ".join("?" * len(days)))
+    try:
+        rows = _rows(warehouse.read_arrow(sql, days * 2, build=build))
+    except Exception:  # no marts.fct_orders (a warehouse built without dbt): totals only
+        return []
+    rows = sorted(
+        (r for r in rows if (r[0], r[1]) in pairs),
+        key=lambda r: (r[0], r[1] or "", r[2] or ""),
+    )
+    return [
+        f"    {d} {r!r} {c!r}: order_count daily_sales={eo} dbt={lo}; "
+        f"total_sales_usd daily_sales={et} dbt={lt}"
+        for d, r, c, eo, lo, et, lt in rows[:max_listed]
+    ]
 
 
 def check_sales_parity(
@@ -85,11 +148,20 @@ def check_sales_parity(
             for d, r, eo, lo, et, lt in mismatches[:max_listed]
         ]
         more = len(mismatches) - max_listed
+        categories = _by_category(warehouse, build, mismatches[:max_listed], max_listed)
         raise ParityError(
             f"analytics.daily_sales and analytics.sales_summary disagree on "
             f"{len(mismatches)} (date, region) row(s):\n"
             + "\n".join(lines)
             + (f"\n  … and {more} more" if more > 0 else "")
+            + (
+                "\n  daily_sales (ETL) against dbt's counted orders (marts.fct_orders), "
+                "by category:\n" + "\n".join(categories)
+                if categories
+                else ""
+            )
+            + "\nNothing was published. Fix the path that is wrong (transform/daily_sales.py "
+            "or the dbt models), then rerun the day."
         )
     return {
         "sales_summary_rows": int(counts[0]),
