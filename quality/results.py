@@ -9,17 +9,20 @@
   DuckDB file by the same copy-and-rename as a publish, so `analytics` is untouched; on
   a server warehouse (PostgreSQL) in one transaction on the published `ops` schema.
 - `dbt_test_results(nodes, run_id)`: dbt's data tests as one suite `dbt`, stored beside GX's.
-- `build_data_docs(results, site_dir)`: GX's own Data Docs (SiteBuilder on an ephemeral
-  context), rendered from our merged per-table results; returns the site's index.html.
+- `build_data_docs(results, site_dir)`: publishes the Data Docs site the process's GX
+  checkpoints built (`gx/checkpoints/`, action `update_data_docs`) with the validation
+  results they stored, made usable offline, plus `quality_summary.html` for `results`;
+  returns the site's index.html.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
+import re
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -217,74 +220,6 @@ def dbt_test_results(nodes: list[Any], run_id: str, manifest_path: Path | None) 
 # Data Docs
 
 
-def _gx_validation_result(result: SuiteResult) -> Any:
-    from great_expectations.core.expectation_validation_result import (
-        ExpectationSuiteValidationResult,
-        ExpectationValidationResult,
-    )
-    from great_expectations.expectations.expectation_configuration import (
-        ExpectationConfiguration,
-    )
-
-    items = []
-    for outcome in result.outcomes:
-        payload: dict[str, Any] = {}
-        if outcome.element_count is not None:
-            payload.update(
-                element_count=outcome.element_count,
-                unexpected_count=outcome.unexpected_count,
-                unexpected_percent=(
-                    100.0 * (outcome.unexpected_count or 0) / outcome.element_count
-                    if outcome.element_count
-                    else 0.0
-                ),
-                partial_unexpected_list=[json.dumps(s, sort_keys=True) for s in outcome.samples],
-            )
-        else:
-            payload["observed_value"] = (
-                outcome.observed_value
-                if isinstance(outcome.observed_value, int | float | str | list)
-                else json.dumps(outcome.observed_value)
-            )
-        if outcome.details:
-            payload["details"] = outcome.details
-        config = ExpectationConfiguration(
-            type=outcome.expectation,
-            kwargs={k: v for k, v in outcome.kwargs.items() if v is not None},
-            meta={"severity": outcome.severity, "table": result.table},
-            severity=outcome.severity,
-        )
-        items.append(
-            ExpectationValidationResult(
-                success=outcome.success, expectation_config=config, result=payload
-            )
-        )
-    evaluated = len(items)
-    successful = sum(1 for o in result.outcomes if o.success)
-    return ExpectationSuiteValidationResult(
-        success=not result.critical_failures,
-        results=items,
-        suite_name=result.suite,
-        statistics={
-            "evaluated_expectations": evaluated,
-            "successful_expectations": successful,
-            "unsuccessful_expectations": evaluated - successful,
-            "success_percent": 100.0 * successful / evaluated if evaluated else 100.0,
-        },
-        meta={
-            "run_id": {"run_name": result.run_id or "adhoc", "run_time": None},
-            "active_batch_definition": {
-                "datasource_name": "landing",
-                "data_asset_name": result.table,
-            },
-            "table": result.table,
-            "rows": result.rows,
-            "critical_failures": len(result.critical_failures),
-            "warnings": len(result.warnings),
-        },
-    )
-
-
 SUMMARY_PAGE = "quality_summary.html"
 
 
@@ -317,84 +252,76 @@ def _summary_html(results: list[SuiteResult], site: Path) -> str:
     )
 
 
-DOCS_SITE = "nightshift"
-_DOCS_LOCK = threading.Lock()
+# Assets GX's page templates load from CDNs: dropped (the pages' own styles are inline);
+# its logo comes from the site's own static/images instead.
+_EXTERNAL_LOADS = (
+    re.compile(r"<link\b[^>]*\bhref=[\"']https?://[^>]*>", re.I),
+    re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", re.I),
+)
+_GX_IMAGES = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/"
 
 
-def _empty_docs_state(context: Any) -> None:
-    """Remove the docs site, suites and validation results a Data Docs build put into the
-    process's GX context (validation itself keeps nothing there)."""
-    if DOCS_SITE in context.variables.data_docs_sites:
-        context.delete_data_docs_site(DOCS_SITE)
-    for suite in context.suites.all():
-        context.suites.delete(suite.name)
+def _offline(site: Path) -> None:
+    """Make GX's pages load nothing from outside the site (Data Docs are read offline)."""
+    for page in site.rglob("*.html"):
+        text = page.read_text()
+        for pattern in _EXTERNAL_LOADS:
+            text = pattern.sub("", text)
+        images = os.path.relpath(site / "static" / "images", page.parent)
+        text = text.replace(_GX_IMAGES, f"{Path(images).as_posix()}/")
+        page.write_text(text)
+
+
+RESULTS_DIR = "validation_results"
+
+
+def _take_built_site(results: list[SuiteResult], staging: Path) -> None:
+    """Move the site this process's checkpoints built, with the validation results they
+    stored, into `staging`, leaving the process's folders empty.
+
+    Results of validations never published (a gate that stopped before its publish) are
+    dropped first and the site is then rebuilt from the store, so a site holds exactly
+    the validations of `results`.
+    """
+    from quality.suites import DOCS_SITE, gx_context, runtime_dir
+
+    context, runtime = gx_context(), runtime_dir()
     store = context.validation_results_store
-    for key in store.list_keys():
+    wanted = {key.to_tuple() for result in results for key in result.gx_keys}
+    left_over = [key for key in store.list_keys() if key.to_tuple() not in wanted]
+    for key in left_over:
         store.remove_key(key)
-
-
-def _fill_and_build_docs(
-    context: Any, results: list[SuiteResult], load_suite: Any, run_identifier: Any
-) -> None:
-    from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier,
-        ValidationResultIdentifier,
-    )
-
-    for suite_name in sorted({r.suite for r in results}):
-        context.suites.add(load_suite(suite_name))
-    for result in results:
-        key = ValidationResultIdentifier(
-            expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite),
-            run_id=run_identifier(run_name=result.run_id or "adhoc"),
-            batch_identifier=result.table,
-        )
-        context.validation_results_store.set(key, _gx_validation_result(result))
-    context.build_data_docs(site_names=[DOCS_SITE])
+    built = runtime / "data_docs"
+    if left_over or not (built / "index.html").exists():
+        shutil.rmtree(built, ignore_errors=True)
+        context.build_data_docs(site_names=[DOCS_SITE])
+    shutil.copytree(built, staging, dirs_exist_ok=True)
+    if (runtime / "validations").is_dir():
+        shutil.copytree(runtime / "validations", staging / RESULTS_DIR, dirs_exist_ok=True)
+    shutil.rmtree(built)
+    shutil.rmtree(runtime / "validations", ignore_errors=True)
 
 
 def build_data_docs(results: list[SuiteResult], site_dir: Path) -> Path:
-    """Render GX Data Docs for `results` (and their suites) into `site_dir`; return index.html.
+    """Publish this process's Data Docs into `site_dir`; return its index.html.
 
-    The site is built by GX's SiteBuilder in a temp directory and then moved into place,
-    so `site_dir` holds either the previous site or the new one. GX's pages take their
-    CSS/JS from CDNs; `quality_summary.html` beside them is self-contained (every failure
-    with its offending values, links to GX's pages).
-
-    The context is the process's one (`quality.suites.gx_context`), not a new
-    one per call: each call points the site at its own staging directory and first empties
-    the suites and validation results an earlier call left in it, so a site holds exactly
-    its own results. Calls are serialised (one context per process).
+    The checkpoints (`quality.validate`) stored each validation result and updated the
+    site in the process's runtime folder (`quality.suites.runtime_dir`); this moves that
+    site, with the results as JSON under `validation_results/`, into a staging directory
+    and renames it over `site_dir`, so `site_dir` holds either the previous site or the
+    new one, with exactly the validations of `results`. GX's pages are made to load nothing from a CDN;
+    `quality_summary.html` beside them lists every failure of `results` over whole
+    tables, with its offending rows, and links to GX's pages.
     """
-    from great_expectations.core.run_identifier import RunIdentifier
-
-    from quality.suites import gx_context, load_suite
+    from quality.suites import GX_LOCK
 
     site_dir = Path(site_dir)
     site_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".gx-docs-", dir=site_dir.parent))
     try:
-        with _DOCS_LOCK:
-            context = gx_context()
-            _empty_docs_state(context)
-            context.add_data_docs_site(
-                DOCS_SITE,
-                {
-                    "class_name": "SiteBuilder",
-                    "store_backend": {
-                        "class_name": "TupleFilesystemStoreBackend",
-                        "base_directory": str(staging),
-                    },
-                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                },
-            )
-            try:
-                _fill_and_build_docs(context, results, load_suite, RunIdentifier)
-            finally:
-                _empty_docs_state(context)  # the staging dir is renamed below
-        index = staging / "index.html"
-        if not index.exists():
-            raise RuntimeError(f"GX Data Docs did not write {index}")
+        with GX_LOCK:
+            _take_built_site(results, staging)
+        _offline(staging)
         (staging / SUMMARY_PAGE).write_text(_summary_html(results, staging))
         old = None
         if site_dir.exists():

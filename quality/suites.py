@@ -1,13 +1,18 @@
-"""Great Expectations 1.x suites of the pipeline: loaded from `quality/expectations/*.json`.
+"""Great Expectations 1.x project of the pipeline: the file-backed context over `gx/`.
 
-One suite per landed table (`source_db.users`, ..., `payments_api.fx_rates`) and one for the
-ETL output (`analytics.daily_sales`), kept as version-controlled JSON in GX's own
-ExpectationSuite format. Each expectation carries its severity in `meta.severity`
-("critical" stops publishing, "warning" is reported); the loader mirrors it into GX's native
-`severity` field.
+`gx/` is a GX project in GX's own layout, committed and read-only at run time:
+`expectations/` holds one suite per landed table (`source_db.users`, ...,
+`payments_api.fx_rates`) and one for the ETL output (`analytics.daily_sales`);
+`great_expectations.yml` a pandas datasource with one dataframe asset per table;
+`validation_definitions/` one per (asset, suite); `checkpoints/` one per validation
+definition, whose action updates the Data Docs site (a checkpoint run stores its result).
+Each expectation's native `severity` decides the gate ("critical" stops publishing,
+"warning" is reported); suite `meta` names the table and the key columns by which
+offending rows are shown: `{"table": "source_db.orders", "key_columns": ["id"]}`.
 
-Suite-level `meta` says which table the suite guards and by which key columns offending rows
-are named: `{"table": "source_db.orders", "key_columns": ["id"]}`.
+What a run writes (validation results, the Data Docs site) goes to a folder of its own
+process under QUALITY_DOCS_DIR (`runtime_dir()`), never into `gx/`: two processes never
+share a store, and a read-only checkout works.
 
 GX's pandas type expectations cannot tell decimal128(12,2) from any other object column, so
 column types are checked with `expect_column_arrow_type_to_be` (defined here, a real GX
@@ -17,8 +22,13 @@ batches are read), the type family for plain pandas columns.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import socket
+import threading
+import uuid
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,7 +45,11 @@ if TYPE_CHECKING:
 # with this module: the steps that only store or summarise results (dbt_build's tests as
 # the suite `dbt`, quality/results.py) do not pay its import (~2 s of CPU).
 
-SUITES_DIR = Path(__file__).resolve().parent / "expectations"
+GX_DIR = Path(__file__).resolve().parent.parent / "gx"
+SUITES_DIR = GX_DIR / "expectations"
+DOCS_SITE = "nightshift"
+# Serialises this process's checkpoint runs and Data Docs publishing (one store per process).
+GX_LOCK = threading.RLock()
 SEVERITIES = ("critical", "warning")
 
 LANDED_SUITES = (
@@ -188,36 +202,43 @@ def register_expectations() -> type:
     return ExpectColumnArrowTypeToBe
 
 
+def suite_path(name: str) -> Path:
+    """Where GX's expectations store keeps suite `name`: `gx/expectations/<a>/<b>.json`."""
+    return SUITES_DIR.joinpath(*name.split(".")).with_suffix(".json")
+
+
 @cache
 def _raw_suite(name: str) -> dict[str, Any]:
-    path = SUITES_DIR / f"{name}.json"
+    path = suite_path(name)
     if not path.exists():
         raise KeyError(f"no expectation suite {name!r} (looked for {path})")
     data = json.loads(path.read_text())
     if data.get("name") != name:
         raise ValueError(f"{path}: suite name {data.get('name')!r} != file name {name!r}")
+    ids = [exp.get("id") for exp in data["expectations"]]
     for exp in data["expectations"]:
-        severity = (exp.get("meta") or {}).get("severity")
-        if severity not in SEVERITIES:
-            raise ValueError(f"{path}: {exp['type']} has no meta.severity in {SEVERITIES}")
+        if not exp.get("id") or ids.count(exp["id"]) > 1:
+            raise ValueError(
+                f"{path}: {exp['type']} {exp.get('kwargs')} needs an id of its own (the gate "
+                "matches GX's results by it): add one, e.g. from "
+                "`python -c 'import uuid; print(uuid.uuid4())'`"
+            )
+        if exp.get("severity") not in SEVERITIES:
+            raise ValueError(
+                f"{path}: {exp['type']} (id {exp.get('id')}) has severity "
+                f"{exp.get('severity')!r}: set it to one of {SEVERITIES}"
+            )
     return data
 
 
 def suite_json(name: str) -> dict[str, Any]:
-    """The suite file's content (a fresh copy)."""
+    """The suite file's content (a fresh copy), read without importing GX."""
     return json.loads(json.dumps(_raw_suite(name)))
 
 
-def load_suite(name: str, *, exclude_types: frozenset[str] = frozenset()) -> ExpectationSuite:
-    """A GX ExpectationSuite from `quality/expectations/<name>.json` (severity from meta)."""
-    from great_expectations.core.expectation_suite import ExpectationSuite
-
-    register_expectations()
-    data = suite_json(name)
-    data["expectations"] = [e for e in data["expectations"] if e["type"] not in exclude_types]
-    for exp in data["expectations"]:
-        exp["severity"] = exp["meta"]["severity"]
-    return ExpectationSuite(**data)
+def load_suite(name: str) -> ExpectationSuite:
+    """The GX ExpectationSuite `name` from the project's expectations store."""
+    return gx_context().suites.get(name)
 
 
 def suite_meta(name: str) -> dict[str, Any]:
@@ -231,32 +252,60 @@ def suite_for_table(source: str, table: str) -> str:
     return name
 
 
-@cache
-def _context_and_batch_definition() -> tuple[Any, Any]:
-    """One ephemeral GX context per process, with a whole-dataframe batch definition.
+_CONTEXT: dict[int, tuple[Any, Path]] = {}
+
+
+def _new_runtime_dir() -> Path:
+    """A folder of this process under QUALITY_DOCS_DIR for GX's results and site."""
+    from pipeline import settings
+
+    name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path = settings.quality_docs_dir() / ".gx-runtime" / name
+    path.mkdir(parents=True)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _context() -> tuple[Any, Path]:
+    """This process's file-backed GX context over `gx/` and its runtime folder, made once
+    per process (a forked child makes its own: it must not share its parent's stores).
 
     GX fingerprints every pandas batch below 1 GB with `pd.util.hash_pandas_object` (a
-    batch marker only, twice per validation); on Arrow-backed frames that costs ~4 s per
-    200k rows, more than all the expectations together. It is switched off here.
+    batch marker only); on Arrow-backed frames that costs ~4 s per 200k rows, more than
+    all the expectations together. It is switched off here.
     """
-    import great_expectations as gx
-    from great_expectations.execution_engine import pandas_execution_engine
+    with GX_LOCK:
+        made = _CONTEXT.get(os.getpid())
+        if made is not None:
+            return made
+        import great_expectations as gx
+        from great_expectations.execution_engine import pandas_execution_engine
 
-    register_expectations()
-    pandas_execution_engine.HASH_THRESHOLD = 0
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
-    asset = context.data_sources.add_pandas("nightshift_frames").add_dataframe_asset("frame")
-    return context, asset.add_batch_definition_whole_dataframe("whole_frame")
+        register_expectations()
+        pandas_execution_engine.HASH_THRESHOLD = 0
+        runtime = _new_runtime_dir()
+        context = gx.get_context(
+            mode="file",
+            context_root_dir=str(GX_DIR),
+            runtime_environment={"gx_runtime_dir": str(runtime)},
+        )
+        _CONTEXT.clear()
+        _CONTEXT[os.getpid()] = (context, runtime)
+        return context, runtime
 
 
 def gx_context() -> Any:
-    """The process's one ephemeral GX context (validation and the Data Docs build share
-    it: `quality.results.build_data_docs`)."""
-    return _context_and_batch_definition()[0]
+    """The process's one file-backed GX context (validation and Data Docs share it)."""
+    return _context()[0]
 
 
-def gx_batch(df: pd.DataFrame) -> Any:
-    """A GX Batch over an in-memory pandas DataFrame."""
-    _, batch_definition = _context_and_batch_definition()
-    return batch_definition.get_batch(batch_parameters={"dataframe": df})
+def runtime_dir() -> Path:
+    """The process's folder for GX's validation results (`validations/`) and Data Docs
+    site (`data_docs/`), under QUALITY_DOCS_DIR."""
+    return _context()[1]
+
+
+def checkpoint(name: str) -> Any:
+    """The checkpoint of suite `name` (its one validation definition, on the dataframe
+    asset of the same name; its action updates the Data Docs site)."""
+    return gx_context().checkpoints.get(name)

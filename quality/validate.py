@@ -1,12 +1,13 @@
 """Validate landed tables and ETL output against the GX suites; severity-aware gate.
 
 - `validate_landed_table` reads a landed run's Parquet files batch by batch (pyarrow ->
-  pandas, Arrow-backed dtypes) and runs the suite's row-wise and schema expectations through
-  GX on each batch, merging the outcomes. Expectations that need the whole table
+  pandas, Arrow-backed dtypes) and runs the table's GX checkpoint on each batch (its
+  validation definition on the batch as a dataframe; the checkpoint stores the result and
+  updates Data Docs), merging the row-wise and schema outcomes. Expectations that need the whole table
   (`TABLE_WIDE_TYPES`: unique keys, row count == manifest) are evaluated over all files at
   once: uniqueness with DuckDB over the Parquet files (key columns only, spills to disk),
   the row count from the Parquet footers. Memory is bounded by `batch_rows`.
-- `validate_frame` runs a whole suite through GX on an in-memory frame (the ETL output
+- `validate_frame` runs the suite's checkpoint on an in-memory frame (the ETL output
   before it is published).
 - `SuiteResult.raise_for_critical()` raises `QualityGateError` naming the suite, the
   expectation, the table and a few offending rows; warnings never raise.
@@ -28,10 +29,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import clock
 from quality.suites import (
+    GX_LOCK,
     TABLE_WIDE_TYPES,
-    gx_batch,
-    load_suite,
+    checkpoint,
     suite_for_table,
     suite_json,
     suite_meta,
@@ -40,7 +42,6 @@ from quality.suites import (
 MANIFEST_NAME = "_manifest.json"
 MAX_SAMPLES = 5
 ROW_COUNT_PARAMETER = "manifest_rows"
-_RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
 
 
 class QualityGateError(RuntimeError):
@@ -128,6 +129,8 @@ class SuiteResult:
     run_id: str | None
     outcomes: list[ExpectationOutcome]
     rows: int | None = None
+    # GX's keys of the validation results the checkpoints stored (one per batch).
+    gx_keys: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def success(self) -> bool:
@@ -232,7 +235,7 @@ class _Acc:
             table=table,
             expectation=self.config["type"],
             column=_column_of(kwargs),
-            severity=self.config["meta"]["severity"],
+            severity=self.config["severity"],
             success=success,
             observed_value=jsonable(observed),
             unexpected_count=self.unexpected_count if self.is_map else None,
@@ -248,21 +251,32 @@ def _run_gx(
     suite_name: str,
     accs: list[_Acc],
     *,
-    exclude_types: frozenset[str],
     parameters: Mapping[str, Any],
     key_columns: list[str],
     location: dict[str, Any],
-) -> None:
-    """Validate one frame with GX and fold each result into its accumulator."""
-    suite = load_suite(suite_name, exclude_types=exclude_types)
-    indexed: list[_Acc] = [a for a in accs if a.config["type"] not in exclude_types]
-    for position, expectation in enumerate(suite.expectations):
-        expectation.meta = {**(expectation.meta or {}), "_position": position}
-    result = gx_batch(df).validate(
-        suite, result_format=_RESULT_FORMAT, expectation_parameters=dict(parameters)
-    )
+    run_name: str,
+) -> Any:
+    """Run the suite's checkpoint on one frame and fold each result into its accumulator;
+    return the stored result's key.
+
+    The checkpoint stores the result and updates Data Docs under `run_name`; results of
+    expectations without an accumulator (the table-wide ones of a landed run's batches,
+    decided over the whole run) are left out of the gate.
+    """
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    by_id = {a.config["id"]: a for a in accs}
+    with GX_LOCK:
+        checkpoint_result = checkpoint(suite_name).run(
+            batch_parameters={"dataframe": df},
+            expectation_parameters=dict(parameters),
+            run_id=RunIdentifier(run_name=run_name, run_time=clock.now()),
+        )
+    [(key, result)] = checkpoint_result.run_results.items()
     for item in result.results:
-        acc = indexed[item.expectation_config.meta["_position"]]
+        acc = by_id.get(item.expectation_config.id)
+        if acc is None:
+            continue
         acc.evaluated = True
         info = item.exception_info or {}
         if info.get("raised_exception"):
@@ -285,6 +299,7 @@ def _run_gx(
             acc.observed = res["observed_value"]
         if not item.success and res.get("details"):
             acc.details.update(jsonable(res["details"]))
+    return key
 
 
 def _samples(
@@ -324,10 +339,11 @@ def validate_frame(
     table: str | None = None,
     run_id: str | None = None,
 ) -> SuiteResult:
-    """Validate an in-memory frame against a whole suite with GX.
+    """Validate an in-memory frame with the suite's checkpoint (the whole suite).
 
-    A `pa.Table` is converted with Arrow-backed dtypes (exact type checks). Expectations
-    whose `$PARAMETER` is not in `parameters` (the manifest row count) are skipped.
+    A `pa.Table` is converted with Arrow-backed dtypes (exact type checks). Table-wide
+    expectations whose `$PARAMETER` is not in `parameters` (the manifest row count) are
+    left out of the result (GX gets the frame's own row count for them).
     """
     if isinstance(df, pa.Table):
         df = df.to_pandas(types_mapper=pd.ArrowDtype)
@@ -335,25 +351,22 @@ def validate_frame(
         df = df.reset_index(drop=True)
     parameters = dict(parameters or {})
     data = suite_json(suite_name)
-    skipped = frozenset(
-        e["type"]
+    skipped = [
+        e
         for e in data["expectations"]
         if _missing_parameter(e["kwargs"], parameters) and e["type"] in TABLE_WIDE_TYPES
-    )
-    accs = [
-        _Acc(config=e, parameters=parameters)
-        for e in data["expectations"]
-        if e["type"] not in skipped
     ]
+    accs = [_Acc(config=e, parameters=parameters) for e in data["expectations"] if e not in skipped]
+    gx_parameters = {**{name: len(df) for e in skipped for name in _parameters(e)}, **parameters}
     key_columns = list(suite_meta(suite_name).get("key_columns", []))
-    _run_gx(
+    key = _run_gx(
         df,
         suite_name,
         accs,
-        exclude_types=skipped,
-        parameters=parameters,
+        parameters=gx_parameters,
         key_columns=key_columns,
         location={},
+        run_name=run_id or "adhoc",
     )
     table = table or suite_meta(suite_name).get("table", suite_name)
     return SuiteResult(
@@ -362,7 +375,17 @@ def validate_frame(
         run_id=run_id,
         outcomes=[a.outcome(suite_name, table) for a in accs],
         rows=len(df),
+        gx_keys=[key],
     )
+
+
+def _parameters(expectation: Mapping[str, Any]) -> list[str]:
+    """The `$PARAMETER` names an expectation's kwargs use."""
+    return [
+        v["$PARAMETER"]
+        for v in expectation["kwargs"].values()
+        if isinstance(v, Mapping) and "$PARAMETER" in v
+    ]
 
 
 def _missing_parameter(kwargs: Mapping[str, Any], parameters: Mapping[str, Any]) -> bool:
@@ -401,20 +424,25 @@ def validate_landed_table(
 
     total_rows = 0
     per_file_rows: dict[str, int] = {}
+    gx_keys = []
+    one_batch = len(files) == 1 and pq.ParquetFile(files[0]).metadata.num_rows <= batch_rows
     for name, offset, frame in _iter_frames(files, batch_rows):
         if offset == 0:
             per_file_rows.setdefault(name, 0)
         per_file_rows[name] += len(frame)
         total_rows += len(frame)
-        _run_gx(
+        key = _run_gx(
             frame,
             suite_name,
             batch_accs,
-            exclude_types=TABLE_WIDE_TYPES,
-            parameters={},
+            parameters=_batch_parameters(manifest, len(frame), one_batch),
             key_columns=key_columns,
             location={"file": name},
+            run_name=run_id
+            if one_batch
+            else f"{run_id} {name} rows {offset}-{offset + len(frame)}",
         )
+        gx_keys.append(key)
         del frame
     if not files:
         for acc in batch_accs:
@@ -435,7 +463,19 @@ def validate_landed_table(
         run_id=run_id,
         outcomes=[a.outcome(suite_name, qualified) for a in accs],
         rows=total_rows,
+        gx_keys=gx_keys,
     )
+
+
+def _batch_parameters(
+    manifest: Mapping[str, Any] | None, rows: int, one_batch: bool
+) -> dict[str, int]:
+    """GX's `manifest_rows` for one batch: the manifest's rows when the batch is the whole
+    run (GX's row-count result is then the gate's), else the batch's own rows (the gate
+    decides the row count over all files, `_row_count`)."""
+    if one_batch and manifest is not None and manifest.get("rows") is not None:
+        return {ROW_COUNT_PARAMETER: int(manifest["rows"])}
+    return {ROW_COUNT_PARAMETER: rows}
 
 
 def _iter_frames(files: list[Path], batch_rows: int) -> Iterator[tuple[str, int, pd.DataFrame]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from quality.results import SUMMARY_PAGE, build_data_docs, store_results  # noqa: E402
+from quality.results import RESULTS_DIR, SUMMARY_PAGE, build_data_docs, store_results  # noqa: E402
 from quality.suites import ALL_SUITES, SEVERITIES, load_suite, suite_json  # noqa: E402
 from quality.validate import (  # noqa: E402
     QualityGateError,
@@ -147,8 +148,8 @@ def test_suite_files_load_and_carry_a_severity() -> None:
         suite = load_suite(name)
         assert len(suite.expectations) == len(data["expectations"]) > 0
         for raw, exp in zip(data["expectations"], suite.expectations, strict=True):
-            assert raw["meta"]["severity"] in SEVERITIES
-            assert exp.severity.value == raw["meta"]["severity"]
+            assert raw["severity"] in SEVERITIES
+            assert exp.severity.value == raw["severity"] and exp.id == raw["id"]
         types = {e["type"] for e in data["expectations"]}
         assert "expect_table_columns_to_match_set" in types
         sets = [e for e in data["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
@@ -404,9 +405,16 @@ def test_results_stored_and_replaced_on_rerun(tmp_path: Path) -> None:
     con.close()
 
 
+EXTERNAL_LOAD = re.compile(r"<(?:link|script|img)\b[^>]*\b(?:href|src)=[\"']?https?://", re.I)
+
+
 def test_data_docs_site_is_written(tmp_path: Path) -> None:
+    """The checkpoints' site is published with their stored results and only theirs (not
+    a validation whose gate never published), loads nothing from outside (offline), and a
+    later publish replaces it."""
     land(tmp_path, "source_db", "orders", [orders([1, 2], status=["paid", "lost"])])
     result = validate_landed_table(tmp_path, "source_db", "orders", RUN)
+    validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id="never-published")
     daily = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
     site = tmp_path / "site"
     index = build_data_docs([result, daily], site)
@@ -414,19 +422,30 @@ def test_data_docs_site_is_written(tmp_path: Path) -> None:
     pages = list((site / "validations").rglob("*.html"))
     assert len(pages) == 2
     orders_page = next(p for p in pages if "orders" in str(p)).read_text()
-    assert "lost" in orders_page
+    assert "lost" in orders_page and RUN in str(pages[0].relative_to(site))
     assert list((site / "expectations").rglob("*.html"))
+    stored = [json.loads(p.read_text()) for p in (site / RESULTS_DIR).rglob("*.json")]
+    assert sorted(r["suite_name"] for r in stored) == ["analytics.daily_sales", "source_db.orders"]
     summary = (site / SUMMARY_PAGE).read_text()
     assert "lost" in summary and "FAILED" in summary and "validations/" in summary
-    # Rebuilding replaces the site.
-    build_data_docs([daily], site)
+    loads = [
+        (p.name, m.group(0))
+        for p in site.rglob("*.html")
+        for m in EXTERNAL_LOAD.finditer(p.read_text())
+    ]
+    assert loads == [], loads
+    assert (site / "static" / "images").is_dir()
+    assert "never-published" not in (site / "index.html").read_text()
+    again = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
+    build_data_docs([again], site)
     assert len(list((site / "validations").rglob("*.html"))) == 1
+    assert not list(site.parent.glob(".gx-docs-*")) and not list(site.parent.glob(".old-*"))
 
 
 def test_one_gx_context_per_process(tmp_path: Path, monkeypatch) -> None:
-    """issue 16: validations and Data Docs builds share the process's one GX context; a
-    second validation or docs build that made a new context fails this. Each site still
-    holds exactly its own results and suites (nothing left over from the build before)."""
+    """Validations and Data Docs publishes share the process's one GX context; a second
+    validation or publish that made a new context fails this. Each site still holds
+    exactly its own results and suites (nothing left over from the publish before)."""
     import great_expectations as gx
 
     import quality.suites as suites
@@ -440,21 +459,18 @@ def test_one_gx_context_per_process(tmp_path: Path, monkeypatch) -> None:
         return context
 
     monkeypatch.setattr(gx, "get_context", counting)
-    suites._context_and_batch_definition.cache_clear()
-    try:
-        land(tmp_path, "source_db", "orders", [orders([1, 2], status=["paid", "lost"])])
-        first = validate_landed_table(tmp_path, "source_db", "orders", RUN)
-        site_a = tmp_path / "docs" / "source_db"
-        build_data_docs([first], site_a)
-        daily = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
-        site_b = tmp_path / "docs" / "daily_sales"
-        build_data_docs([daily], site_b)
-        again = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
-        build_data_docs([again], site_b)
-        assert len(made) == 1, f"{len(made)} GX contexts in one process"
-        assert made[0] is suites.gx_context()
-    finally:
-        suites._context_and_batch_definition.cache_clear()
+    monkeypatch.setattr(suites, "_CONTEXT", {})
+    land(tmp_path, "source_db", "orders", [orders([1, 2], status=["paid", "lost"])])
+    first = validate_landed_table(tmp_path, "source_db", "orders", RUN)
+    site_a = tmp_path / "docs" / "source_db"
+    build_data_docs([first], site_a)
+    daily = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
+    site_b = tmp_path / "docs" / "daily_sales"
+    build_data_docs([daily], site_b)
+    again = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
+    build_data_docs([again], site_b)
+    assert len(made) == 1, f"{len(made)} GX contexts in one process"
+    assert made[0] is suites.gx_context()
     pages_a = list((site_a / "validations").rglob("*.html"))
     assert len(pages_a) == 1 and "orders" in str(pages_a[0])
     assert "lost" in pages_a[0].read_text()
@@ -466,8 +482,94 @@ def test_one_gx_context_per_process(tmp_path: Path, monkeypatch) -> None:
     assert not list((tmp_path / "docs").glob(".gx-docs-*")), "a staging dir was left"
 
 
+_GATE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import pandas as pd
+from datetime import date
+from decimal import Decimal
+from quality.results import build_data_docs
+from quality.suites import runtime_dir
+from quality.validate import validate_frame
+region = sys.argv[1]
+df = pd.DataFrame({"date": [date(2024, 3, 1)] * 50, "region": [region] * 50,
+                   "category": [f"c{i}" for i in range(50)],
+                   "total_sales_usd": [Decimal("1.00")] * 50,
+                   "order_count": pd.Series([1] * 50, dtype="int64")})
+results = []
+for night in range(4):
+    results.append(validate_frame(df, "analytics.daily_sales", run_id=f"{region}-{night}"))
+    build_data_docs(results[-1:], Path(sys.argv[2]) / region)
+print(json.dumps({"runtime": str(runtime_dir()), "ok": all(r.success for r in results)}))
+"""
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_gates_in_two_processes_at_once_from_a_read_only_gx_folder(tmp_path: Path) -> None:
+    """Two processes validate and publish at the same time, from a read-only copy of the
+    code and `gx/`: each has its own stores (a runtime folder under QUALITY_DOCS_DIR,
+    removed at exit), each site holds its own result, and `gx/` is left as it was."""
+    import shutil
+
+    checkout = tmp_path / "checkout"
+    for folder in ("gx", "quality", "pipeline"):
+        shutil.copytree(
+            REPO / folder, checkout / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    before = _tree_digest(checkout / "gx")
+    for path in checkout.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    docs = tmp_path / "docs"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(checkout),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "QUALITY_DOCS_DIR": str(docs),
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _GATE_SCRIPT, region, str(docs / "sites")],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for region in ("eu", "us")
+        ]
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for path in checkout.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert all(r["ok"] for r in reports)
+    assert reports[0]["runtime"] != reports[1]["runtime"]
+    assert all(Path(r["runtime"]).parent == docs / ".gx-runtime" for r in reports)
+    assert not any(Path(r["runtime"]).exists() for r in reports), "a runtime folder was left"
+    assert _tree_digest(checkout / "gx") == before
+    for region in ("eu", "us"):
+        site = docs / "sites" / region
+        pages = list((site / "validations").rglob("*.html"))
+        assert len(pages) == 1 and f"{region}-3" in str(pages[0]), pages
+        [stored] = [json.loads(p.read_text()) for p in (site / RESULTS_DIR).rglob("*.json")]
+        assert stored["success"] and stored["meta"]["run_id"]["run_name"] == f"{region}-3"
+
+
 def test_storing_results_does_not_import_great_expectations() -> None:
-    """issue 16: dbt_build stores its dbt tests as the suite `dbt` (quality/results.py) and
+    """dbt_build stores its dbt tests as the suite `dbt` (quality/results.py) and
     never validates with GX: importing what it uses must not import GX (~2 s of CPU per
     task process); loading a suite does."""
     probe = textwrap.dedent(
@@ -537,3 +639,32 @@ def test_one_million_rows_in_bounded_memory(tmp_path: Path) -> None:
     assert report["rows"] == 1_000_000
     assert report["success"], report["failures"]
     assert report["peak_mib"] < 1024
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"severity": "fatal"}, r"severity 'fatal': set it to one of \('critical', 'warning'\)"),
+        ({"id": None}, r"needs an id of its own"),
+    ],
+)
+def test_a_suite_file_without_severity_or_id_is_refused(
+    tmp_path: Path, monkeypatch, change: dict, message: str
+) -> None:
+    """The gate reads each expectation's severity and matches GX's results by id: a suite
+    file missing either is refused, naming the file, the expectation and the fix."""
+    import quality.suites as suites
+
+    data = suite_json("source_db.orders")
+    data["expectations"][3].update(change)
+    path = tmp_path / "source_db" / "orders.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(suites, "SUITES_DIR", tmp_path)
+    suites._raw_suite.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=message) as info:
+            suite_json("source_db.orders")
+        assert str(path) in str(info.value) and "expect_column_arrow_type_to_be" in str(info.value)
+    finally:
+        suites._raw_suite.cache_clear()
