@@ -9,6 +9,7 @@ is not evaluated)::
         "dag_id": "nightly_sales",             # copied onto the alerts
         "duration_s": 1830.5,                  # wall clock of the run
         "freshness_lag_s": 9000.0,             # now - newest source updated_at
+        "source_freshness": {"raw.orders": {"status": "warn", "age_h": 30.5}},  # dbt's
         "rows_extracted": {"orders": 1200, "payments": 980},   # rows landed, per table
         "quarantined": {"payments": 3},        # records quarantined, per table
         "quality": {"critical_failures": 0, "warnings": 2, "failed_checks": ["..."]},
@@ -58,6 +59,8 @@ class Thresholds:
 
     freshness_max_lag_hours: float = 30
     freshness_severity: str = "critical"
+    # a source table past dbt's warn_after (past error_after: `freshness_severity`)
+    freshness_warn_severity: str = "warning"
     row_count_drop_max_drop_pct: float = 50
     row_count_drop_trailing_runs: int = 7
     row_count_drop_severity: str = "warning"
@@ -216,7 +219,8 @@ def evaluable(metrics: Mapping[str, Any]) -> set[str]:
     """The rules whose input `metrics` holds (a rule without its input is not evaluated,
     and a run that could not evaluate a rule neither extends nor breaks its streak)."""
     present = {
-        "freshness": _number(metrics.get("freshness_lag_s")) is not None,
+        "freshness": _number(metrics.get("freshness_lag_s")) is not None
+        or bool(metrics.get("source_freshness")),
         "row_count_drop": bool(metrics.get("rows_extracted")),
         "quality": _number((metrics.get("quality") or {}).get("critical_failures")) is not None,
         "quarantine": bool(metrics.get("quarantined")),
@@ -259,6 +263,22 @@ def conditions(
             f"threshold {_fmt(t.freshness_max_lag_hours)} h",
             observed_hours=lag_s / 3600,
             threshold_hours=t.freshness_max_lag_hours,
+        )
+
+    for table, state in sorted((metrics.get("source_freshness") or {}).items()):
+        status, age_h = (state or {}).get("status"), _number((state or {}).get("age_h"))
+        if status not in ("warn", "error"):
+            continue
+        accepted = " (published: ACCEPT_STALE_SOURCES accepted it)" if status == "error" else ""
+        fire(
+            "freshness",
+            t.freshness_severity if status == "error" else t.freshness_warn_severity,
+            "Source data is stale",
+            f"dbt source freshness of {table}: {status}, newest _loaded_at "
+            f"{'?' if age_h is None else _fmt(age_h)} h old{accepted}",
+            table=table,
+            status=status,
+            observed_hours=age_h,
         )
 
     rows = metrics.get("rows_extracted") or {}

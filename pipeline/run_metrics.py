@@ -172,7 +172,32 @@ def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, A
         },
         "replica_lag_s": replica_lag(run_id),
         "steps": steps,
+        "source_freshness": source_freshness(session, run_id),
     }
+
+
+def source_freshness(session: Any, run_id: str) -> dict[str, dict[str, Any]]:
+    """The run's `dbt source freshness` per source table (`raw.orders`: status, age in
+    hours), from its `source_freshness` suite in `ops.quality_results` (quality/freshness.py)."""
+    if not session.exists("ops", "quality_results"):
+        return {}
+    columns = session.table_columns(session.table("ops", "quality_results"))
+    if "suite" not in columns or "details" not in columns:  # a hand-made or older table
+        return {}
+    rows = session.fetchall(
+        "select details from {ops}.quality_results where run_id = ? and suite = ?",
+        [run_id, "source_freshness"],
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for (details,) in rows:
+        info = json.loads(details) if isinstance(details, str) else dict(details or {})
+        age = info.get("age_s")
+        out[str(info.get("table"))] = {
+            "status": info.get("status"),
+            "age_h": None if age is None else round(float(age) / 3600, 2),
+            "accepted": bool(info.get("accepted")),
+        }
+    return out
 
 
 def replica_lag(run_id: str) -> float | None:
