@@ -6,9 +6,9 @@ One step of the operational database's move to a new PostgreSQL schema
 about to start:
 
 1. `plan`: the tables of `config/migration.yml` to work on (`tables` param, or all).
-2. `backfill` (phases 2 and 3 only): replay the repair log, then copy history
-   old → new from each table's checkpoint (resumable, idempotent).
-3. `verify` (one mapped task per table; not in phase 1): counts and bucket checksums in both
+2. `backfill` (phases 2 and 3; skipped in the others): replay the repair log, then copy
+   history old → new from each table's checkpoint (resumable, idempotent).
+3. `verify` (one mapped task per table; skipped in phase 1): counts and bucket checksums in both
    databases, bisection down to the rows; each result goes to `ops.migration_checks`
    in the new database.
 4. `gate`: the go/no-go decision of the phase, recorded in `ops.migration_gates`;
@@ -98,26 +98,34 @@ def migration_verify():
 
     @task
     def backfill(tables: list[str]) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from migrate.tasks import BACKFILL_PHASES
         from migrate.tasks import backfill as run
 
         p = _params()
-        if int(p["phase"]) not in BACKFILL_PHASES:
-            return {"skipped": f"no backfill in phase {p['phase']}"}
+        if int(p["phase"]) not in BACKFILL_PHASES:  # shown skipped, not done
+            raise AirflowSkipException(
+                f"no backfill in phase {p['phase']}: history is copied in phases "
+                f"{' and '.join(map(str, BACKFILL_PHASES))}"
+            )
         return run(p["old_conn_id"], p["new_conn_id"], tables, progress_bar=False)
 
-    @task
+    # runs after a skipped backfill (phases 1, 4, 5), not after a failed one
+    @task(trigger_rule="none_failed")
     def verify(table: str) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from migrate.tasks import verify as run
 
         p = _params()
-        if int(p["phase"]) == 1:  # dual writes just began: nothing to compare yet
-            return {"table": table, "clean": None, "skipped": "no verification in phase 1"}
+        if int(p["phase"]) == 1:
+            raise AirflowSkipException("no verification in phase 1: dual writes just began")
         return run(
             p["old_conn_id"], p["new_conn_id"], table, phase=int(p["phase"]), run_id=_run_id()
         )
 
-    @task
+    @task(trigger_rule="none_failed")  # phase 1: every verify is skipped, the gate decides
     def gate(tables: list[str], results: list[dict]) -> dict:
         from migrate.tasks import gate as run
 

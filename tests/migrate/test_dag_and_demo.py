@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from migrate.checks import decide
 from migrate.db import make_engine
 from migrate.state import checks, gates
 from pipeline.airflow_run import airflow_bin, airflow_env, ensure_airflow_initialised
@@ -29,7 +28,6 @@ def _dags_test(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess:
 def test_migration_verify_dag(engines, mappings, old_sqlite_url, new_pg_url, tmp_path) -> None:
     old, new = engines
     tables = ["orders", "customers"]
-    decide(old, new, 1, [mappings[t] for t in tables], "by-hand")  # dual writes are on
     env = airflow_env(
         {
             "AIRFLOW_HOME": str(tmp_path / "airflow"),
@@ -39,6 +37,14 @@ def test_migration_verify_dag(engines, mappings, old_sqlite_url, new_pg_url, tmp
     )
     ensure_airflow_initialised(env)
 
+    # dual writes are on: no backfill, nothing to verify yet (both shown skipped), the
+    # gate still decides
+    first = _dags_test(env, {"phase": 1, "tables": tables})
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out[-3000:]
+    assert "reason='no backfill in phase 1: history is copied in phases 2 and 3'" in out
+    assert out.count("reason='no verification in phase 1: dual writes just began'") == 2
+
     ok = _dags_test(env, {"phase": 3, "tables": tables})
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     assert "phase 3 (read from new and verify): GO" in ok.stdout + ok.stderr
@@ -47,6 +53,7 @@ def test_migration_verify_dag(engines, mappings, old_sqlite_url, new_pg_url, tmp
     out = no.stdout + no.stderr
     assert no.returncode != 0
     assert "gate 'clean_runs' failed: orders has 2 of 3 consecutive clean verifications" in out
+    assert "reason='no backfill in phase 4: history is copied in phases 2 and 3'" in out
 
     with new.connect() as conn:
         checked = conn.execute(
