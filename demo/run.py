@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -179,11 +180,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     warehouse = settings.warehouse_path()
     print(f"Warehouse: {warehouse}")
     print("Try:")
-    print(
-        f'  {Path(sys.executable).parent / "python"} -c "import duckdb; '
-        f"print(duckdb.connect('{warehouse}', read_only=True).sql("
-        f"'{query}'))\""
-    )
+    nightshift = shlex.quote(str(Path(sys.executable).parent / "nightshift"))
+    print(f"  {nightshift} query --warehouse {shlex.quote(str(warehouse))} \\")
+    print(f'    --sql "{query}"')
     return 0
 
 
