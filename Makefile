@@ -127,6 +127,32 @@ down: ## Stop the compose stack (its volumes stay; `docker compose down --volume
 test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none run)
 	$(BIN)/python -m pytest
 
+# The inner loop: the suites that need no database server, no Airflow run and no dbt
+# build, without the tests that use a server (marked `server` by tests/conftest.py) and three
+# slow ones (a warehouse built by dbt; a memory profile). `make test` runs everything.
+FAST_SUITES := tests/test_configuration.py tests/test_fast_lane.py tests/test_makefile.py \
+	tests/test_packaging.py tests/alerting/test_rules.py tests/alerting/test_sinks.py \
+	tests/dags/test_schedule_dst.py tests/demo/test_api.py tests/extract/test_api_client.py \
+	tests/extract/test_api_extract.py tests/extract/test_landing.py \
+	tests/extract/test_landing_sync_sources.py tests/extract/test_replay.py \
+	tests/migrate/test_backfill.py tests/migrate/test_dual_write.py tests/migrate/test_mapping.py \
+	tests/pipeline/test_airflow_run.py tests/pipeline/test_cli.py tests/pipeline/test_clock.py \
+	tests/pipeline/test_http_retry.py tests/pipeline/test_retention.py \
+	tests/pipeline/test_run_metrics.py tests/pipeline/test_settings.py \
+	tests/pipeline/test_settings_env.py tests/pipeline/test_settings_errors.py \
+	tests/pipeline/test_timeout_settings.py tests/pipeline/test_warehouse_lease.py \
+	tests/quality/test_parity.py tests/report/test_build.py tests/transform/test_daily_sales.py \
+	tests/transform/test_money.py tests/warehouse/test_guards.py \
+	tests/warehouse/test_duckdb_memory_limit.py tests/warehouse/test_load.py \
+	tests/warehouse/test_publish.py tests/warehouse/test_query.py tests/warehouse/test_rollback.py
+FAST_DESELECT := tests/warehouse/test_query.py::test_every_analyst_query_runs_on_a_built_warehouse \
+	tests/warehouse/test_query.py::test_late_order_share_counts_open_orders_two_days_old \
+	tests/extract/test_api_extract.py::test_peak_memory_is_flat_in_the_window_size
+.PHONY: test-fast
+test-fast: $(STAMP) ## The tests that need no server, Airflow run or dbt build (under 2 min on 2 cores)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e and not server" \
+	  $(addprefix --deselect ,$(FAST_DESELECT)) $(FAST_SUITES)
+
 # The clock check: the suites that generate data and start no server or thread with
 # timed waits, with the system clock moved ahead (libfaketime); the suites with HTTP
 # servers or reader threads with the pipeline's injected clock moved (NIGHTSHIFT_NOW:

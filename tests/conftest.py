@@ -16,6 +16,17 @@ for _name in os.environ.pop("NIGHTSHIFT_DOTENV_NAMES", "").split():
     if not _name.startswith("NIGHTSHIFT_TEST_"):
         os.environ.pop(_name, None)
 
+# The fixtures that start (or reach) a database server: a test that uses one, even
+# through other fixtures, is marked `server`; `make test-fast` leaves those out.
+SERVER_FIXTURES = frozenset({"postgres_admin_url", "mariadb_admin_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 # Telemetry off for everything the tests start.
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
