@@ -21,12 +21,13 @@ from airflow.sdk import dag, get_current_context, task
 
 from alerting.callbacks import on_dag_failure, on_task_failure
 from pipeline.assets import ANALYTICS_ASSETS
+from pipeline.settings import task_timeout_minutes
 
 default_args = {
     "owner": "data-platform",
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
-    "execution_timeout": timedelta(minutes=30),
+    "execution_timeout": timedelta(minutes=task_timeout_minutes()),  # read at parse time
     "on_failure_callback": on_task_failure,
 }
 
