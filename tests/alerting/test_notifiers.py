@@ -46,6 +46,7 @@ notifier_probe()
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_a_failed_task_reaches_the_webhook_and_the_mailbox(tmp_path: Path) -> None:
     dags = tmp_path / "dags"
