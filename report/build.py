@@ -725,11 +725,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "warehouse; pages of days after the last published one are removed.",
     )
     parser.add_argument(
-        "--report-dir", type=Path, default=None, help="default: REPORT_DIR (data/report)"
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="a local folder of pages (default: REPORT_DIR, data/report, and with "
+        "NIGHTSHIFT_DATA_URL the store's report/ folder)",
     )
     args = parser.parse_args(argv)
-    report_dir = args.report_dir or settings.report_dir()
-    result = rebuild_all_pages(settings.warehouse_lease_target(), report_dir)
+    from pipeline.run_files import mirrored_report
+
+    where = settings.warehouse_lease_target()
+    if args.report_dir is not None:
+        result, report_dir = rebuild_all_pages(where, args.report_dir), args.report_dir
+    else:
+        with mirrored_report() as report_dir:  # NIGHTSHIFT_DATA_URL: pulled, then pushed
+            result = rebuild_all_pages(where, report_dir)
     print(
         f"report {report_dir}: {result['rebuilt']} page(s) rebuilt, "
         f"{result['removed']} removed; index: {report_dir / 'index.html'}"

@@ -100,7 +100,15 @@ def _script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "AIRFLOW_CONN_WAREHOUSE", "DBT_TARGET", "WAREHOUSE_PATH")
+        if k
+        not in (
+            "PYTHONPATH",
+            "AIRFLOW_CONN_WAREHOUSE",
+            "DBT_TARGET",
+            "WAREHOUSE_PATH",
+            "REPORT_DIR",
+            "NIGHTSHIFT_DATA_URL",
+        )
     }
     return {
         **env,
@@ -145,3 +153,22 @@ def test_lease_shows_an_unlocked_warehouse_as_free(tmp_path: Path) -> None:
     unlock = _nightshift(tmp_path, "lease", "unlock", WAREHOUSE_PATH=str(warehouse))
     assert unlock.returncode == 0, unlock.stderr
     assert unlock.stdout.strip() == f"no lease on {warehouse}: nothing to unlock"
+
+
+def test_report_removes_the_pages_of_days_the_warehouse_no_longer_has(tmp_path: Path) -> None:
+    """After a rollback by hand: the page of a day past the last published one goes, and
+    the index is rewritten."""
+    path = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("create schema analytics")
+    con.execute("create table analytics.sales_summary as select date '2026-11-27' as date")
+    con.close()
+    report = tmp_path / "pages"
+    report.mkdir()
+    for suffix in (".html", ".csv", ".json", "-trend.png"):
+        (report / f"2026-11-28{suffix}").write_text("from a version rolled back")
+    out = _nightshift(tmp_path, "report", WAREHOUSE_PATH=str(path), REPORT_DIR=str(report))
+    assert out.returncode == 0, out.stderr
+    assert "0 page(s) rebuilt, 1 removed" in out.stdout
+    assert sorted(p.name for p in report.iterdir()) == ["index.html"]
+    assert "2026-11-28" not in (report / "index.html").read_text()
