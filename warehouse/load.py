@@ -62,6 +62,11 @@ create table if not exists {ops}.restated_days (
     business_date date not null,
     reason varchar not null
 );
+create table if not exists {ops}.restated_orders (
+    run_id varchar not null,
+    order_id bigint not null,
+    business_date date not null
+);
 """
 
 
@@ -488,23 +493,28 @@ def _compare_columns(s: Session, delta: _Delta) -> list[str]:
 
 
 def _record_restated(s: Session, run_id: str, report_tz: str, orders: _Delta | None) -> None:
-    """Business days (old and new) of the affected orders → ops.restated_days (no dupes)."""
+    """Business days (old and new) of the affected orders → ops.restated_days (no dupes).
+    When raw.orders already holds orders, each (order, day) pair → ops.restated_orders too:
+    fct_orders rebuilds those orders, not their whole days (a first load records days only:
+    every order is new, and fct_orders is built in full)."""
     sources = []
-    if s.exists("raw", "orders"):
+    incremental = s.exists("raw", "orders")
+    if incremental:
         sources.append(f"select id, created_at from {_raw(s, 'orders')}")
     if orders is not None and not orders.skipped:
         sources.append(f"select id, created_at from {_temp(orders.temp)}")
     if not sources:
         return
+    pairs = f"""
+        select a.order_id, a.reason,
+            cast(timezone(cast(? as varchar), o.created_at) as date) as business_date
+        from affected a join ({" union all ".join(sources)}) o on o.id = a.order_id
+        where o.created_at is not null
+    """
     s.execute(
         f"""
         insert into {{ops}}.restated_days (run_id, business_date, reason)
-        select distinct cast(? as varchar), days.business_date, days.reason from (
-            select cast(timezone(cast(? as varchar), o.created_at) as date) as business_date,
-                a.reason
-            from affected a join ({" union all ".join(sources)}) o on o.id = a.order_id
-            where o.created_at is not null
-        ) days
+        select distinct cast(? as varchar), days.business_date, days.reason from ({pairs}) days
         where not exists (
             select 1 from {{ops}}.restated_days r
             where r.run_id = ? and r.business_date = days.business_date
@@ -513,6 +523,19 @@ def _record_restated(s: Session, run_id: str, report_tz: str, orders: _Delta | N
         """,
         [run_id, report_tz, run_id],
     )
+    if incremental:
+        s.execute(
+            f"""
+            insert into {{ops}}.restated_orders (run_id, order_id, business_date)
+            select distinct cast(? as varchar), p.order_id, p.business_date from ({pairs}) p
+            where not exists (
+                select 1 from {{ops}}.restated_orders r
+                where r.run_id = ? and r.order_id = p.order_id
+                  and r.business_date = p.business_date
+            )
+            """,
+            [run_id, report_tz, run_id],
+        )
 
 
 def _record_revised_rates(s: Session, run_id: str, fx: _Delta) -> None:

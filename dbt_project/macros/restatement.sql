@@ -1,10 +1,14 @@
 {#-
   Incremental restatement of fct_orders (see models/marts/fct_orders.sql).
 
-  With var run_id set and fct_orders already built, the model rebuilds exactly the business
-  days that must change and leaves every other day as it is:
-    - the days ops.restated_days records for the run (old and new days of changed orders,
-      days of changed or deleted items, region and category moves: warehouse/load.py);
+  With var run_id set and fct_orders already built, the model rebuilds exactly the orders
+  and business days that must change and leaves every other row as it is:
+    - the orders ops.restated_orders records for the run (changed and new orders, orders
+      whose items changed or were deleted, region and category moves: warehouse/load.py),
+      one by one: a change spread over the whole history costs its orders, not its days;
+    - the days ops.restated_days records for the run that no restated order explains
+      (an FX revision; a first load, which records no orders; a warehouse loaded before
+      ops.restated_orders existed);
     - days whose FX rate changed or first arrived (the loader records no days for the API:
       fct_orders keeps the rate each order was converted at and compares);
     - days whose orders no longer fall on them in var report_tz (REPORT_TZ changed: the
@@ -29,11 +33,52 @@
     {{ return(run_id | string) }}
 {%- endmacro %}
 
-{#- SELECT of the business days fct_orders must rebuild, judged against its current state `this`. -#}
-{% macro fct_orders_days_to_restate(previous) -%}
-    select business_date
-    from {{ source('ops', 'restated_days') }}
+{#- The reasons warehouse/load.py records for a day because of its orders (the others,
+    such as 'fx rate revised', are about the whole day). -#}
+{% macro order_restatement_reasons() -%}
+    'order_new', 'order_changed', 'items_changed', 'item_deleted', 'user_region',
+    'product_category'
+{%- endmacro %}
+
+{#- ops.restated_orders, or none when the warehouse has no such table yet (a unit test's
+    fixture has no schema, and is there). -#}
+{% macro restated_orders_relation() -%}
+    {%- set relation = source('ops', 'restated_orders') -%}
+    {%- if relation.schema is none -%}
+        {{ return(relation) }}
+    {%- endif -%}
+    {{ return(load_relation(relation)) }}
+{%- endmacro %}
+
+{#- SELECT of the orders fct_orders rebuilds one by one (delete+insert on order_id). -#}
+{% macro fct_orders_orders_to_restate() -%}
+    {%- set restated_orders = nightshift.restated_orders_relation() -%}
+    {%- if restated_orders is none -%}
+    select cast(null as bigint) as order_id where false
+    {%- else -%}
+    select order_id
+    from {{ restated_orders }}
     where run_id = '{{ nightshift.restatement_run_id() }}'
+    {%- endif -%}
+{%- endmacro %}
+
+{#- SELECT of the business days fct_orders must rebuild whole, judged against its current state `this`. -#}
+{% macro fct_orders_days_to_restate(previous) -%}
+    {%- set restated_orders = nightshift.restated_orders_relation() -%}
+    select business_date
+    from {{ source('ops', 'restated_days') }} as restated
+    where run_id = '{{ nightshift.restatement_run_id() }}'
+    {%- if restated_orders is not none %}
+        and (
+            reason not in ({{ nightshift.order_restatement_reasons() }})
+            or not exists (
+                select 1
+                from {{ restated_orders }} as restated_orders
+                where restated_orders.run_id = restated.run_id
+                    and restated_orders.business_date = restated.business_date
+            )
+        )
+    {%- endif %}
     union
     select stored_days.business_date
     from (
@@ -59,6 +104,17 @@
     {%- if nightshift.nightly_is_incremental() -%}
         delete from {{ this }}
         where business_date in ({{ nightshift.fct_orders_days_to_restate(this) }})
+    {%- else -%}
+        select 1 as nothing_to_delete
+    {%- endif -%}
+{%- endmacro %}
+
+{#- pre-hook, after the days: delete the orders to restate (an order whose day moved, or
+    that is gone, leaves its old day; delete+insert then writes its current row). -#}
+{% macro fct_orders_delete_restated_orders() -%}
+    {%- if nightshift.nightly_is_incremental() -%}
+        delete from {{ this }}
+        where order_id in ({{ nightshift.fct_orders_orders_to_restate() }})
     {%- else -%}
         select 1 as nothing_to_delete
     {%- endif -%}

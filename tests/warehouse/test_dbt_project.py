@@ -479,6 +479,56 @@ def test_report_tz_change_restates_every_moved_day(incremental_pair: tuple[Path,
     assert _marts(incremental) == _marts(full)
 
 
+# The orders behind r2's restated days, as the loader records them (old and new day).
+RESTATED_ORDERS_R2 = """
+CREATE TABLE ops.restated_orders (
+    run_id VARCHAR NOT NULL, order_id BIGINT NOT NULL, business_date DATE NOT NULL);
+INSERT INTO ops.restated_orders VALUES
+    ('r2', 3, '2024-01-15'), ('r2', 3, '2024-01-16'), ('r2', 5, '2024-01-16'),
+    ('r2', 6, '2024-01-16'), ('r2', 12, '2024-01-17');
+"""
+
+
+def _run_sql(path: Path, sql: str) -> None:
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(sql)
+    finally:
+        con.close()
+
+
+def test_restated_orders_rebuild_orders_not_days(incremental_pair: tuple[Path, Path]) -> None:
+    """With ops.restated_orders, fct_orders rebuilds the run's orders, not their whole
+    days: a change on a restated day that no recorded order explains is not picked up,
+    and the marts equal a full rebuild; a day recorded without its orders (a first load,
+    an FX revision) is rebuilt whole."""
+    incremental, full = incremental_pair
+    _run_sql(incremental, RESTATED_ORDERS_R2)
+    _run_sql(full, RESTATED_ORDERS_R2)
+    dbt_build(incremental, "UTC", run_id="r2")
+    dbt_build(full, "UTC")
+    assert _marts(incremental) == _marts(full)
+
+    # order 9 (01-16, a day r2 restated) changes without being recorded: not rebuilt
+    _run_sql(incremental, "UPDATE raw.orders SET status = 'refunded' WHERE id = 9")
+    _run_sql(incremental, "INSERT INTO ops.restated_orders VALUES ('r3', 6, '2024-01-16')")
+    _run_sql(
+        incremental, "INSERT INTO ops.restated_days VALUES ('r3', '2024-01-16', 'order_changed')"
+    )
+    dbt_build(incremental, "UTC", run_id="r3")
+    assert _query(incremental, "select status from marts.fct_orders where order_id = 9") == [
+        ("paid",)
+    ]
+    # a recorded day no restated order of the run explains is rebuilt whole
+    _run_sql(
+        incremental, "INSERT INTO ops.restated_days VALUES ('r4', '2024-01-16', 'order_changed')"
+    )
+    dbt_build(incremental, "UTC", run_id="r4")
+    assert _query(incremental, "select status from marts.fct_orders where order_id = 9") == [
+        ("refunded",)
+    ]
+
+
 def test_users_snapshot_keeps_history(incremental_pair: tuple[Path, Path]) -> None:
     incremental, _ = incremental_pair
     dbt_build(incremental, "UTC", run_id="r2")

@@ -1,8 +1,8 @@
 {#- One row per order. Incremental (macros/restatement.sql): with var run_id, only the
-    business days that changed are deleted (pre-hook) and rebuilt (delete+insert on
-    order_id), and only the items of their orders are ranked for the category (the logic of
-    int_orders_categorized, macros/order_categories.sql); without run_id, on --full-refresh,
-    or when the table does not exist it is rebuilt in full. -#}
+    orders and business days that changed are deleted (pre-hooks) and rebuilt
+    (delete+insert on order_id), and only the items of their orders are ranked for the
+    category (the logic of int_orders_categorized, macros/order_categories.sql); without
+    run_id, on --full-refresh, or when the table does not exist it is rebuilt in full. -#}
 {{
     config(
         materialized='incremental',
@@ -10,10 +10,14 @@
         unique_key='order_id',
         on_schema_change='fail',
         full_refresh=(none if nightshift.nightly_run() else true),
-        pre_hook="{{ nightshift.fct_orders_delete_restated_days() }}",
+        pre_hook=[
+            "{{ nightshift.fct_orders_delete_restated_days() }}",
+            "{{ nightshift.fct_orders_delete_restated_orders() }}",
+        ],
     )
 }}
--- depends_on: {{ source('ops', 'restated_days') }}, {{ ref('stg_fx_rates') }}
+-- depends_on: {{ source('ops', 'restated_days') }}, {{ source('ops', 'restated_orders') }}
+-- depends_on: {{ ref('stg_fx_rates') }}
 -- depends_on: {{ ref('stg_orders') }}, {{ ref('stg_order_items') }}, {{ ref('stg_products') }}
 with
 {% if nightshift.nightly_is_incremental() %}
@@ -35,6 +39,8 @@ orders_converted as (
             or {{ nightshift.business_day('created_at') }} not in (
                 select distinct business_date from {{ this }}
             )
+        union
+        {{ nightshift.fct_orders_orders_to_restate() | indent(8) }}
     )
     {%- endif %}
 ),
