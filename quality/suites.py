@@ -255,12 +255,29 @@ def suite_for_table(source: str, table: str) -> str:
 _CONTEXT: dict[int, tuple[Any, Path]] = {}
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def _new_runtime_dir() -> Path:
-    """A folder of this process under QUALITY_DOCS_DIR for GX's results and site."""
+    """A folder of this process under QUALITY_DOCS_DIR for GX's results and site; the
+    folders of this host's dead processes (killed, or ended without exit handlers) go."""
     from pipeline import settings
 
-    name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path = settings.quality_docs_dir() / ".gx-runtime" / name
+    host = socket.gethostname()
+    root = settings.quality_docs_dir() / ".gx-runtime"
+    if root.is_dir():
+        for old in root.glob(f"{host}-*-*"):
+            pid = old.name.removeprefix(f"{host}-").split("-")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+    path = root / f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path

@@ -668,3 +668,35 @@ def test_a_suite_file_without_severity_or_id_is_refused(
         assert str(path) in str(info.value) and "expect_column_arrow_type_to_be" in str(info.value)
     finally:
         suites._raw_suite.cache_clear()
+
+
+def test_runtime_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    """A process killed before its exit handlers leaves its runtime folder: the next
+    process on the host removes it, and never a live process's."""
+    import socket
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    root = tmp_path / ".gx-runtime"
+    host = socket.gethostname()
+    stale = root / f"{host}-{dead.stdout.strip()}-0badc0de" / "validations"
+    live = root / f"{host}-{os.getpid()}-0000feed"
+    stale.mkdir(parents=True)
+    live.mkdir(parents=True)
+    probe = "from quality.suites import runtime_dir; print(runtime_dir())"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QUALITY_DOCS_DIR": str(tmp_path)}
+    made = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert Path(made.stdout.strip()).parent == root
+    assert not stale.parent.exists() and live.exists()
+    assert not Path(made.stdout.strip()).exists(), "removed at exit"
