@@ -73,6 +73,11 @@ from extract.watermark import last_loaded_shard_map, last_watermark
 from pipeline import clock
 from pipeline.settings import future_tolerance_minutes, sqlalchemy_url
 
+# (connection, table configs) -> (manifest fields, reason to read everything or None)
+SourceCheckHook = Callable[
+    [sa.Connection, Sequence[TableConfig]], tuple[dict[str, Any], str | None]
+]
+
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "source_db"
@@ -853,8 +858,15 @@ def extract_tables(
     read_choice: ReadChoice | None = None,
     future_tolerance: timedelta | None = None,
     accept_drift: bool | Sequence[str] = False,
+    source_check: SourceCheckHook | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Extract `configs` in one snapshot; return the landed manifest per landed table.
+
+    `source_check` (extract/source_identity.py `SourceCheck`) is called once, in the
+    run's connection, after the window bound is taken: its fields (the source's
+    identity) go into every manifest, and a reason it gives (another source, a restore)
+    turns every table to a full read, logged with that reason and recorded as
+    `source_changed` (the later steps then rebuild in full).
 
     Rows whose cursor is after U + `future_tolerance` (default `FUTURE_TOLERANCE_MINUTES`)
     stop the run before anything is landed (`check_future_cursors`, FutureCursorError).
@@ -911,6 +923,15 @@ def extract_tables(
         )
         with engine.connect().execution_options(**isolation) as conn, conn.begin():
             upper = source_now(conn)  # first statement: U is not after the snapshot
+            if source_check is not None:
+                found, why = source_check(conn, configs)
+                manifest_extras = {**(manifest_extras or {}), **found}
+                if why is not None:
+                    log.warning("%s: full re-extract and rebuild", why)
+                    configs = [dataclasses.replace(c, mode="full") for c in configs]
+                    lower = {c.name: None for c in configs}
+                    manifest_extras["source_changed"] = True
+                    manifest_extras["source_change_reason"] = why
             window_end = (
                 upper if read_choice is None else replica_safe_window_end(upper, read_choice)
             )

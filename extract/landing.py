@@ -32,7 +32,7 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,8 @@ def write_landing_table(
             table_name,
             schema,
             accept_drift=accept_drift,
+            source_identity=(extra_manifest or {}).get("source_identity"),
+            source_id=(extra_manifest or {}).get("source_id"),
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
@@ -413,8 +415,16 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def previous_manifest(landing_root: Path, source: str, table_name: str) -> dict[str, Any] | None:
+def previous_manifest(
+    landing_root: Path,
+    source: str,
+    table_name: str,
+    where: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any] | None:
     """The newest landed manifest (by `extracted_at`) of source/table, or None.
+
+    `where`: only manifests it accepts count (on object storage, only the newest
+    committed one is looked at: None when `where` refuses it).
 
     Scans the `run=*` directories (the source of truth; `_latest.json` is only a
     convenience pointer that a crash between the rename and its rewrite could leave
@@ -422,9 +432,10 @@ def previous_manifest(landing_root: Path, source: str, table_name: str) -> dict[
     """
     store = bound_store(landing_root)
     if store is not None:  # the committed runs of the store, not the local stage
-        return store.newest_manifest(
+        found = store.newest_manifest(
             _check_name("source", source), _check_name("table", table_name)
         )
+        return found if found is None or where is None or where(found) else None
     table_dir = (
         Path(landing_root) / _check_name("source", source) / _check_name("table", table_name)
     )
@@ -448,6 +459,8 @@ def previous_manifest(landing_root: Path, source: str, table_name: str) -> dict[
             continue
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
+        if where is not None and not where(manifest):
+            continue
         if newest is None or when > newest[0]:
             newest = (when, manifest)
     return None if newest is None else newest[1]
@@ -512,8 +525,16 @@ def check_schema_drift(
     schema: pa.Schema,
     *,
     accept_drift: DriftAcceptance = False,
+    source_identity: str | None = None,
+    source_id: str | None = None,
 ) -> dict[str, Any]:
     """Compare `schema` with the previous landing; return the manifest's drift fields.
+
+    With a `source_identity` (extract/source_identity.py; `source_id` the URL-derived
+    id), the previous landing is the newest one of the same source: one landed from
+    another source is a switch of source, logged as such and never drift (the first
+    landing from a source has nothing to compare with). Manifests written before
+    identities existed count as their URL-derived `source_id`.
 
     A retyped column whose new type holds every value of the old one exactly
     (`lossless_widening`, e.g. numeric(12,2) -> numeric(14,2)) is accepted and logged,
@@ -522,9 +543,33 @@ def check_schema_drift(
     unless `accept_drift` covers it (True: all; or `<table>.<column>` / `<table>.*`
     specs, see `drift_accepted`): then it is logged and listed as `accepted_drift`.
     """
+    from extract.source_identity import same_source
+
     previous = previous_manifest(landing_root, source, table_name)
+    if previous is not None and not same_source(previous, source_identity, source_id):
+        log.warning(
+            "source switched: %s/%s was last landed (run=%s) from source %s, now from %s; "
+            "its schema is compared with this source's own previous landing, if any",
+            source,
+            table_name,
+            previous.get("run_id"),
+            previous.get("source_identity") or previous.get("source_id"),
+            source_identity,
+        )
+        switched_from = previous.get("source_identity") or previous.get("source_id")
+        previous = previous_manifest(
+            landing_root,
+            source,
+            table_name,
+            where=lambda m: same_source(m, source_identity, source_id),
+        )
+    else:
+        switched_from = None
     if previous is None:
-        return {"previous_run_id": None, "added_columns": []}
+        found: dict[str, Any] = {"previous_run_id": None, "added_columns": []}
+        if switched_from is not None:
+            found["source_switched_from"] = switched_from
+        return found
     old = {c["name"]: c["type"] for c in previous["columns"]}
     new = {f.name: str(f.type) for f in schema}
     added = [{"name": n, "type": t} for n, t in new.items() if n not in old]
@@ -534,6 +579,8 @@ def check_schema_drift(
     retyped = [r for r in retyped if r not in widened]
     prev_run = previous.get("run_id")
     fields: dict[str, Any] = {"previous_run_id": prev_run, "added_columns": added}
+    if switched_from is not None:
+        fields["source_switched_from"] = switched_from
     if added:
         log.warning(
             "%s/%s: new column(s) since run=%s carried: %s",

@@ -205,3 +205,42 @@ def last_loaded_source_id(where: Any, source: str, table: str) -> str | None:
         [source, table],
     )
     return rows[0][0] if rows else None
+
+
+def last_loaded_manifest(where: Any, source: str, table: str) -> dict[str, Any] | None:
+    """The manifest of the newest loaded extract of (source, table), as plain data, or
+    None. `where`: a DuckDB file path or a `Warehouse`."""
+    wh = _published_loaded_runs(where)
+    if wh is None:
+        return None
+    rows = _rows(
+        wh,
+        "select cast(manifest as text) from {ops}.loaded_runs "
+        "where source = ? and table_name = ? order by loaded_at desc limit 1",
+        [source, table],
+    )
+    value = _json(rows[0][0]) if rows else None
+    return value if isinstance(value, dict) else None
+
+
+def loaded_max_cursor_since_full(where: Any, source: str, table: str) -> datetime | None:
+    """The newest cursor value loaded for (source, table) since its last full load (the
+    full load included), or None: what the source held at least once. Loads before the
+    last full one (e.g. of a source switched away from) do not count."""
+    wh = _published_loaded_runs(where)
+    if wh is None:
+        return None
+    rows = _rows(
+        wh,
+        "select mode, cast(manifest -> 'max_cursor' as text) from {ops}.loaded_runs "
+        "where source = ? and table_name = ? and shard = '' order by loaded_at",
+        [source, table],
+    )
+    newest: datetime | None = None
+    for mode, text in rows:
+        if mode == "full":
+            newest = None
+        instant = _instant(_json(text))
+        if instant is not None and (newest is None or instant > newest):
+            newest = instant
+    return newest

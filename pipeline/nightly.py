@@ -272,19 +272,18 @@ def extract_source_db(
         return _extract_sharded(
             business_date, map_path, configs, settings.accept_schema_drift(accept_schema_drift)
         )
+    from extract.source_identity import SourceCheck
+
     choice = _read_choice()
-    source_id = _source_id()
-    extras: dict[str, Any] = {"source_id": source_id}
-    if _source_changed(source_id):
-        # Another database than the one the warehouse was built from: its watermarks
-        # mean nothing here. Read everything; full mode also drops the old rows.
-        log.warning("source_db is not the database the warehouse was loaded from: full extract")
-        configs = [dataclasses.replace(c, mode="full") for c in configs]
-        extras["source_changed"] = True
-    elif full_refresh:
+    extras: dict[str, Any] = {}
+    if full_refresh:
         log.warning("full rebuild requested: every source table is read in full")
         configs = [dataclasses.replace(c, mode="full") for c in configs]
         extras["full_refresh"] = True
+    # The source's identity, and whether it is another database than the one the
+    # warehouse was built from or one restored to an earlier state (its watermarks then
+    # mean nothing): decided in the extract's connection (extract/source_identity.py).
+    check = SourceCheck(_primary_url(), _published(), reading_replica=choice.used_replica)
     totals = _source_totals(business_date)
     manifests = _no_retry_on_bad_records(
         extract_tables,
@@ -298,6 +297,7 @@ def extract_source_db(
         parallelism=settings.extract_parallelism(),
         aggregates=totals,
         accept_drift=settings.accept_schema_drift(accept_schema_drift),
+        source_check=check,
     )
     _record_source_totals(business_date, totals)
     return {name: m["rows"] for name, m in manifests.items()}
@@ -331,25 +331,9 @@ def _record_source_totals(business_date: date, totals: Any) -> None:
     log.info("source totals of the extract's snapshot: %s", path)
 
 
-def _source_id() -> str:
-    """Identity of the logical source: its primary's URL without the password, hashed."""
-    import hashlib
-
-    import sqlalchemy as sa
-
-    primary = settings.sqlalchemy_url(settings.get_connection_uri(settings.SOURCE_DB_CONN_ID))
-    try:
-        text = sa.make_url(primary).render_as_string(hide_password=True)
-    except Exception:  # not parseable: the raw text still identifies it
-        text = primary
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _source_changed(source_id: str) -> bool:
-    from extract.watermark import last_loaded_source_id
-
-    previous = last_loaded_source_id(_published(), "source_db", "orders")
-    return previous is not None and previous != source_id
+def _primary_url() -> str:
+    """The primary's URL: its password-less form is the fallback identity of the source."""
+    return settings.sqlalchemy_url(settings.get_connection_uri(settings.SOURCE_DB_CONN_ID))
 
 
 def _extract_sharded(

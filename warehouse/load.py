@@ -265,7 +265,12 @@ def _manifest(value: Any) -> dict[str, Any]:
 
 
 def _already_loaded(s: Session, delta: _Delta, run_id: str) -> bool:
-    """Every part (shard) of the delta was merged already (same run id and checksum)."""
+    """Every part (shard) of the delta was merged already (same run id and checksum).
+
+    A part read in full because the source changed (another source, or one restored to
+    an earlier state: `source_changed`) counts only when it is the last load of its
+    table: the same rows loaded before the table was loaded from elsewhere (A, then B,
+    then A again) must replace raw again."""
     for part in delta.parts:
         checksum = part.manifest.get("checksum_sha256")
         if not checksum:
@@ -277,6 +282,16 @@ def _already_loaded(s: Session, delta: _Delta, run_id: str) -> bool:
         )
         if not any(_manifest(r[0]).get("checksum_sha256") == checksum for r in rows):
             return False
+        if part.manifest.get("source_changed"):
+            newest = s.fetchone(
+                "select run_id, manifest from {ops}.loaded_runs where source = ? "
+                "and table_name = ? and shard = ? order by loaded_at desc limit 1",
+                [delta.source, delta.table, part.shard],
+            )
+            if newest is None or newest[0] != run_id:
+                return False
+            if _manifest(newest[1]).get("checksum_sha256") != checksum:
+                return False
     return True
 
 
@@ -582,21 +597,38 @@ def _key_text(delta: _Delta) -> str:
 
 def _guard_deletes(s: Session, plan: list[_Delta], run_id: str, guard: Any, allow: bool) -> None:
     """Stop before any merge when the key sets would delete too much (warehouse/guards.py).
-    A run that reads a new source replaces raw on purpose and is not stopped."""
-    from warehouse.guards import enforce, plan_delete
+
+    Whatever made the run read in full (another source identity, a restore, FULL=1), the
+    guard applies: a database recreated from an old dump is "another source" too. The
+    error then says why the run was full; `allow` (ALLOW_MASS_DELETE=1) is the only way on.
+    """
+    from warehouse.guards import MassDeleteError, enforce, plan_delete
 
     planned = []
+    reasons: set[str] = set()
     for delta in plan:
         keys_relation = _keys_relation(delta)
         if delta.skipped or keys_relation is None or not s.exists("raw", delta.table):
             continue
-        if any(p.manifest.get("source_changed") for p in delta.parts):
-            continue
+        reasons.update(
+            str(p.manifest["source_change_reason"])
+            for p in delta.parts
+            if p.manifest.get("source_change_reason")
+        )
         target = _raw(s, delta.table)
         gone = _gone_sql(delta, target, keys_relation)
         limit = guard.limit(delta.table)
         planned.append(plan_delete(s, delta.table, target, gone, _key_text(delta), limit))
-    enforce(s, planned, run_id=run_id, allow=allow)
+    try:
+        enforce(s, planned, run_id=run_id, allow=allow)
+    except MassDeleteError as exc:
+        if not reasons:
+            raise
+        raise MassDeleteError(
+            f"{exc}\nThis run read the source in full because {'; '.join(sorted(reasons))}. "
+            "If the pipeline was pointed at another database on purpose, or the restore is "
+            "meant to stand, rerun the day with ALLOW_MASS_DELETE=1."
+        ) from None
 
 
 def _merge(s: Session, delta: _Delta, run_id: str) -> int:
