@@ -35,7 +35,8 @@ default_args = {
 def _triggering_run_id() -> str | None:
     """The nightly run named by the asset events that queued this run (None by hand)."""
     events = get_current_context().get("triggering_asset_events") or {}
-    run_ids = [e.extra.get("run_id") for evs in events.values() for e in evs if e.extra]
+    extras = [getattr(e, "extra", None) or {} for evs in events.values() for e in evs]
+    run_ids = [str(x["run_id"]) for x in extras if x.get("run_id")]
     return max(run_ids) if run_ids else None
 
 

@@ -116,3 +116,26 @@ def test_a_publish_that_changes_analytics_triggers_the_export_and_a_rerun_does_n
         rows = published.column("n")[0].as_py()
         assert rows > 0 and pq.read_table(exported / f"{table}.parquet").num_rows == rows
     assert json.loads((exported / "manifest.json").read_text())["rows"]["daily_sales"] > 0
+
+
+def test_the_export_names_the_latest_nightly_run_of_its_asset_events() -> None:
+    """A scheduled export records the run the asset events name (the latest, when the
+    scheduler gathered several); by hand (no events) it names none."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[2] / "dags" / "analytics_export.py"
+    spec = importlib.util.spec_from_file_location("analytics_export_dag", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    events = {
+        "analytics.sales_summary": [
+            SimpleNamespace(extra={"run_id": "2026-03-01"}),
+            SimpleNamespace(extra={}),
+        ],
+        "analytics.daily_sales": [SimpleNamespace(extra={"run_id": "2026-03-02"})],
+    }
+    module.get_current_context = lambda: {"triggering_asset_events": events}
+    assert module._triggering_run_id() == "2026-03-02"
+    module.get_current_context = lambda: {"triggering_asset_events": {}}
+    assert module._triggering_run_id() is None
