@@ -262,14 +262,32 @@ _GX_IMAGES = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/"
 
 
 def _offline(site: Path) -> None:
-    """Make GX's pages load nothing from outside the site (Data Docs are read offline)."""
+    """Make GX's pages load nothing from outside the site (Data Docs are read offline).
+
+    GX's index fills its tables with jQuery from a CDN: without it they stay empty, so
+    the index also gets a plain list of the site's pages (`nav#pages`)."""
     for page in site.rglob("*.html"):
         text = page.read_text()
         for pattern in _EXTERNAL_LOADS:
             text = pattern.sub("", text)
         images = os.path.relpath(site / "static" / "images", page.parent)
         text = text.replace(_GX_IMAGES, f"{Path(images).as_posix()}/")
+        if page == site / "index.html":
+            text = re.sub(
+                r"(<body\b[^>]*>)", lambda m: m.group(1) + _pages_nav(site), text, count=1
+            )
         page.write_text(text)
+
+
+def _pages_nav(site: Path) -> str:
+    """Links to the summary, every validation result page and every suite page."""
+    links = [f'<li><a href="{SUMMARY_PAGE}">quality summary (every failure)</a></li>']
+    for folder, label in (("validations", "validation result"), ("expectations", "suite")):
+        for page in sorted((site / folder).rglob("*.html")):
+            rel = page.relative_to(site).as_posix()
+            name = rel.removeprefix(f"{folder}/").removesuffix(".html")
+            links.append(f'<li>{label}: <a href="{html.escape(rel)}">{html.escape(name)}</a></li>')
+    return f'<nav id="pages" style="margin:1em"><ul>{"".join(links)}</ul></nav>'
 
 
 RESULTS_DIR = "validation_results"

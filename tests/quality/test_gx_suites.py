@@ -435,6 +435,9 @@ def test_data_docs_site_is_written(tmp_path: Path) -> None:
     ]
     assert loads == [], loads
     assert (site / "static" / "images").is_dir()
+    nav = re.search(r'<nav id="pages".*?</nav>', (site / "index.html").read_text()).group(0)
+    for page in pages:  # GX's index tables need jQuery: the plain list links every page
+        assert f'href="{page.relative_to(site).as_posix()}"' in nav
     assert "never-published" not in (site / "index.html").read_text()
     again = validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id=RUN)
     build_data_docs([again], site)
