@@ -258,6 +258,17 @@ def log_summary(result: DbtResult) -> None:
     )
 
 
+def _read_and_keep_freshness(sources_json: Path, label: str | None) -> list[SourceFreshness]:
+    """This call's freshness results; the file is kept as `sources-<label>.json` beside
+    the kept run results."""
+    results = read_source_freshness(sources_json)
+    if sources_json.is_file():
+        if not label or not _RUN_ID_RE.match(label):
+            label = clock.now().strftime("%Y%m%dT%H%M%S.%fZ")
+        os.replace(sources_json, sources_json.with_name(f"sources-{label.replace(':', '_')}.json"))
+    return results
+
+
 def _keep_run_results(run_results: Path, label: str | None) -> Path | None:
     """Copy target/run_results.json to target/run_results-<label>.json (label: the run id,
     else a UTC timestamp) so every run's results are kept."""
@@ -334,7 +345,8 @@ def run_dbt(
     target_dir = Path(target_dir).resolve()
     run_results = target_dir / "run_results.json"
     run_results.unlink(missing_ok=True)  # never report a previous run's results
-    sources_json = target_dir / "sources.json"
+    # this call's own file: target/sources.json is shared by every dbt run of the dir
+    sources_json = target_dir / f"sources-{os.getpid()}-{threading.get_ident()}.json"
     sources_json.unlink(missing_ok=True)
     cmd = [
         str(dbt or dbt_executable()),
@@ -354,6 +366,7 @@ def run_dbt(
     full_env["DBT_TARGET_PATH"] = str(target_dir)
     full_env["DBT_LOG_PATH"] = str(target_dir / "logs")
     full_env["DBT_NIGHTSHIFT_NOW"] = clock.now().isoformat(timespec="seconds")
+    full_env["DBT_NIGHTSHIFT_FRESHNESS_OUTPUT"] = str(sources_json)
     if target == "duckdb" and warehouse_path is None and not full_env.get("WAREHOUSE_PATH"):
         raise DbtError("target duckdb needs WAREHOUSE_PATH (pass warehouse_path= or env=)")
     with contextlib.ExitStack() as stack:
@@ -382,7 +395,7 @@ def run_dbt(
         nodes=nodes,
         output="\n".join(lines),
         run_results_path=_keep_run_results(run_results, run_id),
-        freshness=read_source_freshness(sources_json) if freshness else [],
+        freshness=_read_and_keep_freshness(sources_json, run_id) if freshness else [],
     )
     if nodes:
         log_summary(result)

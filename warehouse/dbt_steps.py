@@ -3,8 +3,9 @@
 Why: the nightly wants the sources' freshness beside its `dbt build`; a second `dbt`
 process would pay the interpreter start-up, dbt's imports and the partial-parse load
 again. Here dbt parses once (`dbt parse`) and both commands reuse that manifest through
-`dbtRunner(manifest=...)`. Freshness writes `target/sources.json`; its failures never
-stop the second command (the caller judges them). Imports dbt only, so any environment's
+`dbtRunner(manifest=...)`. The freshness results go to `DBT_NIGHTSHIFT_FRESHNESS_OUTPUT`
+(one file per call: `target/sources.json` is shared by every dbt run of the dir); their
+failures never stop the second command (the caller judges them). Imports dbt only, so any environment's
 python runs it as a script (`.venv-adapters/bin/python dbt_steps.py build ...`).
 
     python warehouse/dbt_steps.py build --select ... --project-dir ... --target ...
@@ -12,6 +13,7 @@ python runs it as a script (`.venv-adapters/bin/python dbt_steps.py build ...`).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +30,12 @@ def run_with_freshness(args: list[str], callbacks: list[Callable[[Any], None]]) 
     parsed = dbtRunner(callbacks=callbacks).invoke(["parse", *shared])
     if not parsed.success or parsed.result is None:
         return parsed
-    dbtRunner(manifest=parsed.result, callbacks=callbacks).invoke(["source", "freshness", *shared])
+    fresh = dbtRunner(manifest=parsed.result, callbacks=callbacks).invoke(
+        ["source", "freshness", *shared]
+    )
+    output = os.environ.get("DBT_NIGHTSHIFT_FRESHNESS_OUTPUT")
+    if output and hasattr(fresh.result, "write"):
+        fresh.result.write(output)
     return dbtRunner(manifest=parsed.result, callbacks=callbacks).invoke(args)
 
 

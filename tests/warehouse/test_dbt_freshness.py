@@ -55,6 +55,8 @@ def test_freshness_runs_with_the_build_against_the_run_clock(
     assert (payments.warn_after_s, payments.error_after_s) == (26 * 3600.0, 50 * 3600.0)
     assert payments.snapshotted_at.startswith("2026-11-28T04:00:00")
     assert result.summary()["freshness"]["raw.payments"] == {"status": "error", "age_h": 76.0}
+    # read from this call's own file (target/sources.json is shared), kept for the on-call
+    assert len(list(tmp_path.glob("sources-*.json"))) == 1
 
 
 def test_a_later_clock_makes_the_same_rows_staler(
