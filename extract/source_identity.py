@@ -1,7 +1,8 @@
 """Which database a source is, taken from the database itself (docs/operating.md).
 
 The identity decides whether a run reads the source it read before (watermarks and the
-schema-drift baseline apply) or another one (read in full, raw replaced):
+schema-drift baseline apply) or another one (read in full, raw replaced; the
+mass-delete guard still judges what that would delete, warehouse/load.py):
 
 - PostgreSQL: the cluster's `system_identifier` (`pg_control_system()`) plus the
   database's oid and name (`pg_database`, `current_database()`);

@@ -65,6 +65,7 @@ def test_switch_a_b_a_publishes_what_a_fresh_data_dir_publishes(
     con = sqlite3.connect(b[0])  # B's users carry a column A's do not (the contract allows)
     con.execute("alter table users add column preferences text")
     con.execute("update users set preferences = 'dark'")
+    con.execute("delete from order_items where id % 5 = 0")  # B lacks a fifth of A's items
     con.commit()
     con.close()
 
@@ -74,7 +75,8 @@ def test_switch_a_b_a_publishes_what_a_fresh_data_dir_publishes(
 
     data = tmp_path / "switched"
     assert _tables(_run(monkeypatch, data, *a)) == fresh_a
-    # B lacks 7% of A's order_items: the switch is guarded like any full path, and says so
+    # B lacks a fifth of A's order_items: the switch is guarded like any full path, and
+    # says so; the operator's override lets it through
     with pytest.raises(MassDeleteError, match="is not the database the warehouse was loaded"):
         _run(monkeypatch, data, *b)
     assert _tables(data / "warehouse.duckdb") == fresh_a
@@ -82,7 +84,8 @@ def test_switch_a_b_a_publishes_what_a_fresh_data_dir_publishes(
     assert _tables(_run_url(monkeypatch, data, b_url, b[1], allow_mass_delete=True)) == fresh_b
     assert _orders_manifest(data)["source_changed"] is True
     b_identity = _orders_manifest(data)["source_identity"]
-    assert _tables(_run(monkeypatch, data, *a)) == fresh_a  # no SchemaDriftError
+    a_url = f"sqlite:///{a[0]}"  # back to A: no SchemaDriftError
+    assert _tables(_run_url(monkeypatch, data, a_url, a[1], allow_mass_delete=True)) == fresh_a
     manifest = _orders_manifest(data)
     assert manifest["source_changed"] is True
     assert manifest["source_identity"].startswith("sqlite:")

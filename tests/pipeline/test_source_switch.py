@@ -46,12 +46,19 @@ def _source(tmp_path: Path, name: str, seed: int, end: date) -> tuple[Path, Path
     return source, payments
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, data: Path, source: Path, payments: Path) -> Path:
+def _run(
+    monkeypatch: pytest.MonkeyPatch,
+    data: Path,
+    source: Path,
+    payments: Path,
+    *,
+    allow_mass_delete: bool = False,
+) -> Path:
     monkeypatch.setenv("NIGHTSHIFT_DATA_DIR", str(data))
     monkeypatch.setenv("AIRFLOW_CONN_SOURCE_DB", f"sqlite:///{source}")
     with running_api(payments, token="tok") as api_uri:
         monkeypatch.setenv("AIRFLOW_CONN_PAYMENTS_API", api_uri)
-        nightly.run_all(DAY)
+        nightly.run_all(DAY, allow_mass_delete=allow_mass_delete)
     return data / "warehouse.duckdb"
 
 
@@ -66,7 +73,9 @@ def test_switching_source_republishes_from_the_new_source_only(
 
     switched = tmp_path / "switched"
     first = _tables(_run(monkeypatch, switched, *a))
-    after_switch = _tables(_run(monkeypatch, switched, *b))
+    # the switch is guarded like any full run: B may lack more than 5% of A's items
+    # (the demo's row counts vary by process), so the operator allows it
+    after_switch = _tables(_run(monkeypatch, switched, *b, allow_mass_delete=True))
     fresh = _tables(_run(monkeypatch, tmp_path / "fresh", *b))
 
     assert first != fresh, "the two sources must differ for this test to mean anything"
