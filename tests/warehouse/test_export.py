@@ -63,3 +63,11 @@ def test_the_export_writes_the_published_rows_sorted_by_key(tmp_path: Path) -> N
         "manifest.json",
         "sales_summary.parquet",
     ]  # no temporary file left behind
+
+
+def test_a_build_without_the_analytics_tables_announces_nothing(tmp_path: Path) -> None:
+    """A publish of raw tables only (steps run by hand) is no news, and no error."""
+    wh = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    build = wh.begin_build("r1")
+    wh.execute("create schema if not exists raw", build=build)
+    assert changed_analytics_tables(wh, build) == []
