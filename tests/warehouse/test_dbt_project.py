@@ -281,7 +281,7 @@ def test_parse_for_postgres_target() -> None:
     assert result.returncode == 0
 
 
-def test_build_on_real_postgres(pg_database: str) -> None:
+def test_build_on_real_postgres(pg_database: str, tmp_path: Path) -> None:
     """The postgres dispatches (business day, cents, byte order) give the same table."""
     import sqlalchemy as sa
 
@@ -308,6 +308,7 @@ def test_build_on_real_postgres(pg_database: str) -> None:
             target="postgres",
             vars={"report_tz": "America/New_York", "through_date": None},
             env=env,
+            target_dir=tmp_path,  # its own run_results.json: other dbt runs share target/
         )
         assert result.nodes and not result.failed
         with engine.connect() as conn:
