@@ -231,9 +231,11 @@ def test_every_read_goes_through_settings_env() -> None:
     for path, tree in _parsed():
         for line in _raw_reads(tree):
             where = f"{path.relative_to(ROOT)}:{line}"
-            if where.startswith("pipeline/settings.py"):
+            # settings.env itself, and the dbt script that runs in the adapters' venv
+            # (it cannot import pipeline) with the same empty-means-unset read.
+            if where.startswith(("pipeline/settings.py", "warehouse/dbt_steps.py")):
                 text = path.read_text().splitlines()[line - 1]
-                if 'os.environ.get(name, "").strip()' in text:  # env() itself
+                if re.search(r'os\.environ\.get\((name|"[A-Z_]+"), ""\)\.strip\(\)', text):
                     continue
             offenders.append(where)
     assert not offenders, f"read through pipeline.settings.env instead: {offenders}"
