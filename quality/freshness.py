@@ -7,7 +7,9 @@ passes; `warn` (past `warn_after`) is a warning; `error` (past `error_after`) is
 critical failure that stops the run, unless the run accepts that table's staleness
 (`ACCEPT_STALE_SOURCES`: a quiet source, e.g. a holiday), when it is a warning again.
 A table dbt could not measure (`runtime error`) is a warning: the build reads the same
-table, and fails itself when it cannot.
+table, and fails itself when it cannot. So is a table that holds no rows at all: it has
+no age, and emptying a table only gets past the mass-delete guard by the operator's
+`ALLOW_MASS_DELETE=1`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,17 @@ def _hours(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds / 3600:.1f} h"
 
 
+def _empty(fresh: Any) -> bool:
+    """No rows to date: dbt reports no newest `_loaded_at` (or the minimum timestamp)."""
+    return fresh.max_loaded_at is None or str(fresh.max_loaded_at).startswith("0001-01-01")
+
+
 def _observed(fresh: Any, accepted: bool) -> str:
     """One sentence for the log, the gate's message and `ops.quality_results`."""
     if fresh.status == "runtime error":
         return f"not measured: {fresh.message}"
+    if _empty(fresh):
+        return "not measured: the table holds no rows"
     name = fresh.table.split(".", 1)[-1]
     text = (
         f"{_hours(fresh.age_s)} since the newest _loaded_at ({fresh.max_loaded_at}) at the "
@@ -56,7 +65,7 @@ def freshness_results(
     for fresh in freshness:
         name = fresh.table.split(".", 1)[-1]
         accept = name in accepted or "*" in accepted
-        critical = fresh.status == "error" and not accept
+        critical = fresh.status == "error" and not accept and not _empty(fresh)
         outcomes.append(
             ExpectationOutcome(
                 suite=SUITE,

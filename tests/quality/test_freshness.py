@@ -74,3 +74,21 @@ def test_accept_stale_sources_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         settings.accept_stale_sources()
     monkeypatch.delenv("ACCEPT_STALE_SOURCES")
     assert settings.accept_stale_sources() == ()
+
+
+def test_an_empty_table_has_no_age_and_does_not_stop_the_run() -> None:
+    """Emptied on purpose (ALLOW_MASS_DELETE=1): dbt reports the minimum timestamp."""
+    empty = SourceFreshness(
+        unique_id="source.nightshift.raw.order_items",
+        status="error",
+        age_s=6.4e10,
+        max_loaded_at="0001-01-01T00:00:00+00:00",
+        snapshotted_at="2026-11-28T04:00:00+00:00",
+        warn_after_s=26 * H,
+        error_after_s=50 * H,
+    )
+    result = freshness_results([empty, _fresh("payments", "error", 76)], "2026-11-27")
+    outcome = result.outcomes[0]
+    assert (outcome.success, outcome.severity) == (False, "warning")
+    assert outcome.observed_value == "not measured: the table holds no rows"
+    assert [o.table for o in result.critical_failures] == ["raw.payments"]
