@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -105,27 +105,41 @@ class App:
     counts: dict[str, int] = field(default_factory=lambda: {"requests": 0, "shadow_reads": 0})
     lock: threading.Lock = field(default_factory=threading.Lock)
     id_lock: threading.Lock = field(default_factory=threading.Lock)
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    last_stamp: datetime | None = None
 
     def ids(self, n_items: int) -> tuple[int, list[int]]:
         with self.id_lock:
             return next(self.next_order), [next(self.next_item) for _ in range(n_items)]
 
+    def _stamp(self) -> datetime:
+        """The next `updated_at`, strictly after the last one (called under `write_lock`)."""
+        now = clock.now().replace(tzinfo=None)  # the old source keeps naive UTC
+        if self.last_stamp is not None and now <= self.last_stamp:
+            now = self.last_stamp + timedelta(microseconds=1)
+        self.last_stamp = now
+        return now
+
     def run(self, seed: int) -> None:
+        """Writes take `write_lock` from stamping `updated_at` to commit, as a database's
+        row locks would: two threads updating one row otherwise commit the older stamp
+        last in the old source, while the new side keeps the newer version (it never
+        replaces a newer one), and the two differ for good."""
         rng = random.Random(seed)
         while not self.stop.is_set():
-            now = clock.now().replace(tzinfo=None)  # the old source keeps naive UTC
             action = rng.random()
             if action < 0.4:
-                self.new_order(rng, now)
+                with self.write_lock:
+                    self.new_order(rng, self._stamp())
             elif action < 0.7:
                 order = rng.randrange(1, 1 + self.max_user * 5)
-                with self.writer.transaction() as tx:
-                    tx.update("orders", order, {"status": "shipped", "updated_at": now})
+                with self.write_lock, self.writer.transaction() as tx:
+                    tx.update("orders", order, {"status": "shipped", "updated_at": self._stamp()})
             elif action < 0.85:
                 user = rng.randrange(1, self.max_user + 1)
                 region = rng.choice(["north", "south", "east", "west", "  "])
-                with self.writer.transaction() as tx:
-                    tx.update("users", user, {"region": region, "updated_at": now})
+                with self.write_lock, self.writer.transaction() as tx:
+                    tx.update("users", user, {"region": region, "updated_at": self._stamp()})
             else:
                 self.writer.shadow_read("orders", rng.randrange(1, 1 + self.max_user * 5))
                 with self.lock:
