@@ -6,7 +6,7 @@ independent SQL oracle after every run. Two worker processes play the sequences 
 with its own source database, API, data dir and dbt target dir). A failure prints the
 sequence and the command that replays it.
 
-`NIGHTSHIFT_NIGHTS_SEQUENCES` sets how many (default 20); `make test-nights-large`
+`NIGHTSHIFT_NIGHTS_SEQUENCES` sets how many (default 12); `make test-nights-large`
 runs 200 for a nightly CI.
 """
 
@@ -22,7 +22,7 @@ import pytest
 
 from tests.pipeline.nights import make_sequence, run_sequence
 
-SEQUENCES = int(os.environ.get("NIGHTSHIFT_NIGHTS_SEQUENCES", "20"))
+SEQUENCES = int(os.environ.get("NIGHTSHIFT_NIGHTS_SEQUENCES", "12"))
 FIRST_SEED = int(os.environ.get("NIGHTSHIFT_NIGHTS_FIRST_SEED", "1"))
 
 
