@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.warehouse.test_dbt_project import EXPECTED_NEW_YORK, PROJECT_DIR, RAW_SQL, SUMMARY_SQL
-from warehouse.dbt_runner import run_dbt
+from warehouse.dbt_runner import postgres_env, run_dbt
 
 DUMMY = {
     "DBT_POSTGRES_USER": "dummy",
@@ -74,15 +74,9 @@ def test_a_dev_build_on_postgres_writes_only_the_developers_schemas(
             for statement in raw_sql.split(";"):
                 if statement.strip():
                     conn.exec_driver_sql(statement)
-        env = {
-            "DBT_POSTGRES_HOST": url.host or "127.0.0.1",
-            "DBT_POSTGRES_PORT": str(url.port or 5432),
-            "DBT_POSTGRES_USER": url.username or "postgres",
-            "DBT_POSTGRES_PASSWORD": url.password or "",
-            "DBT_POSTGRES_DBNAME": url.database or "",
-            "DBT_DEV_SCHEMA": "dbt_alice",
-            "WAREHOUSE_PATH": os.devnull,
-        }
+        # the connection as the nightly passes it to dbt (warehouse/dbt_runner.py)
+        env = {**postgres_env(pg_database), "DBT_DEV_SCHEMA": "dbt_alice"}
+        env["WAREHOUSE_PATH"] = os.devnull
         result = run_dbt(
             ["build", "--exclude-resource-type", "unit_test"],
             project_dir=PROJECT_DIR,
