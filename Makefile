@@ -123,9 +123,12 @@ up: ## Start the compose stack (CeleryExecutor; needs .env); UI on http://127.0.
 down: ## Stop the compose stack (its volumes stay; `docker compose down --volumes` drops them)
 	$(COMPOSE) down
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), one test file per worker at a
+# time (module fixtures stay whole); TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite (starts throwaway servers where none run)
-	$(BIN)/python -m pytest
+test: $(STAMP) ## Run the whole test suite on TEST_WORKERS processes (starts throwaway servers where none run)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 
 # The inner loop: the suites that need no database server, no Airflow run and no dbt
 # build, without the tests that use a server (marked `server` by tests/conftest.py) and three

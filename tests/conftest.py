@@ -7,7 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import fresh_database, mariadb_server, postgres_server
+# `make test` runs the suite on several xdist workers (TEST_WORKERS): each worker gets its
+# own dbt target folder (artifacts, partial-parse state, logs) and Airflow home, so two
+# workers never write the same run_results.json or SQLite metadata database.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["DBT_TARGET_PATH"] = os.path.join(_ROOT, "dbt_project", "target", f"xdist-{_WORKER}")
+    os.environ["AIRFLOW_HOME"] = os.path.join(_ROOT, ".airflow", f"xdist-{_WORKER}")
+    os.makedirs(os.environ["AIRFLOW_HOME"], exist_ok=True)
+
+from tests.servers import fresh_database, mariadb_server, postgres_server  # noqa: E402
 
 # `make` exports `.env` (a compose or production set-up) to its recipes: the suite runs
 # against its own servers and folders, so what `.env` set is dropped here (the Makefile

@@ -567,7 +567,8 @@ def test_run_results_are_kept_and_summarised(
     shutil.copy(built_new_york, path)
     with caplog.at_level(logging.INFO, logger="warehouse.dbt_runner"):
         result = dbt_build(path, "America/New_York", run_id="2024-01-16", full_refresh=True)
-    kept = PROJECT_DIR / "target" / "run_results-2024-01-16.json"
+    target = Path(os.environ.get("DBT_TARGET_PATH") or PROJECT_DIR / "target")
+    kept = target / "run_results-2024-01-16.json"
     assert result.run_results_path == kept and kept.is_file()
     summary = result.summary()
     # dbt-duckdb reports no rows_affected (None); dbt-postgres does (test_dbt_postgres_parity)
