@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from alerting.runs import NIGHTLY_DAG_ID, failed_run_alerts, run_url
 from alerting.sinks import Alert, AlertSink, send_all
-from pipeline import settings
+from core import settings
 
 if TYPE_CHECKING:
     from airflow.sdk import DeadlineAlert

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from alerting.sinks import SEVERITIES, Alert
-from pipeline.settings import PROJECT_ROOT, ConfigError
+from core.settings import PROJECT_ROOT, ConfigError
 
 DEFAULT_ALERTS_CONFIG = PROJECT_ROOT / "config" / "alerts.yml"
 

@@ -46,7 +46,7 @@ from alerting.rules import (
     evaluable,
 )
 from alerting.sinks import Alert, AlertSink, send_all
-from pipeline import settings
+from core import settings
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def streaks(earlier: Sequence[Mapping[str, set[str]]]) -> dict[str, list[set[str
 
 def load_configured_thresholds() -> Thresholds:
     from alerting.rules import load_thresholds
-    from pipeline import settings
+    from core import settings
 
     return load_thresholds(settings.alerts_config_path())
 
@@ -300,7 +300,7 @@ def _since(steps: list[dict[str, Any]], start: datetime | None) -> list[dict[str
 def _failed_gate_checks(run_id: str, start: datetime | None) -> list[str]:
     """Critical checks of `run_id` that failed (since `start`), as the published warehouse's
     `ops.quality_results` holds them after a failed gate."""
-    from pipeline import settings
+    from core import settings
     from warehouse.backends import as_warehouse
 
     wh = as_warehouse(settings.warehouse_lease_target())
@@ -384,7 +384,8 @@ def failed_run_alerts(
     context: Mapping[str, Any] | None, sinks: Sequence[AlertSink] | None = None
 ) -> list[Alert]:
     """The rules on a failed nightly run (from the DAG's failure callback context)."""
-    from pipeline import run_metrics, settings
+    from core import settings
+    from pipeline import run_metrics
 
     context = context or {}
     dag_run = _get(context, "dag_run")

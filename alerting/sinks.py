@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from pipeline import http_retry
-from pipeline.settings import ConfigError, _mask, get_connection_uri
+from core import http_retry
+from core.settings import ConfigError, _mask, get_connection_uri
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class _ScrubFilter(logging.Filter):
 class WebhookSink:
     """POSTs Slack-compatible JSON (`text` fallback + `blocks`) to a webhook URL.
 
-    Retries with the project's policy (`pipeline.http_retry`): 408, 429, 5xx, timeouts and
+    Retries with the project's policy (`core.http_retry`): 408, 429, 5xx, timeouts and
     connection errors, `max_attempts` in all within `max_total_seconds`, full-jitter backoff
     from `backoff_s`, honouring `Retry-After` up to `retry_after_cap` seconds; any other 4xx
     is not retried. Never raises.

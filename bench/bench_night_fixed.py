@@ -77,7 +77,7 @@ from datetime import date
 logging.basicConfig(level=logging.WARNING)
 # what a task process has imported before its step starts: Airflow's task runner and the
 # DAG file's modules (not timed by the step in a real executor either)
-import airflow.sdk, pendulum, alerting.callbacks, pipeline.settings
+import airflow.sdk, pendulum, alerting.callbacks, core.settings
 import resource
 from pipeline import nightly
 def cpu():
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from demo.generator import generate
     from demo.run import running_api
-    from pipeline import clock, settings
+    from core import clock, settings
 
     bench_dir = args.bench_dir.resolve()
     src = bench_dir / f"source-{args.days}d-{args.orders_per_day}"

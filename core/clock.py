@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
-from pipeline import settings
+from core import settings
 
 ENV = "NIGHTSHIFT_NOW"
 _SHIFT = re.compile(r"^([+-])(\d+)([dhm])$")

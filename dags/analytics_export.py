@@ -21,7 +21,7 @@ from airflow.sdk import dag, get_current_context, task
 
 from alerting.callbacks import on_dag_failure, on_task_failure
 from pipeline.assets import ANALYTICS_ASSETS
-from pipeline.settings import task_timeout_minutes
+from core.settings import task_timeout_minutes
 
 default_args = {
     "owner": "data-platform",
@@ -53,7 +53,7 @@ def _triggering_run_id() -> str | None:
 def analytics_export():
     @task
     def export_tables() -> dict:
-        from pipeline import settings
+        from core import settings
         from warehouse.export import export_analytics
 
         return export_analytics(

@@ -30,7 +30,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from alerting.callbacks import on_dag_failure, on_task_failure
-from pipeline.settings import task_timeout_minutes
+from core.settings import task_timeout_minutes
 
 # No retries: a gate that says no must be looked at, not retried. A hung task still
 # ends: every task has TASK_TIMEOUT_MINUTES (read at parse time) as its execution_timeout.

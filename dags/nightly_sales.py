@@ -64,7 +64,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, t
 
 from alerting.callbacks import on_dag_failure, on_task_failure, on_task_retry, run_deadline
 from pipeline.assets import ANALYTICS_ASSETS
-from pipeline.settings import env, task_timeout_minutes
+from core.settings import env, task_timeout_minutes
 
 REPORT_TZ = env("REPORT_TZ", "UTC")
 WAREHOUSE_POOL = "warehouse_writer"

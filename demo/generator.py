@@ -42,8 +42,8 @@ from demo.schema import (
     products,
     users,
 )
-from pipeline import clock
-from pipeline.settings import sqlalchemy_url
+from core import clock
+from core.settings import sqlalchemy_url
 
 DAY_US = 86_400 * 1_000_000
 MINUTE_US = 60 * 1_000_000

@@ -98,7 +98,7 @@ def running_api(
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from demo.generator import generate
-    from pipeline import clock, settings
+    from core import clock, settings
     from pipeline.airflow_run import run_dag
 
     parser = argparse.ArgumentParser(

@@ -1,6 +1,6 @@
 """HTTP client for the payments/FX API (contract section 2), with the project's retry policy.
 
-`pipeline.http_retry`: 408, 429, 5xx, timeouts and connection errors are retried with
+`core.http_retry`: 408, 429, 5xx, timeouts and connection errors are retried with
 exponential backoff and full jitter, honouring `Retry-After` (capped at `retry_after_cap`);
 it gives up after `max_attempts` or `max_total_seconds`. Any other 4xx, and a 200 whose
 body is not JSON, fail at once. The bearer token only ever travels in the header: error
@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from pipeline import http_retry
-from pipeline.settings import ApiConfig
+from core import http_retry
+from core.settings import ApiConfig
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from extract.api_client import PaymentsApiClient
 from extract.landing import write_landing_table
-from pipeline import clock
+from core import clock
 
 log = logging.getLogger(__name__)
 

@@ -70,8 +70,8 @@ from extract.source_timeouts import (
 )
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
-from pipeline import clock
-from pipeline.settings import future_tolerance_minutes, sqlalchemy_url
+from core import clock
+from core.settings import future_tolerance_minutes, sqlalchemy_url
 
 # (connection, table configs) -> (manifest fields, reason to read everything or None)
 SourceCheckHook = Callable[

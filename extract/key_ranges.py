@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from extract.pg_copy import connect, psycopg_connection, render_where
-from pipeline.settings import sqlalchemy_url
+from core.settings import sqlalchemy_url
 
 __all__ = [
     "INT64_MAX",

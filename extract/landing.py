@@ -40,13 +40,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import clock
+from core import clock
 
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 MANIFEST_NAME = "_manifest.json"
 LATEST_POINTER_NAME = "_latest.json"
 RUN_PREFIX = "run="
-DRIFT_SWITCH = "ACCEPT_SCHEMA_DRIFT"  # the operator's setting (pipeline/settings.py)
+DRIFT_SWITCH = "ACCEPT_SCHEMA_DRIFT"  # the operator's setting (core/settings.py)
 DRIFT_PARAM = "accept_schema_drift"  # the DAG param of the same meaning
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def bound_store(landing_root: Path) -> Any:
     """The object store (`settings.landing_store()`) whose local stage is `landing_root`,
     or None: the local landing zone (the default; no network) or
     another folder (e.g. a test's)."""
-    from pipeline import settings
+    from core import settings
 
     if not settings.landing_url().startswith("s3://"):
         return None

@@ -72,7 +72,7 @@ from extract.source_timeouts import (
     shutdown_socket,
     stall_message,
 )
-from pipeline.settings import source_read_stall_timeout_s, sqlalchemy_url
+from core.settings import source_read_stall_timeout_s, sqlalchemy_url
 
 __all__ = [
     "SUPPORTED_TYPES",

@@ -65,7 +65,7 @@ from extract.api_extract import (
     quarantine_files,
     validate_payment,
 )
-from pipeline import clock
+from core import clock
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def open_replays(quarantine_root: Path, warehouse_path: Path | None) -> list[Any
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from pipeline import settings
+    from core import settings
 
     parser = argparse.ArgumentParser(
         prog=prog or "python -m extract.replay",

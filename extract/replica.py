@@ -31,7 +31,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from pipeline.settings import sqlalchemy_url
+from core.settings import sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def safe_url(url: str) -> str:
     """The URL with its password hidden (`***`), for logs, error messages, manifests and
     stored shard maps: the userinfo password and a secret in the query string
     (`?password=`, `?token=`: drivers accept both; `settings.secrets_in_uri`)."""
-    from pipeline.settings import _SECRET_PARAMS
+    from core.settings import _SECRET_PARAMS
 
     try:
         parsed = sa.make_url(sqlalchemy_url(url))

@@ -15,7 +15,7 @@ Map file (YAML or JSON):
       - {name: s1, conn_id: source_db_shard1, vshards: [[512, 1023]],
          replica_conn_id: source_db_shard1_replica, replica_on_lag: fail}
 
-`url` is used as is; `conn_id` is resolved through `pipeline.settings.get_connection_uri`
+`url` is used as is; `conn_id` is resolved through `core.settings.get_connection_uri`
 (`AIRFLOW_CONN_<ID>` or Airflow's own lookup) when the shard is read.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from extract.replica import safe_url
-from pipeline.settings import get_connection_uri, secrets_in_uri, sqlalchemy_url
+from core.settings import get_connection_uri, secrets_in_uri, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 

@@ -189,7 +189,7 @@ class SourceCheck:
 
     def _of_primary(self) -> tuple[str, int | None]:
         from extract.source_timeouts import connect_args
-        from pipeline.settings import sqlalchemy_url
+        from core.settings import sqlalchemy_url
 
         url = sqlalchemy_url(self.url)
         engine = sa.create_engine(url, connect_args=connect_args(url))

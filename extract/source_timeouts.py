@@ -1,4 +1,4 @@
-"""Timeouts of the source database connections (settings in `pipeline.settings`).
+"""Timeouts of the source database connections (settings in `core.settings`).
 
 A source that stops answering must fail the extract, not hold the night (and, with
 `max_active_runs=1`, every later night) forever. Three layers:
@@ -35,7 +35,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import settings
+from core import settings
 
 
 class SourceTimeoutError(RuntimeError):

@@ -1,7 +1,7 @@
 """Per-table extract configuration of the operational database (docs/extract-design.md).
 
 Defaults cover the four source tables of contract §1; a YAML file (path from the
-`EXTRACT_CONFIG` environment variable, resolved in `pipeline.settings`) overrides them:
+`EXTRACT_CONFIG` environment variable, resolved in `core.settings`) overrides them:
 
     tables:
       orders:
@@ -12,7 +12,7 @@ Defaults cover the four source tables of contract §1; a YAML file (path from th
         reconcile_deletes: true
 
 `parallel_ranges` left unset takes the run's default degree (`EXTRACT_PARALLELISM`,
-`pipeline.settings.extract_parallelism`); 1 reads the table in one stream.
+`core.settings.extract_parallelism`); 1 reads the table in one stream.
 """
 
 from __future__ import annotations

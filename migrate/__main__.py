@@ -23,7 +23,7 @@ from migrate.mapping import MappingError, load_mappings, select_mappings
 from migrate.state import ensure_journal, ensure_ops
 from migrate.tasks import NEW_CONN_ID, OLD_CONN_ID
 from migrate.verify import verify_table
-from pipeline.settings import ConfigError, get_connection_uri
+from core.settings import ConfigError, get_connection_uri
 
 
 def _engine(url: str | None, conn_id: str) -> Engine:

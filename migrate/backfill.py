@@ -30,7 +30,7 @@ from migrate.mapping import MappingError, TableMapping
 from migrate.progress import Progress
 from migrate.state import checkpoints, ensure_ops, quarantine
 from migrate.writer import Tables, upsert
-from pipeline import clock
+from core import clock
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from migrate.dual_write import pending_repairs
 from migrate.mapping import TableMapping
 from migrate.state import checkpoints, checks, ensure_ops, gates
 from migrate.verify import VerifyResult
-from pipeline import clock
+from core import clock
 
 log = logging.getLogger(__name__)
 

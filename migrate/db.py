@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from migrate.mapping import MappingError, to_cents
-from pipeline.settings import sqlalchemy_url
+from core.settings import sqlalchemy_url
 
 NEW_SCHEMA_SQL = Path(__file__).resolve().parent / "new_schema.sql"
 

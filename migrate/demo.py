@@ -41,8 +41,8 @@ from migrate.dual_write import DualWriter, pending_repairs
 from migrate.mapping import load_mappings
 from migrate.state import ensure_journal, ensure_ops, shadow_diffs
 from migrate.verify import verify_table
-from pipeline import clock, settings
-from pipeline.settings import PROJECT_ROOT
+from core import clock, settings
+from core.settings import PROJECT_ROOT
 
 log = logging.getLogger("migrate.demo")
 DEMO_DB = "nightshift_migration_demo"

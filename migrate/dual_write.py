@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from migrate.mapping import TableMapping, mappings_of_old_table
 from migrate.state import ensure_journal, repair_log, shadow_diffs
 from migrate.writer import Tables, apply_old_rows, read_old_rows
-from pipeline import clock
+from core import clock
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The migration's steps with connections resolved at the edge: used by the
 `migration_verify` DAG and by `python -m migrate`. Each returns a small dict.
 
-Connections follow `pipeline.settings` (AIRFLOW_CONN_<ID> first, then Airflow's own
+Connections follow `core.settings` (AIRFLOW_CONN_<ID> first, then Airflow's own
 lookup): `source_db` is the old database, `migration_target_db` the new one.
 """
 
@@ -19,7 +19,7 @@ from migrate.checks import DEFAULT_REQUIRED_CLEAN_RUNS, GateFailed, decide, reco
 from migrate.db import make_engine
 from migrate.mapping import load_mappings, select_mappings
 from migrate.verify import verify_table
-from pipeline.settings import get_connection_uri
+from core.settings import get_connection_uri
 
 log = logging.getLogger(__name__)
 

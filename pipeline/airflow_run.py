@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
-from pipeline import settings
+from core import settings
 
 DAG_ID = "nightly_sales"
 

@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline import settings
+from core import settings
 from pipeline.run_metrics import timed
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _shard_landing_run_ids(business_date: date) -> list[str]:
 def _refuse_future_day(business_date: date) -> None:
     """A day that has not started cannot be published: it would become the horizon of
     every later night (only `make rollback` undoes a publish)."""
-    from pipeline import clock
+    from core import clock
 
     today = clock.now().astimezone(settings.report_tz()).date()
     if business_date > today:

@@ -23,7 +23,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline import settings
+from core import settings
 
 log = logging.getLogger(__name__)
 

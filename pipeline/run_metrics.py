@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline import clock, settings
+from core import clock, settings
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import settings
+from core import settings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ RUN_ENV = "NIGHTSHIFT_WAREHOUSE_LEASE_RUN"
 #: so a subclass counts; nothing is imported to check).
 DETERMINISTIC = frozenset(
     {
-        "pipeline.settings.ConfigError",
+        "core.settings.ConfigError",
         "extract.api_client.ApiContractError",
         "extract.api_extract.QuarantineThresholdError",
         "extract.api_extract.WatermarkJumpError",

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import clock
+from core import clock
 from quality.validate import ExpectationOutcome, SuiteResult, jsonable
 
 DBT_SUITE = "dbt"

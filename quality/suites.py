@@ -268,7 +268,7 @@ def _pid_alive(pid: int) -> bool:
 def _new_runtime_dir() -> Path:
     """A folder of this process under QUALITY_DOCS_DIR for GX's results and site; the
     folders of this host's dead processes (killed, or ended without exit handlers) go."""
-    from pipeline import settings
+    from core import settings
 
     host = socket.gethostname()
     root = settings.quality_docs_dir() / ".gx-runtime"

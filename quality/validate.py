@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import clock
+from core import clock
 from quality.suites import (
     GX_LOCK,
     TABLE_WIDE_TYPES,

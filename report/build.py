@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     of the report's template, or when pages went missing)."""
     import argparse
 
-    from pipeline import settings
+    from core import settings
 
     parser = argparse.ArgumentParser(
         prog=prog or "python -m report.build",

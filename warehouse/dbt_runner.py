@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import clock, settings
+from core import clock, settings
 
 if TYPE_CHECKING:
     from warehouse.backends.base import Build, Warehouse
@@ -325,7 +325,7 @@ def run_dbt(
 
     `freshness`: `dbt source freshness` first, in the same process and parse
     (warehouse/dbt_steps.py), measured against the run's clock (`DBT_NIGHTSHIFT_NOW` from
-    pipeline/clock.py, macros/source_freshness.sql); its results are `result.freshness`
+    core/clock.py, macros/source_freshness.sql); its results are `result.freshness`
     and never fail the call (the caller decides what a stale source means).
 
     `timeout_s` (default `DBT_TIMEOUT_S`, 0: none): the dbt process is stopped (SIGTERM,
@@ -378,7 +378,7 @@ def run_dbt(
             full_env["WAREHOUSE_PATH"] = str(warehouse_path)
         in_process = dbt is None and settings.env("NIGHTSHIFT_DBT_IN_PROCESS") == "1"
         if timeout_s is None:
-            from pipeline.settings import dbt_timeout_s
+            from core.settings import dbt_timeout_s
 
             timeout_s = dbt_timeout_s()
         if in_process:

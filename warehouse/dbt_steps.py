@@ -33,7 +33,7 @@ def run_with_freshness(args: list[str], callbacks: list[Callable[[Any], None]]) 
     fresh = dbtRunner(manifest=parsed.result, callbacks=callbacks).invoke(
         ["source", "freshness", *shared]
     )
-    # This script runs in other venvs too (dbt adapters): it cannot import pipeline.settings;
+    # This script runs in other venvs too (dbt adapters): it cannot import core.settings;
     # an empty value means unset, as settings.env has it.
     output = os.environ.get("DBT_NIGHTSHIFT_FRESHNESS_OUTPUT", "").strip()
     if output and hasattr(fresh.result, "write"):

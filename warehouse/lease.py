@@ -45,7 +45,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline import clock
+from core import clock
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def new_holder(kind: str) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from pipeline import settings
+    from core import settings
 
     parser = argparse.ArgumentParser(
         prog=prog, description="The warehouse's run lease: who holds it, or remove it."

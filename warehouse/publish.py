@@ -197,7 +197,7 @@ def versions_dir(warehouse_path: Path) -> Path:
 def _keep_version(warehouse_path: Path, run_id: str) -> Path:
     """Hard-link the just-published file as `<UTC stamp>__<run id>.duckdb`: the published
     file is never written in place, so the link stays that version."""
-    from pipeline import clock
+    from core import clock
 
     folder = versions_dir(warehouse_path)
     folder.mkdir(exist_ok=True)

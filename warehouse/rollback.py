@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import clock, settings
+from core import clock, settings
 from warehouse.publish import (
     build_path_for,
     last_published_day,

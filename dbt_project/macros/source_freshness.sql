@@ -1,7 +1,7 @@
 {#-
   `dbt source freshness` measured against the run's clock, not the warehouse's:
   `snapshotted_at` ("now") is DBT_NIGHTSHIFT_NOW, which warehouse/dbt_runner.py sets from
-  pipeline/clock.py (NIGHTSHIFT_NOW pins it), so a replay or a test sees the ages the
+  core/clock.py (NIGHTSHIFT_NOW pins it), so a replay or a test sees the ages the
   night saw. Unset (a `dbt source freshness` by hand): the warehouse's current_timestamp.
   Overrides dbt's own `default__collect_freshness` (the root project comes first).
 -#}

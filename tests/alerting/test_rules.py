@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alerting.rules import DEFAULT_ALERTS_CONFIG, RULES, Thresholds, evaluate, load_thresholds
-from pipeline.settings import ConfigError
+from core.settings import ConfigError
 
 T = Thresholds(
     freshness_max_lag_hours=30,

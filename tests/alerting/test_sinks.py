@@ -24,7 +24,7 @@ from alerting.sinks import (
     sinks_from_config,
     webhook_url_from_uri,
 )
-from pipeline.settings import ConfigError
+from core.settings import ConfigError
 
 TOKEN_PATH = "/services/T000/B000/s3cr3tT0k3n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import task_timeout_minutes
+from core.settings import task_timeout_minutes
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 
 from demo.generator import generate
 from demo.run import running_api
-from pipeline import settings
+from core import settings
 from tests.e2e.harness import (
     REPORT_TZ,
     TOKEN,

@@ -218,7 +218,7 @@ def _step(name, exc):
 def retry_rule():
     @task(retries=2, retry_delay=timedelta(seconds=0))
     def deterministic():
-        from pipeline.settings import ConfigError
+        from core.settings import ConfigError
 
         return _step("deterministic", ConfigError("REPORT_TZ='Mars/Olympus' is not a zone"))
 

@@ -17,7 +17,7 @@ import pytest
 
 from demo.api import PAYMENTS_DDL, FaultConfig, create_app, serve_in_thread
 from extract.api_client import ApiContractError, ApiError, PaymentsApiClient, _parse_retry_after
-from pipeline.settings import ApiConfig
+from core.settings import ApiConfig
 
 TOKEN = "client-test-s3cret-token"
 START = datetime(2024, 3, 1, tzinfo=UTC)

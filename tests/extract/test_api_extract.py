@@ -27,8 +27,8 @@ from extract.api_extract import (
     parse_rate,
     validate_payment,
 )
-from pipeline import clock
-from pipeline.settings import ApiConfig
+from core import clock
+from core.settings import ApiConfig
 
 TOKEN = "extract-test-token-xyz"
 START = datetime(2024, 3, 1, tzinfo=UTC)

@@ -23,7 +23,7 @@ from extract.tables import (
     load_table_configs,
 )
 from extract.watermark import last_watermark, record_loaded
-from pipeline.settings import sqlalchemy_url
+from core.settings import sqlalchemy_url
 from tests.sqlite_shards import split_sqlite_source
 from warehouse.load import load_source_db
 

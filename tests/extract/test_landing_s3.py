@@ -21,7 +21,7 @@ from extract.landing import (
     write_landing_table,
 )
 from extract.object_landing import ATTEMPT_PREFIX, COMMIT_NAME
-from pipeline import settings
+from core import settings
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 
 SCHEMA = pa.schema(

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from extract.landing import write_landing_table
-from pipeline import settings
+from core import settings
 
 SCHEMA = pa.schema(
     [pa.field("id", pa.int64()), pa.field("updated_at", pa.timestamp("us", tz="UTC"))]

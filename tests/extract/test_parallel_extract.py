@@ -22,7 +22,7 @@ from extract.db_extract import extract_sharded_source, extract_tables, shard_run
 from extract.landing import run_dir
 from extract.shards import ShardMap
 from extract.tables import DEFAULT_TABLES, TableConfig, apply_overrides
-from pipeline.settings import sqlalchemy_url
+from core.settings import sqlalchemy_url
 from tests.servers import fresh_database
 from warehouse.load import load_source_db
 

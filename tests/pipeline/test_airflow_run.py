@@ -62,7 +62,7 @@ def test_a_pythonpath_given_for_the_run_is_added_after_the_project_root() -> Non
     goes after the project root instead of replacing it."""
     import os
 
-    from pipeline import settings
+    from core import settings
     from pipeline.airflow_run import airflow_env
 
     env = airflow_env({"PYTHONPATH": os.pathsep.join(["/opt/hooks", "/opt/more"])})

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline import clock
+from core import clock
 
 
 def test_unset_is_the_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:

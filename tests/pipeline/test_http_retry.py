@@ -1,4 +1,4 @@
-"""The one HTTP retry policy (pipeline.http_retry): what is retried, how long it waits."""
+"""The one HTTP retry policy (core.http_retry): what is retried, how long it waits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from pipeline import http_retry
-from pipeline.http_retry import RetriesExhausted, Retryable, RetryPolicy
+from core import http_retry
+from core.http_retry import RetriesExhausted, Retryable, RetryPolicy
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ import duckdb
 import pytest
 import yaml
 
-from pipeline import settings
+from core import settings
 from pipeline.retention import RetentionPolicy, prune
 from warehouse.publish import list_versions, publish_build
 

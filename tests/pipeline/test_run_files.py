@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from alerting.runs import earlier_conditions, record_conditions
-from pipeline import run_files, settings
+from core import settings
+from pipeline import run_files
 from pipeline.run_metrics import read_steps, timed
 from tests.s3_server import SECRET_KEY, S3Server, s3_server  # noqa: F401
 

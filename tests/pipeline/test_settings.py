@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import settings
+from core import settings
 
 
 @pytest.mark.parametrize(

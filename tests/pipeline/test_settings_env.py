@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import settings
+from core import settings
 
 BLANKS = ["", "   ", "\t"]
 

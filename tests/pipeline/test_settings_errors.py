@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import settings
+from core import settings
 
 # (variable, bad value, the reader that validates it)
 BAD_VALUES: list[tuple[str, str, Callable[[], object]]] = [

@@ -153,7 +153,7 @@ def test_rollback_then_retention_and_the_nights_go_on(
 
 
 def test_a_day_that_has_not_started_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.settings import ConfigError
+    from core.settings import ConfigError
 
     monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-21T03:00:00Z")  # 22:00 on the 20th in NY
     monkeypatch.setenv("REPORT_TZ", TZ)
@@ -167,7 +167,7 @@ def test_a_warehouse_the_nightly_cannot_run_on_or_another_dbt_target_is_refused(
     """A configured warehouse the nightly is not wired for (BigQuery) or a DBT_TARGET
     that disagrees with the warehouse stops the run naming the setting (never the
     password), instead of the nightly silently building another warehouse."""
-    from pipeline.settings import ConfigError
+    from core.settings import ConfigError
 
     monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-21T03:00:00Z")
     monkeypatch.delenv("DBT_TARGET", raising=False)

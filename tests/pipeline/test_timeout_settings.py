@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import settings
+from core import settings
 
 TIMEOUTS = {
     "SOURCE_CONNECT_TIMEOUT_S": (settings.source_connect_timeout_s, 30, 1),

@@ -18,7 +18,7 @@ import duckdb
 import pytest
 
 from pipeline import task_run
-from pipeline.settings import ConfigError
+from core.settings import ConfigError
 from warehouse import lease
 from warehouse.lease import LeaseLostError, WarehouseBusyError
 from warehouse.publish import begin_build, publish_build
@@ -190,7 +190,7 @@ def test_a_foreign_lease_file_is_an_error_and_unlock_removes_it(
 
 
 def test_lease_settings(monkeypatch) -> None:
-    from pipeline import settings
+    from core import settings
 
     monkeypatch.delenv("WAREHOUSE_LEASE_TTL_MINUTES", raising=False)
     monkeypatch.delenv("WAREHOUSE_LEASE_WAIT_S", raising=False)

@@ -70,7 +70,7 @@ def _tables(warehouse: Path) -> dict[str, list]:
 def _assert_source_reconciled(warehouse: Path) -> None:
     """The SQLite (`make demo`) source ran the source -> landing gate: totals taken in the
     extract's snapshot, compared with the landed files, stored as passed."""
-    from pipeline import settings
+    from core import settings
     from quality.reconcile import SOURCE_CHECKS, SOURCE_SUITE, source_totals_path
 
     record = json.loads(source_totals_path(settings.landing_dir(), DAY.isoformat()).read_text())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import settings
-from pipeline.settings import ConfigError
+from core import settings
+from core.settings import ConfigError
 from quality.freshness import freshness_results
 from quality.validate import QualityGateError, raise_for_critical
 from warehouse.dbt_runner import SourceFreshness

@@ -524,7 +524,7 @@ def test_gates_in_two_processes_at_once_from_a_read_only_gx_folder(tmp_path: Pat
     import shutil
 
     checkout = tmp_path / "checkout"
-    for folder in ("gx", "quality", "pipeline"):
+    for folder in ("gx", "quality", "core", "pipeline"):
         shutil.copytree(
             REPO / folder, checkout / folder, ignore=shutil.ignore_patterns("__pycache__")
         )

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import settings
+from core import settings
 from warehouse.backends import backend_for, resolve
 from warehouse.backends.base import PublishConflictError, Warehouse
 from warehouse.backends.duckdb import DuckDBWarehouse

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import settings
-from pipeline.settings import ConfigError
+from core import settings
+from core.settings import ConfigError
 from warehouse.backends import backend_for
 from warehouse.dbt_runner import DUCKDB_MEMORY_LIMIT_ENV, dbt_target
 

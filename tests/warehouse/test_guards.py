@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline.settings import guards_config_path
+from core.settings import guards_config_path
 from warehouse.guards import (
     DeleteLimit,
     MassDeleteError,

@@ -31,7 +31,7 @@ def as_warehouse(where: Any) -> Warehouse:
 def resolve(settings: ModuleType | None = None) -> tuple[str, str | None]:
     """(backend kind, warehouse URL or None for the DuckDB file), `DBT_TARGET` checked."""
     if settings is None:
-        from pipeline import settings as settings_module
+        from core import settings as settings_module
 
         settings = settings_module
     kind = settings.warehouse_backend()
@@ -39,10 +39,10 @@ def resolve(settings: ModuleType | None = None) -> tuple[str, str | None]:
 
 
 def backend_for(settings: ModuleType | None = None, **options: Any) -> Warehouse:
-    """The configured warehouse (`pipeline.settings` unless another settings module is
+    """The configured warehouse (`core.settings` unless another settings module is
     given); `options` go to the backend's constructor."""
     if settings is None:
-        from pipeline import settings as settings_module
+        from core import settings as settings_module
 
         settings = settings_module
     kind, url = resolve(settings)
