@@ -23,22 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-_DDL = """
-create schema if not exists {ops};
-create table if not exists {ops}.loaded_runs (
-    source varchar not null,
-    table_name varchar not null,
-    shard varchar not null default '',
-    run_id varchar not null,
-    mode varchar not null,
-    window_start timestamptz,
-    window_end timestamptz,
-    cursor_key varchar,
-    rows bigint not null,
-    manifest json,
-    loaded_at timestamptz not null default now()
-);
-"""
+from core import ops
 
 
 @dataclass(frozen=True)
@@ -65,7 +50,7 @@ def _session(con: Any) -> Any:
 def ensure_schema(con: Any) -> None:
     """Create `ops.loaded_runs` (idempotent) through a warehouse Session or on a DuckDB
     connection."""
-    _session(con).execute(_DDL)
+    ops.create(_session(con), "loaded_runs")
 
 
 def record_loaded(

@@ -26,51 +26,13 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core import clock, settings
+from core import clock, ops, settings
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DDL_TEMPLATE = """
-create schema if not exists {ops};
-create table if not exists {ops}.pipeline_runs (
-    run_id varchar not null,
-    business_date date not null,
-    started_at timestamptz,
-    published_at timestamptz not null,
-    duration_s double precision,
-    freshness_lag_s double precision,
-    quality_checks bigint,
-    quality_pass_rate double precision,
-    restated_days bigint,
-    rows_extracted <json>,
-    rows_quarantined <json>,
-    rows_loaded <json>,
-    rows_published <json>,
-    metrics <json> not null
-);
-create table if not exists {ops}.task_metrics (
-    run_id varchar not null,
-    task varchar not null,
-    status varchar not null,
-    started_at timestamptz,
-    finished_at timestamptz,
-    seconds double precision,
-    summary <json>
-);
-"""
-
-
-def ddl(kind: str) -> str:
-    """The tables' DDL (`{ops}` placeholders) for an engine. The JSON columns are DuckDB
-    `json`; elsewhere `text`: Python writes an unmeasured lag as `Infinity`, which
-    PostgreSQL's `json` refuses. Readers parse the text in Python either way."""
-    return _DDL_TEMPLATE.replace("<json>", "json" if kind == "duckdb" else "text")
-
-
-# For a bare DuckDB connection on a warehouse file (published schema names).
-_DDL = ddl("duckdb").replace("{ops}", "ops")
+TABLES = ("pipeline_runs", "task_metrics")
 
 
 def steps_dir(run_id: str) -> Path:
@@ -227,7 +189,7 @@ def store(con: Any, metrics: dict[str, Any]) -> None:
     from warehouse.backends.duckdb import as_session
 
     s = as_session(con)
-    s.execute(ddl(s.kind))
+    ops.create(s, *TABLES)
     run_id = metrics["run_id"]
     s.execute("delete from {ops}.pipeline_runs where run_id = ?", [run_id])
     s.execute("delete from {ops}.task_metrics where run_id = ?", [run_id])

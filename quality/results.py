@@ -28,25 +28,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from core import clock
+from core import clock, ops
 from quality.validate import ExpectationOutcome, SuiteResult, jsonable
 
 DBT_SUITE = "dbt"
-
-# Portable (DuckDB and PostgreSQL): JSON values are stored as text.
-_DDL = """
-create table if not exists {ops}.quality_results (
-    run_id varchar not null,
-    suite varchar not null,
-    expectation varchar not null,
-    column_name varchar,
-    severity varchar not null,
-    success boolean not null,
-    observed_value varchar,
-    details varchar,
-    checked_at timestamptz not null
-)
-"""
 
 
 def _details(outcome: ExpectationOutcome, table: str) -> str:
@@ -92,8 +77,7 @@ def store_results(con: Any, run_id: str, results: list[SuiteResult]) -> int:
 
     s = as_session(con)
     checked_at = clock.now()
-    s.execute("create schema if not exists {ops}")
-    s.execute(_DDL)
+    ops.create(s, "quality_results")
     suites = sorted({r.suite for r in results})
     for suite in suites:
         s.execute(

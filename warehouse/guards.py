@@ -19,17 +19,9 @@ from typing import Any
 
 import yaml
 
-log = logging.getLogger(__name__)
+from core import ops
 
-OVERRIDES_DDL = """
-create table if not exists {ops}.guard_overrides (
-    run_id varchar not null,
-    guard varchar not null,
-    table_name varchar not null,
-    details json not null,
-    decided_at timestamptz not null
-)
-"""
+log = logging.getLogger(__name__)
 
 
 class MassDeleteError(RuntimeError):
@@ -187,7 +179,7 @@ def enforce(
             "override is recorded in ops.guard_overrides. Limits: config/guards.yml."
         )
     s = _session(con)
-    s.execute(OVERRIDES_DDL)
+    ops.create(s, "guard_overrides")
     for p in tripped:
         log.warning("mass delete allowed by the operator for run %s: %s", run_id, p.describe())
         s.execute(

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core import clock, settings
+from core import clock, ops, settings
 from warehouse.publish import (
     build_path_for,
     last_published_day,
@@ -102,8 +102,6 @@ def _record(build: Path, restored_run: str, restored: Path, replaced: str | None
     """A row for the rollback in the copy's ops.pipeline_runs (published with it)."""
     import duckdb
 
-    from pipeline.run_metrics import _DDL
-
     now = clock.now()
     run_id = f"{ROLLBACK_PREFIX}{now.strftime('%Y%m%dT%H%M%SZ')}"
     day = last_published_day(build) or now.date()
@@ -117,7 +115,7 @@ def _record(build: Path, restored_run: str, restored: Path, replaced: str | None
     con = duckdb.connect(str(build))
     try:
         con.execute("begin")
-        con.execute(_DDL)
+        con.execute(ops.create_sql("pipeline_runs", "task_metrics", schema=ops.SCHEMA))
         con.execute(
             "insert into ops.pipeline_runs (run_id, business_date, started_at, published_at, "
             "metrics) values (?, ?, ?, ?, ?)",

@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from core import ops
 from pipeline import run_metrics
 from warehouse.publish import begin_build, last_published_day, list_versions, publish_build
 from warehouse.rollback import RollbackError, choose_version, main, rollback
@@ -53,7 +54,7 @@ def _night(warehouse: Path, run_id: str, day: str, mp: pytest.MonkeyPatch) -> No
         "create or replace table analytics.daily_sales as select date, region, "
         "'all' as category, total_sales_usd, order_count from analytics.sales_summary"
     )
-    con.execute(run_metrics._DDL)
+    con.execute(ops.create_sql("pipeline_runs", "task_metrics", schema=ops.SCHEMA))
     con.execute(
         "insert into ops.pipeline_runs (run_id, business_date, published_at, metrics) "
         "values (?, ?, ?, ?)",
