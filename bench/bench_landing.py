@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 import pyarrow as pa  # noqa: E402
 
-from extract.landing import write_landing_table  # noqa: E402
 from core import settings  # noqa: E402
+from extract.landing import write_landing_table  # noqa: E402
 
 KEY, SECRET = "AKIABENCHLANDING0001", "bench-landing-secret"
 

@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-dir", type=Path, default=ROOT / "data" / "bench" / "night_fixed")
     args = parser.parse_args(argv)
 
+    from core import clock, settings
     from demo.generator import generate
     from demo.run import running_api
-    from core import clock, settings
 
     bench_dir = args.bench_dir.resolve()
     src = bench_dir / f"source-{args.days}d-{args.orders_per_day}"

@@ -20,8 +20,8 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 
 from alerting.callbacks import on_dag_failure, on_task_failure
-from pipeline.assets import ANALYTICS_ASSETS
 from core.settings import task_timeout_minutes
+from pipeline.assets import ANALYTICS_ASSETS
 
 default_args = {
     "owner": "data-platform",

@@ -44,8 +44,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from demo.fx import rates_for
 from core import settings
+from demo.fx import rates_for
 
 TOKEN_ENV = "DEMO_API_TOKEN"  # the data (bearer) token
 FAULT_INJECTION_ENV = "DEMO_API_FAULT_INJECTION"  # 1/true/yes: /_admin/faults is served

@@ -32,6 +32,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from core import clock
+from core.settings import sqlalchemy_url
 from demo.schema import (
     ORDER_STATUSES,
     PAYMENTS_DDL,
@@ -42,8 +44,6 @@ from demo.schema import (
     products,
     users,
 )
-from core import clock
-from core.settings import sqlalchemy_url
 
 DAY_US = 86_400 * 1_000_000
 MINUTE_US = 60 * 1_000_000

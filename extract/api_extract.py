@@ -30,9 +30,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import clock
 from extract.api_client import PaymentsApiClient
 from extract.landing import write_landing_table
-from core import clock
 
 log = logging.getLogger(__name__)
 

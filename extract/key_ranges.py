@@ -40,8 +40,8 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
-from extract.pg_copy import connect, psycopg_connection, render_where
 from core.settings import sqlalchemy_url
+from extract.pg_copy import connect, psycopg_connection, render_where
 
 __all__ = [
     "INT64_MAX",

@@ -63,6 +63,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg import sql
 
+from core.settings import source_read_stall_timeout_s, sqlalchemy_url
 from extract.landing import UnlandableValueError
 from extract.source_timeouts import (
     SourceTimeoutError,
@@ -72,7 +73,6 @@ from extract.source_timeouts import (
     shutdown_socket,
     stall_message,
 )
-from core.settings import source_read_stall_timeout_s, sqlalchemy_url
 
 __all__ = [
     "SUPPORTED_TYPES",

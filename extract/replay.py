@@ -57,6 +57,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core import clock
 from extract.api_extract import (
     PAYMENTS_TABLE,
     SOURCE,
@@ -65,7 +66,6 @@ from extract.api_extract import (
     quarantine_files,
     validate_payment,
 )
-from core import clock
 
 log = logging.getLogger(__name__)
 

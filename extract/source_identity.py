@@ -188,8 +188,8 @@ class SourceCheck:
         self.reading_replica = reading_replica
 
     def _of_primary(self) -> tuple[str, int | None]:
-        from extract.source_timeouts import connect_args
         from core.settings import sqlalchemy_url
+        from extract.source_timeouts import connect_args
 
         url = sqlalchemy_url(self.url)
         engine = sa.create_engine(url, connect_args=connect_args(url))

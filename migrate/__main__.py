@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Engine
 
+from core.settings import ConfigError, get_connection_uri
 from migrate.backfill import run_backfill
 from migrate.checks import PHASES, decide, record_check
 from migrate.db import apply_new_schema, make_engine
@@ -23,7 +24,6 @@ from migrate.mapping import MappingError, load_mappings, select_mappings
 from migrate.state import ensure_journal, ensure_ops
 from migrate.tasks import NEW_CONN_ID, OLD_CONN_ID
 from migrate.verify import verify_table
-from core.settings import ConfigError, get_connection_uri
 
 
 def _engine(url: str | None, conn_id: str) -> Engine:

@@ -24,13 +24,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from core import clock
 from migrate.db import exact_columns, reflect_table, require_columns
 from migrate.dual_write import replay_repair_log
 from migrate.mapping import MappingError, TableMapping
 from migrate.progress import Progress
 from migrate.state import checkpoints, ensure_ops, quarantine
 from migrate.writer import Tables, upsert
-from core import clock
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core import clock
 from migrate.dual_write import pending_repairs
 from migrate.mapping import TableMapping
 from migrate.state import checkpoints, checks, ensure_ops, gates
 from migrate.verify import VerifyResult
-from core import clock
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from migrate.mapping import MappingError, to_cents
 from core.settings import sqlalchemy_url
+from migrate.mapping import MappingError, to_cents
 
 NEW_SCHEMA_SQL = Path(__file__).resolve().parent / "new_schema.sql"
 

@@ -31,10 +31,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from core import clock
 from migrate.mapping import TableMapping, mappings_of_old_table
 from migrate.state import ensure_journal, repair_log, shadow_diffs
 from migrate.writer import Tables, apply_old_rows, read_old_rows
-from core import clock
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from core.settings import get_connection_uri
 from migrate.backfill import run_backfill
 from migrate.checks import DEFAULT_REQUIRED_CLEAN_RUNS, GateFailed, decide, record_check
 from migrate.db import make_engine
 from migrate.mapping import load_mappings, select_mappings
 from migrate.verify import verify_table
-from core.settings import get_connection_uri
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
+from core import clock
 from demo.generator import generate
 from demo.run import running_api
 from extract.replay import open_replays, replay_dir
-from core import clock
 from pipeline.airflow_run import run_dag
 from tests.e2e.harness import REPORT_TZ, TOKEN, api_base_of, assert_matches_oracle, pipeline_env
 

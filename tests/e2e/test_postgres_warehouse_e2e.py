@@ -38,9 +38,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from core import settings
 from demo.generator import generate
 from demo.run import running_api
-from core import settings
 from tests.e2e.harness import (
     REPORT_TZ,
     TOKEN,

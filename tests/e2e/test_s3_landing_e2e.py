@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from core import settings
 from demo.generator import apply_next_day, generate
 from demo.run import running_api
 from extract.object_landing import ATTEMPT_PREFIX
-from core import settings
 from pipeline.airflow_run import airflow_env, run_dag
 from tests.e2e.harness import REPORT_TZ, TOKEN, api_base_of, assert_matches_oracle, pipeline_env
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, start_s3_server

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.settings import ApiConfig
 from demo.api import PAYMENTS_DDL, FaultConfig, create_app, serve_in_thread
 from extract.api_client import ApiContractError, ApiError, PaymentsApiClient, _parse_retry_after
-from core.settings import ApiConfig
 
 TOKEN = "client-test-s3cret-token"
 START = datetime(2024, 3, 1, tzinfo=UTC)

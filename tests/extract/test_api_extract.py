@@ -14,6 +14,8 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from core import clock
+from core.settings import ApiConfig
 from demo.api import PAYMENTS_DDL, FaultConfig, create_app, serve_in_thread
 from demo.fx import rates_for
 from extract.api_client import PaymentsApiClient
@@ -27,8 +29,6 @@ from extract.api_extract import (
     parse_rate,
     validate_payment,
 )
-from core import clock
-from core.settings import ApiConfig
 
 TOKEN = "extract-test-token-xyz"
 START = datetime(2024, 3, 1, tzinfo=UTC)

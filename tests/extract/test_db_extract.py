@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from core.settings import sqlalchemy_url
 from demo.generator import apply_next_day, generate
 from demo.schema import order_items, orders, products, users
 from extract.db_extract import _to_utc, extract_tables
@@ -23,7 +24,6 @@ from extract.tables import (
     load_table_configs,
 )
 from extract.watermark import last_watermark, record_loaded
-from core.settings import sqlalchemy_url
 from tests.sqlite_shards import split_sqlite_source
 from warehouse.load import load_source_db
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core import settings
 from extract.landing import (
     SchemaDriftError,
     bound_store,
@@ -21,7 +22,6 @@ from extract.landing import (
     write_landing_table,
 )
 from extract.object_landing import ATTEMPT_PREFIX, COMMIT_NAME
-from core import settings
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 
 SCHEMA = pa.schema(

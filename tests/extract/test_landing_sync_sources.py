@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from extract.landing import write_landing_table
 from core import settings
+from extract.landing import write_landing_table
 
 SCHEMA = pa.schema(
     [pa.field("id", pa.int64()), pa.field("updated_at", pa.timestamp("us", tz="UTC"))]

@@ -17,12 +17,12 @@ import pytest
 import sqlalchemy as sa
 
 import extract.key_ranges as key_ranges
+from core.settings import sqlalchemy_url
 from demo.generator import apply_next_day, generate
 from extract.db_extract import extract_sharded_source, extract_tables, shard_run_id
 from extract.landing import run_dir
 from extract.shards import ShardMap
 from extract.tables import DEFAULT_TABLES, TableConfig, apply_overrides
-from core.settings import sqlalchemy_url
 from tests.servers import fresh_database
 from warehouse.load import load_source_db
 

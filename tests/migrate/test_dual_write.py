@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from migrate.demo import fail_every
 
 from migrate.backfill import run_backfill
-from migrate.demo import fail_every
 from migrate.dual_write import DualWriter, pending_repairs, replay_repair_log
 from migrate.state import repair_log, shadow_diffs
 from migrate.verify import verify_table

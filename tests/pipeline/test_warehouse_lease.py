@@ -17,8 +17,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline import task_run
 from core.settings import ConfigError
+from pipeline import task_run
 from warehouse import lease
 from warehouse.lease import LeaseLostError, WarehouseBusyError
 from warehouse.publish import begin_build, publish_build
