@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -49,7 +49,20 @@ from warehouse.backends.base import Build, Session, Warehouse
 CANCELLED = "cancelled"
 UNKNOWN_REGION = "unknown"
 UNCATEGORIZED = "uncategorized"
-CHUNK_DAYS = 14  # business days per read (measured at 5M orders: 7-31 days all close; 92+ slower)
+CHUNK_DAYS = 14  # business days per read at most (measured at 5M orders: 7-31 days all close)
+CHUNK_ORDERS = 300_000  # orders per read at most: fewer days per read when days are large
+ID_BATCH = 2_000  # order ids per query when reading the night's orders by id
+# restated_days reasons that the night's orders (ops.restated_orders) explain in full
+ORDER_REASONS = frozenset(
+    {
+        "order_changed",
+        "order_new",
+        "items_changed",
+        "item_deleted",
+        "user_region",
+        "product_category",
+    }
+)
 
 OUTPUT_COLUMNS = ["date", "region", "category", "total_sales_usd", "order_count"]
 
@@ -419,15 +432,23 @@ def _chunk_rows(
     table: pa.Table, days: list[date], starts: np.ndarray, ends: np.ndarray, fx: FxRates
 ) -> pd.DataFrame:
     """Converted and grouped rows of one chunk (date, region, category, cents, count)."""
+    created = table.column("created_us").to_numpy()
+    day_index = np.searchsorted(starts, created, side="right") - 1
+    if (day_index < 0).any() or (created >= ends[day_index]).any():  # the SQL ranges are exact
+        raise RuntimeError("internal: an order outside the chunk's business days was read")
+    return _convert_group(table, days, day_index, fx)
+
+
+def _convert_group(
+    table: pa.Table, days: list[date], day_index: np.ndarray, fx: FxRates
+) -> pd.DataFrame:
+    """Orders with their day (`days[day_index[i]]`) -> USD cents grouped by
+    (date, region, category)."""
     for column in ("currency", "total"):
         nulls = pc.is_null(table.column(column))
         if pc.any(nulls).as_py():
             bad = pc.filter(table.column("id"), nulls).to_pylist()[:10]
             raise ValueError(f"orders.{column} is NULL for counted order(s) {bad}")
-    created = table.column("created_us").to_numpy()
-    day_index = np.searchsorted(starts, created, side="right") - 1
-    if (day_index < 0).any() or (created >= ends[day_index]).any():  # the SQL ranges are exact
-        raise RuntimeError("internal: an order outside the chunk's business days was read")
     currency = pc.dictionary_encode(table.column("currency")).combine_chunks()
     names = currency.dictionary.to_pylist()
     lookup = np.full((len(days), len(names)), -1, dtype=np.int64)
@@ -492,6 +513,140 @@ def _raise_missing_fx(
     raise MissingFxRateError(currency, day, int(needed), others)
 
 
+# ------------------------------------------------------------------ the night's orders
+
+
+def _read_orders_by_id(reader: _Reader, ids: Sequence[int]) -> pa.Table:
+    """Counted orders among `ids` (with a business instant), as `_read_chunk` reads them."""
+    marks = ", ".join("?" for _ in ids)
+    sql = _CHUNK_SQL.format(
+        ranges=f"id in ({marks}) and created_at is not null",
+        blank=_BLANK_PATTERN,
+        category_bytes=_bytewise(reader.warehouse.kind, "lines.category"),
+    )
+    table = reader.read_arrow(sql, [int(i) for i in ids])
+    table = table.append_column("created_us", _epoch_us(table.column("created_at")))
+    ids_read = table.column("id").to_numpy()
+    if len(np.unique(ids_read)) != len(ids_read):
+        _raise_duplicate_keys(reader, ids_read)
+    return table
+
+
+def _day_bounds(days: list[date], report_tz: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each day's [start, end) in UTC microseconds."""
+    starts = np.array([day_start_utc(d, report_tz).value // 1000 for d in days], dtype=np.int64)
+    ends = np.array(
+        [day_start_utc(d + timedelta(days=1), report_tz).value // 1000 for d in days],
+        dtype=np.int64,
+    )
+    return starts, ends
+
+
+def _contributions(
+    reader: _Reader, ids: Sequence[int], days: list[date], report_tz: str, fx: FxRates
+) -> pd.DataFrame:
+    """What the counted orders among `ids` add to the rows of `days` in the reader's
+    state (date, region, category, usd_cents, order_count); orders of other days are
+    left out."""
+    starts, ends = _day_bounds(days, report_tz)
+    parts = []
+    for i in range(0, len(ids), ID_BATCH):
+        table = _read_orders_by_id(reader, ids[i : i + ID_BATCH])
+        if not table.num_rows or not days:
+            continue
+        created = table.column("created_us").to_numpy()
+        day_index = np.searchsorted(starts, created, side="right") - 1
+        inside = day_index >= 0
+        inside[inside] = created[inside] < ends[day_index[inside]]
+        if inside.any():
+            kept = table.filter(pa.array(inside))
+            parts.append(_convert_group(kept, days, day_index[inside], fx))
+    return pd.concat(parts, ignore_index=True) if parts else _empty_grouped()
+
+
+def _empty_grouped() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "date": pd.Series([], dtype=object),
+            "region": pd.Series([], dtype=object),
+            "category": pd.Series([], dtype=object),
+            "usd_cents": pd.Series([], dtype="int64"),
+            "order_count": pd.Series([], dtype="int64"),
+        }
+    )
+
+
+def _delta_rows(reader: _Reader, plan: DaysPlan, days: list[date], report_tz: str) -> pd.DataFrame:
+    """The rows of `days` (delta days of `plan`) without reading their whole history:
+    the published rows, minus what the night's orders contributed in the published
+    state (its `raw` is the one those rows were computed from), plus what they
+    contribute now. Integer cents throughout, so the result equals a recomputation."""
+    published = _Reader(reader.warehouse, None)
+    pub_raw = check_raw_tables(published)
+    fx_old = read_fx_rates(published.read_arrow, has_base="base" in pub_raw["fx_rates"])
+    fx_new = read_fx_rates(
+        reader.read_arrow, has_base="base" in check_raw_tables(reader)["fx_rates"]
+    )
+    condition, params = _days_filter("date", days)
+    base = published.read_arrow(
+        "select date, region, category, total_sales_usd, order_count "
+        f"from {{analytics}}.daily_sales where {condition}",
+        params,
+    )
+    frames = [
+        pd.DataFrame(
+            {
+                "date": base.column("date").to_pylist(),
+                "region": base.column("region").to_pylist(),
+                "category": base.column("category").to_pylist(),
+                "usd_cents": _total_cents(base.column("total_sales_usd")),
+                "order_count": base.column("order_count").to_numpy(zero_copy_only=False),
+            }
+        )
+    ]
+    ids = list(plan.orders)
+    frames.append(_contributions(reader, ids, days, report_tz, fx_new))
+    old = _contributions(published, ids, days, report_tz, fx_old)
+    old["usd_cents"] = -old["usd_cents"]
+    old["order_count"] = -old["order_count"]
+    frames.append(old)
+    merged = pd.concat(frames, ignore_index=True)
+    merged["order_count"] = merged["order_count"].astype("int64")
+    merged["usd_cents"] = merged["usd_cents"].astype("int64")
+    grouped = merged.groupby(["date", "region", "category"], sort=True, as_index=False)[
+        ["usd_cents", "order_count"]
+    ].sum()
+    bad = grouped[
+        (grouped["order_count"] < 0) | ((grouped["order_count"] == 0) & (grouped["usd_cents"] != 0))
+    ]
+    if len(bad):
+        first = bad.iloc[0]
+        raise RuntimeError(
+            f"daily_sales {first['date']} / {first['region']} / {first['category']}: the published "
+            f"row does not match the published raw orders (order_count {first['order_count']}, "
+            f"cents {first['usd_cents']} after the night's change): run a full rebuild"
+        )
+    return grouped[grouped["order_count"] > 0].reset_index(drop=True)
+
+
+def _business_days_of(reader: _Reader, ids: Sequence[int], report_tz: str) -> set[date]:
+    """The business days of the orders among `ids` in the reader's state."""
+    found: set[date] = set()
+    for i in range(0, len(ids), ID_BATCH):
+        batch = [int(x) for x in ids[i : i + ID_BATCH]]
+        marks = ", ".join("?" for _ in batch)
+        table = reader.read_arrow(
+            f"select created_at from {{raw}}.orders where id in ({marks}) and created_at is not null",
+            batch,
+        )
+        if table.num_rows:
+            local = pd.to_datetime(
+                _epoch_us(table.column("created_at")).to_numpy(), unit="us", utc=True
+            )
+            found.update(local.tz_convert(report_tz).date)
+    return found
+
+
 # ------------------------------------------------------------------ compute
 
 
@@ -552,16 +707,22 @@ def compute_daily_sales(
     *,
     build: Build | None = None,
     chunk_days: int = CHUNK_DAYS,
+    chunk_orders: int = CHUNK_ORDERS,
+    plan: DaysPlan | None = None,
 ) -> pd.DataFrame:
     """Compute `daily_sales` rows from the current state in the warehouse's `raw` schema.
 
     `where`: a Warehouse, or a DuckDB file path; `build`: the run's build (None: the
     published state, or that file). `days`: only these business days (an incremental
-    run); None: every day with orders. Days after `through_date` are never computed.
+    run); None: every day with orders (or the days of `plan`). Days after `through_date`
+    are never computed. `plan` (from `plan_daily_sales` on the same build): its delta
+    days are the published rows adjusted by the night's orders, read by id; every other
+    day is recomputed from all its orders.
     Reads `raw.users`, `raw.products`, `raw.orders`, `raw.order_items` and `raw.fx_rates`
-    as Arrow (read-only on DuckDB), `chunk_days` business days at a time. Returns columns
-    date (datetime.date), region, category, total_sales_usd (Decimal, 2 places),
-    order_count (int), sorted by date, region, category.
+    as Arrow (read-only on DuckDB), at most `chunk_days` business days and about
+    `chunk_orders` orders at a time. Returns columns date (datetime.date), region,
+    category, total_sales_usd (Decimal, 2 places), order_count (int), sorted by date,
+    region, category.
     Raises MissingFxRateError when a counted order has no rate for its day.
     """
     reader = _Reader(where, build)
@@ -569,15 +730,27 @@ def compute_daily_sales(
     raw = check_raw_tables(reader)
     _check_created_at(reader.read_arrow)
     fx = read_fx_rates(reader.read_arrow, has_base="base" in raw["fx_rates"])
+    if days is None and plan is not None:
+        days = plan.days
     if days is None:
         wanted = order_days(reader.read_arrow, report_tz, through_date)
     else:
         wanted = sorted({d for d in days if through_date is None or d <= through_date})
+    delta = set(plan.delta_days) if plan is not None and not plan.full else set()
+    if delta and build is None:
+        raise ValueError("a plan with delta days is computed in the run's build (build=)")
+    delta_days = [d for d in wanted if d in delta]
     parts = []
-    for chunk in _chunks(wanted, chunk_days):
+    for chunk in _chunks(
+        [d for d in wanted if d not in delta],
+        _days_per_read(reader.read_arrow, chunk_days, chunk_orders),
+    ):
         table, starts, ends = _read_chunk(reader, chunk, report_tz)
         if table.num_rows:
             parts.append(_chunk_rows(table, chunk, starts, ends, fx))
+    if delta_days:
+        parts.append(_delta_rows(reader, plan, delta_days, report_tz))
+    parts = [p for p in parts if len(p)]
     if not parts:
         return _empty_result()
     grouped = pd.concat(parts, ignore_index=True)
@@ -593,6 +766,19 @@ def compute_daily_sales(
     return result.sort_values(["date", "region", "category"], kind="stable").reset_index(drop=True)
 
 
+def _days_per_read(read: ReadArrow, chunk_days: int, chunk_orders: int) -> int:
+    """Business days per read: `chunk_days`, fewer when the history's average day holds
+    more than `chunk_orders / chunk_days` orders (memory follows the orders read)."""
+    count, first, last = _rows(
+        read("select count(*), min(created_at), max(created_at) from {raw}.orders", [])
+    )[0]
+    if not count or first is None:
+        return chunk_days
+    span = max(1.0, (pd.Timestamp(last) - pd.Timestamp(first)).total_seconds() / 86400)
+    per_day = int(count) / span
+    return max(1, min(chunk_days, int(chunk_orders // max(per_day, 1.0))))
+
+
 # ------------------------------------------------------------------ incremental plan
 
 
@@ -605,9 +791,19 @@ class DaysPlan:
     report_tz: str
     run_id: str | None
     reason: str
+    # days of `days` whose rows are the published rows adjusted by the night's orders
+    # (`orders`: their ids), instead of recomputed from every order of the day
+    delta_days: list[date] = field(default_factory=list)
+    orders: tuple[int, ...] = ()
 
     def summary(self) -> dict[str, Any]:
-        return {"days": len(self.days), "full": self.full, "reason": self.reason}
+        return {
+            "days": len(self.days),
+            "full": self.full,
+            "reason": self.reason,
+            "delta_days": len(self.delta_days),
+            "orders": len(self.orders),
+        }
 
 
 def plan_daily_sales(
@@ -661,8 +857,92 @@ def plan_daily_sales(
     current = fx_digests(read)
     days.update(d for d, digest in stored.items() if current.get(d) != digest)
     days.update(d for d in current if d not in stored)
+    delta_days: list[date] = []
+    orders: tuple[int, ...] = ()
+    delta = _delta_plan(reader, report_tz, run_id, ops, current)
+    if delta is not None:
+        eligible, orders, touched = delta
+        days.update(touched)
+        delta_days = sorted(d for d in days if d <= through_date and eligible(d))
     wanted = sorted(d for d in days if d <= through_date)
-    return DaysPlan(wanted, False, report_tz, run_id, "incremental")
+    return DaysPlan(wanted, False, report_tz, run_id, "incremental", delta_days, orders)
+
+
+def _delta_plan(
+    reader: _Reader,
+    report_tz: str,
+    run_id: str | None,
+    ops: dict[str, set[str]],
+    current: dict[date, str | None],
+) -> tuple[Callable[[date], bool], tuple[int, ...], set[date]] | None:
+    """Which days can be adjusted by the night's orders instead of recomputed:
+    (eligible(day), the orders' ids, their business days in both states), or None.
+
+    Only in a run's build, whose published state is the one its `analytics.daily_sales`
+    was computed from (publish refuses a build whose base is no longer published). A
+    day qualifies when the published state computed it in this time zone, its FX rates
+    are the same in both states, and every reason it was restated is an order the
+    loader recorded in `ops.restated_orders`. Deleted users or products change orders
+    the loader does not record: then no day qualifies."""
+    if reader.build is None or run_id is None or "restated_orders" not in ops:
+        return None
+    published = _Reader(reader.warehouse, None)
+    try:
+        published.check_exists()
+    except FileNotFoundError:
+        return None
+    try:
+        check_raw_tables(published)
+    except (LookupError, ValueError):
+        return None
+    if "daily_sales_days" not in _existing_tables(published, "ops"):
+        return None
+    if "daily_sales" not in _existing_tables(published, "analytics"):
+        return None
+    read = reader.read_arrow
+    deleted_orders: list[int] = []
+    if "deleted_rows" in ops:
+        for table, key in _rows(
+            read(
+                "select table_name, key from {ops}.deleted_rows where run_id = ? "
+                "and table_name in ('orders', 'users', 'products')",
+                [run_id],
+            )
+        ):
+            if table != "orders":
+                return None
+            deleted_orders.append(int(key))
+    pub_state = _rows(
+        published.read_arrow(
+            "select business_date, report_tz, fx_digest from {ops}.daily_sales_days", []
+        )
+    )
+    if any(tz != report_tz for _, tz, _ in pub_state):
+        return None
+    computed = {d: digest for d, _, digest in pub_state}
+    pub_digests = fx_digests(published.read_arrow)
+    reasons: dict[date, set[str]] = {}
+    if "restated_days" in ops:
+        for day, reason in _rows(
+            read("select business_date, reason from {ops}.restated_days where run_id = ?", [run_id])
+        ):
+            reasons.setdefault(day, set()).add(reason)
+    restated = _rows(
+        read("select distinct order_id from {ops}.restated_orders where run_id = ?", [run_id])
+    )
+    orders = tuple(sorted({int(r[0]) for r in restated} | set(deleted_orders)))
+    touched = _business_days_of(reader, orders, report_tz) | _business_days_of(
+        published, orders, report_tz
+    )
+
+    def eligible(day: date) -> bool:
+        return (
+            day in computed
+            and computed[day] == current.get(day) == pub_digests.get(day)
+            and reasons.get(day, set()) <= ORDER_REASONS
+        )
+
+    return eligible, orders, touched
 
 
 # ------------------------------------------------------------------ publish
