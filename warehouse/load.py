@@ -75,6 +75,10 @@ class _Delta:
     # directories of the landed key sets (one per part), when reconciled
     key_sets: list[Path] | None = None
     skipped: bool = False
+    # temp table of the keys gone from the source, when the key-range summaries found
+    # them (None: the gone rows are found by comparing every key)
+    gone: str | None = None
+    key_check: dict[str, int] | None = None
 
     @property
     def temp(self) -> str:
@@ -323,14 +327,128 @@ def _stage(s: Session, delta: _Delta) -> int:
         key_pattern = ", ".join(str(d / "*.parquet") for d in delta.key_sets)
         try:
             s.stage_parquet(f"{delta.temp}__keyfiles", delta.key_sets, union_by_name=False)
-            s.create_temp(
-                f"{delta.temp}__keys",
-                f"select distinct {keys} from {_temp(f'{delta.temp}__keyfiles')}",
-            )
+            if not _find_gone_by_ranges(s, delta):
+                s.create_temp(
+                    f"{delta.temp}__keys",
+                    f"select distinct {keys} from {_temp(f'{delta.temp}__keyfiles')}",
+                )
+        except LoadError:
+            raise
         except Exception as exc:
             raise LoadError(f"{delta.table}__keys: reading {key_pattern} failed: {exc}") from exc
     row = s.fetchone(f"select count(*) from {_temp(delta.temp)}")
     return int(row[0]) if row else 0
+
+
+# Hard deletes by key ranges: the key space is cut into ranges of about RANGE_KEYS keys;
+# per range, the source's key set and the warehouse's keys (raw's plus the delta's new
+# ones) are summarised as (count, sum, sum of a square hash). Only the ranges whose
+# summaries differ are compared key by key: a night without deletes reads no key beyond
+# the summaries, a delete in old history is still found (its range's count differs).
+RANGE_KEYS = 512
+_HASH_P = 2147483629  # a prime below 2**31: the square of a residue fits a bigint
+_HASH_Q = 2147483587
+_RANGE_ENGINES = {"duckdb": "//", "postgres": "/"}  # exact integer division
+
+
+def _int_column(columns: dict[str, pa.DataType], name: str) -> bool:
+    type_ = columns.get(name)
+    return type_ is not None and pa.types.is_integer(type_)
+
+
+def _find_gone_by_ranges(s: Session, delta: _Delta) -> bool:
+    """Find the keys gone from the source through per-range summaries into
+    `<temp>__gone` (and the compared ranges' source keys into `<temp>__keys`); False
+    when this delta needs the key-by-key comparison instead (no raw table yet, a
+    composite or non-integer key, a full extract, an engine without exact integer
+    division)."""
+    div = _RANGE_ENGINES.get(getattr(s, "kind", ""))
+    if (
+        div is None
+        or len(delta.keys) != 1
+        or delta.full_key_set
+        or not s.exists("raw", delta.table)
+    ):
+        return False
+    key = _q(delta.keys[0])
+    raw, temp = _raw(s, delta.table), _temp(delta.temp)
+    keyfiles = _temp(f"{delta.temp}__keyfiles")
+    if not all(_int_column(_columns(s, rel), delta.keys[0]) for rel in (raw, temp, keyfiles)):
+        return False
+    bounds = [
+        s.fetchone(f"select min({key}), max({key}), count(*) from {rel}")
+        for rel in (keyfiles, raw, temp)
+    ]
+    lows = [int(b[0]) for b in bounds if b and b[0] is not None]
+    highs = [int(b[1]) for b in bounds if b and b[1] is not None]
+    if not lows:
+        return False
+    lo, hi = min(lows), max(highs)
+    if hi - lo >= 2**62:  # (key - lo) would overflow a bigint
+        return False
+    n = max(int(bounds[0][2]), int(bounds[1][2]), 1)
+    ranges = max(1, n // RANGE_KEYS)
+    width = max(1, -(-(hi - lo + 1) // ranges))
+    bucket = f"((x.{key} - cast(? as bigint)) {div} cast(? as bigint))"
+    geometry = [lo, width]
+    # the warehouse side after the merge: raw's keys and the delta's new keys
+    warehouse_keys = (
+        f"select {key} from {raw} union all select d.{key} from {temp} d "
+        f"where not exists (select 1 from {raw} o where o.{key} = d.{key})"
+    )
+
+    def summary(relation: str) -> str:
+        residue = f"(x.{key} % {_HASH_P})"
+        return (
+            f"select {bucket} as b, count(*) as n, sum(x.{key}) as s1, "
+            f"sum(({residue} * {residue}) % {_HASH_Q}) as s2 from ({relation}) x group by 1"
+        )
+
+    ranges_table = f"{delta.temp}__ranges"
+    s.create_temp(
+        ranges_table,
+        f"select coalesce(src.b, wh.b) as b "
+        f"from ({summary(f'select {key} from {keyfiles}')}) src "
+        f"full join ({summary(warehouse_keys)}) wh on src.b = wh.b "
+        "where src.b is null or wh.b is null or src.n <> wh.n or src.s1 <> wh.s1 "
+        "or src.s2 <> wh.s2",
+        geometry * 2,
+    )
+    in_ranges = f"{bucket} in (select b from {_temp(ranges_table)})"
+    s.create_temp(
+        f"{delta.temp}__keys",
+        f"select distinct x.{key} from {keyfiles} x where {in_ranges}",
+        geometry,
+    )
+    gone = f"{delta.temp}__gone"
+    s.create_temp(
+        gone,
+        f"select x.{key} from ({warehouse_keys}) x where {in_ranges} and not exists "
+        f"(select 1 from {_temp(delta.temp + '__keys')} k where k.{key} = x.{key})",
+        geometry,
+    )
+    delta.gone = gone
+    compared = s.fetchone(f"select count(*) from {_temp(ranges_table)}")
+    read = s.fetchone(f"select count(*) from {_temp(delta.temp + '__keys')}")
+    delta.key_check = {
+        "ranges": ranges,
+        "range_width": width,
+        "ranges_compared": int(compared[0]) if compared else 0,
+        "keys_compared": int(read[0]) if read else 0,
+        "source_keys": int(bounds[0][2]),
+    }
+    log.info(
+        "%s/%s: key set in %d ranges of %d keys, %d differ (%d source keys compared of %d)",
+        delta.source,
+        delta.table,
+        ranges,
+        width,
+        delta.key_check["ranges_compared"],
+        delta.key_check["keys_compared"],
+        delta.key_check["source_keys"],
+        extra={"key_check": {"table": delta.table, **delta.key_check}},
+    )
+    return True
 
 
 _INTS = (pa.int8(), pa.int16(), pa.int32(), pa.int64())
@@ -457,11 +575,8 @@ def _affected_orders(s: Session, deltas: dict[str, _Delta]) -> None:
                 f"from {raw_items} o join ({changed}) d on o.id = d.id"
             )
             if items.key_sets is not None:
-                s.execute(
-                    "insert into affected select o.order_id, 'item_deleted' "
-                    f"from {raw_items} o where not exists (select 1 from "
-                    f"{_temp(items.temp + '__keys')} k where o.id = k.id)"
-                )
+                gone = _gone_sql(items, raw_items, _temp(items.temp + "__keys"))
+                s.execute(f"insert into affected select g.order_id, 'item_deleted' from ({gone}) g")
     users = deltas.get("users")
     if users and not users.skipped:
         changed = _changed_rows(s, users, ["region"])
@@ -564,6 +679,9 @@ def _keys_relation(delta: _Delta) -> str | None:
 
 def _gone_sql(delta: _Delta, target: str, keys_relation: str) -> str:
     """Rows of `target` whose key the source no longer has."""
+    if delta.gone is not None:
+        match = _key_match(delta.keys, "o", "g")
+        return f"select o.* from {target} o where exists (select 1 from {_temp(delta.gone)} g where {match})"
     match = _key_match(delta.keys, "o", "k")
     return f"select o.* from {target} o where not exists (select 1 from {keys_relation} k where {match})"
 
@@ -645,9 +763,11 @@ def _merge(s: Session, delta: _Delta, run_id: str) -> int:
             if delta.cursor and not delta.full_key_set
             else "false"
         )
+        # a join (`using`), not a correlated `exists`: DuckDB then probes the delta's
+        # keys instead of evaluating the subquery over every row of raw
         s.execute(
-            f"delete from {target} where exists (select 1 from {temp} d "
-            f"where {_key_match(delta.keys, target, 'd')} and not {newer})"
+            f"delete from {target} using {temp} d "
+            f"where {_key_match(delta.keys, target, 'd')} and not {newer}"
         )
         s.execute(
             f"insert into {target} ({names}, _run_id, _loaded_at) "
@@ -666,6 +786,11 @@ def _merge(s: Session, delta: _Delta, run_id: str) -> int:
         f"select cast(? as varchar), cast(? as varchar), {key_text}, now() from ({gone}) g",
         [run_id, delta.table],
     )
+    if delta.gone is not None:
+        return s.execute(
+            f"delete from {target} using {_temp(delta.gone)} g "
+            f"where {_key_match(delta.keys, target, 'g')}"
+        )
     return s.execute(
         f"delete from {target} where not exists (select 1 from {keys_relation} k "
         f"where {_key_match(delta.keys, target, 'k')})"
