@@ -39,7 +39,12 @@ and draws docs/bench-scale.png (seconds per stage against history size; --png).
 The line also gives dbt's own elapsed time (dbt_elapsed_s: the dbt step without the
 project's parse, which the first night of a run may pay in full when dbt's partial-parse
 state is cold) and the build copy's seconds (build_copy_s, inside load).
-The machine may be shared: seconds are noisy, ratios between sizes in one run less so.
+The machine may be shared: seconds are noisy, ratios between sizes in one run less so;
+each night's 1-minute load average before and after is kept in the --json file.
+--warmup runs one unreported night on the smallest size first (otherwise the first night
+alone pays a cold dbt parse and cold caches). --prepare-only for one size can run in its
+own process beside a measurement given --wait-prepared: the measurement then waits for that
+history instead of making it a second time.
 """
 
 from __future__ import annotations
@@ -138,6 +143,27 @@ def _env(source: str, data_dir: Path, work: Path, api: str | None) -> dict[str, 
     return env
 
 
+def _history_key(orders: int, days: int, payment_days: int) -> str:
+    return bw.source_key(orders, days, bw.end_date()) + f" history_payment_days={payment_days}"
+
+
+def wait_for_history(orders: int, days: int, payment_days: int, wait_s: float) -> None:
+    """Wait up to `wait_s` for another process's --prepare-only to cache this history
+    (a measurement started meanwhile would otherwise build it a second time, over the
+    other's half-made template). Returns at once when it is cached or wait_s is 0."""
+    key = _history_key(orders, days, payment_days)
+    marker = CACHE_DIR / str(orders) / "key"
+    deadline = time.monotonic() + wait_s
+    announced = False
+    while not (marker.is_file() and marker.read_text() == key):
+        if time.monotonic() >= deadline:
+            return  # not cached: history() makes it
+        if not announced:
+            print(f"waiting for the history of {orders} ({marker})", file=sys.stderr)
+            announced = True
+        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+
+
 def history(
     admin: str, orders: int, days: int, timeout_s: float, payment_days: int
 ) -> tuple[Path, Path, date, str]:
@@ -150,7 +176,7 @@ def history(
     from demo.run import running_api
 
     template, payments, end = bw.prepare_source(admin, orders, days)
-    key = bw.source_key(orders, days, end) + f" history_payment_days={payment_days}"
+    key = _history_key(orders, days, payment_days)
     cache = CACHE_DIR / str(orders)
     if (cache / "key").is_file() and (cache / "key").read_text() == key:
         print(f"reusing the history night of {orders}: {cache}", file=sys.stderr)
@@ -239,6 +265,7 @@ def measure(admin: str, orders: int, args: argparse.Namespace) -> dict[str, Any]
         admin, orders, args.days, args.night_timeout, args.history_payment_days
     )
     work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{orders}-"))
+    load_start = os.getloadavg()[0]
     try:
         data_dir = work / "data"
         started = time.perf_counter()
@@ -308,6 +335,8 @@ def measure(admin: str, orders: int, args: argparse.Namespace) -> dict[str, Any]
             "dbt_elapsed_s": inputs["dbt_build"].get("elapsed_s"),
             "dbt_slowest": inputs["dbt_build"].get("slowest", [])[:5],
             "warehouse_mib": warehouse.stat().st_size / 2**20,
+            "load_start": load_start,  # 1-minute load average before and after the night
+            "load_end": os.getloadavg()[0],
         }
     finally:
         if not args.keep:
@@ -428,6 +457,19 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
+        "--wait-prepared",
+        type=float,
+        default=0,
+        help="seconds to wait for a size's history that another --prepare-only process is "
+        "still making, before making it here",
+    )
+    parser.add_argument(
+        "--warmup",
+        action="store_true",
+        help="first one unreported night on the smallest size: dbt's partial-parse state, "
+        "the page cache and the imports are then as warm for the first size as for the others",
+    )
+    parser.add_argument(
         "--prepare-only", action="store_true", help="make the cached sources and histories only"
     )
     parser.add_argument(
@@ -459,13 +501,19 @@ def main() -> int:
             for orders in sizes:
                 history(admin, orders, args.days, args.night_timeout, args.history_payment_days)
             return 0
+        if args.warmup:
+            print(f"warm-up: {bench_line(measure(admin, sizes[0], args))}", file=sys.stderr)
         for orders in sizes:
+            wait_for_history(orders, args.days, args.history_payment_days, args.wait_prepared)
             nights.append(measure(admin, orders, args))
             print(bench_line(nights[-1]), flush=True)
+        load = os.getloadavg()
+        print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(growth_table(nights))
     for night in nights:
         print(
-            f"{night['orders']}: build copy {night['build_copy_mib']} MiB in "
+            f"{night['orders']}: load average {night.get('load_start', float('nan')):.1f} -> "
+            f"{night.get('load_end', float('nan')):.1f}, build copy {night['build_copy_mib']} MiB in "
             f"{night['build_copy_s']}s, dbt elapsed {night['dbt_elapsed_s']}s, slowest "
             + ", ".join(f"{n} {s:.2f}s" for n, s in night["dbt_slowest"])
         )
