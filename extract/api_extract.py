@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core import clock
+from core.files import write_json_atomic
 from extract.api_client import PaymentsApiClient
 from extract.landing import write_landing_table
 
@@ -829,7 +830,7 @@ def extract_fx_rates(
         # An incomplete day (the provider had not published it all) is asked for again
         # by the next run instead of being frozen in the cache.
         if day.isoformat() not in missing and per_day[day] != {"USD"}:
-            _write_json_atomically(cache_file, payload)
+            write_json_atomic(cache_file, payload, indent=None)
     table = pa.Table.from_pylist(rows, schema=FX_SCHEMA)
     manifest = write_landing_table(
         table,
@@ -857,10 +858,3 @@ def extract_fx_rates(
         cache_hits,
     )
     return manifest
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    os.replace(tmp, path)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.files import write_json_atomic, write_with
+
 log = logging.getLogger(__name__)
 
 COMMIT_NAME = "_commit.json"
@@ -290,10 +292,7 @@ class LandingStore:
                     continue
             except FileNotFoundError:
                 pass
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.parent / f".tmp-{local.name}-{uuid.uuid4().hex[:8]}"
-            self._get_file(info.path, tmp)
-            os.replace(tmp, local)
+            write_with(local, lambda tmp, key=info.path: self._get_file(key, tmp))
             counts["side_files"] += 1
 
     def _download_attempt(
@@ -342,9 +341,7 @@ class LandingStore:
                 index[rel] = [st.st_size, st.st_mtime_ns]
                 pushed += 1
         if pushed:
-            tmp = local_root / f".tmp-{_PUSH_INDEX}"
-            tmp.write_text(json.dumps(index))
-            os.replace(tmp, index_path)
+            write_json_atomic(index_path, index, indent=None)
         return pushed
 
     # -- retention --------------------------------------------------------------------
@@ -423,10 +420,7 @@ class LandingStore:
                     continue
             except FileNotFoundError:
                 pass
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.parent / f".tmp-{local.name}-{uuid.uuid4().hex[:8]}"
-            self._get_file(info.path, tmp)
-            os.replace(tmp, local)
+            write_with(local, lambda tmp, key=info.path: self._get_file(key, tmp))
             st = local.stat()
             index[rel] = [st.st_size, st.st_mtime_ns]
             pulled += 1
@@ -572,10 +566,7 @@ def _read_index(local_root: Path) -> dict[str, list[int]]:
 
 
 def _write_index(local_root: Path, index: dict[str, list[int]]) -> None:
-    local_root.mkdir(parents=True, exist_ok=True)
-    tmp = local_root / f".tmp-{_MIRROR_INDEX}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(index, sort_keys=True))
-    os.replace(tmp, local_root / _MIRROR_INDEX)
+    write_json_atomic(local_root / _MIRROR_INDEX, index, indent=None)
 
 
 def _wanted(run_dir: str, run_id: str) -> bool:

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from core import clock
+from core.files import write_atomic
 from extract.api_extract import (
     PAYMENTS_TABLE,
     SOURCE,
@@ -126,14 +127,7 @@ def _is_conflict(entry: dict[str, Any]) -> bool:
 
 
 def _write_atomically(path: Path, lines: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(json.dumps(line, sort_keys=True, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(x, sort_keys=True, default=str) + "\n" for x in lines))
 
 
 def _append(path: Path, lines: list[dict[str, Any]]) -> None:

@@ -28,6 +28,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 from core import settings
+from core.files import write_atomic
 
 DAG_ID = "nightly_sales"
 
@@ -205,12 +206,7 @@ def write_ui_passwords(path: Path, password: str | None = None) -> None:
         os.chmod(path, 0o600)
         return
     current[UI_USER] = password or secrets.token_urlsafe(18)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(json.dumps(current))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(current), mode=0o600)  # owner only from the first byte
 
 
 def serve_ui(env_extra: dict[str, str]) -> int:

@@ -15,8 +15,6 @@ host's copy of `<url>/report/` (`mirrored_report`: pulled first, pushed when don
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core import settings
+from core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +39,7 @@ def write(run_id: str, name: str, data: bytes) -> str:
     if store is not None:
         store.put_object(f"{run_id}/{name}", data)
         return f"{store.describe()}/{run_id}/{name}"
-    path = settings.runs_dir() / run_id / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_atomic(settings.runs_dir() / run_id / name, data))
 
 
 def read(run_id: str, name: str) -> bytes | None:

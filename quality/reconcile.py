@@ -15,16 +15,16 @@ by side; nothing is published.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from core.files import write_json_atomic
 
 # table -> (money expression or None, business-day column or None)
 CHECKS: dict[str, dict[str, tuple[str | None, str | None]]] = {
@@ -529,12 +529,7 @@ def clear_source_totals(landing_root: Path, run_id: str) -> None:
 
 def write_source_totals(landing_root: Path, run_id: str, totals: SourceTotals) -> Path:
     """Record the run's source totals atomically, after every table has landed."""
-    path = source_totals_path(landing_root, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(totals.record(run_id), indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(source_totals_path(landing_root, run_id), totals.record(run_id))
 
 
 def _landed_totals(

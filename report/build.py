@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -23,6 +21,7 @@ from typing import Any
 
 import jinja2
 
+from core.files import write_atomic
 from warehouse.backends.base import Session
 from warehouse.query import read_only_session
 
@@ -171,22 +170,6 @@ def money(value: Decimal | int) -> str:
 def count(value: int) -> str:
     """`1234567` -> `1,234,567`."""
     return f"{int(value):,}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is meant to be served/read
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

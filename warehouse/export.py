@@ -9,23 +9,15 @@ renamed into place: a reader sees the previous export or the new one, never a ha
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.files import write_with
 from pipeline.assets import ANALYTICS_TABLES
 
 #: Row order of each export (its key), so two exports of the same data are identical.
 _ORDER = {"sales_summary": "date, region", "daily_sales": "date, region, category"}
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_table(warehouse: Any, table: str, build: Any = None) -> Any:
@@ -74,8 +66,8 @@ def export_analytics(
         if table not in _ORDER:
             raise ValueError(f"{table!r} is not a published table ({', '.join(_ORDER)})")
         data = _read_table(warehouse, table)
-        _write_atomic(export_dir / f"{table}.parquet", lambda p, d=data: pq.write_table(d, p))
+        write_with(export_dir / f"{table}.parquet", lambda p, d=data: pq.write_table(d, p))
         rows[table] = data.num_rows
     manifest = json.dumps({"run_id": run_id, "rows": rows}, indent=2).encode()
-    _write_atomic(export_dir / "manifest.json", lambda p: p.write_bytes(manifest))
+    write_with(export_dir / "manifest.json", lambda p: p.write_bytes(manifest))
     return rows

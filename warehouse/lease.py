@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core import clock
+from core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +174,7 @@ class FileLease:
             ) from exc
 
     def _write(self, lease: Lease) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(lease), indent=1))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(asdict(lease), indent=1))
 
     def read(self) -> Lease | None:
         with self._locked():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core import clock, ops, settings
+from core.files import write_with
 from warehouse.publish import (
     build_path_for,
     last_published_day,
@@ -152,9 +153,8 @@ def _rollback(warehouse_path: Path, to_run_id: str | None) -> dict[str, Any]:
     build = build_path_for(warehouse_path, "rollback")
     build.unlink(missing_ok=True)
     base = published_identity(warehouse_path)  # what is published now: the rollback replaces it
-    tmp = build.with_name(build.name + ".tmp")
-    shutil.copyfile(restored, tmp)  # a copy: the kept version itself is never written
-    os.replace(tmp, build)
+    # a copy: the kept version itself is never written
+    write_with(build, lambda tmp: shutil.copyfile(restored, tmp))
     record_base(build, warehouse_path, base)
     run_id = _record(build, restored_run, restored, replaced)
     publish_build(build, warehouse_path, version=run_id)

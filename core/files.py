@@ -1,0 +1,106 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a part.
+
+The data goes to a temp file beside the target (same folder, so the rename stays on one
+file system; named `.tmp-<name>-<hex>`, which landing and mirror listings pass over), is flushed
+and fsynced, then renamed over the target with `os.replace`. A failed write removes its
+temp file and leaves the target as it was. Concurrent writers each use their own temp
+file; the last rename wins whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temp name beside `path`, unique per call (`.tmp-<name>-<8 hex>`)."""
+    return path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable; a no-op where folders cannot be fsynced."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_with(
+    path: Path | str,
+    write: Callable[[Path], Any],
+    *,
+    sync_dir: bool = False,
+) -> Path:
+    """Let `write(tmp)` produce the file (e.g. a Parquet writer), then rename it into place.
+
+    For writers that want a path rather than bytes. The temp file is fsynced before the
+    rename; with `sync_dir` the rename itself is made durable too."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+    return path
+
+
+def write_atomic(
+    path: Path | str,
+    data: bytes | str,
+    *,
+    mode: int = 0o666,
+    sync_dir: bool = False,
+) -> Path:
+    """Replace `path` with `data` (str is written as UTF-8) in one step; return `path`.
+
+    `mode` is the new file's permission before the umask (0o600: owner only, from the
+    first byte on, for files holding secrets)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = temp_path(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+    return path
+
+
+def write_json_atomic(
+    path: Path | str,
+    value: Any,
+    *,
+    indent: int | None = 2,
+    default: Callable[[Any], Any] | None = None,
+    mode: int = 0o666,
+    sync_dir: bool = False,
+) -> Path:
+    """`value` as JSON with sorted keys (the same value gives the same bytes), atomically."""
+    text = json.dumps(value, indent=indent, sort_keys=True, default=default)
+    return write_atomic(path, text, mode=mode, sync_dir=sync_dir)
