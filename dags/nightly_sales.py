@@ -65,6 +65,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, t
 from alerting.callbacks import on_dag_failure, on_task_failure, on_task_retry, run_deadline
 from core.settings import env, task_timeout_minutes
 from pipeline.assets import ANALYTICS_ASSETS
+from pipeline.business_day import business_date_for
 
 REPORT_TZ = env("REPORT_TZ", "UTC")
 WAREHOUSE_POOL = "warehouse_writer"
@@ -108,8 +109,6 @@ def _text_param(name: str) -> str:
 
 def _business_date():
     """The business day of the current run (param override, else the day before)."""
-    from pipeline.nightly import business_date_for
-
     ctx = get_current_context()
     override = (ctx.get("params") or {}).get("business_date")
     dag_run = ctx["dag_run"]

@@ -9,98 +9,28 @@ run for the same day replaces what it published before.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
+from core import clock, settings
+from demo.generator import generate
+from demo.servers import DEMO_TOKEN, demo_connections, demo_paths, running_api
+from pipeline import airflow_run
 
-DEMO_TOKEN = "demo-token"
-
-
-def demo_paths(data_dir: Path) -> dict[str, Path]:
-    demo = Path(data_dir) / "demo"
-    return {"dir": demo, "source": demo / "source.db", "payments": demo / "payments.db"}
+__all__ = ["DEMO_TOKEN", "airflow_main", "demo_paths", "main", "running_api"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_api(
-    payments_db: Path,
-    *,
-    token: str = DEMO_TOKEN,
-    port: int | None = None,
-    faults: str = "",
-    fault_every: int = 3,
-    admin_token: str | None = None,
-) -> Iterator[str]:
-    """Start the demo payments API on loopback; yield its connection URI; stop it after.
-
-    The tokens reach the server in its environment, not on its command line (`ps`).
-    `admin_token` enables the fault-injection endpoint (`/_admin/faults`) behind it.
-    """
-    from demo.api import ADMIN_TOKEN_ENV, FAULT_INJECTION_ENV, TOKEN_ENV
-
-    port = port or _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "demo.api",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--payments-db",
-        str(payments_db),
-    ]
-    if faults:
-        cmd += ["--faults", faults, "--fault-every", str(fault_every)]
-    env = {**os.environ, TOKEN_ENV: token}
-    env.pop(FAULT_INJECTION_ENV, None)
-    env.pop(ADMIN_TOKEN_ENV, None)
-    if admin_token is not None:
-        env.update({FAULT_INJECTION_ENV: "1", ADMIN_TOKEN_ENV: admin_token})
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"demo API exited at start (port {port}): {err[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"demo API did not answer on 127.0.0.1:{port} within 30 s")
-            time.sleep(0.2)
-        yield f"http://:{token}@127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def airflow_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`nightshift nightly | backfill | ui` (pipeline/airflow_run.py), with the demo's
+    source and API when no connection is configured: `make nightly` works right after
+    `make demo`."""
+    return airflow_run.main(argv, prog, fallback_connections=demo_connections)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from demo.generator import generate
-    from core import clock, settings
-    from pipeline.airflow_run import run_dag
-
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build the demo sources (SQLite + the payments/FX API) and run "
@@ -156,7 +86,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"[demo] generated: {summary['rows']}")
     with running_api(paths["payments"], token=token, port=args.port or None) as api_uri:
         print(f"[demo] API on {api_uri.split('@')[1]}; running nightly_sales for {business_date}")
-        run_dag(
+        airflow_run.run_dag(
             business_date,
             {
                 "AIRFLOW_CONN_SOURCE_DB": f"sqlite:///{paths['source']}",

@@ -1,6 +1,11 @@
-"""Real database servers (tests, demos): the running one, else a throwaway started here.
+"""Real servers for the demos and the tests.
 
-The URLs are overridable (`NIGHTSHIFT_TEST_PG_URL`, `NIGHTSHIFT_TEST_MYSQL_URL`,
+The demo's own sources: the SQLite files under `<data dir>/demo` and the payments API
+(`running_api`, a `demo.api` process on loopback), and `demo_connections`, which points a
+run at them when no connection is configured.
+
+Database servers: the running one, else a throwaway started here. The URLs are
+overridable (`NIGHTSHIFT_TEST_PG_URL`, `NIGHTSHIFT_TEST_MYSQL_URL`,
 `NIGHTSHIFT_TEST_REDIS_URL`). When nothing answers there, a private server is started in
 a temp dir on a free loopback port (`initdb`/`pg_ctl`, `mariadb-install-db`/`mariadbd`,
 `redis-server`) and stopped at the end.
@@ -13,24 +18,117 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 
 from core import settings
+from demo.api import ADMIN_TOKEN_ENV, FAULT_INJECTION_ENV, TOKEN_ENV
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/mysql"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEMO_TOKEN = "demo-token"  # the demo API's default bearer token (DEMO_API_TOKEN)
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def demo_paths(data_dir: Path) -> dict[str, Path]:
+    """The demo's source files under `data_dir`: the SQLite source and the API's payments."""
+    demo = Path(data_dir) / "demo"
+    return {"dir": demo, "source": demo / "source.db", "payments": demo / "payments.db"}
+
+
+@contextlib.contextmanager
+def running_api(
+    payments_db: Path,
+    *,
+    token: str = DEMO_TOKEN,
+    port: int | None = None,
+    faults: str = "",
+    fault_every: int = 3,
+    admin_token: str | None = None,
+) -> Iterator[str]:
+    """Start the demo payments API on loopback; yield its connection URI; stop it after.
+
+    The tokens reach the server in its environment, not on its command line (`ps`).
+    `admin_token` enables the fault-injection endpoint (`/_admin/faults`) behind it.
+    """
+    port = port or free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "demo.api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--payments-db",
+        str(payments_db),
+    ]
+    if faults:
+        cmd += ["--faults", faults, "--fault-every", str(fault_every)]
+    env = {**os.environ, TOKEN_ENV: token}
+    env.pop(FAULT_INJECTION_ENV, None)
+    env.pop(ADMIN_TOKEN_ENV, None)
+    if admin_token is not None:
+        env.update({FAULT_INJECTION_ENV: "1", ADMIN_TOKEN_ENV: admin_token})
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        _wait_for_api(proc, port)
+        yield f"http://:{token}@127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_for_api(proc: subprocess.Popen, port: int, timeout_s: float = 30) -> None:
+    """Until the API answers `/healthz`; an API that exits or stays silent is an error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"demo API exited at start (port {port}): {err[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"demo API did not answer on 127.0.0.1:{port} within {timeout_s:g} s"
+            )
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def demo_connections(data_dir: Path) -> Iterator[dict[str, str]]:
+    """The connections of a run that has none configured (pipeline/airflow_run.py): the
+    demo source under `data_dir` and the demo API, started for the duration, so
+    `make nightly` works right after `make demo`."""
+    paths = demo_paths(data_dir)
+    if not (paths["source"].exists() and paths["payments"].exists()):
+        raise SystemExit(
+            "no connection configured (AIRFLOW_CONN_SOURCE_DB, AIRFLOW_CONN_PAYMENTS_API) "
+            "and no demo sources: run `make demo` first or set them (see .env.example)"
+        )
+    with running_api(paths["payments"], token=DEMO_TOKEN) as api_uri:
+        yield {
+            "AIRFLOW_CONN_SOURCE_DB": f"sqlite:///{paths['source']}",
+            "AIRFLOW_CONN_PAYMENTS_API": api_uri,
+        }
 
 
 def _reachable(url: str) -> bool:

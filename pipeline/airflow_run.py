@@ -3,9 +3,9 @@
     python -m pipeline.airflow_run --date 2026-11-27
 
 Used by `make nightly` and `make demo`. Connections come from the environment
-(`AIRFLOW_CONN_SOURCE_DB`, `AIRFLOW_CONN_PAYMENTS_API`, ...). When neither is set and the
-demo sources exist under `data/demo`, the demo source is used and the demo API is
-started for the duration of the run, so `make nightly` works right after `make demo`.
+(`AIRFLOW_CONN_SOURCE_DB`, `AIRFLOW_CONN_PAYMENTS_API`, ...). A caller may pass
+`fallback_connections` for when neither is set: `nightshift nightly` (demo/run.py)
+passes the demo's source and API, so `make nightly` works right after `make demo`.
 
 `airflow dags test` ignores pools and `max_active_runs`, so the command itself holds the
 warehouse's lease (warehouse/lease.py) for the whole run (the local backfill: for every
@@ -23,12 +23,22 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
 from pathlib import Path
 
 from core import settings
 from core.files import write_atomic
+from pipeline import run_files
+from pipeline.task_run import HOLDER_ENV, RUN_ENV
+from warehouse import lease
+
+#: Connections for a run that has none configured: given the data dir, a context that
+#: yields the `AIRFLOW_CONN_*` variables to use (and holds whatever serves them).
+FallbackConnections = Callable[[Path], AbstractContextManager[dict[str, str]]]
 
 DAG_ID = "nightly_sales"
 
@@ -77,7 +87,9 @@ def ensure_airflow_initialised(env: dict[str, str]) -> None:
 
 def logical_date_for(business_date: date) -> datetime:
     """The scheduled run that covers `business_date`: 02:00 of the next day in REPORT_TZ."""
-    return datetime.combine(business_date + timedelta(days=1), time(2, 0), settings.report_tz())
+    return datetime.combine(
+        business_date + timedelta(days=1), time_of_day(2, 0), settings.report_tz()
+    )
 
 
 def run_dag(
@@ -141,9 +153,6 @@ def warehouse_lease(env: dict[str, str], run: str) -> Iterator[dict[str, str]]:
     second command (or the scheduled run) waits `WAREHOUSE_LEASE_WAIT_S`, then fails
     naming this one. Yields `env` with the holder named for the run's tasks; a holder
     already named there (a backfill's day) is joined, not taken again."""
-    from pipeline.task_run import HOLDER_ENV, RUN_ENV
-    from warehouse import lease
-
     if env.get(HOLDER_ENV):
         yield env
         return
@@ -161,24 +170,22 @@ def warehouse_lease(env: dict[str, str], run: str) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def demo_connections(data_dir: Path) -> Iterator[dict[str, str]]:
-    """Point at the demo sources (starting the demo API) when no connection is configured."""
+def configured_connections(
+    data_dir: Path, fallback: FallbackConnections | None = None
+) -> Iterator[dict[str, str]]:
+    """Nothing to add when a source connection is configured; else `fallback`'s
+    connections (for the duration), or an error naming what to set."""
     if settings.env("AIRFLOW_CONN_SOURCE_DB") or settings.env("AIRFLOW_CONN_PAYMENTS_API"):
         yield {}
         return
-    from demo.run import DEMO_TOKEN, demo_paths, running_api
-
-    paths = demo_paths(data_dir)
-    if not (paths["source"].exists() and paths["payments"].exists()):
+    if fallback is None:
         raise SystemExit(
-            "no connection configured (AIRFLOW_CONN_SOURCE_DB, AIRFLOW_CONN_PAYMENTS_API) "
-            "and no demo sources: run `make demo` first or set them (see .env.example)"
+            "no connection configured (AIRFLOW_CONN_SOURCE_DB, AIRFLOW_CONN_PAYMENTS_API): "
+            "set them (see .env.example), or run `nightshift nightly`, which uses the "
+            "demo's sources after `make demo`"
         )
-    with running_api(paths["payments"], token=DEMO_TOKEN) as api_uri:
-        yield {
-            "AIRFLOW_CONN_SOURCE_DB": f"sqlite:///{paths['source']}",
-            "AIRFLOW_CONN_PAYMENTS_API": api_uri,
-        }
+    with fallback(data_dir) as extra:
+        yield extra
 
 
 UI_USER = "admin"
@@ -254,20 +261,18 @@ def backfill(first: date, last: date, env_extra: dict[str, str]) -> int:
     in between two days.
     No scheduler needed; `backfill_with_scheduler` is the deployed form.
     """
-    import time as _time
-
     days = _business_days(first, last)
     results: list[tuple[date, str, float]] = []
     # one lease for every day: no other run slips in between two days
     with warehouse_lease(airflow_env(env_extra), f"backfill {first}..{last}") as env:
         for index, day in enumerate(days, 1):
-            started = _time.monotonic()
+            started = time.monotonic()
             try:
                 run_dag(day, env)
                 outcome = "success"
             except SystemExit as exc:
                 outcome = f"failed ({exc})"
-            seconds = _time.monotonic() - started
+            seconds = time.monotonic() - started
             results.append((day, outcome, seconds))
             done = sum(r[2] for r in results)
             eta = done / index * (len(days) - index)
@@ -321,9 +326,7 @@ def _create_backfill(
     after the first one returned met `AlreadyRunningBackfill` (seen in CI on an idle
     machine). So that error is retried for up to `wait_s`; then it fails saying why.
     """
-    import time as _time
-
-    deadline = _time.monotonic() + wait_s
+    deadline = time.monotonic() + wait_s
     waiting = False
     while True:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -331,13 +334,13 @@ def _create_backfill(
         if proc.returncode == 0:
             return
         busy = "AlreadyRunningBackfill" in proc.stderr
-        if busy and _time.monotonic() < deadline:
+        if busy and time.monotonic() < deadline:
             if not waiting:
                 print(
                     f"[backfill] another backfill of {DAG_ID} is still running: waiting", flush=True
                 )
                 waiting = True
-            _time.sleep(poll_s)
+            time.sleep(poll_s)
             continue
         sys.stderr.write(proc.stderr)
         if busy:
@@ -364,8 +367,6 @@ def backfill_with_scheduler(
     twice re-runs it and leaves the same tables. Polls the runs and prints progress
     (done/total, failed, ETA) and a summary.
     """
-    import time as _time
-
     env = airflow_env(env_extra)
     days = _business_days(first, last)
     first_run, last_run = logical_date_for(first), logical_date_for(last)
@@ -387,15 +388,15 @@ def backfill_with_scheduler(
         ],
         env,
     )
-    started = _time.monotonic()
+    started = time.monotonic()
     shown = None
-    while _time.monotonic() - started < timeout_s:
+    while time.monotonic() - started < timeout_s:
         runs = _backfill_runs(env, first_run, last_run)
         states = [run["state"] for run in runs]
         done = sum(1 for s in states if s == "success")
         failed = sum(1 for s in states if s == "failed")
         finished = done + failed
-        elapsed = _time.monotonic() - started
+        elapsed = time.monotonic() - started
         eta = elapsed / finished * (len(days) - finished) if finished else float("nan")
         line = f"[backfill] {done}/{len(days)} nights succeeded, {failed} failed, ETA {eta:.0f}s"
         if line != shown:
@@ -403,7 +404,7 @@ def backfill_with_scheduler(
             shown = line
         if len(runs) >= len(days) and finished == len(runs):
             break
-        _time.sleep(poll_s)
+        time.sleep(poll_s)
     else:
         print(f"[backfill] timed out after {timeout_s:.0f}s")
     runs = _backfill_runs(env, first_run, last_run)
@@ -421,7 +422,14 @@ def backfill_with_scheduler(
     return _summary(first, last, results, len(days))
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    prog: str | None = None,
+    *,
+    fallback_connections: FallbackConnections | None = None,
+) -> int:
+    """`nightly`, `backfill` or `ui`; `fallback_connections`: the connections of a run
+    that has none configured (`configured_connections`)."""
     parser = argparse.ArgumentParser(prog=prog, description="nightly_sales through Airflow")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -479,7 +487,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "`dags test` per day; auto (default): scheduler when one is running",
     )
     args = parser.parse_args(argv)
-    with demo_connections(settings.data_dir()) as extra:
+    with configured_connections(settings.data_dir(), fallback_connections) as extra:
         if args.command == "ui":
             return serve_ui(extra)
         if args.command == "backfill":
@@ -490,8 +498,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 return backfill_with_scheduler(args.first, args.last, extra)
             return backfill(args.first, args.last, extra)
         run_dag(args.date, extra, full_refresh=args.full, allow_mass_delete=args.allow_mass_delete)
-    from pipeline import run_files
-
     print(f"nightly_sales {args.date}: success")
     print(f"report:    {run_files.report_location(args.date)}")
     print(f"warehouse: {settings.warehouse_path()}")

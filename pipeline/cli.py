@@ -1,8 +1,12 @@
 """`nightshift`: one command for what the project's modules run (`nightshift --help`).
 
-Each subcommand hands its arguments to an existing module's `main(argv, prog)`, which
-owns the options and the work; this module only maps names to modules. It imports a
-module only when its subcommand runs, so `nightshift --help` stays fast.
+Each subcommand hands its arguments to an existing module's `main(argv, prog)` (or the
+function a command names), which owns the options and the work; this module only maps
+names to modules. It imports a module only when its subcommand runs, so
+`nightshift --help` stays fast.
+
+`nightly`, `backfill` and `ui` run `pipeline.airflow_run` through `demo.run`, which adds
+the demo's source and API for a run that has no connection configured.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: the module whose `main` runs it, and the first arguments it is
-    handed (a sub-command name of that module's own parser, if it has several)."""
+    """A subcommand: the module whose `entry` function (`main`) runs it, and the first
+    arguments it is handed (a sub-command name of that module's own parser, if it has
+    several)."""
 
     module: str
     summary: str
     make: str = ""
     prefix: tuple[str, ...] = ()
+    entry: str = "main"
 
 
 COMMANDS: dict[str, Command] = {
@@ -30,22 +36,25 @@ COMMANDS: dict[str, Command] = {
         "demo.run", "demo sources (SQLite + API), then one night through Airflow", "make demo"
     ),
     "nightly": Command(
-        "pipeline.airflow_run",
+        "demo.run",
         "nightly_sales for one business day through Airflow (airflow dags test)",
         "make nightly",
         ("nightly",),
+        "airflow_main",
     ),
     "backfill": Command(
-        "pipeline.airflow_run",
+        "demo.run",
         "nightly_sales for each day of a range, in order",
         "make backfill",
         ("backfill",),
+        "airflow_main",
     ),
     "ui": Command(
-        "pipeline.airflow_run",
+        "demo.run",
         "the Airflow UI (standalone) on http://127.0.0.1:8080",
         "make airflow",
         ("ui",),
+        "airflow_main",
     ),
     "steps": Command(
         "pipeline.nightly",
@@ -74,7 +83,7 @@ COMMANDS: dict[str, Command] = {
         "migrate.__main__", "zero-downtime source migration: schema, backfill, verify, gate"
     ),
     "migration-demo": Command(
-        "migrate.demo",
+        "demo.migration",
         "the migration runbook end to end on the demo data (PostgreSQL)",
         "make migration-demo",
     ),
@@ -115,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2  # not reached: parse_args exits
     name, rest = args[0], args[1:]
     command = COMMANDS[name]
-    run = importlib.import_module(command.module).main
+    run = getattr(importlib.import_module(command.module), command.entry)
     # A module with several sub-commands names the chosen one after its own prog.
     prog = "nightshift" if command.prefix else f"nightshift {name}"
     status = run([*command.prefix, *rest], prog=prog)

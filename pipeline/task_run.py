@@ -21,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from core import settings
+from pipeline.business_day import business_date_for
+from warehouse import lease
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,9 @@ def is_deterministic(exc: BaseException) -> bool:
     return any(f"{c.__module__}.{c.__qualname__}" in DETERMINISTIC for c in type(exc).__mro__)
 
 
-def _fail_without_retry(exc: BaseException) -> BaseException:
+def fail_without_retry(exc: BaseException) -> BaseException:
+    """The error as Airflow's no-retry failure (AirflowFailException); without Airflow,
+    the error itself (nothing retries it anyway)."""
     try:
         from airflow.sdk.exceptions import AirflowFailException
     except ImportError:  # no Airflow: nothing retries anyway
@@ -72,9 +76,7 @@ def _fail_without_retry(exc: BaseException) -> BaseException:
 
 def _identity() -> tuple[str, str, bool]:
     """(lease holder, the run for people, inherited from the calling command)."""
-    from airflow.sdk import get_current_context
-
-    from pipeline.nightly import business_date_for
+    from airflow.sdk import get_current_context  # inside a task only: Airflow is loaded
 
     ctx = get_current_context()
     dag_run = ctx["dag_run"]
@@ -95,8 +97,6 @@ def _identity() -> tuple[str, str, bool]:
 
 
 def _renewed(warehouse: Any, holder: str, ttl: float) -> bool:
-    from warehouse import lease
-
     try:
         lease.renew(warehouse, holder, ttl)
     except lease.LeaseLostError:
@@ -107,8 +107,6 @@ def _renewed(warehouse: Any, holder: str, ttl: float) -> bool:
 def run_guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one task's step under the run's warehouse lease; deterministic errors fail
     the task without retries."""
-    from warehouse import lease
-
     try:
         holder, run, inherited = _identity()
         warehouse = settings.warehouse_lease_target()
@@ -123,7 +121,7 @@ def run_guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except Exception as exc:
         if is_deterministic(exc):
             log.error("%s: a deterministic error, the task is not retried", type(exc).__name__)
-            failed = _fail_without_retry(exc)
+            failed = fail_without_retry(exc)
             if failed is not exc:
                 raise failed from exc
         raise
@@ -132,8 +130,6 @@ def run_guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def release_run_lease() -> str:
     """The DAG's teardown: give the run's lease up (kept when the calling command holds
     it, or when another run's lease is in force)."""
-    from warehouse import lease
-
     holder, _, inherited = _identity()
     if inherited:
         return f"lease held by the calling command ({holder}): it releases it"

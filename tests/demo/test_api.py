@@ -348,7 +348,7 @@ def test_running_api_passes_tokens_in_the_environment(
 ) -> None:
     """The demo runner (make demo, the e2e tests) never puts a token on a command line,
     and enables the fault switch only when asked, behind its own token."""
-    from demo import run
+    from demo import servers
 
     for name in ("DEMO_API_FAULT_INJECTION", "DEMO_API_ADMIN_TOKEN"):
         monkeypatch.delenv(name, raising=False)
@@ -359,11 +359,11 @@ def test_running_api_passes_tokens_in_the_environment(
         seen.append((list(cmd), dict(kwargs["env"])))
         return real_popen(cmd, **kwargs)
 
-    monkeypatch.setattr(run.subprocess, "Popen", recording_popen)
-    with run.running_api(db, token=TOKEN) as uri:
+    monkeypatch.setattr(servers.subprocess, "Popen", recording_popen)
+    with servers.running_api(db, token=TOKEN) as uri:
         base = "http://" + uri.split("@", 1)[1]
         assert httpx.post(base + "/_admin/faults", json={}, headers=ADMIN).status_code == 404
-    with run.running_api(db, token=TOKEN, admin_token=ADMIN_TOKEN) as uri:
+    with servers.running_api(db, token=TOKEN, admin_token=ADMIN_TOKEN) as uri:
         base = "http://" + uri.split("@", 1)[1]
         switched = httpx.post(base + "/_admin/faults", json={"every": 2}, headers=ADMIN)
         assert switched.status_code == 200 and switched.json()["every"] == 2

@@ -85,7 +85,7 @@ def test_migration_demo(postgres_admin_url, tmp_path) -> None:
         "NIGHTSHIFT_MIGRATION_PG_URL": postgres_admin_url,
     }
     cmd = [
-        sys.executable, "-m", "migrate.demo", "--data-dir", str(tmp_path), "--database", database,
+        sys.executable, "-m", "demo.migration", "--data-dir", str(tmp_path), "--database", database,
         "--days", "4", "--orders-per-day", "60", "--app-seconds", "4", "--fail-every", "5",
     ]  # fmt: skip
     try:

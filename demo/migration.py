@@ -34,6 +34,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core import clock, settings
+from core.settings import PROJECT_ROOT
+from demo.generator import generate
+from demo.servers import DEFAULT_PG_URL, postgres_server
 from migrate.backfill import run_backfill
 from migrate.checks import decide, record_check
 from migrate.db import apply_new_schema, make_engine
@@ -41,12 +45,9 @@ from migrate.dual_write import DualWriter, pending_repairs
 from migrate.mapping import load_mappings
 from migrate.state import ensure_journal, ensure_ops, shadow_diffs
 from migrate.verify import verify_table
-from core import clock, settings
-from core.settings import PROJECT_ROOT
 
-log = logging.getLogger("migrate.demo")
+log = logging.getLogger(__name__)
 DEMO_DB = "nightshift_migration_demo"
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 class InjectedFailure(RuntimeError):
@@ -56,8 +57,6 @@ class InjectedFailure(RuntimeError):
 @contextlib.contextmanager
 def pg_admin_url() -> Iterator[str]:
     """The PostgreSQL server to use: NIGHTSHIFT_MIGRATION_PG_URL, else a throwaway one."""
-    from demo.servers import postgres_server
-
     url = settings.env("NIGHTSHIFT_MIGRATION_PG_URL", DEFAULT_PG_URL)
     os.environ["NIGHTSHIFT_TEST_PG_URL"] = url  # postgres_server() tries this one first
     with postgres_server() as found:
@@ -205,7 +204,6 @@ def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     old_path = data_dir / "old_source.db"
-    from demo.generator import generate
 
     print(f"1. old source: {old_path} ({args.days} days x {args.orders_per_day} orders)")
     generate(
@@ -276,7 +274,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=prog or "python -m migrate.demo", description=__doc__.splitlines()[0]
+        prog=prog or "python -m demo.migration", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--data-dir",
