@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from core import clock
+from core.settings import future_tolerance_minutes, sqlalchemy_url
 from extract.landing import UnlandableValueError, write_landing_table
 from extract.replica import (
     NO_REPLICA,
@@ -70,8 +72,6 @@ from extract.source_timeouts import (
 )
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
-from core import clock
-from core.settings import future_tolerance_minutes, sqlalchemy_url
 
 # (connection, table configs) -> (manifest fields, reason to read everything or None)
 SourceCheckHook = Callable[

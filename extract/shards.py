@@ -35,8 +35,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from extract.replica import safe_url
 from core.settings import get_connection_uri, secrets_in_uri, sqlalchemy_url
+from extract.replica import safe_url
 
 log = logging.getLogger(__name__)
 
