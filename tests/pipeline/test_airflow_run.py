@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,43 @@ def test_a_pythonpath_given_for_the_run_is_added_after_the_project_root() -> Non
         "/opt/hooks",
         "/opt/more",
     ]
+
+
+def test_a_run_without_connections_uses_the_fallback_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pipeline` knows no demo: the caller passes what a run without connections uses."""
+    from pipeline.airflow_run import configured_connections
+
+    for name in ("AIRFLOW_CONN_SOURCE_DB", "AIRFLOW_CONN_PAYMENTS_API"):
+        monkeypatch.delenv(name, raising=False)
+    seen: list[Path] = []
+
+    @contextlib.contextmanager
+    def fallback(data_dir: Path) -> Iterator[dict[str, str]]:
+        seen.append(data_dir)
+        yield {"AIRFLOW_CONN_SOURCE_DB": "sqlite:///from-the-fallback.db"}
+
+    with configured_connections(tmp_path, fallback) as extra:
+        assert extra == {"AIRFLOW_CONN_SOURCE_DB": "sqlite:///from-the-fallback.db"}
+    assert seen == [tmp_path]
+    with pytest.raises(SystemExit, match=r"no connection configured .*see \.env\.example"):
+        with configured_connections(tmp_path, None):
+            pass
+
+
+@pytest.mark.parametrize("name", ["AIRFLOW_CONN_SOURCE_DB", "AIRFLOW_CONN_PAYMENTS_API"])
+def test_a_configured_connection_is_never_replaced_by_the_fallback(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.airflow_run import configured_connections
+
+    for other in ("AIRFLOW_CONN_SOURCE_DB", "AIRFLOW_CONN_PAYMENTS_API"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, "postgresql://someone@db.example/sales")
+
+    def fallback(data_dir: Path) -> contextlib.AbstractContextManager[dict[str, str]]:
+        raise AssertionError("the fallback was used although a connection is configured")
+
+    with configured_connections(tmp_path, fallback) as extra:
+        assert extra == {}

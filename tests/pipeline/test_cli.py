@@ -172,3 +172,27 @@ def test_report_removes_the_pages_of_days_the_warehouse_no_longer_has(tmp_path: 
     assert "0 page(s) rebuilt, 1 removed" in out.stdout
     assert sorted(p.name for p in report.iterdir()) == ["index.html"]
     assert "2026-11-28" not in (report / "index.html").read_text()
+
+
+def test_nightly_without_connections_falls_back_to_the_demo_only_through_nightshift(
+    tmp_path: Path,
+) -> None:
+    """`nightshift nightly` (demo.run) offers the demo's sources to a run that has no
+    connection; `pipeline.airflow_run` itself knows no demo and names what to set."""
+    assert cli.COMMANDS["nightly"].module == "demo.run"
+    no_connections = {"AIRFLOW_CONN_SOURCE_DB": "", "AIRFLOW_CONN_PAYMENTS_API": ""}
+    out = _nightshift(tmp_path, "nightly", "--date", "2026-11-27", **no_connections)
+    assert out.returncode != 0
+    assert "no demo sources: run `make demo` first" in out.stderr, out.stderr
+    plain = subprocess.run(
+        [sys.executable, "-m", "pipeline.airflow_run", "nightly", "--date", "2026-11-27"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=_script_env(tmp_path, **no_connections),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode != 0
+    assert "no connection configured" in plain.stderr, plain.stderr
+    assert "see .env.example" in plain.stderr and "run `nightshift nightly`" in plain.stderr
+    assert "no demo sources" not in plain.stderr
