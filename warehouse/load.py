@@ -3,8 +3,9 @@
 Per docs/extract-design.md, one warehouse transaction per load does everything or nothing:
 each landed delta is upserted into `raw.<table>` by key (the newest cursor wins, the
 delta deduplicated first; new source columns are added), key sets delete the rows gone
-from the source (logged in `ops.deleted_rows`), the business days the changes touch are
-recorded in `ops.restated_days`, and the watermark of every merged run is recorded
+from the source (logged in `ops.deleted_rows`; found through per key-range summaries,
+only the ranges holding a delete compared key by key), the business days the changes
+touch are recorded in `ops.restated_days`, and the watermark of every merged run is recorded
 (`extract.watermark.record_loaded`). Loading the same run again changes nothing.
 
 The plan (which landed runs, keys, cursors, key sets, shards) is engine-free; the engine
@@ -18,14 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from core import ops
+from core import ops, run_ids
 from extract.watermark import ensure_schema, record_loaded
 from warehouse.backends.base import Build, Session, Warehouse
 from warehouse.guards import MassDeleteGuard
@@ -46,7 +46,6 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
     "fx_rates": ("rate_date", "currency"),
 }
 CURSOR = "updated_at"
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _META_COLUMNS = ("_run_id", "_loaded_at")
 
 _DEFAULT_GUARD = MassDeleteGuard()
@@ -100,9 +99,9 @@ class _Delta:
 
 def run_dir(landing_root: Path, source: str, table: str, run_id: str) -> Path:
     """Directory of one landing run: `<landing>/<source>/<table>/run=<run_id>`."""
-    if not _RUN_ID_RE.match(run_id) or ".." in run_id:
+    if not run_ids.is_valid(run_id):
         raise LoadError(f"invalid run id {run_id!r} for {source}/{table}")
-    return Path(landing_root) / source / table / f"run={run_id}"
+    return Path(landing_root) / source / table / run_ids.dir_name(run_id)
 
 
 def _q(name: str) -> str:
