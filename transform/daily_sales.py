@@ -51,7 +51,8 @@ UNKNOWN_REGION = "unknown"
 UNCATEGORIZED = "uncategorized"
 CHUNK_DAYS = 14  # business days per read at most (measured at 5M orders: 7-31 days all close)
 CHUNK_ORDERS = 300_000  # orders per read at most: fewer days per read when days are large
-ID_BATCH = 2_000  # order ids per query when reading the night's orders by id
+ID_BATCH = 2_000  # order ids per `in` list when reading the night's orders by id
+ID_ARRAY_BATCH = 100_000  # order ids per bound array (DuckDB, PostgreSQL)
 # restated_days reasons that the night's orders (ops.restated_orders) explain in full
 ORDER_REASONS = frozenset(
     {
@@ -516,15 +517,28 @@ def _raise_missing_fx(
 # ------------------------------------------------------------------ the night's orders
 
 
-def _read_orders_by_id(reader: _Reader, ids: Sequence[int]) -> pa.Table:
-    """Counted orders among `ids` (with a business instant), as `_read_chunk` reads them."""
-    marks = ", ".join("?" for _ in ids)
+def _id_batches(kind: str, ids: Sequence[int]) -> Iterator[tuple[str, list[Any]]]:
+    """(predicate on `id`, its parameters) per batch of `ids`: one bound array where the
+    engine takes one (DuckDB, PostgreSQL), else `in` lists of `ID_BATCH` values."""
+    values = [int(i) for i in ids]
+    if kind in ("duckdb", "postgres"):
+        for i in range(0, len(values), ID_ARRAY_BATCH):
+            yield "id in (select unnest(cast(? as bigint[])))", [values[i : i + ID_ARRAY_BATCH]]
+        return
+    for i in range(0, len(values), ID_BATCH):
+        batch = values[i : i + ID_BATCH]
+        yield f"id in ({', '.join('?' for _ in batch)})", batch
+
+
+def _read_orders_by_id(reader: _Reader, predicate: str, params: list[Any]) -> pa.Table:
+    """Counted orders matching `predicate` on their id (with a business instant), as
+    `_read_chunk` reads them."""
     sql = _CHUNK_SQL.format(
-        ranges=f"id in ({marks}) and created_at is not null",
+        ranges=f"{predicate} and created_at is not null",
         blank=_BLANK_PATTERN,
         category_bytes=_bytewise(reader.warehouse.kind, "lines.category"),
     )
-    table = reader.read_arrow(sql, [int(i) for i in ids])
+    table = reader.read_arrow(sql, params)
     table = table.append_column("created_us", _epoch_us(table.column("created_at")))
     ids_read = table.column("id").to_numpy()
     if len(np.unique(ids_read)) != len(ids_read):
@@ -543,21 +557,35 @@ def _day_bounds(days: list[date], report_tz: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _contributions(
-    reader: _Reader, ids: Sequence[int], days: list[date], report_tz: str, fx: FxRates
+    reader: _Reader,
+    ids: Sequence[int],
+    days: list[date],
+    report_tz: str,
+    fx: FxRates,
+    elsewhere: Callable[[date], bool],
 ) -> pd.DataFrame:
     """What the counted orders among `ids` add to the rows of `days` in the reader's
-    state (date, region, category, usd_cents, order_count); orders of other days are
-    left out."""
+    state (date, region, category, usd_cents, order_count). An order of another day must
+    be on a day `elsewhere` accepts (recomputed whole, or past the horizon): else the
+    plan missed a day and the rows would be wrong, which is an error."""
     starts, ends = _day_bounds(days, report_tz)
     parts = []
-    for i in range(0, len(ids), ID_BATCH):
-        table = _read_orders_by_id(reader, ids[i : i + ID_BATCH])
-        if not table.num_rows or not days:
+    for predicate, params in _id_batches(reader.warehouse.kind, ids):
+        table = _read_orders_by_id(reader, predicate, params)
+        if not table.num_rows:
             continue
         created = table.column("created_us").to_numpy()
         day_index = np.searchsorted(starts, created, side="right") - 1
         inside = day_index >= 0
         inside[inside] = created[inside] < ends[day_index[inside]]
+        if not inside.all():
+            local = pd.to_datetime(created[~inside], unit="us", utc=True).tz_convert(report_tz)
+            missed = sorted({d for d in local.date if not elsewhere(d)})
+            if missed:
+                raise RuntimeError(
+                    f"daily_sales: order(s) of the night fall on {missed[0].isoformat()}, a day "
+                    "the plan neither adjusts nor recomputes (plan and compute disagree)"
+                )
         if inside.any():
             kept = table.filter(pa.array(inside))
             parts.append(_convert_group(kept, days, day_index[inside], fx))
@@ -576,7 +604,14 @@ def _empty_grouped() -> pd.DataFrame:
     )
 
 
-def _delta_rows(reader: _Reader, plan: DaysPlan, days: list[date], report_tz: str) -> pd.DataFrame:
+def _delta_rows(
+    reader: _Reader,
+    plan: DaysPlan,
+    days: list[date],
+    report_tz: str,
+    elsewhere: Callable[[date], bool],
+    fx_new: FxRates,
+) -> pd.DataFrame:
     """The rows of `days` (delta days of `plan`) without reading their whole history:
     the published rows, minus what the night's orders contributed in the published
     state (its `raw` is the one those rows were computed from), plus what they
@@ -584,9 +619,6 @@ def _delta_rows(reader: _Reader, plan: DaysPlan, days: list[date], report_tz: st
     published = _Reader(reader.warehouse, None)
     pub_raw = check_raw_tables(published)
     fx_old = read_fx_rates(published.read_arrow, has_base="base" in pub_raw["fx_rates"])
-    fx_new = read_fx_rates(
-        reader.read_arrow, has_base="base" in check_raw_tables(reader)["fx_rates"]
-    )
     condition, params = _days_filter("date", days)
     base = published.read_arrow(
         "select date, region, category, total_sales_usd, order_count "
@@ -605,8 +637,8 @@ def _delta_rows(reader: _Reader, plan: DaysPlan, days: list[date], report_tz: st
         )
     ]
     ids = list(plan.orders)
-    frames.append(_contributions(reader, ids, days, report_tz, fx_new))
-    old = _contributions(published, ids, days, report_tz, fx_old)
+    frames.append(_contributions(reader, ids, days, report_tz, fx_new, elsewhere))
+    old = _contributions(published, ids, days, report_tz, fx_old, elsewhere)
     old["usd_cents"] = -old["usd_cents"]
     old["order_count"] = -old["order_count"]
     frames.append(old)
@@ -632,17 +664,14 @@ def _delta_rows(reader: _Reader, plan: DaysPlan, days: list[date], report_tz: st
 def _business_days_of(reader: _Reader, ids: Sequence[int], report_tz: str) -> set[date]:
     """The business days of the orders among `ids` in the reader's state."""
     found: set[date] = set()
-    for i in range(0, len(ids), ID_BATCH):
-        batch = [int(x) for x in ids[i : i + ID_BATCH]]
-        marks = ", ".join("?" for _ in batch)
+    for predicate, params in _id_batches(reader.warehouse.kind, ids):
         table = reader.read_arrow(
-            f"select created_at from {{raw}}.orders where id in ({marks}) and created_at is not null",
-            batch,
+            f"select created_at from {{raw}}.orders where {predicate} and created_at is not null",
+            params,
         )
         if table.num_rows:
-            local = pd.to_datetime(
-                _epoch_us(table.column("created_at")).to_numpy(), unit="us", utc=True
-            )
+            created = _epoch_us(table.column("created_at")).to_numpy()
+            local = pd.to_datetime(created, unit="us", utc=True)
             found.update(local.tz_convert(report_tz).date)
     return found
 
@@ -749,7 +778,12 @@ def compute_daily_sales(
         if table.num_rows:
             parts.append(_chunk_rows(table, chunk, starts, ends, fx))
     if delta_days:
-        parts.append(_delta_rows(reader, plan, delta_days, report_tz))
+        recomputed = set(wanted) - delta
+
+        def elsewhere(day: date) -> bool:
+            return day in recomputed or (through_date is not None and day > through_date)
+
+        parts.append(_delta_rows(reader, plan, delta_days, report_tz, elsewhere, fx))
     parts = [p for p in parts if len(p)]
     if not parts:
         return _empty_result()
@@ -927,13 +961,13 @@ def _delta_plan(
             read("select business_date, reason from {ops}.restated_days where run_id = ?", [run_id])
         ):
             reasons.setdefault(day, set()).add(reason)
-    restated = _rows(
-        read("select distinct order_id from {ops}.restated_orders where run_id = ?", [run_id])
+    restated = read(
+        "select order_id, business_date from {ops}.restated_orders where run_id = ?", [run_id]
     )
-    orders = tuple(sorted({int(r[0]) for r in restated} | set(deleted_orders)))
-    touched = _business_days_of(reader, orders, report_tz) | _business_days_of(
-        published, orders, report_tz
-    )
+    # the loader recorded each order's old and new day; a deleted order's day is read
+    orders = tuple(sorted(set(restated.column("order_id").to_pylist()) | set(deleted_orders)))
+    touched = set(restated.column("business_date").to_pylist())
+    touched |= _business_days_of(published, deleted_orders, report_tz)
 
     def eligible(day: date) -> bool:
         return (
