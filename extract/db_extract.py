@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from core import clock
+from core import clock, run_ids
 from core.settings import future_tolerance_minutes, sqlalchemy_url
 from extract.landing import UnlandableValueError, write_landing_table
 from extract.replica import (
@@ -1089,7 +1089,7 @@ def shard_run_id(run_id: str, shard: str) -> str:
             f"shard name {shard!r} cannot name a landing directory: "
             "use letters, digits, '_' and '-' (starting with a letter or digit)"
         )
-    return f"{run_id}.shard-{shard}"
+    return run_ids.shard_run_id(run_id, shard)
 
 
 def shard_run_record_path(landing_root: Path, run_id: str) -> Path:

@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from core.files import write_json_atomic, write_with
+from core.run_ids import RUN_PREFIX, SHARD_INFIX
 
 log = logging.getLogger(__name__)
 
 COMMIT_NAME = "_commit.json"
 MANIFEST_NAME = "_manifest.json"
 LATEST_POINTER_NAME = "_latest.json"
-RUN_PREFIX = "run="
 ATTEMPT_PREFIX = "attempt="
 _CHUNK = 8 << 20
 _PUSH_INDEX = ".store-pushed.json"  # local: side files already pushed (size, mtime_ns)
@@ -570,7 +570,9 @@ def _write_index(local_root: Path, index: dict[str, list[int]]) -> None:
 
 
 def _wanted(run_dir: str, run_id: str) -> bool:
-    return run_dir == f"{RUN_PREFIX}{run_id}" or run_dir.startswith(f"{RUN_PREFIX}{run_id}.shard-")
+    return run_dir == f"{RUN_PREFIX}{run_id}" or run_dir.startswith(
+        f"{RUN_PREFIX}{run_id}{SHARD_INFIX}"
+    )
 
 
 def _same_run(local: Path, commit: dict[str, Any]) -> bool:

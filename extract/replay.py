@@ -57,7 +57,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from core import clock
+from core import clock, run_ids
 from core.files import write_atomic
 from extract.api_extract import (
     PAYMENTS_TABLE,
@@ -156,7 +156,7 @@ def replay(
     """
     at = now or clock.now()
     latest_allowed = at.astimezone(UTC) + future_tolerance
-    replay_id = at.strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
+    replay_id = run_ids.stamp(at) + "-" + uuid.uuid4().hex[:6]
     files = quarantine_files(quarantine_root, run_id)
     with _locked(quarantine_root) as folder:
         ledger = read_ledger(quarantine_root)

@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core import clock, ops, settings
+from core import clock, ops, run_ids, settings
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def replica_lag(run_id: str) -> float | None:
     lags: list[float] = []
     root = settings.landing_dir() / "source_db"
     for path in sorted(root.glob(f"*/run={run_id}/_manifest.json")) + sorted(
-        root.glob(f"*/run={run_id}.shard-*/_manifest.json")
+        root.glob(f"*/{run_ids.shard_dirs_glob(run_id)}/_manifest.json")
     ):
         manifest = json.loads(path.read_text())
         if "read_from" not in manifest:

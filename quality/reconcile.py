@@ -15,7 +15,6 @@ by side; nothing is published.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from core import run_ids
 from core.files import write_json_atomic
 
 # table -> (money expression or None, business-day column or None)
@@ -40,16 +40,13 @@ CHECKS: dict[str, dict[str, tuple[str | None, str | None]]] = {
 }
 
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-
-
 class ReconciliationError(RuntimeError):
     """Landed and merged rows disagree; the message lists both sides."""
 
 
 def _landed_glob(landing_root: Path, source: str, table: str, run_id: str) -> list[str]:
     base = Path(landing_root) / source / table
-    dirs = [base / f"run={run_id}", *sorted(base.glob(f"run={run_id}.shard-*"))]
+    dirs = [base / run_ids.dir_name(run_id), *sorted(base.glob(run_ids.shard_dirs_glob(run_id)))]
     return [str(d / "*.parquet") for d in dirs if d.is_dir() and any(d.glob("*.parquet"))]
 
 
@@ -225,9 +222,9 @@ def _sqlite_data_version(conn: Any) -> int | None:
 
 def source_totals_path(landing_root: Path, run_id: str) -> Path:
     """Where a run's source totals are recorded (`<landing>/source_db/_source_totals/`)."""
-    if not _RUN_ID.match(run_id) or ".." in run_id:
+    if not run_ids.is_valid(run_id):
         raise ValueError(f"invalid run id {run_id!r}")
-    return Path(landing_root) / "source_db" / SOURCE_TOTALS_DIR / f"run={run_id}.json"
+    return Path(landing_root) / "source_db" / SOURCE_TOTALS_DIR / f"{run_ids.dir_name(run_id)}.json"
 
 
 class SourceTotals:

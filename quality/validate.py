@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import clock
+from core import clock, run_ids
 from quality.suites import (
     GX_LOCK,
     TABLE_WIDE_TYPES,
@@ -411,7 +411,7 @@ def validate_landed_table(
     """
     suite_name = suite_for_table(source, table)
     qualified = f"{source}.{table}"
-    directory = Path(landing_root) / source / table / f"run={run_id}"
+    directory = Path(landing_root) / source / table / run_ids.dir_name(run_id)
     if not directory.is_dir():
         raise FileNotFoundError(f"no landed run for {qualified} run={run_id}: {directory}")
     if manifest is None and (directory / MANIFEST_NAME).exists():

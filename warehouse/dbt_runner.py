@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import clock, settings
+from core import clock, run_ids, settings
 
 if TYPE_CHECKING:
     from warehouse.backends.base import Build, Warehouse
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 _FAILED = {"error", "fail", "runtime error"}
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 SLOWEST = 5
 
 
@@ -263,7 +262,7 @@ def _read_and_keep_freshness(sources_json: Path, label: str | None) -> list[Sour
     the kept run results."""
     results = read_source_freshness(sources_json)
     if sources_json.is_file():
-        if not label or not _RUN_ID_RE.match(label):
+        if not run_ids.is_valid(label):
             label = clock.now().strftime("%Y%m%dT%H%M%S.%fZ")
         os.replace(sources_json, sources_json.with_name(f"sources-{label.replace(':', '_')}.json"))
     return results
@@ -274,7 +273,7 @@ def _keep_run_results(run_results: Path, label: str | None) -> Path | None:
     else a UTC timestamp) so every run's results are kept."""
     if not run_results.is_file():
         return None
-    if not label or not _RUN_ID_RE.match(label):
+    if not run_ids.is_valid(label):
         label = clock.now().strftime("%Y%m%dT%H%M%S.%fZ")
     kept = run_results.with_name(f"run_results-{label.replace(':', '_')}.json")
     shutil.copyfile(run_results, kept)
@@ -782,7 +781,7 @@ def dbt_build(
     `make test` still run them. `freshness`: `dbt source freshness` in the same call
     (`result.freshness`, see run_dbt).
     """
-    if run_id is not None and not _RUN_ID_RE.match(run_id):
+    if run_id is not None and not run_ids.is_valid(run_id):
         raise DbtError(f"invalid run_id {run_id!r}: letters, digits and _.:- only")
     args = ["build"]
     if select:

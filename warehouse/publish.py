@@ -38,6 +38,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from core import run_ids
+
 log = logging.getLogger(__name__)
 
 BUILD_SUFFIX = ".build"
@@ -202,7 +204,7 @@ def _keep_version(warehouse_path: Path, run_id: str) -> Path:
     folder = versions_dir(warehouse_path)
     folder.mkdir(exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)
-    target = folder / f"{clock.now().strftime('%Y%m%dT%H%M%S%fZ')}__{safe}.duckdb"
+    target = folder / f"{run_ids.stamp(clock.now())}__{safe}.duckdb"
     tmp = target.with_name(target.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:

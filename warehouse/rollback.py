@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core import clock, ops, settings
+from core import clock, ops, run_ids, settings
 from core.files import write_with
 from warehouse.publish import (
     build_path_for,
@@ -104,7 +104,7 @@ def _record(build: Path, restored_run: str, restored: Path, replaced: str | None
     import duckdb
 
     now = clock.now()
-    run_id = f"{ROLLBACK_PREFIX}{now.strftime('%Y%m%dT%H%M%SZ')}"
+    run_id = f"{ROLLBACK_PREFIX}{run_ids.stamp(now, micros=False)}"
     day = last_published_day(build) or now.date()
     metrics = {
         "run_id": run_id,
