@@ -136,7 +136,7 @@ class Target:
             return s.fetchall(sql, params or [])
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.server)])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
     if request.param == "duckdb":
         return Target("duckdb", tmp_path)
