@@ -40,14 +40,19 @@
     'product_category'
 {%- endmacro %}
 
-{#- ops.restated_orders, or none when the warehouse has no such table yet (a unit test's
-    fixture has no schema, and is there). -#}
-{% macro restated_orders_relation() -%}
-    {%- set relation = source('ops', 'restated_orders') -%}
+{#- ops.<name> (restated_orders, deleted_rows), or none when the warehouse has no such
+    table yet (a warehouse loaded before it existed). In a unit test's fixture (no schema)
+    the relation itself. -#}
+{% macro ops_relation(name) -%}
+    {%- set relation = source('ops', name) -%}
     {%- if relation.schema is none -%}
         {{ return(relation) }}
     {%- endif -%}
     {{ return(load_relation(relation)) }}
+{%- endmacro %}
+
+{% macro restated_orders_relation() -%}
+    {{ return(nightshift.ops_relation('restated_orders')) }}
 {%- endmacro %}
 
 {#- SELECT of the orders fct_orders rebuilds one by one (delete+insert on order_id). -#}
@@ -120,23 +125,34 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- SELECT of the keys of raw.<table> that the run deleted at the source, as the loader
+    records them (ops.deleted_rows: one row per deleted key, as text), cast to `key_type`. -#}
+{% macro run_deleted_keys(table, key_type) -%}
+    select cast(deleted_rows.key as {{ key_type }}) as deleted_key
+    from {{ source('ops', 'deleted_rows') }} as deleted_rows
+    where deleted_rows.run_id = '{{ nightshift.restatement_run_id() }}'
+        and deleted_rows.table_name = '{{ table }}'
+{%- endmacro %}
+
 {#- Pre-hook of the incremental marts keyed on a source key (fct_order_items, fct_payments):
-    an incremental build deletes the rows whose key is gone from `staging` (deleted at
-    the source); the rest is delete+insert on the key. Written as `in (… except …)`, not
-    `not in (select …)`: PostgreSQL runs `not in` as a hashed subplan only when the whole
-    key list fits in work_mem (4MB by default), else row by row against the list
-    (quadratic: an incremental night at 1M orders never finished); `except` and `in` are
-    hash or sort operations that spill to disk, on every engine. Keys are never NULL
-    (tested), so both forms delete the same rows. -#}
-{% macro delete_gone(key, staging) -%}
-    {%- if nightshift.nightly_is_incremental() -%}
+    an incremental build deletes the rows whose source row the run deleted (the keys
+    ops.deleted_rows records for the run, so the work follows the night's deletes, not
+    the table's size); the rest is delete+insert on the key. A warehouse without
+    ops.deleted_rows falls back to comparing the whole key set with `staging`, written
+    as `in (… except …)`: PostgreSQL runs `not in (select …)` row by row against the list
+    once it exceeds work_mem. -#}
+{% macro delete_gone(key, staging, table, key_type) -%}
+    {%- if not nightshift.nightly_is_incremental() -%}
+        select 1 as nothing_to_delete
+    {%- elif nightshift.ops_relation('deleted_rows') is not none -%}
+        delete from {{ this }}
+        where {{ key }} in ({{ nightshift.run_deleted_keys(table, key_type) }})
+    {%- else -%}
         delete from {{ this }}
         where {{ key }} in (
             select {{ key }} from {{ this }}
             except
             select {{ key }} from {{ staging }}
         )
-    {%- else -%}
-        select 1 as nothing_to_delete
     {%- endif -%}
 {%- endmacro %}

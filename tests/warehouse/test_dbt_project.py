@@ -338,6 +338,10 @@ SET TimeZone = 'UTC';
 CREATE SCHEMA IF NOT EXISTS ops;
 CREATE TABLE IF NOT EXISTS ops.restated_days (
     run_id VARCHAR NOT NULL, business_date DATE NOT NULL, reason VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS ops.deleted_rows (
+    run_id VARCHAR NOT NULL, table_name VARCHAR NOT NULL, key VARCHAR NOT NULL,
+    deleted_at TIMESTAMPTZ NOT NULL);
+INSERT INTO ops.deleted_rows VALUES ('r2', 'order_items', '103', now());
 UPDATE raw.orders SET created_at = '2024-01-16 17:00:00+00' WHERE id = 3;
 UPDATE raw.orders SET status = 'cancelled' WHERE id = 6;
 DELETE FROM raw.order_items WHERE id = 103;
@@ -399,10 +403,15 @@ def test_incremental_equals_full_rebuild(incremental_pair: tuple[Path, Path]) ->
     assert result.statuses["model.nightshift.fct_orders"] == "success"
 
 
-# Run r3 after r2: product 11 becomes 'garden' (item 101, order 1), item 100 changes
-# quantity, item 104 is deleted, order 6 gets a new item: days 01-15 and 01-16.
+# Run r3 after r2: product 11 becomes 'garden' (item 101, order 1), product 12 is deleted
+# (item 102, order 5), item 100 changes quantity, item 104 is deleted, order 6 gets a new
+# item: days 01-15 and 01-16. The loader records the deleted keys in ops.deleted_rows.
 CHANGES_R3 = """
 UPDATE raw.products SET category = 'garden', _run_id = 'r3' WHERE id = 11;
+DELETE FROM raw.products WHERE id = 12;
+INSERT INTO ops.deleted_rows VALUES
+    ('r3', 'products', '12', now()), ('r3', 'order_items', '104', now()),
+    ('r3', 'payments', 'p8', now());
 UPDATE raw.order_items SET quantity = 3, _run_id = 'r3' WHERE id = 100;
 DELETE FROM raw.order_items WHERE id = 104;
 INSERT INTO raw.order_items VALUES
@@ -452,8 +461,35 @@ def test_incremental_order_items_equal_full_rebuild(incremental_pair: tuple[Path
     }
     assert rows[100] == (3, Decimal("15.00"), "books")
     assert rows[101][2] == "garden" and rows[105][2] == "Zeta" and 104 not in rows
+    assert rows[102][2] == "uncategorized"  # its product was deleted
     payments = dict(_query(incremental, "select payment_id, status from marts.fct_payments"))
     assert payments == {"p1": "succeeded", "p7": "refunded", "p9": "succeeded"}  # p8 deleted
+
+
+def test_incremental_deletes_follow_the_loaders_record(
+    incremental_pair: tuple[Path, Path],
+) -> None:
+    """The incremental marts delete the keys ops.deleted_rows records for the run, and only
+    those: a row gone from raw without a record stays (proof that the delete follows the
+    record, not a scan of the whole key set), until a full rebuild."""
+    incremental, full = incremental_pair
+    dbt_build(incremental, "UTC", run_id="r2")
+    _run_sql(
+        incremental,
+        "DELETE FROM raw.order_items WHERE id IN (100, 101); "
+        "DELETE FROM raw.payments WHERE id IN ('p1', 'p7'); "
+        "INSERT INTO ops.deleted_rows VALUES ('r3', 'order_items', '100', now()), "
+        "('r3', 'payments', 'p7', now()), ('r2', 'order_items', '101', now())",
+    )
+    dbt_build(incremental, "UTC", run_id="r3")
+    items = [r[0] for r in _query(incremental, "select order_item_id from marts.fct_order_items")]
+    payments = [r[0] for r in _query(incremental, "select payment_id from marts.fct_payments")]
+    # 101 was recorded for another run; 'p1' was never recorded
+    assert sorted(items) == [101, 102, 104] and sorted(payments) == ["p1", "p8"]
+    dbt_build(incremental, "UTC", run_id="r3", full_refresh=True)
+    items = [r[0] for r in _query(incremental, "select order_item_id from marts.fct_order_items")]
+    payments = [r[0] for r in _query(incremental, "select payment_id from marts.fct_payments")]
+    assert sorted(items) == [102, 104] and sorted(payments) == ["p8"]
 
 
 def test_incremental_touches_only_restated_days(incremental_pair: tuple[Path, Path]) -> None:
