@@ -13,29 +13,72 @@ import argparse
 import dataclasses
 import json
 import logging
+import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from core import settings
+from alerting.rules import load_thresholds
+from alerting.runs import published_run_alerts
+from core import clock, settings
+from extract.api_client import ApiContractError, PaymentsApiClient
+from extract.api_extract import (
+    QuarantineThresholdError,
+    WatermarkJumpError,
+    extract_fx_rates,
+    extract_payments,
+)
+from extract.db_extract import (
+    FutureCursorError,
+    extract_sharded_source,
+    extract_tables,
+    read_shard_run_record,
+    shard_run_record_path,
+)
+from extract.landing import read_manifest
+from extract.object_landing import pull_mirror, push_mirror
+from extract.replay import open_replays
+from extract.replica import NO_REPLICA, ReadChoice, choose_read_url
+from extract.shards import ShardMap
+from extract.source_identity import SourceCheck
+from extract.tables import load_table_configs
+from extract.watermark import last_watermark
+from pipeline import retention, run_files, run_metrics
+from pipeline.business_day import business_date_for, run_id_for
 from pipeline.run_metrics import timed
+from pipeline.task_run import fail_without_retry
+from quality.freshness import freshness_results
+from quality.parity import check_sales_parity
+from quality.reconcile import (
+    SourceTotals,
+    check_source_totals,
+    clear_source_totals,
+    raise_for_source_mismatch,
+    reconcile_run,
+    source_totals_path,
+    write_source_totals,
+)
+from quality.results import (
+    build_data_docs,
+    dbt_test_results,
+    record_failed_gate,
+    store_results,
+)
+from quality.validate import raise_for_critical, validate_frame, validate_landed_table
+from report.build import build_report as render_report
+from transform import daily_sales
+from warehouse import dbt_runner, lease
+from warehouse import load as warehouse_load
+from warehouse.backends.base import BuildNotFoundError
+from warehouse.export import changed_analytics_tables
+from warehouse.guards import MassDeleteGuard
+from warehouse.publish import last_published_day
+
+__all__ = ["business_date_for", "run_id_for"]  # re-exported: what callers name a run by
 
 log = logging.getLogger(__name__)
 
 DB_TABLES = ("users", "products", "orders", "order_items")
-
-
-def run_id_for(business_date: date) -> str:
-    """Landing run id of a nightly run: the business day (a rerun replaces it)."""
-    return business_date.isoformat()
-
-
-def business_date_for(logical_date: datetime, override: str | None = None) -> date:
-    """The business day a run covers: the day before the run's date in REPORT_TZ."""
-    if override:
-        return date.fromisoformat(str(override))
-    local = logical_date.astimezone(settings.report_tz())
-    return local.date() - timedelta(days=1)
 
 
 def _warehouse() -> Any:
@@ -51,8 +94,6 @@ def _published() -> Any:
 def _run_build(business_date: date) -> tuple[Any, Any]:
     """(warehouse, the run's build): `load_source_db` begins the build, the later tasks
     of the run (other processes) find it again."""
-    from warehouse.backends.base import BuildNotFoundError
-
     wh = _warehouse()
     build = wh.open_build(run_id_for(business_date))
     if build is None:
@@ -71,8 +112,6 @@ def published_horizon(business_date: date, target: tuple[Any, Any] | None = None
     rerun of an earlier day never removes a published day and never leaves the two
     published tables covering different days.
     """
-    from warehouse.publish import last_published_day
-
     if target is None:  # callers that hold the run's (warehouse, build) pass it
         wh = _warehouse()
         target = (wh, wh.open_build(run_id_for(business_date)))
@@ -89,8 +128,6 @@ def _landing_synced(business_date: date, sources: tuple[str, ...] | None = None)
 
     `sources`: only those sources' runs (a step reading source_db's landings must not
     remove the stage `extract_payments_api` is writing at the same time)."""
-    import time
-
     root = settings.landing_dir()
     store = settings.landing_store()
     if store is not None:
@@ -121,15 +158,12 @@ def _push_landing_side_files() -> None:
 def _quality_gate(business_date: date, step: str, results: list, warehouse: Any) -> dict:
     """Store GX results in the build, write Data Docs, then stop on a critical failure
     (recording it in the published warehouse first: the build is abandoned)."""
-    from pipeline.run_files import docs_location, publish_docs
-    from quality.results import build_data_docs
-    from quality.validate import raise_for_critical
-
     _store_quality(warehouse, business_date, results)
     try:
         docs = build_data_docs(results, settings.quality_docs_dir() / step)
         log.info("quality: Data Docs for %s at %s", step, docs)
-        publish_docs(settings.quality_docs_dir() / step, step)  # NIGHTSHIFT_DATA_URL: to the store
+        # with NIGHTSHIFT_DATA_URL, to the store
+        run_files.publish_docs(settings.quality_docs_dir() / step, step)
     except Exception:  # the docs are for people; a rendering problem must not gate data
         log.exception("quality: could not build Data Docs for %s", step)
     for result in results:
@@ -137,7 +171,7 @@ def _quality_gate(business_date: date, step: str, results: list, warehouse: Any)
         for outcome in result.warnings:
             log.warning("quality warning: %s", outcome.describe())
     if any(r.critical_failures for r in results):
-        summary_page = f"{docs_location(step)}/quality_summary.html"
+        summary_page = f"{run_files.docs_location(step)}/quality_summary.html"
         raise_for_critical(results, _record_failed_gate(business_date, results, summary_page))
     return {
         "suites": len(results),
@@ -148,8 +182,6 @@ def _quality_gate(business_date: date, step: str, results: list, warehouse: Any)
 def _record_failed_gate(business_date: date, results: list, docs: Path | str | None) -> str:
     """Put a failed gate's results where they outlive the abandoned build: the published
     warehouse's `ops.quality_results` (quality/results.py); return where, for the error."""
-    from quality.results import record_failed_gate
-
     run_id = run_id_for(business_date)
     try:
         stored = record_failed_gate(_published(), run_id, results)
@@ -165,8 +197,6 @@ def _record_failed_gate(business_date: date, results: list, docs: Path | str | N
 
 
 def _validate_landed(business_date: date, source: str, tables: tuple[str, ...]) -> list:
-    from quality.validate import validate_landed_table
-
     run_ids = [run_id_for(business_date)]
     if source == "source_db" and settings.shard_map_path() is not None:
         run_ids = _shard_landing_run_ids(business_date)
@@ -180,8 +210,6 @@ def _validate_landed(business_date: date, source: str, tables: tuple[str, ...]) 
 def _shard_landing_run_ids(business_date: date) -> list[str]:
     """The landing run of every shard of a complete sharded extract of the day (each
     shard's landed part is validated on its own: row count = its manifest, unique keys)."""
-    from extract.db_extract import read_shard_run_record, shard_run_record_path
-
     run_id = run_id_for(business_date)
     record = read_shard_run_record(settings.landing_dir(), run_id)
     if record is None:
@@ -196,8 +224,6 @@ def _shard_landing_run_ids(business_date: date) -> list[str]:
 def _refuse_future_day(business_date: date) -> None:
     """A day that has not started cannot be published: it would become the horizon of
     every later night (only `make rollback` undoes a publish)."""
-    from core import clock
-
     today = clock.now().astimezone(settings.report_tz()).date()
     if business_date > today:
         raise settings.ConfigError(
@@ -226,8 +252,6 @@ def _refuse_other_warehouse() -> None:
 def _read_choice() -> Any:
     """Primary or replica (an `extract.replica.ReadChoice`, whose lag the extract takes off
     the recorded window end): the replica only when configured and not lagging too far."""
-    from extract.replica import NO_REPLICA, ReadChoice, choose_read_url
-
     primary = settings.get_connection_uri(settings.SOURCE_DB_CONN_ID)
     replica = settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False)
     if not replica:
@@ -256,9 +280,6 @@ def extract_source_db(
     (`make nightly FULL=1`, the DAG param) reads every table in full and records it in
     the run's manifests: the later steps then rebuild the marts and daily_sales in full.
     """
-    from extract.db_extract import extract_tables
-    from extract.tables import load_table_configs
-
     _refuse_future_day(business_date)
     _refuse_other_warehouse()
     configs = load_table_configs(settings.extract_config_path())
@@ -272,7 +293,6 @@ def extract_source_db(
         return _extract_sharded(
             business_date, map_path, configs, settings.accept_schema_drift(accept_schema_drift)
         )
-    from extract.source_identity import SourceCheck
 
     choice = _read_choice()
     extras: dict[str, Any] = {}
@@ -306,8 +326,6 @@ def extract_source_db(
 def _source_totals(business_date: date) -> Any:
     """Per-day source totals taken in the extract's own snapshot (quality/reconcile.py);
     an earlier attempt's record of the run is removed first."""
-    from quality.reconcile import SourceTotals, clear_source_totals, source_totals_path
-
     clear_source_totals(settings.landing_dir(), run_id_for(business_date))
     _forget_landing_side_file(source_totals_path(settings.landing_dir(), run_id_for(business_date)))
     return SourceTotals(settings.report_tz_name())
@@ -322,8 +340,6 @@ def _forget_landing_side_file(path: Path) -> None:
 
 
 def _record_source_totals(business_date: date, totals: Any) -> None:
-    from quality.reconcile import write_source_totals
-
     path = write_source_totals(settings.landing_dir(), run_id_for(business_date), totals)
     _push_landing_side_files()
     for table, why in totals.unchecked.items():
@@ -339,9 +355,6 @@ def _primary_url() -> str:
 def _extract_sharded(
     business_date: date, map_path: Path, configs, accept_drift: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    from extract.db_extract import extract_sharded_source, shard_run_record_path
-    from extract.shards import ShardMap
-
     shard_map = ShardMap.load(map_path)
     if settings.get_connection_uri(settings.SOURCE_DB_REPLICA_CONN_ID, required=False):
         log.warning(
@@ -385,12 +398,9 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
     every later check has passed (`publish`). A merge whose key sets would delete too
     much of a table stops first (warehouse/guards.py) unless `allow_mass_delete`.
     """
-    from warehouse.guards import MassDeleteGuard
-    from warehouse.load import load_source_db as load
-    from warehouse.load import load_source_db_sharded
-
+    load = warehouse_load.load_source_db
     if settings.shard_map_path() is not None:
-        load = load_source_db_sharded  # every shard of the run, in one transaction
+        load = warehouse_load.load_source_db_sharded  # every shard of the run, in one transaction
     _landing_synced(business_date, ("source_db",))  # the payments extract may be writing
     results = _validate_landed(business_date, "source_db", DB_TABLES)
     wh = _warehouse()
@@ -420,8 +430,6 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
 def _reconcile_source(business_date: date, target: tuple[Any, Any]) -> None:
     """Source → landing: the landed rows equal what the source held in the extract's
     snapshot, per table and business day; stored in `ops.quality_results`, then enforced."""
-    from quality.reconcile import check_source_totals, raise_for_source_mismatch
-
     run_id = run_id_for(business_date)
     result = check_source_totals(settings.landing_dir(), run_id)
     if result is None:
@@ -434,8 +442,6 @@ def _reconcile_source(business_date: date, target: tuple[Any, Any]) -> None:
 
 def _reconcile(business_date: date, source: str, target: tuple[Any, Any]) -> dict[str, int]:
     """Landed rows == their merged copies in the build, per business day (quality/reconcile.py)."""
-    from quality.reconcile import reconcile_run
-
     wh, build = target
     with wh.transaction(build) as session:
         return reconcile_run(
@@ -464,10 +470,6 @@ def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
     """Too many quarantined records, a watermark jump, pages that break the contract or
     source rows from the future are the data, not a hiccup: fail the task without
     Airflow's retries (minutes of backoff that cannot change the answer)."""
-    from extract.api_client import ApiContractError
-    from extract.api_extract import QuarantineThresholdError, WatermarkJumpError
-    from extract.db_extract import FutureCursorError
-
     try:
         return extract(*args, **kwargs)
     except (
@@ -476,17 +478,14 @@ def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
         ApiContractError,
         FutureCursorError,
     ) as exc:
-        try:
-            from airflow.sdk.exceptions import AirflowFailException
-        except ImportError:  # run without Airflow (python -m pipeline.nightly)
-            raise exc from None
-        raise AirflowFailException(str(exc)) from exc
+        failed = fail_without_retry(exc)
+        if failed is exc:  # no Airflow (python -m pipeline.nightly): the error itself
+            raise
+        raise failed from exc
 
 
 def _payments_since() -> datetime | None:
     """Where the payments window starts: the last loaded one (never past its data)."""
-    from extract.watermark import last_watermark
-
     mark = last_watermark(_published(), "payments_api", "payments")
     if mark is None or mark.window_end is None:
         return None
@@ -506,8 +505,6 @@ def fx_days_to_refresh(business_date: date, days: list[date], horizon: date) -> 
 
 def _full_rebuild_requested(business_date: date) -> bool:
     """The run's source extract was a full one (new source or FULL=1): its manifest says."""
-    from extract.landing import read_manifest
-
     try:
         orders = read_manifest(
             settings.landing_dir(), "source_db", "orders", run_id_for(business_date)
@@ -530,11 +527,6 @@ def extract_payments_api(
     It does not stage the run's landings from the object store either (`_landing_synced`
     removes local runs that are not committed yet: the concurrent source_db extract's);
     the load that reads them does."""
-    from extract.api_client import PaymentsApiClient
-    from extract.api_extract import extract_payments
-    from extract.object_landing import pull_mirror, push_mirror
-    from extract.replay import open_replays
-
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
     pull_mirror(settings.quarantine_store(), settings.quarantine_dir())
     accepted = settings.accept_schema_drift(accept_schema_drift)
@@ -573,9 +565,6 @@ def _extract_fx_rates(
     """The FX rates of every business day with orders in the run's build up to the
     published horizon (the trailing `FX_REVISION_DAYS` asked again: providers revise
     rates; past days otherwise from the per-day cache) → landing Parquet."""
-    from extract.api_client import PaymentsApiClient
-    from extract.api_extract import extract_fx_rates
-
     config = settings.parse_api_uri(settings.get_connection_uri(settings.PAYMENTS_API_CONN_ID))
     horizon = published_horizon(business_date, target)
     days = fx_days_needed(business_date, horizon)
@@ -605,14 +594,12 @@ def load_payments_api(
     """Fetch the FX rates of the days the build has orders on (`load_source_db` merged
     them; mostly from the per-day cache), quality-gate, then merge the run's payments and
     FX rates into the build."""
-    from warehouse.load import load_payments_api as load
-
     wh, build = _run_build(business_date)
     _landing_synced(business_date)
     fx = _extract_fx_rates(business_date, (wh, build), accept_schema_drift)
     results = _validate_landed(business_date, "payments_api", ("payments", "fx_rates"))
     quality = _quality_gate(business_date, "payments_api", results, (wh, build))
-    result = load(
+    result = warehouse_load.load_payments_api(
         None, settings.landing_dir(), run_id_for(business_date), warehouse=wh, build=build
     )
     reconciled = _reconcile(business_date, "payments_api", (wh, build))
@@ -640,13 +627,10 @@ def dbt_build(business_date: date) -> dict[str, Any]:
     warehouse from an older release) is rebuilt in full once. `sales_summary` covers every
     day up to the published horizon (`published_horizon`).
     """
-    from warehouse.dbt_runner import DbtError
-    from warehouse.dbt_runner import dbt_build as run_build
-
     wh, build = _run_build(business_date)
     horizon = published_horizon(business_date, (wh, build))
     try:
-        result = run_build(
+        result = dbt_runner.dbt_build(
             wh,
             build=build,
             report_tz=settings.report_tz_name(),
@@ -656,7 +640,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
             unit_tests=False,  # development and CI run them (make test, `dbt build`)
             freshness=True,
         )
-    except DbtError as exc:
+    except dbt_runner.DbtError as exc:
         if exc.result is None or not exc.result.nodes:
             raise
         tests = _dbt_tests(business_date, exc.result)
@@ -664,7 +648,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
             raise
         fresh = _freshness(business_date, exc.result)
         where = _record_failed_gate(business_date, [tests, fresh], exc.result.run_results_path)
-        raise DbtError(f"{exc}\n{where}", exc.result) from exc
+        raise dbt_runner.DbtError(f"{exc}\n{where}", exc.result) from exc
     results = [_dbt_tests(business_date, result), _freshness(business_date, result)]
     _store_quality((wh, build), business_date, results)
     _freshness_gate(business_date, results[1], result.run_results_path)
@@ -673,8 +657,6 @@ def dbt_build(business_date: date) -> dict[str, Any]:
 
 def _freshness(business_date: date, result: Any) -> Any:
     """The build's `dbt source freshness` as the quality suite `source_freshness`."""
-    from quality.freshness import freshness_results
-
     accepted = settings.accept_stale_sources()
     return freshness_results(result.freshness, run_id_for(business_date), accepted)
 
@@ -683,8 +665,6 @@ def _freshness_gate(business_date: date, fresh: Any, details: Path | None) -> No
     """Log stale sources; stop before publish on one past `error_after` that the run does
     not accept: a night whose source stopped arriving must not publish its day as if it
     had no sales (recorded in the published `ops.quality_results` first)."""
-    from quality.validate import raise_for_critical
-
     for outcome in fresh.warnings:
         log.warning("source freshness: %s", outcome.describe())
     if fresh.critical_failures:
@@ -693,8 +673,6 @@ def _freshness_gate(business_date: date, fresh: Any, details: Path | None) -> No
 
 def _dbt_tests(business_date: date, result: Any) -> Any:
     """dbt's data tests of a build as the quality suite `dbt` (quality/results.py)."""
-    from quality.results import dbt_test_results
-
     kept = result.run_results_path
     manifest = kept.parent / "manifest.json" if kept is not None else None
     return dbt_test_results(result.nodes, run_id_for(business_date), manifest)
@@ -702,8 +680,6 @@ def _dbt_tests(business_date: date, result: Any) -> Any:
 
 def _store_quality(target: tuple[Any, Any], business_date: date, results: list) -> None:
     """Results into the build's `ops.quality_results`, in one transaction."""
-    from quality.results import store_results
-
     wh, build = target
     with wh.transaction(build) as session:
         store_results(session, run_id_for(business_date), results)
@@ -731,45 +707,37 @@ def transform_daily_sales(business_date: date) -> dict[str, int]:
     are recomputed and replaced; the first run, a new source, a new REPORT_TZ or a full
     rebuild recompute all. Every day up to the published horizon is covered.
     """
-    from quality.validate import validate_frame
-    from transform.daily_sales import (
-        compute_daily_sales,
-        plan_daily_sales,
-        publish_daily_sales,
-        to_arrow,
-    )
-
     wh, build = _run_build(business_date)
     tz = settings.report_tz_name()
     full = _needs_full_refresh((wh, build), business_date)
     horizon = published_horizon(business_date, (wh, build))
-    plan = plan_daily_sales(wh, tz, horizon, run_id_for(business_date), full=full, build=build)
+    plan = daily_sales.plan_daily_sales(
+        wh, tz, horizon, run_id_for(business_date), full=full, build=build
+    )
     log.info("daily_sales through %s: %s", horizon, plan.summary())
-    frame = compute_daily_sales(wh, tz, horizon, days=plan.days, build=build)
+    frame = daily_sales.compute_daily_sales(wh, tz, horizon, build=build, plan=plan)
     result = validate_frame(
-        to_arrow(frame),
+        daily_sales.to_arrow(frame),
         "analytics.daily_sales",
         table="analytics.daily_sales",
         run_id=run_id_for(business_date),
     )
     _quality_gate(business_date, "daily_sales", [result], (wh, build))
-    rows = publish_daily_sales(frame, wh, plan, build=build)
+    rows = daily_sales.publish_daily_sales(frame, wh, plan, build=build)
     return {"daily_sales": rows, "recomputed_days": _day_ranges(plan.days)}
 
 
 def _day_ranges(days: list[date]) -> list[str]:
     """Sorted days as compact ranges for logs and run stats: ["2026-11-01..2026-11-03"]."""
-    from transform.daily_sales import day_ranges
-
-    return [a.isoformat() if a == b else f"{a}..{b}" for a, b in day_ranges(sorted(days))]
+    return [
+        a.isoformat() if a == b else f"{a}..{b}" for a, b in daily_sales.day_ranges(sorted(days))
+    ]
 
 
 @timed
 def check_parity(business_date: date) -> dict[str, Any]:
     """ETL ↔ ELT: daily_sales summed over categories equals sales_summary, for every
     (date, region) of both whole tables (every day that will be published)."""
-    from quality.parity import check_sales_parity
-
     wh, build = _run_build(business_date)
     result = check_sales_parity(wh, build=build)
     return {**result, "horizon": published_horizon(business_date, (wh, build)).isoformat()}
@@ -779,10 +747,6 @@ def check_parity(business_date: date) -> dict[str, Any]:
 def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record the run's metrics in the build, then swap it in atomically (the only
     publishing step: metrics and tables become visible together)."""
-    from pipeline import run_metrics
-    from warehouse import lease
-    from warehouse.export import changed_analytics_tables
-
     wh, build = _run_build(business_date)
     changed = changed_analytics_tables(wh, build)  # their Assets, once published (the DAG)
     if stats is not None:
@@ -804,24 +768,17 @@ def publish(business_date: date, stats: dict[str, Any] | None = None) -> dict[st
 
 
 def _retention_policy() -> Any:
-    from pipeline.retention import RetentionPolicy
-
-    return RetentionPolicy.load(settings.retention_config_path())
+    return retention.RetentionPolicy.load(settings.retention_config_path())
 
 
 @timed
 def apply_retention(business_date: date) -> dict[str, Any]:
     """The last step of a successful night: prune what `config/retention.yml` lets go."""
-    from extract.object_landing import pull_mirror, push_mirror
-    from pipeline import run_files
-    from pipeline.retention import prune, summary
-    from warehouse.publish import last_published_day
-
     horizon = last_published_day(_published()) or business_date
     quarantine = settings.quarantine_store()
     pull_mirror(quarantine, settings.quarantine_dir())  # what it prunes goes from the store
     with run_files.mirrored_report() as report_dir:  # pruned pages go from the store too
-        removed = prune(
+        removed = retention.prune(
             settings.data_dir(),
             settings.warehouse_path(),
             _retention_policy(),
@@ -847,17 +804,13 @@ def apply_retention(business_date: date) -> dict[str, Any]:
         )
         if gone:
             removed.setdefault("landing_runs", []).extend(f"{landing.describe()}/{g}" for g in gone)
-    return summary(removed)
+    return retention.summary(removed)
 
 
 @timed
 def check_alerts(business_date: date) -> dict[str, Any]:
     """Evaluate the alert rules on the published run metrics; send what fires (linked to
     the Airflow run; `for_runs` streaks from the run files: alerting/runs.py)."""
-    from alerting.rules import load_thresholds
-    from alerting.runs import published_run_alerts
-    from pipeline import run_metrics
-
     run_id = run_id_for(business_date)
     rows = _warehouse().read_arrow(
         "select cast(metrics as varchar) as metrics from {ops}.pipeline_runs where run_id = ?",
@@ -878,11 +831,10 @@ def check_alerts(business_date: date) -> dict[str, Any]:
 @timed
 def build_report(business_date: date, run_stats: dict[str, Any]) -> str:
     """The HTML report of the day (and the index of all days)."""
-    from pipeline.run_files import mirrored_report
-    from report.build import build_report as build
-
-    with mirrored_report() as report_dir:  # NIGHTSHIFT_DATA_URL: the store's report/ folder
-        path = build(_published(), report_dir, business_date, run_stats)
+    with (
+        run_files.mirrored_report() as report_dir
+    ):  # NIGHTSHIFT_DATA_URL: the store's report/ folder
+        path = render_report(_published(), report_dir, business_date, run_stats)
     if settings.data_url():
         return f"{settings.data_url()}/report/{path.name}"
     return str(path)
@@ -922,8 +874,6 @@ def run_all(
 ) -> dict[str, Any]:
     """Every step in order, without Airflow (the DAG runs the same functions), under
     the warehouse's lease (warehouse/lease.py): one run at a time."""
-    from warehouse import lease
-
     with lease.held(
         settings.warehouse_lease_target(),
         lease.new_holder("nightly"),
@@ -946,8 +896,8 @@ def _run_all(business_date: date, full_refresh: bool, allow_mass_delete: bool) -
     publish(business_date, stats)
     report = build_report(business_date, stats)
     alerts = check_alerts(business_date)
-    retention = apply_retention(business_date)
-    return {**stats, "report": report, "alerts": alerts, "retention": retention}
+    retained = apply_retention(business_date)
+    return {**stats, "report": report, "alerts": alerts, "retention": retained}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
