@@ -15,7 +15,7 @@ fires through the same sinks (`alerting.sinks.send_all`):
 
 `for_runs` streaks: each evaluation records the condition keys it found met, per rule it
 could evaluate (its input present), in the run's folder (`data/runs/<run_id>/alerts.json`,
-beside the step files, or on the store: pipeline/run_files.py; pruned with them). A rule with `for_runs: N` reads the
+beside the step files, or on the store: core/run_files.py; pruned with them). A rule with `for_runs: N` reads the
 last N-1 earlier runs (by run id: the business day) that evaluated it and fires when each
 of them met it too; a run that could not evaluate the rule (it failed before its input
 existed) neither extends nor breaks the streak.
@@ -96,7 +96,7 @@ def with_link(alert: Alert, dag_id: str | None, airflow_run_id: str | None) -> A
 def record_conditions(run_id: str, evaluated: Iterable[str], met: Iterable[str]) -> None:
     """Record, for each rule `evaluated` in run `run_id`, the condition keys `met`
     (other rules' records of the run are kept). Never raises."""
-    from pipeline import run_files
+    from core import run_files
 
     try:
         raw = run_files.read(run_id, ALERTS_FILE)
@@ -115,7 +115,7 @@ def record_conditions(run_id: str, evaluated: Iterable[str], met: Iterable[str])
 def earlier_conditions(run_id: str, limit: int | None = None) -> list[dict[str, set[str]]]:
     """Per run recorded before `run_id` (the last `limit`, oldest first): for each rule
     evaluated in it, the condition keys it met."""
-    from pipeline import run_files
+    from core import run_files
 
     runs = [name for name in run_files.runs_with(ALERTS_FILE) if name < run_id]
     if limit is not None:

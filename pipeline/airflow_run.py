@@ -30,9 +30,8 @@ from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from pathlib import Path
 
-from core import settings
+from core import run_files, settings
 from core.files import write_atomic
-from pipeline import run_files
 from pipeline.task_run import HOLDER_ENV, RUN_ENV
 from warehouse import lease
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from alerting.rules import load_thresholds
 from alerting.runs import published_run_alerts
-from core import clock, settings
+from core import clock, run_files, settings
 from extract.api_client import ApiContractError, PaymentsApiClient
 from extract.api_extract import (
     QuarantineThresholdError,
@@ -43,7 +43,7 @@ from extract.shards import ShardMap
 from extract.source_identity import SourceCheck
 from extract.tables import load_table_configs
 from extract.watermark import last_watermark
-from pipeline import retention, run_files, run_metrics
+from pipeline import retention, run_metrics
 from pipeline.business_day import business_date_for, run_id_for
 from pipeline.run_metrics import timed
 from pipeline.task_run import fail_without_retry

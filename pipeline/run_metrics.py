@@ -2,7 +2,7 @@
 
 Each nightly step records its duration and outcome in a small JSON file under
 `data/runs/<run_id>/steps/`, or `<NIGHTSHIFT_DATA_URL>/runs/…` (steps may run in
-different processes and hosts; pipeline/run_files.py). The publish step
+different processes and hosts; core/run_files.py). The publish step
 gathers them with the run's statistics into `ops.pipeline_runs` / `ops.task_metrics`
 inside the build, so the metrics are published atomically with the tables (and a run
 that fails publishes none, its step files stay for the on-call). The same metrics feed
@@ -62,8 +62,8 @@ def timed(step: F) -> F:
 
 
 def _write_step(run_id: str, name: str, started: float, finished: float, outcome: dict) -> None:
-    """One file per step (`pipeline.run_files`: local, or one object on the store)."""
-    from pipeline import run_files
+    """One file per step (`core.run_files`: local, or one object on the store)."""
+    from core import run_files
 
     try:
         record = {
@@ -80,7 +80,7 @@ def _write_step(run_id: str, name: str, started: float, finished: float, outcome
 
 
 def read_steps(run_id: str) -> list[dict[str, Any]]:
-    from pipeline import run_files
+    from core import run_files
 
     steps = [json.loads(data) for data in run_files.read_folder(run_id, "steps")]
     return sorted(steps, key=lambda s: s.get("started_at", ""))

@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "NIGHTSHIFT_DATA_URL the store's report/ folder)",
     )
     args = parser.parse_args(argv)
-    from pipeline.run_files import mirrored_report
+    from core.run_files import mirrored_report
 
     where = settings.warehouse_lease_target()
     if args.report_dir is not None:

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (RollbackError, WarehouseBusyError) as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 2
-    from pipeline.run_files import mirrored_report
+    from core.run_files import mirrored_report
     from report.build import rebuild_all_pages
 
     with mirrored_report() as report_dir:  # NIGHTSHIFT_DATA_URL: the store's report/ folder

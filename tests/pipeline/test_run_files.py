@@ -1,5 +1,5 @@
 """The run files, the report and the Data Docs on object storage (`NIGHTSHIFT_DATA_URL`,
-pipeline/run_files.py), against a real S3 API server on loopback (moto's): what one host
+core/run_files.py), against a real S3 API server on loopback (moto's): what one host
 writes another reads, nothing lands in the local folders, the default stays local."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from alerting.runs import earlier_conditions, record_conditions
-from core import settings
-from pipeline import run_files
+from core import run_files, settings
 from pipeline.run_metrics import read_steps, timed
 from tests.s3_server import SECRET_KEY, S3Server, s3_server  # noqa: F401
 
