@@ -165,7 +165,7 @@ def wait_for_history(orders: int, days: int, payment_days: int, wait_s: float) -
 
 
 def history(
-    admin: str, orders: int, days: int, timeout_s: float, payment_days: int
+    admin: str, orders: int, days: int, timeout_s: float, payment_days: int, workers: int = 1
 ) -> tuple[Path, Path, date, str]:
     """(cached data dir after night 1, payments file, last day, template): night 1 run
     once per size and parameters, then reused. `payment_days` > 0: night 1's payments
@@ -175,7 +175,7 @@ def history(
 
     from demo.run import running_api
 
-    template, payments, end = bw.prepare_source(admin, orders, days)
+    template, payments, end = bw.prepare_source(admin, orders, days, workers)
     key = _history_key(orders, days, payment_days)
     cache = CACHE_DIR / str(orders)
     if (cache / "key").is_file() and (cache / "key").read_text() == key:
@@ -262,7 +262,7 @@ def measure(admin: str, orders: int, args: argparse.Namespace) -> dict[str, Any]
     from demo.run import running_api
 
     cached, payments, end, template = history(
-        admin, orders, args.days, args.night_timeout, args.history_payment_days
+        admin, orders, args.days, args.night_timeout, args.history_payment_days, args.gen_workers
     )
     work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{orders}-"))
     load_start = os.getloadavg()[0]
@@ -457,6 +457,13 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
+        "--gen-workers",
+        type=int,
+        default=3,
+        help="processes generating a source that is not cached (the same rows as one: "
+        "bench_warehouse.generate_parallel); 1: demo.generator.generate itself",
+    )
+    parser.add_argument(
         "--wait-prepared",
         type=float,
         default=0,
@@ -499,7 +506,14 @@ def main() -> int:
         print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs")
         if args.prepare_only:
             for orders in sizes:
-                history(admin, orders, args.days, args.night_timeout, args.history_payment_days)
+                history(
+                    admin,
+                    orders,
+                    args.days,
+                    args.night_timeout,
+                    args.history_payment_days,
+                    args.gen_workers,
+                )
             return 0
         if args.warmup:
             print(f"warm-up: {bench_line(measure(admin, sizes[0], args))}", file=sys.stderr)

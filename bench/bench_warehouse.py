@@ -116,9 +116,223 @@ def source_key(orders: int, days: int, end: date) -> str:
     return f"nightshift bench warehouse source: orders={orders} days={days} seed={SEED} end={end}"
 
 
-def prepare_source(admin: str, orders: int, days: int) -> tuple[str, Path, date]:
+def _day_job(
+    url: str,
+    seed: int,
+    days: int,
+    end: date,
+    scale: int,
+    first_day: int,
+    last_day: int,
+    suffix: str,
+    payments_path: str,
+    batch_size: int,
+) -> dict[str, int]:
+    """Days [first_day, last_day) of demo.generator.generate's orders, with the same RNG
+    streams, order ids and payments; item ids count from 1 (the caller shifts them).
+    suffix "": straight into the source's tables; else into unlogged copies named
+    `<table><suffix>`. Payments go to their own SQLite file."""
+    import random
+
+    from demo import generator as g
+
+    plan = g._Plan(seed, end - timedelta(days=days - 1), days, None, scale)
+    catalog = [(row[0], g._decimal_to_cents(row[4])) for row in g._products(plan)]
+    targets = []
+    engine = g.make_engine(url)
+    meta = sa.MetaData()
+    with engine.begin() as conn:
+        for table in (g.orders, g.order_items):
+            if suffix:
+                name = f"{table.name}{suffix}"
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+                conn.exec_driver_sql(f"CREATE UNLOGGED TABLE {name} (LIKE {table.name})")
+                targets.append(table.to_metadata(meta, name=name))
+            else:
+                targets.append(table)
+    t_orders, t_items = targets
+    pay = g.open_payments(payments_path)
+    order_id = 1 + sum(plan.orders_on(i) for i in range(first_day))
+    item_id = 1
+    buf_orders: list[tuple] = []
+    buf_items: list[tuple] = []
+    buf_pay: list[tuple] = []
+    counts = {"orders": 0, "order_items": 0, "payments": 0}
+
+    def flush() -> None:
+        with engine.begin() as conn:
+            g.insert_rows(conn, t_orders, buf_orders)
+            if buf_items:
+                g.insert_rows(conn, t_items, buf_items)
+        g.upsert_payments(pay, buf_pay)
+        counts["orders"] += len(buf_orders)
+        counts["order_items"] += len(buf_items)
+        counts["payments"] += len(buf_pay)
+        buf_orders.clear()
+        buf_items.clear()
+        buf_pay.clear()
+
+    try:
+        for index in range(first_day, last_day):
+            day = plan.start + timedelta(days=index)
+            rng = random.Random(f"{seed}:orders:{day.isoformat()}")
+            for created, inserted in g._day_times(rng, day, plan.orders_on(index)):
+                order = g._make_order(
+                    rng,
+                    order_id=order_id,
+                    first_item_id=item_id,
+                    created=created,
+                    inserted=inserted,
+                    end_ts=plan.end_ts,
+                    as_of=plan.end,
+                    n_users=plan.n_users,
+                    catalog=catalog,
+                )
+                buf_orders.append(order.row)
+                buf_items.extend(order.items)
+                if order.payment is not None:
+                    buf_pay.append(order.payment)
+                order_id += 1
+                item_id += len(order.items)
+                if len(buf_orders) + len(buf_items) >= batch_size:
+                    flush()
+        if buf_orders:
+            flush()
+    finally:
+        pay.close()
+        engine.dispose()
+    return counts
+
+
+def _people_job(url: str, seed: int, days: int, end: date, scale: int, batch_size: int) -> dict:
+    """generate's users and products, into the source's tables."""
+    from demo import generator as g
+
+    plan = g._Plan(seed, end - timedelta(days=days - 1), days, None, scale)
+    engine = g.make_engine(url)
+    try:
+        writer = g._Writer(engine, None, batch_size)
+        for row in g._users(plan):
+            writer.add(g.users, row)
+        for row in g._products(plan):
+            writer.add(g.products, row)
+        writer.flush()
+    finally:
+        engine.dispose()
+    return {"users": writer.counts["users"], "products": writer.counts["products"]}
+
+
+def generate_parallel(
+    url: str,
+    *,
+    seed: int,
+    days: int,
+    end: date,
+    scale: int,
+    payments_db: Path,
+    workers: int,
+    batch_size: int = 50_000,
+) -> dict[str, Any]:
+    """demo.generator.generate(url, seed, days, end, scale, payments_db, if_exists="replace")
+    row for row (same ids and values), in `workers` processes: on 2 CPUs the generator is
+    Python-bound, one process leaves the server's COPY and the other core half idle, and
+    a shared machine gives each runnable process its share. Users and products are one job,
+    the days are cut into contiguous ranges: the first range writes the source's tables
+    straight, the others unlogged copies appended in day order at the end (order ids are
+    known from the plan; item ids are shifted by the items of the ranges before). The
+    secondary indexes are built once at the end instead of row by row."""
+    import multiprocessing
+    import sqlite3
+    from concurrent.futures import ProcessPoolExecutor
+
+    from demo import generator as g
+
+    started = time.perf_counter()
+    engine = g.make_engine(url)
+    try:
+        g.metadata.drop_all(engine)
+        g.metadata.create_all(engine)
+        with engine.begin() as conn:
+            for table in g.TABLES:
+                for index in table.indexes:
+                    index.drop(conn)
+    finally:
+        engine.dispose()
+    payments_db.unlink(missing_ok=True)
+    n_ranges = max(1, min(days, 2 * workers))
+    bounds = [days * k // n_ranges for k in range(n_ranges + 1)]
+    parts = [
+        payments_db if k == 0 else payments_db.with_name(f"{payments_db.name}.part{k}")
+        for k in range(n_ranges)
+    ]
+    for part in parts:
+        part.unlink(missing_ok=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        people = pool.submit(_people_job, url, seed, days, end, scale, batch_size)
+        jobs = [
+            pool.submit(
+                _day_job,
+                url,
+                seed,
+                days,
+                end,
+                scale,
+                bounds[k],
+                bounds[k + 1],
+                "" if k == 0 else f"_gen{k}",
+                str(parts[k]),
+                batch_size,
+            )  # fmt: skip
+            for k in range(n_ranges)
+        ]
+        counts = [job.result() for job in jobs]
+        rows = people.result()
+    generated_s = time.perf_counter() - started
+    engine = g.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")
+            o_cols = ", ".join(c.name for c in g.orders.columns)
+            i_cols = [c.name for c in g.order_items.columns]
+            shift = counts[0]["order_items"]
+            for k in range(1, n_ranges):
+                conn.exec_driver_sql(
+                    f"INSERT INTO orders ({o_cols}) SELECT {o_cols} FROM orders_gen{k}"
+                )
+                conn.exec_driver_sql(
+                    f"INSERT INTO order_items ({', '.join(i_cols)}) SELECT id + %(shift)s, "
+                    f"{', '.join(i_cols[1:])} FROM order_items_gen{k}",
+                    {"shift": shift},
+                )
+                shift += counts[k]["order_items"]
+                conn.exec_driver_sql(f"DROP TABLE orders_gen{k}")
+                conn.exec_driver_sql(f"DROP TABLE order_items_gen{k}")
+            for table in g.TABLES:
+                for index in table.indexes:
+                    index.create(conn)
+    finally:
+        engine.dispose()
+    with sqlite3.connect(payments_db) as db:
+        for part in parts[1:]:
+            db.execute("ATTACH DATABASE ? AS part", (str(part),))
+            db.execute("INSERT INTO payments SELECT * FROM part.payments ORDER BY rowid")
+            db.commit()
+            db.execute("DETACH DATABASE part")
+    for part in parts[1:]:
+        part.unlink()
+    for name in ("orders", "order_items", "payments"):
+        rows[name] = sum(c[name] for c in counts)
+    print(
+        f"generated in {workers} processes: {generated_s:.0f}s, appended and indexed in "
+        f"{time.perf_counter() - started - generated_s:.0f}s",
+        file=sys.stderr,
+    )
+    return {"rows": rows, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def prepare_source(admin: str, orders: int, days: int, workers: int = 1) -> tuple[str, Path, date]:
     """(template database, payments file, last day): generated when the cache does not
-    hold this size with these parameters."""
+    hold this size with these parameters; `workers` > 1: generate_parallel (same rows)."""
     from demo.generator import generate
 
     end = end_date()
@@ -142,16 +356,28 @@ def prepare_source(admin: str, orders: int, days: int) -> tuple[str, Path, date]
     tmp_payments.unlink(missing_ok=True)
     print(f"generating {orders} orders into {template} ...", file=sys.stderr)
     started, cpu = time.perf_counter(), time.process_time()
-    summary = generate(
-        _db_url(admin, building).replace("postgresql://", "postgresql+psycopg://", 1),
-        seed=SEED,
-        days=days,
-        end_date=end,
-        scale=orders,
-        payments_db=tmp_payments,
-        batch_size=50_000,
-        if_exists="replace",
-    )
+    url = _db_url(admin, building).replace("postgresql://", "postgresql+psycopg://", 1)
+    if workers > 1:
+        summary = generate_parallel(
+            url,
+            seed=SEED,
+            days=days,
+            end=end,
+            scale=orders,
+            payments_db=tmp_payments,
+            workers=workers,
+        )
+    else:
+        summary = generate(
+            url,
+            seed=SEED,
+            days=days,
+            end_date=end,
+            scale=orders,
+            payments_db=tmp_payments,
+            batch_size=50_000,
+            if_exists="replace",
+        )
     with psycopg.connect(_db_url(admin, building), autocommit=True) as db:
         db.execute("VACUUM (ANALYZE)")
     print(
