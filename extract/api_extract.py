@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from core import clock
 from core.files import write_json_atomic
 from extract.api_client import PaymentsApiClient
-from extract.landing import write_landing_table
+from extract.landing import LandingOptions, LandingTarget, write_landing_table
 
 log = logging.getLogger(__name__)
 
@@ -670,31 +670,34 @@ def _land(
         manifest = write_landing_table(
             reader,
             schema=PAYMENTS_SCHEMA,
-            landing_root=landing_root,
-            source=SOURCE,
-            table_name=PAYMENTS_TABLE,
-            run_id=run_id,
-            cursor_column="updated_at",
-            accept_drift=accept_drift,
-            extra_files=(
-                {QUARANTINE_FILE_NAME: quarantine_file.read_bytes()} if quarantine_file else None
+            target=LandingTarget(
+                landing_root=landing_root, source=SOURCE, table_name=PAYMENTS_TABLE, run_id=run_id
             ),
-            extra_manifest={
-                "mode": "incremental",
-                "cursor_key": None,
-                "updated_since": previous_end.isoformat() if previous_end else None,
-                "overlap_seconds": overlap.total_seconds(),
-                "window_start": window_start.isoformat() if window_start else None,
-                "window_end": window_end.isoformat() if window_end else None,
-                "pages": counts["pages"],
-                "received": counts["received"],
-                "replayed": counts["replayed"],
-                "quarantined": quarantine.count,
-                "max_quarantined": max_quarantined,
-                "duplicates_dropped": duplicates,
-                "quarantine_file": str(quarantine_file) if quarantine_file else None,
-                "status": "quarantine_threshold_exceeded" if exceeded else "ok",
-            },
+            options=LandingOptions(
+                cursor_column="updated_at",
+                accept_drift=accept_drift,
+                extra_files=(
+                    {QUARANTINE_FILE_NAME: quarantine_file.read_bytes()}
+                    if quarantine_file
+                    else None
+                ),
+                extra_manifest={
+                    "mode": "incremental",
+                    "cursor_key": None,
+                    "updated_since": previous_end.isoformat() if previous_end else None,
+                    "overlap_seconds": overlap.total_seconds(),
+                    "window_start": window_start.isoformat() if window_start else None,
+                    "window_end": window_end.isoformat() if window_end else None,
+                    "pages": counts["pages"],
+                    "received": counts["received"],
+                    "replayed": counts["replayed"],
+                    "quarantined": quarantine.count,
+                    "max_quarantined": max_quarantined,
+                    "duplicates_dropped": duplicates,
+                    "quarantine_file": str(quarantine_file) if quarantine_file else None,
+                    "status": "quarantine_threshold_exceeded" if exceeded else "ok",
+                },
+            ),
         )
     finally:
         con.close()
@@ -835,20 +838,21 @@ def extract_fx_rates(
     manifest = write_landing_table(
         table,
         schema=FX_SCHEMA,
-        landing_root=Path(landing_root),
-        source=SOURCE,
-        table_name=FX_TABLE,
-        run_id=run_id,
-        cursor_column="rate_date",
-        accept_drift=accept_drift,
-        extra_manifest={
-            "days": [day.isoformat() for day in wanted],
-            "day_count": len(wanted),
-            "fetched": fetched,
-            "cache_hits": cache_hits,
-            "refreshed": sorted(d.isoformat() for d in refresh & set(wanted)),
-            "missing_currencies": missing,
-        },
+        target=LandingTarget(
+            landing_root=Path(landing_root), source=SOURCE, table_name=FX_TABLE, run_id=run_id
+        ),
+        options=LandingOptions(
+            cursor_column="rate_date",
+            accept_drift=accept_drift,
+            extra_manifest={
+                "days": [day.isoformat() for day in wanted],
+                "day_count": len(wanted),
+                "fetched": fetched,
+                "cache_hits": cache_hits,
+                "refreshed": sorted(d.isoformat() for d in refresh & set(wanted)),
+                "missing_currencies": missing,
+            },
+        ),
     )
     log.info(
         "fx_rates: landed %d row(s) for %d day(s) (%d fetched, %d from cache)",

@@ -11,8 +11,8 @@ snapshot. Rows are streamed in batches (bounded memory); types stay exact (NUMER
 stays decimal, timestamps become UTC). The row reader is pluggable (`read_batches`).
 
 Sharded sources (docs/sharding.md): `extract_sharded_source` reads every physical shard
-of a virtual-shard map in parallel, each through `extract_tables(..., shard=ShardScope)`
-in its own snapshot on its own database, restricted to the vshards the map gives it,
+of a virtual-shard map in parallel, each through `extract_tables` with its `ShardScope`
+in the plan, in its own snapshot on its own database, restricted to the vshards the map gives it,
 with its own watermark; vshards newly assigned to a shard are read without a lower
 bound. Each shard lands as its own run (`run=<run_id>.shard-<name>`), and a run record
 (`<landing>/source_db/_shard_runs/run=<run_id>.json`) is written only once every shard
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,7 +42,12 @@ import sqlalchemy as sa
 
 from core import clock, run_ids
 from core.settings import future_tolerance_minutes, sqlalchemy_url
-from extract.landing import UnlandableValueError, write_landing_table
+from extract.landing import (
+    LandingOptions,
+    LandingTarget,
+    UnlandableValueError,
+    write_landing_table,
+)
 from extract.replica import (
     NO_REPLICA,
     LagFn,
@@ -53,9 +58,11 @@ from extract.replica import (
     replication_lag_seconds,
 )
 from extract.shards import (
+    PhysicalShard,
     Ranges,
     ShardMap,
     ShardMapError,
+    ShardResult,
     extract_sharded,
     normalize_ranges,
     plan_shard_reads,
@@ -70,6 +77,7 @@ from extract.source_timeouts import (
     raise_source_timeout,
     raise_statement_timeout,
 )
+from extract.sql_binds import bound_filter, driver_filter
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
 
@@ -162,12 +170,76 @@ def _converter(arrow: pa.DataType):
     return lambda v: v
 
 
-# A reader streams the rows of `table` matching `where_sql` (bound `params`) as record
-# batches of `schema`; the PostgreSQL fast path plugs in with the same signature.
-Reader = Callable[
-    [sa.Connection, sa.Table, pa.Schema, str | None, dict[str, Any], int],
-    Iterator[pa.RecordBatch],
-]
+class Reader(Protocol):
+    """Streams the rows of `table` matching `where_sql` (`:name` placeholders bound to
+    `params`, see extract/sql_binds.py) as record batches of `schema`, on the run's
+    connection: the generic reader, the PostgreSQL fast path, or a test's reader."""
+
+    def __call__(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        schema: pa.Schema,
+        where_sql: str | None,
+        params: dict[str, Any],
+        batch_size: int,
+        /,
+    ) -> Iterator[pa.RecordBatch]: ...
+
+
+class CursorWindow(NamedTuple):
+    """The exact bounds a window read is cut to after the read: `lo < cursor <= hi` or
+    a NULL cursor (`lo` None: no lower bound). The SQL filter can be a superset (SQLite
+    compares day prefixes, `_window_where`), so a hook that totals rows needs these."""
+
+    cursor: str
+    lo: datetime | None
+    hi: datetime
+
+
+class WindowedReader(Protocol):
+    """A `Reader` that is also given the cursor window its rows are cut to (None for a
+    read without one: a full-mode table or a shard's full vshards)."""
+
+    def __call__(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        schema: pa.Schema,
+        where_sql: str | None,
+        params: dict[str, Any],
+        batch_size: int,
+        /,
+        *,
+        window: CursorWindow | None,
+    ) -> Iterator[pa.RecordBatch]: ...
+
+
+class ReadHook(Protocol):
+    """Wraps each table's reader for one run (quality/reconcile.py `SourceTotals`): the
+    wrapped reader is called with the same connection, filter and bound parameters as
+    the read, inside the run's snapshot, so it can total exactly the rows read."""
+
+    def __call__(self, reader: Reader, /) -> WindowedReader: ...
+
+
+def _without_window(reader: Reader) -> WindowedReader:
+    """The reader itself, for a run without a `ReadHook`: the window is not needed."""
+
+    def read(
+        conn: sa.Connection,
+        table: sa.Table,
+        schema: pa.Schema,
+        where_sql: str | None,
+        params: dict[str, Any],
+        batch_size: int,
+        /,
+        *,
+        window: CursorWindow | None,
+    ) -> Iterator[pa.RecordBatch]:
+        return reader(conn, table, schema, where_sql, params, batch_size)
+
+    return read
 
 
 def read_batches(
@@ -205,7 +277,7 @@ def read_batches(
             columns.append(col)
     stmt = sa.select(*columns)
     if where_sql:
-        stmt = stmt.where(sa.text(where_sql).bindparams(**params))
+        stmt = stmt.where(bound_filter(where_sql, params))
     pk = list(table.primary_key.columns)
     if pk:
         stmt = stmt.order_by(*pk)
@@ -264,7 +336,7 @@ def _pg_out_of_range(
         lo, hi = (sa.cast(sa.literal(d), bound) for d in _LANDABLE_DAYS)
         stmt = sa.select(key, sa.cast(col, sa.Text)).where(sa.not_(sa.and_(expr >= lo, expr < hi)))
         if where_sql:
-            stmt = stmt.where(sa.text(where_sql).bindparams(**params))
+            stmt = stmt.where(bound_filter(where_sql, params))
         row = conn.execute(stmt.order_by(key).limit(1)).first()
         if row is not None:
             raise UnlandableValueError(
@@ -272,9 +344,6 @@ def _pg_out_of_range(
                 f"{key_name}={row[0]}: outside the years 1..9999 that both readers land "
                 f"(a typo'd year?): {exc.orig if hasattr(exc, 'orig') else exc}"
             ) from exc
-
-
-_BIND = re.compile(r"(?<![:\w]):(\w+)")
 
 
 def auto_read_batches(
@@ -292,13 +361,14 @@ def auto_read_batches(
         return
     from extract.pg_copy import stream_pg_batches
 
+    where, binds = driver_filter(where_sql, params)
     yield from stream_pg_batches(
         "",
         table=table.name,
         columns=list(schema.names),
         schema=schema,
-        where_sql=_pg_where(where_sql),
-        params=dict(params),
+        where_sql=where,
+        params=binds,
         batch_rows=batch_size,
         conn=conn,
         pg_schema=table.schema,
@@ -329,13 +399,6 @@ def _copy_reads(conn: sa.Connection, table: sa.Table, schema: pa.Schema) -> bool
     return not unknown
 
 
-def _pg_where(where_sql: str | None) -> str:
-    """`:name` binds -> `%(name)s` (rendered as driver-quoted literals: COPY takes no binds)."""
-    if not where_sql:
-        return ""
-    return _BIND.sub(lambda m: f"%({m.group(1)})s", where_sql.replace("%", "%%"))
-
-
 def ranged_reader(
     url: str, snapshot: str, key: str, degree: int, min_rows_per_range: int
 ) -> Reader:
@@ -361,32 +424,33 @@ def ranged_reader(
         params: dict[str, Any],
         batch_size: int,
     ) -> Iterator[pa.RecordBatch]:
-        where = _pg_where(where_sql)
+        where, binds = driver_filter(where_sql, params)
         n = degree
         if not _copy_reads(conn, table, schema):  # logged: the generic reader, one stream
             yield from read_batches(conn, table, schema, where_sql, params, batch_size)
             return
         if min_rows_per_range > 0:
-            rows = estimate_rows(psycopg_connection(conn), table.name, where, params)
+            rows = estimate_rows(psycopg_connection(conn), table.name, where, binds)
             n = max(1, min(degree, rows // min_rows_per_range))
-        ranges = split_key_ranges(conn, table.name, key, n, where, params) if n > 1 else []
+        ranges = split_key_ranges(conn, table.name, key, n, where, binds) if n > 1 else []
         if len(ranges) < 2:
             yield from auto_read_batches(conn, table, schema, where_sql, params, batch_size)
             return
-        clause = (
-            f"{conn.dialect.identifier_preparer.quote(key)} between %(_range_lo)s and %(_range_hi)s"
-        )
-        if where:
-            clause += f" and ({where})"
+        clause = f"{conn.dialect.identifier_preparer.quote(key)} between :range_lo and :range_hi"
+        if where_sql:
+            clause += f" and ({where_sql})"
 
         def read_range(worker: Any, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
+            range_where, range_binds = driver_filter(
+                clause, {**params, "range_lo": lo, "range_hi": hi}
+            )
             return stream_pg_batches(
                 "",
                 table=table.name,
                 columns=list(schema.names),
                 schema=schema,
-                where_sql=clause,
-                params={**params, "_range_lo": lo, "_range_hi": hi},
+                where_sql=range_where,
+                params=range_binds,
                 batch_rows=batch_size,
                 conn=worker,
                 pg_schema=table.schema,
@@ -399,41 +463,6 @@ def ranged_reader(
         )
 
     return read
-
-
-def _table_reader(
-    conn: sa.Connection,
-    table: sa.Table,
-    config: TableConfig,
-    degree: int,
-    *,
-    url: str,
-    reader: Reader,
-    snapshot: str | None,
-    min_rows_per_range: int,
-) -> Reader:
-    """The reader of one table: key ranges at once when it is configured and possible."""
-    if degree <= 1:
-        return reader
-    if snapshot is None or reader is not auto_read_batches:
-        log.info(
-            "%s: parallel_ranges=%d read as one stream (%s: no shared snapshot across "
-            "connections, or a custom reader)",
-            config.name,
-            degree,
-            conn.dialect.name,
-        )
-        return reader
-    if not isinstance(table.c[config.key].type, sa.Integer):
-        log.warning(
-            "%s: parallel_ranges=%d needs an integer key, %s is %s: one stream",
-            config.name,
-            degree,
-            config.key,
-            table.c[config.key].type,
-        )
-        return reader
-    return ranged_reader(url, snapshot, config.key, degree, min_rows_per_range)
 
 
 def _fails(convert, value, arrow: pa.DataType | None = None) -> bool:
@@ -581,7 +610,7 @@ def _future_rows(
     the newest cursor, up to FUTURE_SAMPLES (key, cursor) after `limit`, newest first).
     `scope`: a SQL predicate with binds restricting the rows (a shard's vshards)."""
     cursor, key = table.c[config.cursor], table.c[config.key]
-    where = [] if scope is None else [sa.text(scope[0]).bindparams(**scope[1])]
+    where = [] if scope is None else [bound_filter(*scope)]
     if conn.dialect.name == "sqlite":
         # timestamps are text in any ISO form: a superset on the day prefix, then exact
         day = (upper - timedelta(days=1)).date().isoformat()
@@ -766,56 +795,53 @@ class ShardScope:
 
 
 def _scoped_batches(
-    conn: sa.Connection,
-    table: sa.Table,
-    schema: pa.Schema,
-    config: TableConfig,
-    scope: ShardScope,
-    lo: datetime | None,
-    upper: datetime,
-    reader: Reader,
-    batch_size: int,
-    pass_window: bool = False,
+    run: _RunState, table: sa.Table, schema: pa.Schema, config: TableConfig
 ) -> Iterator[pa.RecordBatch]:
-    """The shard's rows of `table`: its incremental vshards in (lo, U], its newly assigned
-    vshards in (-inf, U] (full-mode tables: every owned vshard, no window). Every read
-    is restricted to vshards the run's map gives this shard, in the same snapshot.
-    `pass_window`: `reader` is an `aggregates` hook's reader (`window=`, see there)."""
-    dialect = conn.dialect.name
-    incremental = scope.incremental_vshards.get(config.name, ())
-    full = scope.full_vshards.get(config.name, ())
+    """One shard's rows of `table`: its incremental vshards in (lo, U], its newly
+    assigned vshards in (-inf, U] (full-mode tables: every owned vshard, no window).
+    Every read is restricted to vshards the run's map gives this shard, in the run's
+    snapshot."""
+    scope = run.plan.shard
+    assert scope is not None
+    lo = run.lower[config.name]
     if config.mode != "incremental" or lo is None:
         reads = [(scope.owned(config.name), None)]
     else:
-        reads = [(incremental, lo), (full, None)]
+        reads = [
+            (scope.incremental_vshards.get(config.name, ()), lo),
+            (scope.full_vshards.get(config.name, ()), None),
+        ]
     parts = []
     for ranges, bound in reads:
-        if not ranges:
-            continue
-        pred, pred_params = shard_predicate(
-            config.key, ranges, dialect, virtual_shards=scope.virtual_shards
-        )
-        if config.mode == "incremental":
-            where, params = _window_where(conn, table.c[config.cursor], bound, upper)
-            window = {"window": (config.cursor, bound, upper)} if pass_window else {}
-            batches = _exact_window(
-                reader(
-                    conn,
-                    table,
-                    schema,
-                    f"{pred} and {where}",
-                    {**params, **pred_params},
-                    batch_size,
-                    **window,
-                ),
-                config.cursor,
-                bound,
-                upper,
+        if ranges:
+            predicate = shard_predicate(
+                config.key, ranges, run.conn.dialect.name, virtual_shards=scope.virtual_shards
             )
-        else:
-            batches = reader(conn, table, schema, pred, pred_params, batch_size)
-        parts.append(batches)
+            parts.append(_filtered_batches(run, table, schema, config, predicate, bound))
     return itertools.chain.from_iterable(parts)
+
+
+def _filtered_batches(
+    run: _RunState,
+    table: sa.Table,
+    schema: pa.Schema,
+    config: TableConfig,
+    predicate: tuple[str, dict[str, Any]] | None,
+    lo: datetime | None,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of `table` matching `predicate` (a shard's vshards, or None): for an
+    incremental table those in the window (lo, U] (and NULL cursors), cut exactly."""
+    read = run.readers[config.name]
+    args = (run.conn, table, schema)
+    if config.mode != "incremental":
+        where, params = predicate if predicate is not None else (None, {})
+        return read(*args, where, params, run.plan.batch_size, window=None)
+    where, params = _window_where(run.conn, table.c[config.cursor], lo, run.upper)
+    if predicate is not None:
+        where, params = f"{predicate[0]} and {where}", {**params, **predicate[1]}
+    window = CursorWindow(config.cursor, lo, run.upper)
+    batches = read(*args, where, params, run.plan.batch_size, window=window)
+    return _exact_window(batches, config.cursor, lo, run.upper)
 
 
 def _export_snapshot(
@@ -841,80 +867,82 @@ def _read_choice_fields(choice: ReadChoice | None) -> dict[str, Any]:
     }
 
 
-def extract_tables(
-    url: str,
-    *,
-    run_id: str,
-    landing_root: Path,
-    warehouse_path: Path | None,
-    configs: Sequence[TableConfig] = DEFAULT_TABLES,
-    batch_size: int = 50_000,
-    reader: Reader = auto_read_batches,
-    shard: ShardScope | None = None,
-    manifest_extras: Mapping[str, Any] | None = None,
-    parallelism: int = 1,
-    parallel_min_rows: int = PARALLEL_MIN_ROWS,
-    aggregates: Callable[[Reader], Reader] | None = None,
-    read_choice: ReadChoice | None = None,
-    future_tolerance: timedelta | None = None,
-    accept_drift: bool | Sequence[str] = False,
-    source_check: SourceCheckHook | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Extract `configs` in one snapshot; return the landed manifest per landed table.
+@dataclass(frozen=True)
+class ExtractPlan:
+    """What one extract run reads from its source and where it lands it.
 
-    `source_check` (extract/source_identity.py `SourceCheck`) is called once, in the
-    run's connection, after the window bound is taken: its fields (the source's
-    identity) go into every manifest, and a reason it gives (another source, a restore)
-    turns every table to a full read, logged with that reason and recorded as
-    `source_changed` (the later steps then rebuild in full).
+    Tables and modes: `configs` (incremental tables land `(W - overlap, U]` after the
+    watermark read from `warehouse_path`, None: no watermark; full tables land
+    everything; `reconcile_deletes` tables also land `<table>__keys`). Landing target:
+    `landing_root` / `run_id`, with `manifest_extras` in every manifest and the
+    operator's schema-drift acceptance `accept_drift` (`<table>.<column>` specs, see
+    extract/landing.py `check_schema_drift`). Limits: rows per batch, key ranges read at
+    once per table (`parallelism`, unless the table's own `parallel_ranges`; reads
+    estimated under `parallel_min_rows` rows a range are not split), and
+    `future_tolerance` (None: `FUTURE_TOLERANCE_MINUTES`) past the source's clock.
 
-    Rows whose cursor is after U + `future_tolerance` (default `FUTURE_TOLERANCE_MINUTES`)
-    stop the run before anything is landed (`check_future_cursors`, FutureCursorError).
-
-    `read_choice`: how `url` was chosen (`extract.replica.choose_read_url`). Read from
-    a replica that lags L seconds, the recorded window end (the next run's watermark)
-    is U - L, not U (`replica_safe_window_end`): rows the primary committed in the last
-    L seconds may not have been replayed yet, and the next window must cover them.
-
-    `aggregates` (hook, optional) wraps each table's reader: it is called with the same
-    connection, filter and bound parameters as the read, inside the run's snapshot, so
-    it can total exactly the rows read (quality/reconcile.py `SourceTotals`). Reads of a
-    cursor window also pass `window=(cursor, lo, hi)`, the exact bounds the rows are cut
-    to after the read: on SQLite the SQL filter is only a superset (`_window_where`).
-
-    Parallel key ranges (PostgreSQL fast path): a table whose degree
-    (`config.parallel_ranges`, else `parallelism`) is above 1 is read by that many
-    key ranges at once (`ranged_reader`), every reader in the run's own snapshot
-    (exported with `pg_export_snapshot()`), so the window bound U, the key sets and
-    every range see the same rows. Reads estimated under `parallel_min_rows` rows per
-    range are not split. Other databases cannot share a snapshot across connections:
-    they read each table in one stream, in the run's transaction.
-
-    `manifest_extras` are recorded in every landed manifest (e.g. the source's identity).
-
-    `accept_drift`: the operator's acceptance of schema drift (`<table>.<column>` specs,
-    extract/landing.py `check_schema_drift`); lossless widenings need none.
-
-    Incremental tables land `(W - overlap, U]` (no lower bound before the first load),
-    full tables land everything, and `reconcile_deletes` tables also land
-    `<table>__keys`. `warehouse_path` is where the watermarks are read (None: none).
-
-    `shard` (one physical shard of a sharded source): every read and the key set are
-    restricted to the shard's vshards, the lower bounds are the shard's own (`ShardScope`,
-    computed by `extract_sharded_source`), and the shard's fields go into every manifest.
+    `read_choice`: how the URL was chosen (`extract.replica.choose_read_url`); from a
+    replica lagging L seconds the recorded window end is U - L. `shard`: one physical
+    shard's part of a sharded run (set by `extract_sharded_source`). `reader`: how rows
+    are read; `aggregates`: a `ReadHook` wrapping it; `source_check`: the source's
+    identity check (extract/source_identity.py), which can turn the run to full reads.
     """
-    if shard is None:
-        lower = {c.name: window_start(c, warehouse_path) for c in configs}
-    else:
-        lower = {c.name: shard.lower.get(c.name) for c in configs}
-    if future_tolerance is None:
-        future_tolerance = timedelta(minutes=future_tolerance_minutes())
-    engine = sa.create_engine(sqlalchemy_url(url), connect_args=connect_args(sqlalchemy_url(url)))
-    if engine.dialect.name == "sqlite":
-        _sqlite_transactions(engine)
-    install(engine)  # a wait for the server past SOURCE_READ_STALL_TIMEOUT_S fails
-    manifests: dict[str, dict[str, Any]] = {}
-    reading = SOURCE_NAME  # the table being read, for a timeout's message
+
+    run_id: str
+    landing_root: Path
+    warehouse_path: Path | None
+    configs: Sequence[TableConfig] = DEFAULT_TABLES
+    batch_size: int = 50_000
+    parallelism: int = 1
+    parallel_min_rows: int = PARALLEL_MIN_ROWS
+    future_tolerance: timedelta | None = None
+    accept_drift: bool | Sequence[str] = False
+    manifest_extras: Mapping[str, Any] | None = None
+    read_choice: ReadChoice | None = None
+    shard: ShardScope | None = None
+    reader: Reader = auto_read_batches
+    aggregates: ReadHook | None = None
+    source_check: SourceCheckHook | None = None
+
+    def lower_bounds(self) -> dict[str, datetime | None]:
+        """Each table's window start: from the watermarks, or the shard's own."""
+        if self.shard is not None:
+            return {c.name: self.shard.lower.get(c.name) for c in self.configs}
+        return {c.name: window_start(c, self.warehouse_path) for c in self.configs}
+
+
+@dataclass
+class _RunState:
+    """One run inside its snapshot transaction: the plan as it stands after the source
+    check, the bounds U and the recorded window end, and each table's reader."""
+
+    conn: sa.Connection
+    url: str
+    plan: ExtractPlan
+    upper: datetime
+    window_end: datetime
+    lower: dict[str, datetime | None]
+    snapshot: str | None = None
+    readers: dict[str, WindowedReader] = dataclasses.field(default_factory=dict)
+    reading: str = SOURCE_NAME  # the table being read, for a timeout's message
+
+
+def extract_tables(url: str, plan: ExtractPlan) -> dict[str, dict[str, Any]]:
+    """Extract `plan.configs` from `url` in one snapshot; return the manifest per landed
+    table.
+
+    The source's clock U is read first; then the source check (`plan.source_check`, in
+    the run's connection: its fields go into every manifest, and a reason it gives turns
+    every table to a full read, recorded as `source_changed`), the reflection, and the
+    check for rows after U + the future tolerance (`check_future_cursors`: nothing is
+    landed). Tables whose degree (`config.parallel_ranges`, else `plan.parallelism`) is
+    above 1 are read by key ranges at once on PostgreSQL (`ranged_reader`), every reader
+    in the run's own exported snapshot; other databases read one stream per table.
+    """
+    lower = plan.lower_bounds()  # the watermarks, read before the source's clock
+    tolerance = _future_tolerance(plan)
+    engine = _source_engine(url)
+    state: _RunState | None = None
     try:
         isolation = (
             {"isolation_level": "REPEATABLE READ"}
@@ -922,160 +950,201 @@ def extract_tables(
             else {}
         )
         with engine.connect().execution_options(**isolation) as conn, conn.begin():
-            upper = source_now(conn)  # first statement: U is not after the snapshot
-            if source_check is not None:
-                found, why = source_check(conn, configs)
-                manifest_extras = {**(manifest_extras or {}), **found}
-                if why is not None:
-                    log.warning("%s: full re-extract and rebuild", why)
-                    configs = [dataclasses.replace(c, mode="full") for c in configs]
-                    lower = {c.name: None for c in configs}
-                    manifest_extras["source_changed"] = True
-                    manifest_extras["source_change_reason"] = why
-            window_end = (
-                upper if read_choice is None else replica_safe_window_end(upper, read_choice)
-            )
-            snapshot = _export_snapshot(conn, configs, parallelism, reader)
-            metadata = sa.MetaData()
-            reflected = {}
-            for config in configs:
-                label(conn, config.name)
-                reading = config.name
-                reflected[config.name] = (_reflect(conn, metadata, config), config)
-            check_future_cursors(conn, reflected, upper, future_tolerance, shard)
-            for config in configs:
-                label(conn, config.name)
-                reading = config.name
-                table = reflected[config.name][0]
-                schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
-                lo = lower[config.name]
-                table_reader = _table_reader(
-                    conn,
-                    table,
-                    config,
-                    config.degree(parallelism),
-                    url=url,
-                    reader=reader,
-                    snapshot=snapshot,
-                    min_rows_per_range=parallel_min_rows,
-                )
-                if aggregates is not None:
-                    table_reader = aggregates(table_reader)
-                if shard is not None:
-                    batches = _scoped_batches(
-                        conn,
-                        table,
-                        schema,
-                        config,
-                        shard,
-                        lo,
-                        upper,
-                        table_reader,
-                        batch_size,
-                        pass_window=aggregates is not None,
-                    )
-                elif config.mode == "incremental":
-                    where, params = _window_where(conn, table.c[config.cursor], lo, upper)
-                    window = (
-                        {"window": (config.cursor, lo, upper)} if aggregates is not None else {}
-                    )
-                    batches = _exact_window(
-                        table_reader(conn, table, schema, where, params, batch_size, **window),
-                        config.cursor,
-                        lo,
-                        upper,
-                    )
-                else:
-                    batches = table_reader(conn, table, schema, None, {}, batch_size)
-                extras = {
-                    "mode": config.mode,
-                    "key": config.key,
-                    "cursor_key": config.cursor,
-                    "window_start": _iso(lo),
-                    "window_end": _iso(window_end),
-                    "overlap_seconds": config.overlap.total_seconds(),
-                    "reconcile_deletes": config.reconcile_deletes,
-                }
-                extras.update(_read_choice_fields(read_choice))
-                extras.update(manifest_extras or {})
-                if shard is not None:
-                    extras.update(shard.manifest)
-                    extras["vshards"] = [list(r) for r in shard.owned(config.name)]
-                    extras["full_vshards"] = [
-                        list(r) for r in shard.full_vshards.get(config.name, ())
-                    ]
-                manifest = write_landing_table(
-                    batches,
-                    schema=schema,
-                    landing_root=landing_root,
-                    source=SOURCE_NAME,
-                    table_name=config.name,
-                    run_id=run_id,
-                    cursor_column=config.cursor if config.cursor in schema.names else None,
-                    extra_manifest=extras,
-                    accept_drift=accept_drift,
-                )
-                log.info(
-                    "extracted %s.%s (%s, window %s .. %s): %d rows, %d bytes",
-                    SOURCE_NAME,
-                    config.name,
-                    config.mode,
-                    _iso(lo),
-                    _iso(upper),
-                    manifest["rows"],
-                    manifest["bytes"],
-                )
-                manifests[config.name] = manifest
-                if config.reconcile_deletes:
-                    keys_name = f"{config.name}__keys"
-                    key_schema = pa.schema(
-                        [pa.field(config.key, arrow_type(table.c[config.key].type))]
-                    )
-                    key_where = None
-                    key_extras: dict[str, Any] = {
-                        "mode": "key_set",
-                        "key": config.key,
-                        "of_table": config.name,
-                        "window_end": _iso(window_end),
-                    }
-                    key_extras.update(manifest_extras or {})
-                    if shard is not None:
-                        key_where = shard_filter(
-                            table.c[config.key], shard.owned(config.name), shard.virtual_shards
-                        )
-                        key_extras.update(shard.manifest)
-                        key_extras["vshards"] = [list(r) for r in shard.owned(config.name)]
-                    manifests[keys_name] = write_landing_table(
-                        _key_batches(conn, table, config.key, key_schema, batch_size, key_where),
-                        schema=key_schema,
-                        landing_root=landing_root,
-                        source=SOURCE_NAME,
-                        table_name=keys_name,
-                        run_id=run_id,
-                        extra_manifest=key_extras,
-                    )
-                    log.info(
-                        "extracted %s.%s: %d keys",
-                        SOURCE_NAME,
-                        keys_name,
-                        manifests[keys_name]["rows"],
-                    )
+            state = _open_run(conn, url, plan, lower)
+            tables = _reflect_tables(state)
+            check_future_cursors(conn, tables, state.upper, tolerance, state.plan.shard)
+            manifests: dict[str, dict[str, Any]] = {}
+            for table, config in tables.values():
+                manifests.update(_land_table(state, table, config))
     except Exception as exc:
         # A read that timed out closed its connection: the rollback then fails too, and
         # that error would hide the one that names the table and the setting.
         raise_source_timeout(exc)
-        raise_statement_timeout(exc, reading)
+        raise_statement_timeout(exc, state.reading if state is not None else SOURCE_NAME)
         raise
     finally:
         engine.dispose()
     return manifests
 
 
+def _source_engine(url: str) -> sa.Engine:
+    """An engine on the source whose `begin()` is a real snapshot transaction, and whose
+    waits for the server past SOURCE_READ_STALL_TIMEOUT_S fail."""
+    engine = sa.create_engine(sqlalchemy_url(url), connect_args=connect_args(sqlalchemy_url(url)))
+    if engine.dialect.name == "sqlite":
+        _sqlite_transactions(engine)
+    install(engine)
+    return engine
+
+
+def _future_tolerance(plan: ExtractPlan) -> timedelta:
+    if plan.future_tolerance is not None:
+        return plan.future_tolerance
+    return timedelta(minutes=future_tolerance_minutes())
+
+
+def _open_run(
+    conn: sa.Connection, url: str, plan: ExtractPlan, lower: dict[str, datetime | None]
+) -> _RunState:
+    """Fix the run's bounds in its transaction: U (the first statement, so it is not
+    after the snapshot), the source check's verdict, the window end (lag-corrected on a
+    replica, `replica_safe_window_end`) and the snapshot parallel readers import."""
+    upper = source_now(conn)
+    if plan.source_check is not None:
+        found, why = plan.source_check(conn, plan.configs)
+        extras = {**(plan.manifest_extras or {}), **found}
+        if why is not None:
+            log.warning("%s: full re-extract and rebuild", why)
+            extras.update(source_changed=True, source_change_reason=why)
+            configs = [dataclasses.replace(c, mode="full") for c in plan.configs]
+            plan = dataclasses.replace(plan, configs=configs)
+            lower = {c.name: None for c in configs}
+        plan = dataclasses.replace(plan, manifest_extras=extras)
+    choice = plan.read_choice
+    return _RunState(
+        conn=conn,
+        url=url,
+        plan=plan,
+        upper=upper,
+        window_end=upper if choice is None else replica_safe_window_end(upper, choice),
+        lower=lower,
+        snapshot=_export_snapshot(conn, plan.configs, plan.parallelism, plan.reader),
+    )
+
+
+def _reflect_tables(run: _RunState) -> dict[str, tuple[sa.Table, TableConfig]]:
+    """Every table of the plan as the source has it now, with its reader for the run."""
+    metadata = sa.MetaData()
+    tables = {}
+    for config in run.plan.configs:
+        label(run.conn, config.name)
+        run.reading = config.name
+        table = _reflect(run.conn, metadata, config)
+        tables[config.name] = (table, config)
+        reader = _table_reader(run, table, config)
+        hook = run.plan.aggregates
+        run.readers[config.name] = hook(reader) if hook is not None else _without_window(reader)
+    return tables
+
+
+def _table_reader(run: _RunState, table: sa.Table, config: TableConfig) -> Reader:
+    """The reader of one table: key ranges at once when it is configured and possible."""
+    reader = run.plan.reader
+    degree = config.degree(run.plan.parallelism)
+    if degree <= 1:
+        return reader
+    if run.snapshot is None or reader is not auto_read_batches:
+        log.info(
+            "%s: parallel_ranges=%d read as one stream (%s: no shared snapshot across "
+            "connections, or a custom reader)",
+            config.name,
+            degree,
+            run.conn.dialect.name,
+        )
+        return reader
+    if not isinstance(table.c[config.key].type, sa.Integer):
+        log.warning(
+            "%s: parallel_ranges=%d needs an integer key, %s is %s: one stream",
+            config.name,
+            degree,
+            config.key,
+            table.c[config.key].type,
+        )
+        return reader
+    return ranged_reader(run.url, run.snapshot, config.key, degree, run.plan.parallel_min_rows)
+
+
+def _land_table(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str, dict[str, Any]]:
+    """Land one table's rows (and its key set for `reconcile_deletes`): {name: manifest}."""
+    label(run.conn, config.name)
+    run.reading = config.name
+    schema = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
+    if run.plan.shard is not None:
+        batches = _scoped_batches(run, table, schema, config)
+    else:
+        batches = _filtered_batches(run, table, schema, config, None, run.lower[config.name])
+    cursor = config.cursor if config.cursor in schema.names else None
+    options = LandingOptions(
+        cursor_column=cursor,
+        extra_manifest=_table_manifest_fields(run, config),
+        accept_drift=run.plan.accept_drift,
+    )
+    manifest = write_landing_table(
+        batches, schema=schema, target=_target(run, config.name), options=options
+    )
+    log.info(
+        "extracted %s.%s (%s, window %s .. %s): %d rows, %d bytes",
+        SOURCE_NAME,
+        config.name,
+        config.mode,
+        _iso(run.lower[config.name]),
+        _iso(run.upper),
+        manifest["rows"],
+        manifest["bytes"],
+    )
+    landed = {config.name: manifest}
+    if config.reconcile_deletes:
+        landed[f"{config.name}__keys"] = _land_key_set(run, table, config)
+    return landed
+
+
+def _target(run: _RunState, table_name: str) -> LandingTarget:
+    return LandingTarget(run.plan.landing_root, SOURCE_NAME, table_name, run.plan.run_id)
+
+
+def _table_manifest_fields(run: _RunState, config: TableConfig) -> dict[str, Any]:
+    """What a table's manifest records about the read: mode, key, window, read source,
+    the plan's extras and, for a shard, its vshards."""
+    fields: dict[str, Any] = {
+        "mode": config.mode,
+        "key": config.key,
+        "cursor_key": config.cursor,
+        "window_start": _iso(run.lower[config.name]),
+        "window_end": _iso(run.window_end),
+        "overlap_seconds": config.overlap.total_seconds(),
+        "reconcile_deletes": config.reconcile_deletes,
+    }
+    fields.update(_read_choice_fields(run.plan.read_choice))
+    fields.update(run.plan.manifest_extras or {})
+    shard = run.plan.shard
+    if shard is not None:
+        fields.update(shard.manifest)
+        fields["vshards"] = [list(r) for r in shard.owned(config.name)]
+        fields["full_vshards"] = [list(r) for r in shard.full_vshards.get(config.name, ())]
+    return fields
+
+
+def _land_key_set(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str, Any]:
+    """Land `<table>__keys`, every key of the table in the run's snapshot (a shard's:
+    those of its vshards), from which the load finds the rows deleted at the source."""
+    keys_name = f"{config.name}__keys"
+    key_schema = pa.schema([pa.field(config.key, arrow_type(table.c[config.key].type))])
+    fields: dict[str, Any] = {
+        "mode": "key_set",
+        "key": config.key,
+        "of_table": config.name,
+        "window_end": _iso(run.window_end),
+        **(run.plan.manifest_extras or {}),
+    }
+    key_where = None
+    shard = run.plan.shard
+    if shard is not None:
+        owned = shard.owned(config.name)
+        key_where = shard_filter(table.c[config.key], owned, shard.virtual_shards)
+        fields.update(shard.manifest)
+        fields["vshards"] = [list(r) for r in owned]
+    batches = _key_batches(run.conn, table, config.key, key_schema, run.plan.batch_size, key_where)
+    manifest = write_landing_table(
+        batches,
+        schema=key_schema,
+        target=_target(run, keys_name),
+        options=LandingOptions(extra_manifest=fields),
+    )
+    log.info("extracted %s.%s: %d keys", SOURCE_NAME, keys_name, manifest["rows"])
+    return manifest
+
+
 # --------------------------------------------------------------------------- sharded
-
-
-def _first(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 def _where_read(choice: ReadChoice) -> str:
@@ -1167,115 +1236,90 @@ def shard_scopes(
     return scopes
 
 
+@dataclass(frozen=True)
+class ShardReadPolicy:
+    """How the shards of a sharded run are read: `max_workers` shards at once, and the
+    replica policy of shards without their own (`replica_max_lag_seconds`,
+    `replica_on_lag`; `lag_fn` measures a replica's lag right before its snapshot)."""
+
+    max_workers: int = 8
+    replica_max_lag_seconds: float = 300.0
+    replica_on_lag: OnLag = "primary"
+    lag_fn: LagFn = replication_lag_seconds
+
+    def read_choice(self, shard: PhysicalShard, url: str) -> ReadChoice:
+        """The shard's replica when it lags at most the allowed seconds, else its
+        primary, or `ReplicaLagError` (the shard's own settings before the run's)."""
+        lag = shard.replica_max_lag_seconds
+        on_lag = shard.replica_on_lag
+        return choose_read_url(
+            url,
+            shard.resolve_replica_url(),
+            max_lag_seconds=self.replica_max_lag_seconds if lag is None else lag,
+            on_lag=self.replica_on_lag if on_lag is None else on_lag,
+            lag_fn=self.lag_fn,
+        )
+
+
+_SET_PER_SHARD = ("shard", "read_choice", "source_check")
+
+
 def extract_sharded_source(
-    shard_map: ShardMap,
-    *,
-    run_id: str,
-    landing_root: Path,
-    warehouse_path: Path | None,
-    configs: Sequence[TableConfig] = DEFAULT_TABLES,
-    max_workers: int = 8,
-    batch_size: int = 50_000,
-    reader: Reader = auto_read_batches,
-    parallelism: int = 1,
-    parallel_min_rows: int = PARALLEL_MIN_ROWS,
-    aggregates: Callable[[Reader], Reader] | None = None,
-    replica_max_lag_seconds: float = 300.0,
-    replica_on_lag: OnLag = "primary",
-    lag_fn: LagFn = replication_lag_seconds,
-    accept_drift: bool | Sequence[str] = False,
+    shard_map: ShardMap, plan: ExtractPlan, policy: ShardReadPolicy = ShardReadPolicy()
 ) -> dict[str, Any]:
     """Extract every physical shard of `shard_map` in parallel into the landing zone.
 
-    Replicas: a shard with a `replica_url` / `replica_conn_id` is read from its replica
-    when that replica's lag (`lag_fn`, measured per shard right before its snapshot) is
-    at most the shard's `replica_max_lag_seconds` (default: `replica_max_lag_seconds`);
-    otherwise from the shard's primary, or the shard fails with `ReplicaLagError`
-    (its `replica_on_lag`, default `replica_on_lag`), which fails the run naming it.
-    The shard's recorded window end is lag-corrected (`extract_tables(read_choice=)`).
-
-    `aggregates`: the `extract_tables` hook, for every shard (it must be thread-safe).
-
-    `parallelism` / `parallel_min_rows`: key ranges per table within each shard (see
-    `extract_tables`); shards x ranges connections may be open at once.
-
-    Each shard: one snapshot transaction on its own database (`extract_tables` with its
-    `ShardScope`), landed as run `<run_id>.shard-<name>`. Once every shard has landed,
-    the run record (`shard_run_record_path`) lists them with the run's map; before,
-    an earlier record of the same run id is removed, so a run with a failed shard is
-    never loadable. A failure raises `ShardExtractError` naming every failed shard.
+    Each shard: `extract_tables` with `plan` in one snapshot transaction on its own
+    database (its replica per `policy`, the window end then lag-corrected), restricted
+    by its `ShardScope`, landed as run `<run_id>.shard-<name>`. `plan.aggregates` is
+    used by every shard at once (it must be thread-safe); `plan.parallelism` key ranges
+    per table within each shard: shards x ranges connections may be open at once. Once
+    every shard has landed, the run record (`shard_run_record_path`) lists them with the
+    run's map; before, an earlier record of the same run id is removed, so a run with a
+    failed shard is never loadable. A failure raises `ShardExtractError` naming every
+    failed shard.
 
     Returns {"map_version", "shards": {name: {table: rows}}, "rows": {table: rows}}.
     """
-    record_path = shard_run_record_path(landing_root, run_id)
+    given = [name for name in _SET_PER_SHARD if getattr(plan, name) is not None]
+    if given:
+        raise ValueError(
+            f"extract_sharded_source sets {', '.join(given)} per shard: leave it unset in the plan"
+        )
+    record_path = shard_run_record_path(plan.landing_root, plan.run_id)
     record_path.unlink(missing_ok=True)
     extract_id = uuid.uuid4().hex
-    public = shard_map.to_public_dict()
     scopes = shard_scopes(
         shard_map,
-        warehouse_path=warehouse_path,
-        configs=configs,
-        extra_manifest={"shard_map": public, "extract_id": extract_id, "logical_run_id": run_id},
+        warehouse_path=plan.warehouse_path,
+        configs=plan.configs,
+        extra_manifest={
+            "shard_map": shard_map.to_public_dict(),
+            "extract_id": extract_id,
+            "logical_run_id": plan.run_id,
+        },
     )
-    for scope in scopes.values():
-        full = {t: r for t, r in scope.full_vshards.items() if r}
-        if full:
-            log.info(
-                "shard %s: vshards read in full (new to this shard since its last load): %s",
-                scope.name,
-                {t: [list(x) for x in r] for t, r in full.items()},
-            )
+    _log_full_vshards(scopes)
 
-    def read_fn(name: str, url: str, _sql: str, _params: dict[str, int]) -> dict[str, Any]:
+    def read_shard(name: str, url: str, _sql: str, _params: dict[str, int]) -> dict[str, Any]:
         # the per-table predicates come from the shard's scope (same vshards as _sql)
-        physical = shard_map.shard(name)
-        choice = choose_read_url(
-            url,
-            physical.resolve_replica_url(),
-            max_lag_seconds=_first(physical.replica_max_lag_seconds, replica_max_lag_seconds),
-            on_lag=_first(physical.replica_on_lag, replica_on_lag),
-            lag_fn=lag_fn,
-        )
+        choice = policy.read_choice(shard_map.shard(name), url)
         if choice.reason != NO_REPLICA:
             log.info("shard %s reads from the %s: %s", name, _where_read(choice), choice.reason)
-        return extract_tables(
-            choice.url,
-            run_id=shard_run_id(run_id, name),
-            landing_root=landing_root,
-            warehouse_path=warehouse_path,
-            configs=configs,
-            batch_size=batch_size,
-            reader=reader,
-            shard=scopes[name],
-            parallelism=parallelism,
-            parallel_min_rows=parallel_min_rows,
-            aggregates=aggregates,
-            read_choice=choice,
-            accept_drift=accept_drift,
+        shard_plan = dataclasses.replace(
+            plan, run_id=shard_run_id(plan.run_id, name), shard=scopes[name], read_choice=choice
         )
+        return extract_tables(choice.url, shard_plan)
 
-    results = extract_sharded(shard_map, read_fn, max_workers=max_workers)
-    shards = []
-    for res in results:
-        shards.append(
-            {
-                "name": res.shard,
-                "landing_run_id": shard_run_id(run_id, res.shard),
-                "vshards": [list(r) for r in res.vshards],
-                "seconds": round(res.seconds, 3),
-                "tables": {
-                    t: {"rows": m["rows"], "checksum_sha256": m["checksum_sha256"]}
-                    for t, m in res.value.items()
-                },
-            }
-        )
+    results = extract_sharded(shard_map, read_shard, max_workers=policy.max_workers)
+    shards = [_shard_summary(plan.run_id, res) for res in results]
     _write_json_atomically(
         record_path,
         {
             "source": SOURCE_NAME,
-            "run_id": run_id,
+            "run_id": plan.run_id,
             "extract_id": extract_id,
-            "shard_map": public,
+            "shard_map": shard_map.to_public_dict(),
             "shards": shards,
             "written_at": clock.now().isoformat(),
         },
@@ -1287,9 +1331,34 @@ def extract_sharded_source(
             totals[t] = totals.get(t, 0) + n
     log.info(
         "sharded extract run=%s (map v%d, %d shards): %s",
-        run_id,
+        plan.run_id,
         shard_map.version,
         len(shards),
         per_shard,
     )
     return {"map_version": shard_map.version, "shards": per_shard, "rows": totals}
+
+
+def _log_full_vshards(scopes: Mapping[str, ShardScope]) -> None:
+    for scope in scopes.values():
+        full = {t: r for t, r in scope.full_vshards.items() if r}
+        if full:
+            log.info(
+                "shard %s: vshards read in full (new to this shard since its last load): %s",
+                scope.name,
+                {t: [list(x) for x in r] for t, r in full.items()},
+            )
+
+
+def _shard_summary(run_id: str, result: ShardResult) -> dict[str, Any]:
+    """One shard's entry in the run record: its landing run, vshards, time and tables."""
+    return {
+        "name": result.shard,
+        "landing_run_id": shard_run_id(run_id, result.shard),
+        "vshards": [list(r) for r in result.vshards],
+        "seconds": round(result.seconds, 3),
+        "tables": {
+            t: {"rows": m["rows"], "checksum_sha256": m["checksum_sha256"]}
+            for t, m in result.value.items()
+        },
+    }

@@ -33,11 +33,13 @@ import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core import clock
@@ -119,58 +121,102 @@ def schema_fingerprint(schema: pa.Schema) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class LandingTarget:
+    """Where one landed run goes: `<landing_root>/<source>/<table_name>/run=<run_id>`."""
+
+    landing_root: Path
+    source: str
+    table_name: str
+    run_id: str
+
+    def run_dir(self) -> Path:
+        return run_dir(self.landing_root, self.source, self.table_name, self.run_id)
+
+
+@dataclass(frozen=True)
+class LandingOptions:
+    """How a run is landed and what its manifest records beyond the data.
+
+    `cursor_column`: its min and max go into the manifest. `rows_per_file`: Parquet
+    parts are cut at this many rows. `extra_manifest`: fields added to the manifest.
+    `check_drift` / `accept_drift`: the schema comparison with the previous landing
+    (`check_schema_drift`). `extra_files` ({name: bytes}): side files landed in the run
+    directory with the data (names start with `_`).
+    """
+
+    cursor_column: str | None = None
+    rows_per_file: int = 5_000_000
+    extra_manifest: Mapping[str, Any] | None = None
+    check_drift: bool = True
+    accept_drift: DriftAcceptance = False
+    extra_files: Mapping[str, bytes] | None = None
+
+
+@dataclass
+class _Parts:
+    """The Parquet parts written so far and the cursor's range over their rows."""
+
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    min_cursor: Any = None
+    max_cursor: Any = None
+
+
 def write_landing_table(
     data: pa.Table | Iterable[pa.RecordBatch],
     *,
     schema: pa.Schema,
-    landing_root: Path,
-    source: str,
-    table_name: str,
-    run_id: str,
-    cursor_column: str | None = None,
-    rows_per_file: int = 5_000_000,
-    extra_manifest: dict[str, Any] | None = None,
-    check_drift: bool = True,
-    accept_drift: DriftAcceptance = False,
-    extra_files: Mapping[str, bytes] | None = None,
+    target: LandingTarget,
+    options: LandingOptions = LandingOptions(),
 ) -> dict[str, Any]:
     """Write a table (or a stream of record batches) as one landed run; return its manifest.
 
-    Schema drift (`check_drift`, on by default): the schema is compared, by column name,
-    with the newest earlier landing of the same source/table (largest `extracted_at`
-    among the `run=*` manifests, including an earlier landing of this same run id, so a
-    rerun after an accepted drift compares with the accepted schema). Before anything
-    is written:
-    - a new column is carried and listed in the manifest as `added_columns`;
-    - a dropped column or a changed type raises `SchemaDriftError` naming the table, the
-      column and the old and new types; nothing is written and the old run stays.
-    Column order does not count as drift. The first landing of a table has nothing to
-    compare with (`added_columns` is empty, `previous_run_id` None).
+    Schema drift (`options.check_drift`, on by default) is checked before anything is
+    written: the schema is compared, by column name, with the newest earlier landing of
+    the same source/table (largest `extracted_at` among the `run=*` manifests, including
+    an earlier landing of this same run id, so a rerun after an accepted drift compares
+    with the accepted schema). A new column is carried (`added_columns`); a lossless
+    widening (numeric(12,2) -> numeric(14,2), int32 -> int64) is landed and listed as
+    `widened_columns`; a dropped column or another type change raises
+    `SchemaDriftError` and the old run stays, unless `options.accept_drift` covers it
+    (True, or `<table>.<column>` / `<table>.*` specs: the operator's
+    `ACCEPT_SCHEMA_DRIFT`), then it is landed and recorded as `accepted_drift`. Column
+    order does not count. The first landing of a table has nothing to compare with.
 
-    - a retyped column that loses nothing (`lossless_widening`: numeric(12,2) ->
-      numeric(14,2), int32 -> int64, float -> double) is landed, logged and listed as
-      `widened_columns`.
-
-    `accept_drift` is the operator's escape hatch: True, or the changed columns as
-    `<table>.<column>` (or `<table>.*`) specs; the pipeline passes the operator's
-    `ACCEPT_SCHEMA_DRIFT` / DAG param `accept_schema_drift` (pipeline/nightly.py). The
-    drift is still detected and logged, but landed, and recorded in the manifest as
-    `accepted_drift` ({"dropped": [...], "retyped": [...]}; the loader copies it into
-    `ops.guard_overrides`); later landings compare with this new schema. Use it
-    knowingly (e.g. a source column was removed on purpose and downstream was adapted).
-    `check_drift=False` skips the comparison altogether (for tables without a stable
-    schema).
-
-    `extra_files` ({name: bytes}) are written into the run directory with the data, so
-    they are replaced atomically with it (e.g. `_quarantine.jsonl`); names must start
-    with `_` and must not clash with the data or the manifest. They are listed in the
-    manifest as `extra_files`, not in `files` (which holds only the Parquet parts).
-
-    After the run directory is in place, `<table>/_latest.json` is rewritten
-    atomically to point to it (run id, extracted_at, columns, fingerprint).
+    The run directory is built under a temporary name and put into place in one atomic
+    step (`_replace_dir`), side files (`options.extra_files`) with it; then
+    `<table>/_latest.json` is rewritten to point to it, and with the landing zone on
+    object storage the run is committed there.
     """
-    target = run_dir(landing_root, source, table_name, run_id)
-    for name in extra_files or {}:
+    _check_extra_file_names(options.extra_files or {})
+    drift = _drift_fields(target, schema, options)
+    final = target.run_dir()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        batches = data.to_batches() if isinstance(data, pa.Table) else data
+        parts = _write_parts(batches, schema, tmp, options)
+        manifest = _manifest(target, schema, parts, tmp, options)
+        manifest.update(drift)
+        for name, blob in (options.extra_files or {}).items():
+            (tmp / name).write_bytes(blob)
+        if options.extra_manifest:
+            manifest.update(options.extra_manifest)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_latest_pointer(final.parent, manifest)
+    _commit_to_store(target, final)
+    return manifest
+
+
+def _check_extra_file_names(extra_files: Mapping[str, bytes]) -> None:
+    """Side files are metadata (`_name`) and must not clash with the data or manifest."""
+    for name in extra_files:
         if (
             not name.startswith("_")
             or not _SAFE.match(name)
@@ -178,114 +224,123 @@ def write_landing_table(
             or name.endswith(".parquet")
         ):
             raise ValueError(f"invalid extra file name {name!r}: use '_name', not parquet")
-    drift: dict[str, Any] = {}
-    if check_drift:
-        drift = check_schema_drift(
-            landing_root,
-            source,
-            table_name,
-            schema,
-            accept_drift=accept_drift,
-            source_identity=(extra_manifest or {}).get("source_identity"),
-            source_id=(extra_manifest or {}).get("source_id"),
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    batches = data.to_batches() if isinstance(data, pa.Table) else data
-    files: list[str] = []
-    rows = 0
-    min_cursor: Any = None
-    max_cursor: Any = None
-    checksum = hashlib.sha256()
+
+
+def _drift_fields(
+    target: LandingTarget, schema: pa.Schema, options: LandingOptions
+) -> dict[str, Any]:
+    """The manifest's drift fields (`check_schema_drift`), or none when not checked."""
+    if not options.check_drift:
+        return {}
+    extra = options.extra_manifest or {}
+    return check_schema_drift(
+        target.landing_root,
+        target.source,
+        target.table_name,
+        schema,
+        accept_drift=options.accept_drift,
+        source_identity=extra.get("source_identity"),
+        source_id=extra.get("source_id"),
+    )
+
+
+def _write_parts(
+    batches: Iterable[pa.RecordBatch], schema: pa.Schema, tmp: Path, options: LandingOptions
+) -> _Parts:
+    """Stream `batches` into `part-<nnnnn>.parquet` files of at most `rows_per_file` rows
+    (an empty run still lands one empty file, so the schema is known downstream)."""
+    parts = _Parts()
     writer: pq.ParquetWriter | None = None
     rows_in_file = 0
+    cursor = options.cursor_column if options.cursor_column in schema.names else None
     try:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             if batch.schema != schema:
                 batch = pa.Table.from_batches([batch]).cast(schema).to_batches()[0]
-            if writer is None or rows_in_file >= rows_per_file:
+            if writer is None or rows_in_file >= options.rows_per_file:
                 if writer is not None:
                     writer.close()
-                name = f"part-{len(files):05d}.parquet"
-                files.append(name)
-                writer = pq.ParquetWriter(
-                    tmp / name,
-                    schema,
-                    compression="zstd",
-                    use_dictionary=_dictionary_columns(schema),
-                )
+                writer = _open_part(tmp, schema, parts)
                 rows_in_file = 0
             writer.write_batch(batch)
-            rows += batch.num_rows
+            parts.rows += batch.num_rows
             rows_in_file += batch.num_rows
-            if cursor_column and cursor_column in schema.names:
-                col = batch.column(schema.get_field_index(cursor_column))
-                import pyarrow.compute as pc
+            if cursor is not None:
+                _widen_cursor_range(parts, batch.column(schema.get_field_index(cursor)))
+    finally:
+        if writer is not None:
+            writer.close()
+    if not parts.files:
+        parts.files.append("part-00000.parquet")
+        pq.write_table(schema.empty_table(), tmp / parts.files[0], compression="zstd")
+    return parts
 
-                bounds = pc.min_max(col)
-                lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-                if lo is not None:
-                    min_cursor = lo if min_cursor is None else min(min_cursor, lo)
-                    max_cursor = hi if max_cursor is None else max(max_cursor, hi)
-        if writer is not None:
-            writer.close()
-            writer = None
-        if not files:  # an empty run still lands one file, so the schema is known downstream
-            name = "part-00000.parquet"
-            files.append(name)
-            pq.write_table(schema.empty_table(), tmp / name, compression="zstd")
-        size = 0
-        for name in files:  # streamed: a 5M-row part is ~100 MB, never held in memory
-            with open(tmp / name, "rb") as part:
-                while chunk := part.read(1 << 20):
-                    size += len(chunk)
-                    checksum.update(chunk)
-        manifest: dict[str, Any] = {
-            "source": source,
-            "table": table_name,
-            "run_id": run_id,
-            "rows": rows,
-            "bytes": size,
-            "files": files,
-            "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
-            "schema_fingerprint": schema_fingerprint(schema),
-            "checksum_sha256": checksum.hexdigest(),
-            "cursor_column": cursor_column,
-            "min_cursor": _jsonable(min_cursor),
-            "max_cursor": _jsonable(max_cursor),
-            "extracted_at": clock.now().isoformat(),
-        }
-        if check_drift:
-            manifest.update(drift)
-        if extra_files:
-            for name, blob in extra_files.items():
-                (tmp / name).write_bytes(blob)
-            manifest["extra_files"] = sorted(extra_files)
-        if extra_manifest:
-            manifest.update(extra_manifest)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _replace_dir(tmp, target)
-        _write_latest_pointer(target.parent, manifest)
-        store = bound_store(landing_root)
-        if store is not None:  # object storage: the local run is only a stage until this
-            attempt = store.publish_run(target, source, table_name, run_id)
-            log.info(
-                "%s/%s run=%s committed to %s (attempt %s)",
-                source,
-                table_name,
-                run_id,
-                store.describe(),
-                attempt,
-            )
-        return manifest
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+def _open_part(tmp: Path, schema: pa.Schema, parts: _Parts) -> pq.ParquetWriter:
+    name = f"part-{len(parts.files):05d}.parquet"
+    parts.files.append(name)
+    return pq.ParquetWriter(
+        tmp / name, schema, compression="zstd", use_dictionary=_dictionary_columns(schema)
+    )
+
+
+def _widen_cursor_range(parts: _Parts, column: pa.Array) -> None:
+    bounds = pc.min_max(column)
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    if lo is not None:
+        parts.min_cursor = lo if parts.min_cursor is None else min(parts.min_cursor, lo)
+        parts.max_cursor = hi if parts.max_cursor is None else max(parts.max_cursor, hi)
+
+
+def _manifest(
+    target: LandingTarget, schema: pa.Schema, parts: _Parts, tmp: Path, options: LandingOptions
+) -> dict[str, Any]:
+    """The manifest of the parts in `tmp`: sizes and checksum streamed from the files
+    (a 5M-row part is ~100 MB, never held in memory)."""
+    size = 0
+    checksum = hashlib.sha256()
+    for name in parts.files:
+        with open(tmp / name, "rb") as part:
+            while chunk := part.read(1 << 20):
+                size += len(chunk)
+                checksum.update(chunk)
+    manifest: dict[str, Any] = {
+        "source": target.source,
+        "table": target.table_name,
+        "run_id": target.run_id,
+        "rows": parts.rows,
+        "bytes": size,
+        "files": parts.files,
+        "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "schema_fingerprint": schema_fingerprint(schema),
+        "checksum_sha256": checksum.hexdigest(),
+        "cursor_column": options.cursor_column,
+        "min_cursor": _jsonable(parts.min_cursor),
+        "max_cursor": _jsonable(parts.max_cursor),
+        "extracted_at": clock.now().isoformat(),
+    }
+    if options.extra_files:
+        manifest["extra_files"] = sorted(options.extra_files)
+    return manifest
+
+
+def _commit_to_store(target: LandingTarget, final: Path) -> None:
+    """With the landing zone on object storage, the local run is only a stage until
+    it is committed to the store."""
+    store = bound_store(target.landing_root)
+    if store is None:
+        return
+    attempt = store.publish_run(final, target.source, target.table_name, target.run_id)
+    log.info(
+        "%s/%s run=%s committed to %s (attempt %s)",
+        target.source,
+        target.table_name,
+        target.run_id,
+        store.describe(),
+        attempt,
+    )
 
 
 def bound_store(landing_root: Path) -> Any:

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -399,22 +399,6 @@ def shard_predicate(
     return "(" + " or ".join(parts) + ")", params
 
 
-def shard_predicate_inline(
-    key_column: str,
-    ranges: Iterable[Sequence[int]],
-    dialect: str,
-    *,
-    virtual_shards: int = DEFAULT_VIRTUAL_SHARDS,
-) -> str:
-    """`shard_predicate` with the (validated integer) bounds inlined, for raw SQL such as
-    a PostgreSQL `COPY (select ... where <this>) TO STDOUT` where bind params are not
-    available."""
-    sql, params = shard_predicate(key_column, ranges, dialect, virtual_shards=virtual_shards)
-    for name in sorted(params, key=len, reverse=True):
-        sql = sql.replace(f":{name}", str(int(params[name])))
-    return sql
-
-
 def shard_filter(column: Any, ranges: Iterable[Sequence[int]], virtual_shards: int = 1024):
     """The same predicate as a SQLAlchemy expression over `column` (for `sa.select`)."""
     norm = normalize_ranges(ranges)
@@ -619,112 +603,3 @@ def plan_shard_reads(
             full_vshards=full,
         )
     return plans
-
-
-# --------------------------------------------------------------------------- resharding
-
-
-def move_vshards(
-    shard_map: ShardMap,
-    lo: int,
-    hi: int,
-    to: str,
-    *,
-    url: str | None = None,
-    conn_id: str | None = None,
-) -> ShardMap:
-    """The next map version with vshards [lo, hi] moved to shard `to` (step 2 of a
-    reshard). `to` may be an existing shard or a new one (then give `url`/`conn_id`)."""
-    moved = ((lo, hi),)
-    names = [s.name for s in shard_map.shards]
-    shards = []
-    for s in shard_map.shards:
-        if s.name == to:
-            if url or conn_id:
-                raise ShardMapError(f"shard {to!r} already exists: do not give url/conn_id")
-            shards.append(replace(s, vshards=normalize_ranges(s.vshards + moved)))
-        else:
-            shards.append(replace(s, vshards=subtract_ranges(s.vshards, moved)))
-    if to not in names:
-        shards.append(PhysicalShard(to, moved, url, conn_id))
-    return ShardMap(shard_map.virtual_shards, shard_map.version + 1, tuple(shards))
-
-
-def copy_vshards(
-    src_url: str,
-    dst_url: str,
-    table: str,
-    ranges: Iterable[Sequence[int]],
-    *,
-    key_column: str = "id",
-    cursor_column: str = "updated_at",
-    virtual_shards: int = DEFAULT_VIRTUAL_SHARDS,
-    batch_size: int = 5000,
-    pause_seconds: float = 0.0,
-) -> int:
-    """Step 1 (and its catch-up): upsert the rows of `ranges` from `src` into `dst`,
-    newest `cursor_column` wins, so it can be repeated until `dst` has caught up.
-    PostgreSQL and SQLite destinations. Returns the number of rows sent.
-    A reference implementation for tests and runbooks, not part of the nightly run.
-    """
-    src = sa.create_engine(sqlalchemy_url(src_url), poolclass=sa.pool.NullPool)
-    dst = sa.create_engine(sqlalchemy_url(dst_url), poolclass=sa.pool.NullPool)
-    if dst.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dst.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"copy_vshards: no upsert for {dst.dialect.name}")
-    sent = 0
-    try:
-        with src.connect() as sconn, dst.connect() as dconn:
-            s_table = sa.Table(table, sa.MetaData(), autoload_with=sconn)
-            d_table = sa.Table(table, sa.MetaData(), autoload_with=dconn)
-            dconn.commit()  # end the reflection's implicit transaction
-            stmt = (
-                sa.select(s_table)
-                .where(shard_filter(s_table.c[key_column], ranges, virtual_shards))
-                .order_by(s_table.c[key_column])
-            )
-            result = sconn.execution_options(stream_results=True, yield_per=batch_size).execute(
-                stmt
-            )
-            for rows in result.partitions(batch_size):
-                values = [dict(r._mapping) for r in rows]
-                ins = insert(d_table).values(values)
-                upsert = ins.on_conflict_do_update(
-                    index_elements=[d_table.c[key_column]],
-                    set_={c.name: ins.excluded[c.name] for c in d_table.columns},
-                    where=ins.excluded[cursor_column] > d_table.c[cursor_column],
-                )
-                dconn.execute(upsert)
-                dconn.commit()  # batch by batch: the copy may be long and is repeatable
-                sent += len(values)
-                if pause_seconds:
-                    time.sleep(pause_seconds)
-    finally:
-        src.dispose()
-        dst.dispose()
-    return sent
-
-
-def delete_vshards(
-    url: str,
-    table: str,
-    ranges: Iterable[Sequence[int]],
-    *,
-    key_column: str = "id",
-    virtual_shards: int = DEFAULT_VIRTUAL_SHARDS,
-) -> int:
-    """Step 3: delete the rows of `ranges` that linger in their old database. Only once
-    every extract that could still use the previous map has been loaded (docs)."""
-    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            t = sa.Table(table, sa.MetaData(), autoload_with=conn)
-            res = conn.execute(
-                sa.delete(t).where(shard_filter(t.c[key_column], ranges, virtual_shards))
-            )
-            return res.rowcount
-    finally:
-        engine.dispose()

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from core import run_ids
 from core.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from extract.db_extract import CursorWindow, Reader, WindowedReader
 
 # table -> (money expression or None, business-day column or None)
 CHECKS: dict[str, dict[str, tuple[str | None, str | None]]] = {
@@ -228,7 +231,8 @@ def source_totals_path(landing_root: Path, run_id: str) -> Path:
 
 
 class SourceTotals:
-    """The `aggregates` hook of `extract.db_extract.extract_tables`: totals what it reads.
+    """The `aggregates` hook of the extract (`extract.db_extract.ReadHook`): totals what
+    it reads.
 
     It wraps each table's reader: before a checked table's rows are streamed, the same
     filter (`where_sql`: the run's cursor window and shard predicate, bound parameters)
@@ -256,8 +260,8 @@ class SourceTotals:
       because the landed value must be exactly `x` at that scale (the extract refuses
       any other) and `x * 10^scale` is within half a unit of that integer for any
       amount below 2^50 units. The SQL window filter is only a superset on SQLite
-      (day prefixes): the hook gets the exact bounds (`window=`), groups rows within
-      two days of a bound by the cursor's minute as well, and reads the rows of the
+      (day prefixes): the hook gets the exact bounds (`window`, a `CursorWindow`), groups
+      rows within two days of a bound by the cursor's minute as well, and reads the rows of the
       minutes that hold a bound one by one, cut exactly as the extract cuts them.
       The extract reads SQLite in one explicit transaction (a snapshot); on a
       connection outside one (pysqlite's default runs each SELECT in autocommit) a
@@ -276,7 +280,7 @@ class SourceTotals:
         self.tables: dict[str, dict[str | None, list]] = {}
         self.unchecked: dict[str, str] = {}  # table -> why
 
-    def __call__(self, reader: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def __call__(self, reader: Reader, /) -> WindowedReader:
         def read(
             conn: Any,
             table: Any,
@@ -284,7 +288,9 @@ class SourceTotals:
             where_sql: str | None,
             params: dict[str, Any],
             batch_size: int,
-            window: tuple[str, datetime | None, datetime] | None = None,
+            /,
+            *,
+            window: CursorWindow | None = None,
         ) -> Iterator[Any]:
             if table.name not in SOURCE_CHECKS:
                 yield from reader(conn, table, schema, where_sql, params, batch_size)
@@ -318,7 +324,7 @@ class SourceTotals:
         table: Any,
         where_sql: str | None,
         params: dict[str, Any],
-        window: tuple[str, datetime | None, datetime] | None = None,
+        window: CursorWindow | None = None,
     ) -> None:
         import sqlalchemy as sa
 
@@ -400,7 +406,7 @@ class SourceTotals:
         table: Any,
         where_sql: str | None,
         params: dict,
-        window: tuple[str, datetime | None, datetime] | None,
+        window: CursorWindow | None,
     ) -> list:
         import sqlalchemy as sa
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from core.settings import sqlalchemy_url
 from demo.generator import apply_next_day, generate
 from demo.schema import order_items, orders, products, users
-from extract.db_extract import _to_utc, extract_tables
+from extract.db_extract import ExtractPlan, ShardReadPolicy, _to_utc, extract_tables
 from extract.landing import run_dir
 from extract.tables import (
     DEFAULT_TABLES,
@@ -88,7 +88,8 @@ def landed_ids(landing: Path, table: str, run_id: str) -> set[int]:
 
 def cycle(url, landing, warehouse, run_id, configs=DEFAULT_TABLES, tz="UTC"):
     manifests = extract_tables(
-        url, run_id=run_id, landing_root=landing, warehouse_path=warehouse, configs=configs
+        url,
+        ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=warehouse, configs=configs),
     )
     return manifests, load_source_db(warehouse, landing, run_id, tz)
 
@@ -184,10 +185,14 @@ def test_incremental_windows_deletes_and_restated_days(source_url: str, tmp_path
 
 def test_watermark_advances_only_after_load(sqlite_url: str, tmp_path: Path) -> None:
     landing, warehouse = tmp_path / "landing", tmp_path / "warehouse.duckdb"
-    m1 = extract_tables(sqlite_url, run_id="r1", landing_root=landing, warehouse_path=warehouse)
+    m1 = extract_tables(
+        sqlite_url, ExtractPlan(run_id="r1", landing_root=landing, warehouse_path=warehouse)
+    )
     assert m1["orders"]["window_start"] is None
     # not loaded: the next run reads the same (unbounded) window again
-    m2 = extract_tables(sqlite_url, run_id="r2", landing_root=landing, warehouse_path=warehouse)
+    m2 = extract_tables(
+        sqlite_url, ExtractPlan(run_id="r2", landing_root=landing, warehouse_path=warehouse)
+    )
     assert m2["orders"]["window_start"] is None
     assert m2["orders"]["rows"] == m1["orders"]["rows"]
     assert last_watermark(warehouse, "source_db", "orders") is None
@@ -195,7 +200,9 @@ def test_watermark_advances_only_after_load(sqlite_url: str, tmp_path: Path) -> 
     mark = last_watermark(warehouse, "source_db", "orders")
     assert mark.run_id == "r2"
     assert mark.window_end == datetime.fromisoformat(m2["orders"]["window_end"])
-    m3 = extract_tables(sqlite_url, run_id="r3", landing_root=landing, warehouse_path=warehouse)
+    m3 = extract_tables(
+        sqlite_url, ExtractPlan(run_id="r3", landing_root=landing, warehouse_path=warehouse)
+    )
     assert m3["orders"]["window_start"] is not None
     assert m3["orders"]["rows"] < m2["orders"]["rows"]
 
@@ -203,7 +210,9 @@ def test_watermark_advances_only_after_load(sqlite_url: str, tmp_path: Path) -> 
 def test_rerun_of_a_run_id_replaces_its_landing(sqlite_url: str, tmp_path: Path) -> None:
     landing, warehouse = tmp_path / "landing", tmp_path / "warehouse.duckdb"
     cycle(sqlite_url, landing, warehouse, "r1")
-    first = extract_tables(sqlite_url, run_id="r2", landing_root=landing, warehouse_path=warehouse)
+    first = extract_tables(
+        sqlite_url, ExtractPlan(run_id="r2", landing_root=landing, warehouse_path=warehouse)
+    )
     engine = sa.create_engine(sqlite_url)
     with engine.begin() as conn:
         conn.execute(
@@ -212,7 +221,9 @@ def test_rerun_of_a_run_id_replaces_its_landing(sqlite_url: str, tmp_path: Path)
             .values(status="refunded", updated_at=datetime(2026, 11, 21, 9, 0))
         )
     engine.dispose()
-    second = extract_tables(sqlite_url, run_id="r2", landing_root=landing, warehouse_path=warehouse)
+    second = extract_tables(
+        sqlite_url, ExtractPlan(run_id="r2", landing_root=landing, warehouse_path=warehouse)
+    )
     assert second["orders"]["window_start"] == first["orders"]["window_start"]
     assert second["orders"]["rows"] == first["orders"]["rows"] + 1
     runs = [
@@ -285,10 +296,12 @@ def test_sqlite_text_timestamps_window_is_exact(tmp_path: Path) -> None:
     configs = [TableConfig("users", required_columns=("id", "region", "updated_at"))]
     m = extract_tables(
         url,
-        run_id="r1",
-        landing_root=tmp_path / "landing",
-        warehouse_path=warehouse,
-        configs=configs,
+        ExtractPlan(
+            run_id="r1",
+            landing_root=tmp_path / "landing",
+            warehouse_path=warehouse,
+            configs=configs,
+        ),
     )
     assert m["users"]["window_start"] == "2026-11-20T10:00:00+00:00"
     assert landed_ids(tmp_path / "landing", "users", "r1") == {2, 4, 7, 8, 9}
@@ -354,9 +367,10 @@ def test_sharded_extract_on_sqlite_shards(tmp_path: Path) -> None:
 
     def run(run_id: str) -> dict:
         out = extract_sharded_source(
-            shard_map, run_id=run_id, landing_root=landing, warehouse_path=warehouse,
-            max_workers=2,
-        )  # fmt: skip
+            shard_map,
+            ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=warehouse),
+            ShardReadPolicy(max_workers=2),
+        )
         load_source_db_sharded(warehouse, landing, run_id, "UTC")
         return out
 
@@ -402,14 +416,16 @@ def test_postgres_fast_path_lands_exactly_what_the_generic_reader_lands(
 
     monkeypatch.setattr(pg_copy, "stream_pg_batches", counting)
     fast = extract_tables(
-        pg_database, run_id="fast", landing_root=tmp_path / "fast", warehouse_path=None
+        pg_database, ExtractPlan(run_id="fast", landing_root=tmp_path / "fast", warehouse_path=None)
     )
     generic = extract_tables(
         pg_database,
-        run_id="generic",
-        landing_root=tmp_path / "generic",
-        warehouse_path=None,
-        reader=db_extract.read_batches,
+        ExtractPlan(
+            run_id="generic",
+            landing_root=tmp_path / "generic",
+            warehouse_path=None,
+            reader=db_extract.read_batches,
+        ),
     )
     assert {"users", "products", "orders", "order_items"} <= set(calls)
     for table in ("users", "products", "orders", "order_items"):

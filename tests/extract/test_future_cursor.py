@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from extract.db_extract import FutureCursorError, extract_tables
+from extract.db_extract import ExtractPlan, FutureCursorError, extract_tables
 from extract.tables import TableConfig
 
 EVENTS = [TableConfig("events")]
@@ -58,7 +58,8 @@ def test_rows_from_the_future_stop_the_extract(
     landing = tmp_path / "landing"
     with pytest.raises(FutureCursorError) as caught:
         extract_tables(
-            pg_database, run_id="r1", landing_root=landing, warehouse_path=None, configs=EVENTS
+            pg_database,
+            ExtractPlan(run_id="r1", landing_root=landing, warehouse_path=None, configs=EVENTS),
         )
     message = str(caught.value)
     # 3 rows beyond the tolerance (id 5 is within it), newest first, the newest value
@@ -82,10 +83,9 @@ def test_within_the_tolerance_rows_are_logged_and_left_to_a_later_run(
     with caplog.at_level(logging.WARNING, logger="extract.db_extract"):
         manifests = extract_tables(
             pg_database,
-            run_id="r1",
-            landing_root=tmp_path / "landing",
-            warehouse_path=None,
-            configs=EVENTS,
+            ExtractPlan(
+                run_id="r1", landing_root=tmp_path / "landing", warehouse_path=None, configs=EVENTS
+            ),
         )
     assert manifests["events"]["rows"] == 19  # id 4 is after U: a later run reads it
     assert "events: 1 row(s) with updated_at after the source's clock" in caplog.text
@@ -96,11 +96,13 @@ def test_within_the_tolerance_rows_are_logged_and_left_to_a_later_run(
     ):
         extract_tables(
             pg_database,
-            run_id="r2",
-            landing_root=tmp_path / "landing",
-            warehouse_path=None,
-            configs=EVENTS,
-            future_tolerance=timedelta(0),
+            ExtractPlan(
+                run_id="r2",
+                landing_root=tmp_path / "landing",
+                warehouse_path=None,
+                configs=EVENTS,
+                future_tolerance=timedelta(0),
+            ),
         )
     engine.dispose()
 
@@ -115,10 +117,10 @@ def test_the_tolerance_setting_is_read(
         )
     kwargs = dict(landing_root=tmp_path / "landing", warehouse_path=None, configs=EVENTS)
     monkeypatch.setenv("FUTURE_TOLERANCE_MINUTES", "240")
-    assert extract_tables(pg_database, run_id="r1", **kwargs)["events"]["rows"] == 19
+    assert extract_tables(pg_database, ExtractPlan(run_id="r1", **kwargs))["events"]["rows"] == 19
     monkeypatch.setenv("FUTURE_TOLERANCE_MINUTES", "120")
     with pytest.raises(FutureCursorError, match=r"\+ 2:00:00 \(FUTURE_TOLERANCE_MINUTES\)"):
-        extract_tables(pg_database, run_id="r2", **kwargs)
+        extract_tables(pg_database, ExtractPlan(run_id="r2", **kwargs))
     engine.dispose()
 
 
@@ -135,7 +137,10 @@ def test_sqlite_text_timestamps(tmp_path: Path) -> None:
         )
     with pytest.raises(FutureCursorError) as caught:
         extract_tables(
-            url, run_id="r1", landing_root=tmp_path / "l", warehouse_path=None, configs=EVENTS
+            url,
+            ExtractPlan(
+                run_id="r1", landing_root=tmp_path / "l", warehouse_path=None, configs=EVENTS
+            ),
         )
     assert "events: 2 row(s)" in str(caught.value)
     assert "newest first: 2 (2099-06-01T12:00:00+00:00), 3 (2099-06-01T11:00:00+00:00)" in str(

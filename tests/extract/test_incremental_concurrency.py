@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from demo.schema import metadata, orders
-from extract.db_extract import extract_tables
+from extract.db_extract import ExtractPlan, extract_tables
 from extract.landing import run_dir
 from extract.tables import TableConfig
 from warehouse.load import load_source_db
@@ -80,7 +80,10 @@ def _writer(engine: sa.Engine, worker: int, stop: threading.Event, errors: list)
 def _cycle(url: str, landing: Path, warehouse: Path, run: int) -> dict:
     run_id = f"c{run:04d}"
     manifests = extract_tables(
-        url, run_id=run_id, landing_root=landing, warehouse_path=warehouse, configs=[CONFIG]
+        url,
+        ExtractPlan(
+            run_id=run_id, landing_root=landing, warehouse_path=warehouse, configs=[CONFIG]
+        ),
     )
     load_source_db(warehouse, landing, run_id, "UTC", tables=("orders",))
     return manifests["orders"]

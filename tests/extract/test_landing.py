@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from extract.landing import (
+    LandingOptions,
+    LandingTarget,
     SchemaDriftError,
     previous_manifest,
     read_latest_pointer,
@@ -50,12 +52,8 @@ def _land(landing: Path, schema: pa.Schema, run_id: str, n: int = 3, **kw) -> di
     return write_landing_table(
         _table(schema, n).to_batches(max_chunksize=3),
         schema=schema,
-        landing_root=landing,
-        source="source_db",
-        table_name="orders",
-        run_id=run_id,
-        cursor_column="updated_at",
-        **kw,
+        target=LandingTarget(landing, "source_db", "orders", run_id),
+        options=LandingOptions(cursor_column="updated_at", **kw),
     )
 
 
@@ -210,10 +208,9 @@ def test_empty_stream_lands_schema_and_checks_drift(tmp_path: Path) -> None:
     manifest = write_landing_table(
         iter([]),
         schema=BASE,
-        landing_root=tmp_path,
-        source="source_db",
-        table_name="orders",
-        run_id="b",
+        target=LandingTarget(
+            landing_root=tmp_path, source="source_db", table_name="orders", run_id="b"
+        ),
     )
     assert manifest["rows"] == 0 and manifest["files"] == ["part-00000.parquet"]
     assert manifest["added_columns"] == []

@@ -16,6 +16,8 @@ import pytest
 
 from core import settings
 from extract.landing import (
+    LandingOptions,
+    LandingTarget,
     SchemaDriftError,
     bound_store,
     previous_manifest,
@@ -46,13 +48,8 @@ def _land(run_id: str, n: int, offset: int = 0, schema: pa.Schema = SCHEMA, **kw
     return write_landing_table(
         _table(n, offset, schema).to_batches(max_chunksize=4),
         schema=schema,
-        landing_root=settings.landing_dir(),
-        source="source_db",
-        table_name="orders",
-        run_id=run_id,
-        cursor_column="updated_at",
-        rows_per_file=4,
-        **kw,
+        target=LandingTarget(settings.landing_dir(), "source_db", "orders", run_id),
+        options=LandingOptions(cursor_column="updated_at", rows_per_file=4, **kw),
     )
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from core import settings
-from extract.landing import write_landing_table
+from extract.landing import LandingOptions, LandingTarget, write_landing_table
 
 SCHEMA = pa.schema(
     [pa.field("id", pa.int64()), pa.field("updated_at", pa.timestamp("us", tz="UTC"))]
@@ -24,11 +24,10 @@ def _land(source: str, table: str) -> dict:
     return write_landing_table(
         rows,
         schema=SCHEMA,
-        landing_root=settings.landing_dir(),
-        source=source,
-        table_name=table,
-        run_id=RUN,
-        cursor_column="updated_at",
+        target=LandingTarget(
+            landing_root=settings.landing_dir(), source=source, table_name=table, run_id=RUN
+        ),
+        options=LandingOptions(cursor_column="updated_at"),
     )
 
 

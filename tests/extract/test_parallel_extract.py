@@ -19,7 +19,7 @@ import sqlalchemy as sa
 import extract.key_ranges as key_ranges
 from core.settings import sqlalchemy_url
 from demo.generator import apply_next_day, generate
-from extract.db_extract import extract_sharded_source, extract_tables, shard_run_id
+from extract.db_extract import ExtractPlan, extract_sharded_source, extract_tables, shard_run_id
 from extract.landing import run_dir
 from extract.shards import ShardMap
 from extract.tables import DEFAULT_TABLES, TableConfig, apply_overrides
@@ -61,7 +61,7 @@ def range_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 def _extract(url: str, landing: Path, run_id: str, warehouse: Path | None, **kwargs) -> dict:
     return extract_tables(
-        url, run_id=run_id, landing_root=landing, warehouse_path=warehouse, **kwargs
+        url, ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=warehouse, **kwargs)
     )
 
 
@@ -204,11 +204,13 @@ def test_sharded_postgres_source_with_parallel_ranges(
         for name, degree in (("serial", 1), ("parallel", 3)):
             out[name] = extract_sharded_source(
                 shard_map,
-                run_id="r1",
-                landing_root=tmp_path / name,
-                warehouse_path=None,
-                parallelism=degree,
-                parallel_min_rows=0,
+                ExtractPlan(
+                    run_id="r1",
+                    landing_root=tmp_path / name,
+                    warehouse_path=None,
+                    parallelism=degree,
+                    parallel_min_rows=0,
+                ),
             )
     assert {n for _, n in range_reads} == {3} and len(range_reads) == 8  # 4 tables x 2 shards
     assert out["serial"] == out["parallel"]

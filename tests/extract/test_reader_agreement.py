@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from extract.db_extract import auto_read_batches, extract_tables, read_batches
+from extract.db_extract import ExtractPlan, auto_read_batches, extract_tables, read_batches
 from extract.landing import UnlandableValueError, run_dir
 from extract.tables import TableConfig
 
@@ -227,14 +227,16 @@ def _insert(conn: psycopg.Connection, rows: list[tuple[Any, ...]], table: str = 
 def _land(url: str, root: Path, reader: Any, table: str = TABLE, **kw: Any) -> pa.Table:
     extract_tables(
         url,
-        run_id="r1",
-        landing_root=root,
-        warehouse_path=None,
-        configs=[TableConfig(table, mode="full")],
-        reader=reader,
-        batch_size=50,  # several batches, several COPY blocks
-        **kw,
-    )
+        ExtractPlan(
+            run_id="r1",
+            landing_root=root,
+            warehouse_path=None,
+            configs=[TableConfig(table, mode="full")],
+            reader=reader,
+            batch_size=50,
+            **kw,
+        ),
+    )  # several batches, several COPY blocks
     return pq.read_table(run_dir(root, "source_db", table, "r1")).sort_by("id")
 
 

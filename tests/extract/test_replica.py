@@ -342,6 +342,8 @@ def test_lag_is_checked_per_shard_replica(postgres_admin_url: str, tmp_path: Pat
     import pyarrow.parquet as pq
 
     from extract.db_extract import (
+        ExtractPlan,
+        ShardReadPolicy,
         extract_sharded_source,
         read_shard_run_record,
         shard_run_id,
@@ -361,7 +363,9 @@ def test_lag_is_checked_per_shard_replica(postgres_admin_url: str, tmp_path: Pat
         landing = tmp_path / "landing"
         before = _db_now(dbs["a"])
         extract_sharded_source(
-            _map(dbs), run_id="r1", landing_root=landing, warehouse_path=None, lag_fn=lag_fn
+            _map(dbs),
+            ExtractPlan(run_id="r1", landing_root=landing, warehouse_path=None),
+            ShardReadPolicy(lag_fn=lag_fn),
         )
         after = _db_now(dbs["a"])
         assert sorted(measured) == sorted(lags)  # one lag check per shard replica
@@ -387,10 +391,8 @@ def test_lag_is_checked_per_shard_replica(postgres_admin_url: str, tmp_path: Pat
         with pytest.raises(ShardExtractError) as err:
             extract_sharded_source(
                 _map(dbs, replica_on_lag="fail"),
-                run_id="r2",
-                landing_root=landing,
-                warehouse_path=None,
-                lag_fn=lag_fn,
+                ExtractPlan(run_id="r2", landing_root=landing, warehouse_path=None),
+                ShardReadPolicy(lag_fn=lag_fn),
             )
         assert set(err.value.failures) == {"b"}
         assert isinstance(err.value.failures["b"], ReplicaLagError)
@@ -400,17 +402,16 @@ def test_lag_is_checked_per_shard_replica(postgres_admin_url: str, tmp_path: Pat
         # b's own threshold above its lag: b reads its replica too
         extract_sharded_source(
             _map(dbs, replica_max_lag_seconds=2000),
-            run_id="r3",
-            landing_root=landing,
-            warehouse_path=None,
-            lag_fn=lag_fn,
+            ExtractPlan(run_id="r3", landing_root=landing, warehouse_path=None),
+            ShardReadPolicy(lag_fn=lag_fn),
         )
         directory = run_dir(landing, "source_db", "orders", shard_run_id("r3", "b"))
         assert set(pq.read_table(directory).column("status").to_pylist()) == {"from-replica"}
 
 
 def test_shard_map_replica_settings_are_validated_and_kept_secret() -> None:
-    from extract.shards import ShardMap, ShardMapError, move_vshards
+    from extract.shards import ShardMap, ShardMapError
+    from migrate.resharding import move_vshards
 
     base = {"name": "a", "url": "postgresql://u@h/a", "vshards": [[0, 1023]]}
     for bad, message in (

@@ -31,11 +31,9 @@ from extract.landing import run_dir
 from extract.shards import (
     ShardExtractError,
     ShardMap,
-    copy_vshards,
-    delete_vshards,
-    move_vshards,
     shard_predicate,
 )
+from migrate.resharding import copy_vshards, delete_vshards, move_vshards
 from pipeline import nightly
 from tests.servers import fresh_database
 from warehouse.load import LoadError

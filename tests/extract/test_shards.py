@@ -19,19 +19,17 @@ from extract.shards import (
     ShardExtractError,
     ShardMap,
     ShardMapError,
-    copy_vshards,
-    delete_vshards,
     extract_sharded,
-    move_vshards,
     newly_assigned_vshards,
     normalize_ranges,
     plan_shard_reads,
     shard_predicate,
-    shard_predicate_inline,
     subtract_ranges,
     vshard_of,
     watermark_shard_key,
 )
+from extract.sql_binds import driver_filter
+from migrate.resharding import copy_vshards, delete_vshards, move_vshards
 from tests.servers import free_port, fresh_database
 
 DDL = (
@@ -435,9 +433,10 @@ def test_predicate_shape_and_params() -> None:
         "(mod(o.id, 16) between :vs_lo_0 and :vs_hi_0)"
     )
     assert shard_predicate("id", [], "sqlite") == ("(1 = 0)", {})
-    assert shard_predicate_inline("id", [[0, 9], [100, 110]], "postgresql") == (
-        "((id % 1024) between 0 and 9 or (id % 1024) between 100 and 110)"
-    )
+    assert driver_filter(*shard_predicate("id", [[0, 9]], "postgresql")) == (
+        "((id %% 1024) between %(vs_lo_0)s and %(vs_hi_0)s)",
+        {"vs_lo_0": 0, "vs_hi_0": 9},
+    )  # the form the COPY reader's driver renders: `%` escaped, no casts appended
     with pytest.raises(ValueError, match="identifier"):
         shard_predicate("id; drop table x", [[0, 1]], "postgresql")
 

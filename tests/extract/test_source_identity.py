@@ -15,7 +15,13 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from extract.landing import SchemaDriftError, check_schema_drift, write_landing_table
+from extract.landing import (
+    LandingOptions,
+    LandingTarget,
+    SchemaDriftError,
+    check_schema_drift,
+    write_landing_table,
+)
 from extract.source_identity import (
     SourceCheck,
     database_identity,
@@ -145,11 +151,8 @@ def _land(root: Path, run: str, columns: list[str], ident: str | None, source_id
     return write_landing_table(
         pa.Table.from_pylist([dict.fromkeys(columns, "x")], schema=schema),
         schema=schema,
-        landing_root=root,
-        source="source_db",
-        table_name="users",
-        run_id=run,
-        extra_manifest=extra,
+        target=LandingTarget(landing_root=root, source="source_db", table_name="users", run_id=run),
+        options=LandingOptions(extra_manifest=extra),
     )
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from extract.db_extract import extract_tables
+from extract.db_extract import ExtractPlan, extract_tables
 from extract.pg_copy import connect, stream_pg_batches
 from extract.source_timeouts import SourceTimeoutError, connect_args
 from extract.tables import TableConfig
@@ -115,11 +115,13 @@ def test_the_extract_fails_within_the_stall_timeout(
     with pytest.raises(SourceTimeoutError, match=r"^big: the source sent nothing for 2 s"):
         extract_tables(
             _through(big_table, proxy),
-            run_id="r1",
-            landing_root=tmp_path / "landing",
-            warehouse_path=None,
-            configs=[TableConfig("big", mode="full")],
-            batch_size=1000,
+            ExtractPlan(
+                run_id="r1",
+                landing_root=tmp_path / "landing",
+                warehouse_path=None,
+                configs=[TableConfig("big", mode="full")],
+                batch_size=1000,
+            ),
         )
     assert time.monotonic() - started < STALL_S + 10
     assert not list((tmp_path / "landing").rglob("_manifest.json"))
@@ -206,10 +208,12 @@ def test_a_statement_without_an_answer_fails_the_extract(
         with pytest.raises(SourceTimeoutError) as caught:
             extract_tables(
                 _through(pg_database, proxy),
-                run_id="r1",
-                landing_root=tmp_path / "landing",
-                warehouse_path=None,
-                configs=[TableConfig("events", reconcile_deletes=True)],
+                ExtractPlan(
+                    run_id="r1",
+                    landing_root=tmp_path / "landing",
+                    warehouse_path=None,
+                    configs=[TableConfig("events", reconcile_deletes=True)],
+                ),
             )
         elapsed = time.monotonic() - started
     assert proxy.stalled.is_set()
@@ -237,10 +241,12 @@ def test_a_statement_past_the_statement_timeout_names_table_and_setting(
         with pytest.raises(SourceTimeoutError) as caught:
             extract_tables(
                 pg_database,
-                run_id="r1",
-                landing_root=tmp_path / "landing",
-                warehouse_path=None,
-                configs=[TableConfig("events")],
+                ExtractPlan(
+                    run_id="r1",
+                    landing_root=tmp_path / "landing",
+                    warehouse_path=None,
+                    configs=[TableConfig("events")],
+                ),
             )
     finally:
         holder.rollback()
