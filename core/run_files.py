@@ -21,7 +21,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from core import settings
+from core import run_ids, settings
 from core.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,13 @@ def prune_store(days: int, horizon: date, run_id: str) -> list[str]:
     """The store's side of retention's `run_folders_days` (the local folder is pruned by
     `pipeline.retention.prune`): run folders named by a day before `horizon - days + 1`,
     except the running night's, are deleted. Returns the removed `runs/<id>` names."""
-    from pipeline.retention import _day_of, _expired
-
     store = _store()
     if store is None or days <= 0:
         return []
     cutoff = horizon - timedelta(days=days - 1)
     removed = []
     for name in sorted({rel.split("/", 1)[0] for rel in store.list_objects()}):
-        if _expired(name, cutoff, _day_of(run_id), set()):
+        if run_ids.expired(name, cutoff, run_ids.day_of(run_id), set()):
             store.delete_prefix(name)
             removed.append(f"{store.describe()}/{name}")
     return removed

@@ -9,11 +9,12 @@ restricted to letters, digits and `_.:-`, starts with a letter or digit and neve
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 
 RUN_PREFIX = "run="
 SHARD_INFIX = ".shard-"
 PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 
 def is_valid(run_id: str) -> bool:
@@ -55,3 +56,21 @@ def stamp(moment: datetime, *, micros: bool = True) -> str:
     """A UTC time as a sortable, filename-safe token: `20261205T082845123456Z`
     (`micros=False`: `20261205T082845Z`)."""
     return moment.strftime("%Y%m%dT%H%M%S%fZ" if micros else "%Y%m%dT%H%M%SZ")
+
+
+def day_of(name: str) -> date | None:
+    """The first ISO day in a run's name or file name (`run=2027-01-15`, `2027-01-15.json`),
+    or None: retention keeps what no day names."""
+    match = _DAY.search(name)
+    if not match:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def expired(name: str, cutoff: date, run_day: date | None, protected: set[str]) -> bool:
+    """Named by a day before `cutoff`, not the running night's day, not protected."""
+    day = day_of(name)
+    return day is not None and day < cutoff and day != run_day and name not in protected

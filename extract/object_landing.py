@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import run_ids
 from core.files import write_json_atomic, write_with
 from core.run_ids import RUN_PREFIX, SHARD_INFIX
 
@@ -354,12 +355,10 @@ class LandingStore:
         its attempts. Returns the removed `source/table/run=…` names."""
         from datetime import timedelta
 
-        from pipeline.retention import _day_of, _expired
-
         if days <= 0:
             return []
         cutoff = horizon - timedelta(days=days - 1)
-        run_day = _day_of(run_id)
+        run_day = run_ids.day_of(run_id)
         removed: list[str] = []
         for source in self._list("", recursive=False):
             source_name = source.path.rsplit("/", 1)[-1]
@@ -371,7 +370,9 @@ class LandingStore:
                     protected = {f"{RUN_PREFIX}{newest['run_id']}"} if newest else set()
                 for entry in self._list(f"{source_name}/{table_name}", recursive=False):
                     name = entry.path.rsplit("/", 1)[-1]
-                    if name.startswith("_") or not _expired(name, cutoff, run_day, protected):
+                    if name.startswith("_") or not run_ids.expired(
+                        name, cutoff, run_day, protected
+                    ):
                         continue
                     from pyarrow import fs as pafs
 

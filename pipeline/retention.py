@@ -11,7 +11,6 @@ table (the schema-drift check compares with it), the FX cache, the published war
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from dataclasses import dataclass, fields
 from datetime import date, timedelta
@@ -20,9 +19,9 @@ from typing import Any
 
 import yaml
 
-log = logging.getLogger(__name__)
+from core.run_ids import day_of, expired
 
-_DAY = re.compile(r"(\d{4}-\d{2}-\d{2})")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,22 +49,6 @@ class RetentionPolicy:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{path}: {key}={value!r} must be a whole number >= 0")
         return cls(**raw)
-
-
-def _day_of(name: str) -> date | None:
-    match = _DAY.search(name)
-    if not match:
-        return None
-    try:
-        return date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
-
-
-def _expired(name: str, cutoff: date, run_day: date | None, protected: set[str]) -> bool:
-    """Named by a day before `cutoff`, not the running night's day, not protected."""
-    day = _day_of(name)
-    return day is not None and day < cutoff and day != run_day and name not in protected
 
 
 def _remove(path: Path) -> None:
@@ -109,7 +92,7 @@ def prune(
     where = {name: data_dir / name for name in ("landing", "quarantine", "report")}
     where.update({k: Path(v) for k, v in (dirs or {}).items()})
     removed: dict[str, list[str]] = {}
-    run_day = _day_of(run_id)
+    run_day = day_of(run_id)
 
     def cut(kind: str, days: int, candidates: list[tuple[Path, set[str]]]) -> None:
         if days <= 0:
@@ -119,7 +102,7 @@ def prune(
             if not folder.is_dir():
                 continue
             for path in sorted(folder.iterdir()):
-                if path.name.startswith("_") or not _expired(path.name, cutoff, run_day, protected):
+                if path.name.startswith("_") or not expired(path.name, cutoff, run_day, protected):
                     continue
                 _remove(path)
                 removed.setdefault(kind, []).append(_shown(path, data_dir))
@@ -167,7 +150,7 @@ def _prune_failed_builds(
         name = path.name
         if not name.startswith(prefix) or BUILD_SUFFIX not in name:
             continue
-        if _expired(name[len(prefix) :], cutoff, run_day, set()):
+        if expired(name[len(prefix) :], cutoff, run_day, set()):
             _remove(path)
             removed.setdefault("failed_builds", []).append(_shown(path, data_dir))
 

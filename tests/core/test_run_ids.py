@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -45,3 +45,19 @@ def test_stamps_sort_as_the_times_do() -> None:
     assert run_ids.stamp(a) == "20270115T020000000005Z"
     assert run_ids.stamp(b, micros=False) == "20270115T020001Z"
     assert run_ids.stamp(a) < run_ids.stamp(b)
+
+
+def test_the_day_a_name_carries() -> None:
+    assert run_ids.day_of("run=2027-01-15.shard-a") == date(2027, 1, 15)
+    assert run_ids.day_of("2027-01-15.html") == date(2027, 1, 15)
+    assert run_ids.day_of("run=2027-02-30") is None  # not a day
+    assert run_ids.day_of("_latest.json") is None
+
+
+def test_expired_keeps_the_running_night_protected_and_undated_names() -> None:
+    cutoff = date(2027, 1, 10)
+    assert run_ids.expired("run=2027-01-09", cutoff, None, set())
+    assert not run_ids.expired("run=2027-01-10", cutoff, None, set())
+    assert not run_ids.expired("run=2027-01-09", cutoff, date(2027, 1, 9), set())
+    assert not run_ids.expired("run=2027-01-09", cutoff, None, {"run=2027-01-09"})
+    assert not run_ids.expired("run=manual", cutoff, None, set())
