@@ -29,7 +29,9 @@ from extract.api_extract import (
     extract_payments,
 )
 from extract.db_extract import (
+    ExtractPlan,
     FutureCursorError,
+    ShardReadPolicy,
     extract_sharded_source,
     extract_tables,
     read_shard_run_record,
@@ -308,16 +310,18 @@ def extract_source_db(
     manifests = _no_retry_on_bad_records(
         extract_tables,
         choice.url,
-        run_id=run_id_for(business_date),
-        landing_root=settings.landing_dir(),
-        warehouse_path=_published(),
-        configs=configs,
-        manifest_extras=extras,
-        read_choice=choice,
-        parallelism=settings.extract_parallelism(),
-        aggregates=totals,
-        accept_drift=settings.accept_schema_drift(accept_schema_drift),
-        source_check=check,
+        ExtractPlan(
+            run_id=run_id_for(business_date),
+            landing_root=settings.landing_dir(),
+            warehouse_path=_published(),
+            configs=configs,
+            manifest_extras=extras,
+            read_choice=choice,
+            parallelism=settings.extract_parallelism(),
+            aggregates=totals,
+            accept_drift=settings.accept_schema_drift(accept_schema_drift),
+            source_check=check,
+        ),
     )
     _record_source_totals(business_date, totals)
     return {name: m["rows"] for name, m in manifests.items()}
@@ -375,16 +379,20 @@ def _extract_sharded(
     )
     result = extract_sharded_source(
         shard_map,
-        run_id=run_id_for(business_date),
-        landing_root=settings.landing_dir(),
-        warehouse_path=_published(),
-        configs=configs,
-        max_workers=settings.shard_max_workers(),
-        replica_max_lag_seconds=settings.replica_max_lag_seconds(),
-        replica_on_lag=settings.replica_on_lag(),
-        parallelism=settings.extract_parallelism(),
-        aggregates=totals,
-        accept_drift=accept_drift,
+        ExtractPlan(
+            run_id=run_id_for(business_date),
+            landing_root=settings.landing_dir(),
+            warehouse_path=_published(),
+            configs=configs,
+            parallelism=settings.extract_parallelism(),
+            aggregates=totals,
+            accept_drift=accept_drift,
+        ),
+        ShardReadPolicy(
+            max_workers=settings.shard_max_workers(),
+            replica_max_lag_seconds=settings.replica_max_lag_seconds(),
+            replica_on_lag=settings.replica_on_lag(),
+        ),
     )
     _record_source_totals(business_date, totals)
     return result["rows"]
