@@ -131,6 +131,8 @@ class _Reader:
     def __init__(self, where: Warehouse | Path | str, build: Build | None) -> None:
         self.warehouse = as_warehouse(where)
         self.build = build
+        # {schema: {table: {column}}} of the schemas this transform reads, read once
+        self.catalog: dict[str, dict[str, set[str]]] | None = None
 
     def read_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         return self.warehouse.read_arrow(sql, params, build=self.build)
@@ -153,22 +155,33 @@ def _rows(table: pa.Table) -> list[tuple]:
     return list(zip(*(c.to_pylist() for c in table.columns), strict=True))
 
 
-def _existing_tables(reader: _Reader, schema: str) -> dict[str, set[str]]:
-    """{table: {column, ...}} of a published schema's tables in the reader's state."""
-    found: dict[str, set[str]] = {}
-    actual = reader.schema(schema)
-    name = str
-    if reader.warehouse.kind == "snowflake":  # the catalog holds upper-case names
-        from warehouse.backends.snowflake import physical_name, result_name
+_CATALOG_SCHEMAS = ("raw", "ops", "analytics")
 
-        actual, name = physical_name(actual), result_name
-    result = reader.read_arrow(
-        "select table_name, column_name from information_schema.columns where table_schema = ?",
-        [actual],
-    )
-    for table, column in _rows(result):
-        found.setdefault(name(table), set()).add(name(column))
-    return found
+
+def _existing_tables(reader: _Reader, schema: str) -> dict[str, set[str]]:
+    """{table: {column, ...}} of a published schema's tables in the reader's state (the
+    `raw`, `ops` and `analytics` catalogs in one query, kept for the reader's life)."""
+    if reader.catalog is None or schema not in reader.catalog:
+        schemas = (
+            (*_CATALOG_SCHEMAS, schema) if schema not in _CATALOG_SCHEMAS else _CATALOG_SCHEMAS
+        )
+        actual = {reader.schema(s): s for s in schemas}
+        name = str
+        if reader.warehouse.kind == "snowflake":  # the catalog holds upper-case names
+            from warehouse.backends.snowflake import physical_name, result_name
+
+            actual, name = {physical_name(a): s for a, s in actual.items()}, result_name
+        marks = ", ".join("?" for _ in actual)
+        result = reader.read_arrow(
+            "select table_schema, table_name, column_name from information_schema.columns "
+            f"where table_schema in ({marks})",
+            list(actual),
+        )
+        catalog: dict[str, dict[str, set[str]]] = {s: {} for s in schemas}
+        for in_schema, table, column in _rows(result):
+            catalog[actual[in_schema]].setdefault(name(table), set()).add(name(column))
+        reader.catalog = catalog
+    return reader.catalog[schema]
 
 
 def check_raw_tables(reader: _Reader) -> dict[str, set[str]]:

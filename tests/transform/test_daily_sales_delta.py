@@ -2,7 +2,7 @@
 published rows adjusted by those orders (old contribution out, new one in), and the
 result must equal a full recomputation on the same `raw`, row for row and to the cent.
 
-Real DuckDB files and builds (warehouse/backends/duckdb.py); the night's changes are
+Real builds on DuckDB files and on PostgreSQL (warehouse/backends/); the night's changes are
 written into the build's `raw` with the `ops` records the loader keeps (old and new
 business day of every changed order), covering late orders, deleted orders and items,
 status changes, day moves, region and category moves, new totals and FX revisions.
@@ -14,8 +14,8 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pytest
 
@@ -25,6 +25,7 @@ from transform.daily_sales import (
     publish_daily_sales,
 )
 from warehouse.backends.duckdb import DuckDBWarehouse
+from warehouse.backends.postgres import PostgresWarehouse
 
 TZ = "America/New_York"
 FIRST = date(2026, 3, 1)
@@ -34,12 +35,19 @@ REGIONS = ["EU", "US", "APAC", None, "  "]
 CATEGORIES = ["books", "games", "toys", None]
 CURRENCIES = ["USD", "EUR", "JPY"]
 STATUSES = ["paid", "shipped", "refunded", "cancelled"]
+MONEY = pa.decimal128(12, 2)
+RATE = pa.decimal128(38, 18)
+TS = pa.timestamp("us", tz="UTC")
+# as warehouse/load.py creates them
 OPS_DDL = """
-create schema if not exists ops;
-create table if not exists ops.restated_days (run_id varchar, business_date date, reason varchar);
-create table if not exists ops.restated_orders (run_id varchar, order_id bigint, business_date date);
-create table if not exists ops.deleted_rows (
-    run_id varchar, table_name varchar, key varchar, deleted_at timestamptz);
+create schema if not exists {ops};
+create table if not exists {ops}.restated_days (
+    run_id varchar(64) not null, business_date date not null, reason varchar(64) not null);
+create table if not exists {ops}.restated_orders (
+    run_id varchar(64) not null, order_id bigint not null, business_date date not null);
+create table if not exists {ops}.deleted_rows (
+    run_id varchar(64) not null, table_name varchar(64) not null, key varchar(64) not null,
+    deleted_at timestamp with time zone not null);
 """
 
 
@@ -48,8 +56,8 @@ def _ts(rng: random.Random, first: date = FIRST, days: int = DAYS) -> datetime:
     return start + timedelta(seconds=rng.randrange(days * 86400))
 
 
-def history(path: Path, seed: int, orders: int = 400) -> None:
-    """A published warehouse: raw tables as the loader leaves them."""
+def history(wh: Any, seed: int, orders: int = 400) -> None:
+    """Night 1, published: raw tables as the loader leaves them, daily_sales in full."""
     rng = random.Random(seed)
     users = [(i, rng.choice(REGIONS)) for i in range(1, 31)]
     products = [(i, rng.choice(CATEGORIES)) for i in range(1, 13)]
@@ -80,44 +88,41 @@ def history(path: Path, seed: int, orders: int = 400) -> None:
         day = FIRST + timedelta(days=k)
         fx += [(day, "USD", Decimal("1"), "USD"), (day, "EUR", Decimal("0.9213"), "USD")]
         fx.append((day, "JPY", Decimal("149.5") + k, "USD"))
-    with duckdb.connect(str(path)) as con:
-        con.execute("create schema raw")
-        con.execute("create table raw.users (id bigint, region varchar)")
-        _insert(con, "insert into raw.users values (?, ?)", users)
-        con.execute("create table raw.products (id bigint, category varchar)")
-        _insert(con, "insert into raw.products values (?, ?)", products)
-        con.execute(
-            "create table raw.orders (id bigint, user_id bigint, status varchar, "
-            "currency varchar, total decimal(12, 2), created_at timestamptz)"
-        )
-        _insert(con, "insert into raw.orders values (?, ?, ?, ?, ?, ?)", order_rows)
-        con.execute(
-            "create table raw.order_items (id bigint, order_id bigint, product_id bigint, "
-            "quantity bigint, unit_price decimal(12, 2))"
-        )
-        _insert(con, "insert into raw.order_items values (?, ?, ?, ?, ?)", item_rows)
-        con.execute(
-            "create table raw.fx_rates (rate_date date, currency varchar, "
-            "rate decimal(38, 18), base varchar)"
-        )
-        _insert(con, "insert into raw.fx_rates values (?, ?, ?, ?)", fx)
-        con.execute(OPS_DDL)
-
-
-def _insert(con: duckdb.DuckDBPyConnection, sql: str, rows: list[tuple]) -> None:
-    """`insert into t values (?, ...)` of many rows at once, through Arrow."""
-    table = sql.split()[2]
-    columns = [r[0] for r in con.execute(f"describe {table}").fetchall()]
-    data = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns[: len(rows[0])])})
-    con.register("rows_arrow", data)
-    con.execute(f"insert into {table} ({', '.join(data.column_names)}) select * from rows_arrow")
-    con.unregister("rows_arrow")
-
-
-def first_night(path: Path) -> None:
-    plan = plan_daily_sales(path, TZ, THROUGH, "n1")
+    tables = {
+        "users": (users, [("id", pa.int64()), ("region", pa.string())]),
+        "products": (products, [("id", pa.int64()), ("category", pa.string())]),
+        "orders": (
+            order_rows,
+            [("id", pa.int64()), ("user_id", pa.int64()), ("status", pa.string()),
+             ("currency", pa.string()), ("total", MONEY), ("created_at", TS)],
+        ),
+        "order_items": (
+            item_rows,
+            [("id", pa.int64()), ("order_id", pa.int64()), ("product_id", pa.int64()),
+             ("quantity", pa.int64()), ("unit_price", MONEY)],
+        ),
+        "fx_rates": (
+            fx,
+            [("rate_date", pa.date32()), ("currency", pa.string()), ("rate", RATE),
+             ("base", pa.string())],
+        ),
+    }  # fmt: skip
+    build = wh.begin_build("n1")
+    with wh.transaction(build) as s:
+        s.execute("create schema if not exists {raw}")
+        for name, (data, fields) in tables.items():
+            schema = pa.schema(fields)
+            relation = s.table("raw", name)
+            columns = ", ".join(f"{f.name} {s.column_type(f.type)}" for f in schema)
+            s.execute(f"create table {relation} ({columns})")
+            arrays = [pa.array([r[i] for r in data], f.type) for i, f in enumerate(schema)]
+            s.insert_arrow(relation, pa.Table.from_arrays(arrays, schema=schema))
+        s.execute(OPS_DDL)
+    plan = plan_daily_sales(wh, TZ, THROUGH, "n1", build=build)
     assert plan.full
-    publish_daily_sales(compute_daily_sales(path, TZ, THROUGH, plan=plan), path, plan)
+    frame = compute_daily_sales(wh, TZ, THROUGH, build=build, plan=plan)
+    publish_daily_sales(frame, wh, plan, build=build)
+    wh.publish(build)
 
 
 def _record(s, run_id: str, ids: list[int], reason: str) -> None:
@@ -127,11 +132,14 @@ def _record(s, run_id: str, ids: list[int], reason: str) -> None:
     marks = ", ".join("?" for _ in ids)
     pairs = (
         "select id, cast(timezone(cast(? as varchar), created_at) as date) as d "
-        f"from raw.orders where id in ({marks})"
+        f"from {{raw}}.orders where id in ({marks})"
     )
-    s.execute(f"insert into ops.restated_orders select ?, id, d from ({pairs})", [run_id, TZ, *ids])
     s.execute(
-        f"insert into ops.restated_days select distinct ?, d, ? from ({pairs})",
+        f"insert into {{ops}}.restated_orders select cast(? as varchar), id, d from ({pairs}) p",
+        [run_id, TZ, *ids],
+    )
+    s.execute(
+        f"insert into {{ops}}.restated_days select distinct cast(? as varchar), d, cast(? as varchar) from ({pairs}) p",
         [run_id, reason, TZ, *ids],
     )
 
@@ -139,28 +147,28 @@ def _record(s, run_id: str, ids: list[int], reason: str) -> None:
 def _orders_of(s, column: str, table: str, ids: list[int]) -> list[int]:
     marks = ", ".join("?" for _ in ids)
     if table == "users":
-        sql = f"select id from raw.orders where user_id in ({marks})"
+        sql = f"select id from {{raw}}.orders where user_id in ({marks})"
     else:
-        sql = f"select distinct order_id from raw.order_items where product_id in ({marks})"
+        sql = f"select distinct order_id from {{raw}}.order_items where product_id in ({marks})"
     return [r[0] for r in s.fetchall(sql, ids)] if ids else []
 
 
-def night(wh: DuckDBWarehouse, run_id: str, seed: int, *, fx_revision: bool = False) -> None:
+def night(wh: Any, run_id: str, seed: int, *, fx_revision: bool = False) -> None:
     """One night's changes in the run's build, recorded as the loader records them."""
     rng = random.Random(seed)
     build = wh.begin_build(run_id)
     with wh.transaction(build) as s:
-        top = s.fetchone("select max(id) from raw.orders")[0]
+        top = s.fetchone("select max(id) from {raw}.orders")[0]
         changed = rng.sample(range(1, top + 1), 25)
         status, totals, moves, currency, deleted = (changed[i::5] for i in range(5))
         users = rng.sample(range(1, 31), 2)
         products = rng.sample(range(1, 13), 2)
-        items = [r[0] for r in s.fetchall("select id from raw.order_items order by id")]
+        items = [r[0] for r in s.fetchall("select id from {raw}.order_items order by id")]
         gone_items = rng.sample(items, 4)
         item_orders = [
             r[0]
             for r in s.fetchall(
-                "select distinct order_id from raw.order_items where id in (?, ?, ?, ?)",
+                "select distinct order_id from {raw}.order_items where id in (?, ?, ?, ?)",
                 gone_items,
             )
         ]
@@ -170,46 +178,49 @@ def night(wh: DuckDBWarehouse, run_id: str, seed: int, *, fx_revision: bool = Fa
         _record(s, run_id, _orders_of(s, "category", "products", products), "product_category")
         _record(s, run_id, item_orders, "item_deleted")
         for oid in status:
-            s.execute("update raw.orders set status = ? where id = ?", [rng.choice(STATUSES), oid])
+            s.execute(
+                "update {raw}.orders set status = ? where id = ?", [rng.choice(STATUSES), oid]
+            )
         for oid in totals:
             s.execute(
-                "update raw.orders set total = ? where id = ?",
+                "update {raw}.orders set total = ? where id = ?",
                 [Decimal(rng.randrange(1, 100_000)) / 100, oid],
             )
         for oid in moves:  # to another business day, or an hour across midnight
-            s.execute("update raw.orders set created_at = ? where id = ?", [_ts(rng), oid])
+            s.execute("update {raw}.orders set created_at = ? where id = ?", [_ts(rng), oid])
         for oid in currency:
             s.execute(
-                "update raw.orders set currency = ? where id = ?", [rng.choice(CURRENCIES), oid]
+                "update {raw}.orders set currency = ? where id = ?", [rng.choice(CURRENCIES), oid]
             )
         for uid in users:
             s.execute(
-                "update raw.users set region = ? where id = ?",
+                "update {raw}.users set region = ? where id = ?",
                 [rng.choice(REGIONS + ["LATAM"]), uid],
             )
         for pid in products:
             s.execute(
-                "update raw.products set category = ? where id = ?",
+                "update {raw}.products set category = ? where id = ?",
                 [rng.choice(CATEGORIES + ["garden"]), pid],
             )
         marks = ", ".join("?" for _ in gone_items)
-        s.execute(f"delete from raw.order_items where id in ({marks})", gone_items)
         s.execute(
-            "insert into ops.deleted_rows select ?, 'order_items', cast(id as varchar), now() "
-            f"from (select unnest([{marks}]) as id)",
+            "insert into {ops}.deleted_rows select cast(? as varchar), 'order_items', "
+            "cast(id as varchar), now() "
+            f"from {{raw}}.order_items where id in ({marks})",
             [run_id, *gone_items],
         )
+        s.execute(f"delete from {{raw}}.order_items where id in ({marks})", gone_items)
         for oid in deleted:
-            s.execute("delete from raw.orders where id = ?", [oid])
+            s.execute("delete from {raw}.orders where id = ?", [oid])
             s.execute(
-                "insert into ops.deleted_rows values (?, 'orders', ?, now())", [run_id, str(oid)]
+                "insert into {ops}.deleted_rows values (?, 'orders', ?, now())", [run_id, str(oid)]
             )
         new = []
         for k in range(1, 16):  # new orders: today's, and late ones for earlier days
             oid = top + k
             day = THROUGH if k % 3 else FIRST + timedelta(days=rng.randrange(DAYS))
             s.execute(
-                "insert into raw.orders values (?, ?, ?, ?, ?, ?)",
+                "insert into {raw}.orders values (?, ?, ?, ?, ?, ?)",
                 [
                     oid,
                     rng.randrange(1, 33),
@@ -220,7 +231,7 @@ def night(wh: DuckDBWarehouse, run_id: str, seed: int, *, fx_revision: bool = Fa
                 ],
             )
             s.execute(
-                "insert into raw.order_items values (?, ?, ?, 1, ?)",
+                "insert into {raw}.order_items values (?, ?, ?, 1, ?)",
                 [10_000 * int(run_id[1:]) + k, oid, rng.randrange(1, 13), Decimal("12.34")],
             )
             new.append(oid)
@@ -233,11 +244,12 @@ def night(wh: DuckDBWarehouse, run_id: str, seed: int, *, fx_revision: bool = Fa
         if fx_revision:
             revised = FIRST + timedelta(days=3)
             s.execute(
-                "update raw.fx_rates set rate = rate + 0.01 where rate_date = ? and currency = 'EUR'",
+                "update {raw}.fx_rates set rate = rate + 0.01 where rate_date = ? and currency = 'EUR'",
                 [revised],
             )
             s.execute(
-                "insert into ops.restated_days values (?, ?, 'fx rate revised')", [run_id, revised]
+                "insert into {ops}.restated_days values (?, ?, 'fx rate revised')",
+                [run_id, revised],
             )
 
 
@@ -245,7 +257,7 @@ def rows(frame) -> list[tuple]:
     return [tuple(r) for r in frame.itertuples(index=False)]
 
 
-def table_rows(wh: DuckDBWarehouse, build=None) -> list[tuple]:
+def table_rows(wh: Any, build=None) -> list[tuple]:
     return _rows(
         wh.read_arrow(
             "select * from {analytics}.daily_sales order by date, region, category", build=build
@@ -257,7 +269,7 @@ def _rows(table: pa.Table) -> list[tuple]:
     return list(zip(*(c.to_pylist() for c in table.columns), strict=True))
 
 
-def run_night(wh: DuckDBWarehouse, run_id: str):
+def run_night(wh: Any, run_id: str):
     build = wh.open_build(run_id)
     plan = plan_daily_sales(wh, TZ, THROUGH, run_id, build=build)
     frame = compute_daily_sales(wh, TZ, THROUGH, build=build, plan=plan)
@@ -265,16 +277,18 @@ def run_night(wh: DuckDBWarehouse, run_id: str):
     return build, plan, frame
 
 
-@pytest.fixture
-def warehouse(tmp_path: Path) -> DuckDBWarehouse:
-    path = tmp_path / "warehouse.duckdb"
-    history(path, seed=1)
-    first_night(path)
-    return DuckDBWarehouse(path)
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "postgres":
+        wh: Any = PostgresWarehouse(request.getfixturevalue("pg_database"))
+    else:
+        wh = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    history(wh, seed=1)
+    return wh
 
 
 @pytest.mark.parametrize("seed", [2, 3, 4])
-def test_delta_night_equals_a_full_rebuild(warehouse: DuckDBWarehouse, seed: int) -> None:
+def test_delta_night_equals_a_full_rebuild(warehouse: Any, seed: int) -> None:
     published_before = table_rows(warehouse)
     night(warehouse, "r2", seed)
     build, plan, frame = run_night(warehouse, "r2")
@@ -288,7 +302,7 @@ def test_delta_night_equals_a_full_rebuild(warehouse: DuckDBWarehouse, seed: int
     assert rows(frame[frame["date"].isin(plan.delta_days)]) == rows(recomputed)
 
 
-def test_a_rerun_of_the_step_gives_the_same_table(warehouse: DuckDBWarehouse) -> None:
+def test_a_rerun_of_the_step_gives_the_same_table(warehouse: Any) -> None:
     """The baseline is the published table, so a retried step never applies a night twice."""
     night(warehouse, "r2", 5)
     build, _, first = run_night(warehouse, "r2")
@@ -298,7 +312,7 @@ def test_a_rerun_of_the_step_gives_the_same_table(warehouse: DuckDBWarehouse) ->
     assert table_rows(warehouse, build) == after_first
 
 
-def test_nights_in_a_row_stay_equal_to_a_full_rebuild(warehouse: DuckDBWarehouse) -> None:
+def test_nights_in_a_row_stay_equal_to_a_full_rebuild(warehouse: Any) -> None:
     for k, seed in enumerate([6, 7, 8], start=2):
         run_id = f"r{k}"
         night(warehouse, run_id, seed, fx_revision=(k == 3))
@@ -313,14 +327,14 @@ def test_nights_in_a_row_stay_equal_to_a_full_rebuild(warehouse: DuckDBWarehouse
     assert table_rows(warehouse) == rows(compute_daily_sales(warehouse, TZ, THROUGH))
 
 
-def test_deleted_users_fall_back_to_recomputing_days(warehouse: DuckDBWarehouse) -> None:
+def test_deleted_users_fall_back_to_recomputing_days(warehouse: Any) -> None:
     night(warehouse, "r2", 9)
     build = warehouse.open_build("r2")
     with warehouse.transaction(build) as s:
-        ids = [r[0] for r in s.fetchall("select id from raw.orders where user_id = 7")]
+        ids = [r[0] for r in s.fetchall("select id from {raw}.orders where user_id = 7")]
         _record(s, "r2", ids, "order_changed")  # not what the loader records for a user delete
-        s.execute("delete from raw.users where id = 7")
-        s.execute("insert into ops.deleted_rows values ('r2', 'users', '7', now())")
+        s.execute("delete from {raw}.users where id = 7")
+        s.execute("insert into {ops}.deleted_rows values ('r2', 'users', '7', now())")
     _, plan, _ = run_night(warehouse, "r2")
     assert plan.delta_days == [] and not plan.full
     assert table_rows(warehouse, build) == rows(
@@ -329,17 +343,17 @@ def test_deleted_users_fall_back_to_recomputing_days(warehouse: DuckDBWarehouse)
 
 
 def test_a_published_table_that_disagrees_with_raw_is_an_error(
-    warehouse: DuckDBWarehouse,
+    warehouse: Any,
 ) -> None:
     night(warehouse, "r2", 10)
     build = warehouse.open_build("r2")
     plan = plan_daily_sales(warehouse, TZ, THROUGH, "r2", build=build)
-    with duckdb.connect(str(warehouse.path)) as con:  # a row of a delta day lost its orders
-        con.execute("delete from analytics.daily_sales where date < ?", [THROUGH])
+    # published rows that lost orders the published raw still holds
+    warehouse.execute("delete from {analytics}.daily_sales where date < ?", [THROUGH])
     with pytest.raises(RuntimeError, match=r"daily_sales \d{4}-\d\d-\d\d / .* run a full rebuild"):
         compute_daily_sales(warehouse, TZ, THROUGH, build=build, plan=plan)
 
 
-def test_chunks_by_order_count_give_the_same_rows(warehouse: DuckDBWarehouse) -> None:
+def test_chunks_by_order_count_give_the_same_rows(warehouse: Any) -> None:
     whole = compute_daily_sales(warehouse, TZ, THROUGH)
     assert rows(compute_daily_sales(warehouse, TZ, THROUGH, chunk_orders=1)) == rows(whole)
