@@ -600,10 +600,24 @@ _WAREHOUSE_SCHEMES = {
 }
 
 
+def safe_url(url: str) -> str:
+    """The URL with its password hidden (`***`), for logs, error messages, manifests and
+    stored shard maps: the userinfo password and a secret in the query string
+    (`?password=`, `?token=`: drivers accept both; `secrets_in_uri`)."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.make_url(sqlalchemy_url(url))
+        secret = {k: "***" for k in parsed.query if k.lower() in _SECRET_PARAMS}
+        if secret:
+            parsed = parsed.update_query_dict(secret)
+        return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+    except Exception:
+        return "<unparseable URL>"
+
+
 def _safe_warehouse_url(uri: str) -> str:
     """The URL with every secret it carries replaced by `***` (for messages)."""
-    from extract.replica import safe_url
-
     masked = safe_url(uri)
     if masked == "<unparseable URL>" or any(s in masked for s in secrets_in_uri(uri)):
         return uri.split("://", 1)[0] + "://***"

@@ -31,7 +31,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from core.settings import sqlalchemy_url
+from core.settings import safe_url, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +77,6 @@ class ReadChoice:
             f"ReadChoice(url={safe_url(self.url)!r}, used_replica={self.used_replica}, "
             f"lag_seconds={self.lag_seconds!r}, reason={self.reason!r})"
         )
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password hidden (`***`), for logs, error messages, manifests and
-    stored shard maps: the userinfo password and a secret in the query string
-    (`?password=`, `?token=`: drivers accept both; `settings.secrets_in_uri`)."""
-    from core.settings import _SECRET_PARAMS
-
-    try:
-        parsed = sa.make_url(sqlalchemy_url(url))
-        secret = {k: "***" for k in parsed.query if k.lower() in _SECRET_PARAMS}
-        if secret:
-            parsed = parsed.update_query_dict(secret)
-        return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
-    except Exception:
-        return "<unparseable URL>"
 
 
 def _connect_args(dialect: str, timeout: int) -> dict:
