@@ -35,7 +35,8 @@ descendants such as dbt); the PostgreSQL server's memory is not counted.
 Ends with one line per size:
 BENCH night orders=N total_s=… extract_s=… load_s=… gates_s=… dbt_s=… etl_s=… publish_s=…
 report_s=… peak_rss_mib=…
-and draws docs/bench-scale.png (seconds per stage against history size; --png).
+and draws docs/bench-scale.png (--png): seconds per stage against history size, their ratio
+to the smallest size beside the 1.3x target, peak memory per stage beside 1 GiB.
 The line also gives dbt's own elapsed time (dbt_elapsed_s: the dbt step without the
 project's parse, which the first night of a run may pay in full when dbt's partial-parse
 state is cold) and the build copy's seconds (build_copy_s, inside load).
@@ -408,20 +409,21 @@ def draw(nights: list[dict[str, Any]], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [n["orders"] / 1e6 for n in nights]
-    fig, (ax, mem) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (ax, ratio, mem) = plt.subplots(1, 3, figsize=(17, 5))
+    totals = [sum(s for s, _ in stages(n).values()) for n in nights]
     for stage in STAGES:
-        ax.plot(sizes, [stages(n)[stage][0] for n in nights], marker="o", label=stage)
+        per = [stages(n)[stage][0] for n in nights]
+        ax.plot(sizes, per, marker="o", label=stage)
+        ratio.plot(sizes, [v / per[0] if per[0] else float("nan") for v in per], marker="o", label=stage)  # fmt: skip
         mem.plot(sizes, [stages(n)[stage][1] for n in nights], marker="o", label=stage)
-    ax.plot(
-        sizes,
-        [sum(s for s, _ in stages(n).values()) for n in nights],
-        marker="s",
-        color="black",
-        label="total",
-    )
-    ax.set_xscale("log")
-    mem.set_xscale("log")
-    for a in (ax, mem):
+    ax.plot(sizes, totals, marker="s", color="black", label="total")
+    ratio.plot(sizes, [v / totals[0] for v in totals], marker="s", color="black", label="total")
+    ratio.axhline(1.3, color="red", linestyle="--", linewidth=1, label="1.3x target")
+    ratio.set_ylabel(f"seconds / seconds at {sizes[0]:g}M")
+    ratio.set_title("Growth against the smallest history")
+    for a in (ax, ratio, mem):
+        a.set_xscale("log")
+    for a in (ax, ratio, mem):
         a.minorticks_off()
         a.set_xlabel("history (million orders)")
         a.set_xticks(sizes, [f"{s:g}M" for s in sizes])
@@ -431,8 +433,8 @@ def draw(nights: list[dict[str, Any]], png: Path) -> None:
     mem.set_ylabel("peak RSS MiB (largest process of the step)")
     mem.axhline(1024, color="red", linestyle="--", linewidth=1, label="1 GiB target")
     mem.set_title("Peak memory by stage")
-    ax.legend(fontsize=8)
-    mem.legend(fontsize=8)
+    for a in (ax, ratio, mem):
+        a.legend(fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
