@@ -148,6 +148,16 @@ def _history_key(orders: int, days: int, payment_days: int) -> str:
     return bw.source_key(orders, days, bw.end_date()) + f" history_payment_days={payment_days}"
 
 
+def _code_version() -> str:
+    """The commit the night ran, and whether the tree differed from it: histories made by
+    different code are not comparable (delete data/bench/scale/<N>/ to remake one)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    return (head.stdout.strip() or "no git") + (
+        " with local changes" if dirty.stdout.strip() else ""
+    )
+
+
 def wait_for_history(orders: int, days: int, payment_days: int, wait_s: float) -> None:
     """Wait up to `wait_s` for another process's --prepare-only to cache this history
     (a measurement started meanwhile would otherwise build it a second time, over the
@@ -180,7 +190,8 @@ def history(
     key = _history_key(orders, days, payment_days)
     cache = CACHE_DIR / str(orders)
     if (cache / "key").is_file() and (cache / "key").read_text() == key:
-        print(f"reusing the history night of {orders}: {cache}", file=sys.stderr)
+        code = (cache / "code").read_text() if (cache / "code").is_file() else "unknown"
+        print(f"reusing the history night of {orders} ({code}): {cache}", file=sys.stderr)
         return cache / "data", payments, end, template
     shutil.rmtree(cache, ignore_errors=True)
     building = cache.with_name(f"{orders}.tmp")
@@ -209,6 +220,7 @@ def history(
     finally:
         bw._drop_db(admin, f"{template}_scale")
     shutil.rmtree(building / "airflow", ignore_errors=True)
+    (building / "code").write_text(_code_version())
     (building / "key").write_text(key)
     os.replace(building, cache)
     return cache / "data", payments, end, template
@@ -271,6 +283,7 @@ def measure(admin: str, orders: int, args: argparse.Namespace) -> dict[str, Any]
         data_dir = work / "data"
         started = time.perf_counter()
         shutil.copytree(cached, data_dir)
+        cache_dir = cached.parent
         source = bw.clone_source(admin, template, f"{template}_scale")
         pay = work / "payments.db"
         shutil.copyfile(payments, pay)
@@ -336,6 +349,10 @@ def measure(admin: str, orders: int, args: argparse.Namespace) -> dict[str, Any]
             "dbt_elapsed_s": inputs["dbt_build"].get("elapsed_s"),
             "dbt_slowest": inputs["dbt_build"].get("slowest", [])[:5],
             "warehouse_mib": warehouse.stat().st_size / 2**20,
+            "history_code": (cache_dir / "code").read_text()
+            if (cache_dir / "code").is_file()
+            else None,
+            "code": _code_version(),
             "load_start": load_start,  # 1-minute load average before and after the night
             "load_end": os.getloadavg()[0],
         }
@@ -529,7 +546,8 @@ def main() -> int:
     for night in nights:
         print(
             f"{night['orders']}: load average {night.get('load_start', float('nan')):.1f} -> "
-            f"{night.get('load_end', float('nan')):.1f}, build copy {night['build_copy_mib']} MiB in "
+            f"{night.get('load_end', float('nan')):.1f}, history made by "
+            f"{night.get('history_code')}, night by {night.get('code')}, build copy {night['build_copy_mib']} MiB in "
             f"{night['build_copy_s']}s, dbt elapsed {night['dbt_elapsed_s']}s, slowest "
             + ", ".join(f"{n} {s:.2f}s" for n, s in night["dbt_slowest"])
         )
