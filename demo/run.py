@@ -12,7 +12,7 @@ import argparse
 import os
 import shlex
 import sys
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from core import clock, settings
@@ -31,6 +31,33 @@ def airflow_main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    if args.token is not None:
+        parser.error("--token is refused (visible in `ps`): set $DEMO_API_TOKEN instead")
+    token = settings.env("DEMO_API_TOKEN", DEMO_TOKEN)
+
+    data_dir = args.data_dir.resolve()
+    os.environ["NIGHTSHIFT_DATA_DIR"] = str(data_dir)
+    paths = demo_paths(data_dir)
+    business_date = clock.now().astimezone(settings.report_tz()).date() - timedelta(days=1)
+    print(f"[demo] source: {paths['source']} ({args.days} days ending {business_date})")
+    _demo_source(paths, args, business_date)
+    with running_api(paths["payments"], token=token, port=args.port or None) as api_uri:
+        print(f"[demo] API on {api_uri.split('@')[1]}; running nightly_sales for {business_date}")
+        airflow_run.run_dag(
+            business_date,
+            {
+                "AIRFLOW_CONN_SOURCE_DB": f"sqlite:///{paths['source']}",
+                "AIRFLOW_CONN_PAYMENTS_API": api_uri,
+                "NIGHTSHIFT_DATA_DIR": str(data_dir),
+            },
+        )
+    _print_next_steps(business_date)
+    return 0
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build the demo sources (SQLite + the payments/FX API) and run "
@@ -52,48 +79,38 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "--token",
         help="refused: the API token comes from $DEMO_API_TOKEN (a command line shows in `ps`)",
     )
-    args = parser.parse_args(argv)
-    if args.token is not None:
-        parser.error("--token is refused (visible in `ps`): set $DEMO_API_TOKEN instead")
-    token = settings.env("DEMO_API_TOKEN", DEMO_TOKEN)
+    return parser
 
-    os.environ["NIGHTSHIFT_DATA_DIR"] = str(args.data_dir.resolve())
-    paths = demo_paths(args.data_dir.resolve())
+
+def _demo_source(paths: dict[str, Path], args: argparse.Namespace, business_date: date) -> None:
+    """The demo's SQLite source and payments, generated once (a later demo reuses them).
+
+    Built under temporary names and renamed, so an interrupted demo never leaves a
+    half-written source that a later run would mistake for a complete one."""
     paths["dir"].mkdir(parents=True, exist_ok=True)
-    business_date = clock.now().astimezone(settings.report_tz()).date() - timedelta(days=1)
-
-    print(f"[demo] source: {paths['source']} ({args.days} days ending {business_date})")
     if paths["source"].exists() and paths["payments"].exists():
         print("[demo] reusing the existing demo source (delete data/demo to rebuild it)")
-    else:
-        # Built under temporary names and renamed, so an interrupted demo never leaves
-        # a half-written source that a later run would mistake for a complete one.
-        tmp_source = paths["dir"] / "source.db.partial"
-        tmp_payments = paths["dir"] / "payments.db.partial"
-        for tmp in (tmp_source, tmp_payments):
-            tmp.unlink(missing_ok=True)
-        summary = generate(
-            f"sqlite:///{tmp_source}",
-            seed=args.seed,
-            days=args.days,
-            end_date=business_date,
-            orders_per_day=args.orders_per_day,
-            payments_db=tmp_payments,
-            if_exists="replace",
-        )
-        os.replace(tmp_payments, paths["payments"])
-        os.replace(tmp_source, paths["source"])
-        print(f"[demo] generated: {summary['rows']}")
-    with running_api(paths["payments"], token=token, port=args.port or None) as api_uri:
-        print(f"[demo] API on {api_uri.split('@')[1]}; running nightly_sales for {business_date}")
-        airflow_run.run_dag(
-            business_date,
-            {
-                "AIRFLOW_CONN_SOURCE_DB": f"sqlite:///{paths['source']}",
-                "AIRFLOW_CONN_PAYMENTS_API": api_uri,
-                "NIGHTSHIFT_DATA_DIR": str(args.data_dir.resolve()),
-            },
-        )
+        return
+    tmp_source = paths["dir"] / "source.db.partial"
+    tmp_payments = paths["dir"] / "payments.db.partial"
+    for tmp in (tmp_source, tmp_payments):
+        tmp.unlink(missing_ok=True)
+    summary = generate(
+        f"sqlite:///{tmp_source}",
+        seed=args.seed,
+        days=args.days,
+        end_date=business_date,
+        orders_per_day=args.orders_per_day,
+        payments_db=tmp_payments,
+        if_exists="replace",
+    )
+    os.replace(tmp_payments, paths["payments"])
+    os.replace(tmp_source, paths["source"])
+    print(f"[demo] generated: {summary['rows']}")
+
+
+def _print_next_steps(business_date: date) -> None:
+    """Where the report and the warehouse are, and a first query to try."""
     report = settings.report_dir() / f"{business_date.isoformat()}.html"
     print()
     print(f"Report:    {report}")
@@ -106,14 +123,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"Warehouse: {settings.warehouse().describe()}")
         print("Try:")
         print(f'  make query SQL="{query}"')
-        return 0
+        return
     warehouse = settings.warehouse_path()
     print(f"Warehouse: {warehouse}")
     print("Try:")
     nightshift = shlex.quote(str(Path(sys.executable).parent / "nightshift"))
     print(f"  {nightshift} query --warehouse {shlex.quote(str(warehouse))} \\")
     print(f'    --sql "{query}"')
-    return 0
 
 
 if __name__ == "__main__":

@@ -429,6 +429,25 @@ def main(
 ) -> int:
     """`nightly`, `backfill` or `ui`; `fallback_connections`: the connections of a run
     that has none configured (`configured_connections`)."""
+    args = _parser(prog).parse_args(argv)
+    with configured_connections(settings.data_dir(), fallback_connections) as extra:
+        if args.command == "ui":
+            return serve_ui(extra)
+        if args.command == "backfill":
+            mode = args.mode
+            if mode == "auto":
+                mode = "scheduler" if scheduler_running(airflow_env(extra)) else "local"
+            if mode == "scheduler":
+                return backfill_with_scheduler(args.first, args.last, extra)
+            return backfill(args.first, args.last, extra)
+        run_dag(args.date, extra, full_refresh=args.full, allow_mass_delete=args.allow_mass_delete)
+    print(f"nightly_sales {args.date}: success")
+    print(f"report:    {run_files.report_location(args.date)}")
+    print(f"warehouse: {settings.warehouse_path()}")
+    return 0
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="nightly_sales through Airflow")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -485,22 +504,7 @@ def main(
         help="scheduler: `airflow backfill create` run by a live scheduler; local: one "
         "`dags test` per day; auto (default): scheduler when one is running",
     )
-    args = parser.parse_args(argv)
-    with configured_connections(settings.data_dir(), fallback_connections) as extra:
-        if args.command == "ui":
-            return serve_ui(extra)
-        if args.command == "backfill":
-            mode = args.mode
-            if mode == "auto":
-                mode = "scheduler" if scheduler_running(airflow_env(extra)) else "local"
-            if mode == "scheduler":
-                return backfill_with_scheduler(args.first, args.last, extra)
-            return backfill(args.first, args.last, extra)
-        run_dag(args.date, extra, full_refresh=args.full, allow_mass_delete=args.allow_mass_delete)
-    print(f"nightly_sales {args.date}: success")
-    print(f"report:    {run_files.report_location(args.date)}")
-    print(f"warehouse: {settings.warehouse_path()}")
-    return 0
+    return parser
 
 
 if __name__ == "__main__":
