@@ -19,12 +19,19 @@ the speed of plain SQL:
 - Python does the money: totals as integer cents, the business day of each order
   (zoneinfo day boundaries), the FX rate of that day, `usd_cents_half_up` (vectorised,
   integer-only: transform/money.py), and the pandas group-by into output rows.
-Memory is one chunk of orders at a time; the output (a few rows per day) is all that
-accumulates.
+Memory is one chunk of orders at a time (at most `CHUNK_DAYS` days and about
+`CHUNK_ORDERS` orders); the output (a few rows per day) is all that accumulates.
 
-Incremental runs (`days_to_recompute`) recompute only the days that changed and replace
-them in one transaction (`publish_daily_sales(..., days=...)`); `ops.daily_sales_days`
-records which days were computed, in which time zone, from which FX rates.
+Incremental runs (`plan_daily_sales`) replace only the days that changed, in one
+transaction (`publish_daily_sales(..., plan)`); `ops.daily_sales_days` records which
+days were computed, in which time zone, from which FX rates. In a run's build most of
+those days are not recomputed: the night's orders (`ops.restated_orders`, with deleted
+orders) are read by id in the published state and in the build, and each day's
+published rows get the orders' old contribution taken out and their new one put in
+(integer cents, so the rows equal a recomputation). A day is recomputed from all its
+orders when its FX rates changed, when it was never computed, or when something other
+than a recorded order restated it; cost then follows the night's change, not the
+history.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ CHUNK_DAYS = 14  # business days per read at most (measured at 5M orders: 7-31 d
 CHUNK_ORDERS = 300_000  # orders per read at most: fewer days per read when days are large
 ID_BATCH = 2_000  # order ids per `in` list when reading the night's orders by id
 ID_ARRAY_BATCH = 100_000  # order ids per bound array (DuckDB, PostgreSQL)
+DELTA_MAX_ORDERS = 1_000_000  # a night changing more orders recomputes its days instead
 # restated_days reasons that the night's orders (ops.restated_orders) explain in full
 ORDER_REASONS = frozenset(
     {
@@ -978,7 +986,10 @@ def _delta_plan(
         "select order_id, business_date from {ops}.restated_orders where run_id = ?", [run_id]
     )
     # the loader recorded each order's old and new day; a deleted order's day is read
-    orders = tuple(sorted(set(restated.column("order_id").to_pylist()) | set(deleted_orders)))
+    unique = pc.unique(restated.column("order_id"))
+    if len(unique) + len(deleted_orders) > DELTA_MAX_ORDERS:
+        return None  # a night this large: its days are read whole, in bounded chunks
+    orders = tuple(sorted(set(unique.to_pylist()) | set(deleted_orders)))
     touched = set(restated.column("business_date").to_pylist())
     touched |= _business_days_of(published, deleted_orders, report_tz)
 

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from transform import daily_sales
 from transform.daily_sales import (
     compute_daily_sales,
     plan_daily_sales,
@@ -357,3 +358,15 @@ def test_a_published_table_that_disagrees_with_raw_is_an_error(
 def test_chunks_by_order_count_give_the_same_rows(warehouse: Any) -> None:
     whole = compute_daily_sales(warehouse, TZ, THROUGH)
     assert rows(compute_daily_sales(warehouse, TZ, THROUGH, chunk_orders=1)) == rows(whole)
+
+
+def test_a_night_past_the_order_limit_recomputes_its_days(
+    warehouse: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    night(warehouse, "r2", 11)
+    monkeypatch.setattr(daily_sales, "DELTA_MAX_ORDERS", 10)
+    build, plan, _ = run_night(warehouse, "r2")
+    assert plan.delta_days == [] and plan.orders == () and not plan.full
+    assert table_rows(warehouse, build) == rows(
+        compute_daily_sales(warehouse, TZ, THROUGH, build=build)
+    )
