@@ -11,9 +11,11 @@ order items deleted at the source (ops.deleted_rows) and one product's price rev
 they touch. The incremental `dbt build` of that night runs in a child process (its wall
 seconds and peak RSS, dbt included, are the night's alone):
 
-    BENCH dbt_night orders=<n> seconds=<s> peak_rss_mib=<m>
+    BENCH dbt_night orders=<n> seconds=<s> cpu_s=<s> fct_models_s=<s> peak_rss_mib=<m>
 
-and, at the end, the ratio of the largest to the smallest size. `--baseline` adds the same
+(cpu_s: the CPU seconds of the build, dbt's process included, which a busy machine
+inflates far less than wall time; fct_models_s: the time dbt reports for the fct_
+models) and, at the end, the ratios of the largest to the smallest size. `--baseline` adds the same
 night on a copy without ops.deleted_rows (the marts then compare their whole key sets and
 every stored item's category, as before the loader's deletes were used):
 `BENCH dbt_night_baseline ...`.
@@ -148,11 +150,21 @@ def apply_night(path: Path, orders: int, changed: int, run_id: str) -> dict[str,
 def measure(path: Path, run_id: str, target_dir: Path) -> dict[str, float]:
     """Child process: the night's `dbt build` (as pipeline/nightly.py calls it)."""
     started = time.perf_counter()
-    dbt_build(path, "UTC", THROUGH, run_id=run_id, target_dir=target_dir, unit_tests=False)
+    result = dbt_build(path, "UTC", THROUGH, run_id=run_id, target_dir=target_dir, unit_tests=False)
     seconds = time.perf_counter() - started
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"seconds": seconds, "peak_rss_mib": max(own, children) / 1024}
+    own, children = (
+        resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    cpu_s = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    slowest = " ".join(f"{n.name}={n.execution_time:.2f}" for n in result.slowest(6))
+    marts = sum(n.execution_time for n in result.nodes if n.name.startswith("fct_"))
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "fct_s": marts,
+        "peak_rss_mib": max(own.ru_maxrss, children.ru_maxrss) / 1024,
+        "slowest": slowest,
+    }
 
 
 def measure_in_child(path: Path, run_id: str, target_dir: Path) -> dict[str, float]:
@@ -177,7 +189,7 @@ def main() -> int:
         print(json.dumps(measure(Path(path), run_id, Path(target_dir))))
         return 0
     sizes = [int(n) for n in args.orders.split(",")]
-    nights: dict[int, float] = {}
+    nights: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_dbt_night_") as tmp:
         for orders in sizes:
             base = Path(tmp) / str(orders)
@@ -196,13 +208,15 @@ def main() -> int:
             if args.baseline:
                 shutil.copy(path, copy)
             night = measure_in_child(path, "bench-r2", target_dir)
-            nights[orders] = night["seconds"]
+            nights[orders] = night
             print(
                 f"BENCH dbt_night orders={orders} seconds={night['seconds']:.2f} "
+                f"cpu_s={night['cpu_s']:.2f} fct_models_s={night['fct_s']:.2f} "
                 f"peak_rss_mib={night['peak_rss_mib']:.0f} full_build_s={full_s:.2f} "
                 f"changed_orders={change['orders']} deleted_items={change['deleted_items']}",
                 flush=True,
             )
+            print(f"  slowest nodes (s): {night.get('slowest', '')}", flush=True)
             if args.baseline:
                 con = duckdb.connect(str(copy))
                 try:
@@ -212,12 +226,20 @@ def main() -> int:
                 old = measure_in_child(copy, "bench-r2", target_dir)
                 print(
                     f"BENCH dbt_night_baseline orders={orders} seconds={old['seconds']:.2f} "
+                    f"cpu_s={old['cpu_s']:.2f} fct_models_s={old['fct_s']:.2f} "
                     f"peak_rss_mib={old['peak_rss_mib']:.0f}",
                     flush=True,
                 )
+                print(f"  slowest nodes (s): {old.get('slowest', '')}", flush=True)
             shutil.rmtree(base, ignore_errors=True)
     small, large = min(sizes), max(sizes)
-    print(f"BENCH dbt_night_ratio orders={large}/{small} ratio={nights[large] / nights[small]:.2f}")
+    print(
+        f"BENCH dbt_night_ratio orders={large}/{small} "
+        + " ".join(
+            f"{key}_ratio={nights[large][key] / nights[small][key]:.2f}"
+            for key in ("seconds", "cpu_s", "fct_s")
+        )
+    )
     return 0
 
 

@@ -51,13 +51,9 @@
     {{ return(load_relation(relation)) }}
 {%- endmacro %}
 
-{% macro restated_orders_relation() -%}
-    {{ return(nightshift.ops_relation('restated_orders')) }}
-{%- endmacro %}
-
 {#- SELECT of the orders fct_orders rebuilds one by one (delete+insert on order_id). -#}
 {% macro fct_orders_orders_to_restate() -%}
-    {%- set restated_orders = nightshift.restated_orders_relation() -%}
+    {%- set restated_orders = nightshift.ops_relation('restated_orders') -%}
     {%- if restated_orders is none -%}
     select cast(null as bigint) as order_id where false
     {%- else -%}
@@ -69,7 +65,7 @@
 
 {#- SELECT of the business days fct_orders must rebuild whole, judged against its current state `this`. -#}
 {% macro fct_orders_days_to_restate(previous) -%}
-    {%- set restated_orders = nightshift.restated_orders_relation() -%}
+    {%- set restated_orders = nightshift.ops_relation('restated_orders') -%}
     select business_date
     from {{ source('ops', 'restated_days') }} as restated
     where run_id = '{{ nightshift.restatement_run_id() }}'

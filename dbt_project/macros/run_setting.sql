@@ -9,8 +9,8 @@
 {#-
   The environment is read only when dbt executes (`execute`), never while it parses: dbt
   re-parses every file that read a changed env var at parse time, so reading them there
-  would re-parse 4 files (the three incremental marts' config and sales_summary, ~1.5 s
-  of CPU) every night. At parse time a setting from the environment is none;
+  would re-parse the files that read them (the incremental marts' config, sales_summary)
+  every night. At parse time a setting from the environment is none;
   what the parse needs, whether the marts build incrementally, comes from `nightly_run()`.
 -#}
 {% macro run_setting(name) -%}

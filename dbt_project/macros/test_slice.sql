@@ -1,27 +1,24 @@
 {#-
   Data tests of an incremental nightly build check only what the run changed; a full build
-  (no var run_id) checks every row. A test opts in with a placeholder in its `where`
-  config (dbt's documented way to put custom logic in `where`: override get_where_subquery):
-    __run_rows__                  rows this run loaded: run_id = '<var run_id>' (staging);
-    __restated_days(<column>)__   <column> is one of the business days the run restated
-                                  (ops.restated_days for var run_id);
-    __run_keys(<column>, <table>)__
-                                  <column> is the key of a row of source raw.<table> that
-                                  the run loaded (_run_id): the rows an incremental mart
-                                  keyed on a source key re-inserted from this run's load
-                                  (fct_order_items, fct_payments; their other rows were
-                                  tested when inserted, and delete+insert on the key keeps
-                                  the table unique when what it inserts is);
-    __full_build__                no row: for a model an incremental build does not read
-                                  (int_orders_categorized: fct_orders ranks the items of
-                                  its restated orders itself; its tests on the restated
-                                  days cover the same order_id/category rules, and a first
-                                  nightly build restates every day).
-  Without var run_id, or with --full-refresh, every placeholder is `true`. Severity is
-  unchanged: a failing row in the slice fails the build as before. Rows outside the slice
-  were tested when they were built, and the loader merges raw by key (no old/new
-  duplicates). A first load records every day with orders as restated (order_new), so
-  the first nightly build, which builds fct_orders in full, tests every row.
+  (no run id, or --full-refresh) checks every row. dbt renders a test's `where` config
+  when it parses the project, without the project's macros and before the run id is
+  known (it reaches dbt at execution, macros/run_setting.sql), so a test names its slice
+  with one of these words and get_where_subquery, dbt's hook for a test's `where`,
+  puts in the SQL:
+    __run_rows__          rows this run loaded: run_id = '<run id>' (staging);
+    __restated_days__     business_date is one of the days the run restated
+                          (ops.restated_days for the run id);
+    __run_order_items__   order_item_id of a raw.order_items row the run loaded;
+    __run_payments__      payment_id of a raw.payments row the run loaded (the incremental
+                          marts keyed on a source key re-insert exactly these rows, and
+                          delete+insert on the key keeps the table unique when what it
+                          inserts is);
+    __full_build__        no row in an incremental build: for a model the build does not
+                          read (fct_orders categorizes its restated orders itself, and its
+                          tests cover the same rules on them).
+  In a full build every word is `true`. Severity is unchanged: a failing row in the slice
+  fails the build. Rows outside the slice were tested when they were built. A first load
+  records every day with orders as restated, so the first nightly build tests every row.
 -#}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where') -%}
@@ -36,23 +33,29 @@
 {%- endmacro %}
 
 {% macro expand_test_slice(where) -%}
-    {%- set restated = source('ops', 'restated_days') -%}
+    {%- set slices = ['__run_rows__', '__restated_days__', '__run_order_items__',
+        '__run_payments__', '__full_build__'] -%}
     {%- if nightshift.run_setting('run_id') is none or flags.FULL_REFRESH -%}
-        {%- set run_rows, restated_days, full_build = 'true', 'true', 'true' -%}
+        {%- set sql = {} -%}
+        {%- for slice in slices -%}
+            {%- do sql.update({slice: 'true'}) -%}
+        {%- endfor -%}
     {%- else -%}
         {%- set run_id = nightshift.restatement_run_id() -%}
-        {%- set full_build = 'false' -%}
-        {%- set run_rows = "run_id = '" ~ run_id ~ "'" -%}
-        {%- set restated_days = "\\1 in (select business_date from " ~ restated
-            ~ " where run_id = '" ~ run_id ~ "')" -%}
+        {%- set sql = {
+            '__run_rows__': "run_id = '" ~ run_id ~ "'",
+            '__restated_days__': "business_date in (select business_date from "
+                ~ source('ops', 'restated_days') ~ " where run_id = '" ~ run_id ~ "')",
+            '__run_order_items__': "order_item_id in (select id from "
+                ~ source('raw', 'order_items') ~ " where _run_id = '" ~ run_id ~ "')",
+            '__run_payments__': "payment_id in (select id from "
+                ~ source('raw', 'payments') ~ " where _run_id = '" ~ run_id ~ "')",
+            '__full_build__': 'false',
+        } -%}
     {%- endif -%}
-    {%- set ns = namespace(where=where | replace('__run_rows__', run_rows)
-        | replace('__full_build__', full_build)) -%}
-    {%- for placeholder, column, table in modules.re.findall(
-        '(__run_keys\\((\\w+), *(\\w+)\\)__)', where) -%}
-        {%- set keys = 'true' if full_build == 'true' else column ~ " in (select id from "
-            ~ source('raw', table) ~ " where _run_id = '" ~ run_id ~ "')" -%}
-        {%- set ns.where = ns.where | replace(placeholder, keys) -%}
+    {%- set ns = namespace(where=where) -%}
+    {%- for slice in slices -%}
+        {%- set ns.where = ns.where | replace(slice, sql[slice]) -%}
     {%- endfor -%}
-    {{- return(modules.re.sub('__restated_days\\((\\w+)\\)__', restated_days, ns.where)) -}}
+    {{- return(ns.where) -}}
 {%- endmacro %}

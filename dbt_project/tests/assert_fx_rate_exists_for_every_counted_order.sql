@@ -1,8 +1,6 @@
 {#- A counted order whose currency has no rate for its business day fails the build
     (it is never converted at 0 or 1). On DuckDB the error names the currency, the day and an order to look at.
-    It reads fct_orders, every row, every build: a scan of two stored columns (the same
-    check on int_orders_converted recomputed every order's day and rate: 2 s at 5M
-    orders). fct_orders holds what int_orders_converted gives for every order (a full
+    It reads fct_orders, every row, every build: a scan of two stored columns. fct_orders holds what int_orders_converted gives for every order (a full
     build copies it; an incremental one re-inserts the restated days, which include days
     whose rate changed, arrived or went), and its fx_rate/usd_cents stay NULL where a rate
     was missing, so a day left out of the restatement is still checked. The build it fails
