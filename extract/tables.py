@@ -24,6 +24,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from core import tables as source_tables
+
 MODES = ("incremental", "full")
 DEFAULT_OVERLAP = timedelta(minutes=15)  # > the 10 min out-of-order commit bound (contract §1)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -93,26 +95,15 @@ class TableConfig:
         return self.parallel_ranges if self.parallel_ranges is not None else default
 
 
-DEFAULT_TABLES: tuple[TableConfig, ...] = (
-    TableConfig("users", required_columns=("id", "region", "updated_at")),
-    TableConfig("products", required_columns=("id", "category", "updated_at")),
+DEFAULT_TABLES: tuple[TableConfig, ...] = tuple(
     TableConfig(
-        "orders",
-        required_columns=(
-            "id",
-            "user_id",
-            "status",
-            "currency",
-            "total",
-            "created_at",
-            "updated_at",
-        ),
-    ),
-    TableConfig(
-        "order_items",
-        reconcile_deletes=True,
-        required_columns=("id", "order_id", "product_id", "quantity", "unit_price", "updated_at"),
-    ),
+        t.name,
+        key=t.key[0],
+        cursor=t.cursor,
+        reconcile_deletes=t.hard_deletes,
+        required_columns=t.required,
+    )
+    for t in source_tables.of_source(source_tables.SOURCE_DB)
 )
 
 

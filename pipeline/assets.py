@@ -12,8 +12,7 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-#: The published tables of docs/contract.md §5, in the order they are exported.
-ANALYTICS_TABLES = ("sales_summary", "daily_sales")
+from core.tables import ANALYTICS_TABLES
 
 
 def analytics_asset(table: str) -> Asset:

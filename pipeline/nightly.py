@@ -21,6 +21,7 @@ from typing import Any
 from alerting.rules import load_thresholds
 from alerting.runs import published_run_alerts
 from core import clock, run_files, settings
+from core import tables as source_tables
 from extract.api_client import ApiContractError, PaymentsApiClient
 from extract.api_extract import (
     QuarantineThresholdError,
@@ -80,7 +81,7 @@ __all__ = ["business_date_for", "run_id_for"]  # re-exported: what callers name 
 
 log = logging.getLogger(__name__)
 
-DB_TABLES = ("users", "products", "orders", "order_items")
+DB_TABLES = source_tables.SOURCES[source_tables.SOURCE_DB]
 
 
 def _warehouse() -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.files import write_with
-from pipeline.assets import ANALYTICS_TABLES
+from core.tables import ANALYTICS_TABLES
 
 #: Row order of each export (its key), so two exports of the same data are identical.
 _ORDER = {"sales_summary": "date, region", "daily_sales": "date, region, category"}

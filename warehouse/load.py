@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from core import ops, run_ids
+from core import tables as source_tables
 from extract.watermark import ensure_schema, record_loaded
 from warehouse.backends.base import Build, Session, Warehouse
 from warehouse.guards import MassDeleteGuard
@@ -33,19 +34,8 @@ from warehouse.guards import MassDeleteGuard
 log = logging.getLogger(__name__)
 
 # Whitelists: identifiers are never taken from input unchecked.
-KNOWN_TABLES: dict[str, tuple[str, ...]] = {
-    "source_db": ("users", "products", "orders", "order_items"),
-    "payments_api": ("payments", "fx_rates"),
-}
-DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
-    "users": ("id",),
-    "products": ("id",),
-    "orders": ("id",),
-    "order_items": ("id",),
-    "payments": ("id",),
-    "fx_rates": ("rate_date", "currency"),
-}
-CURSOR = "updated_at"
+KNOWN_TABLES: dict[str, tuple[str, ...]] = source_tables.SOURCES
+DEFAULT_KEYS: dict[str, tuple[str, ...]] = source_tables.KEYS
 _META_COLUMNS = ("_run_id", "_loaded_at")
 
 _DEFAULT_GUARD = MassDeleteGuard()
@@ -145,7 +135,7 @@ def _new_delta(source: str, table: str, parts: list[_Part]) -> _Delta:
     manifest = parts[0].manifest
     key = manifest.get("key")  # the extract's TableConfig.key (source_db only)
     keys = (key,) if source == "source_db" and isinstance(key, str) else DEFAULT_KEYS[table]
-    cursor = manifest.get("cursor_key") or (CURSOR if table != "fx_rates" else None)
+    cursor = manifest.get("cursor_key") or source_tables.table(table).cursor
     for part in parts[1:]:
         if part.manifest.get("key", manifest.get("key")) != manifest.get("key"):
             raise LoadError(
