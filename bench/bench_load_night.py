@@ -8,8 +8,9 @@ timed). Then the same change at every size: --night-orders new orders with their
 1,500 status updates of old orders spread over the history, 300 item updates, 200 item
 hard deletes in the oldest tenth of the history, 20 users and 5 products changed; the
 `order_items` key set is landed in full, as the extract lands it. Night 2 runs in a
-fresh child process, as the nightly's `load_source_db` step does: the build copy of the
-published file (`begin_build`), then `load_source_db` on that build. Prints per size
+fresh child process, as the nightly's `load_source_db` step does (DuckDB capped at
+NIGHTSHIFT_DUCKDB_MEMORY_LIMIT): the build copy of the published file (`begin_build`),
+then `load_source_db` on that build. Prints per size
 
 BENCH load_night orders=N seconds=<build copy + load> build_copy_s=… load_s=…
 peak_rss_mib=<the child's> deleted=<order_items rows deleted>
@@ -165,10 +166,12 @@ def prepare(n: int, night_orders: int, work: Path) -> None:
 
 def night(work: Path) -> dict:
     """Night 2's load step (run in a child process)."""
+    from core.settings import duckdb_memory_limit
     from warehouse.backends.duckdb import DuckDBWarehouse
     from warehouse.load import load_source_db
 
-    wh = DuckDBWarehouse(work / "warehouse.duckdb")
+    # as the nightly opens it: DuckDB capped at NIGHTSHIFT_DUCKDB_MEMORY_LIMIT
+    wh = DuckDBWarehouse(work / "warehouse.duckdb", memory_limit=duckdb_memory_limit())
     started = time.perf_counter()
     build = wh.begin_build("night2")
     copied = time.perf_counter()
