@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 
-def temp_path(path: Path) -> Path:
-    """A fresh temp name beside `path`, unique per call (`.tmp-<name>-<8 hex>`)."""
+def temp_path(path: Path, *, unique: bool = True) -> Path:
+    """The temp name beside `path`: unique per call (`.tmp-<name>-<8 hex>`) for writers
+    that may run at once; `unique=False` gives the fixed `.tmp-<name>`, for one writer of
+    a large file, so a killed write leaves one leftover the next write replaces."""
+    if not unique:
+        return path.with_name(f".tmp-{path.name}")
     return path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
 
 
@@ -41,14 +45,18 @@ def write_with(
     write: Callable[[Path], Any],
     *,
     sync_dir: bool = False,
+    unique: bool = True,
 ) -> Path:
     """Let `write(tmp)` produce the file (e.g. a Parquet writer), then rename it into place.
 
     For writers that want a path rather than bytes. The temp file is fsynced before the
-    rename; with `sync_dir` the rename itself is made durable too."""
+    rename; with `sync_dir` the rename itself is made durable too; `unique`: see
+    `temp_path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = temp_path(path, unique=unique)
+    if not unique:
+        tmp.unlink(missing_ok=True)  # a killed earlier write's leftover
     try:
         write(tmp)
         with open(tmp, "rb") as handle:

@@ -66,7 +66,9 @@ def export_analytics(
         if table not in _ORDER:
             raise ValueError(f"{table!r} is not a published table ({', '.join(_ORDER)})")
         data = _read_table(warehouse, table)
-        write_with(export_dir / f"{table}.parquet", lambda p, d=data: pq.write_table(d, p))
+        write_with(
+            export_dir / f"{table}.parquet", lambda p, d=data: pq.write_table(d, p), unique=False
+        )
         rows[table] = data.num_rows
     manifest = json.dumps({"run_id": run_id, "rows": rows}, indent=2).encode()
     write_with(export_dir / "manifest.json", lambda p: p.write_bytes(manifest))

@@ -154,7 +154,7 @@ def _rollback(warehouse_path: Path, to_run_id: str | None) -> dict[str, Any]:
     build.unlink(missing_ok=True)
     base = published_identity(warehouse_path)  # what is published now: the rollback replaces it
     # a copy: the kept version itself is never written
-    write_with(build, lambda tmp: shutil.copyfile(restored, tmp))
+    write_with(build, lambda tmp: shutil.copyfile(restored, tmp), unique=False)
     record_base(build, warehouse_path, base)
     run_id = _record(build, restored_run, restored, replaced)
     publish_build(build, warehouse_path, version=run_id)

@@ -119,3 +119,20 @@ def test_concurrent_writers_each_land_whole(tmp_path: Path) -> None:
     assert bad == []
     assert _leftovers(tmp_path) == []
     assert len(set(target.read_text())) == 1
+
+
+def test_a_single_writer_reuses_one_temp_name_so_kills_leave_one_leftover(tmp_path: Path) -> None:
+    target = tmp_path / "w.duckdb"
+    leftover = tmp_path / ".tmp-w.duckdb"
+    leftover.write_bytes(b"a killed write's half")
+    seen: list[Path] = []
+
+    def copy(tmp: Path) -> None:
+        seen.append(tmp)
+        assert not tmp.exists()  # the leftover is gone before the write starts
+        tmp.write_bytes(b"whole")
+
+    write_with(target, copy, unique=False)
+    assert seen == [leftover]
+    assert target.read_bytes() == b"whole"
+    assert _leftovers(tmp_path) == []
