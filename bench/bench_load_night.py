@@ -181,8 +181,17 @@ def night(work: Path) -> dict:
         "build_copy_s": copied - started,
         "load_s": done - copied,
         "deleted": result["deleted"]["order_items"],
-        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mib": _peak_rss_mib(),
     }
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (ru_maxrss would carry
+    the parent's peak at fork, here the history's generation)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:
