@@ -206,7 +206,7 @@ def run_extract(method: str, url: str, warehouse: Path | None, landing: Path, de
     (mode full) or the incremental window after `warehouse`'s watermark."""
     from dataclasses import replace
 
-    from extract.db_extract import extract_tables, read_batches
+    from extract.db_extract import ExtractPlan, extract_tables, read_batches
     from extract.tables import DEFAULT_TABLES
 
     config = next(c for c in DEFAULT_TABLES if c.name == TABLE)
@@ -222,11 +222,13 @@ def run_extract(method: str, url: str, warehouse: Path | None, landing: Path, de
         kwargs["batch_size"] = BATCH_ROWS
     manifest = extract_tables(
         url,
-        run_id="bench",
-        landing_root=landing,
-        warehouse_path=warehouse,
-        configs=[config],
-        **kwargs,
+        ExtractPlan(
+            run_id="bench",
+            landing_root=landing,
+            warehouse_path=warehouse,
+            configs=[config],
+            **kwargs,
+        ),
     )[TABLE]
     return {"rows": manifest["rows"], "bytes": manifest["bytes"]}
 
@@ -242,8 +244,8 @@ def adbc_reader(url: str):  # noqa: ANN201 - an extract.db_extract.Reader
     import pyarrow as pa
     from psycopg import sql as pgsql
 
-    from extract.db_extract import _pg_where
     from extract.pg_copy import psycopg_connection, render_where
+    from extract.sql_binds import driver_filter
 
     def read(conn, table, schema, where_sql, params, batch_size):  # noqa: ANN001, ANN202
         pg = psycopg_connection(conn)
@@ -255,7 +257,7 @@ def adbc_reader(url: str):  # noqa: ANN201 - an extract.db_extract.Reader
         )
         if where_sql:
             query = pgsql.Composed(
-                [query, pgsql.SQL(" where "), render_where(_pg_where(where_sql), params)]
+                [query, pgsql.SQL(" where "), render_where(*driver_filter(where_sql, params))]
             )
         text = query.as_string(pg)
         with adbc.connect(_libpq(url)) as ac, ac.cursor() as cur:

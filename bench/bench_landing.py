@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 import pyarrow as pa  # noqa: E402
 
 from core import settings  # noqa: E402
-from extract.landing import write_landing_table  # noqa: E402
+from extract.landing import LandingOptions, LandingTarget, write_landing_table
 
 KEY, SECRET = "AKIABENCHLANDING0001", "bench-landing-secret"
 
@@ -103,12 +103,10 @@ def _land(table: pa.Table, schema: pa.Schema, root: Path) -> dict:
     return write_landing_table(
         table.to_batches(max_chunksize=100_000),
         schema=schema,
-        landing_root=root,
-        source="source_db",
-        table_name="orders",
-        run_id="2026-11-20",
-        cursor_column="updated_at",
-        check_drift=False,
+        target=LandingTarget(
+            landing_root=root, source="source_db", table_name="orders", run_id="2026-11-20"
+        ),
+        options=LandingOptions(cursor_column="updated_at", check_drift=False),
     )
 
 

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from demo import schema
 from demo.generator import generate
-from extract.shards import ShardMap, copy_vshards, delete_vshards
+from extract.shards import ShardMap
+from migrate.resharding import copy_vshards, delete_vshards
 
 TABLES = ("users", "products", "orders", "order_items")
 

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from demo.generator import generate
-from extract.db_extract import extract_tables
-from extract.landing import write_landing_table
+from extract.db_extract import ExtractPlan, ShardReadPolicy, extract_tables
+from extract.landing import LandingTarget, write_landing_table
 from extract.tables import TableConfig
 from extract.watermark import record_loaded
 from quality.reconcile import (
@@ -64,10 +64,12 @@ def _setup(tmp_path: Path) -> duckdb.DuckDBPyConnection:
     write_landing_table(
         pa.table(rows, schema=SCHEMA),
         schema=SCHEMA,
-        landing_root=tmp_path / "landing",
-        source="source_db",
-        table_name="orders",
-        run_id="2026-11-20",
+        target=LandingTarget(
+            landing_root=tmp_path / "landing",
+            source="source_db",
+            table_name="orders",
+            run_id="2026-11-20",
+        ),
     )
     con = duckdb.connect(str(tmp_path / "wh.duckdb"))
     con.execute("create schema raw")
@@ -112,7 +114,10 @@ def test_a_lost_row_fails(tmp_path: Path) -> None:
 def _extract_with_totals(url: str, landing: Path, run_id: str, tz: str) -> Path:
     totals = SourceTotals(tz)
     clear_source_totals(landing, run_id)
-    extract_tables(url, run_id=run_id, landing_root=landing, warehouse_path=None, aggregates=totals)
+    extract_tables(
+        url,
+        ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=None, aggregates=totals),
+    )
     return write_source_totals(landing, run_id, totals)
 
 
@@ -229,12 +234,14 @@ def test_parallel_key_ranges_keep_working_with_the_hook(
     with caplog.at_level(logging.INFO, logger="extract.db_extract"):
         extract_tables(
             pg_source,
-            run_id="r1",
-            landing_root=landing,
-            warehouse_path=None,
-            aggregates=totals,
-            parallelism=2,
-            parallel_min_rows=1,
+            ExtractPlan(
+                run_id="r1",
+                landing_root=landing,
+                warehouse_path=None,
+                aggregates=totals,
+                parallelism=2,
+                parallel_min_rows=1,
+            ),
         )
     write_source_totals(landing, "r1", totals)
     assert "key ranges of id at once" in caplog.text
@@ -406,11 +413,13 @@ def test_sqlite_window_cut_inside_a_minute_totals_exactly_the_rows_read(tmp_path
     totals = SourceTotals(NY)
     manifests = extract_tables(
         url,
-        run_id="r1",
-        landing_root=landing,
-        warehouse_path=warehouse,
-        configs=[TableConfig("orders")],
-        aggregates=totals,
+        ExtractPlan(
+            run_id="r1",
+            landing_root=landing,
+            warehouse_path=warehouse,
+            configs=[TableConfig("orders")],
+            aggregates=totals,
+        ),
     )
     assert manifests["orders"]["window_start"] == lo.isoformat()
     write_source_totals(landing, "r1", totals)
@@ -436,10 +445,7 @@ def test_sharded_sqlite_source_every_shard_adds_to_the_totals(tmp_path: Path) ->
 
     def run(run_id: str) -> dict:
         totals = SourceTotals(NY)
-        rows = extract_sharded_source(
-            shard_map, run_id=run_id, landing_root=landing, warehouse_path=warehouse,
-            max_workers=2, aggregates=totals,
-        )["rows"]  # fmt: skip
+        rows = extract_sharded_source(shard_map, ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=warehouse, aggregates=totals), ShardReadPolicy(max_workers=2))["rows"]  # fmt: skip
         record = json.loads(write_source_totals(landing, run_id, totals).read_text())
         assert {t: sum(e["rows"] for e in record["tables"][t]) for t in SOURCE_CHECKS} == {
             t: rows[t] for t in SOURCE_CHECKS
@@ -496,8 +502,16 @@ def test_sqlite_extract_reads_one_snapshot_so_a_concurrent_commit_is_no_alarm(
         before = db.execute("select count(*) from orders").fetchone()[0]
     landing = tmp_path / "landing"
     totals = SourceTotals(NY)
-    manifests = extract_tables(url, run_id="r1", landing_root=landing, warehouse_path=None,
-                               reader=_racing_reader(path), aggregates=totals)  # fmt: skip
+    manifests = extract_tables(
+        url,
+        ExtractPlan(
+            run_id="r1",
+            landing_root=landing,
+            warehouse_path=None,
+            reader=_racing_reader(path),
+            aggregates=totals,
+        ),
+    )
     with sqlite3.connect(path) as db:
         assert db.execute("select count(*) from orders").fetchone()[0] == before + 1
     assert manifests["orders"]["rows"] == before

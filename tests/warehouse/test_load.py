@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from extract.landing import write_landing_table
+from extract.landing import LandingOptions, LandingTarget, write_landing_table
 from extract.watermark import last_watermark
 from warehouse.load import LoadError, load_payments_api, load_source_db
 
@@ -29,12 +29,11 @@ def land(landing: Path, source: str, table: str, run_id: str, data: pa.Table, **
     return write_landing_table(
         data,
         schema=data.schema,
-        landing_root=landing,
-        source=source,
-        table_name=table,
-        run_id=run_id,
-        cursor_column="updated_at" if "updated_at" in data.schema.names else None,
-        extra_manifest=manifest,
+        target=LandingTarget(landing_root=landing, source=source, table_name=table, run_id=run_id),
+        options=LandingOptions(
+            cursor_column="updated_at" if "updated_at" in data.schema.names else None,
+            extra_manifest=manifest,
+        ),
     )
 
 
@@ -551,13 +550,19 @@ def test_a_widened_numeric_widens_raw_and_accepted_drift_is_recorded(two_runs) -
     write_landing_table(
         cats,
         schema=cats.schema,
-        landing_root=landing,
-        source="source_db",
-        table_name="products",
-        run_id="r2",
-        cursor_column="updated_at",
-        extra_manifest={"mode": "incremental", "key": "id", "cursor_key": "updated_at", **extra},
-        accept_drift=["products.category"],
+        target=LandingTarget(
+            landing_root=landing, source="source_db", table_name="products", run_id="r2"
+        ),
+        options=LandingOptions(
+            cursor_column="updated_at",
+            extra_manifest={
+                "mode": "incremental",
+                "key": "id",
+                "cursor_key": "updated_at",
+                **extra,
+            },
+            accept_drift=["products.category"],
+        ),
     )
     land(landing, "source_db", "order_items", "r2", items([]), reconcile_deletes=True, **extra)
     land(landing, "source_db", "order_items__keys", "r2", keys([1000, 1001, 1002]), mode="key_set")

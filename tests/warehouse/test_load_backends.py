@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from extract.landing import write_landing_table
+from extract.landing import LandingOptions, LandingTarget, write_landing_table
 from tests.warehouse.test_load import (
     TS,
     TZ,
@@ -206,13 +206,19 @@ def test_source_db_runs_leave_the_same_tables(tmp_path: Path, targets: list[Targ
     write_landing_table(
         cats,
         schema=cats.schema,
-        landing_root=landing,
-        source="source_db",
-        table_name="products",
-        run_id="r3",
-        cursor_column="updated_at",
-        extra_manifest={"mode": "incremental", "key": "id", "cursor_key": "updated_at", **extra},
-        accept_drift=["products.category"],
+        target=LandingTarget(
+            landing_root=landing, source="source_db", table_name="products", run_id="r3"
+        ),
+        options=LandingOptions(
+            cursor_column="updated_at",
+            extra_manifest={
+                "mode": "incremental",
+                "key": "id",
+                "cursor_key": "updated_at",
+                **extra,
+            },
+            accept_drift=["products.category"],
+        ),
     )
     land(landing, "source_db", "order_items", "r3", items([]), reconcile_deletes=True, **extra)
     land(
