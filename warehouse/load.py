@@ -403,26 +403,29 @@ def _find_gone_by_ranges(s: Session, delta: _Delta) -> bool:
         "or src.s2 <> wh.s2",
         geometry * 2,
     )
-    in_ranges = f"{bucket} in (select b from {_temp(ranges_table)})"
+    differ = s.fetchone(f"select count(*) from {_temp(ranges_table)}")
+    compared = int(differ[0]) if differ else 0
+    # no range differs: nothing to read (the engine skips a `false` filter's scan)
+    in_ranges = f"{bucket} in (select b from {_temp(ranges_table)})" if compared else "false"
+    in_params = geometry if compared else []
     s.create_temp(
         f"{delta.temp}__keys",
         f"select distinct x.{key} from {keyfiles} x where {in_ranges}",
-        geometry,
+        in_params,
     )
     gone = f"{delta.temp}__gone"
     s.create_temp(
         gone,
         f"select x.{key} from ({warehouse_keys}) x where {in_ranges} and not exists "
         f"(select 1 from {_temp(delta.temp + '__keys')} k where k.{key} = x.{key})",
-        geometry,
+        in_params,
     )
     delta.gone = gone
-    compared = s.fetchone(f"select count(*) from {_temp(ranges_table)}")
     read = s.fetchone(f"select count(*) from {_temp(delta.temp + '__keys')}")
     delta.key_check = {
         "ranges": ranges,
         "range_width": width,
-        "ranges_compared": int(compared[0]) if compared else 0,
+        "ranges_compared": compared,
         "keys_compared": int(read[0]) if read else 0,
         "source_keys": int(bounds[0][2]),
     }
