@@ -206,7 +206,7 @@ def _get(obj: Any, name: str) -> Any:
 def business_date_of(context: Mapping[str, Any]) -> date | None:
     """The nightly's business day of a run from an Airflow context (as the DAG computes it:
     the `business_date` param / conf, else the day before the run's date)."""
-    from pipeline.nightly import business_date_for
+    from core.business_day import business_date_for
 
     dag_run = _get(context, "dag_run")
     params = _get(context, "params") or {}

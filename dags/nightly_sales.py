@@ -63,9 +63,9 @@ import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task, teardown
 
 from alerting.callbacks import on_dag_failure, on_task_failure, on_task_retry, run_deadline
+from core.business_day import business_date_for
 from core.settings import env, task_timeout_minutes
 from pipeline.assets import ANALYTICS_ASSETS
-from pipeline.business_day import business_date_for
 
 REPORT_TZ = env("REPORT_TZ", "UTC")
 WAREHOUSE_POOL = "warehouse_writer"

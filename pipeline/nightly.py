@@ -22,6 +22,7 @@ from alerting.rules import load_thresholds
 from alerting.runs import published_run_alerts
 from core import clock, run_files, settings
 from core import tables as source_tables
+from core.business_day import business_date_for, run_id_for
 from extract.api_client import ApiContractError, PaymentsApiClient
 from extract.api_extract import (
     QuarantineThresholdError,
@@ -47,7 +48,6 @@ from extract.source_identity import SourceCheck
 from extract.tables import load_table_configs
 from extract.watermark import last_watermark
 from pipeline import retention, run_metrics
-from pipeline.business_day import business_date_for, run_id_for
 from pipeline.run_metrics import timed
 from pipeline.task_run import fail_without_retry
 from quality.freshness import freshness_results

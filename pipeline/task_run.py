@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core import settings
-from pipeline.business_day import business_date_for
+from core.business_day import business_date_for
 from warehouse import lease
 
 log = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ def test_one_run_per_night_and_consecutive_business_days(
     start: datetime, dst_day: date, hours: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REPORT_TZ", TZ)
-    from pipeline.nightly import business_date_for
+    from core.business_day import business_date_for
 
     runs = _runs(start, 6)
     local_days = [r.in_timezone(TZ).date() for r in runs]
