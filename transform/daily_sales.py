@@ -791,9 +791,9 @@ def compute_daily_sales(
         raise ValueError("a plan with delta days is computed in the run's build (build=)")
     delta_days = [d for d in wanted if d in delta]
     parts = []
+    whole = [d for d in wanted if d not in delta]
     for chunk in _chunks(
-        [d for d in wanted if d not in delta],
-        _days_per_read(reader.read_arrow, chunk_days, chunk_orders),
+        whole, _days_per_read(reader.read_arrow, whole, report_tz, chunk_days, chunk_orders)
     ):
         table, starts, ends = _read_chunk(reader, chunk, report_tz)
         if table.num_rows:
@@ -821,16 +821,23 @@ def compute_daily_sales(
     return result.sort_values(["date", "region", "category"], kind="stable").reset_index(drop=True)
 
 
-def _days_per_read(read: ReadArrow, chunk_days: int, chunk_orders: int) -> int:
-    """Business days per read: `chunk_days`, fewer when the history's average day holds
-    more than `chunk_orders / chunk_days` orders (memory follows the orders read)."""
-    count, first, last = _rows(
-        read("select count(*), min(created_at), max(created_at) from {raw}.orders", [])
-    )[0]
-    if not count or first is None:
+def _days_per_read(
+    read: ReadArrow, days: list[date], report_tz: str, chunk_days: int, chunk_orders: int
+) -> int:
+    """Business days per read of `days` (sorted): `chunk_days`, fewer when their span
+    holds more than `chunk_orders / chunk_days` orders a day on average (memory follows
+    the orders read). Counted by the span's UTC range, so storage skips the rest."""
+    if not days:
         return chunk_days
-    span = max(1.0, (pd.Timestamp(last) - pd.Timestamp(first)).total_seconds() / 86400)
-    per_day = int(count) / span
+    start = day_start_utc(days[0], report_tz).to_pydatetime()
+    end = day_start_utc(days[-1] + timedelta(days=1), report_tz).to_pydatetime()
+    count = _rows(
+        read(
+            "select count(*) from {raw}.orders where created_at >= ? and created_at < ?",
+            [start, end],
+        )
+    )[0][0]
+    per_day = int(count or 0) / ((days[-1] - days[0]).days + 1)
     return max(1, min(chunk_days, int(chunk_orders // max(per_day, 1.0))))
 
 
