@@ -68,11 +68,12 @@ def _load(wh: Warehouse, build: Build, files: dict[str, Path]) -> None:
 
 
 def _change(wh: Warehouse, build: Build) -> None:
-    """Run r2's changes (test_dbt_project.CHANGES_R2) on the build's raw and ops tables."""
+    """Run r2's changes (test_dbt_project.CHANGES_R2) on the build's raw and ops tables
+    (`create table if not exists`: ops.deleted_rows, which a loader creates, is new)."""
     for statement in CHANGES_R2.split(";"):
         statement = statement.strip()
-        if not statement or statement.upper().startswith(("SET", "CREATE")):
-            continue  # the tables exist in the build
+        if not statement or statement.upper().startswith(("SET", "CREATE SCHEMA")):
+            continue  # the build has its schemas
         wh.execute(statement.replace("raw.", "{raw}.").replace("ops.", "{ops}."), build=build)
 
 
