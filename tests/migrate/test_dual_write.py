@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-from migrate.demo import fail_every
 
+from demo.migration import fail_every
 from migrate.backfill import run_backfill
 from migrate.dual_write import DualWriter, pending_repairs, replay_repair_log
 from migrate.state import repair_log, shadow_diffs
