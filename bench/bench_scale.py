@@ -30,8 +30,9 @@ extract = both extracts, load = both loads (their quality gates on the landed de
 included, and load_source_db's begin_build: the copy of the published warehouse file),
 gates = check_parity (the ETL <-> ELT gate over the build), dbt, etl =
 transform_daily_sales, publish, report. Peak memory per stage is the largest
-process of the step's child tree (wait4's ru_maxrss: the child and its waited-for
-descendants such as dbt); the PostgreSQL server's memory is not counted.
+process of the step's child tree (the child's VmHWM and its waited-for descendants' such
+as dbt, reported by the child: wait4's ru_maxrss would keep this parent's mark across
+fork and exec); the PostgreSQL server's memory is not counted.
 Ends with one line per size:
 BENCH night orders=N total_s=… extract_s=… load_s=… gates_s=… dbt_s=… etl_s=… publish_s=…
 report_s=… peak_rss_mib=…
@@ -122,6 +123,23 @@ def child_step(step: str, day: date, inputs: Path, output: Path) -> None:
     else:
         result = fn(day)
     output.write_text(json.dumps(result, default=str))
+    output.with_suffix(".peak").write_text(str(_peak_kib()))
+
+
+def _peak_kib() -> int:
+    """Peak RSS (KiB) of this process and of the children it waited for (dbt): VmHWM
+    for itself, since the ru_maxrss its parent gets from wait4 keeps the parent's own
+    high-water mark across fork and exec; a child's ru_maxrss holds this process's mark
+    at the fork at most, which VmHWM already counts."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1])
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -250,7 +268,7 @@ def _run_child(step: str, day: date, env: dict[str, str], work: Path, timeout_s:
             stderr=err,
         )
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
         except BaseException:
             proc.kill()
             raise
@@ -264,7 +282,7 @@ def _run_child(step: str, day: date, env: dict[str, str], work: Path, timeout_s:
         "result": json.loads(out.read_text()),
         "seconds": float(record["seconds"]),
         "wall_s": wall,
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mib": int(out.with_suffix(".peak").read_text()) / 1024,  # KiB on Linux
         "log": log_path.read_text(),
     }
 
