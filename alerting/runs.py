@@ -340,7 +340,7 @@ def failed_run_metrics(
     """The metrics of a run that failed before publishing (the `alerting.rules` shape),
     from what it left since `start` (its Airflow start): step files, landed manifests,
     the failed gate in the published `ops.quality_results`, a failed parity check."""
-    from pipeline import run_metrics
+    from core import run_steps
 
     run_id = business_date.isoformat()
     if start is not None and start.tzinfo is None:
@@ -348,13 +348,13 @@ def failed_run_metrics(
     # The attempt began with its extract: under `airflow dags test` the run's start_date
     # is its logical date, so the extract's own start is the better bound when later.
     first = next(
-        (s for s in _since(run_metrics.read_steps(run_id), start) if s["task"] == _FIRST_STEP),
+        (s for s in _since(run_steps.read_steps(run_id), start) if s["task"] == _FIRST_STEP),
         None,
     )
     if first is not None:
         began = datetime.fromisoformat(first["started_at"])
         start = max(start, began) if start is not None else began
-    steps = _since(run_metrics.read_steps(run_id), start)
+    steps = _since(run_steps.read_steps(run_id), start)
     by_task = {s.get("task"): s for s in steps}
     metrics: dict[str, Any] = {"run_id": run_id, "dag_id": dag_id, "business_date": run_id}
     if first is not None and start is not None:  # nothing ran: no duration to judge
@@ -363,7 +363,7 @@ def failed_run_metrics(
     extracted = by_task.get("extract_source_db") or {}
     if extracted.get("status") == "success" and isinstance(extracted.get("summary"), dict):
         rows.update({k: v for k, v in extracted["summary"].items() if isinstance(v, int)})
-        metrics["replica_lag_s"] = run_metrics.replica_lag(run_id)
+        metrics["replica_lag_s"] = run_steps.replica_lag(run_id)
     api = by_task.get("extract_payments_api") or {}
     if api.get("status") == "success" and isinstance(api.get("summary"), dict):
         summary = api["summary"]
@@ -384,8 +384,8 @@ def failed_run_alerts(
     context: Mapping[str, Any] | None, sinks: Sequence[AlertSink] | None = None
 ) -> list[Alert]:
     """The rules on a failed nightly run (from the DAG's failure callback context)."""
-    from core import settings
-    from pipeline import run_metrics
+    from core import run_steps, settings
+    from warehouse.backends import as_warehouse
 
     context = context or {}
     dag_run = _get(context, "dag_run")
@@ -399,7 +399,8 @@ def failed_run_alerts(
     if isinstance(start, str):
         start = datetime.fromisoformat(start)
     metrics = failed_run_metrics(day, start if isinstance(start, datetime) else None, dag_id)
-    history = run_metrics.history(settings.warehouse_lease_target(), metrics["run_id"])
+    published = as_warehouse(settings.warehouse_lease_target())
+    history = run_steps.history(published, metrics["run_id"])
     return alert_run(
         metrics, history, airflow_dag_id=dag_id, airflow_run_id=airflow_run_id, sinks=sinks
     )

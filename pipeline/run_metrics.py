@@ -2,7 +2,8 @@
 
 Each nightly step records its duration and outcome in a small JSON file under
 `data/runs/<run_id>/steps/`, or `<NIGHTSHIFT_DATA_URL>/runs/…` (steps may run in
-different processes and hosts; core/run_files.py). The publish step
+different processes and hosts; the records are written and read by core/run_steps.py,
+which the alert rules of a failed run read too). The publish step
 gathers them with the run's statistics into `ops.pipeline_runs` / `ops.task_metrics`
 inside the build, so the metrics are published atomically with the tables (and a run
 that fails publishes none, its step files stay for the on-call). The same metrics feed
@@ -18,26 +19,20 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
-from core import clock, ops, run_ids, settings
+from core import clock, ops, run_steps
+from core.run_steps import read_steps, replica_lag
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 TABLES = ("pipeline_runs", "task_metrics")
-
-
-def steps_dir(run_id: str) -> Path:
-    """The local folder of the run's step files (without `NIGHTSHIFT_DATA_URL`)."""
-    return settings.runs_dir() / run_id / "steps"
 
 
 def timed(step: F) -> F:
@@ -56,34 +51,11 @@ def timed(step: F) -> F:
             outcome = {"status": "failed", "error": first}
             raise
         finally:
-            _write_step(business_date.isoformat(), step.__name__, started, time.time(), outcome)
+            run_steps.record(
+                business_date.isoformat(), step.__name__, started, time.time(), outcome
+            )
 
     return wrapper  # type: ignore[return-value]
-
-
-def _write_step(run_id: str, name: str, started: float, finished: float, outcome: dict) -> None:
-    """One file per step (`core.run_files`: local, or one object on the store)."""
-    from core import run_files
-
-    try:
-        record = {
-            "task": name,
-            "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
-            "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
-            "seconds": round(finished - started, 3),
-            **outcome,
-        }
-        data = json.dumps(record, default=str, sort_keys=True).encode()
-        run_files.write(run_id, f"steps/{name}.json", data)
-    except Exception:  # metrics must never break the run they measure
-        log.exception("could not record the metrics of step %s", name)
-
-
-def read_steps(run_id: str) -> list[dict[str, Any]]:
-    from core import run_files
-
-    steps = [json.loads(data) for data in run_files.read_folder(run_id, "steps")]
-    return sorted(steps, key=lambda s: s.get("started_at", ""))
 
 
 def collect(con: Any, business_date: date, stats: dict[str, Any]) -> dict[str, Any]:
@@ -162,26 +134,6 @@ def source_freshness(session: Any, run_id: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def replica_lag(run_id: str) -> float | None:
-    """The largest replication lag the run's source_db extract measured (seconds).
-
-    Read from the run's landed manifests (every table, every shard): a manifest says
-    `read_from` only when a replica was configured; a lag it could not measure (replica
-    down or not a replica) counts as infinite. None when no replica was configured.
-    """
-    lags: list[float] = []
-    root = settings.landing_dir() / "source_db"
-    for path in sorted(root.glob(f"*/run={run_id}/_manifest.json")) + sorted(
-        root.glob(f"*/{run_ids.shard_dirs_glob(run_id)}/_manifest.json")
-    ):
-        manifest = json.loads(path.read_text())
-        if "read_from" not in manifest:
-            continue
-        lag = manifest.get("replica_lag_seconds")
-        lags.append(math.inf if lag is None else float(lag))
-    return max(lags, default=None)
-
-
 def store(con: Any, metrics: dict[str, Any]) -> None:
     """Write the run into `ops.pipeline_runs` / `ops.task_metrics` (replacing a rerun), in
     the caller's transaction (`con`: a warehouse Session on the build, or a DuckDB
@@ -233,32 +185,11 @@ def store(con: Any, metrics: dict[str, Any]) -> None:
 
 
 def history(where: Any, run_id: str, limit: int = 30) -> list[dict[str, Any]]:
-    """Earlier runs' metrics, oldest first (for the trailing-average alert rules), from
-    the published `ops.pipeline_runs` of `where` (a DuckDB file path or a `Warehouse`).
-
-    The first run ever is left out: it extracted everything, so comparing the nightly
-    deltas with it would raise a row-count-drop alert every night for a week.
-    """
+    """Earlier runs' metrics, oldest first (`core.run_steps.history`), from the published
+    `ops.pipeline_runs` of `where` (a DuckDB file path or a `Warehouse`)."""
     from warehouse.backends import as_warehouse
 
-    wh = as_warehouse(where)
-    if wh.kind == "duckdb" and not Path(wh.path).exists():
-        return []
-    exists = wh.read_arrow(
-        "select count(*) from information_schema.tables "
-        "where table_schema = 'ops' and table_name = 'pipeline_runs'"
-    ).column(0)[0]
-    if not exists.as_py():
-        return []
-    rows = wh.read_arrow(
-        "select cast(metrics as varchar) as metrics from {ops}.pipeline_runs "
-        "where run_id <> ? "
-        "and run_id not like 'rollback-%' "  # a rollback is not a night (warehouse/rollback.py)
-        "and published_at > (select min(published_at) from {ops}.pipeline_runs) "
-        "order by business_date desc limit ?",
-        [run_id, limit],
-    ).column("metrics")
-    return [json.loads(text) for text in reversed(rows.to_pylist())]
+    return run_steps.history(as_warehouse(where), run_id, limit)
 
 
 def emit_statsd(metrics: dict[str, Any], host: str | None, port: int = 8125) -> int:

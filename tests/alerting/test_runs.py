@@ -169,10 +169,10 @@ def test_a_failed_gate_of_an_earlier_attempt_does_not_fire_again(
 
 def extracted(minutes_ago: float) -> None:
     """The run's extract_source_db step file, as `timed` writes it, begun `minutes_ago`."""
-    from pipeline.run_metrics import _write_step
+    from core import run_steps
 
     began = datetime.now(UTC).timestamp() - minutes_ago * 60
-    _write_step(
+    run_steps.record(
         DAY.isoformat(),
         "extract_source_db",
         began,
