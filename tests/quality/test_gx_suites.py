@@ -21,7 +21,13 @@ import pytest
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from quality.results import RESULTS_DIR, SUMMARY_PAGE, build_data_docs, store_results  # noqa: E402
-from quality.suites import ALL_SUITES, SEVERITIES, load_suite, suite_json  # noqa: E402
+from quality.suites import (  # noqa: E402
+    ALL_SUITES,
+    SEVERITIES,
+    load_suite,
+    runtime_dir,
+    suite_json,
+)
 from quality.validate import (  # noqa: E402
     QualityGateError,
     SuiteResult,
@@ -443,6 +449,29 @@ def test_data_docs_site_is_written(tmp_path: Path) -> None:
     build_data_docs([again], site)
     assert len(list((site / "validations").rglob("*.html"))) == 1
     assert not list(site.parent.glob(".gx-docs-*")) and not list(site.parent.glob(".old-*"))
+
+
+def test_stored_results_carry_no_gx_batch_fingerprint() -> None:
+    """GX's per-batch pandas fingerprint (a marker only, several times the cost of all the
+    expectations on Arrow timestamps) is off: the stored batch markers lack it."""
+    validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id="no-fingerprint")
+    markers = [
+        json.loads(p.read_text())["meta"]["batch_markers"]
+        for p in (runtime_dir() / "validations").rglob("*.json")
+        if "no-fingerprint" in p.parts
+    ]
+    assert markers
+    assert all("ge_load_time" in m and "pandas_data_fingerprint" not in m for m in markers)
+
+
+def test_a_gx_without_the_fingerprint_switch_is_refused(monkeypatch) -> None:
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    import quality.suites as suites
+
+    monkeypatch.delattr(pandas_execution_engine, "HASH_THRESHOLD")
+    with pytest.raises(RuntimeError, match="HASH_THRESHOLD is gone"):
+        suites._disable_batch_fingerprint()
 
 
 def test_one_gx_context_per_process(tmp_path: Path, monkeypatch) -> None:
