@@ -135,7 +135,8 @@ test: $(STAMP) ## Run the whole test suite on TEST_WORKERS processes (starts thr
 # slow ones (a warehouse built by dbt; a memory profile). `make test` runs everything.
 FAST_SUITES := tests/test_configuration.py tests/test_fast_lane.py tests/test_layers.py tests/test_makefile.py \
 	tests/test_packaging.py tests/alerting/test_rules.py tests/alerting/test_sinks.py \
-	tests/core/test_files.py tests/core/test_ops.py tests/core/test_run_ids.py tests/core/test_tables.py \
+	tests/core/test_files.py tests/core/test_ops.py tests/core/test_run_ids.py tests/core/test_run_steps.py \
+	tests/core/test_tables.py \
 	tests/dags/test_schedule_dst.py tests/demo/test_api.py tests/demo/test_servers.py \
 	tests/extract/test_api_client.py \
 	tests/extract/test_api_extract.py tests/extract/test_landing.py \
