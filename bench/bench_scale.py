@@ -207,7 +207,11 @@ def history(
     template, payments, end = bw.prepare_source(admin, orders, days, workers)
     key = _history_key(orders, days, payment_days)
     cache = CACHE_DIR / str(orders)
-    if (cache / "key").is_file() and (cache / "key").read_text() == key:
+    if (
+        (cache / "key").is_file()
+        and (cache / "key").read_text() == key
+        and (cache / "source_oid").is_file()
+    ):
         code = (cache / "code").read_text() if (cache / "code").is_file() else "unknown"
         print(f"reusing the history night of {orders} ({code}): {cache}", file=sys.stderr)
         return cache / "data", payments, end, template
@@ -215,7 +219,8 @@ def history(
     building = cache.with_name(f"{orders}.tmp")
     shutil.rmtree(building, ignore_errors=True)
     (building / "data").mkdir(parents=True)
-    source = bw.clone_source(admin, template, f"{template}_scale")
+    source, oid = clone_as(admin, template, f"{template}_scale")
+    (building / "source_oid").write_text(str(oid))
     pay = building / "payments.db"
     shutil.copyfile(payments, pay)
     if payment_days > 0:
@@ -242,6 +247,23 @@ def history(
     (building / "key").write_text(key)
     os.replace(building, cache)
     return cache / "data", payments, end, template
+
+
+def clone_as(admin: str, template: str, name: str, oid: int | None = None) -> tuple[str, int]:
+    """(URL, oid) of a fresh copy of `template` named `name`; `oid`: that database oid
+    (PostgreSQL 15+), which with the name makes the source identity the extract checks."""
+    from psycopg import sql
+
+    bw._drop_db(admin, name)
+    with bw._admin(admin) as conn:
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template)
+        )
+        if oid is not None:
+            create = sql.SQL("{} OID {}").format(create, sql.Literal(oid))
+        conn.execute(create)
+        row = conn.execute("select oid from pg_database where datname = %s", (name,)).fetchone()
+    return bw._db_url(admin, name), int(row[0])
 
 
 def _run_child(step: str, day: date, env: dict[str, str], work: Path, timeout_s: float) -> dict:
@@ -302,7 +324,10 @@ def measure(admin: str, orders: int, args: argparse.Namespace) -> dict[str, Any]
         started = time.perf_counter()
         shutil.copytree(cached, data_dir)
         cache_dir = cached.parent
-        source = bw.clone_source(admin, template, f"{template}_scale")
+        # the database night 1 read, as a restore would bring it back: same name and oid,
+        # so the same source identity (another oid reads as a source switch: a full read)
+        oid = int((cached.parent / "source_oid").read_text())
+        source, _ = clone_as(admin, template, f"{template}_scale", oid)
         pay = work / "payments.db"
         shutil.copyfile(payments, pay)
         # the payments store as night 1 read it (the cached template's), plus the change
