@@ -16,8 +16,10 @@ For each size (history of N orders over --days days, seed 42):
            full first read would take hours at 20M (raw.payments then holds those, not
            every payment: the one table whose history is short);
   change   `demo.generator.apply_next_day(orders_per_day=--night-orders)` on a fresh
-           clone (seed 43): --night-orders new orders, 5% more late ones (created 1-5
-           days earlier), ~1,500 status updates of old orders, 5% as many item deletes,
+           clone with the name and oid of the database night 1 read (the extract's
+           source identity: another oid would read as a source switch, a full read)
+           (seed 43): --night-orders new orders, 5% more late ones (created 1-5
+           days earlier), ~700 status updates of old orders, 5% as many item deletes,
            a few category and region moves: about 10,000 changed or new orders whatever
            the history (the same change at every size);
   night    the real steps in the DAG's order, each in a fresh child process (as Airflow
