@@ -428,6 +428,16 @@ class LandingStore:
         _write_index(local_root, index)
         return pulled
 
+    def _not_older_than_remote(self, path: Path, key: str, st: os.stat_result) -> os.stat_result:
+        """The pushed file's stat, its mtime moved up to the object's: the store stamps an
+        upload with its own (later) time, and a pull must not take the file for a newer
+        version written elsewhere and download it again."""
+        remote = self.fs.get_file_info(key).mtime_ns
+        if remote is None or remote <= st.st_mtime_ns:
+            return st
+        os.utime(path, ns=(st.st_atime_ns, remote))
+        return path.stat()
+
     def mirror_push(self, local_root: Path) -> dict[str, int]:
         """Upload the local folder's new or changed files, and delete from the store the
         files this folder had in sync that are gone locally (moved, pruned)."""
@@ -447,6 +457,7 @@ class LandingStore:
                 if index.get(rel) == [st.st_size, st.st_mtime_ns]:
                     continue
                 self._put_file(path, self._key(rel))
+                st = self._not_older_than_remote(path, self._key(rel), st)
                 index[rel] = [st.st_size, st.st_mtime_ns]
                 counts["pushed"] += 1
         for rel in sorted(set(index) - seen):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -242,6 +244,8 @@ def test_the_quarantine_mirror_pushes_pulls_and_retires(
     for path in (attempt, pending):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text('{"record_key": "p1"}\n')
+        # written a while before the push: the store stamps the upload later than the file
+        os.utime(path, ns=(time.time_ns() - 10**10, time.time_ns() - 10**10))
     (host_a / "_replay" / ".lock").write_text("")
     assert store.mirror_push(host_a) == {"pushed": 2, "deleted": 0}
     assert store.mirror_push(host_a) == {"pushed": 0, "deleted": 0}
