@@ -541,36 +541,44 @@ def _unique_over_files(
         return
     cols = ", ".join(_quote(c) for c in columns)
     all_null = " and ".join(f"{_quote(c)} is null" for c in columns)
-    sql = f"""
-        with dups as (
-            select {cols}, count(*) as n,
-                   list(distinct parse_filename(filename) order by parse_filename(filename))
-                       as files
-            from read_parquet($files, filename = true)
-            where not ({all_null})
-            group by all
-            having count(*) > 1
-        )
-        select *, sum(n) over () as rows_total, count(*) over () as keys_total,
-               (select count(*) from read_parquet($files)) as element_count,
-               (select count(*) from read_parquet($files) where {all_null}) as missing_count
-        from dups
-        order by n desc, {cols}
-        limit {MAX_SAMPLES}
+    same_key = " and ".join(f"d.{_quote(c)} is not distinct from f.{_quote(c)}" for c in columns)
+    # Two passes: the duplicated keys by count alone (a hash aggregate that can spill),
+    # then the files of those few keys only; listing every key's files first ran out of
+    # memory at 51M order items.
+    find_dups = f"""
+        create temp table dups as
+        select {cols}, count(*) as n
+        from read_parquet($files)
+        where not ({all_null})
+        group by all
+        having count(*) > 1
     """
+    samples = f"""
+        with sampled as (
+            select * from dups order by n desc, {cols} limit {MAX_SAMPLES}
+        )
+        select {", ".join(f"d.{_quote(c)}" for c in columns)}, d.n,
+               list(distinct parse_filename(f.filename) order by parse_filename(f.filename))
+                   as files,
+               (select sum(n) from dups) as rows_total,
+               (select count(*) from dups) as keys_total
+        from sampled as d
+        join read_parquet($files, filename = true) as f on {same_key}
+        group by all
+        order by d.n desc, {", ".join(f"d.{_quote(c)}" for c in columns)}
+    """
+    params = {"files": [str(f) for f in files]}
     con = duckdb.connect()
     try:
         con.execute("set memory_limit = '256MB'")
         con.execute("set threads = 2")
         con.execute("set preserve_insertion_order = false")
-        rows = con.execute(sql, {"files": [str(f) for f in files]}).fetchall()
-        if not rows:
-            counts = con.execute(
-                f"select count(*), count(*) filter (where {all_null}) from read_parquet($files)",
-                {"files": [str(f) for f in files]},
-            ).fetchone()
-        else:
-            counts = (rows[0][-2], rows[0][-1])
+        con.execute(find_dups, params)
+        rows = con.execute(samples, params).fetchall()
+        counts = con.execute(
+            f"select count(*), count(*) filter (where {all_null}) from read_parquet($files)",
+            params,
+        ).fetchone()
     except duckdb.Error as exc:
         acc.success = False
         acc.details["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
