@@ -510,8 +510,13 @@ def test_incremental_touches_only_restated_days(incremental_pair: tuple[Path, Pa
 
 
 def test_report_tz_change_restates_every_moved_day(incremental_pair: tuple[Path, Path]) -> None:
+    """r2's build in UTC, then r2 built again in New York (a rerun after REPORT_TZ
+    changed): every day whose orders move under the new zone is restated, as a full
+    rebuild in New York. (A build runs with the run id its load recorded its deletes
+    under.)"""
     incremental, full = incremental_pair
-    dbt_build(incremental, "America/New_York", run_id="r1")
+    dbt_build(incremental, "UTC", run_id="r2")
+    dbt_build(incremental, "America/New_York", run_id="r2")
     dbt_build(full, "America/New_York")
     assert _marts(incremental) == _marts(full)
 
