@@ -393,16 +393,7 @@ def _read_chunk(
         params.append(day_start_utc(first, report_tz).to_pydatetime())
         params.append(day_start_utc(last + timedelta(days=1), report_tz).to_pydatetime())
         ranges.append("(created_at >= ? and created_at < ?)")
-    sql = _CHUNK_SQL.format(
-        ranges=" or ".join(ranges),
-        blank=_BLANK_PATTERN,
-        category_bytes=_bytewise(reader.warehouse.kind, "lines.category"),
-    )
-    table = reader.read_arrow(sql, params)
-    table = table.append_column("created_us", _epoch_us(table.column("created_at")))
-    ids = table.column("id").to_numpy()
-    if len(np.unique(ids)) != len(ids):
-        _raise_duplicate_keys(reader, ids)
+    table = _read_orders(reader, " or ".join(ranges), params)
     starts = np.array([day_start_utc(d, report_tz).value // 1000 for d in days], dtype=np.int64)
     ends = np.array(
         [day_start_utc(d + timedelta(days=1), report_tz).value // 1000 for d in days],
@@ -551,20 +542,26 @@ def _id_batches(kind: str, ids: Sequence[int]) -> Iterator[tuple[str, list[Any]]
         yield f"id in ({', '.join('?' for _ in batch)})", batch
 
 
-def _read_orders_by_id(reader: _Reader, predicate: str, params: list[Any]) -> pa.Table:
-    """Counted orders matching `predicate` on their id (with a business instant), as
-    `_read_chunk` reads them."""
+def _read_orders(reader: _Reader, where: str, params: list[Any]) -> pa.Table:
+    """Counted orders matching `where`, with their business instant in microseconds;
+    an order id read twice is an error naming it."""
     sql = _CHUNK_SQL.format(
-        ranges=f"{predicate} and created_at is not null",
+        ranges=where,
         blank=_BLANK_PATTERN,
         category_bytes=_bytewise(reader.warehouse.kind, "lines.category"),
     )
     table = reader.read_arrow(sql, params)
     table = table.append_column("created_us", _epoch_us(table.column("created_at")))
-    ids_read = table.column("id").to_numpy()
-    if len(np.unique(ids_read)) != len(ids_read):
-        _raise_duplicate_keys(reader, ids_read)
+    ids = table.column("id").to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        _raise_duplicate_keys(reader, ids)
     return table
+
+
+def _read_orders_by_id(reader: _Reader, predicate: str, params: list[Any]) -> pa.Table:
+    """Counted orders matching `predicate` on their id (with a business instant), as
+    `_read_chunk` reads them."""
+    return _read_orders(reader, f"{predicate} and created_at is not null", params)
 
 
 def _day_bounds(days: list[date], report_tz: str) -> tuple[np.ndarray, np.ndarray]:
