@@ -24,6 +24,8 @@ from core.settings import ApiConfig
 log = logging.getLogger(__name__)
 
 _BODY_SNIPPET = 200
+#: 8 attempts within 300 s, backoff from 0.5 s capped at 30 s, Retry-After up to 120 s
+DEFAULT_RETRY = http_retry.RetryPolicy()
 
 
 class ApiError(RuntimeError):
@@ -40,34 +42,24 @@ class ApiContractError(ApiError):
 
 
 class PaymentsApiClient:
-    """Synchronous client; use as a context manager or call `close()`."""
+    """Synchronous client; use as a context manager or call `close()`.
+
+    `retry`: when a failed request is asked again (`core.http_retry.RetryPolicy`,
+    default DEFAULT_RETRY); `timeout` per request; `transport` and `sleep` for tests.
+    """
 
     def __init__(
         self,
         config: ApiConfig,
         *,
         timeout: float = 30.0,
-        max_attempts: int = 8,
-        max_total_seconds: float = 300,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30,
-        retry_after_cap: float = 120,
+        retry: http_retry.RetryPolicy = DEFAULT_RETRY,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.policy = http_retry.RetryPolicy(
-            max_attempts=max_attempts,
-            max_total_seconds=max_total_seconds,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            retry_after_cap=retry_after_cap,
-        )
+        self.policy = retry
         self._token = config.token
         self.base_url = config.base_url.rstrip("/")
-        self.max_attempts = max_attempts
-        self.max_total_seconds = max_total_seconds
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -221,7 +213,7 @@ class PaymentsApiClient:
                 url,
                 failure.reason,
                 attempt,
-                self.max_attempts,
+                self.policy.max_attempts,
                 wait,
                 " (Retry-After)" if failure.retry_after is not None else "",
             )

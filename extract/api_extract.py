@@ -21,7 +21,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -33,7 +34,12 @@ import pyarrow.parquet as pq
 from core import clock
 from core.files import write_json_atomic
 from extract.api_client import PaymentsApiClient
-from extract.landing import LandingOptions, LandingTarget, write_landing_table
+from extract.landing import (
+    DriftAcceptance,
+    LandingOptions,
+    LandingTarget,
+    write_landing_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -470,29 +476,128 @@ def _conflicts(con: Any, run_id: str, quarantine: _Quarantine) -> int:
     return conflicts
 
 
-def extract_payments(
-    client: PaymentsApiClient,
-    *,
-    run_id: str,
-    landing_root: Path,
-    quarantine_root: Path,
-    updated_since: datetime | None = None,
-    overlap: timedelta = timedelta(minutes=15),
-    max_quarantined: int | float = 100,
-    page_size: int = 500,
-    accept_drift: bool = False,
-    now: datetime | None = None,
-    future_tolerance: timedelta = timedelta(hours=1),
-    max_jump: timedelta | None = timedelta(days=30),
-    replayed: Iterable[Any] = (),
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PaymentsPlan:
+    """What one payments extract run asks the API for and where it lands it.
+
+    Landing target: run `run_id` under `landing_root`, this attempt's quarantine file
+    under `quarantine_root`, the operator's schema-drift acceptance `accept_drift`
+    (extract/landing.py `check_schema_drift`). Window: `updated_since` is the previous
+    watermark (the `window_end` of the last payments run loaded into the warehouse,
+    `extract.watermark.last_watermark(warehouse, "payments_api", "payments").window_end`;
+    None on the first run: everything); the API is asked for
+    `updated_at >= updated_since - overlap`, `page_size` records a page. `replayed`: raw
+    records from the replay queue (`extract.replay.open_replays`).
+
+    Guards: `max_quarantined` (an int: the largest allowed number of quarantined
+    records; a float in (0, 1): the largest allowed share of received records); a record
+    whose `updated_at` is later than `now` (None: the pipeline clock) + `future_tolerance`
+    is quarantined; a window end more than `max_jump` (None: no limit) past the previous
+    one fails the run. A negative `overlap` or an unusable `max_quarantined` fails here.
+    """
+
+    run_id: str
+    landing_root: Path
+    quarantine_root: Path
+    updated_since: datetime | None = None
+    overlap: timedelta = timedelta(minutes=15)
+    max_quarantined: int | float = 100
+    page_size: int = 500
+    accept_drift: DriftAcceptance = False
+    now: datetime | None = None
+    future_tolerance: timedelta = timedelta(hours=1)
+    max_jump: timedelta | None = timedelta(days=30)
+    replayed: Iterable[Any] = ()
+
+    def __post_init__(self) -> None:
+        _check_threshold(self.max_quarantined)
+        if self.overlap < timedelta(0):
+            raise ValueError(f"overlap must not be negative, got {self.overlap}")
+
+    def window(self) -> _Window:
+        """The previous watermark (in UTC) and the start of the window asked for."""
+        if self.updated_since is None:
+            return _Window(previous_end=None, start=None)
+        previous_end = _utc(self.updated_since)
+        return _Window(previous_end=previous_end, start=previous_end - self.overlap)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The previous watermark (`previous_end`) and the window's start (minus the overlap)."""
+
+    previous_end: datetime | None
+    start: datetime | None
+
+
+@dataclass
+class _Counts:
+    """Records received (replayed ones included), valid, replayed, and pages read."""
+
+    received: int = 0
+    valid: int = 0
+    replayed: int = 0
+    pages: int = 0
+
+
+class _Intake:
+    """Validates each record as it comes: valid ones to the staging file, the others
+    (invalid, or stamped after `latest_allowed`) to the attempt's quarantine file."""
+
+    def __init__(
+        self, plan: PaymentsPlan, stage: _Stage, quarantine: _Quarantine, latest_allowed: datetime
+    ) -> None:
+        self.plan = plan
+        self.stage = stage
+        self.quarantine = quarantine
+        self.latest_allowed = latest_allowed
+        self.counts = _Counts()
+
+    def read(self, client: PaymentsApiClient, window_start: datetime | None) -> None:
+        """The replayed records first, then every page of the API's window, in order."""
+        for record in self.plan.replayed:
+            self.take(record, True)
+        for page in client.iter_payment_pages(window_start, limit=self.plan.page_size):
+            self.counts.pages += 1
+            for record in page:
+                self.take(record, False)
+
+    def take(self, record: Any, from_replay: bool) -> None:
+        counts = self.counts
+        counts.received += 1
+        try:
+            row = validate_payment(record)
+        except RecordError as exc:
+            self.quarantine.add(_invalid_record(self.plan.run_id, record, exc))
+            return
+        if row["updated_at"] > self.latest_allowed:
+            tolerance = self.plan.future_tolerance
+            self.quarantine.add(
+                _future_record(self.plan.run_id, record, self.latest_allowed - tolerance, tolerance)
+            )
+            return
+        counts.valid += 1
+        counts.replayed += from_replay
+        self.stage.add(row, counts.received, record, from_replay)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What the staged records decided: the new watermark `window_end`, the duplicates
+    dropped, the attempt's quarantine file (None: nothing quarantined) and whether the
+    quarantined records exceed `max_quarantined`."""
+
+    window_end: datetime | None
+    duplicates: int
+    quarantine_file: Path | None
+    exceeded: bool
+
+
+def extract_payments(client: PaymentsApiClient, plan: PaymentsPlan) -> dict[str, Any]:
     """Land the payments changed since the last loaded watermark; return the manifest.
 
-    `updated_since` is the previous watermark: the `window_end` of the last payments run
-    loaded into the warehouse (`extract.watermark.last_watermark(warehouse,
-    "payments_api", "payments").window_end`), or None on the first run (everything).
-    The API is asked for `updated_at >= updated_since - overlap`: the overlap re-reads
-    records the API made visible late; they are deduplicated by id here (latest
+    The API is asked for `updated_at >= plan.updated_since - plan.overlap`: the overlap
+    re-reads records the API made visible late; they are deduplicated by id here (latest
     `updated_at` wins) and by the loader's upsert.
 
     Streaming: pages are validated as they come; valid records go to a staging Parquet
@@ -500,7 +605,7 @@ def extract_payments(
     quarantine file, so memory stays flat however large the window; DuckDB (memory
     limited to STAGE_MEMORY_LIMIT, spilling beyond) then deduplicates and sorts the
     staged records, and the winners are streamed into the landed run, which appears
-    atomically (temporary directory renamed into place) as before.
+    atomically (temporary directory renamed into place).
 
     Manifest (besides the landing fields): `mode` "incremental" (the loader upserts; a
     first run with no watermark is simply an unbounded window), `window_start`
@@ -527,95 +632,97 @@ def extract_payments(
     quarantine files are the record of it: `python -m extract.replay` re-validates them
     once the cause is fixed (see extract/replay.py).
 
-    `replayed`: raw records from the replay queue (`extract.replay.open_replays`). They
-    are validated like the API's, read before the API's pages (an API copy with the same
-    `updated_at` is the fresher read and wins), landed with the run (manifest `replayed`)
-    and never move `window_end`.
+    Replayed records (`plan.replayed`) are validated like the API's, read before the
+    API's pages (an API copy with the same `updated_at` is the fresher read and wins),
+    landed with the run (manifest `replayed`) and never move `window_end`.
 
-    `max_quarantined`: an int is the largest allowed number of quarantined records, a
-    float in (0, 1) the largest allowed share of received records. When exceeded, the
-    quarantine files and the run directory (manifest `status`
-    "quarantine_threshold_exceeded") are written first, then QuarantineThresholdError
-    is raised, so nothing is lost and the failed run must not be loaded.
+    Too many quarantined records (`plan.max_quarantined`): the quarantine files and the
+    run directory (manifest `status` "quarantine_threshold_exceeded") are written first,
+    then QuarantineThresholdError is raised, so nothing is lost and the failed run must
+    not be loaded.
 
-    Guards on the watermark: a record whose `updated_at` is later than `now` (the
-    pipeline clock) + `future_tolerance` is quarantined with that reason and never moves
-    the watermark (one record stamped 2099 would otherwise make every later run ask for
-    nothing); a window whose end would move more than `max_jump` (None: no limit) past
-    the previous one raises WatermarkJumpError before anything is landed.
+    Guards on the watermark: a record whose `updated_at` is later than the clock +
+    `future_tolerance` is quarantined with that reason and never moves the watermark
+    (one record stamped 2099 would otherwise make every later run ask for nothing); a
+    window whose end would move more than `max_jump` past the previous one raises
+    WatermarkJumpError before anything is landed.
     """
-    _check_threshold(max_quarantined)
-    latest_allowed = _utc(now or clock.now()) + future_tolerance
-    if overlap < timedelta(0):
-        raise ValueError(f"overlap must not be negative, got {overlap}")
-    previous_end = _utc(updated_since) if updated_since is not None else None
-    window_start = previous_end - overlap if previous_end is not None else None
-    table_dir = Path(landing_root) / SOURCE / PAYMENTS_TABLE
+    latest_allowed = _utc(plan.now or clock.now()) + plan.future_tolerance
+    window = plan.window()
+    table_dir = Path(plan.landing_root) / SOURCE / PAYMENTS_TABLE
     table_dir.mkdir(parents=True, exist_ok=True)
     stage_dir = table_dir / f".tmp-stage-{uuid.uuid4().hex[:8]}"  # not a run: readers skip
     stage_dir.mkdir()
-    quarantine = _Quarantine(quarantine_root, run_id)
-    stage = _Stage(stage_dir)
-    counts = {"received": 0, "valid": 0, "replayed": 0, "pages": 0}
-
-    def take(record: Any, from_replay: bool) -> None:
-        counts["received"] += 1
-        try:
-            row = validate_payment(record)
-        except RecordError as exc:
-            quarantine.add(_invalid_record(run_id, record, exc))
-            return
-        if row["updated_at"] > latest_allowed:
-            quarantine.add(
-                _future_record(run_id, record, latest_allowed - future_tolerance, future_tolerance)
-            )
-            return
-        counts["valid"] += 1
-        counts["replayed"] += from_replay
-        stage.add(row, counts["received"], record, from_replay)
-
+    intake = _Intake(
+        plan,
+        _Stage(stage_dir),
+        _Quarantine(plan.quarantine_root, plan.run_id),
+        latest_allowed,
+    )
     try:
-        for record in replayed:
-            take(record, True)
-        for page in client.iter_payment_pages(window_start, limit=page_size):
-            counts["pages"] += 1
-            for record in page:
-                take(record, False)
-        stage.close()
-        return _land(
-            stage,
-            quarantine,
-            counts,
-            run_id=run_id,
-            landing_root=Path(landing_root),
-            previous_end=previous_end,
-            window_start=window_start,
-            overlap=overlap,
-            max_quarantined=max_quarantined,
-            max_jump=max_jump,
-            accept_drift=accept_drift,
-        )
+        intake.read(client, window.start)
+        intake.stage.close()
+        return _land(intake, window)
     finally:
-        stage.close()
-        quarantine.discard()
+        intake.stage.close()
+        intake.quarantine.discard()
         shutil.rmtree(stage_dir, ignore_errors=True)
 
 
-def _land(
-    stage: _Stage,
-    quarantine: _Quarantine,
-    counts: dict[str, int],
-    *,
-    run_id: str,
-    landing_root: Path,
-    previous_end: datetime | None,
-    window_start: datetime | None,
-    overlap: timedelta,
-    max_quarantined: int | float,
-    max_jump: timedelta | None,
-    accept_drift: bool,
-) -> dict[str, Any]:
-    """Deduplicate the staged records, write the quarantine file, land the winners."""
+def _land(intake: _Intake, window: _Window) -> dict[str, Any]:
+    """Deduplicate the staged records, write the quarantine file, land the winners;
+    QuarantineThresholdError after landing when too many records were quarantined."""
+    plan, counts, quarantine = intake.plan, intake.counts, intake.quarantine
+    con = _stage_connection(intake.stage)
+    try:
+        outcome = _settle(con, intake, window)
+        manifest = write_landing_table(
+            _winners(con),
+            schema=PAYMENTS_SCHEMA,
+            target=LandingTarget(
+                landing_root=Path(plan.landing_root),
+                source=SOURCE,
+                table_name=PAYMENTS_TABLE,
+                run_id=plan.run_id,
+            ),
+            options=LandingOptions(
+                cursor_column="updated_at",
+                accept_drift=plan.accept_drift,
+                extra_files=(
+                    {QUARANTINE_FILE_NAME: outcome.quarantine_file.read_bytes()}
+                    if outcome.quarantine_file
+                    else None
+                ),
+                extra_manifest=_payments_manifest_fields(intake, window, outcome),
+            ),
+        )
+    finally:
+        con.close()
+    log.info(
+        "payments: landed %d row(s) from %d page(s) in window [%s, %s] "
+        "(%d duplicate(s) dropped, %d quarantined, %d replayed)",
+        manifest["rows"],
+        counts.pages,
+        manifest["window_start"],
+        manifest["window_end"],
+        outcome.duplicates,
+        quarantine.count,
+        counts.replayed,
+    )
+    if outcome.exceeded:
+        raise QuarantineThresholdError(
+            quarantined=quarantine.count,
+            received=counts.received,
+            threshold=plan.max_quarantined,
+            reasons=quarantine.reasons,
+            quarantine_file=outcome.quarantine_file,
+        )
+    return manifest
+
+
+def _stage_connection(stage: _Stage) -> Any:
+    """An in-memory DuckDB (STAGE_MEMORY_LIMIT, spilling beside the staging file) with
+    the staged records as the view `staged` (an empty one when nothing was staged)."""
     import duckdb
 
     con = duckdb.connect(
@@ -633,94 +740,81 @@ def _land(
             con.execute(f"create view staged as select * from read_parquet('{path}')")
         else:
             con.register("staged", _STAGE_SCHEMA.empty_table())  # no file was written
-        conflicts = _conflicts(con, run_id, quarantine)
-        winners, max_api_us = con.execute(
-            "select count(distinct id), epoch_us(max(updated_at) filter (where not _replayed)) "
-            "from staged"
-        ).fetchone()
-        newest = con.execute(
-            "select id, epoch_us(max(updated_at)) as t from staged group by id "
-            "order by t desc, id desc limit 3"
-        ).fetchall()
-        duplicates = counts["valid"] - winners - conflicts
-        max_landed = _from_us(max_api_us)
-        candidates = [t for t in (previous_end, max_landed) if t is not None]
-        window_end = max(candidates) if candidates else None  # never backwards
-        _check_jump(
-            previous_end,
-            window_end,
-            [(pid, _from_us(t)) for pid, t in reversed(newest)],
-            max_jump,
-        )
-
-        quarantine_file = quarantine.close()
-        exceeded = _exceeds(quarantine.count, counts["received"], max_quarantined)
-        if quarantine_file is not None:
-            log.warning(
-                "payments: quarantined %d record(s) in %s (first: %s)",
-                quarantine.count,
-                quarantine_file,
-                quarantine.reasons[0],
-            )
-        reader = con.sql(  # streamed: DuckDB hands over STAGE_BATCH_ROWS rows at a time
-            f"select {_PAYMENT_COLUMNS} from staged "
-            "qualify row_number() over (partition by id order by updated_at desc, _seq desc) = 1 "
-            "order by updated_at, id"
-        ).to_arrow_reader(STAGE_BATCH_ROWS)
-        manifest = write_landing_table(
-            reader,
-            schema=PAYMENTS_SCHEMA,
-            target=LandingTarget(
-                landing_root=landing_root, source=SOURCE, table_name=PAYMENTS_TABLE, run_id=run_id
-            ),
-            options=LandingOptions(
-                cursor_column="updated_at",
-                accept_drift=accept_drift,
-                extra_files=(
-                    {QUARANTINE_FILE_NAME: quarantine_file.read_bytes()}
-                    if quarantine_file
-                    else None
-                ),
-                extra_manifest={
-                    "mode": "incremental",
-                    "cursor_key": None,
-                    "updated_since": previous_end.isoformat() if previous_end else None,
-                    "overlap_seconds": overlap.total_seconds(),
-                    "window_start": window_start.isoformat() if window_start else None,
-                    "window_end": window_end.isoformat() if window_end else None,
-                    "pages": counts["pages"],
-                    "received": counts["received"],
-                    "replayed": counts["replayed"],
-                    "quarantined": quarantine.count,
-                    "max_quarantined": max_quarantined,
-                    "duplicates_dropped": duplicates,
-                    "quarantine_file": str(quarantine_file) if quarantine_file else None,
-                    "status": "quarantine_threshold_exceeded" if exceeded else "ok",
-                },
-            ),
-        )
-    finally:
+    except BaseException:
         con.close()
-    log.info(
-        "payments: landed %d row(s) from %d page(s) in window [%s, %s] "
-        "(%d duplicate(s) dropped, %d quarantined, %d replayed)",
-        manifest["rows"],
-        counts["pages"],
-        manifest["window_start"],
-        manifest["window_end"],
-        duplicates,
-        quarantine.count,
-        counts["replayed"],
+        raise
+    return con
+
+
+def _settle(con: Any, intake: _Intake, window: _Window) -> _Outcome:
+    """Quarantine the conflicting copies, find the new watermark (WatermarkJumpError
+    when it moves too far: nothing is landed), then name the attempt's quarantine file."""
+    plan, counts, quarantine = intake.plan, intake.counts, intake.quarantine
+    conflicts = _conflicts(con, plan.run_id, quarantine)
+    winners, max_api_us = con.execute(
+        "select count(distinct id), epoch_us(max(updated_at) filter (where not _replayed)) "
+        "from staged"
+    ).fetchone()
+    newest = con.execute(
+        "select id, epoch_us(max(updated_at)) as t from staged group by id "
+        "order by t desc, id desc limit 3"
+    ).fetchall()
+    max_landed = _from_us(max_api_us)
+    candidates = [t for t in (window.previous_end, max_landed) if t is not None]
+    window_end = max(candidates) if candidates else None  # never backwards
+    _check_jump(
+        window.previous_end,
+        window_end,
+        [(pid, _from_us(t)) for pid, t in reversed(newest)],
+        plan.max_jump,
     )
-    if exceeded:
-        raise QuarantineThresholdError(
-            quarantined=quarantine.count,
-            received=counts["received"],
-            threshold=max_quarantined,
-            reasons=quarantine.reasons,
-            quarantine_file=quarantine_file,
+    quarantine_file = quarantine.close()
+    if quarantine_file is not None:
+        log.warning(
+            "payments: quarantined %d record(s) in %s (first: %s)",
+            quarantine.count,
+            quarantine_file,
+            quarantine.reasons[0],
         )
-    return manifest
+    return _Outcome(
+        window_end=window_end,
+        duplicates=counts.valid - winners - conflicts,
+        quarantine_file=quarantine_file,
+        exceeded=_exceeds(quarantine.count, counts.received, plan.max_quarantined),
+    )
+
+
+def _winners(con: Any) -> pa.RecordBatchReader:
+    """The latest copy of each id (among equal `updated_at` the later read), ordered by
+    `updated_at` and id, streamed STAGE_BATCH_ROWS rows at a time."""
+    return con.sql(
+        f"select {_PAYMENT_COLUMNS} from staged "
+        "qualify row_number() over (partition by id order by updated_at desc, _seq desc) = 1 "
+        "order by updated_at, id"
+    ).to_arrow_reader(STAGE_BATCH_ROWS)
+
+
+def _payments_manifest_fields(
+    intake: _Intake, window: _Window, outcome: _Outcome
+) -> dict[str, Any]:
+    """The payments run's manifest fields beyond the landing's own (see extract_payments)."""
+    plan, counts = intake.plan, intake.counts
+    return {
+        "mode": "incremental",
+        "cursor_key": None,
+        "updated_since": window.previous_end.isoformat() if window.previous_end else None,
+        "overlap_seconds": plan.overlap.total_seconds(),
+        "window_start": window.start.isoformat() if window.start else None,
+        "window_end": outcome.window_end.isoformat() if outcome.window_end else None,
+        "pages": counts.pages,
+        "received": counts.received,
+        "replayed": counts.replayed,
+        "quarantined": intake.quarantine.count,
+        "max_quarantined": plan.max_quarantined,
+        "duplicates_dropped": outcome.duplicates,
+        "quarantine_file": str(outcome.quarantine_file) if outcome.quarantine_file else None,
+        "status": "quarantine_threshold_exceeded" if outcome.exceeded else "ok",
+    }
 
 
 def parse_rate(raw: Any, *, day: date, currency: str) -> Decimal:
@@ -764,23 +858,43 @@ def _read_fx_cache(path: Path, day: date) -> dict[str, Any] | None:
     return cached
 
 
-def extract_fx_rates(
-    client: PaymentsApiClient,
-    *,
-    days: Iterable[date],
-    run_id: str,
-    landing_root: Path,
-    accept_drift: bool = False,
-    refresh: Iterable[date] = (),
-) -> dict[str, Any]:
-    """Land the USD-based FX rates of each day in `days`; return the manifest.
+@dataclass(frozen=True)
+class FxPlan:
+    """Which days' USD-based FX rates one run lands, and where: run `run_id` under
+    `landing_root`; `days` (every one landed, old restated days included); `refresh`
+    (days always asked again, their cache entry replaced: providers revise recent
+    rates); the operator's schema-drift acceptance `accept_drift`."""
 
-    Every day passed in is landed, old (restated) days included: a past day comes from
-    the per-day cache when an earlier run fetched it, otherwise from the API. Days in
-    `refresh` are always asked again (providers revise recent rates) and their cache
-    entry replaced. A day
-    whose answer lacks a currency that other days have still lands the currencies it
-    has; the gaps are listed in the manifest (`missing_currencies`: {day: [currency]})
+    run_id: str
+    landing_root: Path
+    days: Collection[date]
+    refresh: Collection[date] = ()
+    accept_drift: DriftAcceptance = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "days", tuple(sorted(set(self.days))))
+        object.__setattr__(self, "refresh", frozenset(self.refresh))
+
+
+@dataclass
+class _FxRows:
+    """The rows gathered so far, each day's currencies, the days to cache once the
+    run is known complete ({day: (cache file, payload)}), and fetched / cached counts."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    per_day: dict[date, set[str]] = field(default_factory=dict)
+    to_cache: dict[date, tuple[Path, dict[str, Any]]] = field(default_factory=dict)
+    fetched: int = 0
+    cache_hits: int = 0
+
+
+def extract_fx_rates(client: PaymentsApiClient, plan: FxPlan) -> dict[str, Any]:
+    """Land the USD-based FX rates of each day in `plan.days`; return the manifest.
+
+    Every day is landed: a past day comes from the per-day cache when an earlier run
+    fetched it, otherwise from the API; days in `plan.refresh` are always asked again.
+    A day whose answer lacks a currency that other days have still lands the currencies
+    it has; the gaps are listed in the manifest (`missing_currencies`: {day: [currency]})
     and logged; the FX completeness check downstream decides whether a missing rate
     matters; such a day (or one with only USD) is not cached, so a later run asks the API
     again. `USD` is 1 by definition (base USD): it is added when the API left it out,
@@ -788,68 +902,31 @@ def extract_fx_rates(
     run naming the day and the currency. The manifest lists `days` (ISO dates).
     """
     today = clock.now().date()
-    rows: list[dict[str, Any]] = []
-    fetched = cache_hits = 0
-    wanted = sorted(set(days))
-    refresh = set(refresh)
-    per_day: dict[date, set[str]] = {}
-    to_cache: dict[date, tuple[Path, dict[str, Any]]] = {}
-    for day in wanted:
-        cache_file = _fx_cache_path(landing_root, day, getattr(client, "base_url", ""))
-        payload = None if day in refresh else _read_fx_cache(cache_file, day)
-        if payload is not None:
-            cache_hits += 1
-        else:
-            payload = client.get_fx_rates(day)
-            fetched += 1
-        if payload.get("base") != "USD":
-            raise ValueError(f"fx rates for {day.isoformat()}: base {payload.get('base')!r}")
-        raw_rates = payload.get("rates")
-        if not isinstance(raw_rates, dict):
-            raise ValueError(f"fx rates for {day.isoformat()}: rates={raw_rates!r}")
-        rates = {cur: parse_rate(raw, day=day, currency=cur) for cur, raw in raw_rates.items()}
-        if "USD" not in rates:
-            log.warning("fx rates for %s: no USD rate; using 1 (the base)", day.isoformat())
-            rates["USD"] = Decimal(1)
-        elif rates["USD"] != Decimal(1):
-            raise ValueError(f"fx rates for {day.isoformat()}: USD is {rates['USD']!r}, not 1")
-        # Cache only once validated, and only past days: today's rates may still move.
-        if day < today and (day in refresh or not cache_file.exists()):
-            to_cache[day] = (cache_file, payload)
-        per_day[day] = set(rates)
-        for currency in sorted(rates):
-            rows.append(
-                {"rate_date": day, "base": "USD", "currency": currency, "rate": rates[currency]}
-            )
-    every_currency = set().union(*per_day.values()) if per_day else set()
-    missing = {
-        day.isoformat(): sorted(every_currency - have)
-        for day, have in per_day.items()
-        if every_currency - have
-    }
+    gathered = _FxRows()
+    for day in plan.days:
+        _add_fx_day(client, plan, day, today, gathered)
+    missing = _missing_currencies(gathered.per_day)
     if missing:
         log.warning("fx_rates: currencies missing on some days (others landed): %s", missing)
-    for day, (cache_file, payload) in to_cache.items():
-        # An incomplete day (the provider had not published it all) is asked for again
-        # by the next run instead of being frozen in the cache.
-        if day.isoformat() not in missing and per_day[day] != {"USD"}:
-            write_json_atomic(cache_file, payload, indent=None)
-    table = pa.Table.from_pylist(rows, schema=FX_SCHEMA)
+    _write_fx_cache(gathered, missing)
     manifest = write_landing_table(
-        table,
+        pa.Table.from_pylist(gathered.rows, schema=FX_SCHEMA),
         schema=FX_SCHEMA,
         target=LandingTarget(
-            landing_root=Path(landing_root), source=SOURCE, table_name=FX_TABLE, run_id=run_id
+            landing_root=Path(plan.landing_root),
+            source=SOURCE,
+            table_name=FX_TABLE,
+            run_id=plan.run_id,
         ),
         options=LandingOptions(
             cursor_column="rate_date",
-            accept_drift=accept_drift,
+            accept_drift=plan.accept_drift,
             extra_manifest={
-                "days": [day.isoformat() for day in wanted],
-                "day_count": len(wanted),
-                "fetched": fetched,
-                "cache_hits": cache_hits,
-                "refreshed": sorted(d.isoformat() for d in refresh & set(wanted)),
+                "days": [day.isoformat() for day in plan.days],
+                "day_count": len(plan.days),
+                "fetched": gathered.fetched,
+                "cache_hits": gathered.cache_hits,
+                "refreshed": sorted(d.isoformat() for d in set(plan.refresh) & set(plan.days)),
                 "missing_currencies": missing,
             },
         ),
@@ -857,8 +934,67 @@ def extract_fx_rates(
     log.info(
         "fx_rates: landed %d row(s) for %d day(s) (%d fetched, %d from cache)",
         manifest["rows"],
-        len(wanted),
-        fetched,
-        cache_hits,
+        len(plan.days),
+        gathered.fetched,
+        gathered.cache_hits,
     )
     return manifest
+
+
+def _add_fx_day(
+    client: PaymentsApiClient, plan: FxPlan, day: date, today: date, gathered: _FxRows
+) -> None:
+    """One day's rates (from the cache, or the API when refreshed or not cached),
+    checked, added to `gathered`; a past day's fresh answer is kept for the cache."""
+    cache_file = _fx_cache_path(plan.landing_root, day, getattr(client, "base_url", ""))
+    refreshed = day in plan.refresh
+    payload = None if refreshed else _read_fx_cache(cache_file, day)
+    if payload is not None:
+        gathered.cache_hits += 1
+    else:
+        payload = client.get_fx_rates(day)
+        gathered.fetched += 1
+    rates = _day_rates(payload, day)
+    # Cache only once validated, and only past days: today's rates may still move.
+    if day < today and (refreshed or not cache_file.exists()):
+        gathered.to_cache[day] = (cache_file, payload)
+    gathered.per_day[day] = set(rates)
+    for currency in sorted(rates):
+        gathered.rows.append(
+            {"rate_date": day, "base": "USD", "currency": currency, "rate": rates[currency]}
+        )
+
+
+def _day_rates(payload: dict[str, Any], day: date) -> dict[str, Decimal]:
+    """The day's exact rates by currency, USD (the base, 1) added when left out; a
+    ValueError naming the day for another base, no rates object, or USD other than 1."""
+    if payload.get("base") != "USD":
+        raise ValueError(f"fx rates for {day.isoformat()}: base {payload.get('base')!r}")
+    raw_rates = payload.get("rates")
+    if not isinstance(raw_rates, dict):
+        raise ValueError(f"fx rates for {day.isoformat()}: rates={raw_rates!r}")
+    rates = {cur: parse_rate(raw, day=day, currency=cur) for cur, raw in raw_rates.items()}
+    if "USD" not in rates:
+        log.warning("fx rates for %s: no USD rate; using 1 (the base)", day.isoformat())
+        rates["USD"] = Decimal(1)
+    elif rates["USD"] != Decimal(1):
+        raise ValueError(f"fx rates for {day.isoformat()}: USD is {rates['USD']!r}, not 1")
+    return rates
+
+
+def _missing_currencies(per_day: dict[date, set[str]]) -> dict[str, list[str]]:
+    """{ISO day: currencies other days have and it lacks}, only days with a gap."""
+    every_currency = set().union(*per_day.values()) if per_day else set()
+    return {
+        day.isoformat(): sorted(every_currency - have)
+        for day, have in per_day.items()
+        if every_currency - have
+    }
+
+
+def _write_fx_cache(gathered: _FxRows, missing: dict[str, list[str]]) -> None:
+    """Cache the complete days: an incomplete day (the provider had not published it
+    all, or only USD) is asked for again by the next run instead of being frozen."""
+    for day, (cache_file, payload) in gathered.to_cache.items():
+        if day.isoformat() not in missing and gathered.per_day[day] != {"USD"}:
+            write_json_atomic(cache_file, payload, indent=None)
