@@ -25,6 +25,8 @@ from core import tables as source_tables
 from core.business_day import business_date_for, run_id_for
 from extract.api_client import ApiContractError, PaymentsApiClient
 from extract.api_extract import (
+    FxPlan,
+    PaymentsPlan,
     QuarantineThresholdError,
     WatermarkJumpError,
     extract_fx_rates,
@@ -545,15 +547,17 @@ def extract_payments_api(
         payments = _no_retry_on_bad_records(
             extract_payments,
             client,
-            run_id=run_id,
-            landing_root=settings.landing_dir(),
-            quarantine_root=settings.quarantine_dir(),
-            updated_since=_payments_since(),
-            future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
-            max_jump=timedelta(days=settings.watermark_max_jump_days()) or None,
-            # `make replay` queued these; they land with this run until published
-            replayed=open_replays(settings.quarantine_dir(), _published()),
-            accept_drift=accepted,
+            PaymentsPlan(
+                run_id=run_id,
+                landing_root=settings.landing_dir(),
+                quarantine_root=settings.quarantine_dir(),
+                updated_since=_payments_since(),
+                future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
+                max_jump=timedelta(days=settings.watermark_max_jump_days()) or None,
+                # `make replay` queued these; they land with this run until published
+                replayed=open_replays(settings.quarantine_dir(), _published()),
+                accept_drift=accepted,
+            ),
         )
     finally:
         close = getattr(client, "close", None)
@@ -582,11 +586,13 @@ def _extract_fx_rates(
     try:
         fx = extract_fx_rates(
             client,
-            days=days,
-            run_id=run_id_for(business_date),
-            landing_root=settings.landing_dir(),
-            refresh=refresh,
-            accept_drift=settings.accept_schema_drift(accept_schema_drift),
+            FxPlan(
+                run_id=run_id_for(business_date),
+                landing_root=settings.landing_dir(),
+                days=days,
+                refresh=refresh,
+                accept_drift=settings.accept_schema_drift(accept_schema_drift),
+            ),
         )
     finally:
         close = getattr(client, "close", None)
