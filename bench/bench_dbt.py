@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from warehouse.dbt_runner import (  # noqa: E402
     DEFAULT_PROJECT_DIR,
+    BuildPlan,
+    DbtCall,
     DbtResult,
     dbt_build,
     run_dbt,
@@ -177,9 +179,8 @@ def timed_build(
     """The nightly's call (pipeline/nightly.py dbt_build): wall and CPU seconds. Its own
     target dir: no other dbt process (tests, a nightly run) shares its artifacts."""
     cpu, started = _children_cpu(), time.perf_counter()
-    result = dbt_build(
-        warehouse, "UTC", through_date, run_id=run_id, target_dir=target_dir, unit_tests=False
-    )
+    plan = BuildPlan("UTC", through_date, run_id=run_id, target_dir=target_dir, unit_tests=False)
+    result = dbt_build(warehouse, plan)
     return result, time.perf_counter() - started, _children_cpu() - cpu
 
 
@@ -346,12 +347,14 @@ def main() -> int:
         # dbt's partial-parse state as a checkout has it after earlier runs (another night)
         run_dbt(
             ["parse"],
-            project_dir=DEFAULT_PROJECT_DIR,
-            target="duckdb",
-            vars={"report_tz": "UTC"},
-            env=run_settings_env("bench-r0", through_date),
-            warehouse_path=warehouse,
-            target_dir=target_dir,
+            DbtCall(
+                project_dir=DEFAULT_PROJECT_DIR,
+                target="duckdb",
+                vars={"report_tz": "UTC"},
+                env=run_settings_env("bench-r0", through_date),
+                warehouse_path=warehouse,
+                target_dir=target_dir,
+            ),
         )
 
         # (a) the first nightly build: fct_orders does not exist yet, so everything in full;

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_dbt import make_raw  # noqa: E402
 
-from warehouse.dbt_runner import dbt_build  # noqa: E402
+from warehouse.dbt_runner import BuildPlan, dbt_build  # noqa: E402
 
 DAYS = 365
 THROUGH = "2025-12-31"
@@ -150,7 +150,9 @@ def apply_night(path: Path, orders: int, changed: int, run_id: str) -> dict[str,
 def measure(path: Path, run_id: str, target_dir: Path) -> dict[str, float]:
     """Child process: the night's `dbt build` (as pipeline/nightly.py calls it)."""
     started = time.perf_counter()
-    result = dbt_build(path, "UTC", THROUGH, run_id=run_id, target_dir=target_dir, unit_tests=False)
+    result = dbt_build(
+        path, BuildPlan("UTC", THROUGH, run_id=run_id, target_dir=target_dir, unit_tests=False)
+    )
     seconds = time.perf_counter() - started
     own, children = (
         resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -199,9 +201,10 @@ def main() -> int:
             make_raw(path, orders, DAYS)
             add_ops_tables(path)
             started = time.perf_counter()
-            dbt_build(
-                path, "UTC", THROUGH, run_id="bench-r1", target_dir=target_dir, unit_tests=False
+            plan = BuildPlan(
+                "UTC", THROUGH, run_id="bench-r1", target_dir=target_dir, unit_tests=False
             )
+            dbt_build(path, plan)
             full_s = time.perf_counter() - started
             change = apply_night(path, orders, args.changed, "bench-r2")
             copy = base / "baseline.duckdb"

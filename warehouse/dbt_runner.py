@@ -25,9 +25,9 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,11 @@ class NodeResult:
     message: str | None = None
     failures: int | None = None
     rows_affected: int | None = None
+    # the relation dbt wrote the node to; for a test, where it stored its failing rows
+    # (store_failures), else None
+    relation_name: str | None = None
+    # the first rows a failed test stored (`_add_failing_rows`), column -> value
+    failing_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def resource_type(self) -> str:
@@ -145,7 +150,7 @@ class DbtResult:
     nodes: list[NodeResult] = field(default_factory=list)
     output: str = ""
     run_results_path: Path | None = None
-    # `dbt source freshness` of the same call (run_dbt(..., freshness=True)), else empty
+    # `dbt source freshness` of the same call (DbtCall(freshness=True)), else empty
     freshness: list[SourceFreshness] = field(default_factory=list)
 
     @property
@@ -210,6 +215,7 @@ def _read_run_results(path: Path) -> tuple[float | None, list[NodeResult]]:
             message=r.get("message"),
             failures=r.get("failures"),
             rows_affected=_rows_affected(r.get("adapter_response") or {}),
+            relation_name=r.get("relation_name"),
         )
         for r in data.get("results", [])
     ]
@@ -306,86 +312,69 @@ def stable_warehouse_path(warehouse_path: Path, target_dir: Path) -> Iterator[Pa
         yield link
 
 
-def run_dbt(
-    args: list[str],
-    *,
-    project_dir: Path,
-    target: str,
-    vars: dict[str, Any],
-    env: dict[str, str] | None = None,
-    warehouse_path: Path | None = None,
-    run_id: str | None = None,
-    dbt: Path | None = None,
-    target_dir: Path | None = None,
-    timeout_s: float | None = None,
-    freshness: bool = False,
-) -> DbtResult:
-    """Run `dbt <args>` against `project_dir` (which also holds profiles.yml).
+FailingRowsReader = Callable[[str, int], list[dict[str, Any]]]
+"""Reads up to n rows of a relation dbt names (`relation_name`), column -> value."""
 
-    `freshness`: `dbt source freshness` first, in the same process and parse
+FAILING_ROWS_SHOWN = 3  # stored failing rows of a failed test quoted in DbtError
+
+
+@dataclass(frozen=True)
+class DbtCall:
+    """Where and how `run_dbt` runs a dbt command (all but the command's own arguments).
+
+    `project_dir` also holds profiles.yml; `vars` go to `--vars`, `env` over the process
+    environment. `warehouse_path`: the DuckDB file (`WAREHOUSE_PATH`, through
+    `stable_warehouse_path`). `run_id` names the kept run results. `dbt`: another
+    environment's executable (the Snowflake/BigQuery adapters live in `.venv-adapters`);
+    `target_dir` (default `DBT_TARGET_PATH`, else `project_dir/target`) keeps that
+    environment's artifacts and partial-parse state apart. `timeout_s`: default
+    `DBT_TIMEOUT_S`, 0 = none. `freshness`: `dbt source freshness` first, same process
+    and parse. `failing_rows`: reads the rows a failed test stored (default: the DuckDB
+    `warehouse_path`), quoted in the error.
+    """
+
+    project_dir: Path
+    target: str
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    warehouse_path: Path | None = None
+    run_id: str | None = None
+    dbt: Path | None = None
+    target_dir: Path | None = None
+    timeout_s: float | None = None
+    freshness: bool = False
+    failing_rows: FailingRowsReader | None = field(default=None, repr=False)
+
+
+def run_dbt(args: list[str], call: DbtCall) -> DbtResult:
+    """Run `dbt <args>` as `call` says.
+
+    `call.freshness`: `dbt source freshness` first, in the same process and parse
     (warehouse/dbt_steps.py), measured against the run's clock (`DBT_NIGHTSHIFT_NOW` from
     core/clock.py, macros/source_freshness.sql); its results are `result.freshness`
     and never fail the call (the caller decides what a stale source means).
 
-    `timeout_s` (default `DBT_TIMEOUT_S`, 0: none): the dbt process is stopped (SIGTERM,
-    then SIGKILL) when it runs longer, and `DbtTimeoutError` names the setting. dbt in
-    process (`NIGHTSHIFT_DBT_IN_PROCESS=1`, tests) cannot be stopped: only the Airflow
-    task's `execution_timeout` applies there.
+    `call.timeout_s`: the dbt process is stopped (SIGTERM, then SIGKILL) when it runs
+    longer, and `DbtTimeoutError` names the setting. dbt in process
+    (`NIGHTSHIFT_DBT_IN_PROCESS=1`, tests) cannot be stopped: only the Airflow task's
+    `execution_timeout` applies there.
 
     Output is streamed to the logger, then a summary of run_results.json (kept as
     `<target_dir>/run_results-<run_id or UTC timestamp>.json`). Raises DbtError naming the
-    failed nodes when dbt exits non-zero. `dbt` is another environment's executable (the
-    Snowflake/BigQuery adapters live in `.venv-adapters`); `target_dir` (default
-    `project_dir/target`) keeps that environment's artifacts and partial-parse state apart.
+    failed nodes when dbt exits non-zero; a failed test that stored its rows
+    (store_failures) is named with its first rows.
     """
-    project_dir = Path(project_dir).resolve()
-    if target_dir is None:  # dbt's own variable, e.g. one target dir per worker
-        target_dir = Path(settings.env("DBT_TARGET_PATH") or project_dir / "target")
-    target_dir = Path(target_dir).resolve()
+    project_dir = Path(call.project_dir).resolve()
+    target_dir = _target_dir(call, project_dir)
     run_results = target_dir / "run_results.json"
     run_results.unlink(missing_ok=True)  # never report a previous run's results
     # this call's own file: target/sources.json is shared by every dbt run of the dir
     sources_json = target_dir / f"sources-{os.getpid()}-{threading.get_ident()}.json"
     sources_json.unlink(missing_ok=True)
-    cmd = [
-        str(dbt or dbt_executable()),
-        *args,
-        "--project-dir",
-        str(project_dir),
-        "--profiles-dir",
-        str(project_dir),
-        "--target",
-        target,
-        "--vars",
-        json.dumps(vars),
-    ]
-    full_env = {**os.environ, **(env or {})}
-    full_env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
-    full_env.setdefault("DBT_USE_COLORS", "false")  # plain text in task logs
-    full_env["DBT_TARGET_PATH"] = str(target_dir)
-    full_env["DBT_LOG_PATH"] = str(target_dir / "logs")
-    full_env["DBT_NIGHTSHIFT_NOW"] = clock.now().isoformat(timespec="seconds")
-    full_env["DBT_NIGHTSHIFT_FRESHNESS_OUTPUT"] = str(sources_json)
-    if target == "duckdb" and warehouse_path is None and not full_env.get("WAREHOUSE_PATH"):
-        raise DbtError("target duckdb needs WAREHOUSE_PATH (pass warehouse_path= or env=)")
-    with contextlib.ExitStack() as stack:
-        if warehouse_path is not None:
-            if target == "duckdb" and Path(warehouse_path) != Path(os.devnull):
-                warehouse_path = stack.enter_context(
-                    stable_warehouse_path(warehouse_path, target_dir)
-                )
-            full_env["WAREHOUSE_PATH"] = str(warehouse_path)
-        in_process = dbt is None and settings.env("NIGHTSHIFT_DBT_IN_PROCESS") == "1"
-        if timeout_s is None:
-            from core.settings import dbt_timeout_s
-
-            timeout_s = dbt_timeout_s()
-        if in_process:
-            returncode, lines = _invoke_in_process(cmd, project_dir, full_env, freshness)
-        else:
-            if freshness:  # the same dbt's python runs both commands: one start-up
-                cmd = [str(Path(cmd[0]).with_name("python")), str(_STEPS_SCRIPT), *cmd[1:]]
-            returncode, lines = _stream(cmd, project_dir, full_env, timeout_s or None)
+    cmd = _dbt_command(args, call, project_dir)
+    env = _dbt_environment(call, target_dir, sources_json)
+    timeout_s = _timeout_s(call)
+    returncode, lines = _execute(cmd, call, project_dir, target_dir, env, timeout_s)
     elapsed, nodes = _read_run_results(run_results)
     result = DbtResult(
         args=list(args),
@@ -393,25 +382,177 @@ def run_dbt(
         elapsed=elapsed,
         nodes=nodes,
         output="\n".join(lines),
-        run_results_path=_keep_run_results(run_results, run_id),
-        freshness=_read_and_keep_freshness(sources_json, run_id) if freshness else [],
+        run_results_path=_keep_run_results(run_results, call.run_id),
+        freshness=_read_and_keep_freshness(sources_json, call.run_id) if call.freshness else [],
     )
+    if returncode not in (0, _TIMED_OUT):
+        _add_failing_rows(result.failed_tests, call.failing_rows or _duckdb_file_reader(call))
     if nodes:
         log_summary(result)
-    if returncode == _TIMED_OUT:
+    _raise_for_exit(result, lines, timeout_s)
+    return result
+
+
+def _target_dir(call: DbtCall, project_dir: Path) -> Path:
+    if call.target_dir is not None:
+        return Path(call.target_dir).resolve()
+    # dbt's own variable, e.g. one target dir per worker
+    return Path(settings.env("DBT_TARGET_PATH") or project_dir / "target").resolve()
+
+
+def _dbt_command(args: list[str], call: DbtCall, project_dir: Path) -> list[str]:
+    return [
+        str(call.dbt or dbt_executable()),
+        *args,
+        "--project-dir",
+        str(project_dir),
+        "--profiles-dir",
+        str(project_dir),
+        "--target",
+        call.target,
+        "--vars",
+        json.dumps(dict(call.vars)),
+    ]
+
+
+def _dbt_environment(call: DbtCall, target_dir: Path, sources_json: Path) -> dict[str, str]:
+    env = {**os.environ, **call.env}
+    env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    env.setdefault("DBT_USE_COLORS", "false")  # plain text in task logs
+    env["DBT_TARGET_PATH"] = str(target_dir)
+    env["DBT_LOG_PATH"] = str(target_dir / "logs")
+    env["DBT_NIGHTSHIFT_NOW"] = clock.now().isoformat(timespec="seconds")
+    env["DBT_NIGHTSHIFT_FRESHNESS_OUTPUT"] = str(sources_json)
+    if call.target == "duckdb" and call.warehouse_path is None and not env.get("WAREHOUSE_PATH"):
+        raise DbtError("target duckdb needs WAREHOUSE_PATH (pass warehouse_path= or env=)")
+    return env
+
+
+def _timeout_s(call: DbtCall) -> float:
+    if call.timeout_s is not None:
+        return call.timeout_s
+    from core.settings import dbt_timeout_s
+
+    return dbt_timeout_s()
+
+
+def _execute(
+    cmd: list[str],
+    call: DbtCall,
+    project_dir: Path,
+    target_dir: Path,
+    env: dict[str, str],
+    timeout_s: float,
+) -> tuple[int, list[str]]:
+    """Run the command (in process or as a subprocess); (exit code, output lines)."""
+    with contextlib.ExitStack() as stack:
+        if call.warehouse_path is not None:
+            warehouse_path = call.warehouse_path
+            if call.target == "duckdb" and Path(warehouse_path) != Path(os.devnull):
+                warehouse_path = stack.enter_context(
+                    stable_warehouse_path(warehouse_path, target_dir)
+                )
+            env["WAREHOUSE_PATH"] = str(warehouse_path)
+        if call.dbt is None and settings.env("NIGHTSHIFT_DBT_IN_PROCESS") == "1":
+            return _invoke_in_process(cmd, project_dir, env, call.freshness)
+        if call.freshness:  # the same dbt's python runs both commands: one start-up
+            cmd = [str(Path(cmd[0]).with_name("python")), str(_STEPS_SCRIPT), *cmd[1:]]
+        return _stream(cmd, project_dir, env, timeout_s or None)
+
+
+def _raise_for_exit(result: DbtResult, lines: list[str], timeout_s: float) -> None:
+    """DbtTimeoutError for a stopped process, DbtError naming the failures for a non-zero
+    exit; nothing for a clean one."""
+    args = " ".join(result.args)
+    if result.returncode == _TIMED_OUT:
         raise DbtTimeoutError(
-            f"dbt {' '.join(args)} ran longer than {timeout_s:g} s and was stopped "
+            f"dbt {args} ran longer than {timeout_s:g} s and was stopped "
             f"(DBT_TIMEOUT_S={timeout_s:g}); last output: {' | '.join(lines[-5:]) or 'none'}",
             result,
         )
-    if returncode != 0:
-        failed = result.failed
-        if failed:
-            detail = "; ".join(f"{n.unique_id} [{n.status}]: {n.message}" for n in failed)
-        else:  # e.g. a compilation or connection error before any node ran
-            detail = "\n".join(lines[-20:])
-        raise DbtError(f"dbt {' '.join(args)} failed (exit {returncode}): {detail}", result)
-    return result
+    if result.returncode == 0:
+        return
+    if result.failed:
+        detail = "; ".join(_describe_failure(n) for n in result.failed)
+    else:  # e.g. a compilation or connection error before any node ran
+        detail = "\n".join(lines[-20:])
+    raise DbtError(f"dbt {args} failed (exit {result.returncode}): {detail}", result)
+
+
+def _describe_failure(node: NodeResult) -> str:
+    if node.failing_rows:
+        return f"dbt test {node.name} failed: {node.message}"
+    return f"{node.unique_id} [{node.status}]: {node.message}"
+
+
+def _add_failing_rows(tests: list[NodeResult], reader: FailingRowsReader | None) -> None:
+    """Each failed test that stored its rows (store_failures) gets its first rows, and
+    its message becomes `<n> rows, e.g. col=value ...; col=value ...`: the message
+    `ops.quality_results` records (quality/results.py) and the error quotes. A relation
+    that cannot be read keeps dbt's message (the build fails either way)."""
+    if reader is None:
+        return
+    for node in tests:
+        if node.relation_name is None or node.status != "fail":
+            continue
+        try:
+            node.failing_rows = reader(node.relation_name, FAILING_ROWS_SHOWN)
+        except Exception as exc:  # noqa: BLE001 - a report detail, never the failure itself
+            log.warning(
+                "dbt test %s: cannot read its failing rows from %s: %s",
+                node.name,
+                node.relation_name,
+                exc,
+            )
+            continue
+        if node.failing_rows:
+            node.message = _failing_rows_text(node.failures, node.failing_rows)
+
+
+def _failing_rows_text(count: int | None, rows: list[dict[str, Any]]) -> str:
+    shown = "; ".join(" ".join(f"{k}={_value_text(v)}" for k, v in row.items()) for row in rows)
+    total = "?" if count is None else str(count)
+    return f"{total} row{'' if count == 1 else 's'}, e.g. {shown}"
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _duckdb_file_reader(call: DbtCall) -> FailingRowsReader | None:
+    """Reads a DuckDB target's file (after dbt closed it); None for other targets."""
+    path = call.warehouse_path
+    if call.target != "duckdb" or path is None or Path(path) == Path(os.devnull):
+        return None
+
+    def read(relation: str, limit: int) -> list[dict[str, Any]]:
+        import duckdb
+
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            return (
+                con.sql(f"select * from {relation} limit ?", params=[limit])
+                .to_arrow_table()
+                .to_pylist()
+            )
+        finally:
+            con.close()
+
+    return read
+
+
+def warehouse_reader(warehouse: Warehouse, build: Build | None) -> FailingRowsReader:
+    """Reads through the warehouse's own connection (a server warehouse's build)."""
+
+    def read(relation: str, limit: int) -> list[dict[str, Any]]:
+        table = warehouse.read_arrow(f"select * from {relation} limit ?", [limit], build=build)
+        return table.to_pylist()
+
+    return read
 
 
 _TIMED_OUT = -999  # _stream's exit code for a process stopped at its timeout
@@ -745,90 +886,118 @@ def dbt_target(warehouse: Warehouse, build: Build | None = None) -> DbtTarget:
     return make(warehouse, build)
 
 
-def dbt_build(
-    where: Path | str | Warehouse,
-    report_tz: str,
-    through_date: str | date | None = None,
-    select: str | None = None,
-    *,
-    build: Build | None = None,
-    project_dir: Path = DEFAULT_PROJECT_DIR,
-    target: str | None = None,
-    env: dict[str, str] | None = None,
-    run_id: str | None = None,
-    full_refresh: bool = False,
-    target_dir: Path | None = None,
-    unit_tests: bool = True,
-    freshness: bool = False,
-) -> DbtResult:
-    """`dbt build` on a warehouse with the report vars; fails if `select` matches nothing.
+@dataclass(frozen=True)
+class BuildPlan:
+    """What `dbt_build` runs: `dbt build` with the report vars, and its options.
 
-    `where`: a DuckDB file path (the file dbt builds in, `target` default duckdb: as
-    always), or a `Warehouse` with the run's `build` of it: the target, its connection
-    environment and `DBT_NIGHTSHIFT_SCHEMA_SUFFIX` come from `dbt_target(where, build)`,
-    and override the same keys of `env`; a `target` other than the warehouse's kind is
-    an error. DuckDB without a build: the warehouse file itself.
-
+    `report_tz`: the business day's IANA zone; `through_date`: the last day kept in
+    `sales_summary` (None: no bound); `select`: a dbt selection, which must match a node.
     `run_id` (the loader's run id, e.g. "2026-11-27"): fct_orders rebuilds only the
     business days `ops.restated_days` records for that run (plus days whose FX rate
     changed), and the data tests check only the rows that run loaded or restated
-    (dbt_project/macros/test_slice.sql); None (default) or `full_refresh` rebuilds it in
-    full. `target_dir`: see run_dbt.
-
+    (dbt_project/macros/test_slice.sql); None or `full_refresh` rebuilds it in full.
     `unit_tests=False` adds `--exclude-resource-type unit_test`: the nightly build leaves
     the unit tests (fixed fixtures that test the SQL logic, not the night's data) to
-    development and CI, as dbt's docs recommend for production; a plain `dbt build` and
-    `make test` still run them. `freshness`: `dbt source freshness` in the same call
-    (`result.freshness`, see run_dbt).
+    development and CI, as dbt's docs recommend for production. `freshness`: `dbt source
+    freshness` in the same call (`result.freshness`, see run_dbt). `target`: the profile
+    target for a path (default duckdb); with a Warehouse it must be the warehouse's kind.
+    `env` goes to dbt under the target's own keys; `target_dir`: see DbtCall.
     """
-    if run_id is not None and not run_ids.is_valid(run_id):
-        raise DbtError(f"invalid run_id {run_id!r}: letters, digits and _.:- only")
-    args = ["build"]
-    if select:
-        args += ["--select", select]
-    if full_refresh:
-        args.append("--full-refresh")
-    if not unit_tests:
-        args += ["--exclude-resource-type", "unit_test"]
+
+    report_tz: str
+    through_date: str | date | None = None
+    select: str | None = None
+    run_id: str | None = None
+    full_refresh: bool = False
+    unit_tests: bool = True
+    freshness: bool = False
+    project_dir: Path = DEFAULT_PROJECT_DIR
+    target: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    target_dir: Path | None = None
+
+    def build_args(self) -> list[str]:
+        """`build` and its options (the connection's own come from `_emulator_args`)."""
+        args = ["build"]
+        if self.select:
+            args += ["--select", self.select]
+        if self.full_refresh:
+            args.append("--full-refresh")
+        if not self.unit_tests:
+            args += ["--exclude-resource-type", "unit_test"]
+        return args
+
+
+def dbt_build(
+    where: Path | str | Warehouse, plan: BuildPlan, *, build: Build | None = None
+) -> DbtResult:
+    """`dbt build` on a warehouse as `plan` says; fails if `plan.select` matches nothing.
+
+    `where`: a DuckDB file path (the file dbt builds in), or a `Warehouse` with the run's
+    `build` of it: the target, its connection environment and
+    `DBT_NIGHTSHIFT_SCHEMA_SUFFIX` come from `dbt_target(where, build)` and override the
+    same keys of `plan.env`. DuckDB without a build: the warehouse file itself. A failed
+    test's stored rows are read back through the same file or warehouse connection.
+    """
+    if plan.run_id is not None and not run_ids.is_valid(plan.run_id):
+        raise DbtError(f"invalid run_id {plan.run_id!r}: letters, digits and _.:- only")
+    connection = _build_connection(where, plan, build)
+    call = DbtCall(
+        project_dir=plan.project_dir,
+        target=connection.name,
+        vars={"report_tz": plan.report_tz},
+        env={
+            SCHEMA_SUFFIX_ENV: "",  # the published names unless the caller or the build says
+            **plan.env,
+            **connection.env,
+            **run_settings_env(plan.run_id, plan.through_date),
+        },
+        warehouse_path=connection.warehouse_path,
+        run_id=plan.run_id,
+        dbt=connection.executable,
+        target_dir=_build_target_dir(connection, plan),
+        freshness=plan.freshness,
+        failing_rows=None
+        if isinstance(where, (str, os.PathLike))
+        else warehouse_reader(where, build),
+    )
+    result = run_dbt(plan.build_args() + _emulator_args(connection, plan), call)
+    if plan.select and not result.nodes:
+        raise DbtError(f"dbt build --select {plan.select!r} matched no node", result)
+    return result
+
+
+def _build_connection(
+    where: Path | str | Warehouse, plan: BuildPlan, build: Build | None
+) -> DbtTarget:
     if isinstance(where, (str, os.PathLike)):
         if build is not None:
             raise DbtError("dbt_build: `build` goes with a Warehouse, not a path")
-        connection = DbtTarget(target or "duckdb", {}, Path(where))
-    else:
-        connection = dbt_target(where, build)
-        if target is not None and target != connection.name:
-            raise DbtError(
-                f"dbt_build: target {target!r} does not match the {connection.name} warehouse"
-            )
-        if connection.env.get("DBT_NIGHTSHIFT_EMULATOR") == "fakesnow":
-            # fakesnow 0.12.1 cannot run dbt-snowflake's incremental statements (a
-            # MERGE / temporary table inside BEGIN … COMMIT writes two DuckDB catalogs):
-            # the emulated run rebuilds every model in full and leaves the snapshot out
-            # (docs/warehouse-backends.md); real Snowflake runs them as they are
-            if "--full-refresh" not in args:
-                args.append("--full-refresh")
-            args += ["--exclude", "resource_type:snapshot+"]
-        if connection.executable is not None and target_dir is None:
-            # another dbt install: its own artifacts and partial-parse state
-            base = settings.env("DBT_TARGET_PATH") or Path(project_dir) / "target"
-            target_dir = Path(base) / connection.name
-    result = run_dbt(
-        args,
-        project_dir=project_dir,
-        target=connection.name,
-        vars={"report_tz": report_tz},
-        env={
-            SCHEMA_SUFFIX_ENV: "",  # the published names unless the caller or the build says
-            **(env or {}),
-            **connection.env,
-            **run_settings_env(run_id, through_date),
-        },
-        warehouse_path=connection.warehouse_path,
-        run_id=run_id,
-        dbt=connection.executable,
-        target_dir=target_dir,
-        freshness=freshness,
-    )
-    if select and not result.nodes:
-        raise DbtError(f"dbt build --select {select!r} matched no node", result)
-    return result
+        return DbtTarget(plan.target or "duckdb", {}, Path(where))
+    connection = dbt_target(where, build)
+    if plan.target is not None and plan.target != connection.name:
+        raise DbtError(
+            f"dbt_build: target {plan.target!r} does not match the {connection.name} warehouse"
+        )
+    return connection
+
+
+def _emulator_args(connection: DbtTarget, plan: BuildPlan) -> list[str]:
+    """fakesnow 0.12.1 cannot run dbt-snowflake's incremental statements (a MERGE /
+    temporary table inside BEGIN … COMMIT writes two DuckDB catalogs): the emulated run
+    rebuilds every model in full and leaves the snapshot out
+    (docs/warehouse-backends.md); real Snowflake runs them as they are."""
+    if connection.env.get("DBT_NIGHTSHIFT_EMULATOR") != "fakesnow":
+        return []
+    return ([] if plan.full_refresh else ["--full-refresh"]) + [
+        "--exclude",
+        "resource_type:snapshot+",
+    ]
+
+
+def _build_target_dir(connection: DbtTarget, plan: BuildPlan) -> Path | None:
+    if connection.executable is None or plan.target_dir is not None:
+        return plan.target_dir
+    # another dbt install: its own artifacts and partial-parse state
+    base = settings.env("DBT_TARGET_PATH") or Path(plan.project_dir) / "target"
+    return Path(base) / connection.name

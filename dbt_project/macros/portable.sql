@@ -56,20 +56,6 @@
     regexp_contains({{ expr }}, r'^[ \t\n\r\f\v]*$')
 {%- endmacro %}
 
-{#- A WHERE predicate that, on engines that can, raises `message` (a SQL string
-    expression) for the first row it sees; elsewhere it keeps every row. -#}
-{% macro raise_for_row(message) -%}
-    {{ return(adapter.dispatch('raise_for_row', 'nightshift')(message)) }}
-{%- endmacro %}
-
-{% macro default__raise_for_row(message) -%}
-    true
-{%- endmacro %}
-
-{% macro duckdb__raise_for_row(message) -%}
-    error({{ message }}) is null
-{%- endmacro %}
-
 {#- The contracts' `varchar` (dbt.type_string() is `text` on PostgreSQL, which an
     incremental insert into a varchar column reports as a schema change). -#}
 {% macro type_varchar() -%}

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from warehouse.dbt_runner import DEFAULT_PROJECT_DIR, run_dbt
+from warehouse.dbt_runner import DEFAULT_PROJECT_DIR, DbtCall, run_dbt
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS_VENV = ROOT / ".venv-adapters"
@@ -187,12 +187,14 @@ def test_compiles_offline_in_the_warehouse_dialect(
     target_dir = tmp_path / "target"
     result = run_dbt(
         ["compile", "--no-populate-cache", "--no-introspect"],
-        project_dir=DEFAULT_PROJECT_DIR,
-        target=target,
-        vars={"report_tz": REPORT_TZ, "through_date": "2024-01-16", "run_id": None},
-        env=_dummy_credentials(tmp_path),
-        dbt=adapters_dbt,
-        target_dir=target_dir,
+        DbtCall(
+            project_dir=DEFAULT_PROJECT_DIR,
+            target=target,
+            vars={"report_tz": REPORT_TZ, "through_date": "2024-01-16", "run_id": None},
+            env=_dummy_credentials(tmp_path),
+            dbt=adapters_dbt,
+            target_dir=target_dir,
+        ),
     )
     manifest = json.loads((target_dir / "manifest.json").read_text())
     assert manifest["metadata"]["adapter_type"] == target

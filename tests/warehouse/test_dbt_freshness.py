@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from tests.warehouse.test_dbt_project import _make_raw
-from warehouse.dbt_runner import dbt_build
+from warehouse.dbt_runner import BuildPlan, dbt_build
 
 LOADED_AT = {
     "orders": "2026-11-28 03:00:00+00",  # 1 h before the clock: pass
@@ -42,7 +42,9 @@ def test_freshness_runs_with_the_build_against_the_run_clock(
 ) -> None:
     monkeypatch.setenv("NIGHTSHIFT_NOW", NOW)
     monkeypatch.delenv("NIGHTSHIFT_DBT_IN_PROCESS", raising=False)  # the nightly's path
-    result = dbt_build(stale_raw, "UTC", select="stg_fx_rates", freshness=True, target_dir=tmp_path)
+    result = dbt_build(
+        stale_raw, BuildPlan("UTC", select="stg_fx_rates", freshness=True, target_dir=tmp_path)
+    )
     assert result.returncode == 0
     assert [n.name for n in result.nodes if n.resource_type == "model"] == ["stg_fx_rates"]
     assert _statuses(result) == {
@@ -64,7 +66,9 @@ def test_a_later_clock_makes_the_same_rows_staler(
 ) -> None:
     monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-29T04:00:00Z")  # a day later, same rows
     monkeypatch.setenv("NIGHTSHIFT_DBT_IN_PROCESS", "1")  # dbt's Python API: same steps
-    result = dbt_build(stale_raw, "UTC", select="stg_fx_rates", freshness=True, target_dir=tmp_path)
+    result = dbt_build(
+        stale_raw, BuildPlan("UTC", select="stg_fx_rates", freshness=True, target_dir=tmp_path)
+    )
     assert _statuses(result)["raw.orders"] == ("pass", 25 * 3600.0)
     assert _statuses(result)["raw.fx_rates"] == ("pass", 24 * 3600.0)
     assert _statuses(result)["raw.order_items"] == ("error", 56 * 3600.0)

@@ -26,6 +26,7 @@ from warehouse.backends.duckdb import DuckDBWarehouse
 from warehouse.backends.postgres import PostgresWarehouse
 from warehouse.dbt_runner import (
     SCHEMA_SUFFIX_ENV,
+    BuildPlan,
     DbtResult,
     build_schema_suffix,
     dbt_build,
@@ -125,9 +126,8 @@ def _night(
         _load(wh, build, files)
     else:
         _change(wh, build)
-    result = dbt_build(
-        wh, REPORT_TZ, build=build, run_id=run_id, unit_tests=False, target_dir=target_dir
-    )
+    plan = BuildPlan(REPORT_TZ, run_id=run_id, unit_tests=False, target_dir=target_dir)
+    result = dbt_build(wh, plan, build=build)
     assert result.nodes and not result.failed
     return build, result
 

@@ -24,7 +24,7 @@ from tests.warehouse.test_dbt_project import (
     EXPECTED_NEW_YORK,
     RAW_SQL,
 )
-from warehouse.dbt_runner import DbtResult, dbt_build
+from warehouse.dbt_runner import BuildPlan, DbtResult, dbt_build
 
 REPORT_TZ = "America/New_York"
 MARTS = (
@@ -129,8 +129,10 @@ def _pg_env(url: sa.URL) -> dict[str, str]:
 
 
 def _build_both(duck: Path, env: dict[str, str], run_id: str | None) -> tuple[DbtResult, DbtResult]:
-    on_duckdb = dbt_build(duck, REPORT_TZ, run_id=run_id)
-    on_postgres = dbt_build(Path(os.devnull), REPORT_TZ, run_id=run_id, target="postgres", env=env)
+    on_duckdb = dbt_build(duck, BuildPlan(REPORT_TZ, run_id=run_id))
+    on_postgres = dbt_build(
+        Path(os.devnull), BuildPlan(REPORT_TZ, run_id=run_id, target="postgres", env=env)
+    )
     return on_duckdb, on_postgres
 
 

@@ -16,6 +16,8 @@ import duckdb
 import pytest
 
 from warehouse.dbt_runner import (
+    BuildPlan,
+    DbtCall,
     DbtError,
     DbtResult,
     dbt_build,
@@ -147,7 +149,7 @@ def new_york_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DbtR
     """A plain `dbt build` (as an analytics engineer runs it): (warehouse, result)."""
     path = tmp_path_factory.mktemp("wh") / "warehouse.duckdb"
     _make_raw(path)
-    result = dbt_build(path, "America/New_York")
+    result = dbt_build(path, BuildPlan("America/New_York"))
     assert result.returncode == 0
     assert result.nodes and not result.failed
     return path, result
@@ -230,7 +232,7 @@ def test_plain_dbt_build_in_the_project_dir_uses_the_demo_warehouse(tmp_path: Pa
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert "PASS=" in done.stdout and "ERROR=0" in done.stdout
-    dbt_build(by_runner, "UTC")
+    dbt_build(by_runner, BuildPlan("UTC"))
     summary = _query(demo, SUMMARY_SQL)
     assert summary and summary == _query(by_runner, SUMMARY_SQL)
 
@@ -238,7 +240,7 @@ def test_plain_dbt_build_in_the_project_dir_uses_the_demo_warehouse(tmp_path: Pa
 def test_utc_and_through_date(tmp_path: Path) -> None:
     path = tmp_path / "warehouse.duckdb"
     _make_raw(path)
-    dbt_build(path, "UTC", "2024-01-15")
+    dbt_build(path, BuildPlan("UTC", "2024-01-15"))
     assert _query(path, SUMMARY_SQL) == EXPECTED_UTC_THROUGH_15
 
 
@@ -250,11 +252,28 @@ def test_missing_fx_rate_fails_build_naming_currency(tmp_path: Path) -> None:
         " '2024-01-16 12:00:00+00', 'r1', now());",
     )
     with pytest.raises(DbtError) as excinfo:
-        dbt_build(path, "UTC")
+        dbt_build(path, BuildPlan("UTC"))
     message = str(excinfo.value)
-    assert "assert_fx_rate_exists_for_every_counted_order" in message
-    assert "no FX rate for currency SEK on business day 2024-01-16" in message
-    assert "(1 counted orders, e.g. order 12)" in message
+    assert (
+        "dbt test assert_fx_rate_exists_for_every_counted_order failed: 1 row, e.g. "
+        "currency=SEK business_date=2024-01-16 order_count=1 example_order_id=12"
+    ) in message
+    fx = next(n for n in excinfo.value.result.nodes if n.name.startswith("assert_fx_rate"))
+    assert (fx.status, fx.failures) == ("fail", 1)  # a failing test, not an aborted query
+    assert fx.failing_rows == [
+        {
+            "currency": "SEK",
+            "business_date": dt.date(2024, 1, 16),
+            "order_count": 1,
+            "example_order_id": 12,
+        }
+    ]
+    # dbt stored the rows in ops (the build's), not in a published analytics table
+    assert fx.relation_name == (
+        '"warehouse"."ops"."dbt_test__assert_fx_rate_exists_for_every_counted_order"'
+    )
+    statuses = {n.name: n.status for n in excinfo.value.result.nodes}
+    assert statuses["sales_summary"] == "skipped"
     # the published table was never built from the bad data
     tables = _query(
         path, "select table_name from information_schema.tables where table_schema='analytics'"
@@ -266,7 +285,7 @@ def test_select_matching_nothing_fails(built_new_york: Path, tmp_path: Path) -> 
     copy = tmp_path / "copy.duckdb"
     shutil.copy(built_new_york, copy)
     with pytest.raises(DbtError, match="matched no node"):
-        dbt_build(copy, "UTC", select="no_such_model_anywhere")
+        dbt_build(copy, BuildPlan("UTC", select="no_such_model_anywhere"))
 
 
 def test_parse_for_postgres_target() -> None:
@@ -277,7 +296,7 @@ def test_parse_for_postgres_target() -> None:
         "DBT_POSTGRES_SCHEMA": "dummy",
         "WAREHOUSE_PATH": os.devnull,
     }
-    result = run_dbt(["parse"], project_dir=PROJECT_DIR, target="postgres", vars={}, env=env)
+    result = run_dbt(["parse"], DbtCall(project_dir=PROJECT_DIR, target="postgres", env=env))
     assert result.returncode == 0
 
 
@@ -302,14 +321,14 @@ def test_build_on_real_postgres(pg_database: str, tmp_path: Path) -> None:
             "DBT_POSTGRES_SCHEMA": "public",
             "WAREHOUSE_PATH": os.devnull,
         }
-        result = run_dbt(
-            ["build"],
+        call = DbtCall(
             project_dir=PROJECT_DIR,
             target="postgres",
             vars={"report_tz": "America/New_York", "through_date": None},
             env=env,
             target_dir=tmp_path,  # its own run_results.json: other dbt runs share target/
         )
+        result = run_dbt(["build"], call)
         assert result.nodes and not result.failed
         with engine.connect() as conn:
             rows = [tuple(r) for r in conn.exec_driver_sql(SUMMARY_SQL)]
@@ -370,7 +389,7 @@ def incremental_pair(tmp_path: Path) -> tuple[Path, Path]:
         "CREATE SCHEMA ops; CREATE TABLE ops.restated_days "
         "(run_id VARCHAR, business_date DATE, reason VARCHAR);",
     )
-    dbt_build(path, "UTC", run_id="r1")  # the table does not exist yet: built in full
+    dbt_build(path, BuildPlan("UTC", run_id="r1"))  # the table does not exist yet: built in full
     con = duckdb.connect(str(path))
     try:
         con.execute(CHANGES_R2)
@@ -384,8 +403,8 @@ def incremental_pair(tmp_path: Path) -> tuple[Path, Path]:
 def test_incremental_equals_full_rebuild(incremental_pair: tuple[Path, Path]) -> None:
     incremental, full = incremental_pair
     before = dict(_query(incremental, "select order_id, updated_at from marts.fct_orders"))
-    result = dbt_build(incremental, "UTC", run_id="r2")
-    dbt_build(full, "UTC")  # no run_id: rebuilt in full
+    result = dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
+    dbt_build(full, BuildPlan("UTC"))  # no run_id: rebuilt in full
     assert _marts(incremental) == _marts(full)
     fct = {
         r[0]: r[1:]
@@ -433,14 +452,14 @@ def test_incremental_order_items_equal_full_rebuild(incremental_pair: tuple[Path
     category changed, drops deleted items, and keeps the rest; fct_payments the payments
     the run loaded, dropping deleted ones: both equal to a full rebuild."""
     incremental, full = incremental_pair
-    dbt_build(incremental, "UTC", run_id="r2")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
     con = duckdb.connect(str(incremental))
     try:
         con.execute(CHANGES_R3)
     finally:
         con.close()
     shutil.copy(incremental, full)
-    result = dbt_build(incremental, "UTC", run_id="r3")
+    result = dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
     compiled = json.loads(result.run_results_path.read_text())["results"]
     (items_sql,) = [
         r["compiled_code"] for r in compiled if r["unique_id"].endswith(".fct_order_items")
@@ -450,7 +469,7 @@ def test_incremental_order_items_equal_full_rebuild(incremental_pair: tuple[Path
         r["compiled_code"] for r in compiled if r["unique_id"].endswith(".fct_payments")
     ]
     assert "where run_id = 'r3'" in payments_sql
-    dbt_build(full, "UTC")
+    dbt_build(full, BuildPlan("UTC"))
     assert _marts(incremental) == _marts(full)
     rows = {
         r[0]: r[1:]
@@ -473,7 +492,7 @@ def test_incremental_deletes_follow_the_loaders_record(
     those: a row gone from raw without a record stays (proof that the delete follows the
     record, not a scan of the whole key set), until a full rebuild."""
     incremental, full = incremental_pair
-    dbt_build(incremental, "UTC", run_id="r2")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
     _run_sql(
         incremental,
         "DELETE FROM raw.order_items WHERE id IN (100, 101); "
@@ -481,12 +500,12 @@ def test_incremental_deletes_follow_the_loaders_record(
         "INSERT INTO ops.deleted_rows VALUES ('r3', 'order_items', '100', now()), "
         "('r3', 'payments', 'p7', now()), ('r2', 'order_items', '101', now())",
     )
-    dbt_build(incremental, "UTC", run_id="r3")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
     items = [r[0] for r in _query(incremental, "select order_item_id from marts.fct_order_items")]
     payments = [r[0] for r in _query(incremental, "select payment_id from marts.fct_payments")]
     # 101 was recorded for another run; 'p1' was never recorded
     assert sorted(items) == [101, 102, 104] and sorted(payments) == ["p1", "p8"]
-    dbt_build(incremental, "UTC", run_id="r3", full_refresh=True)
+    dbt_build(incremental, BuildPlan("UTC", run_id="r3", full_refresh=True))
     items = [r[0] for r in _query(incremental, "select order_item_id from marts.fct_order_items")]
     payments = [r[0] for r in _query(incremental, "select payment_id from marts.fct_payments")]
     assert sorted(items) == [102, 104] and sorted(payments) == ["p8"]
@@ -501,10 +520,10 @@ def test_incremental_touches_only_restated_days(incremental_pair: tuple[Path, Pa
         con.execute("UPDATE raw.orders SET status = 'refunded' WHERE id = 9")
     finally:
         con.close()
-    dbt_build(incremental, "UTC", run_id="r3")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
     status = _query(incremental, "select status from marts.fct_orders where order_id = 9")
     assert status == [("paid",)]
-    dbt_build(incremental, "UTC", run_id="r3", full_refresh=True)
+    dbt_build(incremental, BuildPlan("UTC", run_id="r3", full_refresh=True))
     status = _query(incremental, "select status from marts.fct_orders where order_id = 9")
     assert status == [("refunded",)]
 
@@ -515,9 +534,9 @@ def test_report_tz_change_restates_every_moved_day(incremental_pair: tuple[Path,
     rebuild in New York. (A build runs with the run id its load recorded its deletes
     under.)"""
     incremental, full = incremental_pair
-    dbt_build(incremental, "UTC", run_id="r2")
-    dbt_build(incremental, "America/New_York", run_id="r2")
-    dbt_build(full, "America/New_York")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
+    dbt_build(incremental, BuildPlan("America/New_York", run_id="r2"))
+    dbt_build(full, BuildPlan("America/New_York"))
     assert _marts(incremental) == _marts(full)
 
 
@@ -547,8 +566,8 @@ def test_restated_orders_rebuild_orders_not_days(incremental_pair: tuple[Path, P
     incremental, full = incremental_pair
     _run_sql(incremental, RESTATED_ORDERS_R2)
     _run_sql(full, RESTATED_ORDERS_R2)
-    dbt_build(incremental, "UTC", run_id="r2")
-    dbt_build(full, "UTC")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
+    dbt_build(full, BuildPlan("UTC"))
     assert _marts(incremental) == _marts(full)
 
     # order 9 (01-16, a day r2 restated) changes without being recorded: not rebuilt
@@ -557,7 +576,7 @@ def test_restated_orders_rebuild_orders_not_days(incremental_pair: tuple[Path, P
     _run_sql(
         incremental, "INSERT INTO ops.restated_days VALUES ('r3', '2024-01-16', 'order_changed')"
     )
-    dbt_build(incremental, "UTC", run_id="r3")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
     assert _query(incremental, "select status from marts.fct_orders where order_id = 9") == [
         ("paid",)
     ]
@@ -565,7 +584,7 @@ def test_restated_orders_rebuild_orders_not_days(incremental_pair: tuple[Path, P
     _run_sql(
         incremental, "INSERT INTO ops.restated_days VALUES ('r4', '2024-01-16', 'order_changed')"
     )
-    dbt_build(incremental, "UTC", run_id="r4")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r4"))
     assert _query(incremental, "select status from marts.fct_orders where order_id = 9") == [
         ("refunded",)
     ]
@@ -573,7 +592,7 @@ def test_restated_orders_rebuild_orders_not_days(incremental_pair: tuple[Path, P
 
 def test_users_snapshot_keeps_history(incremental_pair: tuple[Path, Path]) -> None:
     incremental, _ = incremental_pair
-    dbt_build(incremental, "UTC", run_id="r2")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
     rows = _query(
         incremental,
         "select region, dbt_valid_to is null from snapshots.users_snapshot "
@@ -590,7 +609,7 @@ def test_users_snapshot_keeps_history(incremental_pair: tuple[Path, Path]) -> No
         )
     finally:
         con.close()
-    dbt_build(incremental, "UTC", run_id="r3")
+    dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
     rows = _query(
         incremental,
         "select region, dbt_valid_to is null from snapshots.users_snapshot "
@@ -607,7 +626,9 @@ def test_run_results_are_kept_and_summarised(
     path = built_new_york.with_name("summary.duckdb")
     shutil.copy(built_new_york, path)
     with caplog.at_level(logging.INFO, logger="warehouse.dbt_runner"):
-        result = dbt_build(path, "America/New_York", run_id="2024-01-16", full_refresh=True)
+        result = dbt_build(
+            path, BuildPlan("America/New_York", run_id="2024-01-16", full_refresh=True)
+        )
     target = Path(os.environ.get("DBT_TARGET_PATH") or PROJECT_DIR / "target")
     kept = target / "run_results-2024-01-16.json"
     assert result.run_results_path == kept and kept.is_file()
@@ -631,7 +652,7 @@ def test_unit_tests_run_by_default_and_not_in_the_nightly_build(
     assert {"unit_test", "test", "model", "snapshot"} <= set(plain_kinds)
     path = tmp_path / "nightly.duckdb"
     shutil.copy(built, path)
-    result = dbt_build(path, "America/New_York", unit_tests=False)
+    result = dbt_build(path, BuildPlan("America/New_York", unit_tests=False))
     kinds = [n.resource_type for n in result.nodes]
     assert "unit_test" not in kinds
     assert sorted(kinds) == sorted(k for k in plain_kinds if k != "unit_test")
@@ -649,7 +670,7 @@ def test_failed_tests_are_summarised_with_failure_counts(
     _make_raw(path, "INSERT INTO raw.orders SELECT * FROM raw.orders WHERE id IN (1, 2);")
     with caplog.at_level(logging.INFO, logger="warehouse.dbt_runner"):
         with pytest.raises(DbtError) as excinfo:
-            dbt_build(path, "UTC")
+            dbt_build(path, BuildPlan("UTC"))
     failed = excinfo.value.result.summary()["failed_tests"]
     assert failed["unique_stg_orders_order_id"] == 2
     assert "dbt test unique_stg_orders_order_id: fail, 2 failing rows" in caplog.text
@@ -668,7 +689,7 @@ def test_incremental_build_tests_only_the_runs_rows(incremental_pair: tuple[Path
             con.execute("UPDATE raw.payments SET status = 'lost' WHERE id = 'p1'")  # r1's row
         finally:
             con.close()
-    result = dbt_build(incremental, "UTC", run_id="r2")
+    result = dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
     assert not result.failed
     assert result.run_results_path is not None
     compiled = {
@@ -688,7 +709,7 @@ def test_incremental_build_tests_only_the_runs_rows(incremental_pair: tuple[Path
     assert "_run_id = 'r2'" in compiled["unique_fct_order_items_order_item_id"]
     assert "_run_id = 'r2'" in compiled["unique_fct_payments_payment_id"]
     with pytest.raises(DbtError, match="accepted_values_stg_payments_status"):
-        dbt_build(full, "UTC")
+        dbt_build(full, BuildPlan("UTC"))
 
     con = duckdb.connect(str(incremental))
     try:
@@ -699,7 +720,7 @@ def test_incremental_build_tests_only_the_runs_rows(incremental_pair: tuple[Path
     finally:
         con.close()
     with pytest.raises(DbtError) as excinfo:
-        dbt_build(incremental, "UTC", run_id="r3")
+        dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
     failed = excinfo.value.result.summary()["failed_tests"]
     assert failed == {"accepted_values_stg_payments_status__succeeded__failed__refunded": 1}
 
@@ -711,11 +732,11 @@ def test_a_new_run_id_keeps_partial_parsing(
     that read them, not the whole project (a changed --vars would)."""
     incremental, _ = incremental_pair
     target_dir = tmp_path / "target"
-    dbt_build(incremental, "UTC", "2024-01-16", run_id="r1", target_dir=target_dir)
+    dbt_build(incremental, BuildPlan("UTC", "2024-01-16", run_id="r1", target_dir=target_dir))
     # the next night builds its own copy, named after its run id (warehouse/publish.py)
     night2 = build_path_for(incremental, "r2")
     shutil.copy(incremental, night2)
-    result = dbt_build(night2, "UTC", "2024-01-17", run_id="r2", target_dir=target_dir)
+    result = dbt_build(night2, BuildPlan("UTC", "2024-01-17", run_id="r2", target_dir=target_dir))
     assert "Unable to do partial parsing" not in result.output
     assert "full parse" not in result.output.lower()
     assert (target_dir / "partial_parse.msgpack").is_file()

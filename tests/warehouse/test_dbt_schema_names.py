@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.warehouse.test_dbt_project import EXPECTED_NEW_YORK, PROJECT_DIR, RAW_SQL, SUMMARY_SQL
-from warehouse.dbt_runner import postgres_env, run_dbt
+from warehouse.dbt_runner import DbtCall, postgres_env, run_dbt
 
 DUMMY = {
     "DBT_POSTGRES_USER": "dummy",
@@ -29,11 +29,13 @@ def _schemas(target: str, tmp_path: Path, **env: str) -> dict[str, str]:
     target_dir = tmp_path / target
     run_dbt(
         ["parse"],
-        project_dir=PROJECT_DIR,
-        target=target,
-        vars={},
-        env={**DUMMY, **env},
-        target_dir=target_dir,
+        DbtCall(
+            project_dir=PROJECT_DIR,
+            target=target,
+            vars={},
+            env={**DUMMY, **env},
+            target_dir=target_dir,
+        ),
     )
     manifest = json.loads((target_dir / "manifest.json").read_text())
     nodes = {**manifest["nodes"], **manifest["sources"]}
@@ -79,11 +81,13 @@ def test_a_dev_build_on_postgres_writes_only_the_developers_schemas(
         env["WAREHOUSE_PATH"] = os.devnull
         result = run_dbt(
             ["build", "--exclude-resource-type", "unit_test"],
-            project_dir=PROJECT_DIR,
-            target="dev",
-            vars={"report_tz": "America/New_York"},
-            env=env,
-            target_dir=tmp_path,
+            DbtCall(
+                project_dir=PROJECT_DIR,
+                target="dev",
+                vars={"report_tz": "America/New_York"},
+                env=env,
+                target_dir=tmp_path,
+            ),
         )
         assert result.nodes and not result.failed
         with engine.connect() as conn:

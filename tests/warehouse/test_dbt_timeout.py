@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from warehouse.dbt_runner import DbtError, DbtTimeoutError, run_dbt
+from warehouse.dbt_runner import DbtCall, DbtError, DbtTimeoutError, run_dbt
 
 # A stand-in for dbt: says something, then hangs (ignoring SIGTERM, like a process stuck
 # in a driver call), so only the kill after the grace period ends it.
@@ -33,13 +33,15 @@ def hanging_dbt(tmp_path: Path) -> Path:
 def _run(exe: Path, tmp_path: Path, **kwargs) -> None:
     run_dbt(
         ["build"],
-        project_dir=tmp_path,
-        target="duckdb",
-        vars={},
-        warehouse_path=Path(os.devnull),
-        dbt=exe,
-        target_dir=tmp_path / "target",
-        **kwargs,
+        DbtCall(
+            project_dir=tmp_path,
+            target="duckdb",
+            vars={},
+            warehouse_path=Path(os.devnull),
+            dbt=exe,
+            target_dir=tmp_path / "target",
+            **kwargs,
+        ),
     )
 
 

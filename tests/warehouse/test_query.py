@@ -85,7 +85,7 @@ def demo_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dt.d
     project (sales_summary, marts) and the transform (daily_sales), REPORT_TZ=UTC."""
     from tests.warehouse.test_dbt_project import RAW_SQL
     from transform.daily_sales import compute_daily_sales, publish_daily_sales
-    from warehouse.dbt_runner import dbt_build
+    from warehouse.dbt_runner import BuildPlan, dbt_build
 
     path = tmp_path_factory.mktemp("analyst") / "warehouse.duckdb"
     con = duckdb.connect(str(path))
@@ -99,7 +99,7 @@ def demo_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dt.d
         )
     finally:
         con.close()
-    dbt_build(path, "UTC")
+    dbt_build(path, BuildPlan("UTC"))
     publish_daily_sales(compute_daily_sales(path, "UTC", None), path)
     return path, today
 
