@@ -645,9 +645,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
     wh, build = _run_build(business_date)
     horizon = published_horizon(business_date, (wh, build))
     try:
-        result = dbt_runner.dbt_build(
-            wh,
-            build=build,
+        plan = dbt_runner.BuildPlan(
             report_tz=settings.report_tz_name(),
             through_date=horizon,
             run_id=run_id_for(business_date),
@@ -655,6 +653,7 @@ def dbt_build(business_date: date) -> dict[str, Any]:
             unit_tests=False,  # development and CI run them (make test, `dbt build`)
             freshness=True,
         )
+        result = dbt_runner.dbt_build(wh, plan, build=build)
     except dbt_runner.DbtError as exc:
         if exc.result is None or not exc.result.nodes:
             raise
