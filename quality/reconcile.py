@@ -65,14 +65,15 @@ def _landed_versions(
     files: list[str], money: str | None, day_column: str | None, report_tz: str
 ) -> tuple[dict[Any, tuple[int, Any]], Any]:
     """Per business day (count, money sum) of the landed Parquet, and its distinct
-    (id, updated_at) versions as Arrow: read by an in-memory DuckDB of its own."""
-    import duckdb
+    (id, updated_at) versions as Arrow: read by an in-memory DuckDB of its own, under the
+    warehouse's memory limit (a first night lands the whole history: DuckDB spills past
+    the limit instead of growing)."""
+    from warehouse.backends.duckdb import connect
 
     money_sql = f"coalesce(sum({money}), 0)" if money else "0"
     params = [report_tz] if day_column else []
-    con = duckdb.connect()
+    con = connect()
     try:
-        con.execute("set TimeZone = 'UTC'")
         con.execute(
             "create temp view landed as select * from read_parquet("
             + "["
@@ -585,11 +586,11 @@ def check_source_totals(landing_root: Path, run_id: str, con: Any = None) -> Any
     record = json.loads(path.read_text())
     own = con is None
     if own:
-        import duckdb
+        from warehouse.backends.duckdb import connect
 
-        con = duckdb.connect()
+        con = connect()  # per-day sums over the landed Parquet, under the memory limit
     try:
-        con.execute("set TimeZone = 'UTC'")
+        con.execute("set TimeZone = 'UTC'")  # also on a connection passed in
         outcomes = []
         for table, entries in record["tables"].items():
             source = {

@@ -131,8 +131,7 @@ def record_failed_gate(where: Any, run_id: str, results: list[SuiteResult]) -> b
             store_results(s, run_id, results)
         return True
 
-    import duckdb
-
+    from warehouse.backends.duckdb import connect
     from warehouse.publish import abandon_build, begin_build, publish_build
 
     warehouse_path = Path(wh.path)
@@ -140,7 +139,7 @@ def record_failed_gate(where: Any, run_id: str, results: list[SuiteResult]) -> b
         return False
     build = begin_build(warehouse_path, f"{run_id}-failed-gate")
     try:
-        con = duckdb.connect(str(build))
+        con = connect(build, memory_limit=wh.memory_limit)
         try:
             con.execute("begin")
             store_results(con, run_id, results)
@@ -167,9 +166,9 @@ def dbt_test_results(nodes: list[Any], run_id: str, manifest_path: Path | None) 
     """dbt's data tests of one build (dbt_runner.NodeResult) as the suite `dbt`.
 
     Why: FX completeness and the marts' keys are dbt tests; their failures belong in
-    `ops.quality_results` beside the GX suites. A test that errors (our `raise_for_row`
-    tests stop dbt with the offending currency and day) counts as failed, with dbt's
-    message as the observed value. Unit tests are code checks, not data: left out.
+    `ops.quality_results` beside the GX suites. A test that errors (it stops dbt with the
+    offending currency and day) counts as failed, with dbt's message as the observed
+    value. Unit tests are code checks, not data: left out.
     """
     manifest: dict[str, Any] = {}
     if manifest_path is not None and manifest_path.is_file():

@@ -69,11 +69,8 @@ def read_only_session(where: Any) -> Iterator[Any]:
 
     wh = as_warehouse(where)
     if isinstance(wh, DuckDBWarehouse):
-        import duckdb
-
-        con = duckdb.connect(str(wh.path), read_only=True)
+        con = wh.connect(read_only=True)  # TimeZone UTC, the warehouse's memory limit
         try:
-            con.execute("set TimeZone = 'UTC'")
             yield DuckDBSession(con, {s: s for s in wh.schemas})
         finally:
             con.close()
@@ -89,13 +86,10 @@ def read_only_session(where: Any) -> Iterator[Any]:
 
 
 class _DuckDBShell:
-    def __init__(self, path: Path) -> None:
-        import duckdb
-
-        if not Path(path).exists():
-            raise SystemExit(f"no warehouse at {path}: run `make demo` or `make nightly`")
-        self.con = duckdb.connect(str(path), read_only=True)
-        self.con.execute("set TimeZone = 'UTC'")
+    def __init__(self, warehouse: Any) -> None:
+        if not Path(warehouse.path).exists():
+            raise SystemExit(f"no warehouse at {warehouse.path}: run `make demo` or `make nightly`")
+        self.con = warehouse.connect(read_only=True)  # TimeZone UTC, as the backend's reads
 
     def run(self, sql: str, limit: int) -> tuple[list[str], list[tuple], int] | None:
         cur = self.con.execute(sql)
@@ -146,7 +140,7 @@ def connect(where: Any = None) -> Any:
 
     wh = backend_for() if where is None else as_warehouse(where)
     if isinstance(wh, DuckDBWarehouse):
-        return _DuckDBShell(wh.path)
+        return _DuckDBShell(wh)
     if wh.kind == "postgres":
         return _PostgresShell(wh)
     raise SystemExit(f"make query does not support the {wh.kind} warehouse yet")

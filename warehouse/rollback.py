@@ -61,7 +61,9 @@ def _current_index(warehouse_path: Path, versions: list[tuple[str, Path]]) -> in
 def _last_run_id(warehouse_path: Path) -> str | None:
     import duckdb
 
-    con = duckdb.connect(str(warehouse_path), read_only=True)
+    from warehouse.backends.duckdb import connect
+
+    con = connect(warehouse_path, read_only=True)
     try:
         row = con.execute(
             "select run_id from ops.pipeline_runs order by published_at desc limit 1"
@@ -101,7 +103,7 @@ def choose_version(warehouse_path: Path, to_run_id: str | None) -> tuple[str, Pa
 
 def _record(build: Path, restored_run: str, restored: Path, replaced: str | None) -> str:
     """A row for the rollback in the copy's ops.pipeline_runs (published with it)."""
-    import duckdb
+    from warehouse.backends.duckdb import connect
 
     now = clock.now()
     run_id = f"{ROLLBACK_PREFIX}{run_ids.stamp(now, micros=False)}"
@@ -113,7 +115,7 @@ def _record(build: Path, restored_run: str, restored: Path, replaced: str | None
         "restored_version": restored.name,
         "replaced_version": replaced,
     }
-    con = duckdb.connect(str(build))
+    con = connect(build)
     try:
         con.execute("begin")
         con.execute(ops.create_sql("pipeline_runs", "task_metrics", schema=ops.SCHEMA))

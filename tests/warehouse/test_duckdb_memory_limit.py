@@ -58,3 +58,81 @@ def test_dbt_gets_the_same_limit(warehouse_env: Path, monkeypatch: pytest.Monkey
     profiles = (ROOT / "dbt_project" / "profiles.yml").read_text()
     found = re.findall(r"env_var\('NIGHTSHIFT_DUCKDB_MEMORY_LIMIT', '([^']+)'\)", profiles)
     assert found == [settings.DUCKDB_MEMORY_LIMIT_DEFAULT]
+
+
+def test_the_helper_applies_the_configured_limit_and_utc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from warehouse.backends.duckdb import connect
+
+    monkeypatch.setenv("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT", "300MB")
+    settings_sql = "select current_setting('memory_limit'), current_setting('TimeZone')"
+    for con in (connect(), connect(tmp_path / "w.duckdb")):
+        try:
+            assert con.execute(settings_sql).fetchone() == ("286.1 MiB", "UTC")
+        finally:
+            con.close()
+    con = connect(memory_limit="256MB", threads=1, preserve_insertion_order=False)
+    try:
+        assert con.execute(
+            "select current_setting('memory_limit'), current_setting('threads'), "
+            "current_setting('preserve_insertion_order')"
+        ).fetchone() == ("244.1 MiB", 1, False)
+    finally:
+        con.close()
+    con = connect(memory_limit=None)  # DuckDB's own default, not the configured one
+    try:
+        assert con.execute(SETTING).fetchone() != ("286.1 MiB",)
+    finally:
+        con.close()
+
+
+def test_a_read_only_connection_cannot_write(tmp_path: Path) -> None:
+    import duckdb
+
+    from warehouse.backends.duckdb import connect
+
+    path = tmp_path / "w.duckdb"
+    with connect(path) as con:
+        con.execute("create table t (v int)")
+    con = connect(path, read_only=True)
+    try:
+        with pytest.raises(duckdb.InvalidInputException, match="read-only"):
+            con.execute("insert into t values (1)")
+    finally:
+        con.close()
+    with connect(path) as con:
+        assert con.execute("select count(*) from t").fetchone() == (0,)
+
+
+def test_readers_of_the_published_file_run_under_the_limit(
+    warehouse_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The query shell and the report's reads (`read_only_session`) too."""
+    from warehouse.query import connect as shell_for
+    from warehouse.query import read_only_session
+
+    monkeypatch.setenv("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT", "256MB")
+    backend_for().execute("create schema if not exists raw")
+    with read_only_session(backend_for()) as s:
+        assert s.fetchone(SETTING) == ("244.1 MiB",)
+    shell = shell_for(None)
+    try:
+        assert shell.run(SETTING, 1)[1] == [("244.1 MiB",)]
+    finally:
+        shell.close()
+
+
+def test_duckdb_is_opened_through_the_helper_only() -> None:
+    """warehouse/ and quality/ open DuckDB with `warehouse.backends.duckdb.connect`, so
+    every connection gets the same settings."""
+    helper = ROOT / "warehouse" / "backends" / "duckdb.py"
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("warehouse", "quality")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != helper
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "duckdb.connect(" in line
+    ]
+    assert found == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,56 @@ def _file_list(directories: Sequence[Path]) -> str:
     return "[" + ", ".join(_literal(str(Path(d) / "*.parquet")) for d in directories) + "]"
 
 
+class _Configured(Enum):
+    LIMIT = "configured"
+
+
+#: `connect`'s default memory limit: `NIGHTSHIFT_DUCKDB_MEMORY_LIMIT`, read at connect time.
+CONFIGURED = _Configured.LIMIT
+
+
+def connect(
+    path: Path | str | None = None,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None | _Configured = CONFIGURED,
+    threads: int | None = None,
+    preserve_insertion_order: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """The one way the project opens DuckDB: the warehouse file, a build of it, or (path
+    None) an in-memory database, with the warehouse's settings.
+
+    - `memory_limit`: the configured `NIGHTSHIFT_DUCKDB_MEMORY_LIMIT` unless given (a
+      size such as "256MB"; None: DuckDB's own default, 80% of RAM). DuckDB spills past it.
+    - TimeZone UTC: timestamps read and cast the same on every host.
+    - `threads` (None: DuckDB's default, one per core) and `preserve_insertion_order`
+      (False lets large scans stream without keeping their order).
+
+    The settings are SETs, not connect-time config: a file already open in this process
+    with another config would refuse a second connection. A failed SET closes the
+    connection."""
+    if memory_limit is CONFIGURED:
+        from core import settings
+
+        memory_limit = settings.duckdb_memory_limit()
+    con = duckdb.connect(":memory:" if path is None else str(path), read_only=read_only)
+    try:
+        if memory_limit:
+            con.execute(f"set memory_limit = {_literal(memory_limit)}")
+        if threads is not None:
+            con.execute(f"set threads = {int(threads)}")
+        if not preserve_insertion_order:
+            con.execute("set preserve_insertion_order = false")
+        con.execute("set TimeZone = 'UTC'")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def arrow_to_duckdb(type_: pa.DataType) -> str:
     """DuckDB's own column type for an Arrow type (what `read_parquet` would give)."""
-    con = duckdb.connect()
+    con = connect(memory_limit=None)  # describes an empty table: reads no data
     try:
         con.register("_t", pa.table({"c": pa.array([], type=type_)}))
         return str(con.execute("describe _t").fetchone()[1])
@@ -187,18 +235,12 @@ class DuckDBWarehouse(SessionColumns):
         self.schemas = tuple(schemas)
         self.memory_limit = memory_limit
 
-    def _connect(self, path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-        """The one place this backend opens the warehouse file (or a build of it). The
-        limit is a SET, not connect-time config: a file already open in this process
-        with another config would refuse a second connection."""
-        con = duckdb.connect(str(path), read_only=read_only)
-        if self.memory_limit:
-            try:
-                con.execute(f"set memory_limit = {_literal(self.memory_limit)}")
-            except BaseException:
-                con.close()
-                raise
-        return con
+    def connect(
+        self, build: Build | None = None, *, read_only: bool = False
+    ) -> duckdb.DuckDBPyConnection:
+        """The one place this backend opens the published file (or `build`'s): under this
+        warehouse's memory limit, TimeZone UTC (`connect`); the caller closes it."""
+        return connect(self._file(build), read_only=read_only, memory_limit=self.memory_limit)
 
     def describe(self) -> str:
         return f"duckdb warehouse {self.path}"
@@ -216,18 +258,16 @@ class DuckDBWarehouse(SessionColumns):
     def read_arrow(
         self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None
     ) -> pa.Table:
-        con = self._connect(self._file(build), read_only=True)
+        con = self.connect(build, read_only=True)
         try:
-            con.execute("set TimeZone = 'UTC'")
             query = substitute_schemas(sql, self._mapping())
             return con.sql(query, params=list(params) or None).to_arrow_table()
         finally:
             con.close()
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, build: Build | None = None) -> int:
-        con = self._connect(self._file(build))
+        con = self.connect(build)
         try:
-            con.execute("set TimeZone = 'UTC'")
             row = con.execute(substitute_schemas(sql, self._mapping()), list(params)).fetchone()
             return int(row[0]) if row and isinstance(row[0], int) else 0
         finally:
@@ -237,9 +277,8 @@ class DuckDBWarehouse(SessionColumns):
     def transaction(self, build: Build | None = None) -> Iterator[DuckDBSession]:
         path = self._file(build)
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = self._connect(path)
+        con = self.connect(build)
         try:
-            con.execute("set TimeZone = 'UTC'")
             con.execute("begin transaction")
             try:
                 if build is not None:  # a build has every published schema, as on a server
@@ -273,7 +312,7 @@ class DuckDBWarehouse(SessionColumns):
         self, build: Build, schema: str, table: str, files: Sequence[Path], *, replace: bool = False
     ) -> int:
         names = [str(f) for f in files]
-        con = self._connect(self._file(build))
+        con = self.connect(build)
         try:
             con.execute("begin transaction")
             target = self._ensure(con, build, schema, table, names)
@@ -301,7 +340,7 @@ class DuckDBWarehouse(SessionColumns):
         key_cols = ", ".join(quote_ident(k) for k in keys)
         match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys)
         order = f" order by {quote_ident(cursor)} desc nulls last" if cursor else ""
-        con = self._connect(self._file(build))
+        con = self.connect(build)
         try:
             con.execute("begin transaction")
             target = self._ensure(con, build, schema, table, names)
@@ -327,7 +366,7 @@ class DuckDBWarehouse(SessionColumns):
     def delete_keys(self, build: Build, schema: str, table: str, keys: pa.Table) -> int:
         target = build.table(schema, table)
         match = " and ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in keys.column_names)
-        con = self._connect(self._file(build))
+        con = self.connect(build)
         try:
             con.register("_keys", keys)
             row = con.execute(
