@@ -43,10 +43,9 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-import duckdb
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
+from warehouse.backends.duckdb import connect  # noqa: E402
 from warehouse.dbt_runner import (  # noqa: E402
     DEFAULT_PROJECT_DIR,
     BuildPlan,
@@ -77,7 +76,7 @@ FLOOR_RUNS = 3
 def make_raw(path: Path, orders: int, days: int) -> None:
     """users (orders/10), products (1000), orders, ~2 items per order, payments, fx_rates."""
     users = max(orders // 10, 1)
-    con = duckdb.connect(str(path))
+    con = connect(path, memory_limit=None)
     try:
         con.execute(f"""
             set TimeZone = 'UTC';
@@ -145,9 +144,8 @@ def make_raw(path: Path, orders: int, days: int) -> None:
 def change_recent_orders(path: Path, orders: int, share: float, run_id: str) -> int:
     """Update status/updated_at of the newest `share` of orders; record their days."""
     changed = max(int(orders * share), 1)
-    con = duckdb.connect(str(path))
+    con = connect(path, memory_limit=None)
     try:
-        con.execute("set TimeZone = 'UTC'")
         con.execute(
             "update raw.orders set status = case status when 'paid' then 'shipped' "
             "else 'delivered' end, updated_at = now(), _run_id = ? where id > ?",
@@ -227,9 +225,8 @@ def replay_build(
     nodes = {**manifest["nodes"]}
     results = json.loads(run_results.read_text())["results"]
     cpu, started = time.process_time(), time.perf_counter()
-    con = duckdb.connect(str(path))
+    con = connect(path, memory_limit=None)
     try:
-        con.execute("set TimeZone = 'UTC'")
         for schema in ("staging", "intermediate", "marts", "analytics", "snapshots"):
             con.execute(f"create schema if not exists {schema}")
         for result in results:
@@ -254,9 +251,8 @@ def replay_build(
 def run_compiled_chain(path: Path, manifest: dict, database: str) -> float:
     """Only the sales_summary chain (views for staging/intermediate, tables for marts)."""
     nodes = {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model"}
-    con = duckdb.connect(str(path))
+    con = connect(path, memory_limit=None)
     try:
-        con.execute("set TimeZone = 'UTC'")
         for schema in ("staging", "intermediate", "marts", "analytics"):
             con.execute(f"create schema if not exists {schema}")
         started = time.perf_counter()
@@ -272,7 +268,7 @@ def run_compiled_chain(path: Path, manifest: dict, database: str) -> float:
 
 def reader_during(published: Path, stop: threading.Event, latencies: list[float]) -> None:
     """A reader connected before the swap, querying until told to stop."""
-    con = duckdb.connect(str(published), read_only=True)
+    con = connect(published, read_only=True, memory_limit=None)
     try:
         while not stop.is_set():
             started = time.perf_counter()

@@ -33,13 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_dbt import make_raw  # noqa: E402
 
+from warehouse.backends.duckdb import connect  # noqa: E402
 from warehouse.dbt_runner import BuildPlan, dbt_build  # noqa: E402
 
 DAYS = 365
@@ -48,7 +47,7 @@ THROUGH = "2025-12-31"
 
 def add_ops_tables(path: Path) -> None:
     """The ops tables warehouse/load.py keeps beside ops.restated_days."""
-    con = duckdb.connect(str(path))
+    con = connect(path, memory_limit=None)
     try:
         con.execute("""
             create table ops.restated_orders (
@@ -66,9 +65,8 @@ def apply_night(path: Path, orders: int, changed: int, run_id: str) -> dict[str,
     new = changed // 10
     updated = changed - new
     deleted = max(changed // 20, 1)
-    con = duckdb.connect(str(path))
+    con = connect(path, memory_limit=None)
     try:
-        con.execute("set TimeZone = 'UTC'")
         con.execute(
             "create temp table touched (order_id bigint, reason varchar); "
             "create temp table gone (id bigint, order_id bigint)"
@@ -221,7 +219,7 @@ def main() -> int:
             )
             print(f"  slowest nodes (s): {night.get('slowest', '')}", flush=True)
             if args.baseline:
-                con = duckdb.connect(str(copy))
+                con = connect(copy, memory_limit=None)
                 try:
                     con.execute("drop table ops.deleted_rows")
                 finally:

@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +35,8 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_dbt import make_raw  # noqa: E402
+
+from warehouse.backends.duckdb import connect  # noqa: E402
 
 _SQL = """
 with
@@ -98,7 +99,7 @@ def dataset(orders: int, days: int) -> Path:
     tmp.unlink(missing_ok=True)
     started = time.perf_counter()
     make_raw(tmp, orders, days)
-    con = duckdb.connect(str(tmp))
+    con = connect(tmp, memory_limit=None)
     try:
         con.execute("update raw.fx_rates set rate = cast(round(rate, 6) as decimal(38, 18))")
         con.execute(
@@ -121,9 +122,8 @@ def run_side(side: str, warehouse: Path, tz: str, out: Path) -> dict[str, float]
     if side == "etl":
         table = to_arrow(compute_daily_sales(warehouse, tz, None))
     else:
-        con = duckdb.connect(str(warehouse), read_only=True)
+        con = connect(warehouse, read_only=True, memory_limit=None)
         try:
-            con.execute("set TimeZone = 'UTC'")
             table = con.sql(_SQL, params={"tz": tz, "blank": "^[ \t\n\r\f\v]*$"}).to_arrow_table()
         finally:
             con.close()

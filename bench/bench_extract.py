@@ -181,13 +181,12 @@ def incremental_cutoff(url: str) -> str:
 
 def watermark_warehouse(path: Path, cutoff: str) -> Path:
     """A warehouse whose `ops.loaded_runs` puts the next orders window at `cutoff`."""
-    import duckdb
-
     from extract.tables import DEFAULT_OVERLAP
     from extract.watermark import record_loaded
+    from warehouse.backends.duckdb import connect
 
     end = (datetime.fromisoformat(cutoff) + DEFAULT_OVERLAP).isoformat()
-    con = duckdb.connect(str(path))
+    con = connect(path, memory_limit=None)
     try:
         record_loaded(
             con,

@@ -80,14 +80,11 @@ def _history(n: int) -> dict[str, str]:
 
 def prepare(n: int, night_orders: int, work: Path) -> None:
     """Night 1 loaded and published; night 2 landed."""
-    import duckdb
-
-    from warehouse.backends.duckdb import DuckDBWarehouse
+    from warehouse.backends.duckdb import DuckDBWarehouse, connect
     from warehouse.load import load_source_db
 
     landing = work / "landing"
-    con = duckdb.connect()
-    con.execute("set timezone = 'UTC'")
+    con = connect(memory_limit=None)
     end = f"timestamptz '{DAY0} 00:00:00+00' + interval {DAYS} day"
     hist = _history(n)
     w1 = {"window_end": f"{DAY0}T00:00:00+00:00"}

@@ -674,9 +674,9 @@ def published_rows(where: str, table: str) -> tuple[list[str], list[tuple]]:
             names = [d.name for d in cur.description]
             rows = cur.fetchall()
     else:
-        import duckdb
+        from warehouse.backends.duckdb import connect
 
-        con = duckdb.connect(where, read_only=True)
+        con = connect(where, read_only=True, memory_limit=None)
         try:
             cur = con.execute(f"select * from analytics.{table}")
             names = [d[0] for d in cur.description]
