@@ -26,7 +26,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,8 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from core import clock, run_ids
+from core import clock, key_summary, run_ids
+from core.files import write_json_atomic
 from core.settings import future_tolerance_minutes, sqlalchemy_url
+from extract import key_check
 from extract.landing import (
     LandingOptions,
     LandingTarget,
@@ -594,6 +595,30 @@ def _key_batches(
         )
 
 
+def _span_key_batches(
+    conn: sa.Connection,
+    table: sa.Table,
+    key: str,
+    schema: pa.Schema,
+    batch_size: int,
+    spans: Sequence[tuple[int, int]],
+) -> Iterator[pa.RecordBatch]:
+    """The keys of `table` within the `[lo, hi]` spans (by the key's index), streamed;
+    `SPANS_PER_QUERY` spans a query, every bound a bound parameter."""
+    column = table.c[key]
+    for start in range(0, len(spans), SPANS_PER_QUERY):
+        chunk = spans[start : start + SPANS_PER_QUERY]
+        stmt = sa.select(column).where(sa.or_(*(column.between(lo, hi) for lo, hi in chunk)))
+        result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
+        try:
+            for rows in result.partitions(batch_size):
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([r[0] for r in rows], type=schema.field(0).type)], schema=schema
+                )
+        finally:
+            result.close()
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -1084,7 +1109,7 @@ def _land_table(run: _RunState, table: sa.Table, config: TableConfig) -> dict[st
     )
     landed = {config.name: manifest}
     if config.reconcile_deletes:
-        landed[f"{config.name}__keys"] = _land_key_set(run, table, config)
+        landed.update(_land_keys(run, table, config))
     return landed
 
 
@@ -1114,17 +1139,26 @@ def _table_manifest_fields(run: _RunState, config: TableConfig) -> dict[str, Any
     return fields
 
 
-def _land_key_set(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str, Any]:
+def _land_key_set(
+    run: _RunState,
+    table: sa.Table,
+    config: TableConfig,
+    *,
+    spans: Sequence[tuple[int, int]] | None = None,
+    fields: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Land `<table>__keys`, every key of the table in the run's snapshot (a shard's:
-    those of its vshards), from which the load finds the rows deleted at the source."""
+    those of its vshards), from which the load finds the rows deleted at the source.
+    `spans`: only the keys in these `[lo, hi]` intervals (the changed buckets)."""
     keys_name = f"{config.name}__keys"
     key_schema = pa.schema([pa.field(config.key, arrow_type(table.c[config.key].type))])
-    fields: dict[str, Any] = {
+    fields = {
         "mode": "key_set",
         "key": config.key,
         "of_table": config.name,
         "window_end": _iso(run.window_end),
         **(run.plan.manifest_extras or {}),
+        **(fields or {}),
     }
     key_where = None
     shard = run.plan.shard
@@ -1133,7 +1167,14 @@ def _land_key_set(run: _RunState, table: sa.Table, config: TableConfig) -> dict[
         key_where = shard_filter(table.c[config.key], owned, shard.virtual_shards)
         fields.update(shard.manifest)
         fields["vshards"] = [list(r) for r in owned]
-    batches = _key_batches(run.conn, table, config.key, key_schema, run.plan.batch_size, key_where)
+    if spans is None:
+        batches = _key_batches(
+            run.conn, table, config.key, key_schema, run.plan.batch_size, key_where
+        )
+    else:
+        batches = _span_key_batches(
+            run.conn, table, config.key, key_schema, run.plan.batch_size, spans
+        )
     manifest = write_landing_table(
         batches,
         schema=key_schema,
@@ -1142,6 +1183,121 @@ def _land_key_set(run: _RunState, table: sa.Table, config: TableConfig) -> dict[
     )
     log.info("extracted %s.%s: %d keys", SOURCE_NAME, keys_name, manifest["rows"])
     return manifest
+
+
+# The key spans of the changed buckets are read this many to a query (bound values).
+SPANS_PER_QUERY = 200
+
+
+def _summarised(run: _RunState, table: sa.Table, config: TableConfig) -> bool:
+    """Whether the table's key set is checked by bucket summaries: one integer key on an
+    engine with a known integer division, not a shard (a shard lands its full key set)."""
+    return (
+        run.plan.shard is None
+        and key_summary.supported(run.conn.dialect.name)
+        and isinstance(table.c[config.key].type, sa.Integer)
+    )
+
+
+def _source_summaries(conn: sa.Connection, table: sa.Table, key: str) -> dict[int, tuple]:
+    """{bucket: (n, s1, s2)} of the table's keys in the run's snapshot: one GROUP BY."""
+    prep = conn.dialect.identifier_preparer
+    query = key_summary.summary_sql(prep.quote(key), prep.format_table(table), conn.dialect.name)
+    rows = conn.execute(sa.text(query), key_summary.params())
+    return {int(b): (int(n), int(s1), int(s2)) for b, n, s1, s2 in rows}
+
+
+def _land_keys(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str, dict[str, Any]]:
+    """Land the key check of a `reconcile_deletes` table: `{name: manifest}`.
+
+    Summarised tables (`_summarised`) land `<table>__key_ranges`, the source's bucket
+    summaries in the run's snapshot, and `<table>__keys` with the keys of the buckets
+    whose summary differs from the newest earlier landed summaries only: every key when
+    there are none (first night, or an earlier format), when the table is read in full,
+    when most buckets changed, or when the loader asked for a full key set
+    (extract/key_check.py). Other tables land every key, as `_land_key_set` does.
+    """
+    if not _summarised(run, table, config):
+        return {f"{config.name}{key_check.KEYS_SUFFIX}": _land_key_set(run, table, config)}
+    root, width = run.plan.landing_root, key_summary.WIDTH
+    current = _source_summaries(run.conn, table, config.key)
+    previous = None
+    why_all = None
+    if config.mode == "full":
+        why_all = "the table is read in full"
+    elif (request := key_check.full_key_set_requested(root, config.name)) is not None:
+        why_all = f"the load asked for it ({request.get('reason')})"
+    else:
+        previous = key_check.previous_summaries(
+            root, config.name, run.plan.run_id, config.key, width
+        )
+        if previous is None:
+            why_all = "no earlier key-range summaries are landed"
+    changed: list[int] = []
+    if previous is not None:
+        changed = key_summary.changed_buckets(current, previous[1])
+        if len(changed) * 2 > max(len(current), 1):
+            why_all = f"{len(changed)} of {len(current)} buckets changed"
+    check_id = uuid.uuid4().hex
+    every = why_all is not None
+    if every:
+        log.info("%s: every key lands: %s", config.name, why_all)
+    fields: dict[str, Any] = {
+        "keys": "all" if every else "changed",
+        "key_check_id": check_id,
+        "width": width,
+        "buckets": len(current),
+        "buckets_with_keys": len(current) if every else len(changed),
+    }
+    spans = None if every else key_summary.intervals(changed, width)
+    keys = _land_key_set(run, table, config, spans=spans, fields=fields)
+    with_keys = set(current) if every else set(changed)
+    buckets = sorted(set(current) | with_keys)
+    empty = (0, 0, 0)
+    summaries = pa.table(
+        {
+            "b": pa.array(buckets, pa.int64()),
+            "n": pa.array([current.get(b, empty)[0] for b in buckets], pa.int64()),
+            "s1": pa.array([current.get(b, empty)[1] for b in buckets], pa.int64()),
+            "s2": pa.array([current.get(b, empty)[2] for b in buckets], pa.int64()),
+            "keys": pa.array([b in with_keys for b in buckets], pa.bool_()),
+        },
+        schema=key_check.RANGES_SCHEMA,
+    )
+    ranges_name = f"{config.name}{key_check.RANGES_SUFFIX}"
+    ranges = write_landing_table(
+        summaries,
+        schema=key_check.RANGES_SCHEMA,
+        target=_target(run, ranges_name),
+        options=LandingOptions(
+            extra_manifest={
+                "mode": "key_ranges",
+                "key": config.key,
+                "of_table": config.name,
+                "window_end": _iso(run.window_end),
+                **(run.plan.manifest_extras or {}),
+                **fields,
+                "hash_p": key_summary.HASH_P,
+                "hash_q": key_summary.HASH_Q,
+                "all_keys_because": why_all,
+                "previous_run_id": None if previous is None else previous[0].get("run_id"),
+                "previous_checksum": (
+                    None if previous is None else previous[0].get("checksum_sha256")
+                ),
+            }
+        ),
+    )
+    if every:
+        key_check.clear_full_key_set_request(root, config.name)
+    log.info(
+        "extracted %s.%s: %d buckets, keys of %d landed (%d keys)",
+        SOURCE_NAME,
+        ranges_name,
+        len(current),
+        fields["buckets_with_keys"],
+        keys["rows"],
+    )
+    return {f"{config.name}{key_check.KEYS_SUFFIX}": keys, ranges_name: ranges}
 
 
 # --------------------------------------------------------------------------- sharded
@@ -1175,13 +1331,6 @@ def read_shard_run_record(landing_root: Path, run_id: str) -> dict[str, Any] | N
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def _previous_map(warehouse_path: Path | None, table: str, shard: str) -> ShardMap | None:
@@ -1313,7 +1462,7 @@ def extract_sharded_source(
 
     results = extract_sharded(shard_map, read_shard, max_workers=policy.max_workers)
     shards = [_shard_summary(plan.run_id, res) for res in results]
-    _write_json_atomically(
+    write_json_atomic(
         record_path,
         {
             "source": SOURCE_NAME,
@@ -1323,6 +1472,7 @@ def extract_sharded_source(
             "shards": shards,
             "written_at": clock.now().isoformat(),
         },
+        default=str,
     )
     per_shard = {s["name"]: {t: v["rows"] for t, v in s["tables"].items()} for s in shards}
     totals: dict[str, int] = {}

@@ -25,8 +25,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from core import ops, run_ids
+from core import key_summary, ops, run_ids
 from core import tables as source_tables
+from extract import key_check
 from extract.watermark import ensure_schema, record_loaded
 from warehouse.backends.base import Build, Session, Warehouse
 from warehouse.guards import MassDeleteGuard
@@ -68,6 +69,11 @@ class _Delta:
     # them (None: the gone rows are found by comparing every key)
     gone: str | None = None
     key_check: dict[str, int] | None = None
+    # the landed source summaries of a run whose key set holds the changed buckets' keys
+    # only (extract/key_check.py), and the landing they are followed back in
+    key_ranges: Path | None = None
+    landing_root: Path | None = None
+    run_id: str = ""
 
     @property
     def temp(self) -> str:
@@ -125,8 +131,13 @@ def _plan(landing_root: Path, source: str, tables: tuple[str, ...], run_id: str)
         directory, manifest = _landed(landing_root, source, table, run_id)
         delta = _new_delta(source, table, [_Part("", directory, manifest)])
         if manifest.get("reconcile_deletes"):
-            key_set, _ = _landed(landing_root, source, f"{table}__keys", run_id)
+            key_set, key_manifest = _landed(landing_root, source, f"{table}__keys", run_id)
             delta.key_sets = [key_set]
+            if key_manifest.get("keys") == "changed":
+                delta.key_ranges, _ = _landed(
+                    landing_root, source, f"{table}{key_check.RANGES_SUFFIX}", run_id
+                )
+                delta.landing_root, delta.run_id = Path(landing_root), run_id
         plan.append(delta)
     return plan
 
@@ -315,12 +326,15 @@ def _stage(s: Session, delta: _Delta) -> int:
     if delta.key_sets is not None:
         key_pattern = ", ".join(str(d / "*.parquet") for d in delta.key_sets)
         try:
-            s.stage_parquet(f"{delta.temp}__keyfiles", delta.key_sets, union_by_name=False)
-            if not _find_gone_by_ranges(s, delta):
-                s.create_temp(
-                    f"{delta.temp}__keys",
-                    f"select distinct {keys} from {_temp(f'{delta.temp}__keyfiles')}",
-                )
+            if delta.key_ranges is not None:
+                _find_gone_by_summaries(s, delta)
+            else:
+                s.stage_parquet(f"{delta.temp}__keyfiles", delta.key_sets, union_by_name=False)
+                if not _find_gone_by_ranges(s, delta):
+                    s.create_temp(
+                        f"{delta.temp}__keys",
+                        f"select distinct {keys} from {_temp(f'{delta.temp}__keyfiles')}",
+                    )
         except LoadError:
             raise
         except Exception as exc:
@@ -441,6 +455,200 @@ def _find_gone_by_ranges(s: Session, delta: _Delta) -> bool:
         extra={"key_check": {"table": delta.table, **delta.key_check}},
     )
     return True
+
+
+def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
+    """The keys gone from the source into `<temp>__gone`, from a run that landed the
+    source's bucket summaries and the keys of its changed buckets only.
+
+    The warehouse's keys after the merge (raw's and the delta's new ones) are summarised
+    with the same SQL and bucket width as the source (`core.key_summary`); every bucket
+    where the two differ is compared key by key against the keys landed for it, found
+    by `_covering_runs` in this run or the earlier ones its summaries were compared with.
+    A differing bucket no landed run covers fails the load (`LoadError`, naming the table
+    and the key ranges) and asks the next extract for every key: deleting there could
+    remove rows the source still has, skipping it would keep rows the source deleted.
+    """
+    assert delta.key_ranges is not None and delta.landing_root is not None
+    gone, keys_temp = f"{delta.temp}__gone", f"{delta.temp}__keys"
+    if len(delta.keys) != 1:
+        raise LoadError(
+            f"{delta.source}/{delta.table}: run {delta.run_id} landed key-range summaries "
+            f"for a key of {len(delta.keys)} columns ({', '.join(delta.keys)}): re-extract it"
+        )
+    key = _q(delta.keys[0])
+    raw, temp = _raw(s, delta.table), _temp(delta.temp)
+    delta.gone = gone
+    if not s.exists("raw", delta.table):  # the first load: nothing to delete
+        for name in (gone, keys_temp):
+            s.create_temp(name, f"select {key} from {temp} where false")
+        return
+    if not key_summary.supported(s.kind):
+        raise LoadError(
+            f"{delta.source}/{delta.table}: the warehouse engine {s.kind!r} cannot compute "
+            "the key-range summaries the run landed: re-extract it with a full key set"
+        )
+    manifest = key_check.read_manifest(delta.key_ranges) or {}
+    width = manifest.get("width")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise LoadError(
+            f"{delta.source}/{delta.table}: {delta.key_ranges} records no bucket width: "
+            "re-extract the run"
+        )
+    values = key_summary.params(width)
+    source_ranges = f"{delta.temp}__source_ranges"
+    s.stage_parquet(source_ranges, [delta.key_ranges], union_by_name=False)
+    warehouse_keys = (
+        f"select {key} from {raw} union all select d.{key} from {temp} d "
+        f"where not exists (select 1 from {raw} o where o.{key} = d.{key})"
+    )
+    summary, summary_params = key_summary.qmark(
+        key_summary.summary_sql(f"x.{key}", f"({warehouse_keys}) x", s.kind), values
+    )
+    differ = {
+        int(r[0])
+        for r in s.fetchall(
+            "select coalesce(src.b, wh.b) "
+            f"from (select * from {_temp(source_ranges)} where n > 0) src "
+            f"full join ({summary}) wh on src.b = wh.b "
+            "where src.b is null or wh.b is null or src.n <> wh.n or src.s1 <> wh.s1 "
+            "or src.s2 <> wh.s2",
+            summary_params,
+        )
+    }
+    covering, uncovered = _covering_runs(delta, differ, width)
+    if uncovered:
+        _uncovered(delta, uncovered, width)
+    bucket, bucket_params = key_summary.qmark(key_summary.bucket_sql(f"x.{key}", s.kind), values)
+    ranges_table = f"{delta.temp}__ranges"
+    s.create_temp(ranges_table, "", columns="b bigint")
+    s.insert_arrow(_temp(ranges_table), pa.table({"b": pa.array(sorted(differ), pa.int64())}))
+    selects, params = [], []
+    for i, (directory, buckets) in enumerate(covering):
+        files, cover = f"{delta.temp}__keyfiles{i}", f"{delta.temp}__cover{i}"
+        s.stage_parquet(files, [directory], union_by_name=False)
+        s.create_temp(cover, "", columns="b bigint")
+        s.insert_arrow(_temp(cover), pa.table({"b": pa.array(sorted(buckets), pa.int64())}))
+        selects.append(
+            f"select x.{key} from {_temp(files)} x where {bucket} in (select b from {_temp(cover)})"
+        )
+        params += bucket_params
+    if not selects:
+        selects, params = [f"select {key} from {temp} where false"], []
+    s.create_temp(
+        keys_temp, f"select distinct u.{key} from ({' union all '.join(selects)}) u", params
+    )
+    s.create_temp(
+        gone,
+        f"select x.{key} from ({warehouse_keys}) x "
+        f"where {bucket} in (select b from {_temp(ranges_table)}) and not exists "
+        f"(select 1 from {_temp(keys_temp)} k where k.{key} = x.{key})",
+        bucket_params,
+    )
+    read = s.fetchone(f"select count(*) from {_temp(keys_temp)}")
+    delta.key_check = {
+        "ranges": int(manifest.get("buckets") or 0),
+        "range_width": width,
+        "ranges_compared": len(differ),
+        "keys_compared": int(read[0]) if read else 0,
+        "source_keys_landed": sum(_landed_rows(d) for d, _ in covering),
+        "runs_read": len(covering),
+    }
+    log.info(
+        "%s/%s: %d buckets of %d keys, %d differ from the warehouse (%d source keys compared, "
+        "from %d landed run(s))",
+        delta.source,
+        delta.table,
+        delta.key_check["ranges"],
+        width,
+        len(differ),
+        delta.key_check["keys_compared"],
+        len(covering),
+        extra={"key_check": {"table": delta.table, **delta.key_check}},
+    )
+
+
+def _landed_rows(directory: Path) -> int:
+    return int((key_check.read_manifest(directory) or {}).get("rows") or 0)
+
+
+def _covering_runs(
+    delta: _Delta, differ: set[int], width: int
+) -> tuple[list[tuple[Path, set[int]]], set[int]]:
+    """For the differing buckets, the landed key sets that hold their source keys:
+    ([(keys directory, buckets it covers)], buckets none covers).
+
+    The run's own key set covers the buckets whose keys it landed. A bucket it did not
+    land had the same summary in the run it was compared with (`previous_run_id`), so
+    the same keys: that run's key set covers it if it landed them, else the one before,
+    and so on. A link counts only if the earlier run is still landed as it was compared
+    (its summaries' checksum) and its key set is the one landed with those summaries
+    (`key_check_id`).
+    """
+    assert delta.landing_root is not None and delta.key_ranges is not None
+    remaining, covering = set(differ), []
+    ranges_dir, visited = delta.key_ranges, set()
+    manifest = key_check.read_manifest(ranges_dir)
+    while remaining and manifest is not None:
+        run_id = manifest.get("run_id")
+        if run_id in visited or manifest.get("width") != width:
+            break
+        visited.add(run_id)
+        keys_dir = run_dir(delta.landing_root, delta.source, f"{delta.table}__keys", run_id)
+        keys_manifest = key_check.read_manifest(keys_dir)
+        if (
+            keys_manifest is None
+            or not manifest.get("key_check_id")
+            or keys_manifest.get("key_check_id") != manifest.get("key_check_id")
+            or not any(keys_dir.glob("*.parquet"))
+        ):
+            break
+        if manifest.get("keys") == "all":
+            covering.append((keys_dir, remaining))
+            return covering, set()
+        summaries = key_check.read_summaries(ranges_dir)
+        keyed = {
+            b
+            for b, k in zip(
+                summaries.column("b").to_pylist(), summaries.column("keys").to_pylist(), strict=True
+            )
+            if k
+        }
+        if found := remaining & keyed:
+            covering.append((keys_dir, found))
+            remaining -= found
+        previous, checksum = manifest.get("previous_run_id"), manifest.get("previous_checksum")
+        if not remaining or not previous or not run_ids.is_valid(previous):
+            break
+        ranges_dir = run_dir(
+            delta.landing_root, delta.source, f"{delta.table}{key_check.RANGES_SUFFIX}", previous
+        )
+        manifest = key_check.read_manifest(ranges_dir)
+        if manifest is not None and manifest.get("checksum_sha256") != checksum:
+            manifest = None  # landed again since: not the summaries compared with
+    return covering, remaining
+
+
+def _uncovered(delta: _Delta, buckets: set[int], width: int) -> None:
+    """Fail the load for differing buckets no landed run covers; ask for a full key set."""
+    assert delta.landing_root is not None
+    spans = key_summary.intervals(buckets, width)
+    shown = ", ".join(f"[{lo}, {hi}]" for lo, hi in spans[:10])
+    more = f" and {len(spans) - 10} more" if len(spans) > 10 else ""
+    reason = (
+        f"load of run {delta.run_id}: {len(buckets)} key range(s) of {delta.table} differ "
+        "from the warehouse and no landed run holds their keys"
+    )
+    path = key_check.request_full_key_set(
+        delta.landing_root, delta.table, delta.run_id, buckets, reason
+    )
+    raise LoadError(
+        f"{delta.source}/{delta.table} run={delta.run_id}: the keys of {delta.table}.{delta.keys[0]} "
+        f"in {shown}{more} differ between the source and the warehouse, and no landed run "
+        "holds the source's keys there (an earlier landed run was lost or pruned): the "
+        "deletes cannot be checked. The next extract of the table lands its full key set "
+        f"(requested in {path}); rerun the night (extract, then load)."
+    )
 
 
 _INTS = (pa.int8(), pa.int16(), pa.int32(), pa.int64())

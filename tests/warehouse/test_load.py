@@ -401,9 +401,10 @@ def land_shard(
 
 
 def write_record(landing: Path, run_id: str, extract_id: str, shards: list[dict]) -> None:
-    from extract.db_extract import _write_json_atomically, shard_run_record_path
+    from core.files import write_json_atomic
+    from extract.db_extract import shard_run_record_path
 
-    _write_json_atomically(
+    write_json_atomic(
         shard_run_record_path(landing, run_id),
         {
             "run_id": run_id,
