@@ -40,6 +40,40 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush `path`'s data to disk (a file another writer closed, e.g. a Parquet writer's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_with(
+    path: Path,
+    fill: Callable[[Path], Any],
+    *,
+    sync_dir: bool,
+    unique: bool,
+) -> Path:
+    """The steps every atomic write shares: `fill(tmp)` writes and fsyncs the temp file
+    beside `path`, which is then renamed over `path`; a failure removes the temp file
+    and leaves `path` as it was; with `sync_dir` the rename is made durable too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path, unique=unique)
+    if not unique:
+        tmp.unlink(missing_ok=True)  # a killed earlier write's leftover
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+    return path
+
+
 def write_with(
     path: Path | str,
     write: Callable[[Path], Any],
@@ -52,22 +86,12 @@ def write_with(
     For writers that want a path rather than bytes. The temp file is fsynced before the
     rename; with `sync_dir` the rename itself is made durable too; `unique`: see
     `temp_path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path, unique=unique)
-    if not unique:
-        tmp.unlink(missing_ok=True)  # a killed earlier write's leftover
-    try:
+
+    def fill(tmp: Path) -> None:
         write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-    return path
+        fsync_file(tmp)
+
+    return _replace_with(Path(path), fill, sync_dir=sync_dir, unique=unique)
 
 
 def write_atomic(
@@ -81,23 +105,16 @@ def write_atomic(
 
     `mode` is the new file's permission before the umask (0o600: owner only, from the
     first byte on, for files holding secrets)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = temp_path(path)
-    try:
+
+    def fill(tmp: Path) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-    return path
+
+    return _replace_with(Path(path), fill, sync_dir=sync_dir, unique=True)
 
 
 def write_json_atomic(

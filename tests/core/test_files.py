@@ -136,3 +136,42 @@ def test_a_single_writer_reuses_one_temp_name_so_kills_leave_one_leftover(tmp_pa
     assert seen == [leftover]
     assert target.read_bytes() == b"whole"
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("writer", ["write_atomic", "write_with"])
+def test_the_temp_file_is_fsynced_before_the_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    from core import files
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(f"fsync {Path(os.readlink(f'/proc/self/fd/{fd}')).name}")
+        real_fsync(fd)
+
+    def replace(src: Path, dst: Path) -> None:
+        events.append(f"replace {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    target = tmp_path / "out.json"
+
+    def write(text: str, sync_dir: bool) -> None:
+        if writer == "write_atomic":
+            write_atomic(target, text, sync_dir=sync_dir)
+        else:
+            write_with(target, lambda tmp: tmp.write_text(text), sync_dir=sync_dir)
+
+    write("{}", sync_dir=True)
+    assert target.read_text() == "{}"
+    assert [e.split("-out.json-")[0] for e in events] == [
+        "fsync .tmp",
+        "replace out.json",
+        f"fsync {tmp_path.name}",
+    ]
+    events.clear()
+    write("[]", sync_dir=False)
+    assert [e.split(" ")[0] for e in events] == ["fsync", "replace"], "no folder fsync"
