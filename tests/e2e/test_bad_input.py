@@ -309,7 +309,7 @@ def test_unknown_currency_stops_the_fx_completeness_gate(
     )
     try:
         log = world.fail(DAY, capfd)
-        message = f"no FX rate for currency XXX on business day {DAY.isoformat()}"
+        message = f"currency=XXX business_date={DAY.isoformat()} order_count=1"
         assert "assert_fx_rate_exists_for_every_counted_order" in log and message in log
         assert f"ops.quality_results where run_id = '{RUN_ID}'" in log
         _unchanged(world, before)
@@ -403,7 +403,7 @@ def test_missing_fx_day_stops_the_run_until_the_rates_exist(
         log = world.fail(next_day, capfd)
         assert "assert_fx_rate_exists_for_every_counted_order" in log
         assert re.search(
-            rf"no FX rate for currency [A-Z]{{3}} on business day {next_day.isoformat()}", log
+            rf"currency=[A-Z]{{3}} business_date={next_day.isoformat()} order_count=\d+", log
         ), "the FX completeness error does not name the currency and day"
         _unchanged(world, before)
         fx = world.quality("dbt", run_id=next_day.isoformat())
