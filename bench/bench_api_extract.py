@@ -51,18 +51,20 @@ class GeneratedPages:
 
 
 def child(n: int, page_size: int) -> None:
-    from extract.api_extract import extract_payments
+    from extract.api_extract import PaymentsPlan, extract_payments
 
     with tempfile.TemporaryDirectory(prefix="bench-api-extract-") as tmp:
         started = time.perf_counter()
         manifest = extract_payments(
             GeneratedPages(n),  # type: ignore[arg-type]
-            run_id="bench",
-            landing_root=Path(tmp) / "landing",
-            quarantine_root=Path(tmp) / "quarantine",
-            page_size=page_size,
-            now=START + timedelta(days=400),
-            max_jump=None,
+            PaymentsPlan(
+                run_id="bench",
+                landing_root=Path(tmp) / "landing",
+                quarantine_root=Path(tmp) / "quarantine",
+                page_size=page_size,
+                now=START + timedelta(days=400),
+                max_jump=None,
+            ),
         )
         seconds = time.perf_counter() - started
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -196,8 +196,8 @@ def test_payments_extract_needs_nothing_from_the_source_db_side(monkeypatch) -> 
         monkeypatch.setattr(nightly, name, forbidden(name))
     called: dict[str, object] = {}
 
-    def fake_extract(*args, **kwargs):
-        called.update(kwargs)
+    def fake_extract(client, plan):
+        called["plan"] = plan
         return {"rows": 3, "quarantined": 0}
 
     # the steps module's own names for what it calls (imported at its top)
@@ -214,7 +214,7 @@ def test_payments_extract_needs_nothing_from_the_source_db_side(monkeypatch) -> 
 
     summary = nightly.extract_payments_api.__wrapped__(date(2026, 11, 27))
     assert summary == {"payments": 3, "payments_quarantined": 0, "payments_replayed": 0}
-    assert called["run_id"] == "2026-11-27"
+    assert called["plan"].run_id == "2026-11-27"
 
 
 def test_the_publish_announces_the_analytics_assets_that_schedule_the_export(dagbag) -> None:

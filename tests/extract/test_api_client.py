@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -15,10 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.http_retry import RetryPolicy
 from core.settings import ApiConfig
 from demo.api import PAYMENTS_DDL, FaultConfig, create_app, serve_in_thread
 from extract.api_client import ApiContractError, ApiError, PaymentsApiClient, _parse_retry_after
 
+_RETRY_FIELDS = {f.name for f in fields(RetryPolicy)}
 TOKEN = "client-test-s3cret-token"
 START = datetime(2024, 3, 1, tzinfo=UTC)
 N = 23
@@ -49,9 +52,13 @@ def _serve(db: Path, **faults) -> AbstractContextManager[str]:
 
 
 def _client(url: str, **kwargs) -> PaymentsApiClient:
-    kwargs.setdefault("backoff_base", 0.01)
-    kwargs.setdefault("backoff_cap", 0.05)
-    return PaymentsApiClient(ApiConfig(base_url=url, token=TOKEN), **kwargs)
+    """A client of `url`: short backoffs; RetryPolicy's fields among `kwargs` go to its
+    `retry`, the others to the client."""
+    retry = {"backoff_base": 0.01, "backoff_cap": 0.05}
+    retry.update({k: kwargs.pop(k) for k in list(kwargs) if k in _RETRY_FIELDS})
+    return PaymentsApiClient(
+        ApiConfig(base_url=url, token=TOKEN), retry=RetryPolicy(**retry), **kwargs
+    )
 
 
 def _stats(url: str) -> dict:
@@ -160,7 +167,9 @@ def test_non_retryable_4xx_fails_at_once_without_token(
     server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    bad = PaymentsApiClient(ApiConfig(base_url=server, token="wrong-" + TOKEN), backoff_base=0.01)
+    bad = PaymentsApiClient(
+        ApiConfig(base_url=server, token="wrong-" + TOKEN), retry=RetryPolicy(backoff_base=0.01)
+    )
     with bad, pytest.raises(ApiError) as info:
         list(bad.iter_payment_pages(None))
     assert info.value.status == 401
@@ -196,8 +205,7 @@ def test_retry_after_on_503_and_jittered_backoff() -> None:
     client = PaymentsApiClient(
         ApiConfig(base_url="http://api.test", token=TOKEN),
         transport=httpx.MockTransport(lambda request: next(answers)),
-        backoff_base=1,
-        backoff_cap=30,
+        retry=RetryPolicy(backoff_base=1, backoff_cap=30),
         sleep=waits.append,
     )
     with client:

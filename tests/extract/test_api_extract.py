@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core import clock
+from core.http_retry import RetryPolicy
 from core.settings import ApiConfig
 from demo.api import PAYMENTS_DDL, FaultConfig, create_app, serve_in_thread
 from demo.fx import rates_for
@@ -22,6 +23,8 @@ from extract.api_client import PaymentsApiClient
 from extract.api_extract import (
     FX_SCHEMA,
     PAYMENTS_SCHEMA,
+    FxPlan,
+    PaymentsPlan,
     RecordError,
     WatermarkJumpError,
     extract_fx_rates,
@@ -72,7 +75,9 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _client(url: str) -> PaymentsApiClient:
-    return PaymentsApiClient(ApiConfig(base_url=url, token=TOKEN), backoff_base=0.01)
+    return PaymentsApiClient(
+        ApiConfig(base_url=url, token=TOKEN), retry=RetryPolicy(backoff_base=0.01)
+    )
 
 
 def _serve(db: Path, faults: FaultConfig | None = None) -> Any:
@@ -93,7 +98,8 @@ def _run_dir(landing: Path, table: str, run_id: str) -> Path:
 def _extract(url: str, roots: tuple[Path, Path], run_id: str = "2024-03-02", **kw) -> dict:
     with _client(url) as client:
         return extract_payments(
-            client, run_id=run_id, landing_root=roots[0], quarantine_root=roots[1], **kw
+            client,
+            PaymentsPlan(run_id=run_id, landing_root=roots[0], quarantine_root=roots[1], **kw),
         )
 
 
@@ -221,7 +227,8 @@ def test_latest_updated_at_wins_and_extra_fields_dropped(roots: tuple[Path, Path
     newer = _payment(status="refunded", updated_at="2024-03-02T00:00:00+00:00", extra="x")
     client = FakeClient([[newer, _payment("p2")], [_payment()]])
     manifest = extract_payments(
-        client, run_id="r1", landing_root=roots[0], quarantine_root=roots[1]
+        client,
+        PaymentsPlan(run_id="r1", landing_root=roots[0], quarantine_root=roots[1]),
     )  # type: ignore[arg-type]
     assert manifest["duplicates_dropped"] == 1
     rows = pq.read_table(_run_dir(roots[0], "payments", "r1")).to_pylist()
@@ -263,7 +270,10 @@ def test_fx_rates_land_exactly_and_are_cached(server: str, roots: tuple[Path, Pa
     landing = roots[0]
     days = [date(2024, 2, 28), date(2024, 2, 29), date(2024, 3, 1), date(2024, 2, 29)]
     with _client(server) as client:
-        manifest = extract_fx_rates(client, days=days, run_id="2024-03-01", landing_root=landing)
+        manifest = extract_fx_rates(
+            client,
+            FxPlan(days=days, run_id="2024-03-01", landing_root=landing),
+        )
         api_url = client.base_url
     assert manifest["days"] == ["2024-02-28", "2024-02-29", "2024-03-01"]
     assert manifest["fetched"] == 3 and manifest["cache_hits"] == 0
@@ -284,13 +294,19 @@ def test_fx_rates_land_exactly_and_are_cached(server: str, roots: tuple[Path, Pa
     ]
     client = FakeClient()
     client.base_url = api_url  # type: ignore[attr-defined]
-    again = extract_fx_rates(client, days=days, run_id="2024-03-01", landing_root=landing)  # type: ignore[arg-type]
+    again = extract_fx_rates(
+        client,
+        FxPlan(days=days, run_id="2024-03-01", landing_root=landing),
+    )  # type: ignore[arg-type]
     assert client.fx_calls == [] and again["cache_hits"] == 3
     assert again["checksum_sha256"] == manifest["checksum_sha256"]
     # another API's rates are never served from this cache
     other = FakeClient()
     other.base_url = "http://127.0.0.1:1"  # type: ignore[attr-defined]
-    fresh = extract_fx_rates(other, days=days, run_id="2024-03-01", landing_root=landing)  # type: ignore[arg-type]
+    fresh = extract_fx_rates(
+        other,
+        FxPlan(days=days, run_id="2024-03-01", landing_root=landing),
+    )  # type: ignore[arg-type]
     assert fresh["cache_hits"] == 0 and len(other.fx_calls) == 3
 
 
@@ -298,7 +314,10 @@ def test_fx_today_is_not_cached(roots: tuple[Path, Path]) -> None:
     today = clock.now().date()  # the pipeline's clock (NIGHTSHIFT_NOW moves it)
     client = FakeClient()
     for _ in range(2):
-        extract_fx_rates(client, days=[today], run_id="t", landing_root=roots[0])  # type: ignore[arg-type]
+        extract_fx_rates(
+            client,
+            FxPlan(days=[today], run_id="t", landing_root=roots[0]),
+        )  # type: ignore[arg-type]
     assert client.fx_calls == [today, today]
 
 
@@ -318,7 +337,10 @@ def test_bad_fx_rate_raises_naming_day_and_currency(
     day = date(2024, 1, 5)
     fx = {day: {"base": "USD", "date": "2024-01-05", "rates": {"USD": "1", "EUR": raw}}}
     with pytest.raises(ValueError, match=why) as info:
-        extract_fx_rates(FakeClient(fx=fx), days=[day], run_id="x", landing_root=roots[0])  # type: ignore[arg-type]
+        extract_fx_rates(
+            FakeClient(fx=fx),
+            FxPlan(days=[day], run_id="x", landing_root=roots[0]),
+        )  # type: ignore[arg-type]
     assert "2024-01-05" in str(info.value) and "EUR" in str(info.value)
     assert not (roots[0] / "payments_api" / "fx_rates" / "run=x").exists()
     assert not list((roots[0] / "payments_api" / "fx_rates").glob("_cache/*/2024-01-05.json"))
@@ -421,10 +443,9 @@ def test_overlap_duplicates_are_deduplicated_latest_wins(roots: tuple[Path, Path
     client = FakeClient([[old, _payment("p2", updated_at="2024-03-01T01:55:00Z")], [new, old]])
     manifest = extract_payments(
         client,  # type: ignore[arg-type]
-        run_id="r",
-        landing_root=roots[0],
-        quarantine_root=roots[1],
-        updated_since=since,
+        PaymentsPlan(
+            run_id="r", landing_root=roots[0], quarantine_root=roots[1], updated_since=since
+        ),
     )
     rows = _landed(roots[0], "r")
     assert [(r["id"], r["status"]) for r in rows] == [("p2", "succeeded"), ("p1", "refunded")]
@@ -460,9 +481,7 @@ def test_window_end_counts_landed_records_only(roots: tuple[Path, Path]) -> None
     ]
     manifest = extract_payments(
         FakeClient([page, [_payment("d", updated_at=at(4))]]),  # type: ignore[arg-type]
-        run_id="r",
-        landing_root=roots[0],
-        quarantine_root=roots[1],
+        PaymentsPlan(run_id="r", landing_root=roots[0], quarantine_root=roots[1]),
     )
     assert [r["id"] for r in _landed(roots[0], "r")] == ["a", "c", "d"]
     assert manifest["quarantined"] == 2 and manifest["status"] == "ok"
@@ -562,10 +581,12 @@ def test_bad_threshold_is_rejected_before_any_request(
     with pytest.raises((ValueError, TypeError), match="max_quarantined"):
         extract_payments(
             client,  # type: ignore[arg-type]
-            run_id="r",
-            landing_root=roots[0],
-            quarantine_root=roots[1],
-            max_quarantined=threshold,
+            PaymentsPlan(
+                run_id="r",
+                landing_root=roots[0],
+                quarantine_root=roots[1],
+                max_quarantined=threshold,
+            ),
         )
     assert not roots[0].exists() and not roots[1].exists()
 
@@ -575,9 +596,13 @@ def test_fx_fetched_for_every_day_including_restated(server: str, roots: tuple[P
     recent = [date(2024, 3, 1), date(2024, 3, 2)]
     restated = [date(2023, 6, 15), date(2024, 1, 31)]  # old days touched by late/changed orders
     with _client(server) as client:
-        first = extract_fx_rates(client, days=recent, run_id="2024-03-02", landing_root=landing)
+        first = extract_fx_rates(
+            client,
+            FxPlan(days=recent, run_id="2024-03-02", landing_root=landing),
+        )
         second = extract_fx_rates(
-            client, days=[*restated, *recent], run_id="2024-03-03", landing_root=landing
+            client,
+            FxPlan(days=[*restated, *recent], run_id="2024-03-03", landing_root=landing),
         )
     stats = httpx.get(server + "/_admin/stats", headers={"Authorization": f"Bearer {TOKEN}"})
     assert stats.json()["by_status"] == {"200": 4}  # each day asked once, the rest cached
@@ -599,7 +624,10 @@ def test_fx_day_missing_a_currency_lands_the_others(roots: tuple[Path, Path]) ->
         },
         d2: {"base": "USD", "date": "2024-01-06", "rates": {"EUR": "0.91"}},  # no JPY, no USD
     }
-    manifest = extract_fx_rates(FakeClient(fx=fx), days=[d1, d2], run_id="x", landing_root=roots[0])  # type: ignore[arg-type]
+    manifest = extract_fx_rates(
+        FakeClient(fx=fx),
+        FxPlan(days=[d1, d2], run_id="x", landing_root=roots[0]),
+    )  # type: ignore[arg-type]
     rows = pq.read_table(_run_dir(roots[0], "fx_rates", "x")).to_pylist()
     assert [(r["rate_date"], r["currency"], r["rate"]) for r in rows] == [
         (d1, "EUR", Decimal("0.9")),
@@ -618,7 +646,10 @@ def test_conflicting_copy_with_equal_updated_at_is_quarantined(roots: tuple[Path
     first = _payment("p1", amount="10.50")
     later = _payment("p1", amount="12.00")
     client = FakeClient([[first, _payment("p2")], [_payment("p2"), later]])
-    manifest = extract_payments(client, run_id="r", landing_root=roots[0], quarantine_root=roots[1])  # type: ignore[arg-type]
+    manifest = extract_payments(
+        client,
+        PaymentsPlan(run_id="r", landing_root=roots[0], quarantine_root=roots[1]),
+    )  # type: ignore[arg-type]
     rows = {r["id"]: r for r in _landed(roots[0], "r")}
     assert rows["p1"]["amount"] == Decimal("12.00")
     assert manifest["duplicates_dropped"] == 1  # the identical p2
@@ -694,10 +725,12 @@ def _peak_python_memory(n: int, root: Path) -> int:
     try:
         manifest = extract_payments(
             LazyClient(n),  # type: ignore[arg-type]
-            run_id="big",
-            landing_root=root / "landing",
-            quarantine_root=root / "quarantine",
-            now=START + timedelta(days=1),
+            PaymentsPlan(
+                run_id="big",
+                landing_root=root / "landing",
+                quarantine_root=root / "quarantine",
+                now=START + timedelta(days=1),
+            ),
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -12,7 +12,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from extract.api_extract import extract_payments, quarantine_files
+from extract.api_extract import PaymentsPlan, extract_payments, quarantine_files
 from extract.replay import main, open_replays, read_ledger, replay, replay_dir
 
 NOW = datetime(2024, 3, 2, tzinfo=UTC)
@@ -47,11 +47,13 @@ AHEAD = "2024-03-02T05:00:00Z"  # 5 h after NOW: quarantined as from the future
 def _night(tmp: Path, run_id: str, *pages: list[Any], now: datetime = NOW, **kw) -> dict:
     return extract_payments(
         FakeClient(*pages),  # type: ignore[arg-type]
-        run_id=run_id,
-        landing_root=tmp / "landing",
-        quarantine_root=tmp / "quarantine",
-        now=now,
-        **kw,
+        PaymentsPlan(
+            run_id=run_id,
+            landing_root=tmp / "landing",
+            quarantine_root=tmp / "quarantine",
+            now=now,
+            **kw,
+        ),
     )
 
 
