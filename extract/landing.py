@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core import clock
+from core.files import fsync_dir, fsync_file, temp_path, write_json_atomic
 
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 MANIFEST_NAME = "_manifest.json"
@@ -193,7 +194,7 @@ def write_landing_table(
     drift = _drift_fields(target, schema, options)
     final = target.run_dir()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(final)  # `.tmp-<run dir>-<hex>`: listings pass over it
     tmp.mkdir()
     try:
         batches = data.to_batches() if isinstance(data, pa.Table) else data
@@ -396,7 +397,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
             tmp = old
         else:
             tmp = None  # type: ignore[assignment]
-    _fsync_dir(parent)
+    fsync_dir(parent)
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -441,25 +442,8 @@ def _fsync_tree(directory: Path) -> None:
     """fsync every file directly in `directory`, then the directory itself."""
     for entry in os.scandir(directory):
         if entry.is_file(follow_symlinks=False):
-            fd = os.open(entry.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # e.g. a platform that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems do not fsync directories
-        pass
-    finally:
-        os.close(fd)
+            fsync_file(Path(entry.path))
+    fsync_dir(directory)
 
 
 def _jsonable(value: Any) -> Any:
@@ -688,13 +672,7 @@ def _write_latest_pointer(table_dir: Path, manifest: dict[str, Any]) -> None:
         "schema_fingerprint": manifest["schema_fingerprint"],
         "columns": manifest["columns"],
     }
-    tmp = table_dir / f".tmp-{LATEST_POINTER_NAME}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as out:
-        out.write(json.dumps(pointer, indent=2, sort_keys=True))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, table_dir / LATEST_POINTER_NAME)
-    _fsync_dir(table_dir)
+    write_json_atomic(table_dir / LATEST_POINTER_NAME, pointer, sync_dir=True)
 
 
 def read_latest_pointer(landing_root: Path, source: str, table_name: str) -> dict[str, Any] | None:
