@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from core import run_ids
+from core.files import fsync_dir, fsync_file, write_with
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def publish_build(
             f"{build} has an open or unclean write-ahead log ({build_wal.name}): "
             "close every connection to the build before publishing"
         )
-    _fsync(build)
+    fsync_file(build)
     lock_path = warehouse_path.with_name(warehouse_path.name + ".publish.lock")
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one publisher at a time: check, then rename
@@ -157,7 +158,7 @@ def publish_build(
         _check_base(build, warehouse_path)
         started = time.perf_counter()
         os.replace(build, warehouse_path)
-        _fsync_dir(warehouse_path.parent)
+        fsync_dir(warehouse_path.parent)
         seconds = time.perf_counter() - started
         _base_path(build).unlink(missing_ok=True)
         stale_wal = warehouse_path.with_name(warehouse_path.name + ".wal")
@@ -205,17 +206,17 @@ def _keep_version(warehouse_path: Path, run_id: str) -> Path:
     folder.mkdir(exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)
     target = folder / f"{run_ids.stamp(clock.now())}__{safe}.duckdb"
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(warehouse_path, tmp)
-    except OSError:  # no hard links on this filesystem: a copy
-        shutil.copyfile(warehouse_path, tmp)
+
+    def link_or_copy(tmp: Path) -> None:
+        try:
+            os.link(warehouse_path, tmp)
+        except OSError:  # no hard links on this filesystem: a copy
+            shutil.copyfile(warehouse_path, tmp)
+
     # A same-named version (same run, same stamp: a pinned clock) is replaced by the
-    # rename, never written in place: it may be another version's inode or a reader's file.
-    os.replace(tmp, target)
-    _fsync_dir(folder)
-    return target
+    # rename, never written in place: it may be another version's inode or a reader's
+    # file. The temp name (`.tmp-<version>-<hex>`) is no version to `list_versions`.
+    return write_with(target, link_or_copy, sync_dir=True)
 
 
 def list_versions(warehouse_path: Path) -> list[tuple[str, Path]]:
@@ -297,18 +298,3 @@ def abandon_build(build: Path) -> None:
 def _remove(path: Path) -> None:
     for suffix in ("", ".wal", ".tmp", ".base"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync(path)
-    except OSError:  # some filesystems cannot fsync a directory
-        pass

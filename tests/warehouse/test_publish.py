@@ -201,3 +201,37 @@ def test_a_reflink_error_other_than_unsupported_fails_the_build(
     with pytest.raises(OSError, match="Input/output"):
         begin_build(warehouse, "run")
     assert _read_in_subprocess(warehouse) == 1
+
+
+def test_a_kept_version_is_durable_before_its_name_even_as_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hard links the version is a full copy: its data is fsynced before the
+    rename that lists it, and the folder after."""
+    import os
+
+    from warehouse.publish import list_versions, versions_dir
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    build = begin_build(warehouse, "r1")
+    _write(build, 1)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError("no hard links here")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", no_links)
+    publish_build(build, warehouse, version="r1")
+    [(run, version)] = list_versions(warehouse)
+    assert run == "r1" and version.stat().st_ino != warehouse.stat().st_ino  # a copy
+    folder = versions_dir(warehouse)
+    copies = [p for p in synced if Path(p).parent == folder and Path(p).name.startswith(".tmp-")]
+    assert len(copies) == 1, synced  # the copy, under its temp name before the rename
+    assert synced[-1] == str(folder)  # then the rename itself
+    assert sorted(p.name for p in folder.iterdir()) == [version.name]
