@@ -106,6 +106,8 @@ def begin_build(warehouse_path: Path, run_id: str) -> Path:
     base = published_identity(warehouse_path)
     if base is not None:
         started = time.perf_counter()
+        # Not core.files.write_with: `<build>.tmp` is one of the build's files (`_remove`,
+        # retention), and the copy is fsynced once, at publish, not here as well.
         tmp = build.with_name(build.name + ".tmp")
         for _ in range(5):  # a publish during the copy: copy the new file again
             how = clone_file(warehouse_path, tmp)
