@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -116,24 +116,33 @@ class _ScrubFilter(logging.Filter):
         return True
 
 
+#: an alert callback must not hold its task for long: 3 attempts within a minute, backoff
+#: from 1 s capped at 10 s, 30 s at most per Retry-After
+WEBHOOK_RETRY = http_retry.RetryPolicy(
+    max_attempts=3,
+    max_total_seconds=60.0,
+    backoff_base=1.0,
+    backoff_cap=10.0,
+    retry_after_cap=30.0,
+)
+
+
 class WebhookSink:
     """POSTs Slack-compatible JSON (`text` fallback + `blocks`) to a webhook URL.
 
-    Retries with the project's policy (`core.http_retry`): 408, 429, 5xx, timeouts and
-    connection errors, `max_attempts` in all within `max_total_seconds`, full-jitter backoff
-    from `backoff_s`, honouring `Retry-After` up to `retry_after_cap` seconds; any other 4xx
-    is not retried. Never raises.
+    Retries with the project's policy (`core.http_retry`, `retry`: WEBHOOK_RETRY by
+    default): 408, 429, 5xx, timeouts and connection errors, `max_attempts` in all within
+    `max_total_seconds`, full-jitter backoff from `backoff_base`, honouring `Retry-After`
+    up to `retry_after_cap` seconds; any other 4xx is not retried. `timeout` per request.
+    Never raises.
     """
 
     def __init__(
         self,
         url: str,
-        timeout: float = 10,
-        max_attempts: int = 3,
         *,
-        backoff_s: float = 1.0,
-        max_total_seconds: float = 60.0,
-        retry_after_cap: float = 30.0,
+        timeout: float = 10,
+        retry: http_retry.RetryPolicy = WEBHOOK_RETRY,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -143,19 +152,10 @@ class WebhookSink:
                 f"{ALERTS_WEBHOOK_CONN_ID}: the webhook URL must be http(s)://host/..., "
                 f"got {mask_url(url)!r}"
             )
-        # an alert callback must not hold its task for long: a minute, 30 s per Retry-After
-        self.policy = http_retry.RetryPolicy(
-            max_attempts=max_attempts,
-            max_total_seconds=max_total_seconds,
-            backoff_base=backoff_s,
-            backoff_cap=max(backoff_s, 10.0),
-            retry_after_cap=retry_after_cap,
-        )
+        self.policy = retry
         self._sleep = sleep
         self.url = url
         self.timeout = timeout
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
         self.masked_url = mask_url(url)
         self._log = logger or log
         secret_path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -264,7 +264,7 @@ class WebhookSink:
                 "alert webhook %s attempt %d/%d failed (%s); retrying in %.2fs%s",
                 self.masked_url,
                 attempt,
-                self.max_attempts,
+                self.policy.max_attempts,
                 failure.reason,
                 wait,
                 " (Retry-After)" if failure.retry_after is not None else "",
@@ -358,7 +358,11 @@ def sinks_from_config(
         return sinks
     try:
         sinks.append(
-            WebhookSink(webhook_url_from_uri(uri), timeout=timeout, max_attempts=max_attempts)
+            WebhookSink(
+                webhook_url_from_uri(uri),
+                timeout=timeout,
+                retry=replace(WEBHOOK_RETRY, max_attempts=max_attempts),
+            )
         )
     except (ConfigError, ValueError) as exc:
         log.error("alerts: webhook disabled: %s", exc)

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from alerting.sinks import (
+    WEBHOOK_RETRY,
     Alert,
     AlertSink,
     LogSink,
@@ -24,6 +26,7 @@ from alerting.sinks import (
     sinks_from_config,
     webhook_url_from_uri,
 )
+from core.http_retry import RetryPolicy
 from core.settings import ConfigError
 
 TOKEN_PATH = "/services/T000/B000/s3cr3tT0k3n"
@@ -116,7 +119,7 @@ ALERT = Alert(
 
 
 def test_webhook_posts_slack_shaped_json(receiver: Receiver) -> None:
-    WebhookSink(receiver.url, backoff_s=0).send(ALERT)
+    WebhookSink(receiver.url, retry=replace(WEBHOOK_RETRY, backoff_base=0)).send(ALERT)
 
     assert len(receiver.requests) == 1
     request = receiver.requests[0]
@@ -143,7 +146,9 @@ def test_webhook_retries_after_500_then_succeeds(
         logging.DEBUG, logger="httpx"
     )  # Airflow sets it to WARN; plain Python does not
 
-    WebhookSink(receiver.url, max_attempts=3, backoff_s=0.01).send(ALERT)
+    WebhookSink(receiver.url, retry=replace(WEBHOOK_RETRY, max_attempts=3, backoff_base=0.01)).send(
+        ALERT
+    )
 
     assert len(receiver.requests) == 3
     assert len({r["body"] for r in receiver.requests}) == 1  # the same message each time
@@ -157,7 +162,9 @@ def test_webhook_retries_after_timeout(receiver: Receiver) -> None:
     receiver.script = [(200, 1.0)]  # first answer comes too late
 
     started = time.monotonic()
-    WebhookSink(receiver.url, timeout=0.3, max_attempts=2, backoff_s=0.01).send(ALERT)
+    WebhookSink(
+        receiver.url, timeout=0.3, retry=replace(WEBHOOK_RETRY, max_attempts=2, backoff_base=0.01)
+    ).send(ALERT)
 
     assert len(receiver.requests) == 2
     assert time.monotonic() - started < 5
@@ -168,7 +175,9 @@ def test_webhook_gives_up_after_max_attempts_without_raising(
 ) -> None:
     receiver.script = [(500, 0.0)] * 5
 
-    WebhookSink(receiver.url, max_attempts=2, backoff_s=0.01).send(ALERT)
+    WebhookSink(receiver.url, retry=replace(WEBHOOK_RETRY, max_attempts=2, backoff_base=0.01)).send(
+        ALERT
+    )
 
     assert len(receiver.requests) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -181,7 +190,9 @@ def test_webhook_client_error_is_not_retried(
 ) -> None:
     receiver.script = [(404, 0.0)]
 
-    WebhookSink(receiver.url, max_attempts=3, backoff_s=0.01).send(ALERT)
+    WebhookSink(receiver.url, retry=replace(WEBHOOK_RETRY, max_attempts=3, backoff_base=0.01)).send(
+        ALERT
+    )
 
     assert len(receiver.requests) == 1
     assert "not retried" in caplog.text
@@ -193,7 +204,9 @@ def test_webhook_honours_retry_after_seconds(
     receiver.script = [(429, 0.0, {"Retry-After": "1"})]
     caplog.set_level(logging.WARNING, logger="alerting.sinks")
 
-    WebhookSink(receiver.url, max_attempts=3, backoff_s=0.01).send(ALERT)
+    WebhookSink(receiver.url, retry=replace(WEBHOOK_RETRY, max_attempts=3, backoff_base=0.01)).send(
+        ALERT
+    )
 
     assert len(receiver.requests) == 2  # the 429, then the 200
     assert receiver.requests[1]["at"] - receiver.requests[0]["at"] >= 0.95  # not 0.01 s
@@ -210,7 +223,9 @@ def test_webhook_honours_an_http_date_retry_after_up_to_its_cap(receiver: Receiv
     waits: list[float] = []
 
     WebhookSink(
-        receiver.url, max_attempts=3, backoff_s=0.01, retry_after_cap=30, sleep=waits.append
+        receiver.url,
+        sleep=waits.append,
+        retry=replace(WEBHOOK_RETRY, max_attempts=3, backoff_base=0.01, retry_after_cap=30),
     ).send(ALERT)
 
     assert len(receiver.requests) == 3
@@ -223,7 +238,9 @@ def test_webhook_gives_up_when_retry_after_passes_its_time_budget(
     receiver.script = [(429, 0.0, {"Retry-After": "20"})]
     waits: list[float] = []
 
-    WebhookSink(receiver.url, max_total_seconds=10, sleep=waits.append).send(ALERT)
+    WebhookSink(
+        receiver.url, sleep=waits.append, retry=replace(WEBHOOK_RETRY, max_total_seconds=10)
+    ).send(ALERT)
 
     assert len(receiver.requests) == 1 and waits == []  # did not wait 20 s first
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -234,7 +251,9 @@ def test_webhook_gives_up_when_retry_after_passes_its_time_budget(
 def test_webhook_408_is_retried_but_403_is_not(receiver: Receiver) -> None:
     receiver.script = [(408, 0.0), (403, 0.0)]
 
-    WebhookSink(receiver.url, max_attempts=3, backoff_s=0.01).send(ALERT)
+    WebhookSink(receiver.url, retry=replace(WEBHOOK_RETRY, max_attempts=3, backoff_base=0.01)).send(
+        ALERT
+    )
 
     assert len(receiver.requests) == 2  # 408 retried; 403 final
 
@@ -246,7 +265,9 @@ def test_dead_webhook_does_not_raise_and_logs_without_the_token(
     caplog.set_level(logging.DEBUG, logger="httpx")
     port = closed_port()
     url = f"http://127.0.0.1:{port}{TOKEN_PATH}?token=qu3ryS3cr3t"
-    sink = WebhookSink(url, timeout=2, max_attempts=2, backoff_s=0.01)
+    sink = WebhookSink(
+        url, timeout=2, retry=replace(WEBHOOK_RETRY, max_attempts=2, backoff_base=0.01)
+    )
 
     sink.send(ALERT)  # must not raise
 
@@ -282,7 +303,10 @@ def test_send_all_keeps_going_when_a_sink_raises(receiver: Receiver) -> None:
         def send(self, alert: Alert) -> None:
             raise RuntimeError("boom")
 
-    sinks: list[AlertSink] = [Broken(), WebhookSink(receiver.url, backoff_s=0)]
+    sinks: list[AlertSink] = [
+        Broken(),
+        WebhookSink(receiver.url, retry=replace(WEBHOOK_RETRY, backoff_base=0)),
+    ]
     assert send_all([ALERT, ALERT], sinks) == 2
     assert len(receiver.requests) == 2
 
@@ -360,3 +384,21 @@ def test_webhook_url_from_airflow_connection_round_trip() -> None:
 def test_webhook_url_from_uri_rejects_other_schemes() -> None:
     with pytest.raises(ConfigError, match="expected http"):
         webhook_url_from_uri("ftp://example.com/x")
+
+
+def test_webhook_retries_a_minute_at_most_and_config_sets_its_attempts(
+    monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    """An alert callback must not hold its task: 3 attempts within 60 s, backoff from 1 s
+    capped at 10 s, 30 s per Retry-After; `sinks_from_config` changes the attempts only."""
+    expected = RetryPolicy(
+        max_attempts=3,
+        max_total_seconds=60.0,
+        backoff_base=1.0,
+        backoff_cap=10.0,
+        retry_after_cap=30.0,
+    )
+    assert WebhookSink(receiver.url).policy == expected
+    monkeypatch.setenv("AIRFLOW_CONN_ALERTS_WEBHOOK", receiver.url)
+    [_, webhook] = sinks_from_config(max_attempts=5)
+    assert webhook.policy == replace(expected, max_attempts=5)  # type: ignore[attr-defined]
