@@ -14,8 +14,10 @@ import shlex
 import sys
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from core import clock, settings
+from core.files import write_with
 from demo.generator import generate
 from demo.servers import DEMO_TOKEN, demo_connections, demo_paths, running_api
 from pipeline import airflow_run
@@ -85,27 +87,32 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def _demo_source(paths: dict[str, Path], args: argparse.Namespace, business_date: date) -> None:
     """The demo's SQLite source and payments, generated once (a later demo reuses them).
 
-    Built under temporary names and renamed, so an interrupted demo never leaves a
-    half-written source that a later run would mistake for a complete one."""
+    Built under temporary names and renamed (`core.files.write_with`: payments first,
+    then the source), so an interrupted demo never leaves a half-written source that a
+    later run would mistake for a complete one."""
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if paths["source"].exists() and paths["payments"].exists():
         print("[demo] reusing the existing demo source (delete data/demo to rebuild it)")
         return
-    tmp_source = paths["dir"] / "source.db.partial"
-    tmp_payments = paths["dir"] / "payments.db.partial"
-    for tmp in (tmp_source, tmp_payments):
-        tmp.unlink(missing_ok=True)
-    summary = generate(
-        f"sqlite:///{tmp_source}",
-        seed=args.seed,
-        days=args.days,
-        end_date=business_date,
-        orders_per_day=args.orders_per_day,
-        payments_db=tmp_payments,
-        if_exists="replace",
-    )
-    os.replace(tmp_payments, paths["payments"])
-    os.replace(tmp_source, paths["source"])
+    summary: dict[str, Any] = {}
+
+    def generate_both(tmp_source: Path) -> None:
+        def generate_into(tmp_payments: Path) -> None:
+            summary.update(
+                generate(
+                    f"sqlite:///{tmp_source}",
+                    seed=args.seed,
+                    days=args.days,
+                    end_date=business_date,
+                    orders_per_day=args.orders_per_day,
+                    payments_db=tmp_payments,
+                    if_exists="replace",
+                )
+            )
+
+        write_with(paths["payments"], generate_into, unique=False)
+
+    write_with(paths["source"], generate_both, unique=False)
     print(f"[demo] generated: {summary['rows']}")
 
 
