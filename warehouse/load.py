@@ -542,7 +542,9 @@ def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
         gone,
         f"select x.{key} from ({warehouse_keys}) x "
         f"where {bucket} in (select b from {_temp(ranges_table)}) and not exists "
-        f"(select 1 from {_temp(keys_temp)} k where k.{key} = x.{key})",
+        f"(select 1 from {_temp(keys_temp)} k where k.{key} = x.{key}) "
+        # a key the run read is at the source in this snapshot, whatever the summaries say
+        f"and not exists (select 1 from {temp} d where d.{key} = x.{key})",
         bucket_params,
     )
     read = s.fetchone(f"select count(*) from {_temp(keys_temp)}")
