@@ -250,60 +250,73 @@ class _Acc:
         )
 
 
-def _run_gx(
-    df: pd.DataFrame,
-    suite_name: str,
-    accs: list[_Acc],
-    *,
-    parameters: Mapping[str, Any],
-    key_columns: list[str],
-    location: dict[str, Any],
-    run_name: str,
-) -> Any:
-    """Run the suite's checkpoint on one frame and fold each result into its accumulator;
+@dataclass(frozen=True)
+class _Batch:
+    """A frame for a suite's checkpoint: its expectation parameters, the run name its
+    stored result is filed under, and where its rows come from (`{"file": ...}`, added
+    to every sample)."""
+
+    df: pd.DataFrame
+    parameters: Mapping[str, Any]
+    run_name: str
+    location: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_gx(batch: _Batch, suite_name: str, accs: list[_Acc], key_columns: list[str]) -> Any:
+    """Run the suite's checkpoint on one batch and fold each result into its accumulator;
     return the stored result's key.
 
-    The checkpoint stores the result and updates Data Docs under `run_name`; results of
-    expectations without an accumulator (the table-wide ones of a landed run's batches,
-    decided over the whole run) are left out of the gate.
+    The checkpoint stores the result and updates Data Docs under the batch's run name;
+    results of expectations without an accumulator (the table-wide ones of a landed
+    run's batches, decided over the whole run) are left out of the gate.
     """
-    from great_expectations.core.run_identifier import RunIdentifier
-
     by_id = {a.config["id"]: a for a in accs}
-    with GX_LOCK:
-        checkpoint_result = checkpoint(suite_name).run(
-            batch_parameters={"dataframe": df},
-            expectation_parameters=dict(parameters),
-            run_id=RunIdentifier(run_name=run_name, run_time=clock.now()),
-        )
-    [(key, result)] = checkpoint_result.run_results.items()
+    key, result = _checkpoint_run(batch, suite_name)
     for item in result.results:
         acc = by_id.get(item.expectation_config.id)
-        if acc is None:
-            continue
-        acc.evaluated = True
-        info = item.exception_info or {}
-        if info.get("raised_exception"):
-            acc.success = False
-            acc.details.setdefault("error", info.get("exception_message"))
-            continue
-        res = dict(item.result or {})
-        if not item.success:
-            acc.success = False
-        if "unexpected_count" in res and "element_count" in res:
-            acc.is_map = True
-            acc.element_count += int(res.get("element_count") or 0)
-            acc.unexpected_count += int(res.get("unexpected_count") or 0)
-            acc.missing_count += int(res.get("missing_count") or 0)
-            if not item.success and len(acc.samples) < MAX_SAMPLES:
-                acc.samples.extend(
-                    _samples(df, item, res, key_columns, location)[: MAX_SAMPLES - len(acc.samples)]
-                )
-        if "observed_value" in res and (acc.observed is None or not item.success):
-            acc.observed = res["observed_value"]
-        if not item.success and res.get("details"):
-            acc.details.update(jsonable(res["details"]))
+        if acc is not None:
+            _fold(acc, item, batch, key_columns)
     return key
+
+
+def _checkpoint_run(batch: _Batch, suite_name: str) -> tuple[Any, Any]:
+    """The suite's checkpoint on the batch, one at a time (GX_LOCK): (stored key, result)."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    with GX_LOCK:
+        checkpoint_result = checkpoint(suite_name).run(
+            batch_parameters={"dataframe": batch.df},
+            expectation_parameters=dict(batch.parameters),
+            run_id=RunIdentifier(run_name=batch.run_name, run_time=clock.now()),
+        )
+    [(key, result)] = checkpoint_result.run_results.items()
+    return key, result
+
+
+def _fold(acc: _Acc, item: Any, batch: _Batch, key_columns: list[str]) -> None:
+    """One expectation's result on one batch into its accumulator: success, the row
+    counts and a few samples, the observed value, GX's details of a failure."""
+    acc.evaluated = True
+    info = item.exception_info or {}
+    if info.get("raised_exception"):
+        acc.success = False
+        acc.details.setdefault("error", info.get("exception_message"))
+        return
+    res = dict(item.result or {})
+    if not item.success:
+        acc.success = False
+    if "unexpected_count" in res and "element_count" in res:
+        acc.is_map = True
+        acc.element_count += int(res.get("element_count") or 0)
+        acc.unexpected_count += int(res.get("unexpected_count") or 0)
+        acc.missing_count += int(res.get("missing_count") or 0)
+        if not item.success and len(acc.samples) < MAX_SAMPLES:
+            found = _samples(batch.df, item, res, key_columns, batch.location)
+            acc.samples.extend(found[: MAX_SAMPLES - len(acc.samples)])
+    if "observed_value" in res and (acc.observed is None or not item.success):
+        acc.observed = res["observed_value"]
+    if not item.success and res.get("details"):
+        acc.details.update(jsonable(res["details"]))
 
 
 def _samples(
@@ -363,15 +376,7 @@ def validate_frame(
     accs = [_Acc(config=e, parameters=parameters) for e in data["expectations"] if e not in skipped]
     gx_parameters = {**{name: len(df) for e in skipped for name in _parameters(e)}, **parameters}
     key_columns = list(suite_meta(suite_name).get("key_columns", []))
-    key = _run_gx(
-        df,
-        suite_name,
-        accs,
-        parameters=gx_parameters,
-        key_columns=key_columns,
-        location={},
-        run_name=run_id or "adhoc",
-    )
+    key = _run_gx(_Batch(df, gx_parameters, run_id or "adhoc"), suite_name, accs, key_columns)
     table = table or suite_meta(suite_name).get("table", suite_name)
     return SuiteResult(
         suite=suite_name,
@@ -435,19 +440,15 @@ def validate_landed_table(
             per_file_rows.setdefault(name, 0)
         per_file_rows[name] += len(frame)
         total_rows += len(frame)
-        key = _run_gx(
+        slice_name = f"{run_id} {name} rows {offset}-{offset + len(frame)}"
+        batch = _Batch(
             frame,
-            suite_name,
-            batch_accs,
-            parameters=_batch_parameters(manifest, len(frame), one_batch),
-            key_columns=key_columns,
+            _batch_parameters(manifest, len(frame), one_batch),
+            run_name=run_id if one_batch else slice_name,
             location={"file": name},
-            run_name=run_id
-            if one_batch
-            else f"{run_id} {name} rows {offset}-{offset + len(frame)}",
         )
-        gx_keys.append(key)
-        del frame
+        gx_keys.append(_run_gx(batch, suite_name, batch_accs, key_columns))
+        del frame, batch  # one batch in memory at a time
     if not files:
         for acc in batch_accs:
             acc.success = False
