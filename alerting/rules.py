@@ -231,31 +231,50 @@ def evaluable(metrics: Mapping[str, Any]) -> set[str]:
     return {rule for rule, ok in present.items() if ok}
 
 
+class _Fired:
+    """The alerts of one run whose condition holds, in the order the rules are checked;
+    each carries the run's dag and run id and its rule's name."""
+
+    def __init__(self, metrics: Mapping[str, Any]) -> None:
+        self.metrics = metrics
+        self.alerts: list[Alert] = []
+
+    def fire(self, rule: str, severity: str, title: str, text: str, **details: Any) -> None:
+        self.alerts.append(
+            Alert(
+                severity=severity,  # type: ignore[arg-type]
+                title=title,
+                text=f"rule {rule}: {text}",
+                dag_id=self.metrics.get("dag_id"),
+                run_id=self.metrics.get("run_id"),
+                fields={"rule": rule, **details},
+            )
+        )
+
+
 def conditions(
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, Any]],
     thresholds: Thresholds,
 ) -> list[Alert]:
     """The alerts of one run whose condition holds, before any `for_runs` streak."""
-    run_id = metrics.get("run_id")
-    t = thresholds
-    alerts: list[Alert] = []
+    fired = _Fired(metrics)
+    _freshness(fired, thresholds)
+    _source_freshness(fired, thresholds)
+    _row_count_drop(fired, history, thresholds)
+    _quality(fired, thresholds)
+    _quarantine(fired, thresholds)
+    _run_deadline(fired, thresholds)
+    _replica_lag(fired, thresholds)
+    _replica_fallback(fired, thresholds)
+    return fired.alerts
 
-    def fire(rule: str, severity: str, title: str, text: str, **details: Any) -> None:
-        alerts.append(
-            Alert(
-                severity=severity,  # type: ignore[arg-type]
-                title=title,
-                text=f"rule {rule}: {text}",
-                dag_id=metrics.get("dag_id"),
-                run_id=run_id,
-                fields={"rule": rule, **details},
-            )
-        )
 
-    lag_s = _number(metrics.get("freshness_lag_s"))
+def _freshness(fired: _Fired, t: Thresholds) -> None:
+    """The newest source `updated_at` older than `freshness.max_lag_hours`."""
+    lag_s = _number(fired.metrics.get("freshness_lag_s"))
     if lag_s is not None and lag_s > t.freshness_max_lag_hours * 3600:
-        fire(
+        fired.fire(
             "freshness",
             t.freshness_severity,
             "Source data is stale",
@@ -265,12 +284,15 @@ def conditions(
             threshold_hours=t.freshness_max_lag_hours,
         )
 
-    for table, state in sorted((metrics.get("source_freshness") or {}).items()):
+
+def _source_freshness(fired: _Fired, t: Thresholds) -> None:
+    """Each source table dbt's freshness check found past warn_after (or error_after)."""
+    for table, state in sorted((fired.metrics.get("source_freshness") or {}).items()):
         status, age_h = (state or {}).get("status"), _number((state or {}).get("age_h"))
         if status not in ("warn", "error"):
             continue
         accepted = " (published: ACCEPT_STALE_SOURCES accepted it)" if status == "error" else ""
-        fire(
+        fired.fire(
             "freshness",
             t.freshness_severity if status == "error" else t.freshness_warn_severity,
             "Source data is stale",
@@ -281,9 +303,13 @@ def conditions(
             observed_hours=age_h,
         )
 
-    rows = metrics.get("rows_extracted") or {}
+
+def _row_count_drop(fired: _Fired, history: Sequence[Mapping[str, Any]], t: Thresholds) -> None:
+    """Each table whose rows extracted fell more than `row_count_drop.max_drop_pct` below
+    the average of its last `trailing_runs` earlier runs (this run's own entry skipped)."""
+    run_id = fired.metrics.get("run_id")
     past = [h for h in history if not (run_id and h.get("run_id") == run_id)]
-    for table, count in sorted(rows.items()):
+    for table, count in sorted((fired.metrics.get("rows_extracted") or {}).items()):
         count = _number(count)
         if count is None:
             continue
@@ -299,7 +325,7 @@ def conditions(
             continue  # no drop from nothing
         drop_pct = (average - count) / average * 100
         if drop_pct > t.row_count_drop_max_drop_pct:
-            fire(
+            fired.fire(
                 "row_count_drop",
                 t.row_count_drop_severity,
                 f"Row count dropped: {table}",
@@ -313,27 +339,36 @@ def conditions(
                 threshold_pct=t.row_count_drop_max_drop_pct,
             )
 
-    quality = metrics.get("quality") or {}
-    critical = _number(quality.get("critical_failures"))
-    if critical is not None and critical > t.quality_max_critical_failures:
-        failed = list(quality.get("failed_checks") or [])
-        text = (
-            f"{_fmt(critical)} critical quality failure(s), "
-            f"threshold {t.quality_max_critical_failures}"
-        )
-        if failed:
-            text += f": {', '.join(map(str, failed[:5]))}"
-        fire(
-            "quality",
-            t.quality_severity,
-            "Critical data quality failure",
-            text,
-            observed=critical,
-            threshold=t.quality_max_critical_failures,
-            **({"failed_checks": failed[:10]} if failed else {}),
-        )
 
-    for table, quarantined in sorted((metrics.get("quarantined") or {}).items()):
+def _quality(fired: _Fired, t: Thresholds) -> None:
+    """More critical quality failures than `quality.max_critical_failures` (the first
+    five failed checks named in the text, ten in the fields)."""
+    quality = fired.metrics.get("quality") or {}
+    critical = _number(quality.get("critical_failures"))
+    if critical is None or critical <= t.quality_max_critical_failures:
+        return
+    failed = list(quality.get("failed_checks") or [])
+    text = (
+        f"{_fmt(critical)} critical quality failure(s), threshold {t.quality_max_critical_failures}"
+    )
+    if failed:
+        text += f": {', '.join(map(str, failed[:5]))}"
+    fired.fire(
+        "quality",
+        t.quality_severity,
+        "Critical data quality failure",
+        text,
+        observed=critical,
+        threshold=t.quality_max_critical_failures,
+        **({"failed_checks": failed[:10]} if failed else {}),
+    )
+
+
+def _quarantine(fired: _Fired, t: Thresholds) -> None:
+    """Each table with more quarantined records than `quarantine.max_rows`, or a larger
+    share of the records received (landed + quarantined) than `quarantine.max_share`."""
+    rows = fired.metrics.get("rows_extracted") or {}
+    for table, quarantined in sorted((fired.metrics.get("quarantined") or {}).items()):
         quarantined = _number(quarantined)
         if quarantined is None:
             continue
@@ -344,7 +379,7 @@ def conditions(
         over_share = share is not None and share > t.quarantine_max_share
         if over_count or over_share:
             share_text = f" ({share:.2%} of {_fmt(received)} received)" if share is not None else ""
-            fire(
+            fired.fire(
                 "quarantine",
                 t.quarantine_severity,
                 f"Records quarantined: {table}",
@@ -357,9 +392,12 @@ def conditions(
                 threshold_share=t.quarantine_max_share,
             )
 
-    duration_s = _number(metrics.get("duration_s"))
+
+def _run_deadline(fired: _Fired, t: Thresholds) -> None:
+    """The run took longer than `run_deadline.max_minutes`."""
+    duration_s = _number(fired.metrics.get("duration_s"))
     if duration_s is not None and duration_s > t.run_deadline_max_minutes * 60:
-        fire(
+        fired.fire(
             "run_deadline",
             t.run_deadline_severity,
             "Run exceeded its deadline",
@@ -369,9 +407,12 @@ def conditions(
             threshold_minutes=t.run_deadline_max_minutes,
         )
 
-    replica_lag = _number(metrics.get("replica_lag_s"))
+
+def _replica_lag(fired: _Fired, t: Thresholds) -> None:
+    """The replica the extract read lagged more than `replica_lag.max_seconds`."""
+    replica_lag = _number(fired.metrics.get("replica_lag_s"))
     if replica_lag is not None and replica_lag > t.replica_lag_max_seconds:
-        fire(
+        fired.fire(
             "replica_lag",
             t.replica_lag_severity,
             "Replica lag too high",
@@ -381,22 +422,22 @@ def conditions(
             threshold_seconds=t.replica_lag_max_seconds,
         )
 
-    fallback = metrics.get("replica_fallback")
-    if isinstance(fallback, Mapping):
-        lag = _number(fallback.get("lag_seconds"))
-        limit = _number(fallback.get("max_lag_seconds"))
-        lag_text = "unknown" if lag is None else f"{_fmt(lag)} s"
-        limit_text = (
-            "" if limit is None else f" (SOURCE_DB_REPLICA_MAX_LAG_SECONDS {_fmt(limit)} s)"
-        )
-        fire(
-            "replica_fallback",
-            t.replica_fallback_severity,
-            "Extract read the primary: replica unusable",
-            f"source_db_replica lag {lag_text}{limit_text}: the extract reads the primary "
-            f"source_db instead: {fallback.get('reason', '')}",
-            observed_seconds=lag,
-            threshold_seconds=limit,
-        )
 
-    return alerts
+def _replica_fallback(fired: _Fired, t: Thresholds) -> None:
+    """The extract read the primary because the replica lagged too far or was down."""
+    fallback = fired.metrics.get("replica_fallback")
+    if not isinstance(fallback, Mapping):
+        return
+    lag = _number(fallback.get("lag_seconds"))
+    limit = _number(fallback.get("max_lag_seconds"))
+    lag_text = "unknown" if lag is None else f"{_fmt(lag)} s"
+    limit_text = "" if limit is None else f" (SOURCE_DB_REPLICA_MAX_LAG_SECONDS {_fmt(limit)} s)"
+    fired.fire(
+        "replica_fallback",
+        t.replica_fallback_severity,
+        "Extract read the primary: replica unusable",
+        f"source_db_replica lag {lag_text}{limit_text}: the extract reads the primary "
+        f"source_db instead: {fallback.get('reason', '')}",
+        observed_seconds=lag,
+        threshold_seconds=limit,
+    )

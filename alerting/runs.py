@@ -31,7 +31,7 @@ import json
 import logging
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,23 @@ def run_url(dag_id: str | None, run_id: str | None, base_url: str | None = None)
     return f"{base}/dags/{quote(str(dag_id), safe='')}/runs/{quote(str(run_id), safe='')}"
 
 
-def with_link(alert: Alert, dag_id: str | None, airflow_run_id: str | None) -> Alert:
-    url = run_url(dag_id or alert.dag_id, airflow_run_id)
+@dataclass(frozen=True)
+class AirflowRun:
+    """The Airflow run alerts link to: its DAG id (None: the alert's own) and its Airflow
+    run id (None: no link)."""
+
+    dag_id: str | None = None
+    run_id: str | None = None
+
+
+NO_AIRFLOW_RUN = AirflowRun()
+
+
+def with_link(alert: Alert, airflow: AirflowRun) -> Alert:
+    url = run_url(airflow.dag_id or alert.dag_id, airflow.run_id)
     if not url:
         return alert
-    return replace(alert, url=url, fields={**alert.fields, "airflow_run": airflow_run_id})
+    return replace(alert, url=url, fields={**alert.fields, "airflow_run": airflow.run_id})
 
 
 # --- streak state in the run files --------------------------------------------------
@@ -155,12 +167,11 @@ def alert_run(
     *,
     rules: Collection[str] = RUN_END_RULES,
     thresholds: Thresholds | None = None,
-    airflow_dag_id: str | None = None,
-    airflow_run_id: str | None = None,
+    airflow: AirflowRun = NO_AIRFLOW_RUN,
     sinks: Sequence[AlertSink] | None = None,
 ) -> list[Alert]:
     """Evaluate `rules` on one run's metrics, record what was met (for `for_runs`), send
-    the alerts that fire (each linked to the Airflow run when its id is known)."""
+    the alerts that fire (each linked to the `airflow` run when its run id is known)."""
     thresholds = thresholds or load_configured_thresholds()
     met = [a for a in conditions(metrics, history, thresholds) if a.fields.get("rule") in rules]
     run_id = metrics.get("run_id")
@@ -169,10 +180,7 @@ def alert_run(
         earlier = streaks(earlier_conditions(str(run_id)))
         evaluated = set(rules) & evaluable(metrics)
         record_conditions(str(run_id), sorted(evaluated), [condition_key(a) for a in met])
-    alerts = [
-        with_link(a, airflow_dag_id, airflow_run_id)
-        for a in apply_for_runs(met, thresholds, earlier)
-    ]
+    alerts = [with_link(a, airflow) for a in apply_for_runs(met, thresholds, earlier)]
     if alerts:
         send_all(alerts, sinks)
     return alerts
@@ -242,40 +250,40 @@ def replica_fallback(
     max_lag_seconds: float,
     *,
     run_id: str | None = None,
-    dag_id: str | None = None,
-    airflow_run_id: str | None = None,
+    airflow: AirflowRun = NO_AIRFLOW_RUN,
     sinks: Sequence[AlertSink] | None = None,
 ) -> list[Alert]:
     """The `replica_fallback` rule, when the extract reads the primary because the replica
-    lags past SOURCE_DB_REPLICA_MAX_LAG_SECONDS or cannot be read. Inside an Airflow task
-    the run (business day, Airflow run id) comes from its context. Never raises."""
+    lags past SOURCE_DB_REPLICA_MAX_LAG_SECONDS or cannot be read. `run_id`: the
+    nightly's run (its business day). Without `airflow.run_id`, inside an Airflow task the
+    run (business day, Airflow run id) comes from its context. Never raises."""
     try:
-        if airflow_run_id is None:
-            ctx_dag, ctx_run, ctx = current_airflow_run()
-            dag_id, airflow_run_id = dag_id or ctx_dag, ctx_run
-            if run_id is None and ctx is not None and (dag_id or NIGHTLY_DAG_ID) == NIGHTLY_DAG_ID:
-                day = business_date_of(ctx)
-                run_id = day.isoformat() if day else None
+        if airflow.run_id is None:
+            run_id, airflow = _run_in_context(run_id, airflow.dag_id)
         metrics = {
             "run_id": run_id,
-            "dag_id": dag_id or NIGHTLY_DAG_ID,
+            "dag_id": airflow.dag_id or NIGHTLY_DAG_ID,
             "replica_fallback": {
                 "reason": reason,
                 "lag_seconds": lag_seconds,
                 "max_lag_seconds": max_lag_seconds,
             },
         }
-        return alert_run(
-            metrics,
-            [],
-            rules={"replica_fallback"},
-            airflow_dag_id=dag_id,
-            airflow_run_id=airflow_run_id,
-            sinks=sinks,
-        )
+        return alert_run(metrics, [], rules={"replica_fallback"}, airflow=airflow, sinks=sinks)
     except Exception:
         log.exception("alerts: the replica fallback alert failed")
         return []
+
+
+def _run_in_context(run_id: str | None, dag_id: str | None) -> tuple[str | None, AirflowRun]:
+    """The run id (the nightly's business day, unless given) and the Airflow run of the
+    task this code runs in; `dag_id` when given, else the task's."""
+    ctx_dag, ctx_run, ctx = current_airflow_run()
+    dag_id = dag_id or ctx_dag
+    if run_id is None and ctx is not None and (dag_id or NIGHTLY_DAG_ID) == NIGHTLY_DAG_ID:
+        day = business_date_of(ctx)
+        run_id = day.isoformat() if day else None
+    return run_id, AirflowRun(dag_id, ctx_run)
 
 
 # --- a failed run ----------------------------------------------------------------------
@@ -401,9 +409,7 @@ def failed_run_alerts(
     metrics = failed_run_metrics(day, start if isinstance(start, datetime) else None, dag_id)
     published = as_warehouse(settings.warehouse_lease_target())
     history = run_steps.history(published, metrics["run_id"])
-    return alert_run(
-        metrics, history, airflow_dag_id=dag_id, airflow_run_id=airflow_run_id, sinks=sinks
-    )
+    return alert_run(metrics, history, airflow=AirflowRun(dag_id, airflow_run_id), sinks=sinks)
 
 
 def published_run_alerts(
@@ -419,7 +425,6 @@ def published_run_alerts(
         metrics,
         history,
         thresholds=thresholds,
-        airflow_dag_id=dag_id,
-        airflow_run_id=airflow_run_id,
+        airflow=AirflowRun(dag_id, airflow_run_id),
         sinks=sinks,
     )

@@ -15,6 +15,7 @@ import pytest
 from alerting.callbacks import on_dag_failure
 from alerting.rules import Thresholds
 from alerting.runs import (
+    AirflowRun,
     alert_run,
     earlier_conditions,
     failed_run_alerts,
@@ -243,8 +244,7 @@ def test_the_fallback_alert_links_to_its_airflow_run(webhook: Receiver) -> None:
         None,
         300,
         run_id="2026-03-01",
-        dag_id="nightly_sales",
-        airflow_run_id=RUN_ID,
+        airflow=AirflowRun("nightly_sales", RUN_ID),
     )
     assert alert.url == LINK and texts(webhook)[0].endswith(f"<{LINK}>")
 
