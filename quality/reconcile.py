@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -231,6 +231,90 @@ def source_totals_path(landing_root: Path, run_id: str) -> Path:
     return Path(landing_root) / "source_db" / SOURCE_TOTALS_DIR / f"{run_ids.dir_name(run_id)}.json"
 
 
+def _sqlite_money(table: Any, quote: Callable[[str], str]) -> tuple[str, int]:
+    """SQLite: the money product as an exact integer SQL expression, and its scale (each
+    non-integer column as `round(x * 10^scale)`, its scale as the extract lands it:
+    extract.db_extract.arrow_type)."""
+    import sqlalchemy as sa
+
+    scale = 0
+    factors = []
+    for name in SOURCE_CHECKS[table.name][0] or ():
+        column_type = table.c[name].type
+        if isinstance(column_type, sa.Integer):
+            factors.append(quote(name))
+            continue
+        digits = column_type.scale if getattr(column_type, "scale", None) is not None else 10
+        scale += digits
+        factors.append(f"cast(round({quote(name)} * {10**digits}) as integer)")
+    return (" * ".join(factors) if factors else "0"), scale
+
+
+def _sqlite_minute_key(cursor: str, window: CursorWindow, binds: dict[str, Any]) -> str:
+    """SQLite: the cursor's minute text and offset as two group keys, null for rows
+    surely inside the window (binds its text bounds into `binds`).
+
+    The cursor's minute decides whether a group was read. Rows surely inside the window
+    need none: a text date from lo's date + 2 up to hi's date - 2 (compared as text, like
+    `_window_where`) is inside (lo, hi] at any offset."""
+    _, lo, hi = window
+    inside = [f"{cursor} < :{_TZ_BIND}_hi"]
+    binds[f"{_TZ_BIND}_hi"] = (hi - timedelta(days=1)).date().isoformat()
+    if lo is not None:
+        inside.append(f"{cursor} >= :{_TZ_BIND}_lo")
+        binds[f"{_TZ_BIND}_lo"] = (lo + timedelta(days=2)).date().isoformat()
+    surely = " and ".join(inside)
+    return (
+        f"case when {surely} then null else substr({cursor}, 1, 16) end, "
+        f"case when {surely} then null else {_suffix(cursor)} end"
+    )
+
+
+def _add_cut_minutes(
+    conn: Any,
+    edge_sql: Any,
+    params: dict[str, Any],
+    minutes: list[tuple],
+    window: CursorWindow,
+    totals: _DayTotals,
+) -> None:
+    """SQLite: the rows of the cursor minutes that hold a window bound, one by one, kept
+    as the extract keeps them (its own reading of the cursor, in (lo, hi])."""
+    from extract.db_extract import _to_utc
+
+    _, lo, hi = window
+    for minute, minute_zone in minutes:
+        binds = {**params, f"{_TZ_BIND}_m": minute, f"{_TZ_BIND}_z": minute_zone}
+        for *key, value, amount in conn.execute(edge_sql, binds):
+            instant = _to_utc(value)
+            if instant <= hi and (lo is None or instant > lo):
+                totals.add(tuple(key), 1, amount)
+
+
+class _DayTotals:
+    """Rows and money (an integer at the money's scale) per business day; the day of
+    each group key is read once."""
+
+    def __init__(self, day_of: Callable[[tuple], str | None]) -> None:
+        self._day_of = day_of
+        self._days: dict[tuple, str | None] = {}
+        self._totals: dict[str | None, list] = {}
+
+    def add(self, key: tuple, count: int, total: int | None) -> None:
+        if key not in self._days:
+            self._days[key] = self._day_of(key)
+        entry = self._totals.setdefault(self._days[key], [0, None])
+        entry[0] += count
+        if total is not None:
+            entry[1] = total + (entry[1] or 0)
+
+    def rows(self, scale: int) -> list[tuple[str | None, int, Decimal | None]]:
+        return [
+            (day, n, None if m is None else Decimal(m).scaleb(-scale))
+            for day, (n, m) in self._totals.items()
+        ]
+
+
 class SourceTotals:
     """The `aggregates` hook of the extract (`extract.db_extract.ReadHook`): totals what
     it reads.
@@ -409,88 +493,42 @@ class SourceTotals:
         params: dict,
         window: CursorWindow | None,
     ) -> list:
+        """(day, rows, money) of a SQLite table's filtered rows: grouped by the text of the
+        day column (and of the cursor's minute near the window's bounds), the minutes that
+        hold a bound read row by row (see the class docstring)."""
         import sqlalchemy as sa
 
-        from extract.db_extract import _to_utc
-
-        money_columns, day_column = SOURCE_CHECKS[table.name]
         quote = conn.dialect.identifier_preparer.quote
-        scale = 0
-        factors = []
-        for name in money_columns or ():
-            column_type = table.c[name].type
-            if isinstance(column_type, sa.Integer):
-                factors.append(quote(name))
-                continue
-            digits = column_type.scale if getattr(column_type, "scale", None) is not None else 10
-            scale += digits  # the scale the extract lands (extract.db_extract.arrow_type)
-            factors.append(f"cast(round({quote(name)} * {10**digits}) as integer)")
-        money = " * ".join(factors) if factors else "0"
-        d = quote(day_column)
+        money, scale = _sqlite_money(table, quote)
+        d = quote(SOURCE_CHECKS[table.name][1])
         day_key = f"substr({d}, 1, 13), cast(substr({d}, 15, 2) as integer) / 15, {_suffix(d)}"
         binds = dict(params)
-        cursor = minute_key = lo = hi = None
-        if window is not None:
-            # The cursor's minute decides whether a group was read. Rows surely inside
-            # the window need none: a text date from lo's date + 2 up to hi's date - 2
-            # (compared as text, like `_window_where`) is inside (lo, hi] at any offset.
-            cursor = quote(window[0])
-            _, lo, hi = window
-            inside = [f"{cursor} < :{_TZ_BIND}_hi"]
-            binds[f"{_TZ_BIND}_hi"] = (hi - timedelta(days=1)).date().isoformat()
-            if lo is not None:
-                inside.append(f"{cursor} >= :{_TZ_BIND}_lo")
-                binds[f"{_TZ_BIND}_lo"] = (lo + timedelta(days=2)).date().isoformat()
-            minute_key = (
-                f"case when {' and '.join(inside)} then null else substr({cursor}, 1, 16) end, "
-                f"case when {' and '.join(inside)} then null else {_suffix(cursor)} end"
-            )
+        cursor = None if window is None else quote(window[0])
+        minute_key = "null, null" if window is None else _sqlite_minute_key(cursor, window, binds)
         sql = self._sql(
             conn,
             table,
-            f"{day_key}, {minute_key or 'null, null'}, count(*), sum({money})",
+            f"{day_key}, {minute_key}, count(*), sum({money})",
             where_sql,
             "group by 1, 2, 3, 4, 5",
         )
-        totals: dict[str | None, list] = {}
-        days: dict[tuple, str | None] = {}  # a day key's business day, read once
-        read: dict[tuple, bool | None] = {}  # a cursor minute: in, out, or holding a bound
-
-        def add(key: tuple, count: int, total: int | None) -> None:
-            if key not in days:
-                days[key] = self._sqlite_day(table.name, *key)
-            entry = totals.setdefault(days[key], [0, None])
-            entry[0] += count
-            if total is not None:
-                entry[1] = total + (entry[1] or 0)
-
+        totals = _DayTotals(lambda key: self._sqlite_day(table.name, *key))
+        minutes: dict[tuple, bool | None] = {}  # a cursor minute: in, out, or holding a bound
         for *key, minute, minute_zone, count, total in conn.execute(sa.text(sql), binds):
             if minute is not None:
-                if (minute, minute_zone) not in read:
-                    read[minute, minute_zone] = _minute_in_window(minute, minute_zone, lo, hi)
-                if not read[minute, minute_zone]:  # out, or cut below row by row
+                if (minute, minute_zone) not in minutes:
+                    _, lo, hi = window
+                    minutes[minute, minute_zone] = _minute_in_window(minute, minute_zone, lo, hi)
+                if not minutes[minute, minute_zone]:  # out, or cut below row by row
                     continue
-            add(tuple(key), count, total)
-        edge = f"substr({cursor}, 1, 16) = :{_TZ_BIND}_m and {_suffix(cursor)} = :{_TZ_BIND}_z"
-        edge_sql = self._sql(
-            conn,
-            table,
-            f"{day_key}, {cursor}, {money}",
-            f"({where_sql}) and {edge}" if where_sql else edge,
-            "",
-        )
-        for (minute, minute_zone), inside in read.items():
-            if inside is not None:
-                continue
-            edge_binds = {**params, f"{_TZ_BIND}_m": minute, f"{_TZ_BIND}_z": minute_zone}
-            for *key, value, amount in conn.execute(sa.text(edge_sql), edge_binds):
-                instant = _to_utc(value)  # the extract's own reading of the cursor
-                if instant <= hi and (lo is None or instant > lo):
-                    add(tuple(key), 1, amount)
-        return [
-            (day, n, None if m is None else Decimal(m).scaleb(-scale))
-            for day, (n, m) in totals.items()
-        ]
+            totals.add(tuple(key), count, total)
+        cut = [m for m, inside in minutes.items() if inside is None]
+        if cut:
+            edge = f"substr({cursor}, 1, 16) = :{_TZ_BIND}_m and {_suffix(cursor)} = :{_TZ_BIND}_z"
+            where = f"({where_sql}) and {edge}" if where_sql else edge
+            edge_sql = sa.text(self._sql(conn, table, f"{day_key}, {cursor}, {money}", where, ""))
+            _add_cut_minutes(conn, edge_sql, params, cut, window, totals)
+        return totals.rows(scale)
 
     def _sqlite_day(
         self, table: str, hour: str | None, quarter: int | None, zone: str
