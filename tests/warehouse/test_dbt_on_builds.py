@@ -27,6 +27,7 @@ from warehouse.backends.postgres import PostgresWarehouse
 from warehouse.dbt_runner import (
     SCHEMA_SUFFIX_ENV,
     BuildPlan,
+    DbtError,
     DbtResult,
     build_schema_suffix,
     dbt_build,
@@ -199,6 +200,42 @@ def test_dbt_builds_into_builds_on_duckdb_and_postgres(
         engine.dispose()
     # the password reached dbt through its environment only
     assert PASSWORD not in caplog.text
+
+
+def test_a_missing_fx_rate_on_postgres_names_the_stored_rows(
+    pg_database: str, tmp_path: Path, raw_parquet: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FX completeness test stores its rows in the build's ops schema; the error
+    quotes them, read through the warehouse's connection, and abandoning the build
+    leaves no schema of it behind."""
+    monkeypatch.delenv("DBT_POSTGRES_THREADS", raising=False)
+    engine = sa.create_engine(pg_database)
+    pg = PostgresWarehouse(pg_database)
+    build = pg.begin_build("r1")
+    try:
+        _load(pg, build, raw_parquet)
+        pg.execute(
+            "insert into {raw}.orders values (?, 1, 'paid', 'SEK', 5.00, "
+            "cast(? as timestamptz), cast(? as timestamptz), 'r1', now())",
+            [12, "2024-01-16 12:00:00+00", "2024-01-16 12:00:00+00"],
+            build=build,
+        )
+        plan = BuildPlan("UTC", unit_tests=False, target_dir=tmp_path / "dbt-postgres")
+        with pytest.raises(DbtError) as caught:
+            dbt_build(pg, plan, build=build)
+        assert (
+            "dbt test assert_fx_rate_exists_for_every_counted_order failed: 1 row, e.g. "
+            "currency=SEK business_date=2024-01-16 order_count=1 example_order_id=12"
+        ) in str(caught.value)
+        fx = next(n for n in caught.value.result.nodes if n.name.startswith("assert_fx_rate"))
+        assert f'"ops__build_{build.token}"' in str(fx.relation_name)
+        assert _published_tables(engine) == {}
+    finally:
+        pg.abandon_build(build)
+        try:
+            assert not [s for s in _schemas(engine) if "__build_" in s]
+        finally:
+            engine.dispose()
 
 
 # --- the build's schemas → the suffix, and the targets ---------------------------------

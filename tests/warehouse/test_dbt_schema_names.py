@@ -111,6 +111,7 @@ def test_a_dev_build_on_postgres_writes_only_the_developers_schemas(
             "dbt_alice_marts",
             "dbt_alice_analytics",
             "dbt_alice_snapshots",
+            "dbt_alice_ops",  # the FX completeness test's stored failures (store_failures)
         }
         assert rows == EXPECTED_NEW_YORK
     finally:
