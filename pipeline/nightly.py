@@ -854,16 +854,24 @@ def build_report(business_date: date, run_stats: dict[str, Any]) -> str:
     return str(path)
 
 
-def run_stats(
-    business_date: date,
-    extracted: dict[str, Any],
-    loaded: dict[str, Any],
-    api: dict[str, Any],
-    api_loaded: dict[str, Any],
-    etl: dict[str, Any],
-    parity: dict[str, Any],
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class NightSteps:
+    """What the night's steps returned that its statistics read: `extract_source_db`,
+    `load_source_db`, `extract_payments_api`, `load_payments_api`,
+    `transform_daily_sales` and `check_parity`, in the DAG's order."""
+
+    extracted: dict[str, Any]
+    loaded: dict[str, Any]
+    api: dict[str, Any]
+    api_loaded: dict[str, Any]
+    etl: dict[str, Any]
+    parity: dict[str, Any]
+
+
+def run_stats(business_date: date, steps: NightSteps) -> dict[str, Any]:
     """The report's run statistics (small, JSON-able; the DAG builds the same)."""
+    extracted, loaded, api = steps.extracted, steps.loaded, steps.api
+    api_loaded, etl, parity = steps.api_loaded, steps.etl, steps.parity
     published = {k: v for k, v in etl.items() if k != "recomputed_days"}
     return {
         "run_id": run_id_for(business_date),
@@ -906,7 +914,7 @@ def _run_all(business_date: date, full_refresh: bool, allow_mass_delete: bool) -
     dbt_build(business_date)
     etl = transform_daily_sales(business_date)
     parity = check_parity(business_date)
-    stats = run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
+    stats = run_stats(business_date, NightSteps(extracted, loaded, api, api_loaded, etl, parity))
     publish(business_date, stats)
     report = build_report(business_date, stats)
     alerts = check_alerts(business_date)
