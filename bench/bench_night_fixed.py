@@ -98,7 +98,7 @@ if name == "dbt_build" and os.environ.get("BENCH_EAGER_GX") == "1":
     nightly.dbt_build = timed(eager)
 if name == "publish":
     parts = json.loads(sys.stdin.read())
-    stats = nightly.run_stats(day, *parts)
+    stats = nightly.run_stats(day, nightly.NightSteps(*parts))
     nightly.publish(day, stats)
     out = stats
 elif name == "build_report":

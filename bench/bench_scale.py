@@ -112,8 +112,7 @@ def child_step(step: str, day: date, inputs: Path, output: Path) -> None:
     if step == "extract_source_db":
         result = fn(day, False)
     elif step in ("publish", "build_report"):
-        stats = nightly.run_stats(
-            day,
+        steps = nightly.NightSteps(
             given["extract_source_db"],
             given["load_source_db"],
             given["extract_payments_api"],
@@ -121,7 +120,7 @@ def child_step(step: str, day: date, inputs: Path, output: Path) -> None:
             given["transform_daily_sales"],
             given["check_parity"],
         )
-        result = fn(day, stats)
+        result = fn(day, nightly.run_stats(day, steps))
     else:
         result = fn(day)
     output.write_text(json.dumps(result, default=str))

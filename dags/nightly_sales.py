@@ -216,7 +216,8 @@ def nightly_sales():
         from pipeline import nightly
 
         business_date = _business_date()
-        stats = nightly.run_stats(business_date, extracted, loaded, api, api_loaded, etl, parity)
+        steps = nightly.NightSteps(extracted, loaded, api, api_loaded, etl, parity)
+        stats = nightly.run_stats(business_date, steps)
         published = nightly.publish(business_date, stats)
         # for announce_analytics: the analytics tables this publish changed
         get_current_context()["ti"].xcom_push("changed_tables", published["changed_tables"])
