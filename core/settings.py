@@ -3,28 +3,32 @@
 Connections follow Airflow's convention (`AIRFLOW_CONN_<ID>` environment variables),
 so the same values are read inside Airflow tasks and in plain Python (tests, CLI).
 Inside Airflow, a connection defined in the metadata DB or a secrets backend is also
-found. Everything else is a plain environment variable with a documented default, read
-through `env()`: an empty or blank value means unset (tests/test_configuration.py checks
-that every variable read is in `.env.example` and docs/configuration.md's table).
+found. Everything else is a plain environment variable with a documented default: a
+field of `NightshiftSettings` (type, default, bounds) read through its reader function,
+or, outside this module, read through `env()`. Either way an empty or blank value means
+unset (tests/test_configuration.py checks that every variable read is in `.env.example`
+and docs/configuration.md's table).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Annotated, Any, Literal, get_args, overload
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SOURCE_DB_CONN_ID = "source_db"
 SOURCE_DB_REPLICA_CONN_ID = "source_db_replica"
 PAYMENTS_API_CONN_ID = "payments_api"
-
-DBT_TARGETS = ("duckdb", "postgres", "snowflake", "bigquery")
 
 
 class ConfigError(RuntimeError):
@@ -38,9 +42,9 @@ def env(name: str, default: str) -> str: ...
 def env(name: str, default: str | None = None) -> str | None:
     """Environment variable `name`, stripped; unset, empty or whitespace: `default`.
 
-    The one way the project reads a variable: `.env.example` leaves optional variables
-    empty (`NIGHTSHIFT_DATA_DIR=`), and empty must mean "unset", never "" or the current
-    directory.
+    How the project reads a variable that is not a field of `NightshiftSettings`:
+    `.env.example` leaves optional variables empty (`NIGHTSHIFT_DATA_DIR=`), and empty
+    must mean "unset", never "" or the current directory.
     """
     value = os.environ.get(name, "").strip()
     return value or default
@@ -164,37 +168,358 @@ def parse_api_uri(uri: str) -> ApiConfig:
     return ApiConfig(base_url=f"{parts.scheme}://{netloc}{path}", token=token)
 
 
+# --- plain variables: one model, read at call time -------------------------------------
+
+DUCKDB_MEMORY_LIMIT_DEFAULT = "512MB"  # also dbt_project/profiles.yml's default
+_DUCKDB_MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)$", re.IGNORECASE)
+_DRIFT_SPEC = re.compile(r"^(\*|[A-Za-z0-9_][A-Za-z0-9_.:-]*\.(\*|[^,]+))$")
+_RAW_TABLES = ("users", "products", "orders", "order_items", "payments", "fx_rates")
+
+DbtTarget = Literal["duckdb", "postgres", "snowflake", "bigquery"]
+DBT_TARGETS: tuple[str, ...] = get_args(DbtTarget)
+
+# A validator's ValueError reads after "NAME='value' " in the ConfigError.
+
+
+def _s3_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(
+            "is not s3://bucket/prefix; unset it to keep the folders under NIGHTSHIFT_DATA_DIR"
+        )
+    return url.rstrip("/")
+
+
+def _memory_size(value: str) -> str:
+    if not _DUCKDB_MEMORY_RE.match(value):
+        raise ValueError(
+            f"is not a size such as 512MB or 2GiB (unset: {DUCKDB_MEMORY_LIMIT_DEFAULT})"
+        )
+    return value.replace(" ", "")
+
+
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not an IANA time zone name") from None
+    return name
+
+
+def _comma_list(raw: str | tuple[str, ...]) -> tuple[str, ...]:
+    """`" a, b ,a"` → `("a", "b")`: stripped, blanks dropped, the first of repeats kept."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+
+
+def _drift_specs(specs: tuple[str, ...]) -> tuple[str, ...]:
+    for spec in specs:
+        if not _DRIFT_SPEC.match(spec):
+            raise ValueError(
+                f"is refused: {spec!r} is not <table>.<column> (or <table>.*), e.g. orders.total"
+            )
+    return specs
+
+
+def _source_tables(names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if name != "*" and name not in _RAW_TABLES:
+            raise ValueError(
+                f"is refused: {name!r} is not a source table; use {', '.join(_RAW_TABLES)} or *"
+            )
+    return names
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+
+
+class NightshiftSettings(BaseSettings):
+    """The plain environment variables, one field each, named as the variable: its type,
+    default, bounds and meaning. Only the process environment is read (`make` reads
+    `.env`); an empty or blank value is unset."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, env_ignore_empty=True, frozen=True, use_attribute_docstrings=True
+    )
+
+    # Folders and files: unset, under NIGHTSHIFT_DATA_DIR (default data/) or in config/;
+    # relative paths resolve against the current folder when read.
+    NIGHTSHIFT_DATA_DIR: Path | None = None
+    NIGHTSHIFT_DATA_URL: Annotated[str, AfterValidator(_s3_url)] | None = None
+    NIGHTSHIFT_DATA_STAGE: Path | None = None
+    NIGHTSHIFT_LANDING_URL: str | None = None
+    NIGHTSHIFT_LANDING_STAGE: Path | None = None
+    LANDING_DIR: Path | None = None
+    NIGHTSHIFT_QUARANTINE_URL: str | None = None
+    NIGHTSHIFT_QUARANTINE_STAGE: Path | None = None
+    QUARANTINE_DIR: Path | None = None
+    REPORT_DIR: Path | None = None
+    QUALITY_DOCS_DIR: Path | None = None
+    WAREHOUSE_PATH: Path | None = None
+    EXTRACT_CONFIG: Path | None = None
+    RETENTION_CONFIG: Path | None = None
+    GUARDS_CONFIG: Path | None = None
+    ALERTS_CONFIG: Path | None = None
+    SOURCE_DB_SHARD_MAP: Path | None = None
+
+    FX_REVISION_DAYS: int = Field(7, ge=0)
+    """Trailing business days whose FX rates are asked again every night (0: never)."""
+    FUTURE_TOLERANCE_MINUTES: int = Field(60, ge=0)
+    """How far past the pipeline's clock an `updated_at` may be before it is quarantined."""
+    WATERMARK_MAX_JUMP_DAYS: int = Field(30, ge=0)
+    """The furthest the payments watermark may move in one run (0: no limit)."""
+    EXTRACT_PARALLELISM: int = Field(1, ge=1)
+    """Key ranges of a large table read at once, unless its config sets `parallel_ranges`."""
+    SOURCE_DB_SHARD_WORKERS: int = Field(8, ge=1)
+    """Shards extracted at the same time."""
+    SOURCE_CONNECT_TIMEOUT_S: int = Field(30, ge=1)
+    """Seconds to open a source database connection."""
+    SOURCE_STATEMENT_TIMEOUT_S: int = Field(3600, ge=0)
+    """Seconds one statement of the extract (a whole COPY too) may run on the source (0: none)."""
+    SOURCE_READ_STALL_TIMEOUT_S: int = Field(600, ge=1)
+    """Seconds a source read may receive nothing before the extract fails naming the table."""
+    SOURCE_DB_REPLICA_MAX_LAG_SECONDS: float = Field(300, ge=0)
+    """The most lag a replica may have."""
+    SOURCE_DB_REPLICA_ON_LAG: Literal["primary", "fail"] = "primary"
+    """A replica past its lag: read the primary instead, or fail."""
+    ACCEPT_SCHEMA_DRIFT: Annotated[CommaList, AfterValidator(_drift_specs)] = ()
+    """`<table>.<column>` (or `<table>.*`) whose schema drift this run lands anyway."""
+    ACCEPT_STALE_SOURCES: Annotated[CommaList, AfterValidator(_source_tables)] = ()
+    """Raw tables (or `*`) whose error-level staleness this run publishes as a warning."""
+    NIGHTSHIFT_DUCKDB_MEMORY_LIMIT: Annotated[str, AfterValidator(_memory_size)] = (
+        DUCKDB_MEMORY_LIMIT_DEFAULT
+    )
+    """DuckDB's `memory_limit` (warehouse and dbt): past it DuckDB spills to disk."""
+    DBT_TARGET: DbtTarget | None = None
+    """The dbt target; unset: the warehouse's kind (`warehouse_backend` checks the two)."""
+    DBT_TIMEOUT_S: int = Field(3600, ge=0)
+    """Seconds one dbt invocation may run before it is stopped (0: none)."""
+    WAREHOUSE_LEASE_TTL_MINUTES: float = Field(30, gt=0)
+    """A warehouse lease not renewed for this long is expired: the next run takes it over."""
+    WAREHOUSE_LEASE_WAIT_S: float = Field(60, ge=0)
+    """Seconds a run waits for another run's warehouse lease before it fails."""
+    REPORT_TZ: Annotated[str, AfterValidator(_time_zone)] = "UTC"
+    """The IANA time zone of the report's business days."""
+    TASK_TIMEOUT_MINUTES: int = Field(180, ge=1)
+    """Every Airflow task's `execution_timeout`, read when the DAG files are parsed."""
+    STATSD_HOST: str | None = None
+    """Where run metrics go as StatsD gauges (unset: nowhere)."""
+    STATSD_PORT: int = Field(8125, ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, values: Any) -> Any:
+        """Every value stripped; a blank one (`NAME=  `) left out: its field's default."""
+        if not isinstance(values, dict):
+            return values
+        stripped = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
+        return {k: v for k, v in stripped.items() if v != ""}
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **_: Any
+    ) -> tuple[Any, ...]:
+        """The process environment only: no `.env` file, no secrets folder."""
+        return init_settings, env_settings
+
+
+_PROBLEMS = {
+    "int_parsing": "is not an integer",
+    "int_from_float": "is not an integer",
+    "float_parsing": "is not a number",
+    "greater_than_equal": "must be >= {ge:g}",
+    "greater_than": "must be > {gt:g}",
+    "less_than_equal": "must be <= {le:g}",
+    "literal_error": "is not one of {expected}",
+}
+
+
+def _refusal(error: Any) -> ConfigError:
+    """A pydantic error of one field → ConfigError naming the variable, the value and what
+    is accepted: `FX_REVISION_DAYS='-1' must be >= 0`."""
+    name, value, ctx = error["loc"][0], error["input"], error.get("ctx") or {}
+    if error["type"] == "value_error":  # one of the validators above
+        problem = str(ctx["error"])
+    elif error["type"] in _PROBLEMS:
+        # literal_error's "'primary' or 'fail'" → "primary, fail"
+        expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        problem = _PROBLEMS[error["type"]].format(**{**ctx, "expected": expected})
+    else:
+        problem = f"is refused: {error['msg']}"
+    return ConfigError(f"{name}={value!r} {problem}")
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The model of one environment (`raw`: each field's variable as `env` reads it) and
+    the refusal of each field that did not validate (that field holds its default)."""
+
+    raw: dict[str, str | None]
+    model: NightshiftSettings
+    refused: dict[str, ConfigError]
+
+
+_last: _Snapshot | None = None
+
+
+def _load() -> _Snapshot:
+    """Validate the environment (a few ms): every field, a refused one replaced by its
+    default so that the others still load."""
+    global _last
+    raw = {name: env(name) for name in NightshiftSettings.model_fields}
+    refused: dict[str, ConfigError] = {}
+    try:
+        model = NightshiftSettings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            refused.setdefault(error["loc"][0], _refusal(error))
+        model = NightshiftSettings(
+            **{name: NightshiftSettings.model_fields[name].default for name in refused}
+        )
+    _last = _Snapshot(raw, model, refused)
+    return _last
+
+
+def setting(name: str) -> Any:
+    """Field `name` of `NightshiftSettings` for the environment of the moment (tests change
+    it between calls); ConfigError naming the variable, its value and what is accepted
+    when it is refused. A field depends on its own variable only, so the model is
+    validated again when that variable changed, and one bad variable fails its own
+    readers, never another's."""
+    snapshot = _last
+    if snapshot is None or snapshot.raw[name] != env(name):
+        snapshot = _load()
+    if name in snapshot.refused:
+        raise snapshot.refused[name]
+    return getattr(snapshot.model, name)
+
+
+def _reader(name: str) -> Callable[[], Any]:
+    """A function of no argument giving field `name`, documented by the field."""
+
+    def read() -> Any:
+        return setting(name)
+
+    field = NightshiftSettings.model_fields[name]
+    read.__doc__ = f"`{name}` (default {field.default!r}): {field.description}"
+    read.__annotations__ = {"return": field.annotation}
+    return read
+
+
+fx_revision_days = _reader("FX_REVISION_DAYS")
+future_tolerance_minutes = _reader("FUTURE_TOLERANCE_MINUTES")
+watermark_max_jump_days = _reader("WATERMARK_MAX_JUMP_DAYS")
+extract_parallelism = _reader("EXTRACT_PARALLELISM")
+shard_max_workers = _reader("SOURCE_DB_SHARD_WORKERS")
+source_connect_timeout_s = _reader("SOURCE_CONNECT_TIMEOUT_S")
+source_statement_timeout_s = _reader("SOURCE_STATEMENT_TIMEOUT_S")
+source_read_stall_timeout_s = _reader("SOURCE_READ_STALL_TIMEOUT_S")
+replica_max_lag_seconds = _reader("SOURCE_DB_REPLICA_MAX_LAG_SECONDS")
+replica_on_lag = _reader("SOURCE_DB_REPLICA_ON_LAG")
+accept_stale_sources = _reader("ACCEPT_STALE_SOURCES")
+duckdb_memory_limit = _reader("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT")
+dbt_timeout_s = _reader("DBT_TIMEOUT_S")
+warehouse_lease_wait_seconds = _reader("WAREHOUSE_LEASE_WAIT_S")
+report_tz_name = _reader("REPORT_TZ")
+task_timeout_minutes = _reader("TASK_TIMEOUT_MINUTES")
+
+
+def report_tz() -> ZoneInfo:
+    return ZoneInfo(report_tz_name())
+
+
+def dbt_target() -> str:
+    """`DBT_TARGET`, default duckdb."""
+    return setting("DBT_TARGET") or "duckdb"
+
+
+def statsd_address() -> tuple[str | None, int]:
+    """`STATSD_HOST` / `STATSD_PORT` (8125): where run metrics go as StatsD gauges."""
+    return setting("STATSD_HOST"), setting("STATSD_PORT")
+
+
+def warehouse_lease_ttl_seconds() -> float:
+    """`WAREHOUSE_LEASE_TTL_MINUTES` (default 30), in seconds."""
+    return setting("WAREHOUSE_LEASE_TTL_MINUTES") * 60
+
+
+def accept_schema_drift(param: str | None = None) -> tuple[str, ...]:
+    """`ACCEPT_SCHEMA_DRIFT` plus the DAG param `accept_schema_drift` (default: none):
+    comma-separated `<table>.<column>` (or `<table>.*`) whose schema drift (a dropped
+    column, a type change that is not a lossless widening) this run lands anyway; the
+    landing records it in the manifest, the load in `ops.guard_overrides`."""
+    from_env = setting("ACCEPT_SCHEMA_DRIFT")
+    try:
+        from_param = _drift_specs(_comma_list(param or ""))
+    except ValueError as exc:
+        raise ConfigError(f"accept_schema_drift={param!r} {exc}") from None
+    return tuple(dict.fromkeys((*from_env, *from_param)))
+
+
+def _path(name: str, default: Path) -> Path:
+    """Path variable `name` (unset: `default`), resolved against the current folder."""
+    return (setting(name) or default).resolve()
+
+
+def _optional_path(name: str) -> Path | None:
+    value = setting(name)
+    return value.resolve() if value else None
+
+
+def extract_config_path() -> Path | None:
+    """`EXTRACT_CONFIG`: optional YAML overriding the per-table extract settings."""
+    return _optional_path("EXTRACT_CONFIG")
+
+
+def retention_config_path() -> Path:
+    """`RETENTION_CONFIG` (default config/retention.yml): what a successful night prunes."""
+    return _path("RETENTION_CONFIG", PROJECT_ROOT / "config" / "retention.yml")
+
+
+def guards_config_path() -> Path:
+    """`GUARDS_CONFIG` (default config/guards.yml): limits of the load's guards."""
+    return _path("GUARDS_CONFIG", PROJECT_ROOT / "config" / "guards.yml")
+
+
+def alerts_config_path() -> Path | None:
+    """`ALERTS_CONFIG`: the alert thresholds file (default config/alerts.yml)."""
+    return _optional_path("ALERTS_CONFIG")
+
+
+def shard_map_path() -> Path | None:
+    """`SOURCE_DB_SHARD_MAP`: optional YAML/JSON virtual-shard map (docs/sharding.md).
+
+    When set, `source_db` is the logical source behind that map (each shard has its own
+    `url` or `conn_id`) and `AIRFLOW_CONN_SOURCE_DB` is not read; unset: one database.
+    """
+    path = _optional_path("SOURCE_DB_SHARD_MAP")
+    if path is not None and not path.is_file():
+        raise ConfigError(f"SOURCE_DB_SHARD_MAP: file {path} does not exist")
+    return path
+
+
 def data_dir() -> Path:
-    return Path(env("NIGHTSHIFT_DATA_DIR") or PROJECT_ROOT / "data").resolve()
+    return _path("NIGHTSHIFT_DATA_DIR", PROJECT_ROOT / "data")
 
 
 def data_url() -> str | None:
     """`NIGHTSHIFT_DATA_URL=s3://bucket/prefix`: the shared folders on object storage, the
     same names as under `NIGHTSHIFT_DATA_DIR` (`landing/`, `quarantine/`, `runs/`,
     `report/`, `docs/quality/`), for workers on several hosts; None (unset): local."""
-    url = env("NIGHTSHIFT_DATA_URL")
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ConfigError(
-            f"NIGHTSHIFT_DATA_URL={url!r} is not s3://bucket/prefix; "
-            "unset it to keep the folders under NIGHTSHIFT_DATA_DIR"
-        )
-    return url.rstrip("/")
+    return setting("NIGHTSHIFT_DATA_URL")
 
 
 def _kind_url(name: str, kind: str) -> str:
     """`name` (`NIGHTSHIFT_LANDING_URL`, …) when set, else `<NIGHTSHIFT_DATA_URL>/<kind>`,
     else "" (the local folder)."""
     root = data_url()
-    return env(name) or (f"{root}/{kind}" if root else "")
+    return setting(name) or (f"{root}/{kind}" if root else "")
 
 
 def data_stage_dir() -> Path:
     """`NIGHTSHIFT_DATA_STAGE` (default `DATA_DIR/data-stage`): this host's local copy of
     the report and Data Docs folders when `NIGHTSHIFT_DATA_URL` is set."""
-    return Path(env("NIGHTSHIFT_DATA_STAGE") or data_dir() / "data-stage").resolve()
+    return _path("NIGHTSHIFT_DATA_STAGE", data_dir() / "data-stage")
 
 
 def data_store(kind: str) -> Any:
@@ -219,11 +544,10 @@ def landing_dir() -> Path:
     (`NIGHTSHIFT_LANDING_STAGE`, default `DATA_DIR/landing-stage`; extract/object_landing.py)."""
     url = _kind_url("NIGHTSHIFT_LANDING_URL", "landing")
     if url.startswith("s3://"):
-        stage = env("NIGHTSHIFT_LANDING_STAGE")
-        return Path(stage or data_dir() / "landing-stage").resolve()
+        return _path("NIGHTSHIFT_LANDING_STAGE", data_dir() / "landing-stage")
     if url:
         return Path(url.removeprefix("file://")).resolve()
-    return Path(env("LANDING_DIR") or data_dir() / "landing").resolve()
+    return _path("LANDING_DIR", data_dir() / "landing")
 
 
 LANDING_CONN_ID = "landing"
@@ -294,11 +618,10 @@ def quarantine_dir() -> Path:
     uses it (`quarantine_store`)."""
     url = _kind_url("NIGHTSHIFT_QUARANTINE_URL", "quarantine")
     if url.startswith("s3://"):
-        stage = env("NIGHTSHIFT_QUARANTINE_STAGE")
-        return Path(stage or data_dir() / "quarantine-stage").resolve()
+        return _path("NIGHTSHIFT_QUARANTINE_STAGE", data_dir() / "quarantine-stage")
     if url:
         return Path(url.removeprefix("file://")).resolve()
-    return Path(env("QUARANTINE_DIR") or data_dir() / "quarantine").resolve()
+    return _path("QUARANTINE_DIR", data_dir() / "quarantine")
 
 
 def quarantine_store() -> Any:
@@ -317,178 +640,7 @@ def report_dir() -> Path:
     (`report.build` works on a folder; pulled before and pushed after each step)."""
     if data_url():
         return data_stage_dir() / "report"
-    return Path(env("REPORT_DIR") or data_dir() / "report").resolve()
-
-
-def warehouse_path() -> Path:
-    return Path(env("WAREHOUSE_PATH") or data_dir() / "warehouse.duckdb").resolve()
-
-
-DUCKDB_MEMORY_LIMIT_DEFAULT = "512MB"  # also dbt_project/profiles.yml's default
-_DUCKDB_MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)$", re.IGNORECASE)
-
-
-def duckdb_memory_limit() -> str:
-    """`NIGHTSHIFT_DUCKDB_MEMORY_LIMIT` (default 512MB): DuckDB's `memory_limit` in the
-    warehouse's connections and dbt's. Above it DuckDB spills to disk, so a night's memory
-    stays flat as history grows (DuckDB's own default is 80% of RAM)."""
-    value = env("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT", DUCKDB_MEMORY_LIMIT_DEFAULT)
-    if not _DUCKDB_MEMORY_RE.match(value):
-        raise ConfigError(
-            f"NIGHTSHIFT_DUCKDB_MEMORY_LIMIT={value!r} is not a size such as 512MB or 2GiB "
-            f"(unset: {DUCKDB_MEMORY_LIMIT_DEFAULT})"
-        )
-    return value.replace(" ", "")
-
-
-def extract_config_path() -> Path | None:
-    """`EXTRACT_CONFIG`: optional YAML overriding the per-table extract settings."""
-    value = env("EXTRACT_CONFIG")
-    return Path(value).resolve() if value else None
-
-
-def _positive_int_env(name: str, default: int, minimum: int = 1) -> int:
-    """An integer >= `minimum` from env var `name` (unset or blank: `default`)."""
-    raw = env(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
-    return value
-
-
-def fx_revision_days() -> int:
-    """`FX_REVISION_DAYS` (default 7; 0 = never): the trailing business days, up to the
-    published horizon, whose FX rates are asked again every night (providers revise
-    recent rates; a changed rate restates its day)."""
-    return _positive_int_env("FX_REVISION_DAYS", 7, minimum=0)
-
-
-def retention_config_path() -> Path:
-    """`RETENTION_CONFIG` (default config/retention.yml): what a successful night prunes."""
-    value = env("RETENTION_CONFIG")
-    return Path(value).resolve() if value else PROJECT_ROOT / "config" / "retention.yml"
-
-
-def guards_config_path() -> Path:
-    """`GUARDS_CONFIG` (default config/guards.yml): limits of the load's guards."""
-    value = env("GUARDS_CONFIG")
-    return Path(value).resolve() if value else PROJECT_ROOT / "config" / "guards.yml"
-
-
-def future_tolerance_minutes() -> int:
-    """`FUTURE_TOLERANCE_MINUTES` (default 60): how far after the pipeline's clock a
-    record's `updated_at` may be before it is quarantined instead of landed."""
-    return _positive_int_env("FUTURE_TOLERANCE_MINUTES", 60, minimum=0)
-
-
-_DRIFT_SPEC = re.compile(r"^(\*|[A-Za-z0-9_][A-Za-z0-9_.:-]*\.(\*|[^,]+))$")
-
-
-def accept_schema_drift(param: str | None = None) -> tuple[str, ...]:
-    """`ACCEPT_SCHEMA_DRIFT` plus the DAG param `accept_schema_drift` (default: none):
-    comma-separated `<table>.<column>` (or `<table>.*`) whose schema drift (a dropped
-    column, a type change that is not a lossless widening) this run lands anyway; the
-    landing records it in the manifest, the load in `ops.guard_overrides`."""
-    specs: list[str] = []
-    for where, raw in (
-        ("ACCEPT_SCHEMA_DRIFT", env("ACCEPT_SCHEMA_DRIFT", "")),
-        ("accept_schema_drift", param or ""),
-    ):
-        for spec in (s.strip() for s in raw.split(",")):
-            if not spec:
-                continue
-            if not _DRIFT_SPEC.match(spec):
-                raise ConfigError(
-                    f"{where}: {spec!r} is not <table>.<column> (or <table>.*), e.g. orders.total"
-                )
-            specs.append(spec)
-    return tuple(dict.fromkeys(specs))
-
-
-_RAW_TABLES = ("users", "products", "orders", "order_items", "payments", "fx_rates")
-
-
-def accept_stale_sources() -> tuple[str, ...]:
-    """`ACCEPT_STALE_SOURCES` (default: none): comma-separated raw tables (`orders`, or
-    `*` for all) whose error-level staleness (`dbt source freshness`) this run publishes
-    anyway, as a warning: a source that is really quiet, e.g. on a holiday."""
-    names = [n.strip() for n in env("ACCEPT_STALE_SOURCES", "").split(",") if n.strip()]
-    for name in names:
-        if name != "*" and name not in _RAW_TABLES:
-            raise ConfigError(
-                f"ACCEPT_STALE_SOURCES: {name!r} is not a source table; use "
-                f"{', '.join(_RAW_TABLES)} or *"
-            )
-    return tuple(dict.fromkeys(names))
-
-
-def watermark_max_jump_days() -> int:
-    """`WATERMARK_MAX_JUMP_DAYS` (default 30; 0: no limit): the furthest the payments
-    watermark may move in one run before the run fails."""
-    return _positive_int_env("WATERMARK_MAX_JUMP_DAYS", 30, minimum=0)
-
-
-def source_connect_timeout_s() -> int:
-    """`SOURCE_CONNECT_TIMEOUT_S` (default 30): seconds to open a source database
-    connection (libpq `connect_timeout`, the driver's own elsewhere)."""
-    return _positive_int_env("SOURCE_CONNECT_TIMEOUT_S", 30)
-
-
-def source_statement_timeout_s() -> int:
-    """`SOURCE_STATEMENT_TIMEOUT_S` (default 3600; 0: none): the longest one statement of
-    the extract may run on the source (PostgreSQL `statement_timeout`, MySQL/MariaDB
-    `max_statement_time` / `max_execution_time`), a whole table's COPY included."""
-    return _positive_int_env("SOURCE_STATEMENT_TIMEOUT_S", 3600, minimum=0)
-
-
-def source_read_stall_timeout_s() -> int:
-    """`SOURCE_READ_STALL_TIMEOUT_S` (default 600): seconds a source read (a COPY, a
-    fetch) may go without receiving a byte, or a statement without an answer, before the
-    extract closes the connection and fails naming the table (a server or network that
-    stays connected but stops sending)."""
-    return _positive_int_env("SOURCE_READ_STALL_TIMEOUT_S", 600)
-
-
-def dbt_timeout_s() -> int:
-    """`DBT_TIMEOUT_S` (default 3600; 0: none): the longest one dbt invocation may run
-    before it is stopped and the step fails."""
-    return _positive_int_env("DBT_TIMEOUT_S", 3600, minimum=0)
-
-
-def task_timeout_minutes() -> int:
-    """`TASK_TIMEOUT_MINUTES` (default 180): every Airflow task's `execution_timeout`
-    (read when the DAG files are parsed); a task past it is stopped and, where the task
-    has retries, retried."""
-    return _positive_int_env("TASK_TIMEOUT_MINUTES", 180)
-
-
-def extract_parallelism() -> int:
-    """`EXTRACT_PARALLELISM` (default 1): key ranges of a large table read at once (PostgreSQL,
-    one shared snapshot), for tables whose config sets no `parallel_ranges`."""
-    return _positive_int_env("EXTRACT_PARALLELISM", 1)
-
-
-def shard_map_path() -> Path | None:
-    """`SOURCE_DB_SHARD_MAP`: optional YAML/JSON virtual-shard map (docs/sharding.md).
-
-    When set, `source_db` is the logical source behind that map (each shard has its own
-    `url` or `conn_id`) and `AIRFLOW_CONN_SOURCE_DB` is not read; unset: one database.
-    """
-    value = env("SOURCE_DB_SHARD_MAP")
-    if not value:
-        return None
-    path = Path(value).resolve()
-    if not path.is_file():
-        raise ConfigError(f"SOURCE_DB_SHARD_MAP: file {path} does not exist")
-    return path
-
-
-def shard_max_workers() -> int:
-    """`SOURCE_DB_SHARD_WORKERS` (default 8): shards extracted at the same time."""
-    return _positive_int_env("SOURCE_DB_SHARD_WORKERS", 8)
+    return _path("REPORT_DIR", data_dir() / "report")
 
 
 def quality_docs_dir() -> Path:
@@ -496,98 +648,15 @@ def quality_docs_dir() -> Path:
     `NIGHTSHIFT_DATA_URL`, the local copy each built site is pushed from."""
     if data_url():
         return data_stage_dir() / "docs" / "quality"
-    return Path(env("QUALITY_DOCS_DIR") or data_dir() / "docs" / "quality").resolve()
+    return _path("QUALITY_DOCS_DIR", data_dir() / "docs" / "quality")
 
 
-def replica_max_lag_seconds() -> float:
-    """`SOURCE_DB_REPLICA_MAX_LAG_SECONDS` (default 300): the most lag a replica may have."""
-    raw = env("SOURCE_DB_REPLICA_MAX_LAG_SECONDS", "300")
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"SOURCE_DB_REPLICA_MAX_LAG_SECONDS={raw!r} is not a number") from exc
-    if value < 0:
-        raise ConfigError(f"SOURCE_DB_REPLICA_MAX_LAG_SECONDS={raw!r} must be >= 0")
-    return value
-
-
-def replica_on_lag() -> str:
-    """`SOURCE_DB_REPLICA_ON_LAG`: `primary` (default: read the primary) or `fail`."""
-    value = env("SOURCE_DB_REPLICA_ON_LAG", "primary")
-    if value not in ("primary", "fail"):
-        raise ConfigError(f"SOURCE_DB_REPLICA_ON_LAG={value!r} is not one of primary, fail")
-    return value
-
-
-def alerts_config_path() -> Path | None:
-    """`ALERTS_CONFIG`: the alert thresholds file (default config/alerts.yml)."""
-    value = env("ALERTS_CONFIG")
-    return Path(value).resolve() if value else None
-
-
-def statsd_address() -> tuple[str | None, int]:
-    """`STATSD_HOST` / `STATSD_PORT` (8125): where run metrics go as StatsD gauges."""
-    host = env("STATSD_HOST")
-    raw = env("STATSD_PORT", "8125")
-    try:
-        port = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"STATSD_PORT={raw!r} is not a port number") from exc
-    if not 0 < port < 65536:
-        raise ConfigError(f"STATSD_PORT={raw!r} is not a port number (1-65535)")
-    return host, port
+def warehouse_path() -> Path:
+    return _path("WAREHOUSE_PATH", data_dir() / "warehouse.duckdb")
 
 
 def dbt_project_dir() -> Path:
     return PROJECT_ROOT / "dbt_project"
-
-
-def dbt_target() -> str:
-    target = env("DBT_TARGET", "duckdb")
-    if target not in DBT_TARGETS:
-        raise ConfigError(f"DBT_TARGET={target!r} is not one of {', '.join(DBT_TARGETS)}")
-    return target
-
-
-def report_tz_name() -> str:
-    name = env("REPORT_TZ", "UTC")
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"REPORT_TZ={name!r} is not an IANA time zone name") from exc
-    return name
-
-
-def report_tz() -> ZoneInfo:
-    return ZoneInfo(report_tz_name())
-
-
-def _nonnegative_float_env(name: str, default: float) -> float:
-    raw = env(name, str(default))
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a number") from exc
-    if not value >= 0:
-        raise ConfigError(f"{name}={raw!r} must be >= 0")
-    return value
-
-
-def warehouse_lease_ttl_seconds() -> float:
-    """`WAREHOUSE_LEASE_TTL_MINUTES` (default 30): a run's warehouse lease not renewed for
-    this long (its tasks renew it while they run) is expired: the next run takes it over."""
-    minutes = _nonnegative_float_env("WAREHOUSE_LEASE_TTL_MINUTES", 30)
-    if minutes <= 0:
-        raise ConfigError(
-            f"WAREHOUSE_LEASE_TTL_MINUTES={env('WAREHOUSE_LEASE_TTL_MINUTES')!r} must be > 0"
-        )
-    return minutes * 60
-
-
-def warehouse_lease_wait_seconds() -> float:
-    """`WAREHOUSE_LEASE_WAIT_S` (default 60): how long a run waits for another run's
-    warehouse lease before it fails naming that run."""
-    return _nonnegative_float_env("WAREHOUSE_LEASE_WAIT_S", 60)
 
 
 WAREHOUSE_CONN_ID = "warehouse"
@@ -646,8 +715,8 @@ def warehouse_backend() -> str:
                 f"{where}: scheme {scheme!r} is not a warehouse; use postgresql://, "
                 "snowflake:// or bigquery://, or unset it for the DuckDB file at WAREHOUSE_PATH"
             )
-    if env("DBT_TARGET"):
-        target = dbt_target()
+    target = setting("DBT_TARGET")
+    if target:
         if target != kind:
             raise ConfigError(
                 f"DBT_TARGET={target!r} does not match the warehouse: {where} is a {kind} "

@@ -1,7 +1,7 @@
 """Configuration without traps: every environment variable the code reads is in
 `.env.example` and in docs/configuration.md's table, every read goes through
-`settings.env` (empty means unset), and no document names a repository file that does
-not exist.
+`core.settings` (a field of its settings model, or `settings.env`: empty means unset),
+and no document names a repository file that does not exist.
 
 Re-run after adding a variable: `.venv/bin/python -m pytest tests/test_configuration.py -q`
 """
@@ -81,10 +81,22 @@ def _call_name(func: ast.expr) -> str:
 
 
 def _is_env_read(name: str) -> bool:
-    """`env(…)`, `settings.env(…)`, `_positive_int_env(…)`, `os.getenv(…)`,
-    `os.environ.get(…)`: a call whose first argument names a variable."""
+    """`env(…)`, `settings.env(…)`, `_int_env(…)`, `os.getenv(…)`, `os.environ.get(…)`:
+    a call whose first argument names a variable."""
     last = name.rsplit(".", 1)[-1]
     return last in ("env", "getenv") or last.endswith("_env") or name.endswith("environ.get")
+
+
+def settings_fields(tree: ast.Module) -> Iterator[tuple[str, int]]:
+    """(variable, line) of each field of a pydantic-settings model (`class X(BaseSettings)`):
+    the field's name is the variable it reads (core.settings.NightshiftSettings)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+            _call_name(base).endswith("BaseSettings") for base in node.bases
+        ):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    yield item.target.id, item.lineno
 
 
 def _parsed() -> Iterator[tuple[Path, ast.Module]]:
@@ -117,6 +129,8 @@ def variables_in_code() -> dict[str, str]:
                 return everywhere.get(arg.attr)
             return None
 
+        for name, line in settings_fields(tree):
+            add(name, f"{rel}:{line}")
         for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Call) and node.args and _is_env_read(_call_name(node.func)):
@@ -167,7 +181,7 @@ def test_the_scan_finds_reads_of_every_kind() -> None:
     found = variables_in_code()
     for name in (
         "NIGHTSHIFT_DATA_DIR",  # settings.env("…") in settings.py
-        "FX_REVISION_DAYS",  # _positive_int_env("…")
+        "FX_REVISION_DAYS",  # a field of core.settings.NightshiftSettings
         "NIGHTSHIFT_NOW",  # settings.env(ENV), a module constant
         "DEMO_API_TOKEN",  # settings.env(TOKEN_ENV)
         "AIRFLOW_CONN_SOURCE_DB",  # SOURCE_DB_CONN_ID = "source_db"
@@ -176,6 +190,26 @@ def test_the_scan_finds_reads_of_every_kind() -> None:
         "REPORT_TZ",  # the DAG file
     ):
         assert name in found, f"the scan misses {name}"
+
+
+def test_the_scan_finds_every_field_of_the_settings_model() -> None:
+    from core.settings import NightshiftSettings
+
+    missing = set(NightshiftSettings.model_fields) - set(variables_in_code())
+    assert not missing, f"the scan misses the settings model's {sorted(missing)}"
+
+
+def test_a_settings_field_is_caught() -> None:
+    tree = ast.parse(
+        "from pydantic_settings import BaseSettings\n"
+        "class S(BaseSettings):\n"
+        "    model_config = {}\n"
+        "    SOME_DAYS: int = 7\n"
+        '    """doc"""\n'
+        "class Other:\n"
+        "    NOT_READ: int = 1\n"
+    )
+    assert list(settings_fields(tree)) == [("SOME_DAYS", 4)]
 
 
 def test_every_variable_the_code_reads_is_in_env_example() -> None:
@@ -208,7 +242,7 @@ def test_the_docs_say_make_reads_env() -> None:
         assert "`make` reads `.env`" in text or ("`make`" in text and "`.env`" in text)
 
 
-# --- every read goes through settings.env ------------------------------------------------
+# --- every other read goes through settings.env ------------------------------------------
 
 
 def _raw_reads(tree: ast.Module) -> Iterator[int]:
