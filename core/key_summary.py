@@ -45,14 +45,16 @@ HASH_Q = 2147483587
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-# engine -> (integer division of non-negative integers, bigint cast of a bound value or sum)
-_DIALECTS: dict[str, tuple[str, str]] = {
-    "postgresql": ("/", "cast({} as bigint)"),
-    "postgres": ("/", "cast({} as bigint)"),
-    "duckdb": ("//", "cast({} as bigint)"),
-    "mysql": ("div", "cast({} as signed)"),
-    "mariadb": ("div", "cast({} as signed)"),
-    "sqlite": ("/", "{}"),
+# engine -> (integer division of non-negative integers, bigint cast of a bound value or
+# sum, cast of a per-key term below 2**31: PostgreSQL sums 4-byte integers in a bigint,
+# numbers of 8 bytes in a slower numeric)
+_DIALECTS: dict[str, tuple[str, str, str]] = {
+    "postgresql": ("/", "cast({} as bigint)", "cast({} as integer)"),
+    "postgres": ("/", "cast({} as bigint)", "cast({} as integer)"),
+    "duckdb": ("//", "cast({} as bigint)", "cast({} as integer)"),
+    "mysql": ("div", "cast({} as signed)", "{}"),
+    "mariadb": ("div", "cast({} as signed)", "{}"),
+    "sqlite": ("/", "{}", "{}"),
 }
 
 
@@ -61,7 +63,7 @@ def supported(dialect: str) -> bool:
     return dialect in _DIALECTS
 
 
-def _engine(dialect: str) -> tuple[str, str]:
+def _engine(dialect: str) -> tuple[str, str, str]:
     try:
         return _DIALECTS[dialect]
     except KeyError:
@@ -73,22 +75,22 @@ def _engine(dialect: str) -> tuple[str, str]:
 
 def bucket_sql(key: str, dialect: str) -> str:
     """`floor(key / :w)` in the engine's SQL; `key` is a quoted column expression."""
-    div, cast = _engine(dialect)
+    div, cast, _ = _engine(dialect)
     w = cast.format(":w")
     return f"(case when {key} >= 0 then {key} {div} {w} else -((-({key} + 1)) {div} {w}) - 1 end)"
 
 
 def summary_sql(key: str, relation: str, dialect: str) -> str:
-    """`select b, n, s1, s2 from <relation> group by b order by b`: one row per bucket
-    holding a key. `key` is a quoted column of `relation` (a table or `(subquery) x`)."""
-    _, cast = _engine(dialect)
+    """`select b, n, s1, s2 from <relation> group by b`: one row per bucket holding a
+    key, in no order. `key` is a quoted column of `relation` (a table or `(subquery) x`)."""
+    _, cast, small = _engine(dialect)
     w, p, q = (cast.format(f":{name}") for name in ("w", "p", "q"))
     residue = f"({key} % {p})"
-    s1 = cast.format(f"sum((({key} % {w}) + {w}) % {w})")
-    s2 = cast.format(f"sum(({residue} * {residue}) % {q})")
+    s1 = cast.format("sum({})".format(small.format(f"(({key} % {w}) + {w}) % {w}")))
+    s2 = cast.format("sum({})".format(small.format(f"({residue} * {residue}) % {q}")))
     return (
         f"select {bucket_sql(key, dialect)} as b, count(*) as n, {s1} as s1, {s2} as s2 "
-        f"from {relation} group by 1 order by 1"
+        f"from {relation} group by 1"
     )
 
 
