@@ -6,9 +6,11 @@ SQLite, whose driver would otherwise read in autocommit) and fixes its upper
 bound U = the source's own clock first. Each incremental table lands the rows with
 `W - overlap < cursor <= U`, W being the window end of the last run that was *loaded*
 into the warehouse (`extract.watermark`); full-mode tables land everything. Tables
-with `reconcile_deletes` also land their full key set (`<table>__keys`) from the same
-snapshot. Rows are streamed in batches (bounded memory); types stay exact (NUMERIC
-stays decimal, timestamps become UTC). The row reader is pluggable (`read_batches`).
+with `reconcile_deletes` also land, from the same snapshot, their key set's bucket
+summaries (`<table>__key_ranges`) and the keys of the changed buckets (`<table>__keys`;
+every key for a composite or non-integer key or a shard), see extract/key_check.py.
+Rows are streamed in batches (bounded memory); types stay exact (NUMERIC stays decimal,
+timestamps become UTC). The row reader is pluggable (`read_batches`).
 
 Sharded sources (docs/sharding.md): `extract_sharded_source` reads every physical shard
 of a virtual-shard map in parallel, each through `extract_tables` with its `ShardScope`

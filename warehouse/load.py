@@ -4,7 +4,8 @@ Per docs/extract-design.md, one warehouse transaction per load does everything o
 each landed delta is upserted into `raw.<table>` by key (the newest cursor wins, the
 delta deduplicated first; new source columns are added), key sets delete the rows gone
 from the source (logged in `ops.deleted_rows`; found through per key-range summaries,
-only the ranges holding a delete compared key by key), the business days the changes
+only the ranges holding a delete compared key by key; with the source's own bucket
+summaries, `_find_gone_by_summaries`, the landed key set holds the changed buckets only), the business days the changes
 touch are recorded in `ops.restated_days`, and the watermark of every merged run is recorded
 (`extract.watermark.record_loaded`). Loading the same run again changes nothing.
 
