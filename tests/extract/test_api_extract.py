@@ -749,3 +749,27 @@ def test_peak_memory_is_flat_in_the_window_size(tmp_path: Path) -> None:
     landed = pq.read_table(_run_dir(tmp_path / "large" / "landing", "payments", "big"))
     ids = landed.column("id").to_pylist()
     assert ids == sorted(ids) and len(set(ids)) == 15_000
+
+
+def test_an_fx_plan_of_generators_serves_two_runs(roots: tuple[Path, Path]) -> None:
+    """The plan reads `days` and `refresh` once (sorted, without repeats): run again, it
+    lands the same days, the cached ones from the cache and the refreshed one asked again."""
+    d1, d2 = date(2024, 1, 5), date(2024, 1, 6)
+    plan = FxPlan(
+        run_id="x", landing_root=roots[0], days=(d for d in [d2, d1, d2]), refresh=iter([d2])
+    )
+    assert plan.days == (d1, d2) and plan.refresh == frozenset({d2})
+    client = FakeClient()
+    first = extract_fx_rates(client, plan)  # type: ignore[arg-type]
+    again = extract_fx_rates(client, plan)  # type: ignore[arg-type]
+    assert first["days"] == again["days"] == ["2024-01-05", "2024-01-06"]
+    assert again["refreshed"] == ["2024-01-06"]
+    assert client.fx_calls == [d1, d2, d2] and again["cache_hits"] == 1
+
+
+@pytest.mark.parametrize("overlap", [timedelta(seconds=-1), timedelta(days=-1)])
+def test_a_negative_overlap_is_rejected_by_the_plan(
+    roots: tuple[Path, Path], overlap: timedelta
+) -> None:
+    with pytest.raises(ValueError, match="overlap must not be negative"):
+        PaymentsPlan(run_id="r", landing_root=roots[0], quarantine_root=roots[1], overlap=overlap)
