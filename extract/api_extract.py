@@ -721,20 +721,14 @@ def _land(intake: _Intake, window: _Window) -> dict[str, Any]:
 
 
 def _stage_connection(stage: _Stage) -> Any:
-    """An in-memory DuckDB (STAGE_MEMORY_LIMIT, spilling beside the staging file) with
-    the staged records as the view `staged` (an empty one when nothing was staged)."""
-    import duckdb
+    """An in-memory DuckDB (STAGE_MEMORY_LIMIT, 2 threads, spilling beside the staging
+    file, TimeZone UTC) with the staged records as the view `staged` (an empty one when
+    nothing was staged)."""
+    from warehouse.backends.duckdb import connect
 
-    con = duckdb.connect(
-        config={
-            "memory_limit": STAGE_MEMORY_LIMIT,
-            "temp_directory": str(stage.path.parent / "spill"),
-            "threads": 2,
-            "preserve_insertion_order": False,
-        }
-    )
+    con = connect(memory_limit=STAGE_MEMORY_LIMIT, threads=2, preserve_insertion_order=False)
     try:
-        con.execute("set TimeZone = 'UTC'")
+        con.execute("set temp_directory = ?", [str(stage.path.parent / "spill")])
         if stage.rows:
             path = str(stage.path).replace("'", "''")
             con.execute(f"create view staged as select * from read_parquet('{path}')")
