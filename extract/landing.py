@@ -582,86 +582,136 @@ def check_schema_drift(
     unless `accept_drift` covers it (True: all; or `<table>.<column>` / `<table>.*`
     specs, see `drift_accepted`): then it is logged and listed as `accepted_drift`.
     """
+    previous, switched_from = _previous_landing(
+        landing_root, source, table_name, source_identity, source_id
+    )
+    fields: dict[str, Any] = {
+        "previous_run_id": None if previous is None else previous.get("run_id"),
+        "added_columns": [],
+    }
+    if switched_from is not None:
+        fields["source_switched_from"] = switched_from
+    if previous is None:
+        return fields
+    changes = _column_changes(previous["columns"], schema)
+    fields["added_columns"] = changes.added
+    _log_carried(source, table_name, fields["previous_run_id"], changes)
+    if changes.widened:
+        fields["widened_columns"] = [
+            {"name": n, "old_type": o, "new_type": t} for n, o, t in changes.widened
+        ]
+    if changes.dropped or changes.retyped:
+        fields["accepted_drift"] = _accepted_drift(
+            source, table_name, fields["previous_run_id"], changes, accept_drift
+        )
+    return fields
+
+
+def _previous_landing(
+    landing_root: Path,
+    source: str,
+    table_name: str,
+    source_identity: str | None,
+    source_id: str | None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The table's previous landing from the same source, and the source it was last
+    landed from when that was another one (a switch, logged; else None)."""
     from extract.source_identity import same_source
 
     previous = previous_manifest(landing_root, source, table_name)
-    if previous is not None and not same_source(previous, source_identity, source_id):
-        log.warning(
-            "source switched: %s/%s was last landed (run=%s) from source %s, now from %s; "
-            "its schema is compared with this source's own previous landing, if any",
-            source,
-            table_name,
-            previous.get("run_id"),
-            previous.get("source_identity") or previous.get("source_id"),
-            source_identity,
-        )
-        switched_from = previous.get("source_identity") or previous.get("source_id")
-        previous = previous_manifest(
-            landing_root,
-            source,
-            table_name,
-            where=lambda m: same_source(m, source_identity, source_id),
-        )
-    else:
-        switched_from = None
-    if previous is None:
-        found: dict[str, Any] = {"previous_run_id": None, "added_columns": []}
-        if switched_from is not None:
-            found["source_switched_from"] = switched_from
-        return found
-    old = {c["name"]: c["type"] for c in previous["columns"]}
+    if previous is None or same_source(previous, source_identity, source_id):
+        return previous, None
+    switched_from = previous.get("source_identity") or previous.get("source_id")
+    log.warning(
+        "source switched: %s/%s was last landed (run=%s) from source %s, now from %s; "
+        "its schema is compared with this source's own previous landing, if any",
+        source,
+        table_name,
+        previous.get("run_id"),
+        switched_from,
+        source_identity,
+    )
+    own = previous_manifest(
+        landing_root,
+        source,
+        table_name,
+        where=lambda m: same_source(m, source_identity, source_id),
+    )
+    return own, switched_from
+
+
+@dataclass(frozen=True)
+class _ColumnChanges:
+    """A landing's columns against the previous landing's: `added` as the manifest lists
+    them ({name, type}), `dropped` (name, type), `retyped` (name, old, new) other than
+    the lossless `widened` ones."""
+
+    added: list[dict[str, str]]
+    dropped: list[tuple[str, str]]
+    retyped: list[tuple[str, str, str]]
+    widened: list[tuple[str, str, str]]
+
+
+def _column_changes(previous_columns: list[dict[str, str]], schema: pa.Schema) -> _ColumnChanges:
+    old = {c["name"]: c["type"] for c in previous_columns}
     new = {f.name: str(f.type) for f in schema}
-    added = [{"name": n, "type": t} for n, t in new.items() if n not in old]
-    dropped = [(n, t) for n, t in old.items() if n not in new]
     retyped = [(n, t, new[n]) for n, t in old.items() if n in new and new[n] != t]
     widened = [(n, o, t) for n, o, t in retyped if lossless_widening(o, t)]
-    retyped = [r for r in retyped if r not in widened]
-    prev_run = previous.get("run_id")
-    fields: dict[str, Any] = {"previous_run_id": prev_run, "added_columns": added}
-    if switched_from is not None:
-        fields["source_switched_from"] = switched_from
-    if added:
+    return _ColumnChanges(
+        added=[{"name": n, "type": t} for n, t in new.items() if n not in old],
+        dropped=[(n, t) for n, t in old.items() if n not in new],
+        retyped=[r for r in retyped if r not in widened],
+        widened=widened,
+    )
+
+
+def _log_carried(source: str, table_name: str, prev_run: Any, changes: _ColumnChanges) -> None:
+    """Log the changes landed without asking: new columns and lossless widenings."""
+    if changes.added:
         log.warning(
             "%s/%s: new column(s) since run=%s carried: %s",
             source,
             table_name,
             prev_run,
-            ", ".join(f"{c['name']} ({c['type']})" for c in added),
+            ", ".join(f"{c['name']} ({c['type']})" for c in changes.added),
         )
-    if widened:
+    if changes.widened:
         log.warning(
             "%s/%s: lossless widening since run=%s accepted: %s",
             source,
             table_name,
             prev_run,
-            "; ".join(f"column {n!r} from {o} to {t}" for n, o, t in widened),
+            "; ".join(f"column {n!r} from {o} to {t}" for n, o, t in changes.widened),
         )
-        fields["widened_columns"] = [
-            {"name": n, "old_type": o, "new_type": t} for n, o, t in widened
-        ]
-    if dropped or retyped:
-        refused = SchemaDriftError(
-            source=source,
-            table=table_name,
-            previous_run_id=prev_run,
-            dropped=[d for d in dropped if not drift_accepted(accept_drift, table_name, d[0])],
-            retyped=[r for r in retyped if not drift_accepted(accept_drift, table_name, r[0])],
-        )
-        if refused.dropped or refused.retyped:
-            raise refused
-        accepted = SchemaDriftError(
-            source=source,
-            table=table_name,
-            previous_run_id=prev_run,
-            dropped=dropped,
-            retyped=retyped,
-        )
-        log.warning("accepted by the operator (%s): %s", DRIFT_SWITCH, accepted.changes)
-        fields["accepted_drift"] = {
-            "dropped": [{"name": n, "type": t} for n, t in dropped],
-            "retyped": [{"name": n, "old_type": o, "new_type": t} for n, o, t in retyped],
-        }
-    return fields
+
+
+def _accepted_drift(
+    source: str,
+    table_name: str,
+    prev_run: Any,
+    changes: _ColumnChanges,
+    accept_drift: DriftAcceptance,
+) -> dict[str, Any]:
+    """The dropped and retyped columns as the manifest's `accepted_drift`, when the
+    operator accepted every one of them; else SchemaDriftError naming the others."""
+    dropped, retyped = changes.dropped, changes.retyped
+    refused = SchemaDriftError(
+        source=source,
+        table=table_name,
+        previous_run_id=prev_run,
+        dropped=[d for d in dropped if not drift_accepted(accept_drift, table_name, d[0])],
+        retyped=[r for r in retyped if not drift_accepted(accept_drift, table_name, r[0])],
+    )
+    if refused.dropped or refused.retyped:
+        raise refused
+    accepted = SchemaDriftError(
+        source=source, table=table_name, previous_run_id=prev_run, dropped=dropped, retyped=retyped
+    )
+    log.warning("accepted by the operator (%s): %s", DRIFT_SWITCH, accepted.changes)
+    return {
+        "dropped": [{"name": n, "type": t} for n, t in dropped],
+        "retyped": [{"name": n, "old_type": o, "new_type": t} for n, o, t in retyped],
+    }
 
 
 def _write_latest_pointer(table_dir: Path, manifest: dict[str, Any]) -> None:
