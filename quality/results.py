@@ -166,9 +166,9 @@ def dbt_test_results(nodes: list[Any], run_id: str, manifest_path: Path | None) 
     """dbt's data tests of one build (dbt_runner.NodeResult) as the suite `dbt`.
 
     Why: FX completeness and the marts' keys are dbt tests; their failures belong in
-    `ops.quality_results` beside the GX suites. A test that errors (it stops dbt with the
-    offending currency and day) counts as failed, with dbt's message as the observed
-    value. Unit tests are code checks, not data: left out.
+    `ops.quality_results` beside the GX suites. A failing test's observed value is its
+    message: the row count and its first stored rows (the FX test names the currency and
+    day); a test that errors counts as failed too. Unit tests are code checks, not data: left out.
     """
     manifest: dict[str, Any] = {}
     if manifest_path is not None and manifest_path.is_file():

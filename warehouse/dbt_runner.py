@@ -530,9 +530,9 @@ def _duckdb_file_reader(call: DbtCall) -> FailingRowsReader | None:
         return None
 
     def read(relation: str, limit: int) -> list[dict[str, Any]]:
-        import duckdb
+        from warehouse.backends.duckdb import connect
 
-        con = duckdb.connect(str(path), read_only=True)
+        con = connect(path, read_only=True)
         try:
             return (
                 con.sql(f"select * from {relation} limit ?", params=[limit])
