@@ -146,3 +146,25 @@ def test_duckdb_is_opened_through_the_helper_only() -> None:
     found = _opened_by_hand()
     assert {m: n for m, n in found.items() if m not in OPENED_BY_HAND} == {}
     assert OPENED_BY_HAND <= set(found), "a listed module no longer opens DuckDB: unlist it"
+
+
+def test_an_in_memory_connection_spills_under_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not `.tmp` in the task's working directory, which may be read-only or elsewhere."""
+    from warehouse.backends.duckdb import connect
+
+    monkeypatch.setenv("NIGHTSHIFT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    con = connect(memory_limit="32MB", threads=1)
+    try:
+        assert con.execute("select current_setting('temp_directory')").fetchone() == (
+            str(tmp_path / "data" / "tmp" / "duckdb"),
+        )
+        con.execute(
+            "create table t as select range as i, md5(range::varchar) as h from range(2000000)"
+        )
+        assert con.execute("select count(distinct h) from t").fetchone() == (2_000_000,)
+    finally:
+        con.close()
+    assert not (tmp_path / ".tmp").exists()

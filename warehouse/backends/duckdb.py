@@ -61,6 +61,8 @@ def connect(
     - TimeZone UTC: timestamps read and cast the same on every host.
     - `threads` (None: DuckDB's default, one per core) and `preserve_insertion_order`
       (False lets large scans stream without keeping their order).
+    - An in-memory database spills under `DATA_DIR/tmp/duckdb` (DuckDB's default is
+      `.tmp` in whatever the working directory is); a file spills beside itself.
 
     The settings are SETs, not connect-time config: a file already open in this process
     with another config would refuse a second connection. A failed SET closes the
@@ -78,6 +80,16 @@ def connect(
         if not preserve_insertion_order:
             con.execute("set preserve_insertion_order = false")
         con.execute("set TimeZone = 'UTC'")
+        if path is None:
+            from core import settings
+
+            spill = settings.data_dir() / "tmp" / "duckdb"
+            try:
+                spill.mkdir(parents=True, exist_ok=True)  # DuckDB makes only the last level
+            except OSError:
+                pass  # a data folder this process cannot write: DuckDB's default
+            else:
+                con.execute(f"set temp_directory = {_literal(str(spill))}")
     except BaseException:
         con.close()
         raise
