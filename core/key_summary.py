@@ -82,7 +82,8 @@ def bucket_sql(key: str, dialect: str) -> str:
 
 def summary_sql(key: str, relation: str, dialect: str) -> str:
     """`select b, n, s1, s2 from <relation> group by b`: one row per bucket holding a
-    key, in no order. `key` is a quoted column of `relation` (a table or `(subquery) x`)."""
+    key, in no order. `key` is a quoted column of `relation` (a table or `(subquery) x`).
+    A NULL key is in no bucket (the landed gate stops a run that lands one)."""
     _, cast, small = _engine(dialect)
     w, p, q = (cast.format(f":{name}") for name in ("w", "p", "q"))
     residue = f"({key} % {p})"
@@ -90,7 +91,7 @@ def summary_sql(key: str, relation: str, dialect: str) -> str:
     s2 = cast.format("sum({})".format(small.format(f"({residue} * {residue}) % {q}")))
     return (
         f"select {bucket_sql(key, dialect)} as b, count(*) as n, {s1} as s1, {s2} as s2 "
-        f"from {relation} group by 1"
+        f"from {relation} where {key} is not null group by 1"
     )
 
 
