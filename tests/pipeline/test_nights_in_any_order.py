@@ -53,6 +53,7 @@ def test_sequences_cover_the_orders_the_property_is_about() -> None:
     assert kinds == {"next_day", "region_move", "category_move", "cancel", "fx_revision"}
 
 
+@pytest.mark.timeout(1800)  # 12 sequences of full nights: 8-15 min on 2 busy cores
 def test_any_order_of_nights_gives_the_oracle_tables(postgres_admin_url: str) -> None:
     seeds = range(FIRST_SEED, FIRST_SEED + SEQUENCES)
     context = multiprocessing.get_context("spawn")  # a clean process: env, dbt, DuckDB
