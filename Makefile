@@ -126,9 +126,10 @@ down: ## Stop the compose stack (its volumes stay; `docker compose down --volume
 # The suite runs on TEST_WORKERS processes (pytest-xdist), one test file per worker at a
 # time (module fixtures stay whole); TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 .PHONY: test
 test: $(STAMP) ## Run the whole test suite on TEST_WORKERS processes (starts throwaway servers where none run)
-	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+	$(BIN)/python -m pytest $(XDIST)
 
 # The inner loop: the suites that need no database server, no Airflow run and no dbt
 # build, without the tests that use a server (marked `server` by tests/conftest.py) and three
@@ -177,13 +178,13 @@ CLOCK_SERVER_SUITES := $(CLOCK_TIMED) tests/extract/test_api_client.py tests/ext
 	tests/extract/test_parallel_extract.py tests/extract/test_shards.py \
 	tests/extract/test_incremental_concurrency.py tests/extract/test_replica.py
 .PHONY: test-clock
-test-clock: $(STAMP) ## The tests again with the clock moved ahead (CLOCK_SHIFTS; needs faketime)
+test-clock: $(STAMP) ## The tests again with the clock moved ahead (CLOCK_SHIFTS; needs faketime), on TEST_WORKERS processes
 	@command -v faketime >/dev/null || { echo "test-clock needs faketime (apt-get install faketime)"; exit 2; }
 	@for shift in $(CLOCK_SHIFTS); do \
 	  echo "[test-clock] system clock $$shift (faketime)"; \
-	  NIGHTSHIFT_NIGHTS_SEQUENCES=2 faketime -f "$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300 $(addprefix --ignore=,$(CLOCK_TIMED)) $(CLOCK_SUITES) || exit 1; \
+	  NIGHTSHIFT_NIGHTS_SEQUENCES=2 faketime -f "$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) --timeout=300 $(addprefix --ignore=,$(CLOCK_TIMED)) $(CLOCK_SUITES) || exit 1; \
 	  echo "[test-clock] injected clock NIGHTSHIFT_NOW=$$shift"; \
-	  NIGHTSHIFT_NOW="$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(CLOCK_SERVER_SUITES) || exit 1; \
+	  NIGHTSHIFT_NOW="$$shift" $(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) $(CLOCK_SERVER_SUITES) || exit 1; \
 	done
 
 .PHONY: test-nights-large
