@@ -360,12 +360,69 @@ def _int_column(columns: dict[str, pa.DataType], name: str) -> bool:
     return type_ is not None and pa.types.is_integer(type_)
 
 
+def _warehouse_keys(key: str, raw: str, temp: str) -> str:
+    """SQL of the warehouse's keys after the merge: raw's and the delta's new ones."""
+    return (
+        f"select {key} from {raw} union all select d.{key} from {temp} d "
+        f"where not exists (select 1 from {raw} o where o.{key} = d.{key})"
+    )
+
+
+@dataclass(frozen=True)
+class _KeyRanges:
+    """How `_find_gone_by_ranges` cuts one delta's integer key space: `ranges` ranges of
+    `width` keys from `low` (`div`: the engine's exact integer division), over the quoted
+    `key` of raw, the staged delta (`temp`) and the landed key set (`keyfiles`)."""
+
+    key: str
+    div: str
+    raw: str
+    temp: str
+    keyfiles: str
+    low: int
+    width: int
+    ranges: int
+    source_keys: int
+
+    @property
+    def bucket(self) -> str:
+        """SQL of the range of key `x.<key>`; its parameters are `geometry`."""
+        return f"((x.{self.key} - cast(? as bigint)) {self.div} cast(? as bigint))"
+
+    @property
+    def geometry(self) -> list[int]:
+        return [self.low, self.width]
+
+    @property
+    def warehouse_keys(self) -> str:
+        return _warehouse_keys(self.key, self.raw, self.temp)
+
+    def summary(self, relation: str) -> str:
+        """Per range of `relation`'s keys: (count, sum, sum of a square hash)."""
+        residue = f"(x.{self.key} % {_HASH_P})"
+        return (
+            f"select {self.bucket} as b, count(*) as n, sum(x.{self.key}) as s1, "
+            f"sum(({residue} * {residue}) % {_HASH_Q}) as s2 from ({relation}) x group by 1"
+        )
+
+
 def _find_gone_by_ranges(s: Session, delta: _Delta) -> bool:
     """Find the keys gone from the source through per-range summaries into
     `<temp>__gone` (and the compared ranges' source keys into `<temp>__keys`); False
     when this delta needs the key-by-key comparison instead (no raw table yet, a
     composite or non-integer key, a full extract, an engine without exact integer
     division)."""
+    ranges = _plan_key_ranges(s, delta)
+    if ranges is None:
+        return False
+    compared = _find_differing_ranges(s, delta, ranges)
+    _find_gone_in_ranges(s, delta, ranges, compared)
+    _record_range_check(s, delta, ranges, compared)
+    return True
+
+
+def _plan_key_ranges(s: Session, delta: _Delta) -> _KeyRanges | None:
+    """The ranges the delta's key space is cut into; None when the ranges do not apply."""
     div = _RANGE_ENGINES.get(getattr(s, "kind", ""))
     if (
         div is None
@@ -373,12 +430,12 @@ def _find_gone_by_ranges(s: Session, delta: _Delta) -> bool:
         or delta.full_key_set
         or not s.exists("raw", delta.table)
     ):
-        return False
+        return None
     key = _q(delta.keys[0])
     raw, temp = _raw(s, delta.table), _temp(delta.temp)
     keyfiles = _temp(f"{delta.temp}__keyfiles")
     if not all(_int_column(_columns(s, rel), delta.keys[0]) for rel in (raw, temp, keyfiles)):
-        return False
+        return None
     bounds = [
         s.fetchone(f"select min({key}), max({key}), count(*) from {rel}")
         for rel in (keyfiles, raw, temp)
@@ -386,76 +443,80 @@ def _find_gone_by_ranges(s: Session, delta: _Delta) -> bool:
     lows = [int(b[0]) for b in bounds if b and b[0] is not None]
     highs = [int(b[1]) for b in bounds if b and b[1] is not None]
     if not lows:
-        return False
+        return None
     lo, hi = min(lows), max(highs)
     if hi - lo >= 2**62:  # (key - lo) would overflow a bigint
-        return False
+        return None
     n = max(int(bounds[0][2]), int(bounds[1][2]), 1)
     ranges = max(1, n // RANGE_KEYS)
     width = max(1, -(-(hi - lo + 1) // ranges))
-    bucket = f"((x.{key} - cast(? as bigint)) {div} cast(? as bigint))"
-    geometry = [lo, width]
-    # the warehouse side after the merge: raw's keys and the delta's new keys
-    warehouse_keys = (
-        f"select {key} from {raw} union all select d.{key} from {temp} d "
-        f"where not exists (select 1 from {raw} o where o.{key} = d.{key})"
-    )
+    return _KeyRanges(key, div, raw, temp, keyfiles, lo, width, ranges, int(bounds[0][2]))
 
-    def summary(relation: str) -> str:
-        residue = f"(x.{key} % {_HASH_P})"
-        return (
-            f"select {bucket} as b, count(*) as n, sum(x.{key}) as s1, "
-            f"sum(({residue} * {residue}) % {_HASH_Q}) as s2 from ({relation}) x group by 1"
-        )
 
+def _find_differing_ranges(s: Session, delta: _Delta, ranges: _KeyRanges) -> int:
+    """The ranges whose source and warehouse summaries differ, into `<temp>__ranges`;
+    returns how many there are."""
     ranges_table = f"{delta.temp}__ranges"
     s.create_temp(
         ranges_table,
         f"select coalesce(src.b, wh.b) as b "
-        f"from ({summary(f'select {key} from {keyfiles}')}) src "
-        f"full join ({summary(warehouse_keys)}) wh on src.b = wh.b "
+        f"from ({ranges.summary(f'select {ranges.key} from {ranges.keyfiles}')}) src "
+        f"full join ({ranges.summary(ranges.warehouse_keys)}) wh on src.b = wh.b "
         "where src.b is null or wh.b is null or src.n <> wh.n or src.s1 <> wh.s1 "
         "or src.s2 <> wh.s2",
-        geometry * 2,
+        ranges.geometry * 2,
     )
     differ = s.fetchone(f"select count(*) from {_temp(ranges_table)}")
-    compared = int(differ[0]) if differ else 0
+    return int(differ[0]) if differ else 0
+
+
+def _find_gone_in_ranges(s: Session, delta: _Delta, ranges: _KeyRanges, compared: int) -> None:
+    """Compare the differing ranges key by key: their source keys into `<temp>__keys`,
+    the warehouse keys the source lacks into `<temp>__gone` (`delta.gone`)."""
+    key, keys_temp = ranges.key, f"{delta.temp}__keys"
     # no range differs: nothing to read (the engine skips a `false` filter's scan)
-    in_ranges = f"{bucket} in (select b from {_temp(ranges_table)})" if compared else "false"
-    in_params = geometry if compared else []
+    in_ranges = (
+        f"{ranges.bucket} in (select b from {_temp(f'{delta.temp}__ranges')})"
+        if compared
+        else "false"
+    )
+    in_params = ranges.geometry if compared else []
     s.create_temp(
-        f"{delta.temp}__keys",
-        f"select distinct x.{key} from {keyfiles} x where {in_ranges}",
+        keys_temp,
+        f"select distinct x.{key} from {ranges.keyfiles} x where {in_ranges}",
         in_params,
     )
     gone = f"{delta.temp}__gone"
     s.create_temp(
         gone,
-        f"select x.{key} from ({warehouse_keys}) x where {in_ranges} and not exists "
-        f"(select 1 from {_temp(delta.temp + '__keys')} k where k.{key} = x.{key})",
+        f"select x.{key} from ({ranges.warehouse_keys}) x where {in_ranges} and not exists "
+        f"(select 1 from {_temp(keys_temp)} k where k.{key} = x.{key})",
         in_params,
     )
     delta.gone = gone
+
+
+def _record_range_check(s: Session, delta: _Delta, ranges: _KeyRanges, compared: int) -> None:
+    """What the range comparison read, into `delta.key_check` and the log."""
     read = s.fetchone(f"select count(*) from {_temp(delta.temp + '__keys')}")
     delta.key_check = {
-        "ranges": ranges,
-        "range_width": width,
+        "ranges": ranges.ranges,
+        "range_width": ranges.width,
         "ranges_compared": compared,
         "keys_compared": int(read[0]) if read else 0,
-        "source_keys": int(bounds[0][2]),
+        "source_keys": ranges.source_keys,
     }
     log.info(
         "%s/%s: key set in %d ranges of %d keys, %d differ (%d source keys compared of %d)",
         delta.source,
         delta.table,
-        ranges,
-        width,
+        ranges.ranges,
+        ranges.width,
         delta.key_check["ranges_compared"],
         delta.key_check["keys_compared"],
         delta.key_check["source_keys"],
         extra={"key_check": {"table": delta.table, **delta.key_check}},
     )
-    return True
 
 
 def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
