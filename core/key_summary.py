@@ -16,14 +16,15 @@ written with truncating divisions of non-negative numbers only, and `%` follows 
 dividend's sign on every engine. The sums never overflow a bigint: at most W offsets
 below W, at most W hashes below Q. Keys are assumed unique (a table's key).
 
-Values are bound parameters (`:w`, `:p`, `:q`); `qmark` turns them into `?` for a
-warehouse session.
+Values are bound parameters (`:w`, `:p`, `:q`), SQLAlchemy `text()`'s form, in which the
+extract executes the SQL; `qmark` has SQLAlchemy's compiler render the same SQL with the
+`?` placeholders of a warehouse session and the values in their order.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
+from functools import cache
 from typing import Any
 
 __all__ = [
@@ -100,18 +101,24 @@ def params(width: int = WIDTH) -> dict[str, int]:
     return {"w": int(width), "p": HASH_P, "q": HASH_Q}
 
 
-_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+@cache
+def _qmark_dialect() -> Any:
+    """A SQLAlchemy dialect whose paramstyle is `qmark` (imported on first use: the
+    warehouse's load need not pay for SQLAlchemy before it compares summaries)."""
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.dialect(paramstyle="qmark")
 
 
 def qmark(sql: str, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """The SQL with `?` placeholders and its values in order (a warehouse session)."""
-    ordered: list[Any] = []
+    """The SQL with `?` placeholders and its values in order (a warehouse session).
 
-    def one(match: re.Match[str]) -> str:
-        ordered.append(values[match.group(1)])
-        return "?"
+    SQLAlchemy's compiler finds the `:name` placeholders of `text(sql)`, as when the
+    extract executes it; values not named in the SQL are ignored."""
+    import sqlalchemy as sa
 
-    return _NAMED.sub(one, sql), ordered
+    compiled = sa.text(sql).compile(dialect=_qmark_dialect())
+    return compiled.string, [values[name] for name in compiled.positiontup or ()]
 
 
 Summary = tuple[int, int, int]
