@@ -519,6 +519,37 @@ def _record_range_check(s: Session, delta: _Delta, ranges: _KeyRanges, compared:
     )
 
 
+@dataclass(frozen=True)
+class _BucketCheck:
+    """How `_find_gone_by_summaries` compares one delta with the source's landed bucket
+    summaries: the quoted `key` of raw and the staged delta (`temp`), the engine `kind`,
+    the bucket `width` and the landed summaries' `manifest`."""
+
+    key: str
+    raw: str
+    temp: str
+    kind: str
+    width: int
+    manifest: dict[str, Any]
+
+    @property
+    def warehouse_keys(self) -> str:
+        return _warehouse_keys(self.key, self.raw, self.temp)
+
+    def bucket(self) -> tuple[str, list[Any]]:
+        """SQL of the bucket of key `x.<key>`, and its parameters."""
+        return key_summary.qmark(
+            key_summary.bucket_sql(f"x.{self.key}", self.kind), key_summary.params(self.width)
+        )
+
+    def warehouse_summary(self) -> tuple[str, list[Any]]:
+        """SQL of the warehouse keys' summary per bucket (as the source's), and its parameters."""
+        return key_summary.qmark(
+            key_summary.summary_sql(f"x.{self.key}", f"({self.warehouse_keys}) x", self.kind),
+            key_summary.params(self.width),
+        )
+
+
 def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
     """The keys gone from the source into `<temp>__gone`, from a run that landed the
     source's bucket summaries and the keys of its changed buckets only.
@@ -532,19 +563,32 @@ def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
     remove rows the source still has, skipping it would keep rows the source deleted.
     """
     assert delta.key_ranges is not None and delta.landing_root is not None
-    gone, keys_temp = f"{delta.temp}__gone", f"{delta.temp}__keys"
     if len(delta.keys) != 1:
         raise LoadError(
             f"{delta.source}/{delta.table}: run {delta.run_id} landed key-range summaries "
             f"for a key of {len(delta.keys)} columns ({', '.join(delta.keys)}): re-extract it"
         )
-    key = _q(delta.keys[0])
-    raw, temp = _raw(s, delta.table), _temp(delta.temp)
-    delta.gone = gone
+    delta.gone = f"{delta.temp}__gone"
     if not s.exists("raw", delta.table):  # the first load: nothing to delete
-        for name in (gone, keys_temp):
-            s.create_temp(name, f"select {key} from {temp} where false")
+        key = _q(delta.keys[0])
+        for name in (delta.gone, f"{delta.temp}__keys"):
+            s.create_temp(name, f"select {key} from {_temp(delta.temp)} where false")
         return
+    check = _plan_bucket_check(s, delta)
+    differ = _find_differing_buckets(s, delta, check)
+    covering, uncovered = _covering_runs(delta, differ, check.width)
+    if uncovered:
+        _uncovered(delta, uncovered, check.width)
+    _create_buckets(s, f"{delta.temp}__ranges", differ)
+    _stage_covered_keys(s, delta, check, covering)
+    _find_gone_in_buckets(s, delta, check)
+    _record_bucket_check(s, delta, check, differ, covering)
+
+
+def _plan_bucket_check(s: Session, delta: _Delta) -> _BucketCheck:
+    """The comparison with the landed summaries; `LoadError` when this engine cannot
+    compute them or they record no bucket width."""
+    assert delta.key_ranges is not None
     if not key_summary.supported(s.kind):
         raise LoadError(
             f"{delta.source}/{delta.table}: the warehouse engine {s.kind!r} cannot compute "
@@ -557,17 +601,17 @@ def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
             f"{delta.source}/{delta.table}: {delta.key_ranges} records no bucket width: "
             "re-extract the run"
         )
-    values = key_summary.params(width)
+    key, raw, temp = _q(delta.keys[0]), _raw(s, delta.table), _temp(delta.temp)
+    return _BucketCheck(key, raw, temp, s.kind, width, manifest)
+
+
+def _find_differing_buckets(s: Session, delta: _Delta, check: _BucketCheck) -> set[int]:
+    """The buckets whose landed source summary differs from the warehouse's."""
+    assert delta.key_ranges is not None
     source_ranges = f"{delta.temp}__source_ranges"
     s.stage_parquet(source_ranges, [delta.key_ranges], union_by_name=False)
-    warehouse_keys = (
-        f"select {key} from {raw} union all select d.{key} from {temp} d "
-        f"where not exists (select 1 from {raw} o where o.{key} = d.{key})"
-    )
-    summary, summary_params = key_summary.qmark(
-        key_summary.summary_sql(f"x.{key}", f"({warehouse_keys}) x", s.kind), values
-    )
-    differ = {
+    summary, summary_params = check.warehouse_summary()
+    return {
         int(r[0])
         for r in s.fetchall(
             "select coalesce(src.b, wh.b) "
@@ -578,41 +622,66 @@ def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
             summary_params,
         )
     }
-    covering, uncovered = _covering_runs(delta, differ, width)
-    if uncovered:
-        _uncovered(delta, uncovered, width)
-    bucket, bucket_params = key_summary.qmark(key_summary.bucket_sql(f"x.{key}", s.kind), values)
-    ranges_table = f"{delta.temp}__ranges"
-    s.create_temp(ranges_table, "", columns="b bigint")
-    s.insert_arrow(_temp(ranges_table), pa.table({"b": pa.array(sorted(differ), pa.int64())}))
+
+
+def _create_buckets(s: Session, name: str, buckets: set[int]) -> None:
+    """Temp table `name(b bigint)` holding `buckets`, in order."""
+    s.create_temp(name, "", columns="b bigint")
+    s.insert_arrow(_temp(name), pa.table({"b": pa.array(sorted(buckets), pa.int64())}))
+
+
+def _stage_covered_keys(
+    s: Session, delta: _Delta, check: _BucketCheck, covering: list[tuple[Path, set[int]]]
+) -> None:
+    """The source keys of the differing buckets into `<temp>__keys`, each bucket's from
+    the landed key set that covers it."""
+    key = check.key
+    bucket, bucket_params = check.bucket()
     selects, params = [], []
     for i, (directory, buckets) in enumerate(covering):
         files, cover = f"{delta.temp}__keyfiles{i}", f"{delta.temp}__cover{i}"
         s.stage_parquet(files, [directory], union_by_name=False)
-        s.create_temp(cover, "", columns="b bigint")
-        s.insert_arrow(_temp(cover), pa.table({"b": pa.array(sorted(buckets), pa.int64())}))
+        _create_buckets(s, cover, buckets)
         selects.append(
             f"select x.{key} from {_temp(files)} x where {bucket} in (select b from {_temp(cover)})"
         )
         params += bucket_params
     if not selects:
-        selects, params = [f"select {key} from {temp} where false"], []
+        selects, params = [f"select {key} from {check.temp} where false"], []
     s.create_temp(
-        keys_temp, f"select distinct u.{key} from ({' union all '.join(selects)}) u", params
+        f"{delta.temp}__keys",
+        f"select distinct u.{key} from ({' union all '.join(selects)}) u",
+        params,
     )
+
+
+def _find_gone_in_buckets(s: Session, delta: _Delta, check: _BucketCheck) -> None:
+    """The warehouse keys of the differing buckets the source lacks, into `<temp>__gone`."""
+    key = check.key
+    bucket, bucket_params = check.bucket()
     s.create_temp(
-        gone,
-        f"select x.{key} from ({warehouse_keys}) x "
-        f"where {bucket} in (select b from {_temp(ranges_table)}) and not exists "
-        f"(select 1 from {_temp(keys_temp)} k where k.{key} = x.{key}) "
+        f"{delta.temp}__gone",
+        f"select x.{key} from ({check.warehouse_keys}) x "
+        f"where {bucket} in (select b from {_temp(f'{delta.temp}__ranges')}) and not exists "
+        f"(select 1 from {_temp(f'{delta.temp}__keys')} k where k.{key} = x.{key}) "
         # a key the run read is at the source in this snapshot, whatever the summaries say
-        f"and not exists (select 1 from {temp} d where d.{key} = x.{key})",
+        f"and not exists (select 1 from {check.temp} d where d.{key} = x.{key})",
         bucket_params,
     )
-    read = s.fetchone(f"select count(*) from {_temp(keys_temp)}")
+
+
+def _record_bucket_check(
+    s: Session,
+    delta: _Delta,
+    check: _BucketCheck,
+    differ: set[int],
+    covering: list[tuple[Path, set[int]]],
+) -> None:
+    """What the bucket comparison read, into `delta.key_check` and the log."""
+    read = s.fetchone(f"select count(*) from {_temp(f'{delta.temp}__keys')}")
     delta.key_check = {
-        "ranges": int(manifest.get("buckets") or 0),
-        "range_width": width,
+        "ranges": int(check.manifest.get("buckets") or 0),
+        "range_width": check.width,
         "ranges_compared": len(differ),
         "keys_compared": int(read[0]) if read else 0,
         "source_keys_landed": sum(_landed_rows(d) for d, _ in covering),
@@ -624,7 +693,7 @@ def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
         delta.source,
         delta.table,
         delta.key_check["ranges"],
-        width,
+        check.width,
         len(differ),
         delta.key_check["keys_compared"],
         len(covering),
