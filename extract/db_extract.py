@@ -279,8 +279,9 @@ def read_batches(
         else:
             columns.append(col)
     stmt = sa.select(*columns)
-    if where_sql:
-        stmt = stmt.where(bound_filter(where_sql, params))
+    row_filter = bound_filter(where_sql, params) if where_sql else None
+    if row_filter is not None:
+        stmt = stmt.where(row_filter)
     pk = list(table.primary_key.columns)
     if pk:
         stmt = stmt.order_by(*pk)
@@ -305,7 +306,7 @@ def read_batches(
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
     except sa.exc.DataError as exc:  # the driver could not load a value (psycopg)
         if is_pg:
-            _pg_out_of_range(conn, table, schema, where_sql, params, key_name, exc)
+            _pg_out_of_range(conn, table, schema, row_filter, key_name, exc)
         raise
     finally:
         result.close()
@@ -318,14 +319,14 @@ def _pg_out_of_range(
     conn: sa.Connection,
     table: sa.Table,
     schema: pa.Schema,
-    where_sql: str | None,
-    params: dict[str, Any],
+    row_filter: sa.TextClause | None,
     key_name: str,
     exc: Exception,
 ) -> None:
     """The driver failed to load a row (psycopg: "timestamp too large (after year 10K)",
     without naming the column or row): find the first date/timestamp outside the years
-    1..9999 (or infinite) in the rows read, and raise naming table, column and key."""
+    1..9999 (or infinite) in the rows read (`row_filter`: the read's, values bound), and
+    raise naming table, column and key."""
     key = table.c[key_name]
     for field in schema:
         col = table.c[field.name]
@@ -338,8 +339,8 @@ def _pg_out_of_range(
         bound = sa.DateTime() if is_ts else sa.Date()
         lo, hi = (sa.cast(sa.literal(d), bound) for d in _LANDABLE_DAYS)
         stmt = sa.select(key, sa.cast(col, sa.Text)).where(sa.not_(sa.and_(expr >= lo, expr < hi)))
-        if where_sql:
-            stmt = stmt.where(bound_filter(where_sql, params))
+        if row_filter is not None:
+            stmt = stmt.where(row_filter)
         row = conn.execute(stmt.order_by(key).limit(1)).first()
         if row is not None:
             raise UnlandableValueError(
@@ -416,7 +417,13 @@ def ranged_reader(
     each row in exactly one range. Batches come in no particular order; memory stays
     bounded by `degree` readers and a queue of `degree` batches.
     """
-    from extract.key_ranges import estimate_rows, extract_parallel, split_key_ranges
+    from extract.key_ranges import (
+        ParallelRead,
+        RowFilter,
+        estimate_rows,
+        extract_parallel,
+        split_key_ranges,
+    )
     from extract.pg_copy import psycopg_connection, stream_pg_batches
 
     def read(
@@ -435,7 +442,9 @@ def ranged_reader(
         if min_rows_per_range > 0:
             rows = estimate_rows(psycopg_connection(conn), table.name, where, binds)
             n = max(1, min(degree, rows // min_rows_per_range))
-        ranges = split_key_ranges(conn, table.name, key, n, where, binds) if n > 1 else []
+        ranges = (
+            split_key_ranges(conn, table.name, key, n, RowFilter(where, binds)) if n > 1 else []
+        )
         if len(ranges) < 2:
             yield from auto_read_batches(conn, table, schema, where_sql, params, batch_size)
             return
@@ -462,7 +471,8 @@ def ranged_reader(
 
         log.info("%s: reading %d key ranges of %s at once", table.name, len(ranges), key)
         yield from extract_parallel(
-            url, table.name, ranges, read_range, max_workers=len(ranges), snapshot=snapshot
+            ParallelRead(url, table.name, ranges, max_workers=len(ranges), snapshot=snapshot),
+            read_range,
         )
 
     return read
@@ -1230,18 +1240,34 @@ def _source_summaries(conn: sa.Connection, table: sa.Table, key: str) -> dict[in
     return {int(b): (int(n), int(s1), int(s2)) for b, n, s1, s2 in rows}
 
 
-def _land_keys(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str, dict[str, Any]]:
-    """Land the key check of a `reconcile_deletes` table: `{name: manifest}`.
+@dataclass(frozen=True)
+class _KeyCheck:
+    """What a summarised table's key check lands: the source's bucket summaries in the
+    run's snapshot (`current`), the newest earlier landed ones they were compared with
+    (`previous`: (manifest, summaries), or None), the buckets whose summary differs
+    (`changed`), and why every key lands instead of the changed buckets' (`why_all`)."""
 
-    Summarised tables (`_summarised`) land `<table>__key_ranges`, the source's bucket
-    summaries in the run's snapshot, and `<table>__keys` with the keys of the buckets
-    whose summary differs from the newest earlier landed summaries only: every key when
-    there are none (first night, or an earlier format), when the table is read in full,
-    when most buckets changed, or when the loader asked for a full key set
-    (extract/key_check.py). Other tables land every key, as `_land_key_set` does.
-    """
-    if not _summarised(run, table, config):
-        return {f"{config.name}{key_check.KEYS_SUFFIX}": _land_key_set(run, table, config)}
+    current: dict[int, key_summary.Summary]
+    previous: tuple[dict[str, Any], dict[int, key_summary.Summary]] | None
+    changed: list[int]
+    why_all: str | None
+    width: int = key_summary.WIDTH
+
+    @property
+    def every(self) -> bool:
+        """Whether every key lands (not only the changed buckets' keys)."""
+        return self.why_all is not None
+
+    @property
+    def with_keys(self) -> set[int]:
+        """The buckets whose keys land."""
+        return set(self.current) if self.every else set(self.changed)
+
+
+def _plan_key_check(run: _RunState, table: sa.Table, config: TableConfig) -> _KeyCheck:
+    """Summarise the source's keys and decide which buckets' keys land: every key for a
+    table read in full, on the load's request, with no earlier summaries, or when most
+    buckets changed; else the keys of the changed buckets only."""
     root, width = run.plan.landing_root, key_summary.WIDTH
     current = _source_summaries(run.conn, table, config.key)
     previous = None
@@ -1261,37 +1287,48 @@ def _land_keys(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str
         changed = key_summary.changed_buckets(current, previous[1])
         if len(changed) * 2 > max(len(current), 1):
             why_all = f"{len(changed)} of {len(current)} buckets changed"
-    check_id = uuid.uuid4().hex
-    every = why_all is not None
-    if every:
-        log.info("%s: every key lands: %s", config.name, why_all)
-    fields: dict[str, Any] = {
-        "keys": "all" if every else "changed",
-        "key_check_id": check_id,
-        "width": width,
-        "buckets": len(current),
-        "buckets_with_keys": len(current) if every else len(changed),
+    return _KeyCheck(current, previous, changed, why_all, width)
+
+
+def _key_check_fields(check: _KeyCheck) -> dict[str, Any]:
+    """The manifest fields both the keys and the summaries record (one check id)."""
+    return {
+        "keys": "all" if check.every else "changed",
+        "key_check_id": uuid.uuid4().hex,
+        "width": check.width,
+        "buckets": len(check.current),
+        "buckets_with_keys": len(check.current) if check.every else len(check.changed),
     }
-    spans = None if every else key_summary.intervals(changed, width)
-    keys = _land_key_set(run, table, config, spans=spans, fields=fields)
-    with_keys = set(current) if every else set(changed)
-    buckets = sorted(set(current) | with_keys)
+
+
+def _summaries_table(check: _KeyCheck) -> pa.Table:
+    """`<table>__key_ranges`: a row per bucket holding keys now or whose keys land (an
+    emptied changed bucket is (0, 0, 0)), and whether its keys land."""
+    with_keys = check.with_keys
+    buckets = sorted(set(check.current) | with_keys)
     empty = (0, 0, 0)
-    summaries = pa.table(
+    rows = [check.current.get(b, empty) for b in buckets]
+    return pa.table(
         {
             "b": pa.array(buckets, pa.int64()),
-            "n": pa.array([current.get(b, empty)[0] for b in buckets], pa.int64()),
-            "s1": pa.array([current.get(b, empty)[1] for b in buckets], pa.int64()),
-            "s2": pa.array([current.get(b, empty)[2] for b in buckets], pa.int64()),
+            "n": pa.array([r[0] for r in rows], pa.int64()),
+            "s1": pa.array([r[1] for r in rows], pa.int64()),
+            "s2": pa.array([r[2] for r in rows], pa.int64()),
             "keys": pa.array([b in with_keys for b in buckets], pa.bool_()),
         },
         schema=key_check.RANGES_SCHEMA,
     )
-    ranges_name = f"{config.name}{key_check.RANGES_SUFFIX}"
-    ranges = write_landing_table(
-        summaries,
+
+
+def _land_summaries(
+    run: _RunState, config: TableConfig, check: _KeyCheck, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Land `<table>__key_ranges` with what the check compared with in its manifest."""
+    previous = check.previous[0] if check.previous is not None else None
+    return write_landing_table(
+        _summaries_table(check),
         schema=key_check.RANGES_SCHEMA,
-        target=_target(run, ranges_name),
+        target=_target(run, f"{config.name}{key_check.RANGES_SUFFIX}"),
         options=LandingOptions(
             extra_manifest={
                 "mode": "key_ranges",
@@ -1302,25 +1339,49 @@ def _land_keys(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str
                 **fields,
                 "hash_p": key_summary.HASH_P,
                 "hash_q": key_summary.HASH_Q,
-                "all_keys_because": why_all,
-                "previous_run_id": None if previous is None else previous[0].get("run_id"),
+                "all_keys_because": check.why_all,
+                "previous_run_id": None if previous is None else previous.get("run_id"),
                 "previous_checksum": (
-                    None if previous is None else previous[0].get("checksum_sha256")
+                    None if previous is None else previous.get("checksum_sha256")
                 ),
             }
         ),
     )
-    if every:
-        key_check.clear_full_key_set_request(root, config.name)
+
+
+def _land_keys(run: _RunState, table: sa.Table, config: TableConfig) -> dict[str, dict[str, Any]]:
+    """Land the key check of a `reconcile_deletes` table: `{name: manifest}`.
+
+    Summarised tables (`_summarised`) land `<table>__key_ranges`, the source's bucket
+    summaries in the run's snapshot, and `<table>__keys` with the keys of the buckets
+    whose summary differs from the newest earlier landed summaries only: every key when
+    there are none (first night, or an earlier format), when the table is read in full,
+    when most buckets changed, or when the loader asked for a full key set
+    (extract/key_check.py, `_plan_key_check`). Other tables land every key, as
+    `_land_key_set` does.
+    """
+    keys_name = f"{config.name}{key_check.KEYS_SUFFIX}"
+    if not _summarised(run, table, config):
+        return {keys_name: _land_key_set(run, table, config)}
+    check = _plan_key_check(run, table, config)
+    fields = _key_check_fields(check)
+    if check.every:
+        log.info("%s: every key lands: %s", config.name, check.why_all)
+    spans = None if check.every else key_summary.intervals(check.changed, check.width)
+    keys = _land_key_set(run, table, config, spans=spans, fields=fields)
+    ranges_name = f"{config.name}{key_check.RANGES_SUFFIX}"
+    ranges = _land_summaries(run, config, check, fields)
+    if check.every:
+        key_check.clear_full_key_set_request(run.plan.landing_root, config.name)
     log.info(
         "extracted %s.%s: %d buckets, keys of %d landed (%d keys)",
         SOURCE_NAME,
         ranges_name,
-        len(current),
+        len(check.current),
         fields["buckets_with_keys"],
         keys["rows"],
     )
-    return {f"{config.name}{key_check.KEYS_SUFFIX}": keys, ranges_name: ranges}
+    return {keys_name: keys, ranges_name: ranges}
 
 
 # --------------------------------------------------------------------------- sharded

@@ -24,16 +24,18 @@ By default the first range is read from the smallest possible key and the last u
 the largest (`open_ends=True`), so a key that appeared between the split and the
 snapshot is still read exactly once.
 
-Placeholders of `where_sql`: `%s` / `%(name)s` on PostgreSQL (psycopg connection, values
+Placeholders of a `RowFilter`: `%s` / `%(name)s` on PostgreSQL (psycopg connection, values
 rendered by the driver as literals, see `extract.pg_copy.render_where`); `:name` with a
 mapping on a SQLAlchemy connection to another database (real bind parameters).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -46,6 +48,8 @@ from extract.pg_copy import connect, psycopg_connection, render_where
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
+    "ParallelRead",
+    "RowFilter",
     "estimate_rows",
     "extract_parallel",
     "split_key_ranges",
@@ -62,13 +66,20 @@ def _is_pg(conn: Any) -> bool:
     return isinstance(conn, sa.Connection) and conn.dialect.name == "postgresql"
 
 
+@dataclass(frozen=True)
+class RowFilter:
+    """The rows a split covers: `sql` with the placeholders of its `params` ("": all)."""
+
+    sql: str = ""
+    params: Sequence[Any] | Mapping[str, Any] = ()
+
+
 def split_key_ranges(
     conn: Any,
     table: str,
     key: str,
     degree: int,
-    where_sql: str = "",
-    params: Sequence[Any] | Mapping[str, Any] = (),
+    where: RowFilter = RowFilter(),
     *,
     min_rows_per_range: int = 0,
 ) -> list[tuple[int, int]]:
@@ -82,12 +93,12 @@ def split_key_ranges(
     if degree < 1:
         raise ValueError(f"degree={degree!r} must be >= 1")
     if min_rows_per_range > 0 and degree > 1 and _is_pg(conn):
-        rows = estimate_rows(psycopg_connection(conn), table, where_sql, params)
+        rows = estimate_rows(psycopg_connection(conn), table, where.sql, where.params)
         degree = max(1, min(degree, rows // min_rows_per_range))
     if _is_pg(conn):
-        lo, hi, bounds = _pg_bounds(psycopg_connection(conn), table, key, degree, where_sql, params)
+        lo, hi, bounds = _pg_bounds(psycopg_connection(conn), table, key, degree, where)
     else:
-        lo, hi, bounds = _generic_bounds(conn, table, key, degree, where_sql, params)
+        lo, hi, bounds = _generic_bounds(conn, table, key, degree, where)
     if lo is None:
         return []
     return _tile(int(lo), int(hi), bounds)
@@ -126,22 +137,17 @@ def _tile(lo: int, hi: int, bounds: Iterable[int]) -> list[tuple[int, int]]:
 
 
 def _pg_bounds(
-    conn: psycopg.Connection,
-    table: str,
-    key: str,
-    degree: int,
-    where_sql: str,
-    params: Sequence[Any] | Mapping[str, Any],
+    conn: psycopg.Connection, table: str, key: str, degree: int, row_filter: RowFilter
 ) -> tuple[Any, Any, list[int]]:
     target = sql.Identifier(table)
     k = sql.Identifier(key)
     where = (
-        sql.SQL(" WHERE ({})").format(render_where(where_sql, params))
-        if where_sql.strip()
+        sql.SQL(" WHERE ({})").format(render_where(row_filter.sql, row_filter.params))
+        if row_filter.sql.strip()
         else sql.SQL("")
     )
     with conn.cursor() as cur:
-        if where_sql.strip():
+        if row_filter.sql.strip():
             # OFFSET 0 fences off the min/max-by-key-index rewrite, which would walk the
             # key index past every row the filter rejects (slow for a recent slice).
             bounds_sql = "SELECT min({k}), max({k}) FROM (SELECT {k} FROM {t}{w} OFFSET 0) s"
@@ -179,17 +185,13 @@ def _arithmetic(lo: int, hi: int, degree: int) -> list[int]:
 
 
 def _generic_bounds(
-    conn: sa.Connection,
-    table: str,
-    key: str,
-    degree: int,
-    where_sql: str,
-    params: Sequence[Any] | Mapping[str, Any],
+    conn: sa.Connection, table: str, key: str, degree: int, row_filter: RowFilter
 ) -> tuple[Any, Any, list[int]]:
     t = sa.table(table, sa.column(key))
     stmt = sa.select(sa.func.min(t.c[key]), sa.func.max(t.c[key])).select_from(t)
-    if where_sql.strip():
-        stmt = stmt.where(sa.text(where_sql))
+    if row_filter.sql.strip():
+        stmt = stmt.where(sa.text(row_filter.sql))
+    params = row_filter.params
     lo, hi = conn.execute(stmt, dict(params) if isinstance(params, Mapping) else {}).one()
     if lo is None:
         return None, None, []
@@ -201,112 +203,161 @@ def _generic_bounds(
 _DONE = object()
 
 
-def extract_parallel(
-    url: str,
-    table: str,
-    ranges: Sequence[tuple[int, int]],
-    fn: Callable[[Any, int, int], Iterable[Any]],
-    max_workers: int,
-    *,
-    snapshot: str | None = None,
-    open_ends: bool = True,
-    queue_batches: int | None = None,
-) -> Iterator[Any]:
-    """Yield the batches of `fn(conn, lo, hi)` over all `ranges`, one snapshot for all.
+@dataclass(frozen=True)
+class ParallelRead:
+    """One table read by key ranges under one snapshot (`extract_parallel`).
+
+    `snapshot`: an id from `pg_export_snapshot()` of the caller's open transaction, to
+    read in the caller's snapshot; by default a coordinator transaction exports one.
+    `open_ends`: the first range starts at the smallest key, the last ends at the
+    largest. `queue_batches`: batches held between the readers and the consumer
+    (default: one a reader)."""
+
+    url: str
+    table: str
+    ranges: Sequence[tuple[int, int]]
+    max_workers: int
+    snapshot: str | None = None
+    open_ends: bool = True
+    queue_batches: int | None = None
+
+
+RangeFn = Callable[[Any, int, int], Iterable[Any]]
+
+
+def extract_parallel(read: ParallelRead, fn: RangeFn) -> Iterator[Any]:
+    """Yield the batches of `fn(conn, lo, hi)` over all `read.ranges`, one snapshot for all.
 
     `fn` reads one range on the connection it is given (PostgreSQL: a psycopg
     connection whose transaction already imported the snapshot; elsewhere: a SQLAlchemy
-    connection). `snapshot`: an id from `pg_export_snapshot()` of the caller's open
-    transaction, to read in the caller's snapshot; by default a coordinator
-    transaction exports one. Batches come in no particular order across ranges.
+    connection). Batches come in no particular order across ranges.
     """
-    if max_workers < 1:
-        raise ValueError(f"max_workers={max_workers!r} must be >= 1")
-    work = [(int(lo), int(hi)) for lo, hi in ranges]
+    if read.max_workers < 1:
+        raise ValueError(f"max_workers={read.max_workers!r} must be >= 1")
+    work = _work(read)
     if not work:
         return
-    if open_ends:
+    url = sqlalchemy_url(read.url)
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        yield from _sequential(url, read.table, work, fn)
+        return
+    coordinator = None
+    snapshot = read.snapshot
+    if snapshot is None:
+        coordinator, snapshot = _export_snapshot(url)
+    try:
+        resolved = dataclasses.replace(read, url=url, snapshot=snapshot)
+        yield from _RangeReaders(resolved, work, fn).batches()
+    finally:
+        if coordinator is not None:
+            coordinator.close()
+
+
+def _work(read: ParallelRead) -> list[tuple[int, int]]:
+    """The ranges to read, the outer ends opened to the bigint range (`open_ends`)."""
+    work = [(int(lo), int(hi)) for lo, hi in read.ranges]
+    if work and read.open_ends:
         work[0] = (INT64_MIN, work[0][1])
         work[-1] = (work[-1][0], INT64_MAX)
-    url = sqlalchemy_url(url)
-    if sa.make_url(url).get_backend_name() != "postgresql":
-        yield from _sequential(url, table, work, fn)
-        return
+    return work
 
-    coordinator = None
-    if snapshot is None:
-        coordinator = connect(url)
-        coordinator.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
-    todo: queue.Queue = queue.Queue()
-    for item in work:
-        todo.put(item)
-    workers = min(max_workers, len(work))
-    out: queue.Queue = queue.Queue(maxsize=queue_batches or workers)
-    stop = threading.Event()
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+def _export_snapshot(url: str) -> tuple[psycopg.Connection, str]:
+    """A coordinator transaction (kept open by the caller) and the snapshot it exports."""
+    coordinator = connect(url)
+    coordinator.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    return coordinator, snapshot
+
+
+class _RangeReaders:
+    """The reader threads of one PostgreSQL parallel read: each imports the snapshot and
+    takes ranges off a shared list until none is left; their batches, errors and ends
+    go through one bounded queue to the consumer (`batches`)."""
+
+    def __init__(self, read: ParallelRead, work: Sequence[tuple[int, int]], fn: RangeFn) -> None:
+        self.read = read
+        self.fn = fn
+        self.todo: queue.Queue = queue.Queue()
+        for item in work:
+            self.todo.put(item)
+        self.workers = min(read.max_workers, len(work))
+        self.out: queue.Queue = queue.Queue(maxsize=read.queue_batches or self.workers)
+        self.stop = threading.Event()
+
+    def put(self, item: Any) -> bool:
+        """Queue `item` for the consumer; False once the read is stopped."""
+        while not self.stop.is_set():
             try:
-                out.put(item, timeout=0.1)
+                self.out.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def worker() -> None:
+    def worker(self) -> None:
         try:
-            with connect(url) as conn:
+            with connect(self.read.url) as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                while not stop.is_set():
-                    try:
-                        lo, hi = todo.get_nowait()
-                    except queue.Empty:
-                        break
-                    for batch in fn(conn, lo, hi):
-                        if not put(batch):
-                            return
-                conn.rollback()  # read only: nothing to keep
+                conn.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.read.snapshot))
+                )
+                if self._read_ranges(conn):
+                    conn.rollback()  # read only: nothing to keep
         except BaseException as exc:  # handed to the consumer
-            put(exc)
+            self.put(exc)
         finally:
-            put(_DONE)
+            self.put(_DONE)
 
-    threads = [
-        threading.Thread(target=worker, name=f"extract-{table}-{i}", daemon=True)
-        for i in range(workers)
-    ]
-    try:
-        for t in threads:
-            t.start()
-        running = workers
-        while running:
-            item = out.get()
-            if item is _DONE:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        stop.set()
+    def _read_ranges(self, conn: psycopg.Connection) -> bool:
+        """Read ranges until none is left (True) or the read is stopped (False)."""
+        while not self.stop.is_set():
+            try:
+                lo, hi = self.todo.get_nowait()
+            except queue.Empty:
+                break
+            for batch in self.fn(conn, lo, hi):
+                if not self.put(batch):
+                    return False
+        return True
+
+    def batches(self) -> Iterator[Any]:
+        """Start the readers and yield their batches; the first error is raised."""
+        threads = [
+            threading.Thread(target=self.worker, name=f"extract-{self.read.table}-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        try:
+            for t in threads:
+                t.start()
+            running = self.workers
+            while running:
+                item = self.out.get()
+                if item is _DONE:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            self._stop(threads)
+
+    def _stop(self, threads: Sequence[threading.Thread]) -> None:
+        self.stop.set()
         for t in threads:
             while t.is_alive():
                 try:  # unblock a producer waiting on a full queue
-                    out.get_nowait()
+                    self.out.get_nowait()
                 except queue.Empty:
                     t.join(0.05)
-        if coordinator is not None:
-            coordinator.close()
 
 
 def _sequential(
     url: str,
     table: str,
     work: Sequence[tuple[int, int]],
-    fn: Callable[[Any, int, int], Iterable[Any]],
+    fn: RangeFn,
 ) -> Iterator[Any]:
     """Non-PostgreSQL: the ranges one after the other, in one transaction."""
     engine = sa.create_engine(url)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 import extract.key_ranges as kr
-from extract.key_ranges import extract_parallel, split_key_ranges
+from extract.key_ranges import ParallelRead, RowFilter, extract_parallel, split_key_ranges
 from extract.pg_copy import connect, stream_pg_batches
 
 SCHEMA = pa.schema([("id", pa.int64()), ("v", pa.string())])
@@ -64,7 +64,7 @@ def test_ranges_cover_every_key_once_with_gaps(pg_database: str) -> None:
         sizes = [sum(lo <= k <= hi for k in keys) for lo, hi in ranges]
         assert max(sizes) < 2 * len(keys) / 4  # roughly equal rows despite the gaps
         filtered = [k for k in keys if k % 2 == 0]
-        ranges = split_key_ranges(conn, "t", "id", 3, "id %% 2 = %s", (0,))
+        ranges = split_key_ranges(conn, "t", "id", 3, RowFilter("id %% 2 = %s", (0,)))
         _check_tiling(ranges, filtered)
 
 
@@ -82,7 +82,7 @@ def test_single_row_empty_table_and_degree_above_rows(pg_database: str) -> None:
     _table(pg_database, [42])
     with connect(pg_database) as conn:
         assert split_key_ranges(conn, "t", "id", 5) == [(42, 42)]
-        assert split_key_ranges(conn, "t", "id", 3, "id > %s", (42,)) == []
+        assert split_key_ranges(conn, "t", "id", 3, RowFilter("id > %s", (42,))) == []
         conn.execute("INSERT INTO t VALUES (43, 'a'), (50, 'b')")
         ranges = split_key_ranges(conn, "t", "id", 10)
         _check_tiling(ranges, [42, 43, 50])
@@ -96,7 +96,9 @@ def test_min_rows_per_range_lowers_the_degree(pg_database: str) -> None:
     _table(pg_database, keys)
     with connect(pg_database) as conn:
         assert len(split_key_ranges(conn, "t", "id", 4, min_rows_per_range=2_000)) == 2
-        one = split_key_ranges(conn, "t", "id", 4, "id > %s", (4_900,), min_rows_per_range=2_000)
+        one = split_key_ranges(
+            conn, "t", "id", 4, RowFilter("id > %s", (4_900,)), min_rows_per_range=2_000
+        )
         assert one == [(4_901, 5_000)]
 
 
@@ -109,7 +111,7 @@ def test_generic_ranges_on_sqlite(tmp_path) -> None:
     with engine.connect() as conn:
         for degree in (1, 2, 4, 20):
             _check_tiling(split_key_ranges(conn, "t", "id", degree), keys)
-        ranges = split_key_ranges(conn, "t", "id", 3, "id < :hi", {"hi": 600})
+        ranges = split_key_ranges(conn, "t", "id", 3, RowFilter("id < :hi", {"hi": 600}))
         _check_tiling(ranges, [k for k in keys if k < 600])
 
     def read(conn, lo, hi):
@@ -122,7 +124,11 @@ def test_generic_ranges_on_sqlite(tmp_path) -> None:
     with engine.connect() as conn:
         ranges = split_key_ranges(conn, "t", "id", 3)
     engine.dispose()
-    got = [k for batch in extract_parallel(url, "t", ranges, read, max_workers=3) for k in batch]
+    got = [
+        k
+        for batch in extract_parallel(ParallelRead(url, "t", ranges, max_workers=3), read)
+        for k in batch
+    ]
     assert sorted(got) == keys  # sequential, one transaction, each key once
 
 
@@ -131,14 +137,18 @@ def test_parallel_reads_every_row_once(pg_database: str) -> None:
     _table(pg_database, keys)
     with connect(pg_database) as conn:
         ranges = split_key_ranges(conn, "t", "id", 4)
-    batches = list(extract_parallel(pg_database, "t", ranges, _range_reader(pg_database), 2))
+    batches = list(
+        extract_parallel(ParallelRead(pg_database, "t", ranges, 2), _range_reader(pg_database))
+    )
     got = [k for b in batches for k in b.column("id").to_pylist()]
     assert sorted(got) == keys
     with connect(pg_database) as conn:  # a key added after the split is still read
         conn.execute("INSERT INTO t VALUES (5000000, 'late'), (-7, 'early')")
     got = [
         k
-        for b in extract_parallel(pg_database, "t", ranges, _range_reader(pg_database), 3)
+        for b in extract_parallel(
+            ParallelRead(pg_database, "t", ranges, 3), _range_reader(pg_database)
+        )
         for k in b.column("id").to_pylist()
     ]
     assert sorted(got) == sorted([*keys, 5_000_000, -7])
@@ -168,7 +178,9 @@ def test_parallel_ranges_share_one_snapshot(pg_database: str) -> None:
 
     def consume() -> None:
         try:
-            result.extend(extract_parallel(pg_database, "t", ranges, gated, max_workers=2))
+            result.extend(
+                extract_parallel(ParallelRead(pg_database, "t", ranges, max_workers=2), gated)
+            )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -59,9 +59,9 @@ def range_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     calls: list[tuple[str, int]] = []
     real = key_ranges.extract_parallel
 
-    def recording(url, table, ranges, fn, max_workers, **kwargs) -> Iterator:
-        calls.append((table, len(ranges)))
-        yield from real(url, table, ranges, fn, max_workers, **kwargs)
+    def recording(read, fn) -> Iterator:
+        calls.append((read.table, len(read.ranges)))
+        yield from real(read, fn)
 
     monkeypatch.setattr(key_ranges, "extract_parallel", recording)
     return calls
