@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -1130,94 +1130,165 @@ def _merge(s: Session, delta: _Delta, run_id: str) -> int:
     )
 
 
-def _load(
-    warehouse_path: Path | None,
-    plan: list[_Delta],
-    run_id: str,
-    report_tz: str | None,
-    guard: Any = None,
-    allow_mass_delete: bool = False,
-    *,
-    warehouse: Warehouse | None = None,
-    build: Build | None = None,
-) -> dict[str, Any]:
-    if warehouse is None:
-        if warehouse_path is None:
+@dataclass(frozen=True)
+class _Target:
+    """Where a load writes: `warehouse` (on its `build`, or the published warehouse when
+    None), else the DuckDB file `path`."""
+
+    path: Path | None
+    warehouse: Warehouse | None = None
+    build: Build | None = None
+
+    def open(self) -> Warehouse:
+        if self.warehouse is not None:
+            return self.warehouse
+        if self.path is None:
             raise LoadError("no warehouse: give a DuckDB file path or a Warehouse")
         from warehouse.backends.duckdb import DuckDBWarehouse
 
-        warehouse = DuckDBWarehouse(Path(warehouse_path))
-    rows: dict[str, int] = {}
-    deleted: dict[str, int] = {}
-    raw_rows: dict[str, int] = {}
-    restated: list[str] = []
-    with warehouse.transaction(build) as s:
-        s.execute("create schema if not exists {raw}")
-        ops.create(s, "deleted_rows", "restated_days", "restated_orders")
-        ensure_schema(s)
-        deltas = {d.table: d for d in plan}
-        for delta in plan:
-            delta.skipped = _already_loaded(s, delta, run_id)
-            if not delta.skipped:
-                _check_not_stale(s, delta, run_id)
-                rows[delta.table] = _stage(s, delta)
-            else:
-                rows[delta.table] = sum(int(p.manifest.get("rows", 0)) for p in delta.parts)
-                log.info("%s/%s run=%s is already loaded", delta.source, delta.table, run_id)
-        if guard is not None:
-            _guard_deletes(s, plan, run_id, guard, allow_mass_delete)
-        if report_tz is not None:
-            _affected_orders(s, deltas)
-            _record_restated(s, run_id, report_tz, deltas.get("orders"))
-        fx = deltas.get("fx_rates")
-        if fx is not None and not fx.skipped:
-            _record_revised_rates(s, run_id, fx)
-        for delta in plan:
-            if delta.skipped:
-                continue
-            _merge(s, delta, run_id)
-            _record_accepted_drift(s, delta, run_id)
-            for part in delta.parts:  # a watermark per shard ('' when unsharded)
-                record_loaded(
-                    s,
-                    source=delta.source,
-                    table=delta.table,
-                    run_id=run_id,
-                    manifest=part.manifest,
-                    shard=part.shard,
-                )
-        for delta in plan:
-            row = s.fetchone(f"select count(*) from {_raw(s, delta.table)}")
-            raw_rows[delta.table] = int(row[0]) if row else 0
-            # all rows this run id deleted (the same answer when the run is reloaded)
-            row = s.fetchone(
-                "select count(*) from {ops}.deleted_rows where run_id = ? and table_name = ?",
-                [run_id, delta.table],
+        return DuckDBWarehouse(Path(self.path))
+
+
+@dataclass(frozen=True)
+class _LoadPlan:
+    """One load of run `run_id`: its `deltas` into `target`, in one transaction.
+
+    `report_tz` (None: not recorded) is the zone of the business days the changes
+    restate; `guard` (warehouse/guards.py; None: off) stops key-set deletes that would
+    remove too much of a table, unless `allow_mass_delete`."""
+
+    deltas: tuple[_Delta, ...]
+    run_id: str
+    target: _Target
+    report_tz: str | None = None
+    guard: Any = None
+    allow_mass_delete: bool = False
+
+    @property
+    def by_table(self) -> dict[str, _Delta]:
+        return {d.table: d for d in self.deltas}
+
+
+@dataclass
+class _Loaded:
+    """What a load did, per table: landed `rows`, rows `deleted` by this run id, the
+    `raw_rows` after it; the ISO business days it `restated` (None: not recorded)."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)
+    raw_rows: dict[str, int] = field(default_factory=dict)
+    restated: list[str] | None = None
+
+    def result(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "rows": self.rows,
+            "deleted": self.deleted,
+            "raw_rows": self.raw_rows,
+        }
+        if self.restated is not None:
+            result["restated_days"] = self.restated
+        return result
+
+
+def _load(plan: _LoadPlan) -> dict[str, Any]:
+    """Stage, check and merge the plan's deltas in one warehouse transaction; the result
+    of `load_source_db`."""
+    warehouse = plan.target.open()
+    loaded = _Loaded()
+    with warehouse.transaction(plan.target.build) as s:
+        _create_schemas(s)
+        _stage_deltas(s, plan, loaded)
+        _check_and_record_changes(s, plan)
+        _merge_deltas(s, plan)
+        _count_loaded(s, plan, loaded)
+    _log_merged(plan, loaded)
+    return loaded.result()
+
+
+def _create_schemas(s: Session) -> None:
+    """`raw`, and the `ops` tables the load writes."""
+    s.execute("create schema if not exists {raw}")
+    ops.create(s, "deleted_rows", "restated_days", "restated_orders")
+    ensure_schema(s)
+
+
+def _stage_deltas(s: Session, plan: _LoadPlan, loaded: _Loaded) -> None:
+    """Stage every delta not loaded before (refusing a stale one); count landed rows."""
+    for delta in plan.deltas:
+        delta.skipped = _already_loaded(s, delta, plan.run_id)
+        if not delta.skipped:
+            _check_not_stale(s, delta, plan.run_id)
+            loaded.rows[delta.table] = _stage(s, delta)
+        else:
+            loaded.rows[delta.table] = sum(int(p.manifest.get("rows", 0)) for p in delta.parts)
+            log.info("%s/%s run=%s is already loaded", delta.source, delta.table, plan.run_id)
+
+
+def _check_and_record_changes(s: Session, plan: _LoadPlan) -> None:
+    """Before any merge: the mass-delete guard, then the business days the staged changes
+    restate and the FX rates the provider revised."""
+    if plan.guard is not None:
+        _guard_deletes(s, list(plan.deltas), plan.run_id, plan.guard, plan.allow_mass_delete)
+    deltas = plan.by_table
+    if plan.report_tz is not None:
+        _affected_orders(s, deltas)
+        _record_restated(s, plan.run_id, plan.report_tz, deltas.get("orders"))
+    fx = deltas.get("fx_rates")
+    if fx is not None and not fx.skipped:
+        _record_revised_rates(s, plan.run_id, fx)
+
+
+def _merge_deltas(s: Session, plan: _LoadPlan) -> None:
+    """Merge each staged delta, record its accepted drift and a watermark per shard."""
+    for delta in plan.deltas:
+        if delta.skipped:
+            continue
+        _merge(s, delta, plan.run_id)
+        _record_accepted_drift(s, delta, plan.run_id)
+        for part in delta.parts:  # a watermark per shard ('' when unsharded)
+            record_loaded(
+                s,
+                source=delta.source,
+                table=delta.table,
+                run_id=plan.run_id,
+                manifest=part.manifest,
+                shard=part.shard,
             )
-            deleted[delta.table] = int(row[0]) if row else 0
-        if report_tz is not None:
-            restated = [
-                r[0].isoformat()
-                for r in s.fetchall(
-                    "select distinct business_date from {ops}.restated_days where run_id = ? "
-                    "order by 1",
-                    [run_id],
-                )
-            ]
-    for delta in plan:
+
+
+def _count_loaded(s: Session, plan: _LoadPlan, loaded: _Loaded) -> None:
+    """Rows of raw per table, rows this run id deleted, and the days it restated."""
+    for delta in plan.deltas:
+        row = s.fetchone(f"select count(*) from {_raw(s, delta.table)}")
+        loaded.raw_rows[delta.table] = int(row[0]) if row else 0
+        # all rows this run id deleted (the same answer when the run is reloaded)
+        row = s.fetchone(
+            "select count(*) from {ops}.deleted_rows where run_id = ? and table_name = ?",
+            [plan.run_id, delta.table],
+        )
+        loaded.deleted[delta.table] = int(row[0]) if row else 0
+    if plan.report_tz is not None:
+        loaded.restated = [
+            r[0].isoformat()
+            for r in s.fetchall(
+                "select distinct business_date from {ops}.restated_days where run_id = ? "
+                "order by 1",
+                [plan.run_id],
+            )
+        ]
+
+
+def _log_merged(plan: _LoadPlan, loaded: _Loaded) -> None:
+    for delta in plan.deltas:
         log.info(
             "merged %s/%s run=%s: %d landed rows, %d deleted, raw now %d rows",
             delta.source,
             delta.table,
-            run_id,
-            rows[delta.table],
-            deleted[delta.table],
-            raw_rows[delta.table],
+            plan.run_id,
+            loaded.rows[delta.table],
+            loaded.deleted[delta.table],
+            loaded.raw_rows[delta.table],
         )
-    result: dict[str, Any] = {"rows": rows, "deleted": deleted, "raw_rows": raw_rows}
-    if report_tz is not None:
-        result["restated_days"] = restated
-    return result
 
 
 def load_source_db(
@@ -1241,17 +1312,10 @@ def load_source_db(
     of a table, unless `allow_mass_delete`. With `warehouse` (and its `build`), the load
     runs on that backend and `warehouse_path` is ignored (None is fine).
     """
-    plan = _plan(landing_root, "source_db", tuple(tables), run_id)
-    return _load(
-        warehouse_path,
-        plan,
-        run_id,
-        report_tz,
-        guard,
-        allow_mass_delete,
-        warehouse=warehouse,
-        build=build,
-    )
+    deltas = _plan(landing_root, "source_db", tuple(tables), run_id)
+    target = _Target(warehouse_path, warehouse, build)
+    plan = _LoadPlan(tuple(deltas), run_id, target, report_tz, guard, allow_mass_delete)
+    return _load(plan)
 
 
 def load_source_db_sharded(
@@ -1275,6 +1339,18 @@ def load_source_db_sharded(
     key-set deletes use the union of all shards' key sets of this run. Same result
     shape as `load_source_db`, plus "shards" and "map_version".
     """
+    record = _shard_run_record(landing_root, run_id)
+    deltas = _plan_sharded(landing_root, tuple(tables), run_id, record)
+    target = _Target(warehouse_path, warehouse, build)
+    plan = _LoadPlan(tuple(deltas), run_id, target, report_tz, guard, allow_mass_delete)
+    result = _load(plan)
+    result["shards"] = [s["name"] for s in record["shards"]]
+    result["map_version"] = record.get("shard_map", {}).get("version")
+    return result
+
+
+def _shard_run_record(landing_root: Path, run_id: str) -> dict[str, Any]:
+    """The record of sharded run `run_id` (`LoadError` when the run is incomplete)."""
     from extract.db_extract import read_shard_run_record
 
     record = read_shard_run_record(landing_root, run_id)
@@ -1284,20 +1360,7 @@ def load_source_db_sharded(
             f"{Path(landing_root) / 'source_db' / '_shard_runs'}): a shard failed or the "
             "extract did not run"
         )
-    plan = _plan_sharded(landing_root, tuple(tables), run_id, record)
-    result = _load(
-        warehouse_path,
-        plan,
-        run_id,
-        report_tz,
-        guard,
-        allow_mass_delete,
-        warehouse=warehouse,
-        build=build,
-    )
-    result["shards"] = [s["name"] for s in record["shards"]]
-    result["map_version"] = record.get("shard_map", {}).get("version")
-    return result
+    return record
 
 
 def load_payments_api(
@@ -1310,5 +1373,6 @@ def load_payments_api(
     build: Build | None = None,
 ) -> dict[str, Any]:
     """Merge the landed `payments_api` run (payments by id, fx_rates by day + currency)."""
-    plan = _plan(landing_root, "payments_api", tuple(tables), run_id)
-    return _load(warehouse_path, plan, run_id, None, warehouse=warehouse, build=build)
+    deltas = _plan(landing_root, "payments_api", tuple(tables), run_id)
+    target = _Target(warehouse_path, warehouse, build)
+    return _load(_LoadPlan(tuple(deltas), run_id, target))
