@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -83,6 +83,9 @@ from extract.source_timeouts import (
 from extract.sql_binds import bound_filter, driver_filter
 from extract.tables import DEFAULT_TABLES, TableConfig
 from extract.watermark import last_loaded_shard_map, last_watermark
+
+if TYPE_CHECKING:
+    from extract.pg_copy import CopyQuery
 
 # (connection, table configs) -> (manifest fields, reason to read everything or None)
 SourceCheckHook = Callable[
@@ -363,18 +366,24 @@ def auto_read_batches(
     if conn.dialect.name != "postgresql" or not _copy_reads(conn, table, schema):
         yield from read_batches(conn, table, schema, where_sql, params, batch_size)
         return
-    from extract.pg_copy import stream_pg_batches
+    from extract.pg_copy import copy_batches
 
     where, binds = driver_filter(where_sql, params)
-    yield from stream_pg_batches(
-        "",
+    query = _copy_query(table, schema, where, binds)
+    yield from copy_batches(query, conn=conn, batch_rows=batch_size)
+
+
+def _copy_query(table: sa.Table, schema: pa.Schema, where: str, binds: dict[str, Any]) -> CopyQuery:
+    """The binary COPY of `schema`'s columns of `table`, the rows matching `where` (the
+    driver's `%(name)s` form, `driver_filter`)."""
+    from extract.pg_copy import CopyQuery
+
+    return CopyQuery(
         table=table.name,
         columns=list(schema.names),
         schema=schema,
         where_sql=where,
         params=binds,
-        batch_rows=batch_size,
-        conn=conn,
         pg_schema=table.schema,
         key=_row_key(table, schema),
     )
@@ -424,7 +433,7 @@ def ranged_reader(
         extract_parallel,
         split_key_ranges,
     )
-    from extract.pg_copy import psycopg_connection, stream_pg_batches
+    from extract.pg_copy import copy_batches, psycopg_connection
 
     def read(
         conn: sa.Connection,
@@ -456,18 +465,8 @@ def ranged_reader(
             range_where, range_binds = driver_filter(
                 clause, {**params, "range_lo": lo, "range_hi": hi}
             )
-            return stream_pg_batches(
-                "",
-                table=table.name,
-                columns=list(schema.names),
-                schema=schema,
-                where_sql=range_where,
-                params=range_binds,
-                batch_rows=batch_size,
-                conn=worker,
-                pg_schema=table.schema,
-                key=_row_key(table, schema),
-            )
+            query = _copy_query(table, schema, range_where, range_binds)
+            return copy_batches(query, conn=worker, batch_rows=batch_size)
 
         log.info("%s: reading %d key ranges of %s at once", table.name, len(ranges), key)
         yield from extract_parallel(

@@ -1,7 +1,7 @@
 """PostgreSQL fast path of the DB extract: binary COPY decoded column-wise into Arrow.
 
-`stream_pg_batches` runs `COPY (SELECT ...) TO STDOUT (FORMAT BINARY)` and turns the
-rows into `pyarrow.RecordBatch`es with exactly the Arrow schema it is given (the same
+`copy_batches` runs `COPY (SELECT ...) TO STDOUT (FORMAT BINARY)` of a `CopyQuery`
+(`stream_pg_batches`: the same, the query's fields as keywords) and turns the rows into `pyarrow.RecordBatch`es with exactly the Arrow schema it is given (the same
 types and values the generic SQLAlchemy reader lands). How, and why this way
 (measured on 1M `orders` rows, see `bench/bench_extract.py`):
 
@@ -76,8 +76,10 @@ from extract.source_timeouts import (
 
 __all__ = [
     "SUPPORTED_TYPES",
+    "CopyQuery",
     "UnsupportedTypeError",
     "connect",
+    "copy_batches",
     "psycopg_connection",
     "render_where",
     "stream_pg_batches",
@@ -316,28 +318,46 @@ def _copy_statement(
     return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)
 
 
-def stream_pg_batches(
-    url: str,
-    *,
-    table: str,
-    columns: list[str],
-    schema: pa.Schema,
-    where_sql: str = "",
-    params: Sequence[Any] | Mapping[str, Any] = (),
-    batch_rows: int = 100_000,
-    conn: Any = None,
-    order_by: Sequence[str] | None = None,
-    pg_schema: str | None = None,
-    stall_timeout_s: float | None = None,
-    key: str | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Stream `columns` of `table` (rows matching `where_sql`) as batches of `schema`.
+@dataclass(frozen=True)
+class CopyQuery:
+    """What one binary COPY reads: `columns` of `table` (in `pg_schema`, else the search
+    path) as batches of `schema`, the rows matching `where_sql` (`%s` or `%(name)s`
+    placeholders for `params`), in `order_by` order if given (a landing run does not need
+    row order; sorting costs the server time). `key`: the column naming a row in errors
+    (default: the first column)."""
 
-    `where_sql` uses `%s` (or `%(name)s`) placeholders for `params`. `order_by` is
-    optional (a landing run does not need row order; sorting costs the server time).
-    `stall_timeout_s` (default `SOURCE_READ_STALL_TIMEOUT_S`): when no byte of the COPY
-    arrives for that long, the connection's socket is shut down and `SourceTimeoutError`
-    names the table (the connection is unusable afterwards).
+    table: str
+    columns: Sequence[str]
+    schema: pa.Schema
+    where_sql: str = ""
+    params: Sequence[Any] | Mapping[str, Any] = ()
+    order_by: Sequence[str] | None = None
+    pg_schema: str | None = None
+    key: str | None = None
+
+
+def stream_pg_batches(url: str, /, **fields: Any) -> Iterator[pa.RecordBatch]:
+    """`copy_batches` with the query's fields (`CopyQuery`) and its options (`conn`,
+    `batch_rows`, `stall_timeout_s`) as keywords."""
+    options = {k: fields.pop(k) for k in ("conn", "batch_rows", "stall_timeout_s") if k in fields}
+    yield from copy_batches(CopyQuery(**fields), url=url, **options)
+
+
+def copy_batches(
+    query: CopyQuery,
+    *,
+    url: str = "",
+    conn: Any = None,
+    batch_rows: int = 100_000,
+    stall_timeout_s: float | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the rows of `query` as record batches of `query.schema`, `batch_rows` a batch.
+
+    On `conn` when given (within its transaction, neither committed nor closed), else on
+    a connection of its own to `url`. `stall_timeout_s` (default
+    `SOURCE_READ_STALL_TIMEOUT_S`): when no byte of the COPY arrives for that long, the
+    connection's socket is shut down and `SourceTimeoutError` names the table (the
+    connection is unusable afterwards).
 
     A value that cannot be landed (a year outside 1..9999, +/-infinity, NaN or too many
     digits for the decimal type, text that does not cast) fails with a ValueError naming
@@ -348,30 +368,38 @@ def stream_pg_batches(
         raise ValueError(f"batch_rows={batch_rows!r} must be >= 1")
     own = conn is None
     pg = connect(url) if own else psycopg_connection(conn)
-    label(pg, table)  # a source connection's timeouts name the table
+    label(pg, query.table)  # a source connection's timeouts name the table
     if pg.info.encoding not in ("utf-8", "utf8"):
         raise ValueError(f"the connection's client_encoding is {pg.info.encoding}, need UTF8")
-    target = sql.Identifier(pg_schema, table) if pg_schema else sql.Identifier(table)
     try:
-        plan = _plan(pg, target, columns, schema)
-        key_index = columns.index(key) if key in columns else 0
-        where = render_where(where_sql, params) if where_sql.strip() else None
-        statement = _copy_statement(target, plan, where, order_by)
-        # Block N+1 is decoded while the caller writes batch N (Parquet encoding runs
-        # without the GIL): 1.12 s vs 1.16 s per 1M orders at best, same CPU.
-        with ThreadPoolExecutor(1, thread_name_prefix="pg-copy-decode") as pool:
-            pending = None
-            stall = source_read_stall_timeout_s() if stall_timeout_s is None else stall_timeout_s
-            for blob, lens in _blocks(pg, statement, batch_rows, stall, table):
-                ahead = pool.submit(_decode, blob, lens, plan, schema, table, key_index)
-                if pending is not None:
-                    yield pending.result()
-                pending = ahead
-            if pending is not None:
-                yield pending.result()
+        yield from _decoded_batches(pg, query, batch_rows, stall_timeout_s)
     finally:
         if own:
             pg.close()
+
+
+def _decoded_batches(
+    pg: psycopg.Connection, query: CopyQuery, batch_rows: int, stall_timeout_s: float | None
+) -> Iterator[pa.RecordBatch]:
+    """The COPY of `query`, decoded a block ahead of the caller."""
+    table, columns = query.table, list(query.columns)
+    target = sql.Identifier(query.pg_schema, table) if query.pg_schema else sql.Identifier(table)
+    plan = _plan(pg, target, columns, query.schema)
+    key_index = columns.index(query.key) if query.key in columns else 0
+    where = render_where(query.where_sql, query.params) if query.where_sql.strip() else None
+    statement = _copy_statement(target, plan, where, query.order_by)
+    # Block N+1 is decoded while the caller writes batch N (Parquet encoding runs
+    # without the GIL): 1.12 s vs 1.16 s per 1M orders at best, same CPU.
+    with ThreadPoolExecutor(1, thread_name_prefix="pg-copy-decode") as pool:
+        pending = None
+        stall = source_read_stall_timeout_s() if stall_timeout_s is None else stall_timeout_s
+        for blob, lens in _blocks(pg, statement, batch_rows, stall, table):
+            ahead = pool.submit(_decode, blob, lens, plan, query.schema, table, key_index)
+            if pending is not None:
+                yield pending.result()
+            pending = ahead
+        if pending is not None:
+            yield pending.result()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -626,6 +654,7 @@ def _decode(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+# The decoder's block arrays as `_column` takes them (error path of the hot path).
 def _row_key(
     buf: np.ndarray,
     views: _Views,
@@ -713,6 +742,7 @@ def _bc(text: str) -> str:
     return text if int(year) > 0 else f"{1 - int(year):04d}{rest} BC"
 
 
+# Hot path: the block's arrays are passed as they are (no object per call), for speed.
 def _text(
     buf: np.ndarray,
     at: np.ndarray,
@@ -772,6 +802,7 @@ _NUMERIC_POS, _NUMERIC_NEG = 0x0000, 0x4000  # other signs: NaN, +/-Infinity
 _HORNER_GROUPS = 4  # up to 4 base-10000 groups accumulate exactly in an int64 (< 10**16)
 
 
+# Hot path: the block's arrays are passed as they are (no object per call), for speed.
 def _numeric(
     views: _Views,
     at: np.ndarray,

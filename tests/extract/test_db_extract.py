@@ -408,13 +408,13 @@ def test_postgres_fast_path_lands_exactly_what_the_generic_reader_lands(
 
     generate(pg_database, seed=11, days=3, end_date=date(2026, 11, 20), orders_per_day=40)
     calls: list[str] = []
-    real = pg_copy.stream_pg_batches
+    real = pg_copy.copy_batches
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs["table"])
-        yield from real(*args, **kwargs)
+    def counting(query, **kwargs):
+        calls.append(query.table)
+        yield from real(query, **kwargs)
 
-    monkeypatch.setattr(pg_copy, "stream_pg_batches", counting)
+    monkeypatch.setattr(pg_copy, "copy_batches", counting)
     fast = extract_tables(
         pg_database, ExtractPlan(run_id="fast", landing_root=tmp_path / "fast", warehouse_path=None)
     )

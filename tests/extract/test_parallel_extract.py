@@ -241,13 +241,13 @@ def test_postgres_key_set_is_read_by_the_copy_decoder(
 
     generate(pg_database, seed=23, days=3, end_date=END, orders_per_day=40)
     read: list[tuple[str, tuple[str, ...]]] = []
-    real = pg_copy.stream_pg_batches
+    real = pg_copy.copy_batches
 
-    def recording(url, **kwargs) -> Iterator:
-        read.append((kwargs["table"], tuple(kwargs["columns"])))
-        yield from real(url, **kwargs)
+    def recording(query, **kwargs) -> Iterator:
+        read.append((query.table, tuple(query.columns)))
+        yield from real(query, **kwargs)
 
-    monkeypatch.setattr(pg_copy, "stream_pg_batches", recording)
+    monkeypatch.setattr(pg_copy, "copy_batches", recording)
     warehouse = tmp_path / "warehouse.duckdb"
     _extract(pg_database, tmp_path / "l", "r1", warehouse)
     load_source_db(warehouse, tmp_path / "l", "r1", "UTC")
