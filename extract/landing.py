@@ -234,15 +234,14 @@ def _drift_fields(
     if not options.check_drift:
         return {}
     extra = options.extra_manifest or {}
-    return check_schema_drift(
+    scope = DriftScope(
         target.landing_root,
         target.source,
         target.table_name,
-        schema,
-        accept_drift=options.accept_drift,
         source_identity=extra.get("source_identity"),
         source_id=extra.get("source_id"),
     )
+    return check_schema_drift(scope, schema, accept_drift=options.accept_drift)
 
 
 def _write_parts(
@@ -557,23 +556,28 @@ def lossless_widening(old: str, new: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class DriftScope:
+    """The landings a table's schema is compared with: those of `source`/`table_name`
+    under `landing_root`, of the same source when `source_identity` is given
+    (extract/source_identity.py; `source_id` the URL-derived id)."""
+
+    landing_root: Path
+    source: str
+    table_name: str
+    source_identity: str | None = None
+    source_id: str | None = None
+
+
 def check_schema_drift(
-    landing_root: Path,
-    source: str,
-    table_name: str,
-    schema: pa.Schema,
-    *,
-    accept_drift: DriftAcceptance = False,
-    source_identity: str | None = None,
-    source_id: str | None = None,
+    scope: DriftScope, schema: pa.Schema, *, accept_drift: DriftAcceptance = False
 ) -> dict[str, Any]:
     """Compare `schema` with the previous landing; return the manifest's drift fields.
 
-    With a `source_identity` (extract/source_identity.py; `source_id` the URL-derived
-    id), the previous landing is the newest one of the same source: one landed from
-    another source is a switch of source, logged as such and never drift (the first
-    landing from a source has nothing to compare with). Manifests written before
-    identities existed count as their URL-derived `source_id`.
+    With a `scope.source_identity`, the previous landing is the newest one of the same
+    source: one landed from another source is a switch of source, logged as such and
+    never drift (the first landing from a source has nothing to compare with). Manifests
+    written before identities existed count as their URL-derived `source_id`.
 
     A retyped column whose new type holds every value of the old one exactly
     (`lossless_widening`, e.g. numeric(12,2) -> numeric(14,2)) is accepted and logged,
@@ -582,9 +586,8 @@ def check_schema_drift(
     unless `accept_drift` covers it (True: all; or `<table>.<column>` / `<table>.*`
     specs, see `drift_accepted`): then it is logged and listed as `accepted_drift`.
     """
-    previous, switched_from = _previous_landing(
-        landing_root, source, table_name, source_identity, source_id
-    )
+    source, table_name = scope.source, scope.table_name
+    previous, switched_from = _previous_landing(scope)
     fields: dict[str, Any] = {
         "previous_run_id": None if previous is None else previous.get("run_id"),
         "added_columns": [],
@@ -607,17 +610,13 @@ def check_schema_drift(
     return fields
 
 
-def _previous_landing(
-    landing_root: Path,
-    source: str,
-    table_name: str,
-    source_identity: str | None,
-    source_id: str | None,
-) -> tuple[dict[str, Any] | None, str | None]:
+def _previous_landing(scope: DriftScope) -> tuple[dict[str, Any] | None, str | None]:
     """The table's previous landing from the same source, and the source it was last
     landed from when that was another one (a switch, logged; else None)."""
     from extract.source_identity import same_source
 
+    landing_root, source, table_name = scope.landing_root, scope.source, scope.table_name
+    source_identity, source_id = scope.source_identity, scope.source_id
     previous = previous_manifest(landing_root, source, table_name)
     if previous is None or same_source(previous, source_identity, source_id):
         return previous, None

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from extract.landing import (
+    DriftScope,
     LandingOptions,
     LandingTarget,
     SchemaDriftError,
@@ -166,17 +167,14 @@ def test_a_switch_of_source_is_not_drift(tmp_path: Path, caplog: pytest.LogCaptu
     # back to B: compared with B's own last landing, and that one had preferences
     schema = pa.schema([pa.field("id", pa.string())])
     with pytest.raises(SchemaDriftError, match="preferences"):
-        check_schema_drift(tmp_path, "source_db", "users", schema, source_identity="B")
+        check_schema_drift(DriftScope(tmp_path, "source_db", "users", source_identity="B"), schema)
     # drift within one source keeps today's rules, and the operator's switch
     with pytest.raises(SchemaDriftError, match="preferences"):
         _land(tmp_path, "2026-11-03", ["id"], "B")
     fields = check_schema_drift(
-        tmp_path,
-        "source_db",
-        "users",
+        DriftScope(tmp_path, "source_db", "users", source_identity="B"),
         schema,
         accept_drift=["users.preferences"],
-        source_identity="B",
     )
     assert fields["accepted_drift"]["dropped"] == [{"name": "preferences", "type": "string"}]
 
@@ -192,10 +190,12 @@ def test_old_manifests_count_as_their_url_id(tmp_path: Path) -> None:
     schema = pa.schema([pa.field("id", pa.string())])
     with pytest.raises(SchemaDriftError):  # same URL as before: the same source
         check_schema_drift(
-            tmp_path, "source_db", "users", schema, source_identity="db-a", source_id="url-a"
+            DriftScope(tmp_path, "source_db", "users", source_identity="db-a", source_id="url-a"),
+            schema,
         )
     fields = check_schema_drift(
-        tmp_path, "source_db", "users", schema, source_identity="db-b", source_id="url-b"
+        DriftScope(tmp_path, "source_db", "users", source_identity="db-b", source_id="url-b"),
+        schema,
     )
     assert fields["previous_run_id"] is None
 
