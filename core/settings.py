@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, overload
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, overload
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,97 +230,119 @@ def _source_tables(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
-CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+TASK_TIMEOUT_MINUTES_DEFAULT = 180
+TASK_TIMEOUT_MINUTES_MIN = 1
 
 
-class NightshiftSettings(BaseSettings):
-    """The plain environment variables, one field each, named as the variable: its type,
-    default, bounds and meaning. Only the process environment is read (`make` reads
-    `.env`); an empty or blank value is unset."""
+@cache
+def _settings_model() -> type[BaseSettings]:
+    """`NightshiftSettings`, built when first used: importing pydantic-settings and building
+    the model cost a DAG file's parse ~95 ms, and a parse reads `TASK_TIMEOUT_MINUTES` only
+    (`task_timeout_minutes` reads it without the model)."""
+    from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+    from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-    model_config = SettingsConfigDict(
-        case_sensitive=True, env_ignore_empty=True, frozen=True, use_attribute_docstrings=True
-    )
+    CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
 
-    # Folders and files: unset, under NIGHTSHIFT_DATA_DIR (default data/) or in config/;
-    # relative paths resolve against the current folder when read.
-    NIGHTSHIFT_DATA_DIR: Path | None = None
-    NIGHTSHIFT_DATA_URL: Annotated[str, AfterValidator(_s3_url)] | None = None
-    NIGHTSHIFT_DATA_STAGE: Path | None = None
-    NIGHTSHIFT_LANDING_URL: str | None = None
-    NIGHTSHIFT_LANDING_STAGE: Path | None = None
-    LANDING_DIR: Path | None = None
-    NIGHTSHIFT_QUARANTINE_URL: str | None = None
-    NIGHTSHIFT_QUARANTINE_STAGE: Path | None = None
-    QUARANTINE_DIR: Path | None = None
-    REPORT_DIR: Path | None = None
-    QUALITY_DOCS_DIR: Path | None = None
-    WAREHOUSE_PATH: Path | None = None
-    EXTRACT_CONFIG: Path | None = None
-    RETENTION_CONFIG: Path | None = None
-    GUARDS_CONFIG: Path | None = None
-    ALERTS_CONFIG: Path | None = None
-    SOURCE_DB_SHARD_MAP: Path | None = None
+    class NightshiftSettings(BaseSettings):
+        """The plain environment variables, one field each, named as the variable: its type,
+        default, bounds and meaning. Only the process environment is read (`make` reads
+        `.env`); an empty or blank value is unset."""
 
-    FX_REVISION_DAYS: int = Field(7, ge=0)
-    """Trailing business days whose FX rates are asked again every night (0: never)."""
-    FUTURE_TOLERANCE_MINUTES: int = Field(60, ge=0)
-    """How far past the pipeline's clock an `updated_at` may be before it is quarantined."""
-    WATERMARK_MAX_JUMP_DAYS: int = Field(30, ge=0)
-    """The furthest the payments watermark may move in one run (0: no limit)."""
-    EXTRACT_PARALLELISM: int = Field(1, ge=1)
-    """Key ranges of a large table read at once, unless its config sets `parallel_ranges`."""
-    SOURCE_DB_SHARD_WORKERS: int = Field(8, ge=1)
-    """Shards extracted at the same time."""
-    SOURCE_CONNECT_TIMEOUT_S: int = Field(30, ge=1)
-    """Seconds to open a source database connection."""
-    SOURCE_STATEMENT_TIMEOUT_S: int = Field(3600, ge=0)
-    """Seconds one statement of the extract (a whole COPY too) may run on the source (0: none)."""
-    SOURCE_READ_STALL_TIMEOUT_S: int = Field(600, ge=1)
-    """Seconds a source read may receive nothing before the extract fails naming the table."""
-    SOURCE_DB_REPLICA_MAX_LAG_SECONDS: float = Field(300, ge=0)
-    """The most lag a replica may have."""
-    SOURCE_DB_REPLICA_ON_LAG: Literal["primary", "fail"] = "primary"
-    """A replica past its lag: read the primary instead, or fail."""
-    ACCEPT_SCHEMA_DRIFT: Annotated[CommaList, AfterValidator(_drift_specs)] = ()
-    """`<table>.<column>` (or `<table>.*`) whose schema drift this run lands anyway."""
-    ACCEPT_STALE_SOURCES: Annotated[CommaList, AfterValidator(_source_tables)] = ()
-    """Raw tables (or `*`) whose error-level staleness this run publishes as a warning."""
-    NIGHTSHIFT_DUCKDB_MEMORY_LIMIT: Annotated[str, AfterValidator(_memory_size)] = (
-        DUCKDB_MEMORY_LIMIT_DEFAULT
-    )
-    """DuckDB's `memory_limit` (warehouse and dbt): past it DuckDB spills to disk."""
-    DBT_TARGET: DbtTarget | None = None
-    """The dbt target; unset: the warehouse's kind (`warehouse_backend` checks the two)."""
-    DBT_TIMEOUT_S: int = Field(3600, ge=0)
-    """Seconds one dbt invocation may run before it is stopped (0: none)."""
-    WAREHOUSE_LEASE_TTL_MINUTES: float = Field(30, gt=0)
-    """A warehouse lease not renewed for this long is expired: the next run takes it over."""
-    WAREHOUSE_LEASE_WAIT_S: float = Field(60, ge=0)
-    """Seconds a run waits for another run's warehouse lease before it fails."""
-    REPORT_TZ: Annotated[str, AfterValidator(_time_zone)] = "UTC"
-    """The IANA time zone of the report's business days."""
-    TASK_TIMEOUT_MINUTES: int = Field(180, ge=1)
-    """Every Airflow task's `execution_timeout`, read when the DAG files are parsed."""
-    STATSD_HOST: str | None = None
-    """Where run metrics go as StatsD gauges (unset: nowhere)."""
-    STATSD_PORT: int = Field(8125, ge=1, le=65535)
+        model_config = SettingsConfigDict(
+            case_sensitive=True, env_ignore_empty=True, frozen=True, use_attribute_docstrings=True
+        )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _blank_is_unset(cls, values: Any) -> Any:
-        """Every value stripped; a blank one (`NAME=  `) left out: its field's default."""
-        if not isinstance(values, dict):
-            return values
-        stripped = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
-        return {k: v for k, v in stripped.items() if v != ""}
+        # Folders and files: unset, under NIGHTSHIFT_DATA_DIR (default data/) or in config/;
+        # relative paths resolve against the current folder when read.
+        NIGHTSHIFT_DATA_DIR: Path | None = None
+        NIGHTSHIFT_DATA_URL: Annotated[str, AfterValidator(_s3_url)] | None = None
+        NIGHTSHIFT_DATA_STAGE: Path | None = None
+        NIGHTSHIFT_LANDING_URL: str | None = None
+        NIGHTSHIFT_LANDING_STAGE: Path | None = None
+        LANDING_DIR: Path | None = None
+        NIGHTSHIFT_QUARANTINE_URL: str | None = None
+        NIGHTSHIFT_QUARANTINE_STAGE: Path | None = None
+        QUARANTINE_DIR: Path | None = None
+        REPORT_DIR: Path | None = None
+        QUALITY_DOCS_DIR: Path | None = None
+        WAREHOUSE_PATH: Path | None = None
+        EXTRACT_CONFIG: Path | None = None
+        RETENTION_CONFIG: Path | None = None
+        GUARDS_CONFIG: Path | None = None
+        ALERTS_CONFIG: Path | None = None
+        SOURCE_DB_SHARD_MAP: Path | None = None
 
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **_: Any
-    ) -> tuple[Any, ...]:
-        """The process environment only: no `.env` file, no secrets folder."""
-        return init_settings, env_settings
+        FX_REVISION_DAYS: int = Field(7, ge=0)
+        """Trailing business days whose FX rates are asked again every night (0: never)."""
+        FUTURE_TOLERANCE_MINUTES: int = Field(60, ge=0)
+        """How far past the pipeline's clock an `updated_at` may be before it is quarantined."""
+        WATERMARK_MAX_JUMP_DAYS: int = Field(30, ge=0)
+        """The furthest the payments watermark may move in one run (0: no limit)."""
+        EXTRACT_PARALLELISM: int = Field(1, ge=1)
+        """Key ranges of a large table read at once, unless its config sets `parallel_ranges`."""
+        SOURCE_DB_SHARD_WORKERS: int = Field(8, ge=1)
+        """Shards extracted at the same time."""
+        SOURCE_CONNECT_TIMEOUT_S: int = Field(30, ge=1)
+        """Seconds to open a source database connection."""
+        SOURCE_STATEMENT_TIMEOUT_S: int = Field(3600, ge=0)
+        """Seconds one statement of the extract (a whole COPY too) may run on the source (0: none)."""
+        SOURCE_READ_STALL_TIMEOUT_S: int = Field(600, ge=1)
+        """Seconds a source read may receive nothing before the extract fails naming the table."""
+        SOURCE_DB_REPLICA_MAX_LAG_SECONDS: float = Field(300, ge=0)
+        """The most lag a replica may have."""
+        SOURCE_DB_REPLICA_ON_LAG: Literal["primary", "fail"] = "primary"
+        """A replica past its lag: read the primary instead, or fail."""
+        ACCEPT_SCHEMA_DRIFT: Annotated[CommaList, AfterValidator(_drift_specs)] = ()
+        """`<table>.<column>` (or `<table>.*`) whose schema drift this run lands anyway."""
+        ACCEPT_STALE_SOURCES: Annotated[CommaList, AfterValidator(_source_tables)] = ()
+        """Raw tables (or `*`) whose error-level staleness this run publishes as a warning."""
+        NIGHTSHIFT_DUCKDB_MEMORY_LIMIT: Annotated[str, AfterValidator(_memory_size)] = (
+            DUCKDB_MEMORY_LIMIT_DEFAULT
+        )
+        """DuckDB's `memory_limit` (warehouse and dbt): past it DuckDB spills to disk."""
+        DBT_TARGET: DbtTarget | None = None
+        """The dbt target; unset: the warehouse's kind (`warehouse_backend` checks the two)."""
+        DBT_TIMEOUT_S: int = Field(3600, ge=0)
+        """Seconds one dbt invocation may run before it is stopped (0: none)."""
+        WAREHOUSE_LEASE_TTL_MINUTES: float = Field(30, gt=0)
+        """A warehouse lease not renewed for this long is expired: the next run takes it over."""
+        WAREHOUSE_LEASE_WAIT_S: float = Field(60, ge=0)
+        """Seconds a run waits for another run's warehouse lease before it fails."""
+        REPORT_TZ: Annotated[str, AfterValidator(_time_zone)] = "UTC"
+        """The IANA time zone of the report's business days."""
+        TASK_TIMEOUT_MINUTES: int = Field(TASK_TIMEOUT_MINUTES_DEFAULT, ge=TASK_TIMEOUT_MINUTES_MIN)
+        """Every Airflow task's `execution_timeout`, read when the DAG files are parsed."""
+        STATSD_HOST: str | None = None
+        """Where run metrics go as StatsD gauges (unset: nowhere)."""
+        STATSD_PORT: int = Field(8125, ge=1, le=65535)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _blank_is_unset(cls, values: Any) -> Any:
+            """Every value stripped; a blank one (`NAME=  `) left out: its field's default."""
+            if not isinstance(values, dict):
+                return values
+            stripped = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
+            return {k: v for k, v in stripped.items() if v != ""}
+
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **_: Any
+        ) -> tuple[Any, ...]:
+            """The process environment only: no `.env` file, no secrets folder."""
+            return init_settings, env_settings
+
+    # named in reprs and pickles as the module attribute it is read through
+    NightshiftSettings.__qualname__ = "NightshiftSettings"
+    return NightshiftSettings
+
+
+def __getattr__(name: str) -> Any:
+    """`NightshiftSettings`, the model, is built on first access (`_settings_model`)."""
+    if name == "NightshiftSettings":
+        return _settings_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _PROBLEMS = {
@@ -355,7 +377,7 @@ class _Snapshot:
     the refusal of each field that did not validate (that field holds its default)."""
 
     raw: dict[str, str | None]
-    model: NightshiftSettings
+    model: BaseSettings  # a NightshiftSettings
     refused: dict[str, ConfigError]
 
 
@@ -366,16 +388,17 @@ def _load() -> _Snapshot:
     """Validate the environment (a few ms): every field, a refused one replaced by its
     default so that the others still load."""
     global _last
-    raw = {name: env(name) for name in NightshiftSettings.model_fields}
+    from pydantic import ValidationError
+
+    model_class = _settings_model()
+    raw = {name: env(name) for name in model_class.model_fields}
     refused: dict[str, ConfigError] = {}
     try:
-        model = NightshiftSettings()
+        model = model_class()
     except ValidationError as exc:
         for error in exc.errors():
             refused.setdefault(error["loc"][0], _refusal(error))
-        model = NightshiftSettings(
-            **{name: NightshiftSettings.model_fields[name].default for name in refused}
-        )
+        model = model_class(**{name: model_class.model_fields[name].default for name in refused})
     _last = _Snapshot(raw, model, refused)
     return _last
 
@@ -394,34 +417,68 @@ def setting(name: str) -> Any:
     return getattr(snapshot.model, name)
 
 
-def _reader(name: str) -> Callable[[], Any]:
-    """A function of no argument giving field `name`, documented by the field."""
+class _FieldReader:
+    """Calling it gives field `name` of `NightshiftSettings` (`setting`); like a function
+    documented by the field, its `__doc__` and `__annotations__` are the field's, looked up
+    when asked for (the model is built on first use)."""
 
-    def read() -> Any:
-        return setting(name)
+    __slots__ = ("name",)
 
-    field = NightshiftSettings.model_fields[name]
-    read.__doc__ = f"`{name}` (default {field.default!r}): {field.description}"
-    read.__annotations__ = {"return": field.annotation}
-    return read
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self) -> Any:
+        return setting(self.name)
+
+    def __repr__(self) -> str:
+        return f"<reader of {self.name}>"
+
+    @property
+    def __doc__(self) -> str:
+        field = _settings_model().model_fields[self.name]
+        return f"`{self.name}` (default {field.default!r}): {field.description}"
+
+    @property
+    def __annotations__(self) -> dict[str, Any]:
+        return {"return": _settings_model().model_fields[self.name].annotation}
 
 
-fx_revision_days = _reader("FX_REVISION_DAYS")
-future_tolerance_minutes = _reader("FUTURE_TOLERANCE_MINUTES")
-watermark_max_jump_days = _reader("WATERMARK_MAX_JUMP_DAYS")
-extract_parallelism = _reader("EXTRACT_PARALLELISM")
-shard_max_workers = _reader("SOURCE_DB_SHARD_WORKERS")
-source_connect_timeout_s = _reader("SOURCE_CONNECT_TIMEOUT_S")
-source_statement_timeout_s = _reader("SOURCE_STATEMENT_TIMEOUT_S")
-source_read_stall_timeout_s = _reader("SOURCE_READ_STALL_TIMEOUT_S")
-replica_max_lag_seconds = _reader("SOURCE_DB_REPLICA_MAX_LAG_SECONDS")
-replica_on_lag = _reader("SOURCE_DB_REPLICA_ON_LAG")
-accept_stale_sources = _reader("ACCEPT_STALE_SOURCES")
-duckdb_memory_limit = _reader("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT")
-dbt_timeout_s = _reader("DBT_TIMEOUT_S")
-warehouse_lease_wait_seconds = _reader("WAREHOUSE_LEASE_WAIT_S")
-report_tz_name = _reader("REPORT_TZ")
-task_timeout_minutes = _reader("TASK_TIMEOUT_MINUTES")
+_PLAIN_INT = re.compile(r"[0-9]{1,18}")
+
+
+class _TaskTimeoutReader(_FieldReader):
+    """`TASK_TIMEOUT_MINUTES`, read by every DAG file at parse time: unset, or plain digits
+    at or above its minimum, it is read without the model (no pydantic-settings in the
+    parse); any other value goes to the model, so what is accepted and the refusal are
+    the model's own."""
+
+    __slots__ = ()
+
+    def __call__(self) -> int:
+        raw = env(self.name)
+        if raw is None:
+            return TASK_TIMEOUT_MINUTES_DEFAULT
+        if _PLAIN_INT.fullmatch(raw) and int(raw) >= TASK_TIMEOUT_MINUTES_MIN:
+            return int(raw)
+        return setting(self.name)
+
+
+fx_revision_days = _FieldReader("FX_REVISION_DAYS")
+future_tolerance_minutes = _FieldReader("FUTURE_TOLERANCE_MINUTES")
+watermark_max_jump_days = _FieldReader("WATERMARK_MAX_JUMP_DAYS")
+extract_parallelism = _FieldReader("EXTRACT_PARALLELISM")
+shard_max_workers = _FieldReader("SOURCE_DB_SHARD_WORKERS")
+source_connect_timeout_s = _FieldReader("SOURCE_CONNECT_TIMEOUT_S")
+source_statement_timeout_s = _FieldReader("SOURCE_STATEMENT_TIMEOUT_S")
+source_read_stall_timeout_s = _FieldReader("SOURCE_READ_STALL_TIMEOUT_S")
+replica_max_lag_seconds = _FieldReader("SOURCE_DB_REPLICA_MAX_LAG_SECONDS")
+replica_on_lag = _FieldReader("SOURCE_DB_REPLICA_ON_LAG")
+accept_stale_sources = _FieldReader("ACCEPT_STALE_SOURCES")
+duckdb_memory_limit = _FieldReader("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT")
+dbt_timeout_s = _FieldReader("DBT_TIMEOUT_S")
+warehouse_lease_wait_seconds = _FieldReader("WAREHOUSE_LEASE_WAIT_S")
+report_tz_name = _FieldReader("REPORT_TZ")
+task_timeout_minutes = _TaskTimeoutReader("TASK_TIMEOUT_MINUTES")
 
 
 def report_tz() -> ZoneInfo:

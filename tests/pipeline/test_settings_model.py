@@ -5,6 +5,9 @@ readers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,3 +176,41 @@ def test_a_reader_is_documented_by_its_field() -> None:
 
 def test_the_dbt_targets_are_the_fields_choices() -> None:
     assert settings.DBT_TARGETS == ("duckdb", "postgres", "snowflake", "bigquery")
+
+
+# Values TASK_TIMEOUT_MINUTES's reader takes without the model (unset, blank, plain digits
+# at or above the minimum) and values it hands to the model (everything else).
+TASK_TIMEOUT_VALUES = [
+    *["", "  ", "7", " 7\n", "007", "1", "180", "9" * 18],
+    *["0", "00", "-0", "-3", "+7", "7_0", "7.0", "7.5", "1e2", "seven", "٣", "9" * 25],
+]
+
+
+@pytest.mark.parametrize("value", TASK_TIMEOUT_VALUES)
+def test_task_timeout_minutes_reads_as_the_model(value: str, clean_env: pytest.MonkeyPatch) -> None:
+    """The DAG files read TASK_TIMEOUT_MINUTES at parse time without building the model:
+    the same value, or the same refusal, as the model's field."""
+    clean_env.setenv("TASK_TIMEOUT_MINUTES", value)
+    try:
+        want: object = settings.setting("TASK_TIMEOUT_MINUTES")
+    except ConfigError as exc:
+        with pytest.raises(ConfigError) as info:
+            settings.task_timeout_minutes()
+        assert str(info.value) == str(exc)
+    else:
+        assert settings.task_timeout_minutes() == want
+
+
+@pytest.mark.parametrize("value", ["", "7", " 45 "])
+def test_task_timeout_minutes_is_read_without_pydantic_settings(value: str) -> None:
+    """A DAG file's parse pays neither pydantic-settings' import nor the model's build."""
+    probe = (
+        "import sys; from core import settings; minutes = settings.task_timeout_minutes(); "
+        "print(minutes, 'pydantic_settings' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "TASK_TIMEOUT_MINUTES": value}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(int(value) if value.strip() else 180), "False"]
