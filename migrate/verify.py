@@ -39,6 +39,20 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
+@dataclass(frozen=True)
+class VerifyPlan:
+    """How a verification bisects: `buckets` key buckets in the first scan, `factor`
+    sub-buckets per differing bucket, a differing bucket of at most `leaf_rows` rows
+    compared row by row; at most `max_listed` keys listed per kind of difference (the
+    counts are complete); `parallel`: both sides queried at once (two threads)."""
+
+    buckets: int = 1024
+    factor: int = 32
+    leaf_rows: int = 2048
+    max_listed: int = 100_000
+    parallel: bool = True
+
+
 @dataclass
 class VerifyResult:
     """What one verification found. Lists hold at most `max_listed` keys each; the
@@ -236,13 +250,10 @@ class _Comparison:
         new: _Side,
         mapping: TableMapping,
         pool: ThreadPoolExecutor | None,
-        *,
-        factor: int,
-        leaf_rows: int,
-        max_listed: int,
+        plan: VerifyPlan,
     ) -> None:
         self.old, self.new, self.mapping, self.pool = old, new, mapping, pool
-        self.factor, self.leaf_rows, self.max_listed = factor, leaf_rows, max_listed
+        self.factor, self.leaf_rows, self.max_listed = plan.factor, plan.leaf_rows, plan.max_listed
         self.result = VerifyResult(mapping.name, 0, 0, 0)
 
     def both(self, fn_old: Callable[[], T], fn_new: Callable[[], U]) -> tuple[T, U]:
@@ -298,41 +309,46 @@ class _Comparison:
                     self._add("changed", (key, diff))
 
 
+def _plan_of(plan: VerifyPlan | None, options: dict[str, Any]) -> VerifyPlan:
+    """`plan`, or a VerifyPlan of the keyword `options` (TypeError for both, or for a
+    name that is not a field)."""
+    if plan is None:
+        return VerifyPlan(**options)
+    if options:
+        raise TypeError(f"verify_table: give a plan or its fields, not both: {sorted(options)}")
+    return plan
+
+
 def verify_table(
     old_url: str | Engine,
     new_url: str | Engine,
     mapping: TableMapping,
-    *,
-    buckets: int = 1024,
-    factor: int = 32,
-    leaf_rows: int = 2048,
-    max_listed: int = 100_000,
-    parallel: bool = True,
+    plan: VerifyPlan | None = None,
+    **options: Any,
 ) -> VerifyResult:
     """Compare `mapping.old_table` (old) with `mapping.new_table` (new) row by row.
 
-    `buckets`: key buckets of the first scan; `factor`: sub-buckets per differing
-    bucket; `leaf_rows`: a differing bucket this small is compared row by row.
+    `plan`: how it bisects (default `VerifyPlan()`); or its fields as keyword `options`
+    (`buckets=4, leaf_rows=8`), not both.
     """
+    plan = _plan_of(plan, options)
     started = time.perf_counter()
     old_engine = old_url if isinstance(old_url, Engine) else make_engine(old_url)
     new_engine = new_url if isinstance(new_url, Engine) else make_engine(new_url)
     cols = mapping.columns
     old = _Side(old_engine, mapping.old_table, mapping.old_key, [(c.old, c.kind) for c in cols])
     new = _Side(new_engine, mapping.new_table, mapping.new_key, [(c.new, "same") for c in cols])
-    pool = ThreadPoolExecutor(max_workers=1) if parallel else None
+    pool = ThreadPoolExecutor(max_workers=1) if plan.parallel else None
     try:
         old.open()
         new.open()
-        cmp = _Comparison(
-            old, new, mapping, pool, factor=factor, leaf_rows=leaf_rows, max_listed=max_listed
-        )
+        cmp = _Comparison(old, new, mapping, pool, plan)
         (omin, omax), (nmin, nmax) = cmp.both(old.bounds, new.bounds)
         lows = [v for v in (omin, nmin) if v is not None]
         if lows:
             lo = min(lows)
             hi = max(v for v in (omax, nmax) if v is not None) + 1
-            cmp.run(lo, hi, max(1, math.ceil((hi - lo) / buckets)), first=True)
+            cmp.run(lo, hi, max(1, math.ceil((hi - lo) / plan.buckets)), first=True)
         result = cmp.result
     finally:
         old.close()

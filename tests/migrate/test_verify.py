@@ -8,11 +8,11 @@ import pytest
 from migrate.backfill import run_backfill
 from migrate.db import make_engine
 from migrate.mapping import MappingError, TableMapping
-from migrate.verify import verify_table
+from migrate.verify import VerifyPlan, verify_table
 from tests.migrate.conftest import count, execute, small_source
 
 # Small buckets force several levels of bisection even on a small table.
-DEEP = {"buckets": 4, "factor": 4, "leaf_rows": 8}
+DEEP = VerifyPlan(buckets=4, factor=4, leaf_rows=8)
 
 
 @pytest.fixture
@@ -31,8 +31,8 @@ def test_clean_pair_passes(copied, mappings) -> None:
         assert (result.missing, result.extra, result.changed) == ([], [], [])
 
 
-@pytest.mark.parametrize("opts", [{}, DEEP], ids=["default", "deep-bisection"])
-def test_missing_extra_and_changed_rows_are_named(copied, mappings, opts) -> None:
+@pytest.mark.parametrize("plan", [VerifyPlan(), DEEP], ids=["default", "deep-bisection"])
+def test_missing_extra_and_changed_rows_are_named(copied, mappings, plan) -> None:
     old, new = copied
     execute(new, "DELETE FROM orders WHERE id IN (5, 6)")
     execute(
@@ -47,7 +47,7 @@ def test_missing_extra_and_changed_rows_are_named(copied, mappings, opts) -> Non
         "UPDATE orders SET currency = 'XXX', created_at = created_at + interval '1 microsecond' WHERE id = 11",
     )
 
-    result = verify_table(old, new, mappings["orders"], **opts)
+    result = verify_table(old, new, mappings["orders"], plan)
     assert not result.clean
     assert result.missing == [5, 6]
     assert result.extra == [1000003]
@@ -62,9 +62,9 @@ def test_split_and_renamed_columns_are_reported_by_old_name(copied, mappings) ->
     execute(new, "UPDATE customer_contacts SET email = 'x@example.com' WHERE customer_id = 4")
     execute(new, "UPDATE order_items SET unit_price_cents = 0 WHERE id = 10")
 
-    customers = verify_table(old, new, mappings["customers"], **DEEP)
-    contacts = verify_table(old, new, mappings["customer_contacts"], **DEEP)
-    items = verify_table(old, new, mappings["order_items"], **DEEP)
+    customers = verify_table(old, new, mappings["customers"], DEEP)
+    contacts = verify_table(old, new, mappings["customer_contacts"], DEEP)
+    items = verify_table(old, new, mappings["order_items"], DEEP)
     assert customers.changed == [(3, ["full_name"])]
     assert contacts.changed == [(4, ["email"])]
     assert items.changed == [(10, ["unit_price"])]
@@ -82,7 +82,7 @@ def test_blank_region_equals_null_but_a_real_change_does_not(copied, mappings) -
 def test_a_bucket_empty_on_one_side_lists_every_key(copied, mappings) -> None:
     old, new = copied
     execute(new, "DELETE FROM order_items WHERE id BETWEEN 101 AND 160")
-    result = verify_table(old, new, mappings["order_items"], **DEEP)
+    result = verify_table(old, new, mappings["order_items"], DEEP)
     assert result.missing == list(range(101, 161))
     assert result.extra == [] and result.changed == []
 
@@ -99,8 +99,8 @@ def test_postgres_to_postgres_identity(pg_database, second_pg_url) -> None:
         execute(new, "UPDATE orders SET total = total + 0.01 WHERE id = 42")
         execute(new, "DELETE FROM orders WHERE id = 17")
         execute(old, "DELETE FROM orders WHERE id = 18")
-        for opts in ({}, DEEP, {"parallel": False}):
-            result = verify_table(old, new, mapping, **opts)
+        for plan in (VerifyPlan(), DEEP, VerifyPlan(parallel=False)):
+            result = verify_table(old, new, mapping, plan)
             assert (result.missing, result.extra, result.changed) == ([17], [18], [(42, ["total"])])
         # the work is in the databases: a handful of queries, not one per row
         assert verify_table(old, new, mapping).queries <= 10 < count(old, "orders") / 10
@@ -114,3 +114,21 @@ def test_an_unknown_column_is_named(copied) -> None:
     bad = TableMapping.identity("orders", ["id", "status", "discount"])
     with pytest.raises(MappingError, match=r"table 'orders' .* has no column\(s\) discount"):
         verify_table(old, new, bad)
+
+
+def test_the_plan_s_fields_may_be_given_as_keywords(copied, mappings) -> None:
+    """Callers that pass the options one by one (`migrate.tasks.verify(**opts)`) get the
+    same verification as with the plan; a plan and fields together are refused."""
+    old, new = copied
+    execute(new, "DELETE FROM orders WHERE id IN (5, 6)")
+    execute(new, "UPDATE orders SET total_cents = total_cents + 1 WHERE id = 7")
+    by_plan = verify_table(old, new, mappings["orders"], DEEP)
+    by_keywords = verify_table(old, new, mappings["orders"], buckets=4, factor=4, leaf_rows=8)
+    assert (
+        by_keywords.queries == by_plan.queries > verify_table(old, new, mappings["orders"]).queries
+    )
+    assert (by_keywords.missing, by_keywords.changed) == ([5, 6], [(7, ["total"])])
+    with pytest.raises(TypeError, match="not both"):
+        verify_table(old, new, mappings["orders"], DEEP, parallel=False)
+    with pytest.raises(TypeError, match="bucket"):
+        verify_table(old, new, mappings["orders"], bucket=4)
