@@ -39,6 +39,30 @@ log = logging.getLogger(__name__)
 BatchHook = Callable[[TableMapping, int], None]
 
 
+@dataclass(frozen=True)
+class BackfillPlan:
+    """How a table is copied: `batch_size` rows per transaction, at most
+    `rows_per_second` on average (0: no limit), `progress_bar` (None: on a terminal),
+    `restart`: from the first key instead of the checkpoint, `hook`: called in each
+    batch's transaction (`BatchHook`)."""
+
+    batch_size: int = 5_000
+    rows_per_second: float = 0
+    progress_bar: bool | None = None
+    restart: bool = False
+    hook: BatchHook | None = None
+
+
+def _plan_of(plan: BackfillPlan | None, options: dict[str, Any]) -> BackfillPlan:
+    """`plan`, or a BackfillPlan of the keyword `options` (TypeError for both, or for a
+    name that is not a field)."""
+    if plan is None:
+        return BackfillPlan(**options)
+    if options:
+        raise TypeError(f"backfill: give a plan or its fields, not both: {sorted(options)}")
+    return plan
+
+
 @dataclass
 class BackfillResult:
     table: str
@@ -141,14 +165,12 @@ def backfill_table(
     old: Engine,
     new: Engine,
     mapping: TableMapping,
-    *,
-    batch_size: int = 5_000,
-    rows_per_second: float = 0,
-    progress_bar: bool | None = None,
-    restart: bool = False,
-    hook: BatchHook | None = None,
+    plan: BackfillPlan | None = None,
+    **options: Any,
 ) -> BackfillResult:
-    """Copy `mapping.old_table` into `mapping.new_table` from the checkpoint on."""
+    """Copy `mapping.old_table` into `mapping.new_table` from the checkpoint on, as `plan`
+    says (default `BackfillPlan()`; or its fields as keyword `options`, not both)."""
+    plan = _plan_of(plan, options)
     started = time.perf_counter()
     ensure_ops(new)
     old_table = reflect_table(old, mapping.old_table)
@@ -157,7 +179,7 @@ def backfill_table(
     key = old_table.c[mapping.old_key]
     cols = exact_columns(old_table, list(dict.fromkeys(mapping.old_columns)))
     with new.begin() as conn:
-        if restart:
+        if plan.restart:
             conn.execute(checkpoints.delete().where(checkpoints.c.table_name == mapping.name))
         last, done, _ = read_checkpoint(conn, mapping.name)
     resumed_from = last
@@ -166,14 +188,14 @@ def backfill_table(
         remaining = conn.execute(
             query.where(key > last) if last is not None else query
         ).scalar_one()
-    progress = Progress(f"backfill {mapping.name}", done + remaining, bar=progress_bar)
+    progress = Progress(f"backfill {mapping.name}", done + remaining, bar=plan.progress_bar)
     progress.done = done
-    throttle = _Throttle(rows_per_second)
+    throttle = _Throttle(plan.rows_per_second)
     copied = batches = 0
     log.info("backfill %s: from key %s, %d rows left", mapping.name, last, remaining)
     while True:
         with old.connect() as conn:
-            query = sa.select(*cols).order_by(key).limit(batch_size)
+            query = sa.select(*cols).order_by(key).limit(plan.batch_size)
             rows = conn.execute(query.where(key > last) if last is not None else query).all()
         if not rows:
             break
@@ -182,8 +204,8 @@ def backfill_table(
         with new.begin() as conn:
             upsert(conn, new_table, mapping, new_rows)
             _quarantine(conn, mapping, bad)
-            if hook is not None:
-                hook(mapping, batches)
+            if plan.hook is not None:
+                plan.hook(mapping, batches)
             _save_checkpoint(conn, mapping.name, last, done, finished=False)
         copied += len(rows)
         batches += 1
@@ -202,11 +224,14 @@ def run_backfill(
     new: Engine,
     mappings: Mapping[str, TableMapping],
     tables: Sequence[TableMapping],
-    **opts: Any,
+    plan: BackfillPlan | None = None,
+    **options: Any,
 ) -> tuple[int, list[BackfillResult]]:
-    """Replay the repair log, then backfill each table; returns (replayed, results)."""
+    """Replay the repair log, then backfill each table as `plan` says (or its fields as
+    keyword `options`); returns (replayed, results)."""
+    plan = _plan_of(plan, options)
     replayed = replay_repair_log(old, new, mappings)
-    results = [backfill_table(old, new, m, **opts) for m in tables]
+    results = [backfill_table(old, new, m, plan) for m in tables]
     # Writes that failed during the copy are queued meanwhile: replay them too.
     replayed += replay_repair_log(old, new, mappings)
     return replayed, results

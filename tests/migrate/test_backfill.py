@@ -11,17 +11,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from migrate.backfill import backfill_table, read_checkpoint, run_backfill
+from migrate.backfill import BackfillPlan, backfill_table, read_checkpoint, run_backfill
 from migrate.progress import Progress
 from migrate.verify import verify_table
 from tests.migrate.conftest import count, execute
 
 ROOT = Path(__file__).resolve().parents[2]
+# no bar on the test's stderr
+QUIET = BackfillPlan(progress_bar=False)
 
 
 def _snapshot(engine, table: str) -> list[tuple]:
@@ -39,7 +42,7 @@ def test_rerun_gives_identical_tables(engines, mappings) -> None:
     run_backfill(old, new, mappings, list(mappings.values()), progress_bar=False)
     first = {m.new_table: _snapshot(new, m.new_table) for m in mappings.values()}
     again = [
-        backfill_table(old, new, m, restart=True, batch_size=37, progress_bar=False)
+        backfill_table(old, new, m, replace(QUIET, restart=True, batch_size=37))
         for m in mappings.values()
     ]
     assert {m.new_table: _snapshot(new, m.new_table) for m in mappings.values()} == first
@@ -58,14 +61,14 @@ def test_crash_between_upsert_and_checkpoint_loses_and_doubles_nothing(engines, 
             raise RuntimeError("killed between statements")
 
     with pytest.raises(RuntimeError, match="killed between statements"):
-        backfill_table(old, new, mapping, batch_size=50, hook=crash, progress_bar=False)
+        backfill_table(old, new, mapping, replace(QUIET, batch_size=50, hook=crash))
     last_key, done, finished = _checkpoint(new, mapping.name)
     assert (done, finished) == (150, False)
     assert count(new, "order_items") == 150  # the 4th batch's upsert was rolled back
     with new.connect() as conn:
         assert conn.execute(sa.text("SELECT max(id) FROM order_items")).scalar_one() == last_key
 
-    resumed = backfill_table(old, new, mapping, batch_size=50, progress_bar=False)
+    resumed = backfill_table(old, new, mapping, replace(QUIET, batch_size=50))
     assert resumed.resumed_from == last_key
     assert resumed.rows_copied == total - 150
     assert resumed.rows_done == total == count(new, "order_items")
@@ -98,7 +101,7 @@ def test_sigkill_mid_backfill_then_resume(engines, mappings, old_sqlite_url, new
     assert not finished and 60 <= done < count(old, "order_items")
     assert count(new, "order_items") == done  # whole batches only
 
-    resumed = backfill_table(old, new, mapping, batch_size=20, progress_bar=False)
+    resumed = backfill_table(old, new, mapping, replace(QUIET, batch_size=20))
     assert resumed.rows_copied == count(old, "order_items") - done
     assert count(new, "order_items") == count(old, "order_items") == resumed.rows_done
     assert verify_table(old, new, mapping).clean
@@ -113,7 +116,7 @@ def test_backfill_never_replaces_a_newer_row(engines, mappings) -> None:
         "UPDATE orders SET status = 'on_hold', updated_at = updated_at + interval '1 day' "
         "WHERE id = 5",
     )
-    backfill_table(old, new, mappings["orders"], restart=True, progress_bar=False)
+    backfill_table(old, new, mappings["orders"], replace(QUIET, restart=True))
     with new.connect() as conn:
         assert (
             conn.execute(sa.text("SELECT status FROM orders WHERE id = 5")).scalar_one()
@@ -124,7 +127,7 @@ def test_backfill_never_replaces_a_newer_row(engines, mappings) -> None:
         new,
         "UPDATE orders SET status = 'x', updated_at = updated_at - interval '1 day' WHERE id = 6",
     )
-    backfill_table(old, new, mappings["orders"], restart=True, progress_bar=False)
+    backfill_table(old, new, mappings["orders"], replace(QUIET, restart=True))
     result = verify_table(old, new, mappings["orders"])
     assert result.changed == [(5, ["status", "updated_at"])]
 
@@ -142,7 +145,7 @@ def test_progress_reports_rows_rate_and_eta() -> None:
 def test_an_unconvertible_row_is_quarantined_and_stays_visible(engines, mappings) -> None:
     old, new = engines
     execute(old, "UPDATE orders SET total = 12.345 WHERE id = 3")
-    result = backfill_table(old, new, mappings["orders"], batch_size=40, progress_bar=False)
+    result = backfill_table(old, new, mappings["orders"], replace(QUIET, batch_size=40))
     assert result.rows_done == count(old, "orders")  # the copy went on
     with new.connect() as conn:
         held = conn.execute(
@@ -152,3 +155,17 @@ def test_an_unconvertible_row_is_quarantined_and_stays_visible(engines, mappings
     assert "orders id=3 field total: 12.345 has more than 2 decimals" in held[0].error
     assert json.loads(held[0].old_row)["total"].startswith("12.345")
     assert verify_table(old, new, mappings["orders"]).missing == [3]
+
+
+def test_the_plan_s_fields_may_be_given_as_keywords(engines, mappings) -> None:
+    """Callers that pass the options one by one (`python -m migrate backfill`,
+    `migrate.tasks.backfill(**opts)`) get the plan of those fields; a plan and fields
+    together, or a name that is no field, are refused before anything is written."""
+    old, new = engines
+    result = backfill_table(old, new, mappings["orders"], batch_size=40, progress_bar=False)
+    assert result.batches == -(-count(old, "orders") // 40)
+    with pytest.raises(TypeError, match="not both"):
+        backfill_table(old, new, mappings["orders"], QUIET, restart=True)
+    with pytest.raises(TypeError, match="batchsize"):
+        run_backfill(old, new, mappings, [mappings["customers"]], batchsize=10)
+    assert count(new, "customers") == 0
