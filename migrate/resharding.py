@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -53,22 +54,38 @@ def move_vshards(
     return ShardMap(shard_map.virtual_shards, shard_map.version + 1, tuple(shards))
 
 
+@dataclass(frozen=True)
+class CopyPlan:
+    """How `copy_vshards` copies a table, the same for each repeat until the destination
+    has caught up: rows keyed by `key_column` (its vshard among `virtual_shards`), the
+    newest `cursor_column` wins, `batch_size` rows per transaction, `pause_seconds`
+    between batches (spares the source)."""
+
+    key_column: str = "id"
+    cursor_column: str = "updated_at"
+    virtual_shards: int = DEFAULT_VIRTUAL_SHARDS
+    batch_size: int = 5000
+    pause_seconds: float = 0.0
+
+
 def copy_vshards(
     src_url: str,
     dst_url: str,
     table: str,
     ranges: Iterable[Sequence[int]],
-    *,
-    key_column: str = "id",
-    cursor_column: str = "updated_at",
-    virtual_shards: int = DEFAULT_VIRTUAL_SHARDS,
-    batch_size: int = 5000,
-    pause_seconds: float = 0.0,
+    plan: CopyPlan | None = None,
+    **options: Any,
 ) -> int:
     """Step 1 (and its catch-up): upsert the rows of `ranges` from `src` into `dst`,
-    newest `cursor_column` wins, so it can be repeated until `dst` has caught up.
+    newest `plan.cursor_column` wins, so it can be repeated until `dst` has caught up.
+    `plan` (default `CopyPlan()`), or its fields as keyword `options`, not both.
     PostgreSQL and SQLite destinations. Returns the number of rows sent.
     """
+    if plan is None:
+        plan = CopyPlan(**options)
+    elif options:
+        raise TypeError(f"copy_vshards: give a plan or its fields, not both: {sorted(options)}")
+    key_column, cursor_column, batch_size = plan.key_column, plan.cursor_column, plan.batch_size
     src = sa.create_engine(sqlalchemy_url(src_url), poolclass=sa.pool.NullPool)
     dst = sa.create_engine(sqlalchemy_url(dst_url), poolclass=sa.pool.NullPool)
     if dst.dialect.name == "postgresql":
@@ -85,7 +102,7 @@ def copy_vshards(
             dconn.commit()  # end the reflection's implicit transaction
             stmt = (
                 sa.select(s_table)
-                .where(shard_filter(s_table.c[key_column], ranges, virtual_shards))
+                .where(shard_filter(s_table.c[key_column], ranges, plan.virtual_shards))
                 .order_by(s_table.c[key_column])
             )
             result = sconn.execution_options(stream_results=True, yield_per=batch_size).execute(
@@ -102,8 +119,8 @@ def copy_vshards(
                 dconn.execute(upsert)
                 dconn.commit()  # batch by batch: the copy may be long and is repeatable
                 sent += len(values)
-                if pause_seconds:
-                    time.sleep(pause_seconds)
+                if plan.pause_seconds:
+                    time.sleep(plan.pause_seconds)
     finally:
         src.dispose()
         dst.dispose()
