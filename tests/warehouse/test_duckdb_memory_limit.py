@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from core import settings
@@ -58,6 +59,39 @@ def test_dbt_gets_the_same_limit(warehouse_env: Path, monkeypatch: pytest.Monkey
     profiles = (ROOT / "dbt_project" / "profiles.yml").read_text()
     found = re.findall(r"env_var\('NIGHTSHIFT_DUCKDB_MEMORY_LIMIT', '([^']+)'\)", profiles)
     assert found == [settings.DUCKDB_MEMORY_LIMIT_DEFAULT]
+
+
+def test_writers_checkpoint_early_and_dbt_does_the_same(tmp_path: Path) -> None:
+    """A writable warehouse file checkpoints past CHECKPOINT_THRESHOLD (1MB, not DuckDB's
+    16MB), and dbt's DuckDB target sets the same: committed changes held in memory until
+    a checkpoint ran the nightly dbt build out of its memory limit."""
+    import yaml
+
+    from warehouse.backends.duckdb import CHECKPOINT_THRESHOLD, connect
+
+    threshold = "select current_setting('checkpoint_threshold')"
+    con = duckdb.connect()
+    try:
+        default = con.execute(threshold).fetchone()
+        con.execute(f"set checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        ours = con.execute(threshold).fetchone()
+    finally:
+        con.close()
+    assert ours != default
+    path = tmp_path / "w.duckdb"
+    con = connect(path)
+    try:
+        assert con.execute(threshold).fetchone() == ours
+    finally:
+        con.close()
+    con = connect(path, read_only=True)  # reads never write a checkpoint
+    try:
+        assert con.execute(threshold).fetchone() == default
+    finally:
+        con.close()
+    profiles = yaml.safe_load((ROOT / "dbt_project" / "profiles.yml").read_text())
+    duckdb_target = profiles["nightshift"]["outputs"]["duckdb"]["settings"]
+    assert duckdb_target["checkpoint_threshold"] == CHECKPOINT_THRESHOLD
 
 
 def test_the_helper_applies_the_configured_limit_and_utc(

@@ -44,6 +44,14 @@ class _Configured(Enum):
 #: `connect`'s default memory limit: `NIGHTSHIFT_DUCKDB_MEMORY_LIMIT`, read at connect time.
 CONFIGURED = _Configured.LIMIT
 
+#: WAL size past which a commit checkpoints a writable file (DuckDB's default is 16MB).
+#: Until a checkpoint, committed changes stay in memory under the memory limit; a
+#: process that commits one step after another (dbt building model after model on one
+#: connection) then runs out of it: at 5M orders with a 128MB limit the nightly dbt build
+#: failed with 16MB and passed with 1MB (docs/benchmarks.md). dbt_project/profiles.yml
+#: sets the same value.
+CHECKPOINT_THRESHOLD = "1MB"
+
 
 def connect(
     path: Path | str | None = None,
@@ -63,6 +71,7 @@ def connect(
       (False lets large scans stream without keeping their order).
     - An in-memory database spills under `DATA_DIR/tmp/duckdb` (DuckDB's default is
       `.tmp` in whatever the working directory is); a file spills beside itself.
+    - A writable file checkpoints once its WAL passes `CHECKPOINT_THRESHOLD`.
 
     The settings are SETs, not connect-time config: a file already open in this process
     with another config would refuse a second connection. A failed SET closes the
@@ -80,6 +89,8 @@ def connect(
         if not preserve_insertion_order:
             con.execute("set preserve_insertion_order = false")
         con.execute("set TimeZone = 'UTC'")
+        if path is not None and not read_only:
+            con.execute(f"set checkpoint_threshold = {_literal(CHECKPOINT_THRESHOLD)}")
         if path is None:
             from core import settings
 
