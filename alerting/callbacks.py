@@ -252,5 +252,5 @@ def run_deadline(argv: Sequence[str] | None = None) -> DeadlineAlert | None:
     else:
         from alerting.rules import load_thresholds
 
-        minutes = load_thresholds().run_deadline_max_minutes
+        minutes = load_thresholds(settings.alerts_config_path()).run_deadline_max_minutes
     return nightly_deadline(minutes) if minutes > 0 else None

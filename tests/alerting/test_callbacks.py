@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import pendulum
@@ -246,7 +247,9 @@ def test_dag_with_callbacks_and_deadline_serializes(caplog: pytest.LogCaptureFix
     assert restored.has_on_failure_callback
 
 
-def test_run_deadline_comes_from_the_alert_config(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_deadline_comes_from_the_alert_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from alerting.callbacks import run_deadline
     from alerting.rules import load_thresholds
 
@@ -254,6 +257,12 @@ def test_run_deadline_comes_from_the_alert_config(monkeypatch: pytest.MonkeyPatc
     configured = load_thresholds().run_deadline_max_minutes
     alert = run_deadline(argv=["/venv/bin/airflow", "scheduler"])
     assert alert is not None and alert.interval == timedelta(minutes=configured)
+
+    # the file ALERTS_CONFIG names, as the rules read it (alerting.runs)
+    own = tmp_path / "alerts.yml"
+    own.write_text("run_deadline:\n  max_minutes: 45\n")
+    monkeypatch.setenv("ALERTS_CONFIG", str(own))
+    assert run_deadline(argv=["airflow", "scheduler"]).interval == timedelta(minutes=45)
 
     monkeypatch.setenv("NIGHTSHIFT_RUN_DEADLINE_MINUTES", "7.5")
     assert run_deadline(argv=["airflow", "dag-processor"]).interval == timedelta(minutes=7.5)
