@@ -163,7 +163,10 @@ def _night(
         ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=warehouse, configs=[ITEMS]),
     )
     extracted = time.perf_counter()
-    result = load.load_source_db(warehouse, landing, run_id, "UTC", tables=("order_items",))
+    result = load.load_source_db(
+        landing,
+        load.SourceLoadPlan(run_id, "UTC", warehouse_path=warehouse, tables=("order_items",)),
+    )
     return manifests, result, extracted - start, time.perf_counter() - extracted
 
 

@@ -81,7 +81,7 @@ def _history(n: int) -> dict[str, str]:
 def prepare(n: int, night_orders: int, work: Path) -> None:
     """Night 1 loaded and published; night 2 landed."""
     from warehouse.backends.duckdb import DuckDBWarehouse, connect
-    from warehouse.load import load_source_db
+    from warehouse.load import SourceLoadPlan, load_source_db
 
     landing = work / "landing"
     con = connect(memory_limit=None)
@@ -101,7 +101,7 @@ def prepare(n: int, night_orders: int, work: Path) -> None:
     )
     wh = DuckDBWarehouse(work / "warehouse.duckdb")
     build = wh.begin_build("night1")
-    load_source_db(None, landing, "night1", "UTC", warehouse=wh, build=build)
+    load_source_db(landing, SourceLoadPlan("night1", "UTC", warehouse=wh, build=build))
     wh.publish(build)
 
     n_items = n * 3 // 2
@@ -165,14 +165,16 @@ def night(work: Path) -> dict:
     """Night 2's load step (run in a child process)."""
     from core.settings import duckdb_memory_limit
     from warehouse.backends.duckdb import DuckDBWarehouse
-    from warehouse.load import load_source_db
+    from warehouse.load import SourceLoadPlan, load_source_db
 
     # as the nightly opens it: DuckDB capped at NIGHTSHIFT_DUCKDB_MEMORY_LIMIT
     wh = DuckDBWarehouse(work / "warehouse.duckdb", memory_limit=duckdb_memory_limit())
     started = time.perf_counter()
     build = wh.begin_build("night2")
     copied = time.perf_counter()
-    result = load_source_db(None, work / "landing", "night2", "UTC", warehouse=wh, build=build)
+    result = load_source_db(
+        work / "landing", SourceLoadPlan("night2", "UTC", warehouse=wh, build=build)
+    )
     done = time.perf_counter()
     return {
         "build_copy_s": copied - started,

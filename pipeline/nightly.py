@@ -418,9 +418,7 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
     build = wh.begin_build(run_id_for(business_date))
     quality = _quality_gate(business_date, "source_db", results, (wh, build))
     _reconcile_source(business_date, (wh, build))
-    result = load(
-        None,
-        settings.landing_dir(),
+    plan = warehouse_load.SourceLoadPlan(
         run_id_for(business_date),
         settings.report_tz_name(),
         guard=MassDeleteGuard.load(settings.guards_config_path()),
@@ -428,6 +426,7 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
         warehouse=wh,
         build=build,
     )
+    result = load(settings.landing_dir(), plan)
     reconciled = _reconcile(business_date, "source_db", (wh, build))
     return {
         "rows": result["rows"],

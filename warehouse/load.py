@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -1291,46 +1291,49 @@ def _log_merged(plan: _LoadPlan, loaded: _Loaded) -> None:
         )
 
 
-def load_source_db(
-    warehouse_path: Path | None,
-    landing_root: Path,
-    run_id: str,
-    report_tz: str,
-    tables: tuple[str, ...] = KNOWN_TABLES["source_db"],
-    *,
-    guard: Any = _DEFAULT_GUARD,
-    allow_mass_delete: bool = False,
-    warehouse: Warehouse | None = None,
-    build: Build | None = None,
-) -> dict[str, Any]:
-    """Merge the landed `source_db` run into `raw.*` in one transaction.
+@dataclass(frozen=True)
+class SourceLoadPlan:
+    """How `load_source_db` / `load_source_db_sharded` load run `run_id` of `tables`.
+
+    `report_tz` is the zone of the business days the changes restate. The load runs on
+    `warehouse` (and its `build`; None: the published warehouse), else on the DuckDB file
+    `warehouse_path`. `guard` (warehouse/guards.py; None: off) stops a load whose key
+    sets would delete too much of a table, unless `allow_mass_delete`."""
+
+    run_id: str
+    report_tz: str
+    tables: tuple[str, ...] = KNOWN_TABLES["source_db"]
+    _: KW_ONLY
+    warehouse_path: Path | None = None
+    warehouse: Warehouse | None = None
+    build: Build | None = None
+    guard: Any = _DEFAULT_GUARD
+    allow_mass_delete: bool = False
+
+
+def _source_load(plan: SourceLoadPlan, deltas: list[_Delta]) -> _LoadPlan:
+    """The load of `deltas` (the landed runs of `plan.run_id`) as `plan` says."""
+    target = _Target(plan.warehouse_path, plan.warehouse, plan.build)
+    return _LoadPlan(
+        tuple(deltas), plan.run_id, target, plan.report_tz, plan.guard, plan.allow_mass_delete
+    )
+
+
+def load_source_db(landing_root: Path, plan: SourceLoadPlan) -> dict[str, Any]:
+    """Merge the landed `source_db` run under `landing_root` into `raw.*` in one
+    transaction, as `plan` says.
 
     Returns {"rows": landed rows per table, "deleted": rows removed by key sets,
     "raw_rows": current rows per table, "restated_days": ISO business days (REPORT_TZ)
-    this run touched}. Loading the same run again changes nothing. `guard`
-    (warehouse/guards.py; None: off) stops a load whose key sets would delete too much
-    of a table, unless `allow_mass_delete`. With `warehouse` (and its `build`), the load
-    runs on that backend and `warehouse_path` is ignored (None is fine).
+    this run touched}. Loading the same run again changes nothing.
     """
-    deltas = _plan(landing_root, "source_db", tuple(tables), run_id)
-    target = _Target(warehouse_path, warehouse, build)
-    plan = _LoadPlan(tuple(deltas), run_id, target, report_tz, guard, allow_mass_delete)
-    return _load(plan)
+    deltas = _plan(landing_root, "source_db", tuple(plan.tables), plan.run_id)
+    return _load(_source_load(plan, deltas))
 
 
-def load_source_db_sharded(
-    warehouse_path: Path | None,
-    landing_root: Path,
-    run_id: str,
-    report_tz: str,
-    tables: tuple[str, ...] = KNOWN_TABLES["source_db"],
-    *,
-    guard: Any = _DEFAULT_GUARD,
-    allow_mass_delete: bool = False,
-    warehouse: Warehouse | None = None,
-    build: Build | None = None,
-) -> dict[str, Any]:
-    """Merge every shard's delta of sharded run `run_id` into `raw.*` in ONE transaction.
+def load_source_db_sharded(landing_root: Path, plan: SourceLoadPlan) -> dict[str, Any]:
+    """Merge every shard's delta of sharded run `plan.run_id` into `raw.*` in ONE
+    transaction, as `plan` says.
 
     The shards come from the run record the extract wrote once every shard had landed
     (none: the run is incomplete, `LoadError`). Deltas are upserted by key, newest
@@ -1339,11 +1342,9 @@ def load_source_db_sharded(
     key-set deletes use the union of all shards' key sets of this run. Same result
     shape as `load_source_db`, plus "shards" and "map_version".
     """
-    record = _shard_run_record(landing_root, run_id)
-    deltas = _plan_sharded(landing_root, tuple(tables), run_id, record)
-    target = _Target(warehouse_path, warehouse, build)
-    plan = _LoadPlan(tuple(deltas), run_id, target, report_tz, guard, allow_mass_delete)
-    result = _load(plan)
+    record = _shard_run_record(landing_root, plan.run_id)
+    deltas = _plan_sharded(landing_root, tuple(plan.tables), plan.run_id, record)
+    result = _load(_source_load(plan, deltas))
     result["shards"] = [s["name"] for s in record["shards"]]
     result["map_version"] = record.get("shard_map", {}).get("version")
     return result

@@ -25,7 +25,7 @@ from extract.tables import (
 )
 from extract.watermark import last_watermark, record_loaded
 from tests.sqlite_shards import split_sqlite_source
-from warehouse.load import load_source_db
+from warehouse.load import SourceLoadPlan, load_source_db
 
 END = date(2026, 11, 20)  # in the past: the source clock (U) is after every generated row
 TABLES = {
@@ -91,7 +91,7 @@ def cycle(url, landing, warehouse, run_id, configs=DEFAULT_TABLES, tz="UTC"):
         url,
         ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=warehouse, configs=configs),
     )
-    return manifests, load_source_db(warehouse, landing, run_id, tz)
+    return manifests, load_source_db(landing, SourceLoadPlan(run_id, tz, warehouse_path=warehouse))
 
 
 def restated_by_reason(warehouse: Path, run_id: str) -> dict[str, set[date]]:
@@ -196,7 +196,7 @@ def test_watermark_advances_only_after_load(sqlite_url: str, tmp_path: Path) -> 
     assert m2["orders"]["window_start"] is None
     assert m2["orders"]["rows"] == m1["orders"]["rows"]
     assert last_watermark(warehouse, "source_db", "orders") is None
-    load_source_db(warehouse, landing, "r2", "UTC")
+    load_source_db(landing, SourceLoadPlan("r2", "UTC", warehouse_path=warehouse))
     mark = last_watermark(warehouse, "source_db", "orders")
     assert mark.run_id == "r2"
     assert mark.window_end == datetime.fromisoformat(m2["orders"]["window_end"])
@@ -231,11 +231,11 @@ def test_rerun_of_a_run_id_replaces_its_landing(sqlite_url: str, tmp_path: Path)
     ]
     assert sorted(runs) == ["run=r1", "run=r2"]
     assert 1 in landed_ids(landing, "orders", "r2")
-    result = load_source_db(warehouse, landing, "r2", "UTC")
+    result = load_source_db(landing, SourceLoadPlan("r2", "UTC", warehouse_path=warehouse))
     assert raw_state(warehouse) == source_state(sqlite_url)
     assert "order_changed" in restated_by_reason(warehouse, "r2")
     # loading it again is a no-op
-    assert load_source_db(warehouse, landing, "r2", "UTC") == result
+    assert load_source_db(landing, SourceLoadPlan("r2", "UTC", warehouse_path=warehouse)) == result
     assert raw_state(warehouse) == source_state(sqlite_url)
 
 
@@ -371,7 +371,7 @@ def test_sharded_extract_on_sqlite_shards(tmp_path: Path) -> None:
             ExtractPlan(run_id=run_id, landing_root=landing, warehouse_path=warehouse),
             ShardReadPolicy(max_workers=2),
         )
-        load_source_db_sharded(warehouse, landing, run_id, "UTC")
+        load_source_db_sharded(landing, SourceLoadPlan(run_id, "UTC", warehouse_path=warehouse))
         return out
 
     first = run("r1")

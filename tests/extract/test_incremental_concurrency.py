@@ -25,7 +25,7 @@ from demo.schema import metadata, orders
 from extract.db_extract import ExtractPlan, extract_tables
 from extract.landing import run_dir
 from extract.tables import TableConfig
-from warehouse.load import load_source_db
+from warehouse.load import SourceLoadPlan, load_source_db
 
 OVERLAP = timedelta(seconds=5)
 MAX_COMMIT_DELAY = 3.0  # < OVERLAP
@@ -85,7 +85,9 @@ def _cycle(url: str, landing: Path, warehouse: Path, run: int) -> dict:
             run_id=run_id, landing_root=landing, warehouse_path=warehouse, configs=[CONFIG]
         ),
     )
-    load_source_db(warehouse, landing, run_id, "UTC", tables=("orders",))
+    load_source_db(
+        landing, SourceLoadPlan(run_id, "UTC", warehouse_path=warehouse, tables=("orders",))
+    )
     return manifests["orders"]
 
 

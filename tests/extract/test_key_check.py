@@ -21,7 +21,7 @@ from demo.generator import generate
 from extract import key_check
 from extract.db_extract import ExtractPlan, extract_tables
 from extract.landing import run_dir
-from warehouse.load import LoadError, load_source_db
+from warehouse.load import LoadError, SourceLoadPlan, load_source_db
 
 END = date(2026, 11, 20)
 ITEMS = "order_items"
@@ -104,7 +104,7 @@ def _first_night(url: str, landing: Path, warehouse: Path) -> dict:
     m = _extract(url, landing, warehouse, "r1")
     assert m[f"{ITEMS}__keys"]["keys"] == "all"  # nothing earlier to compare with
     assert m[f"{ITEMS}__keys"]["rows"] == len(_source_keys(url))
-    load_source_db(warehouse, landing, "r1", "UTC")
+    load_source_db(landing, SourceLoadPlan("r1", "UTC", warehouse_path=warehouse))
     return m
 
 
@@ -119,7 +119,7 @@ def test_a_night_without_deletes_lands_only_the_changed_buckets_keys(
     ranges = m[f"{ITEMS}__key_ranges"]
     assert ranges["previous_run_id"] == "r1" and ranges["buckets_with_keys"] == 0
     assert ranges["buckets"] >= 10
-    result = load_source_db(warehouse, landing, "r2", "UTC")
+    result = load_source_db(landing, SourceLoadPlan("r2", "UTC", warehouse_path=warehouse))
     assert result["deleted"][ITEMS] == 0
     assert _raw_keys(warehouse) == set(_source_keys(source))
 
@@ -130,7 +130,8 @@ def test_a_night_without_deletes_lands_only_the_changed_buckets_keys(
     assert top + 1 in landed
     assert landed == {k for k in _source_keys(source) if k // WIDTH == (top + 1) // WIDTH}
     assert m[f"{ITEMS}__key_ranges"]["buckets_with_keys"] == 1
-    assert load_source_db(warehouse, landing, "r3", "UTC")["deleted"][ITEMS] == 0
+    loaded = load_source_db(landing, SourceLoadPlan("r3", "UTC", warehouse_path=warehouse))
+    assert loaded["deleted"][ITEMS] == 0
     assert _raw_keys(warehouse) == set(_source_keys(source))
 
 
@@ -141,12 +142,12 @@ def test_a_delete_in_old_history_is_found(source: str, tmp_path: Path) -> None:
     _first_night(source, landing, warehouse)
     for night in ("r2", "r3"):  # quiet nights
         _extract(source, landing, warehouse, night)
-        load_source_db(warehouse, landing, night, "UTC")
+        load_source_db(landing, SourceLoadPlan(night, "UTC", warehouse_path=warehouse))
     _delete(source, 3)
     m = _extract(source, landing, warehouse, "r4")
     assert m[f"{ITEMS}__keys"]["keys"] == "changed"
     assert _landed_keys(landing, "r4") == {k for k in _source_keys(source) if k < WIDTH}
-    result = load_source_db(warehouse, landing, "r4", "UTC")
+    result = load_source_db(landing, SourceLoadPlan("r4", "UTC", warehouse_path=warehouse))
     assert result["deleted"][ITEMS] == 1
     assert _deleted(warehouse, "r4") == {"3"}
     assert _raw_keys(warehouse) == set(_source_keys(source))
@@ -162,7 +163,8 @@ def test_insert_and_delete_in_one_bucket_and_a_compensated_delete_are_found(
     _delete(source, top)
     _insert(source, top + 1, like=top - 1)
     _extract(source, landing, warehouse, "r2")
-    assert load_source_db(warehouse, landing, "r2", "UTC")["deleted"][ITEMS] == 1
+    loaded = load_source_db(landing, SourceLoadPlan("r2", "UTC", warehouse_path=warehouse))
+    assert loaded["deleted"][ITEMS] == 1
     assert _deleted(warehouse, "r2") == {str(top)}
     assert _raw_keys(warehouse) == set(_source_keys(source))
 
@@ -170,12 +172,12 @@ def test_insert_and_delete_in_one_bucket_and_a_compensated_delete_are_found(
     # next: the bucket's count is what the warehouse has, its sums are not
     _delete(source, 20)
     _extract(source, landing, warehouse, "r3")
-    load_source_db(warehouse, landing, "r3", "UTC")
+    load_source_db(landing, SourceLoadPlan("r3", "UTC", warehouse_path=warehouse))
     _delete(source, 10)
     _insert(source, 20, like=11)
     m = _extract(source, landing, warehouse, "r4")
     assert m[f"{ITEMS}__key_ranges"]["buckets_with_keys"] == 1
-    result = load_source_db(warehouse, landing, "r4", "UTC")
+    result = load_source_db(landing, SourceLoadPlan("r4", "UTC", warehouse_path=warehouse))
     assert _deleted(warehouse, "r4") == {"10"}
     assert result["deleted"][ITEMS] == 1
     assert _raw_keys(warehouse) == set(_source_keys(source))
@@ -191,7 +193,7 @@ def test_an_unloaded_run_still_covers_the_night_after(source: str, tmp_path: Pat
     assert 7 not in _landed_keys(landing, "r2") and 8 in _landed_keys(landing, "r2")
     _extract(source, landing, warehouse, "r3")
     assert _landed_keys(landing, "r3") == set()
-    result = load_source_db(warehouse, landing, "r3", "UTC")
+    result = load_source_db(landing, SourceLoadPlan("r3", "UTC", warehouse_path=warehouse))
     assert _deleted(warehouse, "r3") == {"7"}
     assert result["deleted"][ITEMS] == 1
 
@@ -208,7 +210,7 @@ def test_a_lost_run_fails_the_load_and_the_rerun_lands_every_key(
         shutil.rmtree(run_dir(landing, "source_db", table, "r2"))
 
     with pytest.raises(LoadError, match=rf"{ITEMS}.*\[0, {WIDTH - 1}\].*rerun the night"):
-        load_source_db(warehouse, landing, "r3", "UTC")
+        load_source_db(landing, SourceLoadPlan("r3", "UTC", warehouse_path=warehouse))
     assert 7 in _raw_keys(warehouse)  # nothing merged
     assert key_check.full_key_set_requested(landing, ITEMS) is not None
 
@@ -216,7 +218,7 @@ def test_a_lost_run_fails_the_load_and_the_rerun_lands_every_key(
     assert m[f"{ITEMS}__keys"]["keys"] == "all"
     assert m[f"{ITEMS}__keys"]["rows"] == len(_source_keys(source))
     assert key_check.full_key_set_requested(landing, ITEMS) is None
-    result = load_source_db(warehouse, landing, "r3", "UTC")
+    result = load_source_db(landing, SourceLoadPlan("r3", "UTC", warehouse_path=warehouse))
     assert _deleted(warehouse, "r3") == {"7"}
     assert result["deleted"][ITEMS] == 1
     assert _raw_keys(warehouse) == set(_source_keys(source))
@@ -238,7 +240,9 @@ def test_the_summaries_are_compared_in_a_postgres_warehouse_too(
     def night(run_id: str) -> dict:
         # no DuckDB file: every night reads every row, the key check is the same
         m = _extract(source, landing, None, run_id)
-        result = load_source_db(None, landing, run_id, "UTC", warehouse=warehouse, build=build)
+        result = load_source_db(
+            landing, SourceLoadPlan(run_id, "UTC", warehouse=warehouse, build=build)
+        )
         return {"landed": m, **result}
 
     assert night("r1")["landed"][f"{ITEMS}__keys"]["keys"] == "all"
@@ -283,6 +287,7 @@ def test_sqlite_and_mariadb_sources_land_the_same_summaries(
     m = _extract(other_source, landing, warehouse, "r2")
     assert m[f"{ITEMS}__keys"]["keys"] == "changed"
     assert _landed_keys(landing, "r2") == {k for k in _source_keys(other_source) if k < WIDTH}
-    assert load_source_db(warehouse, landing, "r2", "UTC")["deleted"][ITEMS] == 1
+    loaded = load_source_db(landing, SourceLoadPlan("r2", "UTC", warehouse_path=warehouse))
+    assert loaded["deleted"][ITEMS] == 1
     assert _deleted(warehouse, "r2") == {"3"}
     assert _raw_keys(warehouse) == set(_source_keys(other_source))

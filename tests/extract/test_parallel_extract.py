@@ -24,7 +24,7 @@ from extract.landing import run_dir
 from extract.shards import ShardMap
 from extract.tables import DEFAULT_TABLES, TableConfig, apply_overrides
 from tests.servers import fresh_database
-from warehouse.load import load_source_db
+from warehouse.load import SourceLoadPlan, load_source_db
 
 END = date(2026, 11, 20)
 LANDED = (
@@ -87,7 +87,7 @@ def test_postgres_parallel_ranges_land_exactly_what_one_stream_lands(
     assert {t for t, _ in range_reads} == {"users", "products", "orders", "order_items"}
     assert all(n == 4 for _, n in range_reads)
     _assert_same_landing(serial, "r1", parallel, "r1", m1, p1)
-    load_source_db(warehouse, serial, "r1", "UTC")
+    load_source_db(serial, SourceLoadPlan("r1", "UTC", warehouse_path=warehouse))
 
     apply_next_day(pg_database, seed=22)
     range_reads.clear()
@@ -250,7 +250,7 @@ def test_postgres_key_set_is_read_by_the_copy_decoder(
     monkeypatch.setattr(pg_copy, "copy_batches", recording)
     warehouse = tmp_path / "warehouse.duckdb"
     _extract(pg_database, tmp_path / "l", "r1", warehouse)
-    load_source_db(warehouse, tmp_path / "l", "r1", "UTC")
+    load_source_db(tmp_path / "l", SourceLoadPlan("r1", "UTC", warehouse_path=warehouse))
     summary = apply_next_day(pg_database, seed=24, orders_per_day=40)
     read.clear()
     m = _extract(pg_database, tmp_path / "l", "r2", warehouse)

@@ -28,7 +28,7 @@ from quality.validate import ExpectationOutcome, SuiteResult
 from tests.warehouse.test_load import TZ, land, orders, ts, users
 from warehouse.backends.duckdb import DuckDBWarehouse
 from warehouse.backends.postgres import PostgresWarehouse
-from warehouse.load import load_source_db
+from warehouse.load import SourceLoadPlan, load_source_db
 from warehouse.publish import last_published_day
 
 DAY = date(2026, 11, 20)
@@ -341,7 +341,9 @@ def test_watermarks_after_loads(backend: Backend, tmp_path: Path) -> None:
         **first,
     )
     build = wh.begin_build("r1")
-    load_source_db(None, landing, "r1", TZ, ("users", "orders"), warehouse=wh, build=build)
+    load_source_db(
+        landing, SourceLoadPlan("r1", TZ, ("users", "orders"), warehouse=wh, build=build)
+    )
     for where in backend.readers:  # loaded in the build only
         assert last_watermark(where, "source_db", "orders") is None
     wh.publish(build)
@@ -360,7 +362,9 @@ def test_watermarks_after_loads(backend: Backend, tmp_path: Path) -> None:
     land(landing, "source_db", "orders", "r2", late, **second, shard_map=shards)
     land(landing, "source_db", "users", "r2", users([(2, "US", ts(2))]), **second)
     build = wh.begin_build("r2")
-    load_source_db(None, landing, "r2", TZ, ("users", "orders"), warehouse=wh, build=build)
+    load_source_db(
+        landing, SourceLoadPlan("r2", TZ, ("users", "orders"), warehouse=wh, build=build)
+    )
     wh.publish(build)
     answers = [
         (

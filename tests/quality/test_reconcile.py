@@ -436,7 +436,7 @@ def test_sqlite_window_cut_inside_a_minute_totals_exactly_the_rows_read(tmp_path
 
 def test_sharded_sqlite_source_every_shard_adds_to_the_totals(tmp_path: Path) -> None:
     from extract.db_extract import extract_sharded_source
-    from warehouse.load import load_source_db_sharded
+    from warehouse.load import SourceLoadPlan, load_source_db_sharded
 
     a, b, shard_map = split_sqlite_source(
         tmp_path, seed=9, days=3, end_date=DST_END + timedelta(days=1), orders_per_day=20
@@ -451,7 +451,7 @@ def test_sharded_sqlite_source_every_shard_adds_to_the_totals(tmp_path: Path) ->
             t: rows[t] for t in SOURCE_CHECKS
         }
         assert check_source_totals(landing, run_id).success
-        load_source_db_sharded(warehouse, landing, run_id, NY)
+        load_source_db_sharded(landing, SourceLoadPlan(run_id, NY, warehouse_path=warehouse))
         return record
 
     first = run("r1")

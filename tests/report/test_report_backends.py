@@ -25,7 +25,7 @@ from tests.warehouse.test_load import TZ, items, keys, land, orders, products, t
 from warehouse import query
 from warehouse.backends.duckdb import DuckDBWarehouse
 from warehouse.backends.postgres import PostgresWarehouse, libpq_url
-from warehouse.load import load_source_db
+from warehouse.load import SourceLoadPlan, load_source_db
 
 DAY = dt.date(2026, 3, 7)
 RUN = DAY.isoformat()
@@ -306,11 +306,13 @@ def loaded(empty: Any, tmp_path: Path) -> Any:
         mode="key_set",
     )
     if isinstance(backend, DuckDBWarehouse):
-        load_source_db(backend.path, landing, "r1", TZ)  # the nightly's path API
+        load_source_db(
+            landing, SourceLoadPlan("r1", TZ, warehouse_path=backend.path)
+        )  # the nightly's path API
         build = None
     else:
         build = backend.begin_build("r1")
-        load_source_db(None, landing, "r1", TZ, warehouse=backend, build=build)
+        load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse=backend, build=build))
     return backend, build, landing
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from extract.landing import LandingOptions, LandingTarget, write_landing_table
 from extract.watermark import last_watermark
-from warehouse.load import LoadError, load_payments_api, load_source_db
+from warehouse.load import LoadError, SourceLoadPlan, load_payments_api, load_source_db
 
 UTC = dt.UTC
 TS = pa.timestamp("us", tz="UTC")
@@ -154,7 +154,7 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_first_load_creates_current_state(two_runs) -> None:
     landing, wh = two_runs
-    result = load_source_db(wh, landing, "r1", TZ)
+    result = load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     assert result["raw_rows"] == {"users": 2, "products": 2, "orders": 4, "order_items": 3}
     # every day with an order is new
     assert result["restated_days"] == [
@@ -181,7 +181,7 @@ def test_first_load_creates_current_state(two_runs) -> None:
 
 def test_second_run_merges_deletes_and_restates(two_runs) -> None:
     landing, wh = two_runs
-    load_source_db(wh, landing, "r1", TZ)
+    load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     land_run(
         landing,
         "r2",
@@ -198,7 +198,7 @@ def test_second_run_merges_deletes_and_restates(two_runs) -> None:
         item_keys=[1000, 1002, 1003],  # 1001 (order 101) hard-deleted
         coupon=True,  # a new source column
     )
-    result = load_source_db(wh, landing, "r2", TZ)
+    result = load_source_db(landing, SourceLoadPlan("r2", TZ, warehouse_path=wh))
     assert result["deleted"]["order_items"] == 1
     assert q(wh, "select table_name, key from ops.deleted_rows") == [("order_items", "1001")]
     assert q(wh, "select id, status, coupon, _run_id from raw.orders order by id") == [
@@ -223,7 +223,7 @@ def test_second_run_merges_deletes_and_restates(two_runs) -> None:
 
 def test_newest_version_wins_over_an_older_delta(two_runs) -> None:
     landing, wh = two_runs
-    load_source_db(wh, landing, "r1", TZ)
+    load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     # r2 carries an older version of order 100 than raw holds: raw keeps the newer one
     land_run(
         landing,
@@ -235,25 +235,25 @@ def test_newest_version_wins_over_an_older_delta(two_runs) -> None:
         i=[],
         item_keys=[1000, 1001, 1002],
     )
-    result = load_source_db(wh, landing, "r2", TZ)
+    result = load_source_db(landing, SourceLoadPlan("r2", TZ, warehouse_path=wh))
     assert q(wh, "select status, _run_id from raw.orders where id = 100") == [("paid", "r1")]
     assert result["restated_days"] == []
 
 
 def test_reload_of_the_same_run_changes_nothing(two_runs) -> None:
     landing, wh = two_runs
-    first = load_source_db(wh, landing, "r1", TZ)
+    first = load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     state = {
         t: q(wh, f"select * from {t} order by all")
         for t in ("raw.orders", "raw.order_items", "ops.loaded_runs", "ops.restated_days")
     }
-    assert load_source_db(wh, landing, "r1", TZ) == first
+    assert load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh)) == first
     assert {t: q(wh, f"select * from {t} order by all") for t in state} == state
 
 
 def test_failed_load_changes_nothing(two_runs) -> None:
     landing, wh = two_runs
-    load_source_db(wh, landing, "r1", TZ)
+    load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     land_run(
         landing,
         "r2",
@@ -267,7 +267,7 @@ def test_failed_load_changes_nothing(two_runs) -> None:
     bad = landing / "source_db" / "order_items" / "run=r2" / "part-00000.parquet"
     bad.write_bytes(b"this is not parquet")
     with pytest.raises(LoadError, match=r"raw\.order_items.*run=r2"):
-        load_source_db(wh, landing, "r2", TZ)
+        load_source_db(landing, SourceLoadPlan("r2", TZ, warehouse_path=wh))
     assert q(wh, "select status from raw.orders where id = 100") == [("paid",)]
     assert q(wh, "select count(*) from raw.order_items") == [(3,)]
     assert last_watermark(wh, "source_db", "orders").run_id == "r1"
@@ -276,10 +276,10 @@ def test_failed_load_changes_nothing(two_runs) -> None:
 
 def test_stale_run_is_refused(two_runs) -> None:
     landing, wh = two_runs
-    load_source_db(wh, landing, "r1", TZ)
+    load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     land_run(landing, "r0", ts(19), u=[], p=[], o=[], i=[], item_keys=[])
     with pytest.raises(LoadError, match=r"run=r0 was extracted .* before the already loaded run"):
-        load_source_db(wh, landing, "r0", TZ)
+        load_source_db(landing, SourceLoadPlan("r0", TZ, warehouse_path=wh))
     assert q(wh, "select count(*) from raw.order_items") == [(3,)]
 
 
@@ -290,7 +290,7 @@ def test_missing_key_set_is_an_error(two_runs) -> None:
         f.unlink()
     keys_dir.rmdir()
     with pytest.raises(LoadError, match=r"order_items__keys.*does not exist"):
-        load_source_db(wh, landing, "r1", TZ)
+        load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
 
 
 @pytest.mark.parametrize(
@@ -300,7 +300,7 @@ def test_missing_key_set_is_an_error(two_runs) -> None:
 def test_rejects_bad_run_ids_and_tables(two_runs, run_id, tables) -> None:
     landing, wh = two_runs
     with pytest.raises(LoadError):
-        load_source_db(wh, landing, run_id, TZ, tables=tables)
+        load_source_db(landing, SourceLoadPlan(run_id, TZ, warehouse_path=wh, tables=tables))
     assert not wh.exists()
 
 
@@ -438,9 +438,9 @@ def test_sharded_run_merges_all_shards_in_one_load(tmp_path: Path) -> None:
         u=[], p=[],
     )  # fmt: skip
     with pytest.raises(LoadError, match="no complete sharded extract"):
-        load_source_db_sharded(wh, landing, "d1", TZ)
+        load_source_db_sharded(landing, SourceLoadPlan("d1", TZ, warehouse_path=wh))
     write_record(landing, "d1", "x1", [a, b])
-    result = load_source_db_sharded(wh, landing, "d1", TZ)
+    result = load_source_db_sharded(landing, SourceLoadPlan("d1", TZ, warehouse_path=wh))
     assert result["shards"] == ["s0", "s1"]
     assert sorted(q(wh, "select id from raw.orders")) == [(10,), (11,)]
     assert sorted(q(wh, "select id from raw.order_items")) == [(100,), (101,), (102,)]
@@ -456,7 +456,10 @@ def test_sharded_run_merges_all_shards_in_one_load(tmp_path: Path) -> None:
     assert last_watermark(wh, "source_db", "orders", "s0").window_end == ts(3)
     assert last_watermark(wh, "source_db", "orders") is None  # no unsharded watermark
     # loading again changes nothing
-    assert load_source_db_sharded(wh, landing, "d1", TZ)["raw_rows"] == result["raw_rows"]
+    assert (
+        load_source_db_sharded(landing, SourceLoadPlan("d1", TZ, warehouse_path=wh))["raw_rows"]
+        == result["raw_rows"]
+    )
 
     # d2: order 11 was copied to s0 during a reshard (older copy) and updated in s1; the
     # newest version wins and it is not doubled. Item 102 is gone from every key set.
@@ -471,7 +474,7 @@ def test_sharded_run_merges_all_shards_in_one_load(tmp_path: Path) -> None:
         i=[], item_keys=[101], u=[], p=[],
     )  # fmt: skip
     write_record(landing, "d2", "x2", [a, b])
-    result = load_source_db_sharded(wh, landing, "d2", TZ)
+    result = load_source_db_sharded(landing, SourceLoadPlan("d2", TZ, warehouse_path=wh))
     assert q(wh, "select id, status from raw.orders where id = 11") == [(11, "refunded")]
     assert result["deleted"]["order_items"] == 1
     assert sorted(q(wh, "select id from raw.order_items")) == [(100,), (101,)]
@@ -489,13 +492,13 @@ def test_sharded_deletes_need_every_shards_key_set(tmp_path: Path, caplog) -> No
         landing, "d1", "s1", "x1", ts(3), i=[(101, 11, 1, ts(2))], item_keys=[101], **empty
     )
     write_record(landing, "d1", "x1", [a, b])
-    load_source_db_sharded(wh, landing, "d1", TZ)
+    load_source_db_sharded(landing, SourceLoadPlan("d1", TZ, warehouse_path=wh))
     # d2: s1's key set is missing: nothing is deleted (s0's keys alone would delete 101)
     a = land_shard(landing, "d2", "s0", "x2", ts(4), i=[], item_keys=[], **empty)
     b = land_shard(landing, "d2", "s1", "x2", ts(4), i=[], item_keys=None, **empty)
     write_record(landing, "d2", "x2", [a, b])
     with caplog.at_level("WARNING"):
-        result = load_source_db_sharded(wh, landing, "d2", TZ)
+        result = load_source_db_sharded(landing, SourceLoadPlan("d2", TZ, warehouse_path=wh))
     assert result["deleted"]["order_items"] == 0
     assert sorted(q(wh, "select id from raw.order_items")) == [(100,), (101,)]
     assert "deletes are skipped" in caplog.text and "s1" in caplog.text
@@ -504,14 +507,14 @@ def test_sharded_deletes_need_every_shards_key_set(tmp_path: Path, caplog) -> No
     b = land_shard(landing, "d3", "s1", "other", ts(5), i=[], item_keys=[], **empty)
     write_record(landing, "d3", "x3", [a | {"landing_run_id": "d3.shard-s0"}, b])
     with pytest.raises(LoadError, match="not part of the extract"):
-        load_source_db_sharded(wh, landing, "d3", TZ)
+        load_source_db_sharded(landing, SourceLoadPlan("d3", TZ, warehouse_path=wh))
 
 
 def test_source_columns_that_are_not_identifiers_are_loaded(two_runs) -> None:
     """An extra source column named `order-ref` (or with spaces, quotes, upper case) is
     tolerated: landed, added to raw as it is named, merged like any other column."""
     landing, wh = two_runs
-    load_source_db(wh, landing, "r1", TZ)
+    load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     odd = ["order-ref", "Order Ref", 'say "hi"', "UPPER"]
     data = orders([(100, 1, "paid", "10.00", ts(5), ts(21))])
     for name in odd:
@@ -529,7 +532,7 @@ def test_source_columns_that_are_not_identifiers_are_loaded(two_runs) -> None:
         window_end=ts(22).isoformat(),
     )
     land(landing, "source_db", "order_items__keys", "r2", keys([1000, 1001, 1002]), mode="key_set")
-    load_source_db(wh, landing, "r2", TZ)
+    load_source_db(landing, SourceLoadPlan("r2", TZ, warehouse_path=wh))
     columns = [r[0] for r in q(wh, "select column_name from (describe raw.orders)")]
     assert all(name in columns for name in odd)
     assert q(wh, 'select "order-ref", "say ""hi""" from raw.orders where id = 100') == [
@@ -540,7 +543,7 @@ def test_source_columns_that_are_not_identifiers_are_loaded(two_runs) -> None:
 
 def test_a_widened_numeric_widens_raw_and_accepted_drift_is_recorded(two_runs) -> None:
     landing, wh = two_runs
-    load_source_db(wh, landing, "r1", TZ)
+    load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
     wide = orders([(100, 1, "paid", "10.00", ts(5), ts(21))])
     wide = wide.set_column(4, "total", pa.array([Decimal("123456789012.34")], pa.decimal128(14, 2)))
     extra = {"window_end": ts(22).isoformat()}
@@ -567,8 +570,8 @@ def test_a_widened_numeric_widens_raw_and_accepted_drift_is_recorded(two_runs) -
     )
     land(landing, "source_db", "order_items", "r2", items([]), reconcile_deletes=True, **extra)
     land(landing, "source_db", "order_items__keys", "r2", keys([1000, 1001, 1002]), mode="key_set")
-    load_source_db(wh, landing, "r2", TZ)
-    load_source_db(wh, landing, "r2", TZ)  # a reload records it once
+    load_source_db(landing, SourceLoadPlan("r2", TZ, warehouse_path=wh))
+    load_source_db(landing, SourceLoadPlan("r2", TZ, warehouse_path=wh))  # a reload records it once
     assert q(wh, "select column_type from (describe raw.orders) where column_name = 'total'") == [
         ("DECIMAL(14,2)",)
     ]

@@ -39,7 +39,7 @@ from tests.warehouse.test_load import (
 from warehouse.backends.duckdb import DuckDBWarehouse
 from warehouse.backends.postgres import PostgresWarehouse
 from warehouse.guards import DeleteLimit, MassDeleteError, MassDeleteGuard
-from warehouse.load import load_payments_api, load_source_db, load_source_db_sharded
+from warehouse.load import SourceLoadPlan, load_payments_api, load_source_db, load_source_db_sharded
 
 RAW_TABLES = ("users", "products", "orders", "order_items", "payments", "fx_rates")
 OPS_TABLES = ("loaded_runs", "deleted_rows", "restated_days", "guard_overrides")
@@ -70,10 +70,16 @@ class Target:
         return {"warehouse": self.warehouse, "build": self.build}
 
     def source_db(self, landing: Path, run_id: str, **options: Any) -> dict[str, Any]:
-        return load_source_db(self.path, landing, run_id, TZ, **options, **self._where())
+        return load_source_db(
+            landing,
+            SourceLoadPlan(run_id, TZ, warehouse_path=self.path, **options, **self._where()),
+        )
 
     def sharded(self, landing: Path, run_id: str, **options: Any) -> dict[str, Any]:
-        return load_source_db_sharded(self.path, landing, run_id, TZ, **options, **self._where())
+        return load_source_db_sharded(
+            landing,
+            SourceLoadPlan(run_id, TZ, warehouse_path=self.path, **options, **self._where()),
+        )
 
     def payments(
         self, landing: Path, run_id: str, tables: tuple[str, ...] = ("payments", "fx_rates")

@@ -22,7 +22,7 @@ import pytest
 from warehouse.backends.duckdb import DuckDBWarehouse
 from warehouse.backends.postgres import PostgresWarehouse
 from warehouse.guards import DeleteLimit, MassDeleteError, MassDeleteGuard
-from warehouse.load import RANGE_KEYS, load_source_db
+from warehouse.load import RANGE_KEYS, SourceLoadPlan, load_source_db
 
 UTC = dt.UTC
 TS = pa.timestamp("us", tz="UTC")
@@ -128,7 +128,8 @@ class Target:
 
     def load(self, landing: Path, run_id: str, **options: Any) -> dict[str, Any]:
         return load_source_db(
-            None, landing, run_id, TZ, warehouse=self.warehouse, build=self.build, **options
+            landing,
+            SourceLoadPlan(run_id, TZ, warehouse=self.warehouse, build=self.build, **options),
         )
 
     def rows(self, sql: str, params: list | None = None) -> list[tuple]:
