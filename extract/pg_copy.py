@@ -34,10 +34,10 @@ types and values the generic SQLAlchemy reader lands). How, and why this way
 
 Identifiers are quoted by the driver (`psycopg.sql.Identifier`). COPY cannot take bind
 parameters, so the values of `where_sql` (`%s` placeholders with a sequence, or
-`%(name)s` with a mapping; `%%` for a literal percent) are rendered by the driver with
-`psycopg.sql.Literal` (proper escaping for the connection's encoding and
-`standard_conforming_strings`): never string formatting. `where_sql` itself is trusted
-SQL written by the pipeline, never user input.
+`%(name)s` with a mapping; `%%` for a literal percent) are bound client-side by the
+driver (`psycopg.ClientCursor.mogrify`, `render_where`: proper escaping for the
+connection's encoding and `standard_conforming_strings`): never string formatting.
+`where_sql` itself is trusted SQL written by the pipeline, never user input.
 
 Pass `conn` (a psycopg connection, or a SQLAlchemy connection over psycopg) to read
 inside the caller's transaction, e.g. its REPEATABLE READ snapshot; the function then
@@ -168,43 +168,40 @@ def psycopg_connection(conn: Any) -> psycopg.Connection:
     raise TypeError(f"need a psycopg (3) connection, got {type(conn).__name__}")
 
 
-_PLACEHOLDER = re.compile(r"%%|%s|%\((\w+)\)s")
+def render_where(where_sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> sql.Composable:
+    """`where_sql` with its `%s` / `%(name)s` placeholders bound client-side by the driver
+    (`psycopg.ClientCursor.mogrify`: values as quoted literals, `%%` as `%`).
+
+    The values are rendered by the connection that runs the statement (its encoding and
+    `standard_conforming_strings`), so a placeholder/params mismatch raises `ValueError`
+    when the statement is run or rendered (`as_string(conn)`)."""
+    return _BoundFilter(where_sql, params)
 
 
-def render_where(where_sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> sql.Composed:
-    """`where_sql` with its placeholders replaced by driver-quoted literals."""
-    parts: list[sql.Composable] = []
-    positional = iter(params) if not isinstance(params, Mapping) else None
-    used = 0
-    last = 0
-    for m in _PLACEHOLDER.finditer(where_sql):
-        parts.append(sql.SQL(where_sql[last : m.start()]))
-        last = m.end()
-        token = m.group(0)
-        if token == "%%":
-            parts.append(sql.SQL("%"))
-            continue
-        if token == "%s":
-            if positional is None:
-                raise ValueError("where_sql uses %s but params is a mapping")
-            try:
-                parts.append(sql.Literal(next(positional)))
-            except StopIteration:
-                raise ValueError(
-                    f"where_sql has more placeholders than params: {where_sql!r}"
-                ) from None
-            used += 1
-        else:
-            if not isinstance(params, Mapping):
-                raise ValueError(f"where_sql uses %({m.group(1)})s but params is not a mapping")
-            parts.append(sql.Literal(params[m.group(1)]))
-    parts.append(sql.SQL(where_sql[last:]))
-    if positional is not None and next(positional, _END) is not _END:
-        raise ValueError(f"params has {len(params)} values, where_sql uses {used}")
-    return sql.Composed(parts)
+class _BoundFilter(sql.Composable):
+    """SQL with driver placeholders and their values, rendered by the connection that
+    composes it (`render_where`)."""
+
+    def __init__(self, where_sql: str, params: Sequence[Any] | Mapping[str, Any]) -> None:
+        super().__init__((where_sql, params))
+        self.where_sql = where_sql
+        self.params = params
+
+    def as_bytes(self, context: Any = None) -> bytes:
+        conn = context.connection if context is not None else None
+        if not isinstance(conn, psycopg.Connection):
+            raise TypeError(
+                f"where_sql {self.where_sql!r}: its values are rendered by a psycopg "
+                "connection; compose it with one (as_string(conn), or run it)"
+            )
+        try:
+            with psycopg.ClientCursor(conn) as cur:
+                text = cur.mogrify(self.where_sql, self.params)
+        except (psycopg.ProgrammingError, TypeError) as exc:
+            raise ValueError(f"where_sql {self.where_sql!r}: {exc}") from exc
+        return text.encode(conn.info.encoding)
 
 
-_END = object()
 _END_OF_COPY = object()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -167,13 +168,20 @@ def test_where_with_parameters_is_not_injectable(pg_database: str) -> None:
     assert _read(pg_database).num_rows == len(ROWS)  # the table is still there
 
 
-def test_render_where_placeholders() -> None:
-    with pytest.raises(ValueError):
-        render_where("a = %s AND b = %s", (1,))
-    with pytest.raises(ValueError):
-        render_where("a = %s", (1, 2))
-    with pytest.raises(ValueError):
-        render_where("a = %(x)s", (1,))
+def test_render_where_placeholders(pg_database: str) -> None:
+    """The driver binds the values as literals when the connection renders the filter; a
+    placeholder/params mismatch fails then, naming the filter."""
+    with connect(pg_database) as conn:
+        rendered = render_where("id > %(lo)s AND vc LIKE 'x%%'", {"lo": 2}).as_string(conn)
+        assert rendered == "id > 2 AND vc LIKE 'x%'"
+        assert render_where("t = %s", ("o'r",)).as_string(conn) == "t = 'o''r'"
+        for where_sql, params in [
+            ("a = %s AND b = %s", (1,)),
+            ("a = %s", (1, 2)),
+            ("a = %(x)s", (1,)),
+        ]:
+            with pytest.raises(ValueError, match=re.escape(repr(where_sql))):
+                render_where(where_sql, params).as_string(conn)
 
 
 def test_empty_result_and_server_error(pg_database: str) -> None:
