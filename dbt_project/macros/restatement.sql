@@ -63,8 +63,9 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- SELECT of the business days fct_orders must rebuild whole, judged against its current state `this`. -#}
-{% macro fct_orders_days_to_restate(previous) -%}
+{#- SELECT of the days ops.restated_days records for the run that no restated order of
+    the run explains: fct_orders rebuilds them whole. -#}
+{% macro fct_orders_recorded_days() -%}
     {%- set restated_orders = nightshift.ops_relation('restated_orders') -%}
     select business_date
     from {{ source('ops', 'restated_days') }} as restated
@@ -80,6 +81,11 @@
             )
         )
     {%- endif %}
+{%- endmacro %}
+
+{#- SELECT of the business days fct_orders must rebuild whole, judged against its current state `this`. -#}
+{% macro fct_orders_days_to_restate(previous) -%}
+    {{ nightshift.fct_orders_recorded_days() }}
     union
     select stored_days.business_date
     from (

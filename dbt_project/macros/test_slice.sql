@@ -6,8 +6,11 @@
   with one of these words and get_where_subquery, dbt's hook for a test's `where`,
   puts in the SQL:
     __run_rows__          rows this run loaded: run_id = '<run id>' (staging);
-    __restated_days__     business_date is one of the days the run restated
-                          (ops.restated_days for the run id);
+    __run_orders__        the orders fct_orders re-inserted: an order the run restated
+                          (ops.restated_orders) or a day it rebuilt whole (a day
+                          ops.restated_days records that no restated order explains;
+                          macros/restatement.sql), so the work follows the night's
+                          change, not the days it touched;
     __run_order_items__   order_item_id of a raw.order_items row the run loaded;
     __run_payments__      payment_id of a raw.payments row the run loaded (the incremental
                           marts keyed on a source key re-insert exactly these rows, and
@@ -18,7 +21,8 @@
                           tests cover the same rules on them).
   In a full build every word is `true`. Severity is unchanged: a failing row in the slice
   fails the build. Rows outside the slice were tested when they were built. A first load
-  records every day with orders as restated, so the first nightly build tests every row.
+  records every day with orders as restated and no order, so the first nightly build
+  tests every row.
 -#}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where') -%}
@@ -33,7 +37,7 @@
 {%- endmacro %}
 
 {% macro expand_test_slice(where) -%}
-    {%- set slices = ['__run_rows__', '__restated_days__', '__run_order_items__',
+    {%- set slices = ['__run_rows__', '__run_orders__', '__run_order_items__',
         '__run_payments__', '__full_build__'] -%}
     {%- if nightshift.run_setting('run_id') is none or flags.FULL_REFRESH -%}
         {%- set sql = {} -%}
@@ -44,8 +48,8 @@
         {%- set run_id = nightshift.restatement_run_id() -%}
         {%- set sql = {
             '__run_rows__': "run_id = '" ~ run_id ~ "'",
-            '__restated_days__': "business_date in (select business_date from "
-                ~ source('ops', 'restated_days') ~ " where run_id = '" ~ run_id ~ "')",
+            '__run_orders__': "(order_id in (" ~ nightshift.fct_orders_orders_to_restate()
+                ~ ") or business_date in (" ~ nightshift.fct_orders_recorded_days() ~ "))",
             '__run_order_items__': "order_item_id in (select id from "
                 ~ source('raw', 'order_items') ~ " where _run_id = '" ~ run_id ~ "')",
             '__run_payments__': "payment_id in (select id from "

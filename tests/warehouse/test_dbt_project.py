@@ -576,18 +576,36 @@ def test_restated_orders_rebuild_orders_not_days(incremental_pair: tuple[Path, P
     _run_sql(
         incremental, "INSERT INTO ops.restated_days VALUES ('r3', '2024-01-16', 'order_changed')"
     )
-    dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
+    r3 = dbt_build(incremental, BuildPlan("UTC", run_id="r3"))
     assert _query(incremental, "select status from marts.fct_orders where order_id = 9") == [
         ("paid",)
     ]
+    # its tests check the orders it re-inserted: order 6, not the other orders of 01-16
+    assert _tested_orders(incremental, r3) == [6]
     # a recorded day no restated order of the run explains is rebuilt whole
     _run_sql(
         incremental, "INSERT INTO ops.restated_days VALUES ('r4', '2024-01-16', 'order_changed')"
     )
-    dbt_build(incremental, BuildPlan("UTC", run_id="r4"))
+    r4 = dbt_build(incremental, BuildPlan("UTC", run_id="r4"))
     assert _query(incremental, "select status from marts.fct_orders where order_id = 9") == [
         ("refunded",)
     ]
+    day = _query(
+        incremental,
+        "select order_id from marts.fct_orders where business_date = '2024-01-16' order by 1",
+    )
+    assert len(day) > 1 and _tested_orders(incremental, r4) == [r[0] for r in day]
+
+
+def _tested_orders(path: Path, result: DbtResult) -> list[int]:
+    """The order ids `not_null_fct_orders_order_id` read in this build (its `where` slice)."""
+    compiled = {
+        r["unique_id"].split(".")[2]: r["compiled_code"]
+        for r in json.loads(result.run_results_path.read_text())["results"]
+    }["not_null_fct_orders_order_id"]
+    sliced = re.search(r"from (\(select \* from .*\)) dbt_subquery", compiled, re.S)
+    assert sliced, compiled
+    return [r[0] for r in _query(path, f"select order_id from {sliced.group(1)} order by 1")]
 
 
 def test_users_snapshot_keeps_history(incremental_pair: tuple[Path, Path]) -> None:
@@ -700,7 +718,10 @@ def test_incremental_build_tests_only_the_runs_rows(incremental_pair: tuple[Path
         "where run_id = 'r2'"
         in compiled["accepted_values_stg_payments_status__succeeded__failed__refunded"]
     )
-    assert "business_date in (select business_date from" in compiled["unique_fct_orders_order_id"]
+    # fct_orders: the orders it re-inserted (r2's restated orders: none, this warehouse has
+    # no ops.restated_orders; the days r2 recorded, rebuilt whole)
+    assert "(order_id in (" in compiled["unique_fct_orders_order_id"]
+    assert "restated_days" in compiled["unique_fct_orders_order_id"]
     assert "'r2'" in compiled["unique_fct_orders_order_id"]
     # int_orders_converted's rules are tested on the rows fct_orders re-inserts
     assert "where false" in compiled["unique_int_orders_converted_order_id"]
