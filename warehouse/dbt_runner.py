@@ -476,7 +476,20 @@ def _raise_for_exit(result: DbtResult, lines: list[str], timeout_s: float) -> No
         detail = "; ".join(_describe_failure(n) for n in result.failed)
     else:  # e.g. a compilation or connection error before any node ran
         detail = "\n".join(lines[-20:])
-    raise DbtError(f"dbt {args} failed (exit {result.returncode}): {detail}", result)
+    raise DbtError(
+        f"dbt {args} failed (exit {result.returncode}): {detail}{_memory_hint(detail)}", result
+    )
+
+
+def _memory_hint(detail: str) -> str:
+    """What to do when DuckDB ran out of its memory limit (nothing for other failures)."""
+    if "Out of Memory Error" not in detail:
+        return ""
+    return (
+        f"\nDuckDB ran out of its memory limit ({DUCKDB_MEMORY_LIMIT_ENV}="
+        f"{settings.duckdb_memory_limit()}): nothing was published; rerun the night with a "
+        "larger limit, e.g. for the first full build of a long history (docs/operating.md)"
+    )
 
 
 def _describe_failure(node: NodeResult) -> str:

@@ -101,3 +101,23 @@ def test_tests_without_stored_rows_are_not_read() -> None:
     errored.status = "error"  # the query failed: no rows were stored
     _add_failing_rows([unstored, errored], reader)
     assert unstored.failing_rows == errored.failing_rows == []
+
+
+def test_out_of_memory_names_the_limit_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_DUCKDB_MEMORY_LIMIT", "384MB")
+    node = NodeResult(
+        unique_id="test.nightshift.unique_fct_order_items_order_item_id.0dec5f6768",
+        status="error",
+        execution_time=3.2,
+        message="Runtime Error in test unique_fct_order_items_order_item_id\n  Out of Memory "
+        "Error: could not allocate block of size 256.0 KiB (366.0 MiB/366.2 MiB used)",
+    )
+    with pytest.raises(DbtError) as caught:
+        _raise_for_exit(DbtResult(args=["build"], returncode=1, nodes=[node]), [], 0)
+    assert "unique_fct_order_items_order_item_id" in str(caught.value)
+    assert "NIGHTSHIFT_DUCKDB_MEMORY_LIMIT=384MB" in str(caught.value)
+    assert "rerun the night with a larger limit" in str(caught.value)
+    other = _fx_node()
+    with pytest.raises(DbtError) as caught:
+        _raise_for_exit(DbtResult(args=["build"], returncode=1, nodes=[other]), [], 0)
+    assert "NIGHTSHIFT_DUCKDB_MEMORY_LIMIT" not in str(caught.value)
