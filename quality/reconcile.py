@@ -110,12 +110,13 @@ def _warehouse_totals(
     session.create_temp(keys, "", columns=columns)
     session.insert_arrow(quote_ident(keys), versions)
     money_sql = f"coalesce(sum({money}), 0)" if money else "0"
-    # `=` on the id (a hash semi-join on PostgreSQL) and a NULL-safe version match
+    # `=` on the id and a NULL-safe version match: a hash semi-join on PostgreSQL and on
+    # DuckDB (an `or` of the two NULL cases made DuckDB mark-join every raw row: 3.4 s
+    # instead of 0.14 s over 51M order items)
     rows = session.fetchall(
         f"select {_run_day_sql(day_column)}, count(*), {money_sql} "
         f"from {{raw}}.{quote_ident(table)} r where exists (select 1 from {quote_ident(keys)} l "
-        "where r.id = l.id and (r.updated_at = l.updated_at "
-        "or (r.updated_at is null and l.updated_at is null))) group by 1",
+        "where r.id = l.id and r.updated_at is not distinct from l.updated_at) group by 1",
         [report_tz] if day_column else [],
     )
     session.execute(f"drop table {quote_ident(keys)}")  # on failure: the transaction's end

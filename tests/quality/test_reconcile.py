@@ -49,7 +49,9 @@ SCHEMA = pa.schema(
 )
 
 
-def _setup(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+def _setup(tmp_path: Path, unversioned: bool = False) -> duckdb.DuckDBPyConnection:
+    """Three landed orders merged into raw (plus an older one); `unversioned`: a fourth
+    landed and merged with no updated_at."""
     ts = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)  # 2026-11-19 in New York
     late = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
     rows = {
@@ -61,6 +63,11 @@ def _setup(tmp_path: Path) -> duckdb.DuckDBPyConnection:
         "created_at": [ts, late, late],
         "updated_at": [late, late, late],
     }
+    if unversioned:
+        for column, value in zip(
+            rows, [4, 2, "paid", "USD", Decimal("1.25"), late, None], strict=True
+        ):
+            rows[column].append(value)
     write_landing_table(
         pa.table(rows, schema=SCHEMA),
         schema=SCHEMA,
@@ -87,6 +94,19 @@ def test_merged_rows_reconcile(tmp_path: Path) -> None:
         con, tmp_path / "landing", "source_db", "2026-11-20", "America/New_York"
     )
     assert checked == {"orders": 3}
+
+
+def test_a_row_without_updated_at_matches_only_its_unversioned_copy(tmp_path: Path) -> None:
+    """The version match is NULL-safe: a landed row with no updated_at is its raw copy
+    with none, not a copy that has one."""
+    con = _setup(tmp_path, unversioned=True)
+    checked = reconcile_run(con, tmp_path / "landing", "source_db", "2026-11-20", NY)
+    assert checked == {"orders": 4}
+    con.execute("update raw.orders set updated_at = created_at where id = 4")
+    with pytest.raises(
+        ReconciliationError, match=r"2026-11-20: landed 3 rows / 11.00 vs warehouse 2 rows / 9.75"
+    ):
+        reconcile_run(con, tmp_path / "landing", "source_db", "2026-11-20", NY)
 
 
 def test_a_changed_amount_fails_naming_table_day_and_numbers(tmp_path: Path) -> None:
