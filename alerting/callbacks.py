@@ -252,5 +252,9 @@ def run_deadline(argv: Sequence[str] | None = None) -> DeadlineAlert | None:
     else:
         from alerting.rules import load_thresholds
 
-        minutes = load_thresholds(settings.alerts_config_path()).run_deadline_max_minutes
+        # a plain read of ALERTS_CONFIG: the DAG file calls this at parse time, where the
+        # settings model (pydantic-settings) is not loaded
+        config = settings.env("ALERTS_CONFIG")
+        path = Path(config).resolve() if config else None
+        minutes = load_thresholds(path).run_deadline_max_minutes
     return nightly_deadline(minutes) if minutes > 0 else None
