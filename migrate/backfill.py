@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from core import clock
-from migrate.db import exact_columns, reflect_table, require_columns
+from migrate.db import exact_columns, plan_or_fields, reflect_table, require_columns
 from migrate.dual_write import replay_repair_log
 from migrate.mapping import MappingError, TableMapping
 from migrate.progress import Progress
@@ -51,16 +51,6 @@ class BackfillPlan:
     progress_bar: bool | None = None
     restart: bool = False
     hook: BatchHook | None = None
-
-
-def _plan_of(plan: BackfillPlan | None, options: dict[str, Any]) -> BackfillPlan:
-    """`plan`, or a BackfillPlan of the keyword `options` (TypeError for both, or for a
-    name that is not a field)."""
-    if plan is None:
-        return BackfillPlan(**options)
-    if options:
-        raise TypeError(f"backfill: give a plan or its fields, not both: {sorted(options)}")
-    return plan
 
 
 @dataclass
@@ -170,7 +160,7 @@ def backfill_table(
 ) -> BackfillResult:
     """Copy `mapping.old_table` into `mapping.new_table` from the checkpoint on, as `plan`
     says (default `BackfillPlan()`; or its fields as keyword `options`, not both)."""
-    plan = _plan_of(plan, options)
+    plan = plan_or_fields(BackfillPlan, plan, options, "backfill")
     started = time.perf_counter()
     ensure_ops(new)
     old_table = reflect_table(old, mapping.old_table)
@@ -229,7 +219,7 @@ def run_backfill(
 ) -> tuple[int, list[BackfillResult]]:
     """Replay the repair log, then backfill each table as `plan` says (or its fields as
     keyword `options`); returns (replayed, results)."""
-    plan = _plan_of(plan, options)
+    plan = plan_or_fields(BackfillPlan, plan, options, "backfill")
     replayed = replay_repair_log(old, new, mappings)
     results = [backfill_table(old, new, m, plan) for m in tables]
     # Writes that failed during the copy are queued meanwhile: replay them too.

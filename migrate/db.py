@@ -11,13 +11,15 @@ import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from core.settings import sqlalchemy_url
 from migrate.mapping import MappingError, to_cents
+
+P = TypeVar("P")  # a plan dataclass (plan_or_fields)
 
 NEW_SCHEMA_SQL = Path(__file__).resolve().parent / "new_schema.sql"
 
@@ -146,3 +148,13 @@ def _sqlite_functions(dbapi_conn: Any, _record: Any) -> None:
     ):
         dbapi_conn.create_function(name, 1, fn, deterministic=True)
     dbapi_conn.create_aggregate("ns_hsum", 1, _HashSum)
+
+
+def plan_or_fields(plan_type: type[P], plan: P | None, fields: dict[str, Any], caller: str) -> P:
+    """`plan`, or a `plan_type` of the keyword `fields` a caller passed instead (the old
+    keyword form); TypeError for both, or for a name that is not a field."""
+    if plan is None:
+        return plan_type(**fields)
+    if fields:
+        raise TypeError(f"{caller}: give a plan or its fields, not both: {sorted(fields)}")
+    return plan

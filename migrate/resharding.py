@@ -26,6 +26,7 @@ from extract.shards import (
     shard_filter,
     subtract_ranges,
 )
+from migrate.db import plan_or_fields
 
 
 def move_vshards(
@@ -81,10 +82,7 @@ def copy_vshards(
     `plan` (default `CopyPlan()`), or its fields as keyword `options`, not both.
     PostgreSQL and SQLite destinations. Returns the number of rows sent.
     """
-    if plan is None:
-        plan = CopyPlan(**options)
-    elif options:
-        raise TypeError(f"copy_vshards: give a plan or its fields, not both: {sorted(options)}")
+    plan = plan_or_fields(CopyPlan, plan, options, "copy_vshards")
     key_column, cursor_column, batch_size = plan.key_column, plan.cursor_column, plan.batch_size
     src = sa.create_engine(sqlalchemy_url(src_url), poolclass=sa.pool.NullPool)
     dst = sa.create_engine(sqlalchemy_url(dst_url), poolclass=sa.pool.NullPool)

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from migrate.db import make_engine, reflect_table, require_columns
+from migrate.db import make_engine, plan_or_fields, reflect_table, require_columns
 from migrate.mapping import BLANK_CHARS, MappingError, TableMapping
 
 log = logging.getLogger(__name__)
@@ -309,16 +309,6 @@ class _Comparison:
                     self._add("changed", (key, diff))
 
 
-def _plan_of(plan: VerifyPlan | None, options: dict[str, Any]) -> VerifyPlan:
-    """`plan`, or a VerifyPlan of the keyword `options` (TypeError for both, or for a
-    name that is not a field)."""
-    if plan is None:
-        return VerifyPlan(**options)
-    if options:
-        raise TypeError(f"verify_table: give a plan or its fields, not both: {sorted(options)}")
-    return plan
-
-
 def verify_table(
     old_url: str | Engine,
     new_url: str | Engine,
@@ -331,7 +321,7 @@ def verify_table(
     `plan`: how it bisects (default `VerifyPlan()`); or its fields as keyword `options`
     (`buckets=4, leaf_rows=8`), not both.
     """
-    plan = _plan_of(plan, options)
+    plan = plan_or_fields(VerifyPlan, plan, options, "verify_table")
     started = time.perf_counter()
     old_engine = old_url if isinstance(old_url, Engine) else make_engine(old_url)
     new_engine = new_url if isinstance(new_url, Engine) else make_engine(new_url)
