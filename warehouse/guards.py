@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from core import ops
+from core import clock, ops
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,14 @@ def plan_delete(
     merge. `con`: a warehouse Session (warehouse.backends) or a DuckDB connection."""
     s = _session(con)
     age_sql = "0"
+    params: list[Any] = []
     if limit.max_age_days is not None:
+        # the age against the run's clock (core/clock.py), not the warehouse server's
         age_sql = (
-            "count(*) filter (where g.updated_at < now() - "
+            "count(*) filter (where g.updated_at < cast(? as timestamptz) - "
             f"{s.days_interval('cast(? as integer)')})"
         )
-    params = [limit.max_age_days] if limit.max_age_days is not None else []
+        params = [clock.now(), limit.max_age_days]
     rows, too_old = s.fetchone(f"select count(*), {age_sql} from ({gone_sql}) g", params)
     of_rows = s.fetchone(f"select count(*) from {target}")[0]
     sample = [

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import KW_ONLY, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from core import key_summary, ops, run_ids
+from core import clock, key_summary, ops, run_ids
 from core import tables as source_tables
 from extract import key_check
 from extract.watermark import ensure_schema, record_loaded
@@ -1059,8 +1060,29 @@ def _guard_deletes(s: Session, plan: list[_Delta], run_id: str, guard: Any, allo
         ) from None
 
 
-def _merge(s: Session, delta: _Delta, run_id: str) -> int:
-    """Upsert the staged delta into raw.<table>; apply its key set. Returns rows deleted."""
+def _kept_loaded_at(s: Session, delta: _Delta, staged: dict[str, pa.DataType]) -> str:
+    """A temp table of the delta's keys whose row raw already holds as it is, with that
+    row's `_loaded_at`: a re-read of an unchanged row (the window's overlap, a full read)
+    is not newly loaded data, so it keeps its stamp and source freshness still sees a
+    source that stopped changing."""
+    target = _raw(s, delta.table)
+    raw_cols = _columns(s, target)
+    same = " and ".join(
+        _same_value(s, c, raw_cols[c], type_) for c, type_ in staged.items() if c in raw_cols
+    )
+    name = f"{delta.temp}__kept"
+    keys = ", ".join(f"d.{_q(k)}" for k in delta.keys)
+    s.create_temp(
+        name,
+        f"select {keys}, o._loaded_at from {_temp(delta.temp)} d "
+        f"join {target} o on {_key_match(delta.keys, 'o', 'd')} where {same or 'true'}",
+    )
+    return _temp(name)
+
+
+def _merge(s: Session, delta: _Delta, run_id: str, loaded_at: datetime) -> int:
+    """Upsert the staged delta into raw.<table> (`_run_id`, `_loaded_at` set); apply its
+    key set. Returns rows deleted."""
     target = _raw(s, delta.table)
     temp = _temp(delta.temp)
     staged = _columns(s, temp)
@@ -1068,12 +1090,12 @@ def _merge(s: Session, delta: _Delta, run_id: str) -> int:
     if not s.exists("raw", delta.table):
         s.execute(
             f"create table {target} as select *, cast(null as varchar) as _run_id, "
-            f"now() as _loaded_at from {temp} where false"
+            f"cast(null as timestamptz) as _loaded_at from {temp} where false"
         )
         s.execute(
             f"insert into {target} ({names}, _run_id, _loaded_at) "
-            f"select {names}, cast(? as varchar), now() from {temp}",
-            [run_id],
+            f"select {names}, cast(? as varchar), cast(? as timestamptz) from {temp}",
+            [run_id, loaded_at],
         )
     else:
         existing = _columns(s, target)
@@ -1096,6 +1118,7 @@ def _merge(s: Session, delta: _Delta, run_id: str) -> int:
             if delta.cursor and not delta.full_key_set
             else "false"
         )
+        kept = _kept_loaded_at(s, delta, staged)
         # a join (`using`), not a correlated `exists`: DuckDB then probes the delta's
         # keys instead of evaluating the subquery over every row of raw
         s.execute(
@@ -1104,10 +1127,11 @@ def _merge(s: Session, delta: _Delta, run_id: str) -> int:
         )
         s.execute(
             f"insert into {target} ({names}, _run_id, _loaded_at) "
-            f"select {', '.join('d.' + _q(c) for c in staged)}, cast(? as varchar), now() "
-            f"from {temp} d "
+            f"select {', '.join('d.' + _q(c) for c in staged)}, cast(? as varchar), "
+            f"coalesce(k._loaded_at, cast(? as timestamptz)) from {temp} d "
+            f"left join {kept} k on {_key_match(delta.keys, 'k', 'd')} "
             f"where not exists (select 1 from {target} o where {_key_match(delta.keys, 'o', 'd')})",
-            [run_id],
+            [run_id, loaded_at],
         )
     keys_relation = _keys_relation(delta)
     if keys_relation is None:
@@ -1116,8 +1140,9 @@ def _merge(s: Session, delta: _Delta, run_id: str) -> int:
     key_text = _key_text(delta)
     s.execute(
         "insert into {ops}.deleted_rows (run_id, table_name, key, deleted_at) "
-        f"select cast(? as varchar), cast(? as varchar), {key_text}, now() from ({gone}) g",
-        [run_id, delta.table],
+        f"select cast(? as varchar), cast(? as varchar), {key_text}, cast(? as timestamptz) "
+        f"from ({gone}) g",
+        [run_id, delta.table, loaded_at],
     )
     if delta.gone is not None:
         return s.execute(
@@ -1163,6 +1188,9 @@ class _LoadPlan:
     report_tz: str | None = None
     guard: Any = None
     allow_mass_delete: bool = False
+    # `_loaded_at` of every row the load writes: the run's clock (core/clock.py), which
+    # source freshness compares it with, not the warehouse server's
+    loaded_at: datetime = field(default_factory=clock.now)
 
     @property
     def by_table(self) -> dict[str, _Delta]:
@@ -1243,7 +1271,7 @@ def _merge_deltas(s: Session, plan: _LoadPlan) -> None:
     for delta in plan.deltas:
         if delta.skipped:
             continue
-        _merge(s, delta, plan.run_id)
+        _merge(s, delta, plan.run_id, plan.loaded_at)
         _record_accepted_drift(s, delta, plan.run_id)
         for part in delta.parts:  # a watermark per shard ('' when unsharded)
             record_loaded(

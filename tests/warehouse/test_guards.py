@@ -63,6 +63,19 @@ def test_the_floor_of_rows_and_the_age_limit(con) -> None:
     assert "5 of them last updated more than 30 days ago" in planned.describe()
 
 
+def test_the_age_limit_counts_age_on_the_run_clock(con, monkeypatch) -> None:
+    """A replay of a night 60 days on (NIGHTSHIFT_NOW) sees rows aged by the run's clock,
+    not by the warehouse server's: every gone row is then over 30 days old."""
+    keep(con, 995)
+    aged = DeleteLimit(max_age_days=30)
+    monkeypatch.setenv("NIGHTSHIFT_NOW", "+60d")
+    assert plan_delete(con, "items", "raw.items", GONE, KEY, aged).too_old == 5
+    keep(con, 900)  # ids 900..999: updated 0..99 days before the server's now
+    assert plan_delete(con, "items", "raw.items", GONE, KEY, aged).too_old == 100
+    monkeypatch.setenv("NIGHTSHIFT_NOW", "-80d")  # no row is 30 days older than that
+    assert plan_delete(con, "items", "raw.items", GONE, KEY, aged).too_old == 0
+
+
 def test_the_override_is_recorded_in_the_load_transaction(con) -> None:
     keep(con, 0)
     planned = plan_delete(con, "items", "raw.items", GONE, KEY, DeleteLimit())

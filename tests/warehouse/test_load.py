@@ -221,6 +221,35 @@ def test_second_run_merges_deletes_and_restates(two_runs) -> None:
     assert result["restated_days"] == ["2024-01-03", "2024-01-06", "2024-01-07", "2024-01-08"]
 
 
+def test_loaded_at_is_the_run_clock_and_kept_for_rows_read_again(two_runs, monkeypatch) -> None:
+    """`_loaded_at` (what source freshness ages) and `deleted_at` come from the run's clock
+    (NIGHTSHIFT_NOW), one instant per load, not from the warehouse's own now(). A row read
+    again as it is (the window's overlap) keeps its stamp: a source that stopped changing
+    goes stale even though every night re-reads its last rows."""
+    landing, wh = two_runs
+    monkeypatch.setenv("NIGHTSHIFT_NOW", "2031-02-03T04:05:06Z")
+    load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
+    orders = [
+        (100, 1, "paid", "10.00", ts(5), ts(5)),  # read again, unchanged
+        (103, 1, "refunded", "40.00", ts(8), ts(8)),  # changed, same cursor value
+        (104, 1, "paid", "5.00", ts(3), ts(9)),  # new
+    ]
+    land_run(landing, "r2", ts(21), u=[], p=[], o=orders, i=[], item_keys=[1000, 1002])
+    monkeypatch.setenv("NIGHTSHIFT_NOW", "2031-02-04T00:00:00+01:00")
+    load_source_db(landing, SourceLoadPlan("r2", TZ, warehouse_path=wh))
+    first = dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+    second = dt.datetime(2031, 2, 3, 23, 0, tzinfo=dt.UTC)
+    assert q(wh, "select id, _run_id, _loaded_at from raw.orders order by id") == [
+        (100, "r2", first),
+        (101, "r1", first),
+        (102, "r1", first),
+        (103, "r2", second),
+        (104, "r2", second),
+    ]
+    assert q(wh, "select distinct _loaded_at from raw.users") == [(first,)]
+    assert q(wh, "select distinct deleted_at from ops.deleted_rows") == [(second,)]
+
+
 def test_newest_version_wins_over_an_older_delta(two_runs) -> None:
     landing, wh = two_runs
     load_source_db(landing, SourceLoadPlan("r1", TZ, warehouse_path=wh))
