@@ -23,6 +23,8 @@ from alerting.runs import published_run_alerts
 from core import clock, run_files, settings
 from core import tables as source_tables
 from core.business_day import business_date_for, run_id_for
+from core.files import write_atomic
+from extract import key_check
 from extract.api_client import ApiContractError, PaymentsApiClient
 from extract.api_extract import (
     FxPlan,
@@ -47,7 +49,7 @@ from extract.replay import open_replays
 from extract.replica import NO_REPLICA, ReadChoice, choose_read_url
 from extract.shards import ShardMap
 from extract.source_identity import SourceCheck
-from extract.tables import load_table_configs
+from extract.tables import TableConfig, load_table_configs
 from extract.watermark import last_watermark
 from pipeline import retention, run_metrics
 from pipeline.run_metrics import timed
@@ -299,6 +301,20 @@ def extract_source_db(
             business_date, map_path, configs, settings.accept_schema_drift(accept_schema_drift)
         )
 
+    requests = _pull_key_set_requests(configs)
+    try:
+        return _extract_unsharded(business_date, configs, full_refresh, accept_schema_drift)
+    finally:
+        _forget_met_key_set_requests(requests)
+
+
+def _extract_unsharded(
+    business_date: date,
+    configs: list[TableConfig],
+    full_refresh: bool,
+    accept_schema_drift: str | None,
+) -> dict[str, Any]:
+    """`extract_source_db` of an unsharded source: its rows landed per table."""
     choice = _read_choice()
     extras: dict[str, Any] = {}
     if full_refresh:
@@ -336,6 +352,35 @@ def _source_totals(business_date: date) -> Any:
     clear_source_totals(settings.landing_dir(), run_id_for(business_date))
     _forget_landing_side_file(source_totals_path(settings.landing_dir(), run_id_for(business_date)))
     return SourceTotals(settings.report_tz_name())
+
+
+def _pull_key_set_requests(configs: list[TableConfig]) -> list[Path]:
+    """With the landing zone on object storage: stage the loaders' requests for a full key
+    set (extract/key_check.py) before the extract reads them. A load that could not check
+    a table's deletes writes one and pushes it (`load_source_db`); the next extract may run
+    on another host. Returns the requests staged here."""
+    store = settings.landing_store()
+    if store is None:
+        return []
+    root = settings.landing_dir()
+    staged = []
+    for config in configs:
+        path = key_check.ranges_dir(root, config.name) / key_check.REQUEST_NAME
+        data = store.get_object(path.relative_to(root).as_posix())
+        if data is None:  # met on another host (a load pushes its request when it writes it)
+            path.unlink(missing_ok=True)
+            continue
+        write_atomic(path, data)
+        staged.append(path)
+    return staged
+
+
+def _forget_met_key_set_requests(staged: list[Path]) -> None:
+    """The requests the extract met (it removes them once the full key set has landed)
+    go from the store too, or every later extract would read every key again."""
+    for path in staged:
+        if not path.exists():
+            _forget_landing_side_file(path)
 
 
 def _forget_landing_side_file(path: Path) -> None:
@@ -426,7 +471,11 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
         warehouse=wh,
         build=build,
     )
-    result = load(settings.landing_dir(), plan)
+    try:
+        result = load(settings.landing_dir(), plan)
+    except warehouse_load.LoadError:
+        _push_landing_side_files()  # a request for a full key set reaches the extract's host
+        raise
     reconciled = _reconcile(business_date, "source_db", (wh, build))
     return {
         "rows": result["rows"],
