@@ -470,6 +470,7 @@ def load_source_db(business_date: date, allow_mass_delete: bool = False) -> dict
         allow_mass_delete=allow_mass_delete,
         warehouse=wh,
         build=build,
+        ops_history_days=_retention_policy().ops_history_days,
     )
     try:
         result = load(settings.landing_dir(), plan)

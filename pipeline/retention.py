@@ -34,6 +34,7 @@ class RetentionPolicy:
     failed_builds_days: int = 7
     report_pages_days: int = 400
     warehouse_versions: int = 7
+    ops_history_days: int = 400
 
     @classmethod
     def load(cls, path: Path | None) -> RetentionPolicy:

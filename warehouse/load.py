@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1191,6 +1191,7 @@ class _LoadPlan:
     # `_loaded_at` of every row the load writes: the run's clock (core/clock.py), which
     # source freshness compares it with, not the warehouse server's
     loaded_at: datetime = field(default_factory=clock.now)
+    ops_history_days: int = 0
 
     @property
     def by_table(self) -> dict[str, _Delta]:
@@ -1229,8 +1230,33 @@ def _load(plan: _LoadPlan) -> dict[str, Any]:
         _check_and_record_changes(s, plan)
         _merge_deltas(s, plan)
         _count_loaded(s, plan, loaded)
+        _prune_ops_history(s, plan.run_id, plan.ops_history_days)
     _log_merged(plan, loaded)
     return loaded.result()
+
+
+OPS_HISTORY = ("restated_days", "restated_orders", "deleted_rows")
+
+
+def _prune_ops_history(s: Session, run_id: str, days: int) -> None:
+    """Delete the rows of `OPS_HISTORY` whose run is named by a day more than `days`
+    days before this run's day (0: keep all). dbt and daily_sales read only the loading
+    run's rows; the report's "restated by" list reads a day's later runs. A run named by
+    no day, and this run, are kept."""
+    run_day = run_ids.day_of(run_id)
+    if days <= 0 or run_day is None:
+        return
+    cutoff = run_day - timedelta(days=days)
+    for name in OPS_HISTORY:
+        table = s.table("ops", name)
+        runs = [r for (r,) in s.fetchall(f"select distinct run_id from {table}")]
+        old = [r for r in runs if r != run_id and run_ids.expired(r, cutoff, run_day, set())]
+        for start in range(0, len(old), 500):
+            batch = old[start : start + 500]
+            marks = ", ".join("?" for _ in batch)
+            s.execute(f"delete from {table} where run_id in ({marks})", batch)
+        if old:
+            log.info("ops.%s: rows of %d run(s) before %s pruned", name, len(old), cutoff)
 
 
 def _create_schemas(s: Session) -> None:
@@ -1326,7 +1352,8 @@ class SourceLoadPlan:
     `report_tz` is the zone of the business days the changes restate. The load runs on
     `warehouse` (and its `build`; None: the published warehouse), else on the DuckDB file
     `warehouse_path`. `guard` (warehouse/guards.py; None: off) stops a load whose key
-    sets would delete too much of a table, unless `allow_mass_delete`."""
+    sets would delete too much of a table, unless `allow_mass_delete`. `ops_history_days`
+    (0: keep all) prunes the load's bookkeeping of older runs (`_prune_ops_history`)."""
 
     run_id: str
     report_tz: str
@@ -1337,13 +1364,20 @@ class SourceLoadPlan:
     build: Build | None = None
     guard: Any = _DEFAULT_GUARD
     allow_mass_delete: bool = False
+    ops_history_days: int = 0
 
 
 def _source_load(plan: SourceLoadPlan, deltas: list[_Delta]) -> _LoadPlan:
     """The load of `deltas` (the landed runs of `plan.run_id`) as `plan` says."""
     target = _Target(plan.warehouse_path, plan.warehouse, plan.build)
     return _LoadPlan(
-        tuple(deltas), plan.run_id, target, plan.report_tz, plan.guard, plan.allow_mass_delete
+        tuple(deltas),
+        plan.run_id,
+        target,
+        plan.report_tz,
+        plan.guard,
+        plan.allow_mass_delete,
+        ops_history_days=plan.ops_history_days,
     )
 
 

@@ -608,3 +608,35 @@ def test_a_widened_numeric_widens_raw_and_accepted_drift_is_recorded(two_runs) -
     overrides = q(wh, "select run_id, guard, table_name, details from ops.guard_overrides")
     assert [o[:3] for o in overrides] == [("r2", "schema_drift", "products")]
     assert '"new_type": "int64"' in overrides[0][3] and '"name": "category"' in overrides[0][3]
+
+
+def test_the_load_prunes_the_bookkeeping_of_runs_past_ops_history_days(tmp_path: Path) -> None:
+    """ops.restated_days/restated_orders/deleted_rows keep `ops_history_days` days of runs
+    before the loading run's day (pruned in the load's transaction); 0 keeps them all."""
+    landing = tmp_path / "landing"
+    pruned, kept = tmp_path / "pruned.duckdb", tmp_path / "kept.duckdb"
+    runs = ["2026-01-01", "2026-02-15", "2026-03-01", "2026-03-20"]
+    for n, run_id in enumerate(runs):
+        order = 100 + n
+        land_run(
+            landing,
+            run_id,
+            ts(20 + n),
+            u=[(1, "EU", ts(1))],
+            p=[(10, "books", ts(1))],
+            o=[(order, 1, "paid", "10.00", ts(5 + n), ts(5 + n))],
+            i=[(order * 10, order, 10, ts(5 + n))],
+            item_keys=[order * 10],  # the earlier runs' items are deleted
+        )
+        plan = SourceLoadPlan(run_id, TZ, warehouse_path=pruned, ops_history_days=30)
+        load_source_db(landing, plan)
+        load_source_db(landing, SourceLoadPlan(run_id, TZ, warehouse_path=kept))
+        if run_id == "2026-03-01":  # 2026-01-01 is past 30 days, 2026-02-15 is not
+            days = q(pruned, "select distinct run_id from ops.restated_days order by 1")
+            assert days == [("2026-02-15",), ("2026-03-01",)]
+    # the first load records days only; every later run deletes the previous run's item
+    every = {"restated_days": runs, "restated_orders": runs[1:], "deleted_rows": runs[1:]}
+    for table, run_ids in every.items():
+        sql = f"select distinct run_id from ops.{table} order by 1"
+        assert q(pruned, sql) == [("2026-03-01",), ("2026-03-20",)], table
+        assert q(kept, sql) == [(r,) for r in run_ids], table
