@@ -239,7 +239,8 @@ class _Fired:
         self.metrics = metrics
         self.alerts: list[Alert] = []
 
-    def fire(self, rule: str, severity: str, title: str, text: str, **details: Any) -> None:
+    def add(self, rule: str, severity: str, title: str, text: str, **details: Any) -> None:
+        """Record the alert of `rule` (its condition holds for this run)."""
         self.alerts.append(
             Alert(
                 severity=severity,  # type: ignore[arg-type]
@@ -274,7 +275,7 @@ def _freshness(fired: _Fired, t: Thresholds) -> None:
     """The newest source `updated_at` older than `freshness.max_lag_hours`."""
     lag_s = _number(fired.metrics.get("freshness_lag_s"))
     if lag_s is not None and lag_s > t.freshness_max_lag_hours * 3600:
-        fired.fire(
+        fired.add(
             "freshness",
             t.freshness_severity,
             "Source data is stale",
@@ -292,7 +293,7 @@ def _source_freshness(fired: _Fired, t: Thresholds) -> None:
         if status not in ("warn", "error"):
             continue
         accepted = " (published: ACCEPT_STALE_SOURCES accepted it)" if status == "error" else ""
-        fired.fire(
+        fired.add(
             "freshness",
             t.freshness_severity if status == "error" else t.freshness_warn_severity,
             "Source data is stale",
@@ -325,7 +326,7 @@ def _row_count_drop(fired: _Fired, history: Sequence[Mapping[str, Any]], t: Thre
             continue  # no drop from nothing
         drop_pct = (average - count) / average * 100
         if drop_pct > t.row_count_drop_max_drop_pct:
-            fired.fire(
+            fired.add(
                 "row_count_drop",
                 t.row_count_drop_severity,
                 f"Row count dropped: {table}",
@@ -353,7 +354,7 @@ def _quality(fired: _Fired, t: Thresholds) -> None:
     )
     if failed:
         text += f": {', '.join(map(str, failed[:5]))}"
-    fired.fire(
+    fired.add(
         "quality",
         t.quality_severity,
         "Critical data quality failure",
@@ -379,7 +380,7 @@ def _quarantine(fired: _Fired, t: Thresholds) -> None:
         over_share = share is not None and share > t.quarantine_max_share
         if over_count or over_share:
             share_text = f" ({share:.2%} of {_fmt(received)} received)" if share is not None else ""
-            fired.fire(
+            fired.add(
                 "quarantine",
                 t.quarantine_severity,
                 f"Records quarantined: {table}",
@@ -397,7 +398,7 @@ def _run_deadline(fired: _Fired, t: Thresholds) -> None:
     """The run took longer than `run_deadline.max_minutes`."""
     duration_s = _number(fired.metrics.get("duration_s"))
     if duration_s is not None and duration_s > t.run_deadline_max_minutes * 60:
-        fired.fire(
+        fired.add(
             "run_deadline",
             t.run_deadline_severity,
             "Run exceeded its deadline",
@@ -412,7 +413,7 @@ def _replica_lag(fired: _Fired, t: Thresholds) -> None:
     """The replica the extract read lagged more than `replica_lag.max_seconds`."""
     replica_lag = _number(fired.metrics.get("replica_lag_s"))
     if replica_lag is not None and replica_lag > t.replica_lag_max_seconds:
-        fired.fire(
+        fired.add(
             "replica_lag",
             t.replica_lag_severity,
             "Replica lag too high",
@@ -432,7 +433,7 @@ def _replica_fallback(fired: _Fired, t: Thresholds) -> None:
     limit = _number(fallback.get("max_lag_seconds"))
     lag_text = "unknown" if lag is None else f"{_fmt(lag)} s"
     limit_text = "" if limit is None else f" (SOURCE_DB_REPLICA_MAX_LAG_SECONDS {_fmt(limit)} s)"
-    fired.fire(
+    fired.add(
         "replica_fallback",
         t.replica_fallback_severity,
         "Extract read the primary: replica unusable",

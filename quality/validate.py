@@ -205,7 +205,7 @@ def _column_of(kwargs: Mapping[str, Any]) -> str | None:
 
 
 @dataclass
-class _Acc:
+class _ExpectationTally:
     """Accumulates one expectation over the batches of a table."""
 
     config: dict[str, Any]
@@ -262,7 +262,9 @@ class _Batch:
     location: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_gx(batch: _Batch, suite_name: str, accs: list[_Acc], key_columns: list[str]) -> Any:
+def _run_gx(
+    batch: _Batch, suite_name: str, accs: list[_ExpectationTally], key_columns: list[str]
+) -> Any:
     """Run the suite's checkpoint on one batch and fold each result into its accumulator;
     return the stored result's key.
 
@@ -293,7 +295,7 @@ def _checkpoint_run(batch: _Batch, suite_name: str) -> tuple[Any, Any]:
     return key, result
 
 
-def _fold(acc: _Acc, item: Any, batch: _Batch, key_columns: list[str]) -> None:
+def _fold(acc: _ExpectationTally, item: Any, batch: _Batch, key_columns: list[str]) -> None:
     """One expectation's result on one batch into its accumulator: success, the row
     counts and a few samples, the observed value, GX's details of a failure."""
     acc.evaluated = True
@@ -373,7 +375,11 @@ def validate_frame(
         for e in data["expectations"]
         if _missing_parameter(e["kwargs"], parameters) and e["type"] in TABLE_WIDE_TYPES
     ]
-    accs = [_Acc(config=e, parameters=parameters) for e in data["expectations"] if e not in skipped]
+    accs = [
+        _ExpectationTally(config=e, parameters=parameters)
+        for e in data["expectations"]
+        if e not in skipped
+    ]
     gx_parameters = {**{name: len(df) for e in skipped for name in _parameters(e)}, **parameters}
     key_columns = list(suite_meta(suite_name).get("key_columns", []))
     key = _run_gx(_Batch(df, gx_parameters, run_id or "adhoc"), suite_name, accs, key_columns)
@@ -428,7 +434,7 @@ def validate_landed_table(
     files = sorted(directory.glob("*.parquet"))
     data = suite_json(suite_name)
     key_columns = list(suite_meta(suite_name).get("key_columns", []))
-    accs = [_Acc(config=e) for e in data["expectations"]]
+    accs = [_ExpectationTally(config=e) for e in data["expectations"]]
     batch_accs = [a for a in accs if a.config["type"] not in TABLE_WIDE_TYPES]
 
     total_rows = 0
@@ -506,7 +512,7 @@ def _iter_frames(files: list[Path], batch_rows: int) -> Iterator[tuple[str, int,
 
 
 def _row_count(
-    acc: _Acc,
+    acc: _ExpectationTally,
     total_rows: int,
     per_file_rows: dict[str, int],
     manifest: Mapping[str, Any] | None,
@@ -535,7 +541,7 @@ def _quote(name: str) -> str:
 
 
 def _unique_over_files(
-    acc: _Acc, files: list[Path], columns: list[str], key_columns: list[str]
+    acc: _ExpectationTally, files: list[Path], columns: list[str], key_columns: list[str]
 ) -> None:
     """Duplicates of `columns` across all files of the run (rows with all NULL are ignored)."""
     acc.evaluated = True

@@ -102,7 +102,7 @@ def run_dir(landing_root: Path, source: str, table: str, run_id: str) -> Path:
     return Path(landing_root) / source / table / run_ids.dir_name(run_id)
 
 
-def _q(name: str) -> str:
+def _quoted(name: str) -> str:
     """A column name as a DuckDB identifier, quoted: a landed source column may be any
     name the source allows (`order-ref`, spaces, quotes, upper case)."""
     if not isinstance(name, str) or not name or "\x00" in name:
@@ -157,7 +157,7 @@ def _new_delta(source: str, table: str, parts: list[_Part]) -> _Delta:
             )
     delta = _Delta(source, table, parts, tuple(keys), cursor)
     for name in (*delta.keys, *([cursor] if cursor else [])):
-        _q(name)
+        _quoted(name)
     return delta
 
 
@@ -236,7 +236,7 @@ def _raw(s: Session, table: str) -> str:
 
 
 def _temp(name: str) -> str:
-    return _q(name)
+    return _quoted(name)
 
 
 def _manifest(value: Any) -> dict[str, Any]:
@@ -320,7 +320,7 @@ def _stage(s: Session, delta: _Delta) -> int:
         )
     if delta.cursor not in names:
         delta.cursor = None  # e.g. a full-mode table without a cursor: the delta wins
-    keys = ", ".join(_q(k) for k in delta.keys)
+    keys = ", ".join(_quoted(k) for k in delta.keys)
     try:
         s.dedupe(delta.temp, _temp(f"{delta.temp}__files"), names, delta.keys, delta.cursor)
     except Exception as exc:
@@ -432,7 +432,7 @@ def _plan_key_ranges(s: Session, delta: _Delta) -> _KeyRanges | None:
         or not s.exists("raw", delta.table)
     ):
         return None
-    key = _q(delta.keys[0])
+    key = _quoted(delta.keys[0])
     raw, temp = _raw(s, delta.table), _temp(delta.temp)
     keyfiles = _temp(f"{delta.temp}__keyfiles")
     if not all(_int_column(_columns(s, rel), delta.keys[0]) for rel in (raw, temp, keyfiles)):
@@ -571,7 +571,7 @@ def _find_gone_by_summaries(s: Session, delta: _Delta) -> None:
         )
     delta.gone = f"{delta.temp}__gone"
     if not s.exists("raw", delta.table):  # the first load: nothing to delete
-        key = _q(delta.keys[0])
+        key = _quoted(delta.keys[0])
         for name in (delta.gone, f"{delta.temp}__keys"):
             s.create_temp(name, f"select {key} from {_temp(delta.temp)} where false")
         return
@@ -602,7 +602,7 @@ def _plan_bucket_check(s: Session, delta: _Delta) -> _BucketCheck:
             f"{delta.source}/{delta.table}: {delta.key_ranges} records no bucket width: "
             "re-extract the run"
         )
-    key, raw, temp = _q(delta.keys[0]), _raw(s, delta.table), _temp(delta.temp)
+    key, raw, temp = _quoted(delta.keys[0]), _raw(s, delta.table), _temp(delta.temp)
     return _BucketCheck(key, raw, temp, s.kind, width, manifest)
 
 
@@ -833,7 +833,7 @@ def _record_accepted_drift(s: Session, delta: _Delta, run_id: str) -> None:
 
 
 def _key_match(keys: tuple[str, ...], left: str, right: str) -> str:
-    return " and ".join(f"{left}.{_q(k)} = {right}.{_q(k)}" for k in keys)
+    return " and ".join(f"{left}.{_quoted(k)} = {right}.{_quoted(k)}" for k in keys)
 
 
 def _changed_rows(s: Session, delta: _Delta, compare: list[str]) -> str:
@@ -850,12 +850,14 @@ def _changed_rows(s: Session, delta: _Delta, compare: list[str]) -> str:
         if c in raw_cols
     )
     newer = (
-        f"coalesce(o.{_q(delta.cursor)} > d.{_q(delta.cursor)}, false)" if delta.cursor else "false"
+        f"coalesce(o.{_quoted(delta.cursor)} > d.{_quoted(delta.cursor)}, false)"
+        if delta.cursor
+        else "false"
     )
     return (
-        f"select d.*, (o.{_q(delta.keys[0])} is not null) as _is_old from {temp} d "
+        f"select d.*, (o.{_quoted(delta.keys[0])} is not null) as _is_old from {temp} d "
         f"left join {target} o on {_key_match(delta.keys, 'o', 'd')} "
-        f"where o.{_q(delta.keys[0])} is null or not ({newer} or ({same or 'true'}))"
+        f"where o.{_quoted(delta.keys[0])} is null or not ({newer} or ({same or 'true'}))"
     )
 
 
@@ -864,7 +866,7 @@ def _same_value(s: Session, column: str, old: pa.DataType, new: pa.DataType) -> 
     type differs from raw's (a widening, or drift the operator accepted), the narrower
     side is cast to the wider type; two unrelated types are compared as text (an engine
     without implicit casts, PostgreSQL, refuses `text = bigint`)."""
-    o, d = f"o.{_q(column)}", f"d.{_q(column)}"
+    o, d = f"o.{_quoted(column)}", f"d.{_quoted(column)}"
     if old != new and not (pa.types.is_null(old) or pa.types.is_null(new)):
         if _widens(old, new):
             o = f"cast({o} as {s.column_type(new)})"
@@ -1021,7 +1023,7 @@ def _gone_sql(delta: _Delta, target: str, keys_relation: str) -> str:
 
 
 def _key_text(delta: _Delta) -> str:
-    return " || '|' || ".join(f"cast(g.{_q(k)} as varchar)" for k in delta.keys)
+    return " || '|' || ".join(f"cast(g.{_quoted(k)} as varchar)" for k in delta.keys)
 
 
 def _guard_deletes(s: Session, plan: list[_Delta], run_id: str, guard: Any, allow: bool) -> None:
@@ -1071,7 +1073,7 @@ def _kept_loaded_at(s: Session, delta: _Delta, staged: dict[str, pa.DataType]) -
         _same_value(s, c, raw_cols[c], type_) for c, type_ in staged.items() if c in raw_cols
     )
     name = f"{delta.temp}__kept"
-    keys = ", ".join(f"d.{_q(k)}" for k in delta.keys)
+    keys = ", ".join(f"d.{_quoted(k)}" for k in delta.keys)
     s.create_temp(
         name,
         f"select {keys}, o._loaded_at from {_temp(delta.temp)} d "
@@ -1086,7 +1088,7 @@ def _merge(s: Session, delta: _Delta, run_id: str, loaded_at: datetime) -> int:
     target = _raw(s, delta.table)
     temp = _temp(delta.temp)
     staged = _columns(s, temp)
-    names = ", ".join(_q(c) for c in staged)
+    names = ", ".join(_quoted(c) for c in staged)
     if not s.exists("raw", delta.table):
         s.execute(
             f"create table {target} as select *, cast(null as varchar) as _run_id, "
@@ -1114,7 +1116,7 @@ def _merge(s: Session, delta: _Delta, run_id: str, loaded_at: datetime) -> int:
         # row, even one whose stored cursor is later (e.g. the warehouse was loaded from
         # another database before). An incremental delta only replaces older versions.
         newer = (
-            f"coalesce({target}.{_q(delta.cursor)} > d.{_q(delta.cursor)}, false)"
+            f"coalesce({target}.{_quoted(delta.cursor)} > d.{_quoted(delta.cursor)}, false)"
             if delta.cursor and not delta.full_key_set
             else "false"
         )
@@ -1127,7 +1129,7 @@ def _merge(s: Session, delta: _Delta, run_id: str, loaded_at: datetime) -> int:
         )
         s.execute(
             f"insert into {target} ({names}, _run_id, _loaded_at) "
-            f"select {', '.join('d.' + _q(c) for c in staged)}, cast(? as varchar), "
+            f"select {', '.join('d.' + _quoted(c) for c in staged)}, cast(? as varchar), "
             f"coalesce(k._loaded_at, cast(? as timestamptz)) from {temp} d "
             f"left join {kept} k on {_key_match(delta.keys, 'k', 'd')} "
             f"where not exists (select 1 from {target} o where {_key_match(delta.keys, 'o', 'd')})",

@@ -65,7 +65,7 @@ def _rows(url: str, table: str) -> list[tuple]:
         engine.dispose()
 
 
-def _q(path: Path, sql: str, *params: Any) -> list[tuple]:
+def _query(path: Path, sql: str, *params: Any) -> list[tuple]:
     db = sqlite3.connect(path)
     try:
         return db.execute(sql, params).fetchall()
@@ -110,7 +110,7 @@ def test_row_counts_match_arguments(source: dict[str, Any]) -> None:
     db, rows = source["db"], source["summary"]["rows"]
     assert rows["orders"] == DAYS * PER_DAY
     for table in TABLE_NAMES:
-        assert _q(db, f"SELECT count(*) FROM {table}")[0][0] == rows[table]  # noqa: S608
+        assert _query(db, f"SELECT count(*) FROM {table}")[0][0] == rows[table]  # noqa: S608
     assert rows["users"] >= 50 and rows["products"] >= 50 and rows["order_items"] > rows["orders"]
     assert source["summary"]["start_date"] == (END - timedelta(days=DAYS - 1)).isoformat()
 
@@ -122,47 +122,47 @@ def test_scale_spreads_total_orders(tmp_path: Path) -> None:
 
 def test_every_kind_of_mess_is_present(source: dict[str, Any]) -> None:
     db = source["db"]
-    regions = dict(_q(db, "SELECT region, count(*) FROM users GROUP BY region"))
+    regions = dict(_query(db, "SELECT region, count(*) FROM users GROUP BY region"))
     assert regions.get(None) and regions.get("") and regions.get("  ")
     assert {"north", "south", "east", "west", "apac", "emea"} <= set(regions)
-    missing = _q(
+    missing = _query(
         db,
         "SELECT count(*) FROM order_items i WHERE NOT EXISTS"
         " (SELECT 1 FROM products p WHERE p.id = i.product_id)",
     )[0][0]
     assert missing > 0
-    assert _q(db, "SELECT min(product_id) FROM order_items WHERE product_id >= ?", MISSING_PRODUCT_BASE)  # fmt: skip
-    no_items = _q(
+    assert _query(db, "SELECT min(product_id) FROM order_items WHERE product_id >= ?", MISSING_PRODUCT_BASE)  # fmt: skip
+    no_items = _query(
         db,
         "SELECT count(*) FROM orders o WHERE NOT EXISTS"
         " (SELECT 1 FROM order_items i WHERE i.order_id = o.id)",
     )[0][0]
     assert no_items > 0
-    currencies = {c for (c,) in _q(db, "SELECT DISTINCT currency FROM orders")}
+    currencies = {c for (c,) in _query(db, "SELECT DISTINCT currency FROM orders")}
     assert {"USD", "EUR", "GBP", "JPY", "CAD"} <= currencies
-    statuses = {s for (s,) in _q(db, "SELECT DISTINCT status FROM orders")}
+    statuses = {s for (s,) in _query(db, "SELECT DISTINCT status FROM orders")}
     assert statuses == set(ORDER_STATUSES)
-    categories = {c for (c,) in _q(db, "SELECT DISTINCT category FROM products")}
+    categories = {c for (c,) in _query(db, "SELECT DISTINCT category FROM products")}
     assert len(categories) >= 5
     # Late rows: items inserted (updated_at) at least a day after the order's created_at.
-    late = _q(
+    late = _query(
         db,
         "SELECT count(DISTINCT o.id) FROM orders o JOIN order_items i ON i.order_id = o.id"
         " WHERE julianday(i.updated_at) - julianday(o.created_at) >= 1",
     )[0][0]
     assert late > 0
     # Commit order differs from created_at order for some rows.
-    ids_out_of_order = _q(
+    ids_out_of_order = _query(
         db,
         "SELECT count(*) FROM orders a JOIN orders b ON b.id = a.id + 1"
         " WHERE b.created_at < a.created_at",
     )[0][0]
     assert ids_out_of_order > 0
     # created_at spread over the whole UTC day.
-    hours = {h for (h,) in _q(db, "SELECT DISTINCT substr(created_at, 12, 2) FROM orders")}
+    hours = {h for (h,) in _query(db, "SELECT DISTINCT substr(created_at, 12, 2) FROM orders")}
     assert len(hours) == 24
     # JPY amounts are whole yen.
-    assert not _q(db, "SELECT 1 FROM orders WHERE currency = 'JPY' AND total != round(total)")
+    assert not _query(db, "SELECT 1 FROM orders WHERE currency = 'JPY' AND total != round(total)")
 
 
 def test_money_never_negative_and_totals_match_items(source: dict[str, Any]) -> None:
@@ -185,18 +185,20 @@ def test_money_never_negative_and_totals_match_items(source: dict[str, Any]) -> 
 
 def test_timestamps_consistent(source: dict[str, Any]) -> None:
     db = source["db"]
-    assert not _q(db, "SELECT id FROM orders WHERE updated_at < created_at")
-    assert not _q(db, "SELECT id FROM users WHERE updated_at < created_at")
+    assert not _query(db, "SELECT id FROM orders WHERE updated_at < created_at")
+    assert not _query(db, "SELECT id FROM users WHERE updated_at < created_at")
     end = f"{END + timedelta(days=1)} 00:00:00"
     for table in TABLE_NAMES:
-        assert not _q(db, f"SELECT id FROM {table} WHERE updated_at >= ?", end)  # noqa: S608
+        assert not _query(db, f"SELECT id FROM {table} WHERE updated_at >= ?", end)  # noqa: S608
 
 
 def test_payments_store(source: dict[str, Any]) -> None:
     pay = source["payments"]
-    payments = _q(pay, "SELECT * FROM payments ORDER BY id")
+    payments = _query(pay, "SELECT * FROM payments ORDER BY id")
     assert payments and len(payments) == source["summary"]["rows"]["payments"]
-    orders = {r[0]: r for r in _q(source["db"], "SELECT id, status, currency, total FROM orders")}
+    orders = {
+        r[0]: r for r in _query(source["db"], "SELECT id, status, currency, total FROM orders")
+    }
     ts = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
     expected = {"paid": "succeeded", "shipped": "succeeded", "delivered": "succeeded",
                 "refunded": "refunded", "cancelled": "failed"}  # fmt: skip
@@ -215,7 +217,7 @@ def test_payments_store(source: dict[str, Any]) -> None:
         if status == "pending":
             assert oid not in with_payment
     assert {p[4] for p in payments} == {"succeeded", "failed", "refunded"}
-    assert _q(pay, "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_%'")
+    assert _query(pay, "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_%'")
 
 
 def test_if_exists_skip_and_replace(copy: dict[str, Path], source: dict[str, Any]) -> None:
@@ -224,14 +226,14 @@ def test_if_exists_skip_and_replace(copy: dict[str, Path], source: dict[str, Any
     summary = generate(url, payments_db=copy["payments"], **(ARGS | {"seed": 99}))
     assert summary["skipped"] is True
     assert _dump(copy["db"]) == before
-    assert len(_q(copy["payments"], "SELECT id FROM payments")) == source["summary"]["rows"]["payments"]  # fmt: skip
+    assert len(_query(copy["payments"], "SELECT id FROM payments")) == source["summary"]["rows"]["payments"]  # fmt: skip
 
     apply_next_day(url, seed=5, payments_db=copy["payments"])
     assert _dump(copy["db"]) != before
     summary = generate(url, payments_db=copy["payments"], if_exists="replace", **ARGS)
     assert summary["skipped"] is False
     assert _dump(copy["db"]) == before
-    assert _q(copy["payments"], "SELECT * FROM payments ORDER BY id") == _q(
+    assert _query(copy["payments"], "SELECT * FROM payments ORDER BY id") == _query(
         source["payments"], "SELECT * FROM payments ORDER BY id"
     )
 
@@ -253,7 +255,7 @@ def test_next_day(copy: dict[str, Path]) -> None:
     items_before = {r[0]: r for r in _rows(url, "order_items")}
     products_before = {r[0]: r for r in _rows(url, "products")}
     users_before = {r[0]: r for r in _rows(url, "users")}
-    pay_before = dict(_q(copy["payments"], "SELECT id, status FROM payments"))
+    pay_before = dict(_query(copy["payments"], "SELECT id, status FROM payments"))
 
     s = apply_next_day(url, seed=43, payments_db=copy["payments"])
     day = END + timedelta(days=1)
@@ -281,7 +283,7 @@ def test_next_day(copy: dict[str, Path]) -> None:
         assert change["day"] in by_kind["status_updates"]
         if change["to"] == "refunded":
             assert pay_before.get(f"pay_{change['order_id']:09d}") in ("succeeded", None)
-    pay_after = dict(_q(copy["payments"], "SELECT id, status FROM payments"))
+    pay_after = dict(_query(copy["payments"], "SELECT id, status FROM payments"))
     for change in s["status_updates"]:
         if change["to"] in ("paid", "refunded"):
             assert pay_after[f"pay_{change['order_id']:09d}"] == {"paid": "succeeded"}.get(change["to"], "refunded")  # fmt: skip
