@@ -13,7 +13,11 @@
       fct_orders keeps the rate each order was converted at and compares);
     - days whose orders no longer fall on them in var report_tz (REPORT_TZ changed: the
       first and last created_at of every stored day are re-dated, a per-day check);
-    - days missing from fct_orders (self-healing: a day deleted above is rebuilt whole).
+    - days missing from fct_orders, or left without rows once its restated orders are
+      deleted (self-healing: such a day is rebuilt whole).
+  The incremental strategy delete_stale+insert (macros/delete_stale_insert.sql) deletes
+  the stale rows (fct_orders_stale_rows) after the model's SELECT has run, then does
+  delete+insert on order_id, in one transaction.
 -#}
 
 {#- The incremental marts (fct_orders, fct_order_items, fct_payments) build incrementally:
@@ -106,25 +110,18 @@
         or {{ nightshift.business_day('stored_days.last_created_at') }} <> stored_days.business_date
 {%- endmacro %}
 
-{#- pre-hook: delete the days to restate (same transaction as the insert that follows). -#}
-{% macro fct_orders_delete_restated_days() -%}
-    {%- if nightshift.nightly_is_incremental() -%}
-        delete from {{ this }}
-        where business_date in ({{ nightshift.fct_orders_days_to_restate(this) }})
-    {%- else -%}
-        select 1 as nothing_to_delete
-    {%- endif -%}
-{%- endmacro %}
-
-{#- pre-hook, after the days: delete the orders to restate (an order whose day moved, or
+{#- The rows of fct_orders that its incremental strategy (macros/delete_stale_insert.sql)
+    deletes before delete+insert on order_id: the days to restate, whole (judged against
+    `target` before any delete), then the orders to restate (an order whose day moved, or
     that is gone, leaves its old day; delete+insert then writes its current row). -#}
-{% macro fct_orders_delete_restated_orders() -%}
-    {%- if nightshift.nightly_is_incremental() -%}
-        delete from {{ this }}
-        where order_id in ({{ nightshift.fct_orders_orders_to_restate() }})
-    {%- else -%}
-        select 1 as nothing_to_delete
-    {%- endif -%}
+{% macro fct_orders_stale_rows(target) -%}
+    {%- set days -%}
+        business_date in ({{ nightshift.fct_orders_days_to_restate(target) }})
+    {%- endset -%}
+    {%- set orders -%}
+        order_id in ({{ nightshift.fct_orders_orders_to_restate() }})
+    {%- endset -%}
+    {{ return([days, orders]) }}
 {%- endmacro %}
 
 {#- SELECT of the keys of raw.<table> that the run deleted at the source, as the loader
@@ -136,25 +133,35 @@
         and deleted_rows.table_name = '{{ table }}'
 {%- endmacro %}
 
-{#- Pre-hook of the incremental marts keyed on a source key (fct_order_items, fct_payments):
-    an incremental build deletes the rows whose source row the run deleted (the keys
-    ops.deleted_rows records for the run, so the work follows the night's deletes, not
+{#- The rows of an incremental mart keyed on a source key (fct_order_items, fct_payments)
+    whose source row is gone, for its incremental strategy to delete: the keys
+    ops.deleted_rows records for the run (so the work follows the night's deletes, not
     the table's size); the rest is delete+insert on the key. A warehouse without
-    ops.deleted_rows falls back to comparing the whole key set with `staging`, written
-    as `in (… except …)`: PostgreSQL runs `not in (select …)` row by row against the list
-    once it exceeds work_mem. -#}
-{% macro delete_gone(key, staging, table, key_type) -%}
-    {%- if not nightshift.nightly_is_incremental() -%}
-        select 1 as nothing_to_delete
-    {%- elif nightshift.ops_relation('deleted_rows') is not none -%}
-        delete from {{ this }}
-        where {{ key }} in ({{ nightshift.run_deleted_keys(table, key_type) }})
+    ops.deleted_rows falls back to comparing the whole key set of `target` with
+    `staging`, written as `in (… except …)`: PostgreSQL runs `not in (select …)` row by
+    row against the list once it exceeds work_mem. -#}
+{% macro gone_rows(target, key, staging, table, key_type) -%}
+    {%- if nightshift.ops_relation('deleted_rows') is not none -%}
+        {{ key }} in ({{ nightshift.run_deleted_keys(table, key_type) }})
     {%- else -%}
-        delete from {{ this }}
-        where {{ key }} in (
-            select {{ key }} from {{ this }}
+        {{ key }} in (
+            select {{ key }} from {{ target }}
             except
             select {{ key }} from {{ staging }}
         )
     {%- endif -%}
+{%- endmacro %}
+
+{#- Stale rows of fct_order_items: the items the run deleted at the source. -#}
+{% macro fct_order_items_stale_rows(target) -%}
+    {{ return([nightshift.gone_rows(
+        target, 'order_item_id', ref('stg_order_items'), 'order_items', 'bigint'
+    )]) }}
+{%- endmacro %}
+
+{#- Stale rows of fct_payments: the payments the run deleted at the source. -#}
+{% macro fct_payments_stale_rows(target) -%}
+    {{ return([nightshift.gone_rows(
+        target, 'payment_id', ref('stg_payments'), 'payments', nightshift.type_varchar()
+    )]) }}
 {%- endmacro %}

@@ -597,6 +597,46 @@ def test_restated_orders_rebuild_orders_not_days(incremental_pair: tuple[Path, P
     assert len(day) > 1 and _tested_orders(incremental, r4) == [r[0] for r in day]
 
 
+def test_stale_rows_are_deleted_after_the_select_in_the_main_statement(
+    incremental_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The incremental strategy (macros/delete_stale_insert.sql) deletes the stale rows in
+    the one statement that then does delete+insert, after the SELECT has read the table:
+    the SELECT must treat a day whose stored orders are all restated as the deletes leave
+    it, empty, and rebuild it whole. 01-15 keeps orders 1 and 2 (both restated by r3) and
+    has lost order 4's row: only a whole-day rebuild brings order 4 back, as a full
+    rebuild has it."""
+    incremental, full = incremental_pair
+    _run_sql(incremental, RESTATED_ORDERS_R2)
+    dbt_build(incremental, BuildPlan("UTC", run_id="r2"))
+    _run_sql(
+        incremental,
+        "DELETE FROM marts.fct_orders WHERE order_id = 4; "
+        "UPDATE raw.orders SET status = 'refunded' WHERE id = 1; "
+        "UPDATE raw.orders SET status = 'paid' WHERE id = 2; "
+        "INSERT INTO ops.restated_orders VALUES ('r3', 1, '2024-01-15'), "
+        "('r3', 2, '2024-01-15'); "
+        "INSERT INTO ops.restated_days VALUES ('r3', '2024-01-15', 'order_changed')",
+    )
+    shutil.copy(incremental, full)
+    target_dir = tmp_path / "target"
+    dbt_build(incremental, BuildPlan("UTC", run_id="r3", target_dir=target_dir))
+    dbt_build(full, BuildPlan("UTC"))
+    assert _marts(incremental) == _marts(full)
+    day = _query(
+        incremental,
+        "select order_id, status from marts.fct_orders "
+        "where business_date = '2024-01-15' order by 1",
+    )
+    assert day == [(1, "refunded"), (2, "paid"), (4, "shipped")]
+    # the statement dbt ran as the model's "main": the stale deletes, then delete+insert
+    main = (target_dir / "run" / "nightshift" / "models" / "marts" / "fct_orders.sql").read_text()
+    stale_days = main.index("where business_date in (")
+    stale_orders = main.index("where order_id in (", stale_days)
+    assert stale_orders < main.index("insert into", stale_orders)
+    assert "'r3'" in main[stale_days:stale_orders]
+
+
 def _tested_orders(path: Path, result: DbtResult) -> list[int]:
     """The order ids `not_null_fct_orders_order_id` read in this build (its `where` slice)."""
     compiled = {

@@ -3,18 +3,17 @@
     that can have changed are rebuilt (delete+insert on order_item_id): the items the run
     loaded, and the stored items of the products the run loaded or deleted whose category
     or has_product no longer match (a category change, a product arriving or leaving);
-    the pre-hook deletes the items the run deleted at the source. Without run_id, on
-    --full-refresh, or when the table does not exist it is rebuilt in full. -#}
+    the incremental strategy delete_stale+insert (macros/delete_stale_insert.sql) also
+    deletes the items the run deleted at the source (fct_order_items_stale_rows). Without
+    run_id, on --full-refresh, or when the table does not exist it is rebuilt in full. -#}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
+        incremental_strategy='delete_stale+insert',
         unique_key='order_item_id',
+        meta={'stale_rows': 'fct_order_items_stale_rows'},
         on_schema_change='fail',
         full_refresh=(none if nightshift.nightly_run() else true),
-        pre_hook="{{ nightshift.delete_gone(
-            'order_item_id', ref('stg_order_items'), 'order_items', 'bigint'
-        ) }}",
     )
 }}
 -- depends_on: {{ source('ops', 'deleted_rows') }}, {{ ref('stg_products') }}

@@ -1,19 +1,18 @@
 {#- One row per order. Incremental (macros/restatement.sql): with var run_id, only the
-    orders and business days that changed are deleted (pre-hooks) and rebuilt
-    (delete+insert on order_id), and only the items of their orders are ranked for the
-    category (the logic of int_orders_categorized, macros/order_categories.sql); without
-    run_id, on --full-refresh, or when the table does not exist it is rebuilt in full. -#}
+    orders and business days that changed are rebuilt: the incremental strategy
+    delete_stale+insert (macros/delete_stale_insert.sql) deletes them
+    (fct_orders_stale_rows) and does delete+insert on order_id, and only the items of
+    their orders are ranked for the category (the logic of int_orders_categorized,
+    macros/order_categories.sql); without run_id, on --full-refresh, or when the table
+    does not exist it is rebuilt in full. -#}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
+        incremental_strategy='delete_stale+insert',
         unique_key='order_id',
+        meta={'stale_rows': 'fct_orders_stale_rows'},
         on_schema_change='fail',
         full_refresh=(none if nightshift.nightly_run() else true),
-        pre_hook=[
-            "{{ nightshift.fct_orders_delete_restated_days() }}",
-            "{{ nightshift.fct_orders_delete_restated_orders() }}",
-        ],
     )
 }}
 -- depends_on: {{ source('ops', 'restated_days') }}, {{ source('ops', 'restated_orders') }}
@@ -23,6 +22,10 @@ with
 {% if nightshift.nightly_is_incremental() %}
 days_to_restate as (
     {{ nightshift.fct_orders_days_to_restate(this) | indent(4) }}
+),
+
+orders_to_restate as (
+    {{ nightshift.fct_orders_orders_to_restate() | indent(4) }}
 ),
 {% endif %}
 orders_converted as (
@@ -36,11 +39,19 @@ orders_converted as (
         where {{ nightshift.business_day('created_at') }} in (
                 select business_date from days_to_restate
             )
+            -- a day missing from the table, or left without rows by the strategy's
+            -- deletes of the orders to restate (they run after this SELECT), is
+            -- rebuilt whole
             or {{ nightshift.business_day('created_at') }} not in (
-                select distinct business_date from {{ this }}
+                select distinct stored.business_date
+                from {{ this }} as stored
+                where not exists (
+                    select 1 from orders_to_restate
+                    where orders_to_restate.order_id = stored.order_id
+                )
             )
         union
-        {{ nightshift.fct_orders_orders_to_restate() | indent(8) }}
+        select order_id from orders_to_restate
     )
     {%- endif %}
 ),

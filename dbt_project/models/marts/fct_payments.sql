@@ -1,20 +1,19 @@
 {#- One row per payment id. Incremental like fct_order_items: with var run_id and the table
-    built, the payments the run loaded (run_id) are re-inserted (delete+insert on
-    payment_id) and a pre-hook deletes the payments the run deleted at the source; every other row
-    is as the last build left it, and is what a full rebuild gives (stg_payments is one
-    row per id, the loader's merge replaces a payment in place with the loading run's id).
-    Without run_id, on --full-refresh, or when the table does not exist it is rebuilt in
-    full. -#}
+    built, the payments the run loaded (run_id) are re-inserted and the payments the run
+    deleted at the source are deleted (incremental strategy delete_stale+insert,
+    macros/delete_stale_insert.sql: fct_payments_stale_rows, then delete+insert on
+    payment_id); every other row is as the last build left it, and is what a full rebuild
+    gives (stg_payments is one row per id, the loader's merge replaces a payment in place
+    with the loading run's id). Without run_id, on --full-refresh, or when the table does
+    not exist it is rebuilt in full. -#}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
+        incremental_strategy='delete_stale+insert',
         unique_key='payment_id',
+        meta={'stale_rows': 'fct_payments_stale_rows'},
         on_schema_change='fail',
         full_refresh=(none if nightshift.nightly_run() else true),
-        pre_hook="{{ nightshift.delete_gone(
-            'payment_id', ref('stg_payments'), 'payments', nightshift.type_varchar()
-        ) }}",
     )
 }}
 -- depends_on: {{ source('ops', 'deleted_rows') }}
