@@ -23,7 +23,8 @@ Seconds are the best of --repeat runs, timed inside the process (imports exclude
 MB/s counts the Parquet bytes (psql: the COPY text bytes); peak RSS is the worst run;
 "cpu s" is the client process's CPU (all threads; psql: its own), not the server's.
 The header quotes the load average: others' work on the machine skews seconds, not the
-ratio to psql measured in the same run. Ends with:
+ratio to psql measured in the same run (without psql in --methods: no ratio, the
+ratios print nan). Ends with:
 BENCH extract full_ratio=<x> peak_rss_mib=<n> incr_share=<y>, for the best product
 method (serial or parallel): the fastest full extract within 400 MiB peak RSS; and with
 adbc among the methods (the default):
@@ -246,7 +247,8 @@ def adbc_reader(url: str):  # noqa: ANN201 - an extract.db_extract.Reader
     from extract.pg_copy import psycopg_connection, render_where
     from extract.sql_binds import driver_filter
 
-    def read(conn, table, schema, where_sql, params, batch_size):  # noqa: ANN001, ANN202
+    def read(conn, request):  # noqa: ANN001, ANN202
+        table, schema = request.table, request.schema
         pg = psycopg_connection(conn)
         query = pgsql.SQL("select {} from {}").format(
             pgsql.SQL(", ").join(pgsql.Identifier(n) for n in schema.names),
@@ -254,10 +256,9 @@ def adbc_reader(url: str):  # noqa: ANN201 - an extract.db_extract.Reader
             if table.schema
             else pgsql.Identifier(table.name),
         )
-        if where_sql:
-            query = pgsql.Composed(
-                [query, pgsql.SQL(" where "), render_where(*driver_filter(where_sql, params))]
-            )
+        if request.where_sql:
+            where = render_where(*driver_filter(request.where_sql, request.params))
+            query = pgsql.Composed([query, pgsql.SQL(" where "), where])
         text = query.as_string(pg)
         with adbc.connect(_libpq(url)) as ac, ac.cursor() as cur:
             cur.execute(text)
@@ -436,7 +437,13 @@ def report(
     copy_bytes = {
         mode: copy_text_bytes(url, cut) for mode, cut in (("full", None), ("incr", cutoff))
     }
-    base = {mode: best[("psql", mode)]["seconds"] for mode in ("full", "incr")}
+    # Ratios are to psql measured in the same run; without it (--methods leaves it out)
+    # there is no baseline: the "x psql" column shows "-" and the ratios print nan.
+    base = (
+        {mode: best[("psql", mode)]["seconds"] for mode in ("full", "incr")}
+        if "psql" in methods
+        else None
+    )
     print(
         f"\nextract of `orders` ({args.orders} rows; incremental: updated_at > {cutoff}); "
         f"best of {args.repeat}; parallel degree {args.degree}; load: {_load()}"
@@ -447,6 +454,8 @@ def report(
     )
     print(header)
     print("-" * len(header))
+    if base is None:
+        print("(psql not among --methods: no ratio to psql)")
     for mode in ("full", "incr"):
         for method in methods:
             r = best[(method, mode)]
@@ -454,22 +463,25 @@ def report(
             if rows is None:  # psql: count from the database
                 rows = _count(url, cutoff if mode == "incr" else None)
             nbytes = r.get("bytes", copy_bytes[mode])
+            vs_psql = "-" if base is None else f"{r['seconds'] / base[mode]:.2f}"
             print(
                 f"{method:<10} {mode:<5} {rows:>9} {r['seconds']:>8.2f} "
                 f"{rows / r['seconds']:>11,.0f} {nbytes / 1e6 / r['seconds']:>7.1f} "
-                f"{r['rss_kib'] / 1024:>9.0f} {r['seconds'] / base[mode]:>7.2f} "
+                f"{r['rss_kib'] / 1024:>9.0f} {vs_psql:>7} "
                 f"{r['cpu_s']:>6.2f}"
             )
     product = [m for m in methods if m in PRODUCT] or [m for m in methods if m != "psql"]
+    if not product:  # psql alone: nothing of the product's to rate
+        return
     # The fastest full extract within the memory target (else the fastest).
     fits = [m for m in product if best[(m, "full")]["rss_kib"] <= RSS_TARGET_MIB * 1024]
     winner = min(fits or product, key=lambda m: best[(m, "full")]["seconds"])
     full = best[(winner, "full")]
-    ratio = full["seconds"] / base["full"]
+    ratio = "nan" if base is None else f"{full['seconds'] / base['full']:.2f}"
     share = best[(winner, "incr")]["seconds"] / full["seconds"]
     print(f"best product method: {winner}")
     print(
-        f"BENCH extract full_ratio={ratio:.2f} peak_rss_mib={full['rss_kib'] / 1024:.0f} "
+        f"BENCH extract full_ratio={ratio} peak_rss_mib={full['rss_kib'] / 1024:.0f} "
         f"incr_share={share:.3f}"
     )
     if "adbc" in methods:
@@ -479,9 +491,10 @@ def report(
         incr_vs = (
             "nan" if incr is None else f"{best[('adbc', 'incr')]['seconds'] / incr['seconds']:.2f}"
         )
+        to_psql = "nan" if base is None else f"{adbc['seconds'] / base['full']:.2f}"
         print(
             f"BENCH extract orders={args.orders} reader=adbc full_s={adbc['seconds']:.2f} "
-            f"ratio_to_psql={adbc['seconds'] / base['full']:.2f} ratio_to_decoder={vs} "
+            f"ratio_to_psql={to_psql} ratio_to_decoder={vs} "
             f"peak_rss_mib={adbc['rss_kib'] / 1024:.0f} incr_ratio_to_decoder={incr_vs}"
         )
 

@@ -10,7 +10,8 @@ with `reconcile_deletes` also land, from the same snapshot, their key set's buck
 summaries (`<table>__key_ranges`) and the keys of the changed buckets (`<table>__keys`;
 every key for a composite or non-integer key or a shard), see extract/key_check.py.
 Rows are streamed in batches (bounded memory); types stay exact (NUMERIC stays decimal,
-timestamps become UTC). The row reader is pluggable (`read_batches`).
+timestamps become UTC). The row reader is pluggable: `reader(conn, ReadRequest)`
+(`read_batches`, `auto_read_batches`, `ExtractPlan.reader`).
 
 Sharded sources (docs/sharding.md): `extract_sharded_source` reads every physical shard
 of a virtual-shard map in parallel, each through `extract_tables` with its `ShardScope`
@@ -176,23 +177,6 @@ def _converter(arrow: pa.DataType):
     return lambda v: v
 
 
-class Reader(Protocol):
-    """Streams the rows of `table` matching `where_sql` (`:name` placeholders bound to
-    `params`, see extract/sql_binds.py) as record batches of `schema`, on the run's
-    connection: the generic reader, the PostgreSQL fast path, or a test's reader."""
-
-    def __call__(
-        self,
-        conn: sa.Connection,
-        table: sa.Table,
-        schema: pa.Schema,
-        where_sql: str | None,
-        params: dict[str, Any],
-        batch_size: int,
-        /,
-    ) -> Iterator[pa.RecordBatch]: ...
-
-
 class CursorWindow(NamedTuple):
     """The exact bounds a window read is cut to after the read: `lo < cursor <= hi` or
     a NULL cursor (`lo` None: no lower bound). The SQL filter can be a superset (SQLite
@@ -203,59 +187,44 @@ class CursorWindow(NamedTuple):
     hi: datetime
 
 
-class WindowedReader(Protocol):
-    """A `Reader` that is also given the cursor window its rows are cut to (None for a
-    read without one: a full-mode table or a shard's full vshards)."""
+@dataclass(frozen=True)
+class ReadRequest:
+    """One read: the rows of `table` matching `where_sql`, as record batches of `schema`.
+
+    `where_sql`: the row filter with `:name` placeholders bound to `params` (see
+    extract/sql_binds.py), None for every row. `batch_size`: rows per batch (at most).
+    `window`: the cursor window the extract cuts the read's rows to afterwards
+    (`_exact_window`), None for a read without one (a full-mode table, a shard's full
+    vshards, a key set); a reader need not apply it, a `ReadHook` that totals rows uses it.
+    """
+
+    table: sa.Table
+    schema: pa.Schema
+    where_sql: str | None
+    params: dict[str, Any]
+    batch_size: int
+    window: CursorWindow | None = None
+
+
+class Reader(Protocol):
+    """Streams the rows a `ReadRequest` names on the run's connection, inside the run's
+    snapshot: the generic reader, the PostgreSQL fast path, or a test's reader."""
 
     def __call__(
-        self,
-        conn: sa.Connection,
-        table: sa.Table,
-        schema: pa.Schema,
-        where_sql: str | None,
-        params: dict[str, Any],
-        batch_size: int,
-        /,
-        *,
-        window: CursorWindow | None,
+        self, conn: sa.Connection, request: ReadRequest, /
     ) -> Iterator[pa.RecordBatch]: ...
 
 
 class ReadHook(Protocol):
     """Wraps each table's reader for one run (quality/reconcile.py `SourceTotals`): the
-    wrapped reader is called with the same connection, filter and bound parameters as
-    the read, inside the run's snapshot, so it can total exactly the rows read."""
+    wrapped reader is called with the run's connection and the read's `ReadRequest`
+    (filter, bound parameters and cursor window), inside the run's snapshot, so it can
+    total exactly the rows read."""
 
-    def __call__(self, reader: Reader, /) -> WindowedReader: ...
-
-
-def _without_window(reader: Reader) -> WindowedReader:
-    """The reader itself, for a run without a `ReadHook`: the window is not needed."""
-
-    def read(
-        conn: sa.Connection,
-        table: sa.Table,
-        schema: pa.Schema,
-        where_sql: str | None,
-        params: dict[str, Any],
-        batch_size: int,
-        /,
-        *,
-        window: CursorWindow | None,
-    ) -> Iterator[pa.RecordBatch]:
-        return reader(conn, table, schema, where_sql, params, batch_size)
-
-    return read
+    def __call__(self, reader: Reader, /) -> Reader: ...
 
 
-def read_batches(
-    conn: sa.Connection,
-    table: sa.Table,
-    schema: pa.Schema,
-    where_sql: str | None,
-    params: dict[str, Any],
-    batch_size: int,
-) -> Iterator[pa.RecordBatch]:
+def read_batches(conn: sa.Connection, request: ReadRequest, /) -> Iterator[pa.RecordBatch]:
     """Default reader: a streamed SQLAlchemy select, any dialect, ordered by primary key.
 
     On PostgreSQL it lands what the COPY fast path lands (tests/extract/
@@ -266,6 +235,7 @@ def read_batches(
     naming the table, the column and the row's key (a date or timestamp outside the
     years 1..9999 or infinite: `_pg_out_of_range`).
     """
+    table, schema, batch_size = request.table, request.schema, request.batch_size
     is_sqlite = conn.dialect.name == "sqlite"
     is_pg = conn.dialect.name == "postgresql"
     columns = []
@@ -282,7 +252,7 @@ def read_batches(
         else:
             columns.append(col)
     stmt = sa.select(*columns)
-    row_filter = bound_filter(where_sql, params) if where_sql else None
+    row_filter = bound_filter(request.where_sql, request.params) if request.where_sql else None
     if row_filter is not None:
         stmt = stmt.where(row_filter)
     pk = list(table.primary_key.columns)
@@ -353,24 +323,17 @@ def _pg_out_of_range(
             ) from exc
 
 
-def auto_read_batches(
-    conn: sa.Connection,
-    table: sa.Table,
-    schema: pa.Schema,
-    where_sql: str | None,
-    params: dict[str, Any],
-    batch_size: int,
-) -> Iterator[pa.RecordBatch]:
+def auto_read_batches(conn: sa.Connection, request: ReadRequest, /) -> Iterator[pa.RecordBatch]:
     """PostgreSQL: the binary COPY fast path (extract/pg_copy.py), inside the run's
     snapshot transaction; every other database: the generic reader. Same types, same rows."""
-    if conn.dialect.name != "postgresql" or not _copy_reads(conn, table, schema):
-        yield from read_batches(conn, table, schema, where_sql, params, batch_size)
+    if conn.dialect.name != "postgresql" or not _copy_reads(conn, request.table, request.schema):
+        yield from read_batches(conn, request)
         return
     from extract.pg_copy import copy_batches
 
-    where, binds = driver_filter(where_sql, params)
-    query = _copy_query(table, schema, where, binds)
-    yield from copy_batches(query, conn=conn, batch_rows=batch_size)
+    where, binds = driver_filter(request.where_sql, request.params)
+    query = _copy_query(request.table, request.schema, where, binds)
+    yield from copy_batches(query, conn=conn, batch_rows=request.batch_size)
 
 
 def _copy_query(table: sa.Table, schema: pa.Schema, where: str, binds: dict[str, Any]) -> CopyQuery:
@@ -435,18 +398,12 @@ def ranged_reader(
     )
     from extract.pg_copy import copy_batches, psycopg_connection
 
-    def read(
-        conn: sa.Connection,
-        table: sa.Table,
-        schema: pa.Schema,
-        where_sql: str | None,
-        params: dict[str, Any],
-        batch_size: int,
-    ) -> Iterator[pa.RecordBatch]:
-        where, binds = driver_filter(where_sql, params)
+    def read(conn: sa.Connection, request: ReadRequest, /) -> Iterator[pa.RecordBatch]:
+        table, schema = request.table, request.schema
+        where, binds = driver_filter(request.where_sql, request.params)
         n = degree
         if not _copy_reads(conn, table, schema):  # logged: the generic reader, one stream
-            yield from read_batches(conn, table, schema, where_sql, params, batch_size)
+            yield from read_batches(conn, request)
             return
         if min_rows_per_range > 0:
             rows = estimate_rows(psycopg_connection(conn), table.name, where, binds)
@@ -455,18 +412,18 @@ def ranged_reader(
             split_key_ranges(conn, table.name, key, n, RowFilter(where, binds)) if n > 1 else []
         )
         if len(ranges) < 2:
-            yield from auto_read_batches(conn, table, schema, where_sql, params, batch_size)
+            yield from auto_read_batches(conn, request)
             return
         clause = f"{conn.dialect.identifier_preparer.quote(key)} between :range_lo and :range_hi"
-        if where_sql:
-            clause += f" and ({where_sql})"
+        if request.where_sql:
+            clause += f" and ({request.where_sql})"
 
         def read_range(worker: Any, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
             range_where, range_binds = driver_filter(
-                clause, {**params, "range_lo": lo, "range_hi": hi}
+                clause, {**request.params, "range_lo": lo, "range_hi": hi}
             )
             query = _copy_query(table, schema, range_where, range_binds)
-            return copy_batches(query, conn=worker, batch_rows=batch_size)
+            return copy_batches(query, conn=worker, batch_rows=request.batch_size)
 
         log.info("%s: reading %d key ranges of %s at once", table.name, len(ranges), key)
         yield from extract_parallel(
@@ -594,7 +551,7 @@ def _key_batches(
     instead of 22-25 s as SQLAlchemy rows (a busy 2-CPU machine). A shard's filter keeps
     the generic read."""
     if where is None and conn.dialect.name == "postgresql":
-        yield from auto_read_batches(conn, table, schema, None, {}, batch_size)
+        yield from auto_read_batches(conn, ReadRequest(table, schema, None, {}, batch_size))
         return
     stmt = sa.select(table.c[key]).order_by(table.c[key])
     if where is not None:
@@ -626,7 +583,7 @@ def _span_key_batches(
             binds: dict[str, Any] = {}
             for i, (lo, hi) in enumerate(chunk):
                 binds.update({f"lo{i}": lo, f"hi{i}": hi})
-            yield from auto_read_batches(conn, table, schema, where, binds, batch_size)
+            yield from auto_read_batches(conn, ReadRequest(table, schema, where, binds, batch_size))
             continue
         stmt = sa.select(column).where(sa.or_(*(column.between(lo, hi) for lo, hi in chunk)))
         result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
@@ -877,15 +834,15 @@ def _filtered_batches(
     """The rows of `table` matching `predicate` (a shard's vshards, or None): for an
     incremental table those in the window (lo, U] (and NULL cursors), cut exactly."""
     read = run.readers[config.name]
-    args = (run.conn, table, schema)
+    batch_size = run.plan.batch_size
     if config.mode != "incremental":
         where, params = predicate if predicate is not None else (None, {})
-        return read(*args, where, params, run.plan.batch_size, window=None)
+        return read(run.conn, ReadRequest(table, schema, where, params, batch_size))
     where, params = _window_where(run.conn, table.c[config.cursor], lo, run.upper)
     if predicate is not None:
         where, params = f"{predicate[0]} and {where}", {**params, **predicate[1]}
     window = CursorWindow(config.cursor, lo, run.upper)
-    batches = read(*args, where, params, run.plan.batch_size, window=window)
+    batches = read(run.conn, ReadRequest(table, schema, where, params, batch_size, window))
     return _exact_window(batches, config.cursor, lo, run.upper)
 
 
@@ -968,7 +925,7 @@ class _RunState:
     window_end: datetime
     lower: dict[str, datetime | None]
     snapshot: str | None = None
-    readers: dict[str, WindowedReader] = dataclasses.field(default_factory=dict)
+    readers: dict[str, Reader] = dataclasses.field(default_factory=dict)
     reading: str = SOURCE_NAME  # the table being read, for a timeout's message
 
 
@@ -1068,7 +1025,7 @@ def _reflect_tables(run: _RunState) -> dict[str, tuple[sa.Table, TableConfig]]:
         tables[config.name] = (table, config)
         reader = _table_reader(run, table, config)
         hook = run.plan.aggregates
-        run.readers[config.name] = hook(reader) if hook is not None else _without_window(reader)
+        run.readers[config.name] = hook(reader) if hook is not None else reader
     return tables
 
 

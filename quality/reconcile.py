@@ -27,7 +27,7 @@ from core import run_ids
 from core.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from extract.db_extract import CursorWindow, Reader, WindowedReader
+    from extract.db_extract import CursorWindow, Reader, ReadRequest
 
 # table -> (money expression or None, business-day column or None)
 CHECKS: dict[str, dict[str, tuple[str | None, str | None]]] = {
@@ -321,7 +321,8 @@ class SourceTotals:
     it reads.
 
     It wraps each table's reader: before a checked table's rows are streamed, the same
-    filter (`where_sql`: the run's cursor window and shard predicate, bound parameters)
+    filter (the `ReadRequest`'s `where_sql`: the run's cursor window and shard
+    predicate, bound parameters)
     is aggregated with SQL on the same connection, inside the extract's snapshot
     transaction, so a source that changes afterwards cannot make the numbers disagree.
     Thread-safe: every shard of a sharded run adds to the same totals.
@@ -346,7 +347,7 @@ class SourceTotals:
       because the landed value must be exactly `x` at that scale (the extract refuses
       any other) and `x * 10^scale` is within half a unit of that integer for any
       amount below 2^50 units. The SQL window filter is only a superset on SQLite
-      (day prefixes): the hook gets the exact bounds (`window`, a `CursorWindow`), groups
+      (day prefixes): the hook gets the exact bounds (the `ReadRequest`'s `window`), groups
       rows within two days of a bound by the cursor's minute as well, and reads the rows of the
       minutes that hold a bound one by one, cut exactly as the extract cuts them.
       The extract reads SQLite in one explicit transaction (a snapshot); on a
@@ -366,31 +367,22 @@ class SourceTotals:
         self.tables: dict[str, dict[str | None, list]] = {}
         self.unchecked: dict[str, str] = {}  # table -> why
 
-    def __call__(self, reader: Reader, /) -> WindowedReader:
-        def read(
-            conn: Any,
-            table: Any,
-            schema: Any,
-            where_sql: str | None,
-            params: dict[str, Any],
-            batch_size: int,
-            /,
-            *,
-            window: CursorWindow | None = None,
-        ) -> Iterator[Any]:
-            if table.name not in SOURCE_CHECKS:
-                yield from reader(conn, table, schema, where_sql, params, batch_size)
+    def __call__(self, reader: Reader, /) -> Reader:
+        def read(conn: Any, request: ReadRequest, /) -> Iterator[Any]:
+            name = request.table.name
+            if name not in SOURCE_CHECKS:
+                yield from reader(conn, request)
                 return
             version = _sqlite_data_version(conn)
-            self._add(conn, table, where_sql, params, window)
+            self._add(conn, request)
             started = False
-            for batch in reader(conn, table, schema, where_sql, params, batch_size):
+            for batch in reader(conn, request):
                 if not started:  # the read's statement runs: its rows are fixed now
                     started = True
-                    self._same_data(conn, table.name, version)
+                    self._same_data(conn, name, version)
                 yield batch
             if not started:
-                self._same_data(conn, table.name, version)
+                self._same_data(conn, name, version)
 
         return read
 
@@ -404,16 +396,11 @@ class SourceTotals:
                     "sqlite: the source changed between the totals and the read (no snapshot)"
                 )
 
-    def _add(
-        self,
-        conn: Any,
-        table: Any,
-        where_sql: str | None,
-        params: dict[str, Any],
-        window: CursorWindow | None = None,
-    ) -> None:
+    def _add(self, conn: Any, request: ReadRequest) -> None:
+        """Totals the rows `request` reads (its filter and, on SQLite, its exact window)."""
         import sqlalchemy as sa
 
+        table, where_sql, params = request.table, request.where_sql, request.params
         dialect = conn.dialect.name
         money_columns = SOURCE_CHECKS[table.name][0] or ()
         floats = [c for c in money_columns if isinstance(table.c[c].type, sa.Float)]
@@ -429,7 +416,7 @@ class SourceTotals:
         if dialect == "postgresql":
             rows = self._postgres(conn, table, where_sql, params)
         elif dialect == "sqlite":
-            rows = self._sqlite(conn, table, where_sql, params, window)
+            rows = self._sqlite(conn, request)
         else:
             rows = self._mysql(conn, table, where_sql, params)
         with self._lock:
@@ -486,19 +473,14 @@ class SourceTotals:
             out.append((self._day(table.name, start, _QUARTER), count, total))
         return out
 
-    def _sqlite(
-        self,
-        conn: Any,
-        table: Any,
-        where_sql: str | None,
-        params: dict,
-        window: CursorWindow | None,
-    ) -> list:
+    def _sqlite(self, conn: Any, request: ReadRequest) -> list:
         """(day, rows, money) of a SQLite table's filtered rows: grouped by the text of the
         day column (and of the cursor's minute near the window's bounds), the minutes that
         hold a bound read row by row (see the class docstring)."""
         import sqlalchemy as sa
 
+        table, where_sql, params = request.table, request.where_sql, request.params
+        window = request.window
         quote = conn.dialect.identifier_preparer.quote
         money, scale = _sqlite_money(table, quote)
         d = quote(SOURCE_CHECKS[table.name][1])

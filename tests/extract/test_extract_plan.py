@@ -14,8 +14,8 @@ from extract.db_extract import (
     CursorWindow,
     ExtractPlan,
     Reader,
+    ReadRequest,
     ShardScope,
-    WindowedReader,
     extract_sharded_source,
     extract_tables,
 )
@@ -29,10 +29,10 @@ class RecordingHook:
     def __init__(self) -> None:
         self.windows: dict[str, list[CursorWindow | None]] = {}
 
-    def __call__(self, reader: Reader, /) -> WindowedReader:
-        def read(conn, table, schema, where_sql, params, batch_size, /, *, window):  # noqa: ANN001, ANN202
-            self.windows.setdefault(table.name, []).append(window)
-            return reader(conn, table, schema, where_sql, params, batch_size)
+    def __call__(self, reader: Reader, /) -> Reader:
+        def read(conn: sa.Connection, request: ReadRequest, /):  # noqa: ANN202
+            self.windows.setdefault(request.table.name, []).append(request.window)
+            return reader(conn, request)
 
         return read
 

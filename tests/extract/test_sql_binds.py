@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import sqlalchemy as sa
 
-from extract.db_extract import _window_where, auto_read_batches, read_batches
+from extract.db_extract import ReadRequest, _window_where, auto_read_batches, read_batches
 from extract.shards import shard_predicate
 from extract.sql_binds import driver_filter
 
@@ -42,7 +42,7 @@ def _source(url: str) -> sa.Engine:
 def _ids(reader, conn: sa.Connection, where: str, params: dict) -> list[int]:
     table = sa.Table("events", sa.MetaData(), autoload_with=conn)
     schema = pa.schema([pa.field("id", pa.int64()), pa.field("note", pa.string())])
-    batches = list(reader(conn, table, schema, where, params, 50))
+    batches = list(reader(conn, ReadRequest(table, schema, where, params, 50)))
     return sorted(i for b in batches for i in b.column(0).to_pylist())
 
 

@@ -494,8 +494,8 @@ def _racing_reader(path: Path):
     another connection."""
     from extract.db_extract import read_batches
 
-    def racing(conn, table, schema, where_sql, params, batch_size):
-        if table.name == "orders":
+    def racing(conn, request):
+        if request.table.name == "orders":
             other = sqlite3.connect(path, timeout=1)
             with other:
                 other.execute(
@@ -503,7 +503,7 @@ def _racing_reader(path: Path):
                     "'2026-11-01 12:00:00', '2026-11-01 12:00:00' from orders"
                 )
             other.close()
-        yield from read_batches(conn, table, schema, where_sql, params, batch_size)
+        yield from read_batches(conn, request)
 
     return racing
 
@@ -545,7 +545,7 @@ def test_a_read_outside_a_transaction_is_recorded_unchecked_not_failed(tmp_path:
     """The hook on a SQLite connection with no transaction (pysqlite's default: SELECTs
     in autocommit): a commit between its totals and the read is seen by PRAGMA
     data_version and the table is recorded as not checked instead of a false mismatch."""
-    from extract.db_extract import arrow_type
+    from extract.db_extract import ReadRequest, arrow_type
 
     path = tmp_path / "source.db"
     url = f"sqlite:///{path}"
@@ -557,7 +557,8 @@ def test_a_read_outside_a_transaction_is_recorded_unchecked_not_failed(tmp_path:
             table = sa.Table("orders", sa.MetaData(), autoload_with=conn)
             arrow = pa.schema([pa.field(c.name, arrow_type(c.type)) for c in table.columns])
             read = totals(_racing_reader(path))
-            rows = sum(b.num_rows for b in read(conn, table, arrow, None, {}, 1000))
+            request = ReadRequest(table, arrow, None, {}, 1000)
+            rows = sum(b.num_rows for b in read(conn, request))
     finally:
         engine.dispose()
     assert rows == 11  # the read saw the racing commit; the totals did not
