@@ -610,7 +610,8 @@ class _BadValue(Exception):
         self.message = message
 
 
-def _first(mask: np.ndarray) -> int:
+def _first_true(mask: np.ndarray) -> int:
+    """Index of the first True of `mask` (which holds one)."""
     return int(np.argmax(mask))
 
 
@@ -690,7 +691,7 @@ def _column(
     if nulls:
         wrong &= valid
     if wrong.any():
-        raise _BadValue(_first(wrong), f"unexpected field width on the wire (want {width})")
+        raise _BadValue(_first_true(wrong), f"unexpected field width on the wire (want {width})")
     # A NULL's "value" is whatever follows it (the block is padded): masked below.
     if c.wire == "bool":
         values = buf[at].astype(bool)
@@ -714,7 +715,7 @@ def _in_range(values: np.ndarray, valid: np.ndarray, lo: int, hi: int, show: Any
     bad = (values < lo) | (values > hi)
     bad &= valid
     if bad.any():
-        i = _first(bad)
+        i = _first_true(bad)
         raise _BadValue(i, f"cannot land {show(int(values[i]))}: {_OUT_OF_RANGE}")
 
 
@@ -724,16 +725,16 @@ def _show_us(us: int) -> str:
         return "infinity" if us > 0 else "-infinity"
     seconds, micros = divmod(us, 1_000_000)
     text = str(np.datetime64(seconds + _PG_EPOCH_US // 1_000_000, "s")).replace("T", " ")
-    return _bc(f"{text}.{micros:06d}" if micros else text)
+    return _with_bc_era(f"{text}.{micros:06d}" if micros else text)
 
 
 def _show_day(days: int) -> str:
     if days in (2**31 - 1, -(2**31)):
         return "infinity" if days > 0 else "-infinity"
-    return _bc(str(np.datetime64(days + _PG_EPOCH_DAYS, "D")))
+    return _with_bc_era(str(np.datetime64(days + _PG_EPOCH_DAYS, "D")))
 
 
-def _bc(text: str) -> str:
+def _with_bc_era(text: str) -> str:
     """numpy's astronomical year 0, -1, ... as PostgreSQL writes it: 1 BC, 2 BC, ..."""
     year, rest = re.match(r"^(-?\d+)(.*)$", text).groups()  # type: ignore[union-attr]
     return text if int(year) > 0 else f"{1 - int(year):04d}{rest} BC"
@@ -833,9 +834,9 @@ def _numeric(
         malformed &= valid
         bad_sign &= valid
     if malformed.any():
-        raise _BadValue(_first(malformed), "malformed NUMERIC on the wire")
+        raise _BadValue(_first_true(malformed), "malformed NUMERIC on the wire")
     if bad_sign.any():
-        raise _BadValue(_first(bad_sign), f"cannot land NaN or infinity as {arrow}")
+        raise _BadValue(_first_true(bad_sign), f"cannot land NaN or infinity as {arrow}")
     width = int(ndigits.max()) if n else 0
     too_big = f"a value has more than {precision} digits ({arrow})"
     lost = f"a value does not fit {arrow} (more digits or decimals)"
@@ -845,7 +846,7 @@ def _numeric(
 
     def check(mask: np.ndarray, message: str) -> None:
         if mask.any():
-            raise _BadValue(_first(mask), message)
+            raise _BadValue(_first_true(mask), message)
 
     if width == 0:
         scaled = np.zeros(n, dtype=np.int64)

@@ -185,7 +185,7 @@ def choose_read_url(
         return ReadChoice(replica_url, True, lag, reason)
 
     if problem is None:
-        problem = f"its replication lag {_fmt(lag)} exceeds the threshold {max_lag_seconds:g}s"
+        problem = f"its replication lag {_lag_text(lag)} exceeds the threshold {max_lag_seconds:g}s"
     message = f"replica {shown}: {problem}"
     if on_lag == "fail":
         raise ReplicaLagError(message + " (on_lag=fail)")
@@ -222,7 +222,8 @@ def replica_safe_window_end(window_end: datetime, choice: ReadChoice) -> datetim
     return window_end - timedelta(seconds=choice.lag_seconds)
 
 
-def _fmt(lag: float | None) -> str:
+def _lag_text(lag: float | None) -> str:
+    """A replica's lag for a log line or an error."""
     if lag is None:
         return "unknown"
     if math.isinf(lag):
