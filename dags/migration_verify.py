@@ -127,18 +127,13 @@ def migration_verify():
 
     @task(trigger_rule="none_failed")  # phase 1: every verify is skipped, the gate decides
     def gate(tables: list[str], results: list[dict]) -> dict:
+        from migrate.tasks import GatePlan
         from migrate.tasks import gate as run
 
         p = _params()
         unclean = [r["table"] for r in results if r["clean"] is False]
-        decision = run(
-            p["old_conn_id"],
-            p["new_conn_id"],
-            int(p["phase"]),
-            tables,
-            run_id=_run_id(),
-            required_clean_runs=int(p["required_clean_runs"]),
-        )
+        how = GatePlan(run_id=_run_id(), required_clean_runs=int(p["required_clean_runs"]))
+        decision = run(p["old_conn_id"], p["new_conn_id"], int(p["phase"]), tables, how)
         return {**decision, "unclean_tables": unclean}
 
     tables = plan()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Engine
 from core.settings import get_connection_uri
 from migrate.backfill import run_backfill
 from migrate.checks import DEFAULT_REQUIRED_CLEAN_RUNS, GateFailed, decide, record_check
-from migrate.db import make_engine
+from migrate.db import make_engine, plan_or_fields
 from migrate.mapping import load_mappings, select_mappings
 from migrate.verify import verify_table
 
@@ -97,22 +98,33 @@ def verify(
     }
 
 
+@dataclass(frozen=True)
+class GatePlan:
+    """How `gate` decides: the decision is recorded under `run_id`; phase 4 needs the last
+    `required_clean_runs` verifications of every table clean; `config`: the mapping file
+    the table names come from (None: the default one)."""
+
+    run_id: str
+    required_clean_runs: int = DEFAULT_REQUIRED_CLEAN_RUNS
+    config: str | Path | None = None
+
+
 def gate(
     old_conn_id: str,
     new_conn_id: str,
     phase: int,
     tables: Sequence[str],
-    *,
-    run_id: str,
-    required_clean_runs: int = DEFAULT_REQUIRED_CLEAN_RUNS,
-    config: str | Path | None = None,
+    plan: GatePlan | None = None,
+    **options: Any,
 ) -> dict:
-    """Decide and record the gate of `phase`; raises GateFailed (naming the gate) on no-go."""
-    mappings = select_mappings(load_mappings(config), tables)
+    """Decide and record the gate of `phase` for `tables` as `plan` says (or its fields as
+    keyword `options`, not both); raises GateFailed (naming the gate) on no-go."""
+    plan = plan_or_fields(GatePlan, plan, options, "gate")
+    mappings = select_mappings(load_mappings(plan.config), tables)
     old, new = engines(old_conn_id, new_conn_id)
     try:
         decision = decide(
-            old, new, phase, mappings, run_id, required_clean_runs=required_clean_runs
+            old, new, phase, mappings, plan.run_id, required_clean_runs=plan.required_clean_runs
         )
     finally:
         old.dispose()

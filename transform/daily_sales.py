@@ -61,6 +61,17 @@ CHUNK_ORDERS = 300_000  # orders per read at most: fewer days per read when days
 ID_BATCH = 2_000  # order ids per `in` list when reading the night's orders by id
 ID_ARRAY_BATCH = 100_000  # order ids per bound array (DuckDB, PostgreSQL)
 DELTA_MAX_ORDERS = 1_000_000  # a night changing more orders recomputes its days instead
+
+
+@dataclass(frozen=True)
+class ReadChunks:
+    """How much `compute_daily_sales` reads at once: at most `days` business days and
+    about `orders` orders (fewer days per read when days are large)."""
+
+    days: int = CHUNK_DAYS
+    orders: int = CHUNK_ORDERS
+
+
 # restated_days reasons that the night's orders (ops.restated_orders) explain in full
 ORDER_REASONS = frozenset(
     {
@@ -750,24 +761,22 @@ def compute_daily_sales(
     where: Warehouse | Path | str,
     report_tz: str,
     through_date: date | None,
-    days: Iterable[date] | None = None,
     *,
     build: Build | None = None,
-    chunk_days: int = CHUNK_DAYS,
-    chunk_orders: int = CHUNK_ORDERS,
     plan: DaysPlan | None = None,
+    chunks: ReadChunks = ReadChunks(),
 ) -> pd.DataFrame:
     """Compute `daily_sales` rows from the current state in the warehouse's `raw` schema.
 
     `where`: a Warehouse, or a DuckDB file path; `build`: the run's build (None: the
-    published state, or that file). `days`: only these business days (an incremental
-    run); None: every day with orders (or the days of `plan`). Days after `through_date`
-    are never computed. `plan` (from `plan_daily_sales` on the same build): its delta
-    days are the published rows adjusted by the night's orders, read by id; every other
-    day is recomputed from all its orders.
+    published state, or that file). `plan`: only its days (an incremental run, from
+    `plan_daily_sales` on the same build; `DaysPlan.recompute(days, report_tz)` for days
+    of the caller's choosing); None: every day with orders. Days after `through_date` are
+    never computed. A plan's delta days are the published rows adjusted by the night's
+    orders, read by id; every other day is recomputed from all its orders.
     Reads `raw.users`, `raw.products`, `raw.orders`, `raw.order_items` and `raw.fx_rates`
-    as Arrow (read-only on DuckDB), at most `chunk_days` business days and about
-    `chunk_orders` orders at a time. Returns columns date (datetime.date), region,
+    as Arrow (read-only on DuckDB), at most `chunks.days` business days and about
+    `chunks.orders` orders at a time. Returns columns date (datetime.date), region,
     category, total_sales_usd (Decimal, 2 places), order_count (int), sorted by date,
     region, category.
     Raises MissingFxRateError when a counted order has no rate for its day.
@@ -777,21 +786,17 @@ def compute_daily_sales(
     raw = check_raw_tables(reader)
     _check_created_at(reader.read_arrow)
     fx = read_fx_rates(reader.read_arrow, has_base="base" in raw["fx_rates"])
-    if days is None and plan is not None:
-        days = plan.days
-    if days is None:
+    if plan is None:
         wanted = order_days(reader.read_arrow, report_tz, through_date)
     else:
-        wanted = sorted({d for d in days if through_date is None or d <= through_date})
+        wanted = sorted({d for d in plan.days if through_date is None or d <= through_date})
     delta = set(plan.delta_days) if plan is not None and not plan.full else set()
     if delta and build is None:
         raise ValueError("a plan with delta days is computed in the run's build (build=)")
     delta_days = [d for d in wanted if d in delta]
     parts = []
     whole = [d for d in wanted if d not in delta]
-    for chunk in _chunks(
-        whole, _days_per_read(reader.read_arrow, whole, report_tz, chunk_days, chunk_orders)
-    ):
+    for chunk in _chunks(whole, _days_per_read(reader.read_arrow, whole, report_tz, chunks)):
         table, starts, ends = _read_chunk(reader, chunk, report_tz)
         if table.num_rows:
             parts.append(_chunk_rows(table, chunk, starts, ends, fx))
@@ -818,14 +823,12 @@ def compute_daily_sales(
     return result.sort_values(["date", "region", "category"], kind="stable").reset_index(drop=True)
 
 
-def _days_per_read(
-    read: ReadArrow, days: list[date], report_tz: str, chunk_days: int, chunk_orders: int
-) -> int:
-    """Business days per read of `days` (sorted): `chunk_days`, fewer when their span
-    holds more than `chunk_orders / chunk_days` orders a day on average (memory follows
+def _days_per_read(read: ReadArrow, days: list[date], report_tz: str, chunks: ReadChunks) -> int:
+    """Business days per read of `days` (sorted): `chunks.days`, fewer when their span
+    holds more than `chunks.orders / chunks.days` orders a day on average (memory follows
     the orders read). Counted by the span's UTC range, so storage skips the rest."""
     if not days:
-        return chunk_days
+        return chunks.days
     start = day_start_utc(days[0], report_tz).to_pydatetime()
     end = day_start_utc(days[-1] + timedelta(days=1), report_tz).to_pydatetime()
     count = _rows(
@@ -835,7 +838,7 @@ def _days_per_read(
         )
     )[0][0]
     per_day = int(count or 0) / ((days[-1] - days[0]).days + 1)
-    return max(1, min(chunk_days, int(chunk_orders // max(per_day, 1.0))))
+    return max(1, min(chunks.days, int(chunks.orders // max(per_day, 1.0))))
 
 
 # ------------------------------------------------------------------ incremental plan
@@ -854,6 +857,12 @@ class DaysPlan:
     # (`orders`: their ids), instead of recomputed from every order of the day
     delta_days: list[date] = field(default_factory=list)
     orders: tuple[int, ...] = ()
+
+    @classmethod
+    def recompute(cls, days: Iterable[date], report_tz: str) -> DaysPlan:
+        """A plan of exactly `days`, each recomputed from all its orders (no run, no
+        delta days): for a caller that chooses the days itself."""
+        return cls(sorted(set(days)), False, report_tz, None, "requested days")
 
     def summary(self) -> dict[str, Any]:
         return {

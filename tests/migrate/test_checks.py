@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sqlalchemy as sa
 
 from migrate.backfill import run_backfill
-from migrate.checks import decide, evaluate_gate, record_check
+from migrate.checks import GateFailed, decide, evaluate_gate, record_check
 from migrate.dual_write import record_repairs, replay_repair_log
+from migrate.mapping import MappingError
 from migrate.state import checks, gates
+from migrate.tasks import GatePlan, gate
 from migrate.verify import verify_table
 from tests.migrate.conftest import execute
 
@@ -91,3 +94,52 @@ def test_phase_gates_in_order(engines, mappings) -> None:
         ("r5", 5, True, None),
     ]
     assert unclean.missing == 1 and json.loads(unclean.sample_keys)["missing"] == [8]
+
+
+def test_the_gate_task_decides_as_its_plan_says(
+    engines, mappings, old_sqlite_url, new_pg_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`migrate.tasks.gate` (the DAG's gate task) decides and records as its `GatePlan`
+    says, or as the plan's fields given as keywords; a plan and fields together, or no
+    run id, are refused."""
+    monkeypatch.setenv("AIRFLOW_CONN_GATE_OLD", old_sqlite_url)
+    monkeypatch.setenv("AIRFLOW_CONN_GATE_NEW", new_pg_url)
+    old, new = engines
+    names = ["orders", "customers"]
+    tables = [mappings[n] for n in names]
+    run_backfill(old, new, mappings, tables, progress_bar=False)
+    _verify(old, new, tables, "v1")
+    _verify(old, new, tables, "v2")
+
+    allowed = gate("gate_old", "gate_new", 4, names, GatePlan("g1", required_clean_runs=2))
+    assert allowed == {
+        "phase": 4,
+        "allowed": True,
+        "reason": "2 consecutive clean verifications per table, repair log empty",
+    }
+    with pytest.raises(GateFailed, match="orders has 2 of 3 consecutive clean verifications"):
+        gate("gate_old", "gate_new", 4, names, GatePlan("g2"))  # 3 by default
+    with pytest.raises(GateFailed, match="orders has 2 of 5 consecutive"):
+        gate("gate_old", "gate_new", 4, names, run_id="g3", required_clean_runs=5)
+    assert gate("gate_old", "gate_new", 4, ["orders"], run_id="g4", required_clean_runs=1)[
+        "allowed"
+    ]
+    with pytest.raises(MappingError, match="nowhere.yml does not exist"):
+        gate("gate_old", "gate_new", 4, names, GatePlan("g5", config="nowhere.yml"))
+    with pytest.raises(TypeError, match="not both"):
+        gate("gate_old", "gate_new", 4, names, GatePlan("g6"), required_clean_runs=1)
+    with pytest.raises(TypeError, match="run_id"):
+        gate("gate_old", "gate_new", 4, names, required_clean_runs=1)
+
+    with new.connect() as conn:
+        recorded = conn.execute(
+            sa.select(gates.c.run_id, gates.c.allowed, gates.c.failed_gate)
+            .where(gates.c.run_id.like("g%"))
+            .order_by(gates.c.id)
+        ).all()
+    assert [tuple(r) for r in recorded] == [
+        ("g1", True, None),
+        ("g2", False, "clean_runs"),
+        ("g3", False, "clean_runs"),
+        ("g4", True, None),
+    ]

@@ -10,8 +10,10 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from transform import daily_sales
 from transform.daily_sales import (
     MissingFxRateError,
+    ReadChunks,
     compute_daily_sales,
     plan_daily_sales,
     publish_daily_sales,
@@ -336,9 +338,7 @@ def restate(warehouse: Path, run_id: str, days: list[date]) -> None:
 def refresh(warehouse: Path, through: date, run_id: str, *, full: bool = False, tz: str = NY):
     """One nightly transform step: plan, compute the planned days, publish them."""
     plan = plan_daily_sales(warehouse, tz, through, run_id, full=full)
-    publish_daily_sales(
-        compute_daily_sales(warehouse, tz, through, days=plan.days), warehouse, plan
-    )
+    publish_daily_sales(compute_daily_sales(warehouse, tz, through, plan=plan), warehouse, plan)
     return plan
 
 
@@ -411,11 +411,24 @@ def test_plan_covers_new_days_fx_changes_and_a_new_time_zone(landing: Path) -> N
     assert plan.full and "REPORT_TZ changed" in plan.reason
 
 
-def test_chunks_of_days_give_the_same_rows(landing: Path) -> None:
-    whole = compute_daily_sales(landing, NY, date(2026, 3, 9), chunk_days=31)
+def test_chunks_of_days_give_the_same_rows(landing: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []  # business days of each read
+    real = daily_sales._read_chunk
+
+    def counted(reader, chunk, report_tz):
+        reads.append(len(chunk))
+        return real(reader, chunk, report_tz)
+
+    monkeypatch.setattr(daily_sales, "_read_chunk", counted)
+    assert ReadChunks() == ReadChunks(daily_sales.CHUNK_DAYS, daily_sales.CHUNK_ORDERS)
+    whole = compute_daily_sales(landing, NY, date(2026, 3, 9), chunks=ReadChunks(days=31))
+    days = sum(reads)
+    assert reads == [days] and days > 3
     for size in (1, 2, 3):
-        chunked = compute_daily_sales(landing, NY, date(2026, 3, 9), chunk_days=size)
+        reads.clear()
+        chunked = compute_daily_sales(landing, NY, date(2026, 3, 9), chunks=ReadChunks(days=size))
         assert rows(chunked) == rows(whole)
+        assert sum(reads) == days and max(reads) == size
 
 
 def test_incremental_publish_rejects_rows_of_other_days(landing: Path) -> None:

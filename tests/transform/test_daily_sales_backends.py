@@ -38,6 +38,7 @@ from tests.transform.test_daily_sales import (
     utc,
 )
 from transform.daily_sales import (
+    DaysPlan,
     MissingFxRateError,
     compute_daily_sales,
     fx_digests,
@@ -114,12 +115,12 @@ class Target:
     def plan(self, run_id: str, *, full: bool = False):
         return plan_daily_sales(self.where, NY, THROUGH, run_id, full=full, **self.kw)
 
-    def compute(self, days=None, through: date | None = THROUGH):
-        return compute_daily_sales(self.where, NY, through, days, **self.kw)
+    def compute(self, plan: DaysPlan | None = None, through: date | None = THROUGH):
+        return compute_daily_sales(self.where, NY, through, plan=plan, **self.kw)
 
     def refresh(self, run_id: str):
         plan = self.plan(run_id)
-        publish_daily_sales(self.compute(plan.days), self.where, plan, **self.kw)
+        publish_daily_sales(self.compute(plan), self.where, plan, **self.kw)
         return plan
 
     def parity(self, **options: Any) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import pytest
 
 from transform import daily_sales
 from transform.daily_sales import (
+    DaysPlan,
+    ReadChunks,
     compute_daily_sales,
     plan_daily_sales,
     publish_daily_sales,
@@ -302,7 +304,9 @@ def test_delta_night_equals_a_full_rebuild(warehouse: Any, seed: int) -> None:
     assert table_rows(warehouse, build) == rows(full)
     assert table_rows(warehouse) == published_before  # nothing published yet
     # the adjusted days are exactly the recomputed ones
-    recomputed = compute_daily_sales(warehouse, TZ, THROUGH, plan.delta_days, build=build)
+    recomputed = compute_daily_sales(
+        warehouse, TZ, THROUGH, build=build, plan=DaysPlan.recompute(plan.delta_days, TZ)
+    )
     assert rows(frame[frame["date"].isin(plan.delta_days)]) == rows(recomputed)
 
 
@@ -361,7 +365,8 @@ def test_a_published_table_that_disagrees_with_raw_is_an_error(
 
 def test_chunks_by_order_count_give_the_same_rows(warehouse: Any) -> None:
     whole = compute_daily_sales(warehouse, TZ, THROUGH)
-    assert rows(compute_daily_sales(warehouse, TZ, THROUGH, chunk_orders=1)) == rows(whole)
+    one_order = ReadChunks(orders=1)
+    assert rows(compute_daily_sales(warehouse, TZ, THROUGH, chunks=one_order)) == rows(whole)
 
 
 def test_a_night_past_the_order_limit_recomputes_its_days(
