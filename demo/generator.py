@@ -198,6 +198,46 @@ class _Order:
     payment: tuple | None = None
 
 
+@dataclass(frozen=True)
+class _OrderContext:
+    """What the orders of one run share: the instant their state is taken at (`end_ts`,
+    on day `as_of`), the user ids 1..`n_users` and the (product id, USD cents) catalog."""
+
+    end_ts: datetime
+    as_of: date
+    n_users: int
+    catalog: Sequence[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """What a payment pays: order `order_id`'s total, in integer minor units of `currency`."""
+
+    order_id: int
+    total_cents: int
+    currency: str
+
+
+def _build_order(
+    rng: random.Random,
+    ctx: _OrderContext,
+    ids: tuple[int, int],
+    created: datetime,
+    inserted: datetime,
+) -> _Order:
+    """Order `ids[0]` (items numbered from `ids[1]`) inserted at `inserted` (== created
+    unless late), in its state as of `ctx.end_ts`."""
+    order_id, first_item_id = ids
+    status, updated = _order_status(rng, ctx, created, inserted)
+    currency = rng.choices(CURRENCIES, CURRENCY_WEIGHTS)[0]
+    user_id = rng.randint(1, ctx.n_users)
+    total, items = _order_items(rng, ctx.catalog, currency, ids, inserted)
+    charge = _Charge(order_id, total, currency)
+    payment = _order_payment(rng, charge, status, (created, inserted, updated))
+    row = (order_id, user_id, status, currency, _cents_to_decimal(total), created, updated)
+    return _Order(row, items, payment)
+
+
 def _make_order(
     rng: random.Random,
     *,
@@ -210,67 +250,86 @@ def _make_order(
     n_users: int,
     catalog: Sequence[tuple[int, int]],
 ) -> _Order:
-    """Build one order inserted at `inserted` (== created unless late), state as of `end_ts`."""
-    status = _status_for_age(rng, (as_of - created.date()).days)
+    """Keyword form of `_build_order`, the one bench/bench_warehouse.py calls."""
+    ctx = _OrderContext(end_ts, as_of, n_users, catalog)
+    return _build_order(rng, ctx, (order_id, first_item_id), created, inserted)
+
+
+def _order_status(
+    rng: random.Random, ctx: _OrderContext, created: datetime, inserted: datetime
+) -> tuple[str, datetime]:
+    """Status and updated_at of an order created at `created`, as of `ctx.end_ts`."""
+    status = _status_for_age(rng, (ctx.as_of - created.date()).days)
     while True:
         lo, hi = _STATUS_LAG[status]
         updated = max(created + timedelta(microseconds=rng.randrange(lo, hi)), inserted)
-        if updated <= end_ts:
-            break
+        if updated <= ctx.end_ts:
+            return status, updated
         # That change would lie in the future: the order is still at an earlier stage.
         status = _EARLIER_STATUS[status]
-    currency = rng.choices(CURRENCIES, CURRENCY_WEIGHTS)[0]
-    user_id = rng.randint(1, n_users)
 
+
+def _order_items(
+    rng: random.Random,
+    catalog: Sequence[tuple[int, int]],
+    currency: str,
+    ids: tuple[int, int],
+    inserted: datetime,
+) -> tuple[int, list[tuple]]:
+    """(total in minor units, item rows) of order `ids[0]`, items numbered from `ids[1]`;
+    some orders have no items, some items a product that does not exist."""
+    order_id, first_item_id = ids
     items: list[tuple] = []
     if rng.random() < P_NO_ITEMS:
         # No items (e.g. a service fee order): the total stands on its own, never negative.
-        total = _convert_cents(rng.randrange(0, 20_000), currency)
-    else:
-        total = 0
-        for k in range(rng.choice((1, 1, 2, 2, 3, 3, 4, 5))):
-            if rng.random() < P_MISSING_PRODUCT:
-                pid = MISSING_PRODUCT_BASE + rng.randrange(1_000)
-                usd_cents = rng.randrange(100, 20_000)
-            else:
-                pid, usd_cents = rng.choice(catalog)
-            unit = _convert_cents(usd_cents, currency)
-            qty = rng.randint(1, 5)
-            total += qty * unit
-            items.append((first_item_id + k, order_id, pid, qty, _cents_to_decimal(unit), inserted))
+        return _convert_cents(rng.randrange(0, 20_000), currency), items
+    total = 0
+    for k in range(rng.choice((1, 1, 2, 2, 3, 3, 4, 5))):
+        if rng.random() < P_MISSING_PRODUCT:
+            pid = MISSING_PRODUCT_BASE + rng.randrange(1_000)
+            usd_cents = rng.randrange(100, 20_000)
+        else:
+            pid, usd_cents = rng.choice(catalog)
+        unit = _convert_cents(usd_cents, currency)
+        qty = rng.randint(1, 5)
+        total += qty * unit
+        items.append((first_item_id + k, order_id, pid, qty, _cents_to_decimal(unit), inserted))
+    return total, items
 
-    payment = None
+
+def _order_payment(
+    rng: random.Random,
+    charge: _Charge,
+    status: str,
+    times: tuple[datetime, datetime, datetime],
+) -> tuple | None:
+    """The payment row of an order in `status` (None: no payment yet, or none at all);
+    `times` are the order's (created, inserted, updated)."""
+    created, inserted, updated = times
     pay_status = _PAYMENT_STATUS.get(status)
     if status == "refunded":
         pay_status = "refunded"
     elif status == "cancelled" and rng.random() < P_FAILED_PAYMENT:
         pay_status = "failed"
-    if pay_status is not None:
-        pay_created = min(created + timedelta(microseconds=rng.randrange(MINUTE_US)), updated)
-        # The API is read by updated_at: a late order's payment surfaces when it is written.
-        pay_updated = updated if pay_status == "refunded" else max(pay_created, inserted)
-        payment = _payment_row(
-            order_id, total, currency, pay_status, rng.choice(METHODS), pay_created, pay_updated
-        )
-    row = (order_id, user_id, status, currency, _cents_to_decimal(total), created, updated)
-    return _Order(row, items, payment)
+    if pay_status is None:
+        return None
+    pay_created = min(created + timedelta(microseconds=rng.randrange(MINUTE_US)), updated)
+    # The API is read by updated_at: a late order's payment surfaces when it is written.
+    pay_updated = updated if pay_status == "refunded" else max(pay_created, inserted)
+    return _payment_row(charge, pay_status, rng.choice(METHODS), pay_created, pay_updated)
 
 
 def _payment_row(
-    order_id: int,
-    total_cents: int,
-    currency: str,
-    status: str,
-    method: str,
-    created: datetime,
-    updated: datetime,
+    charge: _Charge, status: str, method: str, created: datetime, updated: datetime
 ) -> tuple:
+    """A payments-store row (amount as a decimal string, timestamps ISO UTC 'Z')."""
+    total_cents = charge.total_cents
     amount = f"{total_cents // 100}.{total_cents % 100:02d}"
     return (
-        f"pay_{order_id:09d}",
-        order_id,
+        f"pay_{charge.order_id:09d}",
+        charge.order_id,
         amount,
-        currency,
+        charge.currency,
         status,
         method,
         _iso_z(created),
@@ -500,6 +559,43 @@ def _safe_url(engine: Engine) -> str:
 # ---------------------------------------------------------------------------- generate
 
 
+@dataclass(frozen=True)
+class _GenerateOptions:
+    """`generate`'s keyword arguments besides the URL (see its docstring)."""
+
+    seed: int
+    days: int
+    end_date: date | None
+    orders_per_day: int | None
+    scale: int | None
+    payments_db: str | Path | None
+    batch_size: int
+    if_exists: str
+
+    def plan(self) -> _Plan:
+        """The days and sizes to generate; ValueError naming the first bad argument."""
+        if self.if_exists not in ("skip", "replace"):
+            raise ValueError(f"if_exists={self.if_exists!r} must be 'skip' or 'replace'")
+        if self.days < 1:
+            raise ValueError(f"days={self.days!r} must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r} must be >= 1")
+        orders_per_day, scale = self.orders_per_day, self.scale
+        if orders_per_day is not None and scale is not None:
+            raise ValueError(f"give orders_per_day={orders_per_day!r} or scale={scale!r}, not both")
+        if scale is None and orders_per_day is None:
+            orders_per_day = 200
+        if orders_per_day is not None and orders_per_day < 0:
+            raise ValueError(f"orders_per_day={orders_per_day!r} must be >= 0")
+        if scale is not None and scale < 0:
+            raise ValueError(f"scale={scale!r} must be >= 0")
+        end_date = self.end_date
+        if end_date is None:
+            end_date = clock.now().date() - timedelta(days=1)
+        start = end_date - timedelta(days=self.days - 1)
+        return _Plan(self.seed, start, self.days, orders_per_day, scale)
+
+
 def generate(
     url: str,
     *,
@@ -518,24 +614,10 @@ def generate(
     `if_exists`: "skip" leaves a source that already holds data untouched,
     "replace" drops and recreates the tables (and the payments table).
     """
-    if if_exists not in ("skip", "replace"):
-        raise ValueError(f"if_exists={if_exists!r} must be 'skip' or 'replace'")
-    if days < 1:
-        raise ValueError(f"days={days!r} must be >= 1")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
-    if orders_per_day is not None and scale is not None:
-        raise ValueError(f"give orders_per_day={orders_per_day!r} or scale={scale!r}, not both")
-    if scale is None and orders_per_day is None:
-        orders_per_day = 200
-    if orders_per_day is not None and orders_per_day < 0:
-        raise ValueError(f"orders_per_day={orders_per_day!r} must be >= 0")
-    if scale is not None and scale < 0:
-        raise ValueError(f"scale={scale!r} must be >= 0")
-    if end_date is None:
-        end_date = clock.now().date() - timedelta(days=1)
-    plan = _Plan(seed, end_date - timedelta(days=days - 1), days, orders_per_day, scale)
-
+    options = _GenerateOptions(
+        seed, days, end_date, orders_per_day, scale, payments_db, batch_size, if_exists
+    )
+    plan = options.plan()
     started = _time.perf_counter()
     engine = make_engine(url)
     summary: dict[str, Any] = {
@@ -548,60 +630,59 @@ def generate(
     }
     try:
         if if_exists == "skip" and source_has_data(engine):
-            summary |= {
+            return summary | {
                 "skipped": True,
                 "message": "source already holds data: left unchanged (use --if-exists replace)",
             }
-            return summary
         if if_exists == "replace":
             metadata.drop_all(engine)
         metadata.create_all(engine)
-
-        pay_db = None
-        if payments_db is not None:
-            pay_db = open_payments(payments_db)
-            # The store mirrors this source: stale payments of an older source must go.
-            pay_db.execute("DELETE FROM payments")
-            pay_db.commit()
-        try:
-            writer = _Writer(engine, pay_db, batch_size)
-            for row in _users(plan):
-                writer.add(users, row)
-            catalog: list[tuple[int, int]] = []
-            for row in _products(plan):
-                catalog.append((row[0], _decimal_to_cents(row[4])))
-                writer.add(products, row)
-            order_id, item_id = 1, 1
-            for index in range(days):
-                day = plan.start + timedelta(days=index)
-                rng = random.Random(f"{seed}:orders:{day.isoformat()}")
-                for created, inserted in _day_times(rng, day, plan.orders_on(index)):
-                    order = _make_order(
-                        rng,
-                        order_id=order_id,
-                        first_item_id=item_id,
-                        created=created,
-                        inserted=inserted,
-                        end_ts=plan.end_ts,
-                        as_of=plan.end,
-                        n_users=plan.n_users,
-                        catalog=catalog,
-                    )
-                    writer.add_order(order)
-                    order_id += 1
-                    item_id += len(order.items)
-            writer.flush()
-        finally:
-            if pay_db is not None:
-                pay_db.close()
+        counts = _write_source(engine, plan, options)
     finally:
         engine.dispose()
-    summary |= {
+    return summary | {
         "skipped": False,
-        "rows": writer.counts,
+        "rows": counts,
         "seconds": round(_time.perf_counter() - started, 3),
     }
-    return summary
+
+
+def _write_source(engine: Engine, plan: _Plan, options: _GenerateOptions) -> dict[str, int]:
+    """Write the users, products, orders (with items) and payments of `plan`; row counts."""
+    pay_db = None
+    if options.payments_db is not None:
+        pay_db = open_payments(options.payments_db)
+        # The store mirrors this source: stale payments of an older source must go.
+        pay_db.execute("DELETE FROM payments")
+        pay_db.commit()
+    try:
+        writer = _Writer(engine, pay_db, options.batch_size)
+        for row in _users(plan):
+            writer.add(users, row)
+        catalog: list[tuple[int, int]] = []
+        for row in _products(plan):
+            catalog.append((row[0], _decimal_to_cents(row[4])))
+            writer.add(products, row)
+        _write_orders(writer, plan, catalog)
+        writer.flush()
+    finally:
+        if pay_db is not None:
+            pay_db.close()
+    return writer.counts
+
+
+def _write_orders(writer: _Writer, plan: _Plan, catalog: Sequence[tuple[int, int]]) -> None:
+    """Every day's orders in id order, each day from its own seeded RNG."""
+    ctx = _OrderContext(plan.end_ts, plan.end, plan.n_users, catalog)
+    order_id, item_id = 1, 1
+    for index in range(plan.days):
+        day = plan.start + timedelta(days=index)
+        rng = random.Random(f"{plan.seed}:orders:{day.isoformat()}")
+        for created, inserted in _day_times(rng, day, plan.orders_on(index)):
+            order = _build_order(rng, ctx, (order_id, item_id), created, inserted)
+            writer.add_order(order)
+            order_id += 1
+            item_id += len(order.items)
 
 
 # ---------------------------------------------------------------------------- next day
@@ -653,6 +734,58 @@ def apply_next_day(
         engine.dispose()
 
 
+@dataclass(frozen=True)
+class _SourceState:
+    """What the next day starts from: the latest orders.created_at day, how many orders
+    that day has, the largest ids, and the products ((id, USD cents) and their category)."""
+
+    latest_day: date
+    orders_on_latest_day: int
+    max_user: int
+    max_order: int
+    max_item: int
+    catalog: list[tuple[int, int]]
+    product_cats: dict[int, str]
+
+
+# The kinds of change of a next day, as its summary's touched_days_by_kind lists them.
+_CHANGE_KINDS = (
+    "new_orders",
+    "late_orders",
+    "status_updates",
+    "category_moves",
+    "region_moves",
+    "item_deletes",
+)
+
+
+@dataclass
+class _NextDay:
+    """Shared context of one next-day run: its seeded RNG, the day played, the source it
+    starts from, how many new orders, and the business days each kind of change touched."""
+
+    rng: random.Random
+    day: date
+    source: _SourceState
+    n_new: int
+    touched: dict[str, set[date]] = field(
+        default_factory=lambda: {kind: set() for kind in _CHANGE_KINDS}
+    )
+
+    @property
+    def day0(self) -> datetime:
+        return _day_start(self.day)
+
+    def moment(self) -> datetime:
+        """A random instant of the day (one RNG draw)."""
+        return self.day0 + timedelta(microseconds=self.rng.randrange(DAY_US))
+
+    def at_day(self, after: datetime) -> datetime:
+        """A random instant of the day, past `after`: updated_at only moves forward, even
+        if --date is not after the data."""
+        return max(self.moment(), after + timedelta(microseconds=1))
+
+
 def _apply_next_day(
     engine: Engine,
     seed: int,
@@ -660,24 +793,65 @@ def _apply_next_day(
     payments_db: str | Path | None,
     orders_per_day: int | None,
 ) -> dict[str, Any]:
+    """`apply_next_day` on an open engine: its steps run in a fixed order, since they
+    draw from one seeded RNG (the same seed and source give the same day)."""
+    source = _read_source(engine)
+    if day is None:
+        day = source.latest_day + timedelta(days=1)
+    n_new = orders_per_day if orders_per_day is not None else max(10, source.orders_on_latest_day)
+    nd = _NextDay(random.Random(f"{seed}:next-day:{day.isoformat()}"), day, source, n_new)
+    new_users = _new_users(nd)
+    new_orders, late_ids = _new_orders(nd, source.max_user + len(new_users))
+    payments: list[tuple] = [o.payment for o in new_orders if o.payment is not None]
+    with engine.begin() as conn:
+        _insert_new_rows(conn, new_users, new_orders)
+        status_updates = _update_statuses(conn, nd, payments)
+        category_moves = _move_categories(conn, nd)
+        region_moves = _move_regions(conn, nd)
+        deleted = _delete_items(conn, nd)
+    if payments_db is not None:
+        pay_db = open_payments(payments_db)
+        try:
+            upsert_payments(pay_db, payments)
+        finally:
+            pay_db.close()
+
+    all_days = set().union(*nd.touched.values())
+    return {
+        "url": _safe_url(engine),
+        "seed": seed,
+        "date": day.isoformat(),
+        "new_users": len(new_users),
+        "new_orders": len(new_orders) - len(late_ids),
+        "late_orders": len(late_ids),
+        "late_order_ids": late_ids,
+        "new_order_items": sum(len(o.items) for o in new_orders),
+        "status_updates": status_updates,
+        "category_moves": category_moves,
+        "region_moves": region_moves,
+        "deleted_item_ids": sorted(deleted),
+        "payments_written": len(payments) if payments_db is not None else 0,
+        "touched_days": sorted(d.isoformat() for d in all_days),
+        "touched_days_by_kind": {
+            k: sorted(d.isoformat() for d in v) for k, v in nd.touched.items()
+        },
+    }
+
+
+def _read_source(engine: Engine) -> _SourceState:
+    """The source's latest day, sizes and products; ValueError when it has no orders,
+    users or products to build on."""
     with engine.connect() as conn:
         latest = conn.execute(sa.select(sa.func.max(orders.c.created_at))).scalar()
         if latest is None:
             raise ValueError(f"{_safe_url(engine)}: no orders in the source; run generate first")
         latest_day = _naive_utc(latest).date()
-        if day is None:
-            day = latest_day + timedelta(days=1)
         start = _day_start(latest_day)
         n_prev = conn.execute(
             sa.select(sa.func.count())
             .select_from(orders)
             .where(orders.c.created_at >= start, orders.c.created_at < start + timedelta(days=1))
         ).scalar_one()
-        max_user, max_order, max_item = (
-            _max_id(conn, users),
-            _max_id(conn, orders),
-            _max_id(conn, order_items),
-        )
         catalog = [
             (pid, _decimal_to_cents(price))
             for pid, price in conn.execute(
@@ -690,191 +864,179 @@ def _apply_next_day(
                 sa.select(products.c.id, products.c.category).order_by(products.c.id)
             )
         }
-    if not catalog or max_user == 0:
+        source = _SourceState(
+            latest_day,
+            n_prev,
+            _max_id(conn, users),
+            _max_id(conn, orders),
+            _max_id(conn, order_items),
+            catalog,
+            product_cats,
+        )
+    if not catalog or source.max_user == 0:
         raise ValueError(f"{_safe_url(engine)}: source has no users or products")
+    return source
 
-    rng = random.Random(f"{seed}:next-day:{day.isoformat()}")
-    day0 = _day_start(day)
-    end_ts = day0 + timedelta(microseconds=DAY_US - 1)
-    n_new = orders_per_day if orders_per_day is not None else max(10, n_prev)
-    n_late = max(1, n_new // 20)
-    touched: dict[str, set[date]] = {
-        "new_orders": {day} if n_new else set(),
-        "late_orders": set(),
-        "status_updates": set(),
-        "category_moves": set(),
-        "region_moves": set(),
-        "item_deletes": set(),
-    }
 
-    # New users signing up today (some with NULL/blank regions, fixed by id).
-    new_users = []
-    for uid in range(max_user + 1, max_user + 1 + max(1, n_new // 50)):
-        ts = day0 + timedelta(microseconds=rng.randrange(DAY_US))
-        new_users.append(_user_row(rng, uid, ts, ts))
-    n_users = max_user + len(new_users)
+def _new_users(nd: _NextDay) -> list[tuple]:
+    """Users signing up on the day (some with NULL/blank regions, fixed by id)."""
+    first = nd.source.max_user + 1
+    rows = []
+    for uid in range(first, first + max(1, nd.n_new // 50)):
+        ts = nd.moment()
+        rows.append(_user_row(nd.rng, uid, ts, ts))
+    return rows
 
-    # Today's orders and late ones (created 1-5 days ago), ids in insertion order.
-    times = _day_times(rng, day, n_new)
-    for _ in range(n_late):
-        inserted = day0 + timedelta(microseconds=rng.randrange(DAY_US))
+
+def _new_orders(nd: _NextDay, n_users: int) -> tuple[list[_Order], list[int]]:
+    """The day's orders and late ones (created 1-5 days before), ids in insertion order,
+    and the late ones' ids; their days go to touched["late_orders"]."""
+    rng, day = nd.rng, nd.day
+    if nd.n_new:
+        nd.touched["new_orders"].add(day)
+    times = _day_times(rng, day, nd.n_new)
+    for _ in range(max(1, nd.n_new // 20)):
+        inserted = nd.moment()
         created = _day_start(day - timedelta(days=rng.randint(1, 5))) + timedelta(
             microseconds=rng.randrange(DAY_US)
         )
         times.append((created, inserted))
     times.sort(key=lambda pair: pair[1])
+    end_ts = nd.day0 + timedelta(microseconds=DAY_US - 1)
+    ctx = _OrderContext(end_ts, day, n_users, nd.source.catalog)
     new_orders: list[_Order] = []
     late_ids: list[int] = []
-    item_id = max_item + 1
+    item_id = nd.source.max_item + 1
     for k, (created, inserted) in enumerate(times):
-        order = _make_order(
-            rng,
-            order_id=max_order + 1 + k,
-            first_item_id=item_id,
-            created=created,
-            inserted=inserted,
-            end_ts=end_ts,
-            as_of=day,
-            n_users=n_users,
-            catalog=catalog,
-        )
+        order = _build_order(rng, ctx, (nd.source.max_order + 1 + k, item_id), created, inserted)
         item_id += len(order.items)
         new_orders.append(order)
         if created.date() < day:
             late_ids.append(order.row[0])
-            touched["late_orders"].add(created.date())
+            nd.touched["late_orders"].add(created.date())
+    return new_orders, late_ids
 
-    def at_day(after: datetime) -> datetime:
-        # updated_at only moves forward, even if --date is not after the data.
-        ts = day0 + timedelta(microseconds=rng.randrange(DAY_US))
-        return max(ts, after + timedelta(microseconds=1))
 
-    payments: list[tuple] = [o.payment for o in new_orders if o.payment is not None]
+def _insert_new_rows(conn: Connection, new_users: list[tuple], new_orders: list[_Order]) -> None:
+    """Insert the day's users, orders and their items."""
+    if new_users:
+        insert_rows(conn, users, new_users)
+    insert_rows(conn, orders, [o.row for o in new_orders])
+    items = [it for o in new_orders for it in o.items]
+    if items:
+        insert_rows(conn, order_items, items)
+
+
+def _status_changes(conn: Connection, nd: _NextDay) -> list[tuple]:
+    """A sample of older orders moving along their life cycle (at least one when any can),
+    as (id, old status, new status, currency, total, created_at, updated_at)."""
+    rng, max_order = nd.rng, nd.source.max_order
+    sample = rng.sample(
+        range(1, max_order + 1), min(max_order, max(10, nd.n_new // 4), _MAX_SAMPLE)
+    )
+    cols = (orders.c.id, orders.c.status, orders.c.currency, orders.c.total,
+            orders.c.created_at, orders.c.updated_at)  # fmt: skip
+    candidates = conn.execute(
+        sa.select(*cols)
+        .where(orders.c.id.in_(sample), orders.c.status.in_(tuple(_NEXT_STATUS)))
+        .order_by(orders.c.id)
+    ).all()
+    changes = []
+    for oid, status, currency, total, created, updated in candidates:
+        choices, weights = _NEXT_STATUS[status]
+        new_status = rng.choices(choices, weights)[0]
+        if new_status:
+            changes.append((oid, status, new_status, currency, total, created, updated))
+    if not changes and candidates:  # always show at least one status change
+        oid, status, currency, total, created, updated = candidates[0]
+        changes.append((oid, status, _NEXT_STATUS[status][0][0], currency, total, created, updated))  # fmt: skip
+    return changes
+
+
+def _update_statuses(conn: Connection, nd: _NextDay, payments: list[tuple]) -> list[dict[str, Any]]:
+    """Apply `_status_changes`; their payments (paid, refunded, some failed) go to
+    `payments`. Returns the changes as the summary lists them."""
+    rng = nd.rng
     status_updates: list[dict[str, Any]] = []
-    category_moves: list[dict[str, Any]] = []
-    region_moves: list[dict[str, Any]] = []
-    deleted: list[int] = []
-    with engine.begin() as conn:
-        if new_users:
-            insert_rows(conn, users, new_users)
-        insert_rows(conn, orders, [o.row for o in new_orders])
-        items = [it for o in new_orders for it in o.items]
-        if items:
-            insert_rows(conn, order_items, items)
-
-        # Status changes of old orders moving along their life cycle.
-        sample = rng.sample(
-            range(1, max_order + 1), min(max_order, max(10, n_new // 4), _MAX_SAMPLE)
-        )
-        cols = (orders.c.id, orders.c.status, orders.c.currency, orders.c.total,
-                orders.c.created_at, orders.c.updated_at)  # fmt: skip
-        candidates = conn.execute(
-            sa.select(*cols)
-            .where(orders.c.id.in_(sample), orders.c.status.in_(tuple(_NEXT_STATUS)))
-            .order_by(orders.c.id)
-        ).all()
-        changes = []
-        for oid, status, currency, total, created, updated in candidates:
-            choices, weights = _NEXT_STATUS[status]
-            new_status = rng.choices(choices, weights)[0]
-            if new_status:
-                changes.append((oid, status, new_status, currency, total, created, updated))
-        if not changes and candidates:  # always show at least one status change
-            oid, status, currency, total, created, updated = candidates[0]
-            changes.append((oid, status, _NEXT_STATUS[status][0][0], currency, total, created, updated))  # fmt: skip
-        for oid, old, new, currency, total, created, updated in changes:
-            ts = at_day(_naive_utc(updated))
-            conn.execute(
-                orders.update().where(orders.c.id == oid).values(status=new, updated_at=_bind_ts(conn, ts))
-            )  # fmt: skip
-            created = _naive_utc(created)
-            touched["status_updates"].add(created.date())
-            status_updates.append({"order_id": oid, "from": old, "to": new, "day": created.date().isoformat()})  # fmt: skip
-            pay_status = {"paid": "succeeded", "refunded": "refunded"}.get(new)
-            if new == "cancelled" and rng.random() < P_FAILED_PAYMENT:
-                pay_status = "failed"
-            if pay_status:
-                pay_created = ts if new != "refunded" else created + timedelta(minutes=1)
-                payments.append(
-                    _payment_row(
-                        oid,
-                        _decimal_to_cents(total),
-                        currency,
-                        pay_status,
-                        rng.choice(METHODS),
-                        min(pay_created, ts),
-                        ts,
-                    )  # fmt: skip
-                )
-
-        # A product moved to another category, a user moved to another region.
-        for pid, _ in rng.sample(catalog, min(len(catalog), rng.randint(1, 3))):
-            old_cat = product_cats[pid]
-            new_cat = rng.choice([c for c in CATEGORIES if c != old_cat])
-            conn.execute(
-                products.update().where(products.c.id == pid)
-                .values(category=new_cat, updated_at=_bind_ts(conn, day0 + timedelta(microseconds=rng.randrange(DAY_US))))
-            )  # fmt: skip
-            category_moves.append({"product_id": pid, "from": old_cat, "to": new_cat})
-            touched["category_moves"] |= _days_of(conn, order_items.c.product_id == pid)
-        for uid in rng.sample(range(1, max_user + 1), min(max_user, rng.randint(1, 3))):
-            old_region = conn.execute(sa.select(users.c.region).where(users.c.id == uid)).scalar()
-            options: list[str | None] = [r for r in REGIONS if r != old_region]
-            if rng.random() < 0.2:
-                options = [None, "", "  "]
-            new_region = rng.choice(options)
-            conn.execute(
-                users.update().where(users.c.id == uid)
-                .values(region=new_region, updated_at=_bind_ts(conn, day0 + timedelta(microseconds=rng.randrange(DAY_US))))
-            )  # fmt: skip
-            region_moves.append({"user_id": uid, "from": old_region, "to": new_region})
-            touched["region_moves"] |= _days_of(conn, orders.c.user_id == uid)
-
-        # Hard deletes of a few order items; the order row is left as it was.
-        n_del = max(1, n_new // 20)
-        for _attempt in range(5):
-            if len(deleted) >= n_del or max_item == 0:
-                break
-            want = rng.sample(
-                range(1, max_item + 1), min(max_item, n_del - len(deleted), _MAX_SAMPLE)
+    for oid, old, new, currency, total, created, updated in _status_changes(conn, nd):
+        ts = nd.at_day(_naive_utc(updated))
+        conn.execute(
+            orders.update().where(orders.c.id == oid).values(status=new, updated_at=_bind_ts(conn, ts))
+        )  # fmt: skip
+        created = _naive_utc(created)
+        nd.touched["status_updates"].add(created.date())
+        status_updates.append({"order_id": oid, "from": old, "to": new, "day": created.date().isoformat()})  # fmt: skip
+        pay_status = {"paid": "succeeded", "refunded": "refunded"}.get(new)
+        if new == "cancelled" and rng.random() < P_FAILED_PAYMENT:
+            pay_status = "failed"
+        if pay_status:
+            pay_created = ts if new != "refunded" else created + timedelta(minutes=1)
+            charge = _Charge(oid, _decimal_to_cents(total), currency)
+            payments.append(
+                _payment_row(charge, pay_status, rng.choice(METHODS), min(pay_created, ts), ts)
             )
-            found = conn.execute(
-                sa.select(order_items.c.id, orders.c.created_at)
-                .select_from(order_items.outerjoin(orders, orders.c.id == order_items.c.order_id))
-                .where(order_items.c.id.in_(want))
-                .order_by(order_items.c.id)
-            ).all()  # fmt: skip
-            if found:
-                ids = [iid for iid, _ in found]
-                conn.execute(order_items.delete().where(order_items.c.id.in_(ids)))
-                deleted.extend(ids)
-                touched["item_deletes"] |= {_naive_utc(ts).date() for _, ts in found if ts}
+    return status_updates
 
-    if payments_db is not None:
-        pay_db = open_payments(payments_db)
-        try:
-            upsert_payments(pay_db, payments)
-        finally:
-            pay_db.close()
 
-    all_days = set().union(*touched.values())
-    return {
-        "url": _safe_url(engine),
-        "seed": seed,
-        "date": day.isoformat(),
-        "new_users": len(new_users),
-        "new_orders": len(new_orders) - len(late_ids),
-        "late_orders": len(late_ids),
-        "late_order_ids": late_ids,
-        "new_order_items": item_id - max_item - 1,
-        "status_updates": status_updates,
-        "category_moves": category_moves,
-        "region_moves": region_moves,
-        "deleted_item_ids": sorted(deleted),
-        "payments_written": len(payments) if payments_db is not None else 0,
-        "touched_days": sorted(d.isoformat() for d in all_days),
-        "touched_days_by_kind": {k: sorted(d.isoformat() for d in v) for k, v in touched.items()},
-    }
+def _move_categories(conn: Connection, nd: _NextDay) -> list[dict[str, Any]]:
+    """One to three products move to another category (restating their orders' days)."""
+    rng, catalog = nd.rng, nd.source.catalog
+    moves: list[dict[str, Any]] = []
+    for pid, _ in rng.sample(catalog, min(len(catalog), rng.randint(1, 3))):
+        old_cat = nd.source.product_cats[pid]
+        new_cat = rng.choice([c for c in CATEGORIES if c != old_cat])
+        conn.execute(
+            products.update().where(products.c.id == pid)
+            .values(category=new_cat, updated_at=_bind_ts(conn, nd.moment()))
+        )  # fmt: skip
+        moves.append({"product_id": pid, "from": old_cat, "to": new_cat})
+        nd.touched["category_moves"] |= _days_of(conn, order_items.c.product_id == pid)
+    return moves
+
+
+def _move_regions(conn: Connection, nd: _NextDay) -> list[dict[str, Any]]:
+    """One to three older users move to another region, some to a NULL/blank one."""
+    rng, max_user = nd.rng, nd.source.max_user
+    moves: list[dict[str, Any]] = []
+    for uid in rng.sample(range(1, max_user + 1), min(max_user, rng.randint(1, 3))):
+        old_region = conn.execute(sa.select(users.c.region).where(users.c.id == uid)).scalar()
+        options: list[str | None] = [r for r in REGIONS if r != old_region]
+        if rng.random() < 0.2:
+            options = [None, "", "  "]
+        new_region = rng.choice(options)
+        conn.execute(
+            users.update().where(users.c.id == uid)
+            .values(region=new_region, updated_at=_bind_ts(conn, nd.moment()))
+        )  # fmt: skip
+        moves.append({"user_id": uid, "from": old_region, "to": new_region})
+        nd.touched["region_moves"] |= _days_of(conn, orders.c.user_id == uid)
+    return moves
+
+
+def _delete_items(conn: Connection, nd: _NextDay) -> list[int]:
+    """Hard deletes of a few older order items (ids drawn until enough exist, at most five
+    tries); the order rows are left as they were. Returns the deleted ids."""
+    max_item = nd.source.max_item
+    n_del = max(1, nd.n_new // 20)
+    deleted: list[int] = []
+    for _attempt in range(5):
+        if len(deleted) >= n_del or max_item == 0:
+            break
+        want = nd.rng.sample(
+            range(1, max_item + 1), min(max_item, n_del - len(deleted), _MAX_SAMPLE)
+        )
+        found = conn.execute(
+            sa.select(order_items.c.id, orders.c.created_at)
+            .select_from(order_items.outerjoin(orders, orders.c.id == order_items.c.order_id))
+            .where(order_items.c.id.in_(want))
+            .order_by(order_items.c.id)
+        ).all()  # fmt: skip
+        if found:
+            ids = [iid for iid, _ in found]
+            conn.execute(order_items.delete().where(order_items.c.id.in_(ids)))
+            deleted.extend(ids)
+            nd.touched["item_deletes"] |= {_naive_utc(ts).date() for _, ts in found if ts}
+    return deleted
 
 
 def _bind_ts(conn: Connection, ts: datetime) -> datetime:

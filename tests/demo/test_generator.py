@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import sqlite3
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from demo import generator as g
 from demo.generator import MISSING_PRODUCT_BASE, apply_next_day, generate, main
 from demo.schema import ORDER_STATUSES, TABLE_NAMES
 
@@ -104,6 +106,34 @@ def test_deterministic_and_independent_of_batch_size(
     other = tmp_path / "other.db"
     generate(_url(other), **(ARGS | {"seed": 7}))
     assert _dump(other) != _dump(source["db"])
+
+
+def test_make_order_rebuilds_generates_orders(source: dict[str, Any]) -> None:
+    """bench/bench_warehouse.py rebuilds generate's orders day by day through the keyword
+    entry `_make_order`: the same RNG streams and ids must give the same order rows."""
+
+    plan = g._Plan(ARGS["seed"], END - timedelta(days=DAYS - 1), DAYS, PER_DAY, None)
+    catalog = [(row[0], g._decimal_to_cents(row[4])) for row in g._products(plan)]
+    rows, order_id, item_id = [], 1, 1
+    for index in range(DAYS):
+        day = plan.start + timedelta(days=index)
+        rng = random.Random(f"{ARGS['seed']}:orders:{day.isoformat()}")
+        for created, inserted in g._day_times(rng, day, plan.orders_on(index)):
+            order = g._make_order(
+                rng,
+                order_id=order_id,
+                first_item_id=item_id,
+                created=created,
+                inserted=inserted,
+                end_ts=plan.end_ts,
+                as_of=plan.end,
+                n_users=plan.n_users,
+                catalog=catalog,
+            )
+            rows.append(tuple(_norm(v) for v in order.row))
+            order_id += 1
+            item_id += len(order.items)
+    assert rows == _rows(_url(source["db"]), "orders")
 
 
 def test_row_counts_match_arguments(source: dict[str, Any]) -> None:
