@@ -283,6 +283,221 @@ class _StatusCounter:
         await self.app(scope, receive, counting_send)
 
 
+@dataclass(frozen=True)
+class _PageRequest:
+    """One /v1/payments request: page size, keyset position (None: first page) and the
+    `updated_since` filter (carried in the cursor after the first page)."""
+
+    limit: int
+    after: tuple[str, str] | None
+    since: str | None
+
+
+def _page_request(request: Request) -> _PageRequest:
+    """Parse limit and cursor/updated_since; _BadRequest names the bad value."""
+    limit = _parse_limit(request.query_params.get("limit"))
+    raw_cursor = request.query_params.get("cursor")
+    if raw_cursor:
+        updated_at, payment_id, since = _decode_cursor(raw_cursor)
+        return _PageRequest(limit, (updated_at, payment_id), since)
+    raw_since = request.query_params.get("updated_since")
+    return _PageRequest(limit, None, _parse_since(raw_since) if raw_since else None)
+
+
+def _parse_fx_day(raw: str | None) -> date:
+    """The `date` query parameter, strictly YYYY-MM-DD (ValueError otherwise)."""
+    day = date.fromisoformat(raw or "")
+    if len(raw or "") != 10:  # fromisoformat also takes 20240101
+        raise ValueError(raw)
+    return day
+
+
+def _faults_from_body(body: Any, current: FaultConfig) -> FaultConfig:
+    """The fault settings a POST /_admin/faults body asks for. Modes, missing FX days and
+    revisions are replaced (absent: none); every/retry_after/slow_seconds keep `current`'s
+    when absent. ValueError/TypeError on a bad body."""
+    if not isinstance(body, dict):
+        raise TypeError(f"expected a JSON object, got {type(body).__name__}")
+    return FaultConfig(
+        modes=frozenset(body.get("modes", [])),
+        every=body.get("every", current.every),
+        retry_after=body.get("retry_after", current.retry_after),
+        slow_seconds=body.get("slow_seconds", current.slow_seconds),
+        fx_missing_days=frozenset(body.get("fx_missing_days", [])),
+        fx_missing_status=body.get("fx_missing_status", 200),
+        fx_revisions=body.get("fx_revisions", {}),
+    )
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+class _PaymentsApi:
+    """The API's handlers: payments of `db_path` and FX rates behind the data token, the
+    fault-injection endpoint behind the admin token (None: endpoint off), and the
+    mutable `state` (faults and counters) they share."""
+
+    def __init__(self, db_path: Path, state: _State, token: str, admin_token: str | None):
+        self.db_path = db_path
+        self.state = state
+        self._expected = f"Bearer {token}".encode()
+        self._expected_admin = f"Bearer {admin_token}".encode() if admin_token else None
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/payments", self.payments),
+            Route("/v1/fx-rates", self.fx_rates),
+            Route("/healthz", _healthz),
+            Route("/_admin/faults", self.admin_faults, methods=["GET", "POST"]),
+            Route("/_admin/stats", self.admin_stats),
+        ]
+
+    def _authorized(self, request: Request) -> bool:
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, self._expected)
+
+    def _admin_authorized(self, request: Request) -> bool:
+        given = request.headers.get("authorization", "").encode()
+        expected = self._expected_admin
+        return expected is not None and hmac.compare_digest(given, expected)
+
+    async def _inject_error_fault(self) -> Response | None:
+        """Count a /v1 request; answer 429/5xx when its turn has come."""
+        state = self.state
+        state.requests += 1
+        cfg = state.faults
+        active = [m for m in _ERROR_MODES if m in cfg.modes]
+        if active and state.requests % cfg.every == 0:
+            mode = active[(state.requests // cfg.every - 1) % len(active)]
+            state.faults_injected[mode] += 1
+            if mode == "rate_limit":
+                return _error(429, "rate limited", {"Retry-After": str(cfg.retry_after)})
+            status = _SERVER_ERROR_STATUSES[state.error_faults % len(_SERVER_ERROR_STATUSES)]
+            state.error_faults += 1
+            headers = {"Retry-After": str(cfg.retry_after)} if status == 503 else None
+            return _error(status, "injected server error", headers)
+        state.served += 1
+        if "slow" in cfg.modes and state.served % cfg.every == 0:
+            state.faults_injected["slow"] += 1
+            await asyncio.sleep(cfg.slow_seconds)
+        return None
+
+    async def payments(self, request: Request) -> Response:
+        """GET /v1/payments: a keyset page by (updated_at, id), with the page faults."""
+        if not self._authorized(request):
+            return _error(401, "missing or invalid bearer token")
+        try:
+            page = _page_request(request)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        fault = await self._inject_error_fault()
+        if fault is not None:
+            return fault
+        state = self.state
+        state.payment_pages += 1
+        cfg = state.faults
+        nth_page = state.payment_pages % cfg.every == 0
+        rows = self._page_rows(page, repeat="repeat_page" in cfg.modes and nth_page)
+        next_cursor = None
+        if len(rows) == page.limit:  # a full page: there may be more
+            next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"], page.since)
+        if rows and "malformed" in cfg.modes and nth_page:
+            self._break_a_record(rows)
+        if "html_page" in cfg.modes and nth_page:
+            state.faults_injected["html_page"] += 1
+            return Response(
+                "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                status_code=200,
+                media_type="text/html",
+            )
+        body: dict[str, Any] = {"data": rows, "next_cursor": next_cursor}
+        if next_cursor is not None and "missing_cursor" in cfg.modes and nth_page:
+            del body["next_cursor"]
+            state.faults_injected["missing_cursor"] += 1
+        if next_cursor is None and "endless_cursor" in cfg.modes:
+            body["next_cursor"] = encode_cursor(
+                "9999-12-31T23:59:59.999999Z", f"end-{state.payment_pages}", page.since
+            )
+            state.faults_injected["endless_cursor"] += 1
+        return JSONResponse(body)
+
+    def _page_rows(self, page: _PageRequest, *, repeat: bool) -> list[dict[str, Any]]:
+        """The page's records; `repeat` (a later page's repeat_page turn) starts it with a
+        few records of the page before, keeping >= 1 new record so paging advances."""
+        db_path, since, after, limit = self.db_path, page.since, page.after, page.limit
+        if after is None or not repeat:
+            return _fetch_page(db_path, since, after, limit)
+        count = min(_REPEAT_RECORDS, limit - 1)
+        head = _fetch_before(db_path, since, after, count) if count else []
+        rows = head + _fetch_page(db_path, since, after, limit - len(head))
+        if head:
+            self.state.faults_injected["repeat_page"] += 1
+        return rows
+
+    def _break_a_record(self, rows: list[dict[str, Any]]) -> None:
+        """The malformed fault: one record of the page loses its amount, or gets a
+        non-numeric one (alternating turns)."""
+        turn = self.state.payment_pages // self.state.faults.every
+        victim = dict(rows[turn % len(rows)])
+        if turn % 2:
+            victim.pop("amount", None)
+        else:
+            victim["amount"] = "not-a-number"
+        rows[turn % len(rows)] = victim
+        self.state.faults_injected["malformed"] += 1
+
+    async def fx_rates(self, request: Request) -> Response:
+        """GET /v1/fx-rates?date=YYYY-MM-DD, with the configured revisions and gaps."""
+        if not self._authorized(request):
+            return _error(401, "missing or invalid bearer token")
+        raw = request.query_params.get("date")
+        try:
+            day = _parse_fx_day(raw)
+        except ValueError:
+            return _error(400, f"date={raw!r} is not a YYYY-MM-DD date")
+        fault = await self._inject_error_fault()
+        if fault is not None:
+            return fault
+        faults = self.state.faults
+        rates = {**rates_for(day), **faults.fx_revisions.get(day.isoformat(), {})}
+        if day.isoformat() in faults.fx_missing_days:
+            self.state.faults_injected["fx_missing_day"] += 1
+            if faults.fx_missing_status == 404:
+                return _error(404, f"no rates published for {day.isoformat()}")
+            rates = {"USD": rates["USD"]}
+        return JSONResponse({"base": "USD", "date": day.isoformat(), "rates": rates})
+
+    async def admin_faults(self, request: Request) -> Response:
+        """GET/POST /_admin/faults: read or replace the faults (POST restarts the counters)."""
+        if self._expected_admin is None:
+            return _error(404, FAULT_INJECTION_OFF)
+        if not self._admin_authorized(request):
+            return _error(401, "missing or invalid fault-injection token")
+        if request.method == "GET":
+            return JSONResponse(self.state.faults.to_json())
+        try:
+            self.state.faults = _faults_from_body(await request.json(), self.state.faults)
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"bad fault settings: {exc}")
+        self.state.reset_counters()  # the new schedule starts from request 1
+        return JSONResponse(self.state.faults.to_json())
+
+    async def admin_stats(self, request: Request) -> Response:
+        """GET /_admin/stats: /v1 responses by status, faults injected, the fault config."""
+        if not self._authorized(request):
+            return _error(401, "missing or invalid bearer token")
+        state = self.state
+        return JSONResponse(
+            {
+                "requests": sum(state.by_status.values()),
+                "by_status": dict(state.by_status),
+                "faults": dict(state.faults_injected),
+                "config": state.faults.to_json(),
+            }
+        )
+
+
 def create_app(
     payments_db: str | Path,
     token: str,
@@ -302,169 +517,10 @@ def create_app(
         raise ValueError("admin_token must be a non-empty string (or None: endpoint off)")
     if admin_token is not None and hmac.compare_digest(admin_token, token):
         raise ValueError("the fault-injection token must differ from the data token")
-    db_path = Path(payments_db)
     state = _State(faults=faults or FaultConfig())
-    expected = f"Bearer {token}".encode()
-    expected_admin = f"Bearer {admin_token}".encode() if admin_token else None
-
-    def authorized(request: Request) -> bool:
-        given = request.headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, expected)
-
-    def admin_authorized(request: Request) -> bool:
-        given = request.headers.get("authorization", "").encode()
-        return expected_admin is not None and hmac.compare_digest(given, expected_admin)
-
-    async def inject_error_fault() -> Response | None:
-        """Count a /v1 request; answer 429/5xx when its turn has come."""
-        state.requests += 1
-        cfg = state.faults
-        active = [m for m in _ERROR_MODES if m in cfg.modes]
-        if active and state.requests % cfg.every == 0:
-            mode = active[(state.requests // cfg.every - 1) % len(active)]
-            state.faults_injected[mode] += 1
-            if mode == "rate_limit":
-                return _error(429, "rate limited", {"Retry-After": str(cfg.retry_after)})
-            status = _SERVER_ERROR_STATUSES[state.error_faults % len(_SERVER_ERROR_STATUSES)]
-            state.error_faults += 1
-            headers = {"Retry-After": str(cfg.retry_after)} if status == 503 else None
-            return _error(status, "injected server error", headers)
-        state.served += 1
-        if "slow" in cfg.modes and state.served % cfg.every == 0:
-            state.faults_injected["slow"] += 1
-            await asyncio.sleep(cfg.slow_seconds)
-        return None
-
-    async def payments(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "missing or invalid bearer token")
-        try:
-            limit = _parse_limit(request.query_params.get("limit"))
-            raw_cursor = request.query_params.get("cursor")
-            after: tuple[str, str] | None = None
-            if raw_cursor:
-                updated_at, payment_id, since = _decode_cursor(raw_cursor)
-                after = (updated_at, payment_id)
-            else:
-                raw_since = request.query_params.get("updated_since")
-                since = _parse_since(raw_since) if raw_since else None
-        except _BadRequest as exc:
-            return _error(400, str(exc))
-        fault = await inject_error_fault()
-        if fault is not None:
-            return fault
-        state.payment_pages += 1
-        cfg = state.faults
-        nth_page = state.payment_pages % cfg.every == 0
-        if after is not None and "repeat_page" in cfg.modes and nth_page:
-            # Start a few records early; keep >= 1 new record so paging still advances.
-            repeat = min(_REPEAT_RECORDS, limit - 1)
-            head = _fetch_before(db_path, since, after, repeat) if repeat else []
-            rows = head + _fetch_page(db_path, since, after, limit - len(head))
-            if head:
-                state.faults_injected["repeat_page"] += 1
-        else:
-            rows = _fetch_page(db_path, since, after, limit)
-        next_cursor = None
-        if len(rows) == limit:  # a full page: there may be more
-            next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"], since)
-        if rows and "malformed" in cfg.modes and nth_page:
-            turn = state.payment_pages // cfg.every
-            victim = dict(rows[turn % len(rows)])
-            if turn % 2:
-                victim.pop("amount", None)
-            else:
-                victim["amount"] = "not-a-number"
-            rows[turn % len(rows)] = victim
-            state.faults_injected["malformed"] += 1
-        if "html_page" in cfg.modes and nth_page:
-            state.faults_injected["html_page"] += 1
-            return Response(
-                "<html><body><h1>502 Bad Gateway</h1></body></html>",
-                status_code=200,
-                media_type="text/html",
-            )
-        body: dict[str, Any] = {"data": rows, "next_cursor": next_cursor}
-        if next_cursor is not None and "missing_cursor" in cfg.modes and nth_page:
-            del body["next_cursor"]
-            state.faults_injected["missing_cursor"] += 1
-        if next_cursor is None and "endless_cursor" in cfg.modes:
-            body["next_cursor"] = encode_cursor(
-                "9999-12-31T23:59:59.999999Z", f"end-{state.payment_pages}", since
-            )
-            state.faults_injected["endless_cursor"] += 1
-        return JSONResponse(body)
-
-    async def fx_rates(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "missing or invalid bearer token")
-        raw = request.query_params.get("date")
-        try:
-            day = date.fromisoformat(raw or "")
-            if len(raw or "") != 10:  # fromisoformat also takes 20240101
-                raise ValueError(raw)
-        except ValueError:
-            return _error(400, f"date={raw!r} is not a YYYY-MM-DD date")
-        fault = await inject_error_fault()
-        if fault is not None:
-            return fault
-        rates = {**rates_for(day), **state.faults.fx_revisions.get(day.isoformat(), {})}
-        if day.isoformat() in state.faults.fx_missing_days:
-            state.faults_injected["fx_missing_day"] += 1
-            if state.faults.fx_missing_status == 404:
-                return _error(404, f"no rates published for {day.isoformat()}")
-            rates = {"USD": rates["USD"]}
-        return JSONResponse({"base": "USD", "date": day.isoformat(), "rates": rates})
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def admin_faults(request: Request) -> Response:
-        if expected_admin is None:
-            return _error(404, FAULT_INJECTION_OFF)
-        if not admin_authorized(request):
-            return _error(401, "missing or invalid fault-injection token")
-        if request.method == "GET":
-            return JSONResponse(state.faults.to_json())
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise TypeError(f"expected a JSON object, got {type(body).__name__}")
-            current = state.faults
-            state.faults = FaultConfig(
-                modes=frozenset(body.get("modes", [])),
-                every=body.get("every", current.every),
-                retry_after=body.get("retry_after", current.retry_after),
-                slow_seconds=body.get("slow_seconds", current.slow_seconds),
-                fx_missing_days=frozenset(body.get("fx_missing_days", [])),
-                fx_missing_status=body.get("fx_missing_status", 200),
-                fx_revisions=body.get("fx_revisions", {}),
-            )
-        except (ValueError, TypeError) as exc:
-            return _error(400, f"bad fault settings: {exc}")
-        state.reset_counters()  # the new schedule starts from request 1
-        return JSONResponse(state.faults.to_json())
-
-    async def admin_stats(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "missing or invalid bearer token")
-        return JSONResponse(
-            {
-                "requests": sum(state.by_status.values()),
-                "by_status": dict(state.by_status),
-                "faults": dict(state.faults_injected),
-                "config": state.faults.to_json(),
-            }
-        )
-
+    api = _PaymentsApi(Path(payments_db), state, token, admin_token)
     app = Starlette(
-        routes=[
-            Route("/v1/payments", payments),
-            Route("/v1/fx-rates", fx_rates),
-            Route("/healthz", healthz),
-            Route("/_admin/faults", admin_faults, methods=["GET", "POST"]),
-            Route("/_admin/stats", admin_stats),
-        ],
+        routes=api.routes(),
         middleware=[Middleware(_StatusCounter, counter=state.by_status)],
     )
     app.state.api_state = state  # for in-process inspection in tests
