@@ -138,6 +138,7 @@ def _day_job(
 
     plan = g._Plan(seed, end - timedelta(days=days - 1), days, None, scale)
     catalog = [(row[0], g._decimal_to_cents(row[4])) for row in g._products(plan)]
+    context = g._OrderContext(plan.end_ts, plan.end, plan.n_users, catalog)
     targets = []
     engine = g.make_engine(url)
     meta = sa.MetaData()
@@ -177,17 +178,7 @@ def _day_job(
             day = plan.start + timedelta(days=index)
             rng = random.Random(f"{seed}:orders:{day.isoformat()}")
             for created, inserted in g._day_times(rng, day, plan.orders_on(index)):
-                order = g._make_order(
-                    rng,
-                    order_id=order_id,
-                    first_item_id=item_id,
-                    created=created,
-                    inserted=inserted,
-                    end_ts=plan.end_ts,
-                    as_of=plan.end,
-                    n_users=plan.n_users,
-                    catalog=catalog,
-                )
+                order = g._build_order(rng, context, (order_id, item_id), created, inserted)
                 buf_orders.append(order.row)
                 buf_items.extend(order.items)
                 if order.payment is not None:

@@ -238,23 +238,6 @@ def _build_order(
     return _Order(row, items, payment)
 
 
-def _make_order(
-    rng: random.Random,
-    *,
-    order_id: int,
-    first_item_id: int,
-    created: datetime,
-    inserted: datetime,
-    end_ts: datetime,
-    as_of: date,
-    n_users: int,
-    catalog: Sequence[tuple[int, int]],
-) -> _Order:
-    """Keyword form of `_build_order`, the one bench/bench_warehouse.py calls."""
-    ctx = _OrderContext(end_ts, as_of, n_users, catalog)
-    return _build_order(rng, ctx, (order_id, first_item_id), created, inserted)
-
-
 def _order_status(
     rng: random.Random, ctx: _OrderContext, created: datetime, inserted: datetime
 ) -> tuple[str, datetime]:

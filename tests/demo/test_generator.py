@@ -108,28 +108,19 @@ def test_deterministic_and_independent_of_batch_size(
     assert _dump(other) != _dump(source["db"])
 
 
-def test_make_order_rebuilds_generates_orders(source: dict[str, Any]) -> None:
-    """bench/bench_warehouse.py rebuilds generate's orders day by day through the keyword
-    entry `_make_order`: the same RNG streams and ids must give the same order rows."""
+def test_build_order_rebuilds_generates_orders(source: dict[str, Any]) -> None:
+    """bench/bench_warehouse.py rebuilds generate's orders day by day through
+    `_build_order`: the same RNG streams and ids must give the same order rows."""
 
     plan = g._Plan(ARGS["seed"], END - timedelta(days=DAYS - 1), DAYS, PER_DAY, None)
     catalog = [(row[0], g._decimal_to_cents(row[4])) for row in g._products(plan)]
+    context = g._OrderContext(plan.end_ts, plan.end, plan.n_users, catalog)
     rows, order_id, item_id = [], 1, 1
     for index in range(DAYS):
         day = plan.start + timedelta(days=index)
         rng = random.Random(f"{ARGS['seed']}:orders:{day.isoformat()}")
         for created, inserted in g._day_times(rng, day, plan.orders_on(index)):
-            order = g._make_order(
-                rng,
-                order_id=order_id,
-                first_item_id=item_id,
-                created=created,
-                inserted=inserted,
-                end_ts=plan.end_ts,
-                as_of=plan.end,
-                n_users=plan.n_users,
-                catalog=catalog,
-            )
+            order = g._build_order(rng, context, (order_id, item_id), created, inserted)
             rows.append(tuple(_norm(v) for v in order.row))
             order_id += 1
             item_id += len(order.items)
