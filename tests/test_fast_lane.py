@@ -39,10 +39,13 @@ def _collected(*args: str) -> list[str]:
 
 
 def test_tests_with_a_server_fixture_are_marked_server() -> None:
-    # test_checks.py's test takes `engines`, which takes PostgreSQL through new_pg_url ->
+    # test_checks.py's tests take `engines`, which takes PostgreSQL through new_pg_url ->
     # pg_database -> postgres_admin_url; test_mapping.py's tests need no server
     checks, mapping = "tests/migrate/test_checks.py", "tests/migrate/test_mapping.py"
-    assert _collected("-m", "server", checks) == [f"{checks}::test_phase_gates_in_order"]
+    assert _collected("-m", "server", checks) == [
+        f"{checks}::test_phase_gates_in_order",
+        f"{checks}::test_the_gate_task_decides_as_its_plan_says",
+    ]
     assert _collected("-m", "not server", checks) == []
     assert _collected("-m", "server", mapping) == []
     assert len(_collected("-m", "not server", mapping)) > 3

@@ -181,7 +181,8 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     for p in family:
-        with contextlib.suppress(psutil.Error):
+        # a child that exited since it was listed: os.getpgid raises ProcessLookupError
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
             if os.getpgid(p.pid) != proc.pid:
                 p.terminate()
     _, alive = psutil.wait_procs(family, timeout=timeout)
