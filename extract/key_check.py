@@ -114,9 +114,14 @@ def previous_summaries(
     return newest[2], summaries
 
 
+def request_path(landing_root: Path, table: str) -> Path:
+    """Where the loader's request for a full key set of `table` lives in the landing."""
+    return ranges_dir(landing_root, table) / REQUEST_NAME
+
+
 def full_key_set_requested(landing_root: Path, table: str) -> dict[str, Any] | None:
     """The loader's request for a full key set of `table`, or None."""
-    path = ranges_dir(landing_root, table) / REQUEST_NAME
+    path = request_path(landing_root, table)
     try:
         request = json.loads(path.read_text())
     except FileNotFoundError:
@@ -131,7 +136,7 @@ def request_full_key_set(
 ) -> Path:
     """Ask the next extract of `table` to land every key (the loader, when a differing
     bucket is covered by no landed run)."""
-    path = ranges_dir(landing_root, table) / REQUEST_NAME
+    path = request_path(landing_root, table)
     write_json_atomic(
         path,
         {
@@ -147,4 +152,4 @@ def request_full_key_set(
 
 def clear_full_key_set_request(landing_root: Path, table: str) -> None:
     """A full key set of `table` has landed: the request is met."""
-    (ranges_dir(landing_root, table) / REQUEST_NAME).unlink(missing_ok=True)
+    request_path(landing_root, table).unlink(missing_ok=True)

@@ -365,7 +365,7 @@ def _pull_key_set_requests(configs: list[TableConfig]) -> list[Path]:
     root = settings.landing_dir()
     staged = []
     for config in configs:
-        path = key_check.ranges_dir(root, config.name) / key_check.REQUEST_NAME
+        path = key_check.request_path(root, config.name)
         data = store.get_object(path.relative_to(root).as_posix())
         if data is None:  # met on another host (a load pushes its request when it writes it)
             path.unlink(missing_ok=True)

@@ -842,13 +842,7 @@ def _changed_rows(s: Session, delta: _Delta, compare: list[str]) -> str:
     temp = _temp(delta.temp)
     if not s.exists("raw", delta.table):
         return f"select d.*, cast(null as boolean) as _is_old from {temp} d"
-    raw_cols = _columns(s, target)
-    delta_cols = _columns(s, temp)
-    same = " and ".join(
-        _same_value(s, c, raw_cols[c], delta_cols.get(c, raw_cols[c]))
-        for c in compare
-        if c in raw_cols
-    )
+    same = _same_row(s, compare, _columns(s, target), _columns(s, temp))
     newer = (
         f"coalesce(o.{_quoted(delta.cursor)} > d.{_quoted(delta.cursor)}, false)"
         if delta.cursor
@@ -858,6 +852,21 @@ def _changed_rows(s: Session, delta: _Delta, compare: list[str]) -> str:
         f"select d.*, (o.{_quoted(delta.keys[0])} is not null) as _is_old from {temp} d "
         f"left join {target} o on {_key_match(delta.keys, 'o', 'd')} "
         f"where o.{_quoted(delta.keys[0])} is null or not ({newer} or ({same or 'true'}))"
+    )
+
+
+def _same_row(
+    s: Session,
+    compare: list[str],
+    raw_cols: dict[str, pa.DataType],
+    delta_cols: dict[str, pa.DataType],
+) -> str:
+    """`o` (raw) and `d` (delta) hold the same values in the `compare` columns raw has
+    (`_same_value` each); '' when there is none."""
+    return " and ".join(
+        _same_value(s, c, raw_cols[c], delta_cols.get(c, raw_cols[c]))
+        for c in compare
+        if c in raw_cols
     )
 
 
@@ -1068,10 +1077,7 @@ def _kept_loaded_at(s: Session, delta: _Delta, staged: dict[str, pa.DataType]) -
     is not newly loaded data, so it keeps its stamp and source freshness still sees a
     source that stopped changing."""
     target = _raw(s, delta.table)
-    raw_cols = _columns(s, target)
-    same = " and ".join(
-        _same_value(s, c, raw_cols[c], type_) for c, type_ in staged.items() if c in raw_cols
-    )
+    same = _same_row(s, list(staged), _columns(s, target), staged)
     name = f"{delta.temp}__kept"
     keys = ", ".join(f"d.{_quoted(k)}" for k in delta.keys)
     s.create_temp(
@@ -1252,7 +1258,7 @@ def _prune_ops_history(s: Session, run_id: str, days: int) -> None:
     for name in OPS_HISTORY:
         table = s.table("ops", name)
         runs = [r for (r,) in s.fetchall(f"select distinct run_id from {table}")]
-        old = [r for r in runs if r != run_id and run_ids.expired(r, cutoff, run_day, set())]
+        old = [r for r in runs if run_ids.expired(r, cutoff, run_day, set())]
         for start in range(0, len(old), 500):
             batch = old[start : start + 500]
             marks = ", ".join("?" for _ in batch)
