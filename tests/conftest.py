@@ -9,13 +9,36 @@ import pytest
 
 # `make test` runs the suite on several xdist workers (TEST_WORKERS): each worker gets its
 # own dbt target folder (artifacts, partial-parse state, logs) and Airflow home, so two
-# workers never write the same run_results.json or SQLite metadata database.
+# workers never write the same run_results.json or SQLite metadata database. A worker
+# holds a lock on its slot for its lifetime: a second pytest session running at the same
+# time (two terminals) takes the next free slot instead of sharing gw0's folders.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _claim_worker_slot(worker: str) -> tuple[str, object]:
+    """The first `xdist-<worker>[-k]` slot no running session holds, and its held lock."""
+    import fcntl
+    import itertools
+
+    for k in itertools.count():
+        slot = f"xdist-{worker}" + (f"-{k}" if k else "")
+        home = os.path.join(_ROOT, ".airflow", slot)
+        os.makedirs(home, exist_ok=True)
+        lock = open(os.path.join(home, ".slot.lock"), "w")  # noqa: SIM115 (held until exit)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return slot, lock
+    raise AssertionError("unreachable")
+
+
 if _WORKER:
-    _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["DBT_TARGET_PATH"] = os.path.join(_ROOT, "dbt_project", "target", f"xdist-{_WORKER}")
-    os.environ["AIRFLOW_HOME"] = os.path.join(_ROOT, ".airflow", f"xdist-{_WORKER}")
-    os.makedirs(os.environ["AIRFLOW_HOME"], exist_ok=True)
+    _SLOT, _SLOT_LOCK = _claim_worker_slot(_WORKER)
+    os.environ["DBT_TARGET_PATH"] = os.path.join(_ROOT, "dbt_project", "target", _SLOT)
+    os.environ["AIRFLOW_HOME"] = os.path.join(_ROOT, ".airflow", _SLOT)
 
 from tests.servers import fresh_database, mariadb_server, postgres_server  # noqa: E402
 
