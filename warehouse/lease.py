@@ -78,6 +78,11 @@ class Lease:
     renewed_at: str
     expires_at: str
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lease:
+        """The lease a store kept as a JSON object (extra keys are ignored)."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
     def expired(self, now: datetime | None = None) -> bool:
         return (now or clock.now()) >= datetime.fromisoformat(self.expires_at)
 
@@ -164,8 +169,7 @@ class FileLease:
 
     def _read(self) -> Lease | None:
         try:
-            data = json.loads(self.path.read_text())
-            return Lease(**{k: data[k] for k in Lease.__dataclass_fields__})
+            return Lease.from_dict(json.loads(self.path.read_text()))
         except FileNotFoundError:
             return None
         except (ValueError, OSError, KeyError, TypeError) as exc:  # foreign: say so
@@ -213,6 +217,53 @@ class FileLease:
             except RuntimeError:
                 current = None
             self.path.unlink(missing_ok=True)
+            return current
+
+
+class RowLease:
+    """A `LeaseBackend` kept in one row of a server warehouse's control table. A
+    subclass gives `_locked()`, one transaction that holds the row's lock and yields
+    (handle, the lease stored or None), and `_write(handle, lease or None)`; expiry and
+    takeover are `FileLease`'s (`next_lease`, `renewed`)."""
+
+    warehouse: Any
+
+    def _locked(self) -> contextlib.AbstractContextManager[tuple[Any, Lease | None]]:
+        raise NotImplementedError
+
+    def _write(self, handle: Any, lease: Lease | None) -> None:
+        raise NotImplementedError
+
+    def read(self) -> Lease | None:
+        with self._locked() as (_, current):
+            return current
+
+    def try_acquire(self, holder: str, run: str, ttl_s: float) -> tuple[Lease | None, bool]:
+        with self._locked() as (handle, current):
+            lease = next_lease(current, holder, run, ttl_s)
+            if lease is None:
+                return current, False
+            self._write(handle, lease)
+            return lease, True
+
+    def renew(self, holder: str, ttl_s: float) -> Lease:
+        with self._locked() as (handle, current):
+            if current is None or current.holder != holder:
+                raise LeaseLostError(_lost_message(self.warehouse.describe(), holder, current))
+            lease = renewed(current, ttl_s)
+            self._write(handle, lease)
+            return lease
+
+    def release(self, holder: str) -> bool:
+        with self._locked() as (handle, current):
+            if current is None or current.holder != holder:
+                return False
+            self._write(handle, None)
+            return True
+
+    def force_release(self) -> Lease | None:
+        with self._locked() as (handle, current):
+            self._write(handle, None)
             return current
 
 

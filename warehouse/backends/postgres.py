@@ -52,6 +52,7 @@ from warehouse.backends.base import (
     quote_ident,
     substitute_schemas,
 )
+from warehouse.lease import Lease, RowLease
 
 log = logging.getLogger(__name__)
 
@@ -663,7 +664,7 @@ class PostgresWarehouse(SessionColumns):
         return PostgresLease(self)
 
 
-class PostgresLease:
+class PostgresLease(RowLease):
     """`warehouse.lease.LeaseBackend` of a PostgreSQL warehouse: one row of
     `<control>.lease`, read and changed under `SELECT … FOR UPDATE` (every method is one
     transaction, atomic with the others). Expiry and takeover follow `FileLease`."""
@@ -683,58 +684,19 @@ class PostgresLease:
             )
 
     @contextmanager
-    def _locked(self) -> Iterator[tuple[psycopg.Connection, Any]]:
-        from warehouse.lease import Lease
-
+    def _locked(self) -> Iterator[tuple[psycopg.Connection, Lease | None]]:
         with self.warehouse._tx() as con:
             row = con.execute(f"select lease from {self.table} where id = 1 for update").fetchone()
             data = row[0] if row else None
-            current = Lease(**{k: data[k] for k in Lease.__dataclass_fields__}) if data else None
-            yield con, current
+            yield con, Lease.from_dict(data) if data else None
 
-    def _write(self, con: psycopg.Connection, lease: Any) -> None:
+    def _write(self, con: psycopg.Connection, lease: Lease | None) -> None:
         from dataclasses import asdict
 
         from psycopg.types.json import Jsonb
 
         value = Jsonb(asdict(lease)) if lease is not None else None
         con.execute(f"update {self.table} set lease = %s where id = 1", [value])
-
-    def read(self) -> Any:
-        with self._locked() as (_, current):
-            return current
-
-    def try_acquire(self, holder: str, run: str, ttl_s: float) -> tuple[Any, bool]:
-        from warehouse.lease import next_lease
-
-        with self._locked() as (con, current):
-            lease = next_lease(current, holder, run, ttl_s)
-            if lease is None:
-                return current, False
-            self._write(con, lease)
-            return lease, True
-
-    def renew(self, holder: str, ttl_s: float) -> Any:
-        from warehouse.lease import LeaseLostError, _lost_message, renewed
-
-        with self._locked() as (con, current):
-            if current is None or current.holder != holder:
-                raise LeaseLostError(_lost_message(self.warehouse.describe(), holder, current))
-            lease = renewed(current, ttl_s)
-            self._write(con, lease)
-            return lease
-
-    def release(self, holder: str) -> bool:
-        with self._locked() as (con, current):
-            if current is None or current.holder != holder:
-                return False
-            self._write(con, None)
-            return True
-
-    def force_release(self) -> Any:
-        with self._locked() as (con, current):
-            self._write(con, None)
-            return current
 
 
 def copy_arrow(con: psycopg.Connection, relation: str, data: pa.Table) -> int:

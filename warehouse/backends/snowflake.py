@@ -71,6 +71,7 @@ from warehouse.backends.base import (
     quote_ident,
     substitute_schemas,
 )
+from warehouse.lease import Lease, RowLease
 
 log = logging.getLogger(__name__)
 
@@ -1018,7 +1019,7 @@ class SnowflakeWarehouse(SessionColumns):
         return SnowflakeLease(self)
 
 
-class SnowflakeLease:
+class SnowflakeLease(RowLease):
     """`warehouse.lease.LeaseBackend` of a Snowflake warehouse: one row of
     `NIGHTSHIFT_CONTROL.LEASE` (the lease as JSON text), the same semantics as
     `PostgresLease`. Snowflake has no `SELECT … FOR UPDATE`: every method is one
@@ -1038,61 +1039,19 @@ class SnowflakeLease:
                 cur.execute(f"insert into {self.table} (ID, LEASE) values (1, null)")
 
     @contextmanager
-    def _locked(self) -> Iterator[tuple[Any, Any]]:
-        from warehouse.lease import Lease
-
+    def _locked(self) -> Iterator[tuple[Any, Lease | None]]:
         with self.warehouse._cursor() as cur:
             cur.execute("begin")
             try:
                 cur.execute(f"update {self.table} set ID = ID where ID = 1")
                 cur.execute(f"select LEASE from {self.table} where ID = 1")
                 row = cur.fetchone()
-                data = json.loads(row[0]) if row and row[0] else None
-                current = (
-                    Lease(**{k: data[k] for k in Lease.__dataclass_fields__}) if data else None
-                )
-                yield cur, current
+                yield cur, Lease.from_dict(json.loads(row[0])) if row and row[0] else None
             except BaseException:
                 cur.execute("rollback")
                 raise
             cur.execute("commit")
 
-    def _write(self, cur: Any, lease: Any) -> None:
+    def _write(self, cur: Any, lease: Lease | None) -> None:
         value = json.dumps(asdict(lease), sort_keys=True) if lease is not None else None
         cur.execute(f"update {self.table} set LEASE = ? where ID = 1", (value,))
-
-    def read(self) -> Any:
-        with self._locked() as (_, current):
-            return current
-
-    def try_acquire(self, holder: str, run: str, ttl_s: float) -> tuple[Any, bool]:
-        from warehouse.lease import next_lease
-
-        with self._locked() as (cur, current):
-            lease = next_lease(current, holder, run, ttl_s)
-            if lease is None:
-                return current, False
-            self._write(cur, lease)
-            return lease, True
-
-    def renew(self, holder: str, ttl_s: float) -> Any:
-        from warehouse.lease import LeaseLostError, _lost_message, renewed
-
-        with self._locked() as (cur, current):
-            if current is None or current.holder != holder:
-                raise LeaseLostError(_lost_message(self.warehouse.describe(), holder, current))
-            lease = renewed(current, ttl_s)
-            self._write(cur, lease)
-            return lease
-
-    def release(self, holder: str) -> bool:
-        with self._locked() as (cur, current):
-            if current is None or current.holder != holder:
-                return False
-            self._write(cur, None)
-            return True
-
-    def force_release(self) -> Any:
-        with self._locked() as (cur, current):
-            self._write(cur, None)
-            return current
