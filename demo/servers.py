@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -210,6 +210,27 @@ def postgres_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def _serving(
+    proc: subprocess.Popen, tmp: Path, name: str, answers: Callable[[], bool], *, timeout_s: float
+) -> Iterator[None]:
+    """A throwaway server started as `proc` (data in `tmp`): wait until it `answers`
+    (RuntimeError if it exits or takes longer than `timeout_s`), then stop it and remove
+    `tmp` when the block ends."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not answers():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"throwaway {name} did not start")
+            time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def mariadb_server() -> Iterator[str]:
     """Yield an admin SQLAlchemy URL of a running MariaDB/MySQL server."""
     url = settings.env("NIGHTSHIFT_TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
@@ -252,18 +273,8 @@ def mariadb_server() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"mysql+pymysql://root@127.0.0.1:{port}/mysql"
-    try:
-        deadline = time.monotonic() + 60
-        while not _reachable(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("throwaway MariaDB did not start")
-            time.sleep(0.5)
+    with _serving(proc, tmp, "MariaDB", lambda: _reachable(url), timeout_s=60):
         yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _redis_answers(url: str) -> bool:
@@ -314,18 +325,8 @@ def redis_server() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 30
-        while not _redis_answers(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("throwaway Redis did not start")
-            time.sleep(0.2)
+    with _serving(proc, tmp, "Redis", lambda: _redis_answers(url), timeout_s=30):
         yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
