@@ -287,14 +287,9 @@ class LandingStore:
         for info in side:
             rel = self._rel(info.path)
             local = local_root / rel
-            try:
-                st = local.stat()
-                if st.st_size == info.size and st.st_mtime_ns >= info.mtime_ns:
-                    continue
-            except FileNotFoundError:
-                pass
-            write_with(local, lambda tmp, key=info.path: self._get_file(key, tmp))
-            counts["side_files"] += 1
+            if _local_copy(local, info) is None:
+                write_with(local, lambda tmp, key=info.path: self._get_file(key, tmp))
+                counts["side_files"] += 1
 
     def _download_attempt(
         self, source: str, table: str, run_dir: str, commit: dict[str, Any], target: Path
@@ -414,13 +409,10 @@ class LandingStore:
         for info in infos:
             rel = self._rel(info.path)
             local = local_root / rel
-            try:
-                st = local.stat()
-                if st.st_size == info.size and st.st_mtime_ns >= info.mtime_ns:
-                    index.setdefault(rel, [st.st_size, st.st_mtime_ns])
-                    continue
-            except FileNotFoundError:
-                pass
+            st = _local_copy(local, info)
+            if st is not None:
+                index.setdefault(rel, [st.st_size, st.st_mtime_ns])
+                continue
             write_with(local, lambda tmp, key=info.path: self._get_file(key, tmp))
             st = local.stat()
             index[rel] = [st.st_size, st.st_mtime_ns]
@@ -585,6 +577,16 @@ def _wanted(run_dir: str, run_id: str) -> bool:
     return run_dir == f"{RUN_PREFIX}{run_id}" or run_dir.startswith(
         f"{RUN_PREFIX}{run_id}{SHARD_INFIX}"
     )
+
+
+def _local_copy(local: Path, info: Any) -> os.stat_result | None:
+    """`local`'s stat when it is already the store object `info` (same size, not older),
+    else None (missing or different: download it)."""
+    try:
+        st = local.stat()
+    except FileNotFoundError:
+        return None
+    return st if st.st_size == info.size and st.st_mtime_ns >= info.mtime_ns else None
 
 
 def _same_run(local: Path, commit: dict[str, Any]) -> bool:
