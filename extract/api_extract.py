@@ -377,19 +377,21 @@ def check_record(record: Any, latest_allowed: datetime) -> dict[str, Any]:
 
 
 def _check_jump(
-    previous_end: datetime | None,
+    window: _Window,
     window_end: datetime | None,
     newest: list[tuple[str, datetime]],
     max_jump: Any,
 ) -> None:
-    if previous_end is None or window_end is None or not max_jump:
+    base = window.jump_base
+    if window.previous_end is None or base is None or window_end is None or not max_jump:
         return
-    if window_end - previous_end <= max_jump:
+    if window_end - base <= max_jump:
         return
     shown = [f"{pid} ({when.isoformat()})" for pid, when in newest]
+    read_at = "" if base == window.previous_end else f", read at {base.isoformat()}"
     raise WatermarkJumpError(
-        f"payments: the watermark would jump from {previous_end.isoformat()} to "
-        f"{window_end.isoformat()}, more than {max_jump} in one run; newest records: "
+        f"payments: the watermark would jump from {window.previous_end.isoformat()}"
+        f"{read_at} to {window_end.isoformat()}, more than {max_jump} in one run; newest records: "
         f"{', '.join(shown)}. Nothing was landed. If the API really moved that far (a long "
         "pause), raise WATERMARK_MAX_JUMP_DAYS (0: no limit) for one run; otherwise fix the "
         "records' updated_at at the source."
@@ -493,7 +495,10 @@ class PaymentsPlan:
     records; a float in (0, 1): the largest allowed share of received records); a record
     whose `updated_at` is later than `now` (None: the pipeline clock) + `future_tolerance`
     is quarantined; a window end more than `max_jump` (None: no limit) past the previous
-    one fails the run. A negative `overlap` or an unusable `max_quarantined` fails here.
+    one fails the run. The jump counts from the later of the previous window's end and
+    `previously_extracted_at` (when that window was read): an API that was quiet for a
+    while, or a history older than the runs, moves the watermark up to the present
+    without a jump; a run clock far past the previous run's, or a long pause, is one. A negative `overlap` or an unusable `max_quarantined` fails here.
     """
 
     run_id: str
@@ -507,6 +512,7 @@ class PaymentsPlan:
     now: datetime | None = None
     future_tolerance: timedelta = timedelta(hours=1)
     max_jump: timedelta | None = timedelta(days=30)
+    previously_extracted_at: datetime | None = None
     replayed: Iterable[Any] = ()
 
     def __post_init__(self) -> None:
@@ -517,17 +523,24 @@ class PaymentsPlan:
     def window(self) -> _Window:
         """The previous watermark (in UTC) and the start of the window asked for."""
         if self.updated_since is None:
-            return _Window(previous_end=None, start=None)
+            return _Window(previous_end=None, start=None, jump_base=None)
         previous_end = _utc(self.updated_since)
-        return _Window(previous_end=previous_end, start=previous_end - self.overlap)
+        read_at = self.previously_extracted_at
+        return _Window(
+            previous_end=previous_end,
+            start=previous_end - self.overlap,
+            jump_base=previous_end if read_at is None else max(previous_end, _utc(read_at)),
+        )
 
 
 @dataclass(frozen=True)
 class _Window:
-    """The previous watermark (`previous_end`) and the window's start (minus the overlap)."""
+    """The previous watermark (`previous_end`), the window's start (minus the overlap)
+    and where a jump of the watermark counts from (`jump_base`)."""
 
     previous_end: datetime | None
     start: datetime | None
+    jump_base: datetime | None
 
 
 @dataclass
@@ -757,7 +770,7 @@ def _settle(con: Any, intake: _Intake, window: _Window) -> _Outcome:
     candidates = [t for t in (window.previous_end, max_landed) if t is not None]
     window_end = max(candidates) if candidates else None  # never backwards
     _check_jump(
-        window.previous_end,
+        window,
         window_end,
         [(pid, _from_us(t)) for pid, t in reversed(newest)],
         plan.max_jump,

@@ -38,6 +38,8 @@ class Watermark:
     cursor_key: str | None
     # The newest cursor value ever loaded for the table (from the manifests), if any.
     max_cursor: datetime | None = None
+    # When that window was read (its run's clock: the manifest's `extracted_at`), if known.
+    extracted_at: datetime | None = None
 
 
 def _session(con: Any) -> Any:
@@ -136,14 +138,15 @@ def last_watermark(where: Any, source: str, table: str, shard: str = "") -> Wate
         return None
     rows = _rows(
         wh,
-        "select run_id, window_end, cursor_key from {ops}.loaded_runs "
+        "select run_id, window_end, cursor_key, cast(manifest -> 'extracted_at' as text) "
+        "from {ops}.loaded_runs "
         "where source = ? and table_name = ? and shard = ? and window_end is not null "
         "order by window_end desc, loaded_at desc limit 1",
         [source, table, shard],
     )
     if not rows:
         return None
-    run_id, window_end, cursor_key = rows[0]
+    run_id, window_end, cursor_key, extracted_at = rows[0]
     cursors = _rows(
         wh,
         "select distinct cast(manifest -> 'max_cursor' as text) from {ops}.loaded_runs "
@@ -152,7 +155,14 @@ def last_watermark(where: Any, source: str, table: str, shard: str = "") -> Wate
     )
     instants = [i for (text,) in cursors if (i := _instant(_json(text))) is not None]
     return Watermark(
-        source, table, shard, run_id, window_end, cursor_key, max(instants, default=None)
+        source,
+        table,
+        shard,
+        run_id,
+        window_end,
+        cursor_key,
+        max(instants, default=None),
+        _instant(_json(extracted_at)),
     )
 
 

@@ -544,14 +544,15 @@ def _no_retry_on_bad_records(extract: Any, *args: Any, **kwargs: Any) -> Any:
         raise failed from exc
 
 
-def _payments_since() -> datetime | None:
-    """Where the payments window starts: the last loaded one (never past its data)."""
+def _payments_since() -> tuple[datetime | None, datetime | None]:
+    """Where the payments window starts: the last loaded one (never past its data), and
+    when that window was read."""
     mark = last_watermark(_published(), "payments_api", "payments")
     if mark is None or mark.window_end is None:
-        return None
+        return None, None
     if mark.max_cursor is not None and mark.max_cursor < mark.window_end:
-        return mark.max_cursor
-    return mark.window_end
+        return mark.max_cursor, mark.extracted_at
+    return mark.window_end, mark.extracted_at
 
 
 def fx_days_to_refresh(business_date: date, days: list[date], horizon: date) -> list[date]:
@@ -592,6 +593,7 @@ def extract_payments_api(
     accepted = settings.accept_schema_drift(accept_schema_drift)
     client = PaymentsApiClient(config)
     run_id = run_id_for(business_date)
+    since, since_read_at = _payments_since()
     try:
         payments = _no_retry_on_bad_records(
             extract_payments,
@@ -600,9 +602,10 @@ def extract_payments_api(
                 run_id=run_id,
                 landing_root=settings.landing_dir(),
                 quarantine_root=settings.quarantine_dir(),
-                updated_since=_payments_since(),
+                updated_since=since,
                 future_tolerance=timedelta(minutes=settings.future_tolerance_minutes()),
                 max_jump=timedelta(days=settings.watermark_max_jump_days()) or None,
+                previously_extracted_at=since_read_at,
                 # `make replay` queued these; they land with this run until published
                 replayed=open_replays(settings.quarantine_dir(), _published()),
                 accept_drift=accepted,

@@ -211,7 +211,7 @@ def test_payments_extract_needs_nothing_from_the_source_db_side(monkeypatch) -> 
     )
     monkeypatch.setattr(nightly, "pull_mirror", lambda *a, **k: None)
     monkeypatch.setattr(nightly, "push_mirror", lambda *a, **k: None)
-    monkeypatch.setattr(nightly, "_payments_since", lambda: None)
+    monkeypatch.setattr(nightly, "_payments_since", lambda: (None, None))
     monkeypatch.setattr(nightly, "open_replays", lambda *a, **k: [])
     monkeypatch.setenv("AIRFLOW_CONN_PAYMENTS_API", "http://:token@127.0.0.1:1")
     from datetime import date

@@ -696,6 +696,30 @@ def test_a_watermark_jump_past_the_limit_fails_before_landing(
     assert landed["rows"] == N
 
 
+def test_a_watermark_catching_up_to_the_previous_read_is_no_jump(
+    db: Path, server: str, roots: tuple[Path, Path]
+) -> None:
+    """The jump counts from when the previous window was read: an API quiet for two
+    months (or a history generated long before the runs) moves the watermark up to the
+    present; a record more than the limit past that read still stops the run."""
+    now = START + timedelta(days=90)
+    _stamp(db, "pay_00007", START + timedelta(days=60))
+    read_at = START + timedelta(days=59)  # the previous run, a day before the new record
+    landed = _extract(server, roots, now=now, updated_since=START, previously_extracted_at=read_at)
+    assert landed["rows"] == N
+    assert landed["window_end"].startswith("2024-04-30")
+    _stamp(db, "pay_00007", START + timedelta(days=89, hours=1))  # 30 days after that read
+    with pytest.raises(WatermarkJumpError, match=r"2024-03-01.*, read at 2024-04-29.* pay_00007"):
+        _extract(
+            server,
+            roots,
+            now=now,
+            updated_since=START,
+            previously_extracted_at=read_at,
+            run_id="2024-05-30",
+        )
+
+
 class LazyClient:
     """A window of `n` payments generated page by page (nothing held by the client)."""
 

@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from extract.landing import LandingOptions, LandingTarget, write_landing_table
+from extract.landing import LandingOptions, LandingTarget, read_manifest, write_landing_table
 from extract.watermark import last_watermark
 from warehouse.load import LoadError, SourceLoadPlan, load_payments_api, load_source_db
 
@@ -177,6 +177,8 @@ def test_first_load_creates_current_state(two_runs) -> None:
     mark = last_watermark(wh, "source_db", "orders")
     assert mark is not None and mark.run_id == "r1" and mark.window_end == ts(20)
     assert mark.max_cursor == ts(8)
+    read_at = read_manifest(landing, "source_db", "orders", "r1")["extracted_at"]
+    assert mark.extracted_at == dt.datetime.fromisoformat(read_at)  # when it was read
 
 
 def test_second_run_merges_deletes_and_restates(two_runs) -> None:
