@@ -376,6 +376,13 @@ def check_record(record: Any, latest_allowed: datetime) -> dict[str, Any]:
     return row
 
 
+def _span(span: timedelta) -> str:
+    """`30 days` for a whole number of days, else timedelta's own text."""
+    if span % timedelta(days=1):
+        return str(span)
+    return f"{span.days} day" + ("" if span.days == 1 else "s")
+
+
 def _check_jump(
     window: _Window,
     window_end: datetime | None,
@@ -391,7 +398,8 @@ def _check_jump(
     read_at = "" if base == window.previous_end else f", read at {base.isoformat()}"
     raise WatermarkJumpError(
         f"payments: the watermark would jump from {window.previous_end.isoformat()}"
-        f"{read_at} to {window_end.isoformat()}, more than {max_jump} in one run; newest records: "
+        f"{read_at} to {window_end.isoformat()}, more than {_span(max_jump)} in one run; "
+        "newest records: "
         f"{', '.join(shown)}. Nothing was landed. If the API really moved that far (a long "
         "pause), raise WATERMARK_MAX_JUMP_DAYS (0: no limit) for one run; otherwise fix the "
         "records' updated_at at the source."

@@ -284,6 +284,31 @@ def test_a_page_over_the_limit_or_a_bad_cursor_names_the_page() -> None:
             list(client.iter_payment_pages(None, limit=3))
 
 
+def test_a_page_over_the_limit_by_repeats_of_the_page_before_is_accepted() -> None:
+    """The contract lets a page repeat records of the page before: a page of `limit`
+    new records plus such repeats is not over the limit; more new records still are."""
+    pages = {
+        None: ({"data": [{"id": f"p{i}"} for i in range(3)], "next_cursor": "c1"}),
+        # the last two of page 1 again, then three new ones: 5 records for limit=3
+        "c1": ({"data": [{"id": f"p{i}"} for i in range(1, 6)], "next_cursor": "c2"}),
+        # one repeat and four new ones: still over the limit
+        "c2": ({"data": [{"id": f"p{i}"} for i in range(5, 10)], "next_cursor": None}),
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=pages[request.url.params.get("cursor")])
+
+    config = ApiConfig(base_url="http://api.test", token=TOKEN)
+    with PaymentsApiClient(config, transport=httpx.MockTransport(answer)) as client:
+        got = []
+        with pytest.raises(
+            ApiError, match=r"page 3: 5 records, more than limit=3 besides 1 repeated"
+        ):
+            for page in client.iter_payment_pages(None, limit=3):
+                got.append([r["id"] for r in page])
+    assert got == [["p0", "p1", "p2"], ["p1", "p2", "p3", "p4", "p5"]]
+
+
 def test_a_non_json_200_names_the_page_and_is_not_retried(db: Path) -> None:
     with _serve(db, modes=frozenset({"html_page"}), every=2) as url, _client(url) as client:
         with pytest.raises(

@@ -689,7 +689,9 @@ def test_a_watermark_jump_past_the_limit_fails_before_landing(
 ) -> None:
     now = START + timedelta(days=90)
     _stamp(db, "pay_00007", START + timedelta(days=60))  # two months after the watermark
-    with pytest.raises(WatermarkJumpError, match=r"would jump from 2024-03-01.* pay_00007"):
+    with pytest.raises(
+        WatermarkJumpError, match=r"would jump from 2024-03-01.*than 30 days in.* pay_00007"
+    ):
         _extract(server, roots, now=now, updated_since=START, run_id="2024-05-01")
     assert not _run_dir(roots[0], "payments", "2024-05-01").exists()
     landed = _extract(server, roots, now=now, updated_since=START, max_jump=None)
