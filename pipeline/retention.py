@@ -6,12 +6,14 @@ published warehouse versions kept for `make rollback`. Only files named by a bus
 day (`run=<YYYY-MM-DD>…`, `<YYYY-MM-DD>.html`, …) are candidates; anything else is left
 alone. Never pruned: the running night's own files, the newest landed run of every
 table (the schema-drift check compares with it), the FX cache, the published warehouse.
+Also removed: what a killed write left in the landing (`.tmp-*`, `.old-*`, an hour old).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, fields
 from datetime import date, timedelta
 from pathlib import Path
@@ -110,6 +112,7 @@ def prune(
 
     landing, quarantine = where["landing"], where["quarantine"]
     if landing.is_dir():
+        _prune_stale_temp(landing, removed, data_dir)
         cut("landing_runs", policy.landing_runs_days, _landing_candidates(landing))
     if quarantine.is_dir():
         tables = [t for s in quarantine.iterdir() if s.is_dir() for t in s.iterdir() if t.is_dir()]
@@ -130,6 +133,32 @@ def prune(
     for kind, paths in removed.items():
         log.info("retention: removed %d %s (e.g. %s)", len(paths), kind, paths[0])
     return removed
+
+
+STALE_TEMP_S = 3600.0
+_TEMP_PREFIXES = (".tmp-", ".old-")
+
+
+def _prune_stale_temp(
+    landing: Path, removed: dict[str, list[str]], data_dir: Path, *, now: float | None = None
+) -> None:
+    """`.tmp-*` / `.old-*` entries of the landing's table folders untouched for an hour:
+    what a killed write left (a half-written run folder, a pointer's temp file). Every
+    writer replaces or removes its own on success or error; only a kill leaves one, and
+    nothing reads them. Their age is the filesystem's (mtime against the wall clock)."""
+    now = time.time() if now is None else now
+    for source in sorted(p for p in landing.iterdir() if p.is_dir()):
+        for table in sorted(p for p in source.iterdir() if p.is_dir()):
+            for path in sorted(table.iterdir()):
+                if not path.name.startswith(_TEMP_PREFIXES):
+                    continue
+                try:
+                    age = now - path.lstat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > STALE_TEMP_S:
+                    _remove(path)
+                    removed.setdefault("stale_temp", []).append(_shown(path, data_dir))
 
 
 def _prune_failed_builds(

@@ -9,6 +9,8 @@ everything, the rebuilt report index, and how `RetentionPolicy.load` reads its Y
 from __future__ import annotations
 
 import json
+import os
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -177,6 +179,31 @@ def test_zero_keeps_everything_of_that_kind(
     removed = prune(data, warehouse, only_landing, horizon=HORIZON, run_id="2026-11-20")
     assert "landing_runs" not in removed and len(removed["quarantine"]) == 30
     assert len(list((data / "landing" / "source_db" / "orders").iterdir())) == 90
+
+
+def test_what_a_killed_write_left_in_the_landing_goes_once_an_hour_old(tmp_path: Path) -> None:
+    data, warehouse = tmp_path / "data", tmp_path / "data" / "warehouse.duckdb"
+    _fill(data, NIGHTS[-2:])
+    orders = data / "landing" / "source_db" / "orders"
+    half_run = orders / ".tmp-run=2026-11-20-0a1b2c3d"  # a run folder killed mid-write
+    half_run.mkdir()
+    (half_run / "part-00000.parquet").write_bytes(b"PAR1 half")
+    pointer = orders / ".tmp-_latest.json-4e5f6a7b"  # the pointer's temp file
+    pointer.write_text("{")
+    writing = orders / ".tmp-run=2026-11-21-89abcdef"  # a write going on now
+    writing.mkdir()
+    now = time.time()  # the process's clock (moved ahead under `make test-clock`)
+    for path, stamp in ((half_run, now - 2 * 3600), (pointer, now - 2 * 3600), (writing, now)):
+        os.utime(path, (stamp, stamp))
+
+    removed = prune(data, warehouse, POLICY, horizon=HORIZON, run_id="2026-11-20")
+
+    assert sorted(removed["stale_temp"]) == [
+        "landing/source_db/orders/.tmp-_latest.json-4e5f6a7b",
+        "landing/source_db/orders/.tmp-run=2026-11-20-0a1b2c3d",
+    ]
+    assert not half_run.exists() and not pointer.exists() and writing.is_dir()
+    assert (orders / "run=2026-11-20" / "part-0.parquet").exists()
 
 
 def test_policy_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
