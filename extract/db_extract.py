@@ -653,8 +653,9 @@ def check_future_cursors(
     upper: datetime,
     tolerance: timedelta,
     shard: ShardScope | None = None,
-) -> None:
-    """Stop the extract when a table has rows whose cursor is later than U + `tolerance`.
+) -> dict[str, int]:
+    """Stop the extract when a table has rows whose cursor is later than U + `tolerance`;
+    else return how many rows of each checked table are after U.
 
     A run reads `cursor <= U`, U being the source's own clock. A row stamped after it
     (the writing application's clock far ahead of the database's) would not be read
@@ -669,6 +670,7 @@ def check_future_cursors(
     """
     limit = upper + tolerance
     problems = []
+    after_upper: dict[str, int] = {}
     for name, (table, config) in tables.items():
         column = table.c.get(config.cursor)
         if column is None or not isinstance(column.type, sa.DateTime):
@@ -684,6 +686,7 @@ def check_future_cursors(
                 param_prefix="fvs",
             )
         count, beyond, newest, samples = _future_rows(conn, table, config, upper, limit, scope)
+        after_upper[name] = count
         if count and not beyond:
             log.warning(
                 "%s: %d row(s) with %s after the source's clock %s, within "
@@ -710,6 +713,27 @@ def check_future_cursors(
             "of the row. Fix their cursor at the source (the writing application's clock), "
             "or the database's clock if it is the one behind; then rerun."
         )
+    return after_upper
+
+
+def source_rows_through_upper(
+    conn: sa.Connection,
+    tables: Mapping[str, tuple[sa.Table, TableConfig]],
+    after_upper: Mapping[str, int],
+) -> dict[str, int]:
+    """The rows each incremental table without hard deletes holds up to U in the run's
+    snapshot (all rows minus those after U), for the tables whose rows after U were
+    counted (`check_future_cursors`). Its manifest records it as `source_rows`; the load
+    fails when raw then holds fewer: rows the windows never read (committed later than
+    the overlap behind the watermark)."""
+    rows: dict[str, int] = {}
+    for name, (table, config) in tables.items():
+        if config.mode != "incremental" or config.reconcile_deletes or name not in after_upper:
+            continue
+        label(conn, name)
+        total = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        rows[name] = int(total) - after_upper[name]
+    return rows
 
 
 def window_start(
@@ -927,6 +951,8 @@ class _RunState:
     snapshot: str | None = None
     readers: dict[str, Reader] = dataclasses.field(default_factory=dict)
     reading: str = SOURCE_NAME  # the table being read, for a timeout's message
+    # rows up to U per table (`source_rows_through_upper`), recorded in its manifest
+    source_rows: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def extract_tables(url: str, plan: ExtractPlan) -> dict[str, dict[str, Any]]:
@@ -954,7 +980,9 @@ def extract_tables(url: str, plan: ExtractPlan) -> dict[str, dict[str, Any]]:
         with engine.connect().execution_options(**isolation) as conn, conn.begin():
             state = _open_run(conn, url, plan, lower)
             tables = _reflect_tables(state)
-            check_future_cursors(conn, tables, state.upper, tolerance, state.plan.shard)
+            after = check_future_cursors(conn, tables, state.upper, tolerance, state.plan.shard)
+            if state.plan.shard is None:
+                state.source_rows = source_rows_through_upper(conn, tables, after)
             manifests: dict[str, dict[str, Any]] = {}
             for table, config in tables.values():
                 manifests.update(_land_table(state, table, config))
@@ -1106,6 +1134,8 @@ def _table_manifest_fields(run: _RunState, config: TableConfig) -> dict[str, Any
         "overlap_seconds": config.overlap.total_seconds(),
         "reconcile_deletes": config.reconcile_deletes,
     }
+    if config.name in run.source_rows:
+        fields["source_rows"] = run.source_rows[config.name]
     fields.update(_read_choice_fields(run.plan.read_choice))
     fields.update(run.plan.manifest_extras or {})
     shard = run.plan.shard

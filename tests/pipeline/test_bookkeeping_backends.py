@@ -349,8 +349,8 @@ def test_watermarks_after_loads(backend: Backend, tmp_path: Path) -> None:
     wh.publish(build)
     for where in backend.readers:
         assert last_watermark(where, "source_db", "orders") == Watermark(
-            "source_db", "orders", "", "r1", ts(20), "updated_at", ts(8)
-        )
+            "source_db", "orders", "", "r1", ts(20), "updated_at", ts(8), NOW
+        )  # extracted_at: the pinned clock when it was landed
         assert last_loaded_shard_map(where, "source_db", "orders", "") == {"version": 1}
         assert last_loaded_source_id(where, "source_db", "orders") == "db-a"
 
@@ -381,8 +381,8 @@ def test_watermarks_after_loads(backend: Backend, tmp_path: Path) -> None:
     ]
     assert answers[0] == (
         # the newest window; the newest cursor ever loaded (the first run's)
-        Watermark("source_db", "orders", "", "r2", ts(21), "updated_at", ts(8)),
-        Watermark("source_db", "users", "", "r2", ts(21), "updated_at", ts(2)),
+        Watermark("source_db", "orders", "", "r2", ts(21), "updated_at", ts(8), NOW),
+        Watermark("source_db", "users", "", "r2", ts(21), "updated_at", ts(2), NOW),
         None,
         shards,
         None,
