@@ -33,6 +33,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -130,36 +131,64 @@ class World:
         return {(r[0], r[1]): r[2:] for r in rows}
 
 
-@pytest.fixture(scope="module")
-def world(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("bad_input")
+@contextmanager
+def published_world(
+    postgres_admin_url: str,
+    tmp: Path,
+    *,
+    prefix: str,
+    seed: int,
+    days: int,
+    orders_per_day: int,
+    env: dict[str, str] | None = None,
+    **api: Any,
+) -> Iterator[tuple[World, str]]:
+    """A fresh PostgreSQL source (`generate` with `seed`, `days` ending on END), the demo
+    API on loopback (`api`: `running_api`'s options) and night DAY published and checked
+    against the oracle: (the world, the source's URL). `env`: added to the runs' env."""
     payments_db = tmp / "payments.db"
     os.environ["REPORT_TZ"] = REPORT_TZ  # run_dag's logical date is in REPORT_TZ
     try:
-        with fresh_database(postgres_admin_url, prefix="nightshift_bad_input") as url:
+        with fresh_database(postgres_admin_url, prefix=prefix) as url:
             generate(
                 url,
-                seed=11,
-                days=6,
+                seed=seed,
+                days=days,
                 end_date=END,
-                orders_per_day=60,
+                orders_per_day=orders_per_day,
                 payments_db=payments_db,
                 if_exists="replace",
             )
             engine = sa.create_engine(url)
             try:
-                with running_api(payments_db, token=TOKEN, admin_token=ADMIN_TOKEN) as api_uri:
-                    env = {
+                with running_api(payments_db, token=TOKEN, **api) as api_uri:
+                    run_env = {
                         **pipeline_env(url, tmp / "data", tmp / "airflow"),
                         "AIRFLOW_CONN_PAYMENTS_API": api_uri,
+                        **(env or {}),
                     }
-                    good = World(engine, env, api_base_of(api_uri), tmp / "data", payments_db)
-                    good.publish(DAY)
-                    yield good
+                    world = World(engine, run_env, api_base_of(api_uri), tmp / "data", payments_db)
+                    world.publish(DAY)
+                    yield world, url
             finally:
                 engine.dispose()
     finally:
         os.environ.pop("REPORT_TZ", None)
+
+
+@pytest.fixture(scope="module")
+def world(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("bad_input")
+    with published_world(
+        postgres_admin_url,
+        tmp,
+        prefix="nightshift_bad_input",
+        seed=11,
+        days=6,
+        orders_per_day=60,
+        admin_token=ADMIN_TOKEN,
+    ) as (good, _):
+        yield good
 
 
 def _unchanged(world: World, before: tuple[dict, dict]) -> None:

@@ -38,22 +38,12 @@ from pathlib import Path
 import duckdb
 import psutil
 import pytest
-import sqlalchemy as sa
 
 from core import settings
-from demo.generator import apply_next_day, generate
-from demo.run import running_api
-from tests.e2e.harness import (
-    REPORT_TZ,
-    TOKEN,
-    api_base_of,
-    assert_matches_oracle,
-    pipeline_env,
-    snapshot,
-)
-from tests.e2e.test_bad_input import DAY, END, World
+from demo.generator import apply_next_day
+from tests.e2e.harness import REPORT_TZ, assert_matches_oracle, snapshot
+from tests.e2e.test_bad_input import DAY, World, published_world
 from tests.e2e.test_postgres_warehouse_e2e import _kill_tree
-from tests.servers import fresh_database
 from warehouse.publish import build_path_for, list_versions, published_identity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -219,50 +209,32 @@ class Night:
 @pytest.fixture(scope="module")
 def night(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Night]:
     tmp = tmp_path_factory.mktemp("killed_nightly")
-    payments_db = tmp / "payments.db"
-    os.environ["REPORT_TZ"] = REPORT_TZ  # run_dag's logical date is in REPORT_TZ
-    try:
-        with fresh_database(postgres_admin_url, prefix="nightshift_killed") as url:
-            generate(
-                url,
-                seed=13,
-                days=5,
-                end_date=END,
-                orders_per_day=40,
-                payments_db=payments_db,
-                if_exists="replace",
-            )
-            engine = sa.create_engine(url)
-            try:
-                with running_api(payments_db, token=TOKEN) as api_uri:
-                    env = {
-                        **pipeline_env(url, tmp / "data", tmp / "airflow"),
-                        "AIRFLOW_CONN_PAYMENTS_API": api_uri,
-                        # not the shared dbt_project/target: a kill stops dbt mid-write
-                        "DBT_TARGET_PATH": str(tmp / "dbt_target"),
-                    }
-                    world = World(engine, env, api_base_of(api_uri), tmp / "data", payments_db)
-                    world.publish(DAY)  # night D, checked against the oracle
-                    state = Night(
-                        world,
-                        world.published_state(),
-                        _file_state(world.warehouse),
-                        _files(world.data_dir),
-                        tmp,
-                    )
-                    # the source moves on: an order of D cancelled (D is restated), late
-                    # orders, status updates, item deletes, a new day after D+1
-                    (cancelled,) = world.counted_orders(DAY, 1)
-                    world.sql(
-                        "update orders set status = 'cancelled', updated_at = now() where id = :id",
-                        {"id": cancelled},
-                    )
-                    apply_next_day(url, seed=14, payments_db=payments_db)
-                    yield state
-            finally:
-                engine.dispose()
-    finally:
-        os.environ.pop("REPORT_TZ", None)
+    with published_world(
+        postgres_admin_url,
+        tmp,
+        prefix="nightshift_killed",
+        seed=13,
+        days=5,
+        orders_per_day=40,
+        # not the shared dbt_project/target: a kill stops dbt mid-write
+        env={"DBT_TARGET_PATH": str(tmp / "dbt_target")},
+    ) as (world, url):
+        state = Night(
+            world,
+            world.published_state(),
+            _file_state(world.warehouse),
+            _files(world.data_dir),
+            tmp,
+        )
+        # the source moves on: an order of D cancelled (D is restated), late orders,
+        # status updates, item deletes, a new day after D+1
+        (cancelled,) = world.counted_orders(DAY, 1)
+        world.sql(
+            "update orders set status = 'cancelled', updated_at = now() where id = :id",
+            {"id": cancelled},
+        )
+        apply_next_day(url, seed=14, payments_db=world.payments_db)
+        yield state
 
 
 def _start(night: Night, name: str, **extra: str) -> tuple[subprocess.Popen, Path, str]:
