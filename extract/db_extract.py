@@ -676,15 +676,7 @@ def check_future_cursors(
         if column is None or not isinstance(column.type, sa.DateTime):
             continue
         label(conn, name)
-        scope = None
-        if shard is not None:
-            scope = shard_predicate(
-                config.key,
-                shard.owned(name),
-                conn.dialect.name,
-                virtual_shards=shard.virtual_shards,
-                param_prefix="fvs",
-            )
+        scope = _owned_rows(conn, name, config, shard)
         count, beyond, newest, samples = _future_rows(conn, table, config, upper, limit, scope)
         after_upper[name] = count
         if count and not beyond:
@@ -716,22 +708,48 @@ def check_future_cursors(
     return after_upper
 
 
+def _owned_rows(
+    conn: sa.Connection, name: str, config: TableConfig, shard: ShardScope | None
+) -> tuple[str, dict[str, Any]] | None:
+    """The predicate with binds that keeps the rows of table `name` the shard owns (its
+    vshards); None for an unsharded source."""
+    if shard is None:
+        return None
+    return shard_predicate(
+        config.key,
+        shard.owned(name),
+        conn.dialect.name,
+        virtual_shards=shard.virtual_shards,
+        param_prefix="fvs",
+    )
+
+
 def source_rows_through_upper(
     conn: sa.Connection,
     tables: Mapping[str, tuple[sa.Table, TableConfig]],
     after_upper: Mapping[str, int],
+    shard: ShardScope | None = None,
 ) -> dict[str, int]:
-    """The rows each incremental table without hard deletes holds up to U in the run's
-    snapshot (all rows minus those after U), for the tables whose rows after U were
-    counted (`check_future_cursors`). Its manifest records it as `source_rows`; the load
-    fails when raw then holds fewer: rows the windows never read (committed later than
-    the overlap behind the watermark)."""
+    """The rows each incremental table holds up to U in the run's snapshot (all rows
+    minus those after U), for the tables whose rows after U were counted
+    (`check_future_cursors`). Its manifest records it as `source_rows`; the load fails
+    when raw then holds fewer: rows the windows never read (committed later than the
+    overlap behind the watermark).
+
+    Never a false alarm, hard deletes included: raw holds every key of the snapshot but
+    the rows inserted after U (deleted keys leave raw and the count alike), and rows after
+    U are at least those. Rows updated after U can hide as many missed rows; in a night
+    they are the few committed while the extract runs. A shard counts the rows it owns;
+    the load compares raw with the sum over the shards."""
     rows: dict[str, int] = {}
     for name, (table, config) in tables.items():
-        if config.mode != "incremental" or config.reconcile_deletes or name not in after_upper:
+        if config.mode != "incremental" or name not in after_upper:
             continue
         label(conn, name)
-        total = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        stmt = sa.select(sa.func.count()).select_from(table)
+        if (scope := _owned_rows(conn, name, config, shard)) is not None:
+            stmt = stmt.where(bound_filter(*scope))
+        total = conn.execute(stmt).scalar_one()
         rows[name] = int(total) - after_upper[name]
     return rows
 
@@ -981,8 +999,7 @@ def extract_tables(url: str, plan: ExtractPlan) -> dict[str, dict[str, Any]]:
             state = _open_run(conn, url, plan, lower)
             tables = _reflect_tables(state)
             after = check_future_cursors(conn, tables, state.upper, tolerance, state.plan.shard)
-            if state.plan.shard is None:
-                state.source_rows = source_rows_through_upper(conn, tables, after)
+            state.source_rows = source_rows_through_upper(conn, tables, after, state.plan.shard)
             manifests: dict[str, dict[str, Any]] = {}
             for table, config in tables.values():
                 manifests.update(_land_table(state, table, config))

@@ -1343,14 +1343,15 @@ def _count_loaded(s: Session, plan: _LoadPlan, loaded: _Loaded) -> None:
 
 def _check_nothing_missed(plan: _LoadPlan, loaded: _Loaded) -> None:
     """Raw holds at least the rows the source held up to the run's upper bound (the
-    manifest's `source_rows`: incremental tables without hard deletes, unsharded): fewer
-    means rows no window ever read, committed later than the overlap behind the
-    watermark they carry. LoadError: nothing of the run is published."""
+    manifests' `source_rows` of incremental tables, summed over a sharded source's
+    shards): fewer means rows no window ever read, committed later than the overlap
+    behind the watermark they carry. LoadError: nothing of the run is published."""
     short = []
     for delta in plan.deltas:
-        held = delta.manifest.get("source_rows")
-        if delta.skipped or len(delta.parts) != 1 or not isinstance(held, int):
+        counts = [p.manifest.get("source_rows") for p in delta.parts]
+        if delta.skipped or not all(isinstance(c, int) for c in counts):
             continue
+        held = sum(counts)
         raw = loaded.raw_rows.get(delta.table, 0)
         if raw < held:
             seconds = delta.manifest.get("overlap_seconds")
