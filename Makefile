@@ -44,7 +44,7 @@ export DEMO_API_TOKEN
 
 .PHONY: help
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -212,13 +212,13 @@ BENCH_ORDERS ?= 5000000
 bench: $(STAMP) ## Benchmarks (BENCH lines); extract and verify need PostgreSQL (NIGHTSHIFT_BENCH_PG_URL)
 	$(BIN)/python bench/bench_generator.py --orders 1000000
 	$(BIN)/python bench/bench_extract.py --orders $(BENCH_ORDERS)
-	$(BIN)/python bench/bench_dbt.py --orders 5000000  # issue 4 §7: raw data made in DuckDB
+	$(BIN)/python bench/bench_dbt.py --orders 5000000  # raw data made in DuckDB
 	$(BIN)/python bench/bench_etl.py --orders 5000000  # dataset cached in data/bench/
 	$(BIN)/python bench/bench_verify.py --orders $(BENCH_ORDERS)  # creates bench/.venv-reladiff
 	$(BIN)/python bench/bench_api_extract.py --payments 100000 1000000  # peak memory flat in the window
 	$(BIN)/python bench/bench_warehouse.py --orders 1000000
 	$(BIN)/python bench/bench_landing.py --rows 1000000  # local disk vs an S3 server on loopback
-	$(BIN)/python bench/bench_night_fixed.py --orders-per-day 1000  # issue 16 §2: a 60k-order night's fixed costs
+	$(BIN)/python bench/bench_night_fixed.py --orders-per-day 1000  # a 60k-order night's fixed costs
 
 .PHONY: bench-scale
 BENCH_SCALE_SIZES ?= 1000000,5000000,20000000
@@ -234,7 +234,11 @@ query: $(STAMP) ## Read-only SQL shell on the warehouse; or one statement: make 
 
 WAREHOUSE_PATH ?= $(CURDIR)/data/warehouse.duckdb
 DOCS_PORT ?= 8081
-DBT := cd dbt_project && WAREHOUSE_PATH=$(WAREHOUSE_PATH) $(CURDIR)/$(BIN)/dbt
+DBT := cd dbt_project && DBT_DUCKDB_PATH=$(WAREHOUSE_PATH) $(CURDIR)/$(BIN)/dbt
+
+.PHONY: dev-warehouse
+dev-warehouse: $(STAMP) ## Copy the published warehouse to data/dev.duckdb, what a dbt build by hand in dbt_project builds
+	$(BIN)/nightshift dev-warehouse
 
 .PHONY: docs-build
 docs-build: $(STAMP) ## Build dbt docs into dbt_project/target (needs a warehouse: make demo)

@@ -76,6 +76,11 @@ COMMANDS: dict[str, Command] = {
     "query": Command(
         "warehouse.query", "read-only SQL on the published warehouse (shell or --sql)", "make query"
     ),
+    "dev-warehouse": Command(
+        "warehouse.dev_copy",
+        "copy the published DuckDB warehouse to data/dev.duckdb, for dbt build by hand",
+        "make dev-warehouse",
+    ),
     "report": Command(
         "report.build", "rebuild every day page of the report from the published warehouse"
     ),

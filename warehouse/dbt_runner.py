@@ -323,7 +323,7 @@ class DbtCall:
     """Where and how `run_dbt` runs a dbt command (all but the command's own arguments).
 
     `project_dir` also holds profiles.yml; `vars` go to `--vars`, `env` over the process
-    environment. `warehouse_path`: the DuckDB file (`WAREHOUSE_PATH`, through
+    environment. `warehouse_path`: the DuckDB file (`DBT_DUCKDB_PATH` in the profile, through
     `stable_warehouse_path`). `run_id` names the kept run results. `dbt`: another
     environment's executable (the Snowflake/BigQuery adapters live in `.venv-adapters`);
     `target_dir` (default `DBT_TARGET_PATH`, else `project_dir/target`) keeps that
@@ -423,8 +423,8 @@ def _dbt_environment(call: DbtCall, target_dir: Path, sources_json: Path) -> dic
     env["DBT_LOG_PATH"] = str(target_dir / "logs")
     env["DBT_NIGHTSHIFT_NOW"] = clock.now().isoformat(timespec="seconds")
     env["DBT_NIGHTSHIFT_FRESHNESS_OUTPUT"] = str(sources_json)
-    if call.target == "duckdb" and call.warehouse_path is None and not env.get("WAREHOUSE_PATH"):
-        raise DbtError("target duckdb needs WAREHOUSE_PATH (pass warehouse_path= or env=)")
+    if call.target == "duckdb" and call.warehouse_path is None and not env.get("DBT_DUCKDB_PATH"):
+        raise DbtError("target duckdb needs DBT_DUCKDB_PATH (pass warehouse_path= or env=)")
     return env
 
 
@@ -452,7 +452,7 @@ def _execute(
                 warehouse_path = stack.enter_context(
                     stable_warehouse_path(warehouse_path, target_dir)
                 )
-            env["WAREHOUSE_PATH"] = str(warehouse_path)
+            env["DBT_DUCKDB_PATH"] = str(warehouse_path)
         if call.dbt is None and settings.env("NIGHTSHIFT_DBT_IN_PROCESS") == "1":
             return _invoke_in_process(cmd, project_dir, env, call.freshness)
         if call.freshness:  # the same dbt's python runs both commands: one start-up

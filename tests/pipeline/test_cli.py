@@ -27,6 +27,7 @@ OPTIONS: dict[tuple[str, ...], list[str]] = {
     ("replay",): ["--date"],
     ("query",): ["--sql", "--warehouse"],
     ("report",): ["--report-dir"],
+    ("dev-warehouse",): ["--to"],
     ("migrate",): ["--old", "--new", "--config", "--tables", "schema", "backfill", "verify"],
     ("migrate", "backfill"): ["--batch-size", "--rows-per-second", "--restart", "--no-progress"],
     ("migrate", "verify"): ["--phase", "--run-id", "--no-record", "--repair"],
@@ -196,3 +197,25 @@ def test_nightly_without_connections_falls_back_to_the_demo_only_through_nightsh
     assert "no connection configured" in plain.stderr, plain.stderr
     assert "see .env.example" in plain.stderr and "run `nightshift nightly`" in plain.stderr
     assert "no demo sources" not in plain.stderr
+
+
+def test_dev_warehouse_copies_the_published_file_for_dbt_by_hand(tmp_path: Path) -> None:
+    """A copy (its own inode, not a link), in the data folder by default; the hint names
+    the copy for dbt when it is not the project's data/dev.duckdb."""
+    missing = _nightshift(tmp_path, "dev-warehouse")
+    assert missing.returncode != 0
+    assert f"no warehouse at {tmp_path / 'warehouse.duckdb'}: run make demo" in missing.stderr
+    published = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(published))
+    con.execute("create schema analytics")
+    con.execute("create table analytics.sales_summary as select date '2026-11-27' as date")
+    con.close()
+    out = _nightshift(tmp_path, "dev-warehouse")
+    assert out.returncode == 0, out.stderr
+    dev = tmp_path / "dev.duckdb"
+    assert f"copied {published} to {dev}" in out.stdout
+    assert f"cd dbt_project && DBT_DUCKDB_PATH={dev} ../.venv/bin/dbt build" in out.stdout
+    assert dev.read_bytes() == published.read_bytes()
+    assert dev.stat().st_ino != published.stat().st_ino and published.stat().st_nlink == 1
+    same = _nightshift(tmp_path, "dev-warehouse", "--to", str(published))
+    assert same.returncode != 0 and "is the published warehouse" in same.stderr

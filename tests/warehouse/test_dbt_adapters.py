@@ -176,7 +176,7 @@ def _dummy_credentials(tmp_path: Path) -> dict[str, str]:
         "DBT_BIGQUERY_KEYFILE": str(keyfile),
         "DBT_BIGQUERY_PROJECT": "dummy-project",
         "DBT_BIGQUERY_DATASET": "public",
-        "WAREHOUSE_PATH": "/dev/null",
+        "DBT_DUCKDB_PATH": "/dev/null",
     }
 
 

@@ -25,6 +25,7 @@ from warehouse.dbt_runner import (
     run_dbt,
     stable_warehouse_path,
 )
+from warehouse.dev_copy import copy_published
 from warehouse.publish import build_path_for
 
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -215,26 +216,41 @@ def test_fct_orders_flags_and_cents(built_new_york: Path) -> None:
     assert rows[5][3] == D15
 
 
-def test_plain_dbt_build_in_the_project_dir_uses_the_demo_warehouse(tmp_path: Path) -> None:
-    """`cd dbt_project && dbt build` with nothing set (a new user after `make demo`) builds
-    ../data/warehouse.duckdb, the same marts as the nightly's runner gives."""
+def test_plain_dbt_build_in_the_project_dir_builds_a_copy_never_the_published_file(
+    tmp_path: Path,
+) -> None:
+    """`make dev-warehouse` then `cd dbt_project && dbt build` with nothing set (a new user
+    after `make demo`) builds ../data/dev.duckdb, the same marts as the nightly's runner
+    gives, and leaves the published file and its kept version (a hard link) as they were."""
     project = tmp_path / "dbt_project"
     shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
-    (tmp_path / "data").mkdir()
-    demo, by_runner = tmp_path / "data" / "warehouse.duckdb", tmp_path / "runner.duckdb"
-    _make_raw(demo)
+    data = tmp_path / "data"
+    data.mkdir()
+    published, by_runner = data / "warehouse.duckdb", tmp_path / "runner.duckdb"
+    _make_raw(published)
     _make_raw(by_runner)
+    kept = data / "kept-version.duckdb"
+    os.link(published, kept)
+    before = published.read_bytes()
+
+    dev = copy_published(published, data / "dev.duckdb")
+    assert dev.stat().st_ino != published.stat().st_ino
     unset = ("WAREHOUSE_PATH", "DBT_PROFILES_DIR", "DBT_PROJECT_DIR", "DBT_TARGET_PATH")
     env = {k: v for k, v in os.environ.items() if k not in unset and not k.startswith("DBT_")}
     env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    env["WAREHOUSE_PATH"] = str(published)  # the published file's setting: not dbt's target
     done = subprocess.run(
         [str(dbt_executable()), "build"], cwd=project, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert "PASS=" in done.stdout and "ERROR=0" in done.stdout
     dbt_build(by_runner, BuildPlan("UTC"))
-    summary = _query(demo, SUMMARY_SQL)
+    summary = _query(dev, SUMMARY_SQL)
     assert summary and summary == _query(by_runner, SUMMARY_SQL)
+    assert published.read_bytes() == before == kept.read_bytes()
+    assert not _query(
+        published, "select * from information_schema.schemata where schema_name = 'marts'"
+    )
 
 
 def test_utc_and_through_date(tmp_path: Path) -> None:
@@ -294,7 +310,7 @@ def test_parse_for_postgres_target() -> None:
         "DBT_POSTGRES_PASSWORD": "dummy",
         "DBT_POSTGRES_DBNAME": "dummy",
         "DBT_POSTGRES_SCHEMA": "dummy",
-        "WAREHOUSE_PATH": os.devnull,
+        "DBT_DUCKDB_PATH": os.devnull,
     }
     result = run_dbt(["parse"], DbtCall(project_dir=PROJECT_DIR, target="postgres", env=env))
     assert result.returncode == 0
@@ -319,7 +335,7 @@ def test_build_on_real_postgres(pg_database: str, tmp_path: Path) -> None:
             "DBT_POSTGRES_PASSWORD": url.password or "",
             "DBT_POSTGRES_DBNAME": url.database or "",
             "DBT_POSTGRES_SCHEMA": "public",
-            "WAREHOUSE_PATH": os.devnull,
+            "DBT_DUCKDB_PATH": os.devnull,
         }
         call = DbtCall(
             project_dir=PROJECT_DIR,

@@ -20,7 +20,7 @@ DUMMY = {
     "DBT_POSTGRES_PASSWORD": "dummy",
     "DBT_POSTGRES_DBNAME": "dummy",
     "DBT_POSTGRES_SCHEMA": "dummy",
-    "WAREHOUSE_PATH": os.devnull,
+    "DBT_DUCKDB_PATH": os.devnull,
 }
 
 
@@ -78,7 +78,7 @@ def test_a_dev_build_on_postgres_writes_only_the_developers_schemas(
                     conn.exec_driver_sql(statement)
         # the connection as the nightly passes it to dbt (warehouse/dbt_runner.py)
         env = {**postgres_env(pg_database), "DBT_DEV_SCHEMA": "dbt_alice"}
-        env["WAREHOUSE_PATH"] = os.devnull
+        env["DBT_DUCKDB_PATH"] = os.devnull
         result = run_dbt(
             ["build", "--exclude-resource-type", "unit_test"],
             DbtCall(
