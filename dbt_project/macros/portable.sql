@@ -69,3 +69,15 @@
 {% macro bigquery__type_varchar() -%}
     string
 {%- endmacro %}
+
+{#- The snapshot's "now" (dbt's snapshot_get_time, overridden here for this project) as the
+    type of the users snapshot's updated_at, a timestamp with time zone. dbt-duckdb's and
+    dbt-postgres' own give a naive timestamp, and dbt then warns on every build that the
+    two types differ. -#}
+{% macro duckdb__snapshot_get_time() -%}
+    current_timestamp
+{%- endmacro %}
+
+{% macro postgres__snapshot_get_time() -%}
+    now()
+{%- endmacro %}
