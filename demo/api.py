@@ -1,4 +1,4 @@
-"""Demo payments/FX HTTP API (contract section 2), with switchable fault injection.
+"""Demo payments/FX HTTP API (docs/contract.md, "Sources"), with switchable fault injection.
 
 Serves payments from the SQLite file the demo generator writes, and deterministic FX
 rates from `demo.fx`. Faults imitate a real third-party API (429 + Retry-After, 5xx,
@@ -566,7 +566,7 @@ def _parse_modes(raw: str) -> frozenset[str]:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Demo payments/FX API (contract section 2)."
+        prog=prog, description="The demo payments/FX API (docs/contract.md, Sources)."
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")

@@ -1,6 +1,6 @@
 """Deterministic generator of the demo operational database and payments store.
 
-`generate` builds a messy but reproducible source (contract section 1): every day gets
+`generate` builds a messy but reproducible source (docs/contract.md, "Sources"): every day gets
 its own seeded RNG (`random.Random(f"{seed}:orders:{day}")`), so the rows depend only
 on the seed and the arguments, never on the batch size, and rows are streamed to the
 database in batches (10M orders stay well under 1 GiB of RSS).

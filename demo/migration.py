@@ -1,6 +1,6 @@
 """`make migration-demo`: the whole move on the demo data, in about a minute.
 
-1. Old source: the demo generator's SQLite database (contract §1).
+1. Old source: the demo generator's SQLite database (docs/contract.md, "Sources").
 2. New: a PostgreSQL database with the changed schema (migrate/new_schema.sql) on the
    server at NIGHTSHIFT_MIGRATION_PG_URL (default: local 127.0.0.1:5432; a throwaway
    server is started when none answers).

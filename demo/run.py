@@ -126,10 +126,14 @@ def _print_next_steps(business_date: date) -> None:
         "select date, region, total_sales_usd, order_count from analytics.sales_summary "
         "order by date desc, region limit 10"
     )
-    if settings.warehouse_url() is not None:  # a server warehouse (AIRFLOW_CONN_WAREHOUSE)
+    url = settings.warehouse_url()
+    if url is not None:  # a server warehouse: the query needs its connection too
         print(f"Warehouse: {settings.warehouse().describe()}")
-        print("Try:")
-        print(f'  make query SQL="{query}"')
+        print("Try (the password, if any, in place of ***):")
+        from sqlalchemy import make_url
+
+        shown = make_url(url).render_as_string(hide_password=True)
+        print(f'  AIRFLOW_CONN_WAREHOUSE={shlex.quote(shown)} make query SQL="{query}"')
         return
     warehouse = settings.warehouse_path()
     print(f"Warehouse: {warehouse}")

@@ -1,4 +1,4 @@
-"""SQLAlchemy Core schema of the demo operational database (contract section 1).
+"""SQLAlchemy Core schema of the demo operational database (docs/contract.md, "Sources").
 
 Portable across SQLite, PostgreSQL (psycopg 3) and MySQL/MariaDB (PyMySQL):
 explicit BIGINT ids (the generator assigns them), `String(255)` text so MySQL can

@@ -1,4 +1,4 @@
-"""HTTP client for the payments/FX API (contract section 2), with the project's retry policy.
+"""HTTP client for the payments/FX API (docs/contract.md), with the project's retry policy.
 
 `core.http_retry`: 408, 429, 5xx, timeouts and connection errors are retried with
 exponential backoff and full jitter, honouring `Retry-After` (capped at `retry_after_cap`);

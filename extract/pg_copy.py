@@ -18,7 +18,7 @@ types and values the generic SQLAlchemy reader lands). How, and why this way
   does not fit the scale fails loudly as in the generic reader.
 - Timestamps: both `timestamptz` and `timestamp` are microseconds since 2000-01-01 on
   the wire; `timestamptz` is UTC there (no session time zone applies) and a naive
-  `timestamp` is taken as UTC (contract section 1). Dates and timestamps outside the
+  `timestamp` is taken as UTC (docs/contract.md, "Sources"). Dates and timestamps outside the
   years 1..9999 (a typo'd year 20260, `infinity`) are rejected, naming the row, as the
   generic reader rejects them: never landed, never wrapped around.
 - Every other type the source may use (json/jsonb, arrays, bytea, interval, time, uuid:

@@ -139,7 +139,7 @@ def restore_reason(
     without new rows has its maximum at the loaded one). An empty table, or one without
     cursor values, is no evidence (emptied is not restored: the mass-delete guard judges
     its key set), nor is a `reconcile_deletes` table, whose newest rows may be hard
-    deleted (contract §1)."""
+    deleted (docs/contract.md, "Sources")."""
     if (
         previous_timeline is not None
         and current_timeline is not None

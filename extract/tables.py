@@ -1,6 +1,6 @@
 """Per-table extract configuration of the operational database (docs/extract-design.md).
 
-Defaults cover the four source tables of contract §1; a YAML file (path from the
+Defaults cover the contract's four source tables (docs/contract.md); a YAML file (path from the
 `EXTRACT_CONFIG` environment variable, resolved in `core.settings`) overrides them:
 
     tables:
@@ -27,7 +27,7 @@ from typing import Any
 from core import tables as source_tables
 
 MODES = ("incremental", "full")
-DEFAULT_OVERLAP = timedelta(minutes=15)  # > the 10 min out-of-order commit bound (contract §1)
+DEFAULT_OVERLAP = timedelta(minutes=15)  # > the contract's 10 min out-of-order commits
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEYS = (
     "key",

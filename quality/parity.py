@@ -1,4 +1,4 @@
-"""ETL ↔ ELT parity gate (contract §5).
+"""ETL ↔ ELT parity gate (docs/contract.md, "What it publishes").
 
 For every (date, region): `analytics.daily_sales` summed over categories must equal
 `analytics.sales_summary` in both `order_count` and `total_sales_usd`. Runs on any

@@ -1,7 +1,7 @@
 """ETL path: the warehouse's current `raw.*` tables -> `analytics.daily_sales`.
 
 One row per (business day, region, category) with at least one counted order, following
-the definitions of contract §5.
+the definitions of docs/contract.md, "What it publishes".
 
 Runs on any warehouse backend (`warehouse/backends/`): a function's first warehouse
 argument is a `Warehouse`, or a DuckDB file path (that file, read and written in place),

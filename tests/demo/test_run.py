@@ -48,3 +48,16 @@ def test_an_interrupted_generation_leaves_no_source_and_no_temp_files(
     with pytest.raises(KeyboardInterrupt):
         run._demo_source(paths, _args(), DAY)
     assert list(paths["dir"].iterdir()) == []
+
+
+def test_the_hint_after_a_server_warehouse_demo_queries_that_warehouse(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make query` run as printed must reach the PostgreSQL warehouse, not the DuckDB file:
+    the hint carries the connection, its password masked."""
+    monkeypatch.setenv("NIGHTSHIFT_NO_AIRFLOW_LOOKUP", "1")
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "postgresql://bob:s3cret@127.0.0.1:5432/wh")
+    run._print_next_steps(date(2026, 11, 27))
+    out = capsys.readouterr().out
+    assert "AIRFLOW_CONN_WAREHOUSE='postgresql://bob:***@127.0.0.1:5432/wh' make query SQL=" in out
+    assert "s3cret" not in out

@@ -1,6 +1,6 @@
 """An independent computation of the published tables, in SQL on the source database.
 
-Written straight from contract §5 in PostgreSQL, sharing no code with the pipeline:
+Written straight from the definitions of docs/contract.md in PostgreSQL, sharing no code with the pipeline:
 the pipeline's outputs are compared against it row for row.
 """
 

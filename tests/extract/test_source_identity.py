@@ -235,7 +235,7 @@ def test_an_emptied_table_or_one_with_hard_deletes_is_no_evidence_of_a_restore(
 ) -> None:
     """Emptied is not restored: the run stays incremental, and the mass-delete guard
     judges the empty key set (tests/e2e/test_bad_input.py). A `reconcile_deletes` table
-    may lose its newest rows to hard deletes (contract §1): no evidence either."""
+    may lose its newest rows to hard deletes (docs/contract.md, "Sources"): no evidence either."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 's.db'}")
     loaded = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     orders = TableConfig(name="orders", overlap=timedelta(minutes=10))

@@ -1,4 +1,4 @@
-"""daily_sales from hand-made warehouse `raw` tables: contract §5 definitions, exact rows."""
+"""daily_sales from hand-made warehouse `raw` tables: the definitions of docs/contract.md, exact rows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-{#- Published: analytics.sales_summary (contract section 5). -#}
+{#- Published: analytics.sales_summary (docs/contract.md, "What it publishes"). -#}
 {%- set through_date = nightshift.run_setting('through_date') -%}
 {%- set day_pattern = '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' -%}
 {%- if through_date and not modules.re.match(day_pattern, through_date | string) -%}
