@@ -230,12 +230,20 @@ def _shard_landing_run_ids(business_date: date) -> list[str]:
 
 def _refuse_future_day(business_date: date) -> None:
     """A day that has not started cannot be published: it would become the horizon of
-    every later night (only `make rollback` undoes a publish)."""
+    every later night (only `make rollback` undoes a publish). Today is published as it
+    stands so far, with a warning: the run after the day ends restates it."""
     today = clock.now().astimezone(settings.report_tz()).date()
     if business_date > today:
         raise settings.ConfigError(
             f"business day {business_date} is after today ({today} in REPORT_TZ="
             f"{settings.report_tz_name()}): check DATE / the business_date param"
+        )
+    if business_date == today:
+        log.warning(
+            "business day %s has not ended (REPORT_TZ=%s): its figures are partial, as the "
+            "source stands now; a run after the day ends publishes it whole",
+            business_date,
+            settings.report_tz_name(),
         )
 
 

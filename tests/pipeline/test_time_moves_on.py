@@ -161,6 +161,21 @@ def test_a_day_that_has_not_started_is_refused(monkeypatch: pytest.MonkeyPatch) 
         nightly.extract_source_db(date(2026, 11, 21))
 
 
+def test_today_is_run_with_a_warning_that_it_is_partial(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_NOW", "2026-11-21T03:00:00Z")  # 22:00 on the 20th in NY
+    monkeypatch.setenv("REPORT_TZ", TZ)
+    with caplog.at_level("WARNING", logger="pipeline.nightly"):
+        nightly._refuse_future_day(date(2026, 11, 19))
+        assert not caplog.records
+        nightly._refuse_future_day(date(2026, 11, 20))
+    assert caplog.messages == [
+        f"business day 2026-11-20 has not ended (REPORT_TZ={TZ}): its figures are partial, "
+        "as the source stands now; a run after the day ends publishes it whole"
+    ]
+
+
 def test_a_warehouse_the_nightly_cannot_run_on_or_another_dbt_target_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
