@@ -116,18 +116,24 @@ class FutureCursorError(RuntimeError):
 FUTURE_SAMPLES = 5
 
 
+# decimal128's most digits: a wider DECIMAL (MySQL's go to 65) lands as its exact text
+MAX_DECIMAL_DIGITS = 38
+
+
 def arrow_type(sa_type: sa.types.TypeEngine) -> pa.DataType:
     """Map a reflected SQLAlchemy column type to the exact Arrow type we land."""
     if isinstance(sa_type, sa.Boolean):
         return pa.bool_()
     if isinstance(sa_type, sa.Integer):
         return pa.int64()
-    if isinstance(sa_type, sa.Float):
+    if isinstance(sa_type, sa.Float):  # MySQL's DOUBLE reflects as asdecimal: see _converter
         return pa.float64()
     if isinstance(sa_type, sa.Numeric):
-        precision = sa_type.precision or 38
+        if (sa_type.precision or 0) > MAX_DECIMAL_DIGITS:
+            return pa.string()
+        precision = sa_type.precision or MAX_DECIMAL_DIGITS
         scale = sa_type.scale if sa_type.scale is not None else 10
-        return pa.decimal128(min(max(precision, scale + 1), 38), scale)
+        return pa.decimal128(min(max(precision, scale + 1), MAX_DECIMAL_DIGITS), scale)
     if isinstance(sa_type, sa.DateTime):
         return pa.timestamp("us", tz="UTC")
     if isinstance(sa_type, sa.Date):
@@ -153,6 +159,14 @@ def _to_utc(value: Any) -> datetime | None:
 _WIDE = Context(prec=80)  # the default context has 28 digits; decimal128 holds 38
 
 
+def _to_text(value: Any) -> str | None:
+    """A string column's value; a Decimal (a DECIMAL too wide for decimal128) in plain
+    notation, every digit kept (never `1E+50`)."""
+    if value is None:
+        return None
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
+
+
 def _converter(arrow: pa.DataType):
     if pa.types.is_timestamp(arrow):
         return _to_utc
@@ -171,7 +185,9 @@ def _converter(arrow: pa.DataType):
 
         return to_decimal
     if pa.types.is_string(arrow):
-        return lambda v: None if v is None else str(v)
+        return _to_text
+    if pa.types.is_floating(arrow):  # a driver may hand a float column's values as Decimal
+        return lambda v: None if v is None else float(v)
     if pa.types.is_date(arrow):
         return lambda v: None if v is None else (v.date() if isinstance(v, datetime) else v)
     return lambda v: v
