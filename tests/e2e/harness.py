@@ -8,13 +8,20 @@ computation on the source.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from demo.generator import generate
+from demo.run import running_api
 from tests.e2e.oracle import expected_tables, load_fx, order_days
+from tests.servers import fresh_database
 from warehouse.backends import as_warehouse
 
 REPORT_TZ = "America/New_York"  # not UTC: the business day boundary must be honoured
@@ -42,6 +49,78 @@ def pipeline_env(database_url: str, data_dir: Path, airflow_home: Path) -> dict[
 def api_base_of(api_uri: str) -> str:
     """`http://:TOKEN@host:port` -> `http://host:port`."""
     return "http://" + api_uri.split("@", 1)[1]
+
+
+END = date(2026, 11, 20)  # the generated sources' last day
+
+
+@dataclass
+class Running:
+    """A generated PostgreSQL source at `url`, the demo API serving its payments on
+    loopback, and `env`, the environment of a nightly run against both."""
+
+    url: str
+    engine: sa.Engine
+    env: dict[str, str]
+    api_base: str
+    data_dir: Path
+    payments_db: Path
+
+    @property
+    def warehouse(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    def sql(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Run `statement` on the source; its rows, if it returns any."""
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.text(statement), params or {})
+            return result.fetchall() if result.returns_rows else []
+
+
+@contextmanager
+def running_source(
+    postgres_admin_url: str,
+    tmp: Path,
+    *,
+    prefix: str,
+    seed: int,
+    days: int,
+    orders_per_day: int,
+    env: dict[str, str] | None = None,
+    **api: Any,
+) -> Iterator[Running]:
+    """A fresh database named after `prefix`, generated (`seed`, `days` ending on END),
+    the demo API on loopback (`api`: `running_api`'s options), the run's files under
+    `tmp`; `env` is added to the runs' env. REPORT_TZ is set in this process meanwhile:
+    `run_dag`'s logical date is in it."""
+    payments_db = tmp / "payments.db"
+    os.environ["REPORT_TZ"] = REPORT_TZ
+    try:
+        with fresh_database(postgres_admin_url, prefix=prefix) as url:
+            generate(
+                url,
+                seed=seed,
+                days=days,
+                end_date=END,
+                orders_per_day=orders_per_day,
+                payments_db=payments_db,
+                if_exists="replace",
+            )
+            engine = sa.create_engine(url)
+            try:
+                with running_api(payments_db, token=TOKEN, **api) as api_uri:
+                    run_env = {
+                        **pipeline_env(url, tmp / "data", tmp / "airflow"),
+                        "AIRFLOW_CONN_PAYMENTS_API": api_uri,
+                        **(env or {}),
+                    }
+                    yield Running(
+                        url, engine, run_env, api_base_of(api_uri), tmp / "data", payments_db
+                    )
+            finally:
+                engine.dispose()
+    finally:
+        os.environ.pop("REPORT_TZ", None)
 
 
 def _rows(warehouse: Any, sql: str, params: list | None = None) -> list[tuple]:

@@ -25,21 +25,17 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from demo.generator import apply_next_day, generate
-from demo.run import running_api
+from demo.generator import apply_next_day
 from pipeline.airflow_run import backfill, run_dag
 from tests.e2e.harness import (
-    REPORT_TZ,
-    TOKEN,
-    api_base_of,
+    END,
     assert_matches_oracle,
-    pipeline_env,
+    running_source,
     snapshot,
 )
 
 pytestmark = pytest.mark.e2e
 
-END = date(2026, 11, 20)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -83,72 +79,64 @@ def _one_run(env: dict[str, str], day: date, data_dir: Path) -> dict[str, list]:
 
 
 def test_backfill_after_later_nights_keeps_every_published_day(
-    pg_database: str, tmp_path: Path
+    postgres_admin_url: str, tmp_path: Path
 ) -> None:
-    data_dir = tmp_path / "data"
-    payments_db = tmp_path / "payments.db"
-    generate(
-        pg_database, seed=11, days=10, end_date=END, orders_per_day=30, payments_db=payments_db
-    )
-    engine = sa.create_engine(pg_database)
-    warehouse = data_dir / "warehouse.duckdb"
-    os.environ["REPORT_TZ"] = REPORT_TZ  # for the helpers below that read settings
-    try:
-        with running_api(payments_db, token=TOKEN) as api_uri:
-            api_base = api_base_of(api_uri)
-            env = {
-                **pipeline_env(pg_database, data_dir, tmp_path / "airflow"),
-                "AIRFLOW_CONN_PAYMENTS_API": api_uri,
-            }
-            run_dag(END - timedelta(days=1), env)  # D1
-            apply_next_day(pg_database, seed=12, payments_db=payments_db)  # END + 1
-            d2 = END + timedelta(days=1)
-            run_dag(d2, env)
-            assert_matches_oracle(engine, warehouse, api_base, d2)
-            published_days = {r[0] for r in snapshot(warehouse)["sales_summary"]}
+    with running_source(
+        postgres_admin_url,
+        tmp_path,
+        prefix="nightshift_backfill",
+        seed=11,
+        days=10,
+        orders_per_day=30,
+    ) as running:
+        engine, env, api_base = running.engine, running.env, running.api_base
+        data_dir, warehouse, payments_db = running.data_dir, running.warehouse, running.payments_db
+        run_dag(END - timedelta(days=1), env)  # D1
+        apply_next_day(running.url, seed=12, payments_db=payments_db)  # END + 1
+        d2 = END + timedelta(days=1)
+        run_dag(d2, env)
+        assert_matches_oracle(engine, warehouse, api_base, d2)
+        published_days = {r[0] for r in snapshot(warehouse)["sales_summary"]}
 
-            # the source moves on: late rows for earlier days, updates, deletes, a move
-            apply_next_day(pg_database, seed=13, payments_db=payments_db)  # END + 2
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.text(
-                        "update users set region = 'moved', updated_at = "
-                        "(select max(updated_at) from orders) + interval '1 minute' "
-                        "where id in (select user_id from orders where created_at "
-                        "< '2026-11-19' order by id desc limit 3)"
-                    )
+        # the source moves on: late rows for earlier days, updates, deletes, a move
+        apply_next_day(running.url, seed=13, payments_db=payments_db)  # END + 2
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "update users set region = 'moved', updated_at = "
+                    "(select max(updated_at) from orders) + interval '1 minute' "
+                    "where id in (select user_id from orders where created_at "
+                    "< '2026-11-19' order by id desc limit 3)"
                 )
-
-            first, last = END - timedelta(days=4), END - timedelta(days=3)
-            assert backfill(first, last, env) == 0
-            after = snapshot(warehouse)
-            days = {r[0] for r in after["sales_summary"]}
-            assert max(days) == d2 and published_days <= days, "a published day was removed"
-            assert {r[0] for r in after["daily_sales"]} == days
-            assert_matches_oracle(engine, warehouse, api_base, d2)  # the moves are applied
-            assert any(r[1] == "moved" for r in after["sales_summary"])
-            assert _one_run(env, d2, tmp_path / "fresh") == after
-            pages = _report_matches_tables(warehouse, data_dir / "report")
-            assert pages >= 4  # D1, D2 and the two backfilled days
-
-            reports = {p.name: p.read_bytes() for p in (data_dir / "report").glob("*.csv")}
-            assert backfill(first, last, env) == 0  # a second backfill changes nothing
-            assert snapshot(warehouse) == after
-            assert {p.name: p.read_bytes() for p in (data_dir / "report").glob("*.csv")} == reports
-
-            # the operator's full rebuild (the DAG param make nightly FULL=1 sets) gives
-            # the same tables: source read in full, every published day recomputed
-            run_dag(d2, env, full_refresh=True)
-            manifest = json.loads(
-                (data_dir / f"landing/source_db/orders/run={d2}/_manifest.json").read_text()
             )
-            assert manifest["mode"] == "full" and manifest["full_refresh"] is True
-            with duckdb.connect(str(warehouse), read_only=True) as con:
-                recomputed = con.execute(
-                    "select count(*) from ops.daily_sales_days where run_id = ?", [str(d2)]
-                ).fetchone()[0]
-            assert recomputed >= len(days)
-            assert snapshot(warehouse) == after
-    finally:
-        os.environ.pop("REPORT_TZ", None)
-        engine.dispose()
+
+        first, last = END - timedelta(days=4), END - timedelta(days=3)
+        assert backfill(first, last, env) == 0
+        after = snapshot(warehouse)
+        days = {r[0] for r in after["sales_summary"]}
+        assert max(days) == d2 and published_days <= days, "a published day was removed"
+        assert {r[0] for r in after["daily_sales"]} == days
+        assert_matches_oracle(engine, warehouse, api_base, d2)  # the moves are applied
+        assert any(r[1] == "moved" for r in after["sales_summary"])
+        assert _one_run(env, d2, tmp_path / "fresh") == after
+        pages = _report_matches_tables(warehouse, data_dir / "report")
+        assert pages >= 4  # D1, D2 and the two backfilled days
+
+        reports = {p.name: p.read_bytes() for p in (data_dir / "report").glob("*.csv")}
+        assert backfill(first, last, env) == 0  # a second backfill changes nothing
+        assert snapshot(warehouse) == after
+        assert {p.name: p.read_bytes() for p in (data_dir / "report").glob("*.csv")} == reports
+
+        # the operator's full rebuild (the DAG param make nightly FULL=1 sets) gives
+        # the same tables: source read in full, every published day recomputed
+        run_dag(d2, env, full_refresh=True)
+        manifest = json.loads(
+            (data_dir / f"landing/source_db/orders/run={d2}/_manifest.json").read_text()
+        )
+        assert manifest["mode"] == "full" and manifest["full_refresh"] is True
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            recomputed = con.execute(
+                "select count(*) from ops.daily_sales_days where run_id = ?", [str(d2)]
+            ).fetchone()[0]
+        assert recomputed >= len(days)
+        assert snapshot(warehouse) == after

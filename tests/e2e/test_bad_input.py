@@ -29,7 +29,6 @@ cannot rely on promises):
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -42,24 +41,20 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from demo.api import FaultConfig, create_app, serve_in_thread
-from demo.generator import generate
-from demo.run import running_api
 from pipeline.airflow_run import run_dag
 from tests.e2e.harness import (
+    END,
     REPORT_TZ,
     TOKEN,
-    api_base_of,
+    Running,
     assert_matches_oracle,
     file_digests,
-    pipeline_env,
+    running_source,
     snapshot,
 )
-from tests.servers import fresh_database
 
-END = date(2026, 11, 20)
 DAY = END - timedelta(days=2)  # the good day; later days exist and are not judged
 RUN_ID = DAY.isoformat()
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -70,27 +65,12 @@ E2E_TIMEOUT = 2400  # a test's limit includes the shared good day when it runs f
 
 
 @dataclass
-class World:
+class World(Running):
     """One source, API and warehouse shared by the cases."""
-
-    engine: sa.Engine
-    env: dict[str, str]
-    api_base: str
-    data_dir: Path
-    payments_db: Path
-
-    @property
-    def warehouse(self) -> Path:
-        return self.data_dir / "warehouse.duckdb"
 
     def published_state(self) -> tuple[dict[str, list], dict[str, str]]:
         """The `analytics` rows and the sha256 of every report file."""
         return snapshot(self.warehouse), file_digests(self.data_dir / "report")
-
-    def sql(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
-        with self.engine.begin() as conn:
-            result = conn.execute(sa.text(statement), params or {})
-            return result.fetchall() if result.returns_rows else []
 
     def counted_orders(self, day: date, n: int) -> list[int]:
         """`n` ids of orders with items that count on business day `day` (not cancelled)."""
@@ -133,47 +113,14 @@ class World:
 
 @contextmanager
 def published_world(
-    postgres_admin_url: str,
-    tmp: Path,
-    *,
-    prefix: str,
-    seed: int,
-    days: int,
-    orders_per_day: int,
-    env: dict[str, str] | None = None,
-    **api: Any,
+    postgres_admin_url: str, tmp: Path, **source: Any
 ) -> Iterator[tuple[World, str]]:
-    """A fresh PostgreSQL source (`generate` with `seed`, `days` ending on END), the demo
-    API on loopback (`api`: `running_api`'s options) and night DAY published and checked
-    against the oracle: (the world, the source's URL). `env`: added to the runs' env."""
-    payments_db = tmp / "payments.db"
-    os.environ["REPORT_TZ"] = REPORT_TZ  # run_dag's logical date is in REPORT_TZ
-    try:
-        with fresh_database(postgres_admin_url, prefix=prefix) as url:
-            generate(
-                url,
-                seed=seed,
-                days=days,
-                end_date=END,
-                orders_per_day=orders_per_day,
-                payments_db=payments_db,
-                if_exists="replace",
-            )
-            engine = sa.create_engine(url)
-            try:
-                with running_api(payments_db, token=TOKEN, **api) as api_uri:
-                    run_env = {
-                        **pipeline_env(url, tmp / "data", tmp / "airflow"),
-                        "AIRFLOW_CONN_PAYMENTS_API": api_uri,
-                        **(env or {}),
-                    }
-                    world = World(engine, run_env, api_base_of(api_uri), tmp / "data", payments_db)
-                    world.publish(DAY)
-                    yield world, url
-            finally:
-                engine.dispose()
-    finally:
-        os.environ.pop("REPORT_TZ", None)
+    """`running_source(postgres_admin_url, tmp, **source)` with night DAY published and
+    checked against the oracle: (the world, the source's URL)."""
+    with running_source(postgres_admin_url, tmp, **source) as running:
+        world = World(**vars(running))
+        world.publish(DAY)
+        yield world, running.url
 
 
 @pytest.fixture(scope="module")

@@ -36,19 +36,15 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
-import sqlalchemy as sa
 
 from core import settings
-from demo.generator import generate
-from demo.run import running_api
 from tests.e2e.harness import (
     REPORT_TZ,
-    TOKEN,
-    api_base_of,
-    pipeline_env,
+    running_source,
     snapshot,
+    source_uri,
 )
-from tests.e2e.test_bad_input import DAY, END, NOT_NULL, RUN_ID, World, _failed
+from tests.e2e.test_bad_input import DAY, NOT_NULL, RUN_ID, World, _failed
 from tests.servers import fresh_database
 from warehouse.backends.base import PUBLISHED_SCHEMAS
 from warehouse.backends.postgres import PostgresWarehouse, libpq_url
@@ -140,43 +136,25 @@ class PgWorld(World):
 @pytest.fixture(scope="module")
 def world(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgWorld]:
     tmp = tmp_path_factory.mktemp("pg_warehouse")
-    payments_db = tmp / "payments.db"
-    os.environ["REPORT_TZ"] = REPORT_TZ  # run_dag's logical date is in REPORT_TZ
-    try:
-        with (
-            fresh_database(postgres_admin_url, prefix="nightshift_pgwh_source") as url,
-            fresh_database(postgres_admin_url, prefix="nightshift_pgwh_warehouse") as wh_url,
-        ):
-            generate(
-                url,
-                seed=11,
-                days=6,
-                end_date=END,
-                orders_per_day=60,
-                payments_db=payments_db,
-                if_exists="replace",
-            )
-            warehouse_url = sa.make_url(wh_url).set(drivername="postgresql")
-            warehouse_uri = warehouse_url.render_as_string(hide_password=False)
-            engine = sa.create_engine(url)
-            try:
-                with running_api(payments_db, token=TOKEN) as api_uri:
-                    env = {
-                        **pipeline_env(url, tmp / "data", tmp / "airflow"),
-                        "AIRFLOW_CONN_PAYMENTS_API": api_uri,
-                        "AIRFLOW_CONN_WAREHOUSE": warehouse_uri,
-                        "WAREHOUSE_LEASE_TTL_MINUTES": LEASE_TTL_MINUTES,
-                    }
-                    good = PgWorld(
-                        engine, env, api_base_of(api_uri), tmp / "data", payments_db, warehouse_uri
-                    )
-                    good.publish(DAY)
-                    _assert_clean(good)
-                    yield good
-            finally:
-                engine.dispose()
-    finally:
-        os.environ.pop("REPORT_TZ", None)
+    with fresh_database(postgres_admin_url, prefix="nightshift_pgwh_warehouse") as wh_url:
+        warehouse_uri = source_uri(wh_url)
+        env = {
+            "AIRFLOW_CONN_WAREHOUSE": warehouse_uri,
+            "WAREHOUSE_LEASE_TTL_MINUTES": LEASE_TTL_MINUTES,
+        }
+        with running_source(
+            postgres_admin_url,
+            tmp,
+            prefix="nightshift_pgwh_source",
+            seed=11,
+            days=6,
+            orders_per_day=60,
+            env=env,
+        ) as running:
+            good = PgWorld(**vars(running), warehouse_url=warehouse_uri)
+            good.publish(DAY)
+            _assert_clean(good)
+            yield good
 
 
 def _assert_clean(world: PgWorld) -> None:

@@ -16,54 +16,32 @@ One sequence on one source (each step is the next one's state):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
-from pathlib import Path
-from typing import Any
+from datetime import timedelta
 
 import duckdb
 import pytest
-import sqlalchemy as sa
 
-from demo.generator import generate
-from demo.run import running_api
 from pipeline.airflow_run import run_dag
 from tests.e2e.harness import (
-    REPORT_TZ,
-    TOKEN,
-    api_base_of,
+    END,
+    Running,
     assert_matches_oracle,
     file_digests,
-    pipeline_env,
+    running_source,
     snapshot,
 )
-from tests.servers import fresh_database
 
-END = date(2026, 11, 20)
 DAY = END - timedelta(days=1)
 RUN_ID = DAY.isoformat()
 E2E_TIMEOUT = 1200
 
 
 @dataclass
-class Source:
-    engine: sa.Engine
-    env: dict[str, str]
-    api_base: str
-    data_dir: Path
-
-    @property
-    def warehouse(self) -> Path:
-        return self.data_dir / "warehouse.duckdb"
-
-    def sql(self, statement: str) -> list[Any]:
-        with self.engine.begin() as conn:
-            result = conn.execute(sa.text(statement))
-            return result.fetchall() if result.returns_rows else []
-
+class Source(Running):
     def query(self, statement: str, params: list | None = None) -> list[tuple]:
+        """Rows of a query on the DuckDB warehouse."""
         con = duckdb.connect(str(self.warehouse), read_only=True)
         try:
             return con.execute(statement, params or []).fetchall()
@@ -74,31 +52,10 @@ class Source:
 @pytest.fixture(scope="module")
 def source(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
     tmp = tmp_path_factory.mktemp("schema_changes")
-    payments_db = tmp / "payments.db"
-    os.environ["REPORT_TZ"] = REPORT_TZ  # run_dag's logical date is in REPORT_TZ
-    try:
-        with fresh_database(postgres_admin_url, prefix="nightshift_schema") as url:
-            generate(
-                url,
-                seed=5,
-                days=3,
-                end_date=END,
-                orders_per_day=25,
-                payments_db=payments_db,
-                if_exists="replace",
-            )
-            engine = sa.create_engine(url)
-            try:
-                with running_api(payments_db, token=TOKEN) as api_uri:
-                    env = {
-                        **pipeline_env(url, tmp / "data", tmp / "airflow"),
-                        "AIRFLOW_CONN_PAYMENTS_API": api_uri,
-                    }
-                    yield Source(engine, env, api_base_of(api_uri), tmp / "data")
-            finally:
-                engine.dispose()
-    finally:
-        os.environ.pop("REPORT_TZ", None)
+    with running_source(
+        postgres_admin_url, tmp, prefix="nightshift_schema", seed=5, days=3, orders_per_day=25
+    ) as running:
+        yield Source(**vars(running))
 
 
 def _extract_in_process(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
