@@ -38,6 +38,7 @@ from quality.validate import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "2024-03-02"
+ROOT = Path(__file__).resolve().parents[2]
 TS = pa.timestamp("us", tz="UTC")
 MONEY = pa.decimal128(12, 2)
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
@@ -732,3 +733,43 @@ def test_runtime_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert Path(made.stdout.strip()).parent == root
     assert not stale.parent.exists() and live.exists()
     assert not Path(made.stdout.strip()).exists(), "removed at exit"
+
+
+GX_LOG_PROBE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
+if sys.argv[1] == "gx-first":
+    import great_expectations  # noqa: F401  (before quality.suites quiets it)
+from quality.suites import GX_CHATTY_LOGGERS
+from quality.validate import validate_frame
+from tests.quality.test_gx_suites import daily_sales_frame
+assert validate_frame(daily_sales_frame(), "analytics.daily_sales", run_id="r").success
+print("validated")
+"""
+
+
+def test_a_validation_logs_none_of_gx_internals() -> None:
+    """The gate's log keeps GX's warnings only: the INFO lines of its own internals
+    (hundreds per night) are dropped; imported before quality.suites, GX prints them."""
+
+    def run(mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", GX_LOG_PROBE, mode],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "validated" in done.stdout
+        return done.stdout
+
+    def gx_lines(out: str) -> list[str]:
+        return [line for line in out.splitlines() if line.startswith("great_expectations.")]
+
+    loud, quiet = gx_lines(run("gx-first")), gx_lines(run("quality-first"))
+    chatty = ("great_expectations._docs_decorators", "great_expectations.expectations.registry")
+    assert all(any(line.startswith(name) for line in loud) for name in chatty)
+    assert not [line for line in quiet if line.startswith(chatty)]
+    assert len(loud) > 100 and len(quiet) < 10  # the context's few lines of its loading
