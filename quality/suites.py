@@ -37,15 +37,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 # GX logs its own internals at INFO, hundreds of lines a night (its docs registry at
-# import, metrics declared twice, config substitution of every batch): a task's log keeps
-# GX's warnings and errors only.
-GX_CHATTY_LOGGERS = (
-    "great_expectations._docs_decorators",
-    "great_expectations.expectations.registry",
-    "great_expectations.datasource.fluent.fluent_base_model",
-)
-for _name in GX_CHATTY_LOGGERS:
-    logging.getLogger(_name).setLevel(logging.WARNING)
+# import, metrics declared twice, its config loaded and substituted for every asset): a
+# task's log keeps GX's warnings and errors only.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
