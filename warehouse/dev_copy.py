@@ -39,9 +39,9 @@ def copy_published(published: Path, dest: Path) -> Path:
     if dest.resolve() == published.resolve():
         raise SystemExit(f"{dest} is the published warehouse: copy it somewhere else")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.with_name(dest.name + ".wal").unlink(missing_ok=True)  # an earlier copy's
     with published.open("rb") as source:  # this inode, whatever is renamed over it
         write_with(dest, lambda tmp: _copy_open(source, tmp))
-    dest.with_name(dest.name + ".wal").unlink(missing_ok=True)  # an earlier copy's
     return dest
 
 
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "--to", type=Path, default=None, help=f"the copy (default: <data dir>/{DEV_NAME})"
     )
     args = parser.parse_args(argv)
+    if settings.warehouse_url() is not None:
+        raise SystemExit(
+            "the warehouse is a server (AIRFLOW_CONN_WAREHOUSE): build on your own schemas "
+            "with `dbt build --target dev` and DBT_DEV_SCHEMA (dbt_project/README.md)"
+        )
     dest = args.to if args.to is not None else dev_path()
     published = settings.warehouse_path()
     copy_published(published, dest)

@@ -219,3 +219,7 @@ def test_dev_warehouse_copies_the_published_file_for_dbt_by_hand(tmp_path: Path)
     assert dev.stat().st_ino != published.stat().st_ino and published.stat().st_nlink == 1
     same = _nightshift(tmp_path, "dev-warehouse", "--to", str(published))
     assert same.returncode != 0 and "is the published warehouse" in same.stderr
+    server = _nightshift(
+        tmp_path, "dev-warehouse", AIRFLOW_CONN_WAREHOUSE="postgresql://u@127.0.0.1:1/wh"
+    )
+    assert server.returncode != 0 and "dbt build --target dev" in server.stderr
