@@ -443,8 +443,16 @@ def main(
         run_dag(args.date, extra, full_refresh=args.full, allow_mass_delete=args.allow_mass_delete)
     print(f"nightly_sales {args.date}: success")
     print(f"report:    {run_files.report_location(args.date)}")
-    print(f"warehouse: {settings.warehouse_path()}")
+    print(f"warehouse: {published_warehouse()}")
     return 0
+
+
+def published_warehouse() -> str:
+    """Where the run published: the warehouse server (its password masked), or the
+    DuckDB file."""
+    if settings.warehouse_url() is not None:
+        return settings.warehouse().describe()
+    return str(settings.warehouse_path())
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:

@@ -113,3 +113,20 @@ def test_a_configured_connection_is_never_replaced_by_the_fallback(
 
     with configured_connections(tmp_path, fallback) as extra:
         assert extra == {}
+
+
+def test_a_run_names_the_warehouse_it_published_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`make nightly`'s last line: the DuckDB file, or the server (never a file that a
+    run on a server did not write), its password masked."""
+    from pipeline.airflow_run import published_warehouse
+
+    monkeypatch.setenv("NIGHTSHIFT_NO_AIRFLOW_LOOKUP", "1")
+    monkeypatch.delenv("AIRFLOW_CONN_WAREHOUSE", raising=False)
+    monkeypatch.delenv("DBT_TARGET", raising=False)
+    monkeypatch.setenv("WAREHOUSE_PATH", str(tmp_path / "w.duckdb"))
+    assert published_warehouse() == str(tmp_path / "w.duckdb")
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "postgresql://bob:s3cret@127.0.0.1:5432/wh")
+    shown = published_warehouse()
+    assert "127.0.0.1:5432/wh" in shown and "s3cret" not in shown and "duckdb" not in shown
