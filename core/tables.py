@@ -3,7 +3,7 @@
 Each source table has its key (what a row is identified and merged by), its cursor
 (the column incremental extracts follow; None: the table is read by day), whether the
 source hard-deletes rows (the extract then lands the key set so the load can remove
-them) and the columns the pipeline needs (docs/contract.md §1). The extract defaults,
+them) and the columns the pipeline needs (docs/contract.md, "Sources"). The extract defaults,
 the loader, the nightly's table lists and the published assets take them from here;
 tests/core/test_tables.py checks the quality suites, the API schemas and the demo
 source against them.
@@ -78,7 +78,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
 #: table -> its key columns (table names are unique across sources)
 KEYS: dict[str, tuple[str, ...]] = {t.name: t.key for t in SOURCE_TABLES}
 
-#: The published tables of docs/contract.md §5, in the order they are exported.
+#: The published tables of docs/contract.md ("What it publishes"), in the order they are exported.
 ANALYTICS_TABLES: tuple[str, ...] = ("sales_summary", "daily_sales")
 
 

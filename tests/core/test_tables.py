@@ -77,7 +77,7 @@ def test_the_extract_defaults_and_the_loader_come_from_here() -> None:
 
 
 def test_the_contract_lists_every_required_column() -> None:
-    """docs/contract.md §1 promises the columns read; the pipeline needs no other."""
+    """docs/contract.md, "Sources" promises the columns read; the pipeline needs no other."""
     text = (ROOT / "docs" / "contract.md").read_text()
     for t in tables.of_source("source_db"):
         row = re.search(rf"^\| `{t.name}` \| (.+) \|$", text, re.M)
