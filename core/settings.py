@@ -742,7 +742,7 @@ def safe_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-def _safe_warehouse_url(uri: str) -> str:
+def safe_warehouse_url(uri: str) -> str:
     """The URL with every secret it carries replaced by `***` (for messages)."""
     masked = safe_url(uri)
     if masked == "<unparseable URL>" or any(s in masked for s in secrets_in_uri(uri)):
@@ -766,7 +766,7 @@ def warehouse_backend() -> str:
     else:
         scheme = urlsplit(uri).scheme.lower()
         kind = _WAREHOUSE_SCHEMES.get(scheme, "")
-        where = f"AIRFLOW_CONN_WAREHOUSE ({_safe_warehouse_url(uri)})"
+        where = f"AIRFLOW_CONN_WAREHOUSE ({safe_warehouse_url(uri)})"
         if not kind:
             raise ConfigError(
                 f"{where}: scheme {scheme!r} is not a warehouse; use postgresql://, "

@@ -126,17 +126,14 @@ def _print_next_steps(business_date: date) -> None:
         "select date, region, total_sales_usd, order_count from analytics.sales_summary "
         "order by date desc, region limit 10"
     )
+    print(f"Warehouse: {airflow_run.published_warehouse()}")
     url = settings.warehouse_url()
     if url is not None:  # a server warehouse: the query needs its connection too
-        print(f"Warehouse: {settings.warehouse().describe()}")
         print("Try (the password, if any, in place of ***):")
-        from sqlalchemy import make_url
-
-        shown = make_url(url).render_as_string(hide_password=True)
+        shown = settings.safe_warehouse_url(url)
         print(f'  AIRFLOW_CONN_WAREHOUSE={shlex.quote(shown)} make query SQL="{query}"')
         return
     warehouse = settings.warehouse_path()
-    print(f"Warehouse: {warehouse}")
     print("Try:")
     nightshift = shlex.quote(str(Path(sys.executable).parent / "nightshift"))
     print(f"  {nightshift} query --warehouse {shlex.quote(str(warehouse))} \\")
