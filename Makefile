@@ -135,7 +135,7 @@ test: $(STAMP) ## Run the whole test suite on TEST_WORKERS processes (starts thr
 # The inner loop: the suites that need no database server, no Airflow run and no dbt
 # build, without the tests that use a server (marked `server` by tests/conftest.py) and three
 # slow ones (a warehouse built by dbt; a memory profile). `make test` runs everything.
-FAST_SUITES := tests/test_configuration.py tests/test_fast_lane.py tests/test_layers.py tests/test_makefile.py \
+FAST_SUITES := tests/test_configuration.py tests/test_docs.py tests/test_fast_lane.py tests/test_layers.py tests/test_makefile.py \
 	tests/test_packaging.py tests/alerting/test_rules.py tests/alerting/test_sinks.py \
 	tests/core/test_files.py tests/core/test_ops.py tests/core/test_run_ids.py tests/core/test_run_steps.py \
 	tests/core/test_tables.py \
