@@ -577,8 +577,28 @@ class _Views:
             width = np.dtype(dtype).itemsize
             return np.ndarray((size - width + 1,), dtype=dtype, buffer=blob, strides=(1,))
 
+        self.u1 = np.frombuffer(blob, dtype=np.uint8)  # the block's bytes
         self.i2, self.u2, self.i4 = view(">i2"), view(">u2"), view(">i4")
         self.i8, self.f8 = view(">i8"), view(">f8")
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One column of a block: where each row's value starts, its length (0 when NULL)
+    and validity, as Arrow's null bitmap and count."""
+
+    at: np.ndarray
+    size: np.ndarray
+    valid: np.ndarray
+    bitmap: pa.Buffer | None
+    nulls: int
+
+    @classmethod
+    def of(cls, at: np.ndarray, flen: np.ndarray) -> _Field:
+        """From the lengths on the wire (-1: NULL)."""
+        valid = flen >= 0
+        bitmap, nulls = _bitmap(valid)
+        return cls(at, np.maximum(flen, 0) if nulls else flen, valid, bitmap, nulls)
 
 
 def _bitmap(valid: np.ndarray) -> tuple[pa.Buffer | None, int]:
@@ -625,7 +645,6 @@ def _decode(
 ) -> pa.RecordBatch:
     """One block of COPY rows -> a record batch. A value that cannot be landed fails
     naming `table.column` and the row by its `key` column (index into `plan`)."""
-    buf = np.frombuffer(blob, dtype=np.uint8)
     views = _Views(blob)
     ends = np.cumsum(lens)
     starts = ends - lens
@@ -645,47 +664,32 @@ def _decode(
     for c, (at, flen) in zip(plan, fields, strict=True):
         where = f"{table}.{c.name}"
         try:
-            arrays.append(_column(buf, views, c, at, flen, where))
+            arrays.append(_column(views, c, at, flen, where))
         except _BadValue as bad:
-            row = _row_key(buf, views, plan, fields, key, bad.index, table)
+            row = "" if key is None else _row_key(views, plan[key], *fields[key], bad.index)
             raise UnlandableValueError(f"{where}: {bad.message}{row}") from None
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-# The decoder's block arrays as `_column` takes them (error path of the hot path).
-def _row_key(
-    buf: np.ndarray,
-    views: _Views,
-    plan: Sequence[_Column],
-    fields: list[tuple[np.ndarray, np.ndarray]],
-    key: int | None,
-    index: int,
-    table: str,
-) -> str:
-    """` (row <key>=<value>)` for row `index` of the block."""
-    if key is None:
-        return ""
-    c = plan[key]
-    at, flen = fields[key]
+def _row_key(views: _Views, c: _Column, at: np.ndarray, flen: np.ndarray, index: int) -> str:
+    """` (row <key>=<value>)` for row `index` of the block, `c` its key column (error path)."""
     try:
-        one = _column(buf, views, c, at[index : index + 1], flen[index : index + 1], table)
+        one = _column(views, c, at[index : index + 1], flen[index : index + 1], c.name)
         value = one.to_pylist()[0]
     except (ValueError, _BadValue):
         value = "?"
     return f" (row {c.name}={value})"
 
 
-def _column(
-    buf: np.ndarray, views: _Views, c: _Column, at: np.ndarray, flen: np.ndarray, where: str
-) -> pa.Array:
-    n = flen.size
-    valid = flen >= 0
-    bitmap, nulls = _bitmap(valid)
-    size = np.maximum(flen, 0) if nulls else flen
+def _column(views: _Views, c: _Column, at: np.ndarray, flen: np.ndarray, where: str) -> pa.Array:
+    """One column of a block (`at`: where each row's value starts, `flen`: its length on
+    the wire) as an Arrow array of `c.arrow`."""
+    field = _Field.of(at, flen)
     if c.wire == "text":
-        return _text(buf, at, size, bitmap, nulls, c, where)
+        return _text(views.u1, field, c, where)
     if c.wire == "numeric":
-        return _numeric(views, at, size, valid, bitmap, nulls, c.arrow)
+        return _numeric(views, field, c.arrow)
+    n, valid, bitmap, nulls = flen.size, field.valid, field.bitmap, field.nulls
     width = _WIDTH[c.wire]
     wrong = flen != width
     if nulls:
@@ -694,7 +698,7 @@ def _column(
         raise _BadValue(_first_true(wrong), f"unexpected field width on the wire (want {width})")
     # A NULL's "value" is whatever follows it (the block is padded): masked below.
     if c.wire == "bool":
-        values = buf[at].astype(bool)
+        values = views.u1[at].astype(bool)
         return pa.array(values, mask=None if bitmap is None else ~valid)
     if c.wire == "f8":
         values = views.f8[at].astype(np.float64)
@@ -740,16 +744,10 @@ def _with_bc_era(text: str) -> str:
     return text if int(year) > 0 else f"{1 - int(year):04d}{rest} BC"
 
 
-# Hot path: the block's arrays are passed as they are (no object per call), for speed.
-def _text(
-    buf: np.ndarray,
-    at: np.ndarray,
-    size: np.ndarray,
-    bitmap: pa.Buffer | None,
-    nulls: int,
-    c: _Column,
-    where: str,
-) -> pa.Array:
+def _text(buf: np.ndarray, field: _Field, c: _Column, where: str) -> pa.Array:
+    """Text on the wire -> a string array, cast to `c.arrow` when `c.cast`; invalid UTF-8
+    or a failing cast names the row."""
+    at, size = field.at, field.size
     offsets = np.zeros(size.size + 1, dtype=np.int64)
     np.cumsum(size, out=offsets[1:])
     total = int(offsets[-1])
@@ -767,7 +765,11 @@ def _text(
         index = np.repeat(at - offsets[:-1], size) + np.arange(total, dtype=np.int64)
         data = buf[index]
     arr = pa.StringArray.from_buffers(
-        size.size, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data), bitmap, nulls
+        size.size,
+        pa.py_buffer(offsets.astype(np.int32)),
+        pa.py_buffer(data),
+        field.bitmap,
+        field.nulls,
     )
     try:
         arr.validate(full=True)
@@ -800,16 +802,7 @@ _NUMERIC_POS, _NUMERIC_NEG = 0x0000, 0x4000  # other signs: NaN, +/-Infinity
 _HORNER_GROUPS = 4  # up to 4 base-10000 groups accumulate exactly in an int64 (< 10**16)
 
 
-# Hot path: the block's arrays are passed as they are (no object per call), for speed.
-def _numeric(
-    views: _Views,
-    at: np.ndarray,
-    size: np.ndarray,
-    valid: np.ndarray,
-    bitmap: pa.Buffer | None,
-    nulls: int,
-    arrow: pa.Decimal128Type,
-) -> pa.Array:
+def _numeric(views: _Views, field: _Field, arrow: pa.Decimal128Type) -> pa.Array:
     """NUMERIC in binary form -> decimal128(p <= 18, s), exactly, without text.
 
     Wire: ndigits, weight (int16), sign, dscale (uint16), then ndigits base-10000 digits;
@@ -821,6 +814,7 @@ def _numeric(
     with more decimals than s, more than p digits, NaN or infinity fails naming the
     row (as the text cast would).
     """
+    at, size, valid, nulls = field.at, field.size, field.valid, field.nulls
     n = size.size
     scale, precision = arrow.scale, arrow.precision
     ndigits = views.i2[at].astype(np.int64)
@@ -877,4 +871,4 @@ def _numeric(
     words = np.empty((n, 2), dtype=np.int64)  # 128-bit little-endian two's complement
     words[:, 0] = scaled
     words[:, 1] = scaled >> 63
-    return pa.Array.from_buffers(arrow, n, [bitmap, pa.py_buffer(words)], nulls)
+    return pa.Array.from_buffers(arrow, n, [field.bitmap, pa.py_buffer(words)], nulls)
