@@ -157,7 +157,7 @@ FAST_DESELECT := tests/warehouse/test_query.py::test_every_analyst_query_runs_on
 	tests/warehouse/test_query.py::test_late_order_share_counts_open_orders_two_days_old \
 	tests/extract/test_api_extract.py::test_peak_memory_is_flat_in_the_window_size
 .PHONY: test-fast
-test-fast: $(STAMP) ## The tests that need no server, Airflow run or dbt build (51 s of CPU)
+test-fast: $(STAMP) ## The tests that need no server, Airflow run or dbt build (about 1.5 min)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e and not server" \
 	  $(addprefix --deselect ,$(FAST_DESELECT)) $(FAST_SUITES)
 
